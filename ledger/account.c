@@ -1,0 +1,688 @@
+/*
+ * Member accounts and what hangs off them: lots (spent first-expiring-first), holds,
+ * qualifying points and tiers, daily counters, and the sweeps that let time pass.
+ *
+ * Time passes for an account whenever a command touches it (account_open): lots that
+ * ran out are posted as LOT_EXPIRED entries and qualifying points older than the
+ * brand's window drop out, before the command itself looks at the balance. Holds are
+ * released at the start of the first batch whose time passes their timeout, and the
+ * expire command sweeps accounts nobody touched.
+ */
+#include <assert.h>
+#include <string.h>
+
+#include "ledger/internal.h"
+
+/* ---- lookups ---------------------------------------------------------------------- */
+
+int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out)
+{
+	assert(id != NULL && out != NULL);
+	struct key k;
+	key_reset(&k);
+	key_raw(&k, id);
+	*out = NULL;
+	if (id[0] == '\0' || strlen(id) > TALLY_BRAND_ID_BYTES_MAX)
+		return TALLY_ENOTFOUND;
+	return rec_get(a, T_BRANDS, &k, &tally__v1__brand__descriptor, (void **)out);
+}
+
+int member_exists(struct apply *a, const char *id, bool *exists)
+{
+	assert(id != NULL && exists != NULL);
+	struct key k;
+	MDB_val v;
+	*exists = false;
+	if (id[0] == '\0' || strlen(id) > TALLY_MEMBER_ID_BYTES_MAX)
+		return 0;
+	key_reset(&k);
+	key_raw(&k, id);
+	int rc = st_get(a, T_MEMBERS, &k, &v);
+	*exists = rc == 0;
+	return rc == TALLY_ENOTFOUND ? 0 : rc;
+}
+
+/* The first record at or after `from` whose key starts with `prefix` (n_prefix
+ * bytes), copied into the scratch arena so that writes may follow. */
+static int seek_prefix(struct apply *a, enum table t, const struct key *from, size_t n_prefix,
+		       MDB_val *k, MDB_val *v, bool *found)
+{
+	assert(n_prefix <= from->n);
+	MDB_cursor *cur;
+	*found = false;
+	int rc = mdb_cursor_open(a->txn, a->l->dbi[t], &cur);
+	if (rc != 0)
+		return lmdb_error(rc);
+	MDB_val key = {from->n, (void *)from->b}, val;
+	rc = mdb_cursor_get(cur, &key, &val, from->n > 0 ? MDB_SET_RANGE : MDB_FIRST);
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc != 0)
+		return lmdb_error(rc);
+	if (key.mv_size < n_prefix || memcmp(key.mv_data, from->b, n_prefix) != 0)
+		return 0;
+	k->mv_size = key.mv_size;
+	v->mv_size = val.mv_size;
+	k->mv_data = tally_arena_alloc(a->tmp, key.mv_size + val.mv_size + 1);
+	if (k->mv_data == NULL)
+		return TALLY_ENOMEM;
+	memcpy(k->mv_data, key.mv_data, key.mv_size);
+	v->mv_data = (uint8_t *)k->mv_data + key.mv_size;
+	memcpy(v->mv_data, val.mv_data, val.mv_size);
+	*found = true;
+	return 0;
+}
+
+static void account_key(struct key *k, const char *brand, const char *member)
+{
+	key_reset(k);
+	key_str(k, brand);
+	key_raw(k, member);
+}
+
+static void lot_prefix(struct key *k, const char *brand, const char *member)
+{
+	key_reset(k);
+	key_str(k, brand);
+	key_str(k, member);
+}
+
+static uint64_t expiry_key(int64_t expiry_ms)
+{
+	return expiry_ms == 0 ? EXPIRY_NEVER_KEY : (uint64_t)expiry_ms;
+}
+
+static int64_t expiry_of_key(uint64_t k)
+{
+	return k == EXPIRY_NEVER_KEY ? 0 : (int64_t)k;
+}
+
+bool lot_valid(const struct apply *a, int64_t expiry_ms)
+{
+	return expiry_ms == 0 || expiry_ms > a->now_ms;
+}
+
+/* ---- lots ------------------------------------------------------------------------- */
+
+static int lot_index(struct apply *a, const char *brand, const char *member,
+		     int64_t expiry_ms, bool present)
+{
+	if (expiry_ms == 0)
+		return 0; /* never expires: nothing to sweep */
+	struct key k;
+	key_reset(&k);
+	key_u64(&k, (uint64_t)expiry_ms);
+	key_str(&k, brand);
+	key_raw(&k, member);
+	return present ? st_put(a, T_LOT_EXP, &k, "", 0) : st_del(a, T_LOT_EXP, &k);
+}
+
+/* Sets a lot to `points` (deleting it and its index entry at zero). */
+static int lot_set(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
+		   int64_t before, int64_t points)
+{
+	assert(points >= 0 && before >= 0);
+	struct key k;
+	lot_prefix(&k, brand, member);
+	key_u64(&k, expiry_key(expiry_ms));
+	int rc = st_put_i64(a, T_LOTS, &k, points);
+	if (rc == 0 && (before == 0) != (points == 0))
+		rc = lot_index(a, brand, member, expiry_ms, points > 0);
+	return rc;
+}
+
+int lot_give(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
+	     int64_t points)
+{
+	assert(points > 0);
+	assert(lot_valid(a, expiry_ms));
+	struct key k;
+	lot_prefix(&k, brand, member);
+	key_u64(&k, expiry_key(expiry_ms));
+	int64_t v;
+	int rc = st_get_i64(a, T_LOTS, &k, &v);
+	if (rc != 0)
+		return rc;
+	return lot_set(a, brand, member, expiry_ms, v, v + points);
+}
+
+/* Takes up to `want` points from one lot; *took receives what it had. */
+static int lot_take_one(struct apply *a, const Tally__V1__Account *acct, int64_t expiry_ms,
+			int64_t want, bool record, int64_t *took)
+{
+	struct key k;
+	lot_prefix(&k, acct->brand, acct->member);
+	key_u64(&k, expiry_key(expiry_ms));
+	int64_t v;
+	int rc = st_get_i64(a, T_LOTS, &k, &v);
+	*took = v < want ? v : want;
+	if (rc != 0 || *took == 0)
+		return rc;
+	rc = lot_set(a, acct->brand, acct->member, expiry_ms, v, v - *took);
+	if (rc == 0 && record)
+		rc = lot_move(a, expiry_ms, *took);
+	return rc;
+}
+
+/* Spends `points` from the account's lots, first-expiring first (after the lot with
+ * expiry first_expiry_ms when >= 0). The caller has checked available >= points; the
+ * invariant available == Σ lots makes running out a corruption. */
+int lots_take(struct apply *a, const Tally__V1__Account *acct, int64_t points,
+	      int64_t first_expiry_ms, bool record)
+{
+	assert(points > 0 && acct->available >= points);
+	int64_t left = points, took;
+	int rc = 0;
+	if (first_expiry_ms >= 0) {
+		rc = lot_take_one(a, acct, first_expiry_ms, left, record, &took);
+		left -= took;
+	}
+	struct key prefix;
+	lot_prefix(&prefix, acct->brand, acct->member);
+	while (rc == 0 && left > 0) {
+		MDB_val k, v;
+		bool found;
+		rc = seek_prefix(a, T_LOTS, &prefix, prefix.n, &k, &v, &found);
+		if (rc != 0)
+			break;
+		if (!found || k.mv_size != prefix.n + 8)
+			return TALLY_ECORRUPT;
+		int64_t expiry = expiry_of_key(be64_get((uint8_t *)k.mv_data + prefix.n));
+		rc = lot_take_one(a, acct, expiry, left, record, &took);
+		if (rc == 0 && took == 0)
+			return TALLY_ECORRUPT;
+		left -= took;
+	}
+	return rc;
+}
+
+/* ---- tiers and qualifying points ---------------------------------------------------- */
+
+void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct)
+{
+	assert(b != NULL && acct != NULL);
+	acct->tier = (char *)"";
+	for (size_t i = 0; i < b->n_tiers; i++)
+		if (acct->qualifying >= b->tiers[i]->min_points)
+			acct->tier = b->tiers[i]->name;
+}
+
+static void qual_key(struct key *k, const char *brand, const char *member, int64_t day)
+{
+	lot_prefix(k, brand, member);
+	key_u32(k, (uint32_t)day);
+}
+
+static int qual_index(struct apply *a, const char *brand, const char *member, int64_t day,
+		      bool present)
+{
+	struct key k;
+	key_reset(&k);
+	key_str(&k, brand);
+	key_u32(&k, (uint32_t)day);
+	key_raw(&k, member);
+	return present ? st_put(a, T_QUAL_DAY, &k, "", 0) : st_del(a, T_QUAL_DAY, &k);
+}
+
+/* Re-reads the oldest bucket so qualifying_day stays exact after a deletion. */
+static int qual_oldest(struct apply *a, Tally__V1__Account *acct)
+{
+	struct key prefix;
+	MDB_val k, v;
+	bool found;
+	lot_prefix(&prefix, acct->brand, acct->member);
+	int rc = seek_prefix(a, T_QUAL, &prefix, prefix.n, &k, &v, &found);
+	if (rc == 0)
+		acct->qualifying_day = found ? be32_get((uint8_t *)k.mv_data + prefix.n) : 0;
+	return rc;
+}
+
+/* Adds `points` (negative: removes up to what the bucket holds) to the qualifying
+ * bucket of `day`. Buckets exist only for brands with a tier window. */
+int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
+	    int64_t day, int64_t points)
+{
+	assert(day >= 0 && points != 0);
+	if (b->tier_window_days == 0 || day <= a->today - (int64_t)b->tier_window_days)
+		return 0;
+	struct key k;
+	qual_key(&k, acct->brand, acct->member, day);
+	int64_t v;
+	int rc = st_get_i64(a, T_QUAL, &k, &v);
+	if (rc != 0)
+		return rc;
+	int64_t nv = v + points < 0 ? 0 : v + points;
+	if (nv == v)
+		return 0;
+	rc = st_put_i64(a, T_QUAL, &k, nv);
+	if (rc == 0 && (v == 0) != (nv == 0))
+		rc = qual_index(a, acct->brand, acct->member, day, nv > 0);
+	acct->qualifying += nv - v;
+	if (rc == 0)
+		rc = qual_oldest(a, acct);
+	tier_update(b, acct);
+	return rc;
+}
+
+/* Drops buckets that left the window [today - window + 1, today]. */
+static int qual_prune(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
+		      bool *changed)
+{
+	int64_t cutoff = a->today - (int64_t)b->tier_window_days; /* buckets <= cutoff go */
+	int rc = 0;
+	while (rc == 0 && acct->qualifying > 0 && acct->qualifying_day <= cutoff) {
+		struct key k;
+		int64_t day = acct->qualifying_day, v;
+		qual_key(&k, acct->brand, acct->member, day);
+		rc = st_get_i64(a, T_QUAL, &k, &v);
+		if (rc == 0 && v == 0)
+			return TALLY_ECORRUPT;
+		if (rc == 0)
+			rc = st_del(a, T_QUAL, &k);
+		if (rc == 0)
+			rc = qual_index(a, acct->brand, acct->member, day, false);
+		acct->qualifying -= v;
+		if (rc == 0)
+			rc = qual_oldest(a, acct);
+		*changed = true;
+	}
+	return rc;
+}
+
+/* ---- accounts --------------------------------------------------------------------- */
+
+int account_save(struct apply *a, const Tally__V1__Account *acct)
+{
+	assert(acct->available >= 0 && acct->held >= 0);
+	assert(acct->n_lots == 0 && acct->n_holds == 0);
+	struct key k;
+	account_key(&k, acct->brand, acct->member);
+	return rec_put(a, T_ACCOUNTS, &k, acct);
+}
+
+/* Posts every lot of the account that ran out by now as a LOT_EXPIRED entry. */
+static int lots_expire(struct apply *a, Tally__V1__Account *acct, bool *changed)
+{
+	struct key prefix;
+	lot_prefix(&prefix, acct->brand, acct->member);
+	for (;;) {
+		MDB_val k, v;
+		bool found;
+		int rc = seek_prefix(a, T_LOTS, &prefix, prefix.n, &k, &v, &found);
+		if (rc != 0 || !found)
+			return rc;
+		if (k.mv_size != prefix.n + 8 || v.mv_size != 8)
+			return TALLY_ECORRUPT;
+		int64_t expiry = expiry_of_key(be64_get((uint8_t *)k.mv_data + prefix.n));
+		int64_t points = (int64_t)be64_get(v.mv_data);
+		if (lot_valid(a, expiry))
+			return 0;
+		if (points <= 0 || points > acct->available)
+			return TALLY_ECORRUPT;
+		rc = lot_set(a, acct->brand, acct->member, expiry, points, 0);
+		acct->available -= points;
+		acct->expired += points;
+		if (rc == 0)
+			rc = post_member(a, acct->brand, acct->member, TALLY__V1__BUCKET__AVAILABLE, -points);
+		if (rc == 0)
+			rc = post_system(a, acct->brand, TALLY__V1__SYSTEM_ACCOUNT__EXPIRED, NULL, points);
+		if (rc == 0)
+			rc = lot_move(a, expiry, points);
+		Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+		result_ok(&r, acct);
+		r.points = points;
+		if (rc == 0)
+			rc = emit_entry(a, TALLY__V1__ENTRY_KIND__LOT_EXPIRED, &r, acct->brand,
+					acct->member, 0);
+		if (rc != 0)
+			return rc;
+		*changed = true;
+	}
+}
+
+/* Lets time pass for the account: expiries, window and tier. Saves it if anything
+ * changed, so a command rejected afterwards leaves the account consistent. */
+static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct)
+{
+	assert(a->n_postings == 0);
+	bool changed = false;
+	const char *tier = acct->tier;
+	int rc = lots_expire(a, acct, &changed);
+	if (rc == 0 && b->tier_window_days > 0)
+		rc = qual_prune(a, b, acct, &changed);
+	tier_update(b, acct);
+	if (strcmp(tier, acct->tier) != 0)
+		changed = true;
+	if (rc == 0 && changed) {
+		acct->updated_ms = a->now_ms;
+		rc = account_save(a, acct);
+	}
+	return rc;
+}
+
+int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
+		 Tally__V1__Account **out)
+{
+	assert(b != NULL && member != NULL && out != NULL);
+	struct key k;
+	account_key(&k, b->id, member);
+	int rc = rec_get(a, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out);
+	if (rc == TALLY_ENOTFOUND) {
+		Tally__V1__Account *acct = tally_arena_alloc(a->tmp, sizeof(*acct));
+		if (acct == NULL)
+			return TALLY_ENOMEM;
+		tally__v1__account__init(acct);
+		acct->brand = tally_arena_strdup(a->tmp, b->id);
+		acct->member = tally_arena_strdup(a->tmp, member);
+		if (acct->brand == NULL || acct->member == NULL)
+			return TALLY_ENOMEM;
+		*out = acct;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	return account_refresh(a, b, *out);
+}
+
+/* ---- daily counters --------------------------------------------------------------- */
+
+int daily_use(struct apply *a, enum daily_kind kind, const char *brand, const char *member,
+	      const char *partner, int64_t points, int64_t cap, bool *over)
+{
+	assert(points > 0 && over != NULL);
+	*over = false;
+	if (cap <= 0)
+		return 0; /* no cap: nothing to count */
+	struct key k;
+	key_reset(&k);
+	key_u32(&k, (uint32_t)a->today);
+	key_u8(&k, (uint8_t)kind);
+	key_str(&k, brand);
+	key_str(&k, member);
+	key_raw(&k, partner != NULL ? partner : "");
+	int64_t used;
+	int rc = st_get_i64(a, T_DAILY, &k, &used);
+	if (rc != 0)
+		return rc;
+	if (points > cap - used) {
+		*over = true;
+		return 0;
+	}
+	return st_put_i64(a, T_DAILY, &k, used + points);
+}
+
+/* ---- holds ------------------------------------------------------------------------ */
+
+static int hold_index(struct apply *a, const Tally__V1__HoldRecord *h, bool present)
+{
+	struct key k1, k2;
+	key_reset(&k1);
+	key_u64(&k1, (uint64_t)h->expires_ms);
+	key_u64(&k1, h->id);
+	lot_prefix(&k2, h->brand, h->member);
+	key_u64(&k2, h->id);
+	int rc = present ? st_put(a, T_HOLD_EXP, &k1, "", 0) : st_del(a, T_HOLD_EXP, &k1);
+	if (rc == 0)
+		rc = present ? st_put(a, T_HOLD_ACCT, &k2, "", 0) : st_del(a, T_HOLD_ACCT, &k2);
+	return rc;
+}
+
+int hold_store(struct apply *a, const Tally__V1__HoldRecord *h, bool open)
+{
+	struct key k;
+	key_reset(&k);
+	key_u64(&k, h->id);
+	int rc = rec_put(a, T_HOLDS, &k, h);
+	if (rc == 0)
+		rc = hold_index(a, h, open);
+	return rc;
+}
+
+/* Returns a hold's pieces beyond the first `capture_points` to their lots (or to
+ * EXPIRED when a lot ran out meanwhile). Captured pieces are recorded as the entry's
+ * lot moves (a refund of the capture returns them); for a void or release the
+ * returned pieces are. */
+static int hold_pieces(struct apply *a, const Tally__V1__HoldRecord *h, int64_t capture_points,
+		       int64_t *valid, int64_t *expired)
+{
+	int64_t capture_left = capture_points;
+	int rc = 0;
+	*valid = *expired = 0;
+	for (size_t i = 0; rc == 0 && i < h->n_lots; i++) {
+		const Tally__V1__LotMove *p = h->lots[i];
+		int64_t c = p->points < capture_left ? p->points : capture_left;
+		int64_t rest = p->points - c;
+		capture_left -= c;
+		if (c > 0)
+			rc = lot_move(a, p->expiry_ms, c);
+		if (rc != 0 || rest == 0)
+			continue;
+		if (capture_points == 0)
+			rc = lot_move(a, p->expiry_ms, rest);
+		if (rc != 0)
+			continue;
+		if (lot_valid(a, p->expiry_ms)) {
+			rc = lot_give(a, h->brand, h->member, p->expiry_ms, rest);
+			*valid += rest;
+		} else {
+			*expired += rest;
+		}
+	}
+	if (rc == 0 && (capture_left != 0 || *valid + *expired + capture_points != h->points))
+		return TALLY_ECORRUPT;
+	return rc;
+}
+
+int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_points,
+		 Tally__V1__HoldStatus status, Tally__V1__CommandResult *r)
+{
+	assert(h->status == TALLY__V1__HOLD_STATUS__OPEN);
+	assert(capture_points >= 0 && capture_points <= h->points);
+	Tally__V1__Brand *b;
+	Tally__V1__Account *acct;
+	int rc = brand_get(a, h->brand, &b);
+	if (rc == 0)
+		rc = account_open(a, b, h->member, &acct);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	if (acct->held < h->points)
+		return TALLY_ECORRUPT;
+	int64_t valid, expired;
+	rc = hold_pieces(a, h, capture_points, &valid, &expired);
+	acct->held -= h->points;
+	acct->available += valid;
+	acct->expired += expired;
+	acct->redeemed += capture_points;
+	acct->updated_ms = a->now_ms;
+	const char *br = h->brand, *m = h->member;
+	if (rc == 0)
+		rc = post_member(a, br, m, TALLY__V1__BUCKET__HELD, -h->points);
+	if (rc == 0)
+		rc = post_system(a, br, TALLY__V1__SYSTEM_ACCOUNT__REDEEMED, NULL, capture_points);
+	if (rc == 0)
+		rc = post_member(a, br, m, TALLY__V1__BUCKET__AVAILABLE, valid);
+	if (rc == 0)
+		rc = post_system(a, br, TALLY__V1__SYSTEM_ACCOUNT__EXPIRED, NULL, expired);
+	if (rc == 0)
+		rc = account_save(a, acct);
+	h->status = status;
+	h->captured_points = capture_points;
+	h->resolved_ms = a->now_ms;
+	if (rc == 0)
+		rc = hold_store(a, h, false);
+	result_ok(r, acct);
+	r->hold_id = h->id;
+	r->points = status == TALLY__V1__HOLD_STATUS__CAPTURED ? capture_points : h->points;
+	Tally__V1__EntryKind kind = status == TALLY__V1__HOLD_STATUS__RELEASED
+		? TALLY__V1__ENTRY_KIND__HOLD_RELEASED : TALLY__V1__ENTRY_KIND__COMMAND;
+	if (rc == 0)
+		rc = emit_entry(a, kind, r, br, m, h->id);
+	return rc;
+}
+
+int hold_get(struct apply *a, uint64_t id, Tally__V1__HoldRecord **out)
+{
+	struct key k;
+	key_reset(&k);
+	key_u64(&k, id);
+	return rec_get(a, T_HOLDS, &k, &tally__v1__hold_record__descriptor, (void **)out);
+}
+
+/* Releases every open hold whose timeout is at or before now. */
+int holds_sweep(struct apply *a)
+{
+	struct key from;
+	key_reset(&from);
+	for (;;) {
+		tally_arena_reset(a->tmp);
+		MDB_val k, v;
+		bool found;
+		int rc = seek_prefix(a, T_HOLD_EXP, &from, 0, &k, &v, &found);
+		if (rc != 0 || !found)
+			return rc;
+		if (k.mv_size != 16)
+			return TALLY_ECORRUPT;
+		if ((int64_t)be64_get(k.mv_data) > a->now_ms)
+			return 0;
+		Tally__V1__HoldRecord *h;
+		rc = hold_get(a, be64_get((uint8_t *)k.mv_data + 8), &h);
+		if (rc != 0)
+			return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+		a->cmd = NULL;
+		Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+		rc = hold_resolve(a, h, 0, TALLY__V1__HOLD_STATUS__RELEASED, &r);
+		if (rc != 0)
+			return rc;
+	}
+}
+
+/* ---- expire ----------------------------------------------------------------------- */
+
+/* Touches the account named by the tail of an index key (brand \0 member). */
+static int touch_account(struct apply *a, const char *brand, const char *member)
+{
+	Tally__V1__Brand *b;
+	Tally__V1__Account *acct;
+	int rc = brand_get(a, brand, &b);
+	if (rc == 0)
+		rc = account_open(a, b, member, &acct);
+	return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+}
+
+static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *more)
+{
+	struct key from;
+	key_reset(&from);
+	while (*done < budget) {
+		MDB_val k, v;
+		bool found;
+		int rc = seek_prefix(a, T_LOT_EXP, &from, 0, &k, &v, &found);
+		if (rc != 0 || !found)
+			return rc;
+		if (k.mv_size < 8 + 2 || (int64_t)be64_get(k.mv_data) > a->now_ms)
+			return 0;
+		const char *brand = (const char *)k.mv_data + 8;
+		size_t bl = strnlen(brand, k.mv_size - 8);
+		if (8 + bl + 1 >= k.mv_size)
+			return TALLY_ECORRUPT;
+		char *member = tally_arena_strndup(a->tmp, brand + bl + 1, k.mv_size - 8 - bl - 1);
+		uint64_t before = a->m.tree.size;
+		rc = member == NULL ? TALLY_ENOMEM : touch_account(a, brand, member);
+		if (rc != 0)
+			return rc;
+		if (a->m.tree.size == before)
+			return TALLY_ECORRUPT; /* the index named a lot that did not expire */
+		*done += a->m.tree.size - before;
+	}
+	*more = true;
+	return 0;
+}
+
+/* Accounts whose oldest qualifying bucket left the window of their brand. */
+static int expire_windows(struct apply *a, uint64_t budget, uint64_t *done, bool *more)
+{
+	struct key from;
+	key_reset(&from);
+	for (;;) {
+		MDB_val k, v;
+		bool found;
+		int rc = seek_prefix(a, T_BRANDS, &from, 0, &k, &v, &found);
+		if (rc != 0 || !found)
+			return rc;
+		char *id = tally_arena_strndup(a->tmp, k.mv_data, k.mv_size);
+		Tally__V1__Brand *b;
+		rc = id == NULL ? TALLY_ENOMEM : brand_get(a, id, &b);
+		if (rc != 0)
+			return rc;
+		key_reset(&from);
+		key_str(&from, id); /* the next brand sorts after "id\0" */
+		if (b->tier_window_days == 0)
+			continue;
+		struct key prefix;
+		key_reset(&prefix);
+		key_str(&prefix, id);
+		for (;;) {
+			if (*done >= budget) {
+				*more = true;
+				return 0;
+			}
+			rc = seek_prefix(a, T_QUAL_DAY, &prefix, prefix.n, &k, &v, &found);
+			if (rc != 0 || !found)
+				break;
+			int64_t day = be32_get((uint8_t *)k.mv_data + prefix.n);
+			if (day > a->today - (int64_t)b->tier_window_days)
+				break;
+			char *member = tally_arena_strndup(a->tmp, (char *)k.mv_data + prefix.n + 4,
+							   k.mv_size - prefix.n - 4);
+			rc = member == NULL ? TALLY_ENOMEM : touch_account(a, id, member);
+			if (rc != 0)
+				return rc;
+			(*done)++;
+		}
+		if (rc != 0)
+			return rc;
+	}
+}
+
+/* Daily counters of past days are no longer read: drop them. */
+static int expire_counters(struct apply *a, uint64_t budget, uint64_t *done, bool *more)
+{
+	struct key from;
+	key_reset(&from);
+	while (*done < budget) {
+		MDB_val k, v;
+		bool found;
+		int rc = seek_prefix(a, T_DAILY, &from, 0, &k, &v, &found);
+		if (rc != 0 || !found)
+			return rc;
+		if (k.mv_size < 4 || (int64_t)be32_get(k.mv_data) >= a->today)
+			return 0;
+		struct key del;
+		key_reset(&del);
+		memcpy(del.b, k.mv_data, k.mv_size);
+		del.n = k.mv_size;
+		rc = st_del(a, T_DAILY, &del);
+		if (rc != 0)
+			return rc;
+		(*done)++;
+	}
+	*more = true;
+	return 0;
+}
+
+int expire_sweep(struct apply *a, uint32_t max_items, Tally__V1__CommandResult *r)
+{
+	uint64_t budget = max_items != 0 ? max_items : TALLY_EXPIRE_ITEMS_DEFAULT;
+	uint64_t done = 0;
+	bool more = false;
+	int rc = expire_lots(a, budget, &done, &more);
+	if (rc == 0 && !more)
+		rc = expire_windows(a, budget, &done, &more);
+	if (rc == 0 && !more)
+		rc = expire_counters(a, budget, &done, &more);
+	r->code = TALLY__V1__RESULT_CODE__OK;
+	r->count = (int64_t)done;
+	r->more = more;
+	return rc;
+}

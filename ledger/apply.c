@@ -1,0 +1,467 @@
+/*
+ * Applying a batch: one LMDB write transaction per batch, one result per command,
+ * one journal entry per applied command.
+ *
+ * Order inside a batch (every replica follows it):
+ *   1. skip the batch if its raft index is not above the applied one;
+ *   2. now = max(batch time, previous batch time): time never runs backwards;
+ *   3. release every open hold whose timeout is at or before now (HOLD_RELEASED);
+ *   4. each command in order: envelope → role → idempotency → handler;
+ *   5. store the applied index, the tree frontier and the digest; commit.
+ */
+#include <assert.h>
+#include <string.h>
+
+#include "ledger/internal.h"
+
+static const handler_fn handlers[] = {
+	[TALLY__V1__COMMAND__BODY_REGISTER_BRAND] = do_register_brand,
+	[TALLY__V1__COMMAND__BODY_UPDATE_BRAND] = do_update_brand,
+	[TALLY__V1__COMMAND__BODY_OPEN_MEMBER] = do_open_member,
+	[TALLY__V1__COMMAND__BODY_UPDATE_MEMBER] = do_update_member,
+	[TALLY__V1__COMMAND__BODY_ACCRUE] = do_accrue,
+	[TALLY__V1__COMMAND__BODY_REDEEM] = do_redeem,
+	[TALLY__V1__COMMAND__BODY_HOLD] = do_hold,
+	[TALLY__V1__COMMAND__BODY_CAPTURE] = do_capture,
+	[TALLY__V1__COMMAND__BODY_VOID] = do_void,
+	[TALLY__V1__COMMAND__BODY_REVERSE] = do_reverse,
+	[TALLY__V1__COMMAND__BODY_TRANSFER] = do_transfer,
+	[TALLY__V1__COMMAND__BODY_SET_AGREEMENT] = do_set_agreement,
+	[TALLY__V1__COMMAND__BODY_EXCHANGE] = do_exchange,
+	[TALLY__V1__COMMAND__BODY_SETTLE] = do_settle,
+	[TALLY__V1__COMMAND__BODY_CONFIRM_SETTLEMENT] = do_confirm_settlement,
+	[TALLY__V1__COMMAND__BODY_ADJUST] = do_adjust,
+	[TALLY__V1__COMMAND__BODY_EXPIRE] = do_expire,
+};
+
+#define HANDLERS_N (sizeof(handlers) / sizeof(handlers[0]))
+
+static const char *enum_name(const ProtobufCEnumDescriptor *d, int v)
+{
+	const ProtobufCEnumValue *ev = protobuf_c_enum_descriptor_get_value(d, v);
+	return ev != NULL ? ev->name : "?";
+}
+
+static const char *body_name(Tally__V1__Command__BodyCase body)
+{
+	const ProtobufCFieldDescriptor *f =
+		protobuf_c_message_descriptor_get_field(&tally__v1__command__descriptor, body);
+	return f != NULL ? f->name : "?";
+}
+
+/* ---- entries ---------------------------------------------------------------------- */
+
+uint64_t next_seq(const struct apply *a)
+{
+	return a->m.tree.size + 1;
+}
+
+static Tally__V1__Posting *posting_new(struct apply *a, const char *brand, int64_t points)
+{
+	assert(a->n_postings < POSTINGS_MAX);
+	assert(points != 0);
+	Tally__V1__Posting *p = &a->postings[a->n_postings++];
+	tally__v1__posting__init(p);
+	p->brand = (char *)brand;
+	p->points = points;
+	return p;
+}
+
+int post_member(struct apply *a, const char *brand, const char *member,
+		Tally__V1__Bucket bucket, int64_t points)
+{
+	assert(member != NULL);
+	if (points == 0)
+		return 0;
+	Tally__V1__Posting *p = posting_new(a, brand, points);
+	p->account = TALLY__V1__SYSTEM_ACCOUNT__MEMBER;
+	p->member = (char *)member;
+	p->bucket = bucket;
+	return 0;
+}
+
+/* Records the posting and moves the system account's balance with it, so the two
+ * can never disagree. */
+int post_system(struct apply *a, const char *brand, Tally__V1__SystemAccount acct,
+		const char *partner, int64_t points)
+{
+	assert(acct != TALLY__V1__SYSTEM_ACCOUNT__MEMBER);
+	if (points == 0)
+		return 0;
+	Tally__V1__Posting *p = posting_new(a, brand, points);
+	p->account = acct;
+	p->partner = (char *)(partner != NULL ? partner : "");
+	struct key k;
+	key_reset(&k);
+	key_str(&k, brand);
+	key_u8(&k, (uint8_t)acct);
+	key_raw(&k, p->partner);
+	int64_t bal;
+	int rc = st_get_i64(a, T_SYSACCT, &k, &bal);
+	if (rc != 0)
+		return rc;
+	/* |balance| stays far below INT64 limits: every movement is bounded by points
+	 * limits and member balances by TALLY_BALANCE_MAX. */
+	if (bal > INT64_MAX / 2 || bal < INT64_MIN / 2)
+		return TALLY_ERANGE;
+	uint8_t b[8];
+	be64_put(b, (uint64_t)(bal + points));
+	return st_put(a, T_SYSACCT, &k, b, 8); /* kept even at 0: a stable row */
+}
+
+int lot_move(struct apply *a, int64_t expiry_ms, int64_t points)
+{
+	assert(points > 0);
+	if (a->n_lots == a->cap_lots) {
+		size_t cap = a->cap_lots == 0 ? 16 : a->cap_lots * 2;
+		Tally__V1__LotMove **n = tally_arena_alloc(a->tmp, cap * sizeof(*n));
+		if (n == NULL)
+			return TALLY_ENOMEM;
+		if (a->n_lots > 0)
+			memcpy(n, a->lots, a->n_lots * sizeof(*n));
+		a->lots = n;
+		a->cap_lots = cap;
+	}
+	/* Consecutive moves of the same lot merge into one. */
+	if (a->n_lots > 0 && a->lots[a->n_lots - 1]->expiry_ms == expiry_ms) {
+		a->lots[a->n_lots - 1]->points += points;
+		return 0;
+	}
+	Tally__V1__LotMove *m = tally_arena_alloc(a->tmp, sizeof(*m));
+	if (m == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__lot_move__init(m);
+	m->expiry_ms = expiry_ms;
+	m->points = points;
+	a->lots[a->n_lots++] = m;
+	return 0;
+}
+
+static int index_put(struct apply *a, enum table t, const char *id, uint64_t seq)
+{
+	struct key k;
+	key_reset(&k);
+	key_str(&k, id);
+	key_u64(&k, seq);
+	return st_put(a, t, &k, "", 0);
+}
+
+/* Indexes the entry under every brand and member it touches, each once. */
+static int entry_index(struct apply *a, const Tally__V1__Entry *e)
+{
+	const char *brands[POSTINGS_MAX + 1], *members[POSTINGS_MAX + 1];
+	size_t nb = 0, nm = 0;
+	if (e->brand[0] != '\0')
+		brands[nb++] = e->brand;
+	if (e->member[0] != '\0')
+		members[nm++] = e->member;
+	for (size_t i = 0; i < e->n_postings; i++) {
+		const Tally__V1__Posting *p = e->postings[i];
+		bool seen = false;
+		for (size_t j = 0; j < nb && !seen; j++)
+			seen = strcmp(brands[j], p->brand) == 0;
+		if (!seen)
+			brands[nb++] = p->brand;
+		if (p->account != TALLY__V1__SYSTEM_ACCOUNT__MEMBER)
+			continue;
+		seen = false;
+		for (size_t j = 0; j < nm && !seen; j++)
+			seen = strcmp(members[j], p->member) == 0;
+		if (!seen)
+			members[nm++] = p->member;
+	}
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < nb; i++)
+		rc = index_put(a, T_IX_BRAND, brands[i], e->seq);
+	for (size_t i = 0; rc == 0 && i < nm; i++)
+		rc = index_put(a, T_IX_MEMBER, members[i], e->seq);
+	return rc;
+}
+
+static int entry_store(struct apply *a, const Tally__V1__Entry *e)
+{
+	size_t n = tally__v1__entry__get_packed_size(e);
+	uint8_t kb[8];
+	be64_put(kb, e->seq);
+	MDB_val k = {8, kb}, v = {ENTRY_HEADER_BYTES + n, NULL};
+	int rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND | MDB_RESERVE);
+	if (rc != 0)
+		return lmdb_error(rc);
+	uint8_t *p = v.mv_data;
+	be64_put(p, a->raft_index);
+	be64_put(p + 8, a->raft_term);
+	be64_put(p + 16, (uint64_t)a->now_ms);
+	size_t w = tally__v1__entry__pack(e, p + ENTRY_HEADER_BYTES);
+	assert(w == n);
+	uint8_t leaf[32];
+	tally_merkle_leaf_hash(p + ENTRY_HEADER_BYTES, n, leaf);
+	struct tally_merkle_store s = tree_store(a->txn, a->l->dbi[T_TREE]);
+	return tally_merkle_append(&a->m.tree, &s, leaf);
+}
+
+int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandResult *r,
+	       const char *brand, const char *member, uint64_t cause_seq)
+{
+	assert(a != NULL && r != NULL);
+	assert(kind != TALLY__V1__ENTRY_KIND__COMMAND || a->cmd != NULL);
+	Tally__V1__Entry e = TALLY__V1__ENTRY__INIT;
+	Tally__V1__Posting *postings[POSTINGS_MAX];
+	e.seq = next_seq(a);
+	e.time_ms = a->now_ms;
+	e.kind = kind;
+	e.command = kind == TALLY__V1__ENTRY_KIND__COMMAND ? (Tally__V1__Command *)a->cmd : NULL;
+	r->code = TALLY__V1__RESULT_CODE__OK;
+	r->entry_seq = e.seq;
+	e.result = r;
+	for (size_t i = 0; i < a->n_postings; i++)
+		postings[i] = &a->postings[i];
+	e.postings = postings;
+	e.n_postings = a->n_postings;
+	e.lots = a->lots;
+	e.n_lots = a->n_lots;
+	e.cause_seq = cause_seq;
+	e.brand = (char *)(brand != NULL ? brand : "");
+	e.member = (char *)(member != NULL ? member : "");
+	int rc = entry_store(a, &e);
+	if (rc == 0)
+		rc = entry_index(a, &e);
+	a->n_postings = 0;
+	a->n_lots = 0;
+	a->lots = NULL;
+	a->cap_lots = 0;
+	return rc;
+}
+
+/* ---- commands --------------------------------------------------------------------- */
+
+static bool valid_scope(const Tally__V1__Principal *p)
+{
+	if (p->n_brands == 0 || p->n_brands > TALLY_SCOPE_BRANDS_MAX)
+		return false;
+	for (size_t i = 0; i < p->n_brands; i++)
+		if (strcmp(p->brands[i], "*") != 0 && !valid_brand_id(p->brands[i]))
+			return false;
+	return true;
+}
+
+static int check_envelope(struct apply *a, const Tally__V1__Command *c,
+			  Tally__V1__CommandResult *r)
+{
+	const Tally__V1__Principal *p = c->principal;
+	if ((size_t)c->body_case >= HANDLERS_N || handlers[c->body_case] == NULL)
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "body: missing or unknown command");
+	if (!valid_text(c->request_id, 1, TALLY_REQUEST_ID_BYTES_MAX))
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "request_id: must be 1..%d printable bytes",
+			      TALLY_REQUEST_ID_BYTES_MAX);
+	if (p == NULL)
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "principal: missing");
+	if (!valid_text(p->key_name, 1, TALLY_KEY_NAME_BYTES_MAX))
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "principal.key_name: must be 1..%d printable bytes",
+			      TALLY_KEY_NAME_BYTES_MAX);
+	if (p->role <= TALLY__V1__ROLE__ROLE_UNSPECIFIED || p->role > TALLY__V1__ROLE__SYSTEM)
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "principal.role: unknown role %d", (int)p->role);
+	if (!valid_scope(p))
+		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+			      "principal.brands: must be \"*\" or 1..%d brand ids",
+			      TALLY_SCOPE_BRANDS_MAX);
+	if (!tally_ledger_role_allows(p->role, c->body_case))
+		return reject(a, r, TALLY__V1__RESULT_CODE__PERMISSION_DENIED,
+			      "role %s may not %s",
+			      enum_name(&tally__v1__role__descriptor, p->role),
+			      body_name(c->body_case));
+	return 0;
+}
+
+/* The content that must match for a retry to count as the same intent: the command
+ * without request_id and principal. */
+static int content_hash(struct apply *a, const Tally__V1__Command *c, uint8_t out[32])
+{
+	Tally__V1__Command body = *c;
+	body.request_id = (char *)"";
+	body.principal = NULL;
+	size_t n = tally__v1__command__get_packed_size(&body);
+	uint8_t *buf = tally_arena_alloc(a->tmp, n);
+	if (buf == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__command__pack(&body, buf);
+	const void *parts[1] = {buf};
+	size_t lens[1] = {n};
+	sha256_parts(parts, lens, 1, out);
+	return 0;
+}
+
+static void idem_key(struct key *k, const Tally__V1__Command *c)
+{
+	key_reset(k);
+	key_str(k, c->principal->key_name);
+	key_raw(k, c->request_id);
+}
+
+/* Answers a retried request from its journal entry; *done tells whether it was one. */
+static int idem_lookup(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+		       Tally__V1__CommandResult *r, bool *done)
+{
+	struct key k;
+	MDB_val v;
+	idem_key(&k, c);
+	*done = false;
+	int rc = st_get(a, T_IDEM, &k, &v);
+	if (rc == TALLY_ENOTFOUND)
+		return 0;
+	if (rc != 0)
+		return rc;
+	if (v.mv_size != 40)
+		return TALLY_ECORRUPT;
+	*done = true;
+	if (memcmp(v.mv_data, hash, 32) != 0)
+		return reject(a, r, TALLY__V1__RESULT_CODE__IDEMPOTENCY_CONFLICT,
+			      "request_id: %s was used for a different command", c->request_id);
+	MDB_val raw;
+	rc = txn_entry_get(a->txn, a->l->dbi[T_ENTRIES], be64_get((uint8_t *)v.mv_data + 32), &raw);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp),
+		raw.mv_size - ENTRY_HEADER_BYTES, (uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES);
+	if (e == NULL || e->result == NULL)
+		return TALLY_ECORRUPT;
+	*r = *e->result;
+	r->message = tally_arena_strdup(a->out, e->result->message);
+	r->replay = true;
+	return r->message == NULL ? TALLY_ENOMEM : 0;
+}
+
+static int idem_store(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+		      uint64_t seq)
+{
+	struct key k;
+	uint8_t v[40];
+	idem_key(&k, c);
+	memcpy(v, hash, 32);
+	be64_put(v + 32, seq);
+	return st_put(a, T_IDEM, &k, v, sizeof(v));
+}
+
+static int apply_command(struct apply *a, const Tally__V1__Command *c,
+			 Tally__V1__CommandResult *r)
+{
+	assert(a->n_postings == 0 && a->n_lots == 0);
+	a->cmd = c;
+	int rc = check_envelope(a, c, r);
+	if (rc != 0 || r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED)
+		return rc;
+	bool idempotent = c->body_case != TALLY__V1__COMMAND__BODY_EXPIRE;
+	uint8_t hash[32];
+	if (idempotent) {
+		bool done;
+		rc = content_hash(a, c, hash);
+		if (rc == 0)
+			rc = idem_lookup(a, c, hash, r, &done);
+		if (rc != 0 || done)
+			return rc;
+	}
+	rc = handlers[c->body_case](a, c, r);
+	if (rc != 0)
+		return rc;
+	assert(r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED);
+	assert(a->n_postings == 0); /* a rejection must not leave half an entry */
+	if (idempotent && r->code == TALLY__V1__RESULT_CODE__OK)
+		rc = idem_store(a, c, hash, r->entry_seq);
+	if (r->message == NULL)
+		r->message = (char *)"";
+	return rc;
+}
+
+/* ---- batches ---------------------------------------------------------------------- */
+
+static int results_new(struct tally_arena *arena, size_t n, Tally__V1__CommandResult ***out)
+{
+	Tally__V1__CommandResult **rs = tally_arena_alloc(arena, (n + 1) * sizeof(*rs));
+	if (rs == NULL)
+		return TALLY_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		rs[i] = tally_arena_alloc(arena, sizeof(**rs));
+		if (rs[i] == NULL)
+			return TALLY_ENOMEM;
+		tally__v1__command_result__init(rs[i]);
+	}
+	*out = rs;
+	return 0;
+}
+
+static int apply_commands(struct apply *a, const Tally__V1__Batch *b,
+			  Tally__V1__CommandResult **rs)
+{
+	int rc = holds_sweep(a);
+	if (b->n_commands > TALLY_BATCH_COMMANDS_MAX) {
+		/* Only a broken leader proposes this; every replica refuses it alike. */
+		for (size_t i = 0; rc == 0 && i < b->n_commands; i++)
+			rc = reject(a, rs[i], TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
+				    "batch: more than %d commands", TALLY_BATCH_COMMANDS_MAX);
+		return rc;
+	}
+	for (size_t i = 0; rc == 0 && i < b->n_commands; i++) {
+		tally_arena_reset(a->tmp);
+		rc = apply_command(a, b->commands[i], rs[i]);
+	}
+	return rc;
+}
+
+int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
+			     struct tally_arena *arena,
+			     Tally__V1__CommandResult ***results, bool *skipped)
+{
+	assert(l != NULL && batch != NULL);
+	assert(arena != NULL && results != NULL && skipped != NULL);
+	*skipped = false;
+	int rc = results_new(arena, batch->n_commands, results);
+	if (rc != 0)
+		return rc;
+	if (batch->raft_index <= l->meta.applied_index) {
+		*skipped = true;
+		return 0;
+	}
+	struct apply a = {.l = l, .m = l->meta, .out = arena, .tmp = &l->scratch};
+	a.raft_index = batch->raft_index;
+	a.raft_term = batch->raft_term;
+	a.now_ms = batch->time_ms > a.m.time_ms ? batch->time_ms : a.m.time_ms;
+	if (a.now_ms < 0)
+		a.now_ms = 0;
+	a.today = day_of(a.now_ms);
+	rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &a.txn));
+	if (rc != 0)
+		return rc;
+	rc = apply_commands(&a, batch, *results);
+	a.m.applied_index = batch->raft_index;
+	a.m.applied_term = batch->raft_term;
+	a.m.time_ms = a.now_ms;
+	if (rc == 0)
+		rc = meta_save(&a);
+	if (rc == 0)
+		rc = lmdb_error(mdb_txn_commit(a.txn));
+	else
+		mdb_txn_abort(a.txn);
+	tally_arena_reset(&l->scratch);
+	if (rc == 0)
+		l->meta = a.m;
+	return rc;
+}
+
+int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len,
+			     struct tally_arena *arena,
+			     Tally__V1__CommandResult ***results, size_t *n_results,
+			     bool *skipped)
+{
+	assert(l != NULL && (buf != NULL || len == 0));
+	assert(n_results != NULL);
+	tally_arena_reset(&l->decode);
+	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&l->decode), len, buf);
+	if (b == NULL)
+		return TALLY_ECORRUPT;
+	*n_results = b->n_commands;
+	return tally_ledger_apply_batch(l, b, arena, results, skipped);
+}

@@ -1,0 +1,430 @@
+/*
+ * Whole-ledger verification, the content hash, snapshot and restore.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ledger/internal.h"
+
+struct check {
+	struct tally_ledger *l;
+	MDB_txn *txn;
+	struct meta m;
+	struct tally_arena arena;
+	char *msg;
+	size_t cap;
+};
+
+static int fail(struct check *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(struct check *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	if (c->cap > 0)
+		vsnprintf(c->msg, c->cap, fmt, ap);
+	va_end(ap);
+	return TALLY_ECORRUPT;
+}
+
+/* Iterates the records of table t whose keys start with prefix. */
+typedef int (*row_fn)(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx);
+
+static int each(struct check *c, enum table t, const void *prefix, size_t n, row_fn fn, void *ctx)
+{
+	MDB_cursor *cur;
+	int rc = lmdb_error(mdb_cursor_open(c->txn, c->l->dbi[t], &cur));
+	if (rc != 0)
+		return rc;
+	MDB_val k = {n, (void *)prefix}, v;
+	int mrc = mdb_cursor_get(cur, &k, &v, n > 0 ? MDB_SET_RANGE : MDB_FIRST);
+	while (rc == 0 && mrc == 0) {
+		if (k.mv_size < n || memcmp(k.mv_data, prefix, n) != 0)
+			break;
+		rc = fn(c, &k, &v, ctx);
+		if (rc == 0)
+			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
+		rc = lmdb_error(mrc);
+	return rc;
+}
+
+static int64_t i64_of(const MDB_val *v)
+{
+	return v->mv_size == 8 ? (int64_t)be64_get(v->mv_data) : INT64_MIN;
+}
+
+/* ---- balances per account and per brand -------------------------------------------- */
+
+static int sum_i64(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)k;
+	int64_t x = i64_of(v);
+	if (x == INT64_MIN || x <= 0)
+		return fail(c, "a lot holds %lld points", (long long)x);
+	*(int64_t *)ctx += x;
+	return 0;
+}
+
+static int sum_holds(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)v;
+	uint8_t kb[8];
+	memcpy(kb, (uint8_t *)k->mv_data + k->mv_size - 8, 8);
+	MDB_val hk = {8, kb}, hv;
+	int rc = lmdb_error(mdb_get(c->txn, c->l->dbi[T_HOLDS], &hk, &hv));
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? fail(c, "index names a missing hold") : rc;
+	Tally__V1__HoldRecord *h = tally__v1__hold_record__unpack(tally_arena_protobuf(&c->arena),
+								  hv.mv_size, hv.mv_data);
+	if (h == NULL || h->status != TALLY__V1__HOLD_STATUS__OPEN)
+		return fail(c, "hold %llu indexed as open is not", (unsigned long long)be64_get(kb));
+	*(int64_t *)ctx += h->points;
+	return 0;
+}
+
+struct brand_sum {
+	int64_t members;
+	int64_t system;
+	uint64_t accounts;
+};
+
+static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct brand_sum *s = ctx;
+	tally_arena_reset(&c->arena);
+	Tally__V1__Account *a = tally__v1__account__unpack(tally_arena_protobuf(&c->arena),
+							   v->mv_size, v->mv_data);
+	if (a == NULL)
+		return fail(c, "an account record does not decode");
+	if (a->available < 0 || a->held < 0)
+		return fail(c, "account %s/%s is negative", a->brand, a->member);
+	struct key prefix;
+	key_reset(&prefix);
+	key_str(&prefix, a->brand);
+	key_str(&prefix, a->member);
+	if (k->mv_size + 1 != prefix.n || memcmp(k->mv_data, prefix.b, k->mv_size) != 0)
+		return fail(c, "account %s/%s stored under another key", a->brand, a->member);
+	int64_t lots = 0, held = 0;
+	int rc = each(c, T_LOTS, prefix.b, prefix.n, sum_i64, &lots);
+	if (rc == 0)
+		rc = each(c, T_HOLD_ACCT, prefix.b, prefix.n, sum_holds, &held);
+	if (rc != 0)
+		return rc;
+	if (lots != a->available)
+		return fail(c, "account %s/%s: available %lld but lots sum to %lld", a->brand,
+			    a->member, (long long)a->available, (long long)lots);
+	if (held != a->held)
+		return fail(c, "account %s/%s: held %lld but open holds sum to %lld", a->brand,
+			    a->member, (long long)a->held, (long long)held);
+	s->members += a->available + a->held;
+	s->accounts++;
+	return 0;
+}
+
+static int sum_system(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)k;
+	int64_t x = i64_of(v);
+	if (x == INT64_MIN)
+		return fail(c, "a system account does not decode");
+	((struct brand_sum *)ctx)->system += x;
+	return 0;
+}
+
+/* Σ member available + held + Σ system accounts = 0: every point a member holds was
+ * issued, and not redeemed, expired, exchanged away or adjusted out. */
+static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)v;
+	uint64_t *total = ctx;
+	struct key prefix;
+	char id[TALLY_BRAND_ID_BYTES_MAX + 1];
+	if (k->mv_size == 0 || k->mv_size > TALLY_BRAND_ID_BYTES_MAX)
+		return fail(c, "a brand key is malformed");
+	memcpy(id, k->mv_data, k->mv_size);
+	id[k->mv_size] = '\0';
+	key_reset(&prefix);
+	key_str(&prefix, id);
+	struct brand_sum s = {0, 0, 0};
+	int rc = each(c, T_ACCOUNTS, prefix.b, prefix.n, check_account, &s);
+	if (rc == 0)
+		rc = each(c, T_SYSACCT, prefix.b, prefix.n, sum_system, &s);
+	if (rc != 0)
+		return rc;
+	if (s.members + s.system != 0)
+		return fail(c, "brand %s: members hold %lld but system accounts balance %lld", id,
+			    (long long)s.members, (long long)s.system);
+	*total += s.accounts;
+	return 0;
+}
+
+/* ---- journal ---------------------------------------------------------------------- */
+
+struct journal {
+	struct tally_merkle_frontier tree;
+	uint64_t expect_seq;
+	int64_t last_time;
+};
+
+static int null_put(void *ctx, unsigned level, uint64_t index, const uint8_t hash[32])
+{
+	(void)ctx, (void)level, (void)index, (void)hash;
+	return 0;
+}
+
+static int check_entry(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	struct journal *j = ctx;
+	tally_arena_reset(&c->arena);
+	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
+	if (seq != j->expect_seq || v->mv_size < ENTRY_HEADER_BYTES)
+		return fail(c, "journal: expected entry %llu", (unsigned long long)j->expect_seq);
+	const uint8_t *bytes = (uint8_t *)v->mv_data + ENTRY_HEADER_BYTES;
+	size_t n = v->mv_size - ENTRY_HEADER_BYTES;
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
+	if (e == NULL || e->seq != seq)
+		return fail(c, "entry %llu does not decode", (unsigned long long)seq);
+	if (e->time_ms < j->last_time)
+		return fail(c, "entry %llu goes back in time", (unsigned long long)seq);
+	j->last_time = e->time_ms;
+	for (size_t i = 0; i < e->n_postings; i++) {
+		int64_t sum = 0;
+		for (size_t x = 0; x < e->n_postings; x++)
+			if (strcmp(e->postings[x]->brand, e->postings[i]->brand) == 0)
+				sum += e->postings[x]->points;
+		if (sum != 0)
+			return fail(c, "entry %llu: postings of brand %s sum to %lld",
+				    (unsigned long long)seq, e->postings[i]->brand, (long long)sum);
+	}
+	uint8_t leaf[32];
+	tally_merkle_leaf_hash(bytes, n, leaf);
+	struct tally_merkle_store s = {NULL, NULL, null_put};
+	j->expect_seq++;
+	return tally_merkle_append(&j->tree, &s, leaf);
+}
+
+/* ---- state digest ------------------------------------------------------------------- */
+
+struct digest_ctx {
+	enum table t;
+	uint8_t sum[32];
+};
+
+static int add_record(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)c;
+	struct digest_ctx *d = ctx;
+	uint8_t h[32];
+	record_hash(d->t, k, v, h);
+	digest_add(d->sum, h);
+	return 0;
+}
+
+static int check_digest(struct check *c)
+{
+	struct digest_ctx d;
+	memset(&d, 0, sizeof(d));
+	for (int t = 0; t < T_COUNT; t++) {
+		if (!table_digested[t])
+			continue;
+		d.t = (enum table)t;
+		int rc = each(c, d.t, "", 0, add_record, &d);
+		if (rc != 0)
+			return rc;
+	}
+	if (memcmp(d.sum, c->m.digest, 32) != 0)
+		return fail(c, "state digest: recomputed value differs from the stored one");
+	return 0;
+}
+
+static int count_row(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)c, (void)k, (void)v;
+	(*(uint64_t *)ctx)++;
+	return 0;
+}
+
+static int check_all(struct check *c)
+{
+	uint64_t accounts = 0, rows = 0;
+	int rc = each(c, T_BRANDS, "", 0, check_brand, &accounts);
+	if (rc == 0)
+		rc = each(c, T_ACCOUNTS, "", 0, count_row, &rows);
+	if (rc == 0 && rows != accounts)
+		return fail(c, "%llu accounts belong to no brand", (unsigned long long)(rows - accounts));
+	struct journal j = {.expect_seq = 1};
+	tally_merkle_frontier_init(&j.tree);
+	if (rc == 0)
+		rc = each(c, T_ENTRIES, "", 0, check_entry, &j);
+	if (rc != 0)
+		return rc;
+	if (j.tree.size != c->m.tree.size)
+		return fail(c, "journal holds %llu entries, the tree %llu",
+			    (unsigned long long)j.tree.size, (unsigned long long)c->m.tree.size);
+	uint8_t a[32], b[32];
+	tally_merkle_frontier_root(&j.tree, a);
+	tally_merkle_frontier_root(&c->m.tree, b);
+	if (memcmp(a, b, 32) != 0)
+		return fail(c, "Merkle root recomputed from the entries differs from the stored one");
+	struct tally_merkle_store st = tree_store(c->txn, c->l->dbi[T_TREE]);
+	if (c->m.tree.size > 0 && (tally_merkle_root_at(&st, c->m.tree.size, a) != 0 ||
+				   memcmp(a, b, 32) != 0))
+		return fail(c, "Merkle nodes stored do not produce the stored root");
+	return check_digest(c);
+}
+
+int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
+{
+	assert(l != NULL);
+	assert(msg != NULL || cap == 0);
+	struct check c = {.l = l, .msg = msg, .cap = cap};
+	if (cap > 0)
+		msg[0] = '\0';
+	tally_arena_init(&c.arena, 64 << 10, 0);
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &c.txn));
+	if (rc == 0) {
+		rc = meta_load(c.txn, l, &c.m);
+		if (rc == 0)
+			rc = check_all(&c);
+		mdb_txn_abort(c.txn);
+	}
+	if (rc != 0 && cap > 0 && msg[0] == '\0')
+		snprintf(msg, cap, "%s", tally_strerror(rc));
+	tally_arena_free(&c.arena);
+	return rc;
+}
+
+/* ---- content hash ------------------------------------------------------------------- */
+
+static int hash_row(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)c;
+	uint8_t *acc = ctx, lens[8];
+	be64_put(lens, ((uint64_t)k->mv_size << 32) | v->mv_size);
+	const void *parts[4] = {acc, lens, k->mv_data, v->mv_data};
+	size_t sizes[4] = {32, 8, k->mv_size, v->mv_size};
+	sha256_parts(parts, sizes, 4, acc); /* a running chain: order matters here */
+	return 0;
+}
+
+int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
+{
+	assert(l != NULL && out != NULL);
+	struct check c = {.l = l};
+	memset(out, 0, 32);
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &c.txn));
+	for (int t = 0; rc == 0 && t < T_COUNT; t++) {
+		const void *parts[2] = {out, table_names[t]};
+		size_t sizes[2] = {32, strlen(table_names[t])};
+		sha256_parts(parts, sizes, 2, out);
+		rc = each(&c, (enum table)t, "", 0, hash_row, out);
+	}
+	if (c.txn != NULL)
+		mdb_txn_abort(c.txn);
+	return rc;
+}
+
+/* ---- snapshot and restore ----------------------------------------------------------- */
+
+int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
+{
+	assert(l != NULL && fd >= 0);
+	struct tally_digest d;
+	int rc = tally_ledger_digest(l, &d);
+	if (rc != 0)
+		return rc;
+	if (applied_index != NULL)
+		*applied_index = d.applied_index;
+	return lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+}
+
+static int copy_fd_to(int in, const char *path)
+{
+	int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0)
+		return TALLY_EIO;
+	static _Thread_local uint8_t buf[1 << 16];
+	int rc = 0;
+	for (;;) {
+		ssize_t n = read(in, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? TALLY_EIO : 0;
+			break;
+		}
+		for (ssize_t w = 0; w < n;) {
+			ssize_t m = write(out, buf + w, (size_t)(n - w));
+			if (m < 0 && errno == EINTR)
+				continue;
+			if (m <= 0) {
+				rc = TALLY_EIO;
+				break;
+			}
+			w += m;
+		}
+		if (rc != 0)
+			break;
+	}
+	if (rc == 0 && fsync(out) != 0)
+		rc = TALLY_EIO;
+	close(out);
+	return rc;
+}
+
+static int path_join(char *buf, size_t cap, const char *dir, const char *name)
+{
+	int n = snprintf(buf, cap, "%s/%s", dir, name);
+	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
+}
+
+int tally_ledger_restore(const char *dir, int fd, const struct tally_ledger_options *opts,
+			 struct tally_ledger **out)
+{
+	assert(dir != NULL && fd >= 0 && out != NULL);
+	char stage[4096], staged[4096], final[4096], lock[4096], slock[4096], msg[256];
+	int rc = path_join(stage, sizeof(stage), dir, ".restore");
+	if (rc == 0)
+		rc = path_join(staged, sizeof(staged), stage, "data.mdb");
+	if (rc == 0)
+		rc = path_join(slock, sizeof(slock), stage, "lock.mdb");
+	if (rc == 0)
+		rc = path_join(final, sizeof(final), dir, "data.mdb");
+	if (rc == 0)
+		rc = path_join(lock, sizeof(lock), dir, "lock.mdb");
+	if (rc != 0)
+		return rc;
+	if (mkdir(stage, 0755) != 0 && errno != EEXIST)
+		return TALLY_EIO;
+	rc = copy_fd_to(fd, staged);
+	struct tally_ledger *l = NULL;
+	if (rc == 0)
+		rc = tally_ledger_open(stage, opts, &l);
+	if (rc == 0)
+		rc = tally_ledger_check_invariants(l, msg, sizeof(msg));
+	tally_ledger_close(l);
+	unlink(slock);
+	if (rc != 0) {
+		unlink(staged);
+		rmdir(stage);
+		return rc;
+	}
+	unlink(lock);
+	if (rename(staged, final) != 0)
+		return TALLY_EIO;
+	rmdir(stage);
+	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return tally_ledger_open(dir, opts, out);
+}

@@ -1,0 +1,204 @@
+/*
+ * Internal interfaces of the ledger: the LMDB tables, key encoding, the state
+ * record helpers that keep the state digest, and the apply context shared by the
+ * command handlers. Nothing here is part of the public API.
+ */
+#ifndef TALLY_LEDGER_INTERNAL_H
+#define TALLY_LEDGER_INTERNAL_H
+
+#include <lmdb.h>
+#include <stdarg.h>
+
+#include "ledger/ledger.h"
+#include "ledger/merkle.h"
+
+/* ---- tables ----------------------------------------------------------------------
+ * Digested tables hold the state; their records feed the state digest. Index tables
+ * are derived from state and excluded. Entries and tree are covered by the root. */
+enum table {
+	T_META,        /* fixed names → meta values */
+	T_ENTRIES,     /* seq(8) → raft_index(8) raft_term(8) time_ms(8) entry bytes */
+	T_TREE,        /* level(1) index(8) → node hash(32) */
+	T_IDEM,        /* key_name \0 request_id → content hash(32) seq(8)       [digest] */
+	T_BRANDS,      /* id → Brand                                              [digest] */
+	T_MEMBERS,     /* id → Member                                             [digest] */
+	T_ACCOUNTS,    /* brand \0 member → Account                               [digest] */
+	T_SYSACCT,     /* brand \0 kind(1) partner → int64                        [digest] */
+	T_LOTS,        /* brand \0 member \0 expiry_key(8) → int64 points         [digest] */
+	T_LOT_EXP,     /* expiry(8) brand \0 member → ""                           index */
+	T_HOLDS,       /* id(8) → HoldRecord                                      [digest] */
+	T_HOLD_EXP,    /* expires(8) id(8) → ""  (open holds)                      index */
+	T_HOLD_ACCT,   /* brand \0 member \0 id(8) → "" (open holds)               index */
+	T_QUAL,        /* brand \0 member \0 day(4) → int64 qualifying points     [digest] */
+	T_QUAL_DAY,    /* brand \0 day(4) member → ""                              index */
+	T_DAILY,       /* day(4) kind(1) brand \0 member \0 partner → int64 used  [digest] */
+	T_AGREEMENTS,  /* from \0 to → Agreement                                  [digest] */
+	T_OBLIGATIONS, /* a \0 b \0 seq(8) → Obligation (open ones, a < b)        [digest] */
+	T_SETTLEMENTS, /* id(8) → Settlement                                      [digest] */
+	T_SETTLE_PAIR, /* a \0 b \0 id(8) → ""                                     index */
+	T_REVERSED,    /* seq(8) → int64 points reversed so far                   [digest] */
+	T_IX_MEMBER,   /* member \0 seq(8) → ""                                    index */
+	T_IX_BRAND,    /* brand \0 seq(8) → ""                                     index */
+	T_COUNT
+};
+
+extern const char *const table_names[T_COUNT];
+extern const bool table_digested[T_COUNT];
+
+enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
+
+#define KEY_BYTES_MAX 400   /* below LMDB's 511-byte key limit */
+#define LEDGER_FORMAT_VERSION 1
+#define MS_PER_DAY 86400000LL
+#define EXPIRY_NEVER_KEY UINT64_MAX
+#define ENTRY_HEADER_BYTES 24
+#define POSTINGS_MAX 8
+
+struct key {
+	size_t n;
+	uint8_t b[KEY_BYTES_MAX];
+};
+
+void key_reset(struct key *k);
+void key_str(struct key *k, const char *s);       /* bytes and a NUL separator */
+void key_raw(struct key *k, const char *s);       /* bytes, no separator (last field) */
+void key_u8(struct key *k, uint8_t v);
+void key_u32(struct key *k, uint32_t v);           /* big-endian: sorts numerically */
+void key_u64(struct key *k, uint64_t v);
+uint64_t be64_get(const uint8_t *p);
+uint32_t be32_get(const uint8_t *p);
+void be64_put(uint8_t *p, uint64_t v);
+
+/* ---- the ledger handle ---------------------------------------------------------- */
+
+struct meta {
+	uint64_t applied_index;
+	uint64_t applied_term;
+	int64_t time_ms;
+	struct tally_merkle_frontier tree;   /* tree.size = last seq */
+	uint8_t digest[32];
+};
+
+struct tally_ledger {
+	MDB_env *env;
+	MDB_dbi dbi[T_COUNT];
+	struct meta meta;           /* as of the last committed batch */
+	struct tally_arena scratch; /* per command; reset before each */
+	struct tally_arena decode;  /* apply_bytes: the decoded batch */
+	char dir[4096];
+};
+
+/* ---- apply context ---------------------------------------------------------------- */
+
+struct apply {
+	struct tally_ledger *l;
+	MDB_txn *txn;
+	struct meta m;                    /* working copy, saved on commit */
+	int64_t now_ms;
+	int64_t today;                    /* UTC day index of now_ms */
+	uint64_t raft_index;
+	uint64_t raft_term;
+	struct tally_arena *out;          /* results, until the caller resets it */
+	struct tally_arena *tmp;          /* scratch, reset before each command */
+	const Tally__V1__Command *cmd;    /* command being applied, NULL for system work */
+	Tally__V1__Posting postings[POSTINGS_MAX];
+	size_t n_postings;
+	Tally__V1__LotMove **lots;        /* lot moves of the entry being built */
+	size_t n_lots;
+	size_t cap_lots;
+};
+
+/* hashing (hash.c) */
+void sha256_parts(const void *const parts[], const size_t lens[], size_t n, uint8_t out[32]);
+void digest_add(uint8_t acc[32], const uint8_t h[32]);
+void digest_sub(uint8_t acc[32], const uint8_t h[32]);
+void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32]);
+
+/* store (store.c): every write to a digested table goes through st_put / st_del */
+int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v);
+int st_put(struct apply *a, enum table t, const struct key *k, const void *v, size_t n);
+int st_del(struct apply *a, enum table t, const struct key *k);
+int st_get_i64(struct apply *a, enum table t, const struct key *k, int64_t *v);
+int st_put_i64(struct apply *a, enum table t, const struct key *k, int64_t v);
+int rec_get(struct apply *a, enum table t, const struct key *k,
+	    const ProtobufCMessageDescriptor *d, void **msg);
+int rec_put(struct apply *a, enum table t, const struct key *k, const void *msg);
+int lmdb_error(int rc);
+int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
+int meta_save(struct apply *a);
+struct tally_merkle_store tree_store(MDB_txn *txn, MDB_dbi dbi);
+int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
+
+/* civil time (civil.c) */
+int64_t day_of(int64_t time_ms);
+int64_t add_months(int64_t time_ms, uint32_t months);
+
+/* validation and authorization (auth.c) */
+bool valid_brand_id(const char *s);
+bool valid_member_id(const char *s);
+bool valid_text(const char *s, size_t min, size_t max);
+bool valid_points(int64_t p);
+bool in_scope(const Tally__V1__Principal *p, const char *brand);
+bool is_all_scope(const Tally__V1__Principal *p);
+
+/* results */
+int reject(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__ResultCode code,
+	   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void result_ok(Tally__V1__CommandResult *r, const Tally__V1__Account *acct);
+
+/* entries (apply.c) */
+uint64_t next_seq(const struct apply *a);
+int post_member(struct apply *a, const char *brand, const char *member,
+		Tally__V1__Bucket bucket, int64_t points);
+int post_system(struct apply *a, const char *brand, Tally__V1__SystemAccount acct,
+		const char *partner, int64_t points);
+int lot_move(struct apply *a, int64_t expiry_ms, int64_t points);
+int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandResult *r,
+	       const char *brand, const char *member, uint64_t cause_seq);
+
+/* accounts, lots, holds, tiers (account.c) */
+int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out);
+int member_exists(struct apply *a, const char *id, bool *exists);
+int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
+		 Tally__V1__Account **out);
+int account_save(struct apply *a, const Tally__V1__Account *acct);
+int lots_take(struct apply *a, const Tally__V1__Account *acct, int64_t points,
+	      int64_t first_expiry_ms, bool record);
+int lot_give(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
+	     int64_t points);
+int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
+	    int64_t day, int64_t points);
+void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);
+int daily_use(struct apply *a, enum daily_kind kind, const char *brand, const char *member,
+	      const char *partner, int64_t points, int64_t cap, bool *over);
+bool lot_valid(const struct apply *a, int64_t expiry_ms);
+int hold_get(struct apply *a, uint64_t id, Tally__V1__HoldRecord **out);
+int hold_store(struct apply *a, const Tally__V1__HoldRecord *h, bool open);
+int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_points,
+		 Tally__V1__HoldStatus status, Tally__V1__CommandResult *r);
+int holds_sweep(struct apply *a);
+int expire_sweep(struct apply *a, uint32_t max_items, Tally__V1__CommandResult *r);
+
+/* command handlers (commands.c, exchange.c) */
+typedef int (*handler_fn)(struct apply *a, const Tally__V1__Command *c,
+			  Tally__V1__CommandResult *r);
+int do_register_brand(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_update_brand(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_open_member(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_update_member(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_accrue(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_redeem(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_hold(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_capture(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_void(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_reverse(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_transfer(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_adjust(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_expire(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_set_agreement(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_exchange(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_settle(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_confirm_settlement(struct apply *, const Tally__V1__Command *,
+			  Tally__V1__CommandResult *);
+
+#endif /* TALLY_LEDGER_INTERNAL_H */

@@ -1,0 +1,183 @@
+/*
+ * ledger — Tally's deterministic points state machine on LMDB.
+ *
+ * The ledger is a pure function of (state, batch): it never reads a clock, draws a
+ * random number, uses floating point or iterates an unordered container. Every
+ * replica and every auditor that applies the same batches reaches the same records,
+ * the same journal, the same Merkle root and the same state digest.
+ *
+ * Lifecycle: tally_ledger_open → tally_ledger_apply_batch / queries (any number)
+ * → tally_ledger_close. A ledger handle is used by one writer thread; queries may run
+ * on other threads (each opens its own LMDB read transaction).
+ *
+ * ---------------------------------------------------------------------------------
+ * Authorization matrix (enforced inside apply, so every replica agrees)
+ * ---------------------------------------------------------------------------------
+ * A principal has a role and a brand scope ("*" = every brand). A command is allowed
+ * when the role has a mark in its row AND every brand the command touches is in scope
+ * (the column "scope" says which brands those are).
+ *
+ *   command              admin mall comm dealer partner auditor system  scope
+ *   register_brand         x                                              the new brand
+ *   update_brand           x                                              the brand
+ *   open_member            x     x    x    x      x                       (members are global)
+ *   update_member          x     x    x    x      x                       (members are global)
+ *   accrue                 x          x    x      x                       the brand
+ *   redeem                 x     x                                        the brand
+ *   hold                   x     x                                        the brand
+ *   capture                x     x                                        the hold's brand
+ *   void                   x     x                                        the hold's brand
+ *   reverse (redemption)   x     x                                        the entry's brand
+ *   reverse (accrual)      x          x    x      x                       the entry's brand
+ *   transfer               x     x    x                                   the brand
+ *   set_agreement          x                                              both brands
+ *   exchange               x                      x                       either brand (admin: both)
+ *   settle                 x                      x                       either brand (admin: both)
+ *   confirm_settlement     x                      x                       the payee brand
+ *   adjust                 x                                              the brand
+ *   expire                 x                           x                  (none)
+ *   queries                x     x    x    x      x       x       x       the brand asked about
+ *
+ * "comm" is the community role; its accruals count against the brand's
+ * community_daily_cap_points. A reverse is allowed to the roles that may perform the
+ * original command (redemption = redeem or capture; accrual = accrue). Exchange and
+ * settle by a partner need one of the two brands in scope, because the agreement
+ * written by an admin of the source brand is that brand's consent.
+ *
+ * ---------------------------------------------------------------------------------
+ * Limits
+ * ---------------------------------------------------------------------------------
+ */
+#ifndef TALLY_LEDGER_H
+#define TALLY_LEDGER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ledger/arena.h"
+#include "ledger/error.h"
+#include "proto/tally.pb-c.h"
+
+#define TALLY_POINTS_MAX 1000000000000LL      /* per command */
+#define TALLY_BALANCE_MAX 4000000000000000000LL /* any account, any counter */
+#define TALLY_REQUEST_ID_BYTES_MAX 64
+#define TALLY_KEY_NAME_BYTES_MAX 64
+#define TALLY_BRAND_ID_BYTES_MAX 32
+#define TALLY_MEMBER_ID_BYTES_MAX 64
+#define TALLY_TEXT_BYTES_MAX 128              /* names, reasons, references */
+#define TALLY_TIERS_MAX 16
+#define TALLY_SCOPE_BRANDS_MAX 64
+#define TALLY_BATCH_COMMANDS_MAX 8192
+#define TALLY_ENTRIES_PAGE_MAX 10000
+#define TALLY_ACCOUNTS_QUERY_MAX 8192
+#define TALLY_EXPIRY_MONTHS_MAX 1200
+#define TALLY_TIER_WINDOW_DAYS_MAX 3650
+#define TALLY_HOLD_TIMEOUT_S_DEFAULT 900
+#define TALLY_HOLD_TIMEOUT_S_MAX 31536000
+#define TALLY_EXPIRE_ITEMS_DEFAULT 10000
+#define TALLY_RATE_MAX 1000000000LL
+#define TALLY_SNAPSHOT_MAGIC "TALLYSNAP1"
+
+struct tally_ledger;
+
+/* Options for tally_ledger_open. Zero-initialised options are valid defaults. */
+struct tally_ledger_options {
+	uint64_t map_size_bytes; /* LMDB map size; 0 = 64 GiB (sparse) */
+	bool nosync;             /* MDB_NOSYNC: the raft log carries durability */
+	bool writemap;           /* MDB_WRITEMAP: faster, same on-disk format */
+};
+
+/* The state a replica proves it holds. */
+struct tally_digest {
+	uint64_t applied_index;
+	uint64_t applied_term;
+	uint64_t tree_size;            /* journal entries = last seq */
+	uint8_t root[32];              /* RFC 9162 Merkle root of the journal */
+	uint8_t state_digest[32];      /* sum mod 2^256 of the hashes of all state records */
+	int64_t time_ms;               /* time of the last applied batch */
+};
+
+/* Opens (creating if needed) the ledger in directory `dir`, which must exist.
+ * Checks the format version. On success *out owns an LMDB environment. */
+int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
+		      struct tally_ledger **out);
+
+/* Closes the environment (after an mdb_env_sync) and frees the handle. NULL is fine. */
+void tally_ledger_close(struct tally_ledger *l);
+
+/* Applies one batch in ONE LMDB write transaction that also records batch->raft_index
+ * and raft_term as applied. A batch whose raft_index is not above the stored applied
+ * index is skipped: *skipped is set and every result is left untouched, so a replay
+ * after a restart is harmless. Otherwise results[i] (an array of n_commands pointers
+ * allocated in `arena`, valid until its next reset) holds each command's outcome:
+ * business rejections are results, not errors. Returns 0, or an error when the
+ * transaction could not be committed, in which case nothing of the batch is applied.
+ * The time of the batch is max(batch->time_ms, time of the previous batch). */
+int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
+			     struct tally_arena *arena,
+			     Tally__V1__CommandResult ***results, bool *skipped);
+
+/* As tally_ledger_apply_batch, for a serialized Batch (what raft carries). Returns
+ * TALLY_ECORRUPT when the bytes do not decode; *n_results receives n_commands. */
+int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len,
+			     struct tally_arena *arena,
+			     Tally__V1__CommandResult ***results, size_t *n_results,
+			     bool *skipped);
+
+/* Answers one query for principal `who` (authorized by the matrix above) from a
+ * consistent read of the current state. *out and everything it points to live in
+ * `arena`. Business outcomes (NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT) are in
+ * (*out)->code; the return value is 0 or a system error. */
+int tally_ledger_query(struct tally_ledger *l, const Tally__V1__Query *q,
+		       const Tally__V1__Principal *who, struct tally_arena *arena,
+		       Tally__V1__QueryResult **out);
+
+/* The current digest (one read transaction). */
+int tally_ledger_digest(struct tally_ledger *l, struct tally_digest *out);
+
+/* The applied raft index (0 for a new ledger). */
+uint64_t tally_ledger_applied_index(struct tally_ledger *l);
+
+/* One account as stored (lots and holds included when with_lots). Returns
+ * TALLY_ENOTFOUND when the member never held points in the brand. */
+int tally_ledger_account(struct tally_ledger *l, const char *brand, const char *member,
+			 bool with_lots, struct tally_arena *arena,
+			 Tally__V1__Account **out);
+
+/* SHA-256 over every key and value of every table in key order: equal for two
+ * ledgers exactly when their logical contents are byte-identical. */
+int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32]);
+
+/* Full scan proving the books balance. Checks, per brand: the postings of every entry
+ * sum to zero; Σ member available + held = −(issuance + redeemed + expired + clearing +
+ * adjustment) (i.e. issued − redeemed − expired ± exchanged ± adjustments); every
+ * account's available equals the sum of its lots and its held the sum of its open
+ * holds; no balance is negative; the Merkle root recomputed from the stored entry
+ * bytes equals the stored root; the state digest recomputed from all records equals
+ * the incremental one. Returns 0 or TALLY_ECORRUPT with the first violation described
+ * in msg (NUL-terminated, truncated to cap). */
+int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap);
+
+/* Forces the LMDB data to disk (needed before raft may drop log entries). */
+int tally_ledger_sync(struct tally_ledger *l);
+
+/* Writes a compacted, consistent copy of the ledger to `fd` (a file or a pipe), as of
+ * one read transaction. *applied_index receives the raft index it reflects. */
+int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
+
+/* Replaces the ledger in `dir` with the snapshot read from `fd` (until EOF), verifies
+ * it (format version, stored digest equals a full recomputation), and opens it.
+ * The previous contents of dir are removed only after the new copy verified. */
+int tally_ledger_restore(const char *dir, int fd, const struct tally_ledger_options *opts,
+			 struct tally_ledger **out);
+
+/* Whether `who` may run command `c` in principle (role only; brand scope is checked
+ * in apply where the touched brands are known). Exposed for the RPC layer to reject
+ * early; the state machine checks again. */
+bool tally_ledger_role_allows(Tally__V1__Role role, Tally__V1__Command__BodyCase body);
+
+/* The enum name of a result code ("INSUFFICIENT_POINTS"), never NULL. */
+const char *tally_result_name(Tally__V1__ResultCode code);
+
+#endif /* TALLY_LEDGER_H */

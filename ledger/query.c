@@ -1,0 +1,602 @@
+/*
+ * Queries: each answers from one LMDB read transaction, so a multi-account read is
+ * a consistent snapshot, and reports the applied index it reflects. Everything in
+ * the answer lives in the caller's arena.
+ */
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ledger/internal.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+
+struct query {
+	struct tally_ledger *l;
+	MDB_txn *txn;
+	struct tally_arena *arena;
+	const Tally__V1__Principal *who;
+	Tally__V1__QueryResult *res;
+	struct meta m;
+};
+
+static int qfail(struct query *q, Tally__V1__ResultCode code, const char *msg)
+{
+	q->res->code = code;
+	q->res->message = tally_arena_strdup(q->arena, msg);
+	return q->res->message == NULL ? TALLY_ENOMEM : 0;
+}
+
+static int qdenied(struct query *q, const char *brand)
+{
+	char msg[160];
+	snprintf(msg, sizeof(msg), "key %s is not scoped to brand %s", q->who->key_name, brand);
+	return qfail(q, CODE(PERMISSION_DENIED), msg);
+}
+
+static int qget(struct query *q, enum table t, const struct key *k, MDB_val *v)
+{
+	MDB_val key = {k->n, (void *)k->b};
+	return lmdb_error(mdb_get(q->txn, q->l->dbi[t], &key, v));
+}
+
+static int qrec(struct query *q, enum table t, const struct key *k,
+		const ProtobufCMessageDescriptor *d, void **out)
+{
+	MDB_val v;
+	int rc = qget(q, t, k, &v);
+	if (rc != 0)
+		return rc;
+	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena), v.mv_size, v.mv_data);
+	return *out == NULL ? TALLY_ECORRUPT : 0;
+}
+
+/* Calls fn for each record whose key starts with prefix, in key order, up to limit. */
+typedef int (*scan_fn)(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx);
+
+static int qscan(struct query *q, enum table t, const struct key *prefix, size_t limit,
+		 scan_fn fn, void *ctx)
+{
+	MDB_cursor *cur;
+	int rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[t], &cur));
+	if (rc != 0)
+		return rc;
+	MDB_val k = {prefix->n, (void *)prefix->b}, v;
+	int mrc = mdb_cursor_get(cur, &k, &v, prefix->n > 0 ? MDB_SET_RANGE : MDB_FIRST);
+	for (size_t n = 0; mrc == 0 && rc == 0 && n < limit; n++) {
+		if (k.mv_size < prefix->n || memcmp(k.mv_data, prefix->b, prefix->n) != 0)
+			break;
+		rc = fn(q, &k, &v, ctx);
+		if (rc == 0)
+			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
+		rc = lmdb_error(mrc);
+	return rc;
+}
+
+/* A growing array of pointers in the arena. */
+static int push(struct query *q, void ***items, size_t *n, void *item)
+{
+	if ((*n & (*n - 1)) == 0) { /* 0, 1, 2, 4, ...: grow to the next power of two */
+		size_t cap = *n == 0 ? 4 : *n * 2;
+		void **p = tally_arena_alloc(q->arena, cap * sizeof(*p));
+		if (p == NULL)
+			return TALLY_ENOMEM;
+		if (*n > 0)
+			memcpy(p, *items, *n * sizeof(*p));
+		*items = p;
+	}
+	(*items)[(*n)++] = item;
+	return 0;
+}
+
+/* ---- accounts --------------------------------------------------------------------- */
+
+static int lot_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	Tally__V1__Account *acct = ctx;
+	if (v->mv_size != 8 || k->mv_size < 8)
+		return TALLY_ECORRUPT;
+	Tally__V1__Lot *lot = tally_arena_alloc(q->arena, sizeof(*lot));
+	if (lot == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__lot__init(lot);
+	uint64_t ek = be64_get((uint8_t *)k->mv_data + k->mv_size - 8);
+	lot->expiry_ms = ek == EXPIRY_NEVER_KEY ? 0 : (int64_t)ek;
+	lot->points = (int64_t)be64_get(v->mv_data);
+	return push(q, (void ***)&acct->lots, &acct->n_lots, lot);
+}
+
+static int hold_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)v;
+	Tally__V1__Account *acct = ctx;
+	struct key hk;
+	Tally__V1__HoldRecord *h;
+	key_reset(&hk);
+	key_u64(&hk, be64_get((uint8_t *)k->mv_data + k->mv_size - 8));
+	int rc = qrec(q, T_HOLDS, &hk, &tally__v1__hold_record__descriptor, (void **)&h);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	return push(q, (void ***)&acct->holds, &acct->n_holds, h);
+}
+
+static int account_read(struct query *q, const char *brand, const char *member, bool with_lots,
+			Tally__V1__Account **out)
+{
+	struct key k;
+	key_reset(&k);
+	key_str(&k, brand);
+	key_raw(&k, member);
+	int rc = qrec(q, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out);
+	if (rc == TALLY_ENOTFOUND) {
+		Tally__V1__Account *a = tally_arena_alloc(q->arena, sizeof(*a));
+		if (a == NULL)
+			return TALLY_ENOMEM;
+		tally__v1__account__init(a);
+		a->brand = tally_arena_strdup(q->arena, brand);
+		a->member = tally_arena_strdup(q->arena, member);
+		*out = a;
+		rc = a->brand != NULL && a->member != NULL ? TALLY_ENOTFOUND : TALLY_ENOMEM;
+	}
+	if (rc != 0 || !with_lots)
+		return rc;
+	key_reset(&k);
+	key_str(&k, brand);
+	key_str(&k, member);
+	rc = qscan(q, T_LOTS, &k, SIZE_MAX, lot_row, *out);
+	if (rc == 0)
+		rc = qscan(q, T_HOLD_ACCT, &k, SIZE_MAX, hold_row, *out);
+	return rc;
+}
+
+static int q_accounts(struct query *q, const Tally__V1__GetAccounts *g)
+{
+	if (!valid_brand_id(g->brand))
+		return qfail(q, CODE(INVALID_ARGUMENT), "brand: must match [a-z0-9_-]{1,32}");
+	if (g->n_members == 0 || g->n_members > TALLY_ACCOUNTS_QUERY_MAX)
+		return qfail(q, CODE(INVALID_ARGUMENT), "members: 1..8192 ids");
+	if (!in_scope(q->who, g->brand))
+		return qdenied(q, g->brand);
+	struct key k;
+	MDB_val v;
+	key_reset(&k);
+	key_raw(&k, g->brand);
+	int rc = qget(q, T_BRANDS, &k, &v);
+	if (rc == TALLY_ENOTFOUND)
+		return qfail(q, CODE(UNKNOWN_BRAND), "brand: not registered");
+	if (rc != 0)
+		return rc;
+	q->res->accounts = tally_arena_alloc(q->arena, g->n_members * sizeof(*q->res->accounts));
+	if (q->res->accounts == NULL)
+		return TALLY_ENOMEM;
+	for (size_t i = 0; i < g->n_members; i++) {
+		if (!valid_member_id(g->members[i]))
+			return qfail(q, CODE(INVALID_ARGUMENT), "members: ids are 1..64 printable bytes");
+		rc = account_read(q, g->brand, g->members[i], g->with_lots, &q->res->accounts[i]);
+		if (rc != 0 && rc != TALLY_ENOTFOUND)
+			return rc;
+		q->res->n_accounts++;
+	}
+	return 0;
+}
+
+/* ---- entries ---------------------------------------------------------------------- */
+
+static int stored_entry(struct query *q, uint64_t seq, Tally__V1__StoredEntry **out)
+{
+	MDB_val raw;
+	int rc = txn_entry_get(q->txn, q->l->dbi[T_ENTRIES], seq, &raw);
+	if (rc != 0)
+		return rc;
+	Tally__V1__StoredEntry *s = tally_arena_alloc(q->arena, sizeof(*s));
+	uint8_t *bytes = tally_arena_alloc(q->arena, raw.mv_size - ENTRY_HEADER_BYTES);
+	if (s == NULL || bytes == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__stored_entry__init(s);
+	s->seq = seq;
+	s->raft_index = be64_get(raw.mv_data);
+	s->raft_term = be64_get((uint8_t *)raw.mv_data + 8);
+	memcpy(bytes, (uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES, raw.mv_size - ENTRY_HEADER_BYTES);
+	s->entry.data = bytes;
+	s->entry.len = raw.mv_size - ENTRY_HEADER_BYTES;
+	*out = s;
+	return 0;
+}
+
+/* Whether the principal may see the entry: all-brand scope, or one of its brands. */
+static bool entry_visible(struct query *q, const Tally__V1__StoredEntry *s)
+{
+	if (is_all_scope(q->who))
+		return true;
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(q->arena),
+						       s->entry.len, s->entry.data);
+	if (e == NULL)
+		return false;
+	if (e->brand[0] != '\0' && in_scope(q->who, e->brand))
+		return true;
+	for (size_t i = 0; i < e->n_postings; i++)
+		if (in_scope(q->who, e->postings[i]->brand))
+			return true;
+	return false;
+}
+
+static int proof_bytes(struct query *q, uint8_t (*path)[32], size_t n, ProtobufCBinaryData **out)
+{
+	ProtobufCBinaryData *p = tally_arena_alloc(q->arena, (n + 1) * sizeof(*p));
+	if (p == NULL)
+		return TALLY_ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		p[i].len = 32;
+		p[i].data = tally_arena_alloc(q->arena, 32);
+		if (p[i].data == NULL)
+			return TALLY_ENOMEM;
+		memcpy(p[i].data, path[i], 32);
+	}
+	*out = p;
+	return 0;
+}
+
+static int q_entry(struct query *q, const Tally__V1__GetEntry *g)
+{
+	if (g->seq == 0 || g->seq > q->m.tree.size)
+		return qfail(q, CODE(NOT_FOUND), "seq: no such entry");
+	int rc = stored_entry(q, g->seq, &q->res->entry);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	if (!entry_visible(q, q->res->entry)) {
+		q->res->entry = NULL;
+		return qfail(q, CODE(PERMISSION_DENIED), "seq: entry of a brand outside the key's scope");
+	}
+	if (!g->proof)
+		return 0;
+	uint8_t path[TALLY_MERKLE_PROOF_MAX][32];
+	size_t n;
+	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi[T_TREE]);
+	rc = tally_merkle_inclusion_proof(&st, g->seq - 1, q->m.tree.size, path,
+					  TALLY_MERKLE_PROOF_MAX, &n);
+	Tally__V1__InclusionProof *p = tally_arena_alloc(q->arena, sizeof(*p));
+	uint8_t *root = tally_arena_alloc(q->arena, 32);
+	if (rc == 0 && (p == NULL || root == NULL))
+		rc = TALLY_ENOMEM;
+	if (rc != 0)
+		return rc;
+	tally__v1__inclusion_proof__init(p);
+	p->index = g->seq - 1;
+	p->tree_size = q->m.tree.size;
+	tally_merkle_frontier_root(&q->m.tree, root);
+	p->root.data = root;
+	p->root.len = 32;
+	p->n_path = n;
+	q->res->proof = p;
+	return proof_bytes(q, path, n, &p->path);
+}
+
+struct entries_scan {
+	const char *brand;      /* also filter by brand when scanning the member index */
+	size_t limit;
+	uint64_t from_seq;
+};
+
+static int entries_add(struct query *q, uint64_t seq, struct entries_scan *s)
+{
+	if (q->res->n_entries == s->limit) {
+		q->res->next_seq = seq;
+		return TALLY_ERANGE; /* page full: stop the scan */
+	}
+	Tally__V1__StoredEntry *e;
+	int rc = stored_entry(q, seq, &e);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	return push(q, (void ***)&q->res->entries, &q->res->n_entries, e);
+}
+
+static int index_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)v;
+	struct entries_scan *s = ctx;
+	uint64_t seq = be64_get((uint8_t *)k->mv_data + k->mv_size - 8);
+	if (s->brand != NULL) {
+		struct key bk;
+		MDB_val bv;
+		key_reset(&bk);
+		key_str(&bk, s->brand);
+		key_u64(&bk, seq);
+		int rc = qget(q, T_IX_BRAND, &bk, &bv);
+		if (rc == TALLY_ENOTFOUND)
+			return 0;
+		if (rc != 0)
+			return rc;
+	}
+	return entries_add(q, seq, s);
+}
+
+static int q_entries(struct query *q, const Tally__V1__ListEntries *g)
+{
+	struct entries_scan s = {NULL, g->limit != 0 ? g->limit : 100, g->from_seq};
+	if (g->limit > TALLY_ENTRIES_PAGE_MAX)
+		return qfail(q, CODE(INVALID_ARGUMENT), "limit: at most 10000");
+	bool by_brand = g->brand[0] != '\0', by_member = g->member[0] != '\0';
+	if (by_brand && !valid_brand_id(g->brand))
+		return qfail(q, CODE(INVALID_ARGUMENT), "brand: must match [a-z0-9_-]{1,32}");
+	if (by_member && !valid_member_id(g->member))
+		return qfail(q, CODE(INVALID_ARGUMENT), "member: must be 1..64 printable bytes");
+	if (by_brand ? !in_scope(q->who, g->brand) : !is_all_scope(q->who))
+		return by_brand ? qdenied(q, g->brand)
+				: qfail(q, CODE(PERMISSION_DENIED), "brand: required for a scoped key");
+	int rc = 0;
+	uint64_t from = g->from_seq != 0 ? g->from_seq : 1;
+	if (!by_brand && !by_member) {
+		for (uint64_t seq = from; rc == 0 && seq <= q->m.tree.size; seq++)
+			rc = entries_add(q, seq, &s);
+	} else {
+		struct key prefix, start;
+		key_reset(&prefix);
+		key_str(&prefix, by_member ? g->member : g->brand);
+		start = prefix;
+		key_u64(&start, from);
+		s.brand = by_member && by_brand ? g->brand : NULL;
+		/* qscan starts at the prefix; skip to `from` by scanning from `start`. */
+		MDB_cursor *cur;
+		enum table t = by_member ? T_IX_MEMBER : T_IX_BRAND;
+		rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[t], &cur));
+		if (rc != 0)
+			return rc;
+		MDB_val k = {start.n, start.b}, v;
+		int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		while (rc == 0 && mrc == 0 && k.mv_size == prefix.n + 8 &&
+		       memcmp(k.mv_data, prefix.b, prefix.n) == 0) {
+			rc = index_row(q, &k, &v, &s);
+			if (rc == 0)
+				mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+		mdb_cursor_close(cur);
+	}
+	return rc == TALLY_ERANGE ? 0 : rc;
+}
+
+/* ---- partners ---------------------------------------------------------------------- */
+
+static int q_agreement(struct query *q, const Tally__V1__GetAgreement *g)
+{
+	if (!valid_brand_id(g->from_brand) || !valid_brand_id(g->to_brand))
+		return qfail(q, CODE(INVALID_ARGUMENT), "from_brand, to_brand: brand ids required");
+	if (!in_scope(q->who, g->from_brand) && !in_scope(q->who, g->to_brand))
+		return qdenied(q, g->from_brand);
+	struct key k;
+	key_reset(&k);
+	key_str(&k, g->from_brand);
+	key_str(&k, g->to_brand);
+	int rc = qrec(q, T_AGREEMENTS, &k, &tally__v1__agreement__descriptor,
+		      (void **)&q->res->agreement);
+	return rc == TALLY_ENOTFOUND ? qfail(q, CODE(NO_AGREEMENT), "no such agreement") : rc;
+}
+
+static int obligation_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)k;
+	(void)ctx;
+	Tally__V1__Obligation *o = tally__v1__obligation__unpack(tally_arena_protobuf(q->arena),
+								 v->mv_size, v->mv_data);
+	if (o == NULL)
+		return TALLY_ECORRUPT;
+	return push(q, (void ***)&q->res->obligations, &q->res->n_obligations, o);
+}
+
+static bool pair_args(struct query *q, const char *x, const char *y, struct key *prefix)
+{
+	if (!valid_brand_id(x) || !valid_brand_id(y) || strcmp(x, y) == 0)
+		return false;
+	bool ordered = strcmp(x, y) < 0;
+	key_reset(prefix);
+	key_str(prefix, ordered ? x : y);
+	key_str(prefix, ordered ? y : x);
+	(void)q;
+	return true;
+}
+
+static int q_obligations(struct query *q, const Tally__V1__ListObligations *g)
+{
+	struct key prefix;
+	if (!pair_args(q, g->brand_a, g->brand_b, &prefix))
+		return qfail(q, CODE(INVALID_ARGUMENT), "brand_a, brand_b: two different brand ids");
+	if (!in_scope(q->who, g->brand_a) && !in_scope(q->who, g->brand_b))
+		return qdenied(q, g->brand_a);
+	size_t limit = g->limit != 0 && g->limit <= TALLY_ENTRIES_PAGE_MAX ? g->limit : TALLY_ENTRIES_PAGE_MAX;
+	return qscan(q, T_OBLIGATIONS, &prefix, limit, obligation_row, NULL);
+}
+
+struct settlements_scan {
+	uint64_t from_id;
+	size_t limit;
+};
+
+static int settlement_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)v;
+	const struct settlements_scan *s = ctx;
+	struct key sk;
+	Tally__V1__Settlement *st;
+	uint64_t id = be64_get((uint8_t *)k->mv_data + k->mv_size - 8);
+	if (id < s->from_id)
+		return 0;
+	if (q->res->n_settlements == s->limit)
+		return TALLY_ERANGE; /* page full: stop the scan */
+	key_reset(&sk);
+	key_u64(&sk, id);
+	int rc = qrec(q, T_SETTLEMENTS, &sk, &tally__v1__settlement__descriptor, (void **)&st);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	if (!in_scope(q->who, st->brand_a) && !in_scope(q->who, st->brand_b))
+		return 0;
+	return push(q, (void ***)&q->res->settlements, &q->res->n_settlements, st);
+}
+
+static int q_settlements(struct query *q, const Tally__V1__ListSettlements *g)
+{
+	struct key prefix;
+	struct settlements_scan s = {g->from_id, g->limit != 0 && g->limit <= TALLY_ENTRIES_PAGE_MAX
+							 ? g->limit : TALLY_ENTRIES_PAGE_MAX};
+	enum table t = T_SETTLE_PAIR;
+	key_reset(&prefix);
+	if (g->brand_a[0] == '\0' && g->brand_b[0] == '\0') {
+		t = T_SETTLEMENTS; /* every settlement the key may see */
+	} else if (!pair_args(q, g->brand_a, g->brand_b, &prefix)) {
+		return qfail(q, CODE(INVALID_ARGUMENT), "brand_a, brand_b: two different brand ids");
+	} else if (!in_scope(q->who, g->brand_a) && !in_scope(q->who, g->brand_b)) {
+		return qdenied(q, g->brand_a);
+	}
+	int rc = qscan(q, t, &prefix, SIZE_MAX, settlement_row, &s);
+	return rc == TALLY_ERANGE ? 0 : rc;
+}
+
+/* ---- small ones -------------------------------------------------------------------- */
+
+static int q_brand(struct query *q, const Tally__V1__GetBrand *g)
+{
+	if (!valid_brand_id(g->id))
+		return qfail(q, CODE(INVALID_ARGUMENT), "id: must match [a-z0-9_-]{1,32}");
+	if (!in_scope(q->who, g->id))
+		return qdenied(q, g->id);
+	struct key k;
+	key_reset(&k);
+	key_raw(&k, g->id);
+	int rc = qrec(q, T_BRANDS, &k, &tally__v1__brand__descriptor, (void **)&q->res->brand);
+	return rc == TALLY_ENOTFOUND ? qfail(q, CODE(UNKNOWN_BRAND), "id: not registered") : rc;
+}
+
+static int q_member(struct query *q, const Tally__V1__GetMember *g)
+{
+	if (!valid_member_id(g->id))
+		return qfail(q, CODE(INVALID_ARGUMENT), "id: must be 1..64 printable bytes");
+	struct key k;
+	key_reset(&k);
+	key_raw(&k, g->id);
+	int rc = qrec(q, T_MEMBERS, &k, &tally__v1__member__descriptor, (void **)&q->res->member);
+	return rc == TALLY_ENOTFOUND ? qfail(q, CODE(UNKNOWN_MEMBER), "id: not open") : rc;
+}
+
+static int q_digest(struct query *q)
+{
+	Tally__V1__Digest *d = tally_arena_alloc(q->arena, sizeof(*d));
+	uint8_t *root = tally_arena_alloc(q->arena, 32), *sd = tally_arena_alloc(q->arena, 32);
+	if (d == NULL || root == NULL || sd == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__digest__init(d);
+	d->applied_index = q->m.applied_index;
+	d->applied_term = q->m.applied_term;
+	d->tree_size = q->m.tree.size;
+	d->time_ms = q->m.time_ms;
+	tally_merkle_frontier_root(&q->m.tree, root);
+	memcpy(sd, q->m.digest, 32);
+	d->root.data = root;
+	d->root.len = 32;
+	d->state_digest.data = sd;
+	d->state_digest.len = 32;
+	q->res->digest = d;
+	return 0;
+}
+
+static int q_consistency(struct query *q, const Tally__V1__GetConsistency *g)
+{
+	uint64_t new_size = g->new_size != 0 ? g->new_size : q->m.tree.size;
+	if (g->old_size == 0 || g->old_size > new_size || new_size > q->m.tree.size)
+		return qfail(q, CODE(INVALID_ARGUMENT), "old_size, new_size: need 1 <= old <= new <= tree size");
+	uint8_t path[TALLY_MERKLE_PROOF_MAX][32];
+	size_t n;
+	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi[T_TREE]);
+	int rc = tally_merkle_consistency_proof(&st, g->old_size, new_size, path,
+						TALLY_MERKLE_PROOF_MAX, &n);
+	Tally__V1__ConsistencyProof *p = tally_arena_alloc(q->arena, sizeof(*p));
+	if (rc == 0 && p == NULL)
+		rc = TALLY_ENOMEM;
+	if (rc != 0)
+		return rc;
+	tally__v1__consistency_proof__init(p);
+	p->old_size = g->old_size;
+	p->new_size = new_size;
+	p->n_path = n;
+	q->res->consistency = p;
+	return proof_bytes(q, path, n, &p->path);
+}
+
+static int q_dispatch(struct query *q, const Tally__V1__Query *in)
+{
+	switch (in->q_case) {
+	case TALLY__V1__QUERY__Q_BRAND: return q_brand(q, in->brand);
+	case TALLY__V1__QUERY__Q_MEMBER: return q_member(q, in->member);
+	case TALLY__V1__QUERY__Q_ACCOUNTS: return q_accounts(q, in->accounts);
+	case TALLY__V1__QUERY__Q_ENTRY: return q_entry(q, in->entry);
+	case TALLY__V1__QUERY__Q_ENTRIES: return q_entries(q, in->entries);
+	case TALLY__V1__QUERY__Q_AGREEMENT: return q_agreement(q, in->agreement);
+	case TALLY__V1__QUERY__Q_OBLIGATIONS: return q_obligations(q, in->obligations);
+	case TALLY__V1__QUERY__Q_SETTLEMENTS: return q_settlements(q, in->settlements);
+	case TALLY__V1__QUERY__Q_DIGEST: return q_digest(q);
+	case TALLY__V1__QUERY__Q_CONSISTENCY: return q_consistency(q, in->consistency);
+	default: return qfail(q, CODE(INVALID_ARGUMENT), "q: missing or unknown query");
+	}
+}
+
+int tally_ledger_query(struct tally_ledger *l, const Tally__V1__Query *in,
+		       const Tally__V1__Principal *who, struct tally_arena *arena,
+		       Tally__V1__QueryResult **out)
+{
+	assert(l != NULL && in != NULL);
+	assert(who != NULL && arena != NULL && out != NULL);
+	struct query q = {.l = l, .arena = arena, .who = who};
+	q.res = tally_arena_alloc(arena, sizeof(*q.res));
+	if (q.res == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__query_result__init(q.res);
+	*out = q.res;
+	if (who->role <= TALLY__V1__ROLE__ROLE_UNSPECIFIED || who->role > TALLY__V1__ROLE__SYSTEM ||
+	    who->key_name == NULL)
+		return qfail(&q, CODE(PERMISSION_DENIED), "principal: no valid role");
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &q.txn));
+	if (rc != 0)
+		return rc;
+	rc = meta_load(q.txn, l, &q.m);
+	if (rc == 0) {
+		q.res->applied_index = q.m.applied_index;
+		q.res->code = CODE(OK);
+		rc = q_dispatch(&q, in);
+	}
+	mdb_txn_abort(q.txn);
+	return rc;
+}
+
+int tally_ledger_digest(struct tally_ledger *l, struct tally_digest *out)
+{
+	assert(l != NULL && out != NULL);
+	MDB_txn *txn;
+	struct meta m;
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &txn));
+	if (rc != 0)
+		return rc;
+	rc = meta_load(txn, l, &m);
+	mdb_txn_abort(txn);
+	if (rc != 0)
+		return rc;
+	out->applied_index = m.applied_index;
+	out->applied_term = m.applied_term;
+	out->tree_size = m.tree.size;
+	out->time_ms = m.time_ms;
+	tally_merkle_frontier_root(&m.tree, out->root);
+	memcpy(out->state_digest, m.digest, 32);
+	return 0;
+}
+
+int tally_ledger_account(struct tally_ledger *l, const char *brand, const char *member,
+			 bool with_lots, struct tally_arena *arena, Tally__V1__Account **out)
+{
+	assert(l != NULL && brand != NULL && member != NULL);
+	struct query q = {.l = l, .arena = arena};
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &q.txn));
+	if (rc != 0)
+		return rc;
+	rc = account_read(&q, brand, member, with_lots, out);
+	mdb_txn_abort(q.txn);
+	return rc;
+}

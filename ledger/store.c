@@ -1,0 +1,438 @@
+/*
+ * The LMDB side of the ledger: tables, keys, records that keep the state digest,
+ * the meta record and the Merkle node store.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ledger/internal.h"
+
+const char *const table_names[T_COUNT] = {
+	[T_META] = "meta",           [T_ENTRIES] = "entries",
+	[T_TREE] = "tree",           [T_IDEM] = "idem",
+	[T_BRANDS] = "brands",       [T_MEMBERS] = "members",
+	[T_ACCOUNTS] = "accounts",   [T_SYSACCT] = "sysacct",
+	[T_LOTS] = "lots",           [T_LOT_EXP] = "lot_exp",
+	[T_HOLDS] = "holds",         [T_HOLD_EXP] = "hold_exp",
+	[T_HOLD_ACCT] = "hold_acct", [T_QUAL] = "qual",
+	[T_QUAL_DAY] = "qual_day",   [T_DAILY] = "daily",
+	[T_AGREEMENTS] = "agreements", [T_OBLIGATIONS] = "obligations",
+	[T_SETTLEMENTS] = "settlements", [T_SETTLE_PAIR] = "settle_pair",
+	[T_REVERSED] = "reversed",   [T_IX_MEMBER] = "ix_member",
+	[T_IX_BRAND] = "ix_brand",
+};
+
+const bool table_digested[T_COUNT] = {
+	[T_IDEM] = true,     [T_BRANDS] = true,      [T_MEMBERS] = true,
+	[T_ACCOUNTS] = true, [T_SYSACCT] = true,     [T_LOTS] = true,
+	[T_HOLDS] = true,    [T_QUAL] = true,        [T_DAILY] = true,
+	[T_AGREEMENTS] = true, [T_OBLIGATIONS] = true, [T_SETTLEMENTS] = true,
+	[T_REVERSED] = true,
+};
+
+/* ---- keys ----------------------------------------------------------------------- */
+
+void key_reset(struct key *k)
+{
+	assert(k != NULL);
+	k->n = 0;
+}
+
+static void key_bytes(struct key *k, const void *p, size_t n)
+{
+	/* Every component is bounded by validation long before it reaches a key. */
+	assert(k->n + n <= KEY_BYTES_MAX);
+	memcpy(k->b + k->n, p, n);
+	k->n += n;
+}
+
+void key_str(struct key *k, const char *s)
+{
+	assert(s != NULL);
+	key_bytes(k, s, strlen(s) + 1);
+}
+
+void key_raw(struct key *k, const char *s)
+{
+	assert(s != NULL);
+	key_bytes(k, s, strlen(s));
+}
+
+void key_u8(struct key *k, uint8_t v)
+{
+	key_bytes(k, &v, 1);
+}
+
+void key_u32(struct key *k, uint32_t v)
+{
+	uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+	key_bytes(k, b, 4);
+}
+
+void be64_put(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+void key_u64(struct key *k, uint64_t v)
+{
+	uint8_t b[8];
+	be64_put(b, v);
+	key_bytes(k, b, 8);
+}
+
+uint64_t be64_get(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+uint32_t be32_get(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* ---- records ---------------------------------------------------------------------- */
+
+int lmdb_error(int rc)
+{
+	switch (rc) {
+	case 0: return 0;
+	case MDB_NOTFOUND: return TALLY_ENOTFOUND;
+	case MDB_MAP_FULL: return TALLY_EFULL;
+	case MDB_CORRUPTED: return TALLY_ECORRUPT;
+	case MDB_VERSION_MISMATCH: return TALLY_EVERSION;
+	case ENOMEM: return TALLY_ENOMEM;
+	case EIO: return TALLY_EIO;
+	default: return TALLY_ESTORE;
+	}
+}
+
+int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
+{
+	assert(a != NULL && a->txn != NULL);
+	assert(t < T_COUNT);
+	MDB_val key = {k->n, (void *)k->b};
+	return lmdb_error(mdb_get(a->txn, a->l->dbi[t], &key, v));
+}
+
+/* Removes the hash of the record currently under `key` from the digest, if any. */
+static int digest_forget(struct apply *a, enum table t, MDB_val *key)
+{
+	MDB_val old;
+	int rc = mdb_get(a->txn, a->l->dbi[t], key, &old);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc != 0)
+		return lmdb_error(rc);
+	uint8_t h[32];
+	record_hash(t, key, &old, h);
+	digest_sub(a->m.digest, h);
+	return 0;
+}
+
+int st_put(struct apply *a, enum table t, const struct key *k, const void *v, size_t n)
+{
+	assert(a != NULL && a->txn != NULL);
+	assert(t != T_META || !table_digested[t]);
+	MDB_val key = {k->n, (void *)k->b};
+	MDB_val val = {n, (void *)v};
+	if (table_digested[t]) {
+		int rc = digest_forget(a, t, &key);
+		if (rc != 0)
+			return rc;
+		uint8_t h[32];
+		record_hash(t, &key, &val, h);
+		digest_add(a->m.digest, h);
+	}
+	return lmdb_error(mdb_put(a->txn, a->l->dbi[t], &key, &val, 0));
+}
+
+int st_del(struct apply *a, enum table t, const struct key *k)
+{
+	assert(a != NULL && a->txn != NULL);
+	assert(t < T_COUNT);
+	MDB_val key = {k->n, (void *)k->b};
+	if (table_digested[t]) {
+		int rc = digest_forget(a, t, &key);
+		if (rc != 0)
+			return rc;
+	}
+	int rc = mdb_del(a->txn, a->l->dbi[t], &key, NULL);
+	return rc == MDB_NOTFOUND ? 0 : lmdb_error(rc);
+}
+
+/* int64 values are stored big-endian in 8 bytes; an absent record reads as 0. */
+int st_get_i64(struct apply *a, enum table t, const struct key *k, int64_t *v)
+{
+	MDB_val val;
+	int rc = st_get(a, t, k, &val);
+	*v = 0;
+	if (rc == TALLY_ENOTFOUND)
+		return 0;
+	if (rc != 0)
+		return rc;
+	if (val.mv_size != 8)
+		return TALLY_ECORRUPT;
+	*v = (int64_t)be64_get(val.mv_data);
+	return 0;
+}
+
+/* Stores v, or deletes the record when v is 0 so that empty rows do not pile up. */
+int st_put_i64(struct apply *a, enum table t, const struct key *k, int64_t v)
+{
+	if (v == 0)
+		return st_del(a, t, k);
+	uint8_t b[8];
+	be64_put(b, (uint64_t)v);
+	return st_put(a, t, k, b, sizeof(b));
+}
+
+int rec_get(struct apply *a, enum table t, const struct key *k,
+	    const ProtobufCMessageDescriptor *d, void **msg)
+{
+	assert(d != NULL && msg != NULL);
+	MDB_val val;
+	int rc = st_get(a, t, k, &val);
+	if (rc != 0)
+		return rc;
+	*msg = protobuf_c_message_unpack(d, tally_arena_protobuf(a->tmp), val.mv_size,
+					 val.mv_data);
+	return *msg == NULL ? TALLY_ECORRUPT : 0;
+}
+
+int rec_put(struct apply *a, enum table t, const struct key *k, const void *msg)
+{
+	assert(msg != NULL);
+	const ProtobufCMessage *m = msg;
+	size_t n = protobuf_c_message_get_packed_size(m);
+	uint8_t *buf = tally_arena_alloc(a->tmp, n);
+	if (buf == NULL)
+		return TALLY_ENOMEM;
+	size_t w = protobuf_c_message_pack(m, buf);
+	assert(w == n);
+	return st_put(a, t, k, buf, w);
+}
+
+/* ---- meta ------------------------------------------------------------------------ */
+
+static const char META_APPLIED[] = "applied";   /* index(8) term(8) time(8) */
+static const char META_TREE[] = "tree";         /* frontier encoding */
+static const char META_DIGEST[] = "digest";     /* 32 bytes */
+static const char META_VERSION[] = "version";   /* u64 */
+
+static int meta_get(MDB_txn *txn, MDB_dbi dbi, const char *name, MDB_val *v)
+{
+	MDB_val k = {strlen(name), (void *)name};
+	return mdb_get(txn, dbi, &k, v);
+}
+
+int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m)
+{
+	assert(txn != NULL && m != NULL);
+	MDB_dbi dbi = l->dbi[T_META];
+	memset(m, 0, sizeof(*m));
+	tally_merkle_frontier_init(&m->tree);
+	MDB_val v;
+	int rc = meta_get(txn, dbi, META_VERSION, &v);
+	if (rc == MDB_NOTFOUND)
+		return 0; /* a new ledger */
+	if (rc != 0)
+		return lmdb_error(rc);
+	if (v.mv_size != 8 || be64_get(v.mv_data) != LEDGER_FORMAT_VERSION)
+		return TALLY_EVERSION;
+	if (meta_get(txn, dbi, META_APPLIED, &v) != 0 || v.mv_size != 24)
+		return TALLY_ECORRUPT;
+	m->applied_index = be64_get(v.mv_data);
+	m->applied_term = be64_get((uint8_t *)v.mv_data + 8);
+	m->time_ms = (int64_t)be64_get((uint8_t *)v.mv_data + 16);
+	if (meta_get(txn, dbi, META_TREE, &v) != 0 ||
+	    tally_merkle_frontier_decode(&m->tree, v.mv_data, v.mv_size) != 0)
+		return TALLY_ECORRUPT;
+	if (meta_get(txn, dbi, META_DIGEST, &v) != 0 || v.mv_size != 32)
+		return TALLY_ECORRUPT;
+	memcpy(m->digest, v.mv_data, 32);
+	return 0;
+}
+
+static int meta_put(struct apply *a, const char *name, const void *p, size_t n)
+{
+	MDB_val k = {strlen(name), (void *)name};
+	MDB_val v = {n, (void *)p};
+	return lmdb_error(mdb_put(a->txn, a->l->dbi[T_META], &k, &v, 0));
+}
+
+int meta_save(struct apply *a)
+{
+	assert(a != NULL && a->txn != NULL);
+	uint8_t applied[24], version[8];
+	be64_put(applied, a->m.applied_index);
+	be64_put(applied + 8, a->m.applied_term);
+	be64_put(applied + 16, (uint64_t)a->m.time_ms);
+	be64_put(version, LEDGER_FORMAT_VERSION);
+	uint8_t tree[TALLY_MERKLE_FRONTIER_BYTES_MAX];
+	size_t n = tally_merkle_frontier_encode(&a->m.tree, tree, sizeof(tree));
+	assert(n > 0);
+	int rc = meta_put(a, META_VERSION, version, sizeof(version));
+	if (rc == 0)
+		rc = meta_put(a, META_APPLIED, applied, sizeof(applied));
+	if (rc == 0)
+		rc = meta_put(a, META_TREE, tree, n);
+	if (rc == 0)
+		rc = meta_put(a, META_DIGEST, a->m.digest, 32);
+	return rc;
+}
+
+/* ---- Merkle node store on LMDB -------------------------------------------------- */
+
+struct tree_ctx {
+	MDB_txn *txn;
+	MDB_dbi dbi;
+};
+
+static void tree_key(uint8_t k[9], unsigned level, uint64_t index)
+{
+	k[0] = (uint8_t)level;
+	be64_put(k + 1, index);
+}
+
+static int tree_get(void *ctx, unsigned level, uint64_t index, uint8_t out[32])
+{
+	struct tree_ctx *t = ctx;
+	uint8_t kb[9];
+	tree_key(kb, level, index);
+	MDB_val k = {sizeof(kb), kb}, v;
+	int rc = mdb_get(t->txn, t->dbi, &k, &v);
+	if (rc != 0)
+		return lmdb_error(rc);
+	if (v.mv_size != 32)
+		return TALLY_ECORRUPT;
+	memcpy(out, v.mv_data, 32);
+	return 0;
+}
+
+static int tree_put(void *ctx, unsigned level, uint64_t index, const uint8_t hash[32])
+{
+	struct tree_ctx *t = ctx;
+	uint8_t kb[9];
+	tree_key(kb, level, index);
+	MDB_val k = {sizeof(kb), kb}, v = {32, (void *)hash};
+	return lmdb_error(mdb_put(t->txn, t->dbi, &k, &v, 0));
+}
+
+/* The store keeps its context in a per-thread slot: a tree_store is used for the
+ * duration of one call by one thread, never concurrently. */
+static _Thread_local struct tree_ctx tree_tls;
+
+struct tally_merkle_store tree_store(MDB_txn *txn, MDB_dbi dbi)
+{
+	assert(txn != NULL);
+	tree_tls.txn = txn;
+	tree_tls.dbi = dbi;
+	struct tally_merkle_store s = {&tree_tls, tree_get, tree_put};
+	return s;
+}
+
+int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw)
+{
+	assert(txn != NULL && raw != NULL);
+	uint8_t kb[8];
+	be64_put(kb, seq);
+	MDB_val k = {8, kb};
+	int rc = mdb_get(txn, dbi, &k, raw);
+	if (rc != 0)
+		return lmdb_error(rc);
+	return raw->mv_size < ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
+}
+
+/* ---- open / close ---------------------------------------------------------------- */
+
+static int env_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o)
+{
+	int rc = mdb_env_create(&l->env);
+	if (rc != 0)
+		return lmdb_error(rc);
+	mdb_env_set_maxdbs(l->env, T_COUNT);
+	uint64_t map = o->map_size_bytes != 0 ? o->map_size_bytes : (64ULL << 30);
+	rc = mdb_env_set_mapsize(l->env, (size_t)map);
+	if (rc != 0)
+		return lmdb_error(rc);
+	unsigned flags = MDB_NOTLS;
+	if (o->nosync)
+		flags |= MDB_NOSYNC;
+	if (o->writemap)
+		flags |= MDB_WRITEMAP;
+	rc = mdb_env_open(l->env, dir, flags, 0644);
+	return lmdb_error(rc);
+}
+
+int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
+		      struct tally_ledger **out)
+{
+	assert(dir != NULL && out != NULL);
+	static const struct tally_ledger_options defaults;
+	const struct tally_ledger_options *o = opts != NULL ? opts : &defaults;
+	struct tally_ledger *l = calloc(1, sizeof(*l));
+	if (l == NULL)
+		return TALLY_ENOMEM;
+	if (strlen(dir) >= sizeof(l->dir)) {
+		free(l);
+		return TALLY_EINVAL;
+	}
+	strcpy(l->dir, dir);
+	tally_arena_init(&l->scratch, 64 << 10, 0);
+	tally_arena_init(&l->decode, 256 << 10, 0);
+	MDB_txn *txn = NULL;
+	int rc = env_open(l, dir, o);
+	if (rc != 0)
+		goto err;
+	rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &txn));
+	for (int t = 0; rc == 0 && t < T_COUNT; t++)
+		rc = lmdb_error(mdb_dbi_open(txn, table_names[t], MDB_CREATE, &l->dbi[t]));
+	if (rc == 0)
+		rc = meta_load(txn, l, &l->meta);
+	if (rc == 0)
+		rc = lmdb_error(mdb_txn_commit(txn));
+	else
+		mdb_txn_abort(txn);
+	if (rc != 0)
+		goto err;
+	*out = l;
+	return 0;
+err:
+	tally_ledger_close(l);
+	return rc;
+}
+
+void tally_ledger_close(struct tally_ledger *l)
+{
+	if (l == NULL)
+		return;
+	if (l->env != NULL) {
+		mdb_env_sync(l->env, 1);
+		mdb_env_close(l->env);
+	}
+	tally_arena_free(&l->scratch);
+	tally_arena_free(&l->decode);
+	free(l);
+}
+
+int tally_ledger_sync(struct tally_ledger *l)
+{
+	assert(l != NULL && l->env != NULL);
+	return lmdb_error(mdb_env_sync(l->env, 1));
+}
+
+uint64_t tally_ledger_applied_index(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	return l->meta.applied_index;
+}

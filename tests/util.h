@@ -1,0 +1,85 @@
+/*
+ * Test helpers: a ledger in a fresh temporary directory, principals, command
+ * builders and one-call apply. Everything built lives in the fixture's arena.
+ */
+#ifndef TALLY_TESTS_UTIL_H
+#define TALLY_TESTS_UTIL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "ledger/ledger.h"
+
+#define DAY_MS 86400000LL
+#define T0_MS 1767225600000LL /* 2026-01-01T00:00:00Z */
+
+struct fx {
+	struct tally_ledger *l;
+	char dir[256];
+	struct tally_arena build;   /* commands, principals */
+	struct tally_arena results; /* results of the last apply */
+	uint64_t index;             /* raft index of the last batch */
+	int64_t now_ms;             /* time of the next batch */
+	unsigned req;               /* request id counter */
+};
+
+void fx_open(struct fx *f);
+void fx_open_in(struct fx *f, const char *dir);
+void fx_close(struct fx *f);
+void fx_remove_dir(const char *dir);
+char *fx_tmpdir(void);
+
+Tally__V1__Principal *who(struct fx *f, Tally__V1__Role role, const char *key, const char *brands);
+Tally__V1__Principal *admin(struct fx *f);
+
+/* A command with a fresh request id (or `req` when not NULL). */
+Tally__V1__Command *cmd_new(struct fx *f, const Tally__V1__Principal *p, const char *req);
+
+Tally__V1__Command *c_brand(struct fx *f, const Tally__V1__Principal *p, const char *id,
+			    uint32_t expiry_months);
+Tally__V1__Command *c_member(struct fx *f, const Tally__V1__Principal *p, const char *id);
+Tally__V1__Command *c_accrue(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			     const char *member, int64_t points);
+Tally__V1__Command *c_redeem(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			     const char *member, int64_t points);
+Tally__V1__Command *c_hold(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			   const char *member, int64_t points, uint32_t timeout_s);
+Tally__V1__Command *c_capture(struct fx *f, const Tally__V1__Principal *p, uint64_t hold,
+			      int64_t points);
+Tally__V1__Command *c_void(struct fx *f, const Tally__V1__Principal *p, uint64_t hold);
+Tally__V1__Command *c_reverse(struct fx *f, const Tally__V1__Principal *p, uint64_t seq,
+			      int64_t points);
+Tally__V1__Command *c_transfer(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			       const char *from, const char *to, int64_t points);
+Tally__V1__Command *c_agreement(struct fx *f, const Tally__V1__Principal *p, const char *from,
+				const char *to, int64_t num, int64_t den);
+Tally__V1__Command *c_exchange(struct fx *f, const Tally__V1__Principal *p, const char *from,
+			       const char *to, const char *member, int64_t points);
+Tally__V1__Command *c_settle(struct fx *f, const Tally__V1__Principal *p, const char *a,
+			     const char *b, int64_t until_ms);
+Tally__V1__Command *c_confirm(struct fx *f, const Tally__V1__Principal *p, uint64_t id);
+Tally__V1__Command *c_adjust(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			     const char *member, int64_t points, const char *reason);
+Tally__V1__Command *c_expire(struct fx *f, const Tally__V1__Principal *p);
+
+/* Applies the commands as one batch at f->now_ms; results valid until the next apply. */
+Tally__V1__CommandResult **apply_n(struct fx *f, Tally__V1__Command **cmds, size_t n);
+Tally__V1__CommandResult *apply1(struct fx *f, Tally__V1__Command *c);
+/* apply1 and assert the code. */
+Tally__V1__CommandResult *expect(struct fx *f, Tally__V1__Command *c, Tally__V1__ResultCode code);
+#define ok(f, c) expect((f), (c), TALLY__V1__RESULT_CODE__OK)
+
+/* A brand "b" (or id) with `expiry_months`, and open members. */
+void setup_brand(struct fx *f, const char *id, uint32_t expiry_months);
+void setup_members(struct fx *f, const char *const *ids, size_t n);
+
+Tally__V1__Account *account(struct fx *f, const char *brand, const char *member);
+int64_t available(struct fx *f, const char *brand, const char *member);
+void assert_invariants(struct fx *f);
+Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq);
+bool quick_mode(void);
+
+#endif
