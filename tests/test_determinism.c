@@ -1,0 +1,483 @@
+/*
+ * Determinism and durability: the same commands reach the same state whatever the
+ * batch split, a snapshot restores to the same digest and keeps pace, and the books
+ * balance after every batch of a long random run.
+ *
+ * The workload is generated adaptively (captures name holds that exist, reversals
+ * name entries that exist) during a first run, recorded, and replayed with another
+ * split. Time advances only at epoch boundaries that every split respects, because a
+ * batch has one timestamp.
+ */
+#include "tests/util.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MEMBERS 400
+#define EPOCH_COMMANDS 1000
+#define BRANDS 3
+
+static const char *const brand_ids[BRANDS] = {"aurora", "borealis", "cygnus"};
+
+struct rng {
+	uint64_t s;
+};
+
+static uint64_t rnd(struct rng *r)
+{
+	/* xorshift64*: deterministic across platforms */
+	r->s ^= r->s >> 12;
+	r->s ^= r->s << 25;
+	r->s ^= r->s >> 27;
+	return r->s * 2685821657736338717ULL;
+}
+
+static uint64_t below(struct rng *r, uint64_t n)
+{
+	return rnd(r) % n;
+}
+
+struct workload {
+	struct fx *f;
+	struct rng rng;
+	Tally__V1__Principal *roles[4]; /* admin, mall, dealer, partner */
+	Tally__V1__Command **cmds;      /* everything generated, in order */
+	size_t n;
+	size_t cap;
+	uint64_t holds[256];            /* recent hold ids */
+	size_t n_holds;
+	uint64_t entries[256];          /* recent accrual/redemption entries */
+	size_t n_entries;
+	unsigned members_open;
+	size_t *batch_ends;             /* where each generated batch ended */
+	size_t n_batches;
+};
+
+static void push_cmd(struct workload *w, Tally__V1__Command *c)
+{
+	if (w->n == w->cap) {
+		w->cap = w->cap == 0 ? 1024 : w->cap * 2;
+		w->cmds = realloc(w->cmds, w->cap * sizeof(*w->cmds));
+		assert_non_null(w->cmds);
+	}
+	w->cmds[w->n++] = c;
+}
+
+static const char *member_name(struct workload *w, unsigned i)
+{
+	char buf[32];
+	snprintf(buf, sizeof(buf), "member-%04u", i);
+	return tally_arena_strdup(&w->f->build, buf);
+}
+
+static const char *any_member(struct workload *w)
+{
+	/* A few ids past the open ones exercise UNKNOWN_MEMBER. */
+	return member_name(w, (unsigned)below(&w->rng, w->members_open + 3));
+}
+
+static const char *any_brand(struct workload *w)
+{
+	return brand_ids[below(&w->rng, BRANDS)];
+}
+
+static Tally__V1__Command *tiered_brand(struct fx *f, const char *id, uint32_t months)
+{
+	Tally__V1__Command *c = c_brand(f, admin(f), id, months);
+	Tally__V1__RegisterBrand *b = c->register_brand;
+	static Tally__V1__Tier silver = TALLY__V1__TIER__INIT, gold = TALLY__V1__TIER__INIT;
+	static Tally__V1__Tier *tiers[2] = {&silver, &gold};
+	silver.name = (char *)"silver";
+	silver.min_points = 2000;
+	gold.name = (char *)"gold";
+	gold.min_points = 10000;
+	b->tiers = tiers;
+	b->n_tiers = 2;
+	b->tier_window_days = 30;
+	b->transfer_max_points = 5000;
+	b->transfer_daily_cap_points = 8000;
+	b->community_daily_cap_points = 3000;
+	return c;
+}
+
+/* Brands, agreements and members: the fixed start of every run. */
+static void setup_commands(struct workload *w)
+{
+	struct fx *f = w->f;
+	push_cmd(w, tiered_brand(f, "aurora", 1));
+	push_cmd(w, c_brand(f, admin(f), "borealis", 0));
+	push_cmd(w, tiered_brand(f, "cygnus", 12));
+	for (int i = 0; i < BRANDS; i++) {
+		Tally__V1__Command *c = c_agreement(f, admin(f), brand_ids[i],
+						    brand_ids[(i + 1) % BRANDS], 3 + i, 7);
+		c->set_agreement->daily_cap_points = 20000;
+		push_cmd(w, c);
+	}
+	for (unsigned i = 0; i < MEMBERS / 2; i++)
+		push_cmd(w, c_member(f, admin(f), member_name(w, i)));
+	w->members_open = MEMBERS / 2;
+}
+
+static void remember(uint64_t *ring, size_t *n, uint64_t v)
+{
+	ring[*n % 256] = v;
+	(*n)++;
+}
+
+static uint64_t recall(struct workload *w, const uint64_t *ring, size_t n)
+{
+	if (n == 0)
+		return 1 + below(&w->rng, 50);
+	size_t live = n < 256 ? n : 256;
+	return ring[below(&w->rng, live)];
+}
+
+static Tally__V1__Command *random_points_command(struct workload *w, unsigned dice)
+{
+	struct fx *f = w->f;
+	int64_t pts = 1 + (int64_t)below(&w->rng, 1500);
+	if (dice < 30)
+		return c_accrue(f, w->roles[2], any_brand(w), any_member(w), pts);
+	if (dice < 45)
+		return c_redeem(f, w->roles[1], any_brand(w), any_member(w), pts);
+	if (dice < 55)
+		return c_hold(f, w->roles[1], any_brand(w), any_member(w), pts,
+			      (uint32_t)(3600 + below(&w->rng, 3 * 86400)));
+	if (dice < 63)
+		return c_capture(f, w->roles[1], recall(w, w->holds, w->n_holds),
+				 (int64_t)below(&w->rng, 2) * pts / 3);
+	if (dice < 68)
+		return c_void(f, w->roles[1], recall(w, w->holds, w->n_holds));
+	if (dice < 75)
+		return c_reverse(f, w->roles[0], recall(w, w->entries, w->n_entries),
+				 (int64_t)below(&w->rng, 2) * pts / 5);
+	if (dice < 85)
+		return c_transfer(f, w->roles[1], any_brand(w), any_member(w), any_member(w), pts);
+	if (dice < 90) {
+		unsigned i = (unsigned)below(&w->rng, BRANDS);
+		return c_exchange(f, w->roles[3], brand_ids[i], brand_ids[(i + 1) % BRANDS],
+				  any_member(w), pts);
+	}
+	if (dice < 93)
+		return c_adjust(f, w->roles[0], any_brand(w), any_member(w),
+				below(&w->rng, 2) ? pts : -pts, "goodwill");
+	if (dice < 95)
+		return c_expire(f, w->roles[0]);
+	if (dice < 97 && w->members_open < MEMBERS)
+		return c_member(f, w->roles[0], member_name(w, w->members_open++));
+	unsigned i = (unsigned)below(&w->rng, BRANDS);
+	return c_settle(f, w->roles[3], brand_ids[i], brand_ids[(i + 1) % BRANDS],
+			f->now_ms - 1 - (int64_t)below(&w->rng, 3 * DAY_MS));
+}
+
+/* A replay of an earlier command (same request id): either exactly, or with other
+ * content, which must be refused as a conflict. */
+static Tally__V1__Command *random_retry(struct workload *w)
+{
+	Tally__V1__Command *old = w->cmds[below(&w->rng, w->n)];
+	if (old->body_case != TALLY__V1__COMMAND__BODY_ACCRUE || below(&w->rng, 2) == 0)
+		return old;
+	Tally__V1__Command *c = c_accrue(w->f, old->principal, old->accrue->brand,
+					 old->accrue->member, old->accrue->points + 1);
+	c->request_id = old->request_id;
+	return c;
+}
+
+static unsigned long outcome[32][32]; /* [body][code], printed by the 100k test */
+
+static void learn(struct workload *w, Tally__V1__Command *c, const Tally__V1__CommandResult *r)
+{
+	if ((unsigned)c->body_case < 32 && (unsigned)r->code < 32)
+		outcome[c->body_case][r->code]++;
+	if (r->code != TALLY__V1__RESULT_CODE__OK || r->replay)
+		return;
+	if (c->body_case == TALLY__V1__COMMAND__BODY_HOLD)
+		remember(w->holds, &w->n_holds, r->hold_id);
+	if (c->body_case == TALLY__V1__COMMAND__BODY_ACCRUE ||
+	    c->body_case == TALLY__V1__COMMAND__BODY_REDEEM ||
+	    c->body_case == TALLY__V1__COMMAND__BODY_CAPTURE)
+		remember(w->entries, &w->n_entries, r->entry_seq);
+}
+
+static int64_t epoch_time(size_t epoch)
+{
+	/* About 1.3 days per epoch with a jitter that never goes back. */
+	return T0_MS + (int64_t)epoch * (DAY_MS + DAY_MS / 3) + (int64_t)(epoch % 7) * 3600000;
+}
+
+/* Applies cmds[from, to) in batches of random size, never crossing an epoch. */
+static void apply_split(struct fx *f, Tally__V1__Command **cmds, size_t from, size_t to,
+			struct rng *split, size_t max_batch, bool check_each)
+{
+	while (from < to) {
+		size_t epoch = from / EPOCH_COMMANDS;
+		size_t end = (epoch + 1) * EPOCH_COMMANDS;
+		size_t n = 1 + below(split, max_batch);
+		if (from + n > end)
+			n = end - from;
+		if (from + n > to)
+			n = to - from;
+		f->now_ms = epoch_time(epoch);
+		apply_n(f, cmds + from, n);
+		if (check_each)
+			assert_invariants(f);
+		from += n;
+	}
+}
+
+/* Generates `total` commands while applying them to f, batch by batch. */
+static void generate(struct workload *w, size_t total, uint64_t seed, bool check_each)
+{
+	struct rng split = {seed ^ 0x9e3779b97f4a7c15ULL};
+	w->rng.s = seed;
+	w->roles[0] = admin(w->f);
+	w->roles[1] = who(w->f, TALLY__V1__ROLE__MALL, "mall", "*");
+	w->roles[2] = who(w->f, TALLY__V1__ROLE__DEALER, "dealer", "*");
+	w->roles[3] = who(w->f, TALLY__V1__ROLE__PARTNER, "partner", "*");
+	setup_commands(w);
+	size_t done = 0;
+	while (w->n < total) {
+		size_t epoch = w->n / EPOCH_COMMANDS;
+		size_t batch = 1 + below(&split, 150);
+		size_t end = (epoch + 1) * EPOCH_COMMANDS;
+		w->f->now_ms = epoch_time(epoch);
+		while (w->n < total && w->n < done + batch && w->n < end) {
+			unsigned dice = (unsigned)below(&w->rng, 100);
+			push_cmd(w, dice < 2 ? random_retry(w) : random_points_command(w, dice));
+		}
+		Tally__V1__CommandResult **rs = apply_n(w->f, w->cmds + done, w->n - done);
+		w->batch_ends = realloc(w->batch_ends, (w->n_batches + 1) * sizeof(size_t));
+		assert_non_null(w->batch_ends);
+		w->batch_ends[w->n_batches++] = w->n;
+		for (size_t i = done; i < w->n; i++)
+			learn(w, w->cmds[i], rs[i - done]);
+		if (check_each)
+			assert_invariants(w->f);
+		done = w->n;
+	}
+}
+
+static size_t workload_size(size_t full)
+{
+	return quick_mode() ? full / 10 : full;
+}
+
+static void assert_same_digest(struct fx *a, struct fx *b)
+{
+	struct tally_digest da, db;
+	assert_int_equal(tally_ledger_digest(a->l, &da), 0);
+	assert_int_equal(tally_ledger_digest(b->l, &db), 0);
+	assert_int_equal(da.tree_size, db.tree_size);
+	assert_memory_equal(da.root, db.root, 32);
+	assert_memory_equal(da.state_digest, db.state_digest, 32);
+	assert_int_equal(da.time_ms, db.time_ms);
+}
+
+/* Every account of every member reads the same, lots and holds included. */
+static void assert_same_accounts(struct fx *a, struct fx *b)
+{
+	for (int i = 0; i < BRANDS; i++) {
+		for (unsigned m = 0; m < MEMBERS + 3; m++) {
+			char id[32];
+			snprintf(id, sizeof(id), "member-%04u", m);
+			Tally__V1__Account *x = account(a, brand_ids[i], id);
+			Tally__V1__Account *y = account(b, brand_ids[i], id);
+			size_t nx = tally__v1__account__get_packed_size(x);
+			size_t ny = tally__v1__account__get_packed_size(y);
+			assert_int_equal(nx, ny);
+			uint8_t *px = tally_arena_alloc(&a->build, nx + 1);
+			uint8_t *py = tally_arena_alloc(&b->build, ny + 1);
+			tally__v1__account__pack(x, px);
+			tally__v1__account__pack(y, py);
+			assert_memory_equal(px, py, nx);
+		}
+		tally_arena_reset(&a->build);
+		tally_arena_reset(&b->build);
+	}
+}
+
+static void test_two_batch_splits_of_100k_commands_reach_identical_state(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	struct workload w;
+	memset(&w, 0, sizeof(w));
+	fx_open(&a);
+	fx_open(&b);
+	w.f = &a;
+	size_t total = workload_size(100000);
+	generate(&w, total, 20261122, false);
+	assert_int_equal(w.n, total);
+
+	/* The same commands, split differently (bigger batches), into another directory. */
+	struct rng split = {77};
+	apply_split(&b, w.cmds, 0, w.n, &split, 997, false);
+
+	assert_same_digest(&a, &b);
+	assert_invariants(&a);
+	assert_invariants(&b);
+	struct tally_digest d;
+	assert_int_equal(tally_ledger_digest(a.l, &d), 0);
+	assert_true(d.tree_size > total / 3); /* the workload did real work */
+	print_message("journal %llu entries; outcomes (command: code=count):\n",
+		      (unsigned long long)d.tree_size);
+	for (int c = 0; c < 32; c++) {
+		char line[512];
+		int n = 0;
+		for (int k = 0; k < 32; k++)
+			if (outcome[c][k] != 0)
+				n += snprintf(line + n, sizeof(line) - (size_t)n, " %s=%lu",
+					      tally_result_name((Tally__V1__ResultCode)k), outcome[c][k]);
+		if (n > 0)
+			print_message("  %d:%s\n", c, line);
+	}
+	/* The builders' arena holds the commands: compare accounts only after. */
+	assert_same_accounts(&a, &b);
+	free(w.cmds);
+	free(w.batch_ends);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+static void test_replicas_fed_the_same_batches_are_byte_identical(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	struct workload w;
+	memset(&w, 0, sizeof(w));
+	fx_open(&a);
+	fx_open(&b);
+	w.f = &a;
+	generate(&w, workload_size(20000), 4242, false);
+	/* Replay exactly the generator's batches: same raft indexes, times and commands. */
+	size_t done = 0;
+	for (size_t i = 0; i < w.n_batches; i++) {
+		b.now_ms = epoch_time(done / EPOCH_COMMANDS);
+		apply_n(&b, w.cmds + done, w.batch_ends[i] - done);
+		done = w.batch_ends[i];
+	}
+	uint8_t ha[32], hb[32];
+	assert_int_equal(tally_ledger_content_hash(a.l, ha), 0);
+	assert_int_equal(tally_ledger_content_hash(b.l, hb), 0);
+	assert_memory_equal(ha, hb, 32);
+	assert_int_equal(tally_ledger_applied_index(a.l), tally_ledger_applied_index(b.l));
+	free(w.cmds);
+	free(w.batch_ends);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	struct workload w;
+	memset(&w, 0, sizeof(w));
+	fx_open(&a);
+	w.f = &a;
+	size_t total = workload_size(30000);
+	generate(&w, total * 2 / 3, 99, false);
+	size_t cut = w.n;
+
+	char *snapdir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snap", snapdir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	uint64_t index = 0;
+	assert_int_equal(tally_ledger_snapshot(a.l, fd, &index), 0);
+	assert_int_equal(index, tally_ledger_applied_index(a.l));
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+
+	/* Restore into an empty directory. */
+	char *dir = fx_tmpdir();
+	memset(&b, 0, sizeof(b));
+	struct tally_ledger *l = NULL;
+	struct tally_ledger_options o = {.nosync = true};
+	assert_int_equal(tally_ledger_restore(dir, fd, &o, &l), 0);
+	close(fd);
+	tally_ledger_close(l);
+	fx_open_in(&b, dir);
+	free(dir);
+	assert_int_equal(tally_ledger_applied_index(b.l), index);
+	assert_same_digest(&a, &b);
+	assert_invariants(&b);
+
+	/* Both continue with the same batches and stay equal. */
+	struct rng rest = {5};
+	w.rng.s = 1234;
+	size_t more = total - cut;
+	for (size_t i = 0; i < more; i++)
+		push_cmd(&w, random_points_command(&w, (unsigned)below(&w.rng, 100)));
+	struct rng rest2 = rest;
+	a.index = b.index = index;
+	apply_split(&a, w.cmds, cut, w.n, &rest, 200, false);
+	apply_split(&b, w.cmds, cut, w.n, &rest2, 200, false);
+	assert_same_digest(&a, &b);
+	uint8_t ha[32], hb[32];
+	assert_int_equal(tally_ledger_content_hash(a.l, ha), 0);
+	assert_int_equal(tally_ledger_content_hash(b.l, hb), 0);
+	assert_memory_equal(ha, hb, 32);
+	assert_invariants(&b);
+	unlink(path);
+	fx_remove_dir(snapdir);
+	free(snapdir);
+	free(w.cmds);
+	free(w.batch_ends);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+static void test_restore_refuses_a_corrupt_snapshot(void **state)
+{
+	(void)state;
+	struct fx a;
+	fx_open(&a);
+	setup_brand(&a, "aurora", 0);
+	char *dir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "not an lmdb file at all", 23), 23);
+	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	char *target = fx_tmpdir();
+	struct tally_ledger *l = NULL;
+	assert_int_not_equal(tally_ledger_restore(target, fd, NULL, &l), 0);
+	assert_null(l);
+	close(fd);
+	fx_remove_dir(target);
+	fx_remove_dir(dir);
+	free(target);
+	free(dir);
+	fx_close(&a);
+}
+
+static void test_invariants_hold_after_every_batch_of_a_long_random_run(void **state)
+{
+	(void)state;
+	struct fx a;
+	struct workload w;
+	memset(&w, 0, sizeof(w));
+	fx_open(&a);
+	w.f = &a;
+	generate(&w, workload_size(15000), 31337, true);
+	free(w.cmds);
+	free(w.batch_ends);
+	fx_close(&a);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_two_batch_splits_of_100k_commands_reach_identical_state),
+		cmocka_unit_test(test_replicas_fed_the_same_batches_are_byte_identical),
+		cmocka_unit_test(test_snapshot_restores_to_same_digest_and_stays_equal),
+		cmocka_unit_test(test_restore_refuses_a_corrupt_snapshot),
+		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,286 @@
+/*
+ * ledger-bench: how fast the state machine applies batches, alone on one core.
+ *
+ * The workload is the points-op mix of ../shared/bench/peers: 70 % accruals and 30 %
+ * redemptions of 1..1000 points over M members picked uniformly at random. Batches
+ * are serialized up front exactly as raft would carry them, then applied with
+ * tally_ledger_apply_bytes (decode included) into an LMDB opened with MDB_NOSYNC, as
+ * a cluster node runs it. The last line is "apply: N commands/s".
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ledger/ledger.h"
+
+struct opts {
+	long commands;
+	long members;
+	long batch;
+	const char *dir;
+	bool writemap;
+	bool keep;
+};
+
+struct blob {
+	uint8_t *data;
+	size_t len;
+};
+
+static uint64_t rng_state = 88172645463325252ULL;
+
+static uint64_t rnd(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: ledger-bench [--commands N] [--members M] [--batch B] "
+			"[--dir D] [--writemap] [--keep]\n");
+	exit(2);
+}
+
+static void parse(int argc, char **argv, struct opts *o)
+{
+	static const struct option longs[] = {
+		{"commands", required_argument, NULL, 'n'}, {"members", required_argument, NULL, 'm'},
+		{"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
+		{"writemap", no_argument, NULL, 'w'},        {"keep", no_argument, NULL, 'k'},
+		{NULL, 0, NULL, 0}};
+	*o = (struct opts){1000000, 100000, 1000, NULL, false, false};
+	int c;
+	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
+		switch (c) {
+		case 'n': o->commands = atol(optarg); break;
+		case 'm': o->members = atol(optarg); break;
+		case 'b': o->batch = atol(optarg); break;
+		case 'd': o->dir = optarg; break;
+		case 'w': o->writemap = true; break;
+		case 'k': o->keep = true; break;
+		default: usage();
+		}
+	}
+	if (o->commands <= 0 || o->members <= 0 || o->batch <= 0 || o->batch > TALLY_BATCH_COMMANDS_MAX)
+		usage();
+}
+
+static Tally__V1__Principal admin_p = TALLY__V1__PRINCIPAL__INIT;
+static Tally__V1__Principal dealer_p = TALLY__V1__PRINCIPAL__INIT;
+static Tally__V1__Principal mall_p = TALLY__V1__PRINCIPAL__INIT;
+static char *all_brands[1] = {(char *)"*"};
+
+static void principals(void)
+{
+	admin_p.key_name = (char *)"admin";
+	admin_p.role = TALLY__V1__ROLE__ADMIN;
+	dealer_p.key_name = (char *)"dealer";
+	dealer_p.role = TALLY__V1__ROLE__DEALER;
+	mall_p.key_name = (char *)"mall";
+	mall_p.role = TALLY__V1__ROLE__MALL;
+	Tally__V1__Principal *ps[3] = {&admin_p, &dealer_p, &mall_p};
+	for (int i = 0; i < 3; i++) {
+		ps[i]->brands = all_brands;
+		ps[i]->n_brands = 1;
+	}
+}
+
+/* Serializes one batch of commands built by `fill` for indexes [first, first + n). */
+static struct blob encode_batch(struct tally_arena *a, uint64_t raft_index, int64_t time_ms,
+				long first, long n,
+				void (*fill)(struct tally_arena *, Tally__V1__Command *, long, void *),
+				void *ctx)
+{
+	Tally__V1__Batch b = TALLY__V1__BATCH__INIT;
+	b.raft_index = raft_index;
+	b.raft_term = 1;
+	b.time_ms = time_ms;
+	b.n_commands = (size_t)n;
+	b.commands = tally_arena_alloc(a, (size_t)n * sizeof(*b.commands));
+	for (long i = 0; i < n; i++) {
+		Tally__V1__Command *c = tally_arena_alloc(a, sizeof(*c));
+		tally__v1__command__init(c);
+		fill(a, c, first + i, ctx);
+		b.commands[i] = c;
+	}
+	struct blob out;
+	out.len = tally__v1__batch__get_packed_size(&b);
+	out.data = malloc(out.len);
+	if (out.data == NULL) {
+		perror("malloc");
+		exit(1);
+	}
+	tally__v1__batch__pack(&b, out.data);
+	tally_arena_reset(a);
+	return out;
+}
+
+static char *fmt(struct tally_arena *a, const char *f, long v)
+{
+	char buf[64];
+	snprintf(buf, sizeof(buf), f, v);
+	return tally_arena_strdup(a, buf);
+}
+
+static void fill_setup(struct tally_arena *a, Tally__V1__Command *c, long i, void *ctx)
+{
+	(void)ctx;
+	c->principal = &admin_p;
+	c->request_id = fmt(a, "setup-%ld", i);
+	if (i == 0) {
+		Tally__V1__RegisterBrand *b = tally_arena_alloc(a, sizeof(*b));
+		tally__v1__register_brand__init(b);
+		b->id = (char *)"aurora";
+		b->name = (char *)"Aurora Motors";
+		b->currency = (char *)"EUR";
+		b->point_value_micros = 10000;
+		b->expiry_months = 24;
+		c->body_case = TALLY__V1__COMMAND__BODY_REGISTER_BRAND;
+		c->register_brand = b;
+		return;
+	}
+	Tally__V1__OpenMember *m = tally_arena_alloc(a, sizeof(*m));
+	tally__v1__open_member__init(m);
+	m->id = fmt(a, "m%07ld", i - 1);
+	m->segment = TALLY__V1__SEGMENT__OWNER_PASSENGER;
+	c->body_case = TALLY__V1__COMMAND__BODY_OPEN_MEMBER;
+	c->open_member = m;
+}
+
+static void fill_op(struct tally_arena *a, Tally__V1__Command *c, long i, void *ctx)
+{
+	long members = *(long *)ctx;
+	char *member = fmt(a, "m%07ld", (long)(rnd() % (uint64_t)members));
+	int64_t points = 1 + (int64_t)(rnd() % 1000);
+	c->request_id = fmt(a, "op-%ld", i);
+	if (rnd() % 10 < 7) {
+		Tally__V1__Accrue *m = tally_arena_alloc(a, sizeof(*m));
+		tally__v1__accrue__init(m);
+		m->brand = (char *)"aurora";
+		m->member = member;
+		m->points = points;
+		m->reason = (char *)"purchase";
+		c->principal = &dealer_p;
+		c->body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+		c->accrue = m;
+	} else {
+		Tally__V1__Redeem *m = tally_arena_alloc(a, sizeof(*m));
+		tally__v1__redeem__init(m);
+		m->brand = (char *)"aurora";
+		m->member = member;
+		m->points = points;
+		c->principal = &mall_p;
+		c->body_case = TALLY__V1__COMMAND__BODY_REDEEM;
+		c->redeem = m;
+	}
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+	return a < b ? -1 : a > b;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	parse(argc, argv, &o);
+	principals();
+	char tmpl[] = "/tmp/tally-bench-XXXXXX";
+	const char *dir = o.dir != NULL ? o.dir : mkdtemp(tmpl);
+	if (dir == NULL) {
+		perror("mkdtemp");
+		return 1;
+	}
+	struct tally_ledger_options lo = {.nosync = true, .writemap = o.writemap};
+	struct tally_ledger *l;
+	int rc = tally_ledger_open(dir, &lo, &l);
+	if (rc != 0) {
+		fprintf(stderr, "open %s: %s\n", dir, tally_strerror(rc));
+		return 1;
+	}
+	struct tally_arena a, out;
+	tally_arena_init(&a, 1 << 20, 0);
+	tally_arena_init(&out, 1 << 20, 0);
+	uint64_t index = tally_ledger_applied_index(l);
+	int64_t t_ms = 1767225600000LL;
+	Tally__V1__CommandResult **rs;
+	size_t n;
+	bool skipped;
+	for (long i = 0; i < o.members + 1; i += 1000) {
+		long k = o.members + 1 - i < 1000 ? o.members + 1 - i : 1000;
+		struct blob bl = encode_batch(&a, ++index, t_ms, i, k, fill_setup, NULL);
+		rc = tally_ledger_apply_bytes(l, bl.data, bl.len, &out, &rs, &n, &skipped);
+		free(bl.data);
+		tally_arena_reset(&out);
+		if (rc != 0) {
+			fprintf(stderr, "setup: %s\n", tally_strerror(rc));
+			return 1;
+		}
+	}
+	long n_batches = (o.commands + o.batch - 1) / o.batch;
+	struct blob *batches = calloc((size_t)n_batches, sizeof(*batches));
+	double *lat = calloc((size_t)n_batches, sizeof(*lat));
+	for (long b = 0; b < n_batches; b++) {
+		long k = o.commands - b * o.batch < o.batch ? o.commands - b * o.batch : o.batch;
+		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * 10, b * o.batch, k,
+					  fill_op, &o.members);
+	}
+	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, dir %s%s\n",
+		o.commands, n_batches, o.batch, o.members, dir, o.writemap ? ", writemap" : "");
+	long ok = 0, rejected = 0;
+	double start = now_s(), last = start;
+	for (long b = 0; b < n_batches; b++) {
+		double t0 = now_s();
+		rc = tally_ledger_apply_bytes(l, batches[b].data, batches[b].len, &out, &rs, &n, &skipped);
+		lat[b] = now_s() - t0;
+		if (rc != 0) {
+			fprintf(stderr, "apply: %s\n", tally_strerror(rc));
+			return 1;
+		}
+		for (size_t i = 0; i < n; i++)
+			rs[i]->code == TALLY__V1__RESULT_CODE__OK ? ok++ : rejected++;
+		tally_arena_reset(&out);
+		free(batches[b].data);
+		if (now_s() - last >= 1.0) {
+			last = now_s();
+			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + 1) * o.batch,
+				(double)((b + 1) * o.batch) / (last - start));
+		}
+	}
+	double secs = now_s() - start;
+	qsort(lat, (size_t)n_batches, sizeof(*lat), cmp_double);
+	struct tally_digest d;
+	tally_ledger_digest(l, &d);
+	printf("applied %ld commands (%ld ok, %ld rejected) in %.3f s; journal %llu entries\n",
+	       o.commands, ok, rejected, secs, (unsigned long long)d.tree_size);
+	printf("batch apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+	       lat[n_batches / 2] * 1e3, lat[n_batches * 99 / 100] * 1e3, lat[n_batches - 1] * 1e3);
+	printf("apply: %.0f commands/s\n", (double)o.commands / secs);
+	free(batches);
+	free(lat);
+	tally_arena_free(&a);
+	tally_arena_free(&out);
+	tally_ledger_close(l);
+	if (o.dir == NULL && !o.keep) {
+		char cmd[512];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", dir);
+	}
+	return 0;
+}
