@@ -23,7 +23,6 @@ OPT     ?= -O2 -g
 SANLD   :=
 endif
 
-PKGS    := liblmdb libprotobuf-c libcrypto
 CFLAGS  += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
            -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers \
            $(OPT) -I. -I$(BUILD)
@@ -43,7 +42,7 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_UTIL  := $(BUILD)/tests/util.o
 
-TOOLS      := $(BUILD)/tools/ledger-bench $(BUILD)/tools/ledger-demo
+TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 
 .PHONY: all check valgrind bench-ledger bench demo deps clean install
 .SECONDARY:
@@ -94,9 +93,11 @@ bench: bench-ledger
 demo: $(BUILD)/tools/ledger-demo
 	$(BUILD)/tools/ledger-demo
 
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 deps:
-	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 
 install: $(LEDGER_LIB)
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/tally

@@ -15,16 +15,33 @@
 
 /* ---- lookups ---------------------------------------------------------------------- */
 
+/* Brands are read by almost every command and written rarely: the batch keeps the
+ * ones it read (brand writes empty the cache). Callers must not modify them. */
 int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out)
 {
 	assert(id != NULL && out != NULL);
-	struct key k;
-	key_reset(&k);
-	key_raw(&k, id);
 	*out = NULL;
 	if (id[0] == '\0' || strlen(id) > TALLY_BRAND_ID_BYTES_MAX)
 		return TALLY_ENOTFOUND;
-	return rec_get(a, T_BRANDS, &k, &tally__v1__brand__descriptor, (void **)out);
+	for (size_t i = 0; i < a->n_brands; i++) {
+		if (strcmp(a->brands[i]->id, id) == 0) {
+			*out = a->brands[i];
+			return 0;
+		}
+	}
+	struct key k;
+	MDB_val v;
+	key_reset(&k);
+	key_raw(&k, id);
+	int rc = st_get(a, T_BRANDS, &k, &v);
+	if (rc != 0)
+		return rc;
+	*out = tally__v1__brand__unpack(tally_arena_protobuf(&a->l->batch), v.mv_size, v.mv_data);
+	if (*out == NULL)
+		return TALLY_ECORRUPT;
+	if (a->n_brands < BRAND_CACHE_MAX)
+		a->brands[a->n_brands++] = *out;
+	return 0;
 }
 
 int member_exists(struct apply *a, const char *id, bool *exists)
@@ -301,12 +318,14 @@ int account_save(struct apply *a, const Tally__V1__Account *acct)
 	return rec_put(a, T_ACCOUNTS, &k, acct);
 }
 
-/* Posts every lot of the account that ran out by now as a LOT_EXPIRED entry. */
-static int lots_expire(struct apply *a, Tally__V1__Account *acct, bool *changed)
+/* Posts the lots of the account that ran out by now, first-expiring first and at
+ * most lots_max of them, each as a LOT_EXPIRED entry. */
+static int lots_expire(struct apply *a, Tally__V1__Account *acct, uint64_t lots_max,
+		       bool *changed)
 {
 	struct key prefix;
 	lot_prefix(&prefix, acct->brand, acct->member);
-	for (;;) {
+	for (uint64_t n = 0; n < lots_max; n++) {
 		MDB_val k, v;
 		bool found;
 		int rc = seek_prefix(a, T_LOTS, &prefix, prefix.n, &k, &v, &found);
@@ -339,16 +358,20 @@ static int lots_expire(struct apply *a, Tally__V1__Account *acct, bool *changed)
 			return rc;
 		*changed = true;
 	}
+	return 0;
 }
 
-/* Lets time pass for the account: expiries, window and tier. Saves it if anything
- * changed, so a command rejected afterwards leaves the account consistent. */
-static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct)
+/* Lets time pass for the account: expiries (at most lots_max), window and tier.
+ * Saves it if anything changed, so a command rejected afterwards leaves the account
+ * consistent. Lots left expired stay counted in available and in the expiry index. */
+static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
+			   uint64_t lots_max)
 {
 	assert(a->n_postings == 0);
+	assert(lots_max > 0);
 	bool changed = false;
 	const char *tier = acct->tier;
-	int rc = lots_expire(a, acct, &changed);
+	int rc = lots_expire(a, acct, lots_max, &changed);
 	if (rc == 0 && b->tier_window_days > 0)
 		rc = qual_prune(a, b, acct, &changed);
 	tier_update(b, acct);
@@ -361,13 +384,16 @@ static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1
 	return rc;
 }
 
-int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
-		 Tally__V1__Account **out)
+/* account_open, expiring at most lots_max lots (the expire sweep keeps to its budget). */
+static int account_load(struct apply *a, const Tally__V1__Brand *b, const char *member,
+			Tally__V1__Account **out, bool *fresh, uint64_t lots_max)
 {
 	assert(b != NULL && member != NULL && out != NULL);
 	struct key k;
 	account_key(&k, b->id, member);
 	int rc = rec_get(a, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out);
+	if (fresh != NULL)
+		*fresh = rc == TALLY_ENOTFOUND;
 	if (rc == TALLY_ENOTFOUND) {
 		Tally__V1__Account *acct = tally_arena_alloc(a->tmp, sizeof(*acct));
 		if (acct == NULL)
@@ -382,7 +408,14 @@ int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
 	}
 	if (rc != 0)
 		return rc;
-	return account_refresh(a, b, *out);
+	return account_refresh(a, b, *out, lots_max);
+}
+
+/* A command sees the account with every lot that ran out expired: no limit. */
+int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
+		 Tally__V1__Account **out, bool *fresh)
+{
+	return account_load(a, b, member, out, fresh, UINT64_MAX);
 }
 
 /* ---- daily counters --------------------------------------------------------------- */
@@ -483,7 +516,7 @@ int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_poin
 	Tally__V1__Account *acct;
 	int rc = brand_get(a, h->brand, &b);
 	if (rc == 0)
-		rc = account_open(a, b, h->member, &acct);
+		rc = account_open(a, b, h->member, &acct, NULL);
 	if (rc != 0)
 		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
 	if (acct->held < h->points)
@@ -559,22 +592,26 @@ int holds_sweep(struct apply *a)
 
 /* ---- expire ----------------------------------------------------------------------- */
 
-/* Touches the account named by the tail of an index key (brand \0 member). */
-static int touch_account(struct apply *a, const char *brand, const char *member)
+/* Touches the account named by the tail of an index key (brand \0 member), expiring
+ * at most lots_max of its lots. */
+static int touch_account(struct apply *a, const char *brand, const char *member,
+			 uint64_t lots_max)
 {
 	Tally__V1__Brand *b;
 	Tally__V1__Account *acct;
 	int rc = brand_get(a, brand, &b);
 	if (rc == 0)
-		rc = account_open(a, b, member, &acct);
+		rc = account_load(a, b, member, &acct, NULL, lots_max);
 	return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
 }
 
+/* Each stage of the sweep handles items while the budget lasts and sets *more only
+ * when it finds one left over, so count <= budget and more is exact. */
 static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *more)
 {
 	struct key from;
 	key_reset(&from);
-	while (*done < budget) {
+	for (;;) {
 		MDB_val k, v;
 		bool found;
 		int rc = seek_prefix(a, T_LOT_EXP, &from, 0, &k, &v, &found);
@@ -582,21 +619,24 @@ static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *m
 			return rc;
 		if (k.mv_size < 8 + 2 || (int64_t)be64_get(k.mv_data) > a->now_ms)
 			return 0;
+		if (*done >= budget) {
+			*more = true;
+			return 0;
+		}
 		const char *brand = (const char *)k.mv_data + 8;
 		size_t bl = strnlen(brand, k.mv_size - 8);
 		if (8 + bl + 1 >= k.mv_size)
 			return TALLY_ECORRUPT;
 		char *member = tally_arena_strndup(a->tmp, brand + bl + 1, k.mv_size - 8 - bl - 1);
 		uint64_t before = a->m.tree.size;
-		rc = member == NULL ? TALLY_ENOMEM : touch_account(a, brand, member);
+		rc = member == NULL ? TALLY_ENOMEM : touch_account(a, brand, member, budget - *done);
 		if (rc != 0)
 			return rc;
 		if (a->m.tree.size == before)
 			return TALLY_ECORRUPT; /* the index named a lot that did not expire */
 		*done += a->m.tree.size - before;
+		assert(*done <= budget);
 	}
-	*more = true;
-	return 0;
 }
 
 /* Accounts whose oldest qualifying bucket left the window of their brand. */
@@ -623,19 +663,21 @@ static int expire_windows(struct apply *a, uint64_t budget, uint64_t *done, bool
 		key_reset(&prefix);
 		key_str(&prefix, id);
 		for (;;) {
-			if (*done >= budget) {
-				*more = true;
-				return 0;
-			}
 			rc = seek_prefix(a, T_QUAL_DAY, &prefix, prefix.n, &k, &v, &found);
 			if (rc != 0 || !found)
 				break;
 			int64_t day = be32_get((uint8_t *)k.mv_data + prefix.n);
 			if (day > a->today - (int64_t)b->tier_window_days)
 				break;
+			if (*done >= budget) {
+				*more = true;
+				return 0;
+			}
 			char *member = tally_arena_strndup(a->tmp, (char *)k.mv_data + prefix.n + 4,
 							   k.mv_size - prefix.n - 4);
-			rc = member == NULL ? TALLY_ENOMEM : touch_account(a, id, member);
+			/* Lots ran first and left none expired: this touch expires nothing. */
+			rc = member == NULL ? TALLY_ENOMEM
+					    : touch_account(a, id, member, budget - *done);
 			if (rc != 0)
 				return rc;
 			(*done)++;
@@ -650,7 +692,7 @@ static int expire_counters(struct apply *a, uint64_t budget, uint64_t *done, boo
 {
 	struct key from;
 	key_reset(&from);
-	while (*done < budget) {
+	for (;;) {
 		MDB_val k, v;
 		bool found;
 		int rc = seek_prefix(a, T_DAILY, &from, 0, &k, &v, &found);
@@ -658,6 +700,10 @@ static int expire_counters(struct apply *a, uint64_t budget, uint64_t *done, boo
 			return rc;
 		if (k.mv_size < 4 || (int64_t)be32_get(k.mv_data) >= a->today)
 			return 0;
+		if (*done >= budget) {
+			*more = true;
+			return 0;
+		}
 		struct key del;
 		key_reset(&del);
 		memcpy(del.b, k.mv_data, k.mv_size);
@@ -667,8 +713,6 @@ static int expire_counters(struct apply *a, uint64_t budget, uint64_t *done, boo
 			return rc;
 		(*done)++;
 	}
-	*more = true;
-	return 0;
 }
 
 int expire_sweep(struct apply *a, uint32_t max_items, Tally__V1__CommandResult *r)

@@ -274,7 +274,7 @@ static int check_all(struct check *c)
 	tally_merkle_frontier_root(&c->m.tree, b);
 	if (memcmp(a, b, 32) != 0)
 		return fail(c, "Merkle root recomputed from the entries differs from the stored one");
-	struct tally_merkle_store st = tree_store(c->txn, c->l->dbi[T_TREE]);
+	struct tally_merkle_store st = tree_store(c->txn, c->l->dbi);
 	if (c->m.tree.size > 0 && (tally_merkle_root_at(&st, c->m.tree.size, a) != 0 ||
 				   memcmp(a, b, 32) != 0))
 		return fail(c, "Merkle nodes stored do not produce the stored root");

@@ -57,17 +57,21 @@ static int check_scope(struct apply *a, Tally__V1__CommandResult *r, const char 
 static int open_account(struct apply *a, Tally__V1__CommandResult *r, const char *brand,
 			const char *member, Tally__V1__Brand **b, Tally__V1__Account **acct)
 {
-	bool exists;
+	bool exists = true, fresh;
 	int rc = brand_get(a, brand, b);
 	if (rc == TALLY_ENOTFOUND)
 		return reject(a, r, CODE(UNKNOWN_BRAND), "brand: %s is not registered", brand);
 	if (rc == 0)
+		rc = account_open(a, *b, member, acct, &fresh);
+	/* Accounts are made only for open members and members are never closed: only a
+	 * fresh account needs the member looked up. */
+	if (rc == 0 && fresh)
 		rc = member_exists(a, member, &exists);
 	if (rc != 0)
 		return rc;
 	if (!exists)
 		return reject(a, r, CODE(UNKNOWN_MEMBER), "member: %s is not open", member);
-	return account_open(a, *b, member, acct);
+	return 0;
 }
 
 /* The usual prelude of a command on one member account of one brand. */
@@ -205,6 +209,7 @@ static int brand_store(struct apply *a, Tally__V1__CommandResult *r, const Tally
 	key_reset(&k);
 	key_raw(&k, b->id);
 	int rc = rec_put(a, T_BRANDS, &k, b);
+	a->n_brands = 0; /* the batch's cached copies are stale now */
 	result_ok(r, NULL);
 	if (rc == 0)
 		rc = emit_entry(a, TALLY__V1__ENTRY_KIND__COMMAND, r, b->id, NULL, 0);
@@ -244,17 +249,18 @@ int do_register_brand(struct apply *a, const Tally__V1__Command *c, Tally__V1__C
 int do_update_brand(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
 {
 	const Tally__V1__UpdateBrand *m = c->update_brand;
-	Tally__V1__Brand *b;
+	Tally__V1__Brand *cached, copy, *b = &copy;
 	if (!valid_brand_id(m->id))
 		return reject(a, r, CODE(INVALID_ARGUMENT), "id: must match [a-z0-9_-]{1,32}");
 	int rc = check_scope(a, r, m->id);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = brand_get(a, m->id, &b);
+	rc = brand_get(a, m->id, &cached);
 	if (rc == TALLY_ENOTFOUND)
 		return reject(a, r, CODE(UNKNOWN_BRAND), "id: brand %s is not registered", m->id);
 	if (rc != 0)
 		return rc;
+	copy = *cached; /* the cached brand is shared: change a copy */
 	if (m->name != NULL)
 		b->name = m->name->value;
 	if (m->point_value_micros != NULL)
@@ -462,6 +468,8 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 		rc = lot_give(a, b->id, m->to_member, a->lots[i]->expiry_ms, a->lots[i]->points);
 	from->available -= m->points;
 	to->available += m->points;
+	/* Account.earned counts transfer-in, as it counts exchange-in (tally.proto). */
+	to->earned += m->points;
 	to->updated_ms = a->now_ms;
 	if (rc == 0)
 		rc = post_member(a, b->id, m->from_member, TALLY__V1__BUCKET__AVAILABLE, -m->points);

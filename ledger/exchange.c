@@ -239,9 +239,9 @@ int do_exchange(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (rc == 0)
 		rc = brand_get(a, m->to_brand, &to);
 	if (rc == 0)
-		rc = account_open(a, from, m->member, &src);
+		rc = account_open(a, from, m->member, &src, NULL);
 	if (rc == 0)
-		rc = account_open(a, to, m->member, &dst);
+		rc = account_open(a, to, m->member, &dst, NULL);
 	if (rc != 0)
 		return rc;
 	if (src->available < m->points)
@@ -292,8 +292,9 @@ static int size_at(struct apply *a, int64_t until_ms, uint64_t *size)
 	return 0;
 }
 
-/* Nets and removes the pair's open obligations up to until_ms into s. */
-static int settle_net(struct apply *a, Tally__V1__Settlement *s)
+/* Nets and removes the pair's open obligations up to until_ms into s. Sets *over and
+ * removes nothing when a gross amount would pass TALLY_BALANCE_MAX. */
+static int settle_net(struct apply *a, Tally__V1__Settlement *s, bool *over)
 {
 	struct key prefix;
 	pair_key(&prefix, s->brand_a, s->brand_b);
@@ -320,7 +321,7 @@ static int settle_net(struct apply *a, Tally__V1__Settlement *s)
 		bool a_pays = strcmp(o->payer, s->brand_a) == 0;
 		int64_t *gross = a_pays ? &s->gross_a_to_b_micros : &s->gross_b_to_a_micros;
 		if (*gross > TALLY_BALANCE_MAX - o->amount_micros) {
-			rc = TALLY_ERANGE;
+			*over = true; /* a business limit, not a failure of the batch */
 			break;
 		}
 		*gross += o->amount_micros;
@@ -346,7 +347,7 @@ static int settle_net(struct apply *a, Tally__V1__Settlement *s)
 	mdb_cursor_close(cur);
 	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
 		rc = lmdb_error(mrc);
-	for (size_t i = 0; rc == 0 && i < n_dead; i++)
+	for (size_t i = 0; rc == 0 && !*over && i < n_dead; i++)
 		rc = st_del(a, T_OBLIGATIONS, &dead[i]);
 	return rc;
 }
@@ -371,10 +372,15 @@ int do_settle(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	s.until_ms = m->until_ms;
 	s.created_ms = a->now_ms;
 	uint8_t root[32];
-	rc = settle_net(a, &s);
+	bool over = false;
+	rc = settle_net(a, &s, &over);
+	if (rc == 0 && over)
+		return reject(a, r, CODE(LIMIT_EXCEEDED),
+			      "until_ms: obligations up to the cut-off exceed %lld micros one way; "
+			      "settle an earlier cut-off first", (long long)TALLY_BALANCE_MAX);
 	if (rc == 0)
 		rc = size_at(a, m->until_ms, &s.tree_size);
-	struct tally_merkle_store st = tree_store(a->txn, a->l->dbi[T_TREE]);
+	struct tally_merkle_store st = tree_store(a->txn, a->l->dbi);
 	if (rc == 0 && s.tree_size > 0)
 		rc = tally_merkle_root_at(&st, s.tree_size, root);
 	if (s.tree_size == 0)

@@ -79,12 +79,33 @@ struct meta {
 	uint8_t digest[32];
 };
 
+/* What the current batch knows of a digested record: the hash of its current value
+ * (or that it is absent), so that replacing it needs no second read to take the old
+ * hash out of the digest. A cache only: it never changes what is computed. */
+struct known {
+	uint64_t tag;          /* key hash; valid only when gen matches */
+	uint32_t gen;
+	uint16_t key_bytes;
+	uint8_t table;
+	bool present;
+	const uint8_t *key;    /* copy in the batch arena */
+	uint8_t hash[32];
+};
+
+#define BRAND_CACHE_MAX 16
+#define SYS_DELTAS_MAX 32
+
 struct tally_ledger {
 	MDB_env *env;
 	MDB_dbi dbi[T_COUNT];
 	struct meta meta;           /* as of the last committed batch */
 	struct tally_arena scratch; /* per command; reset before each */
+	struct tally_arena batch;   /* per batch: known keys, cached brands */
 	struct tally_arena decode;  /* apply_bytes: the decoded batch */
+	struct known *known;        /* open addressing, known_cap slots */
+	size_t known_cap;
+	size_t known_used;
+	uint32_t known_gen;
 	char dir[4096];
 };
 
@@ -106,6 +127,13 @@ struct apply {
 	Tally__V1__LotMove **lots;        /* lot moves of the entry being built */
 	size_t n_lots;
 	size_t cap_lots;
+	Tally__V1__Brand *brands[BRAND_CACHE_MAX]; /* brands read in this batch */
+	size_t n_brands;
+	struct sys_delta {                /* system account movements not yet written */
+		struct key k;
+		int64_t delta;
+	} sys[SYS_DELTAS_MAX];
+	size_t n_sys;
 };
 
 /* hashing (hash.c) */
@@ -124,9 +152,11 @@ int rec_get(struct apply *a, enum table t, const struct key *k,
 	    const ProtobufCMessageDescriptor *d, void **msg);
 int rec_put(struct apply *a, enum table t, const struct key *k, const void *msg);
 int lmdb_error(int rc);
+void known_reset(struct tally_ledger *l);
+void known_free(struct tally_ledger *l);
 int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
 int meta_save(struct apply *a);
-struct tally_merkle_store tree_store(MDB_txn *txn, MDB_dbi dbi);
+struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
 
 /* civil time (civil.c) */
@@ -152,6 +182,7 @@ int post_member(struct apply *a, const char *brand, const char *member,
 		Tally__V1__Bucket bucket, int64_t points);
 int post_system(struct apply *a, const char *brand, Tally__V1__SystemAccount acct,
 		const char *partner, int64_t points);
+int sys_flush(struct apply *a);
 int lot_move(struct apply *a, int64_t expiry_ms, int64_t points);
 int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandResult *r,
 	       const char *brand, const char *member, uint64_t cause_seq);
@@ -160,7 +191,7 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out);
 int member_exists(struct apply *a, const char *id, bool *exists);
 int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
-		 Tally__V1__Account **out);
+		 Tally__V1__Account **out, bool *fresh);
 int account_save(struct apply *a, const Tally__V1__Account *acct);
 int lots_take(struct apply *a, const Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);

@@ -254,7 +254,7 @@ static int q_entry(struct query *q, const Tally__V1__GetEntry *g)
 		return 0;
 	uint8_t path[TALLY_MERKLE_PROOF_MAX][32];
 	size_t n;
-	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi[T_TREE]);
+	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi);
 	rc = tally_merkle_inclusion_proof(&st, g->seq - 1, q->m.tree.size, path,
 					  TALLY_MERKLE_PROOF_MAX, &n);
 	Tally__V1__InclusionProof *p = tally_arena_alloc(q->arena, sizeof(*p));
@@ -506,7 +506,7 @@ static int q_consistency(struct query *q, const Tally__V1__GetConsistency *g)
 		return qfail(q, CODE(INVALID_ARGUMENT), "old_size, new_size: need 1 <= old <= new <= tree size");
 	uint8_t path[TALLY_MERKLE_PROOF_MAX][32];
 	size_t n;
-	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi[T_TREE]);
+	struct tally_merkle_store st = tree_store(q->txn, q->l->dbi);
 	int rc = tally_merkle_consistency_proof(&st, g->old_size, new_size, path,
 						TALLY_MERKLE_PROOF_MAX, &n);
 	Tally__V1__ConsistencyProof *p = tally_arena_alloc(q->arena, sizeof(*p));

@@ -116,17 +116,134 @@ int lmdb_error(int rc)
 	}
 }
 
+/* ---- what the batch knows ------------------------------------------------------ */
+
+#define KNOWN_CAP_MIN 4096
+
+static uint64_t known_tag(enum table t, const uint8_t *key, size_t n)
+{
+	uint64_t h = 1469598103934665603ULL ^ (uint64_t)t; /* FNV-1a */
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ key[i]) * 1099511628211ULL;
+	return h | 1; /* never 0 */
+}
+
+/* The slot for (t, key): the matching one, or the empty one where it would go. */
+static struct known *known_slot(struct tally_ledger *l, enum table t, const MDB_val *key,
+				uint64_t tag)
+{
+	assert(l->known_cap > 0 && (l->known_cap & (l->known_cap - 1)) == 0);
+	size_t mask = l->known_cap - 1;
+	for (size_t i = tag & mask;; i = (i + 1) & mask) {
+		struct known *s = &l->known[i];
+		if (s->gen != l->known_gen)
+			return s;
+		if (s->tag == tag && s->table == t && s->key_bytes == key->mv_size &&
+		    memcmp(s->key, key->mv_data, key->mv_size) == 0)
+			return s;
+	}
+}
+
+static int known_grow(struct tally_ledger *l)
+{
+	size_t cap = l->known_cap == 0 ? KNOWN_CAP_MIN : l->known_cap * 2;
+	struct known *old = l->known;
+	size_t old_cap = l->known_cap;
+	l->known = calloc(cap, sizeof(*l->known));
+	if (l->known == NULL) {
+		l->known = old;
+		return TALLY_ENOMEM;
+	}
+	l->known_cap = cap;
+	for (size_t i = 0; i < old_cap; i++) {
+		if (old[i].gen != l->known_gen)
+			continue;
+		MDB_val k = {old[i].key_bytes, (void *)old[i].key};
+		*known_slot(l, (enum table)old[i].table, &k, old[i].tag) = old[i];
+	}
+	free(old);
+	return 0;
+}
+
+/* Forgets everything known: called at the start of each batch. */
+void known_reset(struct tally_ledger *l)
+{
+	l->known_gen++;
+	l->known_used = 0;
+	if (l->known_gen == 0) { /* wrapped: clear for real */
+		memset(l->known, 0, l->known_cap * sizeof(*l->known));
+		l->known_gen = 1;
+	}
+}
+
+void known_free(struct tally_ledger *l)
+{
+	free(l->known);
+	l->known = NULL;
+	l->known_cap = 0;
+}
+
+static struct known *known_get(struct tally_ledger *l, enum table t, const MDB_val *key)
+{
+	if (l->known_cap == 0)
+		return NULL;
+	struct known *s = known_slot(l, t, key, known_tag(t, key->mv_data, key->mv_size));
+	return s->gen == l->known_gen ? s : NULL;
+}
+
+/* Records the current state of (t, key): its value's hash, or absent (v == NULL). */
+static int known_set(struct tally_ledger *l, enum table t, const MDB_val *key, const MDB_val *v)
+{
+	if (l->known_cap == 0 || (l->known_used + 1) * 2 > l->known_cap) {
+		int rc = known_grow(l);
+		if (rc != 0)
+			return rc;
+	}
+	uint64_t tag = known_tag(t, key->mv_data, key->mv_size);
+	struct known *s = known_slot(l, t, key, tag);
+	if (s->gen != l->known_gen) {
+		uint8_t *copy = tally_arena_alloc(&l->batch, key->mv_size + 1);
+		if (copy == NULL)
+			return TALLY_ENOMEM;
+		memcpy(copy, key->mv_data, key->mv_size);
+		s->gen = l->known_gen;
+		s->tag = tag;
+		s->table = (uint8_t)t;
+		s->key_bytes = (uint16_t)key->mv_size;
+		s->key = copy;
+		l->known_used++;
+	}
+	s->present = v != NULL;
+	if (v != NULL)
+		record_hash(t, key, v, s->hash);
+	return 0;
+}
+
 int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
 {
 	assert(a != NULL && a->txn != NULL);
 	assert(t < T_COUNT);
 	MDB_val key = {k->n, (void *)k->b};
-	return lmdb_error(mdb_get(a->txn, a->l->dbi[t], &key, v));
+	int rc = mdb_get(a->txn, a->l->dbi[t], &key, v);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return lmdb_error(rc);
+	if (table_digested[t] && known_get(a->l, t, &key) == NULL) {
+		int krc = known_set(a->l, t, &key, rc == 0 ? v : NULL);
+		if (krc != 0)
+			return krc;
+	}
+	return lmdb_error(rc);
 }
 
 /* Removes the hash of the record currently under `key` from the digest, if any. */
 static int digest_forget(struct apply *a, enum table t, MDB_val *key)
 {
+	const struct known *s = known_get(a->l, t, key);
+	if (s != NULL) {
+		if (s->present)
+			digest_sub(a->m.digest, s->hash);
+		return 0;
+	}
 	MDB_val old;
 	int rc = mdb_get(a->txn, a->l->dbi[t], key, &old);
 	if (rc == MDB_NOTFOUND)
@@ -142,16 +259,16 @@ static int digest_forget(struct apply *a, enum table t, MDB_val *key)
 int st_put(struct apply *a, enum table t, const struct key *k, const void *v, size_t n)
 {
 	assert(a != NULL && a->txn != NULL);
-	assert(t != T_META || !table_digested[t]);
+	assert(t < T_COUNT);
 	MDB_val key = {k->n, (void *)k->b};
 	MDB_val val = {n, (void *)v};
 	if (table_digested[t]) {
 		int rc = digest_forget(a, t, &key);
+		if (rc == 0)
+			rc = known_set(a->l, t, &key, &val);
 		if (rc != 0)
 			return rc;
-		uint8_t h[32];
-		record_hash(t, &key, &val, h);
-		digest_add(a->m.digest, h);
+		digest_add(a->m.digest, known_get(a->l, t, &key)->hash);
 	}
 	return lmdb_error(mdb_put(a->txn, a->l->dbi[t], &key, &val, 0));
 }
@@ -163,6 +280,8 @@ int st_del(struct apply *a, enum table t, const struct key *k)
 	MDB_val key = {k->n, (void *)k->b};
 	if (table_digested[t]) {
 		int rc = digest_forget(a, t, &key);
+		if (rc == 0)
+			rc = known_set(a->l, t, &key, NULL);
 		if (rc != 0)
 			return rc;
 	}
@@ -293,9 +412,15 @@ int meta_save(struct apply *a)
 
 /* ---- Merkle node store on LMDB -------------------------------------------------- */
 
+/* Nodes below TREE_LEVEL_STORED are not stored: a perfect subtree of at most
+ * 2^(TREE_LEVEL_STORED - 1) leaves is recomputed from the entries it covers when a
+ * proof needs it. This saves most tree writes on the apply path. */
+#define TREE_LEVEL_STORED 4
+
 struct tree_ctx {
 	MDB_txn *txn;
 	MDB_dbi dbi;
+	MDB_dbi entries;
 };
 
 static void tree_key(uint8_t k[9], unsigned level, uint64_t index)
@@ -304,9 +429,32 @@ static void tree_key(uint8_t k[9], unsigned level, uint64_t index)
 	be64_put(k + 1, index);
 }
 
+/* The hash of the perfect subtree (level, index), computed from its entries. */
+static int tree_compute(struct tree_ctx *t, unsigned level, uint64_t index, uint8_t out[32])
+{
+	assert(level < TREE_LEVEL_STORED);
+	uint8_t h[1u << (TREE_LEVEL_STORED - 1)][32];
+	uint64_t n = 1ull << level;
+	for (uint64_t i = 0; i < n; i++) {
+		MDB_val raw;
+		int rc = txn_entry_get(t->txn, t->entries, (index << level) + i + 1, &raw);
+		if (rc != 0)
+			return rc;
+		tally_merkle_leaf_hash((uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES,
+				       raw.mv_size - ENTRY_HEADER_BYTES, h[i]);
+	}
+	for (; n > 1; n /= 2)
+		for (uint64_t i = 0; i < n / 2; i++)
+			tally_merkle_node_hash(h[2 * i], h[2 * i + 1], h[i]);
+	memcpy(out, h[0], 32);
+	return 0;
+}
+
 static int tree_get(void *ctx, unsigned level, uint64_t index, uint8_t out[32])
 {
 	struct tree_ctx *t = ctx;
+	if (level < TREE_LEVEL_STORED)
+		return tree_compute(t, level, index, out);
 	uint8_t kb[9];
 	tree_key(kb, level, index);
 	MDB_val k = {sizeof(kb), kb}, v;
@@ -322,6 +470,8 @@ static int tree_get(void *ctx, unsigned level, uint64_t index, uint8_t out[32])
 static int tree_put(void *ctx, unsigned level, uint64_t index, const uint8_t hash[32])
 {
 	struct tree_ctx *t = ctx;
+	if (level < TREE_LEVEL_STORED)
+		return 0;
 	uint8_t kb[9];
 	tree_key(kb, level, index);
 	MDB_val k = {sizeof(kb), kb}, v = {32, (void *)hash};
@@ -332,11 +482,12 @@ static int tree_put(void *ctx, unsigned level, uint64_t index, const uint8_t has
  * duration of one call by one thread, never concurrently. */
 static _Thread_local struct tree_ctx tree_tls;
 
-struct tally_merkle_store tree_store(MDB_txn *txn, MDB_dbi dbi)
+struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi)
 {
-	assert(txn != NULL);
+	assert(txn != NULL && dbi != NULL);
 	tree_tls.txn = txn;
-	tree_tls.dbi = dbi;
+	tree_tls.dbi = dbi[T_TREE];
+	tree_tls.entries = dbi[T_ENTRIES];
 	struct tally_merkle_store s = {&tree_tls, tree_get, tree_put};
 	return s;
 }
@@ -390,6 +541,7 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 	strcpy(l->dir, dir);
 	tally_arena_init(&l->scratch, 64 << 10, 0);
 	tally_arena_init(&l->decode, 256 << 10, 0);
+	tally_arena_init(&l->batch, 256 << 10, 0);
 	MDB_txn *txn = NULL;
 	int rc = env_open(l, dir, o);
 	if (rc != 0)
@@ -422,6 +574,8 @@ void tally_ledger_close(struct tally_ledger *l)
 	}
 	tally_arena_free(&l->scratch);
 	tally_arena_free(&l->decode);
+	tally_arena_free(&l->batch);
+	known_free(l);
 	free(l);
 }
 

@@ -396,7 +396,7 @@ static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
 	char *dir = fx_tmpdir();
 	memset(&b, 0, sizeof(b));
 	struct tally_ledger *l = NULL;
-	struct tally_ledger_options o = {.nosync = true};
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
 	assert_int_equal(tally_ledger_restore(dir, fd, &o, &l), 0);
 	close(fd);
 	tally_ledger_close(l);

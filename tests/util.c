@@ -22,7 +22,8 @@ void fx_open_in(struct fx *f, const char *dir)
 	snprintf(f->dir, sizeof(f->dir), "%s", dir);
 	tally_arena_init(&f->build, 64 << 10, 0);
 	tally_arena_init(&f->results, 64 << 10, 0);
-	struct tally_ledger_options o = {.nosync = true};
+	/* 1 GiB of map: enough for every test, and valgrind can map it. */
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
 	assert_int_equal(tally_ledger_open(f->dir, &o, &f->l), 0);
 	f->index = tally_ledger_applied_index(f->l);
 	f->now_ms = T0_MS;

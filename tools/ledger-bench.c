@@ -24,6 +24,7 @@ struct opts {
 	const char *dir;
 	bool writemap;
 	bool keep;
+	long map_mb;
 };
 
 struct blob {
@@ -51,7 +52,7 @@ static double now_s(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: ledger-bench [--commands N] [--members M] [--batch B] "
-			"[--dir D] [--writemap] [--keep]\n");
+			"[--dir D] [--writemap] [--keep] [--map-mb N]\n");
 	exit(2);
 }
 
@@ -61,8 +62,9 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"commands", required_argument, NULL, 'n'}, {"members", required_argument, NULL, 'm'},
 		{"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
 		{"writemap", no_argument, NULL, 'w'},        {"keep", no_argument, NULL, 'k'},
+		{"map-mb", required_argument, NULL, 'M'},
 		{NULL, 0, NULL, 0}};
-	*o = (struct opts){1000000, 100000, 1000, NULL, false, false};
+	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		switch (c) {
@@ -72,6 +74,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'd': o->dir = optarg; break;
 		case 'w': o->writemap = true; break;
 		case 'k': o->keep = true; break;
+		case 'M': o->map_mb = atol(optarg); break;
 		default: usage();
 		}
 	}
@@ -206,7 +209,8 @@ int main(int argc, char **argv)
 		perror("mkdtemp");
 		return 1;
 	}
-	struct tally_ledger_options lo = {.nosync = true, .writemap = o.writemap};
+	struct tally_ledger_options lo = {.map_size_bytes = (uint64_t)o.map_mb << 20,
+					  .nosync = true, .writemap = o.writemap};
 	struct tally_ledger *l;
 	int rc = tally_ledger_open(dir, &lo, &l);
 	if (rc != 0) {
