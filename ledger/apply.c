@@ -174,10 +174,18 @@ static int index_put(struct apply *a, enum table t, const char *id, uint64_t seq
 /* Indexes the entry under every brand and member it touches, each once. */
 static int entry_index(struct apply *a, const Tally__V1__Entry *e)
 {
-	const char *brands[POSTINGS_MAX + 1], *members[POSTINGS_MAX + 1];
+	const char *brands[POSTINGS_MAX + 3], *members[POSTINGS_MAX + 1], *pair[2];
 	size_t nb = 0, nm = 0;
 	if (e->brand[0] != '\0')
 		brands[nb++] = e->brand;
+	command_pair(e->command, pair); /* both brands of an agreement or settlement */
+	for (int i = 0; i < 2; i++) {
+		bool seen = pair[i] == NULL;
+		for (size_t j = 0; j < nb && !seen; j++)
+			seen = strcmp(brands[j], pair[i]) == 0;
+		if (!seen)
+			brands[nb++] = pair[i];
+	}
 	if (e->member[0] != '\0')
 		members[nm++] = e->member;
 	for (size_t i = 0; i < e->n_postings; i++) {

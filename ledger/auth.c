@@ -70,6 +70,22 @@ bool in_scope(const Tally__V1__Principal *p, const char *brand)
 	return false;
 }
 
+/* The two brands a command about a pair names (agreement, settlement): its entry
+ * concerns both, whichever one it is filed under. NULLs for other commands. */
+void command_pair(const Tally__V1__Command *c, const char *pair[2])
+{
+	pair[0] = pair[1] = NULL;
+	if (c == NULL)
+		return;
+	if (c->body_case == TALLY__V1__COMMAND__BODY_SET_AGREEMENT) {
+		pair[0] = c->set_agreement->from_brand;
+		pair[1] = c->set_agreement->to_brand;
+	} else if (c->body_case == TALLY__V1__COMMAND__BODY_SETTLE) {
+		pair[0] = c->settle->brand_a;
+		pair[1] = c->settle->brand_b;
+	}
+}
+
 /* [a-z0-9_-]{1,32} */
 bool valid_brand_id(const char *s)
 {

@@ -170,6 +170,7 @@ bool valid_text(const char *s, size_t min, size_t max);
 bool valid_points(int64_t p);
 bool in_scope(const Tally__V1__Principal *p, const char *brand);
 bool is_all_scope(const Tally__V1__Principal *p);
+void command_pair(const Tally__V1__Command *c, const char *pair[2]);
 
 /* results */
 int reject(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__ResultCode code,

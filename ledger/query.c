@@ -220,6 +220,11 @@ static bool entry_visible(struct query *q, const Tally__V1__StoredEntry *s)
 	for (size_t i = 0; i < e->n_postings; i++)
 		if (in_scope(q->who, e->postings[i]->brand))
 			return true;
+	const char *pair[2];
+	command_pair(e->command, pair);
+	for (int i = 0; i < 2; i++)
+		if (pair[i] != NULL && in_scope(q->who, pair[i]))
+			return true;
 	return false;
 }
 
