@@ -105,110 +105,106 @@ static void lot_prefix(struct key *k, const char *brand, const char *member)
 	key_str(k, member);
 }
 
-static uint64_t expiry_key(int64_t expiry_ms)
-{
-	return expiry_ms == 0 ? EXPIRY_NEVER_KEY : (uint64_t)expiry_ms;
-}
-
-static int64_t expiry_of_key(uint64_t k)
-{
-	return k == EXPIRY_NEVER_KEY ? 0 : (int64_t)k;
-}
-
 bool lot_valid(const struct apply *a, int64_t expiry_ms)
 {
 	return expiry_ms == 0 || expiry_ms > a->now_ms;
 }
 
-/* ---- lots ------------------------------------------------------------------------- */
+/* ---- lots ------------------------------------------------------------------------- *
+ * An account keeps its lots in its own record, first-expiring first and the lots that
+ * never expire (expiry 0) last, so spending and expiring read the front of one array
+ * and touch no other record. The expiry index holds one row per account: the expiry
+ * of its first lot (account_save keeps it in step). */
 
-static int lot_index(struct apply *a, const char *brand, const char *member,
-		     int64_t expiry_ms, bool present)
+/* Sort key of a lot: never-expiring lots go last. */
+static uint64_t lot_order(int64_t expiry_ms)
 {
-	if (expiry_ms == 0)
-		return 0; /* never expires: nothing to sweep */
-	struct key k;
-	key_reset(&k);
-	key_u64(&k, (uint64_t)expiry_ms);
-	key_str(&k, brand);
-	key_raw(&k, member);
-	return present ? st_put(a, T_LOT_EXP, &k, "", 0) : st_del(a, T_LOT_EXP, &k);
+	return expiry_ms == 0 ? UINT64_MAX : (uint64_t)expiry_ms;
 }
 
-/* Sets a lot to `points` (deleting it and its index entry at zero). */
-static int lot_set(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
-		   int64_t before, int64_t points)
+bool lots_room(const Tally__V1__Account *acct, size_t more)
 {
-	assert(points >= 0 && before >= 0);
-	struct key k;
-	lot_prefix(&k, brand, member);
-	key_u64(&k, expiry_key(expiry_ms));
-	int rc = st_put_i64(a, T_LOTS, &k, points);
-	if (rc == 0 && (before == 0) != (points == 0))
-		rc = lot_index(a, brand, member, expiry_ms, points > 0);
-	return rc;
+	return acct->n_lots + more <= TALLY_ACCOUNT_LOTS_MAX;
 }
 
-int lot_give(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
-	     int64_t points)
+/* Points to the account's lot array with room for one more, copied into the scratch
+ * arena (the array decoded from LMDB has no spare slot). */
+static int lots_grow(struct apply *a, Tally__V1__Account *acct)
+{
+	Tally__V1__Lot **lots = tally_arena_alloc(a->tmp, (acct->n_lots + 1) * sizeof(*lots));
+	if (lots == NULL)
+		return TALLY_ENOMEM;
+	if (acct->n_lots > 0)
+		memcpy(lots, acct->lots, acct->n_lots * sizeof(*lots));
+	acct->lots = lots;
+	return 0;
+}
+
+/* Adds points to the lot with this expiry, creating it in order if needed. */
+int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points)
 {
 	assert(points > 0);
 	assert(lot_valid(a, expiry_ms));
-	struct key k;
-	lot_prefix(&k, brand, member);
-	key_u64(&k, expiry_key(expiry_ms));
-	int64_t v;
-	int rc = st_get_i64(a, T_LOTS, &k, &v);
-	if (rc != 0)
-		return rc;
-	return lot_set(a, brand, member, expiry_ms, v, v + points);
+	size_t i = 0;
+	while (i < acct->n_lots && lot_order(acct->lots[i]->expiry_ms) < lot_order(expiry_ms))
+		i++;
+	if (i < acct->n_lots && acct->lots[i]->expiry_ms == expiry_ms) {
+		acct->lots[i]->points += points;
+		return 0;
+	}
+	Tally__V1__Lot *lot = tally_arena_alloc(a->tmp, sizeof(*lot));
+	if (lot == NULL || lots_grow(a, acct) != 0)
+		return TALLY_ENOMEM;
+	tally__v1__lot__init(lot);
+	lot->expiry_ms = expiry_ms;
+	lot->points = points;
+	memmove(acct->lots + i + 1, acct->lots + i, (acct->n_lots - i) * sizeof(*acct->lots));
+	acct->lots[i] = lot;
+	acct->n_lots++;
+	return 0;
 }
 
-/* Takes up to `want` points from one lot; *took receives what it had. */
-static int lot_take_one(struct apply *a, const Tally__V1__Account *acct, int64_t expiry_ms,
-			int64_t want, bool record, int64_t *took)
+static void lot_remove(Tally__V1__Account *acct, size_t i)
 {
-	struct key k;
-	lot_prefix(&k, acct->brand, acct->member);
-	key_u64(&k, expiry_key(expiry_ms));
-	int64_t v;
-	int rc = st_get_i64(a, T_LOTS, &k, &v);
-	*took = v < want ? v : want;
-	if (rc != 0 || *took == 0)
-		return rc;
-	rc = lot_set(a, acct->brand, acct->member, expiry_ms, v, v - *took);
-	if (rc == 0 && record)
-		rc = lot_move(a, expiry_ms, *took);
+	assert(i < acct->n_lots);
+	memmove(acct->lots + i, acct->lots + i + 1, (acct->n_lots - i - 1) * sizeof(*acct->lots));
+	acct->n_lots--;
+}
+
+/* Takes up to `want` points from lot i (removing it when empty); *took says how many. */
+static int lot_take_at(struct apply *a, Tally__V1__Account *acct, size_t i, int64_t want,
+		       bool record, int64_t *took)
+{
+	Tally__V1__Lot *lot = acct->lots[i];
+	assert(lot->points > 0 && want > 0);
+	*took = lot->points < want ? lot->points : want;
+	int rc = record ? lot_move(a, lot->expiry_ms, *took) : 0;
+	lot->points -= *took;
+	if (lot->points == 0)
+		lot_remove(acct, i);
 	return rc;
 }
 
 /* Spends `points` from the account's lots, first-expiring first (after the lot with
- * expiry first_expiry_ms when >= 0). The caller has checked available >= points; the
- * invariant available == Σ lots makes running out a corruption. */
-int lots_take(struct apply *a, const Tally__V1__Account *acct, int64_t points,
+ * expiry first_expiry_ms when that is >= 0 and still held). The caller has checked
+ * available >= points; available == Σ lots makes running out a corruption. */
+int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record)
 {
 	assert(points > 0 && acct->available >= points);
 	int64_t left = points, took;
 	int rc = 0;
-	if (first_expiry_ms >= 0) {
-		rc = lot_take_one(a, acct, first_expiry_ms, left, record, &took);
-		left -= took;
-	}
-	struct key prefix;
-	lot_prefix(&prefix, acct->brand, acct->member);
-	while (rc == 0 && left > 0) {
-		MDB_val k, v;
-		bool found;
-		rc = seek_prefix(a, T_LOTS, &prefix, prefix.n, &k, &v, &found);
-		if (rc != 0)
+	for (size_t i = 0; first_expiry_ms >= 0 && i < acct->n_lots; i++) {
+		if (acct->lots[i]->expiry_ms == first_expiry_ms) {
+			rc = lot_take_at(a, acct, i, left, record, &took);
+			left -= took;
 			break;
-		if (!found || k.mv_size != prefix.n + 8)
+		}
+	}
+	while (rc == 0 && left > 0) {
+		if (acct->n_lots == 0)
 			return TALLY_ECORRUPT;
-		int64_t expiry = expiry_of_key(be64_get((uint8_t *)k.mv_data + prefix.n));
-		rc = lot_take_one(a, acct, expiry, left, record, &took);
-		if (rc == 0 && took == 0)
-			return TALLY_ECORRUPT;
+		rc = lot_take_at(a, acct, 0, left, record, &took);
 		left -= took;
 	}
 	return rc;
@@ -309,13 +305,40 @@ static int qual_prune(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Acc
 
 /* ---- accounts --------------------------------------------------------------------- */
 
-int account_save(struct apply *a, const Tally__V1__Account *acct)
+/* Moves the account's row in the expiry index to the expiry of its first lot. */
+static int lot_index_update(struct apply *a, Tally__V1__Account *acct)
+{
+	int64_t first = acct->n_lots > 0 ? acct->lots[0]->expiry_ms : 0;
+	if (first == acct->lot_index_ms)
+		return 0;
+	struct key k;
+	int rc = 0;
+	if (acct->lot_index_ms != 0) {
+		key_reset(&k);
+		key_u64(&k, (uint64_t)acct->lot_index_ms);
+		key_str(&k, acct->brand);
+		key_raw(&k, acct->member);
+		rc = st_del(a, T_LOT_EXP, &k);
+	}
+	if (rc == 0 && first != 0) {
+		key_reset(&k);
+		key_u64(&k, (uint64_t)first);
+		key_str(&k, acct->brand);
+		key_raw(&k, acct->member);
+		rc = st_put(a, T_LOT_EXP, &k, "", 0);
+	}
+	acct->lot_index_ms = first;
+	return rc;
+}
+
+int account_save(struct apply *a, Tally__V1__Account *acct)
 {
 	assert(acct->available >= 0 && acct->held >= 0);
-	assert(acct->n_lots == 0 && acct->n_holds == 0);
+	assert(acct->n_holds == 0);
 	struct key k;
 	account_key(&k, acct->brand, acct->member);
-	return rec_put(a, T_ACCOUNTS, &k, acct);
+	int rc = lot_index_update(a, acct);
+	return rc != 0 ? rc : rec_put(a, T_ACCOUNTS, &k, acct);
 }
 
 /* Posts the lots of the account that ran out by now, first-expiring first and at
@@ -323,27 +346,17 @@ int account_save(struct apply *a, const Tally__V1__Account *acct)
 static int lots_expire(struct apply *a, Tally__V1__Account *acct, uint64_t lots_max,
 		       bool *changed)
 {
-	struct key prefix;
-	lot_prefix(&prefix, acct->brand, acct->member);
-	for (uint64_t n = 0; n < lots_max; n++) {
-		MDB_val k, v;
-		bool found;
-		int rc = seek_prefix(a, T_LOTS, &prefix, prefix.n, &k, &v, &found);
-		if (rc != 0 || !found)
-			return rc;
-		if (k.mv_size != prefix.n + 8 || v.mv_size != 8)
-			return TALLY_ECORRUPT;
-		int64_t expiry = expiry_of_key(be64_get((uint8_t *)k.mv_data + prefix.n));
-		int64_t points = (int64_t)be64_get(v.mv_data);
+	for (uint64_t n = 0; n < lots_max && acct->n_lots > 0; n++) {
+		const Tally__V1__Lot *lot = acct->lots[0];
+		int64_t expiry = lot->expiry_ms, points = lot->points;
 		if (lot_valid(a, expiry))
 			return 0;
 		if (points <= 0 || points > acct->available)
 			return TALLY_ECORRUPT;
-		rc = lot_set(a, acct->brand, acct->member, expiry, points, 0);
+		lot_remove(acct, 0);
 		acct->available -= points;
 		acct->expired += points;
-		if (rc == 0)
-			rc = post_member(a, acct->brand, acct->member, TALLY__V1__BUCKET__AVAILABLE, -points);
+		int rc = post_member(a, acct->brand, acct->member, TALLY__V1__BUCKET__AVAILABLE, -points);
 		if (rc == 0)
 			rc = post_system(a, acct->brand, TALLY__V1__SYSTEM_ACCOUNT__EXPIRED, NULL, points);
 		if (rc == 0)
@@ -476,8 +489,8 @@ int hold_store(struct apply *a, const Tally__V1__HoldRecord *h, bool open)
  * EXPIRED when a lot ran out meanwhile). Captured pieces are recorded as the entry's
  * lot moves (a refund of the capture returns them); for a void or release the
  * returned pieces are. */
-static int hold_pieces(struct apply *a, const Tally__V1__HoldRecord *h, int64_t capture_points,
-		       int64_t *valid, int64_t *expired)
+static int hold_pieces(struct apply *a, const Tally__V1__HoldRecord *h, Tally__V1__Account *acct,
+		       int64_t capture_points, int64_t *valid, int64_t *expired)
 {
 	int64_t capture_left = capture_points;
 	int rc = 0;
@@ -496,7 +509,7 @@ static int hold_pieces(struct apply *a, const Tally__V1__HoldRecord *h, int64_t 
 		if (rc != 0)
 			continue;
 		if (lot_valid(a, p->expiry_ms)) {
-			rc = lot_give(a, h->brand, h->member, p->expiry_ms, rest);
+			rc = lot_give(a, acct, p->expiry_ms, rest);
 			*valid += rest;
 		} else {
 			*expired += rest;
@@ -522,7 +535,7 @@ int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_poin
 	if (acct->held < h->points)
 		return TALLY_ECORRUPT;
 	int64_t valid, expired;
-	rc = hold_pieces(a, h, capture_points, &valid, &expired);
+	rc = hold_pieces(a, h, acct, capture_points, &valid, &expired);
 	acct->held -= h->points;
 	acct->available += valid;
 	acct->expired += expired;

@@ -171,41 +171,42 @@ static int index_put(struct apply *a, enum table t, const char *id, uint64_t seq
 	return st_put(a, t, &k, "", 0);
 }
 
-/* Indexes the entry under every brand and member it touches, each once. */
+static void add_unique(const char **list, size_t *n, const char *s)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp(list[i], s) == 0)
+			return;
+	list[(*n)++] = s;
+}
+
+size_t entry_brands(const Tally__V1__Entry *e, const char *out[ENTRY_BRANDS_MAX])
+{
+	const char *pair[2];
+	size_t n = 0;
+	if (e->brand[0] != '\0')
+		add_unique(out, &n, e->brand);
+	command_pair(e->command, pair); /* both brands of an agreement or settlement */
+	for (int i = 0; i < 2; i++)
+		if (pair[i] != NULL)
+			add_unique(out, &n, pair[i]);
+	for (size_t i = 0; i < e->n_postings && i < POSTINGS_MAX; i++)
+		add_unique(out, &n, e->postings[i]->brand);
+	return n;
+}
+
+/* Indexes the entry under every member it touches, each once. (Brand filters scan
+ * the journal instead: brands are few and an index row per entry costs every apply
+ * another B-tree descent.) */
 static int entry_index(struct apply *a, const Tally__V1__Entry *e)
 {
-	const char *brands[POSTINGS_MAX + 3], *members[POSTINGS_MAX + 1], *pair[2];
-	size_t nb = 0, nm = 0;
-	if (e->brand[0] != '\0')
-		brands[nb++] = e->brand;
-	command_pair(e->command, pair); /* both brands of an agreement or settlement */
-	for (int i = 0; i < 2; i++) {
-		bool seen = pair[i] == NULL;
-		for (size_t j = 0; j < nb && !seen; j++)
-			seen = strcmp(brands[j], pair[i]) == 0;
-		if (!seen)
-			brands[nb++] = pair[i];
-	}
+	const char *members[POSTINGS_MAX + 1];
+	size_t nm = 0;
 	if (e->member[0] != '\0')
 		members[nm++] = e->member;
-	for (size_t i = 0; i < e->n_postings; i++) {
-		const Tally__V1__Posting *p = e->postings[i];
-		bool seen = false;
-		for (size_t j = 0; j < nb && !seen; j++)
-			seen = strcmp(brands[j], p->brand) == 0;
-		if (!seen)
-			brands[nb++] = p->brand;
-		if (p->account != TALLY__V1__SYSTEM_ACCOUNT__MEMBER)
-			continue;
-		seen = false;
-		for (size_t j = 0; j < nm && !seen; j++)
-			seen = strcmp(members[j], p->member) == 0;
-		if (!seen)
-			members[nm++] = p->member;
-	}
+	for (size_t i = 0; i < e->n_postings; i++)
+		if (e->postings[i]->account == TALLY__V1__SYSTEM_ACCOUNT__MEMBER)
+			add_unique(members, &nm, e->postings[i]->member);
 	int rc = 0;
-	for (size_t i = 0; rc == 0 && i < nb; i++)
-		rc = index_put(a, T_IX_BRAND, brands[i], e->seq);
 	for (size_t i = 0; rc == 0 && i < nm; i++)
 		rc = index_put(a, T_IX_MEMBER, members[i], e->seq);
 	return rc;
@@ -402,6 +403,9 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 		return rc;
 	assert(r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED);
 	assert(a->n_postings == 0); /* a rejection must not leave half an entry */
+	a->n_lots = 0;              /* moves planned in memory before a rejection */
+	a->lots = NULL;
+	a->cap_lots = 0;
 	if (idempotent && r->code == TALLY__V1__RESULT_CODE__OK)
 		rc = idem_store(a, c, hash, r->entry_seq);
 	if (r->message == NULL)

@@ -63,16 +63,6 @@ static int64_t i64_of(const MDB_val *v)
 
 /* ---- balances per account and per brand -------------------------------------------- */
 
-static int sum_i64(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
-{
-	(void)k;
-	int64_t x = i64_of(v);
-	if (x == INT64_MIN || x <= 0)
-		return fail(c, "a lot holds %lld points", (long long)x);
-	*(int64_t *)ctx += x;
-	return 0;
-}
-
 static int sum_holds(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
 {
 	(void)v;
@@ -90,10 +80,43 @@ static int sum_holds(struct check *c, const MDB_val *k, const MDB_val *v, void *
 	return 0;
 }
 
+/* Lots are in order (never-expiring last), positive, and the account sits in the
+ * expiry index under its first lot's expiry. */
+static int check_lots(struct check *c, const Tally__V1__Account *a, int64_t *sum)
+{
+	for (size_t i = 0; i < a->n_lots; i++) {
+		const Tally__V1__Lot *lot = a->lots[i];
+		uint64_t order = lot->expiry_ms == 0 ? UINT64_MAX : (uint64_t)lot->expiry_ms;
+		uint64_t prev = i == 0 ? 0 : a->lots[i - 1]->expiry_ms == 0
+			? UINT64_MAX : (uint64_t)a->lots[i - 1]->expiry_ms;
+		if (lot->points <= 0 || lot->expiry_ms < 0 || (i > 0 && order <= prev))
+			return fail(c, "account %s/%s: lot %zu is out of order or empty", a->brand,
+				    a->member, i);
+		*sum += lot->points;
+	}
+	int64_t first = a->n_lots > 0 ? a->lots[0]->expiry_ms : 0;
+	if (a->lot_index_ms != first)
+		return fail(c, "account %s/%s: indexed under %lld, first lot expires %lld", a->brand,
+			    a->member, (long long)a->lot_index_ms, (long long)first);
+	if (first == 0)
+		return 0;
+	struct key k;
+	key_reset(&k);
+	key_u64(&k, (uint64_t)first);
+	key_str(&k, a->brand);
+	key_raw(&k, a->member);
+	MDB_val kv = {k.n, k.b}, v;
+	int rc = mdb_get(c->txn, c->l->dbi[T_LOT_EXP], &kv, &v);
+	if (rc == MDB_NOTFOUND)
+		return fail(c, "account %s/%s: missing from the expiry index", a->brand, a->member);
+	return lmdb_error(rc);
+}
+
 struct brand_sum {
 	int64_t members;
 	int64_t system;
 	uint64_t accounts;
+	uint64_t indexed;   /* accounts in the expiry index */
 };
 
 static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
@@ -113,7 +136,7 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 	if (k->mv_size + 1 != prefix.n || memcmp(k->mv_data, prefix.b, k->mv_size) != 0)
 		return fail(c, "account %s/%s stored under another key", a->brand, a->member);
 	int64_t lots = 0, held = 0;
-	int rc = each(c, T_LOTS, prefix.b, prefix.n, sum_i64, &lots);
+	int rc = check_lots(c, a, &lots);
 	if (rc == 0)
 		rc = each(c, T_HOLD_ACCT, prefix.b, prefix.n, sum_holds, &held);
 	if (rc != 0)
@@ -126,6 +149,7 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 			    a->member, (long long)a->held, (long long)held);
 	s->members += a->available + a->held;
 	s->accounts++;
+	s->indexed += a->lot_index_ms != 0;
 	return 0;
 }
 
@@ -144,7 +168,7 @@ static int sum_system(struct check *c, const MDB_val *k, const MDB_val *v, void 
 static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
 {
 	(void)v;
-	uint64_t *total = ctx;
+	struct brand_sum *total = ctx;
 	struct key prefix;
 	char id[TALLY_BRAND_ID_BYTES_MAX + 1];
 	if (k->mv_size == 0 || k->mv_size > TALLY_BRAND_ID_BYTES_MAX)
@@ -153,7 +177,7 @@ static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void
 	id[k->mv_size] = '\0';
 	key_reset(&prefix);
 	key_str(&prefix, id);
-	struct brand_sum s = {0, 0, 0};
+	struct brand_sum s = {0, 0, 0, 0};
 	int rc = each(c, T_ACCOUNTS, prefix.b, prefix.n, check_account, &s);
 	if (rc == 0)
 		rc = each(c, T_SYSACCT, prefix.b, prefix.n, sum_system, &s);
@@ -162,7 +186,8 @@ static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void
 	if (s.members + s.system != 0)
 		return fail(c, "brand %s: members hold %lld but system accounts balance %lld", id,
 			    (long long)s.members, (long long)s.system);
-	*total += s.accounts;
+	total->accounts += s.accounts;
+	total->indexed += s.indexed;
 	return 0;
 }
 
@@ -254,12 +279,19 @@ static int count_row(struct check *c, const MDB_val *k, const MDB_val *v, void *
 
 static int check_all(struct check *c)
 {
-	uint64_t accounts = 0, rows = 0;
-	int rc = each(c, T_BRANDS, "", 0, check_brand, &accounts);
+	struct brand_sum all = {0, 0, 0, 0};
+	uint64_t rows = 0, index_rows = 0;
+	int rc = each(c, T_BRANDS, "", 0, check_brand, &all);
 	if (rc == 0)
 		rc = each(c, T_ACCOUNTS, "", 0, count_row, &rows);
-	if (rc == 0 && rows != accounts)
-		return fail(c, "%llu accounts belong to no brand", (unsigned long long)(rows - accounts));
+	if (rc == 0 && rows != all.accounts)
+		return fail(c, "%llu accounts belong to no brand",
+			    (unsigned long long)(rows - all.accounts));
+	if (rc == 0)
+		rc = each(c, T_LOT_EXP, "", 0, count_row, &index_rows);
+	if (rc == 0 && index_rows != all.indexed)
+		return fail(c, "the expiry index holds %llu rows for %llu accounts with lots",
+			    (unsigned long long)index_rows, (unsigned long long)all.indexed);
 	struct journal j = {.expect_seq = 1};
 	tally_merkle_frontier_init(&j.tree);
 	if (rc == 0)

@@ -96,6 +96,22 @@ static int insufficient(struct apply *a, Tally__V1__CommandResult *r,
 		      (long long)acct->available, (long long)points);
 }
 
+/* How many of the account's lots spending `points` first-expiring first would touch. */
+static size_t lots_spanned(const Tally__V1__Account *acct, int64_t points)
+{
+	size_t n = 0;
+	for (int64_t left = points; left > 0 && n < acct->n_lots; n++)
+		left -= acct->lots[n]->points;
+	return n;
+}
+
+static int lots_full(struct apply *a, Tally__V1__CommandResult *r, const char *member)
+{
+	return reject(a, r, CODE(LIMIT_EXCEEDED),
+		      "points: the account of %s holds %d lots; redeem or let some expire first",
+		      member, TALLY_ACCOUNT_LOTS_MAX);
+}
+
 static int64_t lot_expiry(const struct apply *a, const Tally__V1__Brand *b)
 {
 	return b->expiry_months == 0 ? 0 : add_months(a->now_ms, b->expiry_months);
@@ -120,7 +136,7 @@ static int credit(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account
 		  int64_t points, Tally__V1__SystemAccount from)
 {
 	int64_t expiry = lot_expiry(a, b);
-	int rc = lot_give(a, acct->brand, acct->member, expiry, points);
+	int rc = lot_give(a, acct, expiry, points);
 	if (rc == 0)
 		rc = lot_move(a, expiry, points);
 	acct->available += points;
@@ -367,6 +383,8 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (acct->available > TALLY_BALANCE_MAX - m->points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
+	if (!lots_room(acct, 1))
+		return lots_full(a, r, m->member);
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
 		bool over;
 		rc = daily_use(a, DAILY_COMMUNITY, b->id, m->member, NULL, m->points,
@@ -420,6 +438,8 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		if (acct->available > TALLY_BALANCE_MAX - points)
 			return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 				      (long long)TALLY_BALANCE_MAX);
+		if (!lots_room(acct, 1))
+			return lots_full(a, r, m->member);
 		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
 	} else {
 		if (acct->available < points)
@@ -454,6 +474,8 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (to->available > TALLY_BALANCE_MAX - m->points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: receiving balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
+	if (!lots_room(to, lots_spanned(from, m->points)))
+		return lots_full(a, r, m->to_member);
 	bool over;
 	rc = daily_use(a, DAILY_TRANSFER, b->id, m->from_member, NULL, m->points,
 		       b->transfer_daily_cap_points, &over);
@@ -465,7 +487,7 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	/* The receiver's lots keep the sender's expiries: a gift does not renew points. */
 	rc = lots_take(a, from, m->points, -1, true);
 	for (size_t i = 0; rc == 0 && i < a->n_lots; i++)
-		rc = lot_give(a, b->id, m->to_member, a->lots[i]->expiry_ms, a->lots[i]->points);
+		rc = lot_give(a, to, a->lots[i]->expiry_ms, a->lots[i]->points);
 	from->available -= m->points;
 	to->available += m->points;
 	/* Account.earned counts transfer-in, as it counts exchange-in (tally.proto). */
@@ -590,7 +612,7 @@ static int refund(struct apply *a, const Tally__V1__Entry *e, Tally__V1__Account
 		skip = 0;
 		left -= part;
 		if (lot_valid(a, p->expiry_ms)) {
-			rc = lot_give(a, acct->brand, acct->member, p->expiry_ms, part);
+			rc = lot_give(a, acct, p->expiry_ms, part);
 			if (rc == 0)
 				rc = lot_move(a, p->expiry_ms, part);
 			valid += part;
@@ -612,17 +634,31 @@ static int refund(struct apply *a, const Tally__V1__Entry *e, Tally__V1__Account
 	return rc;
 }
 
-/* Takes back an accrual: from the lot it created first, then FEFO. */
+/* The expiry of the lot an accrual created. */
+static int64_t accrual_lot(const Tally__V1__Entry *e)
+{
+	return e->n_lots > 0 ? e->lots[0]->expiry_ms : 0;
+}
+
+/* Takes back an accrual. While its lot lives, the points come from the member: that
+ * lot first, then first-expiring first. Once the lot ran out, its points were spent or
+ * expired already, so they come out of the member's expired points instead: a member
+ * never loses the same points twice. */
 static int clawback(struct apply *a, const Tally__V1__Brand *b, const Tally__V1__Entry *e,
 		    Tally__V1__Account *acct, int64_t points)
 {
-	int64_t lot = e->n_lots > 0 ? e->lots[0]->expiry_ms : -1;
-	int rc = lots_take(a, acct, points, lot, true);
-	acct->available -= points;
+	bool gone = !lot_valid(a, accrual_lot(e));
+	int rc = gone ? 0 : lots_take(a, acct, points, accrual_lot(e), true);
 	acct->earned -= points;
+	if (gone)
+		acct->expired -= points;
+	else
+		acct->available -= points;
 	if (rc == 0)
 		rc = qualify(a, b, acct, day_of(e->time_ms), -points);
-	if (rc == 0)
+	if (rc == 0 && gone)
+		rc = post_system(a, acct->brand, TALLY__V1__SYSTEM_ACCOUNT__EXPIRED, NULL, -points);
+	if (rc == 0 && !gone)
 		rc = post_member(a, acct->brand, acct->member, TALLY__V1__BUCKET__AVAILABLE, -points);
 	if (rc == 0)
 		rc = post_system(a, acct->brand, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE, NULL, points);
@@ -709,8 +745,12 @@ int do_reverse(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandR
 	rc = open_account(a, r, e->brand, e->member, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	if (accrual && acct->available < points)
+	if (accrual && lot_valid(a, accrual_lot(e)) && acct->available < points)
 		return insufficient(a, r, acct, points);
+	if (accrual && !lot_valid(a, accrual_lot(e)) && acct->expired < points)
+		return reject(a, r, CODE(INSUFFICIENT_POINTS),
+			      "the accrual's lot ran out and only %lld expired points remain",
+			      (long long)acct->expired);
 	rc = accrual ? clawback(a, b, e, acct, points) : refund(a, e, acct, done, points);
 	if (rc == 0)
 		rc = st_put_i64(a, T_REVERSED, &k, done + points);

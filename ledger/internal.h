@@ -24,8 +24,7 @@ enum table {
 	T_MEMBERS,     /* id → Member                                             [digest] */
 	T_ACCOUNTS,    /* brand \0 member → Account                               [digest] */
 	T_SYSACCT,     /* brand \0 kind(1) partner → int64                        [digest] */
-	T_LOTS,        /* brand \0 member \0 expiry_key(8) → int64 points         [digest] */
-	T_LOT_EXP,     /* expiry(8) brand \0 member → ""                           index */
+	T_LOT_EXP,     /* expiry(8) brand \0 member → "" (the account's first lot)  index */
 	T_HOLDS,       /* id(8) → HoldRecord                                      [digest] */
 	T_HOLD_EXP,    /* expires(8) id(8) → ""  (open holds)                      index */
 	T_HOLD_ACCT,   /* brand \0 member \0 id(8) → "" (open holds)               index */
@@ -38,7 +37,6 @@ enum table {
 	T_SETTLE_PAIR, /* a \0 b \0 id(8) → ""                                     index */
 	T_REVERSED,    /* seq(8) → int64 points reversed so far                   [digest] */
 	T_IX_MEMBER,   /* member \0 seq(8) → ""                                    index */
-	T_IX_BRAND,    /* brand \0 seq(8) → ""                                     index */
 	T_COUNT
 };
 
@@ -50,7 +48,6 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
 #define KEY_BYTES_MAX 400   /* below LMDB's 511-byte key limit */
 #define LEDGER_FORMAT_VERSION 1
 #define MS_PER_DAY 86400000LL
-#define EXPIRY_NEVER_KEY UINT64_MAX
 #define ENTRY_HEADER_BYTES 24
 #define POSTINGS_MAX 8
 
@@ -171,6 +168,9 @@ bool valid_points(int64_t p);
 bool in_scope(const Tally__V1__Principal *p, const char *brand);
 bool is_all_scope(const Tally__V1__Principal *p);
 void command_pair(const Tally__V1__Command *c, const char *pair[2]);
+#define ENTRY_BRANDS_MAX (POSTINGS_MAX + 3)
+/* The distinct brands an entry touches (its own, a command's pair, its postings). */
+size_t entry_brands(const Tally__V1__Entry *e, const char *out[ENTRY_BRANDS_MAX]);
 
 /* results */
 int reject(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__ResultCode code,
@@ -193,11 +193,11 @@ int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out);
 int member_exists(struct apply *a, const char *id, bool *exists);
 int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
 		 Tally__V1__Account **out, bool *fresh);
-int account_save(struct apply *a, const Tally__V1__Account *acct);
-int lots_take(struct apply *a, const Tally__V1__Account *acct, int64_t points,
+int account_save(struct apply *a, Tally__V1__Account *acct);
+int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);
-int lot_give(struct apply *a, const char *brand, const char *member, int64_t expiry_ms,
-	     int64_t points);
+int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points);
+bool lots_room(const Tally__V1__Account *acct, size_t more);
 int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
 	    int64_t day, int64_t points);
 void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);

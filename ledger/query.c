@@ -94,21 +94,6 @@ static int push(struct query *q, void ***items, size_t *n, void *item)
 
 /* ---- accounts --------------------------------------------------------------------- */
 
-static int lot_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
-{
-	Tally__V1__Account *acct = ctx;
-	if (v->mv_size != 8 || k->mv_size < 8)
-		return TALLY_ECORRUPT;
-	Tally__V1__Lot *lot = tally_arena_alloc(q->arena, sizeof(*lot));
-	if (lot == NULL)
-		return TALLY_ENOMEM;
-	tally__v1__lot__init(lot);
-	uint64_t ek = be64_get((uint8_t *)k->mv_data + k->mv_size - 8);
-	lot->expiry_ms = ek == EXPIRY_NEVER_KEY ? 0 : (int64_t)ek;
-	lot->points = (int64_t)be64_get(v->mv_data);
-	return push(q, (void ***)&acct->lots, &acct->n_lots, lot);
-}
-
 static int hold_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
 {
 	(void)v;
@@ -141,15 +126,16 @@ static int account_read(struct query *q, const char *brand, const char *member, 
 		*out = a;
 		rc = a->brand != NULL && a->member != NULL ? TALLY_ENOTFOUND : TALLY_ENOMEM;
 	}
-	if (rc != 0 || !with_lots)
+	if (rc != 0)
 		return rc;
+	if (!with_lots) {
+		(*out)->n_lots = 0; /* the record carries them; the answer need not */
+		return 0;
+	}
 	key_reset(&k);
 	key_str(&k, brand);
 	key_str(&k, member);
-	rc = qscan(q, T_LOTS, &k, SIZE_MAX, lot_row, *out);
-	if (rc == 0)
-		rc = qscan(q, T_HOLD_ACCT, &k, SIZE_MAX, hold_row, *out);
-	return rc;
+	return qscan(q, T_HOLD_ACCT, &k, SIZE_MAX, hold_row, *out);
 }
 
 static int q_accounts(struct query *q, const Tally__V1__GetAccounts *g)
@@ -206,24 +192,19 @@ static int stored_entry(struct query *q, uint64_t seq, Tally__V1__StoredEntry **
 	return 0;
 }
 
-/* Whether the principal may see the entry: all-brand scope, or one of its brands. */
-static bool entry_visible(struct query *q, const Tally__V1__StoredEntry *s)
+/* Whether the entry touches `brand`, or (brand NULL) any brand in the key's scope. */
+static bool entry_matches(struct query *q, const Tally__V1__StoredEntry *s, const char *brand)
 {
-	if (is_all_scope(q->who))
+	if (brand == NULL && is_all_scope(q->who))
 		return true;
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(q->arena),
 						       s->entry.len, s->entry.data);
 	if (e == NULL)
 		return false;
-	if (e->brand[0] != '\0' && in_scope(q->who, e->brand))
-		return true;
-	for (size_t i = 0; i < e->n_postings; i++)
-		if (in_scope(q->who, e->postings[i]->brand))
-			return true;
-	const char *pair[2];
-	command_pair(e->command, pair);
-	for (int i = 0; i < 2; i++)
-		if (pair[i] != NULL && in_scope(q->who, pair[i]))
+	const char *brands[ENTRY_BRANDS_MAX];
+	size_t n = entry_brands(e, brands);
+	for (size_t i = 0; i < n; i++)
+		if (brand != NULL ? strcmp(brands[i], brand) == 0 : in_scope(q->who, brands[i]))
 			return true;
 	return false;
 }
@@ -251,7 +232,7 @@ static int q_entry(struct query *q, const Tally__V1__GetEntry *g)
 	int rc = stored_entry(q, g->seq, &q->res->entry);
 	if (rc != 0)
 		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
-	if (!entry_visible(q, q->res->entry)) {
+	if (!entry_matches(q, q->res->entry, NULL)) {
 		q->res->entry = NULL;
 		return qfail(q, CODE(PERMISSION_DENIED), "seq: entry of a brand outside the key's scope");
 	}
@@ -280,47 +261,60 @@ static int q_entry(struct query *q, const Tally__V1__GetEntry *g)
 }
 
 struct entries_scan {
-	const char *brand;      /* also filter by brand when scanning the member index */
+	const char *brand;      /* only entries touching this brand, when not NULL */
 	size_t limit;
-	uint64_t from_seq;
+	uint64_t examined;      /* bounded by TALLY_ENTRIES_SCAN_MAX */
 };
 
+/* Adds entry seq to the page if it passes the brand filter. Stops the scan (with
+ * TALLY_ERANGE) when the page is full or the scan budget is spent, leaving next_seq
+ * where the next page starts. */
 static int entries_add(struct query *q, uint64_t seq, struct entries_scan *s)
 {
-	if (q->res->n_entries == s->limit) {
+	if (q->res->n_entries == s->limit || s->examined == TALLY_ENTRIES_SCAN_MAX) {
 		q->res->next_seq = seq;
-		return TALLY_ERANGE; /* page full: stop the scan */
+		return TALLY_ERANGE;
 	}
+	s->examined++;
 	Tally__V1__StoredEntry *e;
 	int rc = stored_entry(q, seq, &e);
 	if (rc != 0)
 		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	if (s->brand != NULL && !entry_matches(q, e, s->brand))
+		return 0;
 	return push(q, (void ***)&q->res->entries, &q->res->n_entries, e);
 }
 
-static int index_row(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx)
+/* Entries of one member from its index, starting at seq `from`. */
+static int member_entries(struct query *q, const char *member, uint64_t from,
+			  struct entries_scan *s)
 {
-	(void)v;
-	struct entries_scan *s = ctx;
-	uint64_t seq = be64_get((uint8_t *)k->mv_data + k->mv_size - 8);
-	if (s->brand != NULL) {
-		struct key bk;
-		MDB_val bv;
-		key_reset(&bk);
-		key_str(&bk, s->brand);
-		key_u64(&bk, seq);
-		int rc = qget(q, T_IX_BRAND, &bk, &bv);
-		if (rc == TALLY_ENOTFOUND)
-			return 0;
-		if (rc != 0)
-			return rc;
+	struct key prefix, start;
+	key_reset(&prefix);
+	key_str(&prefix, member);
+	start = prefix;
+	key_u64(&start, from);
+	MDB_cursor *cur;
+	int rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[T_IX_MEMBER], &cur));
+	if (rc != 0)
+		return rc;
+	MDB_val k = {start.n, start.b}, v;
+	int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && mrc == 0 && k.mv_size == prefix.n + 8 &&
+	       memcmp(k.mv_data, prefix.b, prefix.n) == 0) {
+		rc = entries_add(q, be64_get((uint8_t *)k.mv_data + prefix.n), s);
+		if (rc == 0)
+			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 	}
-	return entries_add(q, seq, s);
+	mdb_cursor_close(cur);
+	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
+		rc = lmdb_error(mrc);
+	return rc;
 }
 
 static int q_entries(struct query *q, const Tally__V1__ListEntries *g)
 {
-	struct entries_scan s = {NULL, g->limit != 0 ? g->limit : 100, g->from_seq};
+	struct entries_scan s = {NULL, g->limit != 0 ? g->limit : 100, 0};
 	if (g->limit > TALLY_ENTRIES_PAGE_MAX)
 		return qfail(q, CODE(INVALID_ARGUMENT), "limit: at most 10000");
 	bool by_brand = g->brand[0] != '\0', by_member = g->member[0] != '\0';
@@ -331,34 +325,14 @@ static int q_entries(struct query *q, const Tally__V1__ListEntries *g)
 	if (by_brand ? !in_scope(q->who, g->brand) : !is_all_scope(q->who))
 		return by_brand ? qdenied(q, g->brand)
 				: qfail(q, CODE(PERMISSION_DENIED), "brand: required for a scoped key");
-	int rc = 0;
+	s.brand = by_brand ? g->brand : NULL;
 	uint64_t from = g->from_seq != 0 ? g->from_seq : 1;
-	if (!by_brand && !by_member) {
+	int rc = 0;
+	if (by_member)
+		rc = member_entries(q, g->member, from, &s);
+	else
 		for (uint64_t seq = from; rc == 0 && seq <= q->m.tree.size; seq++)
 			rc = entries_add(q, seq, &s);
-	} else {
-		struct key prefix, start;
-		key_reset(&prefix);
-		key_str(&prefix, by_member ? g->member : g->brand);
-		start = prefix;
-		key_u64(&start, from);
-		s.brand = by_member && by_brand ? g->brand : NULL;
-		/* qscan starts at the prefix; skip to `from` by scanning from `start`. */
-		MDB_cursor *cur;
-		enum table t = by_member ? T_IX_MEMBER : T_IX_BRAND;
-		rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[t], &cur));
-		if (rc != 0)
-			return rc;
-		MDB_val k = {start.n, start.b}, v;
-		int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-		while (rc == 0 && mrc == 0 && k.mv_size == prefix.n + 8 &&
-		       memcmp(k.mv_data, prefix.b, prefix.n) == 0) {
-			rc = index_row(q, &k, &v, &s);
-			if (rc == 0)
-				mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-		}
-		mdb_cursor_close(cur);
-	}
 	return rc == TALLY_ERANGE ? 0 : rc;
 }
 

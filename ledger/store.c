@@ -15,19 +15,18 @@ const char *const table_names[T_COUNT] = {
 	[T_TREE] = "tree",           [T_IDEM] = "idem",
 	[T_BRANDS] = "brands",       [T_MEMBERS] = "members",
 	[T_ACCOUNTS] = "accounts",   [T_SYSACCT] = "sysacct",
-	[T_LOTS] = "lots",           [T_LOT_EXP] = "lot_exp",
+	[T_LOT_EXP] = "lot_exp",
 	[T_HOLDS] = "holds",         [T_HOLD_EXP] = "hold_exp",
 	[T_HOLD_ACCT] = "hold_acct", [T_QUAL] = "qual",
 	[T_QUAL_DAY] = "qual_day",   [T_DAILY] = "daily",
 	[T_AGREEMENTS] = "agreements", [T_OBLIGATIONS] = "obligations",
 	[T_SETTLEMENTS] = "settlements", [T_SETTLE_PAIR] = "settle_pair",
 	[T_REVERSED] = "reversed",   [T_IX_MEMBER] = "ix_member",
-	[T_IX_BRAND] = "ix_brand",
 };
 
 const bool table_digested[T_COUNT] = {
 	[T_IDEM] = true,     [T_BRANDS] = true,      [T_MEMBERS] = true,
-	[T_ACCOUNTS] = true, [T_SYSACCT] = true,     [T_LOTS] = true,
+	[T_ACCOUNTS] = true, [T_SYSACCT] = true,
 	[T_HOLDS] = true,    [T_QUAL] = true,        [T_DAILY] = true,
 	[T_AGREEMENTS] = true, [T_OBLIGATIONS] = true, [T_SETTLEMENTS] = true,
 	[T_REVERSED] = true,

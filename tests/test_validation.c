@@ -412,6 +412,10 @@ static void seed_balance(struct fx *f, const char *brand, const char *member, in
 	acct.available = points;
 	acct.earned = points;
 	acct.updated_ms = f->now_ms;
+	Tally__V1__Lot lot = TALLY__V1__LOT__INIT, *lots[1] = {&lot};
+	lot.points = points; /* expiry 0: never, so the expiry index has no row */
+	acct.lots = lots;
+	acct.n_lots = 1;
 	uint8_t buf[512], v[8];
 	assert_true(tally__v1__account__get_packed_size(&acct) <= sizeof(buf));
 	size_t n = tally__v1__account__pack(&acct, buf);
@@ -420,12 +424,6 @@ static void seed_balance(struct fx *f, const char *brand, const char *member, in
 	key_str(&k, brand);
 	key_raw(&k, member);
 	raw_put(&a, T_ACCOUNTS, &k, buf, n);
-	key_reset(&k);
-	key_str(&k, brand);
-	key_str(&k, member);
-	key_u64(&k, EXPIRY_NEVER_KEY);
-	be64_put(v, (uint64_t)points);
-	raw_put(&a, T_LOTS, &k, v, 8);
 	key_reset(&k);
 	key_str(&k, brand);
 	key_u8(&k, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
