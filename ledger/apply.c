@@ -162,13 +162,13 @@ int lot_move(struct apply *a, int64_t expiry_ms, int64_t points)
 	return 0;
 }
 
-static int index_put(struct apply *a, enum table t, const char *id, uint64_t seq)
+static int member_index_put(struct apply *a, const char *member, uint64_t seq)
 {
 	struct key k;
 	key_reset(&k);
-	key_str(&k, id);
+	key_str(&k, member);
 	key_u64(&k, seq);
-	return st_put(a, t, &k, "", 0);
+	return st_put(a, T_IX_MEMBER, &k, "", 0);
 }
 
 static void add_unique(const char **list, size_t *n, const char *s)
@@ -208,7 +208,7 @@ static int entry_index(struct apply *a, const Tally__V1__Entry *e)
 			add_unique(members, &nm, e->postings[i]->member);
 	int rc = 0;
 	for (size_t i = 0; rc == 0 && i < nm; i++)
-		rc = index_put(a, T_IX_MEMBER, members[i], e->seq);
+		rc = member_index_put(a, members[i], e->seq);
 	return rc;
 }
 
@@ -336,19 +336,24 @@ static void idem_key(struct key *k, const Tally__V1__Command *c)
 	key_raw(k, c->request_id);
 }
 
-/* Answers a retried request from its journal entry; *done tells whether it was one. */
-static int idem_lookup(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
-		       Tally__V1__CommandResult *r, bool *done)
+/* Claims (key name, request id) for this command, or answers a retry from the
+ * journal entry of the original; *done tells whether it was a retry. The claim is one
+ * B-tree descent: an insert that fails when the key exists, leaving the idempotency
+ * cursor on the new row for idem_settle. */
+static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+		      Tally__V1__CommandResult *r, bool *done)
 {
 	struct key k;
-	MDB_val v;
+	uint8_t claim[40] = {0};
+	memcpy(claim, hash, 32);
 	idem_key(&k, c);
+	MDB_val key = {k.n, k.b}, v = {sizeof(claim), claim};
 	*done = false;
-	int rc = st_get(a, T_IDEM, &k, &v);
-	if (rc == TALLY_ENOTFOUND)
+	int rc = mdb_cursor_put(a->idem, &key, &v, MDB_NOOVERWRITE);
+	if (rc == 0)
 		return 0;
-	if (rc != 0)
-		return rc;
+	if (rc != MDB_KEYEXIST)
+		return lmdb_error(rc);
 	if (v.mv_size != 40)
 		return TALLY_ECORRUPT;
 	*done = true;
@@ -369,15 +374,23 @@ static int idem_lookup(struct apply *a, const Tally__V1__Command *c, const uint8
 	return r->message == NULL ? TALLY_ENOMEM : 0;
 }
 
-static int idem_store(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
-		      uint64_t seq)
+/* Completes the claim: the entry's seq for an applied command (and its hash joins the
+ * state digest), or no record at all for a rejected one. */
+static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+		       const Tally__V1__CommandResult *r)
 {
+	if (r->code != TALLY__V1__RESULT_CODE__OK)
+		return lmdb_error(mdb_cursor_del(a->idem, 0));
 	struct key k;
-	uint8_t v[40];
+	uint8_t value[40];
 	idem_key(&k, c);
-	memcpy(v, hash, 32);
-	be64_put(v + 32, seq);
-	return st_put(a, T_IDEM, &k, v, sizeof(v));
+	memcpy(value, hash, 32);
+	be64_put(value + 32, r->entry_seq);
+	MDB_val key = {k.n, k.b}, v = {sizeof(value), value};
+	uint8_t h[32];
+	record_hash(T_IDEM, &key, &v, h);
+	digest_add(a->m.digest, h);
+	return lmdb_error(mdb_cursor_put(a->idem, &key, &v, MDB_CURRENT));
 }
 
 static int apply_command(struct apply *a, const Tally__V1__Command *c,
@@ -394,7 +407,7 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 		bool done;
 		rc = content_hash(a, c, hash);
 		if (rc == 0)
-			rc = idem_lookup(a, c, hash, r, &done);
+			rc = idem_claim(a, c, hash, r, &done);
 		if (rc != 0 || done)
 			return rc;
 	}
@@ -406,8 +419,8 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 	a->n_lots = 0;              /* moves planned in memory before a rejection */
 	a->lots = NULL;
 	a->cap_lots = 0;
-	if (idempotent && r->code == TALLY__V1__RESULT_CODE__OK)
-		rc = idem_store(a, c, hash, r->entry_seq);
+	if (idempotent)
+		rc = idem_settle(a, c, hash, r);
 	if (r->message == NULL)
 		r->message = (char *)"";
 	return rc;
@@ -474,7 +487,11 @@ int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *bat
 		return rc;
 	known_reset(l);
 	tally_arena_reset(&l->batch);
-	rc = apply_commands(&a, batch, *results);
+	rc = lmdb_error(mdb_cursor_open(a.txn, l->dbi[T_IDEM], &a.idem));
+	if (rc == 0)
+		rc = apply_commands(&a, batch, *results);
+	if (a.idem != NULL)
+		mdb_cursor_close(a.idem);
 	a.m.applied_index = batch->raft_index;
 	a.m.applied_term = batch->raft_term;
 	a.m.time_ms = a.now_ms;

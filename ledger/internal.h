@@ -111,6 +111,7 @@ struct tally_ledger {
 struct apply {
 	struct tally_ledger *l;
 	MDB_txn *txn;
+	MDB_cursor *idem;                 /* on T_IDEM: a command's claim, settled after it */
 	struct meta m;                    /* working copy, saved on commit */
 	int64_t now_ms;
 	int64_t today;                    /* UTC day index of now_ms */
