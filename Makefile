@@ -86,7 +86,7 @@ valgrind: $(TEST_BIN)
 	done; echo "valgrind: clean"
 
 bench-ledger: $(BUILD)/tools/ledger-bench
-	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000
+	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000 --writemap
 
 bench: bench-ledger
 

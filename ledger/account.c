@@ -127,6 +127,18 @@ bool lots_room(const Tally__V1__Account *acct, size_t more)
 	return acct->n_lots + more <= TALLY_ACCOUNT_LOTS_MAX;
 }
 
+/* Whether points with this expiry fit: a new lot needs room, the lot that already
+ * has the expiry takes them whatever the count. */
+bool lot_room(const Tally__V1__Account *acct, int64_t expiry_ms)
+{
+	if (lots_room(acct, 1))
+		return true;
+	for (size_t i = 0; i < acct->n_lots; i++)
+		if (acct->lots[i]->expiry_ms == expiry_ms)
+			return true;
+	return false;
+}
+
 /* Points to the account's lot array with room for one more, copied into the scratch
  * arena (the array decoded from LMDB has no spare slot). */
 static int lots_grow(struct apply *a, Tally__V1__Account *acct)

@@ -383,7 +383,7 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (acct->available > TALLY_BALANCE_MAX - m->points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
-	if (!lots_room(acct, 1))
+	if (!lot_room(acct, lot_expiry(a, b)))
 		return lots_full(a, r, m->member);
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
 		bool over;
@@ -438,7 +438,7 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		if (acct->available > TALLY_BALANCE_MAX - points)
 			return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 				      (long long)TALLY_BALANCE_MAX);
-		if (!lots_room(acct, 1))
+		if (!lot_room(acct, lot_expiry(a, b)))
 			return lots_full(a, r, m->member);
 		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
 	} else {

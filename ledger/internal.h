@@ -199,6 +199,7 @@ int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);
 int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points);
 bool lots_room(const Tally__V1__Account *acct, size_t more);
+bool lot_room(const Tally__V1__Account *acct, int64_t expiry_ms);
 int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
 	    int64_t day, int64_t points);
 void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);

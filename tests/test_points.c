@@ -12,6 +12,7 @@
  */
 #include "tests/util.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
@@ -1804,6 +1805,163 @@ static void test_every_entry_posts_to_member_and_system_accounts_summing_to_zero
 	fx_close(&f);
 }
 
+/* ================================================================================ */
+/* reversal of an expired accrual, the lot limit                                     */
+/* ================================================================================ */
+
+static void test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_other_lots(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 1);
+	int64_t exp_a = utc(2026, 2, 1, 0, 0, 0), exp_b = utc(2026, 3, 5, 0, 0, 0);
+	uint64_t acc_a = ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 100))->entry_seq; /* lot A */
+	/* A month and more later lot A ran out: the accrual of lot B touches m1 first. */
+	f.now_ms = utc(2026, 2, 5, 0, 0, 0);
+	uint64_t before = tree_size(&f);
+	Tally__V1__CommandResult *r = ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 50)); /* lot B */
+	assert_int_equal(r->available, 50);
+	Tally__V1__Entry *expired = NULL;
+	assert_int_equal(count_kind(&f, before, KIND(LOT_EXPIRED), &expired), 1);
+	assert_lot_move(expired, 0, exp_a, 100);
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->expired, 100);
+	assert_int_equal(a->earned, 150);
+	assert_int_equal(a->n_lots, 1);
+	assert_int_equal(lot_points(a, exp_b), 50);
+
+	r = ok(&f, c_reverse(&f, dealer(&f), acc_a, 0));
+	assert_int_equal(r->points, 100);
+	assert_int_equal(r->available, 50);
+	Tally__V1__Entry *e = entry_at(&f, r->entry_seq);
+	assert_int_equal(e->cause_seq, acc_a);
+	assert_int_equal(e->n_postings, 2);
+	assert_int_equal(posted(e, SYS(EXPIRED), NULL, 0), -100);
+	assert_int_equal(posted(e, SYS(ISSUANCE), NULL, 0), 100);
+	assert_int_equal(posted(e, SYS(MEMBER), "m1", BUCKET(AVAILABLE)), 0);
+	assert_int_equal(e->n_lots, 0); /* no lot gave anything */
+	assert_entry_balanced(e);
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->available, 50);
+	assert_int_equal(a->expired, 0);
+	assert_int_equal(a->earned, 50);
+	assert_int_equal(a->n_lots, 1);
+	assert_int_equal(lot_points(a, exp_b), 50); /* lot B untouched */
+	assert_int_equal(lot_points(a, exp_a), 0);
+	expect(&f, c_reverse(&f, dealer(&f), acc_a, 0), CODE(ALREADY_REVERSED));
+	assert_invariants(&f);
+
+	/* m2 spent 70 of lot C before it ran out: only 30 of it expired, and a reversal
+	 * takes no more than that, however many points m2 holds now. */
+	uint64_t acc_c = ok(&f, c_accrue(&f, dealer(&f), "b", "m2", 100))->entry_seq;
+	ok(&f, c_redeem(&f, mall(&f), "b", "m2", 70));
+	f.now_ms = utc(2026, 3, 10, 0, 0, 0);
+	ok(&f, c_accrue(&f, dealer(&f), "b", "m2", 200)); /* expires C's 30 first */
+	a = account(&f, "b", "m2");
+	assert_int_equal(a->expired, 30);
+	assert_int_equal(a->available, 200);
+	struct tally_digest d = digest(&f);
+	r = expect(&f, c_reverse(&f, dealer(&f), acc_c, 0), CODE(INSUFFICIENT_POINTS));
+	assert_non_null(strstr(r->message, "expired"));
+	expect(&f, c_reverse(&f, dealer(&f), acc_c, 31), CODE(INSUFFICIENT_POINTS));
+	assert_unchanged(&f, &d);
+	r = ok(&f, c_reverse(&f, dealer(&f), acc_c, 30));
+	assert_int_equal(r->available, 200);
+	a = account(&f, "b", "m2");
+	assert_int_equal(a->expired, 0);
+	assert_int_equal(a->available, 200);
+	assert_int_equal(a->earned, 270);
+	expect(&f, c_reverse(&f, dealer(&f), acc_c, 1), CODE(INSUFFICIENT_POINTS));
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+static void test_account_holds_at_most_10000_lots_then_accrual_is_limit_exceeded(void **state)
+{
+	(void)state;
+	if (quick_mode()) {
+		print_message("skipped in TALLY_TEST_QUICK mode (10000 batches)\n");
+		return;
+	}
+	enum { FEEDERS = 100, PER_FEEDER = TALLY_ACCOUNT_LOTS_MAX / FEEDERS };
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 12);
+	Tally__V1__Principal *d = dealer(&f);
+	/* A lot is keyed by its expiry, i.e. by the time of the batch that made it: one
+	 * accrual per millisecond makes one lot. Every command rewrites the whole account
+	 * record, so the 10000 accruals go to 100 feeder accounts of 100 lots each, and
+	 * 100 transfers (the receiver keeps the sender's expiries) bring them all to m1. */
+	char feeders[FEEDERS][16];
+	Tally__V1__Command *cmds[FEEDERS];
+	Tally__V1__CommandResult **rs;
+	for (int k = 0; k < FEEDERS; k++) {
+		snprintf(feeders[k], sizeof(feeders[k]), "f%d", k);
+		cmds[k] = c_member(&f, admin(&f), feeders[k]);
+	}
+	rs = apply_n(&f, cmds, FEEDERS);
+	for (int k = 0; k < FEEDERS; k++)
+		assert_int_equal(rs[k]->code, CODE(OK));
+	int64_t t0 = f.now_ms;
+	for (int64_t i = 0; i < TALLY_ACCOUNT_LOTS_MAX; i++) {
+		f.now_ms = t0 + i;
+		Tally__V1__CommandResult *r = apply1(&f, c_accrue(&f, d, "b", feeders[i % FEEDERS], 1));
+		if (r->code != CODE(OK))
+			fail_msg("accrual %lld: %s: %s", (long long)i, tally_result_name(r->code),
+				 r->message);
+	}
+	for (int k = 0; k < FEEDERS; k++)
+		cmds[k] = c_transfer(&f, mall(&f), "b", feeders[k], "m1", PER_FEEDER);
+	rs = apply_n(&f, cmds, FEEDERS);
+	for (int k = 0; k < FEEDERS; k++)
+		if (rs[k]->code != CODE(OK))
+			fail_msg("transfer %d: %s: %s", k, tally_result_name(rs[k]->code),
+				 rs[k]->message);
+	int64_t last = utc(2027, 1, 1, 0, 0, 0) + TALLY_ACCOUNT_LOTS_MAX - 1;
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX);
+	assert_int_equal(a->available, TALLY_ACCOUNT_LOTS_MAX);
+	assert_int_equal(a->lots[TALLY_ACCOUNT_LOTS_MAX - 1]->expiry_ms, last);
+
+	/* At the time of the newest lot, an accrual merges into it: no new lot needed,
+	 * and the same for a positive adjustment. */
+	Tally__V1__CommandResult *r = ok(&f, c_accrue(&f, d, "b", "m1", 5));
+	assert_int_equal(r->available, TALLY_ACCOUNT_LOTS_MAX + 5);
+	r = ok(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"));
+	assert_int_equal(r->available, TALLY_ACCOUNT_LOTS_MAX + 6);
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX);
+	assert_int_equal(lot_points(a, last), 7);
+
+	/* One millisecond later it would need lot 10001. */
+	f.now_ms = t0 + TALLY_ACCOUNT_LOTS_MAX;
+	ok(&f, c_accrue(&f, d, "b", "m2", 10)); /* other accounts are not limited by m1's */
+	struct tally_digest before = digest(&f);
+	r = expect(&f, c_accrue(&f, d, "b", "m1", 1), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	assert_int_equal(r->entry_seq, 0);
+	r = expect(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	r = expect(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 1), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	assert_unchanged(&f, &before);
+	assert_int_equal(account(&f, "b", "m1")->n_lots, TALLY_ACCOUNT_LOTS_MAX);
+
+	/* Redeeming spends the first 3 lots whole: room for new ones again. */
+	ok(&f, c_redeem(&f, mall(&f), "b", "m1", 3));
+	assert_int_equal(account(&f, "b", "m1")->n_lots, TALLY_ACCOUNT_LOTS_MAX - 3);
+	ok(&f, c_accrue(&f, d, "b", "m1", 1));
+	ok(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 1)); /* merges into that new lot */
+	ok(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"));
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX - 2);
+	assert_int_equal(a->available, TALLY_ACCOUNT_LOTS_MAX + 6 - 3 + 3);
+	assert_int_equal(lot_points(a, last + 1), 3);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1857,6 +2015,8 @@ int main(void)
 		cmocka_unit_test(test_rejected_command_leaves_no_record_and_its_retry_can_succeed),
 		cmocka_unit_test(test_same_request_id_under_another_key_is_a_different_intent),
 		cmocka_unit_test(test_every_entry_posts_to_member_and_system_accounts_summing_to_zero_per_brand),
+		cmocka_unit_test(test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_other_lots),
+		cmocka_unit_test(test_account_holds_at_most_10000_lots_then_accrual_is_limit_exceeded),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -257,7 +257,7 @@ int main(int argc, char **argv)
 	Tally__V1__Principal *partner = principal("partner-borealis", TALLY__V1__ROLE__PARTNER, "borealis");
 	Tally__V1__Principal *auditor = principal("auditor", TALLY__V1__ROLE__AUDITOR, "*");
 
-	printf("Tally ledger demo (library only, one node; data in %s)\n\n", dir);
+	printf("Tally ledger demo (the state machine as a library, one replica; data in %s)\n\n", dir);
 	printf("Day 1: programs and members\n");
 	brand(admin, "aurora", "Aurora Motors", 24);
 	brand(admin, "borealis", "Borealis Energy", 12);
@@ -387,5 +387,11 @@ int main(int argc, char **argv)
 	tally_ledger_close(ledger);
 	tally_arena_free(&arena);
 	tally_arena_free(&out);
+	if (argc <= 1) { /* our own temporary directory: leave nothing behind */
+		char cmd[256];
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		if (system(cmd) != 0)
+			fprintf(stderr, "could not remove %s\n", dir);
+	}
 	return 0;
 }
