@@ -35,25 +35,22 @@ static int fail(struct check *c, const char *fmt, ...)
 /* Iterates the records of table t whose keys start with prefix. */
 typedef int (*row_fn)(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx);
 
+struct each_call {
+	struct check *c;
+	row_fn fn;
+	void *ctx;
+};
+
+static int each_row(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	struct each_call *e = arg;
+	return e->fn(e->c, k, v, e->ctx);
+}
+
 static int each(struct check *c, enum table t, const void *prefix, size_t n, row_fn fn, void *ctx)
 {
-	MDB_cursor *cur;
-	int rc = lmdb_error(mdb_cursor_open(c->txn, c->l->dbi[t], &cur));
-	if (rc != 0)
-		return rc;
-	MDB_val k = {n, (void *)prefix}, v;
-	int mrc = mdb_cursor_get(cur, &k, &v, n > 0 ? MDB_SET_RANGE : MDB_FIRST);
-	while (rc == 0 && mrc == 0) {
-		if (k.mv_size < n || memcmp(k.mv_data, prefix, n) != 0)
-			break;
-		rc = fn(c, &k, &v, ctx);
-		if (rc == 0)
-			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	mdb_cursor_close(cur);
-	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
-		rc = lmdb_error(mrc);
-	return rc;
+	struct each_call e = {c, fn, ctx};
+	return txn_scan(c->txn, c->l->dbi[t], prefix, n, SIZE_MAX, each_row, &e);
 }
 
 static int64_t i64_of(const MDB_val *v)

@@ -45,6 +45,16 @@ static int check_text(struct apply *a, Tally__V1__CommandResult *r, const char *
 	return 0;
 }
 
+/* The optional free text of accruals and redemptions. */
+static int check_notes(struct apply *a, Tally__V1__CommandResult *r, const char *reason,
+		       const char *reference)
+{
+	int rc = check_text(a, r, "reason", reason, 0);
+	if (rc == 0 && !REJECTED(r))
+		rc = check_text(a, r, "reference", reference, 0);
+	return rc;
+}
+
 static int check_scope(struct apply *a, Tally__V1__CommandResult *r, const char *brand)
 {
 	if (!in_scope(a->cmd->principal, brand))
@@ -373,9 +383,7 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	const Tally__V1__Accrue *m = c->accrue;
 	Tally__V1__Brand *b;
 	Tally__V1__Account *acct;
-	int rc = check_text(a, r, "reason", m->reason, 0);
-	if (rc == 0 && !REJECTED(r))
-		rc = check_text(a, r, "reference", m->reference, 0);
+	int rc = check_notes(a, r, m->reason, m->reference);
 	if (rc == 0 && !REJECTED(r))
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
@@ -407,9 +415,7 @@ int do_redeem(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	const Tally__V1__Redeem *m = c->redeem;
 	Tally__V1__Brand *b;
 	Tally__V1__Account *acct;
-	int rc = check_text(a, r, "reason", m->reason, 0);
-	if (rc == 0 && !REJECTED(r))
-		rc = check_text(a, r, "reference", m->reference, 0);
+	int rc = check_notes(a, r, m->reason, m->reference);
 	if (rc == 0 && !REJECTED(r))
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))

@@ -156,6 +156,10 @@ int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
 int meta_save(struct apply *a);
 struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
+/* Calls fn for each record whose key starts with prefix (n bytes; 0 = all), in key
+ * order, at most limit; a non-zero return from fn stops the scan and is returned. */
+int txn_scan(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, size_t limit,
+	     int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg);
 
 /* civil time (civil.c) */
 int64_t day_of(int64_t time_ms);

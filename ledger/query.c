@@ -54,26 +54,23 @@ static int qrec(struct query *q, enum table t, const struct key *k,
 /* Calls fn for each record whose key starts with prefix, in key order, up to limit. */
 typedef int (*scan_fn)(struct query *q, const MDB_val *k, const MDB_val *v, void *ctx);
 
+struct qscan_call {
+	struct query *q;
+	scan_fn fn;
+	void *ctx;
+};
+
+static int qscan_row(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	struct qscan_call *s = arg;
+	return s->fn(s->q, k, v, s->ctx);
+}
+
 static int qscan(struct query *q, enum table t, const struct key *prefix, size_t limit,
 		 scan_fn fn, void *ctx)
 {
-	MDB_cursor *cur;
-	int rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[t], &cur));
-	if (rc != 0)
-		return rc;
-	MDB_val k = {prefix->n, (void *)prefix->b}, v;
-	int mrc = mdb_cursor_get(cur, &k, &v, prefix->n > 0 ? MDB_SET_RANGE : MDB_FIRST);
-	for (size_t n = 0; mrc == 0 && rc == 0 && n < limit; n++) {
-		if (k.mv_size < prefix->n || memcmp(k.mv_data, prefix->b, prefix->n) != 0)
-			break;
-		rc = fn(q, &k, &v, ctx);
-		if (rc == 0)
-			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	mdb_cursor_close(cur);
-	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
-		rc = lmdb_error(mrc);
-	return rc;
+	struct qscan_call s = {q, fn, ctx};
+	return txn_scan(q->txn, q->l->dbi[t], prefix->b, prefix->n, limit, qscan_row, &s);
 }
 
 /* A growing array of pointers in the arena. */
