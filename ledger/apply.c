@@ -348,8 +348,12 @@ static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_
 	memcpy(claim, hash, 32);
 	idem_key(&k, c);
 	MDB_val key = {k.n, k.b}, v = {sizeof(claim), claim};
+	MDB_cursor *cur;
 	*done = false;
-	int rc = mdb_cursor_put(a->idem, &key, &v, MDB_NOOVERWRITE);
+	int rc = st_cursor(a, T_IDEM, &cur);
+	if (rc != 0)
+		return rc;
+	rc = mdb_cursor_put(cur, &key, &v, MDB_NOOVERWRITE);
 	if (rc == 0)
 		return 0;
 	if (rc != MDB_KEYEXIST)
@@ -379,8 +383,12 @@ static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_
 static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
 		       const Tally__V1__CommandResult *r)
 {
+	MDB_cursor *cur;
+	int rc = st_cursor(a, T_IDEM, &cur);
+	if (rc != 0)
+		return rc;
 	if (r->code != TALLY__V1__RESULT_CODE__OK)
-		return lmdb_error(mdb_cursor_del(a->idem, 0));
+		return lmdb_error(mdb_cursor_del(cur, 0));
 	struct key k;
 	uint8_t value[40];
 	idem_key(&k, c);
@@ -390,7 +398,7 @@ static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8
 	uint8_t h[32];
 	record_hash(T_IDEM, &key, &v, h);
 	digest_add(a->m.digest, h);
-	return lmdb_error(mdb_cursor_put(a->idem, &key, &v, MDB_CURRENT));
+	return lmdb_error(mdb_cursor_put(cur, &key, &v, MDB_CURRENT));
 }
 
 static int apply_command(struct apply *a, const Tally__V1__Command *c,
@@ -487,16 +495,13 @@ int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *bat
 		return rc;
 	known_reset(l);
 	tally_arena_reset(&l->batch);
-	rc = lmdb_error(mdb_cursor_open(a.txn, l->dbi[T_IDEM], &a.idem));
-	if (rc == 0)
-		rc = apply_commands(&a, batch, *results);
-	if (a.idem != NULL)
-		mdb_cursor_close(a.idem);
+	rc = apply_commands(&a, batch, *results);
 	a.m.applied_index = batch->raft_index;
 	a.m.applied_term = batch->raft_term;
 	a.m.time_ms = a.now_ms;
 	if (rc == 0)
 		rc = sys_flush(&a);
+	st_cursors_close(&a);
 	if (rc == 0)
 		rc = meta_save(&a);
 	if (rc == 0)

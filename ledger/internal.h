@@ -111,7 +111,7 @@ struct tally_ledger {
 struct apply {
 	struct tally_ledger *l;
 	MDB_txn *txn;
-	MDB_cursor *idem;                 /* on T_IDEM: a command's claim, settled after it */
+	MDB_cursor *cur[T_COUNT];         /* one per table, opened on first use (st_cursor) */
 	struct meta m;                    /* working copy, saved on commit */
 	int64_t now_ms;
 	int64_t today;                    /* UTC day index of now_ms */
@@ -141,6 +141,8 @@ void digest_sub(uint8_t acc[32], const uint8_t h[32]);
 void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32]);
 
 /* store (store.c): every write to a digested table goes through st_put / st_del */
+int st_cursor(struct apply *a, enum table t, MDB_cursor **out);
+void st_cursors_close(struct apply *a);
 int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v);
 int st_put(struct apply *a, enum table t, const struct key *k, const void *v, size_t n);
 int st_del(struct apply *a, enum table t, const struct key *k);

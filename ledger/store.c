@@ -218,12 +218,51 @@ static int known_set(struct tally_ledger *l, enum table t, const MDB_val *key, c
 	return 0;
 }
 
+/* ---- cursors ----------------------------------------------------------------------
+ * The batch keeps one cursor per table. A record read and then written (an account,
+ * a counter) is found once: the write replaces it where the read left the cursor. */
+
+int st_cursor(struct apply *a, enum table t, MDB_cursor **out)
+{
+	assert(t < T_COUNT);
+	if (a->cur[t] == NULL) {
+		int rc = mdb_cursor_open(a->txn, a->l->dbi[t], &a->cur[t]);
+		if (rc != 0)
+			return lmdb_error(rc);
+	}
+	*out = a->cur[t];
+	return 0;
+}
+
+void st_cursors_close(struct apply *a)
+{
+	for (int t = 0; t < T_COUNT; t++) {
+		if (a->cur[t] != NULL)
+			mdb_cursor_close(a->cur[t]);
+		a->cur[t] = NULL;
+	}
+}
+
+/* Whether the cursor stands on `key` (so a write may replace in place). */
+static bool st_at(MDB_cursor *cur, const MDB_val *key)
+{
+	MDB_val k, v;
+	return mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT) == 0 && k.mv_size == key->mv_size &&
+	       memcmp(k.mv_data, key->mv_data, k.mv_size) == 0;
+}
+
 int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
 {
 	assert(a != NULL && a->txn != NULL);
 	assert(t < T_COUNT);
 	MDB_val key = {k->n, (void *)k->b};
-	int rc = mdb_get(a->txn, a->l->dbi[t], &key, v);
+	MDB_cursor *cur;
+	int rc = st_cursor(a, t, &cur);
+	if (rc != 0)
+		return rc;
+	rc = mdb_cursor_get(cur, &key, v, MDB_SET_KEY);
+	key.mv_size = k->n; /* SET_KEY pointed it into the page: hash our own copy */
+	key.mv_data = (void *)k->b;
 	if (rc != 0 && rc != MDB_NOTFOUND)
 		return lmdb_error(rc);
 	if (table_digested[t] && known_get(a->l, t, &key) == NULL) {
@@ -269,7 +308,11 @@ int st_put(struct apply *a, enum table t, const struct key *k, const void *v, si
 			return rc;
 		digest_add(a->m.digest, known_get(a->l, t, &key)->hash);
 	}
-	return lmdb_error(mdb_put(a->txn, a->l->dbi[t], &key, &val, 0));
+	MDB_cursor *cur;
+	int rc = st_cursor(a, t, &cur);
+	if (rc != 0)
+		return rc;
+	return lmdb_error(mdb_cursor_put(cur, &key, &val, st_at(cur, &key) ? MDB_CURRENT : 0));
 }
 
 int st_del(struct apply *a, enum table t, const struct key *k)
@@ -284,8 +327,19 @@ int st_del(struct apply *a, enum table t, const struct key *k)
 		if (rc != 0)
 			return rc;
 	}
-	int rc = mdb_del(a->txn, a->l->dbi[t], &key, NULL);
-	return rc == MDB_NOTFOUND ? 0 : lmdb_error(rc);
+	MDB_cursor *cur;
+	int rc = st_cursor(a, t, &cur);
+	if (rc != 0)
+		return rc;
+	if (!st_at(cur, &key)) {
+		MDB_val v;
+		rc = mdb_cursor_get(cur, &key, &v, MDB_SET);
+		if (rc == MDB_NOTFOUND)
+			return 0;
+		if (rc != 0)
+			return lmdb_error(rc);
+	}
+	return lmdb_error(mdb_cursor_del(cur, 0));
 }
 
 /* int64 values are stored big-endian in 8 bytes; an absent record reads as 0. */
