@@ -26,7 +26,7 @@ endif
 CFLAGS  += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
            -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers \
            $(OPT) -I. -I$(BUILD)
-LDLIBS  := -llmdb -lprotobuf-c -lcrypto -lpthread
+LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lcrypto -lpthread
 
 DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lmdb-utils \
                 libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind
@@ -36,7 +36,15 @@ PROTO_H := $(BUILD)/proto/tally.pb-c.h
 
 LEDGER_SRC := $(wildcard ledger/*.c)
 LEDGER_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(LEDGER_SRC)) $(BUILD)/proto/tally.pb-c.o
-LEDGER_LIB := $(BUILD)/libtally_ledger.a
+# Everything a node and the tests link: ledger, consensus, rpc.
+NODE_SRC   := $(LEDGER_SRC) $(wildcard consensus/*.c) $(wildcard rpc/*.c)
+NODE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(NODE_SRC)) $(BUILD)/proto/tally.pb-c.o
+LEDGER_LIB := $(BUILD)/libtally_node.a
+# libtally: the client library (static and shared) and its pkg-config file.
+CLIENT_SRC := rpc/client.c rpc/frame.c rpc/keys.c ledger/arena.c ledger/error.c
+CLIENT_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(CLIENT_SRC)) $(BUILD)/pic/proto/tally.pb-c.o
+CLIENT_A   := $(BUILD)/libtally.a
+CLIENT_SO  := $(BUILD)/libtally.so
 
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
@@ -47,7 +55,11 @@ TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 .PHONY: all check valgrind bench-ledger bench demo deps clean install
 .SECONDARY:
 
-all: $(LEDGER_LIB) $(TOOLS) $(TEST_BIN)
+ifneq ($(wildcard rpc/client.c),)
+CLIENT_LIBS := $(CLIENT_A) $(CLIENT_SO)
+endif
+
+all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN)
 
 $(PROTO_C) $(PROTO_H): proto/tally.proto
 	@mkdir -p $(BUILD)/proto
@@ -56,12 +68,29 @@ $(PROTO_C) $(PROTO_H): proto/tally.proto
 $(BUILD)/proto/tally.pb-c.o: $(PROTO_C)
 	$(CC) $(CFLAGS) -Wno-missing-prototypes -c $< -o $@
 
-$(BUILD)/%.o: %.c $(PROTO_H) $(wildcard ledger/*.h) $(wildcard tests/*.h)
+HEADERS := $(PROTO_H) $(wildcard ledger/*.h) $(wildcard consensus/*.h) $(wildcard rpc/*.h) \
+           $(wildcard tests/*.h)
+
+$(BUILD)/pic/proto/tally.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -Wno-missing-prototypes -c $< -o $@
+
+$(BUILD)/pic/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -fPIC -c $< -o $@
+
+$(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(LEDGER_LIB): $(LEDGER_OBJ)
+$(LEDGER_LIB): $(NODE_OBJ)
 	$(AR) rcs $@ $^
+
+$(CLIENT_A): $(CLIENT_PIC)
+	$(AR) rcs $@ $^
+
+$(CLIENT_SO): $(CLIENT_PIC)
+	$(CC) $(SANLD) -shared -Wl,-soname,libtally.so.0 -o $@ $^ -lprotobuf-c -lcrypto
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
@@ -99,11 +128,16 @@ deps:
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 
-install: $(LEDGER_LIB)
-	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include/tally
-	install -m 644 $(LEDGER_LIB) $(DESTDIR)$(PREFIX)/lib/
-	install -m 644 ledger/ledger.h ledger/arena.h ledger/error.h ledger/merkle.h \
-		$(DESTDIR)$(PREFIX)/include/tally/
+install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO)
+	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/tally/ledger \
+		$(DESTDIR)$(PREFIX)/include/tally/rpc $(DESTDIR)$(PREFIX)/include/tally/proto
+	install -m 644 $(CLIENT_A) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(CLIENT_SO) $(DESTDIR)$(PREFIX)/lib/libtally.so.0
+	ln -sf libtally.so.0 $(DESTDIR)$(PREFIX)/lib/libtally.so
+	install -m 644 rpc/tally.h $(DESTDIR)$(PREFIX)/include/tally/rpc/
+	install -m 644 ledger/arena.h ledger/error.h $(DESTDIR)$(PREFIX)/include/tally/ledger/
+	install -m 644 $(PROTO_H) $(DESTDIR)$(PREFIX)/include/tally/proto/
+	sed -e 's|@PREFIX@|$(PREFIX)|' rpc/libtally.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libtally.pc
 
 clean:
 	rm -rf build

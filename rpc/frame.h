@@ -1,0 +1,38 @@
+/*
+ * rpc/frame — the wire format: a 4-byte big-endian length, then that many bytes of a
+ * protobuf message (tally.v1.Request from clients, tally.v1.Response from servers).
+ */
+#ifndef TALLY_RPC_FRAME_H
+#define TALLY_RPC_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define TALLY_FRAME_HEADER_BYTES 4
+#define TALLY_FRAME_BYTES_DEFAULT (4u << 20) /* 4 MiB, the default limit */
+
+/* Reassembles frames from a byte stream. Feed it whatever arrived; take complete
+ * frames out. Buffer memory is owned by the reader and grows up to the limit. */
+struct tally_frame_reader {
+	uint8_t *buf;
+	size_t len;          /* bytes held */
+	size_t cap;
+	size_t max_bytes;    /* largest frame body accepted */
+};
+
+void tally_frame_reader_init(struct tally_frame_reader *r, size_t max_bytes);
+void tally_frame_reader_free(struct tally_frame_reader *r);
+
+/* Appends n bytes. Returns 0, or TALLY_ENOMEM. */
+int tally_frame_reader_feed(struct tally_frame_reader *r, const void *data, size_t n);
+
+/* The next complete frame: returns 1 and sets *body/*len (valid until the next call
+ * to feed or next), 0 when more bytes are needed, or TALLY_ERANGE (negative:
+ * -TALLY_ERANGE) when the announced length exceeds max_bytes — the stream cannot be
+ * resynchronised and the connection should be closed after an error reply. */
+int tally_frame_reader_next(struct tally_frame_reader *r, const uint8_t **body, size_t *len);
+
+/* Writes the 4-byte header for a body of `len` bytes. */
+void tally_frame_header(uint8_t out[TALLY_FRAME_HEADER_BYTES], uint32_t len);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * rpc/keys — who may connect: the keys file and the HMAC challenge.
+ *
+ * Keys file: one key per line, `NAME ROLE BRANDS SECRET`; '#' starts a comment;
+ * blank lines are ignored. NAME 1..64 printable bytes without spaces; ROLE one of
+ * admin, mall, community, dealer, partner, auditor (never "system"); BRANDS a comma
+ * list of brand ids or "*"; SECRET at least 16 printable bytes.
+ *
+ * Handshake: client → Hello{key_name}; server → Challenge{nonce (32 random bytes)};
+ * client → Proof{hmac = HMAC-SHA256(secret, nonce ‖ key_name)}; server checks it in
+ * constant time and answers Welcome{role, brands}. The secret never crosses the wire.
+ */
+#ifndef TALLY_RPC_KEYS_H
+#define TALLY_RPC_KEYS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ledger/ledger.h"
+
+#define TALLY_KEYS_MAX 4096
+#define TALLY_SECRET_BYTES_MAX 256
+#define TALLY_NONCE_BYTES 32
+#define TALLY_HMAC_BYTES 32
+
+struct tally_key {
+	char name[TALLY_KEY_NAME_BYTES_MAX + 1];
+	Tally__V1__Role role;
+	size_t n_brands;                       /* 0 with all_brands */
+	bool all_brands;
+	char brands[TALLY_SCOPE_BRANDS_MAX][TALLY_BRAND_ID_BYTES_MAX + 1];
+	char secret[TALLY_SECRET_BYTES_MAX + 1];
+};
+
+struct tally_keys {
+	struct tally_key *keys;
+	size_t n;
+};
+
+/* Parses a keys file. On error returns TALLY_EINVAL (or TALLY_EIO) and describes the
+ * first bad line ("keys.conf:3: unknown role 'boss'") in err. *out is untouched then. */
+int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t errcap);
+void tally_keys_free(struct tally_keys *k);
+
+/* The key named `name`, or NULL. */
+const struct tally_key *tally_keys_find(const struct tally_keys *k, const char *name);
+
+/* HMAC-SHA256(secret, nonce ‖ key_name). */
+void tally_keys_proof(const char *secret, const uint8_t nonce[TALLY_NONCE_BYTES],
+		      const char *key_name, uint8_t out[TALLY_HMAC_BYTES]);
+
+/* Whether proof matches the key for this nonce (constant-time comparison). */
+bool tally_keys_verify(const struct tally_key *key, const uint8_t nonce[TALLY_NONCE_BYTES],
+		       const uint8_t *proof, size_t proof_len);
+
+/* Fills a Principal for commands from this key; strings point into key (and brands
+ * into `slots`, an array of TALLY_SCOPE_BRANDS_MAX pointers the caller provides). */
+void tally_keys_principal(const struct tally_key *key, char **slots, Tally__V1__Principal *out);
+
+/* Role names as in the keys file ("mall"); NULL for an unknown role. */
+const char *tally_role_name(Tally__V1__Role role);
+int tally_role_parse(const char *name, Tally__V1__Role *out);
+
+#endif
