@@ -5,7 +5,8 @@
 #   make SANITIZE=1 check   the same under ASan + UBSan (separate build dir)
 #   make valgrind        run the unit tests under valgrind (quick sizes)
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
-#   make demo            a realistic scenario through the library, journal and balances
+#   make demo            a 3-node cluster on loopback and the Tally story told through it
+#   make demo-ledger     the same story through the ledger library alone
 #   make deps            install the Debian packages the build needs (apt-get)
 #   make clean
 
@@ -52,7 +53,7 @@ TEST_UTIL  := $(BUILD)/tests/util.o
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 
-.PHONY: all check valgrind bench-ledger bench demo deps clean install
+.PHONY: all check valgrind bench-ledger bench demo demo-ledger deps clean install
 .SECONDARY:
 
 ifneq ($(wildcard rpc/client.c),)
@@ -98,7 +99,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
 
-check: $(TEST_BIN)
+check: $(TEST_BIN) $(TOOLS)
 	@set -e; pass=0; fail=0; \
 	for t in $(TEST_BIN); do \
 		echo "== $$t"; \
@@ -108,7 +109,7 @@ check: $(TEST_BIN)
 	test $$fail -eq 0
 
 valgrind: $(TEST_BIN)
-	@set -e; for t in $(TEST_BIN); do \
+	@set -e; for t in $(filter-out %/test_cluster,$(TEST_BIN)); do \
 		echo "== valgrind $$t"; \
 		TALLY_TEST_QUICK=1 valgrind -q --error-exitcode=99 --leak-check=full \
 			--errors-for-leak-kinds=definite $$t >/dev/null; \
@@ -117,9 +118,19 @@ valgrind: $(TEST_BIN)
 bench-ledger: $(BUILD)/tools/ledger-bench
 	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000 --writemap
 
-bench: bench-ledger
+# A local 3-node cluster, tally-bench against it, then stop it.
+bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
+	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); p=$$((21000 + $$$$ % 20000)); \
+	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port $$p; \
+	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
+	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE; \
+	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \
+	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10
 
-demo: $(BUILD)/tools/ledger-demo
+demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
+	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
+
+demo-ledger: $(BUILD)/tools/ledger-demo
 	$(BUILD)/tools/ledger-demo
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -1,0 +1,226 @@
+/*
+ * consensus/admin — membership changes, leadership transfer and status.
+ *
+ * Each admin call wraps one raft request; raft calls every request back exactly once
+ * (raft_close fails the outstanding ones), so each wrapper is freed in its callback.
+ */
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "consensus/internal.h"
+
+struct node_admin {
+	union {
+		struct raft_change change;
+		struct raft_transfer transfer;
+	} req;
+	struct tally_node *n;
+	tally_node_admin_cb cb;
+	void *data;
+};
+
+static const char *const role_names[] = {
+	[RAFT_STANDBY] = "standby", [RAFT_VOTER] = "voter", [RAFT_SPARE] = "spare"};
+
+static const char *const state_names[] = {
+	[RAFT_UNAVAILABLE] = "unavailable", [RAFT_FOLLOWER] = "follower",
+	[RAFT_CANDIDATE] = "candidate", [RAFT_LEADER] = "leader"};
+
+static const char *role_name(int role)
+{
+	return role >= 0 && role <= RAFT_SPARE ? role_names[role] : "unknown";
+}
+
+static const struct raft_server *config_get(struct tally_node *n, raft_id id)
+{
+	assert(n != NULL);
+	const struct raft_configuration *c = &n->raft.configuration;
+	for (unsigned i = 0; i < c->n; i++)
+		if (c->servers[i].id == id)
+			return &c->servers[i];
+	return NULL;
+}
+
+void node_leader_client(struct tally_node *n, char *buf, size_t cap)
+{
+	assert(n != NULL && buf != NULL && cap > 0);
+	buf[0] = '\0';
+	if (!n->raft_inited || n->phase >= NODE_RAFT_CLOSE)
+		return;
+	raft_id id = 0;
+	const char *address = NULL;
+	raft_leader(&n->raft, &id, &address);
+	if (id == 0)
+		return;
+	/* The configuration holds the full "raft|client" address of every server. */
+	const struct raft_server *s = config_get(n, id);
+	const char *full = s != NULL ? s->address : address;
+	if (full == NULL || tally_address_client(full, buf, cap) != 0)
+		buf[0] = '\0';
+}
+
+bool node_has_other_voters(struct tally_node *n)
+{
+	assert(n != NULL && n->raft_inited);
+	const struct raft_configuration *c = &n->raft.configuration;
+	for (unsigned i = 0; i < c->n; i++)
+		if (c->servers[i].id != n->cfg.id && c->servers[i].role == RAFT_VOTER)
+			return true;
+	return false;
+}
+
+/* Starts an admin request or answers at once; `start` returns a raft code. */
+static struct node_admin *admin_new(struct tally_node *n, tally_node_admin_cb cb, void *data)
+{
+	assert(n != NULL && cb != NULL);
+	if (n->phase != NODE_OPEN || !n->started) {
+		cb(data, RAFT_SHUTDOWN, "node is not running");
+		return NULL;
+	}
+	struct node_admin *a = calloc(1, sizeof(*a));
+	if (a == NULL) {
+		cb(data, RAFT_NOMEM, "out of memory");
+		return NULL;
+	}
+	a->n = n;
+	a->cb = cb;
+	a->data = data;
+	return a;
+}
+
+static void admin_started(struct node_admin *a, int rv)
+{
+	assert(a != NULL);
+	if (rv == 0) {
+		a->n->admins_pending++;
+		return;
+	}
+	const char *msg = raft_errmsg(&a->n->raft);
+	a->cb(a->data, rv, msg != NULL && msg[0] != '\0' ? msg : raft_strerror(rv));
+	free(a);
+}
+
+static void admin_change_cb(struct raft_change *req, int status)
+{
+	struct node_admin *a = req->data;
+	assert(a != NULL && a->n->admins_pending > 0);
+	a->n->admins_pending--;
+	a->cb(a->data, status, status == 0 ? "ok" : raft_strerror(status));
+	free(a);
+}
+
+void tally_node_add(struct tally_node *n, uint64_t id, const char *address,
+		    tally_node_admin_cb cb, void *data)
+{
+	assert(n != NULL && address != NULL);
+	struct node_admin *a = admin_new(n, cb, data);
+	if (a == NULL)
+		return;
+	a->req.change.data = a;
+	char raft_part[TALLY_ADDRESS_BYTES_MAX + 1];
+	int rv = tally_address_raft(address, raft_part, sizeof(raft_part));
+	if (rv == 0 && (id == 0 || raft_part[0] == '\0'))
+		rv = RAFT_INVALID;
+	if (rv == 0)
+		rv = raft_add(&n->raft, &a->req.change, id, address, admin_change_cb);
+	admin_started(a, rv);
+}
+
+void tally_node_assign(struct tally_node *n, uint64_t id, int role, tally_node_admin_cb cb,
+		       void *data)
+{
+	assert(n != NULL);
+	struct node_admin *a = admin_new(n, cb, data);
+	if (a == NULL)
+		return;
+	a->req.change.data = a;
+	int rv = role < RAFT_STANDBY || role > RAFT_SPARE ? RAFT_BADROLE
+		 : raft_assign(&n->raft, &a->req.change, id, role, admin_change_cb);
+	admin_started(a, rv);
+}
+
+void tally_node_remove(struct tally_node *n, uint64_t id, tally_node_admin_cb cb, void *data)
+{
+	assert(n != NULL);
+	struct node_admin *a = admin_new(n, cb, data);
+	if (a == NULL)
+		return;
+	a->req.change.data = a;
+	admin_started(a, raft_remove(&n->raft, &a->req.change, id, admin_change_cb));
+}
+
+/* raft_transfer_cb: raft reports no status; success means the target now leads. */
+static void admin_transfer_cb(struct raft_transfer *req)
+{
+	struct node_admin *a = req->data;
+	assert(a != NULL && a->n->admins_pending > 0);
+	struct tally_node *n = a->n;
+	n->admins_pending--;
+	raft_id leader = 0;
+	const char *address = NULL;
+	if (n->phase < NODE_RAFT_CLOSE)
+		raft_leader(&n->raft, &leader, &address);
+	char msg[96];
+	snprintf(msg, sizeof(msg), "leadership did not move to node %llu", req->id);
+	a->cb(a->data, leader == req->id ? 0 : RAFT_CANCELED, leader == req->id ? "ok" : msg);
+	node_kick(n);
+	free(a);
+}
+
+void tally_node_transfer(struct tally_node *n, uint64_t id, tally_node_admin_cb cb, void *data)
+{
+	assert(n != NULL);
+	struct node_admin *a = admin_new(n, cb, data);
+	if (a == NULL)
+		return;
+	a->req.transfer.data = a;
+	admin_started(a, raft_transfer(&n->raft, &a->req.transfer, id, admin_transfer_cb));
+}
+
+/* One NodeInfo in `arena` from a configuration entry. */
+static Tally__V1__NodeInfo *status_node(struct tally_arena *arena, raft_id id,
+					const char *address, int role)
+{
+	assert(arena != NULL && address != NULL);
+	Tally__V1__NodeInfo *ni = tally_arena_alloc(arena, sizeof(*ni));
+	char raft_part[TALLY_ADDRESS_BYTES_MAX + 1], client[TALLY_ADDRESS_BYTES_MAX + 1];
+	if (ni == NULL || tally_address_raft(address, raft_part, sizeof(raft_part)) != 0 ||
+	    tally_address_client(address, client, sizeof(client)) != 0)
+		return NULL;
+	tally__v1__node_info__init(ni);
+	ni->id = id;
+	ni->address = tally_arena_strdup(arena, raft_part);
+	ni->client_address = tally_arena_strdup(arena, client);
+	ni->role = (char *)role_name(role);
+	return ni->address != NULL && ni->client_address != NULL ? ni : NULL;
+}
+
+void tally_node_status(struct tally_node *n, struct tally_arena *arena, Tally__V1__Status *out)
+{
+	assert(n != NULL && arena != NULL && out != NULL);
+	tally__v1__status__init(out);
+	out->node_id = n->cfg.id;
+	out->applied_index = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
+	bool live = n->raft_inited && n->phase < NODE_RAFT_CLOSE;
+	int state = live ? raft_state(&n->raft) : RAFT_UNAVAILABLE;
+	out->state = (char *)(state >= 0 && state <= RAFT_LEADER ? state_names[state] : "unknown");
+	if (!live)
+		return;
+	out->term = n->raft.current_term;
+	const struct raft_configuration *c = &n->raft.configuration;
+	out->nodes = tally_arena_alloc(arena, (c->n > 0 ? c->n : 1) * sizeof(*out->nodes));
+	for (unsigned i = 0; out->nodes != NULL && i < c->n; i++) {
+		const struct raft_server *s = &c->servers[i];
+		Tally__V1__NodeInfo *ni = status_node(arena, s->id, s->address, s->role);
+		if (ni != NULL)
+			out->nodes[out->n_nodes++] = ni;
+	}
+	raft_id id = 0;
+	const char *address = NULL;
+	raft_leader(&n->raft, &id, &address);
+	const struct raft_server *s = id != 0 ? config_get(n, id) : NULL;
+	if (s != NULL)
+		out->leader = status_node(arena, s->id, s->address, s->role);
+}

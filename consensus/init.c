@@ -1,0 +1,241 @@
+/*
+ * consensus/init — creating and starting a node: configuration defaults, the data
+ * directory (DIR/raft for raft_uv, DIR/ledger for LMDB), raft_uv with the TCP_NODELAY
+ * transport, raft settings, bootstrap.
+ *
+ * raft 0.15 specifics handled here (DESIGN.md): raft_uv_init leaves io.version = 1,
+ * which makes raft_init reject an fsm with snapshot_async, so io.version is set to 2
+ * after it; raft_init's reason is in raft_errmsg(), not raft_strerror().
+ */
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "consensus/internal.h"
+
+#define ERR(buf, cap, ...) ((buf) != NULL && (cap) > 0 ? (void)snprintf((buf), (cap), __VA_ARGS__) : (void)0)
+
+static int raft_to_tally(int rv)
+{
+	switch (rv) {
+	case 0: return 0;
+	case RAFT_NOMEM: return TALLY_ENOMEM;
+	case RAFT_BADID:
+	case RAFT_DUPLICATEID:
+	case RAFT_DUPLICATEADDRESS:
+	case RAFT_BADROLE:
+	case RAFT_NAMETOOLONG:
+	case RAFT_INVALID: return TALLY_EINVAL;
+	case RAFT_CORRUPT:
+	case RAFT_MALFORMED: return TALLY_ECORRUPT;
+	default: return TALLY_EIO;
+	}
+}
+
+/* Copies cfg with defaults applied; validates what cannot be defaulted. */
+static int config_fill(struct tally_node *n, const struct tally_node_config *cfg, char *errmsg,
+		       size_t errcap)
+{
+	assert(n != NULL && cfg != NULL);
+	char raft_part[TALLY_ADDRESS_BYTES_MAX + 1];
+	if (cfg->id == 0 || cfg->address == NULL || cfg->dir == NULL) {
+		ERR(errmsg, errcap, "node: id (>= 1), address and dir are required");
+		return TALLY_EINVAL;
+	}
+	if (tally_address_raft(cfg->address, raft_part, sizeof(raft_part)) != 0 ||
+	    raft_part[0] == '\0' || strchr(raft_part, ':') == NULL) {
+		ERR(errmsg, errcap, "node: address must be \"HOST:PORT|HOST:PORT\" (at most %d bytes)",
+		    TALLY_ADDRESS_BYTES_MAX);
+		return TALLY_EINVAL;
+	}
+	int a = snprintf(n->address, sizeof(n->address), "%s", cfg->address);
+	int d = snprintf(n->dir, sizeof(n->dir), "%s", cfg->dir);
+	int r = snprintf(n->raft_dir, sizeof(n->raft_dir), "%s/raft", cfg->dir);
+	int l = snprintf(n->ledger_dir, sizeof(n->ledger_dir), "%s/ledger", cfg->dir);
+	if (a < 0 || d < 0 || r < 0 || l < 0 || (size_t)r >= sizeof(n->raft_dir) ||
+	    (size_t)l >= sizeof(n->ledger_dir)) {
+		ERR(errmsg, errcap, "node: dir path too long");
+		return TALLY_EINVAL;
+	}
+	struct tally_node_config *c = &n->cfg;
+	*c = *cfg;
+	c->address = n->address;
+	c->dir = n->dir;
+	c->bootstrap = NULL;
+	c->election_timeout_ms = c->election_timeout_ms ? c->election_timeout_ms : 400;
+	c->heartbeat_ms = c->heartbeat_ms ? c->heartbeat_ms : 50;
+	c->snapshot_threshold = c->snapshot_threshold ? c->snapshot_threshold : 20000;
+	c->snapshot_trailing = c->snapshot_trailing ? c->snapshot_trailing : 4096;
+	c->expire_interval_ms = c->expire_interval_ms ? c->expire_interval_ms : 1000;
+	c->batch_commands_max = c->batch_commands_max ? c->batch_commands_max : 8192;
+	c->batch_bytes_max = c->batch_bytes_max ? c->batch_bytes_max : (1u << 20);
+	c->inflight_max = c->inflight_max ? c->inflight_max : 64;
+	if (c->batch_commands_max > TALLY_BATCH_COMMANDS_MAX)
+		c->batch_commands_max = TALLY_BATCH_COMMANDS_MAX;
+	if (c->batch_bytes_max > NODE_BATCH_BYTES_MAX)
+		c->batch_bytes_max = NODE_BATCH_BYTES_MAX;
+	if (c->inflight_max > NODE_INFLIGHT_MAX)
+		c->inflight_max = NODE_INFLIGHT_MAX;
+	if (c->heartbeat_ms >= c->election_timeout_ms) {
+		ERR(errmsg, errcap, "node: heartbeat_ms must be below election_timeout_ms");
+		return TALLY_EINVAL;
+	}
+	return 0;
+}
+
+static int dir_make(const char *path, char *errmsg, size_t errcap)
+{
+	assert(path != NULL);
+	if (mkdir(path, 0755) == 0 || errno == EEXIST)
+		return 0;
+	ERR(errmsg, errcap, "node: mkdir %s: %s", path, strerror(errno));
+	return TALLY_EIO;
+}
+
+/* raft_uv + wrapped transport + raft_init and settings. Nothing to undo on failure
+ * but memory: raft_init's last step (io init) leaves no libuv handle when it fails. */
+static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
+{
+	assert(n != NULL && !n->raft_inited);
+	int rv = tally_transport_init(&n->transport, n->loop);
+	if (rv != 0) {
+		ERR(errmsg, errcap, "raft transport: %s", raft_strerror(rv));
+		return raft_to_tally(rv);
+	}
+	rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport.outer);
+	if (rv != 0) {
+		ERR(errmsg, errcap, "raft io: %s", n->io.errmsg);
+		tally_transport_free(&n->transport);
+		return raft_to_tally(rv);
+	}
+	n->io.version = 2; /* raft_uv implements async_work; 0.15 forgets to say so */
+	node_fsm_init(n);
+	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);
+	if (rv != 0) {
+		ERR(errmsg, errcap, "raft: %s", raft_errmsg(&n->raft));
+		raft_uv_close(&n->io);
+		tally_transport_free(&n->transport);
+		return raft_to_tally(rv);
+	}
+	n->raft.data = n;
+	n->raft_inited = true;
+	raft_set_election_timeout(&n->raft, n->cfg.election_timeout_ms);
+	raft_set_heartbeat_timeout(&n->raft, n->cfg.heartbeat_ms);
+	raft_set_snapshot_threshold(&n->raft, n->cfg.snapshot_threshold);
+	raft_set_snapshot_trailing(&n->raft, n->cfg.snapshot_trailing);
+	raft_set_pre_vote(&n->raft, true);
+	return 0;
+}
+
+int tally_node_init(struct tally_node **out, uv_loop_t *loop,
+		    const struct tally_node_config *cfg, char *errmsg, size_t errcap)
+{
+	assert(out != NULL && loop != NULL && cfg != NULL);
+	*out = NULL;
+	struct tally_node *n = calloc(1, sizeof(*n));
+	if (n == NULL) {
+		ERR(errmsg, errcap, "node: out of memory");
+		return TALLY_ENOMEM;
+	}
+	n->loop = loop;
+	n->phase = NODE_OPEN;
+	tally_arena_init(&n->apply_arena, NODE_ARENA_CHUNK_BYTES, 0);
+	tally_arena_init(&n->query_arena, NODE_ARENA_CHUNK_BYTES, 0);
+	int rc = config_fill(n, cfg, errmsg, errcap);
+	if (rc == 0 && cfg->bootstrap != NULL && (n->bootstrap = strdup(cfg->bootstrap)) == NULL)
+		rc = TALLY_ENOMEM;
+	if (rc == 0)
+		rc = dir_make(n->dir, errmsg, errcap);
+	if (rc == 0)
+		rc = dir_make(n->raft_dir, errmsg, errcap);
+	if (rc == 0)
+		rc = dir_make(n->ledger_dir, errmsg, errcap);
+	n->ledger_opts = (struct tally_ledger_options){
+		.map_size_bytes = cfg->map_size_bytes, .nosync = true, .writemap = true};
+	if (rc == 0 && (rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger)) != 0)
+		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
+	if (rc == 0)
+		rc = node_raft_init(n, errmsg, errcap);
+	if (rc == 0 && node_handles_init(n) != 0)
+		abort(); /* uv_timer_init and uv_idle_init do not fail */
+	if (rc != 0) {
+		tally_ledger_close(n->ledger);
+		tally_arena_free(&n->apply_arena);
+		tally_arena_free(&n->query_arena);
+		free(n->bootstrap);
+		free(n);
+		return rc;
+	}
+	*out = n;
+	return 0;
+}
+
+/* Parses "1=ADDR,2=ADDR,..." into conf (voters); this node must be listed with its
+ * own address. */
+static int bootstrap_parse(struct tally_node *n, struct raft_configuration *conf,
+			   char *errmsg, size_t errcap)
+{
+	assert(n != NULL && n->bootstrap != NULL && conf != NULL);
+	char *copy = strdup(n->bootstrap), *save = NULL;
+	if (copy == NULL)
+		return TALLY_ENOMEM;
+	int rc = 0;
+	bool self = false;
+	for (char *item = strtok_r(copy, ",", &save); item != NULL && rc == 0;
+	     item = strtok_r(NULL, ",", &save)) {
+		char *eq = strchr(item, '='), *end = NULL;
+		unsigned long long id = eq != NULL ? strtoull(item, &end, 10) : 0;
+		if (eq == NULL || end != eq || id == 0 || eq[1] == '\0' ||
+		    conf->n >= NODE_BOOTSTRAP_SERVERS_MAX) {
+			ERR(errmsg, errcap, "bootstrap: \"%s\" is not ID=ADDRESS", item);
+			rc = TALLY_EINVAL;
+		} else if (raft_configuration_add(conf, id, eq + 1, RAFT_VOTER) != 0) {
+			ERR(errmsg, errcap, "bootstrap: duplicate id or address in \"%s\"", item);
+			rc = TALLY_EINVAL;
+		} else if (id == n->cfg.id) {
+			self = strcmp(eq + 1, n->address) == 0;
+			if (!self) {
+				ERR(errmsg, errcap, "bootstrap: node %llu is %s, but this node is %s",
+				    id, eq + 1, n->address);
+				rc = TALLY_EINVAL;
+			}
+		}
+	}
+	free(copy);
+	if (rc == 0 && !self) {
+		ERR(errmsg, errcap, "bootstrap: this node (%llu) is not listed",
+		    (unsigned long long)n->cfg.id);
+		rc = TALLY_EINVAL;
+	}
+	return rc;
+}
+
+int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
+{
+	assert(n != NULL && n->raft_inited);
+	assert(!n->started && n->phase == NODE_OPEN);
+	if (n->bootstrap != NULL) {
+		struct raft_configuration conf;
+		raft_configuration_init(&conf);
+		int rc = bootstrap_parse(n, &conf, errmsg, errcap);
+		int rv = rc == 0 ? raft_bootstrap(&n->raft, &conf) : 0;
+		raft_configuration_close(&conf);
+		if (rc != 0)
+			return rc;
+		if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: state exists */
+			ERR(errmsg, errcap, "raft bootstrap: %s", raft_errmsg(&n->raft));
+			return raft_to_tally(rv);
+		}
+	}
+	int rv = raft_start(&n->raft);
+	if (rv != 0) {
+		ERR(errmsg, errcap, "raft start: %s", raft_errmsg(&n->raft));
+		return raft_to_tally(rv);
+	}
+	n->started = true;
+	node_tick_start(n);
+	return 0;
+}

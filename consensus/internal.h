@@ -1,0 +1,167 @@
+/*
+ * consensus/internal — the node's state, shared by node.c (lifecycle, group commit,
+ * reads, close), fsm.c (raft's state machine callbacks) and admin.c (membership and
+ * status). Not a public header.
+ *
+ * Threads: everything runs on the node's libuv loop except fsm snapshot_async, which
+ * runs on the libuv thread pool and touches only the ledger handle (LMDB read
+ * transactions, MDB_NOTLS) and raft_malloc.
+ */
+#ifndef TALLY_CONSENSUS_INTERNAL_H
+#define TALLY_CONSENSUS_INTERNAL_H
+
+#include <raft.h>
+#include <raft/uv.h>
+
+#include "consensus/node.h"
+#include "consensus/transport.h"
+
+#define NODE_PATH_BYTES_MAX 4096
+#define NODE_QUEUE_COMMANDS_MAX 65536       /* commands waiting for a batch */
+#define NODE_QUEUE_BYTES_MAX (64u << 20)    /* their serialized bytes */
+#define NODE_QUERIES_MAX 65536              /* linearizable queries waiting */
+#define NODE_QUERY_BYTES_MAX (4u << 20)     /* one serialized query or principal */
+#define NODE_BOOTSTRAP_SERVERS_MAX 64
+#define NODE_SNAPSHOT_BYTES_MAX (1ULL << 36) /* one snapshot held in memory */
+#define NODE_ARENA_CHUNK_BYTES (256u << 10)
+#define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
+#define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */
+
+/* A command waiting for the next batch: its serialized bytes (the deep copy). */
+struct node_command {
+	struct node_command *next;
+	tally_node_result_cb cb;
+	void *data;
+	size_t len;
+	uint8_t bytes[];
+};
+
+struct node_waiter {
+	tally_node_result_cb cb;
+	void *data;
+};
+
+/* One raft entry this node proposed and raft has not called back yet. */
+struct node_batch {
+	struct raft_apply req;            /* req.data = this; raft sets req.index */
+	struct tally_node *n;
+	struct node_batch *prev, *next;   /* in n->inflight_*, by raft index */
+	uint64_t term;                    /* the term stamped into the batch */
+	bool delivered;                   /* the FSM handed results to the waiters */
+	size_t n_waiters;                 /* one per command, in batch order */
+	struct node_waiter waiters[];
+};
+
+/* A linearizable query waiting for a barrier: serialized query then principal. */
+struct node_query {
+	struct node_query *next;
+	tally_node_query_cb cb;
+	void *data;
+	size_t query_len, who_len;
+	uint8_t bytes[];
+};
+
+enum node_phase {
+	NODE_OPEN,        /* serving */
+	NODE_DRAIN,       /* closing: waiting for in-flight entries and the barrier */
+	NODE_TRANSFER,    /* closing: leadership transfer requested, waiting for it */
+	NODE_RAFT_CLOSE,  /* closing: raft_close called, waiting for its callback */
+	NODE_HANDLES,     /* closing: our libuv handles are closing */
+	NODE_CLOSED       /* close callback called; tally_node_free may run */
+};
+
+struct tally_node {
+	uv_loop_t *loop;
+	struct tally_node_config cfg;     /* defaults applied; strings point below */
+	char address[TALLY_ADDRESS_BYTES_MAX + 1];
+	char dir[NODE_PATH_BYTES_MAX];
+	char raft_dir[NODE_PATH_BYTES_MAX];
+	char ledger_dir[NODE_PATH_BYTES_MAX];
+	char *bootstrap;                  /* malloc'd copy or NULL */
+	struct tally_ledger_options ledger_opts;
+	struct tally_ledger *ledger;
+
+	struct raft raft;
+	struct raft_io io;
+	struct raft_fsm fsm;
+	struct tally_transport transport;
+	bool raft_inited, started, failed;
+
+	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
+	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
+	unsigned handles_open;
+
+	struct tally_arena apply_arena;   /* decoded batch and its results, per apply */
+	struct tally_arena query_arena;   /* one query answer at a time */
+	unsigned query_depth;             /* nested query answers (callbacks re-entering) */
+
+	/* Group commit. */
+	struct node_command *queue_head, *queue_tail;
+	size_t queue_commands, queue_bytes;
+	struct node_batch *inflight_head, *inflight_tail;
+	unsigned inflight;
+
+	/* Linearizable reads: `queries` wait for the next barrier; the barrier in flight
+	 * serves `barrier_queries`, the ones waiting when it was issued. */
+	struct node_query *queries_head, *queries_tail;
+	size_t queries;
+	struct raft_barrier barrier;
+	struct node_query *barrier_queries;
+	bool barrier_busy;
+	uint64_t barrier_term;
+	uint64_t leader_term;             /* term we are known leader in, 0 when not */
+	uint64_t ready_term;              /* term in which a barrier completed */
+
+	/* Expire timer (leader only). */
+	uint64_t expire_last_ms;          /* uv_now of the last expire submitted */
+	bool expire_busy, expire_more;
+
+	/* Snapshots. */
+	bool snapshot_busy;
+
+	/* Admin requests raft has not called back yet. */
+	unsigned admins_pending;
+
+	/* Close. */
+	enum node_phase phase;
+	uint64_t close_deadline_ms;       /* uv_now after which draining stops waiting */
+	struct raft_transfer close_transfer;
+	bool close_transferred;           /* the close's transfer came back */
+	void (*close_cb)(void *data);
+	void *close_data;
+
+	struct tally_node_stats stats;
+	char leader_client[TALLY_ADDRESS_BYTES_MAX + 1];
+};
+
+/* fsm.c: fills n->fsm (version 3). */
+void node_fsm_init(struct tally_node *n);
+
+/* node.c: hands results[i] to waiter i of an in-flight batch (results NULL: the
+ * outcome is unknown, TIMEOUT); marks it delivered. */
+void node_batch_deliver(struct tally_node *n, struct node_batch *b,
+			Tally__V1__CommandResult **results, size_t n_results);
+
+/* node.c: the in-flight batch proposed at raft `index` in `term`, or NULL. */
+struct node_batch *node_inflight_find(struct tally_node *n, uint64_t index, uint64_t term);
+
+/* node.c: schedules node_service on the next loop turn. */
+void node_kick(struct tally_node *n);
+
+/* node.c: initialises the tick timer and the idle handle (0 or a libuv error). */
+int node_handles_init(struct tally_node *n);
+
+/* node.c: starts the tick timer (every heartbeat_ms). */
+void node_tick_start(struct tally_node *n);
+
+/* node.c: prints one line to stderr, prefixed with the node id. */
+void node_log(struct tally_node *n, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* admin.c: the client part of the current leader's address ("" unknown) into buf. */
+void node_leader_client(struct tally_node *n, char *buf, size_t cap);
+
+/* admin.c: whether a voter other than this node is in the configuration. */
+bool node_has_other_voters(struct tally_node *n);
+
+#endif /* TALLY_CONSENSUS_INTERNAL_H */

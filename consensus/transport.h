@@ -1,0 +1,52 @@
+/*
+ * consensus/transport — raft's libuv TCP transport with TCP_NODELAY and Tally addresses.
+ *
+ * canonical raft 0.15's raft_uv_tcp never disables Nagle's algorithm, so an entry of a
+ * few KB waits for the peer's delayed ACK (measured 4-6x slower). This wrapper hands
+ * raft the streams of an inner raft_uv_tcp transport after calling uv_tcp_nodelay on
+ * each, outgoing and accepted alike.
+ *
+ * A Tally server address is "RAFT_HOST:RAFT_PORT|CLIENT_HOST:CLIENT_PORT". The raft
+ * configuration stores the whole string, so every node can tell clients where the
+ * leader's client port is; the wrapper listens on and connects to the part before '|'.
+ * The full address travels in raft's connection handshake, so a follower learns the
+ * leader's full address too.
+ *
+ * Lifecycle: tally_transport_init → (raft_uv_init with &t->outer, raft runs it)
+ * → raft_close (closes it) → tally_transport_free.
+ */
+#ifndef TALLY_CONSENSUS_TRANSPORT_H
+#define TALLY_CONSENSUS_TRANSPORT_H
+
+#include <stddef.h>
+#include <raft.h>
+#include <raft/uv.h>
+
+#define TALLY_ADDRESS_BYTES_MAX 255 /* a whole "raft|client" address */
+
+struct tally_transport {
+	struct raft_uv_transport outer;          /* what raft_uv_init is given */
+	struct raft_uv_transport inner;          /* raft_uv_tcp doing the work */
+	raft_uv_accept_cb accept_cb;             /* raft's, set by listen */
+	raft_uv_transport_close_cb close_cb;     /* raft's, set by close */
+	unsigned connects_pending;               /* wrapped connect requests alive */
+	char raft_address[TALLY_ADDRESS_BYTES_MAX + 1]; /* our "host:port" to listen on */
+};
+
+/* Prepares the wrapper and its inner raft_uv_tcp transport on `loop`. Returns 0 or a
+ * RAFT_* code. After success, pass &t->outer to raft_uv_init. */
+int tally_transport_init(struct tally_transport *t, uv_loop_t *loop);
+
+/* Releases the inner transport's memory; only after raft closed the transport (or
+ * when raft never initialised it). */
+void tally_transport_free(struct tally_transport *t);
+
+/* Copies the raft part of `address` (before '|', or all of it) into buf. Returns 0, or
+ * RAFT_NAMETOOLONG when it does not fit in cap bytes with its NUL. */
+int tally_address_raft(const char *address, char *buf, size_t cap);
+
+/* Copies the client part of `address` (after '|', "" when there is none) into buf.
+ * Returns 0, or RAFT_NAMETOOLONG when it does not fit. */
+int tally_address_client(const char *address, char *buf, size_t cap);
+
+#endif /* TALLY_CONSENSUS_TRANSPORT_H */

@@ -1,0 +1,689 @@
+/*
+ * The client-facing server: connections, handshake, requests, responses.
+ *
+ * Memory: a connection is freed when its handles are closed AND no request of it is
+ * still waiting on the node (`pending`), so a late callback never touches freed
+ * memory. A request is decoded with protobuf-c's default allocator and freed when
+ * its answer has been written to the connection (or the connection is gone).
+ */
+#include "rpc/server.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "rpc/frame.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+
+enum conn_state { C_HELLO, C_PROOF, C_READY, C_CLOSING };
+
+struct conn {
+	struct tally_server *s;
+	uv_tcp_t tcp;
+	uv_timer_t timer;                 /* handshake, then idle timeout */
+	struct tally_frame_reader reader;
+	enum conn_state state;
+	unsigned handles_open;            /* tcp and timer until their close callbacks */
+	unsigned pending;                 /* requests waiting on the node */
+	uint8_t nonce[TALLY_NONCE_BYTES];
+	struct tally_key key;             /* trusted once the proof verified */
+	char *slots[TALLY_SCOPE_BRANDS_MAX];
+	Tally__V1__Principal principal;
+	struct conn *prev, *next;
+};
+
+struct tally_server {
+	uv_loop_t *loop;
+	uv_tcp_t listener;
+	struct tally_node *node;
+	struct tally_keys *keys;
+	struct tally_server_config cfg;
+	struct tally_server_stats stats;
+	struct conn *conns;
+	bool closing;
+	bool listener_closed;
+	void (*close_cb)(void *data);
+	void *close_data;
+};
+
+/* One request waiting on the node. */
+struct call {
+	struct conn *c;
+	Tally__V1__Request *req;
+	size_t n;                          /* batch: commands, answered so far */
+	size_t done;
+	Tally__V1__CommandResult **results; /* batch: copies until all are in */
+	struct batch_item *items;           /* batch: one callback context per command */
+};
+
+struct batch_item {
+	struct call *call;
+	size_t index;
+};
+
+struct wreq {
+	uv_write_t w;
+	struct conn *c;
+	bool close_after;
+	uv_buf_t buf;
+};
+
+static void conn_close(struct conn *c);
+
+/* ---- lifetime ---------------------------------------------------------------------- */
+
+static void server_maybe_done(struct tally_server *s)
+{
+	if (s->closing && s->listener_closed && s->conns == NULL && s->close_cb != NULL) {
+		void (*cb)(void *) = s->close_cb;
+		s->close_cb = NULL;
+		cb(s->close_data);
+	}
+}
+
+static void conn_maybe_free(struct conn *c)
+{
+	if (c->handles_open > 0 || c->pending > 0)
+		return;
+	struct tally_server *s = c->s;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	tally_frame_reader_free(&c->reader);
+	free(c);
+	s->stats.connections_open--;
+	server_maybe_done(s);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	struct conn *c = h->data;
+	assert(c->handles_open > 0);
+	c->handles_open--;
+	conn_maybe_free(c);
+}
+
+static void conn_close(struct conn *c)
+{
+	if (c->state == C_CLOSING)
+		return;
+	c->state = C_CLOSING;
+	uv_read_stop((uv_stream_t *)&c->tcp);
+	uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+	uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+static void call_free(struct call *k)
+{
+	if (k->results != NULL) {
+		for (size_t i = 0; i < k->n; i++)
+			if (k->results[i] != NULL)
+				tally__v1__command_result__free_unpacked(k->results[i], NULL);
+		free(k->results);
+	}
+	free(k->items);
+	if (k->req != NULL) {
+		/* The principal the server put in belongs to the connection, not the request. */
+		if (k->req->body_case == TALLY__V1__REQUEST__BODY_COMMAND)
+			k->req->command->principal = NULL;
+		if (k->req->body_case == TALLY__V1__REQUEST__BODY_BATCH)
+			for (size_t i = 0; i < k->req->batch->n_commands; i++)
+				k->req->batch->commands[i]->principal = NULL;
+		tally__v1__request__free_unpacked(k->req, NULL);
+	}
+	struct conn *c = k->c;
+	free(k);
+	assert(c->pending > 0);
+	c->pending--;
+	conn_maybe_free(c);
+}
+
+/* ---- writing ------------------------------------------------------------------------ */
+
+static void on_written(uv_write_t *w, int status)
+{
+	struct wreq *wr = (struct wreq *)w;
+	struct conn *c = wr->c;
+	bool close_after = wr->close_after || status != 0;
+	free(wr);
+	c->pending--;
+	if (close_after)
+		conn_close(c);
+	conn_maybe_free(c);
+}
+
+/* Queues a response on the connection; closes it afterwards when close_after. */
+static void respond(struct conn *c, Tally__V1__Response *res, bool close_after)
+{
+	if (c->state == C_CLOSING)
+		return;
+	size_t n = tally__v1__response__get_packed_size(res);
+	struct wreq *wr = malloc(sizeof(*wr) + TALLY_FRAME_HEADER_BYTES + n);
+	if (wr == NULL) {
+		conn_close(c);
+		return;
+	}
+	uint8_t *p = (uint8_t *)(wr + 1);
+	tally_frame_header(p, (uint32_t)n);
+	tally__v1__response__pack(res, p + TALLY_FRAME_HEADER_BYTES);
+	wr->c = c;
+	wr->close_after = close_after;
+	wr->buf = uv_buf_init((char *)p, (unsigned)(TALLY_FRAME_HEADER_BYTES + n));
+	c->pending++; /* the write holds the connection */
+	if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_written) != 0) {
+		free(wr);
+		c->pending--;
+		conn_close(c);
+	}
+}
+
+static void respond_code(struct conn *c, uint64_t call_id, Tally__V1__ResultCode code,
+			 const char *message, bool close_after)
+{
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = call_id;
+	res.code = code;
+	res.message = (char *)message;
+	respond(c, &res, close_after);
+}
+
+/* ---- handshake --------------------------------------------------------------------- */
+
+static void on_timeout(uv_timer_t *t)
+{
+	struct conn *c = t->data;
+	const char *why = c->state == C_READY ? "idle timeout" : "handshake timeout";
+	respond_code(c, 0, c->state == C_READY ? CODE(TIMEOUT) : CODE(UNAUTHENTICATED), why, true);
+}
+
+static void handle_hello(struct conn *c, const Tally__V1__Request *req)
+{
+	const struct tally_key *key = NULL;
+	if (req->body_case == TALLY__V1__REQUEST__BODY_HELLO)
+		key = tally_keys_find(c->s->keys, req->hello->key_name);
+	if (key == NULL || getrandom(c->nonce, sizeof(c->nonce), 0) != sizeof(c->nonce)) {
+		c->s->stats.auth_failures++;
+		respond_code(c, req->call_id, CODE(UNAUTHENTICATED),
+			     key == NULL ? "hello: unknown key" : "hello: no randomness", true);
+		return;
+	}
+	c->key = *key; /* a reload later does not change what this connection proves */
+	Tally__V1__Challenge ch = TALLY__V1__CHALLENGE__INIT;
+	ch.nonce.data = c->nonce;
+	ch.nonce.len = sizeof(c->nonce);
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = req->call_id;
+	res.code = CODE(OK);
+	res.body_case = TALLY__V1__RESPONSE__BODY_CHALLENGE;
+	res.challenge = &ch;
+	c->state = C_PROOF;
+	respond(c, &res, false);
+}
+
+static void handle_proof(struct conn *c, const Tally__V1__Request *req)
+{
+	bool ok = req->body_case == TALLY__V1__REQUEST__BODY_PROOF &&
+		  tally_keys_verify(&c->key, c->nonce, req->proof->hmac.data, req->proof->hmac.len);
+	if (!ok) {
+		c->s->stats.auth_failures++;
+		respond_code(c, req->call_id, CODE(UNAUTHENTICATED), "proof: does not match the key",
+			     true);
+		return;
+	}
+	tally_keys_principal(&c->key, c->slots, &c->principal);
+	Tally__V1__Welcome w = TALLY__V1__WELCOME__INIT;
+	w.role = c->principal.role;
+	w.brands = c->principal.brands;
+	w.n_brands = c->principal.n_brands;
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = req->call_id;
+	res.code = CODE(OK);
+	res.body_case = TALLY__V1__RESPONSE__BODY_WELCOME;
+	res.welcome = &w;
+	c->state = C_READY;
+	uv_timer_start(&c->timer, on_timeout, c->s->cfg.idle_timeout_ms, 0);
+	respond(c, &res, false);
+}
+
+/* ---- commands ---------------------------------------------------------------------- */
+
+static bool transport_code(Tally__V1__ResultCode code)
+{
+	return code == CODE(NOT_LEADER) || code == CODE(UNAVAILABLE) || code == CODE(TIMEOUT);
+}
+
+static void on_command_result(void *data, const Tally__V1__CommandResult *r)
+{
+	struct call *k = data;
+	struct conn *c = k->c;
+	if ((unsigned)r->code < 32)
+		c->s->stats.results[r->code]++;
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = k->req->call_id;
+	if (transport_code(r->code)) {
+		res.code = r->code;
+		res.message = r->message;
+		if (r->code == CODE(NOT_LEADER))
+			res.leader_address = r->message;
+	} else {
+		res.code = CODE(OK);
+		res.body_case = TALLY__V1__RESPONSE__BODY_RESULT;
+		res.result = (Tally__V1__CommandResult *)r;
+	}
+	respond(c, &res, false);
+	call_free(k);
+}
+
+/* A command as the node should see it: the connection's principal, never the
+ * client's. Refuses early what the role can never do. */
+static bool prepare_command(struct conn *c, Tally__V1__Command *cmd, Tally__V1__CommandResult *r)
+{
+	if (cmd->principal != NULL && cmd->principal != &c->principal)
+		tally__v1__principal__free_unpacked(cmd->principal, NULL); /* a claim, ignored */
+	cmd->principal = &c->principal;
+	if (tally_ledger_role_allows(c->principal.role, cmd->body_case))
+		return true;
+	r->code = CODE(PERMISSION_DENIED);
+	r->message = (char *)"the key's role may not run this command";
+	return false;
+}
+
+static void submit_command(struct call *k)
+{
+	Tally__V1__Command *cmd = k->req->command;
+	Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+	if (!prepare_command(k->c, cmd, &r)) {
+		on_command_result(k, &r);
+		return;
+	}
+	tally_node_submit(k->c->s->node, cmd, on_command_result, k);
+}
+
+static Tally__V1__CommandResult *result_copy(const Tally__V1__CommandResult *r)
+{
+	size_t n = tally__v1__command_result__get_packed_size(r);
+	uint8_t *buf = malloc(n + 1);
+	if (buf == NULL)
+		return NULL;
+	tally__v1__command_result__pack(r, buf);
+	Tally__V1__CommandResult *copy = tally__v1__command_result__unpack(NULL, n, buf);
+	free(buf);
+	return copy;
+}
+
+static void batch_finish(struct call *k)
+{
+	Tally__V1__BatchResult br = TALLY__V1__BATCH_RESULT__INIT;
+	br.results = k->results;
+	br.n_results = k->n;
+	size_t not_leader = 0;
+	for (size_t i = 0; i < k->n; i++)
+		not_leader += k->results[i]->code == CODE(NOT_LEADER);
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = k->req->call_id;
+	if (not_leader == k->n && k->n > 0) {
+		/* Nothing applied here: let the client follow the leader with all of it. */
+		res.code = CODE(NOT_LEADER);
+		res.leader_address = k->results[0]->message;
+		res.message = k->results[0]->message;
+	} else {
+		res.code = CODE(OK);
+		res.body_case = TALLY__V1__RESPONSE__BODY_BATCH;
+		res.batch = &br;
+	}
+	respond(k->c, &res, false);
+	call_free(k);
+}
+
+static void on_batch_item(void *data, const Tally__V1__CommandResult *r)
+{
+	struct batch_item *item = data;
+	struct call *k = item->call;
+	Tally__V1__CommandResult *copy = result_copy(r);
+	if (copy == NULL) { /* out of memory: the outcome is unknown to the client */
+		Tally__V1__CommandResult t = TALLY__V1__COMMAND_RESULT__INIT;
+		t.code = CODE(TIMEOUT);
+		t.message = (char *)"server out of memory";
+		copy = result_copy(&t);
+	}
+	k->results[item->index] = copy;
+	if ((unsigned)r->code < 32)
+		k->c->s->stats.results[r->code]++;
+	if (++k->done == k->n)
+		batch_finish(k);
+}
+
+static void submit_batch(struct call *k)
+{
+	Tally__V1__CommandList *list = k->req->batch;
+	k->n = list->n_commands;
+	if (k->n == 0 || k->n > TALLY_BATCH_COMMANDS_MAX) {
+		respond_code(k->c, k->req->call_id, CODE(INVALID_ARGUMENT),
+			     "batch: 1..8192 commands", false);
+		call_free(k);
+		return;
+	}
+	k->results = calloc(k->n, sizeof(*k->results));
+	k->items = calloc(k->n, sizeof(*k->items));
+	if (k->results == NULL || k->items == NULL) {
+		respond_code(k->c, k->req->call_id, CODE(UNAVAILABLE), "server out of memory", false);
+		call_free(k);
+		return;
+	}
+	for (size_t i = 0; i < k->n; i++) {
+		k->items[i].call = k;
+		k->items[i].index = i;
+	}
+	/* The call lives until its last item is answered, which cannot happen before the
+	 * last item is submitted: nothing here touches k after that submission. */
+	size_t n = k->n;
+	struct batch_item *items = k->items;
+	struct conn *c = k->c;
+	for (size_t i = 0; i < n; i++) {
+		Tally__V1__Command *cmd = list->commands[i];
+		Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+		if (!prepare_command(c, cmd, &r))
+			on_batch_item(&items[i], &r);
+		else
+			tally_node_submit(c->s->node, cmd, on_batch_item, &items[i]);
+	}
+}
+
+/* ---- queries and admin ------------------------------------------------------------- */
+
+static void on_query(void *data, Tally__V1__ResultCode code, const char *message,
+		     Tally__V1__QueryResult *qr)
+{
+	struct call *k = data;
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = k->req->call_id;
+	res.code = code;
+	res.message = (char *)(message != NULL ? message : "");
+	if (code == CODE(NOT_LEADER))
+		res.leader_address = res.message;
+	if (code == CODE(OK) && qr != NULL) {
+		res.body_case = TALLY__V1__RESPONSE__BODY_QUERY;
+		res.query = qr;
+	}
+	respond(k->c, &res, false);
+	call_free(k);
+}
+
+static void on_admin(void *data, int rc, const char *msg)
+{
+	struct call *k = data;
+	bool not_leader = rc != 0 && !tally_node_is_leader(k->c->s->node);
+	respond_code(k->c, k->req->call_id,
+		     rc == 0 ? CODE(OK) : not_leader ? CODE(NOT_LEADER) : CODE(INTERNAL),
+		     rc == 0 ? "" : not_leader ? tally_node_leader_client(k->c->s->node) : msg,
+		     false);
+	call_free(k);
+}
+
+static void handle_admin(struct call *k)
+{
+	const Tally__V1__Admin *a = k->req->admin;
+	struct tally_node *node = k->c->s->node;
+	if (a->op == TALLY__V1__ADMIN__OP__STATUS) {
+		struct tally_arena arena;
+		tally_arena_init(&arena, 4096, 0);
+		Tally__V1__Status st = TALLY__V1__STATUS__INIT;
+		tally_node_status(node, &arena, &st);
+		Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+		res.call_id = k->req->call_id;
+		res.code = CODE(OK);
+		res.body_case = TALLY__V1__RESPONSE__BODY_STATUS;
+		res.status = &st;
+		respond(k->c, &res, false);
+		tally_arena_free(&arena);
+		call_free(k);
+		return;
+	}
+	if (k->c->principal.role != TALLY__V1__ROLE__ADMIN) {
+		respond_code(k->c, k->req->call_id, CODE(PERMISSION_DENIED),
+			     "admin: membership changes need an admin key", false);
+		call_free(k);
+		return;
+	}
+	switch (a->op) {
+	case TALLY__V1__ADMIN__OP__ADD: tally_node_add(node, a->node_id, a->address, on_admin, k); break;
+	case TALLY__V1__ADMIN__OP__ASSIGN: tally_node_assign(node, a->node_id, (int)a->role, on_admin, k); break;
+	case TALLY__V1__ADMIN__OP__REMOVE: tally_node_remove(node, a->node_id, on_admin, k); break;
+	case TALLY__V1__ADMIN__OP__TRANSFER: tally_node_transfer(node, a->node_id, on_admin, k); break;
+	default:
+		respond_code(k->c, k->req->call_id, CODE(INVALID_ARGUMENT), "admin.op: unknown", false);
+		call_free(k);
+	}
+}
+
+/* ---- requests ----------------------------------------------------------------------- */
+
+static void handle_ready(struct conn *c, Tally__V1__Request *req)
+{
+	struct call *k = calloc(1, sizeof(*k));
+	if (k == NULL) {
+		respond_code(c, req->call_id, CODE(UNAVAILABLE), "server out of memory", false);
+		tally__v1__request__free_unpacked(req, NULL);
+		return;
+	}
+	k->c = c;
+	k->req = req;
+	c->pending++;
+	c->s->stats.requests++;
+	switch (req->body_case) {
+	case TALLY__V1__REQUEST__BODY_COMMAND: submit_command(k); break;
+	case TALLY__V1__REQUEST__BODY_BATCH: submit_batch(k); break;
+	case TALLY__V1__REQUEST__BODY_QUERY:
+		tally_node_query(c->s->node, req->query, &c->principal, on_query, k);
+		break;
+	case TALLY__V1__REQUEST__BODY_ADMIN: handle_admin(k); break;
+	default:
+		respond_code(c, req->call_id, CODE(INVALID_ARGUMENT),
+			     "body: expected command, batch, query or admin", false);
+		call_free(k);
+	}
+}
+
+static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
+{
+	Tally__V1__Request *req = tally__v1__request__unpack(NULL, len, body);
+	if (req == NULL) {
+		c->s->stats.bad_frames++;
+		respond_code(c, 0, CODE(INVALID_ARGUMENT),
+			     "frame: does not decode as a tally.v1.Request", true);
+		return;
+	}
+	switch (c->state) {
+	case C_HELLO:
+		handle_hello(c, req);
+		break;
+	case C_PROOF:
+		handle_proof(c, req);
+		break;
+	case C_READY:
+		uv_timer_again(&c->timer);
+		handle_ready(c, req); /* takes req */
+		return;
+	case C_CLOSING:
+		break;
+	}
+	tally__v1__request__free_unpacked(req, NULL);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+	(void)h;
+	static _Thread_local char slab[64 << 10];
+	(void)suggested;
+	*buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+	struct conn *c = stream->data;
+	if (nread < 0) {
+		conn_close(c);
+		return;
+	}
+	if (nread == 0 || c->state == C_CLOSING)
+		return;
+	if (tally_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != 0) {
+		conn_close(c);
+		return;
+	}
+	for (;;) {
+		const uint8_t *body;
+		size_t len;
+		int rc = tally_frame_reader_next(&c->reader, &body, &len);
+		if (rc == 0 || c->state == C_CLOSING)
+			return;
+		if (rc < 0) {
+			c->s->stats.bad_frames++;
+			char msg[96];
+			snprintf(msg, sizeof(msg), "frame: larger than the limit of %zu bytes",
+				 c->s->cfg.frame_bytes_max);
+			respond_code(c, 0, CODE(INVALID_ARGUMENT), msg, true);
+			uv_read_stop(stream);
+			return;
+		}
+		handle_frame(c, body, len);
+	}
+}
+
+/* ---- accepting ---------------------------------------------------------------------- */
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+	struct tally_server *s = listener->data;
+	if (status != 0 || s->closing)
+		return;
+	struct conn *c = calloc(1, sizeof(*c));
+	if (c == NULL)
+		return;
+	c->s = s;
+	uv_tcp_init(s->loop, &c->tcp);
+	uv_timer_init(s->loop, &c->timer);
+	c->tcp.data = c->timer.data = c;
+	c->handles_open = 2;
+	tally_frame_reader_init(&c->reader, s->cfg.frame_bytes_max);
+	c->next = s->conns;
+	if (s->conns != NULL)
+		s->conns->prev = c;
+	s->conns = c;
+	s->stats.connections_open++;
+	s->stats.connections_total++;
+	if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+		conn_close(c);
+		return;
+	}
+	if (s->stats.connections_open > s->cfg.connections_max) {
+		s->stats.connections_refused++;
+		respond_code(c, 0, CODE(UNAVAILABLE), "too many connections", true);
+		return;
+	}
+	uv_tcp_nodelay(&c->tcp, 1);
+	uv_timer_start(&c->timer, on_timeout, s->cfg.handshake_timeout_ms, 0);
+	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+static int parse_address(const char *address, struct sockaddr_storage *out)
+{
+	char host[256];
+	const char *colon = strrchr(address, ':');
+	if (colon == NULL || (size_t)(colon - address) >= sizeof(host))
+		return UV_EINVAL;
+	memcpy(host, address, (size_t)(colon - address));
+	host[colon - address] = '\0';
+	int port = atoi(colon + 1);
+	if (port <= 0 || port > 65535)
+		return UV_EINVAL;
+	if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0)
+		return 0;
+	return uv_ip6_addr(host, port, (struct sockaddr_in6 *)out);
+}
+
+int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_node *node,
+		      struct tally_keys *keys, const struct tally_server_config *cfg,
+		      char *err, size_t errcap)
+{
+	assert(out != NULL && loop != NULL && node != NULL && keys != NULL && cfg != NULL);
+	struct tally_server *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return TALLY_ENOMEM;
+	s->loop = loop;
+	s->node = node;
+	s->keys = keys;
+	s->cfg = *cfg;
+	if (s->cfg.frame_bytes_max == 0)
+		s->cfg.frame_bytes_max = TALLY_FRAME_BYTES_DEFAULT;
+	if (s->cfg.handshake_timeout_ms == 0)
+		s->cfg.handshake_timeout_ms = 5000;
+	if (s->cfg.idle_timeout_ms == 0)
+		s->cfg.idle_timeout_ms = 600000;
+	if (s->cfg.connections_max == 0)
+		s->cfg.connections_max = 1024;
+	struct sockaddr_storage addr;
+	int rc = parse_address(cfg->listen_address, &addr);
+	uv_tcp_init(loop, &s->listener);
+	s->listener.data = s;
+	if (rc == 0)
+		rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
+	if (rc == 0)
+		rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
+	if (rc != 0) {
+		snprintf(err, errcap, "listen on %s: %s", cfg->listen_address, uv_strerror(rc));
+		uv_close((uv_handle_t *)&s->listener, NULL);
+		uv_run(loop, UV_RUN_NOWAIT); /* let the close complete before freeing */
+		free(s);
+		return TALLY_EIO;
+	}
+	*out = s;
+	return 0;
+}
+
+void tally_server_set_keys(struct tally_server *s, struct tally_keys *keys)
+{
+	assert(s != NULL && keys != NULL);
+	tally_keys_free(s->keys);
+	free(s->keys);
+	s->keys = keys;
+}
+
+const struct tally_server_stats *tally_server_stats(const struct tally_server *s)
+{
+	return &s->stats;
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+	struct tally_server *s = h->data;
+	s->listener_closed = true;
+	server_maybe_done(s);
+}
+
+void tally_server_close(struct tally_server *s, void (*cb)(void *data), void *data)
+{
+	assert(s != NULL && !s->closing);
+	s->closing = true;
+	s->close_cb = cb;
+	s->close_data = data;
+	uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+	for (struct conn *c = s->conns; c != NULL; c = c->next)
+		conn_close(c);
+}
+
+void tally_server_free(struct tally_server *s)
+{
+	if (s == NULL)
+		return;
+	assert(s->conns == NULL);
+	tally_keys_free(s->keys);
+	free(s->keys);
+	free(s);
+}

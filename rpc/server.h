@@ -1,0 +1,59 @@
+/*
+ * rpc/server — the client-facing TCP server of a node, on the node's libuv loop.
+ *
+ * Each connection: handshake (Hello → Challenge → Proof → Welcome, see rpc/keys.h)
+ * within handshake_timeout_ms, then any number of requests in flight, answered by
+ * call id as they complete. The server fills the principal of every command from
+ * the connection's key; a client cannot claim a role. A frame that is oversized or
+ * does not decode is answered with INVALID_ARGUMENT naming the problem and the
+ * connection is closed; nothing else is affected.
+ *
+ * Lifecycle: tally_server_init → (tally_server_set_keys on reload) → tally_server_close
+ * (cb once every connection is closed) → tally_server_free.
+ */
+#ifndef TALLY_RPC_SERVER_H
+#define TALLY_RPC_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "consensus/node.h"
+#include "rpc/keys.h"
+
+struct tally_server;
+
+struct tally_server_config {
+	const char *listen_address;     /* "127.0.0.1:8001" */
+	size_t frame_bytes_max;         /* 0 = 4 MiB */
+	unsigned handshake_timeout_ms;  /* 0 = 5000 */
+	unsigned idle_timeout_ms;       /* 0 = 600000 (10 min) */
+	unsigned connections_max;       /* 0 = 1024 */
+};
+
+struct tally_server_stats {
+	uint64_t connections_open;
+	uint64_t connections_total;
+	uint64_t connections_refused;   /* over connections_max */
+	uint64_t auth_failures;
+	uint64_t bad_frames;
+	uint64_t requests;
+	uint64_t results[32];           /* command results by ResultCode */
+};
+
+/* Starts listening. `keys` is owned by the server from now on. */
+int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_node *node,
+		      struct tally_keys *keys, const struct tally_server_config *cfg,
+		      char *err, size_t errcap);
+
+/* Replaces the keys (owned by the server from now on); connections already
+ * authenticated keep the key they proved. */
+void tally_server_set_keys(struct tally_server *s, struct tally_keys *keys);
+
+const struct tally_server_stats *tally_server_stats(const struct tally_server *s);
+
+/* Stops accepting, closes every connection, then calls cb. */
+void tally_server_close(struct tally_server *s, void (*cb)(void *data), void *data);
+void tally_server_free(struct tally_server *s);
+
+#endif

@@ -1,0 +1,693 @@
+/*
+ * Integration: real tallyd processes on loopback, driven through libtally.
+ *
+ * Each test starts its own cluster in a fresh directory with ports derived from the
+ * PID, and stops it. Waits are bounded polls of an observable condition (a leader
+ * exists, a node reached an applied index), never fixed sleeps.
+ */
+#include "tests/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rpc/frame.h"
+#include "rpc/tally.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+#define NODES_MAX 5
+
+static char tallyd_path[1024];
+
+struct cluster {
+	int n;
+	int base;
+	char dir[256];
+	char keys[300];
+	char clients[512];              /* all client addresses */
+	pid_t pid[NODES_MAX + 1];
+	struct tally_arena arena;
+	unsigned req;
+};
+
+static const char *const secrets[][2] = {
+	{"admin", "admin-secret-0123456789"},     {"mall", "mall-secret-0123456789"},
+	{"community", "community-secret-012345"}, {"dealer", "dealer-secret-012345678"},
+	{"auditor", "auditor-secret-01234567"},   {"partner-b1", "partner-b1-secret-0123"},
+	{"partner-b2", "partner-b2-secret-0123"},
+};
+
+static const char *secret_of(const char *key)
+{
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+		if (strcmp(secrets[i][0], key) == 0)
+			return secrets[i][1];
+	return "no-such-secret-at-all";
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void client_addr(const struct cluster *c, int i, char *out, size_t cap)
+{
+	snprintf(out, cap, "127.0.0.1:%d", c->base + 100 + i);
+}
+
+/* ---- processes ---------------------------------------------------------------------- */
+
+static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
+{
+	char id[8], dir[300], raft[32], client[32], log[320], boot[1024] = "";
+	snprintf(id, sizeof(id), "%d", i);
+	snprintf(dir, sizeof(dir), "%s/node%d", c->dir, i);
+	snprintf(raft, sizeof(raft), "127.0.0.1:%d", c->base + i);
+	client_addr(c, i, client, sizeof(client));
+	snprintf(log, sizeof(log), "%s/node%d.log", c->dir, i);
+	for (int j = 1; j <= c->n; j++) {
+		size_t at = strlen(boot);
+		snprintf(boot + at, sizeof(boot) - at, "%s%d=127.0.0.1:%d|127.0.0.1:%d", j > 1 ? "," : "",
+			 j, c->base + j, c->base + 100 + j);
+	}
+	mkdir(dir, 0755);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		const char *args[20] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
+					"--client", client, "--keys", c->keys, "--election-ms", "300",
+					"--snapshot-threshold", "64", NULL};
+		int k = 15;
+		if (bootstrap) {
+			args[k++] = "--bootstrap";
+			args[k++] = boot;
+		} else if (join) {
+			args[k++] = "--join";
+		}
+		args[k] = NULL;
+		execv(tallyd_path, (char *const *)args);
+		_exit(127);
+	}
+	c->pid[i] = pid;
+}
+
+static void node_signal(struct cluster *c, int i, int sig)
+{
+	assert_true(c->pid[i] > 0);
+	kill(c->pid[i], sig);
+	if (sig == SIGKILL || sig == SIGTERM) {
+		int status;
+		waitpid(c->pid[i], &status, 0);
+		if (sig == SIGTERM && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+			fail_msg("node %d did not exit cleanly on SIGTERM (status %d)", i, status);
+		c->pid[i] = 0;
+	}
+}
+
+static void cluster_start(struct cluster *c, int n)
+{
+	memset(c, 0, sizeof(*c));
+	c->n = n;
+	c->base = 30000 + (int)(getpid() % 1500) * 20;
+	char *d = fx_tmpdir();
+	snprintf(c->dir, sizeof(c->dir), "%s", d);
+	free(d);
+	snprintf(c->keys, sizeof(c->keys), "%s/keys.conf", c->dir);
+	FILE *f = fopen(c->keys, "w");
+	assert_non_null(f);
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		const char *k = secrets[i][0];
+		const char *role = strncmp(k, "partner", 7) == 0 ? "partner" : k;
+		const char *scope = strcmp(k, "partner-b1") == 0 ? "b1" : strcmp(k, "partner-b2") == 0 ? "b2" : "*";
+		fprintf(f, "%s %s %s %s\n", k, role, scope, secrets[i][1]);
+	}
+	fclose(f);
+	for (int i = 1; i <= n; i++) {
+		char a[32];
+		client_addr(c, i, a, sizeof(a));
+		size_t at = strlen(c->clients);
+		snprintf(c->clients + at, sizeof(c->clients) - at, "%s%s", i > 1 ? "," : "", a);
+	}
+	tally_arena_init(&c->arena, 64 << 10, 0);
+	for (int i = 1; i <= n; i++)
+		node_start(c, i, true, false);
+}
+
+static void cluster_stop(struct cluster *c)
+{
+	for (int i = 1; i <= NODES_MAX; i++)
+		if (c->pid[i] > 0)
+			node_signal(c, i, SIGTERM);
+	tally_arena_free(&c->arena);
+	fx_remove_dir(c->dir);
+}
+
+/* ---- clients ------------------------------------------------------------------------ */
+
+static struct tally_client *connect_to(struct cluster *c, const char *addrs, const char *key,
+				       const char *secret)
+{
+	struct tally_client_options o = {.cluster = addrs, .key_name = key, .secret = secret,
+					 .timeout_ms = 3000};
+	struct tally_client *cl = NULL;
+	char err[256];
+	int64_t deadline = now_ms() + 20000;
+	Tally__V1__ResultCode rc;
+	while ((rc = tally_client_open(&cl, &o, err, sizeof(err))) == CODE(UNAVAILABLE) &&
+	       now_ms() < deadline)
+		;
+	(void)c;
+	if (rc != CODE(OK))
+		fail_msg("connect %s as %s: %s (%s)", addrs, key, tally_result_name(rc), err);
+	return cl;
+}
+
+static struct tally_client *client(struct cluster *c, const char *key)
+{
+	return connect_to(c, c->clients, key, secret_of(key));
+}
+
+/* The status as seen by the node the client is connected to. */
+static Tally__V1__Status *status(struct cluster *c, struct tally_client *cl)
+{
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = TALLY__V1__ADMIN__OP__STATUS;
+	Tally__V1__Response *res;
+	assert_int_equal(tally_client_admin(cl, &a, &c->arena, &res), CODE(OK));
+	assert_non_null(res->status);
+	return res->status;
+}
+
+/* Waits until the cluster has a leader; returns its id. */
+static uint64_t wait_leader(struct cluster *c)
+{
+	struct tally_client *cl = client(c, "auditor");
+	int64_t deadline = now_ms() + 20000;
+	uint64_t id = 0;
+	while (now_ms() < deadline) {
+		Tally__V1__Status *s = status(c, cl);
+		if (s->leader != NULL && s->leader->id != 0) {
+			id = s->leader->id;
+			break;
+		}
+		struct pollfd none;
+		poll(&none, 0, 50); /* pace the polling of the condition */
+	}
+	tally_client_close(cl);
+	if (id == 0)
+		fail_msg("no leader within 20 s; logs in %s", c->dir);
+	return id;
+}
+
+static Tally__V1__Command *cmd(struct cluster *c, const char *req)
+{
+	Tally__V1__Command *m = tally_arena_zalloc(&c->arena, sizeof(*m));
+	tally__v1__command__init(m);
+	char buf[48];
+	if (req == NULL) {
+		snprintf(buf, sizeof(buf), "it-%d-%u", (int)getpid(), ++c->req);
+		req = buf;
+	}
+	m->request_id = tally_arena_strdup(&c->arena, req);
+	return m;
+}
+
+#define BODY(c, m, field, type, init, CASE)                                     \
+	type *field = tally_arena_zalloc(&(c)->arena, sizeof(type));            \
+	init(field);                                                            \
+	(m)->body_case = TALLY__V1__COMMAND__BODY_##CASE;                       \
+	(m)->field = field
+
+static Tally__V1__CommandResult *send_cmd(struct cluster *c, struct tally_client *cl,
+					  Tally__V1__Command *m, Tally__V1__ResultCode expect)
+{
+	Tally__V1__CommandResult *r = NULL;
+	Tally__V1__ResultCode rc = tally_client_command(cl, m, &c->arena, &r);
+	if (rc != CODE(OK))
+		fail_msg("transport: %s", tally_result_name(rc));
+	if (r->code != expect)
+		fail_msg("expected %s, got %s: %s", tally_result_name(expect),
+			 tally_result_name(r->code), r->message);
+	return r;
+}
+
+static Tally__V1__Command *brand_cmd(struct cluster *c, const char *id)
+{
+	Tally__V1__Command *m = cmd(c, NULL);
+	BODY(c, m, register_brand, Tally__V1__RegisterBrand, tally__v1__register_brand__init,
+	     REGISTER_BRAND);
+	register_brand->id = (char *)id;
+	register_brand->name = (char *)id;
+	register_brand->currency = (char *)"EUR";
+	register_brand->expiry_months = 24;
+	return m;
+}
+
+static Tally__V1__Command *member_cmd(struct cluster *c, const char *id)
+{
+	Tally__V1__Command *m = cmd(c, NULL);
+	BODY(c, m, open_member, Tally__V1__OpenMember, tally__v1__open_member__init, OPEN_MEMBER);
+	open_member->id = (char *)id;
+	open_member->segment = TALLY__V1__SEGMENT__FAN;
+	return m;
+}
+
+static Tally__V1__Command *accrue_cmd(struct cluster *c, const char *req, const char *brand,
+				      const char *member, int64_t points)
+{
+	Tally__V1__Command *m = cmd(c, req);
+	BODY(c, m, accrue, Tally__V1__Accrue, tally__v1__accrue__init, ACCRUE);
+	accrue->brand = (char *)brand;
+	accrue->member = (char *)member;
+	accrue->points = points;
+	accrue->reason = (char *)"";
+	accrue->reference = (char *)"";
+	return m;
+}
+
+static Tally__V1__QueryResult *accounts(struct cluster *c, struct tally_client *cl,
+					const char *brand, char **members, size_t n, bool stale)
+{
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetAccounts g = TALLY__V1__GET_ACCOUNTS__INIT;
+	g.brand = (char *)brand;
+	g.members = members;
+	g.n_members = n;
+	q.q_case = TALLY__V1__QUERY__Q_ACCOUNTS;
+	q.accounts = &g;
+	q.stale = stale;
+	Tally__V1__QueryResult *res;
+	assert_int_equal(tally_client_query(cl, &q, &c->arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(OK));
+	return res;
+}
+
+static Tally__V1__Digest *digest_of(struct cluster *c, int node)
+{
+	char addr[32];
+	client_addr(c, node, addr, sizeof(addr));
+	struct tally_client *cl = connect_to(c, addr, "auditor", secret_of("auditor"));
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest g = TALLY__V1__GET_DIGEST__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &g;
+	q.stale = true;
+	Tally__V1__QueryResult *res;
+	assert_int_equal(tally_client_query(cl, &q, &c->arena, &res), CODE(OK));
+	tally_client_close(cl);
+	return res->digest;
+}
+
+/* Every running node reaches the same journal root and state digest. */
+static void assert_replicas_equal(struct cluster *c)
+{
+	int64_t deadline = now_ms() + 20000;
+	for (;;) {
+		Tally__V1__Digest *first = NULL;
+		bool same = true;
+		for (int i = 1; i <= NODES_MAX && same; i++) {
+			if (c->pid[i] == 0)
+				continue;
+			Tally__V1__Digest *d = digest_of(c, i);
+			if (first == NULL)
+				first = d;
+			else
+				same = d->tree_size == first->tree_size &&
+				       memcmp(d->root.data, first->root.data, 32) == 0 &&
+				       memcmp(d->state_digest.data, first->state_digest.data, 32) == 0;
+		}
+		if (same)
+			return;
+		if (now_ms() > deadline)
+			fail_msg("replicas still differ after 20 s; logs in %s", c->dir);
+		struct pollfd none;
+		poll(&none, 0, 50);
+	}
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void test_commands_and_rejections_end_to_end_through_the_cluster(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin"), *dealer = client(&c, "dealer");
+	struct tally_client *mall = client(&c, "mall");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(ALREADY_EXISTS));
+	send_cmd(&c, admin, member_cmd(&c, "alice"), CODE(OK));
+	Tally__V1__CommandResult *r = send_cmd(&c, dealer, accrue_cmd(&c, NULL, "b1", "alice", 1000), CODE(OK));
+	assert_int_equal(r->available, 1000);
+	send_cmd(&c, dealer, accrue_cmd(&c, NULL, "b9", "alice", 5), CODE(UNKNOWN_BRAND));
+	send_cmd(&c, dealer, accrue_cmd(&c, NULL, "b1", "nobody", 5), CODE(UNKNOWN_MEMBER));
+	send_cmd(&c, dealer, accrue_cmd(&c, NULL, "b1", "alice", 0), CODE(INVALID_ARGUMENT));
+	send_cmd(&c, mall, accrue_cmd(&c, NULL, "b1", "alice", 5), CODE(PERMISSION_DENIED));
+	/* An idempotent retry, and a conflicting one. */
+	send_cmd(&c, dealer, accrue_cmd(&c, "same", "b1", "alice", 7), CODE(OK));
+	r = send_cmd(&c, dealer, accrue_cmd(&c, "same", "b1", "alice", 7), CODE(OK));
+	assert_true(r->replay);
+	send_cmd(&c, dealer, accrue_cmd(&c, "same", "b1", "alice", 8), CODE(IDEMPOTENCY_CONFLICT));
+	/* Mall: hold, capture, second resolve, refund. */
+	Tally__V1__Command *m = cmd(&c, NULL);
+	BODY(&c, m, hold, Tally__V1__Hold, tally__v1__hold__init, HOLD);
+	hold->brand = (char *)"b1";
+	hold->member = (char *)"alice";
+	hold->points = 300;
+	hold->reference = (char *)"";
+	uint64_t hold_id = send_cmd(&c, mall, m, CODE(OK))->hold_id;
+	m = cmd(&c, NULL);
+	BODY(&c, m, capture, Tally__V1__Capture, tally__v1__capture__init, CAPTURE);
+	capture->hold_id = hold_id;
+	uint64_t cap_seq = send_cmd(&c, mall, m, CODE(OK))->entry_seq;
+	m = cmd(&c, NULL);
+	BODY(&c, m, void_, Tally__V1__Void, tally__v1__void__init, VOID);
+	void_->hold_id = hold_id;
+	send_cmd(&c, mall, m, CODE(HOLD_RESOLVED));
+	m = cmd(&c, NULL);
+	BODY(&c, m, reverse, Tally__V1__Reverse, tally__v1__reverse__init, REVERSE);
+	reverse->entry_seq = cap_seq;
+	reverse->reason = (char *)"";
+	send_cmd(&c, mall, m, CODE(OK));
+	m = cmd(&c, NULL);
+	BODY(&c, m, redeem, Tally__V1__Redeem, tally__v1__redeem__init, REDEEM);
+	redeem->brand = (char *)"b1";
+	redeem->member = (char *)"alice";
+	redeem->points = 100000;
+	redeem->reason = redeem->reference = (char *)"";
+	send_cmd(&c, mall, m, CODE(INSUFFICIENT_POINTS));
+	char *who[1] = {(char *)"alice"};
+	assert_int_equal(accounts(&c, mall, "b1", who, 1, false)->accounts[0]->available, 1007);
+	tally_client_close(admin);
+	tally_client_close(dealer);
+	tally_client_close(mall);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static void test_a_follower_redirects_and_a_linearizable_read_sees_the_write(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	int follower = leader == 1 ? 2 : 1;
+	char addr[32];
+	client_addr(&c, follower, addr, sizeof(addr));
+	struct tally_client *admin = connect_to(&c, addr, "admin", secret_of("admin"));
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK)); /* follows NOT_LEADER */
+	send_cmd(&c, admin, member_cmd(&c, "bob"), CODE(OK));
+	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "bob", 42), CODE(OK));
+	tally_client_close(admin);
+	struct tally_client *reader = connect_to(&c, addr, "auditor", secret_of("auditor"));
+	char *who[1] = {(char *)"bob"};
+	assert_int_equal(accounts(&c, reader, "b1", who, 1, false)->accounts[0]->available, 42);
+	tally_client_close(reader);
+	/* A stale read from the follower says which index it reflects. */
+	reader = connect_to(&c, addr, "auditor", secret_of("auditor"));
+	Tally__V1__QueryResult *res = accounts(&c, reader, "b1", who, 1, true);
+	assert_true(res->applied_index > 0);
+	tally_client_close(reader);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static void test_wrong_key_secret_or_scope_is_refused(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	struct tally_client_options o = {.cluster = c.clients, .key_name = "admin",
+					 .secret = "wrong-secret-0123456789", .timeout_ms = 3000};
+	struct tally_client *cl = NULL;
+	char err[256];
+	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(UNAUTHENTICATED));
+	o.key_name = "nobody";
+	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(UNAUTHENTICATED));
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, brand_cmd(&c, "b2"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "carol"), CODE(OK));
+	struct tally_client *p1 = client(&c, "partner-b1");
+	send_cmd(&c, p1, accrue_cmd(&c, NULL, "b1", "carol", 5), CODE(OK));
+	send_cmd(&c, p1, accrue_cmd(&c, NULL, "b2", "carol", 5), CODE(PERMISSION_DENIED));
+	struct tally_client *aud = client(&c, "auditor");
+	send_cmd(&c, aud, accrue_cmd(&c, NULL, "b1", "carol", 5), CODE(PERMISSION_DENIED));
+	tally_client_close(admin);
+	tally_client_close(p1);
+	tally_client_close(aud);
+	cluster_stop(&c);
+}
+
+/* Raw frames: what a broken or hostile client may send. */
+static int raw_connect(struct cluster *c, int node)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(c->base + 100 + node))};
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	return fd;
+}
+
+/* Reads one response frame (or returns NULL at EOF / after 5 s). */
+static Tally__V1__Response *raw_read(int fd)
+{
+	uint8_t head[4];
+	size_t got = 0;
+	static uint8_t body[1 << 16];
+	struct pollfd p = {fd, POLLIN, 0};
+	while (got < 4) {
+		if (poll(&p, 1, 5000) <= 0)
+			return NULL;
+		ssize_t n = read(fd, head + got, 4 - got);
+		if (n <= 0)
+			return NULL;
+		got += (size_t)n;
+	}
+	uint32_t len = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
+	assert_true(len < sizeof(body));
+	for (got = 0; got < len;) {
+		if (poll(&p, 1, 5000) <= 0)
+			return NULL;
+		ssize_t n = read(fd, body + got, len - got);
+		if (n <= 0)
+			return NULL;
+		got += (size_t)n;
+	}
+	return tally__v1__response__unpack(NULL, len, body);
+}
+
+static bool raw_eof(int fd)
+{
+	struct pollfd p = {fd, POLLIN, 0};
+	char b;
+	return poll(&p, 1, 5000) == 1 && read(fd, &b, 1) == 0;
+}
+
+static void test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	/* Garbage that does not decode. */
+	int fd = raw_connect(&c, 1);
+	uint8_t junk[] = {0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff};
+	assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	Tally__V1__Response *res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->code, CODE(INVALID_ARGUMENT));
+	assert_non_null(strstr(res->message, "frame"));
+	tally__v1__response__free_unpacked(res, NULL);
+	assert_true(raw_eof(fd));
+	close(fd);
+	/* An announced length over the limit. */
+	fd = raw_connect(&c, 2);
+	uint8_t big[] = {0x7f, 0xff, 0xff, 0xff};
+	assert_int_equal(write(fd, big, sizeof(big)), 4);
+	res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->code, CODE(INVALID_ARGUMENT));
+	assert_non_null(strstr(res->message, "limit"));
+	tally__v1__response__free_unpacked(res, NULL);
+	close(fd);
+	/* A truncated frame then a hang-up. */
+	fd = raw_connect(&c, 3);
+	uint8_t part[] = {0, 0, 0, 40, 1, 2, 3};
+	assert_int_equal(write(fd, part, sizeof(part)), (ssize_t)sizeof(part));
+	close(fd);
+	/* A command before the handshake. */
+	fd = raw_connect(&c, 1);
+	Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
+	Tally__V1__Command *m = accrue_cmd(&c, NULL, "b1", "x", 1);
+	rq.call_id = 9;
+	rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+	rq.command = m;
+	uint8_t buf[512];
+	size_t n = tally__v1__request__pack(&rq, buf + 4);
+	tally_frame_header(buf, (uint32_t)n);
+	assert_int_equal(write(fd, buf, n + 4), (ssize_t)(n + 4));
+	res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->code, CODE(UNAUTHENTICATED));
+	tally__v1__response__free_unpacked(res, NULL);
+	close(fd);
+	/* The cluster still serves. */
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	tally_client_close(admin);
+	for (int i = 1; i <= 3; i++)
+		assert_true(kill(c.pid[i], 0) == 0);
+	cluster_stop(&c);
+}
+
+/* Submits `points` with request id `req` until the outcome is definite. */
+static Tally__V1__CommandResult *submit_until_definite(struct cluster *c, struct tally_client **cl,
+						       const char *req, int64_t points)
+{
+	int64_t deadline = now_ms() + 30000;
+	for (;;) {
+		Tally__V1__CommandResult *r = NULL;
+		Tally__V1__ResultCode rc = tally_client_command(*cl, accrue_cmd(c, req, "b1", "dora", points),
+								&c->arena, &r);
+		if (rc == CODE(OK))
+			return r;
+		if (now_ms() > deadline)
+			fail_msg("request %s still %s after 30 s", req, tally_result_name(rc));
+		/* Unknown or unavailable: reconnect (the node may be dead) and retry the same id. */
+		tally_client_close(*cl);
+		*cl = client(c, "dealer");
+	}
+}
+
+static void test_retries_across_a_leader_kill_apply_every_request_exactly_once(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
+	tally_client_close(admin);
+	struct tally_client *dealer = client(&c, "dealer");
+	int64_t total = 0;
+	unsigned replays = 0;
+	for (int i = 1; i <= 200; i++) {
+		if (i == 60)
+			node_signal(&c, (int)leader, SIGKILL);
+		char req[32];
+		snprintf(req, sizeof(req), "stream-%d", i);
+		Tally__V1__CommandResult *r = submit_until_definite(&c, &dealer, req, i);
+		assert_int_equal(r->code, CODE(OK));
+		replays += r->replay;
+		total += i;
+	}
+	/* Every acknowledged accrual is present exactly once. */
+	char *who[1] = {(char *)"dora"};
+	assert_int_equal(accounts(&c, dealer, "b1", who, 1, false)->accounts[0]->available, total);
+	print_message("200 accruals across a leader kill: %u answered as replays\n", replays);
+	tally_client_close(dealer);
+	/* The killed node comes back and catches up. */
+	node_start(&c, (int)leader, false, false);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static void test_sigterm_and_restart_of_every_node_loses_nothing(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "erin"), CODE(OK));
+	for (int i = 0; i < 100; i++)
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "erin", 10), CODE(OK));
+	tally_client_close(admin);
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGTERM);
+	for (int i = 1; i <= 3; i++)
+		node_start(&c, i, false, false);
+	wait_leader(&c);
+	struct tally_client *aud = client(&c, "auditor");
+	char *who[1] = {(char *)"erin"};
+	assert_int_equal(accounts(&c, aud, "b1", who, 1, false)->accounts[0]->available, 1000);
+	tally_client_close(aud);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static void test_a_stopped_node_catches_up_when_continued(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	int paused = leader == 3 ? 2 : 3;
+	node_signal(&c, paused, SIGSTOP);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "finn"), CODE(OK));
+	for (int i = 0; i < 200; i++) /* past the snapshot threshold of 64 */
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "finn", 1), CODE(OK));
+	tally_client_close(admin);
+	node_signal(&c, paused, SIGCONT);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static int setup_paths(void)
+{
+	const char *env = getenv("TALLYD");
+	if (env != NULL) {
+		snprintf(tallyd_path, sizeof(tallyd_path), "%s", env);
+		return 0;
+	}
+	char self[1024];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0)
+		return -1;
+	self[n] = '\0';
+	snprintf(tallyd_path, sizeof(tallyd_path), "%s/../tools/tallyd", dirname(self));
+	return access(tallyd_path, X_OK);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (setup_paths() != 0) {
+		fprintf(stderr, "test_cluster: no tallyd next to this test (build it first)\n");
+		return 1;
+	}
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_commands_and_rejections_end_to_end_through_the_cluster),
+		cmocka_unit_test(test_a_follower_redirects_and_a_linearizable_read_sees_the_write),
+		cmocka_unit_test(test_wrong_key_secret_or_scope_is_refused),
+		cmocka_unit_test(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving),
+		cmocka_unit_test(test_retries_across_a_leader_kill_apply_every_request_exactly_once),
+		cmocka_unit_test(test_sigterm_and_restart_of_every_node_loses_nothing),
+		cmocka_unit_test(test_a_stopped_node_catches_up_when_continued),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1160 @@
+/*
+ * rpc: the frame reader, the keys file, the HMAC challenge proof, and libtally
+ * against fake nodes — threads with a listening socket on 127.0.0.1 that speak the
+ * same frames. The fake threads never call cmocka (its asserts longjmp); they record
+ * what they saw in struct fake, which the test reads after pthread_join. Every fake
+ * socket has a 5 s receive timeout, so a misbehaving client fails a test instead of
+ * hanging it.
+ */
+#include "tests/util.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/params.h>
+
+#include "rpc/frame.h"
+#include "rpc/keys.h"
+#include "rpc/tally.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+#define KEY_NAME "mall-1"
+#define SECRET "0123456789abcdef-secret"
+#define FAKE_IO_TIMEOUT_S 5
+#define FAKE_FRAME_BYTES (1u << 20)
+#define FAKE_REQUESTS_MAX 1000
+#define PIPELINE_N 100
+
+/* ---- frames --------------------------------------------------------------------- */
+
+/* header + body into out; the frame's size. */
+static size_t frame(uint8_t *out, const char *body)
+{
+	size_t len = strlen(body);
+	tally_frame_header(out, (uint32_t)len);
+	memcpy(out + TALLY_FRAME_HEADER_BYTES, body, len);
+	return TALLY_FRAME_HEADER_BYTES + len;
+}
+
+static void test_frame_header_is_a_big_endian_length(void **state)
+{
+	(void)state;
+	uint8_t h[TALLY_FRAME_HEADER_BYTES];
+	tally_frame_header(h, 0x01020304u);
+	assert_int_equal(h[0], 1);
+	assert_int_equal(h[1], 2);
+	assert_int_equal(h[2], 3);
+	assert_int_equal(h[3], 4);
+}
+
+static void test_frame_reader_reassembles_a_frame_fed_byte_by_byte(void **state)
+{
+	(void)state;
+	struct tally_frame_reader r;
+	tally_frame_reader_init(&r, 1024);
+	uint8_t buf[64];
+	size_t n = frame(buf, "hello, frame");
+	const uint8_t *body = NULL;
+	size_t len = 0;
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(tally_frame_reader_next(&r, &body, &len), 0);
+		assert_int_equal(tally_frame_reader_feed(&r, buf + i, 1), 0);
+	}
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_int_equal(len, 12);
+	assert_memory_equal(body, "hello, frame", 12);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 0);
+	tally_frame_reader_free(&r);
+}
+
+static void test_frame_reader_returns_several_frames_from_one_feed(void **state)
+{
+	(void)state;
+	struct tally_frame_reader r;
+	tally_frame_reader_init(&r, 1024);
+	uint8_t buf[128];
+	size_t n = frame(buf, "one");
+	n += frame(buf + n, "two!");
+	n += frame(buf + n, "three");
+	n += frame(buf + n, "fo"); /* and half of a fourth */
+	n -= 1;
+	assert_int_equal(tally_frame_reader_feed(&r, buf, n), 0);
+	const char *want[] = {"one", "two!", "three"};
+	for (size_t i = 0; i < 3; i++) {
+		const uint8_t *body = NULL;
+		size_t len = 0;
+		assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+		assert_int_equal(len, strlen(want[i]));
+		assert_memory_equal(body, want[i], len);
+	}
+	const uint8_t *body = NULL;
+	size_t len = 0;
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 0);
+	assert_int_equal(tally_frame_reader_feed(&r, "o", 1), 0);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_int_equal(len, 2);
+	assert_memory_equal(body, "fo", 2);
+	tally_frame_reader_free(&r);
+}
+
+static void test_frame_reader_refuses_an_announced_length_over_the_limit(void **state)
+{
+	(void)state;
+	struct tally_frame_reader r;
+	tally_frame_reader_init(&r, 100);
+	uint8_t h[TALLY_FRAME_HEADER_BYTES];
+	tally_frame_header(h, 101);
+	const uint8_t *body = NULL;
+	size_t len = 0;
+	/* Refused as soon as the header is in, before any body byte arrives. */
+	assert_int_equal(tally_frame_reader_feed(&r, h, sizeof(h)), 0);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), -TALLY_ERANGE);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), -TALLY_ERANGE);
+	tally_frame_reader_free(&r);
+
+	tally_frame_reader_init(&r, 100);
+	uint8_t exact[TALLY_FRAME_HEADER_BYTES + 100];
+	memset(exact, 'x', sizeof(exact));
+	tally_frame_header(exact, 100);
+	assert_int_equal(tally_frame_reader_feed(&r, exact, sizeof(exact)), 0);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_int_equal(len, 100);
+	tally_frame_reader_free(&r);
+}
+
+static void test_frame_reader_accepts_a_zero_length_frame(void **state)
+{
+	(void)state;
+	struct tally_frame_reader r;
+	tally_frame_reader_init(&r, 16);
+	uint8_t buf[16];
+	size_t n = frame(buf, "");
+	n += frame(buf + n, "x");
+	assert_int_equal(tally_frame_reader_feed(&r, buf, n), 0);
+	const uint8_t *body = NULL;
+	size_t len = 99;
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_int_equal(len, 0);
+	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_int_equal(len, 1);
+	assert_int_equal(body[0], 'x');
+	tally_frame_reader_free(&r);
+}
+
+/* ---- keys file ----------------------------------------------------------------- */
+
+struct keyfile {
+	char *dir;
+	char path[300];
+};
+
+static void keyfile_write(struct keyfile *k, const char *text)
+{
+	k->dir = fx_tmpdir();
+	snprintf(k->path, sizeof(k->path), "%s/keys.conf", k->dir);
+	FILE *f = fopen(k->path, "w");
+	assert_non_null(f);
+	assert_int_equal(fputs(text, f) >= 0, 1);
+	assert_int_equal(fclose(f), 0);
+}
+
+static void keyfile_remove(struct keyfile *k)
+{
+	fx_remove_dir(k->dir);
+	free(k->dir);
+}
+
+/* Loading `text` fails with EINVAL and the error ends with `want`; *out untouched. */
+static void expect_rejected(const char *text, const char *want)
+{
+	struct keyfile kf;
+	keyfile_write(&kf, text);
+	struct tally_key sentinel;
+	struct tally_keys ks = {.keys = &sentinel, .n = 77};
+	char err[256];
+	assert_int_equal(tally_keys_load(kf.path, &ks, err, sizeof(err)), TALLY_EINVAL);
+	assert_ptr_equal(ks.keys, &sentinel);
+	assert_int_equal(ks.n, 77);
+	size_t n = strlen(err), w = strlen(want);
+	if (n < w || strcmp(err + n - w, want) != 0)
+		fail_msg("error '%s' does not end with '%s'", err, want);
+	assert_non_null(strstr(err, kf.path));
+	keyfile_remove(&kf);
+}
+
+#define GOOD_LINE "admin-1 admin * 0123456789abcdef\n"
+
+static void test_keys_file_with_comments_and_blank_lines_loads_every_key(void **state)
+{
+	(void)state;
+	struct keyfile kf;
+	keyfile_write(&kf, "# Tally keys: NAME ROLE BRANDS SECRET\n"
+			   "\n"
+			   "   \t \n"
+			   GOOD_LINE
+			   "  mall-1\tmall  b1,b_2,b-3   " SECRET "   # the shop\n"
+			   "auditor auditor * audit#audit#audit\r\n"
+			   "# the end, without a final newline\n"
+			   "dealer-9 dealer b1 dealer-secret-0001");
+	struct tally_keys ks;
+	char err[256];
+	assert_int_equal(tally_keys_load(kf.path, &ks, err, sizeof(err)), 0);
+	assert_int_equal(ks.n, 4);
+	const struct tally_key *k = tally_keys_find(&ks, "admin-1");
+	assert_non_null(k);
+	assert_int_equal(k->role, TALLY__V1__ROLE__ADMIN);
+	assert_true(k->all_brands);
+	assert_int_equal(k->n_brands, 0);
+	k = tally_keys_find(&ks, "mall-1");
+	assert_non_null(k);
+	assert_int_equal(k->role, TALLY__V1__ROLE__MALL);
+	assert_int_equal(k->n_brands, 3);
+	assert_string_equal(k->brands[1], "b_2");
+	assert_string_equal(k->secret, SECRET);
+	k = tally_keys_find(&ks, "auditor");
+	assert_non_null(k);
+	assert_string_equal(k->secret, "audit#audit#audit"); /* '#' inside a field stays */
+	assert_non_null(tally_keys_find(&ks, "dealer-9"));
+	assert_null(tally_keys_find(&ks, "nobody"));
+	tally_keys_free(&ks);
+	assert_null(ks.keys);
+	keyfile_remove(&kf);
+}
+
+static void test_keys_principal_carries_name_role_and_brand_scope(void **state)
+{
+	(void)state;
+	struct keyfile kf;
+	keyfile_write(&kf, GOOD_LINE "mall-1 mall b1,b2 " SECRET "\n");
+	struct tally_keys ks;
+	char err[256];
+	assert_int_equal(tally_keys_load(kf.path, &ks, err, sizeof(err)), 0);
+	char *slots[TALLY_SCOPE_BRANDS_MAX];
+	Tally__V1__Principal p;
+	tally_keys_principal(tally_keys_find(&ks, "mall-1"), slots, &p);
+	assert_string_equal(p.key_name, "mall-1");
+	assert_int_equal(p.role, TALLY__V1__ROLE__MALL);
+	assert_int_equal(p.n_brands, 2);
+	assert_string_equal(p.brands[0], "b1");
+	assert_string_equal(p.brands[1], "b2");
+	tally_keys_principal(tally_keys_find(&ks, "admin-1"), slots, &p);
+	assert_int_equal(p.n_brands, 1);
+	assert_string_equal(p.brands[0], "*");
+	tally_keys_free(&ks);
+	keyfile_remove(&kf);
+}
+
+static void test_role_names_round_trip_and_unknown_is_refused(void **state)
+{
+	(void)state;
+	const char *names[] = {"admin", "mall", "community", "dealer", "partner", "auditor"};
+	for (size_t i = 0; i < 6; i++) {
+		Tally__V1__Role role;
+		assert_int_equal(tally_role_parse(names[i], &role), 0);
+		assert_string_equal(tally_role_name(role), names[i]);
+	}
+	Tally__V1__Role role;
+	assert_int_equal(tally_role_parse("boss", &role), TALLY_EINVAL);
+	assert_null(tally_role_name(TALLY__V1__ROLE__ROLE_UNSPECIFIED));
+	assert_null(tally_role_name((Tally__V1__Role)99));
+}
+
+static void test_keys_file_rejects_an_unknown_role_with_its_line(void **state)
+{
+	(void)state;
+	expect_rejected("# x\n" GOOD_LINE "boss-1 boss * 0123456789abcdef\n",
+			"keys.conf:3: unknown role 'boss' (expected admin, mall, community, "
+			"dealer, partner or auditor)");
+}
+
+static void test_keys_file_rejects_the_system_role(void **state)
+{
+	(void)state;
+	expect_rejected(GOOD_LINE "timer system * 0123456789abcdef\n",
+			"keys.conf:2: role 'system' is reserved for the cluster itself");
+}
+
+static void test_keys_file_rejects_a_bad_brand_id(void **state)
+{
+	(void)state;
+	expect_rejected(GOOD_LINE "m mall b1,B2 0123456789abcdef\n",
+			"keys.conf:2: bad brand id 'B2' (expected [a-z0-9_-]{1,32} or *)");
+	expect_rejected(GOOD_LINE "m mall b1,,b2 0123456789abcdef\n",
+			"keys.conf:2: bad brand id '' (expected [a-z0-9_-]{1,32} or *)");
+	expect_rejected(GOOD_LINE "m mall b1,* 0123456789abcdef\n",
+			"keys.conf:2: bad brand id '*' (expected [a-z0-9_-]{1,32} or *)");
+	expect_rejected("m mall b1,b1 0123456789abcdef\n", "keys.conf:1: brand 'b1' listed twice");
+}
+
+static void test_keys_file_rejects_a_short_secret(void **state)
+{
+	(void)state;
+	expect_rejected(GOOD_LINE "\nm mall b1 0123456789abcde\n",
+			"keys.conf:3: secret shorter than 16 bytes");
+}
+
+static void test_keys_file_rejects_a_missing_or_extra_field(void **state)
+{
+	(void)state;
+	expect_rejected(GOOD_LINE "m mall 0123456789abcdef\n",
+			"keys.conf:2: missing field: expected NAME ROLE BRANDS SECRET, got 3 fields");
+	expect_rejected("m\n", "keys.conf:1: missing field: expected NAME ROLE BRANDS SECRET, "
+			       "got 1 field");
+	expect_rejected("m mall b1 0123456789abcdef extra\n",
+			"keys.conf:1: unexpected fifth field (a comment starts with '#')");
+}
+
+static void test_keys_file_rejects_a_duplicate_name(void **state)
+{
+	(void)state;
+	expect_rejected("# keys\n" GOOD_LINE "m mall b1 0123456789abcdef\n" GOOD_LINE,
+			"keys.conf:4: duplicate key name 'admin-1' (first on line 2)");
+}
+
+static void test_keys_file_rejects_a_long_name_and_a_missing_file(void **state)
+{
+	(void)state;
+	char line[200];
+	snprintf(line, sizeof(line), "%065d admin * 0123456789abcdef\n", 0);
+	expect_rejected(line, "keys.conf:1: key name longer than 64 bytes");
+	struct tally_keys ks;
+	char err[256];
+	assert_int_equal(tally_keys_load("/nonexistent/keys.conf", &ks, err, sizeof(err)),
+			 TALLY_EIO);
+	assert_non_null(strstr(err, "/nonexistent/keys.conf"));
+}
+
+/* ---- HMAC proof ------------------------------------------------------------------ */
+
+/* HMAC-SHA256(secret, nonce ‖ name) through EVP_MAC, independently of keys.c. */
+static void evp_hmac(const char *secret, const uint8_t nonce[32], const char *name,
+		     uint8_t out[32])
+{
+	EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+	assert_non_null(mac);
+	EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(mac);
+	assert_non_null(ctx);
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	assert_int_equal(EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret),
+				      params), 1);
+	assert_int_equal(EVP_MAC_update(ctx, nonce, 32), 1);
+	assert_int_equal(EVP_MAC_update(ctx, (const unsigned char *)name, strlen(name)), 1);
+	size_t len = 0;
+	assert_int_equal(EVP_MAC_final(ctx, out, &len, 32), 1);
+	assert_int_equal(len, 32);
+	EVP_MAC_CTX_free(ctx);
+	EVP_MAC_free(mac);
+}
+
+static void test_proof_is_hmac_sha256_of_nonce_and_key_name(void **state)
+{
+	(void)state;
+	uint8_t nonce[TALLY_NONCE_BYTES];
+	for (size_t i = 0; i < sizeof(nonce); i++)
+		nonce[i] = (uint8_t)i;
+	/* Known answer, from Python: hmac.new(b"0123456789abcdef", bytes(range(32)) +
+	 * b"mall-1", hashlib.sha256). */
+	static const uint8_t known[32] = {
+		0x87, 0x9e, 0xb1, 0x24, 0x8a, 0x2e, 0xec, 0x41, 0x0a, 0xbb, 0x5a,
+		0x9a, 0x2e, 0x4c, 0x2b, 0xec, 0x97, 0xda, 0x5e, 0x7d, 0x8f, 0xe6,
+		0x94, 0x1a, 0xed, 0x3b, 0xb0, 0xa0, 0x4f, 0x80, 0xc5, 0x77,
+	};
+	uint8_t proof[TALLY_HMAC_BYTES];
+	tally_keys_proof("0123456789abcdef", nonce, "mall-1", proof);
+	assert_memory_equal(proof, known, 32);
+	for (size_t i = 0; i < sizeof(nonce); i++)
+		nonce[i] = (uint8_t)(i * 37 + 11);
+	uint8_t expect[32];
+	evp_hmac(SECRET, nonce, KEY_NAME, expect);
+	tally_keys_proof(SECRET, nonce, KEY_NAME, proof);
+	assert_memory_equal(proof, expect, 32);
+}
+
+static void test_verify_accepts_the_proof_and_rejects_a_flipped_byte_or_wrong_length(void **state)
+{
+	(void)state;
+	struct tally_key key;
+	memset(&key, 0, sizeof(key));
+	snprintf(key.name, sizeof(key.name), "%s", KEY_NAME);
+	snprintf(key.secret, sizeof(key.secret), "%s", SECRET);
+	key.role = TALLY__V1__ROLE__MALL;
+	uint8_t nonce[TALLY_NONCE_BYTES];
+	memset(nonce, 0x5a, sizeof(nonce));
+	uint8_t proof[TALLY_HMAC_BYTES + 1];
+	tally_keys_proof(SECRET, nonce, KEY_NAME, proof);
+	proof[TALLY_HMAC_BYTES] = 0;
+	assert_true(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+	for (size_t i = 0; i < TALLY_HMAC_BYTES; i++) {
+		proof[i] ^= 0x01;
+		assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+		proof[i] ^= 0x01;
+	}
+	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES - 1));
+	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES + 1));
+	assert_false(tally_keys_verify(&key, nonce, proof, 0));
+	nonce[0] ^= 0x80; /* another challenge */
+	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+	nonce[0] ^= 0x80;
+	tally_keys_proof(SECRET, nonce, "mall-2", proof); /* bound to the key name */
+	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+}
+
+/* ---- fake nodes ------------------------------------------------------------------ */
+
+enum fake_mode {
+	FAKE_SERVE,       /* answer everything OK */
+	FAKE_NOT_LEADER,  /* answer NOT_LEADER naming f->leader */
+	FAKE_UNAVAILABLE, /* answer UNAVAILABLE */
+	FAKE_SILENT,      /* read requests, never answer */
+	FAKE_GARBAGE,     /* answer with a frame that does not decode */
+	FAKE_OVERSIZE,    /* answer with a header announcing 4 GiB */
+	FAKE_CLOSE,       /* accept and close before reading anything */
+	FAKE_REVERSED,    /* read f->pipeline_n requests, answer them last first */
+	FAKE_GOODBYE,     /* say goodbye (call id 0) and close while idle; then serve */
+};
+
+struct fake {
+	enum fake_mode mode;
+	int listen_fd;
+	char address[64];
+	char leader[64];          /* FAKE_NOT_LEADER */
+	unsigned pipeline_n;      /* FAKE_REVERSED */
+	struct tally_key key;     /* the one key this node knows */
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool said_goodbye;        /* FAKE_GOODBYE, under mu */
+	/* Written by the fake's thread, read by the test after fake_join. */
+	bool accepted;
+	bool welcomed;
+	bool refused;
+	unsigned requests;        /* after the handshake */
+	char last_request_id[TALLY_REQUEST_ID_BYTES_MAX + 1];
+};
+
+/* Binds 127.0.0.1:0 and listens; the address is known before the thread runs, and
+ * connections queue in the backlog until it accepts. */
+static void fake_init(struct fake *f, enum fake_mode mode)
+{
+	memset(f, 0, sizeof(*f));
+	f->mode = mode;
+	snprintf(f->key.name, sizeof(f->key.name), "%s", KEY_NAME);
+	snprintf(f->key.secret, sizeof(f->key.secret), "%s", SECRET);
+	f->key.role = TALLY__V1__ROLE__MALL;
+	f->key.all_brands = true;
+	assert_int_equal(pthread_mutex_init(&f->mu, NULL), 0);
+	assert_int_equal(pthread_cond_init(&f->cv, NULL), 0);
+	f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(f->listen_fd >= 0);
+	struct sockaddr_in sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(f->listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	assert_int_equal(listen(f->listen_fd, 8), 0);
+	socklen_t len = sizeof(sa);
+	assert_int_equal(getsockname(f->listen_fd, (struct sockaddr *)&sa, &len), 0);
+	struct timeval tv = {.tv_sec = FAKE_IO_TIMEOUT_S, .tv_usec = 0};
+	assert_int_equal(setsockopt(f->listen_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)), 0);
+	snprintf(f->address, sizeof(f->address), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+}
+
+/* The next request, or NULL when the client went away (or sent nonsense). */
+static Tally__V1__Request *fake_read(int fd, struct tally_frame_reader *r)
+{
+	for (unsigned i = 0; i < 100000; i++) {
+		const uint8_t *body = NULL;
+		size_t len = 0;
+		int rc = tally_frame_reader_next(r, &body, &len);
+		if (rc == 1)
+			return tally__v1__request__unpack(NULL, len, body);
+		if (rc < 0)
+			return NULL;
+		uint8_t buf[4096];
+		ssize_t n = recv(fd, buf, sizeof(buf), 0);
+		if (n <= 0 || tally_frame_reader_feed(r, buf, (size_t)n) != 0)
+			return NULL;
+	}
+	return NULL;
+}
+
+static void fake_write_raw(int fd, const uint8_t *buf, size_t len)
+{
+	while (len > 0) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+		if (n <= 0)
+			return;
+		buf += n;
+		len -= (size_t)n;
+	}
+}
+
+static void fake_write(int fd, const Tally__V1__Response *resp)
+{
+	size_t len = tally__v1__response__get_packed_size(resp);
+	uint8_t *buf = malloc(TALLY_FRAME_HEADER_BYTES + len);
+	if (buf == NULL)
+		return;
+	tally_frame_header(buf, (uint32_t)len);
+	tally__v1__response__pack(resp, buf + TALLY_FRAME_HEADER_BYTES);
+	fake_write_raw(fd, buf, TALLY_FRAME_HEADER_BYTES + len);
+	free(buf);
+}
+
+/* Hello → Challenge → Proof → Welcome, or UNAUTHENTICATED. */
+static bool fake_handshake(struct fake *f, int fd, struct tally_frame_reader *r)
+{
+	uint8_t nonce[TALLY_NONCE_BYTES];
+	for (size_t i = 0; i < sizeof(nonce); i++)
+		nonce[i] = (uint8_t)(i * 7 + 1);
+	Tally__V1__Request *hello = fake_read(fd, r);
+	if (hello == NULL)
+		return false;
+	Tally__V1__Response resp = TALLY__V1__RESPONSE__INIT;
+	Tally__V1__Challenge ch = TALLY__V1__CHALLENGE__INIT;
+	resp.call_id = hello->call_id;
+	bool known = hello->body_case == TALLY__V1__REQUEST__BODY_HELLO &&
+		     hello->hello->version == 1 && strcmp(hello->hello->key_name, f->key.name) == 0;
+	tally__v1__request__free_unpacked(hello, NULL);
+	if (!known) {
+		resp.code = CODE(UNAUTHENTICATED);
+		resp.message = (char *)"unknown key";
+		fake_write(fd, &resp);
+		f->refused = true;
+		return false;
+	}
+	ch.nonce.data = nonce;
+	ch.nonce.len = sizeof(nonce);
+	resp.code = CODE(OK);
+	resp.body_case = TALLY__V1__RESPONSE__BODY_CHALLENGE;
+	resp.challenge = &ch;
+	fake_write(fd, &resp);
+	Tally__V1__Request *proof = fake_read(fd, r);
+	if (proof == NULL)
+		return false;
+	Tally__V1__Response ans = TALLY__V1__RESPONSE__INIT;
+	Tally__V1__Welcome w = TALLY__V1__WELCOME__INIT;
+	ans.call_id = proof->call_id;
+	f->welcomed = proof->body_case == TALLY__V1__REQUEST__BODY_PROOF &&
+		      tally_keys_verify(&f->key, nonce, proof->proof->hmac.data,
+					proof->proof->hmac.len);
+	tally__v1__request__free_unpacked(proof, NULL);
+	f->refused = !f->welcomed;
+	ans.code = f->welcomed ? CODE(OK) : CODE(UNAUTHENTICATED);
+	w.role = f->key.role;
+	w.node_id = 1;
+	ans.body_case = f->welcomed ? TALLY__V1__RESPONSE__BODY_WELCOME
+				    : TALLY__V1__RESPONSE__BODY__NOT_SET;
+	ans.welcome = f->welcomed ? &w : NULL;
+	fake_write(fd, &ans);
+	return f->welcomed;
+}
+
+/* The OK answer a serving node gives: results echo accrue points, so the test can
+ * tell which request an answer belongs to. */
+static void fake_answer_ok(struct fake *f, int fd, const Tally__V1__Request *req)
+{
+	Tally__V1__Response resp = TALLY__V1__RESPONSE__INIT;
+	Tally__V1__CommandResult res = TALLY__V1__COMMAND_RESULT__INIT;
+	Tally__V1__CommandResult *results[16];
+	Tally__V1__BatchResult batch = TALLY__V1__BATCH_RESULT__INIT;
+	Tally__V1__QueryResult qr = TALLY__V1__QUERY_RESULT__INIT;
+	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
+	resp.call_id = req->call_id;
+	resp.code = CODE(OK);
+	res.code = CODE(OK);
+	res.entry_seq = f->requests;
+	if (req->body_case == TALLY__V1__REQUEST__BODY_COMMAND) {
+		const Tally__V1__Command *c = req->command;
+		snprintf(f->last_request_id, sizeof(f->last_request_id), "%s", c->request_id);
+		if (c->body_case == TALLY__V1__COMMAND__BODY_ACCRUE)
+			res.points = c->accrue->points;
+		resp.body_case = TALLY__V1__RESPONSE__BODY_RESULT;
+		resp.result = &res;
+	} else if (req->body_case == TALLY__V1__REQUEST__BODY_BATCH) {
+		batch.n_results = req->batch->n_commands <= 16 ? req->batch->n_commands : 16;
+		for (size_t i = 0; i < batch.n_results; i++)
+			results[i] = &res;
+		batch.results = results;
+		resp.body_case = TALLY__V1__RESPONSE__BODY_BATCH;
+		resp.batch = &batch;
+	} else if (req->body_case == TALLY__V1__REQUEST__BODY_QUERY) {
+		qr.code = CODE(OK);
+		qr.applied_index = 42;
+		resp.body_case = TALLY__V1__RESPONSE__BODY_QUERY;
+		resp.query = &qr;
+	} else {
+		st.node_id = 1;
+		st.state = (char *)"leader";
+		resp.body_case = TALLY__V1__RESPONSE__BODY_STATUS;
+		resp.status = &st;
+	}
+	fake_write(fd, &resp);
+}
+
+static void fake_answer(struct fake *f, int fd, const Tally__V1__Request *req)
+{
+	static const uint8_t huge[4] = {0xff, 0xff, 0xff, 0xff};
+	uint8_t garbage[TALLY_FRAME_HEADER_BYTES + 16];
+	Tally__V1__Response resp = TALLY__V1__RESPONSE__INIT;
+	resp.call_id = req->call_id;
+	switch (f->mode) {
+	case FAKE_SILENT:
+		return;
+	case FAKE_GARBAGE:
+		tally_frame_header(garbage, 16);
+		memset(garbage + TALLY_FRAME_HEADER_BYTES, 0xff, 16);
+		fake_write_raw(fd, garbage, sizeof(garbage));
+		return;
+	case FAKE_OVERSIZE:
+		fake_write_raw(fd, huge, sizeof(huge));
+		return;
+	case FAKE_NOT_LEADER:
+		resp.code = CODE(NOT_LEADER);
+		resp.leader_address = f->leader;
+		fake_write(fd, &resp);
+		return;
+	case FAKE_UNAVAILABLE:
+		resp.code = CODE(UNAVAILABLE);
+		resp.message = (char *)"no leader";
+		fake_write(fd, &resp);
+		return;
+	default:
+		fake_answer_ok(f, fd, req);
+	}
+}
+
+/* Reads pipeline_n requests, then answers them in reverse order. */
+static void fake_serve_reversed(struct fake *f, int fd, struct tally_frame_reader *r)
+{
+	Tally__V1__Request *reqs[PIPELINE_N];
+	unsigned n = 0;
+	while (n < f->pipeline_n && n < PIPELINE_N) {
+		reqs[n] = fake_read(fd, r);
+		if (reqs[n] == NULL)
+			break;
+		f->requests++;
+		n++;
+	}
+	for (unsigned i = n; i-- > 0;) {
+		fake_answer_ok(f, fd, reqs[i]);
+		tally__v1__request__free_unpacked(reqs[i], NULL);
+	}
+}
+
+/* FAKE_GOODBYE's first connection: what a node does at its idle timeout. */
+static void fake_goodbye(struct fake *f, int fd)
+{
+	Tally__V1__Response bye = TALLY__V1__RESPONSE__INIT;
+	bye.call_id = 0;
+	bye.code = CODE(TIMEOUT);
+	bye.message = (char *)"idle for too long";
+	fake_write(fd, &bye);
+	close(fd);
+	pthread_mutex_lock(&f->mu);
+	f->said_goodbye = true;
+	pthread_cond_signal(&f->cv);
+	pthread_mutex_unlock(&f->mu);
+}
+
+/* One connection: handshake, then serve until the client closes it. */
+static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
+{
+	struct timeval tv = {.tv_sec = FAKE_IO_TIMEOUT_S, .tv_usec = 0};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	struct tally_frame_reader r;
+	tally_frame_reader_init(&r, FAKE_FRAME_BYTES);
+	if (mode != FAKE_CLOSE && fake_handshake(f, fd, &r)) {
+		if (mode == FAKE_GOODBYE) {
+			fake_goodbye(f, fd);
+			tally_frame_reader_free(&r);
+			return;
+		}
+		if (mode == FAKE_REVERSED)
+			fake_serve_reversed(f, fd, &r);
+		for (unsigned i = 0; i < FAKE_REQUESTS_MAX; i++) {
+			Tally__V1__Request *req = fake_read(fd, &r);
+			if (req == NULL)
+				break;
+			f->requests++;
+			fake_answer(f, fd, req);
+			tally__v1__request__free_unpacked(req, NULL);
+		}
+	}
+	tally_frame_reader_free(&r);
+	close(fd);
+}
+
+static void *fake_main(void *arg)
+{
+	struct fake *f = arg;
+	unsigned connections = f->mode == FAKE_GOODBYE ? 2 : 1;
+	for (unsigned i = 0; i < connections; i++) {
+		int fd = accept(f->listen_fd, NULL, NULL);
+		if (fd < 0)
+			return NULL;
+		f->accepted = true;
+		enum fake_mode mode = f->mode == FAKE_GOODBYE && i > 0 ? FAKE_SERVE : f->mode;
+		fake_connection(f, fd, mode);
+	}
+	return NULL;
+}
+
+static void fake_run(struct fake *f)
+{
+	assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
+}
+
+static void fake_join(struct fake *f)
+{
+	assert_int_equal(pthread_join(f->thread, NULL), 0);
+	close(f->listen_fd);
+	pthread_cond_destroy(&f->cv);
+	pthread_mutex_destroy(&f->mu);
+}
+
+/* ---- client helpers ------------------------------------------------------------- */
+
+static struct tally_client *client_open(const char *cluster, const char *secret,
+					unsigned timeout_ms, Tally__V1__ResultCode want)
+{
+	struct tally_client_options o = {
+		.cluster = cluster, .key_name = KEY_NAME, .secret = secret,
+		.timeout_ms = timeout_ms, .attempts = 0, .frame_bytes_max = 0,
+	};
+	struct tally_client *c = NULL;
+	char err[256] = "";
+	Tally__V1__ResultCode code = tally_client_open(&c, &o, err, sizeof(err));
+	if (code != want)
+		fail_msg("open returned %d, expected %d: %s", (int)code, (int)want, err);
+	assert_true((c != NULL) == (want == CODE(OK)));
+	return c;
+}
+
+/* An accrue command in `arena` (request id "r-<points>"). */
+static Tally__V1__Command *accrue(struct tally_arena *arena, int64_t points)
+{
+	Tally__V1__Command *c = tally_arena_zalloc(arena, sizeof(*c));
+	Tally__V1__Accrue *a = tally_arena_zalloc(arena, sizeof(*a));
+	char id[32];
+	assert_non_null(c);
+	assert_non_null(a);
+	tally__v1__command__init(c);
+	tally__v1__accrue__init(a);
+	snprintf(id, sizeof(id), "r-%lld", (long long)points);
+	c->request_id = tally_arena_strdup(arena, id);
+	a->brand = (char *)"b1";
+	a->member = (char *)"m1";
+	a->points = points;
+	c->body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+	c->accrue = a;
+	return c;
+}
+
+static int64_t elapsed_ms(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (int64_t)(t1.tv_sec - t0->tv_sec) * 1000 + (t1.tv_nsec - t0->tv_nsec) / 1000000;
+}
+
+/* ---- client ---------------------------------------------------------------------- */
+
+static void test_client_handshake_and_command_round_trip(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_SERVE);
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	assert_string_equal(tally_client_address(c), f.address);
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	assert_int_equal(tally_client_command(c, accrue(&arena, 250), &arena, &res), CODE(OK));
+	assert_non_null(res);
+	assert_int_equal(res->code, CODE(OK));
+	assert_int_equal(res->points, 250);
+	Tally__V1__Command *cmds[3] = {accrue(&arena, 1), accrue(&arena, 2), accrue(&arena, 3)};
+	Tally__V1__BatchResult *br = NULL;
+	assert_int_equal(tally_client_batch(c, cmds, 3, &arena, &br), CODE(OK));
+	assert_int_equal(br->n_results, 3);
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest gd = TALLY__V1__GET_DIGEST__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &gd;
+	Tally__V1__QueryResult *qr = NULL;
+	assert_int_equal(tally_client_query(c, &q, &arena, &qr), CODE(OK));
+	assert_int_equal(qr->applied_index, 42);
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = TALLY__V1__ADMIN__OP__STATUS;
+	Tally__V1__Response *ar = NULL;
+	assert_int_equal(tally_client_admin(c, &a, &arena, &ar), CODE(OK));
+	assert_string_equal(ar->status->state, "leader");
+	tally_client_close(c);
+	fake_join(&f);
+	assert_true(f.welcomed);
+	assert_int_equal(f.requests, 4);
+	assert_string_equal(f.last_request_id, "r-250");
+	tally_arena_free(&arena);
+}
+
+static void test_client_with_wrong_secret_is_unauthenticated(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_SERVE);
+	fake_run(&f);
+	client_open(f.address, "not-the-secret-at-all", 2000, CODE(UNAUTHENTICATED));
+	fake_join(&f);
+	assert_true(f.refused);
+	assert_false(f.welcomed);
+	assert_int_equal(f.requests, 0);
+}
+
+static void test_client_follows_not_leader_to_the_named_node(void **state)
+{
+	(void)state;
+	struct fake leader, follower;
+	fake_init(&leader, FAKE_SERVE);
+	fake_init(&follower, FAKE_NOT_LEADER);
+	snprintf(follower.leader, sizeof(follower.leader), "%s", leader.address);
+	fake_run(&leader);
+	fake_run(&follower);
+	struct tally_client *c = client_open(follower.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	assert_int_equal(tally_client_command(c, accrue(&arena, 7), &arena, &res), CODE(OK));
+	assert_int_equal(res->points, 7);
+	assert_string_equal(tally_client_address(c), leader.address);
+	tally_client_close(c);
+	fake_join(&follower);
+	fake_join(&leader);
+	assert_int_equal(follower.requests, 1);
+	assert_int_equal(leader.requests, 1);
+	assert_true(leader.welcomed);
+	tally_arena_free(&arena);
+}
+
+static void test_client_backs_off_on_unavailable_and_tries_the_next_node(void **state)
+{
+	(void)state;
+	struct fake busy, ok;
+	fake_init(&busy, FAKE_UNAVAILABLE);
+	fake_init(&ok, FAKE_SERVE);
+	fake_run(&busy);
+	fake_run(&ok);
+	char cluster[160];
+	snprintf(cluster, sizeof(cluster), "%s, %s", busy.address, ok.address);
+	struct tally_client *c = client_open(cluster, SECRET, 2000, CODE(OK));
+	assert_string_equal(tally_client_address(c), busy.address);
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	assert_int_equal(tally_client_command(c, accrue(&arena, 9), &arena, &res), CODE(OK));
+	assert_int_equal(res->points, 9);
+	assert_string_equal(tally_client_address(c), ok.address);
+	tally_client_close(c);
+	fake_join(&busy);
+	fake_join(&ok);
+	assert_int_equal(busy.requests, 1);
+	assert_int_equal(ok.requests, 1);
+	tally_arena_free(&arena);
+}
+
+static void test_client_returns_timeout_when_the_command_is_never_answered(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_SILENT);
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 300, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(tally_client_command(c, accrue(&arena, 5), &arena, &res), CODE(TIMEOUT));
+	int64_t waited_ms = elapsed_ms(&t0);
+	assert_null(res);
+	assert_true(waited_ms >= 290);
+	assert_true(waited_ms < 1500); /* one attempt: a command is never resent blindly */
+	assert_non_null(strstr(tally_client_error(c), "no answer within 300 ms"));
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, 1);
+	tally_arena_free(&arena);
+}
+
+static void test_client_retries_a_query_on_the_next_node_when_unanswered(void **state)
+{
+	(void)state;
+	struct fake silent, ok;
+	fake_init(&silent, FAKE_SILENT);
+	fake_init(&ok, FAKE_SERVE);
+	fake_run(&silent);
+	fake_run(&ok);
+	char cluster[160];
+	snprintf(cluster, sizeof(cluster), "%s,%s", silent.address, ok.address);
+	struct tally_client *c = client_open(cluster, SECRET, 300, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest gd = TALLY__V1__GET_DIGEST__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &gd;
+	Tally__V1__QueryResult *qr = NULL;
+	assert_int_equal(tally_client_query(c, &q, &arena, &qr), CODE(OK));
+	assert_int_equal(qr->applied_index, 42);
+	assert_string_equal(tally_client_address(c), ok.address);
+	tally_client_close(c);
+	fake_join(&silent);
+	fake_join(&ok);
+	assert_int_equal(silent.requests, 1);
+	assert_int_equal(ok.requests, 1);
+	tally_arena_free(&arena);
+}
+
+/* A node that answers `mode` makes the command fail with INTERNAL, at once. */
+static void expect_internal(enum fake_mode mode)
+{
+	struct fake f;
+	fake_init(&f, mode);
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	assert_int_equal(tally_client_command(c, accrue(&arena, 5), &arena, &res), CODE(INTERNAL));
+	assert_true(elapsed_ms(&t0) < 1000);
+	assert_null(res);
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, 1);
+	tally_arena_free(&arena);
+}
+
+static void test_client_returns_internal_for_an_answer_that_does_not_decode(void **state)
+{
+	(void)state;
+	expect_internal(FAKE_GARBAGE);
+}
+
+static void test_client_returns_internal_for_an_answer_over_the_frame_limit(void **state)
+{
+	(void)state;
+	expect_internal(FAKE_OVERSIZE);
+}
+
+static void test_client_tries_the_next_address_when_a_node_closes_first(void **state)
+{
+	(void)state;
+	struct fake closing, ok;
+	fake_init(&closing, FAKE_CLOSE);
+	fake_init(&ok, FAKE_SERVE);
+	fake_run(&closing);
+	fake_run(&ok);
+	char cluster[160];
+	snprintf(cluster, sizeof(cluster), "%s,%s", closing.address, ok.address);
+	struct tally_client *c = client_open(cluster, SECRET, 2000, CODE(OK));
+	assert_string_equal(tally_client_address(c), ok.address);
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	assert_int_equal(tally_client_command(c, accrue(&arena, 3), &arena, &res), CODE(OK));
+	assert_int_equal(res->points, 3);
+	tally_client_close(c);
+	fake_join(&closing);
+	fake_join(&ok);
+	assert_true(closing.accepted);
+	assert_int_equal(ok.requests, 1);
+	tally_arena_free(&arena);
+}
+
+static void test_client_reconnects_when_the_node_closed_the_idle_connection(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_GOODBYE);
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	pthread_mutex_lock(&f.mu);
+	while (!f.said_goodbye)
+		pthread_cond_wait(&f.cv, &f.mu);
+	pthread_mutex_unlock(&f.mu);
+	/* The goodbye must not be taken for the answer: the command was never sent. */
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__CommandResult *res = NULL;
+	assert_int_equal(tally_client_command(c, accrue(&arena, 11), &arena, &res), CODE(OK));
+	assert_int_equal(res->points, 11);
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, 1);
+	tally_arena_free(&arena);
+}
+
+static void test_client_open_with_no_reachable_node_is_unavailable(void **state)
+{
+	(void)state;
+	/* A bound socket that does not listen: connecting is refused, and the port
+	 * stays ours while the test runs. */
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sin_family = AF_INET;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	socklen_t len = sizeof(sa);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+	char cluster[64];
+	snprintf(cluster, sizeof(cluster), "127.0.0.1:%u", (unsigned)ntohs(sa.sin_port));
+	struct tally_client_options o = {.cluster = cluster, .key_name = KEY_NAME,
+					 .secret = SECRET, .attempts = 2};
+	struct tally_client *c = NULL;
+	char err[256];
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(UNAVAILABLE));
+	assert_null(c);
+	assert_non_null(strstr(err, "Connection refused"));
+	close(fd);
+}
+
+static void test_client_open_rejects_bad_options(void **state)
+{
+	(void)state;
+	struct tally_client_options o = {.cluster = "127.0.0.1:1,nohostport", .key_name = KEY_NAME,
+					 .secret = SECRET};
+	struct tally_client *c = NULL;
+	char err[256];
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(INVALID_ARGUMENT));
+	assert_null(c);
+	assert_non_null(strstr(err, "bad address 'nohostport'"));
+	o.cluster = "127.0.0.1:70000";
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(INVALID_ARGUMENT));
+	o.cluster = "127.0.0.1:1";
+	o.secret = "short";
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(INVALID_ARGUMENT));
+	assert_non_null(strstr(err, "secret"));
+}
+
+static void test_client_pipelines_requests_and_matches_answers_by_call_id(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_REVERSED);
+	f.pipeline_n = PIPELINE_N;
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 64 << 10, 0);
+	uint64_t call_ids[PIPELINE_N];
+	for (int i = 0; i < PIPELINE_N; i++) {
+		Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+		req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		req.command = accrue(&arena, 1000 + i);
+		assert_int_equal(tally_client_send(c, &req), CODE(OK));
+		call_ids[i] = req.call_id;
+		for (int j = 0; j < i; j++)
+			assert_true(call_ids[j] != call_ids[i]);
+	}
+	bool seen[PIPELINE_N] = {false};
+	for (int k = 0; k < PIPELINE_N; k++) {
+		Tally__V1__Response *r = NULL;
+		assert_int_equal(tally_client_recv(c, &arena, &r), CODE(OK));
+		assert_int_equal(r->code, CODE(OK));
+		int i = 0;
+		while (i < PIPELINE_N && call_ids[i] != r->call_id)
+			i++;
+		assert_true(i < PIPELINE_N);
+		assert_false(seen[i]);
+		seen[i] = true;
+		assert_int_equal(r->result->points, 1000 + i);
+		if (k == 0)
+			assert_int_equal(i, PIPELINE_N - 1); /* really out of order */
+	}
+	Tally__V1__Response *r = NULL;
+	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(INVALID_ARGUMENT));
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, PIPELINE_N);
+	tally_arena_free(&arena);
+}
+
+static void test_client_pipelined_answers_lost_with_the_connection_are_timeouts(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_init(&f, FAKE_GARBAGE);
+	fake_run(&f);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	for (int i = 0; i < 3; i++) {
+		Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+		req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		req.command = accrue(&arena, i + 1);
+		assert_int_equal(tally_client_send(c, &req), CODE(OK));
+	}
+	Tally__V1__Response *r = NULL;
+	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(INTERNAL));
+	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(TIMEOUT));
+	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(TIMEOUT));
+	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(INVALID_ARGUMENT));
+	tally_client_close(c);
+	fake_join(&f);
+	tally_arena_free(&arena);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_frame_header_is_a_big_endian_length),
+		cmocka_unit_test(test_frame_reader_reassembles_a_frame_fed_byte_by_byte),
+		cmocka_unit_test(test_frame_reader_returns_several_frames_from_one_feed),
+		cmocka_unit_test(test_frame_reader_refuses_an_announced_length_over_the_limit),
+		cmocka_unit_test(test_frame_reader_accepts_a_zero_length_frame),
+		cmocka_unit_test(test_keys_file_with_comments_and_blank_lines_loads_every_key),
+		cmocka_unit_test(test_keys_principal_carries_name_role_and_brand_scope),
+		cmocka_unit_test(test_role_names_round_trip_and_unknown_is_refused),
+		cmocka_unit_test(test_keys_file_rejects_an_unknown_role_with_its_line),
+		cmocka_unit_test(test_keys_file_rejects_the_system_role),
+		cmocka_unit_test(test_keys_file_rejects_a_bad_brand_id),
+		cmocka_unit_test(test_keys_file_rejects_a_short_secret),
+		cmocka_unit_test(test_keys_file_rejects_a_missing_or_extra_field),
+		cmocka_unit_test(test_keys_file_rejects_a_duplicate_name),
+		cmocka_unit_test(test_keys_file_rejects_a_long_name_and_a_missing_file),
+		cmocka_unit_test(test_proof_is_hmac_sha256_of_nonce_and_key_name),
+		cmocka_unit_test(test_verify_accepts_the_proof_and_rejects_a_flipped_byte_or_wrong_length),
+		cmocka_unit_test(test_client_handshake_and_command_round_trip),
+		cmocka_unit_test(test_client_with_wrong_secret_is_unauthenticated),
+		cmocka_unit_test(test_client_follows_not_leader_to_the_named_node),
+		cmocka_unit_test(test_client_backs_off_on_unavailable_and_tries_the_next_node),
+		cmocka_unit_test(test_client_returns_timeout_when_the_command_is_never_answered),
+		cmocka_unit_test(test_client_retries_a_query_on_the_next_node_when_unanswered),
+		cmocka_unit_test(test_client_returns_internal_for_an_answer_that_does_not_decode),
+		cmocka_unit_test(test_client_returns_internal_for_an_answer_over_the_frame_limit),
+		cmocka_unit_test(test_client_tries_the_next_address_when_a_node_closes_first),
+		cmocka_unit_test(test_client_reconnects_when_the_node_closed_the_idle_connection),
+		cmocka_unit_test(test_client_open_with_no_reachable_node_is_unavailable),
+		cmocka_unit_test(test_client_open_rejects_bad_options),
+		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
+		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,371 @@
+/*
+ * tally-bench: load on a running cluster through libtally.
+ *
+ *   tally-bench [--cluster A,B,C] [--key-file F] [--key admin] [--connections C]
+ *               [--pipeline P] [--batch B] [--members M] [--duration-s S] [--rate R] [--json]
+ *
+ * C connections (one thread each) keep P requests in flight; each request carries one
+ * command, or B commands with --batch. The mix is the peers' points-op mix: 70 %
+ * accruals and 30 % redemptions of 1..1000 points over M members. --rate caps the
+ * offered commands per second (0 = as fast as the cluster answers). A progress line
+ * per second goes to stderr; the end prints throughput and latency percentiles of
+ * requests (p50, p99, p99.9, max), as text or one JSON object.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "rpc/keys.h"
+#include "rpc/tally.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+#define INFLIGHT_MAX 1024
+#define SAMPLES_MAX (4u << 20)
+
+struct opts {
+	const char *cluster;
+	const char *key_file;
+	const char *key;
+	char secret[TALLY_SECRET_BYTES_MAX + 1];
+	unsigned connections;
+	unsigned pipeline;
+	unsigned batch;
+	unsigned members;
+	unsigned duration_s;
+	unsigned rate;
+	bool json;
+};
+
+struct worker {
+	const struct opts *o;
+	unsigned index;
+	pthread_t thread;
+	uint64_t rng;
+	uint32_t *lat_us;            /* one sample per request */
+	size_t n_lat;
+	uint64_t sent_at_ns[INFLIGHT_MAX];
+	uint64_t call_of[INFLIGHT_MAX];
+	int failed;
+};
+
+static atomic_uint_fast64_t done_commands, rejected_commands, errors;
+static atomic_bool stop;
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t rnd(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static void usage(void)
+{
+	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-file F] [--key NAME] [--connections C]\n"
+			"                   [--pipeline P] [--batch B] [--members M] [--duration-s S]\n"
+			"                   [--rate R] [--json]\n");
+	exit(2);
+}
+
+static void parse(int argc, char **argv, struct opts *o)
+{
+	*o = (struct opts){getenv("TALLY_CLUSTER"), getenv("TALLY_KEY_FILE"), "admin", "",
+			   4, 16, 1, 100000, 10, 0, false};
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (strcmp(a, "--json") == 0) {
+			o->json = true;
+			continue;
+		}
+		if (i + 1 >= argc)
+			usage();
+		const char *v = argv[++i];
+		unsigned long n = strtoul(v, NULL, 10);
+		if (strcmp(a, "--cluster") == 0) o->cluster = v;
+		else if (strcmp(a, "--key-file") == 0) o->key_file = v;
+		else if (strcmp(a, "--key") == 0) o->key = v;
+		else if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
+		else if (strcmp(a, "--pipeline") == 0) o->pipeline = (unsigned)n;
+		else if (strcmp(a, "--batch") == 0) o->batch = (unsigned)n;
+		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
+		else if (strcmp(a, "--duration-s") == 0) o->duration_s = (unsigned)n;
+		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
+		else usage();
+	}
+	if (o->cluster == NULL || o->key_file == NULL || o->connections == 0 || o->connections > 256 ||
+	    o->pipeline == 0 || o->pipeline > INFLIGHT_MAX || o->batch == 0 ||
+	    o->batch > TALLY_BATCH_COMMANDS_MAX || o->members == 0)
+		usage();
+	struct tally_keys keys;
+	char err[256];
+	if (tally_keys_load(o->key_file, &keys, err, sizeof(err)) != 0) {
+		fprintf(stderr, "tally-bench: %s\n", err);
+		exit(2);
+	}
+	const struct tally_key *k = tally_keys_find(&keys, o->key);
+	if (k == NULL) {
+		fprintf(stderr, "tally-bench: no key %s\n", o->key);
+		exit(2);
+	}
+	snprintf(o->secret, sizeof(o->secret), "%s", k->secret);
+	tally_keys_free(&keys);
+}
+
+static struct tally_client *open_client(const struct opts *o)
+{
+	struct tally_client_options co = {.cluster = o->cluster, .key_name = o->key,
+					  .secret = o->secret, .timeout_ms = 10000};
+	struct tally_client *c;
+	char err[256];
+	if (tally_client_open(&c, &co, err, sizeof(err)) != CODE(OK)) {
+		fprintf(stderr, "tally-bench: %s\n", err);
+		exit(3);
+	}
+	return c;
+}
+
+/* Fills one command of the mix. */
+static void op(struct tally_arena *a, uint64_t *rng, unsigned members, unsigned worker,
+	       uint64_t n, Tally__V1__Command *c)
+{
+	char id[48], member[24];
+	snprintf(id, sizeof(id), "bench-%d-%u-%" PRIu64, (int)getpid(), worker, n);
+	snprintf(member, sizeof(member), "m%07u", (unsigned)(rnd(rng) % members));
+	tally__v1__command__init(c);
+	c->request_id = tally_arena_strdup(a, id);
+	int64_t points = 1 + (int64_t)(rnd(rng) % 1000);
+	if (rnd(rng) % 10 < 7) {
+		Tally__V1__Accrue *m = tally_arena_alloc(a, sizeof(*m));
+		tally__v1__accrue__init(m);
+		m->brand = (char *)"bench";
+		m->member = tally_arena_strdup(a, member);
+		m->points = points;
+		c->body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+		c->accrue = m;
+	} else {
+		Tally__V1__Redeem *m = tally_arena_alloc(a, sizeof(*m));
+		tally__v1__redeem__init(m);
+		m->brand = (char *)"bench";
+		m->member = tally_arena_strdup(a, member);
+		m->points = points;
+		c->body_case = TALLY__V1__COMMAND__BODY_REDEEM;
+		c->redeem = m;
+	}
+}
+
+/* Sends one request (one command or a batch); remembers when, by slot. */
+static void send_one(struct worker *w, struct tally_client *c, struct tally_arena *a,
+		     uint64_t *n, unsigned slot)
+{
+	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+	Tally__V1__CommandList list = TALLY__V1__COMMAND_LIST__INIT;
+	Tally__V1__Command *cmds = tally_arena_alloc(a, w->o->batch * sizeof(*cmds));
+	Tally__V1__Command **ptrs = tally_arena_alloc(a, w->o->batch * sizeof(*ptrs));
+	for (unsigned i = 0; i < w->o->batch; i++) {
+		op(a, &w->rng, w->o->members, w->index, (*n)++, &cmds[i]);
+		ptrs[i] = &cmds[i];
+	}
+	if (w->o->batch == 1) {
+		req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		req.command = ptrs[0];
+	} else {
+		list.commands = ptrs;
+		list.n_commands = w->o->batch;
+		req.body_case = TALLY__V1__REQUEST__BODY_BATCH;
+		req.batch = &list;
+	}
+	if (tally_client_send(c, &req) != CODE(OK)) {
+		atomic_fetch_add(&errors, 1);
+		w->failed = 1;
+		return;
+	}
+	w->sent_at_ns[slot] = now_ns();
+	w->call_of[slot] = req.call_id;
+}
+
+static void account(const Tally__V1__Response *res, unsigned batch)
+{
+	if (res->code != CODE(OK)) {
+		atomic_fetch_add(&errors, 1);
+		return;
+	}
+	uint64_t ok = 0, rejected = 0;
+	if (res->body_case == TALLY__V1__RESPONSE__BODY_RESULT) {
+		*(res->result->code == CODE(OK) ? &ok : &rejected) += 1;
+	} else if (res->body_case == TALLY__V1__RESPONSE__BODY_BATCH) {
+		for (size_t i = 0; i < res->batch->n_results; i++)
+			*(res->batch->results[i]->code == CODE(OK) ? &ok : &rejected) += 1;
+	}
+	(void)batch;
+	atomic_fetch_add(&done_commands, ok + rejected);
+	atomic_fetch_add(&rejected_commands, rejected);
+}
+
+static void *run_worker(void *arg)
+{
+	struct worker *w = arg;
+	const struct opts *o = w->o;
+	struct tally_client *c = open_client(o);
+	struct tally_arena a;
+	tally_arena_init(&a, 1 << 20, 0);
+	uint64_t n = 0, interval_ns = o->rate ? 1000000000ull * o->batch * o->connections / o->rate : 0;
+	uint64_t next_ns = now_ns();
+	unsigned inflight = 0;
+	for (unsigned s = 0; s < o->pipeline && !w->failed; s++, inflight++)
+		send_one(w, c, &a, &n, s);
+	while (inflight > 0 && !w->failed) {
+		Tally__V1__Response *res;
+		if (tally_client_recv(c, &a, &res) != CODE(OK)) {
+			atomic_fetch_add(&errors, 1);
+			break;
+		}
+		unsigned slot = 0;
+		while (slot < o->pipeline && w->call_of[slot] != res->call_id)
+			slot++;
+		if (slot == o->pipeline)
+			continue;
+		uint64_t lat = (now_ns() - w->sent_at_ns[slot]) / 1000;
+		if (w->n_lat < SAMPLES_MAX)
+			w->lat_us[w->n_lat++] = (uint32_t)(lat > UINT32_MAX ? UINT32_MAX : lat);
+		account(res, o->batch);
+		if (res->code == CODE(NOT_LEADER) && res->leader_address[0] != '\0')
+			tally_client_follow(c, res->leader_address);
+		inflight--;
+		tally_arena_reset(&a);
+		if (atomic_load(&stop))
+			continue;
+		if (interval_ns != 0) {
+			next_ns += interval_ns;
+			uint64_t t = now_ns();
+			if (next_ns > t) {
+				struct timespec d = {(time_t)((next_ns - t) / 1000000000u),
+						     (long)((next_ns - t) % 1000000000u)};
+				nanosleep(&d, NULL); /* pacing the offered rate, not waiting on state */
+			}
+		}
+		send_one(w, c, &a, &n, slot);
+		inflight++;
+	}
+	tally_arena_free(&a);
+	tally_client_close(c);
+	return NULL;
+}
+
+/* Brand "bench" and its members, in batches through one connection. */
+static void setup(const struct opts *o)
+{
+	struct tally_client *c = open_client(o);
+	struct tally_arena a;
+	tally_arena_init(&a, 1 << 20, 0);
+	Tally__V1__Command *cmds = tally_arena_alloc(&a, 1000 * sizeof(*cmds));
+	Tally__V1__Command *ptrs[1000];
+	Tally__V1__RegisterBrand b = TALLY__V1__REGISTER_BRAND__INIT;
+	b.id = (char *)"bench";
+	b.name = (char *)"bench";
+	b.currency = (char *)"EUR";
+	Tally__V1__CommandResult *r;
+	tally__v1__command__init(&cmds[0]);
+	cmds[0].request_id = (char *)"bench-brand";
+	cmds[0].body_case = TALLY__V1__COMMAND__BODY_REGISTER_BRAND;
+	cmds[0].register_brand = &b;
+	tally_client_command(c, &cmds[0], &a, &r);
+	for (unsigned from = 0; from < o->members; from += 1000) {
+		unsigned k = o->members - from < 1000 ? o->members - from : 1000;
+		for (unsigned i = 0; i < k; i++) {
+			Tally__V1__OpenMember *m = tally_arena_alloc(&a, sizeof(*m));
+			tally__v1__open_member__init(m);
+			char id[24];
+			snprintf(id, sizeof(id), "m%07u", from + i);
+			m->id = tally_arena_strdup(&a, id);
+			m->segment = TALLY__V1__SEGMENT__OWNER_PASSENGER;
+			tally__v1__command__init(&cmds[i]);
+			cmds[i].request_id = tally_arena_strdup(&a, id);
+			cmds[i].body_case = TALLY__V1__COMMAND__BODY_OPEN_MEMBER;
+			cmds[i].open_member = m;
+			ptrs[i] = &cmds[i];
+		}
+		Tally__V1__BatchResult *br;
+		if (tally_client_batch(c, ptrs, k, &a, &br) != CODE(OK)) {
+			fprintf(stderr, "tally-bench: setup failed\n");
+			exit(3);
+		}
+	}
+	tally_arena_free(&a);
+	tally_client_close(c);
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+int main(int argc, char **argv)
+{
+	struct opts o;
+	parse(argc, argv, &o);
+	fprintf(stderr, "tally-bench: setting up brand and %u members\n", o.members);
+	setup(&o);
+	struct worker *ws = calloc(o.connections, sizeof(*ws));
+	for (unsigned i = 0; i < o.connections; i++) {
+		ws[i].o = &o;
+		ws[i].index = i;
+		ws[i].rng = 0x9e3779b97f4a7c15ull * (i + 1);
+		ws[i].lat_us = malloc(SAMPLES_MAX * sizeof(uint32_t));
+		pthread_create(&ws[i].thread, NULL, run_worker, &ws[i]);
+	}
+	uint64_t start = now_ns(), last = 0;
+	for (unsigned s = 1; s <= o.duration_s; s++) {
+		struct timespec sec = {1, 0};
+		nanosleep(&sec, NULL); /* the progress line's period */
+		uint64_t d = atomic_load(&done_commands);
+		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64 " errors)\n",
+			s, d - last, d, (uint64_t)atomic_load(&errors));
+		last = d;
+	}
+	atomic_store(&stop, true);
+	size_t total = 0;
+	for (unsigned i = 0; i < o.connections; i++) {
+		pthread_join(ws[i].thread, NULL);
+		total += ws[i].n_lat;
+	}
+	double secs = (double)(now_ns() - start) / 1e9;
+	uint32_t *all = malloc((total + 1) * sizeof(*all));
+	size_t k = 0;
+	for (unsigned i = 0; i < o.connections; i++) {
+		memcpy(all + k, ws[i].lat_us, ws[i].n_lat * sizeof(*all));
+		k += ws[i].n_lat;
+		free(ws[i].lat_us);
+	}
+	qsort(all, total, sizeof(*all), cmp_u32);
+	double p50 = total ? all[total / 2] / 1e3 : 0, p99 = total ? all[total * 99 / 100] / 1e3 : 0;
+	double p999 = total ? all[total * 999 / 1000] / 1e3 : 0, max = total ? all[total - 1] / 1e3 : 0;
+	uint64_t cmds = atomic_load(&done_commands);
+	if (o.json)
+		printf("{\"connections\":%u,\"pipeline\":%u,\"batch\":%u,\"seconds\":%.2f,\"commands\":%" PRIu64
+		       ",\"commands_per_s\":%.0f,\"rejected\":%" PRIu64 ",\"errors\":%" PRIu64
+		       ",\"lat_ms\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f}}\n",
+		       o.connections, o.pipeline, o.batch, secs, cmds, (double)cmds / secs,
+		       (uint64_t)atomic_load(&rejected_commands), (uint64_t)atomic_load(&errors),
+		       p50, p99, p999, max);
+	else
+		printf("%" PRIu64 " commands in %.2f s: %.0f commands/s (%" PRIu64 " rejected, %" PRIu64
+		       " errors); request latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
+		       cmds, secs, (double)cmds / secs, (uint64_t)atomic_load(&rejected_commands),
+		       (uint64_t)atomic_load(&errors), p50, p99, p999, max);
+	free(all);
+	free(ws);
+	return 0;
+}

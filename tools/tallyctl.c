@@ -1,0 +1,864 @@
+/*
+ * tallyctl — the command line of a Tally cluster, a contract scripts rely on.
+ *
+ *   tallyctl [--cluster ADDR,...] [--key-file F] [--key NAME] [--timeout-ms N] [--json]
+ *            COMMAND [SUBCOMMAND] [--flag value ...]
+ *
+ * --cluster defaults to $TALLY_CLUSTER, --key-file to $TALLY_KEY_FILE (the keys file
+ * the cluster uses: the secret of --key is read from it), --key to "admin".
+ * Exit codes: 0 done (also an idempotent replay), 1 definite rejection, 2 usage error,
+ * 3 unavailable (definitely not applied), 4 unknown outcome (timed out: retry with
+ * the same --request-id).
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "rpc/keys.h"
+#include "rpc/tally.h"
+
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+#define FLAGS_MAX 16
+
+enum { EXIT_DONE = 0, EXIT_REJECTED = 1, EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3, EXIT_UNKNOWN = 4 };
+
+struct ctl {
+	const char *cluster;
+	const char *key_file;
+	const char *key;
+	unsigned timeout_ms;
+	bool json;
+	const char *words[2];          /* command and subcommand */
+	size_t n_words;
+	const char *names[FLAGS_MAX];  /* --name value pairs after the command */
+	const char *values[FLAGS_MAX];
+	size_t n_flags;
+	struct tally_client *client;
+	struct tally_arena arena;
+	char request_id[40];
+};
+
+/* ---- output ------------------------------------------------------------------------- */
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			printf("\\%c", ch);
+		else if (ch < 0x20)
+			printf("\\u%04x", ch);
+		else
+			putchar(ch);
+	}
+	putchar('"');
+}
+
+static void hex(const ProtobufCBinaryData *b)
+{
+	for (size_t i = 0; i < b->len; i++)
+		printf("%02x", b->data[i]);
+}
+
+static int usage(const char *why)
+{
+	if (why != NULL)
+		fprintf(stderr, "tallyctl: %s\n", why);
+	fprintf(stderr,
+		"usage: tallyctl [--cluster A,B] [--key-file F] [--key NAME] [--timeout-ms N] [--json] COMMAND ...\n"
+		"  brand create|update --id B --name N [--point-value-micros N] [--currency C]\n"
+		"        [--expiry-months N] [--tiers NAME:POINTS,...] [--tier-window-days N]\n"
+		"        [--transfer-max N] [--transfer-daily-cap N] [--community-daily-cap N]\n"
+		"  member open|update --id M [--segment owner_passenger|owner_commercial|fan|prospect|channel_partner]\n"
+		"  accrue|redeem --brand B --member M --points N [--reason R] [--reference REF]\n"
+		"  hold --brand B --member M --points N [--timeout-s N]\n"
+		"  capture --hold H [--points N]      void --hold H\n"
+		"  reverse --entry SEQ [--points N] [--reason R]\n"
+		"  transfer --brand B --from M --to M --points N\n"
+		"  agreement set --from A --to B --rate NUM/DEN [--min N] [--max N] [--daily-cap N] [--price-micros N]\n"
+		"  exchange --from A --to B --member M --points N\n"
+		"  settle --brands A,B --until UNIX_MS        settlement confirm --id S\n"
+		"  adjust --brand B --member M --points +-N --reason TEXT\n"
+		"  expire\n"
+		"  balance --brand B --member M [--stale]     balances --brand B --members M1,M2,...\n"
+		"  entries [--from SEQ] [--limit N] [--brand B] [--member M]   entry --seq N [--proof]\n"
+		"  settlements [--brands A,B]   digest [--stale]   status\n"
+		"  cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
+		"          | remove --id N | transfer [--id N]\n"
+		"Every mutating command takes --request-id (generated and printed when omitted).\n");
+	return EXIT_USAGE;
+}
+
+/* ---- flags -------------------------------------------------------------------------- */
+
+static const char *flag(const struct ctl *c, const char *name)
+{
+	for (size_t i = 0; i < c->n_flags; i++)
+		if (strcmp(c->names[i], name) == 0)
+			return c->values[i];
+	return NULL;
+}
+
+static bool has(const struct ctl *c, const char *name)
+{
+	return flag(c, name) != NULL;
+}
+
+/* A required string flag; exits with a usage error when missing. */
+static char *need(const struct ctl *c, const char *name)
+{
+	const char *v = flag(c, name);
+	if (v == NULL) {
+		fprintf(stderr, "tallyctl: --%s is required\n", name);
+		exit(EXIT_USAGE);
+	}
+	return (char *)v;
+}
+
+static int64_t num(const struct ctl *c, const char *name, int64_t dflt, bool required)
+{
+	const char *v = required ? need(c, name) : flag(c, name);
+	if (v == NULL)
+		return dflt;
+	char *end;
+	long long x = strtoll(v, &end, 10);
+	if (*v == '\0' || *end != '\0') {
+		fprintf(stderr, "tallyctl: --%s: not a number: %s\n", name, v);
+		exit(EXIT_USAGE);
+	}
+	return x;
+}
+
+/* Splits "a,b,c" in place into at most max parts. */
+static size_t split(char *s, char **parts, size_t max)
+{
+	size_t n = 0;
+	char *save = NULL;
+	for (char *t = strtok_r(s, ",", &save); t != NULL && n < max; t = strtok_r(NULL, ",", &save))
+		parts[n++] = t;
+	return n;
+}
+
+static char *dup(struct ctl *c, const char *s)
+{
+	return tally_arena_strdup(&c->arena, s);
+}
+
+static void *zalloc(struct ctl *c, size_t n)
+{
+	void *p = tally_arena_zalloc(&c->arena, n);
+	if (p == NULL) {
+		fprintf(stderr, "tallyctl: out of memory\n");
+		exit(EXIT_UNAVAILABLE);
+	}
+	return p;
+}
+
+/* ---- results ------------------------------------------------------------------------ */
+
+static int transport_exit(Tally__V1__ResultCode rc, const char *what)
+{
+	if (rc == CODE(TIMEOUT)) {
+		fprintf(stderr, "tallyctl: %s: outcome unknown (timed out); retry with the same "
+				"--request-id\n", what);
+		return EXIT_UNKNOWN;
+	}
+	fprintf(stderr, "tallyctl: %s: %s\n", what, tally_result_name(rc));
+	return rc == CODE(INVALID_ARGUMENT) ? EXIT_USAGE : EXIT_UNAVAILABLE;
+}
+
+static int print_rejection(const struct ctl *c, Tally__V1__ResultCode code, const char *msg)
+{
+	if (c->json) {
+		printf("{\"error\":");
+		json_str(tally_result_name(code));
+		printf(",\"message\":");
+		json_str(msg != NULL ? msg : "");
+		printf("}\n");
+	} else {
+		printf("%s: %s\n", tally_result_name(code), msg != NULL ? msg : "");
+	}
+	return EXIT_REJECTED;
+}
+
+static int print_result(const struct ctl *c, const Tally__V1__CommandResult *r)
+{
+	if (r->code != CODE(OK))
+		return print_rejection(c, r->code, r->message);
+	if (c->json) {
+		printf("{\"request_id\":");
+		json_str(c->request_id);
+		printf(",\"entry_seq\":%" PRIu64 ",\"points\":%" PRId64 ",\"available\":%" PRId64
+		       ",\"held\":%" PRId64, r->entry_seq, r->points, r->available, r->held);
+		if (r->hold_id != 0)
+			printf(",\"hold_id\":%" PRIu64, r->hold_id);
+		if (r->settlement_id != 0)
+			printf(",\"settlement_id\":%" PRIu64, r->settlement_id);
+		if (r->count != 0 || r->more)
+			printf(",\"count\":%" PRId64 ",\"more\":%s", r->count, r->more ? "true" : "false");
+		if (r->replay)
+			printf(",\"replay\":true");
+		printf("}\n");
+		return EXIT_DONE;
+	}
+	printf("ok%s: entry %" PRIu64 ", request %s", r->replay ? " (replay)" : "", r->entry_seq,
+	       c->request_id);
+	if (r->hold_id != 0)
+		printf(", hold %" PRIu64, r->hold_id);
+	if (r->settlement_id != 0)
+		printf(", settlement %" PRIu64, r->settlement_id);
+	if (r->points != 0)
+		printf(", points %" PRId64, r->points);
+	printf(", available %" PRId64 ", held %" PRId64 "\n", r->available, r->held);
+	return EXIT_DONE;
+}
+
+/* ---- mutating commands -------------------------------------------------------------- */
+
+static Tally__V1__Command *command(struct ctl *c)
+{
+	Tally__V1__Command *cmd = zalloc(c, sizeof(*cmd));
+	tally__v1__command__init(cmd);
+	const char *rid = flag(c, "request-id");
+	if (rid != NULL) {
+		snprintf(c->request_id, sizeof(c->request_id), "%s", rid);
+	} else {
+		uint8_t r[16];
+		if (getrandom(r, sizeof(r), 0) != sizeof(r))
+			exit(EXIT_UNAVAILABLE);
+		for (int i = 0; i < 16; i++)
+			snprintf(c->request_id + 2 * i, 3, "%02x", r[i]);
+		if (!c->json)
+			fprintf(stderr, "request-id %s\n", c->request_id);
+	}
+	cmd->request_id = c->request_id;
+	return cmd;
+}
+
+static int run_command(struct ctl *c, Tally__V1__Command *cmd)
+{
+	Tally__V1__CommandResult *r;
+	Tally__V1__ResultCode rc = tally_client_command(c->client, cmd, &c->arena, &r);
+	if (rc != CODE(OK))
+		return transport_exit(rc, "command");
+	return print_result(c, r);
+}
+
+#define BODY(cmd, field, type, init, CASE)                              \
+	type *m = zalloc(c, sizeof(type));                              \
+	init(m);                                                        \
+	(cmd)->body_case = TALLY__V1__COMMAND__BODY_##CASE;             \
+	(cmd)->field = m
+
+static Tally__V1__Tier **parse_tiers(struct ctl *c, const char *spec, size_t *n)
+{
+	char *copy = dup(c, spec), *parts[TALLY_TIERS_MAX + 1];
+	*n = split(copy, parts, TALLY_TIERS_MAX + 1);
+	Tally__V1__Tier **tiers = zalloc(c, (*n + 1) * sizeof(*tiers));
+	for (size_t i = 0; i < *n; i++) {
+		char *colon = strchr(parts[i], ':');
+		if (colon == NULL)
+			exit(usage("--tiers: NAME:POINTS,..."));
+		*colon = '\0';
+		tiers[i] = zalloc(c, sizeof(**tiers));
+		tally__v1__tier__init(tiers[i]);
+		tiers[i]->name = parts[i];
+		tiers[i]->min_points = strtoll(colon + 1, NULL, 10);
+	}
+	return tiers;
+}
+
+static int cmd_brand(struct ctl *c)
+{
+	Tally__V1__Command *cmd = command(c);
+	if (c->n_words == 2 && strcmp(c->words[1], "create") == 0) {
+		BODY(cmd, register_brand, Tally__V1__RegisterBrand, tally__v1__register_brand__init,
+		     REGISTER_BRAND);
+		m->id = need(c, "id");
+		m->name = has(c, "name") ? need(c, "name") : m->id;
+		m->point_value_micros = num(c, "point-value-micros", 10000, false);
+		m->currency = has(c, "currency") ? need(c, "currency") : (char *)"EUR";
+		m->expiry_months = (uint32_t)num(c, "expiry-months", 0, false);
+		if (has(c, "tiers"))
+			m->tiers = parse_tiers(c, need(c, "tiers"), &m->n_tiers);
+		m->tier_window_days = (uint32_t)num(c, "tier-window-days", m->n_tiers ? 365 : 0, false);
+		m->transfer_max_points = num(c, "transfer-max", 0, false);
+		m->transfer_daily_cap_points = num(c, "transfer-daily-cap", 0, false);
+		m->community_daily_cap_points = num(c, "community-daily-cap", 0, false);
+		return run_command(c, cmd);
+	}
+	if (c->n_words == 2 && strcmp(c->words[1], "update") == 0) {
+		BODY(cmd, update_brand, Tally__V1__UpdateBrand, tally__v1__update_brand__init,
+		     UPDATE_BRAND);
+		m->id = need(c, "id");
+		if (has(c, "name")) {
+			m->name = zalloc(c, sizeof(*m->name));
+			tally__v1__string_value__init(m->name);
+			m->name->value = need(c, "name");
+		}
+		if (has(c, "expiry-months")) {
+			m->expiry_months = zalloc(c, sizeof(*m->expiry_months));
+			tally__v1__uint32_value__init(m->expiry_months);
+			m->expiry_months->value = (uint32_t)num(c, "expiry-months", 0, true);
+		}
+		if (has(c, "tiers")) {
+			m->replace_tiers = true;
+			m->tiers = parse_tiers(c, need(c, "tiers"), &m->n_tiers);
+		}
+		if (has(c, "tier-window-days")) {
+			m->tier_window_days = zalloc(c, sizeof(*m->tier_window_days));
+			tally__v1__uint32_value__init(m->tier_window_days);
+			m->tier_window_days->value = (uint32_t)num(c, "tier-window-days", 0, true);
+		}
+		return run_command(c, cmd);
+	}
+	return usage("brand create|update");
+}
+
+static Tally__V1__Segment segment(const char *s)
+{
+	static const char *const names[] = {"", "owner_passenger", "owner_commercial", "fan",
+					    "prospect", "channel_partner"};
+	for (int i = 1; i < 6; i++)
+		if (strcmp(s, names[i]) == 0)
+			return (Tally__V1__Segment)i;
+	fprintf(stderr, "tallyctl: unknown segment %s\n", s);
+	exit(EXIT_USAGE);
+}
+
+static int cmd_member(struct ctl *c)
+{
+	Tally__V1__Command *cmd = command(c);
+	Tally__V1__Segment seg = segment(has(c, "segment") ? need(c, "segment") : "fan");
+	if (c->n_words == 2 && strcmp(c->words[1], "open") == 0) {
+		BODY(cmd, open_member, Tally__V1__OpenMember, tally__v1__open_member__init, OPEN_MEMBER);
+		m->id = need(c, "id");
+		m->segment = seg;
+		return run_command(c, cmd);
+	}
+	if (c->n_words == 2 && strcmp(c->words[1], "update") == 0) {
+		BODY(cmd, update_member, Tally__V1__UpdateMember, tally__v1__update_member__init,
+		     UPDATE_MEMBER);
+		m->id = need(c, "id");
+		m->segment = seg;
+		return run_command(c, cmd);
+	}
+	return usage("member open|update");
+}
+
+static char *opt_str(const struct ctl *c, const char *name)
+{
+	const char *v = flag(c, name);
+	return (char *)(v != NULL ? v : "");
+}
+
+static int cmd_points(struct ctl *c)
+{
+	Tally__V1__Command *cmd = command(c);
+	const char *w = c->words[0];
+	if (strcmp(w, "accrue") == 0) {
+		BODY(cmd, accrue, Tally__V1__Accrue, tally__v1__accrue__init, ACCRUE);
+		m->brand = need(c, "brand");
+		m->member = need(c, "member");
+		m->points = num(c, "points", 0, true);
+		m->reason = opt_str(c, "reason");
+		m->reference = opt_str(c, "reference");
+	} else if (strcmp(w, "redeem") == 0) {
+		BODY(cmd, redeem, Tally__V1__Redeem, tally__v1__redeem__init, REDEEM);
+		m->brand = need(c, "brand");
+		m->member = need(c, "member");
+		m->points = num(c, "points", 0, true);
+		m->reason = opt_str(c, "reason");
+		m->reference = opt_str(c, "reference");
+	} else if (strcmp(w, "hold") == 0) {
+		BODY(cmd, hold, Tally__V1__Hold, tally__v1__hold__init, HOLD);
+		m->brand = need(c, "brand");
+		m->member = need(c, "member");
+		m->points = num(c, "points", 0, true);
+		m->timeout_s = (uint32_t)num(c, "timeout-s", 0, false);
+		m->reference = opt_str(c, "reference");
+	} else if (strcmp(w, "capture") == 0) {
+		BODY(cmd, capture, Tally__V1__Capture, tally__v1__capture__init, CAPTURE);
+		m->hold_id = (uint64_t)num(c, "hold", 0, true);
+		m->points = num(c, "points", 0, false);
+	} else if (strcmp(w, "void") == 0) {
+		BODY(cmd, void_, Tally__V1__Void, tally__v1__void__init, VOID);
+		m->hold_id = (uint64_t)num(c, "hold", 0, true);
+	} else if (strcmp(w, "reverse") == 0) {
+		BODY(cmd, reverse, Tally__V1__Reverse, tally__v1__reverse__init, REVERSE);
+		m->entry_seq = (uint64_t)num(c, "entry", 0, true);
+		m->points = num(c, "points", 0, false);
+		m->reason = opt_str(c, "reason");
+	} else if (strcmp(w, "transfer") == 0) {
+		BODY(cmd, transfer, Tally__V1__Transfer, tally__v1__transfer__init, TRANSFER);
+		m->brand = need(c, "brand");
+		m->from_member = need(c, "from");
+		m->to_member = need(c, "to");
+		m->points = num(c, "points", 0, true);
+		m->reason = opt_str(c, "reason");
+	} else if (strcmp(w, "adjust") == 0) {
+		BODY(cmd, adjust, Tally__V1__Adjust, tally__v1__adjust__init, ADJUST);
+		m->brand = need(c, "brand");
+		m->member = need(c, "member");
+		m->points = num(c, "points", 0, true);
+		m->reason = need(c, "reason");
+	} else if (strcmp(w, "expire") == 0) {
+		BODY(cmd, expire, Tally__V1__Expire, tally__v1__expire__init, EXPIRE);
+	} else {
+		return usage(NULL);
+	}
+	return run_command(c, cmd);
+}
+
+static int cmd_partners(struct ctl *c)
+{
+	Tally__V1__Command *cmd = command(c);
+	const char *w = c->words[0];
+	if (strcmp(w, "agreement") == 0 && c->n_words == 2 && strcmp(c->words[1], "set") == 0) {
+		BODY(cmd, set_agreement, Tally__V1__SetAgreement, tally__v1__set_agreement__init,
+		     SET_AGREEMENT);
+		m->from_brand = need(c, "from");
+		m->to_brand = need(c, "to");
+		long long num_, den;
+		if (sscanf(need(c, "rate"), "%lld/%lld", &num_, &den) != 2)
+			return usage("--rate NUM/DEN");
+		m->rate_num = num_;
+		m->rate_den = den;
+		m->min_points = num(c, "min", 0, false);
+		m->max_points = num(c, "max", 0, false);
+		m->daily_cap_points = num(c, "daily-cap", 0, false);
+		m->price_micros = num(c, "price-micros", 0, false);
+		m->active = true;
+	} else if (strcmp(w, "exchange") == 0) {
+		BODY(cmd, exchange, Tally__V1__Exchange, tally__v1__exchange__init, EXCHANGE);
+		m->from_brand = need(c, "from");
+		m->to_brand = need(c, "to");
+		m->member = need(c, "member");
+		m->points = num(c, "points", 0, true);
+	} else if (strcmp(w, "settle") == 0) {
+		BODY(cmd, settle, Tally__V1__Settle, tally__v1__settle__init, SETTLE);
+		char *pair[2];
+		if (split(dup(c, need(c, "brands")), pair, 2) != 2)
+			return usage("--brands A,B");
+		m->brand_a = pair[0];
+		m->brand_b = pair[1];
+		m->until_ms = num(c, "until", 0, true);
+	} else if (strcmp(w, "settlement") == 0 && c->n_words == 2 &&
+		   strcmp(c->words[1], "confirm") == 0) {
+		BODY(cmd, confirm_settlement, Tally__V1__ConfirmSettlement,
+		     tally__v1__confirm_settlement__init, CONFIRM_SETTLEMENT);
+		m->settlement_id = (uint64_t)num(c, "id", 0, true);
+	} else {
+		return usage(NULL);
+	}
+	return run_command(c, cmd);
+}
+
+/* ---- queries ------------------------------------------------------------------------ */
+
+static int run_query(struct ctl *c, Tally__V1__Query *q, Tally__V1__QueryResult **res)
+{
+	q->stale = has(c, "stale");
+	Tally__V1__ResultCode rc = tally_client_query(c->client, q, &c->arena, res);
+	if (rc != CODE(OK))
+		return transport_exit(rc, "query");
+	if ((*res)->code != CODE(OK))
+		return print_rejection(c, (*res)->code, (*res)->message);
+	return EXIT_DONE;
+}
+
+static void print_account(const struct ctl *c, const Tally__V1__Account *a, bool last)
+{
+	if (c->json) {
+		printf("{\"brand\":");
+		json_str(a->brand);
+		printf(",\"member\":");
+		json_str(a->member);
+		printf(",\"available\":%" PRId64 ",\"held\":%" PRId64 ",\"earned\":%" PRId64
+		       ",\"redeemed\":%" PRId64 ",\"expired\":%" PRId64 ",\"tier\":",
+		       a->available, a->held, a->earned, a->redeemed, a->expired);
+		json_str(a->tier);
+		printf("}%s", last ? "" : ",");
+		return;
+	}
+	printf("%s/%s available %" PRId64 " held %" PRId64 " earned %" PRId64 " redeemed %" PRId64
+	       " expired %" PRId64 " tier %s\n", a->brand, a->member, a->available, a->held,
+	       a->earned, a->redeemed, a->expired, a->tier[0] ? a->tier : "-");
+}
+
+static int cmd_balances(struct ctl *c)
+{
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetAccounts g = TALLY__V1__GET_ACCOUNTS__INIT;
+	char *members[TALLY_ACCOUNTS_QUERY_MAX];
+	bool one = strcmp(c->words[0], "balance") == 0;
+	g.brand = need(c, "brand");
+	if (one) {
+		members[0] = need(c, "member");
+		g.n_members = 1;
+	} else {
+		g.n_members = split(dup(c, need(c, "members")), members, TALLY_ACCOUNTS_QUERY_MAX);
+	}
+	g.members = members;
+	q.q_case = TALLY__V1__QUERY__Q_ACCOUNTS;
+	q.accounts = &g;
+	Tally__V1__QueryResult *res;
+	int rc = run_query(c, &q, &res);
+	if (rc != EXIT_DONE)
+		return rc;
+	if (c->json && !one)
+		printf("{\"applied_index\":%" PRIu64 ",\"accounts\":[", res->applied_index);
+	for (size_t i = 0; i < res->n_accounts; i++)
+		print_account(c, res->accounts[i], i + 1 == res->n_accounts);
+	if (c->json)
+		printf("%s\n", one ? "" : "]}");
+	if (!c->json && q.stale)
+		printf("(stale read at applied index %" PRIu64 ")\n", res->applied_index);
+	return EXIT_DONE;
+}
+
+static int cmd_digest(struct ctl *c)
+{
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest g = TALLY__V1__GET_DIGEST__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &g;
+	Tally__V1__QueryResult *res;
+	int rc = run_query(c, &q, &res);
+	if (rc != EXIT_DONE)
+		return rc;
+	const Tally__V1__Digest *d = res->digest;
+	printf(c->json ? "{\"applied_index\":%" PRIu64 ",\"tree_size\":%" PRIu64 ",\"root\":\""
+		       : "applied_index %" PRIu64 " tree_size %" PRIu64 " root ",
+	       d->applied_index, d->tree_size);
+	hex(&d->root);
+	printf(c->json ? "\",\"state_digest\":\"" : " state_digest ");
+	hex(&d->state_digest);
+	printf(c->json ? "\"}\n" : "\n");
+	return EXIT_DONE;
+}
+
+static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, bool last)
+{
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf((struct tally_arena *)&c->arena),
+						       se->entry.len, se->entry.data);
+	if (e == NULL)
+		return;
+	const char *what = "?";
+	if (e->kind == TALLY__V1__ENTRY_KIND__LOT_EXPIRED)
+		what = "lot_expired";
+	else if (e->kind == TALLY__V1__ENTRY_KIND__HOLD_RELEASED)
+		what = "hold_released";
+	else if (e->command != NULL) {
+		const ProtobufCFieldDescriptor *f = protobuf_c_message_descriptor_get_field(
+			&tally__v1__command__descriptor, (unsigned)e->command->body_case);
+		what = f != NULL ? f->name : "?";
+	}
+	if (c->json) {
+		printf("{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"kind\":", e->seq, e->time_ms);
+		json_str(what);
+		printf(",\"brand\":");
+		json_str(e->brand);
+		printf(",\"member\":");
+		json_str(e->member);
+		printf(",\"postings\":[");
+		for (size_t i = 0; i < e->n_postings; i++)
+			printf("%s{\"brand\":\"%s\",\"account\":%d,\"member\":\"%s\",\"points\":%" PRId64 "}",
+			       i ? "," : "", e->postings[i]->brand, e->postings[i]->account,
+			       e->postings[i]->member, e->postings[i]->points);
+		printf("],\"bytes\":\"");
+		hex(&se->entry);
+		printf("\"}%s", last ? "" : ",");
+		return;
+	}
+	static const char *const sys[] = {"member", "issuance", "redeemed", "expired", "clearing",
+					  "adjustment"};
+	printf("%6" PRIu64 " %-18s %s %s", e->seq, what, e->brand, e->member);
+	for (size_t i = 0; i < e->n_postings; i++) {
+		const Tally__V1__Posting *p = e->postings[i];
+		bool member = p->account == TALLY__V1__SYSTEM_ACCOUNT__MEMBER;
+		const char *acct = member ? p->member : (unsigned)p->account < 6 ? sys[p->account] : "?";
+		printf("  %s/%s%s%s%s%+" PRId64, p->brand, acct,
+		       member && p->bucket == TALLY__V1__BUCKET__HELD ? "(held)" : "",
+		       p->partner[0] ? ":" : "", p->partner, p->points);
+	}
+	printf("\n");
+}
+
+static int cmd_entries(struct ctl *c)
+{
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__QueryResult *res;
+	if (strcmp(c->words[0], "entry") == 0) {
+		Tally__V1__GetEntry g = TALLY__V1__GET_ENTRY__INIT;
+		g.seq = (uint64_t)num(c, "seq", 0, true);
+		g.proof = has(c, "proof");
+		q.q_case = TALLY__V1__QUERY__Q_ENTRY;
+		q.entry = &g;
+		int rc = run_query(c, &q, &res);
+		if (rc != EXIT_DONE)
+			return rc;
+		print_entry(c, res->entry, true);
+		if (res->proof != NULL && !c->json) {
+			printf("proof: index %" PRIu64 " of tree %" PRIu64 ", root ", res->proof->index,
+			       res->proof->tree_size);
+			hex(&res->proof->root);
+			printf(", %zu hashes\n", res->proof->n_path);
+		}
+		if (c->json)
+			printf("\n");
+		return EXIT_DONE;
+	}
+	Tally__V1__ListEntries g = TALLY__V1__LIST_ENTRIES__INIT;
+	g.from_seq = (uint64_t)num(c, "from", 0, false);
+	g.limit = (uint32_t)num(c, "limit", 100, false);
+	g.brand = opt_str(c, "brand");
+	g.member = opt_str(c, "member");
+	q.q_case = TALLY__V1__QUERY__Q_ENTRIES;
+	q.entries = &g;
+	int rc = run_query(c, &q, &res);
+	if (rc != EXIT_DONE)
+		return rc;
+	if (c->json)
+		printf("{\"next_seq\":%" PRIu64 ",\"entries\":[", res->next_seq);
+	for (size_t i = 0; i < res->n_entries; i++)
+		print_entry(c, res->entries[i], i + 1 == res->n_entries);
+	if (c->json)
+		printf("]}\n");
+	else if (res->next_seq != 0)
+		printf("(more from --from %" PRIu64 ")\n", res->next_seq);
+	return EXIT_DONE;
+}
+
+static int cmd_settlements(struct ctl *c)
+{
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__ListSettlements g = TALLY__V1__LIST_SETTLEMENTS__INIT;
+	char *pair[2] = {(char *)"", (char *)""};
+	if (has(c, "brands") && split(dup(c, need(c, "brands")), pair, 2) != 2)
+		return usage("--brands A,B");
+	g.brand_a = pair[0];
+	g.brand_b = pair[1];
+	q.q_case = TALLY__V1__QUERY__Q_SETTLEMENTS;
+	q.settlements = &g;
+	Tally__V1__QueryResult *res;
+	int rc = run_query(c, &q, &res);
+	if (rc != EXIT_DONE)
+		return rc;
+	if (c->json)
+		printf("{\"settlements\":[");
+	for (size_t i = 0; i < res->n_settlements; i++) {
+		const Tally__V1__Settlement *s = res->settlements[i];
+		printf(c->json ? "%s{\"id\":%" PRIu64 ",\"brand_a\":\"%s\",\"brand_b\":\"%s\",\"until_ms\":%" PRId64
+				 ",\"count\":%" PRId64 ",\"net_micros\":%" PRId64 ",\"payer\":\"%s\",\"payee\":\"%s\","
+				 "\"confirmed\":%s,\"tree_size\":%" PRIu64 ",\"merkle_root\":\""
+			       : "%ssettlement %" PRIu64 " %s/%s until %" PRId64 ": %" PRId64
+				 " obligations, net %" PRId64 " micros %s -> %s, confirmed %s, root at %" PRIu64 " ",
+		       c->json && i ? "," : "", s->id, s->brand_a, s->brand_b, s->until_ms, s->count,
+		       s->net_micros, s->payer, s->payee, s->confirmed ? "true" : "false", s->tree_size);
+		hex(&s->merkle_root);
+		printf(c->json ? "\"}" : "\n");
+	}
+	if (c->json)
+		printf("]}\n");
+	return EXIT_DONE;
+}
+
+/* ---- cluster ------------------------------------------------------------------------ */
+
+static int run_admin(struct ctl *c, Tally__V1__Admin *a, Tally__V1__Response **res)
+{
+	Tally__V1__ResultCode rc = tally_client_admin(c->client, a, &c->arena, res);
+	if (rc != CODE(OK))
+		return transport_exit(rc, "admin");
+	if ((*res)->code != CODE(OK))
+		return print_rejection(c, (*res)->code, (*res)->message);
+	return EXIT_DONE;
+}
+
+static int cmd_status(struct ctl *c)
+{
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = TALLY__V1__ADMIN__OP__STATUS;
+	Tally__V1__Response *res;
+	int rc = run_admin(c, &a, &res);
+	if (rc != EXIT_DONE)
+		return rc;
+	const Tally__V1__Status *s = res->status;
+	if (s == NULL)
+		return transport_exit(CODE(INTERNAL), "status");
+	const Tally__V1__NodeInfo *l = s->leader;
+	if (c->json) {
+		printf("{\"leader\":{\"id\":%" PRIu64 ",\"address\":", l ? l->id : 0);
+		json_str(l && l->client_address ? l->client_address : "");
+		printf("},\"nodes\":[");
+		for (size_t i = 0; i < s->n_nodes; i++) {
+			printf("%s{\"id\":%" PRIu64 ",\"address\":", i ? "," : "", s->nodes[i]->id);
+			json_str(s->nodes[i]->client_address ? s->nodes[i]->client_address : "");
+			printf(",\"raft_address\":");
+			json_str(s->nodes[i]->address);
+			printf(",\"role\":");
+			json_str(s->nodes[i]->role);
+			printf("}");
+		}
+		printf("],\"applied_index\":%" PRIu64 ",\"term\":%" PRIu64 ",\"node_id\":%" PRIu64
+		       ",\"state\":", s->applied_index, s->term, s->node_id);
+		json_str(s->state ? s->state : "");
+		printf("}\n");
+		return EXIT_DONE;
+	}
+	printf("node %" PRIu64 " (%s), term %" PRIu64 ", applied %" PRIu64 ", leader %" PRIu64 " at %s\n",
+	       s->node_id, s->state, s->term, s->applied_index, l ? l->id : 0,
+	       l && l->client_address ? l->client_address : "?");
+	for (size_t i = 0; i < s->n_nodes; i++)
+		printf("  %" PRIu64 " %-8s %s (raft %s)\n", s->nodes[i]->id, s->nodes[i]->role,
+		       s->nodes[i]->client_address, s->nodes[i]->address);
+	return EXIT_DONE;
+}
+
+static int cmd_cluster(struct ctl *c)
+{
+	if (c->n_words != 2)
+		return usage("cluster add|assign|remove|transfer");
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	const char *w = c->words[1];
+	a.node_id = (uint64_t)num(c, "id", 0, strcmp(w, "transfer") != 0);
+	if (strcmp(w, "add") == 0) {
+		a.op = TALLY__V1__ADMIN__OP__ADD;
+		a.address = need(c, "address");
+	} else if (strcmp(w, "assign") == 0) {
+		const char *role = need(c, "role");
+		a.op = TALLY__V1__ADMIN__OP__ASSIGN;
+		a.role = strcmp(role, "voter") == 0 ? 1 : strcmp(role, "standby") == 0 ? 0
+		       : strcmp(role, "spare") == 0 ? 2 : 99;
+		if (a.role == 99)
+			return usage("--role voter|standby|spare");
+	} else if (strcmp(w, "remove") == 0) {
+		a.op = TALLY__V1__ADMIN__OP__REMOVE;
+	} else if (strcmp(w, "transfer") == 0) {
+		a.op = TALLY__V1__ADMIN__OP__TRANSFER;
+	} else {
+		return usage("cluster add|assign|remove|transfer");
+	}
+	Tally__V1__Response *res;
+	int rc = run_admin(c, &a, &res);
+	if (rc == EXIT_DONE)
+		printf(c->json ? "{\"ok\":true}\n" : "ok\n");
+	return rc;
+}
+
+/* ---- main --------------------------------------------------------------------------- */
+
+static int parse(int argc, char **argv, struct ctl *c)
+{
+	int i = 1;
+	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+		const char *a = argv[i] + 2;
+		if (strcmp(a, "json") == 0) {
+			c->json = true;
+			continue;
+		}
+		if (i + 1 >= argc)
+			return usage("a global flag needs a value");
+		const char *v = argv[++i];
+		if (strcmp(a, "cluster") == 0)
+			c->cluster = v;
+		else if (strcmp(a, "key-file") == 0)
+			c->key_file = v;
+		else if (strcmp(a, "key") == 0)
+			c->key = v;
+		else if (strcmp(a, "timeout-ms") == 0)
+			c->timeout_ms = (unsigned)strtoul(v, NULL, 10);
+		else
+			return usage("unknown global flag");
+	}
+	for (; i < argc && strncmp(argv[i], "--", 2) != 0 && c->n_words < 2; i++)
+		c->words[c->n_words++] = argv[i];
+	for (; i < argc; i++) {
+		if (strncmp(argv[i], "--", 2) != 0 || c->n_flags == FLAGS_MAX)
+			return usage("expected --flag value");
+		c->names[c->n_flags] = argv[i] + 2;
+		bool boolean = strcmp(argv[i] + 2, "stale") == 0 || strcmp(argv[i] + 2, "proof") == 0 ||
+			       strcmp(argv[i] + 2, "json") == 0;
+		if (strcmp(argv[i] + 2, "json") == 0) {
+			c->json = true;
+			continue;
+		}
+		if (!boolean && i + 1 >= argc)
+			return usage("a flag needs a value");
+		c->values[c->n_flags++] = boolean ? "true" : argv[++i];
+	}
+	return c->n_words == 0 ? usage(NULL) : EXIT_DONE;
+}
+
+static int connect_cluster(struct ctl *c)
+{
+	if (c->cluster == NULL || c->key_file == NULL)
+		return usage("--cluster and --key-file (or TALLY_CLUSTER and TALLY_KEY_FILE) are needed");
+	struct tally_keys keys;
+	char err[512];
+	if (tally_keys_load(c->key_file, &keys, err, sizeof(err)) != 0) {
+		fprintf(stderr, "tallyctl: %s\n", err);
+		return EXIT_USAGE;
+	}
+	const struct tally_key *k = tally_keys_find(&keys, c->key);
+	if (k == NULL) {
+		fprintf(stderr, "tallyctl: no key %s in %s\n", c->key, c->key_file);
+		tally_keys_free(&keys);
+		return EXIT_USAGE;
+	}
+	struct tally_client_options o = {.cluster = c->cluster, .key_name = c->key,
+					 .secret = k->secret, .timeout_ms = c->timeout_ms,
+					 .attempts = 20 /* ride out an election */};
+	Tally__V1__ResultCode rc = tally_client_open(&c->client, &o, err, sizeof(err));
+	tally_keys_free(&keys);
+	if (rc == CODE(OK))
+		return EXIT_DONE;
+	fprintf(stderr, "tallyctl: %s\n", err);
+	return rc == CODE(UNAUTHENTICATED) ? EXIT_REJECTED : EXIT_UNAVAILABLE;
+}
+
+static int dispatch(struct ctl *c)
+{
+	static const struct {
+		const char *word;
+		int (*fn)(struct ctl *);
+	} table[] = {
+		{"brand", cmd_brand},       {"member", cmd_member},       {"accrue", cmd_points},
+		{"redeem", cmd_points},     {"hold", cmd_points},         {"capture", cmd_points},
+		{"void", cmd_points},       {"reverse", cmd_points},      {"transfer", cmd_points},
+		{"adjust", cmd_points},     {"expire", cmd_points},       {"agreement", cmd_partners},
+		{"exchange", cmd_partners}, {"settle", cmd_partners},     {"settlement", cmd_partners},
+		{"balance", cmd_balances},  {"balances", cmd_balances},   {"digest", cmd_digest},
+		{"entries", cmd_entries},   {"entry", cmd_entries},       {"settlements", cmd_settlements},
+		{"status", cmd_status},     {"cluster", cmd_cluster},
+	};
+	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
+		if (strcmp(c->words[0], table[i].word) != 0)
+			continue;
+		int rc = connect_cluster(c);
+		return rc != EXIT_DONE ? rc : table[i].fn(c);
+	}
+	return usage("unknown command");
+}
+
+int main(int argc, char **argv)
+{
+	static struct ctl c;
+	c.cluster = getenv("TALLY_CLUSTER");
+	c.key_file = getenv("TALLY_KEY_FILE");
+	c.key = "admin";
+	int rc = parse(argc, argv, &c);
+	if (rc != EXIT_DONE)
+		return rc;
+	tally_arena_init(&c.arena, 64 << 10, 0);
+	rc = dispatch(&c);
+	if (c.client != NULL)
+		tally_client_close(c.client);
+	tally_arena_free(&c.arena);
+	return rc;
+}

@@ -1,0 +1,398 @@
+/*
+ * tallyd — one node of a Tally cluster.
+ *
+ *   tallyd --id 1 --dir /var/lib/tally/n1 --raft 127.0.0.1:7001 --client 127.0.0.1:8001 \
+ *          --http 127.0.0.1:9001 --keys keys.conf \
+ *          --bootstrap "1=127.0.0.1:7001|127.0.0.1:8001,2=...,3=..."
+ *
+ * Flags may also come from a config file (--config F: one `name = value` per line,
+ * the flag names without dashes). --join starts a node with no bootstrap: it waits
+ * to be added by `tallyctl cluster add`. SIGTERM or SIGINT shut down gracefully
+ * (queued requests answered UNAVAILABLE, leadership handed over, raft closed);
+ * SIGHUP reloads the keys file.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <uv.h>
+
+#include "consensus/node.h"
+#include "rpc/http.h"
+#include "rpc/keys.h"
+#include "rpc/server.h"
+
+enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+struct opts {
+	unsigned long id;
+	char dir[1024];
+	char raft[256];
+	char client[256];
+	char http[256];
+	char keys[1024];
+	char bootstrap[4096];
+	bool join;
+	int log_level;
+	unsigned election_ms;
+	unsigned heartbeat_ms;
+	unsigned snapshot_threshold;
+	unsigned expire_ms;
+};
+
+struct daemon {
+	struct opts o;
+	uv_loop_t loop;
+	struct tally_node *node;
+	struct tally_server *server;
+	struct tally_http *http;
+	uv_signal_t sig_term, sig_int, sig_hup;
+	unsigned closing;           /* parts still closing */
+	bool stopping;
+};
+
+static int log_level = LOG_INFO;
+
+static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void logf_(int level, const char *fmt, ...)
+{
+	static const char *const names[] = {"error", "warn", "info", "debug"};
+	if (level > log_level)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	struct tm tm;
+	gmtime_r(&ts.tv_sec, &tm);
+	char when[32];
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+	fprintf(stderr, "%s.%03ldZ tallyd %s: ", when, ts.tv_nsec / 1000000, names[level]);
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* ---- options ------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: tallyd --id N --dir DIR --raft HOST:PORT --client HOST:PORT --keys FILE\n"
+		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
+		"              [--config FILE] [--log-level error|warn|info|debug]\n"
+		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
+		"              [--expire-ms N]\n");
+	exit(2);
+}
+
+static bool copy_opt(char *dst, size_t cap, const char *v)
+{
+	if (strlen(v) >= cap)
+		return false;
+	strcpy(dst, v);
+	return true;
+}
+
+/* Applies one option by name; false when the name or value is bad. */
+static bool set_opt(struct opts *o, const char *name, const char *v)
+{
+	if (strcmp(name, "id") == 0)
+		return (o->id = strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "dir") == 0)
+		return copy_opt(o->dir, sizeof(o->dir), v);
+	if (strcmp(name, "raft") == 0)
+		return copy_opt(o->raft, sizeof(o->raft), v);
+	if (strcmp(name, "client") == 0)
+		return copy_opt(o->client, sizeof(o->client), v);
+	if (strcmp(name, "http") == 0)
+		return copy_opt(o->http, sizeof(o->http), v);
+	if (strcmp(name, "keys") == 0)
+		return copy_opt(o->keys, sizeof(o->keys), v);
+	if (strcmp(name, "bootstrap") == 0)
+		return copy_opt(o->bootstrap, sizeof(o->bootstrap), v);
+	if (strcmp(name, "join") == 0)
+		return (o->join = strcmp(v, "false") != 0), true;
+	if (strcmp(name, "election-ms") == 0)
+		return (o->election_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "heartbeat-ms") == 0)
+		return (o->heartbeat_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "snapshot-threshold") == 0)
+		return (o->snapshot_threshold = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "expire-ms") == 0)
+		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "log-level") == 0) {
+		static const char *const levels[] = {"error", "warn", "info", "debug"};
+		for (int i = 0; i < 4; i++)
+			if (strcmp(v, levels[i]) == 0)
+				return (o->log_level = i), true;
+		return false;
+	}
+	return false;
+}
+
+static void load_config(struct opts *o, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (f == NULL) {
+		logf_(LOG_ERROR, "config %s: %s", path, strerror(errno));
+		exit(2);
+	}
+	char line[4096];
+	for (unsigned n = 1; fgets(line, sizeof(line), f) != NULL; n++) {
+		char name[64], value[4000];
+		char *hash = strchr(line, '#');
+		if (hash != NULL)
+			*hash = '\0';
+		if (sscanf(line, " %63[a-z-] = %3999s", name, value) != 2) {
+			if (strspn(line, " \t\r\n") == strlen(line))
+				continue;
+			logf_(LOG_ERROR, "%s:%u: expected `name = value`", path, n);
+			exit(2);
+		}
+		if (!set_opt(o, name, value)) {
+			logf_(LOG_ERROR, "%s:%u: bad option %s", path, n, name);
+			exit(2);
+		}
+	}
+	fclose(f);
+}
+
+static void parse(int argc, char **argv, struct opts *o)
+{
+	static const struct option longs[] = {
+		{"id", required_argument, NULL, 0},           {"dir", required_argument, NULL, 0},
+		{"raft", required_argument, NULL, 0},         {"client", required_argument, NULL, 0},
+		{"http", required_argument, NULL, 0},         {"keys", required_argument, NULL, 0},
+		{"bootstrap", required_argument, NULL, 0},    {"join", no_argument, NULL, 0},
+		{"config", required_argument, NULL, 0},       {"log-level", required_argument, NULL, 0},
+		{"election-ms", required_argument, NULL, 0},  {"heartbeat-ms", required_argument, NULL, 0},
+		{"snapshot-threshold", required_argument, NULL, 0},
+		{"expire-ms", required_argument, NULL, 0},    {NULL, 0, NULL, 0}};
+	memset(o, 0, sizeof(*o));
+	o->log_level = LOG_INFO;
+	int idx, c;
+	while ((c = getopt_long(argc, argv, "", longs, &idx)) != -1) {
+		if (c != 0)
+			usage();
+		const char *name = longs[idx].name;
+		if (strcmp(name, "config") == 0)
+			load_config(o, optarg);
+		else if (!set_opt(o, name, optarg != NULL ? optarg : "true"))
+			usage();
+	}
+	if (optind != argc || o->id == 0 || !o->dir[0] || !o->raft[0] || !o->client[0] ||
+	    !o->keys[0] || (o->join && o->bootstrap[0]))
+		usage();
+}
+
+/* ---- metrics ------------------------------------------------------------------------ */
+
+static size_t emit(char *buf, size_t cap, size_t at, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static size_t emit(char *buf, size_t cap, size_t at, const char *fmt, ...)
+{
+	if (at >= cap)
+		return at;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf + at, cap - at, fmt, ap);
+	va_end(ap);
+	return n < 0 ? at : at + (size_t)n > cap ? cap : at + (size_t)n;
+}
+
+static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
+{
+	static const char *const batch_le[] = {"1", "8", "64", "512", "4096", "+Inf"};
+	static const char *const apply_le[] = {"0.0001", "0.0003", "0.001", "0.003", "0.01",
+					       "0.03", "0.1", "+Inf"};
+	const struct tally_node_stats *ns = tally_node_stats(d->node);
+	const struct tally_server_stats *ss = tally_server_stats(d->server);
+	struct tally_digest dg;
+	tally_ledger_digest(tally_node_ledger(d->node), &dg);
+	struct tally_arena a;
+	tally_arena_init(&a, 4096, 0);
+	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
+	tally_node_status(d->node, &a, &st);
+	size_t at = 0;
+	at = emit(buf, cap, at, "# TYPE tally_raft_commits_total counter\ntally_raft_commits_total %llu\n",
+		  (unsigned long long)ns->commits);
+	at = emit(buf, cap, at, "# TYPE tally_commands_total counter\ntally_commands_total %llu\n",
+		  (unsigned long long)ns->commands);
+	at = emit(buf, cap, at, "# TYPE tally_batch_commands histogram\n");
+	uint64_t cum = 0;
+	for (int i = 0; i < 6; i++) {
+		cum += ns->batch_size_hist[i];
+		at = emit(buf, cap, at, "tally_batch_commands_bucket{le=\"%s\"} %llu\n", batch_le[i],
+			  (unsigned long long)cum);
+	}
+	at = emit(buf, cap, at, "tally_batch_commands_count %llu\n", (unsigned long long)cum);
+	at = emit(buf, cap, at, "# TYPE tally_apply_seconds histogram\n");
+	cum = 0;
+	for (int i = 0; i < 8; i++) {
+		cum += ns->apply_us_hist[i];
+		at = emit(buf, cap, at, "tally_apply_seconds_bucket{le=\"%s\"} %llu\n", apply_le[i],
+			  (unsigned long long)cum);
+	}
+	at = emit(buf, cap, at, "tally_apply_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit(buf, cap, at, "# TYPE tally_raft_state gauge\ntally_raft_state{state=\"%s\"} 1\n",
+		  st.state != NULL ? st.state : "unknown");
+	at = emit(buf, cap, at, "# TYPE tally_raft_leader gauge\ntally_raft_leader %d\n",
+		  tally_node_is_leader(d->node) ? 1 : 0);
+	at = emit(buf, cap, at, "# TYPE tally_raft_term gauge\ntally_raft_term %llu\n",
+		  (unsigned long long)st.term);
+	at = emit(buf, cap, at, "# TYPE tally_applied_index gauge\ntally_applied_index %llu\n",
+		  (unsigned long long)dg.applied_index);
+	at = emit(buf, cap, at, "# TYPE tally_journal_entries gauge\ntally_journal_entries %llu\n",
+		  (unsigned long long)dg.tree_size);
+	at = emit(buf, cap, at, "# TYPE tally_connections gauge\ntally_connections %llu\n",
+		  (unsigned long long)ss->connections_open);
+	at = emit(buf, cap, at, "# TYPE tally_auth_failures_total counter\ntally_auth_failures_total %llu\n",
+		  (unsigned long long)ss->auth_failures);
+	at = emit(buf, cap, at, "# TYPE tally_bad_frames_total counter\ntally_bad_frames_total %llu\n",
+		  (unsigned long long)ss->bad_frames);
+	at = emit(buf, cap, at, "# TYPE tally_results_total counter\n");
+	for (int code = 1; code < 32; code++)
+		if (ss->results[code] != 0)
+			at = emit(buf, cap, at, "tally_results_total{code=\"%s\"} %llu\n",
+				  tally_result_name((Tally__V1__ResultCode)code),
+				  (unsigned long long)ss->results[code]);
+	tally_arena_free(&a);
+	return at;
+}
+
+static size_t render(void *data, const char *path, char *buf, size_t cap, int *status,
+		     const char **type)
+{
+	struct daemon *d = data;
+	*type = "text/plain; version=0.0.4";
+	if (strcmp(path, "/metrics") == 0) {
+		*status = 200;
+		return render_metrics(d, buf, cap);
+	}
+	if (strcmp(path, "/health") == 0) {
+		const char *leader = tally_node_leader_client(d->node);
+		bool ok = !d->stopping && leader[0] != '\0';
+		*status = ok ? 200 : 503;
+		int n = snprintf(buf, cap, "%s leader=%s\n", ok ? "ok" : "unavailable", leader);
+		return n < 0 ? 0 : (size_t)n;
+	}
+	*status = 404;
+	return (size_t)snprintf(buf, cap, "not found\n");
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------- */
+
+static void on_part_closed(void *data)
+{
+	struct daemon *d = data;
+	if (--d->closing == 0) {
+		uv_close((uv_handle_t *)&d->sig_term, NULL);
+		uv_close((uv_handle_t *)&d->sig_int, NULL);
+		uv_close((uv_handle_t *)&d->sig_hup, NULL);
+	}
+}
+
+static void on_server_closed(void *data)
+{
+	struct daemon *d = data;
+	tally_node_close(d->node, on_part_closed, d);
+}
+
+static void shutdown_daemon(struct daemon *d)
+{
+	if (d->stopping)
+		return;
+	d->stopping = true;
+	logf_(LOG_INFO, "shutting down");
+	d->closing = 1 + (d->http != NULL);
+	if (d->http != NULL)
+		tally_http_close(d->http, on_part_closed, d);
+	/* Connections first (no new requests), then the node answers what is queued. */
+	tally_server_close(d->server, on_server_closed, d);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+	struct daemon *d = s->data;
+	if (signum != SIGHUP) {
+		shutdown_daemon(d);
+		return;
+	}
+	struct tally_keys *keys = calloc(1, sizeof(*keys));
+	char err[256];
+	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "SIGHUP: keys not reloaded: %s", keys ? err : "out of memory");
+		free(keys);
+		return;
+	}
+	tally_server_set_keys(d->server, keys);
+	logf_(LOG_INFO, "SIGHUP: reloaded %zu keys from %s", keys->n, d->o.keys);
+}
+
+static int start(struct daemon *d)
+{
+	char err[512], address[600];
+	snprintf(address, sizeof(address), "%s|%s", d->o.raft, d->o.client);
+	struct tally_node_config nc = {
+		.id = d->o.id, .address = address, .dir = d->o.dir,
+		.bootstrap = d->o.bootstrap[0] ? d->o.bootstrap : NULL,
+		.election_timeout_ms = d->o.election_ms, .heartbeat_ms = d->o.heartbeat_ms,
+		.snapshot_threshold = d->o.snapshot_threshold, .expire_interval_ms = d->o.expire_ms,
+	};
+	struct tally_keys *keys = calloc(1, sizeof(*keys));
+	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "keys: %s", keys ? err : "out of memory");
+		free(keys);
+		return 1;
+	}
+	if (tally_node_init(&d->node, &d->loop, &nc, err, sizeof(err)) != 0 ||
+	    tally_node_start(d->node, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "node: %s", err);
+		return 1;
+	}
+	struct tally_server_config sc = {.listen_address = d->o.client};
+	if (tally_server_init(&d->server, &d->loop, d->node, keys, &sc, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "%s", err);
+		return 1;
+	}
+	if (d->o.http[0] &&
+	    tally_http_init(&d->http, &d->loop, d->o.http, render, d, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "%s", err);
+		return 1;
+	}
+	logf_(LOG_INFO, "node %lu: raft %s, clients %s%s%s, data %s", d->o.id, d->o.raft,
+	      d->o.client, d->o.http[0] ? ", http " : "", d->o.http, d->o.dir);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct daemon d;
+	parse(argc, argv, &d.o);
+	log_level = d.o.log_level;
+	signal(SIGPIPE, SIG_IGN); /* a peer dying must not kill the survivors */
+	uv_loop_init(&d.loop);
+	uv_signal_t *sigs[3] = {&d.sig_term, &d.sig_int, &d.sig_hup};
+	int nums[3] = {SIGTERM, SIGINT, SIGHUP};
+	for (int i = 0; i < 3; i++) {
+		uv_signal_init(&d.loop, sigs[i]);
+		sigs[i]->data = &d;
+		uv_signal_start(sigs[i], on_signal, nums[i]);
+	}
+	if (start(&d) != 0)
+		return 1;
+	uv_run(&d.loop, UV_RUN_DEFAULT);
+	tally_server_free(d.server);
+	tally_http_free(d.http);
+	tally_node_free(d.node);
+	uv_loop_close(&d.loop);
+	logf_(LOG_INFO, "stopped");
+	return 0;
+}
