@@ -120,7 +120,7 @@ bench-ledger: $(BUILD)/tools/ledger-bench
 
 # A local 3-node cluster, tally-bench against it, then stop it.
 bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
-	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); p=$$((21000 + $$$$ % 20000)); \
+	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); p=$$((10000 + $$$$ % 20000)); \
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port $$p; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
 	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE; \

@@ -30,6 +30,27 @@
 #define NODES_MAX 5
 
 static char tallyd_path[1024];
+/* What a failed test leaves running, for the teardown: a test's cluster lives on its
+ * stack, which is gone after cmocka's longjmp. */
+static pid_t live_pid[16];
+static char live_dir[256];
+static unsigned clusters_started;
+
+static void live_add(pid_t pid)
+{
+	for (int i = 0; i < 16; i++)
+		if (live_pid[i] == 0) {
+			live_pid[i] = pid;
+			return;
+		}
+}
+
+static void live_remove(pid_t pid)
+{
+	for (int i = 0; i < 16; i++)
+		if (live_pid[i] == pid)
+			live_pid[i] = 0;
+}
 
 struct cluster {
 	int n;
@@ -73,11 +94,12 @@ static void client_addr(const struct cluster *c, int i, char *out, size_t cap)
 
 static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 {
-	char id[8], dir[300], raft[32], client[32], log[320], boot[1024] = "";
+	char id[8], dir[300], raft[32], client[32], http[32], log[320], boot[1024] = "";
 	snprintf(id, sizeof(id), "%d", i);
 	snprintf(dir, sizeof(dir), "%s/node%d", c->dir, i);
 	snprintf(raft, sizeof(raft), "127.0.0.1:%d", c->base + i);
 	client_addr(c, i, client, sizeof(client));
+	snprintf(http, sizeof(http), "127.0.0.1:%d", c->base + 200 + i);
 	snprintf(log, sizeof(log), "%s/node%d.log", c->dir, i);
 	for (int j = 1; j <= c->n; j++) {
 		size_t at = strlen(boot);
@@ -91,10 +113,10 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		const char *args[20] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
+		const char *args[24] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
 					"--client", client, "--keys", c->keys, "--election-ms", "300",
-					"--snapshot-threshold", "64", NULL};
-		int k = 15;
+					"--snapshot-threshold", "64", "--http", http, NULL};
+		int k = 17;
 		if (bootstrap) {
 			args[k++] = "--bootstrap";
 			args[k++] = boot;
@@ -106,6 +128,7 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		_exit(127);
 	}
 	c->pid[i] = pid;
+	live_add(pid);
 }
 
 static void node_signal(struct cluster *c, int i, int sig)
@@ -115,9 +138,10 @@ static void node_signal(struct cluster *c, int i, int sig)
 	if (sig == SIGKILL || sig == SIGTERM) {
 		int status;
 		waitpid(c->pid[i], &status, 0);
+		live_remove(c->pid[i]);
+		c->pid[i] = 0;
 		if (sig == SIGTERM && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
 			fail_msg("node %d did not exit cleanly on SIGTERM (status %d)", i, status);
-		c->pid[i] = 0;
 	}
 }
 
@@ -125,7 +149,9 @@ static void cluster_start(struct cluster *c, int n)
 {
 	memset(c, 0, sizeof(*c));
 	c->n = n;
-	c->base = 30000 + (int)(getpid() % 1500) * 20;
+	/* Each cluster of this run gets its own 300-port range, away from the last one's,
+	 * below the kernel's ephemeral range (32768 up) so no outgoing connection holds it. */
+	c->base = 10000 + (int)(((unsigned)getpid() * 7 + clusters_started++ * 11) % 70) * 300;
 	char *d = fx_tmpdir();
 	snprintf(c->dir, sizeof(c->dir), "%s", d);
 	free(d);
@@ -146,6 +172,7 @@ static void cluster_start(struct cluster *c, int n)
 		snprintf(c->clients + at, sizeof(c->clients) - at, "%s%s", i > 1 ? "," : "", a);
 	}
 	tally_arena_init(&c->arena, 64 << 10, 0);
+	snprintf(live_dir, sizeof(live_dir), "%s", c->dir);
 	for (int i = 1; i <= n; i++)
 		node_start(c, i, true, false);
 }
@@ -157,6 +184,24 @@ static void cluster_stop(struct cluster *c)
 			node_signal(c, i, SIGTERM);
 	tally_arena_free(&c->arena);
 	fx_remove_dir(c->dir);
+	live_dir[0] = '\0';
+}
+
+/* After a failed test: end its nodes (SIGKILL, they may be stopped) and files. */
+static int teardown(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 16; i++) {
+		if (live_pid[i] > 0) {
+			kill(live_pid[i], SIGKILL);
+			waitpid(live_pid[i], NULL, 0);
+			live_pid[i] = 0;
+		}
+	}
+	if (live_dir[0] != '\0') /* a failed test: keep its logs for the reader */
+		fprintf(stderr, "test_cluster: node logs kept in %s\n", live_dir);
+	live_dir[0] = '\0';
+	return 0;
 }
 
 /* ---- clients ------------------------------------------------------------------------ */
@@ -657,6 +702,262 @@ static void test_a_stopped_node_catches_up_when_continued(void **state)
 	cluster_stop(&c);
 }
 
+/* ---- operations ---------------------------------------------------------------------- */
+
+static void write_keys_with(struct cluster *c, const char *mall_secret)
+{
+	FILE *f = fopen(c->keys, "w");
+	assert_non_null(f);
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		const char *k = secrets[i][0];
+		const char *role = strncmp(k, "partner", 7) == 0 ? "partner" : k;
+		const char *scope = strcmp(k, "partner-b1") == 0 ? "b1" : strcmp(k, "partner-b2") == 0 ? "b2" : "*";
+		fprintf(f, "%s %s %s %s\n", k, role, scope,
+			strcmp(k, "mall") == 0 ? mall_secret : secrets[i][1]);
+	}
+	fclose(f);
+}
+
+static void test_sighup_reloads_keys_without_restart(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	write_keys_with(&c, "rotated-mall-secret-0123456789");
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGHUP);
+	/* The old secret is refused and the new one accepted, once every node reloaded:
+	 * poll the condition rather than guess when the signal was handled. */
+	struct tally_client_options o = {.cluster = c.clients, .key_name = "mall", .timeout_ms = 2000};
+	char err[256];
+	int64_t deadline = now_ms() + 10000;
+	for (int i = 1; i <= 3; i++) {
+		char addr[32];
+		client_addr(&c, i, addr, sizeof(addr));
+		o.cluster = addr;
+		for (;;) {
+			struct tally_client *cl = NULL;
+			o.secret = "rotated-mall-secret-0123456789";
+			Tally__V1__ResultCode rc = tally_client_open(&cl, &o, err, sizeof(err));
+			if (rc == CODE(OK)) {
+				tally_client_close(cl);
+				break;
+			}
+			if (now_ms() > deadline)
+				fail_msg("node %d never accepted the rotated key: %s", i, err);
+		}
+		o.secret = secret_of("mall");
+		struct tally_client *old = NULL;
+		assert_int_equal(tally_client_open(&old, &o, err, sizeof(err)), CODE(UNAUTHENTICATED));
+	}
+	for (int i = 1; i <= 3; i++)
+		assert_true(kill(c.pid[i], 0) == 0);
+	cluster_stop(&c);
+}
+
+/* GET path from a node's HTTP port; returns the status code and the body in buf. */
+static int http_get(struct cluster *c, int node, const char *path, char *buf, size_t cap)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(c->base + 200 + node))};
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	char req[128];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+	assert_int_equal(write(fd, req, (size_t)n), n);
+	size_t got = 0;
+	struct pollfd p = {fd, POLLIN, 0};
+	while (got + 1 < cap && poll(&p, 1, 5000) == 1) {
+		ssize_t r = read(fd, buf + got, cap - 1 - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	buf[got] = '\0';
+	close(fd);
+	int status = 0;
+	sscanf(buf, "HTTP/1.0 %d", &status);
+	return status;
+}
+
+static void test_metrics_and_health_are_served_over_http(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(ALREADY_EXISTS));
+	tally_client_close(admin);
+	static char body[1 << 16];
+	assert_int_equal(http_get(&c, (int)leader, "/metrics", body, sizeof(body)), 200);
+	assert_non_null(strstr(body, "tally_raft_commits_total"));
+	assert_non_null(strstr(body, "tally_apply_seconds_bucket"));
+	assert_non_null(strstr(body, "tally_raft_leader 1"));
+	assert_non_null(strstr(body, "tally_results_total{code=\"ALREADY_EXISTS\"} 1"));
+	assert_int_equal(http_get(&c, (int)leader, "/health", body, sizeof(body)), 200);
+	assert_int_equal(http_get(&c, (int)leader, "/nope", body, sizeof(body)), 404);
+	cluster_stop(&c);
+}
+
+static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	int wiped = leader == 3 ? 1 : 3;
+	node_signal(&c, wiped, SIGTERM);
+	char dir[300];
+	snprintf(dir, sizeof(dir), "%s/node%d", c.dir, wiped);
+	fx_remove_dir(dir);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "gus"), CODE(OK));
+	for (int i = 0; i < 300; i++) /* several snapshots past the threshold of 64 */
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "gus", 1), CODE(OK));
+	tally_client_close(admin);
+	node_start(&c, wiped, false, true); /* empty directory, no bootstrap */
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+static void test_membership_add_promote_and_remove(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	/* A 4th node joins empty, is added and promoted to voter. */
+	node_start(&c, 4, false, true);
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	char address[96];
+	snprintf(address, sizeof(address), "127.0.0.1:%d|127.0.0.1:%d", c.base + 4, c.base + 104);
+	a.op = TALLY__V1__ADMIN__OP__ADD;
+	a.node_id = 4;
+	a.address = address;
+	Tally__V1__Response *res;
+	assert_int_equal(tally_client_admin(admin, &a, &c.arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(OK));
+	a.op = TALLY__V1__ADMIN__OP__ASSIGN;
+	a.role = 1; /* voter */
+	a.address = (char *)"";
+	assert_int_equal(tally_client_admin(admin, &a, &c.arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(OK));
+	/* Another node (not the leader) is removed and stopped. */
+	int gone = leader == 2 ? 3 : 2;
+	a.op = TALLY__V1__ADMIN__OP__REMOVE;
+	a.node_id = (uint64_t)gone;
+	assert_int_equal(tally_client_admin(admin, &a, &c.arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(OK));
+	node_signal(&c, gone, SIGTERM);
+	send_cmd(&c, admin, member_cmd(&c, "hana"), CODE(OK));
+	Tally__V1__Status *st = status(&c, admin);
+	bool has4 = false, has_gone = false;
+	for (size_t i = 0; i < st->n_nodes; i++) {
+		has4 |= st->nodes[i]->id == 4 && strcmp(st->nodes[i]->role, "voter") == 0;
+		has_gone |= st->nodes[i]->id == (uint64_t)gone;
+	}
+	assert_true(has4);
+	assert_false(has_gone);
+	tally_client_close(admin);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+/* tallyctl is a contract: JSON shapes and exit codes. */
+static int tallyctl(struct cluster *c, const char *cluster, const char *args, char *out, size_t cap)
+{
+	char cmd[4096], ctl[1100];
+	snprintf(ctl, sizeof(ctl), "%s", tallyd_path);
+	char *slash = strrchr(ctl, '/');
+	snprintf(slash + 1, sizeof(ctl) - (size_t)(slash + 1 - ctl), "tallyctl");
+	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s --json %s 2>/dev/null",
+		 cluster, c->keys, ctl, args);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_tallyctl_json_shapes_and_exit_codes(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	char out[8192];
+	if (tallyctl(&c, c.clients, "brand create --id b1 --request-id r1", out, sizeof(out)) != 0)
+		fail_msg("brand create: %s", out);
+	assert_int_equal(tallyctl(&c, c.clients, "member open --id ivy --request-id r2", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(&c, c.clients, "--key dealer accrue --brand b1 --member ivy --points 70 --request-id r3", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(&c, c.clients, "--key dealer accrue --brand b1 --member ivy --points 70 --request-id r3", out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"replay\":true"));
+	assert_int_equal(tallyctl(&c, c.clients, "--key mall hold --brand b1 --member ivy --points 20", out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"hold_id\":"));
+	assert_int_equal(tallyctl(&c, c.clients, "--key auditor balance --brand b1 --member ivy", out, sizeof(out)), 0);
+	const char *fields[] = {"\"brand\":\"b1\"", "\"member\":\"ivy\"", "\"available\":50",
+				"\"held\":20", "\"earned\":70", "\"redeemed\":0", "\"expired\":0", "\"tier\":"};
+	for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+		if (strstr(out, fields[i]) == NULL)
+			fail_msg("balance JSON lacks %s: %s", fields[i], out);
+	assert_int_equal(tallyctl(&c, c.clients, "--key mall redeem --brand b1 --member ivy --points 999", out, sizeof(out)), 1);
+	assert_non_null(strstr(out, "\"error\":\"INSUFFICIENT_POINTS\""));
+	assert_int_equal(tallyctl(&c, c.clients, "accrue --brand b1", out, sizeof(out)), 2);
+	assert_int_equal(tallyctl(&c, c.clients, "--key auditor digest", out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"state_digest\":\""));
+	assert_int_equal(tallyctl(&c, c.clients, "--key auditor status", out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"leader\":{\"id\":"));
+	/* Nobody listening: definitely not applied. */
+	assert_int_equal(tallyctl(&c, "127.0.0.1:1", "--timeout-ms 300 --key auditor status", out, sizeof(out)), 3);
+	/* Every node paused: no handshake completes, so nothing was sent: unavailable. */
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGSTOP);
+	assert_int_equal(tallyctl(&c, c.clients, "--timeout-ms 300 --key dealer accrue --brand b1 --member ivy --points 1", out, sizeof(out)), 3);
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGCONT);
+	cluster_stop(&c);
+}
+
+static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "jo"), CODE(OK));
+	tally_client_close(admin);
+	struct tally_client_options o = {.cluster = c.clients, .key_name = "dealer",
+					 .secret = secret_of("dealer"), .timeout_ms = 500, .attempts = 1};
+	struct tally_client *cl;
+	char err[256];
+	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(OK));
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGSTOP);
+	Tally__V1__CommandResult *r;
+	assert_int_equal(tally_client_command(cl, accrue_cmd(&c, "maybe", "b1", "jo", 5), &c.arena, &r),
+			 CODE(TIMEOUT));
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGCONT);
+	tally_client_close(cl);
+	/* Retrying the same request id settles it: applied exactly once either way. */
+	struct tally_client *dealer = client(&c, "dealer");
+	send_cmd(&c, dealer, accrue_cmd(&c, "maybe", "b1", "jo", 5), CODE(OK));
+	send_cmd(&c, dealer, accrue_cmd(&c, "maybe", "b1", "jo", 5), CODE(OK));
+	char *who[1] = {(char *)"jo"};
+	assert_int_equal(accounts(&c, dealer, "b1", who, 1, false)->accounts[0]->available, 5);
+	tally_client_close(dealer);
+	cluster_stop(&c);
+}
+
 static int setup_paths(void)
 {
 	const char *env = getenv("TALLYD");
@@ -681,13 +982,19 @@ int main(void)
 		return 1;
 	}
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_commands_and_rejections_end_to_end_through_the_cluster),
-		cmocka_unit_test(test_a_follower_redirects_and_a_linearizable_read_sees_the_write),
-		cmocka_unit_test(test_wrong_key_secret_or_scope_is_refused),
-		cmocka_unit_test(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving),
-		cmocka_unit_test(test_retries_across_a_leader_kill_apply_every_request_exactly_once),
-		cmocka_unit_test(test_sigterm_and_restart_of_every_node_loses_nothing),
-		cmocka_unit_test(test_a_stopped_node_catches_up_when_continued),
+		cmocka_unit_test_teardown(test_commands_and_rejections_end_to_end_through_the_cluster, teardown),
+		cmocka_unit_test_teardown(test_a_follower_redirects_and_a_linearizable_read_sees_the_write, teardown),
+		cmocka_unit_test_teardown(test_wrong_key_secret_or_scope_is_refused, teardown),
+		cmocka_unit_test_teardown(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving, teardown),
+		cmocka_unit_test_teardown(test_retries_across_a_leader_kill_apply_every_request_exactly_once, teardown),
+		cmocka_unit_test_teardown(test_sigterm_and_restart_of_every_node_loses_nothing, teardown),
+		cmocka_unit_test_teardown(test_a_stopped_node_catches_up_when_continued, teardown),
+		cmocka_unit_test_teardown(test_sighup_reloads_keys_without_restart, teardown),
+		cmocka_unit_test_teardown(test_metrics_and_health_are_served_over_http, teardown),
+		cmocka_unit_test_teardown(test_a_wiped_node_rejoins_and_catches_up_by_snapshot, teardown),
+		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
+		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),
+		cmocka_unit_test_teardown(test_a_request_sent_and_never_answered_is_an_unknown_outcome, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
