@@ -55,8 +55,12 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	int d = snprintf(n->dir, sizeof(n->dir), "%s", cfg->dir);
 	int r = snprintf(n->raft_dir, sizeof(n->raft_dir), "%s/raft", cfg->dir);
 	int l = snprintf(n->ledger_dir, sizeof(n->ledger_dir), "%s/ledger", cfg->dir);
-	if (a < 0 || d < 0 || r < 0 || l < 0 || (size_t)r >= sizeof(n->raft_dir) ||
-	    (size_t)l >= sizeof(n->ledger_dir)) {
+	if (a < 0 || (size_t)a >= sizeof(n->address)) {
+		ERR(errmsg, errcap, "node: address longer than %d bytes", TALLY_ADDRESS_BYTES_MAX);
+		return TALLY_EINVAL;
+	}
+	if (d < 0 || r < 0 || l < 0 || (size_t)d >= sizeof(n->dir) ||
+	    (size_t)r >= sizeof(n->raft_dir) || (size_t)l >= sizeof(n->ledger_dir)) {
 		ERR(errmsg, errcap, "node: dir path too long");
 		return TALLY_EINVAL;
 	}

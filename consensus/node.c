@@ -19,12 +19,10 @@
  * turn or the tick timer, so callbacks that re-enter the node are harmless.
  */
 #include <assert.h>
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "consensus/internal.h"
@@ -366,7 +364,7 @@ static void node_flush(struct tally_node *n)
 	assert(n != NULL);
 	unsigned rounds = 0;
 	while (n->queue_head != NULL && n->inflight < n->cfg.inflight_max) {
-		assert(++rounds <= n->cfg.inflight_max);
+		assert(++rounds <= n->cfg.inflight_max + 1);
 		if (!node_leading(n) || n->failed) {
 			const char *msg = NULL;
 			Tally__V1__ResultCode code = refusal(n, &msg);
@@ -477,7 +475,9 @@ static void barrier_cb(struct raft_barrier *req, int status)
 	} else if (n->phase != NODE_OPEN) {
 		query_list_fail(q, CODE(UNAVAILABLE), "node is shutting down");
 	} else {
-		query_list_fail(q, CODE(NOT_LEADER), tally_node_leader_client(n));
+		/* While raft steps down it still reports itself as leader: say "unknown". */
+		query_list_fail(q, CODE(NOT_LEADER),
+				status == RAFT_LEADERSHIPLOST ? "" : tally_node_leader_client(n));
 	}
 	node_kick(n);
 }
