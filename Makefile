@@ -125,7 +125,8 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
 	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \
-	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10
+	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
+	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster

@@ -186,8 +186,10 @@ static void send_one(struct worker *w, struct tally_client *c, struct tally_aren
 		req.body_case = TALLY__V1__REQUEST__BODY_BATCH;
 		req.batch = &list;
 	}
-	if (tally_client_send(c, &req) != CODE(OK)) {
+	Tally__V1__ResultCode rc = tally_client_send(c, &req);
+	if (rc != CODE(OK)) {
 		atomic_fetch_add(&errors, 1);
+		fprintf(stderr, "tally-bench: send: %s: %s\n", tally_result_name(rc), tally_client_error(c));
 		w->failed = 1;
 		return;
 	}
@@ -198,7 +200,9 @@ static void send_one(struct worker *w, struct tally_client *c, struct tally_aren
 static void account(const Tally__V1__Response *res, unsigned batch)
 {
 	if (res->code != CODE(OK)) {
-		atomic_fetch_add(&errors, 1);
+		if (atomic_fetch_add(&errors, 1) < 5)
+			fprintf(stderr, "tally-bench: answer %s: %s\n", tally_result_name(res->code),
+				res->message);
 		return;
 	}
 	uint64_t ok = 0, rejected = 0;
@@ -213,6 +217,38 @@ static void account(const Tally__V1__Response *res, unsigned batch)
 	atomic_fetch_add(&rejected_commands, rejected);
 }
 
+/* Points the client at the leader before the pipeline starts (a follower would answer
+ * every pipelined request NOT_LEADER). */
+static void find_leader(struct tally_client *c, struct tally_arena *a)
+{
+	Tally__V1__Admin ad = TALLY__V1__ADMIN__INIT;
+	ad.op = TALLY__V1__ADMIN__OP__STATUS;
+	Tally__V1__Response *res;
+	if (tally_client_admin(c, &ad, a, &res) == CODE(OK) && res->status != NULL &&
+	    res->status->leader != NULL && res->status->leader->client_address != NULL &&
+	    res->status->leader->client_address[0] != '\0' &&
+	    strcmp(res->status->leader->client_address, tally_client_address(c)) != 0)
+		tally_client_follow(c, res->status->leader->client_address);
+	tally_arena_reset(a);
+}
+
+/* Paces sends to the offered rate (0: no pacing). */
+static void pace(uint64_t interval_ns, uint64_t *next_ns)
+{
+	if (interval_ns == 0)
+		return;
+	*next_ns += interval_ns;
+	uint64_t t = now_ns();
+	if (*next_ns > t) {
+		struct timespec d = {(time_t)((*next_ns - t) / 1000000000u),
+				     (long)((*next_ns - t) % 1000000000u)};
+		nanosleep(&d, NULL); /* pacing the offered load, not waiting on state */
+	}
+}
+
+/* Keeps `pipeline` requests in flight until stopped. A NOT_LEADER answer or a lost
+ * connection drains what is still due, then the worker reconnects (to the leader
+ * named, or the same node) and fills the pipeline again. */
 static void *run_worker(void *arg)
 {
 	struct worker *w = arg;
@@ -223,40 +259,52 @@ static void *run_worker(void *arg)
 	uint64_t n = 0, interval_ns = o->rate ? 1000000000ull * o->batch * o->connections / o->rate : 0;
 	uint64_t next_ns = now_ns();
 	unsigned inflight = 0;
-	for (unsigned s = 0; s < o->pipeline && !w->failed; s++, inflight++)
-		send_one(w, c, &a, &n, s);
-	while (inflight > 0 && !w->failed) {
+	char redirect[256] = "";
+	bool draining = false;
+	find_leader(c, &a);
+	while (!atomic_load(&stop) || inflight > 0) {
+		if (inflight == 0 && !atomic_load(&stop)) {
+			if (draining)
+				tally_client_follow(c, redirect[0] ? redirect : tally_client_address(c));
+			draining = false;
+			redirect[0] = '\0';
+			w->failed = 0;
+			for (unsigned s = 0; s < o->pipeline && !w->failed; s++, inflight++)
+				send_one(w, c, &a, &n, s);
+			if (w->failed)
+				break;
+			continue;
+		}
 		Tally__V1__Response *res;
-		if (tally_client_recv(c, &a, &res) != CODE(OK)) {
+		Tally__V1__ResultCode rc = tally_client_recv(c, &a, &res);
+		inflight--;
+		if (rc != CODE(OK)) {
 			atomic_fetch_add(&errors, 1);
-			break;
+			draining = true;
+			continue;
 		}
 		unsigned slot = 0;
 		while (slot < o->pipeline && w->call_of[slot] != res->call_id)
 			slot++;
-		if (slot == o->pipeline)
-			continue;
-		uint64_t lat = (now_ns() - w->sent_at_ns[slot]) / 1000;
-		if (w->n_lat < SAMPLES_MAX)
-			w->lat_us[w->n_lat++] = (uint32_t)(lat > UINT32_MAX ? UINT32_MAX : lat);
-		account(res, o->batch);
-		if (res->code == CODE(NOT_LEADER) && res->leader_address[0] != '\0')
-			tally_client_follow(c, res->leader_address);
-		inflight--;
-		tally_arena_reset(&a);
-		if (atomic_load(&stop))
-			continue;
-		if (interval_ns != 0) {
-			next_ns += interval_ns;
-			uint64_t t = now_ns();
-			if (next_ns > t) {
-				struct timespec d = {(time_t)((next_ns - t) / 1000000000u),
-						     (long)((next_ns - t) % 1000000000u)};
-				nanosleep(&d, NULL); /* pacing the offered rate, not waiting on state */
-			}
+		if (slot < o->pipeline) {
+			uint64_t lat = (now_ns() - w->sent_at_ns[slot]) / 1000;
+			if (w->n_lat < SAMPLES_MAX)
+				w->lat_us[w->n_lat++] = (uint32_t)(lat > UINT32_MAX ? UINT32_MAX : lat);
 		}
+		account(res, o->batch);
+		if (res->code == CODE(NOT_LEADER)) {
+			snprintf(redirect, sizeof(redirect), "%s", res->leader_address);
+			draining = true;
+		}
+		tally_arena_reset(&a);
+		if (draining || atomic_load(&stop) || slot == o->pipeline)
+			continue;
+		pace(interval_ns, &next_ns);
 		send_one(w, c, &a, &n, slot);
-		inflight++;
+		if (w->failed)
+			draining = true;
+		else
+			inflight++;
 	}
 	tally_arena_free(&a);
 	tally_client_close(c);
