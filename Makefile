@@ -30,7 +30,8 @@ CFLAGS  += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE -Wall -Wextra -Werror -Wshad
 LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lcrypto -lpthread
 
 DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lmdb-utils \
-                libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind
+                libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind \
+                python3 iproute2 nftables iptables libfaketime fiu-utils gnuplot-nox
 
 PROTO_C := $(BUILD)/proto/tally.pb-c.c
 PROTO_H := $(BUILD)/proto/tally.pb-c.h
