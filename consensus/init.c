@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 
 #include "consensus/internal.h"
@@ -134,6 +135,41 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	return 0;
 }
 
+#define LEDGER_CHECK_ENTRIES_MAX 2000000 /* full check at start below this journal size */
+
+/* Opens the ledger, and throws it away when it does not verify: LMDB runs with
+ * MDB_NOSYNC (the raft log is the durable record), so after an OS crash it may be
+ * behind or damaged. Raft restores its latest snapshot on start and replays the log
+ * after it, which rebuilds an empty ledger exactly. */
+static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap)
+{
+	int rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
+	char why[256] = "";
+	struct tally_digest d;
+	if (rc != 0)
+		snprintf(why, sizeof(why), "open: %s", tally_strerror(rc));
+	else if (tally_ledger_digest(n->ledger, &d) != 0)
+		snprintf(why, sizeof(why), "meta does not read");
+	else if (d.tree_size <= LEDGER_CHECK_ENTRIES_MAX &&
+		 tally_ledger_check_invariants(n->ledger, why, sizeof(why)) == 0)
+		return 0;
+	else if (d.tree_size > LEDGER_CHECK_ENTRIES_MAX)
+		return 0; /* too large to scan at every start: meta reads, trust it */
+	fprintf(stderr, "tally node: ledger %s failed its start check (%s); rebuilding it "
+			"from the raft snapshot and log\n", n->ledger_dir, why);
+	tally_ledger_close(n->ledger);
+	n->ledger = NULL;
+	char path[sizeof(n->ledger_dir) + 16];
+	snprintf(path, sizeof(path), "%s/data.mdb", n->ledger_dir);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/lock.mdb", n->ledger_dir);
+	unlink(path);
+	rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
+	if (rc != 0)
+		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
+	return rc;
+}
+
 int tally_node_init(struct tally_node **out, uv_loop_t *loop,
 		    const struct tally_node_config *cfg, char *errmsg, size_t errcap)
 {
@@ -159,8 +195,8 @@ int tally_node_init(struct tally_node **out, uv_loop_t *loop,
 		rc = dir_make(n->ledger_dir, errmsg, errcap);
 	n->ledger_opts = (struct tally_ledger_options){
 		.map_size_bytes = cfg->map_size_bytes, .nosync = true, .writemap = true};
-	if (rc == 0 && (rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger)) != 0)
-		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
+	if (rc == 0)
+		rc = ledger_open_checked(n, errmsg, errcap);
 	if (rc == 0)
 		rc = node_raft_init(n, errmsg, errcap);
 	if (rc == 0 && node_handles_init(n) != 0)

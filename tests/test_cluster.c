@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <lmdb.h>
+
 #include "rpc/frame.h"
 #include "rpc/tally.h"
 
@@ -1098,6 +1100,63 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	cluster_stop(&c);
 }
 
+/* An OS crash under MDB_NOSYNC can leave a damaged ledger file: the node must notice
+ * at start and rebuild from the raft snapshot and log. */
+static void test_a_node_with_a_damaged_ledger_rebuilds_it_at_start(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	uint64_t leader = wait_leader(&c);
+	int victim = leader == 1 ? 2 : 1;
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "max"), CODE(OK));
+	for (int i = 0; i < 150; i++)
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "max", 2), CODE(OK));
+	assert_replicas_equal(&c);
+	node_signal(&c, victim, SIGTERM);
+	/* Damage that a lost page write leaves: one account record changed behind the
+	 * ledger's back (the digest no longer matches). */
+	char path[400];
+	snprintf(path, sizeof(path), "%s/node%d/ledger", c.dir, victim);
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	assert_int_equal(mdb_env_create(&env), 0);
+	mdb_env_set_maxdbs(env, 32);
+	mdb_env_set_mapsize(env, 64ULL << 30);
+	assert_int_equal(mdb_env_open(env, path, 0, 0644), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	assert_int_equal(mdb_cursor_get(cur, &k, &v, MDB_FIRST), 0);
+	static uint8_t bad[1 << 16];
+	assert_true(v.mv_size < sizeof(bad));
+	memcpy(bad, v.mv_data, v.mv_size);
+	bad[v.mv_size - 1] ^= 0x01;
+	MDB_val nv = {v.mv_size, bad};
+	assert_int_equal(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), 0);
+	mdb_cursor_close(cur);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	node_start(&c, victim, false, false);
+	for (int i = 0; i < 10; i++)
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "max", 1), CODE(OK));
+	tally_client_close(admin);
+	assert_replicas_equal(&c);
+	char log[400], text[1 << 14];
+	snprintf(log, sizeof(log), "%s/node%d.log", c.dir, victim);
+	FILE *f = fopen(log, "r");
+	assert_non_null(f);
+	text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+	fclose(f);
+	assert_non_null(strstr(text, "failed its start check"));
+	cluster_stop(&c);
+}
+
 static int setup_paths(void)
 {
 	const char *env = getenv("TALLYD");
@@ -1136,6 +1195,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
 		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),
 		cmocka_unit_test_teardown(test_a_request_sent_and_never_answered_is_an_unknown_outcome, teardown),
+		cmocka_unit_test_teardown(test_a_node_with_a_damaged_ledger_rebuilds_it_at_start, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
