@@ -28,46 +28,12 @@ static const char *const role_names[N_ROLES] = {
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
-struct snap {
-	uint8_t state[32];
-	uint64_t size;
-};
-
-static struct snap snap_take(struct fx *f)
-{
-	struct tally_digest d;
-	assert_int_equal(tally_ledger_digest(f->l, &d), 0);
-	struct snap s;
-	memcpy(s.state, d.state_digest, 32);
-	s.size = d.tree_size;
-	return s;
-}
-
-static bool snap_equal(const struct snap *a, const struct snap *b)
-{
-	return a->size == b->size && memcmp(a->state, b->state, 32) == 0;
-}
-
 static void expect_denied_unchanged(struct fx *f, Tally__V1__Command *c)
 {
 	struct snap before = snap_take(f);
 	expect(f, c, CODE(PERMISSION_DENIED));
 	struct snap after = snap_take(f);
 	assert_true(snap_equal(&before, &after));
-}
-
-static void *zalloc(struct fx *f, size_t n)
-{
-	void *p = tally_arena_zalloc(&f->build, n);
-	assert_non_null(p);
-	return p;
-}
-
-static char *sdup(struct fx *f, const char *s)
-{
-	char *p = tally_arena_strdup(&f->build, s);
-	assert_non_null(p);
-	return p;
 }
 
 static Tally__V1__Command *c_update_brand(struct fx *f, const Tally__V1__Principal *p,

@@ -11,30 +11,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
-struct snap {
-	uint8_t state[32];
-	uint8_t root[32];
-	uint64_t size;
-};
-
-static struct snap snap_take(struct fx *f)
-{
-	struct tally_digest d;
-	assert_int_equal(tally_ledger_digest(f->l, &d), 0);
-	struct snap s;
-	memcpy(s.state, d.state_digest, 32);
-	memcpy(s.root, d.root, 32);
-	s.size = d.tree_size;
-	return s;
-}
-
-static void assert_snap_equal(const struct snap *a, const struct snap *b)
-{
-	assert_int_equal(a->size, b->size);
-	assert_memory_equal(a->state, b->state, 32);
-	assert_memory_equal(a->root, b->root, 32);
-}
-
 /* Applies c, expects `code` and a message naming `field`, and that nothing changed. */
 static void expect_unchanged(struct fx *f, Tally__V1__Command *c, Tally__V1__ResultCode code,
 			     const char *field)

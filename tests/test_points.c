@@ -60,20 +60,6 @@ static Tally__V1__Principal *timer(struct fx *f)
 
 /* ---- command builders not in util.c ---------------------------------------------- */
 
-static void *zalloc(struct fx *f, size_t n)
-{
-	void *p = tally_arena_zalloc(&f->build, n);
-	assert_non_null(p);
-	return p;
-}
-
-static char *sdup(struct fx *f, const char *s)
-{
-	char *p = tally_arena_strdup(&f->build, s);
-	assert_non_null(p);
-	return p;
-}
-
 /* The rules of a brand beyond its expiry. */
 struct rules {
 	uint32_t expiry_months;

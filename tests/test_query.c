@@ -44,20 +44,6 @@ static Tally__V1__Principal *auditor(struct fx *f, const char *brands)
 
 /* ---- small helpers --------------------------------------------------------------- */
 
-static void *zalloc(struct fx *f, size_t n)
-{
-	void *p = tally_arena_zalloc(&f->build, n);
-	assert_non_null(p);
-	return p;
-}
-
-static char *sdup(struct fx *f, const char *s)
-{
-	char *p = tally_arena_strdup(&f->build, s);
-	assert_non_null(p);
-	return p;
-}
-
 static struct tally_digest digest(struct fx *f)
 {
 	struct tally_digest d;

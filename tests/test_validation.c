@@ -13,30 +13,6 @@
 
 /* ---- helpers ---------------------------------------------------------------------- */
 
-struct snap {
-	uint8_t state[32];
-	uint8_t root[32];
-	uint64_t size;
-};
-
-static struct snap snap_take(struct fx *f)
-{
-	struct tally_digest d;
-	assert_int_equal(tally_ledger_digest(f->l, &d), 0);
-	struct snap s;
-	memcpy(s.state, d.state_digest, 32);
-	memcpy(s.root, d.root, 32);
-	s.size = d.tree_size;
-	return s;
-}
-
-static void assert_snap_equal(const struct snap *a, const struct snap *b)
-{
-	assert_int_equal(a->size, b->size);
-	assert_memory_equal(a->state, b->state, 32);
-	assert_memory_equal(a->root, b->root, 32);
-}
-
 /* Applies c; expects `code` with a message naming `field`, no entry and no change. */
 static void reject_as(struct fx *f, Tally__V1__Command *c, Tally__V1__ResultCode code,
 		      const char *field)
@@ -55,13 +31,6 @@ static void reject_as(struct fx *f, Tally__V1__Command *c, Tally__V1__ResultCode
 }
 
 #define invalid(f, c, field) reject_as((f), (c), CODE(INVALID_ARGUMENT), (field))
-
-static void *zalloc(struct fx *f, size_t n)
-{
-	void *p = tally_arena_zalloc(&f->build, n);
-	assert_non_null(p);
-	return p;
-}
 
 /* A string of n copies of ch, in the fixture's arena. */
 static char *rep(struct fx *f, char ch, size_t n)

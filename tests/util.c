@@ -56,14 +56,14 @@ void fx_close(struct fx *f)
 	fx_remove_dir(f->dir);
 }
 
-static char *sdup(struct fx *f, const char *s)
+char *sdup(struct fx *f, const char *s)
 {
 	char *p = tally_arena_strdup(&f->build, s);
 	assert_non_null(p);
 	return p;
 }
 
-static void *zalloc(struct fx *f, size_t n)
+void *zalloc(struct fx *f, size_t n)
 {
 	void *p = tally_arena_zalloc(&f->build, n);
 	assert_non_null(p);
@@ -355,4 +355,28 @@ bool quick_mode(void)
 {
 	const char *q = getenv("TALLY_TEST_QUICK");
 	return q != NULL && q[0] == '1';
+}
+
+struct snap snap_take(struct fx *f)
+{
+	struct tally_digest d;
+	assert_int_equal(tally_ledger_digest(f->l, &d), 0);
+	struct snap s;
+	memcpy(s.state, d.state_digest, 32);
+	memcpy(s.root, d.root, 32);
+	s.size = d.tree_size;
+	return s;
+}
+
+bool snap_equal(const struct snap *a, const struct snap *b)
+{
+	return a->size == b->size && memcmp(a->state, b->state, 32) == 0 &&
+	       memcmp(a->root, b->root, 32) == 0;
+}
+
+void assert_snap_equal(const struct snap *a, const struct snap *b)
+{
+	assert_int_equal(a->size, b->size);
+	assert_memory_equal(a->state, b->state, 32);
+	assert_memory_equal(a->root, b->root, 32);
 }

@@ -82,4 +82,18 @@ void assert_invariants(struct fx *f);
 Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq);
 bool quick_mode(void);
 
+/* Allocations in the fixture's build arena (never NULL). */
+void *zalloc(struct fx *f, size_t n);
+char *sdup(struct fx *f, const char *s);
+
+/* What a command may change, to prove that a rejection changed nothing. */
+struct snap {
+	uint8_t state[32];
+	uint8_t root[32];
+	uint64_t size;
+};
+struct snap snap_take(struct fx *f);
+bool snap_equal(const struct snap *a, const struct snap *b);
+void assert_snap_equal(const struct snap *a, const struct snap *b);
+
 #endif
