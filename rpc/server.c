@@ -3,7 +3,9 @@
  *
  * Memory: a connection is freed when its handles are closed AND no request of it is
  * still waiting on the node (`pending`), so a late callback never touches freed
- * memory. A request is decoded with protobuf-c's default allocator and freed when
+ * memory. Responses are packed into the connection's output buffer and written once
+ * per loop turn (a uv_check handle), so answers to a pipelined stream cost one write
+ * each turn rather than one each. A request is decoded with protobuf-c's default allocator and freed when
  * its answer has been written to the connection (or the connection is gone).
  */
 #include "rpc/server.h"
@@ -32,6 +34,12 @@ struct conn {
 	struct tally_key key;             /* trusted once the proof verified */
 	char *slots[TALLY_SCOPE_BRANDS_MAX];
 	Tally__V1__Principal principal;
+	uint8_t *out;                     /* responses packed since the last flush */
+	size_t out_len;
+	size_t out_cap;
+	bool out_close;                   /* close once what is queued has been written */
+	bool queued;                      /* on the server's flush list (holds `pending`) */
+	struct conn *flush_next;
 	struct conn *prev, *next;
 };
 
@@ -43,8 +51,11 @@ struct tally_server {
 	struct tally_server_config cfg;
 	struct tally_server_stats stats;
 	struct conn *conns;
+	uv_check_t flusher;               /* writes queued responses once per loop turn */
+	struct conn *flush_head;
 	bool closing;
 	bool listener_closed;
+	bool flusher_closed;
 	void (*close_cb)(void *data);
 	void *close_data;
 };
@@ -64,11 +75,13 @@ struct batch_item {
 	size_t index;
 };
 
+#define OUT_BYTES_MAX (64u << 20) /* a client that reads nothing is cut off here */
+
 struct wreq {
 	uv_write_t w;
 	struct conn *c;
 	bool close_after;
-	uv_buf_t buf;
+	uv_buf_t buf;                      /* the flushed output buffer, owned here */
 };
 
 static void conn_close(struct conn *c);
@@ -77,7 +90,8 @@ static void conn_close(struct conn *c);
 
 static void server_maybe_done(struct tally_server *s)
 {
-	if (s->closing && s->listener_closed && s->conns == NULL && s->close_cb != NULL) {
+	if (s->closing && s->listener_closed && s->flusher_closed && s->conns == NULL &&
+	    s->close_cb != NULL) {
 		void (*cb)(void *) = s->close_cb;
 		s->close_cb = NULL;
 		cb(s->close_data);
@@ -96,6 +110,7 @@ static void conn_maybe_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	tally_frame_reader_free(&c->reader);
+	free(c->out);
 	free(c);
 	s->stats.connections_open--;
 	server_maybe_done(s);
@@ -151,6 +166,7 @@ static void on_written(uv_write_t *w, int status)
 	struct wreq *wr = (struct wreq *)w;
 	struct conn *c = wr->c;
 	bool close_after = wr->close_after || status != 0;
+	free(wr->buf.base);
 	free(wr);
 	c->pending--;
 	if (close_after)
@@ -158,28 +174,87 @@ static void on_written(uv_write_t *w, int status)
 	conn_maybe_free(c);
 }
 
-/* Queues a response on the connection; closes it afterwards when close_after. */
+/* Hands the connection's queued output to one uv_write. */
+static void conn_flush(struct conn *c)
+{
+	assert(c->queued);
+	c->queued = false;
+	c->pending--; /* the queue's hold; the write takes its own below */
+	uint8_t *out = c->out;
+	size_t len = c->out_len;
+	bool close_after = c->out_close;
+	c->out = NULL;
+	c->out_len = c->out_cap = 0;
+	c->out_close = false;
+	struct wreq *wr = c->state == C_CLOSING ? NULL : malloc(sizeof(*wr));
+	if (wr == NULL) {
+		free(out);
+		conn_close(c);
+		conn_maybe_free(c);
+		return;
+	}
+	wr->c = c;
+	wr->close_after = close_after;
+	wr->buf = uv_buf_init((char *)out, (unsigned)len);
+	c->pending++;
+	if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_written) != 0) {
+		free(out);
+		free(wr);
+		c->pending--;
+		conn_close(c);
+		conn_maybe_free(c);
+	}
+}
+
+static void on_check(uv_check_t *h)
+{
+	struct tally_server *s = h->data;
+	while (s->flush_head != NULL) {
+		struct conn *c = s->flush_head;
+		s->flush_head = c->flush_next;
+		conn_flush(c);
+	}
+}
+
+/* Makes room for `more` bytes of output; false when the client reads too little. */
+static bool out_reserve(struct conn *c, size_t more)
+{
+	if (c->out_len + more <= c->out_cap)
+		return true;
+	if (c->out_len + more > OUT_BYTES_MAX)
+		return false;
+	size_t cap = c->out_cap == 0 ? 4096 : c->out_cap;
+	while (cap < c->out_len + more)
+		cap *= 2;
+	uint8_t *p = realloc(c->out, cap);
+	if (p == NULL)
+		return false;
+	c->out = p;
+	c->out_cap = cap;
+	return true;
+}
+
+/* Queues a response on the connection (written at the end of this loop turn); the
+ * connection closes after it when close_after. */
 static void respond(struct conn *c, Tally__V1__Response *res, bool close_after)
 {
 	if (c->state == C_CLOSING)
 		return;
 	size_t n = tally__v1__response__get_packed_size(res);
-	struct wreq *wr = malloc(sizeof(*wr) + TALLY_FRAME_HEADER_BYTES + n);
-	if (wr == NULL) {
+	if (!out_reserve(c, TALLY_FRAME_HEADER_BYTES + n)) {
 		conn_close(c);
 		return;
 	}
-	uint8_t *p = (uint8_t *)(wr + 1);
+	uint8_t *p = c->out + c->out_len;
 	tally_frame_header(p, (uint32_t)n);
 	tally__v1__response__pack(res, p + TALLY_FRAME_HEADER_BYTES);
-	wr->c = c;
-	wr->close_after = close_after;
-	wr->buf = uv_buf_init((char *)p, (unsigned)(TALLY_FRAME_HEADER_BYTES + n));
-	c->pending++; /* the write holds the connection */
-	if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &wr->buf, 1, on_written) != 0) {
-		free(wr);
-		c->pending--;
-		conn_close(c);
+	c->out_len += TALLY_FRAME_HEADER_BYTES + n;
+	c->out_close |= close_after;
+	if (!c->queued) {
+		c->queued = true;
+		c->pending++; /* the queue holds the connection until the flush */
+		c->flush_next = c->s->flush_head;
+		c->s->flush_head = c;
 	}
 }
 
@@ -636,6 +711,11 @@ int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_n
 		rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
 	if (rc == 0)
 		rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
+	if (rc == 0) {
+		uv_check_init(loop, &s->flusher);
+		s->flusher.data = s;
+		rc = uv_check_start(&s->flusher, on_check);
+	}
 	if (rc != 0) {
 		snprintf(err, errcap, "listen on %s: %s", cfg->listen_address, uv_strerror(rc));
 		uv_close((uv_handle_t *)&s->listener, NULL);
@@ -667,6 +747,13 @@ static void on_listener_closed(uv_handle_t *h)
 	server_maybe_done(s);
 }
 
+static void on_flusher_closed(uv_handle_t *h)
+{
+	struct tally_server *s = h->data;
+	s->flusher_closed = true;
+	server_maybe_done(s);
+}
+
 void tally_server_close(struct tally_server *s, void (*cb)(void *data), void *data)
 {
 	assert(s != NULL && !s->closing);
@@ -676,6 +763,8 @@ void tally_server_close(struct tally_server *s, void (*cb)(void *data), void *da
 	uv_close((uv_handle_t *)&s->listener, on_listener_closed);
 	for (struct conn *c = s->conns; c != NULL; c = c->next)
 		conn_close(c);
+	on_check(&s->flusher); /* release the queues' holds on the closing connections */
+	uv_close((uv_handle_t *)&s->flusher, on_flusher_closed);
 }
 
 void tally_server_free(struct tally_server *s)
