@@ -7,6 +7,8 @@
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
+#   make jepsen-smoke    two short fault-injection runs (root: network namespaces)
+#   make jepsen          every nemesis x every workload, 60 s each, with a summary
 #   make deps            install the Debian packages the build needs (apt-get)
 #   make clean
 
@@ -54,7 +56,8 @@ TEST_UTIL  := $(BUILD)/tests/util.o
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 
-.PHONY: all check valgrind bench-ledger bench demo demo-ledger deps clean install
+.PHONY: all check valgrind bench-ledger bench demo demo-ledger deps clean install \
+        jepsen jepsen-smoke
 .SECONDARY:
 
 ifneq ($(wildcard rpc/client.c),)
@@ -102,6 +105,8 @@ $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
 
 check: $(TEST_BIN) $(TOOLS)
 	@set -e; pass=0; fail=0; \
+	echo "== jepsen/test_check.py"; \
+	if python3 jepsen/test_check.py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: jepsen/test_check.py"; fi; \
 	for t in $(TEST_BIN); do \
 		echo "== $$t"; \
 		if $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$t"; fi; \
@@ -131,6 +136,15 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
+
+# Fault injection (jepsen/README.md). One combination:
+#   jepsen/run --workload bank --nemesis partition --time-limit 60 --rate 20 --concurrency 5 --seed 1
+jepsen-smoke: $(TOOLS)
+	jepsen/run --workload bank --nemesis partition --time-limit 40 --quiet-s 5
+	jepsen/run --workload set --nemesis kill --time-limit 40 --quiet-s 5
+
+jepsen: $(TOOLS)
+	jepsen/matrix --time-limit 60
 
 demo-ledger: $(BUILD)/tools/ledger-demo
 	$(BUILD)/tools/ledger-demo
