@@ -162,6 +162,10 @@ int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
  * order, at most limit; a non-zero return from fn stops the scan and is returned. */
 int txn_scan(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, size_t limit,
 	     int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg);
+/* As txn_scan, starting at key `start` (which sorts at or after prefix). */
+int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const void *start,
+		  size_t start_n, size_t limit,
+		  int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg);
 
 /* civil time (civil.c) */
 int64_t day_of(int64_t time_ms);

@@ -282,6 +282,20 @@ static int entries_add(struct query *q, uint64_t seq, struct entries_scan *s)
 	return push(q, (void ***)&q->res->entries, &q->res->n_entries, e);
 }
 
+struct member_scan {
+	struct query *q;
+	struct entries_scan *s;
+};
+
+static int member_row(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	(void)v;
+	struct member_scan *m = arg;
+	if (k->mv_size < 8)
+		return TALLY_ECORRUPT;
+	return entries_add(m->q, be64_get((uint8_t *)k->mv_data + k->mv_size - 8), m->s);
+}
+
 /* Entries of one member from its index, starting at seq `from`. */
 static int member_entries(struct query *q, const char *member, uint64_t from,
 			  struct entries_scan *s)
@@ -291,22 +305,9 @@ static int member_entries(struct query *q, const char *member, uint64_t from,
 	key_str(&prefix, member);
 	start = prefix;
 	key_u64(&start, from);
-	MDB_cursor *cur;
-	int rc = lmdb_error(mdb_cursor_open(q->txn, q->l->dbi[T_IX_MEMBER], &cur));
-	if (rc != 0)
-		return rc;
-	MDB_val k = {start.n, start.b}, v;
-	int mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-	while (rc == 0 && mrc == 0 && k.mv_size == prefix.n + 8 &&
-	       memcmp(k.mv_data, prefix.b, prefix.n) == 0) {
-		rc = entries_add(q, be64_get((uint8_t *)k.mv_data + prefix.n), s);
-		if (rc == 0)
-			mrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	mdb_cursor_close(cur);
-	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
-		rc = lmdb_error(mrc);
-	return rc;
+	struct member_scan m = {q, s};
+	return txn_scan_from(q->txn, q->l->dbi[T_IX_MEMBER], prefix.b, prefix.n, start.b, start.n,
+			     SIZE_MAX, member_row, &m);
 }
 
 static int q_entries(struct query *q, const Tally__V1__ListEntries *g)

@@ -548,14 +548,21 @@ struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi)
 int txn_scan(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, size_t limit,
 	     int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg)
 {
+	return txn_scan_from(txn, dbi, prefix, n, prefix, n, limit, fn, arg);
+}
+
+int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const void *start,
+		  size_t start_n, size_t limit,
+		  int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg)
+{
 	assert(txn != NULL && fn != NULL);
-	assert(prefix != NULL || n == 0);
+	assert((prefix != NULL || n == 0) && (start != NULL || start_n == 0));
 	MDB_cursor *cur;
 	int rc = lmdb_error(mdb_cursor_open(txn, dbi, &cur));
 	if (rc != 0)
 		return rc;
-	MDB_val k = {n, (void *)prefix}, v;
-	int mrc = mdb_cursor_get(cur, &k, &v, n > 0 ? MDB_SET_RANGE : MDB_FIRST);
+	MDB_val k = {start_n, (void *)start}, v;
+	int mrc = mdb_cursor_get(cur, &k, &v, start_n > 0 ? MDB_SET_RANGE : MDB_FIRST);
 	for (size_t seen = 0; rc == 0 && mrc == 0 && seen < limit; seen++) {
 		if (k.mv_size < n || memcmp(k.mv_data, prefix, n) != 0)
 			break;
