@@ -65,15 +65,6 @@ static Tally__V1__Command *c_update_member(struct fx *f, const Tally__V1__Princi
 	return c;
 }
 
-static Tally__V1__QueryResult *query(struct fx *f, Tally__V1__Query *q,
-				     const Tally__V1__Principal *p)
-{
-	Tally__V1__QueryResult *res = NULL;
-	assert_int_equal(tally_ledger_query(f->l, q, p, &f->build, &res), 0);
-	assert_non_null(res);
-	return res;
-}
-
 static Tally__V1__QueryResult *q_accounts(struct fx *f, const Tally__V1__Principal *p,
 					  const char *brand, const char *member)
 {

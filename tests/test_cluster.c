@@ -346,6 +346,14 @@ static Tally__V1__QueryResult *accounts(struct cluster *c, struct tally_client *
 	return res;
 }
 
+/* One member's account in a brand, by a linearizable read. */
+static Tally__V1__Account *account_of(struct cluster *c, struct tally_client *cl,
+				      const char *brand, const char *member)
+{
+	char *who[1] = {(char *)member};
+	return accounts(c, cl, brand, who, 1, false)->accounts[0];
+}
+
 static Tally__V1__Digest *digest_of(struct cluster *c, int node)
 {
 	char addr[32];
@@ -441,8 +449,7 @@ static void test_commands_and_rejections_end_to_end_through_the_cluster(void **s
 	redeem->points = 100000;
 	redeem->reason = redeem->reference = (char *)"";
 	send_cmd(&c, mall, m, CODE(INSUFFICIENT_POINTS));
-	char *who[1] = {(char *)"alice"};
-	assert_int_equal(accounts(&c, mall, "b1", who, 1, false)->accounts[0]->available, 1007);
+	assert_int_equal(account_of(&c, mall, "b1", "alice")->available, 1007);
 	tally_client_close(admin);
 	tally_client_close(dealer);
 	tally_client_close(mall);
@@ -559,9 +566,8 @@ static void test_partner_operator_and_timeout_commands_end_to_end(void **state)
 	h = send_cmd(&c, mall, hold_cmd(&c, 100, 1), CODE(OK))->hold_id;
 	/* The leader's expire timer makes batches whose time passes the 1 s timeout: wait
 	 * (bounded) until the release is visible, then the capture is too late. */
-	char *kim[1] = {(char *)"kim"};
 	int64_t deadline = now_ms() + 15000;
-	while (accounts(&c, mall, "b1", kim, 1, false)->accounts[0]->held != 0) {
+	while (account_of(&c, mall, "b1", "kim")->held != 0) {
 		if (now_ms() > deadline)
 			fail_msg("a hold with a 1 s timeout was never released");
 		struct pollfd none;
@@ -599,12 +605,11 @@ static void test_a_follower_redirects_and_a_linearizable_read_sees_the_write(voi
 	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "bob", 42), CODE(OK));
 	tally_client_close(admin);
 	struct tally_client *reader = connect_to(&c, addr, "auditor", secret_of("auditor"));
-	char *who[1] = {(char *)"bob"};
-	assert_int_equal(accounts(&c, reader, "b1", who, 1, false)->accounts[0]->available, 42);
+	assert_int_equal(account_of(&c, reader, "b1", "bob")->available, 42);
 	tally_client_close(reader);
 	/* A stale read from the follower says which index it reflects. */
 	reader = connect_to(&c, addr, "auditor", secret_of("auditor"));
-	Tally__V1__QueryResult *res = accounts(&c, reader, "b1", who, 1, true);
+	Tally__V1__QueryResult *res = accounts(&c, reader, "b1", (char *[]){(char *)"bob"}, 1, true);
 	assert_true(res->applied_index > 0);
 	tally_client_close(reader);
 	assert_replicas_equal(&c);
@@ -786,8 +791,7 @@ static void test_retries_across_a_leader_kill_apply_every_request_exactly_once(v
 		total += i;
 	}
 	/* Every acknowledged accrual is present exactly once. */
-	char *who[1] = {(char *)"dora"};
-	assert_int_equal(accounts(&c, dealer, "b1", who, 1, false)->accounts[0]->available, total);
+	assert_int_equal(account_of(&c, dealer, "b1", "dora")->available, total);
 	print_message("200 accruals across a leader kill: %u answered as replays\n", replays);
 	tally_client_close(dealer);
 	/* The killed node comes back and catches up. */
@@ -814,8 +818,7 @@ static void test_sigterm_and_restart_of_every_node_loses_nothing(void **state)
 		node_start(&c, i, false, false);
 	wait_leader(&c);
 	struct tally_client *aud = client(&c, "auditor");
-	char *who[1] = {(char *)"erin"};
-	assert_int_equal(accounts(&c, aud, "b1", who, 1, false)->accounts[0]->available, 1000);
+	assert_int_equal(account_of(&c, aud, "b1", "erin")->available, 1000);
 	tally_client_close(aud);
 	assert_replicas_equal(&c);
 	cluster_stop(&c);
@@ -1093,8 +1096,7 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	struct tally_client *dealer = client(&c, "dealer");
 	send_cmd(&c, dealer, accrue_cmd(&c, "maybe", "b1", "jo", 5), CODE(OK));
 	send_cmd(&c, dealer, accrue_cmd(&c, "maybe", "b1", "jo", 5), CODE(OK));
-	char *who[1] = {(char *)"jo"};
-	assert_int_equal(accounts(&c, dealer, "b1", who, 1, false)->accounts[0]->available, 5);
+	assert_int_equal(account_of(&c, dealer, "b1", "jo")->available, 5);
 	tally_client_close(dealer);
 	assert_replicas_equal(&c);
 	cluster_stop(&c);

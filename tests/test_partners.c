@@ -24,15 +24,6 @@ static void expect_unchanged(struct fx *f, Tally__V1__Command *c, Tally__V1__Res
 	assert_snap_equal(&before, &after);
 }
 
-static Tally__V1__QueryResult *query(struct fx *f, Tally__V1__Query *q,
-				     const Tally__V1__Principal *p)
-{
-	Tally__V1__QueryResult *res = NULL;
-	assert_int_equal(tally_ledger_query(f->l, q, p, &f->build, &res), 0);
-	assert_non_null(res);
-	return res;
-}
-
 static Tally__V1__QueryResult *obligations(struct fx *f, const char *a, const char *b)
 {
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;

@@ -93,15 +93,6 @@ static void assert_seqs_equal(const struct seqs *got, const struct seqs *want, c
 
 /* ---- queries --------------------------------------------------------------------- */
 
-static Tally__V1__QueryResult *query(struct fx *f, Tally__V1__Query *q,
-				     const Tally__V1__Principal *p)
-{
-	Tally__V1__QueryResult *res = NULL;
-	assert_int_equal(tally_ledger_query(f->l, q, p, &f->build, &res), 0);
-	assert_non_null(res);
-	return res;
-}
-
 static void expect_code(const Tally__V1__QueryResult *res, Tally__V1__ResultCode code)
 {
 	if (res->code != code)

@@ -380,3 +380,11 @@ void assert_snap_equal(const struct snap *a, const struct snap *b)
 	assert_memory_equal(a->state, b->state, 32);
 	assert_memory_equal(a->root, b->root, 32);
 }
+
+Tally__V1__QueryResult *query(struct fx *f, Tally__V1__Query *q, const Tally__V1__Principal *p)
+{
+	Tally__V1__QueryResult *res = NULL;
+	assert_int_equal(tally_ledger_query(f->l, q, p, &f->build, &res), 0);
+	assert_non_null(res);
+	return res;
+}

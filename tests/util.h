@@ -93,6 +93,9 @@ struct snap {
 	uint64_t size;
 };
 struct snap snap_take(struct fx *f);
+
+/* Answers q for p from the fixture's ledger (the result lives in the build arena). */
+Tally__V1__QueryResult *query(struct fx *f, Tally__V1__Query *q, const Tally__V1__Principal *p);
 bool snap_equal(const struct snap *a, const struct snap *b);
 void assert_snap_equal(const struct snap *a, const struct snap *b);
 
