@@ -84,6 +84,10 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 		c->batch_bytes_max = NODE_BATCH_BYTES_MAX;
 	if (c->inflight_max > NODE_INFLIGHT_MAX)
 		c->inflight_max = NODE_INFLIGHT_MAX;
+	if (c->segment_bytes % 4096 != 0 || (c->segment_bytes != 0 && c->segment_bytes < 8 * 4096)) {
+		ERR(errmsg, errcap, "node: segment_bytes must be a multiple of 4096, at least 32768");
+		return TALLY_EINVAL;
+	}
 	if (c->heartbeat_ms >= c->election_timeout_ms) {
 		ERR(errmsg, errcap, "node: heartbeat_ms must be below election_timeout_ms");
 		return TALLY_EINVAL;
@@ -117,6 +121,9 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 		return raft_to_tally(rv);
 	}
 	n->io.version = 2; /* raft_uv implements async_work; 0.15 forgets to say so */
+	if (n->cfg.segment_bytes != 0)
+		raft_uv_set_segment_size(&n->io, n->cfg.segment_bytes);
+	node_ioguard_install(n);
 	node_fsm_init(n);
 	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {

@@ -82,7 +82,8 @@ struct tally_node {
 	struct tally_ledger *ledger;
 
 	struct raft raft;
-	struct raft_io io;
+	struct raft_io io;                /* raft_uv behind the I/O guard (ioguard.c) */
+	struct raft_io io_next;           /* raft_uv's own methods, called by the guard */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
 	bool raft_inited, started, failed;
@@ -133,6 +134,10 @@ struct tally_node {
 	struct tally_node_stats stats;
 	char leader_client[TALLY_ADDRESS_BYTES_MAX + 1];
 };
+
+/* ioguard.c: wraps the raft_io methods that write so that a failure ends the
+ * process (exit status TALLY_NODE_EXIT_IO). Call after raft_uv_init. */
+void node_ioguard_install(struct tally_node *n);
 
 /* fsm.c: fills n->fsm (version 3). */
 void node_fsm_init(struct tally_node *n);

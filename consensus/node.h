@@ -43,7 +43,13 @@ struct tally_node_config {
 	size_t batch_bytes_max;           /* 0 = 1 MiB */
 	unsigned inflight_max;            /* raft entries in flight; 0 = 64 */
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
+	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 };
+
+/* A node whose raft disk write fails (log append, truncate, snapshot, term or vote)
+ * ends the process with this status (EX_IOERR) before the failed write can be
+ * applied or acknowledged; raft 0.15 would carry on and let replicas diverge. */
+#define TALLY_NODE_EXIT_IO 74
 
 /* The outcome of one submitted command. On OK or a business rejection, r is the
  * ledger's result. For transport outcomes r->code is NOT_LEADER (r->message holds the

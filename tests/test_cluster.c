@@ -63,6 +63,8 @@ struct cluster {
 	pid_t pid[NODES_MAX + 1];
 	struct tally_arena arena;
 	unsigned req;
+	bool fiu;                       /* nodes run under fiu-run (libfiu fault injection) */
+	const char *segment_kb;         /* --segment-kb for every node, or NULL */
 };
 
 static const char *const secrets[][2] = {
@@ -115,10 +117,24 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		const char *args[24] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
-					"--client", client, "--keys", c->keys, "--election-ms", "300",
-					"--snapshot-threshold", "64", "--http", http, NULL};
-		int k = 17;
+		const char *args[32];
+		int k = 0;
+		char fifo[320];
+		if (c->fiu) { /* fiu-run execs tallyd: the pid stays the node's */
+			snprintf(fifo, sizeof(fifo), "%s/fiu", c->dir);
+			const char *pre[] = {"fiu-run", "-x", "-f", fifo};
+			for (size_t j = 0; j < 4; j++)
+				args[k++] = pre[j];
+		}
+		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
+				      "--client", client, "--keys", c->keys, "--election-ms", "300",
+				      "--snapshot-threshold", "64", "--http", http};
+		for (size_t j = 0; j < sizeof(base) / sizeof(base[0]); j++)
+			args[k++] = base[j];
+		if (c->segment_kb != NULL) {
+			args[k++] = "--segment-kb";
+			args[k++] = c->segment_kb;
+		}
 		if (bootstrap) {
 			args[k++] = "--bootstrap";
 			args[k++] = boot;
@@ -126,7 +142,7 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			args[k++] = "--join";
 		}
 		args[k] = NULL;
-		execv(tallyd_path, (char *const *)args);
+		execvp(args[0], (char *const *)args);
 		_exit(127);
 	}
 	c->pid[i] = pid;
@@ -147,10 +163,13 @@ static void node_signal(struct cluster *c, int i, int sig)
 	}
 }
 
-static void cluster_start(struct cluster *c, int n)
+/* Starts n nodes; fiu and segment_kb as in struct cluster. */
+static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb)
 {
 	memset(c, 0, sizeof(*c));
 	c->n = n;
+	c->fiu = fiu;
+	c->segment_kb = segment_kb;
 	/* Each cluster of this run gets its own 300-port range, away from the last one's,
 	 * below the kernel's ephemeral range (32768 up) so no outgoing connection holds it. */
 	c->base = 10000 + (int)(((unsigned)getpid() * 7 + clusters_started++ * 11) % 70) * 300;
@@ -177,6 +196,11 @@ static void cluster_start(struct cluster *c, int n)
 	snprintf(live_dir, sizeof(live_dir), "%s", c->dir);
 	for (int i = 1; i <= n; i++)
 		node_start(c, i, true, false);
+}
+
+static void cluster_start(struct cluster *c, int n)
+{
+	cluster_start_with(c, n, false, NULL);
 }
 
 static void cluster_stop(struct cluster *c)
@@ -800,6 +824,81 @@ static void test_retries_across_a_leader_kill_apply_every_request_exactly_once(v
 	cluster_stop(&c);
 }
 
+/* Runs fiu-ctrl COMMAND on node i's process; the command must succeed. */
+static void fiu_ctrl(struct cluster *c, int i, const char *command)
+{
+	char fifo[320], pid[16];
+	snprintf(fifo, sizeof(fifo), "%s/fiu", c->dir);
+	snprintf(pid, sizeof(pid), "%d", (int)c->pid[i]);
+	pid_t p = fork();
+	assert_true(p >= 0);
+	if (p == 0) {
+		execlp("fiu-ctrl", "fiu-ctrl", "-f", fifo, "-c", command, pid, (char *)NULL);
+		_exit(127);
+	}
+	int status;
+	assert_int_equal(waitpid(p, &status, 0), p);
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("fiu-ctrl -c '%s' on node %d failed (status %d)", command, i, status);
+}
+
+/* Whether node i has exited; its exit status goes to *code. */
+static bool node_exited(struct cluster *c, int i, int *code)
+{
+	int status;
+	if (waitpid(c->pid[i], &status, WNOHANG) != c->pid[i])
+		return false;
+	live_remove(c->pid[i]);
+	c->pid[i] = 0;
+	*code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	return true;
+}
+
+/* Regression for jepsen/findings/2026-11-22-idempotence-fsync: raft 0.15 lets a leader
+ * whose log write failed truncate its log and reuse the indexes it had already sent,
+ * so it applied one batch and the followers another. Here every sync of the leader
+ * fails (libfiu EIO); small segments make the leader prepare new ones, and sync them,
+ * within a few hundred commands. The leader must exit (status 74) before it applies or
+ * acknowledges anything unsynced; the other two carry on, every accrual acknowledged
+ * is counted exactly once, and after the restart all three replicas are equal. */
+static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_is_lost(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start_with(&c, 3, true, "32");
+	int leader = (int)wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
+	tally_client_close(admin);
+	fiu_ctrl(&c, leader, "enable name=posix/io/sync/*");
+	struct tally_client *dealer = client(&c, "dealer");
+	int64_t total = 0;
+	int code = -1, exited_at = 0;
+	for (int i = 1; exited_at == 0 || i <= exited_at + 100; i++) {
+		if (i > 3000)
+			fail_msg("the leader kept running through 3000 commands with failing syncs");
+		char req[32];
+		snprintf(req, sizeof(req), "sync-%d", i);
+		Tally__V1__CommandResult *r = submit_until_definite(&c, &dealer, req, i);
+		assert_int_equal(r->code, CODE(OK));
+		total += i;
+		if (exited_at == 0 && node_exited(&c, leader, &code))
+			exited_at = i;
+	}
+	print_message("leader %d exited with status %d after %d accruals\n", leader, code,
+		      exited_at);
+	assert_int_equal(code, 74);
+	assert_int_equal(account_of(&c, dealer, "b1", "dora")->available, total);
+	tally_client_close(dealer);
+	node_start(&c, leader, false, false); /* a fresh process: no faults enabled */
+	assert_replicas_equal(&c);
+	struct tally_client *aud = client(&c, "auditor");
+	assert_int_equal(account_of(&c, aud, "b1", "dora")->available, total);
+	tally_client_close(aud);
+	cluster_stop(&c);
+}
+
 static void test_sigterm_and_restart_of_every_node_loses_nothing(void **state)
 {
 	(void)state;
@@ -1189,6 +1288,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_wrong_key_secret_or_scope_is_refused, teardown),
 		cmocka_unit_test_teardown(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving, teardown),
 		cmocka_unit_test_teardown(test_retries_across_a_leader_kill_apply_every_request_exactly_once, teardown),
+		cmocka_unit_test_teardown(test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_is_lost, teardown),
 		cmocka_unit_test_teardown(test_sigterm_and_restart_of_every_node_loses_nothing, teardown),
 		cmocka_unit_test_teardown(test_a_stopped_node_catches_up_when_continued, teardown),
 		cmocka_unit_test_teardown(test_sighup_reloads_keys_without_restart, teardown),

@@ -9,7 +9,9 @@
  * the flag names without dashes). --join starts a node with no bootstrap: it waits
  * to be added by `tallyctl cluster add`. SIGTERM or SIGINT shut down gracefully
  * (queued requests answered UNAVAILABLE, leadership handed over, raft closed);
- * SIGHUP reloads the keys file.
+ * SIGHUP reloads the keys file. A failed raft disk write (log, snapshot, term, vote)
+ * ends the process with status 74 before anything it touched is applied or answered;
+ * restart it once the disk is healthy and it catches up from the others.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -42,6 +44,7 @@ struct opts {
 	unsigned heartbeat_ms;
 	unsigned snapshot_threshold;
 	unsigned expire_ms;
+	unsigned segment_kb;
 };
 
 struct daemon {
@@ -87,7 +90,7 @@ static void usage(void)
 		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
 		"              [--config FILE] [--log-level error|warn|info|debug]\n"
 		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
-		"              [--expire-ms N]\n");
+		"              [--expire-ms N] [--segment-kb N]\n");
 	exit(2);
 }
 
@@ -126,6 +129,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->snapshot_threshold = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "expire-ms") == 0)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "segment-kb") == 0)
+		return (o->segment_kb = (unsigned)strtoul(v, NULL, 10)) >= 32 && o->segment_kb % 4 == 0;
 	if (strcmp(name, "log-level") == 0) {
 		static const char *const levels[] = {"error", "warn", "info", "debug"};
 		for (int i = 0; i < 4; i++)
@@ -173,7 +178,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"config", required_argument, NULL, 0},       {"log-level", required_argument, NULL, 0},
 		{"election-ms", required_argument, NULL, 0},  {"heartbeat-ms", required_argument, NULL, 0},
 		{"snapshot-threshold", required_argument, NULL, 0},
-		{"expire-ms", required_argument, NULL, 0},    {NULL, 0, NULL, 0}};
+		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
+		{NULL, 0, NULL, 0}};
 	memset(o, 0, sizeof(*o));
 	o->log_level = LOG_INFO;
 	int idx, c;
@@ -345,6 +351,7 @@ static int start(struct daemon *d)
 		.bootstrap = d->o.bootstrap[0] ? d->o.bootstrap : NULL,
 		.election_timeout_ms = d->o.election_ms, .heartbeat_ms = d->o.heartbeat_ms,
 		.snapshot_threshold = d->o.snapshot_threshold, .expire_interval_ms = d->o.expire_ms,
+		.segment_bytes = (size_t)d->o.segment_kb * 1024,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));
 	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {

@@ -1,0 +1,154 @@
+/*
+ * consensus/ioguard — a failed raft disk write ends the node.
+ *
+ * canonical raft 0.15 does not stop when its own log write fails. A leader whose
+ * append fails truncates the entries from its in-memory log and stays leader, although
+ * it has already sent them to the followers; its next entries then take the same
+ * indexes in the same term with different content. The followers see a matching
+ * (index, term), keep the old entry, and acknowledge: the leader commits and applies
+ * the new batch while they apply the old one. Jepsen's fsync nemesis found exactly
+ * that (jepsen/findings/2026-11-22-idempotence-fsync). A follower whose append fails
+ * rejects the request but keeps the entries in memory.
+ *
+ * DESIGN.md's rule is that a disk failure is fatal, and this is where it is enforced:
+ * the raft_io methods that write (append, truncate, snapshot_put, set_term, set_vote)
+ * are wrapped, and any failure of theirs, reported at once or in the callback, ends
+ * the process before raft sees it, so the failed write can neither be applied here
+ * nor acknowledged to a client. What reached the disk is loaded again at restart and
+ * raft's ordinary log repair reconciles it with the leader's. RAFT_CANCELED (raft_uv
+ * cancelling requests while it closes) is not a failure and passes through.
+ */
+#include <stddef.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "consensus/internal.h"
+
+static struct tally_node *node_of(struct raft_io *io)
+{
+	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
+}
+
+static void io_failed(struct tally_node *n, const char *what, int rv)
+{
+	node_log(n, "fatal: raft %s failed: %s (%s); exiting before anything it touched can be "
+		 "applied or acknowledged", what, raft_strerror(rv), n->io.errmsg);
+	_exit(TALLY_NODE_EXIT_IO);
+}
+
+static bool is_failure(int rv)
+{
+	return rv != 0 && rv != RAFT_CANCELED;
+}
+
+struct guard_append {
+	struct raft_io_append req;        /* what raft_uv sees */
+	struct raft_io_append *outer;     /* raft's request */
+	raft_io_append_cb cb;
+	struct tally_node *n;
+};
+
+static void guard_append_cb(struct raft_io_append *req, int status)
+{
+	struct guard_append *g = req->data;
+	struct raft_io_append *outer = g->outer;
+	raft_io_append_cb cb = g->cb;
+	struct tally_node *n = g->n;
+	free(g);
+	if (is_failure(status))
+		io_failed(n, "log append", status);
+	cb(outer, status);
+}
+
+static int guard_append(struct raft_io *io, struct raft_io_append *req,
+			const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
+{
+	struct tally_node *n = node_of(io);
+	struct guard_append *g = malloc(sizeof(*g));
+	if (g == NULL)
+		return RAFT_NOMEM;
+	*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
+	g->req.data = g;
+	int rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
+	if (rv != 0) {
+		free(g);
+		if (is_failure(rv))
+			io_failed(n, "log append", rv);
+	}
+	return rv;
+}
+
+struct guard_put {
+	struct raft_io_snapshot_put req;
+	struct raft_io_snapshot_put *outer;
+	raft_io_snapshot_put_cb cb;
+	struct tally_node *n;
+};
+
+static void guard_put_cb(struct raft_io_snapshot_put *req, int status)
+{
+	struct guard_put *g = req->data;
+	struct raft_io_snapshot_put *outer = g->outer;
+	raft_io_snapshot_put_cb cb = g->cb;
+	struct tally_node *n = g->n;
+	free(g);
+	if (is_failure(status))
+		io_failed(n, "snapshot write", status);
+	cb(outer, status);
+}
+
+static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
+			      struct raft_io_snapshot_put *req, const struct raft_snapshot *snapshot,
+			      raft_io_snapshot_put_cb cb)
+{
+	struct tally_node *n = node_of(io);
+	struct guard_put *g = malloc(sizeof(*g));
+	if (g == NULL)
+		return RAFT_NOMEM;
+	*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
+	g->req.data = g;
+	int rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
+	if (rv != 0) {
+		free(g);
+		if (is_failure(rv))
+			io_failed(n, "snapshot write", rv);
+	}
+	return rv;
+}
+
+static int guard_truncate(struct raft_io *io, raft_index index)
+{
+	struct tally_node *n = node_of(io);
+	int rv = n->io_next.truncate(io, index);
+	if (is_failure(rv))
+		io_failed(n, "log truncate", rv);
+	return rv;
+}
+
+static int guard_set_term(struct raft_io *io, raft_term term)
+{
+	struct tally_node *n = node_of(io);
+	int rv = n->io_next.set_term(io, term);
+	if (is_failure(rv))
+		io_failed(n, "term write", rv);
+	return rv;
+}
+
+static int guard_set_vote(struct raft_io *io, raft_id server_id)
+{
+	struct tally_node *n = node_of(io);
+	int rv = n->io_next.set_vote(io, server_id);
+	if (is_failure(rv))
+		io_failed(n, "vote write", rv);
+	return rv;
+}
+
+void node_ioguard_install(struct tally_node *n)
+{
+	n->io_next = n->io;
+	n->io.append = guard_append;
+	n->io.snapshot_put = guard_snapshot_put;
+	n->io.truncate = guard_truncate;
+	n->io.set_term = guard_set_term;
+	n->io.set_vote = guard_set_vote;
+}
