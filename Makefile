@@ -20,6 +20,8 @@ ifeq ($(SANITIZE),1)
 BUILD   ?= build/san
 OPT     ?= -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 SANLD   := -fsanitize=address,undefined
+# Tests that run tallyd under an LD_PRELOAD (fiu-run) put the ASan runtime first.
+OPT     += -DTALLY_ASAN_LIB='"$(shell $(CC) -print-file-name=libasan.so)"'
 else
 BUILD   ?= build/rel
 OPT     ?= -O2 -g

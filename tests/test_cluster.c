@@ -125,6 +125,13 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			const char *pre[] = {"fiu-run", "-x", "-f", fifo};
 			for (size_t j = 0; j < 4; j++)
 				args[k++] = pre[j];
+#ifdef TALLY_ASAN_LIB
+			/* ASan insists on coming first in LD_PRELOAD, which fiu-run overwrites:
+			 * a shell between them puts it back in front, then execs tallyd. */
+			args[k++] = "/bin/sh";
+			args[k++] = "-c";
+			args[k++] = "LD_PRELOAD=\"" TALLY_ASAN_LIB " $LD_PRELOAD\" exec \"$0\" \"$@\"";
+#endif
 		}
 		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
 				      "--client", client, "--keys", c->keys, "--election-ms", "300",
