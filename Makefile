@@ -57,6 +57,9 @@ TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_UTIL  := $(BUILD)/tests/util.o
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+# The lost-writes nemesis's LD_PRELOAD recorder (always built without sanitizers:
+# it is preloaded into release tallyd processes only).
+LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
 .PHONY: all check valgrind bench-ledger bench demo demo-ledger deps clean install \
         jepsen jepsen-smoke
@@ -105,10 +108,17 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
 
+$(LOSTWRITES): jepsen/lostwrites.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
+		-Wmissing-prototypes -O2 -fPIC -shared -o $@ $< -ldl -lpthread
+
 check: $(TEST_BIN) $(TOOLS)
 	@set -e; pass=0; fail=0; \
-	echo "== jepsen/test_check.py"; \
-	if python3 jepsen/test_check.py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: jepsen/test_check.py"; fi; \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py; do \
+		echo "== $$py"; \
+		if python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
+	done; \
 	for t in $(TEST_BIN); do \
 		echo "== $$t"; \
 		if $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$t"; fi; \
@@ -141,11 +151,11 @@ demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
 
 # Fault injection (jepsen/README.md). One combination:
 #   jepsen/run --workload bank --nemesis partition --time-limit 60 --rate 20 --concurrency 5 --seed 1
-jepsen-smoke: $(TOOLS)
+jepsen-smoke: $(TOOLS) $(LOSTWRITES)
 	jepsen/run --workload bank --nemesis partition --time-limit 40 --quiet-s 5
 	jepsen/run --workload set --nemesis kill --time-limit 40 --quiet-s 5
 
-jepsen: $(TOOLS)
+jepsen: $(TOOLS) $(LOSTWRITES)
 	jepsen/matrix --time-limit 60
 
 demo-ledger: $(BUILD)/tools/ledger-demo
