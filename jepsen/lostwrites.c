@@ -182,6 +182,31 @@ static void atfork_child(void)
 	pthread_mutex_unlock(&mu);
 }
 
+/* Opens log_path for appending at a high descriptor number (out of the way of the
+ * program's own dup2 targets) and makes it the record file; false if it cannot. */
+static bool log_open(void)
+{
+	int fd = real.open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return false;
+	if (fd < LOG_FD_MIN) {
+		int hi = real.fcntl(fd, F_DUPFD_CLOEXEC, LOG_FD_MIN);
+		if (hi >= 0) {
+			real.close(fd);
+			fd = hi;
+		}
+	}
+	struct stat st;
+	if (fstat(fd, &st) != 0) {
+		real.close(fd);
+		return false;
+	}
+	log_fd = fd;
+	log_dev = st.st_dev;
+	log_ino = st.st_ino;
+	return true;
+}
+
 static void init_once(void)
 {
 	int saved = errno;
@@ -241,26 +266,10 @@ static void init_once(void)
 		    (size_t)snprintf(log_path, sizeof(log_path), "%s/%s", cwd, l) >= sizeof(log_path))
 			goto out;
 	}
-	int fd = real.open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (fd < 0) {
+	if (!log_open()) {
 		warn("lostwrites: cannot open LOSTWRITES_LOG; not recording\n");
 		goto out;
 	}
-	if (fd < LOG_FD_MIN) {
-		int hi = real.fcntl(fd, F_DUPFD_CLOEXEC, LOG_FD_MIN);
-		if (hi >= 0) {
-			real.close(fd);
-			fd = hi;
-		}
-	}
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		real.close(fd);
-		goto out;
-	}
-	log_fd = fd;
-	log_dev = st.st_dev;
-	log_ino = st.st_ino;
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	active = true;
 out:
@@ -303,25 +312,8 @@ static bool tracking(void)
 
 static void log_reopen(void)
 {
-	int fd = real.open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return;
-	if (fd < LOG_FD_MIN) {
-		int hi = real.fcntl(fd, F_DUPFD_CLOEXEC, LOG_FD_MIN);
-		if (hi >= 0) {
-			real.close(fd);
-			fd = hi;
-		}
-	}
-	struct stat st;
-	if (fstat(fd, &st) != 0) {
-		real.close(fd);
-		return;
-	}
 	/* The old number is no longer ours (or no longer open): do not close it. */
-	log_fd = fd;
-	log_dev = st.st_dev;
-	log_ino = st.st_ino;
+	(void)log_open();
 }
 
 static void emit(const char *line, size_t len)
