@@ -69,7 +69,7 @@ ifneq ($(wildcard rpc/client.c),)
 CLIENT_LIBS := $(CLIENT_A) $(CLIENT_SO)
 endif
 
-all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN)
+all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN) $(LOSTWRITES)
 
 $(PROTO_C) $(PROTO_H): proto/tally.proto
 	@mkdir -p $(BUILD)/proto
