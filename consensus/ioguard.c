@@ -29,16 +29,14 @@ static struct tally_node *node_of(struct raft_io *io)
 	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
 }
 
-static void io_failed(struct tally_node *n, const char *what, int rv)
+/* Returns rv, unless it is a failure: then the process ends. */
+static int checked(struct tally_node *n, const char *what, int rv)
 {
+	if (rv == 0 || rv == RAFT_CANCELED)
+		return rv;
 	node_log(n, "fatal: raft %s failed: %s (%s); exiting before anything it touched can be "
 		 "applied or acknowledged", what, raft_strerror(rv), n->io.errmsg);
 	_exit(TALLY_NODE_EXIT_IO);
-}
-
-static bool is_failure(int rv)
-{
-	return rv != 0 && rv != RAFT_CANCELED;
 }
 
 struct guard_append {
@@ -55,9 +53,7 @@ static void guard_append_cb(struct raft_io_append *req, int status)
 	raft_io_append_cb cb = g->cb;
 	struct tally_node *n = g->n;
 	free(g);
-	if (is_failure(status))
-		io_failed(n, "log append", status);
-	cb(outer, status);
+	cb(outer, checked(n, "log append", status));
 }
 
 static int guard_append(struct raft_io *io, struct raft_io_append *req,
@@ -70,12 +66,9 @@ static int guard_append(struct raft_io *io, struct raft_io_append *req,
 	*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
-	if (rv != 0) {
+	if (rv != 0)
 		free(g);
-		if (is_failure(rv))
-			io_failed(n, "log append", rv);
-	}
-	return rv;
+	return checked(n, "log append", rv);
 }
 
 struct guard_put {
@@ -92,9 +85,7 @@ static void guard_put_cb(struct raft_io_snapshot_put *req, int status)
 	raft_io_snapshot_put_cb cb = g->cb;
 	struct tally_node *n = g->n;
 	free(g);
-	if (is_failure(status))
-		io_failed(n, "snapshot write", status);
-	cb(outer, status);
+	cb(outer, checked(n, "snapshot write", status));
 }
 
 static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
@@ -108,39 +99,27 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 	*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
-	if (rv != 0) {
+	if (rv != 0)
 		free(g);
-		if (is_failure(rv))
-			io_failed(n, "snapshot write", rv);
-	}
-	return rv;
+	return checked(n, "snapshot write", rv);
 }
 
 static int guard_truncate(struct raft_io *io, raft_index index)
 {
 	struct tally_node *n = node_of(io);
-	int rv = n->io_next.truncate(io, index);
-	if (is_failure(rv))
-		io_failed(n, "log truncate", rv);
-	return rv;
+	return checked(n, "log truncate", n->io_next.truncate(io, index));
 }
 
 static int guard_set_term(struct raft_io *io, raft_term term)
 {
 	struct tally_node *n = node_of(io);
-	int rv = n->io_next.set_term(io, term);
-	if (is_failure(rv))
-		io_failed(n, "term write", rv);
-	return rv;
+	return checked(n, "term write", n->io_next.set_term(io, term));
 }
 
 static int guard_set_vote(struct raft_io *io, raft_id server_id)
 {
 	struct tally_node *n = node_of(io);
-	int rv = n->io_next.set_vote(io, server_id);
-	if (is_failure(rv))
-		io_failed(n, "vote write", rv);
-	return rv;
+	return checked(n, "vote write", n->io_next.set_vote(io, server_id));
 }
 
 void node_ioguard_install(struct tally_node *n)

@@ -51,17 +51,22 @@ static int frameReserve(struct tally_frame_reader *r, size_t n)
 	}
 	if (n > SIZE_MAX / 2 - r->len)
 		return TALLY_ENOMEM;
-	size_t need = r->len + n;
-	if (need <= r->cap)
+	return tally_buf_reserve(&r->buf, &r->cap, r->len + n, FRAME_BUF_BYTES_MIN);
+}
+
+int tally_buf_reserve(uint8_t **buf, size_t *cap, size_t need, size_t min_cap)
+{
+	assert(buf != NULL && cap != NULL && min_cap > 0);
+	if (need <= *cap)
 		return 0;
-	size_t cap = r->cap < FRAME_BUF_BYTES_MIN ? FRAME_BUF_BYTES_MIN : r->cap;
-	while (cap < need)
-		cap *= 2;
-	uint8_t *buf = realloc(r->buf, cap);
-	if (buf == NULL)
+	size_t grown = *cap < min_cap ? min_cap : *cap;
+	while (grown < need)
+		grown *= 2;
+	uint8_t *p = realloc(*buf, grown);
+	if (p == NULL)
 		return TALLY_ENOMEM;
-	r->buf = buf;
-	r->cap = cap;
+	*buf = p;
+	*cap = grown;
 	return 0;
 }
 

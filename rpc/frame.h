@@ -40,6 +40,11 @@ int tally_frame_reader_feed(struct tally_frame_reader *r, const void *data, size
  * resynchronised and the connection should be closed after an error reply. */
 int tally_frame_reader_next(struct tally_frame_reader *r, const uint8_t **body, size_t *len);
 
+/* Grows *buf (realloc) to at least `need` bytes by doubling from max(*cap, min_cap).
+ * Returns 0 (also when it is already large enough) or TALLY_ENOMEM, leaving *buf and
+ * *cap unchanged. */
+int tally_buf_reserve(uint8_t **buf, size_t *cap, size_t need, size_t min_cap);
+
 /* Writes the 4-byte header for a body of `len` bytes. */
 void tally_frame_header(uint8_t out[TALLY_FRAME_HEADER_BYTES], uint32_t len);
 

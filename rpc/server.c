@@ -221,17 +221,8 @@ static bool out_reserve(struct conn *c, size_t more)
 {
 	if (c->out_len + more <= c->out_cap)
 		return true;
-	if (c->out_len + more > OUT_BYTES_MAX)
-		return false;
-	size_t cap = c->out_cap == 0 ? 4096 : c->out_cap;
-	while (cap < c->out_len + more)
-		cap *= 2;
-	uint8_t *p = realloc(c->out, cap);
-	if (p == NULL)
-		return false;
-	c->out = p;
-	c->out_cap = cap;
-	return true;
+	return c->out_len + more <= OUT_BYTES_MAX &&
+	       tally_buf_reserve(&c->out, &c->out_cap, c->out_len + more, 4096) == 0;
 }
 
 /* Queues a response on the connection (written at the end of this loop turn); the

@@ -93,22 +93,6 @@ static Tally__V1__Command *c_brand_rules(struct fx *f, const char *id, const str
 	return c;
 }
 
-/* UpdateBrand changing only expiry_months (applies to lots created from now on). */
-static Tally__V1__Command *c_brand_expiry(struct fx *f, const char *id, uint32_t months)
-{
-	Tally__V1__Command *c = cmd_new(f, admin(f), NULL);
-	Tally__V1__UpdateBrand *m = zalloc(f, sizeof(*m));
-	tally__v1__update_brand__init(m);
-	m->id = sdup(f, id);
-	Tally__V1__Uint32Value *v = zalloc(f, sizeof(*v));
-	tally__v1__uint32_value__init(v);
-	v->value = months;
-	m->expiry_months = v;
-	c->body_case = TALLY__V1__COMMAND__BODY_UPDATE_BRAND;
-	c->update_brand = m;
-	return c;
-}
-
 static Tally__V1__Command *c_expire_max(struct fx *f, uint32_t max_items)
 {
 	Tally__V1__Command *c = c_expire(f, timer(f));

@@ -929,21 +929,6 @@ static void test_get_consistency_with_invalid_sizes_is_invalid_argument(void **s
 /* GetAccounts                                                                        */
 /* ================================================================================ */
 
-static Tally__V1__Command *c_brand_expiry(struct fx *f, const char *id, uint32_t months)
-{
-	Tally__V1__Command *c = cmd_new(f, admin(f), NULL);
-	Tally__V1__UpdateBrand *m = zalloc(f, sizeof(*m));
-	tally__v1__update_brand__init(m);
-	m->id = sdup(f, id);
-	Tally__V1__Uint32Value *v = zalloc(f, sizeof(*v));
-	tally__v1__uint32_value__init(v);
-	v->value = months;
-	m->expiry_months = v;
-	c->body_case = BODY(UPDATE_BRAND);
-	c->update_brand = m;
-	return c;
-}
-
 static void test_get_accounts_reads_many_members_in_one_call_with_zero_accounts_for_unseen_members(void **state)
 {
 	(void)state;

@@ -718,6 +718,13 @@ static void fake_run(struct fake *f)
 	assert_int_equal(pthread_create(&f->thread, NULL, fake_main, f), 0);
 }
 
+/* fake_init and fake_run, for the fakes that need nothing set in between. */
+static void fake_start(struct fake *f, enum fake_mode mode)
+{
+	fake_init(f, mode);
+	fake_run(f);
+}
+
 static void fake_join(struct fake *f)
 {
 	assert_int_equal(pthread_join(f->thread, NULL), 0);
@@ -777,8 +784,7 @@ static void test_client_handshake_and_command_round_trip(void **state)
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_SERVE);
-	fake_run(&f);
+	fake_start(&f, FAKE_SERVE);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	assert_string_equal(tally_client_address(c), f.address);
 	struct tally_arena arena;
@@ -816,8 +822,7 @@ static void test_client_with_wrong_secret_is_unauthenticated(void **state)
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_SERVE);
-	fake_run(&f);
+	fake_start(&f, FAKE_SERVE);
 	client_open(f.address, "not-the-secret-at-all", 2000, CODE(UNAUTHENTICATED));
 	fake_join(&f);
 	assert_true(f.refused);
@@ -854,10 +859,8 @@ static void test_client_backs_off_on_unavailable_and_tries_the_next_node(void **
 {
 	(void)state;
 	struct fake busy, ok;
-	fake_init(&busy, FAKE_UNAVAILABLE);
-	fake_init(&ok, FAKE_SERVE);
-	fake_run(&busy);
-	fake_run(&ok);
+	fake_start(&busy, FAKE_UNAVAILABLE);
+	fake_start(&ok, FAKE_SERVE);
 	char cluster[160];
 	snprintf(cluster, sizeof(cluster), "%s, %s", busy.address, ok.address);
 	struct tally_client *c = client_open(cluster, SECRET, 2000, CODE(OK));
@@ -880,8 +883,7 @@ static void test_client_returns_timeout_when_the_command_is_never_answered(void 
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_SILENT);
-	fake_run(&f);
+	fake_start(&f, FAKE_SILENT);
 	struct tally_client *c = client_open(f.address, SECRET, 300, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);
@@ -904,10 +906,8 @@ static void test_client_retries_a_query_on_the_next_node_when_unanswered(void **
 {
 	(void)state;
 	struct fake silent, ok;
-	fake_init(&silent, FAKE_SILENT);
-	fake_init(&ok, FAKE_SERVE);
-	fake_run(&silent);
-	fake_run(&ok);
+	fake_start(&silent, FAKE_SILENT);
+	fake_start(&ok, FAKE_SERVE);
 	char cluster[160];
 	snprintf(cluster, sizeof(cluster), "%s,%s", silent.address, ok.address);
 	struct tally_client *c = client_open(cluster, SECRET, 300, CODE(OK));
@@ -933,8 +933,7 @@ static void test_client_retries_a_query_on_the_next_node_when_unanswered(void **
 static void expect_internal(enum fake_mode mode)
 {
 	struct fake f;
-	fake_init(&f, mode);
-	fake_run(&f);
+	fake_start(&f, mode);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);
@@ -966,10 +965,8 @@ static void test_client_tries_the_next_address_when_a_node_closes_first(void **s
 {
 	(void)state;
 	struct fake closing, ok;
-	fake_init(&closing, FAKE_CLOSE);
-	fake_init(&ok, FAKE_SERVE);
-	fake_run(&closing);
-	fake_run(&ok);
+	fake_start(&closing, FAKE_CLOSE);
+	fake_start(&ok, FAKE_SERVE);
 	char cluster[160];
 	snprintf(cluster, sizeof(cluster), "%s,%s", closing.address, ok.address);
 	struct tally_client *c = client_open(cluster, SECRET, 2000, CODE(OK));
@@ -991,8 +988,7 @@ static void test_client_reconnects_when_the_node_closed_the_idle_connection(void
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_GOODBYE);
-	fake_run(&f);
+	fake_start(&f, FAKE_GOODBYE);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	pthread_mutex_lock(&f.mu);
 	while (!f.said_goodbye)
@@ -1100,8 +1096,7 @@ static void test_client_pipelined_answers_lost_with_the_connection_are_timeouts(
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_GARBAGE);
-	fake_run(&f);
+	fake_start(&f, FAKE_GARBAGE);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);

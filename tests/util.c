@@ -123,6 +123,19 @@ Tally__V1__Command *c_brand(struct fx *f, const Tally__V1__Principal *p, const c
 	return c;
 }
 
+Tally__V1__Command *c_brand_expiry(struct fx *f, const char *id, uint32_t months)
+{
+	Tally__V1__Command *c = cmd_new(f, admin(f), NULL);
+	BODY(f, c, update_brand, Tally__V1__UpdateBrand, tally__v1__update_brand__init,
+	     UPDATE_BRAND);
+	m->id = sdup(f, id);
+	Tally__V1__Uint32Value *v = zalloc(f, sizeof(*v));
+	tally__v1__uint32_value__init(v);
+	v->value = months;
+	m->expiry_months = v;
+	return c;
+}
+
 Tally__V1__Command *c_member(struct fx *f, const Tally__V1__Principal *p, const char *id)
 {
 	Tally__V1__Command *c = cmd_new(f, p, NULL);

@@ -40,6 +40,8 @@ Tally__V1__Command *cmd_new(struct fx *f, const Tally__V1__Principal *p, const c
 
 Tally__V1__Command *c_brand(struct fx *f, const Tally__V1__Principal *p, const char *id,
 			    uint32_t expiry_months);
+/* UpdateBrand changing only expiry_months (applies to lots created from now on). */
+Tally__V1__Command *c_brand_expiry(struct fx *f, const char *id, uint32_t months);
 Tally__V1__Command *c_member(struct fx *f, const Tally__V1__Principal *p, const char *id);
 Tally__V1__Command *c_accrue(struct fx *f, const Tally__V1__Principal *p, const char *brand,
 			     const char *member, int64_t points);
