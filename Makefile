@@ -54,7 +54,7 @@ CLIENT_SO  := $(BUILD)/libtally.so
 
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-TEST_UTIL  := $(BUILD)/tests/util.o
+TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 # The lost-writes nemesis's LD_PRELOAD recorder (always built without sanitizers:
@@ -138,8 +138,8 @@ bench-ledger: $(BUILD)/tools/ledger-bench
 
 # A local 3-node cluster, tally-bench against it, then stop it.
 bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
-	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); p=$$((10000 + $$$$ % 20000)); \
-	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port $$p; \
+	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); \
+	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
 	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \

@@ -279,7 +279,15 @@ int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
 	}
 	int rv = raft_start(&n->raft);
 	if (rv != 0) {
-		ERR(errmsg, errcap, "raft start: %s", raft_errmsg(&n->raft));
+		/* raft 0.15 fills raft_errmsg only when loading the log fails; a transport
+		 * that cannot listen leaves its reason in the transport's errmsg. */
+		const char *why = raft_errmsg(&n->raft);
+		if (why == NULL || why[0] == '\0')
+			why = n->transport.outer.errmsg;
+		if (why[0] == '\0')
+			why = raft_strerror(rv);
+		ERR(errmsg, errcap, "raft start (node %llu, %s): %s",
+		    (unsigned long long)n->cfg.id, n->address, why);
 		return raft_to_tally(rv);
 	}
 	n->started = true;

@@ -6,8 +6,11 @@
  * flag), so the wrapper keeps its own state in outer.impl only.
  */
 #include <assert.h>
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "consensus/transport.h"
 
@@ -88,14 +91,45 @@ static void transport_accept_cb(struct raft_uv_transport *inner, raft_id id,
 	t->accept_cb(&t->outer, id, address, stream);
 }
 
+/* raft_uv_tcp 0.15 reports a failed bind or listen as RAFT_IOERR and says nothing
+ * more, which left a node that could not take its port logging "raft start: ". Binding
+ * the address again, as libuv does (SO_REUSEADDR), recovers the reason. */
+static void transport_listen_error(struct tally_transport *t)
+{
+	assert(t != NULL);
+	char host[TALLY_ADDRESS_BYTES_MAX + 1];
+	snprintf(host, sizeof(host), "%s", t->raft_address);
+	char *colon = strrchr(host, ':');
+	struct sockaddr_in sa;
+	int err = EINVAL;
+	if (colon != NULL) {
+		*colon = '\0';
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+		if (fd < 0 || uv_ip4_addr(host, atoi(colon + 1), &sa) != 0)
+			err = fd < 0 ? errno : EINVAL;
+		else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+			 bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 1) != 0)
+			err = errno;
+		else
+			err = 0;
+		if (fd >= 0)
+			close(fd);
+	}
+	snprintf(t->outer.errmsg, sizeof(t->outer.errmsg), "listen on %.64s: %s", t->raft_address,
+		 err != 0 ? strerror(err) : "failed (the address binds now: a transient error)");
+}
+
 static int transport_listen(struct raft_uv_transport *outer, raft_uv_accept_cb cb)
 {
 	struct tally_transport *t = outer->impl;
 	assert(t != NULL && cb != NULL);
 	t->accept_cb = cb;
 	int rv = t->inner.listen(&t->inner, transport_accept_cb);
-	if (rv != 0)
+	if (rv != 0) {
 		transport_errmsg(t);
+		if (t->outer.errmsg[0] == '\0')
+			transport_listen_error(t);
+	}
 	return rv;
 }
 

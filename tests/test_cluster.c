@@ -27,16 +27,26 @@
 
 #include "rpc/frame.h"
 #include "rpc/tally.h"
+#include "tests/ports.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define NODES_MAX 5
+/* How long an awaited condition ("a leader exists", "the hold was released") may take
+ * before the test calls it a hang. A watchdog, not a performance assertion: only a
+ * failing run waits this long, so it is generous enough for ASan, valgrind and a
+ * loaded two-core machine. */
+#define HANG_MS 60000
+/* A test client's wait for one answer: also a watchdog (an answer that takes this long
+ * under load is a hang), so that a slow run never turns into a spurious TIMEOUT. */
+#define CLIENT_TIMEOUT_MS 15000
 
 static char tallyd_path[1024];
 /* What a failed test leaves running, for the teardown: a test's cluster lives on its
  * stack, which is gone after cmocka's longjmp. */
 static pid_t live_pid[16];
 static char live_dir[256];
-static unsigned clusters_started;
+/* The port block of the cluster alive now (one at a time), released when it stops. */
+static struct ports_block live_ports = {0, -1};
 
 static void live_add(pid_t pid)
 {
@@ -177,9 +187,16 @@ static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *s
 	c->n = n;
 	c->fiu = fiu;
 	c->segment_kb = segment_kb;
-	/* Each cluster of this run gets its own 300-port range, away from the last one's,
-	 * below the kernel's ephemeral range (32768 up) so no outgoing connection holds it. */
-	c->base = 10000 + (int)(((unsigned)getpid() * 7 + clusters_started++ * 11) % 70) * 300;
+	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
+	int offsets[3 * NODES_MAX];
+	for (int i = 0; i < NODES_MAX; i++) {
+		offsets[3 * i] = 1 + i;
+		offsets[3 * i + 1] = 101 + i;
+		offsets[3 * i + 2] = 201 + i;
+	}
+	assert_int_equal(live_ports.lock_fd, -1); /* one cluster at a time */
+	ports_acquire(&live_ports, offsets, 3 * NODES_MAX);
+	c->base = live_ports.base;
 	char *d = fx_tmpdir();
 	snprintf(c->dir, sizeof(c->dir), "%s", d);
 	free(d);
@@ -218,6 +235,7 @@ static void cluster_stop(struct cluster *c)
 	tally_arena_free(&c->arena);
 	fx_remove_dir(c->dir);
 	live_dir[0] = '\0';
+	ports_release(&live_ports);
 }
 
 /* After a failed test: end its nodes (SIGKILL, they may be stopped) and files. */
@@ -234,7 +252,58 @@ static int teardown(void **state)
 	if (live_dir[0] != '\0') /* a failed test: keep its logs for the reader */
 		fprintf(stderr, "test_cluster: node logs kept in %s\n", live_dir);
 	live_dir[0] = '\0';
+	ports_release(&live_ports);
 	return 0;
+}
+
+/* Whether node i's process has ended, without reaping it (the test may still wait for
+ * it); *status receives its exit status or 128 + signal. */
+static bool node_ended(const struct cluster *c, int i, int *status)
+{
+	siginfo_t info;
+	memset(&info, 0, sizeof(info));
+	if (c->pid[i] <= 0 ||
+	    waitid(P_PID, (id_t)c->pid[i], &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+	    info.si_pid != c->pid[i])
+		return false;
+	*status = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
+	return true;
+}
+
+/* The last line of node i's log into buf. */
+static void node_log_tail(const struct cluster *c, int i, char *buf, size_t cap)
+{
+	char path[320], line[512];
+	snprintf(path, sizeof(path), "%s/node%d.log", c->dir, i);
+	buf[0] = '\0';
+	FILE *f = fopen(path, "r");
+	if (f == NULL)
+		return;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (line[0] != '\n')
+			snprintf(buf, cap, "%s", line);
+	fclose(f);
+	buf[strcspn(buf, "\n")] = '\0';
+}
+
+/* Fails the test at once, naming each node that ended and why (the last line of its
+ * log), when no node of the cluster is running any more: nothing can answer. */
+static void cluster_assert_some_node_runs(const struct cluster *c)
+{
+	char why[2048] = "", tail[512];
+	int status;
+	for (int i = 1; i <= NODES_MAX; i++) {
+		if (c->pid[i] <= 0)
+			continue;
+		if (!node_ended(c, i, &status))
+			return;
+		node_log_tail(c, i, tail, sizeof(tail));
+		size_t at = strlen(why);
+		snprintf(why + at, sizeof(why) - at, "\n  node %d ended with status %d: %s", i,
+			 status, tail);
+	}
+	if (why[0] != '\0')
+		fail_msg("every node of the cluster has ended:%s", why);
 }
 
 /* ---- clients ------------------------------------------------------------------------ */
@@ -243,15 +312,14 @@ static struct tally_client *connect_to(struct cluster *c, const char *addrs, con
 				       const char *secret)
 {
 	struct tally_client_options o = {.cluster = addrs, .key_name = key, .secret = secret,
-					 .timeout_ms = 3000};
+					 .timeout_ms = CLIENT_TIMEOUT_MS};
 	struct tally_client *cl = NULL;
 	char err[256];
-	int64_t deadline = now_ms() + 20000;
+	int64_t deadline = now_ms() + HANG_MS;
 	Tally__V1__ResultCode rc;
 	while ((rc = tally_client_open(&cl, &o, err, sizeof(err))) == CODE(UNAVAILABLE) &&
 	       now_ms() < deadline)
-		;
-	(void)c;
+		cluster_assert_some_node_runs(c);
 	if (rc != CODE(OK))
 		fail_msg("connect %s as %s: %s (%s)", addrs, key, tally_result_name(rc), err);
 	return cl;
@@ -277,7 +345,7 @@ static Tally__V1__Status *status(struct cluster *c, struct tally_client *cl)
 static uint64_t wait_leader(struct cluster *c)
 {
 	struct tally_client *cl = client(c, "auditor");
-	int64_t deadline = now_ms() + 20000;
+	int64_t deadline = now_ms() + HANG_MS;
 	uint64_t id = 0;
 	while (now_ms() < deadline) {
 		Tally__V1__Status *s = status(c, cl);
@@ -290,7 +358,7 @@ static uint64_t wait_leader(struct cluster *c)
 	}
 	tally_client_close(cl);
 	if (id == 0)
-		fail_msg("no leader within 20 s; logs in %s", c->dir);
+		fail_msg("no leader within %d s; logs in %s", HANG_MS / 1000, c->dir);
 	return id;
 }
 
@@ -404,7 +472,7 @@ static Tally__V1__Digest *digest_of(struct cluster *c, int node)
 /* Every running node reaches the same journal root and state digest. */
 static void assert_replicas_equal(struct cluster *c)
 {
-	int64_t deadline = now_ms() + 20000;
+	int64_t deadline = now_ms() + HANG_MS;
 	for (;;) {
 		Tally__V1__Digest *first = NULL;
 		bool same = true;
@@ -597,7 +665,7 @@ static void test_partner_operator_and_timeout_commands_end_to_end(void **state)
 	h = send_cmd(&c, mall, hold_cmd(&c, 100, 1), CODE(OK))->hold_id;
 	/* The leader's expire timer makes batches whose time passes the 1 s timeout: wait
 	 * (bounded) until the release is visible, then the capture is too late. */
-	int64_t deadline = now_ms() + 15000;
+	int64_t deadline = now_ms() + HANG_MS;
 	while (account_of(&c, mall, "b1", "kim")->held != 0) {
 		if (now_ms() > deadline)
 			fail_msg("a hold with a 1 s timeout was never released");
@@ -654,7 +722,7 @@ static void test_wrong_key_secret_or_scope_is_refused(void **state)
 	cluster_start(&c, 3);
 	wait_leader(&c);
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "admin",
-					 .secret = "wrong-secret-0123456789", .timeout_ms = 3000};
+					 .secret = "wrong-secret-0123456789", .timeout_ms = CLIENT_TIMEOUT_MS};
 	struct tally_client *cl = NULL;
 	char err[256];
 	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(UNAUTHENTICATED));
@@ -783,7 +851,7 @@ static void test_malformed_and_oversized_frames_are_answered_and_the_cluster_kee
 static Tally__V1__CommandResult *submit_until_definite(struct cluster *c, struct tally_client **cl,
 						       const char *req, int64_t points)
 {
-	int64_t deadline = now_ms() + 30000;
+	int64_t deadline = now_ms() + HANG_MS;
 	for (;;) {
 		Tally__V1__CommandResult *r = NULL;
 		Tally__V1__ResultCode rc = tally_client_command(*cl, accrue_cmd(c, req, "b1", "dora", points),
@@ -791,7 +859,7 @@ static Tally__V1__CommandResult *submit_until_definite(struct cluster *c, struct
 		if (rc == CODE(OK))
 			return r;
 		if (now_ms() > deadline)
-			fail_msg("request %s still %s after 30 s", req, tally_result_name(rc));
+			fail_msg("request %s still %s after %d s", req, tally_result_name(rc), HANG_MS / 1000);
 		/* Unknown or unavailable: reconnect (the node may be dead) and retry the same id. */
 		tally_client_close(*cl);
 		*cl = client(c, "dealer");
@@ -976,9 +1044,10 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 		node_signal(&c, i, SIGHUP);
 	/* The old secret is refused and the new one accepted, once every node reloaded:
 	 * poll the condition rather than guess when the signal was handled. */
-	struct tally_client_options o = {.cluster = c.clients, .key_name = "mall", .timeout_ms = 2000};
+	struct tally_client_options o = {.cluster = c.clients, .key_name = "mall",
+					 .timeout_ms = CLIENT_TIMEOUT_MS};
 	char err[256];
-	int64_t deadline = now_ms() + 10000;
+	int64_t deadline = now_ms() + HANG_MS;
 	for (int i = 1; i <= 3; i++) {
 		char addr[32];
 		client_addr(&c, i, addr, sizeof(addr));

@@ -21,6 +21,7 @@
 #include <valgrind/valgrind.h>
 
 #include "consensus/node.h"
+#include "tests/ports.h"
 #include "tests/util.h"
 
 #define NODES 3
@@ -28,7 +29,7 @@
 #define POINTS_EACH 10
 #define ROUNDS 40
 #define PER_ROUND 3
-#define WAIT_MS 20000 /* watchdog: only a failing run waits this long */
+#define WAIT_MS 60000 /* watchdog: only a failing run waits this long; never a performance assertion */
 #define CODE(x) TALLY__V1__RESULT_CODE__##x
 
 struct outcome {
@@ -55,16 +56,14 @@ struct cluster {
 
 /* ---- plumbing ----------------------------------------------------------------------- */
 
-static unsigned free_port(void)
+/* The ports of this program's cluster: node i listens on base+1+i (raft) and
+ * base+101+i (clients); the unstarted node of one test on base+10 and base+110. */
+static struct ports_block ports = {0, -1};
+
+static unsigned port_of(int offset)
 {
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	close(fd);
-	return ntohs(a.sin_port);
+	assert_true(ports.base > 0);
+	return (unsigned)(ports.base + offset);
 }
 
 static void timer_fired(uv_timer_t *t)
@@ -184,7 +183,7 @@ static unsigned submit_until_ok(struct cluster *c, Tally__V1__Command **cmds, st
 {
 	unsigned resubmitted = 0;
 	for (int attempt = 0; attempt < 5; attempt++) {
-		assert_true(run_until(c, one_leader, 20000));
+		assert_true(run_until(c, one_leader, WAIT_MS));
 		struct tally_node *leader = c->node[leader_of(c)];
 		size_t sent = 0;
 		for (size_t i = 0; i < n; i++) {
@@ -303,9 +302,12 @@ static int cluster_setup(void **state)
 	c->admin = admin(&c->f);
 	c->dealer = who(&c->f, TALLY__V1__ROLE__DEALER, "dealer", "*");
 	char *bootstrap = c->bootstrap;
+	const int offsets[] = {1, 2, 3, 10, 101, 102, 103, 110};
+	assert_true(NODES <= 3);
+	ports_acquire(&ports, offsets, sizeof(offsets) / sizeof(offsets[0]));
 	for (int i = 0; i < NODES; i++) {
 		c->dir[i] = fx_tmpdir();
-		unsigned raft = free_port(), client = free_port();
+		unsigned raft = port_of(1 + i), client = port_of(101 + i);
 		snprintf(c->client[i], sizeof(c->client[i]), "127.0.0.1:%u", client);
 		snprintf(c->address[i], sizeof(c->address[i]), "127.0.0.1:%u|127.0.0.1:%u", raft, client);
 		size_t at = strlen(bootstrap);
@@ -590,7 +592,7 @@ static void test_misconfigured_node_is_refused_and_an_unstarted_node_closes_clea
 {
 	struct cluster *c = *state;
 	char *dir = fx_tmpdir(), address[96], err[256];
-	snprintf(address, sizeof(address), "127.0.0.1:%u|127.0.0.1:%u", free_port(), free_port());
+	snprintf(address, sizeof(address), "127.0.0.1:%u|127.0.0.1:%u", port_of(10), port_of(110));
 	struct tally_node *n = NULL;
 	struct tally_node_config bad = {.id = 0, .address = address, .dir = dir};
 	assert_int_equal(tally_node_init(&n, &c->loop, &bad, err, sizeof(err)), TALLY_EINVAL);

@@ -893,12 +893,11 @@ static void test_client_returns_timeout_when_the_command_is_never_answered(void 
 	assert_int_equal(tally_client_command(c, accrue(&arena, 5), &arena, &res), CODE(TIMEOUT));
 	int64_t waited_ms = elapsed_ms(&t0);
 	assert_null(res);
-	assert_true(waited_ms >= 290);
-	assert_true(waited_ms < 1500); /* one attempt: a command is never resent blindly */
+	assert_true(waited_ms >= 290); /* it did wait for the answer (monotonic clock) */
 	assert_non_null(strstr(tally_client_error(c), "no answer within 300 ms"));
 	tally_client_close(c);
 	fake_join(&f);
-	assert_int_equal(f.requests, 1);
+	assert_int_equal(f.requests, 1); /* one attempt: a command is never resent blindly */
 	tally_arena_free(&arena);
 }
 
@@ -929,7 +928,9 @@ static void test_client_retries_a_query_on_the_next_node_when_unanswered(void **
 	tally_arena_free(&arena);
 }
 
-/* A node that answers `mode` makes the command fail with INTERNAL, at once. */
+/* A node that answers `mode` makes the command fail with INTERNAL as soon as the bad
+ * answer arrives: the fake keeps the connection open after it, so a client that
+ * waited for a better answer would meet its timeout and return TIMEOUT instead. */
 static void expect_internal(enum fake_mode mode)
 {
 	struct fake f;
@@ -938,10 +939,7 @@ static void expect_internal(enum fake_mode mode)
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);
 	Tally__V1__CommandResult *res = NULL;
-	struct timespec t0;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	assert_int_equal(tally_client_command(c, accrue(&arena, 5), &arena, &res), CODE(INTERNAL));
-	assert_true(elapsed_ms(&t0) < 1000);
 	assert_null(res);
 	tally_client_close(c);
 	fake_join(&f);
