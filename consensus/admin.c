@@ -179,6 +179,24 @@ void tally_node_transfer(struct tally_node *n, uint64_t id, tally_node_admin_cb 
 	admin_started(a, raft_transfer(&n->raft, &a->req.transfer, id, admin_transfer_cb));
 }
 
+size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_t cap)
+{
+	assert(n != NULL && (out != NULL || cap == 0));
+	if (!n->raft_inited || n->phase >= NODE_RAFT_CLOSE)
+		return 0;
+	const struct raft_configuration *c = &n->raft.configuration;
+	size_t k = 0;
+	for (unsigned i = 0; i < c->n && k < cap; i++) {
+		const struct raft_server *s = &c->servers[i];
+		if (s->id == n->cfg.id || s->address == NULL ||
+		    tally_address_client(s->address, out[k].client, sizeof(out[k].client)) != 0 ||
+		    out[k].client[0] == '\0')
+			continue;
+		out[k++].id = s->id;
+	}
+	return k;
+}
+
 /* One NodeInfo in `arena` from a configuration entry. */
 static Tally__V1__NodeInfo *status_node(struct tally_arena *arena, raft_id id,
 					const char *address, int role)

@@ -89,6 +89,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	int rc = tally_ledger_apply_batch(n->ledger, b, &n->apply_arena, &results, &skipped);
 	if (rc != 0)
 		return fsm_fatal(n, index, "ledger", rc);
+	node_time_observe(n);
 	if (!skipped)
 		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
 	struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
@@ -233,6 +234,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	}
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu",
 		 (unsigned long long)tally_ledger_applied_index(n->ledger));
+	node_time_observe(n);
 	raft_free(buf->base);
 	buf->base = NULL;
 	return 0;

@@ -204,6 +204,9 @@ int tally_node_init(struct tally_node **out, uv_loop_t *loop,
 		.map_size_bytes = cfg->map_size_bytes, .nosync = true, .writemap = true};
 	if (rc == 0)
 		rc = ledger_open_checked(n, errmsg, errcap);
+	tally_clock_init(&n->clock);
+	if (rc == 0)
+		node_time_observe(n);
 	if (rc == 0)
 		rc = node_raft_init(n, errmsg, errcap);
 	if (rc == 0 && node_handles_init(n) != 0)

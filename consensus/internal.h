@@ -13,6 +13,7 @@
 #include <raft.h>
 #include <raft/uv.h>
 
+#include "consensus/clock.h"
 #include "consensus/node.h"
 #include "consensus/transport.h"
 
@@ -113,8 +114,19 @@ struct tally_node {
 	uint64_t leader_term;             /* term we are known leader in, 0 when not */
 	uint64_t ready_term;              /* term in which a barrier completed */
 
+	/* Ledger time (ledgertime.c). */
+	struct tally_clock clock;
+	bool time_synchronized;           /* as last read: logged when it changes */
+	bool time_off_logged;             /* this node's wall clock is far off the cluster's */
+	int64_t time_off_log_ms;          /* monotonic time of that log line */
+	int64_t time_wait_since_ms;       /* commands queued but no ledger time yet (0: none) */
+	struct {
+		uint64_t samples, samples_dropped, catchups;
+	} time_stats;
+
 	/* Expire timer (leader only). */
 	uint64_t expire_last_ms;          /* uv_now of the last expire submitted */
+	uint64_t expire_count;            /* expires submitted (labels their request ids) */
 	bool expire_busy, expire_more;
 
 	/* Snapshots. */
@@ -134,6 +146,13 @@ struct tally_node {
 	struct tally_node_stats stats;
 	char leader_client[TALLY_ADDRESS_BYTES_MAX + 1];
 };
+
+/* ledgertime.c: the time for the next batch the leader proposes (observed as
+ * proposed); false when there is none yet (a new ledger, clocks not synchronized). */
+bool node_time_next(struct tally_node *n, int64_t *time_ms);
+
+/* ledgertime.c: observes the ledger's time now (after an apply, a restore, an open). */
+void node_time_observe(struct tally_node *n);
 
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (exit status TALLY_NODE_EXIT_IO). Call after raft_uv_init. */

@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "consensus/internal.h"
 
@@ -41,13 +40,6 @@ void node_log(struct tally_node *n, const char *fmt, ...)
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "tally node %llu: %s\n", (unsigned long long)n->cfg.id, line);
-}
-
-static int64_t wall_clock_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool node_leading(struct tally_node *n)
@@ -287,10 +279,12 @@ static uint8_t *batch_pad_put(uint8_t *p, size_t k)
 /* Moves the next batch's commands out of the queue into a serialized tally.v1.Batch:
  * raft_index = 1 (padding only, value 0: the FSM stamps it), raft_term = 2 (varint),
  * time_ms = 3 (varint), commands = 4 (length-delimited, the queued bytes verbatim). */
-static struct node_batch *batch_take(struct tally_node *n, struct raft_buffer *buf)
+static struct node_batch *batch_take(struct tally_node *n, struct raft_buffer *buf,
+				     int64_t batch_time_ms)
 {
 	assert(n != NULL && buf != NULL && n->queue_head != NULL);
-	uint64_t term = n->raft.current_term, time_ms = (uint64_t)wall_clock_ms();
+	assert(batch_time_ms >= 0);
+	uint64_t term = n->raft.current_term, time_ms = (uint64_t)batch_time_ms;
 	size_t header = 2 + varint_bytes(term) + varint_bytes(time_ms), bytes = 0;
 	size_t count = batch_measure(n, header, &bytes);
 	size_t pad = batch_pad_bytes(bytes);
@@ -330,12 +324,13 @@ static struct node_batch *batch_take(struct tally_node *n, struct raft_buffer *b
 	return b;
 }
 
-/* Proposes one batch. Returns 0 or the raft error (the batch's callers are answered). */
-static int batch_propose(struct tally_node *n)
+/* Proposes one batch stamped batch_time_ms. Returns 0 or the raft error (the batch's
+ * callers are answered). */
+static int batch_propose(struct tally_node *n, int64_t batch_time_ms)
 {
 	assert(n != NULL && n->inflight < n->cfg.inflight_max);
 	struct raft_buffer buf;
-	struct node_batch *b = batch_take(n, &buf);
+	struct node_batch *b = batch_take(n, &buf, batch_time_ms);
 	if (b == NULL)
 		return RAFT_NOMEM; /* the queue is intact: retried at the next tick */
 	int rv = raft_apply(&n->raft, &b->req, &buf, 1, batch_apply_cb);
@@ -358,6 +353,30 @@ static int batch_propose(struct tally_node *n)
 	return 0;
 }
 
+/* No ledger time yet (a new ledger whose voters' clocks do not agree): commands wait
+ * for it at most this long, then are answered UNAVAILABLE (definitely not applied). */
+#define NODE_TIME_WAIT_MS 5000
+
+/* Whether a batch may be stamped now (*time_ms); otherwise the queue waits for the
+ * clocks, or is refused once it waited NODE_TIME_WAIT_MS. */
+static bool flush_time(struct tally_node *n, int64_t *time_ms)
+{
+	assert(n != NULL && time_ms != NULL && n->queue_head != NULL);
+	if (node_time_next(n, time_ms)) {
+		n->time_wait_since_ms = 0;
+		return true;
+	}
+	int64_t now = tally_node_mono_ms(n);
+	if (n->time_wait_since_ms == 0) {
+		n->time_wait_since_ms = now;
+	} else if (now - n->time_wait_since_ms >= NODE_TIME_WAIT_MS) {
+		n->time_wait_since_ms = 0;
+		queue_fail(n, CODE(UNAVAILABLE), "no ledger time yet: the clocks of a majority of "
+			   "voters do not agree");
+	}
+	return false;
+}
+
 /* Proposes queued commands while entries may be added in flight. */
 static void node_flush(struct tally_node *n)
 {
@@ -373,7 +392,10 @@ static void node_flush(struct tally_node *n)
 		}
 		if (n->raft.transfer != NULL)
 			return; /* a leadership transfer decides: wait for it */
-		int rv = batch_propose(n);
+		int64_t time_ms;
+		if (!flush_time(n, &time_ms))
+			return; /* the tick timer tries again */
+		int rv = batch_propose(n, time_ms);
 		if (rv != 0 && rv != RAFT_NOTLEADER)
 			return;
 	}
@@ -601,8 +623,9 @@ static void expire_maybe(struct tally_node *n)
 	if (!n->expire_more && now - n->expire_last_ms < n->cfg.expire_interval_ms)
 		return;
 	n->expire_last_ms = now;
-	char request_id[32];
-	snprintf(request_id, sizeof(request_id), "expire-%lld", (long long)wall_clock_ms());
+	char request_id[48]; /* a label only: expire commands are not idempotency-claimed */
+	snprintf(request_id, sizeof(request_id), "expire-%llu-%llu",
+		 (unsigned long long)n->leader_term, (unsigned long long)++n->expire_count);
 	Tally__V1__Principal who = TALLY__V1__PRINCIPAL__INIT;
 	who.key_name = (char *)"tally-system";
 	who.role = TALLY__V1__ROLE__SYSTEM;

@@ -9,7 +9,8 @@
  * Group commit: commands submitted while earlier batches are in flight are packed
  * into the next raft entry (up to batch_commands_max commands or batch_bytes_max
  * bytes), with up to inflight_max entries in flight; the leader stamps each batch
- * with its clock (uv_now-independent wall clock, ms). Each caller gets its own result.
+ * with ledger time as consensus/clock.h defines it (never its own wall clock taken at
+ * face value). Each caller gets its own result.
  *
  * Addresses: a node's raft address in the raft configuration is
  * "RAFT_HOST:RAFT_PORT|CLIENT_HOST:CLIENT_PORT"; the transport uses the part before
@@ -22,6 +23,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "consensus/transport.h"
 #include "ledger/ledger.h"
 
 struct tally_node;
@@ -44,6 +46,10 @@ struct tally_node_config {
 	unsigned inflight_max;            /* raft entries in flight; 0 = 64 */
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
+	/* Clocks, for tests and the simulator: NULL = CLOCK_MONOTONIC / CLOCK_REALTIME (ms). */
+	int64_t (*mono_ms)(void *clock_data);
+	int64_t (*wall_ms)(void *clock_data);
+	void *clock_data;
 };
 
 /* A node whose raft disk write fails (log append, truncate, snapshot, term or vote)
@@ -116,6 +122,43 @@ struct tally_node_stats {
 	uint64_t rejections[32];     /* by ResultCode */
 };
 const struct tally_node_stats *tally_node_stats(struct tally_node *n);
+
+/* This node's raft id. */
+uint64_t tally_node_id(struct tally_node *n);
+
+/* Ledger time (consensus/clock.h). The node's monotonic clock, ms: what peer clock
+ * samples are measured with; and its wall clock, ms since the epoch, as it answers
+ * its peers' probes. */
+int64_t tally_node_mono_ms(struct tally_node *n);
+int64_t tally_node_wall_ms(struct tally_node *n);
+
+/* A peer's wall clock read remote_wall_ms, answering a probe sent at this node's
+ * monotonic time sent_mono_ms and answered at recv_mono_ms (rpc/peerclock.c). */
+void tally_node_clock_sample(struct tally_node *n, uint64_t peer_id, int64_t remote_wall_ms,
+			     int64_t sent_mono_ms, int64_t recv_mono_ms);
+
+/* The clocks as the node sees them now, for /metrics. */
+struct tally_node_clock {
+	bool synchronized;           /* a majority of the voters' clocks agree */
+	unsigned agreeing, voters;   /* clocks in the agreeing group; voters */
+	int64_t offset_ms;           /* this node's wall clock minus cluster time (0: unsynchronized) */
+	int64_t ledger_time_ms;      /* time of the last applied batch */
+	int64_t estimate_ms;         /* the monotonic estimate of ledger time now */
+	uint64_t samples;            /* peer samples received */
+	uint64_t samples_dropped;    /* ... of which dropped (round trip too slow) */
+	uint64_t catchups;           /* batches the cluster's clocks pulled forward > 1 s */
+};
+void tally_node_clock_status(struct tally_node *n, struct tally_node_clock *out);
+
+/* A peer in the configuration: its id and client address, for clock probes. At most
+ * TALLY_NODE_PEERS_MAX are sampled (consensus/clock.h keeps as many samples). */
+#define TALLY_NODE_PEERS_MAX 64
+struct tally_node_peer {
+	uint64_t id;
+	char client[TALLY_ADDRESS_BYTES_MAX + 1];
+};
+/* The other servers of the configuration (at most cap) into out; their number. */
+size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_t cap);
 
 /* Stops proposing, fails queued commands with UNAVAILABLE and in-flight ones with
  * TIMEOUT, hands leadership over when leader, closes raft and then calls cb. */

@@ -45,6 +45,25 @@ int tally_address_client(const char *address, char *buf, size_t cap)
 	return address_part(address, true, buf, cap);
 }
 
+int tally_address_sockaddr(const char *host_port, struct sockaddr_storage *out)
+{
+	assert(host_port != NULL && out != NULL);
+	char host[TALLY_ADDRESS_BYTES_MAX + 1];
+	const char *colon = strrchr(host_port, ':');
+	if (colon == NULL || (size_t)(colon - host_port) >= sizeof(host))
+		return UV_EINVAL;
+	memcpy(host, host_port, (size_t)(colon - host_port));
+	host[colon - host_port] = '\0';
+	char *end = NULL;
+	long port = strtol(colon + 1, &end, 10);
+	if (end == colon + 1 || *end != '\0' || port <= 0 || port > 65535)
+		return UV_EINVAL;
+	memset(out, 0, sizeof(*out));
+	if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)out) == 0)
+		return 0;
+	return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)out);
+}
+
 /* Disables Nagle on a stream raft is about to use. Failure only costs latency. */
 static void transport_nodelay(struct uv_stream_s *stream)
 {
@@ -97,18 +116,16 @@ static void transport_accept_cb(struct raft_uv_transport *inner, raft_id id,
 static void transport_listen_error(struct tally_transport *t)
 {
 	assert(t != NULL);
-	char host[TALLY_ADDRESS_BYTES_MAX + 1];
-	snprintf(host, sizeof(host), "%s", t->raft_address);
-	char *colon = strrchr(host, ':');
-	struct sockaddr_in sa;
+	struct sockaddr_storage sa;
 	int err = EINVAL;
-	if (colon != NULL) {
-		*colon = '\0';
-		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-		if (fd < 0 || uv_ip4_addr(host, atoi(colon + 1), &sa) != 0)
-			err = fd < 0 ? errno : EINVAL;
+	if (tally_address_sockaddr(t->raft_address, &sa) == 0) {
+		int fd = socket(sa.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+		socklen_t len = sa.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+							: sizeof(struct sockaddr_in6);
+		if (fd < 0)
+			err = errno;
 		else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-			 bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 || listen(fd, 1) != 0)
+			 bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 1) != 0)
 			err = errno;
 		else
 			err = 0;

@@ -49,4 +49,9 @@ int tally_address_raft(const char *address, char *buf, size_t cap);
  * Returns 0, or RAFT_NAMETOOLONG when it does not fit. */
 int tally_address_client(const char *address, char *buf, size_t cap);
 
+/* Parses a numeric "HOST:PORT" (IPv4 "1.2.3.4:80" or IPv6 "::1:80", port 1..65535)
+ * into *out: the one parser of listen and peer addresses (clients resolve names with
+ * getaddrinfo instead). Returns 0 or UV_EINVAL. */
+int tally_address_sockaddr(const char *host_port, struct sockaddr_storage *out);
+
 #endif /* TALLY_CONSENSUS_TRANSPORT_H */

@@ -141,6 +141,9 @@ int tally_ledger_digest(struct tally_ledger *l, struct tally_digest *out);
 /* The applied raft index (0 for a new ledger). */
 uint64_t tally_ledger_applied_index(struct tally_ledger *l);
 
+/* The time of the last applied batch (0 for a ledger that has applied none). */
+int64_t tally_ledger_time_ms(struct tally_ledger *l);
+
 /* One account as stored (lots and holds included when with_lots). Returns
  * TALLY_ENOTFOUND when the member never held points in the brand. */
 int tally_ledger_account(struct tally_ledger *l, const char *brand, const char *member,

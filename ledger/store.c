@@ -674,3 +674,10 @@ uint64_t tally_ledger_applied_index(struct tally_ledger *l)
 	assert(l != NULL);
 	return l->meta.applied_index;
 }
+
+int64_t tally_ledger_time_ms(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	assert(l->meta.time_ms >= 0);
+	return l->meta.time_ms;
+}

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "consensus/transport.h"
 #include "ledger/error.h"
 
 #define HTTP_REQUEST_BYTES_MAX 8192
@@ -152,15 +153,8 @@ int tally_http_init(struct tally_http **out, uv_loop_t *loop, const char *listen
 	h->loop = loop;
 	h->render = render;
 	h->data = data;
-	char host[256];
-	const char *colon = strrchr(listen_address, ':');
-	int rc = UV_EINVAL;
-	struct sockaddr_in addr;
-	if (colon != NULL && (size_t)(colon - listen_address) < sizeof(host)) {
-		memcpy(host, listen_address, (size_t)(colon - listen_address));
-		host[colon - listen_address] = '\0';
-		rc = uv_ip4_addr(host, atoi(colon + 1), &addr);
-	}
+	struct sockaddr_storage addr;
+	int rc = tally_address_sockaddr(listen_address, &addr);
 	uv_tcp_init(loop, &h->listener);
 	h->listener.data = h;
 	h->open = 1;

@@ -556,6 +556,22 @@ static void handle_ready(struct conn *c, Tally__V1__Request *req)
 	}
 }
 
+/* A peer asking for this node's wall clock (rpc/peerclock.c): answered in any state,
+ * it reveals the time and the node id only. */
+static void handle_ping(struct conn *c, const Tally__V1__Request *req)
+{
+	assert(c != NULL && req->body_case == TALLY__V1__REQUEST__BODY_PING);
+	Tally__V1__Pong pong = TALLY__V1__PONG__INIT;
+	pong.wall_ms = tally_node_wall_ms(c->s->node);
+	pong.node_id = tally_node_id(c->s->node);
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = req->call_id;
+	res.code = CODE(OK);
+	res.body_case = TALLY__V1__RESPONSE__BODY_PONG;
+	res.pong = &pong;
+	respond(c, &res, false);
+}
+
 static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 {
 	Tally__V1__Request *req = tally__v1__request__unpack(NULL, len, body);
@@ -563,6 +579,11 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 		c->s->stats.bad_frames++;
 		respond_code(c, 0, CODE(INVALID_ARGUMENT),
 			     "frame: does not decode as a tally.v1.Request", true);
+		return;
+	}
+	if (req->body_case == TALLY__V1__REQUEST__BODY_PING && c->state != C_CLOSING) {
+		handle_ping(c, req);
+		tally__v1__request__free_unpacked(req, NULL);
 		return;
 	}
 	switch (c->state) {
@@ -658,22 +679,6 @@ static void on_connection(uv_stream_t *listener, int status)
 	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
-static int parse_address(const char *address, struct sockaddr_storage *out)
-{
-	char host[256];
-	const char *colon = strrchr(address, ':');
-	if (colon == NULL || (size_t)(colon - address) >= sizeof(host))
-		return UV_EINVAL;
-	memcpy(host, address, (size_t)(colon - address));
-	host[colon - address] = '\0';
-	int port = atoi(colon + 1);
-	if (port <= 0 || port > 65535)
-		return UV_EINVAL;
-	if (uv_ip4_addr(host, port, (struct sockaddr_in *)out) == 0)
-		return 0;
-	return uv_ip6_addr(host, port, (struct sockaddr_in6 *)out);
-}
-
 int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_node *node,
 		      struct tally_keys *keys, const struct tally_server_config *cfg,
 		      char *err, size_t errcap)
@@ -695,7 +700,7 @@ int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_n
 	if (s->cfg.connections_max == 0)
 		s->cfg.connections_max = 1024;
 	struct sockaddr_storage addr;
-	int rc = parse_address(cfg->listen_address, &addr);
+	int rc = tally_address_sockaddr(cfg->listen_address, &addr);
 	uv_tcp_init(loop, &s->listener);
 	s->listener.data = s;
 	if (rc == 0)

@@ -25,6 +25,7 @@
 
 #include <lmdb.h>
 
+#include "consensus/clock.h"
 #include "rpc/frame.h"
 #include "rpc/tally.h"
 #include "tests/ports.h"
@@ -75,7 +76,13 @@ struct cluster {
 	unsigned req;
 	bool fiu;                       /* nodes run under fiu-run (libfiu fault injection) */
 	const char *segment_kb;         /* --segment-kb for every node, or NULL */
+	bool faketime;                  /* nodes run under libfaketime, DIR/clockI each */
 };
+
+/* Debian's libfaketime (package libfaketime): wall-clock offsets per node, read from a
+ * file at every clock call. The monotonic clock is left alone, as a real clock step
+ * leaves it. */
+#define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
 static const char *const secrets[][2] = {
 	{"admin", "admin-secret-0123456789"},     {"mall", "mall-secret-0123456789"},
@@ -99,12 +106,55 @@ static int64_t now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static int64_t wall_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts); /* this process runs on the real clock */
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static void client_addr(const struct cluster *c, int i, char *out, size_t cap)
 {
 	snprintf(out, cap, "127.0.0.1:%d", c->base + 100 + i);
 }
 
 /* ---- processes ---------------------------------------------------------------------- */
+
+/* Node i's libfaketime clock file: "+0", "+1h", "-30s" ... */
+static void clock_path(const struct cluster *c, int i, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s/clock%d", c->dir, i);
+}
+
+/* Sets node i's wall-clock offset (replaced atomically: libfaketime rereads it). */
+static void clock_set(const struct cluster *c, int i, const char *offset)
+{
+	char path[300], tmp[310];
+	clock_path(c, i, path, sizeof(path));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "w");
+	assert_non_null(f);
+	fprintf(f, "%s\n", offset);
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(rename(tmp, path), 0);
+}
+
+/* In the child about to exec node i: run it under libfaketime (after ASan's runtime,
+ * which must come first in LD_PRELOAD). */
+static void faketime_env(const struct cluster *c, int i)
+{
+	char path[300], preload[600];
+	clock_path(c, i, path, sizeof(path));
+#ifdef TALLY_ASAN_LIB
+	snprintf(preload, sizeof(preload), "%s %s", TALLY_ASAN_LIB, FAKETIME_LIB);
+#else
+	snprintf(preload, sizeof(preload), "%s", FAKETIME_LIB);
+#endif
+	setenv("LD_PRELOAD", preload, 1);
+	setenv("FAKETIME_TIMESTAMP_FILE", path, 1);
+	setenv("FAKETIME_NO_CACHE", "1", 1);
+	setenv("FAKETIME_DONT_FAKE_MONOTONIC", "1", 1);
+}
 
 static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 {
@@ -143,6 +193,8 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			args[k++] = "LD_PRELOAD=\"" TALLY_ASAN_LIB " $LD_PRELOAD\" exec \"$0\" \"$@\"";
 #endif
 		}
+		if (c->faketime)
+			faketime_env(c, i);
 		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
 				      "--client", client, "--keys", c->keys, "--election-ms", "300",
 				      "--snapshot-threshold", "64", "--http", http};
@@ -181,12 +233,14 @@ static void node_signal(struct cluster *c, int i, int sig)
 }
 
 /* Starts n nodes; fiu and segment_kb as in struct cluster. */
-static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb)
+static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb,
+			       bool faketime)
 {
 	memset(c, 0, sizeof(*c));
 	c->n = n;
 	c->fiu = fiu;
 	c->segment_kb = segment_kb;
+	c->faketime = faketime;
 	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
 	int offsets[3 * NODES_MAX];
 	for (int i = 0; i < NODES_MAX; i++) {
@@ -218,13 +272,15 @@ static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *s
 	}
 	tally_arena_init(&c->arena, 64 << 10, 0);
 	snprintf(live_dir, sizeof(live_dir), "%s", c->dir);
+	for (int i = 1; faketime && i <= NODES_MAX; i++)
+		clock_set(c, i, "+0");
 	for (int i = 1; i <= n; i++)
 		node_start(c, i, true, false);
 }
 
 static void cluster_start(struct cluster *c, int n)
 {
-	cluster_start_with(c, n, false, NULL);
+	cluster_start_with(c, n, false, NULL, false);
 }
 
 static void cluster_stop(struct cluster *c)
@@ -490,7 +546,7 @@ static void assert_replicas_equal(struct cluster *c)
 		if (same)
 			return;
 		if (now_ms() > deadline)
-			fail_msg("replicas still differ after 20 s; logs in %s", c->dir);
+			fail_msg("replicas still differ after %d s; logs in %s", HANG_MS / 1000, c->dir);
 		struct pollfd none;
 		poll(&none, 0, 50);
 	}
@@ -789,6 +845,41 @@ static bool raw_eof(int fd)
 	return poll(&p, 1, 5000) == 1 && read(fd, &b, 1) == 0;
 }
 
+/* A peer's clock probe (rpc/peerclock.c): a Ping is answered before any handshake,
+ * with the node's id and wall clock, and the connection stays usable. */
+static void test_a_ping_is_answered_before_the_handshake_with_the_node_id_and_clock(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	int fd = raw_connect(&c, 2);
+	for (uint64_t call = 7; call < 9; call++) {
+		Tally__V1__Ping ping = TALLY__V1__PING__INIT;
+		Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+		req.call_id = call;
+		req.body_case = TALLY__V1__REQUEST__BODY_PING;
+		req.ping = &ping;
+		uint8_t frame[64];
+		size_t len = tally__v1__request__get_packed_size(&req);
+		tally_frame_header(frame, (uint32_t)len);
+		tally__v1__request__pack(&req, frame + TALLY_FRAME_HEADER_BYTES);
+		ssize_t n = (ssize_t)(len + TALLY_FRAME_HEADER_BYTES);
+		assert_int_equal(write(fd, frame, (size_t)n), n);
+		int64_t before = wall_now_ms();
+		Tally__V1__Response *res = raw_read(fd);
+		assert_non_null(res);
+		assert_int_equal(res->call_id, call);
+		assert_int_equal(res->code, CODE(OK));
+		assert_int_equal(res->body_case, TALLY__V1__RESPONSE__BODY_PONG);
+		assert_int_equal(res->pong->node_id, 2);
+		assert_true(res->pong->wall_ms >= before - 1000 && res->pong->wall_ms <= wall_now_ms() + 1000);
+		tally__v1__response__free_unpacked(res, NULL);
+	}
+	close(fd);
+	cluster_stop(&c);
+}
+
 static void test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving(void **state)
 {
 	(void)state;
@@ -940,7 +1031,7 @@ static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_i
 {
 	(void)state;
 	struct cluster c;
-	cluster_start_with(&c, 3, true, "32");
+	cluster_start_with(&c, 3, true, "32", false);
 	int leader = (int)wait_leader(&c);
 	struct tally_client *admin = client(&c, "admin");
 	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
@@ -1187,6 +1278,97 @@ static void test_membership_add_promote_and_remove(void **state)
 	cluster_stop(&c);
 }
 
+/* ---- ledger time under clock faults (consensus/clock.h) ------------------------------ */
+
+/* A metric's value from node i's /metrics (fails when it is missing). */
+static double metric(struct cluster *c, int i, const char *name)
+{
+	static char body[16384];
+	assert_int_equal(http_get(c, i, "/metrics", body, sizeof(body)), 200);
+	char pattern[128];
+	snprintf(pattern, sizeof(pattern), "\n%s ", name);
+	const char *at = strstr(body, pattern);
+	if (at == NULL)
+		fail_msg("node %d's /metrics has no %s", i, name);
+	return strtod(at + strlen(pattern), NULL);
+}
+
+/* Waits until node i reports its wall clock at least min_s seconds off the cluster's,
+ * with the clocks synchronized: the node has seen its step and been outvoted. */
+static void wait_clock_off(struct cluster *c, int i, double min_s)
+{
+	int64_t deadline = now_ms() + HANG_MS;
+	while (metric(c, i, "tally_clock_synchronized") != 1 ||
+	       metric(c, i, "tally_clock_offset_seconds") < min_s) {
+		if (now_ms() > deadline)
+			fail_msg("node %d never saw its clock %.0f s off the cluster's", i, min_s);
+		struct pollfd none;
+		poll(&none, 0, 50); /* pace the polling of the condition */
+	}
+}
+
+/* Ledger time, as the leader's next batch stamps it, is not ahead of real time by more
+ * than the documented bound; a hold taken before the fault still captures. */
+static void assert_time_bounded_and_capture(struct cluster *c, struct tally_client *dealer,
+					    struct tally_client *mall, uint64_t hold)
+{
+	send_cmd(c, dealer, accrue_cmd(c, NULL, "b1", "kim", 1), CODE(OK));
+	int leader = (int)wait_leader(c);
+	Tally__V1__Digest *d = digest_of(c, leader);
+	int64_t ahead_ms = d->time_ms - wall_now_ms();
+	if (ahead_ms > CLOCK_AHEAD_MAX_MS)
+		fail_msg("ledger time is %lld ms ahead of real time (bound %d ms)",
+			 (long long)ahead_ms, CLOCK_AHEAD_MAX_MS);
+	send_cmd(c, mall, capture_cmd(c, hold), CODE(OK));
+}
+
+/* libfaketime moves wall clocks: a leader's steps an hour ahead, then a follower an
+ * hour ahead wins leadership. Neither releases a 120 s hold taken before. */
+static void test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold(void **state)
+{
+	(void)state;
+	if (access(FAKETIME_LIB, R_OK) != 0) {
+		print_message("skipped: %s is missing (Debian package libfaketime)\n", FAKETIME_LIB);
+		skip();
+	}
+	struct cluster c;
+	cluster_start_with(&c, 3, false, NULL, true);
+	int leader = (int)wait_leader(&c);
+	struct tally_client *admin = client(&c, "admin"), *dealer = client(&c, "dealer");
+	struct tally_client *mall = client(&c, "mall");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "kim"), CODE(OK));
+	send_cmd(&c, dealer, accrue_cmd(&c, NULL, "b1", "kim", 1000), CODE(OK));
+	/* The leader's clock steps an hour ahead while it leads. */
+	uint64_t h1 = send_cmd(&c, mall, hold_cmd(&c, 100, 120), CODE(OK))->hold_id;
+	clock_set(&c, leader, "+1h");
+	wait_clock_off(&c, leader, 3500);
+	assert_time_bounded_and_capture(&c, dealer, mall, h1);
+	clock_set(&c, leader, "+0");
+	/* A follower an hour ahead becomes leader. */
+	int next = leader == 1 ? 2 : 1;
+	uint64_t h2 = send_cmd(&c, mall, hold_cmd(&c, 100, 120), CODE(OK))->hold_id;
+	clock_set(&c, next, "+1h");
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = TALLY__V1__ADMIN__OP__TRANSFER;
+	a.node_id = (uint64_t)next;
+	a.address = (char *)"";
+	Tally__V1__Response *res;
+	int64_t deadline = now_ms() + HANG_MS;
+	while (wait_leader(&c) != (uint64_t)next) {
+		if (now_ms() > deadline)
+			fail_msg("leadership never moved to node %d", next);
+		(void)tally_client_admin(admin, &a, &c.arena, &res); /* retried until it moves */
+	}
+	wait_clock_off(&c, next, 3500);
+	assert_time_bounded_and_capture(&c, dealer, mall, h2);
+	tally_client_close(admin);
+	tally_client_close(dealer);
+	tally_client_close(mall);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
 /* tallyctl is a contract: JSON shapes and exit codes. */
 static int tallyctl(struct cluster *c, const char *cluster, const char *args, char *out, size_t cap)
 {
@@ -1362,6 +1544,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_partner_operator_and_timeout_commands_end_to_end, teardown),
 		cmocka_unit_test_teardown(test_a_follower_redirects_and_a_linearizable_read_sees_the_write, teardown),
 		cmocka_unit_test_teardown(test_wrong_key_secret_or_scope_is_refused, teardown),
+		cmocka_unit_test_teardown(test_a_ping_is_answered_before_the_handshake_with_the_node_id_and_clock, teardown),
 		cmocka_unit_test_teardown(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving, teardown),
 		cmocka_unit_test_teardown(test_retries_across_a_leader_kill_apply_every_request_exactly_once, teardown),
 		cmocka_unit_test_teardown(test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_is_lost, teardown),
@@ -1371,6 +1554,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_metrics_and_health_are_served_over_http, teardown),
 		cmocka_unit_test_teardown(test_a_wiped_node_rejoins_and_catches_up_by_snapshot, teardown),
 		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
+		cmocka_unit_test_teardown(test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold, teardown),
 		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),
 		cmocka_unit_test_teardown(test_a_request_sent_and_never_answered_is_an_unknown_outcome, teardown),
 		cmocka_unit_test_teardown(test_a_node_with_a_damaged_ledger_rebuilds_it_at_start, teardown),

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <raft.h>
 #include <valgrind/valgrind.h>
 
+#include "consensus/clock.h"
 #include "consensus/node.h"
 #include "tests/ports.h"
 #include "tests/util.h"
@@ -38,6 +40,15 @@ struct outcome {
 	char message[128];
 	int64_t available;       /* commands: the account after; queries: accounts[0] */
 	uint64_t applied_index;  /* queries */
+	uint64_t hold_id;        /* a hold's result */
+};
+
+struct cluster;
+
+/* What a node's injected clocks need: real time, plus an offset on the wall clock. */
+struct node_clocks {
+	struct cluster *c;
+	int i;
 };
 
 struct cluster {
@@ -52,7 +63,16 @@ struct cluster {
 	uint64_t target_index;             /* for predicates: an applied index */
 	uint64_t target_commands;          /* for predicates: a command count */
 	char bootstrap[512];
+	/* Clocks: node i's wall clock is real time + wall_offset_ms[i]; `sampler` hands
+	 * every node a sample of every other's wall clock, as rpc/peerclock.c does in
+	 * tallyd (no client ports here). */
+	int64_t wall_offset_ms[NODES];
+	struct node_clocks clocks[NODES];
+	uv_timer_t sampler;
+	bool sampler_closed;
 };
+
+#define SAMPLE_INTERVAL_MS 100
 
 /* ---- plumbing ----------------------------------------------------------------------- */
 
@@ -129,6 +149,7 @@ static void on_result(void *data, const Tally__V1__CommandResult *r)
 	o->done = true;
 	o->code = r->code;
 	o->available = r->available;
+	o->hold_id = r->hold_id;
 	snprintf(o->message, sizeof(o->message), "%s", r->message != NULL ? r->message : "");
 }
 
@@ -273,11 +294,47 @@ static struct raft_heap zero_heap = {
 	.aligned_free = heap_aligned_free,
 };
 
+static int64_t real_ms(clockid_t id)
+{
+	struct timespec ts;
+	clock_gettime(id, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t node_mono_ms(void *data)
+{
+	(void)data;
+	return real_ms(CLOCK_MONOTONIC);
+}
+
+static int64_t node_wall_ms(void *data)
+{
+	const struct node_clocks *k = data;
+	return real_ms(CLOCK_REALTIME) + k->c->wall_offset_ms[k->i];
+}
+
+static void sampler_tick(uv_timer_t *t)
+{
+	struct cluster *c = t->data;
+	for (int i = 0; i < NODES; i++) {
+		for (int j = 0; j < NODES; j++) {
+			if (i == j || c->closed[i] || c->closed[j] || c->node[i] == NULL ||
+			    c->node[j] == NULL)
+				continue;
+			int64_t m = tally_node_mono_ms(c->node[i]);
+			tally_node_clock_sample(c->node[i], (uint64_t)j + 1,
+						tally_node_wall_ms(c->node[j]), m, m);
+		}
+	}
+}
+
 static void node_open(struct cluster *c, int i, const char *bootstrap)
 {
+	c->clocks[i] = (struct node_clocks){c, i};
 	struct tally_node_config cfg = {
 		.id = (uint64_t)i + 1, .address = c->address[i], .dir = c->dir[i],
 		.bootstrap = bootstrap, .heartbeat_ms = 50,
+		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .clock_data = &c->clocks[i],
 		/* valgrind runs one thread at a time: a snapshot stalls the loop */
 		.election_timeout_ms = RUNNING_ON_VALGRIND ? 2000 : 400,
 		.expire_interval_ms = 300, .map_size_bytes = 1ULL << 30,
@@ -316,6 +373,9 @@ static int cluster_setup(void **state)
 	}
 	for (int i = 0; i < NODES; i++)
 		node_open(c, i, bootstrap);
+	assert_int_equal(uv_timer_init(&c->loop, &c->sampler), 0);
+	c->sampler.data = c;
+	uv_timer_start(&c->sampler, sampler_tick, 0, SAMPLE_INTERVAL_MS);
 	*state = c;
 	return 0;
 }
@@ -340,6 +400,8 @@ static int cluster_teardown(void **state)
 		if (!c->closed[i])
 			tally_node_close(c->node[i], on_node_closed, &c->closed[i]);
 	assert_true(run_until(c, all_closed, WAIT_MS));
+	c->sampler.data = &c->sampler_closed;
+	uv_close((uv_handle_t *)&c->sampler, handle_closed);
 	for (int i = 0; i < NODES; i++) {
 		tally_node_free(c->node[i]);
 		fx_remove_dir(c->dir[i]);
@@ -540,6 +602,136 @@ static void test_status_lists_the_configuration_and_the_leader(void **state)
 	tally_arena_free(&a);
 }
 
+/* ---- ledger time (consensus/clock.h) ------------------------------------------------ */
+
+/* Holds `points` of m2 for timeout_s on the leader; the hold's id. (m2: test
+ * _closing_the_leader counts m1's balance.) */
+static uint64_t hold_m2(struct cluster *c, int64_t points, uint32_t timeout_s)
+{
+	Tally__V1__Command *cmd = c_hold(&c->f, c->admin, "aurora", "m2", points, timeout_s);
+	struct outcome o;
+	submit_until_ok(c, &cmd, &o, 1, 0);
+	assert_true(o.hold_id > 0);
+	return o.hold_id;
+}
+
+/* Captures a hold through the leader; the result code (OK, HOLD_EXPIRED, ...). */
+static Tally__V1__ResultCode capture(struct cluster *c, uint64_t hold)
+{
+	assert_true(run_until(c, one_leader, WAIT_MS));
+	struct outcome o = {0};
+	tally_node_submit(c->node[leader_of(c)], c_capture(&c->f, c->admin, hold, 0), on_result, &o);
+	wait_all(c, &o, 1, WAIT_MS);
+	return o.code;
+}
+
+/* The node's ledger time is not ahead of real time by more than the documented bound. */
+static void assert_ledger_time_bounded(struct cluster *c, int i)
+{
+	int64_t ledger = tally_ledger_time_ms(tally_node_ledger(c->node[i]));
+	int64_t real = real_ms(CLOCK_REALTIME);
+	if (ledger > real + CLOCK_AHEAD_MAX_MS)
+		fail_msg("node %d's ledger time is %lld ms ahead of real time (bound %d ms)", i + 1,
+			 (long long)(ledger - real), CLOCK_AHEAD_MAX_MS);
+}
+
+static bool leader_synchronized_off_an_hour(struct cluster *c)
+{
+	int leader = leader_of(c);
+	struct tally_node_clock k;
+	if (leader < 0)
+		return false;
+	tally_node_clock_status(c->node[leader], &k);
+	return k.synchronized && k.offset_ms > 3600000 - CLOCK_AHEAD_MAX_MS;
+}
+
+/* A leader whose wall clock steps an hour ahead is outvoted by the other two: its
+ * batches carry the majority's time, and a hold of 120 s still captures. */
+static void test_a_leader_whose_clock_steps_an_hour_ahead_releases_no_hold_early(void **state)
+{
+	struct cluster *c = *state;
+	assert_true(run_until(c, one_leader, WAIT_MS));
+	int leader = leader_of(c);
+	uint64_t hold = hold_m2(c, 10, 120);
+	c->wall_offset_ms[leader] = 3600000;
+	assert_true(run_until(c, leader_synchronized_off_an_hour, WAIT_MS));
+	Tally__V1__Command *cmd = c_accrue(&c->f, c->dealer, "aurora", "m2", 1);
+	struct outcome o;
+	submit_until_ok(c, &cmd, &o, 1, 0); /* a batch stamped after the step */
+	assert_ledger_time_bounded(c, leader_of(c));
+	assert_int_equal(capture(c, hold), CODE(OK));
+	c->wall_offset_ms[leader] = 0;
+}
+
+static int new_leader = -1;
+
+static void on_transfer(void *data, int rc, const char *msg)
+{
+	(void)data;
+	if (rc != 0)
+		print_message("transfer: %s (waiting for the election anyway)\n", msg);
+}
+
+static bool new_leader_elected(struct cluster *c)
+{
+	return leader_of(c) == new_leader;
+}
+
+/* A follower an hour ahead that wins leadership (a transfer here) stamps the
+ * majority's time from its first batch on. */
+static void test_a_node_an_hour_ahead_at_election_releases_no_hold_early(void **state)
+{
+	struct cluster *c = *state;
+	assert_true(run_until(c, one_leader, WAIT_MS));
+	int leader = leader_of(c);
+	uint64_t hold = hold_m2(c, 10, 120);
+	new_leader = follower_of(c, leader);
+	c->wall_offset_ms[new_leader] = 3600000;
+	struct outcome o = {0};
+	tally_node_transfer(c->node[leader], (uint64_t)new_leader + 1, on_transfer, NULL);
+	assert_true(run_until(c, new_leader_elected, WAIT_MS));
+	Tally__V1__Command *cmd = c_accrue(&c->f, c->dealer, "aurora", "m2", 1);
+	submit_until_ok(c, &cmd, &o, 1, 0);
+	assert_ledger_time_bounded(c, new_leader);
+	assert_int_equal(capture(c, hold), CODE(OK));
+	c->wall_offset_ms[new_leader] = 0;
+}
+
+static bool hold_released(struct cluster *c)
+{
+	int leader = leader_of(c);
+	Tally__V1__Account *a = NULL;
+	if (leader < 0)
+		return false;
+	struct tally_ledger *l = tally_node_ledger(c->node[leader]);
+	if (tally_ledger_account(l, "aurora", "m2", false, &c->f.build, &a) != 0)
+		return false;
+	return a->held == 0;
+}
+
+/* Every clock agrees that 20 minutes passed that the ledger did not see (as after a
+ * whole-cluster outage): ledger time catches up at once and a 15-minute hold is
+ * released by the next sweep. */
+static void test_when_every_clock_agrees_time_passed_ledger_time_catches_up(void **state)
+{
+	struct cluster *c = *state;
+	assert_true(run_until(c, one_leader, WAIT_MS));
+	uint64_t hold = hold_m2(c, 10, 900);
+	int leader = leader_of(c);
+	uint64_t catchups0;
+	struct tally_node_clock k;
+	tally_node_clock_status(c->node[leader], &k);
+	catchups0 = k.catchups;
+	for (int i = 0; i < NODES; i++)
+		c->wall_offset_ms[i] = 1200000;
+	assert_true(run_until(c, hold_released, WAIT_MS));
+	assert_int_equal(capture(c, hold), CODE(HOLD_EXPIRED));
+	tally_node_clock_status(c->node[leader_of(c)], &k);
+	if (leader_of(c) == leader)
+		assert_true(k.catchups > catchups0);
+	assert_true(k.synchronized);
+}
+
 static int closed_leader = -1;
 
 static bool closed_and_new_leader(struct cluster *c)
@@ -661,6 +853,9 @@ int main(void)
 		cmocka_unit_test(test_every_replica_reaches_the_same_digest_and_contents),
 		cmocka_unit_test(test_leader_submits_expire_commands_on_its_timer),
 		cmocka_unit_test(test_status_lists_the_configuration_and_the_leader),
+		cmocka_unit_test(test_a_leader_whose_clock_steps_an_hour_ahead_releases_no_hold_early),
+		cmocka_unit_test(test_a_node_an_hour_ahead_at_election_releases_no_hold_early),
+		cmocka_unit_test(test_when_every_clock_agrees_time_passed_ledger_time_catches_up),
 		cmocka_unit_test(test_closing_the_leader_elects_a_new_one_that_accepts_commands),
 		cmocka_unit_test(test_restarted_node_catches_up_from_a_snapshot_and_matches),
 		cmocka_unit_test(test_misconfigured_node_is_refused_and_an_unstarted_node_closes_cleanly),

@@ -538,7 +538,7 @@ static int cmd_digest(struct ctl *c)
 	hex(&d->root);
 	printf(c->json ? "\",\"state_digest\":\"" : " state_digest ");
 	hex(&d->state_digest);
-	printf(c->json ? "\"}\n" : "\n");
+	printf(c->json ? "\",\"time_ms\":%" PRId64 "}\n" : " time_ms %" PRId64 "\n", d->time_ms);
 	return EXIT_DONE;
 }
 

@@ -26,6 +26,7 @@
 #include "consensus/node.h"
 #include "rpc/http.h"
 #include "rpc/keys.h"
+#include "rpc/peerclock.h"
 #include "rpc/server.h"
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
@@ -53,6 +54,7 @@ struct daemon {
 	struct tally_node *node;
 	struct tally_server *server;
 	struct tally_http *http;
+	struct tally_peerclock *peerclock;
 	uv_signal_t sig_term, sig_int, sig_hup;
 	unsigned closing;           /* parts still closing */
 	bool stopping;
@@ -213,6 +215,28 @@ static size_t emit(char *buf, size_t cap, size_t at, const char *fmt, ...)
 	return n < 0 ? at : at + (size_t)n > cap ? cap : at + (size_t)n;
 }
 
+/* Ledger time and the clocks (consensus/clock.h). */
+static size_t render_clock(struct daemon *d, char *buf, size_t cap, size_t at)
+{
+	struct tally_node_clock c;
+	tally_node_clock_status(d->node, &c);
+	at = emit(buf, cap, at, "# TYPE tally_clock_synchronized gauge\ntally_clock_synchronized %d\n",
+		  c.synchronized ? 1 : 0);
+	at = emit(buf, cap, at, "# TYPE tally_clock_agreeing_voters gauge\n"
+		  "tally_clock_agreeing_voters %u\n", c.agreeing);
+	at = emit(buf, cap, at, "# TYPE tally_clock_offset_seconds gauge\n"
+		  "tally_clock_offset_seconds %.3f\n", (double)c.offset_ms / 1000.0);
+	at = emit(buf, cap, at, "# TYPE tally_ledger_time_seconds gauge\n"
+		  "tally_ledger_time_seconds %.3f\n", (double)c.ledger_time_ms / 1000.0);
+	at = emit(buf, cap, at, "# TYPE tally_clock_samples_total counter\n"
+		  "tally_clock_samples_total %llu\n", (unsigned long long)c.samples);
+	at = emit(buf, cap, at, "# TYPE tally_clock_samples_dropped_total counter\n"
+		  "tally_clock_samples_dropped_total %llu\n", (unsigned long long)c.samples_dropped);
+	at = emit(buf, cap, at, "# TYPE tally_clock_catchups_total counter\n"
+		  "tally_clock_catchups_total %llu\n", (unsigned long long)c.catchups);
+	return at;
+}
+
 static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 {
 	static const char *const batch_le[] = {"1", "8", "64", "512", "4096", "+Inf"};
@@ -263,6 +287,7 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 		  (unsigned long long)ss->auth_failures);
 	at = emit(buf, cap, at, "# TYPE tally_bad_frames_total counter\ntally_bad_frames_total %llu\n",
 		  (unsigned long long)ss->bad_frames);
+	at = render_clock(d, buf, cap, at);
 	at = emit(buf, cap, at, "# TYPE tally_results_total counter\n");
 	for (int code = 1; code < 32; code++)
 		if (ss->results[code] != 0)
@@ -317,9 +342,11 @@ static void shutdown_daemon(struct daemon *d)
 		return;
 	d->stopping = true;
 	logf_(LOG_INFO, "shutting down");
-	d->closing = 1 + (d->http != NULL);
+	d->closing = 1 + (d->http != NULL) + (d->peerclock != NULL);
 	if (d->http != NULL)
 		tally_http_close(d->http, on_part_closed, d);
+	if (d->peerclock != NULL)
+		tally_peerclock_close(d->peerclock, on_part_closed, d);
 	/* Connections first (no new requests), then the node answers what is queued. */
 	tally_server_close(d->server, on_server_closed, d);
 }
@@ -369,6 +396,10 @@ static int start(struct daemon *d)
 		logf_(LOG_ERROR, "%s", err);
 		return 1;
 	}
+	if (tally_peerclock_init(&d->peerclock, &d->loop, d->node) != 0) {
+		logf_(LOG_ERROR, "peer clocks: out of memory");
+		return 1;
+	}
 	if (d->o.http[0] &&
 	    tally_http_init(&d->http, &d->loop, d->o.http, render, d, err, sizeof(err)) != 0) {
 		logf_(LOG_ERROR, "%s", err);
@@ -398,6 +429,7 @@ int main(int argc, char **argv)
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	tally_server_free(d.server);
 	tally_http_free(d.http);
+	tally_peerclock_free(d.peerclock);
 	tally_node_free(d.node);
 	uv_loop_close(&d.loop);
 	logf_(LOG_INFO, "stopped");
