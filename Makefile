@@ -7,7 +7,7 @@
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
-#   make jepsen-smoke    two short fault-injection runs (root: network namespaces)
+#   make jepsen-smoke    three short fault-injection runs (root: network namespaces)
 #   make jepsen          every nemesis x every workload, 60 s each, with a summary
 #   make deps            install the Debian packages the build needs (apt-get)
 #   make clean
@@ -154,6 +154,7 @@ demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
 jepsen-smoke: $(TOOLS) $(LOSTWRITES)
 	jepsen/run --workload bank --nemesis partition --time-limit 40 --quiet-s 5
 	jepsen/run --workload set --nemesis kill --time-limit 40 --quiet-s 5
+	jepsen/run --workload holds --nemesis clock --time-limit 40 --quiet-s 5
 
 jepsen: $(TOOLS) $(LOSTWRITES)
 	jepsen/matrix --time-limit 60

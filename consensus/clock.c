@@ -162,11 +162,11 @@ bool tally_clock_next(const struct tally_clock *c, const struct clock_reading *r
 		      int64_t *time_ms)
 {
 	assert(c != NULL && r != NULL && time_ms != NULL);
-	if (!c->observed && !r->synchronized)
+	if (!r->synchronized)
 		return false;
-	int64_t t = c->observed ? r->estimate_ms : r->cluster_ms;
-	if (r->synchronized && r->cluster_ms > t)
-		t = r->cluster_ms;
+	int64_t t = r->cluster_ms;
+	if (c->observed && r->estimate_ms > t)
+		t = r->estimate_ms;
 	*time_ms = t < 0 ? 0 : t;
 	return true;
 }

@@ -9,7 +9,7 @@
  * an hour ahead. This module chooses the time of the leader's next batch so that no
  * single clock can do that:
  *
- *   time = max(E, C)
+ *   time = max(E, C), and no time at all unless a majority of clocks agree
  *
  *   E  the monotonic estimate: the largest (ledger time - monotonic time) this node
  *      has observed, plus its monotonic clock now. Observations are every batch this
@@ -30,18 +30,22 @@
  *
  * The bound. If a majority of the voters' wall clocks are within
  * CLOCK_TOLERANCE_MS / 2 of real time, and monotonic clocks run at the rate of real
- * time, then every batch time is at most CLOCK_AHEAD_MAX_MS ahead of real time:
- * a hold is never released, and a lot never expires, more than CLOCK_AHEAD_MAX_MS
- * before its time. (Proof sketch: each correct clock's interval contains the true
- * offset; the correct clocks are a majority, so any group as large as the chosen one
- * includes a correct clock, and the chosen interval is at most one interval wide:
- * CLOCK_TOLERANCE_MS + one round trip, at most CLOCK_SAMPLE_RTT_MAX_MS. E adds only
- * monotonic time to observed ledger times, which were within the bound already.)
- * Clocks that are not a majority can only hold C back, never push it.
+ * time, then C is within CLOCK_ERROR_MAX_MS of real time either way. (Each correct
+ * clock's interval contains the true offset; the correct clocks are a majority, so
+ * any group as large as the chosen one includes a correct clock, and the chosen
+ * interval is at most one interval wide: CLOCK_TOLERANCE_MS plus one round trip of at
+ * most CLOCK_SAMPLE_RTT_MAX_MS.) E only adds monotonic time to ledger times observed
+ * earlier, so it stays within the bound above. Every batch time is therefore within
+ * CLOCK_ERROR_MAX_MS of real time, and a hold, or a lot, is never released or expired
+ * more than CLOCK_EARLY_MAX_MS before its time has really passed (its start may be
+ * stamped up to the bound late, its end up to the bound early). Clocks that are not
+ * part of a majority can hold C back or leave it undefined, never push it.
  *
- * Not synchronized (no majority agrees, or too few fresh samples): time = E. A
- * ledger that has never had a time (a new cluster) cannot use E, so the leader
- * proposes nothing until its clock is synchronized (tally_clock_next returns false).
+ * Not synchronized (no majority agrees, or too few fresh samples): there is no ledger
+ * time, and the leader proposes nothing (tally_clock_next returns false). Stamping E
+ * alone would be safe going forward, but a batch stamped late by an unknown lag would
+ * shorten every hold it starts once the clocks agree again. The price: writes need a
+ * majority of voters with correct clocks, as they need a majority of voters.
  *
  * Pure: every input (monotonic and wall readings, samples, the voters) is passed
  * in, so the rules are unit-tested without clocks and the same code runs in the
@@ -58,8 +62,10 @@
 #define CLOCK_SAMPLE_RTT_MAX_MS 500  /* a slower round trip says too little: dropped */
 #define CLOCK_SAMPLE_AGE_MAX_MS 5000 /* a sample older than this is forgotten */
 #define CLOCK_PEERS_MAX 64           /* peers whose samples are kept */
-/* How far ahead of real time a batch time may be (see "The bound" above). */
-#define CLOCK_AHEAD_MAX_MS (CLOCK_TOLERANCE_MS + CLOCK_SAMPLE_RTT_MAX_MS)
+/* How far from real time a batch time may be, either way (see "The bound" above). */
+#define CLOCK_ERROR_MAX_MS (CLOCK_TOLERANCE_MS + CLOCK_SAMPLE_RTT_MAX_MS)
+/* How much earlier than its timeout a hold may be released (or a lot expired). */
+#define CLOCK_EARLY_MAX_MS (2 * CLOCK_ERROR_MAX_MS)
 
 /* The latest wall-clock sample of one peer, as an interval of offsets
  * (remote wall time - local monotonic time, ms). */
@@ -112,10 +118,9 @@ void tally_clock_read(const struct tally_clock *c, int64_t mono_ms, int64_t wall
 		      uint64_t self, const uint64_t *voters, size_t n_voters,
 		      struct clock_reading *r);
 
-/* The time for the next batch: max(E, C) from a reading, or E alone when not
- * synchronized. Returns false when there is none (nothing observed and not
- * synchronized): propose nothing yet. Does not observe the result: the caller does
- * once it proposed. */
+/* The time for the next batch: max(E, C) from a synchronized reading. Returns false
+ * when the reading is not synchronized: propose nothing. Does not observe the result:
+ * the caller does once it proposed. */
 bool tally_clock_next(const struct tally_clock *c, const struct clock_reading *r,
 		      int64_t *time_ms);
 

@@ -119,7 +119,7 @@ struct tally_node {
 	bool time_synchronized;           /* as last read: logged when it changes */
 	bool time_off_logged;             /* this node's wall clock is far off the cluster's */
 	int64_t time_off_log_ms;          /* monotonic time of that log line */
-	int64_t time_wait_since_ms;       /* commands queued but no ledger time yet (0: none) */
+	int64_t time_wait_since_ms;       /* since when the leader has had no ledger time (0: has it) */
 	struct {
 		uint64_t samples, samples_dropped, catchups;
 	} time_stats;

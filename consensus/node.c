@@ -353,12 +353,13 @@ static int batch_propose(struct tally_node *n, int64_t batch_time_ms)
 	return 0;
 }
 
-/* No ledger time yet (a new ledger whose voters' clocks do not agree): commands wait
- * for it at most this long, then are answered UNAVAILABLE (definitely not applied). */
-#define NODE_TIME_WAIT_MS 5000
+/* No ledger time (the clocks of a majority of voters do not agree, consensus/clock.h):
+ * commands wait for it this long (the first probes after a start or an election),
+ * then are answered UNAVAILABLE, definitely not applied, at once until it returns. */
+#define NODE_TIME_WAIT_MS 2000
 
 /* Whether a batch may be stamped now (*time_ms); otherwise the queue waits for the
- * clocks, or is refused once it waited NODE_TIME_WAIT_MS. */
+ * clocks, or is refused once they disagreed for NODE_TIME_WAIT_MS. */
 static bool flush_time(struct tally_node *n, int64_t *time_ms)
 {
 	assert(n != NULL && time_ms != NULL && n->queue_head != NULL);
@@ -367,13 +368,11 @@ static bool flush_time(struct tally_node *n, int64_t *time_ms)
 		return true;
 	}
 	int64_t now = tally_node_mono_ms(n);
-	if (n->time_wait_since_ms == 0) {
+	if (n->time_wait_since_ms == 0)
 		n->time_wait_since_ms = now;
-	} else if (now - n->time_wait_since_ms >= NODE_TIME_WAIT_MS) {
-		n->time_wait_since_ms = 0;
-		queue_fail(n, CODE(UNAVAILABLE), "no ledger time yet: the clocks of a majority of "
+	else if (now - n->time_wait_since_ms >= NODE_TIME_WAIT_MS)
+		queue_fail(n, CODE(UNAVAILABLE), "no ledger time: the clocks of a majority of "
 			   "voters do not agree");
-	}
 	return false;
 }
 
@@ -589,6 +588,7 @@ static void node_watch(struct tally_node *n)
 	uint64_t term = n->raft.current_term;
 	if (leader && n->leader_term != term) {
 		n->leader_term = term;
+		n->time_wait_since_ms = 0; /* a new leader gives its probes time again */
 		n->expire_last_ms = uv_now(n->loop);
 		n->expire_more = false;
 	} else if (!leader && n->leader_term != 0) {

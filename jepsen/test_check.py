@@ -619,6 +619,139 @@ class RedeemTest(unittest.TestCase):
         self.assertIn("bad-totals", r)
 
 
+class TimedHistory(History):
+    """A history whose events carry the :time given (ms on the client's clock)."""
+
+    def __init__(self):
+        History.__init__(self)
+        self.ms = 0
+
+    def at(self, ms):
+        self.ms = ms
+        return self
+
+    def event(self, type_, process, f, value="nil", extra=""):
+        n = len(self.lines)
+        self.lines.append("{:index %d, :time %d, :type :%s, :process %s, :f :%s, :value %s%s}"
+                          % (n, self.ms * 1000000, type_, process, f, value, extra))
+        return self
+
+
+def hold(h, p, hid, timeout_s, at_ms):
+    h.at(at_ms).invoke(p, "hold", "{:member 0, :points 5, :timeout-s %d}" % timeout_s)
+    return h.at(at_ms + 10).complete(p, "hold", "ok",
+                                     "{:member 0, :points 5, :timeout-s %d, :hold %d}"
+                                     % (timeout_s, hid))
+
+
+def resolve(h, p, f, hid, at_ms, outcome="ok", error=None, took_ms=10):
+    h.at(at_ms).invoke(p, f, "{:hold %d}" % hid)
+    extra = ', :error "%s"' % error if error else ""
+    return h.at(at_ms + took_ms).complete(p, f, outcome, "{:hold %d}" % hid, extra)
+
+
+def read_time(h, p, at_ms, ledger_ms, wall_ms):
+    h.at(at_ms).invoke(p, "read-time")
+    return h.at(at_ms + 5).complete(p, "read-time", "ok",
+                                    "{:ledger-time %d, :wall-before %d, :wall-after %d}"
+                                    % (ledger_ms, wall_ms - 5, wall_ms))
+
+
+class HoldsTest(unittest.TestCase):
+    def test_clean_valid(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 8, 0)
+        hold(h, 1, 2, 5, 100)
+        resolve(h, 0, "capture", 1, 4000)                          # before its time: ok
+        resolve(h, 1, "void", 2, 7000, "fail", "HOLD_EXPIRED")     # after 5 s: released
+        read_time(h, 2, 7100, 1796000000000, 1796000000100)
+        r = result(h, "holds")
+        self.assertIs(r["valid?"], True)
+        self.assertEqual(r["released-count"], 1)
+        self.assertEqual(r["released-early-count"], 0)
+
+    def test_released_early_is_invalid(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 12, 0)
+        resolve(h, 0, "capture", 1, 6000, "fail", "HOLD_EXPIRED")  # 6 s into 12 s
+        r = result(h, "holds")
+        self.assertIs(r["valid?"], False)
+        self.assertEqual(r["released-early-count"], 1)
+        self.assertEqual(r["released-early"][0]["early-ms"], 12000 - 6010)
+
+    def test_release_within_the_bound_is_valid(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 12, 0)
+        # Released 1.5 s before the timeout: within CLOCK_EARLY_MAX_MS (2 s).
+        resolve(h, 0, "capture", 1, 10490, "fail", "HOLD_EXPIRED")
+        self.assertIs(result(h, "holds")["valid?"], True)
+
+    def test_release_just_past_the_bound_is_invalid(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 12, 0)
+        resolve(h, 0, "void", 1, 9980, "fail", "HOLD_EXPIRED", took_ms=10)  # 2.01 s early
+        self.assertIs(result(h, "holds")["valid?"], False)
+
+    def test_the_hold_counts_from_its_invocation(self):
+        # The hold began somewhere between its invocation and its completion (10 s
+        # apart here); only the invocation surely came first, so a release is judged
+        # against invocation + timeout: 10.1 s into 12 s is within the 2 s bound,
+        # 9 s is not.
+        h = TimedHistory()
+        h.at(0).invoke(0, "hold", "{:member 0, :points 5, :timeout-s 12}")
+        h.at(10000).complete(0, "hold", "ok", "{:member 0, :points 5, :timeout-s 12, :hold 3}")
+        resolve(h, 0, "capture", 3, 10100, "fail", "HOLD_EXPIRED")
+        self.assertIs(result(h, "holds")["valid?"], True)  # 10.1 s of 12: within 2 s
+        h2 = TimedHistory()
+        h2.at(0).invoke(0, "hold", "{:member 0, :points 5, :timeout-s 12}")
+        h2.at(10000).complete(0, "hold", "ok", "{:member 0, :points 5, :timeout-s 12, :hold 3}")
+        resolve(h2, 0, "capture", 3, 9000, "fail", "HOLD_EXPIRED")
+        self.assertIs(result(h2, "holds")["valid?"], False)
+
+    def test_other_refusals_and_unknown_outcomes_prove_nothing(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 12, 0)
+        resolve(h, 0, "capture", 1, 100, "fail", "UNAVAILABLE")
+        h.at(200).invoke(1, "capture", "{:hold 1}")
+        h.at(300).complete(1, "capture", "info", "{:hold 1}", ", :error :timeout")
+        read_time(h, 2, 400, 1796000000000, 1796000000000)
+        r = result(h, "holds")
+        self.assertIs(r["valid?"], True)
+        self.assertEqual(r["released-count"], 0)
+
+    def test_ledger_time_ahead_of_the_clients_clock_is_invalid(self):
+        h = TimedHistory()
+        read_time(h, 0, 0, 1796000001500, 1796000000000)
+        r = result(h, "holds")
+        self.assertIs(r["valid?"], False)
+        self.assertEqual(r["time-ahead"][0]["ahead-ms"], 1500)
+        h2 = TimedHistory()
+        read_time(h2, 0, 0, 1796000000900, 1796000000000)  # within 1 s
+        self.assertIs(result(h2, "holds")["valid?"], True)
+
+    def test_a_resolution_of_a_hold_never_taken_is_reported(self):
+        h = TimedHistory()
+        resolve(h, 0, "capture", 99, 100, "fail", "HOLD_NOT_FOUND")
+        read_time(h, 1, 200, 1796000000000, 1796000000000)
+        r = result(h, "holds")
+        self.assertEqual(r["unknown-holds"], [99])
+
+    def test_nothing_observed_is_unknown(self):
+        h = TimedHistory()
+        hold(h, 0, 1, 12, 0)
+        self.assertEqual(result(h, "holds")["valid?"], K("unknown"))
+        self.assertEqual(run(h, "holds")[0], 2)
+
+    def test_missing_time_is_a_bad_history(self):
+        h = History()
+        h.call(0, "hold", "{:member 0, :points 5, :timeout-s 5}",
+               result="{:member 0, :points 5, :timeout-s 5, :hold 1}")
+        text = h.text().replace(":time ", ":tim ")
+        code, out, err = run(text, "holds")
+        self.assertEqual(code, 2)
+        self.assertIn("needs :time", err)
+
+
 class OutputTest(unittest.TestCase):
     def test_edn_output_is_readable_edn(self):
         for h, w in ((bank_clean(), "bank"), (set_history("[0 1 1]"), "set"),

@@ -1316,9 +1316,9 @@ static void assert_time_bounded_and_capture(struct cluster *c, struct tally_clie
 	int leader = (int)wait_leader(c);
 	Tally__V1__Digest *d = digest_of(c, leader);
 	int64_t ahead_ms = d->time_ms - wall_now_ms();
-	if (ahead_ms > CLOCK_AHEAD_MAX_MS)
+	if (ahead_ms > CLOCK_ERROR_MAX_MS)
 		fail_msg("ledger time is %lld ms ahead of real time (bound %d ms)",
-			 (long long)ahead_ms, CLOCK_AHEAD_MAX_MS);
+			 (long long)ahead_ms, CLOCK_ERROR_MAX_MS);
 	send_cmd(c, mall, capture_cmd(c, hold), CODE(OK));
 }
 
