@@ -68,8 +68,9 @@ static void time_read(struct tally_node *n, struct clock_reading *r)
 			node_log(n, "clock: synchronized (%u of %u voters' clocks agree; this node's "
 				 "is %+" PRId64 " ms off)", r->agreeing, r->voters, r->offset_ms);
 		else
-			node_log(n, "clock: not synchronized (%u of %u voters' clocks agree); ledger "
-				 "time advances by the monotonic clock only", r->agreeing, r->voters);
+			node_log(n, "clock: not synchronized (%u of %u voters' clocks agree); no "
+				 "ledger time: a leader stamps no batch until a majority agrees",
+				 r->agreeing, r->voters);
 	}
 	bool off = r->synchronized &&
 		   (r->offset_ms > TIME_DISAGREE_LOG_MS || r->offset_ms < -TIME_DISAGREE_LOG_MS);
