@@ -10,7 +10,7 @@
  * that (jepsen/findings/2026-11-22-idempotence-fsync). A follower whose append fails
  * rejects the request but keeps the entries in memory.
  *
- * DESIGN.md's rule is that a disk failure is fatal, and this is where it is enforced:
+ * docs/design.md's rule is that a disk failure is fatal, and this is where it is enforced:
  * the raft_io methods that write (append, truncate, snapshot_put, set_term, set_vote)
  * are wrapped, and any failure of theirs, reported at once or in the callback, ends
  * the process before raft sees it, so the failed write can neither be applied here

@@ -1,6 +1,6 @@
 /*
  * consensus/node — lifecycle, group commit, linearizable reads, the expire timer and
- * the safe close order for canonical raft 0.15 (see DESIGN.md, "facts measured here").
+ * the safe close order for canonical raft 0.15 (docs/design.md, "canonical raft 0.15").
  *
  * Group commit: tally_node_submit only queues a serialized copy of the command and
  * schedules a service turn (a uv_idle handle, so it runs in this loop iteration

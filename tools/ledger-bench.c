@@ -1,7 +1,7 @@
 /*
  * ledger-bench: how fast the state machine applies batches, alone on one core.
  *
- * The workload is the points-op mix of ../shared/bench/peers: 70 % accruals and 30 %
+ * The workload is the points-op mix the peer benchmarks use: 70 % accruals and 30 %
  * redemptions of 1..1000 points over M members picked uniformly at random. Batches
  * are serialized up front exactly as raft would carry them, then applied with
  * tally_ledger_apply_bytes (decode included) into an LMDB opened with MDB_NOSYNC, as
