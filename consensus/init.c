@@ -3,9 +3,10 @@
  * directory (DIR/raft for raft_uv, DIR/ledger for LMDB), raft_uv with the TCP_NODELAY
  * transport, raft settings, bootstrap.
  *
- * raft 0.15 specifics handled here (docs/design.md, "canonical raft 0.15"): raft_uv_init leaves io.version = 1,
- * which makes raft_init reject an fsm with snapshot_async, so io.version is set to 2
- * after it; raft_init's reason is in raft_errmsg(), not raft_strerror().
+ * raft 0.15 specifics handled here (docs/design.md, "canonical raft 0.15"):
+ * raft_uv_init leaves io.version = 1, which makes raft_init reject an fsm with
+ * snapshot_async, so io.version is set to 2 after it; raft_init's reason is in
+ * raft_errmsg(), not raft_strerror().
  */
 #include <assert.h>
 #include <errno.h>
