@@ -5,6 +5,8 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -752,11 +754,374 @@ class HoldsTest(unittest.TestCase):
         self.assertIn("needs :time", err)
 
 
+# ---------------------------------------------------------------------------
+# register
+# ---------------------------------------------------------------------------
+
+def pts(m, k, available=None):
+    extra = "" if available is None else ", :available %d" % available
+    return "{:member %d, :points %d%s}" % (m, k, extra)
+
+
+def members(*ms):
+    return "{:members [%s]}" % " ".join(str(m) for m in ms)
+
+
+def balances(bals, applied=1):
+    ms = " ".join(str(m) for m in bals)
+    bs = ", ".join("%d %d" % mb for mb in bals.items())
+    return "{:members [%s], :balances {%s}, :applied-index %d}" % (ms, bs, applied)
+
+
+def stale(node, m):
+    return "{:node %d, :members [%d]}" % (node, m)
+
+
+def stale_ok(node, m, b, applied):
+    return "{:node %d, :members [%d], :balances {%d %d}, :applied-index %d}" % (
+        node, m, m, b, applied)
+
+
+SHORT = ', :error "INSUFFICIENT_POINTS"'
+
+
+def write(h, p, f, m, k, outcome="ok", available=None, extra=""):
+    return h.call(p, f, pts(m, k), outcome, pts(m, k, available), extra)
+
+
+def read(h, p, bals):
+    return h.call(p, "read", members(*bals), "ok", balances(bals))
+
+
+def register_clean():
+    """Member 1, five clients, overlapping ops, a rejected redeem, and member 2."""
+    h = History()
+    h.invoke(0, "accrue", pts(1, 5))
+    h.invoke(1, "read", members(1))
+    h.complete(1, "read", "ok", balances({1: 0}))       # before the accrual took effect
+    h.invoke(2, "read", members(1))
+    h.complete(0, "accrue", "ok", pts(1, 5, 5))
+    h.invoke(3, "read", members(1))
+    h.complete(3, "read", "ok", balances({1: 5}))
+    h.complete(2, "read", "ok", balances({1: 0}))       # concurrent with the accrual
+    h.invoke(1, "redeem", pts(1, 3))
+    h.invoke(4, "accrue", pts(1, 4))
+    h.complete(4, "accrue", "ok", pts(1, 4, 6))         # redeem first: 5 - 3 + 4
+    h.complete(1, "redeem", "ok", pts(1, 3, 2))
+    write(h, 0, "redeem", 1, 7, "fail", 6, SHORT)       # saw 6 < 7
+    write(h, 0, "accrue", 2, 9, "ok", 9)
+    h.call(0, "redeem", pts(2, 4), "fail", extra=', :error "UNAVAILABLE"')
+    h.call(3, "read", members(1, 2), "ok", balances({1: 6, 2: 9}))
+    return h
+
+
+class RegisterTest(unittest.TestCase):
+    def check(self, h, valid, **kw):
+        r = check.check_text(h.text(), "register", **kw)
+        self.assertEqual(r["valid?"], valid, r)
+        return r
+
+    def anomaly(self, h):
+        r = self.check(h, False)
+        self.assertEqual(r["anomaly-count"], 1, r)
+        return r["anomalies"][0]
+
+    def test_clean_concurrent_valid(self):
+        code, out, err = run(register_clean(), "register")
+        self.assertEqual(code, 0, out + err)
+        r = check.loads_edn(out)
+        self.assertEqual(r[K("member-count")], 2)
+        self.assertEqual(r[K("read-ok-count")], 4)
+        self.assertEqual(r[K("redeem-fail-count")], 2)
+        self.assertEqual(r[K("anomalies")], [])
+
+    def test_stale_read_after_acknowledged_write(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        read(h, 1, {1: 0})                   # began after the accrual was acknowledged
+        a = self.anomaly(h)
+        self.assertEqual(a["member"], 1)
+        self.assertEqual(a["why"], K("not-linearizable"))
+        self.assertEqual(a["op"]["index"], 3)
+        self.assertEqual(a["states"], [5])
+        self.assertIs(a["value-reachable"], True)
+
+    def test_stale_read_after_a_read_saw_the_write(self):
+        h = History().invoke(0, "accrue", pts(1, 5))
+        read(h, 1, {1: 5})
+        read(h, 2, {1: 0})                   # after a read that saw it: new, then old
+        h.complete(0, "accrue", "ok", pts(1, 5, 5))
+        self.assertEqual(self.anomaly(h)["op"]["index"], 4)
+
+    def test_lost_write(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        write(h, 1, "accrue", 1, 2, "ok", 2)  # the first accrual is gone
+        a = self.anomaly(h)
+        self.assertEqual(a["op"]["f"], K("accrue"))
+        self.assertEqual(a["op"]["index"], 3)
+        self.assertEqual(a["states"], [5])
+        # without the balance a write returns, the reads show it
+        h = History().call(0, "accrue", pts(1, 5), "ok").call(1, "accrue", pts(1, 2), "ok")
+        read(h, 2, {1: 2})
+        self.assertEqual(self.anomaly(h)["op"]["index"], 5)
+
+    def test_read_of_a_value_never_written(self):
+        h = History().invoke(0, "accrue", pts(1, 5)).invoke(1, "accrue", pts(1, 3))
+        read(h, 2, {1: 4})
+        h.complete(0, "accrue", "ok", pts(1, 5)).complete(1, "accrue", "ok", pts(1, 3))
+        a = self.anomaly(h)
+        self.assertEqual(a["op"]["value"][K("balances")], {1: 4})
+        self.assertEqual(a["states"], [0, 3, 5, 8])     # every balance it could have seen
+        self.assertIs(a["value-reachable"], False)
+
+    def test_info_write_assumed_applied(self):
+        h = History().call(0, "accrue", pts(1, 5), "info")
+        read(h, 1, {1: 5})
+        write(h, 1, "accrue", 1, 1, "ok", 6)
+        self.check(h, True)
+
+    def test_info_write_assumed_not_applied(self):
+        h = History().call(0, "accrue", pts(1, 5), "info")
+        read(h, 1, {1: 0})
+        write(h, 1, "redeem", 1, 1, "fail", 0, SHORT)
+        self.check(h, True)
+
+    def test_info_write_applied_after_it_timed_out(self):
+        h = History().call(0, "accrue", pts(1, 5), "info")
+        read(h, 1, {1: 0})
+        read(h, 1, {1: 5})                   # took effect after its :info and a read
+        self.check(h, True)
+        read(h, 1, {1: 0})                   # but it cannot be undone
+        self.anomaly(h)
+
+    def test_info_redeem_needs_the_points(self):
+        h = History()
+        write(h, 0, "accrue", 1, 3, "ok", 3)
+        h.call(1, "redeem", pts(1, 5), "info")   # 3 < 5: it did nothing
+        read(h, 2, {1: 3})
+        self.check(h, True)
+        read(h, 2, {1: -2})
+        self.assertIs(self.anomaly(h)["value-reachable"], False)
+
+    def test_info_writes_combine(self):
+        h = History()
+        for p, k in enumerate((4, 2, 9, 2)):
+            h.call(p, "accrue", pts(1, k), "info")
+        read(h, 7, {1: 6})                   # 4 + 2, or 2 + 2 + ... no: 4 + 2
+        read(h, 7, {1: 8})                   # and the other 2
+        self.check(h, True)
+        read(h, 7, {1: 10})                  # nothing of 2 is left
+        self.anomaly(h)
+
+    def test_redeem_beyond_the_balance(self):
+        h = History()
+        write(h, 0, "accrue", 1, 3, "ok", 3)
+        write(h, 0, "redeem", 1, 5, "ok", -2)
+        self.assertEqual(self.anomaly(h)["op"]["f"], K("redeem"))
+
+    def test_rejected_redeem_is_an_observation(self):
+        h = History()
+        write(h, 0, "accrue", 1, 30, "ok", 30)
+        write(h, 0, "redeem", 1, 20, "fail", 3, SHORT)   # saw 3, but it was 30
+        self.anomaly(h)
+        h = History()
+        write(h, 0, "accrue", 1, 30, "ok", 30)
+        h.call(0, "redeem", pts(1, 20), "fail", extra=SHORT)   # saw < 20: no
+        self.anomaly(h)
+
+    def test_failed_write_must_not_show(self):
+        h = History().call(0, "accrue", pts(1, 5), "fail", extra=', :error "UNAVAILABLE"')
+        read(h, 1, {1: 5})
+        self.anomaly(h)
+
+    def test_members_are_independent(self):
+        h = register_clean()
+        write(h, 0, "accrue", 3, 1, "ok", 1)
+        read(h, 0, {2: 9, 3: 0})             # member 3 lost its accrual
+        r = self.check(h, False)
+        self.assertEqual([a["member"] for a in r["anomalies"]], [3])
+        self.assertEqual(r["members"][1]["valid?"], True)
+        self.assertEqual(r["members"][3]["valid?"], False)
+
+    def test_stale_reads_may_lag(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        write(h, 0, "accrue", 1, 2, "ok", 7)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        h.call(1, "stale-read", stale(3, 1), "ok", stale_ok(3, 1, 0, 3))
+        h.call(1, "stale-read", stale(3, 1), "ok", stale_ok(3, 1, 7, 12))
+        read(h, 2, {1: 7})
+        r = self.check(h, True)
+        self.assertEqual(r["members"][1]["stale-reads"], 3)
+        self.assertEqual(r["stale-regression-count"], 0)
+
+    def test_stale_reads_out_of_index_order(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        h.call(1, "stale-read", stale(3, 1), "ok", stale_ok(3, 1, 0, 12))  # later, older
+        read(h, 2, {1: 5})
+        self.assertEqual(self.anomaly(h)["op"]["f"], K("stale-read"))
+
+    def test_stale_read_from_the_future(self):
+        h = History().call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        write(h, 0, "accrue", 1, 5, "ok", 5)  # invoked after the stale read returned
+        read(h, 2, {1: 5})
+        self.anomaly(h)
+
+    def test_stale_read_of_a_value_never_written(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 4, 10))
+        read(h, 2, {1: 5})
+        self.assertIs(self.anomaly(h)["value-reachable"], False)
+
+    def test_stale_reads_at_one_index_disagree(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        h.call(1, "stale-read", stale(3, 1), "ok", stale_ok(3, 1, 0, 10))
+        read(h, 2, {1: 5})
+        a = self.anomaly(h)
+        self.assertEqual(a["why"], K("stale-reads-disagree"))
+        self.assertEqual(a["applied-index"], 10)
+
+    def test_stale_regression_is_reported_not_invalid(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 0, 4))  # node 2 restarted
+        read(h, 2, {1: 5})
+        r = self.check(h, True)
+        self.assertEqual(r["stale-regression-count"], 1)
+        self.assertEqual(r["stale-regressions"][0]["applied-index"], 4)
+
+    def test_search_bound_is_unknown(self):
+        h = History()
+        for p, k in enumerate((1, 2, 3, 4, 5, 6, 7, 8)):
+            h.call(p, "accrue", pts(1, k), "info")
+        read(h, 9, {1: 37})                  # beyond all of them: every subset is tried
+        r = self.check(h, K("unknown"), max_configs=20)
+        self.assertEqual(r["unknowns"][0]["why"], K("search-bound"))
+        self.assertEqual(r["unknowns"][0]["member"], 1)
+        self.assertEqual(r["anomalies"], [])
+        self.assertGreater(self.check(h, False)["configs"], 20)
+        code, out, err = run(h, "register", "--max-configs", "20")
+        self.assertEqual(code, 2, out + err)
+
+    def test_too_many_ops_is_unknown(self):
+        h = register_clean()
+        saved = check.REGISTER_MAX_OPS
+        check.REGISTER_MAX_OPS = 5
+        try:
+            r = self.check(h, K("unknown"))
+        finally:
+            check.REGISTER_MAX_OPS = saved
+        self.assertEqual({u["why"] for u in r["unknowns"]}, {K("too-many-ops")})
+
+    def test_no_read_is_unknown(self):
+        h = History()
+        write(h, 0, "accrue", 1, 5, "ok", 5)
+        h.call(1, "stale-read", stale(2, 1), "ok", stale_ok(2, 1, 5, 10))
+        self.check(h, K("unknown"))
+
+    def test_malformed(self):
+        h = History().call(0, "accrue", "{:member 1}", "ok")
+        code, out, err = run(h, "register")
+        self.assertEqual(code, 2)
+        self.assertIn(":1:", err)
+        h = History().call(0, "accrue", pts(1, 0), "ok")
+        self.assertEqual(run(h, "register")[0], 2)
+        h = History().call(0, "transfer", pts(1, 2), "ok")
+        self.assertEqual(run(h, "register")[0], 2)
+
+    def test_json(self):
+        code, out, err = run(register_clean(), "register", "--json")
+        self.assertEqual(code, 0, err)
+        r = json.loads(out)
+        self.assertIs(r["valid?"], True)
+        self.assertIs(r["members"]["1"]["valid?"], True)
+
+    def test_simulated_linearizable_histories(self):
+        for seed in range(6):
+            lines = simulate_register(seed)
+            r = check.check_text("\n".join(lines) + "\n", "register")
+            self.assertIs(r["valid?"], True, (seed, r["anomalies"]))
+            # a read of a balance no prefix reaches
+            i = max(j for j, x in enumerate(lines) if ":type :ok" in x and ":f :read" in x)
+            lines[i] = re.sub(r":balances \{(\d+) (\d+)\}", r":balances {\1 99999}", lines[i])
+            r = check.check_text("\n".join(lines) + "\n", "register")
+            self.assertIs(r["valid?"], False, seed)
+
+
+def simulate_register(seed, n_ops=400, procs=5, n_members=2, p_info=0.08):
+    """A linearizable history: each op takes effect at a random point of its interval
+    (an :info one maybe never, maybe long after it timed out), against a real counter;
+    stale reads return one of the last few states with its write count as index."""
+    rng = random.Random(seed)
+    evs, free, pid = [], [0.0] * procs, list(range(procs))
+    for n in range(n_ops):
+        p = min(range(procs), key=lambda q: free[q])
+        t0 = free[p] + rng.expovariate(1.0)
+        t1 = t0 + rng.expovariate(2.0)
+        f = rng.choice(["accrue"] * 4 + ["redeem"] * 2 + ["read"] * 3 + ["stale-read"])
+        op = {"p": pid[p], "f": f, "m": rng.randrange(n_members), "k": rng.randint(1, 9),
+              "info": f in ("accrue", "redeem") and rng.random() < p_info}
+        at = t0 + rng.random() * (t1 - t0)
+        if op["info"]:
+            pid[p] += procs
+            at = rng.choice([None, at, t1 + rng.expovariate(0.2)])
+        evs.append((t0, 0, op))
+        if at is not None:
+            evs.append((at, 1, op))
+        evs.append((t1, 2, op))
+        free[p] = t1
+    evs.sort(key=lambda e: e[:2])
+    bal, past, writes = {}, {}, 0
+    for _, kind, op in evs:
+        m = op["m"]
+        if kind != 1:
+            continue
+        s = bal.get(m, 0)
+        if op["f"] == "accrue" or (op["f"] == "redeem" and s >= op["k"]):
+            s += op["k"] if op["f"] == "accrue" else -op["k"]
+            writes += 1
+            past.setdefault(m, [(0, 0)]).append((writes, s))
+            op["res"] = ("ok", s)
+        elif op["f"] == "redeem":
+            op["res"] = ("fail", s)
+        elif op["f"] == "read":
+            op["res"] = ("ok", s)
+        else:
+            hist = past.setdefault(m, [(0, 0)])
+            op["res"] = ("ok", rng.choice(hist[-4:]))
+        bal[m] = s
+    h = History()
+    for _, kind, op in evs:
+        f, m, k = op["f"], op["m"], op["k"]
+        v = pts(m, k) if f in ("accrue", "redeem") else \
+            members(m) if f == "read" else stale(1, m)
+        if kind == 0:
+            h.invoke(op["p"], f, v)
+        elif kind == 2 and op["info"]:
+            h.complete(op["p"], f, "info", v)
+        elif kind == 2:
+            typ, res = op["res"]
+            if f in ("accrue", "redeem"):
+                h.complete(op["p"], f, typ, pts(m, k, res), SHORT if typ == "fail" else "")
+            elif f == "read":
+                h.complete(op["p"], f, typ, balances({m: res}))
+            else:
+                h.complete(op["p"], f, typ, stale_ok(1, m, res[1], res[0]))
+    return h.lines
+
+
 class OutputTest(unittest.TestCase):
     def test_edn_output_is_readable_edn(self):
         for h, w in ((bank_clean(), "bank"), (set_history("[0 1 1]"), "set"),
                      (idem_history("{3 24, 4 5}"), "idempotence"),
-                     (redeem_history(), "redeem")):
+                     (redeem_history(), "redeem"), (register_clean(), "register")):
             code, out, err = run(h, w)
             r = check.loads_edn(out)
             self.assertIn(K("valid?"), r, w)
