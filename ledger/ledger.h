@@ -77,6 +77,10 @@
 #define TALLY_HOLD_TIMEOUT_S_DEFAULT 900
 #define TALLY_HOLD_TIMEOUT_S_MAX 31536000
 #define TALLY_EXPIRE_ITEMS_DEFAULT 10000
+/* Holds past their timeout that one batch releases (oldest timeout first) before its
+ * commands run; the rest wait for later batches, and the expire command reports
+ * `more` while any is left so the leader's timer drains a backlog at once. */
+#define TALLY_HOLD_RELEASES_PER_BATCH_MAX 1000
 #define TALLY_ACCOUNT_LOTS_MAX 10000          /* lots one account may hold */
 #define TALLY_RATE_MAX 1000000000LL
 #define TALLY_SNAPSHOT_MAGIC "TALLYSNAP1"
