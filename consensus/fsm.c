@@ -18,14 +18,11 @@
  *           before it replaces anything) and takes ownership of the buffer.
  */
 #include <assert.h>
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "consensus/internal.h"
+#include "consensus/snapshot.h"
 
 /* Logs a system error of the apply path. Returning non-zero from apply stops raft
  * applying on this node: it must be restarted (and rebuilt from a snapshot). */
@@ -111,29 +108,6 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	return 0;
 }
 
-/* Reads the whole of fd (size_bytes long) into a raft_malloc'd buffer. */
-static int fsm_read_all(int fd, size_t size_bytes, struct raft_buffer *out)
-{
-	assert(fd >= 0 && out != NULL);
-	uint8_t *base = raft_malloc(size_bytes > 0 ? size_bytes : 1);
-	if (base == NULL)
-		return RAFT_NOMEM;
-	size_t done = 0;
-	while (done < size_bytes) {
-		ssize_t got = pread(fd, base + done, size_bytes - done, (off_t)done);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0) {
-			raft_free(base);
-			return RAFT_IOERR;
-		}
-		done += (size_t)got;
-	}
-	out->base = base;
-	out->len = size_bytes;
-	return 0;
-}
-
 /* raft_fsm->snapshot_async (thread pool). */
 static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 			      unsigned *n_bufs)
@@ -146,21 +120,7 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 	struct raft_buffer *one = raft_malloc(sizeof(*one));
 	if (one == NULL)
 		return RAFT_NOMEM;
-	int fd = memfd_create("tally-snapshot", MFD_CLOEXEC);
-	if (fd < 0) {
-		raft_free(one);
-		return RAFT_IOERR;
-	}
-	uint64_t index = 0;
-	struct stat st;
-	int rv = RAFT_IOERR;
-	if (tally_ledger_sync(n->ledger) == 0 && tally_ledger_snapshot(n->ledger, fd, &index) == 0 &&
-	    fstat(fd, &st) == 0) {
-		rv = (uint64_t)st.st_size > NODE_SNAPSHOT_BYTES_MAX
-			     ? RAFT_TOOBIG
-			     : fsm_read_all(fd, (size_t)st.st_size, one);
-	}
-	close(fd);
+	int rv = node_snapshot_take(n->ledger, n->ledger_dir, one);
 	if (rv != 0) {
 		raft_free(one);
 		return rv;
@@ -178,28 +138,12 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
 	assert(*bufs != NULL || *n_bufs == 0);
 	for (unsigned i = 0; i < *n_bufs; i++)
-		raft_free((*bufs)[i].base);
+		node_snapshot_free(&(*bufs)[i]);
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;
 	n->snapshot_busy = false;
 	return 0;
-}
-
-static int fsm_write_all(int fd, const struct raft_buffer *buf)
-{
-	assert(fd >= 0 && buf != NULL);
-	const uint8_t *p = buf->base;
-	size_t done = 0;
-	while (done < buf->len) {
-		ssize_t put = write(fd, p + done, buf->len - done);
-		if (put < 0 && errno == EINTR)
-			continue;
-		if (put <= 0)
-			return RAFT_IOERR;
-		done += (size_t)put;
-	}
-	return lseek(fd, 0, SEEK_SET) == 0 ? 0 : RAFT_IOERR;
 }
 
 /* raft_fsm->restore (main loop): on success the FSM owns buf->base. */
@@ -208,18 +152,11 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && buf != NULL);
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
-	int fd = memfd_create("tally-restore", MFD_CLOEXEC);
-	if (fd < 0)
-		return RAFT_IOERR;
-	int rv = fsm_write_all(fd, buf);
-	if (rv != 0) {
-		close(fd);
-		return rv;
-	}
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
-	int rc = tally_ledger_restore(n->ledger_dir, fd, &n->ledger_opts, &n->ledger);
-	close(fd);
+	bool check_pending;
+	int rc = node_snapshot_restore(n->ledger_dir, buf, &n->ledger_opts, &n->ledger,
+				       &check_pending);
 	if (rc != 0) {
 		node_log(n, "snapshot restore failed: %s; keeping the previous ledger",
 			 tally_strerror(rc));

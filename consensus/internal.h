@@ -90,6 +90,7 @@ struct tally_node {
 	bool raft_inited, started, failed;
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
+	uint64_t tick_last_ns;            /* when it last fired (stats.loop_stall_max_us) */
 	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
 	unsigned handles_open;
 
