@@ -9,13 +9,15 @@
  *           waiting caller its result. Nothing is allocated per apply: followers and
  *           replays produce results in the arena and drop them.
  * snapshot: main loop, only notes that a snapshot is being taken.
- * snapshot_async: thread pool; syncs LMDB (entries up to the snapshot index must be
- *           durable before raft may drop them from its log) and copies the ledger
- *           into one raft_malloc'd buffer. The copy may already contain entries past
+ * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c): syncs LMDB
+ *           (entries up to the snapshot index must be durable before raft may drop
+ *           them from its log) and maps a sealed copy of the ledger from an unlinked
+ *           file: page cache, not heap. The copy may already contain entries past
  *           raft's snapshot index; they are skipped when raft replays them.
- * snapshot_finalize: main loop, frees the buffer.
- * restore:  main loop, replaces the ledger with the snapshot (verified by the ledger
- *           before it replaces anything) and takes ownership of the buffer.
+ * snapshot_finalize: main loop, unmaps it (raft hands back only what we made).
+ * restore:  main loop, replaces the ledger with the snapshot after checking its seal
+ *           and that it opens (tally_ledger_restore), frees raft's buffer, then runs
+ *           the full invariant check on the thread pool; a failure stops the node.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -100,7 +102,9 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
-	if (n->snapshot_busy || n->failed)
+	/* Not of a restored ledger still under its check either: a snapshot of it would
+	 * outlive a failed check. */
+	if (n->snapshot_busy || n->check_busy || n->failed)
 		return RAFT_BUSY; /* raft retries at the next threshold crossing */
 	*bufs = NULL;
 	*n_bufs = 0;
@@ -146,34 +150,97 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	return 0;
 }
 
-/* raft_fsm->restore (main loop): on success the FSM owns buf->base. */
+/* Thread pool: the full check tally_ledger_restore left pending. */
+static void check_work_cb(uv_work_t *work)
+{
+	struct tally_node *n = work->data;
+	assert(n != NULL && n->check_busy);
+	n->check_rc = node_snapshot_verify(n->ledger, n->check_msg, sizeof(n->check_msg));
+}
+
+/* Main loop, after the check. A restored ledger that fails it is not the cluster's
+ * state: the node stops applying (n->failed; see fsm_fatal). */
+static void check_after_cb(uv_work_t *work, int status)
+{
+	struct tally_node *n = work->data;
+	assert(n != NULL && n->check_busy);
+	n->check_busy = false;
+	uint64_t ms = (uv_hrtime() - n->check_start_ns) / 1000000;
+	if (status == 0 && n->check_rc == 0) {
+		node_log(n, "restored ledger (applied index %llu) passed the full check in %llu ms",
+			 (unsigned long long)n->check_index, (unsigned long long)ms);
+	} else {
+		n->failed = true;
+		node_log(n, "FATAL: restored ledger (applied index %llu) fails the full check: "
+			    "%s; the node stops applying",
+			 (unsigned long long)n->check_index,
+			 status != 0 ? uv_strerror(status) : n->check_msg);
+	}
+	if (n->phase == NODE_HANDLES && n->handles_open == 0)
+		node_close_finish(n);
+}
+
+static void check_start(struct tally_node *n)
+{
+	assert(n != NULL && !n->check_busy);
+	n->check_busy = true;
+	n->check_rc = 0;
+	n->check_msg[0] = '\0';
+	n->check_index = tally_ledger_applied_index(n->ledger);
+	n->check_start_ns = uv_hrtime();
+	n->check_work.data = n;
+	int rv = uv_queue_work(n->loop, &n->check_work, check_work_cb, check_after_cb);
+	if (rv != 0) {
+		n->check_busy = false;
+		n->failed = true;
+		node_log(n, "FATAL: restored ledger cannot be checked: %s; the node stops applying",
+			 uv_strerror(rv));
+	}
+}
+
+/* Puts back the ledger the failed restore closed. */
+static void restore_failed(struct tally_node *n, int rc)
+{
+	node_log(n, "snapshot restore failed: %s; keeping the previous ledger", tally_strerror(rc));
+	rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
+	if (rc != 0) {
+		n->ledger = NULL;
+		n->failed = true;
+		node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
+	}
+}
+
+/* raft_fsm->restore (main loop): on success the FSM owns buf->base. What holds the
+ * loop is one pass to check the seal and one to write the staging file; the full
+ * check runs on the thread pool afterwards. */
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && buf != NULL);
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
+	if (n->check_busy) {
+		node_log(n, "snapshot restore refused: the previous one is still being checked");
+		return RAFT_BUSY; /* the leader sends it again */
+	}
+	uint64_t t0_ns = uv_hrtime();
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	bool check_pending;
-	int rc = node_snapshot_restore(n->ledger_dir, buf, &n->ledger_opts, &n->ledger,
-				       &check_pending);
+	int rc = tally_ledger_restore(n->ledger_dir, buf->base, buf->len, &n->ledger_opts,
+				      &n->ledger, &check_pending);
 	if (rc != 0) {
-		node_log(n, "snapshot restore failed: %s; keeping the previous ledger",
-			 tally_strerror(rc));
-		n->ledger = NULL;
-		rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
-		if (rc != 0) {
-			n->ledger = NULL;
-			n->failed = true;
-			node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
-		}
+		restore_failed(n, rc);
 		return RAFT_IOERR;
 	}
-	node_log(n, "ledger restored from a raft snapshot: applied index %llu",
-		 (unsigned long long)tally_ledger_applied_index(n->ledger));
-	node_time_observe(n);
 	raft_free(buf->base);
 	buf->base = NULL;
+	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "
+		    "loop%s", (unsigned long long)tally_ledger_applied_index(n->ledger),
+		 (unsigned long long)((uv_hrtime() - t0_ns) / 1000000),
+		 check_pending ? "; full check running off the loop" : "");
+	node_time_observe(n);
+	if (check_pending)
+		check_start(n);
 	return 0;
 }
 

@@ -716,8 +716,16 @@ static void handle_closed_cb(uv_handle_t *h)
 	assert(n != NULL && n->handles_open > 0);
 	if (--n->handles_open > 0)
 		return;
+	node_close_finish(n);
+}
+
+void node_close_finish(struct tally_node *n)
+{
+	assert(n != NULL && n->handles_open == 0);
 	assert(n->phase == NODE_HANDLES);
 	assert(n->inflight == 0 && !n->barrier_busy && n->queue_head == NULL);
+	if (n->check_busy)
+		return; /* the check reads the ledger: its end calls this again */
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	n->phase = NODE_CLOSED;
