@@ -440,6 +440,46 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 	return put == (ssize_t)sizeof(t) ? 0 : TALLY_EIO;
 }
 
+/* LMDB reads pages through its map without checking them against the file's size: a
+ * copy cut short faults (SIGBUS) on open. So the copy must reach the last page named by
+ * the newer of its two meta pages (pages 0 and 1; LMDB uses the one with the larger
+ * txnid). Fields of LMDB's data format (version 1, lmdb.h MDB_meta after a 16-byte
+ * page header, little-endian on these machines): magic at 16, the page size in the
+ * free DB's md_pad at 40 (meta page 0), the last page number at 136, the txnid at 144. */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_META_MAGIC_AT 16
+#define LMDB_META_PSIZE_AT 40
+#define LMDB_META_LAST_PG_AT 136
+#define LMDB_META_TXNID_AT 144
+#define LMDB_PAGE_BYTES_MIN 512u
+#define LMDB_PAGE_BYTES_MAX 65536u
+
+static uint64_t le_at(const uint8_t *p, unsigned n)
+{
+	uint64_t v = 0;
+	for (unsigned i = n; i-- > 0;)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static bool lmdb_copy_whole(const uint8_t *copy, size_t len)
+{
+	if (len < LMDB_META_TXNID_AT + 8)
+		return false;
+	uint64_t psize = le_at(copy + LMDB_META_PSIZE_AT, 4);
+	if (le_at(copy + LMDB_META_MAGIC_AT, 4) != LMDB_MAGIC || psize < LMDB_PAGE_BYTES_MIN ||
+	    psize > LMDB_PAGE_BYTES_MAX || (psize & (psize - 1)) != 0 || len % psize != 0 ||
+	    len < 2 * psize)
+		return false;
+	const uint8_t *m0 = copy, *m1 = copy + psize;
+	if (le_at(m1 + LMDB_META_MAGIC_AT, 4) != LMDB_MAGIC)
+		return false;
+	const uint8_t *m = le_at(m1 + LMDB_META_TXNID_AT, 8) > le_at(m0 + LMDB_META_TXNID_AT, 8)
+				   ? m1
+				   : m0;
+	return le_at(m + LMDB_META_LAST_PG_AT, 8) < len / psize;
+}
+
 /* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
 static int write_file(const char *path, const uint8_t *p, size_t len)
 {
@@ -510,7 +550,7 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 		return rc;
 	size_t copy_len = len;
 	bool sealed = trailer_find(snap, len, &copy_len);
-	if (sealed && !trailer_verify(snap, copy_len))
+	if ((sealed && !trailer_verify(snap, copy_len)) || !lmdb_copy_whole(snap, copy_len))
 		return TALLY_ECORRUPT;
 	rc = restore_stage(stage, staged, snap, copy_len, opts, !sealed);
 	unlink(slock);
