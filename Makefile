@@ -5,6 +5,7 @@
 #   make SANITIZE=1 check   the same under ASan + UBSan (separate build dir)
 #   make valgrind        run the unit tests under valgrind (quick sizes)
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
+#   make bench-snapshot  take and restore a raft snapshot of a 1,000,000-member ledger
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
 #   make jepsen-smoke    three short fault-injection runs (root: network namespaces)
@@ -61,7 +62,7 @@ TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 # it is preloaded into release tallyd processes only).
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
-.PHONY: all check valgrind bench-ledger bench demo demo-ledger deps clean install \
+.PHONY: all check valgrind bench-ledger bench-snapshot bench demo demo-ledger deps clean install \
         jepsen jepsen-smoke
 .SECONDARY:
 
@@ -135,6 +136,15 @@ valgrind: $(TEST_BIN)
 
 bench-ledger: $(BUILD)/tools/ledger-bench
 	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000 --writemap
+
+# A 1,000,000-member ledger built by ledger-bench (about a minute), then three runs of
+# snapshot take and restore with their peak memory; the directory is removed after.
+bench-snapshot: $(BUILD)/tools/ledger-bench $(BUILD)/tools/snapshot-bench
+	@set -e; d=$$(mktemp -d /tmp/tally-bench-snapshot-XXXXXX); trap 'rm -rf "$$d"' EXIT; \
+	mkdir "$$d/ledger"; \
+	$(BUILD)/tools/ledger-bench --commands 1000000 --members 1000000 --batch 1000 \
+		--writemap --dir "$$d/ledger" | tail -1; \
+	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3
 
 # A local 3-node cluster, tally-bench against it, then stop it.
 bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench

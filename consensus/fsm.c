@@ -9,23 +9,22 @@
  *           waiting caller its result. Nothing is allocated per apply: followers and
  *           replays produce results in the arena and drop them.
  * snapshot: main loop, only notes that a snapshot is being taken.
- * snapshot_async: thread pool; syncs LMDB (entries up to the snapshot index must be
- *           durable before raft may drop them from its log) and copies the ledger
- *           into one raft_malloc'd buffer. The copy may already contain entries past
+ * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c): syncs LMDB
+ *           (entries up to the snapshot index must be durable before raft may drop
+ *           them from its log) and maps a sealed copy of the ledger from an unlinked
+ *           file: page cache, not heap. The copy may already contain entries past
  *           raft's snapshot index; they are skipped when raft replays them.
- * snapshot_finalize: main loop, frees the buffer.
- * restore:  main loop, replaces the ledger with the snapshot (verified by the ledger
- *           before it replaces anything) and takes ownership of the buffer.
+ * snapshot_finalize: main loop, unmaps it (raft hands back only what we made).
+ * restore:  main loop, replaces the ledger with the snapshot after checking its seal
+ *           and that it opens (tally_ledger_restore), frees raft's buffer, then runs
+ *           the full invariant check on the thread pool; a failure stops the node.
  */
 #include <assert.h>
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "consensus/internal.h"
+#include "consensus/snapshot.h"
 
 /* Logs a system error of the apply path. Returning non-zero from apply stops raft
  * applying on this node: it must be restarted (and rebuilt from a snapshot). */
@@ -103,34 +102,13 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
-	if (n->snapshot_busy || n->failed)
+	/* Not of a restored ledger still under its check either: a snapshot of it would
+	 * outlive a failed check. */
+	if (n->snapshot_busy || n->check_busy || n->failed)
 		return RAFT_BUSY; /* raft retries at the next threshold crossing */
 	*bufs = NULL;
 	*n_bufs = 0;
 	n->snapshot_busy = true;
-	return 0;
-}
-
-/* Reads the whole of fd (size_bytes long) into a raft_malloc'd buffer. */
-static int fsm_read_all(int fd, size_t size_bytes, struct raft_buffer *out)
-{
-	assert(fd >= 0 && out != NULL);
-	uint8_t *base = raft_malloc(size_bytes > 0 ? size_bytes : 1);
-	if (base == NULL)
-		return RAFT_NOMEM;
-	size_t done = 0;
-	while (done < size_bytes) {
-		ssize_t got = pread(fd, base + done, size_bytes - done, (off_t)done);
-		if (got < 0 && errno == EINTR)
-			continue;
-		if (got <= 0) {
-			raft_free(base);
-			return RAFT_IOERR;
-		}
-		done += (size_t)got;
-	}
-	out->base = base;
-	out->len = size_bytes;
 	return 0;
 }
 
@@ -146,21 +124,7 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 	struct raft_buffer *one = raft_malloc(sizeof(*one));
 	if (one == NULL)
 		return RAFT_NOMEM;
-	int fd = memfd_create("tally-snapshot", MFD_CLOEXEC);
-	if (fd < 0) {
-		raft_free(one);
-		return RAFT_IOERR;
-	}
-	uint64_t index = 0;
-	struct stat st;
-	int rv = RAFT_IOERR;
-	if (tally_ledger_sync(n->ledger) == 0 && tally_ledger_snapshot(n->ledger, fd, &index) == 0 &&
-	    fstat(fd, &st) == 0) {
-		rv = (uint64_t)st.st_size > NODE_SNAPSHOT_BYTES_MAX
-			     ? RAFT_TOOBIG
-			     : fsm_read_all(fd, (size_t)st.st_size, one);
-	}
-	close(fd);
+	int rv = node_snapshot_take(n->ledger, n->ledger_dir, one);
 	if (rv != 0) {
 		raft_free(one);
 		return rv;
@@ -178,7 +142,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
 	assert(*bufs != NULL || *n_bufs == 0);
 	for (unsigned i = 0; i < *n_bufs; i++)
-		raft_free((*bufs)[i].base);
+		node_snapshot_free(&(*bufs)[i]);
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;
@@ -186,57 +150,97 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	return 0;
 }
 
-static int fsm_write_all(int fd, const struct raft_buffer *buf)
+/* Thread pool: the full check tally_ledger_restore left pending. */
+static void check_work_cb(uv_work_t *work)
 {
-	assert(fd >= 0 && buf != NULL);
-	const uint8_t *p = buf->base;
-	size_t done = 0;
-	while (done < buf->len) {
-		ssize_t put = write(fd, p + done, buf->len - done);
-		if (put < 0 && errno == EINTR)
-			continue;
-		if (put <= 0)
-			return RAFT_IOERR;
-		done += (size_t)put;
-	}
-	return lseek(fd, 0, SEEK_SET) == 0 ? 0 : RAFT_IOERR;
+	struct tally_node *n = work->data;
+	assert(n != NULL && n->check_busy);
+	n->check_rc = node_snapshot_verify(n->ledger, n->check_msg, sizeof(n->check_msg));
 }
 
-/* raft_fsm->restore (main loop): on success the FSM owns buf->base. */
+/* Main loop, after the check. A restored ledger that fails it is not the cluster's
+ * state: the node stops applying (n->failed; see fsm_fatal). */
+static void check_after_cb(uv_work_t *work, int status)
+{
+	struct tally_node *n = work->data;
+	assert(n != NULL && n->check_busy);
+	n->check_busy = false;
+	uint64_t ms = (uv_hrtime() - n->check_start_ns) / 1000000;
+	if (status == 0 && n->check_rc == 0) {
+		node_log(n, "restored ledger (applied index %llu) passed the full check in %llu ms",
+			 (unsigned long long)n->check_index, (unsigned long long)ms);
+	} else {
+		n->failed = true;
+		node_log(n, "FATAL: restored ledger (applied index %llu) fails the full check: "
+			    "%s; the node stops applying",
+			 (unsigned long long)n->check_index,
+			 status != 0 ? uv_strerror(status) : n->check_msg);
+	}
+	if (n->phase == NODE_HANDLES && n->handles_open == 0)
+		node_close_finish(n);
+}
+
+static void check_start(struct tally_node *n)
+{
+	assert(n != NULL && !n->check_busy);
+	n->check_busy = true;
+	n->check_rc = 0;
+	n->check_msg[0] = '\0';
+	n->check_index = tally_ledger_applied_index(n->ledger);
+	n->check_start_ns = uv_hrtime();
+	n->check_work.data = n;
+	int rv = uv_queue_work(n->loop, &n->check_work, check_work_cb, check_after_cb);
+	if (rv != 0) {
+		n->check_busy = false;
+		n->failed = true;
+		node_log(n, "FATAL: restored ledger cannot be checked: %s; the node stops applying",
+			 uv_strerror(rv));
+	}
+}
+
+/* Puts back the ledger the failed restore closed. */
+static void restore_failed(struct tally_node *n, int rc)
+{
+	node_log(n, "snapshot restore failed: %s; keeping the previous ledger", tally_strerror(rc));
+	rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
+	if (rc != 0) {
+		n->ledger = NULL;
+		n->failed = true;
+		node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
+	}
+}
+
+/* raft_fsm->restore (main loop): on success the FSM owns buf->base. What holds the
+ * loop is one pass to check the seal and one to write the staging file; the full
+ * check runs on the thread pool afterwards. */
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && buf != NULL);
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
-	int fd = memfd_create("tally-restore", MFD_CLOEXEC);
-	if (fd < 0)
-		return RAFT_IOERR;
-	int rv = fsm_write_all(fd, buf);
-	if (rv != 0) {
-		close(fd);
-		return rv;
+	if (n->check_busy) {
+		node_log(n, "snapshot restore refused: the previous one is still being checked");
+		return RAFT_BUSY; /* the leader sends it again */
 	}
+	uint64_t t0_ns = uv_hrtime();
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
-	int rc = tally_ledger_restore(n->ledger_dir, fd, &n->ledger_opts, &n->ledger);
-	close(fd);
+	bool check_pending;
+	int rc = tally_ledger_restore(n->ledger_dir, buf->base, buf->len, &n->ledger_opts,
+				      &n->ledger, &check_pending);
 	if (rc != 0) {
-		node_log(n, "snapshot restore failed: %s; keeping the previous ledger",
-			 tally_strerror(rc));
-		n->ledger = NULL;
-		rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
-		if (rc != 0) {
-			n->ledger = NULL;
-			n->failed = true;
-			node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
-		}
+		restore_failed(n, rc);
 		return RAFT_IOERR;
 	}
-	node_log(n, "ledger restored from a raft snapshot: applied index %llu",
-		 (unsigned long long)tally_ledger_applied_index(n->ledger));
-	node_time_observe(n);
 	raft_free(buf->base);
 	buf->base = NULL;
+	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "
+		    "loop%s", (unsigned long long)tally_ledger_applied_index(n->ledger),
+		 (unsigned long long)((uv_hrtime() - t0_ns) / 1000000),
+		 check_pending ? "; full check running off the loop" : "");
+	node_time_observe(n);
+	if (check_pending)
+		check_start(n);
 	return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "consensus/internal.h"
+#include "consensus/snapshot.h"
 
 #define ERR(buf, cap, ...) ((buf) != NULL && (cap) > 0 ? (void)snprintf((buf), (cap), __VA_ARGS__) : (void)0)
 
@@ -124,6 +125,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	n->io.version = 2; /* raft_uv implements async_work; 0.15 forgets to say so */
 	if (n->cfg.segment_bytes != 0)
 		raft_uv_set_segment_size(&n->io, n->cfg.segment_bytes);
+	node_snapshot_io_init(&n->io);
 	node_ioguard_install(n);
 	node_fsm_init(n);
 	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);

@@ -3,9 +3,9 @@
  * reads, close), fsm.c (raft's state machine callbacks) and admin.c (membership and
  * status). Not a public header.
  *
- * Threads: everything runs on the node's libuv loop except fsm snapshot_async, which
- * runs on the libuv thread pool and touches only the ledger handle (LMDB read
- * transactions, MDB_NOTLS) and raft_malloc.
+ * Threads: everything runs on the node's libuv loop except fsm snapshot_async and the
+ * check of a restored ledger, which run on the libuv thread pool and touch only the
+ * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc.
  */
 #ifndef TALLY_CONSENSUS_INTERNAL_H
 #define TALLY_CONSENSUS_INTERNAL_H
@@ -23,7 +23,7 @@
 #define NODE_QUERIES_MAX 65536              /* linearizable queries waiting */
 #define NODE_QUERY_BYTES_MAX (4u << 20)     /* one serialized query or principal */
 #define NODE_BOOTSTRAP_SERVERS_MAX 64
-#define NODE_SNAPSHOT_BYTES_MAX (1ULL << 36) /* one snapshot held in memory */
+#define NODE_SNAPSHOT_BYTES_MAX (1ULL << 36) /* one snapshot (raft loads it into its heap) */
 #define NODE_ARENA_CHUNK_BYTES (256u << 10)
 #define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
 #define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */
@@ -90,6 +90,7 @@ struct tally_node {
 	bool raft_inited, started, failed;
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
+	uint64_t tick_last_ns;            /* when it last fired (stats.loop_stall_max_us) */
 	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
 	unsigned handles_open;
 
@@ -131,6 +132,13 @@ struct tally_node {
 
 	/* Snapshots. */
 	bool snapshot_busy;
+	/* The full check of a restored ledger, off the loop (fsm.c). */
+	uv_work_t check_work;
+	bool check_busy;
+	int check_rc;
+	uint64_t check_index;             /* the restored ledger's applied index */
+	uint64_t check_start_ns;
+	char check_msg[256];
 
 	/* Admin requests raft has not called back yet. */
 	unsigned admins_pending;
@@ -171,6 +179,10 @@ struct node_batch *node_inflight_find(struct tally_node *n, uint64_t index, uint
 
 /* node.c: schedules node_service on the next loop turn. */
 void node_kick(struct tally_node *n);
+
+/* node.c: the last step of closing, once the handles are closed and no check of a
+ * restored ledger runs (fsm.c calls it when the check ends during a close). */
+void node_close_finish(struct tally_node *n);
 
 /* node.c: initialises the tick timer and the idle handle (0 or a libuv error). */
 int node_handles_init(struct tally_node *n);

@@ -663,10 +663,24 @@ static void idle_cb(uv_idle_t *idle)
 	node_service(n);
 }
 
+/* How late the tick fired: what kept the loop from its timers (raft's heartbeats
+ * among them) for longer than one period. */
+static void stall_observe(struct tally_node *n)
+{
+	uint64_t now_ns = uv_hrtime(), period_ns = (uint64_t)n->cfg.heartbeat_ms * 1000000;
+	if (n->tick_last_ns != 0 && now_ns - n->tick_last_ns > period_ns) {
+		uint64_t late_us = (now_ns - n->tick_last_ns - period_ns) / 1000;
+		if (late_us > n->stats.loop_stall_max_us)
+			n->stats.loop_stall_max_us = late_us;
+	}
+	n->tick_last_ns = now_ns;
+}
+
 static void tick_cb(uv_timer_t *tick)
 {
 	struct tally_node *n = tick->data;
 	assert(n != NULL);
+	stall_observe(n);
 	node_service(n);
 	if (n->phase == NODE_OPEN)
 		expire_maybe(n);
@@ -702,8 +716,16 @@ static void handle_closed_cb(uv_handle_t *h)
 	assert(n != NULL && n->handles_open > 0);
 	if (--n->handles_open > 0)
 		return;
+	node_close_finish(n);
+}
+
+void node_close_finish(struct tally_node *n)
+{
+	assert(n != NULL && n->handles_open == 0);
 	assert(n->phase == NODE_HANDLES);
 	assert(n->inflight == 0 && !n->barrier_busy && n->queue_head == NULL);
+	if (n->check_busy)
+		return; /* the check reads the ledger: its end calls this again */
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	n->phase = NODE_CLOSED;

@@ -587,12 +587,28 @@ int hold_get(struct apply *a, uint64_t id, Tally__V1__HoldRecord **out)
 	return rec_get(a, T_HOLDS, &k, &tally__v1__hold_record__descriptor, (void **)out);
 }
 
-/* Releases every open hold whose timeout is at or before now. */
+/* Releases an open hold whose timeout has passed: its pieces go back to their lots
+ * (or to EXPIRED) and a HOLD_RELEASED entry records it. */
+int hold_release(struct apply *a, Tally__V1__HoldRecord *h)
+{
+	assert(h != NULL && h->status == TALLY__V1__HOLD_STATUS__OPEN);
+	assert(h->expires_ms <= a->now_ms);
+	Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+	return hold_resolve(a, h, 0, TALLY__V1__HOLD_STATUS__RELEASED, &r);
+}
+
+/* Releases the open holds whose timeout is at or before now, oldest timeout first and
+ * at most TALLY_HOLD_RELEASES_PER_BATCH_MAX of them, so one batch's work stays
+ * bounded however many holds ran out together (a leader back after an outage, a
+ * flash sale's holds). a->holds_more tells whether any was left for later batches;
+ * capture and void release such a hold themselves (open_hold), so it is refused
+ * with HOLD_EXPIRED exactly as if the sweep had reached it. */
 int holds_sweep(struct apply *a)
 {
 	struct key from;
 	key_reset(&from);
-	for (;;) {
+	a->holds_more = false;
+	for (uint64_t done = 0;; done++) {
 		tally_arena_reset(a->tmp);
 		MDB_val k, v;
 		bool found;
@@ -603,13 +619,18 @@ int holds_sweep(struct apply *a)
 			return TALLY_ECORRUPT;
 		if ((int64_t)be64_get(k.mv_data) > a->now_ms)
 			return 0;
+		if (done >= TALLY_HOLD_RELEASES_PER_BATCH_MAX) {
+			a->holds_more = true;
+			return 0;
+		}
 		Tally__V1__HoldRecord *h;
 		rc = hold_get(a, be64_get((uint8_t *)k.mv_data + 8), &h);
 		if (rc != 0)
 			return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+		if (h->status != TALLY__V1__HOLD_STATUS__OPEN || h->expires_ms > a->now_ms)
+			return TALLY_ECORRUPT; /* the index named a hold that is not due */
 		a->cmd = NULL;
-		Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
-		rc = hold_resolve(a, h, 0, TALLY__V1__HOLD_STATUS__RELEASED, &r);
+		rc = hold_release(a, h);
 		if (rc != 0)
 			return rc;
 	}
@@ -752,6 +773,6 @@ int expire_sweep(struct apply *a, uint32_t max_items, Tally__V1__CommandResult *
 		rc = expire_counters(a, budget, &done, &more);
 	r->code = TALLY__V1__RESULT_CODE__OK;
 	r->count = (int64_t)done;
-	r->more = more;
+	r->more = more || a->holds_more; /* this batch's hold sweep stopped at its budget */
 	return rc;
 }

@@ -5,7 +5,9 @@
  * Order inside a batch (every replica follows it):
  *   1. skip the batch if its raft index is not above the applied one;
  *   2. now = max(batch time, previous batch time): time never runs backwards;
- *   3. release every open hold whose timeout is at or before now (HOLD_RELEASED);
+ *   3. release the open holds whose timeout is at or before now (HOLD_RELEASED),
+ *      oldest first, at most TALLY_HOLD_RELEASES_PER_BATCH_MAX (the rest wait for the
+ *      next batches; capture and void release a timed-out hold they name);
  *   4. each command in order: envelope → role → idempotency → handler;
  *   5. store the applied index, the tree frontier and the digest; commit.
  */

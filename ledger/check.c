@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -361,7 +362,52 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 	return rc;
 }
 
-/* ---- snapshot and restore ----------------------------------------------------------- */
+/* ---- snapshot and restore ----------------------------------------------------------- *
+ * A snapshot is the compacted LMDB copy followed by a trailer that seals it: magic,
+ * the copy's length and its SHA-256. A restore checks the seal before it replaces
+ * anything (a copy cut short or damaged on the way is refused), and leaves the full
+ * invariant check, a scan of every record, to its caller, who can run it off the
+ * event loop. A snapshot without the trailer (taken before it existed) is checked in
+ * full before it replaces anything. */
+
+#define SNAPSHOT_MAGIC_BYTES 16 /* TALLY_SNAPSHOT_MAGIC, zero-padded */
+#define SNAPSHOT_TRAILER_BYTES TALLY_SNAPSHOT_TRAILER_BYTES
+_Static_assert(SNAPSHOT_TRAILER_BYTES == SNAPSHOT_MAGIC_BYTES + 8 + 32, "trailer layout");
+
+static void trailer_make(uint8_t t[SNAPSHOT_TRAILER_BYTES], uint64_t len, const uint8_t sha[32])
+{
+	memset(t, 0, SNAPSHOT_TRAILER_BYTES);
+	memcpy(t, TALLY_SNAPSHOT_MAGIC, strlen(TALLY_SNAPSHOT_MAGIC));
+	be64_put(t + SNAPSHOT_MAGIC_BYTES, len);
+	memcpy(t + SNAPSHOT_MAGIC_BYTES + 8, sha, 32);
+}
+
+/* Whether the snapshot ends with a trailer; *copy_len is then the LMDB copy's length. */
+static bool trailer_find(const uint8_t *snap, size_t len, size_t *copy_len)
+{
+	uint8_t magic[SNAPSHOT_MAGIC_BYTES] = {0};
+	memcpy(magic, TALLY_SNAPSHOT_MAGIC, strlen(TALLY_SNAPSHOT_MAGIC));
+	if (len < SNAPSHOT_TRAILER_BYTES)
+		return false;
+	const uint8_t *t = snap + len - SNAPSHOT_TRAILER_BYTES;
+	if (memcmp(t, magic, SNAPSHOT_MAGIC_BYTES) != 0)
+		return false;
+	*copy_len = len - SNAPSHOT_TRAILER_BYTES;
+	return true;
+}
+
+/* Whether the copy before the trailer has the length and SHA-256 the trailer names. */
+static bool trailer_verify(const uint8_t *snap, size_t copy_len)
+{
+	const uint8_t *t = snap + copy_len;
+	uint8_t sha[32];
+	const void *parts[1] = {snap};
+	size_t lens[1] = {copy_len};
+	if (be64_get(t + SNAPSHOT_MAGIC_BYTES) != copy_len)
+		return false;
+	sha256_parts(parts, lens, 1, sha);
+	return memcmp(sha, t + SNAPSHOT_MAGIC_BYTES + 8, 32) == 0;
+}
 
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
 {
@@ -372,40 +418,86 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 		return rc;
 	if (applied_index != NULL)
 		*applied_index = d.applied_index;
-	return lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	struct stat st;
+	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
+		rc = TALLY_EIO;
+	if (rc != 0)
+		return rc;
+	/* Sealed from the bytes as they are in the file (in the page cache now). */
+	size_t copy_len = (size_t)st.st_size;
+	void *copy = copy_len > 0 ? mmap(NULL, copy_len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+	if (copy == MAP_FAILED)
+		return TALLY_EIO;
+	uint8_t sha[32], t[SNAPSHOT_TRAILER_BYTES];
+	const void *parts[1] = {copy};
+	size_t lens[1] = {copy_len};
+	sha256_parts(parts, lens, 1, sha);
+	if (copy != NULL)
+		munmap(copy, copy_len);
+	trailer_make(t, copy_len, sha);
+	ssize_t put = pwrite(fd, t, sizeof(t), (off_t)copy_len);
+	return put == (ssize_t)sizeof(t) ? 0 : TALLY_EIO;
 }
 
-static int copy_fd_to(int in, const char *path)
+/* LMDB reads pages through its map without checking them against the file's size: a
+ * copy cut short faults (SIGBUS) on open. So the copy must reach the last page named by
+ * the newer of its two meta pages (pages 0 and 1; LMDB uses the one with the larger
+ * txnid). Fields of LMDB's data format (version 1, lmdb.h MDB_meta after a 16-byte
+ * page header, little-endian on these machines): magic at 16, the page size in the
+ * free DB's md_pad at 40 (meta page 0), the last page number at 136, the txnid at 144. */
+#define LMDB_MAGIC 0xBEEFC0DEu
+#define LMDB_META_MAGIC_AT 16
+#define LMDB_META_PSIZE_AT 40
+#define LMDB_META_LAST_PG_AT 136
+#define LMDB_META_TXNID_AT 144
+#define LMDB_PAGE_BYTES_MIN 512u
+#define LMDB_PAGE_BYTES_MAX 65536u
+
+static uint64_t le_at(const uint8_t *p, unsigned n)
+{
+	uint64_t v = 0;
+	for (unsigned i = n; i-- > 0;)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static bool lmdb_copy_whole(const uint8_t *copy, size_t len)
+{
+	if (len < LMDB_META_TXNID_AT + 8)
+		return false;
+	uint64_t psize = le_at(copy + LMDB_META_PSIZE_AT, 4);
+	if (le_at(copy + LMDB_META_MAGIC_AT, 4) != LMDB_MAGIC || psize < LMDB_PAGE_BYTES_MIN ||
+	    psize > LMDB_PAGE_BYTES_MAX || (psize & (psize - 1)) != 0 || len % psize != 0 ||
+	    len < 2 * psize)
+		return false;
+	const uint8_t *m0 = copy, *m1 = copy + psize;
+	if (le_at(m1 + LMDB_META_MAGIC_AT, 4) != LMDB_MAGIC)
+		return false;
+	const uint8_t *m = le_at(m1 + LMDB_META_TXNID_AT, 8) > le_at(m0 + LMDB_META_TXNID_AT, 8)
+				   ? m1
+				   : m0;
+	return le_at(m + LMDB_META_LAST_PG_AT, 8) < len / psize;
+}
+
+/* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
+static int write_file(const char *path, const uint8_t *p, size_t len)
 {
 	int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (out < 0)
 		return TALLY_EIO;
-	static _Thread_local uint8_t buf[1 << 16];
 	int rc = 0;
-	for (;;) {
-		ssize_t n = read(in, buf, sizeof(buf));
-		if (n < 0 && errno == EINTR)
+	for (size_t done = 0; rc == 0 && done < len;) {
+		ssize_t m = write(out, p + done, len - done);
+		if (m < 0 && errno == EINTR)
 			continue;
-		if (n <= 0) {
-			rc = n < 0 ? TALLY_EIO : 0;
-			break;
-		}
-		for (ssize_t w = 0; w < n;) {
-			ssize_t m = write(out, buf + w, (size_t)(n - w));
-			if (m < 0 && errno == EINTR)
-				continue;
-			if (m <= 0) {
-				rc = TALLY_EIO;
-				break;
-			}
-			w += m;
-		}
-		if (rc != 0)
-			break;
+		if (m <= 0)
+			rc = TALLY_EIO;
+		else
+			done += (size_t)m;
 	}
-	if (rc == 0 && fsync(out) != 0)
+	if (close(out) != 0 && rc == 0)
 		rc = TALLY_EIO;
-	close(out);
 	return rc;
 }
 
@@ -415,11 +507,36 @@ static int path_join(char *buf, size_t cap, const char *dir, const char *name)
 	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
 }
 
-int tally_ledger_restore(const char *dir, int fd, const struct tally_ledger_options *opts,
-			 struct tally_ledger **out)
+/* Writes the copy to stage/data.mdb and opens it there: the format version and the
+ * meta must read; `full` runs the invariant check too. */
+static int restore_stage(const char *stage, const char *staged, const uint8_t *copy,
+			 size_t len, const struct tally_ledger_options *opts, bool full)
 {
-	assert(dir != NULL && fd >= 0 && out != NULL);
-	char stage[4096], staged[4096], final[4096], lock[4096], slock[4096], msg[256];
+	char msg[256];
+	if (mkdir(stage, 0755) != 0 && errno != EEXIST)
+		return TALLY_EIO;
+	int rc = write_file(staged, copy, len);
+	struct tally_ledger *l = NULL;
+	struct tally_digest d;
+	if (rc == 0)
+		rc = tally_ledger_open(stage, opts, &l);
+	if (rc == 0)
+		rc = tally_ledger_digest(l, &d);
+	if (rc == 0 && full)
+		rc = tally_ledger_check_invariants(l, msg, sizeof(msg));
+	tally_ledger_close(l);
+	return rc;
+}
+
+int tally_ledger_restore(const char *dir, const void *snap, size_t len,
+			 const struct tally_ledger_options *opts, struct tally_ledger **out,
+			 bool *check_pending)
+{
+	assert(dir != NULL && (snap != NULL || len == 0));
+	assert(out != NULL && check_pending != NULL);
+	*out = NULL;
+	*check_pending = false;
+	char stage[4096], staged[4096], final[4096], lock[4096], slock[4096];
 	int rc = path_join(stage, sizeof(stage), dir, ".restore");
 	if (rc == 0)
 		rc = path_join(staged, sizeof(staged), stage, "data.mdb");
@@ -431,29 +548,25 @@ int tally_ledger_restore(const char *dir, int fd, const struct tally_ledger_opti
 		rc = path_join(lock, sizeof(lock), dir, "lock.mdb");
 	if (rc != 0)
 		return rc;
-	if (mkdir(stage, 0755) != 0 && errno != EEXIST)
-		return TALLY_EIO;
-	rc = copy_fd_to(fd, staged);
-	struct tally_ledger *l = NULL;
-	if (rc == 0)
-		rc = tally_ledger_open(stage, opts, &l);
-	if (rc == 0)
-		rc = tally_ledger_check_invariants(l, msg, sizeof(msg));
-	tally_ledger_close(l);
+	size_t copy_len = len;
+	bool sealed = trailer_find(snap, len, &copy_len);
+	if ((sealed && !trailer_verify(snap, copy_len)) || !lmdb_copy_whole(snap, copy_len))
+		return TALLY_ECORRUPT;
+	rc = restore_stage(stage, staged, snap, copy_len, opts, !sealed);
 	unlink(slock);
 	if (rc != 0) {
 		unlink(staged);
 		rmdir(stage);
 		return rc;
 	}
+	/* No sync here: the ledger runs without syncs (the raft log and raft's own copy
+	 * of this snapshot are the durable record, and raft restores that copy at every
+	 * start); the caller syncs it with the check, off the loop. */
 	unlink(lock);
 	if (rename(staged, final) != 0)
 		return TALLY_EIO;
 	rmdir(stage);
-	int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		fsync(dfd);
-		close(dfd);
-	}
-	return tally_ledger_open(dir, opts, out);
+	rc = tally_ledger_open(dir, opts, out);
+	*check_pending = rc == 0 && sealed;
+	return rc;
 }

@@ -562,7 +562,15 @@ static int open_hold(struct apply *a, Tally__V1__CommandResult *r, uint64_t id,
 		return rc;
 	switch ((*h)->status) {
 	case TALLY__V1__HOLD_STATUS__OPEN:
-		return 0;
+		if ((*h)->expires_ms > a->now_ms)
+			return 0;
+		/* Timed out but beyond this batch's sweep budget: released now, as the
+		 * sweep would have, and refused like any released hold. */
+		rc = hold_release(a, *h);
+		if (rc != 0)
+			return rc;
+		return reject(a, r, CODE(HOLD_EXPIRED), "hold_id: hold %llu timed out",
+			      (unsigned long long)id);
 	case TALLY__V1__HOLD_STATUS__RELEASED:
 		return reject(a, r, CODE(HOLD_EXPIRED), "hold_id: hold %llu timed out",
 			      (unsigned long long)id);

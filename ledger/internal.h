@@ -132,6 +132,7 @@ struct apply {
 		int64_t delta;
 	} sys[SYS_DELTAS_MAX];
 	size_t n_sys;
+	bool holds_more;                  /* the hold sweep left timed-out holds open */
 };
 
 /* hashing (hash.c) */
@@ -220,6 +221,7 @@ int hold_get(struct apply *a, uint64_t id, Tally__V1__HoldRecord **out);
 int hold_store(struct apply *a, const Tally__V1__HoldRecord *h, bool open);
 int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_points,
 		 Tally__V1__HoldStatus status, Tally__V1__CommandResult *r);
+int hold_release(struct apply *a, Tally__V1__HoldRecord *h);
 int holds_sweep(struct apply *a);
 int expire_sweep(struct apply *a, uint32_t max_items, Tally__V1__CommandResult *r);
 

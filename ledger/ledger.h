@@ -77,9 +77,14 @@
 #define TALLY_HOLD_TIMEOUT_S_DEFAULT 900
 #define TALLY_HOLD_TIMEOUT_S_MAX 31536000
 #define TALLY_EXPIRE_ITEMS_DEFAULT 10000
+/* Holds past their timeout that one batch releases (oldest timeout first) before its
+ * commands run; the rest wait for later batches, and the expire command reports
+ * `more` while any is left so the leader's timer drains a backlog at once. */
+#define TALLY_HOLD_RELEASES_PER_BATCH_MAX 1000
 #define TALLY_ACCOUNT_LOTS_MAX 10000          /* lots one account may hold */
 #define TALLY_RATE_MAX 1000000000LL
 #define TALLY_SNAPSHOT_MAGIC "TALLYSNAP1"
+#define TALLY_SNAPSHOT_TRAILER_BYTES 56    /* after the copy: magic (16), length (8), SHA-256 */
 
 struct tally_ledger;
 
@@ -167,15 +172,22 @@ int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
 /* Forces the LMDB data to disk (needed before raft may drop log entries). */
 int tally_ledger_sync(struct tally_ledger *l);
 
-/* Writes a compacted, consistent copy of the ledger to `fd` (a file or a pipe), as of
- * one read transaction. *applied_index receives the raft index it reflects. */
+/* Writes a compacted, consistent copy of the ledger to `fd` (a regular file, read back
+ * to seal it), as of one read transaction, followed by a trailer with its length and
+ * SHA-256. *applied_index receives the raft index it reflects. */
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
 
-/* Replaces the ledger in `dir` with the snapshot read from `fd` (until EOF), verifies
- * it (format version, stored digest equals a full recomputation), and opens it.
- * The previous contents of dir are removed only after the new copy verified. */
-int tally_ledger_restore(const char *dir, int fd, const struct tally_ledger_options *opts,
-			 struct tally_ledger **out);
+/* Replaces the ledger in `dir` with the snapshot in snap[0..len) and opens it. Before
+ * it replaces anything it checks the trailer (length and SHA-256 of the copy: one pass
+ * over the bytes), that LMDB opens the copy, its format version and its meta. The
+ * full invariant check (tally_ledger_check_invariants, a scan of every record) is
+ * then the caller's: *check_pending is true, and until it passes the ledger is not
+ * known to be sound. A snapshot without a trailer (an older node's) is checked in
+ * full before it replaces anything (*check_pending false). The new ledger is not
+ * synced (tally_ledger_sync). */
+int tally_ledger_restore(const char *dir, const void *snap, size_t len,
+			 const struct tally_ledger_options *opts, struct tally_ledger **out,
+			 bool *check_pending);
 
 /* Whether `who` may run command `c` in principle (role only; brand scope is checked
  * in apply where the touched brands are known). Exposed for the RPC layer to reject

@@ -370,6 +370,56 @@ static void test_replicas_fed_the_same_batches_are_byte_identical(void **state)
 	fx_close(&b);
 }
 
+/* The whole of a snapshot file, malloc'd (as raft hands a snapshot to restore). */
+static uint8_t *read_snapshot(int fd, size_t *len)
+{
+	off_t end = lseek(fd, 0, SEEK_END);
+	assert_true(end > 0);
+	uint8_t *buf = malloc((size_t)end);
+	assert_non_null(buf);
+	assert_int_equal(pread(fd, buf, (size_t)end, 0), end);
+	*len = (size_t)end;
+	return buf;
+}
+
+/* A sealed snapshot of a small ledger, in memory. */
+static uint8_t *small_snapshot(struct fx *a, size_t *len)
+{
+	setup_brand(a, "aurora", 0);
+	static const char *const ids[] = {"m1", "m2"};
+	setup_members(a, ids, 2);
+	char *dir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(tally_ledger_snapshot(a->l, fd, NULL), 0);
+	uint8_t *buf = read_snapshot(fd, len);
+	close(fd);
+	fx_remove_dir(dir);
+	free(dir);
+	return buf;
+}
+
+/* Restores snap into a fresh directory; returns the code, *pending as restore set it. */
+static int restore_into_fresh_dir(const uint8_t *snap, size_t len, bool *pending)
+{
+	char *target = fx_tmpdir();
+	struct tally_ledger *l = NULL;
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	int rc = tally_ledger_restore(target, snap, len, &o, &l, pending);
+	if (rc == 0) {
+		char msg[256];
+		assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+		tally_ledger_close(l);
+	} else {
+		assert_null(l);
+	}
+	fx_remove_dir(target);
+	free(target);
+	return rc;
+}
+
 static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
 {
 	(void)state;
@@ -390,15 +440,19 @@ static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
 	uint64_t index = 0;
 	assert_int_equal(tally_ledger_snapshot(a.l, fd, &index), 0);
 	assert_int_equal(index, tally_ledger_applied_index(a.l));
-	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+	size_t len;
+	uint8_t *snap = read_snapshot(fd, &len);
+	close(fd);
 
-	/* Restore into an empty directory. */
+	/* Restore into an empty directory: the seal verified, the full check left to us. */
 	char *dir = fx_tmpdir();
 	memset(&b, 0, sizeof(b));
 	struct tally_ledger *l = NULL;
 	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-	assert_int_equal(tally_ledger_restore(dir, fd, &o, &l), 0);
-	close(fd);
+	bool pending = false;
+	assert_int_equal(tally_ledger_restore(dir, snap, len, &o, &l, &pending), 0);
+	assert_true(pending);
+	free(snap);
 	tally_ledger_close(l);
 	fx_open_in(&b, dir);
 	free(dir);
@@ -434,25 +488,66 @@ static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
 static void test_restore_refuses_a_corrupt_snapshot(void **state)
 {
 	(void)state;
+	static const char junk[] = "not an lmdb file at all";
+	bool pending = true;
+	assert_int_not_equal(restore_into_fresh_dir((const uint8_t *)junk, sizeof(junk), &pending),
+			     0);
+	assert_false(pending);
+}
+
+static void test_restore_refuses_a_snapshot_changed_in_one_byte_before_replacing_anything(void **state)
+{
+	(void)state;
 	struct fx a;
 	fx_open(&a);
-	setup_brand(&a, "aurora", 0);
-	char *dir = fx_tmpdir();
-	char path[512];
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(write(fd, "not an lmdb file at all", 23), 23);
-	assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
-	char *target = fx_tmpdir();
-	struct tally_ledger *l = NULL;
-	assert_int_not_equal(tally_ledger_restore(target, fd, NULL, &l), 0);
-	assert_null(l);
-	close(fd);
-	fx_remove_dir(target);
-	fx_remove_dir(dir);
-	free(target);
-	free(dir);
+	size_t len;
+	uint8_t *snap = small_snapshot(&a, &len);
+	bool pending;
+	assert_int_equal(restore_into_fresh_dir(snap, len, &pending), 0);
+	assert_true(pending);
+	/* Every byte of the copy is sealed: one flipped bit anywhere is refused, the
+	 * ledger already in the directory stays as it was. */
+	size_t spots[] = {0, len / 3, len / 2, len - 100};
+	for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
+		snap[spots[i]] ^= 0x10;
+		struct tally_digest before;
+		assert_int_equal(tally_ledger_digest(a.l, &before), 0);
+		struct tally_ledger *l = NULL;
+		tally_ledger_close(a.l);
+		a.l = NULL;
+		struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+		assert_int_equal(tally_ledger_restore(a.dir, snap, len, &o, &l, &pending),
+				 TALLY_ECORRUPT);
+		assert_null(l);
+		assert_int_equal(tally_ledger_open(a.dir, &o, &a.l), 0);
+		struct tally_digest after;
+		assert_int_equal(tally_ledger_digest(a.l, &after), 0);
+		assert_memory_equal(&before, &after, sizeof(before));
+		snap[spots[i]] ^= 0x10;
+	}
+	/* Cut short, the trailer is gone and the copy does not reach its last page:
+	 * refused before LMDB maps it (it would fault reading past the end). */
+	size_t copy_len = len - TALLY_SNAPSHOT_TRAILER_BYTES;
+	assert_int_equal(restore_into_fresh_dir(snap, len / 2, &pending), TALLY_ECORRUPT);
+	assert_int_equal(restore_into_fresh_dir(snap, copy_len - 4096, &pending), TALLY_ECORRUPT);
+	free(snap);
+	fx_close(&a);
+}
+
+static void test_restore_checks_an_unsealed_snapshot_in_full_before_replacing(void **state)
+{
+	(void)state;
+	struct fx a;
+	fx_open(&a);
+	size_t len;
+	uint8_t *snap = small_snapshot(&a, &len);
+	/* Without the trailer (a snapshot taken before it existed): the LMDB copy alone. */
+	size_t copy_len = len - TALLY_SNAPSHOT_TRAILER_BYTES;
+	assert_memory_equal(snap + copy_len, TALLY_SNAPSHOT_MAGIC, strlen(TALLY_SNAPSHOT_MAGIC));
+	bool pending = true;
+	assert_int_equal(restore_into_fresh_dir(snap, copy_len, &pending), 0);
+	assert_false(pending);
+	free(snap);
 	fx_close(&a);
 }
 
@@ -477,6 +572,8 @@ int main(void)
 		cmocka_unit_test(test_replicas_fed_the_same_batches_are_byte_identical),
 		cmocka_unit_test(test_snapshot_restores_to_same_digest_and_stays_equal),
 		cmocka_unit_test(test_restore_refuses_a_corrupt_snapshot),
+		cmocka_unit_test(test_restore_refuses_a_snapshot_changed_in_one_byte_before_replacing_anything),
+		cmocka_unit_test(test_restore_checks_an_unsealed_snapshot_in_full_before_replacing),
 		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

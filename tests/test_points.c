@@ -738,6 +738,121 @@ static void test_hold_past_its_timeout_is_released_by_first_batch_past_it_then_c
 	fx_close(&f);
 }
 
+/* Three budgets' worth of 1-point holds (750 on each of m1..m4) placed in one batch,
+ * all timing out together; returns their ids in order and when they time out. */
+#define SWEEP_HOLDS (3 * TALLY_HOLD_RELEASES_PER_BATCH_MAX)
+static int64_t sweep_setup(struct fx *f, uint64_t ids[SWEEP_HOLDS])
+{
+	setup_plain(f, "b", 12);
+	for (size_t m = 0; m < 4; m++)
+		ok(f, c_accrue(f, dealer(f), "b", MEMBERS[m], SWEEP_HOLDS));
+	Tally__V1__Command **cmds = zalloc(f, SWEEP_HOLDS * sizeof(*cmds));
+	for (size_t i = 0; i < SWEEP_HOLDS; i++)
+		cmds[i] = c_hold(f, mall(f), "b", MEMBERS[i % 4], 1, 60);
+	Tally__V1__CommandResult **rs = apply_n(f, cmds, SWEEP_HOLDS);
+	for (size_t i = 0; i < SWEEP_HOLDS; i++) {
+		assert_int_equal(rs[i]->code, CODE(OK));
+		ids[i] = rs[i]->hold_id;
+	}
+	return f->now_ms + 60 * 1000;
+}
+
+/* Applies an expire command alone; returns the holds the batch released and whether
+ * the expire command reported more work. */
+static size_t sweep_batch(struct fx *f, bool *more)
+{
+	uint64_t before = tree_size(f);
+	Tally__V1__CommandResult *r = ok(f, c_expire(f, timer(f)));
+	*more = r->more;
+	assert_int_equal(r->count, 0); /* no lot, window or counter to expire */
+	return count_kind(f, before, KIND(HOLD_RELEASED), NULL);
+}
+
+/* The whole drain: expire, a capture of the last hold (beyond two budgets), expire,
+ * expire; returns the digest reached. */
+static struct tally_digest sweep_drain(struct fx *f)
+{
+	uint64_t *ids = zalloc(f, SWEEP_HOLDS * sizeof(*ids));
+	int64_t due = sweep_setup(f, ids);
+	f->now_ms = due + 1000;
+	bool more;
+	assert_int_equal(sweep_batch(f, &more), TALLY_HOLD_RELEASES_PER_BATCH_MAX);
+	assert_true(more);
+	/* The next batch's sweep takes the second budget; the last hold is beyond it, yet
+	 * its capture is refused as timed out and the capture releases it. */
+	uint64_t before = tree_size(f);
+	Tally__V1__Command *two[2] = {c_capture(f, mall(f), ids[SWEEP_HOLDS - 1], 0),
+				      c_void(f, mall(f), ids[SWEEP_HOLDS - 1])};
+	Tally__V1__CommandResult **rs = apply_n(f, two, 2);
+	assert_int_equal(rs[0]->code, CODE(HOLD_EXPIRED));
+	assert_int_equal(rs[0]->entry_seq, 0);
+	assert_int_equal(rs[1]->code, CODE(HOLD_EXPIRED));
+	assert_int_equal(count_kind(f, before, KIND(HOLD_RELEASED), NULL),
+			 TALLY_HOLD_RELEASES_PER_BATCH_MAX + 1);
+	Tally__V1__Entry *last = entry_at(f, tree_size(f));
+	assert_int_equal(last->kind, KIND(HOLD_RELEASED));
+	assert_int_equal(last->cause_seq, ids[SWEEP_HOLDS - 1]);
+	assert_int_equal(posted(last, SYS(MEMBER), MEMBERS[(SWEEP_HOLDS - 1) % 4], BUCKET(AVAILABLE)), 1);
+	assert_int_equal(sweep_batch(f, &more), TALLY_HOLD_RELEASES_PER_BATCH_MAX - 1);
+	assert_false(more);
+	assert_int_equal(sweep_batch(f, &more), 0);
+	assert_false(more);
+	assert_int_equal(count_kind(f, 0, KIND(HOLD_RELEASED), NULL), SWEEP_HOLDS);
+	for (size_t m = 0; m < 4; m++) {
+		Tally__V1__Account *a = account(f, "b", MEMBERS[m]);
+		assert_int_equal(a->available, SWEEP_HOLDS);
+		assert_int_equal(a->held, 0);
+		assert_int_equal(a->n_holds, 0);
+	}
+	expect(f, c_capture(f, mall(f), ids[0], 0), CODE(HOLD_EXPIRED));
+	assert_journal_balanced(f);
+	assert_invariants(f);
+	return digest(f);
+}
+
+static void test_hold_sweep_releases_at_most_its_budget_per_batch_and_expire_reports_more_until_drained(void **state)
+{
+	(void)state;
+	struct fx f1, f2;
+	fx_open(&f1);
+	fx_open(&f2);
+	struct tally_digest d1 = sweep_drain(&f1), d2 = sweep_drain(&f2);
+	/* Two replicas applying the same batches end in the same state. */
+	assert_int_equal(d1.tree_size, d2.tree_size);
+	assert_memory_equal(d1.root, d2.root, 32);
+	assert_memory_equal(d1.state_digest, d2.state_digest, 32);
+	fx_close(&f1);
+	fx_close(&f2);
+}
+
+static void test_holds_timed_out_beyond_the_budget_are_released_by_the_next_client_batches(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	uint64_t *ids = zalloc(&f, SWEEP_HOLDS * sizeof(*ids));
+	int64_t due = sweep_setup(&f, ids);
+	/* Still open one second before; the batches after release a budget each. */
+	f.now_ms = due - 1000;
+	uint64_t before = tree_size(&f);
+	ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 1));
+	assert_int_equal(count_kind(&f, before, KIND(HOLD_RELEASED), NULL), 0);
+	f.now_ms = due;
+	for (int batch = 0; batch < 3; batch++) {
+		before = tree_size(&f);
+		ok(&f, c_accrue(&f, dealer(&f), "b", "m2", 1));
+		assert_int_equal(count_kind(&f, before, KIND(HOLD_RELEASED), NULL),
+				 TALLY_HOLD_RELEASES_PER_BATCH_MAX);
+		/* Released oldest first: the budget's last hold, not the next one. */
+		size_t last = (size_t)(batch + 1) * TALLY_HOLD_RELEASES_PER_BATCH_MAX - 1;
+		assert_int_equal(entry_at(&f, tree_size(&f) - 1)->cause_seq, ids[last]);
+	}
+	assert_int_equal(account(&f, "b", "m3")->held, 0);
+	assert_int_equal(account(&f, "b", "m3")->available, SWEEP_HOLDS);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 static void test_capture_or_void_of_unknown_hold_is_rejected_with_hold_not_found(void **state)
 {
 	(void)state;
@@ -1951,6 +2066,8 @@ int main(void)
 		cmocka_unit_test(test_second_resolve_of_a_hold_is_rejected_with_hold_resolved),
 		cmocka_unit_test(test_capture_of_more_than_held_is_rejected_and_changes_nothing),
 		cmocka_unit_test(test_hold_past_its_timeout_is_released_by_first_batch_past_it_then_capture_is_hold_expired),
+		cmocka_unit_test(test_hold_sweep_releases_at_most_its_budget_per_batch_and_expire_reports_more_until_drained),
+		cmocka_unit_test(test_holds_timed_out_beyond_the_budget_are_released_by_the_next_client_batches),
 		cmocka_unit_test(test_capture_or_void_of_unknown_hold_is_rejected_with_hold_not_found),
 		cmocka_unit_test(test_reverse_of_redemption_returns_points_to_their_lots),
 		cmocka_unit_test(test_reverse_of_redemption_posts_parts_whose_lots_expired_since_as_expired),

@@ -271,6 +271,8 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 			  (unsigned long long)cum);
 	}
 	at = emit(buf, cap, at, "tally_apply_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit(buf, cap, at, "# TYPE tally_loop_stall_max_seconds gauge\n"
+		  "tally_loop_stall_max_seconds %.3f\n", (double)ns->loop_stall_max_us / 1e6);
 	at = emit(buf, cap, at, "# TYPE tally_raft_state gauge\ntally_raft_state{state=\"%s\"} 1\n",
 		  st.state != NULL ? st.state : "unknown");
 	at = emit(buf, cap, at, "# TYPE tally_raft_leader gauge\ntally_raft_leader %d\n",

@@ -1,0 +1,37 @@
+/*
+ * consensus/snapshot — the ledger as a raft snapshot, apart from raft's callbacks so
+ * that tools/snapshot-bench measures exactly what a node does.
+ *
+ * canonical raft 0.15 wants a snapshot as buffers in memory: raft_uv writes them to
+ * its snapshot file (snapshot_put) and hands them back to snapshot_finalize. The
+ * buffer node_snapshot_take makes is a read-only shared mapping of a file in the
+ * ledger directory, unlinked as soon as it is made: its pages are page cache the
+ * kernel can write back and drop, not anonymous memory, so a snapshot of any size
+ * costs the node no heap, and nothing is left on disk once it is unmapped or the
+ * process ends. Restores get raft's own buffer (raft_malloc'd, read from its file or
+ * received in an InstallSnapshot): tally_ledger_restore writes it straight to the
+ * staging file, checks its seal and opens it; the full check runs later, off the
+ * loop (node_snapshot_verify).
+ *
+ * node_snapshot_take:    (thread pool) syncs the ledger and maps a sealed copy of it
+ *                        into *out; the copy may already hold entries past raft's
+ *                        snapshot index (raft's replay skips them).
+ * node_snapshot_free:    (snapshot_finalize) unmaps a buffer from node_snapshot_take.
+ * node_snapshot_verify:  (thread pool) the full invariant check a restore left
+ *                        pending, then a sync of the restored ledger.
+ * node_snapshot_io_init: how raft_uv stores snapshots (after raft_uv_init).
+ */
+#ifndef TALLY_CONSENSUS_SNAPSHOT_H
+#define TALLY_CONSENSUS_SNAPSHOT_H
+
+#include <raft.h>
+#include <stddef.h>
+
+#include "ledger/ledger.h"
+
+int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out);
+void node_snapshot_free(struct raft_buffer *buf);
+int node_snapshot_verify(struct tally_ledger *l, char *msg, size_t cap);
+void node_snapshot_io_init(struct raft_io *io);
+
+#endif
