@@ -366,13 +366,15 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
 {
 	assert(l != NULL && fd >= 0);
+	map_pin(l); /* runs on another thread than the batches: no remap meanwhile */
 	struct tally_digest d;
 	int rc = tally_ledger_digest(l, &d);
-	if (rc != 0)
-		return rc;
-	if (applied_index != NULL)
+	if (rc == 0 && applied_index != NULL)
 		*applied_index = d.applied_index;
-	return lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	map_unpin(l);
+	return rc;
 }
 
 static int copy_fd_to(int in, const char *path)
@@ -395,7 +397,7 @@ static int copy_fd_to(int in, const char *path)
 			if (m < 0 && errno == EINTR)
 				continue;
 			if (m <= 0) {
-				rc = TALLY_EIO;
+				rc = m < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
 				break;
 			}
 			w += m;
@@ -404,7 +406,7 @@ static int copy_fd_to(int in, const char *path)
 			break;
 	}
 	if (rc == 0 && fsync(out) != 0)
-		rc = TALLY_EIO;
+		rc = errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
 	close(out);
 	return rc;
 }
