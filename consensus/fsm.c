@@ -16,6 +16,11 @@
  * snapshot_finalize: main loop, frees the buffer.
  * restore:  main loop, replaces the ledger with the snapshot (verified by the ledger
  *           before it replaces anything) and takes ownership of the buffer.
+ *
+ * An entry that cannot be applied, or a snapshot that cannot be restored, ends the
+ * node (node_fail_stop, with the status of the cause: failstop.c, node.h) inside the
+ * callback, before raft moves on: the entry's callers get no answer from this node,
+ * and nothing after it is applied here.
  */
 #include <assert.h>
 #include <errno.h>
@@ -27,15 +32,16 @@
 
 #include "consensus/internal.h"
 
-/* Logs a system error of the apply path. Returning non-zero from apply stops raft
- * applying on this node: it must be restarted (and rebuilt from a snapshot). */
-static int fsm_fatal(struct tally_node *n, uint64_t index, const char *what, int rc)
+/* A committed entry this node cannot apply: the node ends (raft 0.15 would stop
+ * applying and keep it in the cluster). */
+static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
+	__attribute__((noreturn));
+
+static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
 {
 	assert(n != NULL && rc != 0);
-	n->failed = true;
-	node_log(n, "FATAL: apply of raft entry %llu: %s: %s; the node stops applying",
-		 (unsigned long long)index, what, tally_strerror(rc));
-	return RAFT_IOERR;
+	node_fail_stop(n, node_exit_status(rc), "apply of raft entry %llu: %s: %s",
+		       (unsigned long long)index, what, tally_strerror(rc));
 }
 
 static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
@@ -73,22 +79,20 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	assert(result != NULL);
 	*result = NULL;
 	uint64_t index = raft_last_applied(&n->raft) + 1;
-	if (n->failed)
-		return RAFT_IOERR;
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
 	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&n->apply_arena),
 						       buf->len, buf->base);
 	if (b == NULL)
-		return fsm_fatal(n, index, "batch does not decode", TALLY_ECORRUPT);
+		fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
 	if (b->raft_index != 0)
-		return fsm_fatal(n, index, "batch carries a raft index", TALLY_ECORRUPT);
+		fsm_fail(n, index, "batch carries a raft index", TALLY_ECORRUPT);
 	b->raft_index = index;
 	Tally__V1__CommandResult **results = NULL;
 	bool skipped = false;
 	int rc = tally_ledger_apply_batch(n->ledger, b, &n->apply_arena, &results, &skipped);
 	if (rc != 0)
-		return fsm_fatal(n, index, "ledger", rc);
+		fsm_fail(n, index, "ledger", rc);
 	if (!skipped)
 		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
 	struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
@@ -102,7 +106,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
-	if (n->snapshot_busy || n->failed)
+	if (n->snapshot_busy)
 		return RAFT_BUSY; /* raft retries at the next threshold crossing */
 	*bufs = NULL;
 	*n_bufs = 0;
@@ -185,6 +189,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	return 0;
 }
 
+/* Writes buf to the memfd fd and rewinds it: 0 or an errno value. */
 static int fsm_write_all(int fd, const struct raft_buffer *buf)
 {
 	assert(fd >= 0 && buf != NULL);
@@ -195,13 +200,32 @@ static int fsm_write_all(int fd, const struct raft_buffer *buf)
 		if (put < 0 && errno == EINTR)
 			continue;
 		if (put <= 0)
-			return RAFT_IOERR;
+			return put < 0 ? errno : EIO;
 		done += (size_t)put;
 	}
-	return lseek(fd, 0, SEEK_SET) == 0 ? 0 : RAFT_IOERR;
+	return lseek(fd, 0, SEEK_SET) == 0 ? 0 : errno;
 }
 
-/* raft_fsm->restore (main loop): on success the FSM owns buf->base. */
+/* The exit status for a memfd that cannot be made or filled: memfds live in memory. */
+static int fsm_memfd_status(int e)
+{
+	return e == ENOMEM || e == ENOSPC ? TALLY_NODE_EXIT_NOMEM : TALLY_NODE_EXIT_IO;
+}
+
+/* A snapshot this node cannot restore: the node ends. */
+static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
+	__attribute__((noreturn));
+
+static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
+{
+	assert(n != NULL && what != NULL && why != NULL);
+	node_fail_stop(n, status, "restore of a raft snapshot (applied index %llu before it): "
+		       "%s: %s", (unsigned long long)raft_last_applied(&n->raft), what, why);
+}
+
+/* raft_fsm->restore (main loop): on success the FSM owns buf->base. Any failure ends
+ * the node: the ledger is closed by then, and raft has stored the snapshot in place of
+ * its log (a follower) or holds nothing else to start from (at start). */
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
 	struct tally_node *n = fsm->data;
@@ -209,28 +233,16 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
 	int fd = memfd_create("tally-restore", MFD_CLOEXEC);
 	if (fd < 0)
-		return RAFT_IOERR;
-	int rv = fsm_write_all(fd, buf);
-	if (rv != 0) {
-		close(fd);
-		return rv;
-	}
+		fsm_restore_fail(n, "memfd_create", fsm_memfd_status(errno), strerror(errno));
+	int e = fsm_write_all(fd, buf);
+	if (e != 0)
+		fsm_restore_fail(n, "copying it to a memfd", fsm_memfd_status(e), strerror(e));
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	int rc = tally_ledger_restore(n->ledger_dir, fd, &n->ledger_opts, &n->ledger);
 	close(fd);
-	if (rc != 0) {
-		node_log(n, "snapshot restore failed: %s; keeping the previous ledger",
-			 tally_strerror(rc));
-		n->ledger = NULL;
-		rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
-		if (rc != 0) {
-			n->ledger = NULL;
-			n->failed = true;
-			node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
-		}
-		return RAFT_IOERR;
-	}
+	if (rc != 0)
+		fsm_restore_fail(n, "ledger", node_exit_status(rc), tally_strerror(rc));
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu",
 		 (unsigned long long)tally_ledger_applied_index(n->ledger));
 	raft_free(buf->base);

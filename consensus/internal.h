@@ -12,6 +12,7 @@
 
 #include <raft.h>
 #include <raft/uv.h>
+#include <stddef.h>
 
 #include "consensus/node.h"
 #include "consensus/transport.h"
@@ -86,7 +87,7 @@ struct tally_node {
 	struct raft_io io_next;           /* raft_uv's own methods, called by the guard */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
-	bool raft_inited, started, failed;
+	bool raft_inited, started;
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
 	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
@@ -136,8 +137,22 @@ struct tally_node {
 };
 
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
- * process (exit status TALLY_NODE_EXIT_IO). Call after raft_uv_init. */
+ * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);
+
+/* failstop.c: logs "FATAL: <what>" and ends the process with `status` (one of
+ * TALLY_NODE_EXIT_*), at once: the only place the node exits. */
+void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 3, 4)));
+
+/* failstop.c: the exit status for a failure of the ledger (a TALLY_E* code). */
+int node_exit_status(int tally_error);
+
+/* The node whose `io` member io is (raft calls the I/O methods with it). */
+static inline struct tally_node *node_of_io(struct raft_io *io)
+{
+	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
+}
 
 /* fsm.c: fills n->fsm (version 3). */
 void node_fsm_init(struct tally_node *n);

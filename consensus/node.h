@@ -46,9 +46,31 @@ struct tally_node_config {
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 };
 
-/* A node whose raft disk write fails (log append, truncate, snapshot, term or vote)
- * ends the process with this status (EX_IOERR) before the failed write can be
- * applied or acknowledged; raft 0.15 would carry on and let replicas diverge. */
+/* Fail-stop: a node that cannot write its raft log or apply a committed entry ends
+ * the process at once (consensus/failstop.c), before anything it could not apply is
+ * answered, so that a healthy node takes over; raft 0.15 would keep it in the
+ * cluster, as leader even, answering UNAVAILABLE for ever or letting replicas
+ * diverge. Restart it once the cause is gone: it catches up from the others. The
+ * exit statuses, from sysexits(3):
+ *
+ *   74 EX_IOERR    storage: a raft write failed (log append, truncate, snapshot,
+ *                  term, vote; a full disk included), or the ledger's (no space left
+ *                  on device, an I/O error, its map at map_size_bytes).
+ *                  Free space or replace the disk, then restart.
+ *   71 EX_OSERR    out of memory (the I/O guard's requests, applying, restoring).
+ *   65 EX_DATAERR  data does not verify: a committed entry that does not decode, a
+ *                  snapshot or a stored record that is corrupt or of another format
+ *                  version. Wipe the node's data directory and restart it: it rejoins
+ *                  by snapshot (tallyctl cluster add if it was removed).
+ *   70 EX_SOFTWARE any other failure to apply or restore (an unexpected LMDB error):
+ *                  a bug; report it with the node's log.
+ *
+ * A failed snapshot restore (installing the leader's snapshot, or the node's own at
+ * start) exits with the status of its cause. The log line says what failed: the raft
+ * index of the entry, or the raft operation, and the error. */
+#define TALLY_NODE_EXIT_DATA 65
+#define TALLY_NODE_EXIT_SOFTWARE 70
+#define TALLY_NODE_EXIT_NOMEM 71
 #define TALLY_NODE_EXIT_IO 74
 
 /* The outcome of one submitted command. On OK or a business rejection, r is the

@@ -9,9 +9,21 @@
  * the flag names without dashes). --join starts a node with no bootstrap: it waits
  * to be added by `tallyctl cluster add`. SIGTERM or SIGINT shut down gracefully
  * (queued requests answered UNAVAILABLE, leadership handed over, raft closed);
- * SIGHUP reloads the keys file. A failed raft disk write (log, snapshot, term, vote)
- * ends the process with status 74 before anything it touched is applied or answered;
- * restart it once the disk is healthy and it catches up from the others.
+ * SIGHUP reloads the keys file.
+ *
+ * Exit statuses (sysexits(3); consensus/node.h says more):
+ *    0  stopped by SIGTERM or SIGINT
+ *    1  could not start (bad flags, keys, data directory, ports, raft state)
+ *    2  usage error
+ *   65  data does not verify (a committed entry or a snapshot that is corrupt): wipe
+ *       the data directory and restart; the node rejoins by snapshot
+ *   70  any other failure to apply or restore a committed entry: a bug, report it
+ *   71  out of memory while writing raft's log or applying
+ *   74  storage: a raft log, snapshot, term or vote write failed, or the ledger's disk
+ *       is full or failing; free space or fix the disk, then restart
+ * A node ends itself with 65, 70, 71 or 74 (fail-stop) before anything it could not
+ * write or apply is answered, so that a healthy node takes over; restarted, it
+ * catches up from the others.
  */
 #include <errno.h>
 #include <getopt.h>
