@@ -124,6 +124,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	if (n->cfg.segment_bytes != 0)
 		raft_uv_set_segment_size(&n->io, n->cfg.segment_bytes);
 	node_ioguard_install(n);
+	node_health_install(n);
 	node_fsm_init(n);
 	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {

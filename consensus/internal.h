@@ -85,6 +85,9 @@ struct tally_node {
 	struct raft raft;
 	struct raft_io io;                /* raft_uv behind the I/O guard (ioguard.c) */
 	struct raft_io io_next;           /* raft_uv's own methods, called by the guard */
+	raft_io_recv_cb raft_recv;        /* raft's receive callback (health.c watches it) */
+	uint64_t leader_commit_seen;      /* highest commit index in a leader's message */
+	uint64_t leader_heard_ms;         /* uv_now when the last one came */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
 	bool raft_inited, started;
@@ -139,6 +142,10 @@ struct tally_node {
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);
+
+/* health.c: wraps raft_io->start to watch the commit index in the leader's messages.
+ * Call after node_ioguard_install. */
+void node_health_install(struct tally_node *n);
 
 /* failstop.c: logs "FATAL: <what>" and ends the process with `status` (one of
  * TALLY_NODE_EXIT_*), at once: the only place the node exits. */

@@ -139,6 +139,42 @@ struct tally_node_stats {
 };
 const struct tally_node_stats *tally_node_stats(struct tally_node *n);
 
+/* Readiness (tallyd's /health). A node is ready when it is started and not shutting
+ * down, knows a leader, and is not catching up: not installing a snapshot, and its
+ * applied index at most TALLY_NODE_READY_LAG_ENTRIES raft entries behind the highest
+ * commit index it has heard of (its own, or the leader's in the leader's messages). A
+ * follower must have heard from the leader within the election timeout (what it knows
+ * of the leader's commits is that old); a leader is ready once its term's first
+ * barrier has completed (it has applied all that earlier leaders committed). The lag
+ * allows for the entries a healthy follower has in flight under full load
+ * (inflight_max, 64 by default, plus those committed since the leader's last
+ * message). */
+#define TALLY_NODE_READY_LAG_ENTRIES 256
+
+struct tally_node_health {
+	bool ready;
+	char why[96];             /* "ok", or why not: "no leader", "catching up: applied 120 of
+				   * 4000", "shutting down", ... */
+	uint64_t leader_id;       /* 0: none known */
+	uint64_t applied_index;   /* raft entries applied here */
+	uint64_t commit_index;    /* highest committed raft index this node has heard of */
+};
+void tally_node_health(struct tally_node *n, struct tally_node_health *out);
+
+/* What readiness is decided from (tally_node_health gathers it from the node); the
+ * rule alone, for tests. */
+struct tally_node_health_facts {
+	bool started, closing;
+	bool leader;                 /* this node leads ... */
+	bool leader_ready;           /* ... and its term's first barrier completed */
+	bool installing_snapshot;
+	uint64_t leader_id;
+	uint64_t leader_silent_ms;   /* since the leader's last message (followers) */
+	unsigned election_timeout_ms;
+	uint64_t applied_index, commit_index;
+};
+void tally_node_readiness(const struct tally_node_health_facts *f, struct tally_node_health *out);
+
 /* Stops proposing, fails queued commands with UNAVAILABLE and in-flight ones with
  * TIMEOUT, hands leadership over when leader, closes raft and then calls cb. */
 void tally_node_close(struct tally_node *n, void (*cb)(void *data), void *data);
