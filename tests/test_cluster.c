@@ -448,6 +448,15 @@ static Tally__V1__Command *accrue_cmd(struct cluster *c, const char *req, const 
 	return m;
 }
 
+/* Brand b1 and one member, through an admin client. */
+static void brand_b1_and_member(struct cluster *c, const char *member)
+{
+	struct tally_client *admin = client(c, "admin");
+	send_cmd(c, admin, brand_cmd(c, "b1"), CODE(OK));
+	send_cmd(c, admin, member_cmd(c, member), CODE(OK));
+	tally_client_close(admin);
+}
+
 static Tally__V1__QueryResult *accounts(struct cluster *c, struct tally_client *cl,
 					const char *brand, char **members, size_t n, bool stale)
 {
@@ -943,10 +952,7 @@ static void test_retries_across_a_leader_kill_apply_every_request_exactly_once(v
 	struct cluster c;
 	cluster_start(&c, 3);
 	uint64_t leader = wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "dora");
 	struct tally_client *dealer = client(&c, "dealer");
 	int64_t total = 0;
 	unsigned replays = 0;
@@ -1013,10 +1019,7 @@ static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_i
 	struct cluster c;
 	cluster_start_with(&c, 3, true, "32");
 	int leader = (int)wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "dora");
 	fiu_ctrl(&c, leader, "enable name=posix/io/sync/*");
 	struct tally_client *dealer = client(&c, "dealer");
 	int64_t total = 0;
@@ -1167,10 +1170,7 @@ static void test_a_node_whose_disk_fills_up_exits_cleanly_and_catches_up_once_sp
 	for (int i = 1; i <= 3; i++)
 		node_start(&c, i, true, false);
 	leader_move_to(&c, 3);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "dora");
 	struct tally_client *dealer = client(&c, "dealer");
 	int64_t total = 0;
 	int status = -1;
@@ -1515,10 +1515,7 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	struct cluster c;
 	cluster_start(&c, 3);
 	wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "jo"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "jo");
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "dealer",
 					 .secret = secret_of("dealer"), .timeout_ms = 500, .attempts = 1};
 	struct tally_client *cl;

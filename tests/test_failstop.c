@@ -38,43 +38,45 @@
 
 static struct ports_block ports = {0, -1};
 
-struct child {
+/* A single-node cluster on a loop of its own: a child's, or the parent's restart. */
+struct solo {
 	uv_loop_t loop;
 	struct tally_node *node;
 	struct fx f;                     /* its arena: command builders */
 	Tally__V1__Principal *admin, *dealer;
-	unsigned answered, acked;        /* in the current round */
-	int report_fd;                   /* the parent reads one uint32 per round: acked */
+	unsigned answered, acked;        /* commands, in the current round */
+	bool queried, closed;
+	int64_t available;               /* the query's answer, -1 if not OK */
 };
 
 static void child_result(void *data, const Tally__V1__CommandResult *r)
 {
-	struct child *ch = data;
+	struct solo *ch = data;
 	ch->answered++;
 	if (r->code != CODE(OK))
 		_exit(CHILD_REFUSED);
 	ch->acked++;
 }
 
-/* Runs the child's loop until `done` holds for it, or the watchdog expires. */
-static bool child_run_until(struct child *ch, bool (*done)(struct child *))
+/* Runs the loop until `done` holds, or the watchdog expires; returns whether it holds. */
+static bool solo_run_until(struct solo *so, bool (*done)(struct solo *))
 {
-	uint64_t deadline = uv_now(&ch->loop) + WAIT_MS;
-	while (!done(ch) && uv_now(&ch->loop) < deadline)
-		uv_run(&ch->loop, UV_RUN_ONCE); /* the tick timer wakes it every heartbeat */
-	return done(ch);
+	uint64_t deadline = uv_now(&so->loop) + WAIT_MS;
+	while (!done(so) && uv_now(&so->loop) < deadline)
+		uv_run(&so->loop, UV_RUN_ONCE); /* the tick timer wakes it every heartbeat */
+	return done(so);
 }
 
-static bool child_ready(struct child *ch)
+static bool solo_ready(struct solo *so)
 {
 	struct tally_node_health h;
-	tally_node_health(ch->node, &h);
+	tally_node_health(so->node, &h);
 	return h.ready;
 }
 
-static bool child_round_answered(struct child *ch)
+static bool solo_round_answered(struct solo *so)
 {
-	return ch->answered == FILL_ROUND;
+	return so->answered == FILL_ROUND;
 }
 
 static void address_of(char *out, size_t cap)
@@ -107,15 +109,12 @@ static int node_up(uv_loop_t *loop, const char *dir, uint64_t map_cap_bytes,
  * until it ends itself. Reports each round's acknowledged count. Never returns. */
 static void child_fill(const char *dir, uint64_t map_cap_bytes, int report_fd)
 {
-	static struct child ch;
-	ch.report_fd = report_fd;
+	static struct solo ch;
 	if (uv_loop_init(&ch.loop) != 0 ||
 	    node_up(&ch.loop, dir, map_cap_bytes, &ch.node) != 0 ||
-	    !child_run_until(&ch, child_ready))
+	    !solo_run_until(&ch, solo_ready))
 		_exit(CHILD_SETUP_FAILED);
 	tally_arena_init(&ch.f.build, 64 << 10, 0);
-	ch.admin = admin(&ch.f);
-	ch.dealer = who(&ch.f, TALLY__V1__ROLE__DEALER, "dealer", "*");
 	for (unsigned round = 0; round < FILL_ROUNDS_MAX; round++) {
 		ch.answered = ch.acked = 0;
 		tally_arena_reset(&ch.f.build);
@@ -128,7 +127,7 @@ static void child_fill(const char *dir, uint64_t map_cap_bytes, int report_fd)
 						       : c_accrue(&ch.f, ch.dealer, "aurora", "m1", 1);
 			tally_node_submit(ch.node, c, child_result, &ch);
 		}
-		if (!child_run_until(&ch, child_round_answered))
+		if (!solo_run_until(&ch, solo_round_answered))
 			_exit(CHILD_SETUP_FAILED);
 		uint32_t acked = ch.acked;
 		if (write(report_fd, &acked, sizeof(acked)) != (ssize_t)sizeof(acked))
@@ -137,92 +136,91 @@ static void child_fill(const char *dir, uint64_t map_cap_bytes, int report_fd)
 	_exit(CHILD_NEVER_FULL);
 }
 
-/* Forks a child running fn(dir, arg, report pipe) with stderr to dir/../child.log;
- * returns its pid and the pipe's read end. */
-static pid_t child_start(const char *dir, const char *log, void (*fn)(const char *, uint64_t, int),
-			 uint64_t arg, int *report)
+/* One child's run: its directory, its log, its pid and the read end of its pipe. */
+struct run {
+	char *root;
+	char dir[300], log[300];
+	pid_t pid;
+	int report;
+};
+
+/* Forks a child running fn(dir, arg, report pipe) on a fresh directory, its stderr
+ * going to a log beside it. */
+static void child_start(struct run *r, void (*fn)(const char *, uint64_t, int), uint64_t arg)
 {
+	r->root = fx_tmpdir();
+	snprintf(r->dir, sizeof(r->dir), "%s/node", r->root);
+	snprintf(r->log, sizeof(r->log), "%s/child.log", r->root);
+	assert_int_equal(mkdir(r->dir, 0755), 0);
 	int p[2];
 	assert_int_equal(pipe(p), 0);
 	fflush(NULL);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
+	r->pid = fork();
+	assert_true(r->pid >= 0);
+	if (r->pid == 0) {
 		close(p[0]);
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 		if (fd < 0 || dup2(fd, 2) < 0)
 			_exit(CHILD_SETUP_FAILED);
-		fn(dir, arg, p[1]);
+		fn(r->dir, arg, p[1]);
 		_exit(CHILD_SETUP_FAILED);
 	}
 	close(p[1]);
-	*report = p[0];
-	return pid;
+	r->report = p[0];
 }
 
-static int child_status(pid_t pid)
+/* Waits for the child; returns its exit status (128 + signal when killed), and its
+ * FATAL log line ("" when none) in *fatal, printed. */
+static int child_end(struct run *r, const char **fatal)
 {
+	close(r->report);
 	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static void read_file(const char *path, char *buf, size_t cap)
-{
-	FILE *f = fopen(path, "r");
+	assert_int_equal(waitpid(r->pid, &st, 0), r->pid);
+	int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	static char text[1 << 16];
+	FILE *f = fopen(r->log, "r");
 	assert_non_null(f);
-	buf[fread(buf, 1, cap - 1, f)] = '\0';
+	text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
 	fclose(f);
+	char *line = strstr(text, "FATAL: ");
+	*fatal = line != NULL ? line : "";
+	if (line != NULL)
+		line[strcspn(line, "\n")] = '\0';
+	print_message("child ended with status %d: %s\n", status, *fatal);
+	return status;
 }
 
-/* ---- the parent's node -------------------------------------------------------------- */
-
-struct parent {
-	uv_loop_t loop;
-	struct tally_node *node;
-	bool closed;
-	bool answered;
-	int64_t available;
-};
-
-static void parent_closed(void *data)
+static void run_remove(struct run *r)
 {
-	*(bool *)data = true;
+	fx_remove_dir(r->root);
+	free(r->root);
 }
 
-static void parent_query(void *data, Tally__V1__ResultCode code, const char *message,
-			 Tally__V1__QueryResult *res)
+/* ---- the parent's restart ------------------------------------------------------------ */
+
+static void solo_closed(void *data)
 {
-	struct parent *p = data;
+	((struct solo *)data)->closed = true;
+}
+
+static void solo_query(void *data, Tally__V1__ResultCode code, const char *message,
+		       Tally__V1__QueryResult *res)
+{
+	struct solo *so = data;
 	(void)message;
-	p->answered = true;
-	p->available = code == CODE(OK) && res->code == CODE(OK) && res->n_accounts == 1
-			       ? res->accounts[0]->available : -1;
+	so->queried = true;
+	so->available = code == CODE(OK) && res->code == CODE(OK) && res->n_accounts == 1
+				? res->accounts[0]->available : -1;
 }
 
-static bool parent_run_until(struct parent *p, bool (*done)(struct parent *))
+static bool solo_queried(struct solo *so)
 {
-	uint64_t deadline = uv_now(&p->loop) + WAIT_MS;
-	while (!done(p) && uv_now(&p->loop) < deadline)
-		uv_run(&p->loop, UV_RUN_ONCE);
-	return done(p);
+	return so->queried;
 }
 
-static bool parent_ready(struct parent *p)
+static bool solo_closed_p(struct solo *so)
 {
-	struct tally_node_health h;
-	tally_node_health(p->node, &h);
-	return h.ready;
-}
-
-static bool parent_answered(struct parent *p)
-{
-	return p->answered;
-}
-
-static bool parent_closed_p(struct parent *p)
-{
-	return p->closed;
+	return so->closed;
 }
 
 /* Restarts the node of dir in this process (map without a small cap) and returns m1's
@@ -230,13 +228,12 @@ static bool parent_closed_p(struct parent *p)
  * barrier, after every committed entry, is done). */
 static int64_t restarted_available(const char *dir)
 {
-	static struct parent p;
+	static struct solo p;
 	memset(&p, 0, sizeof(p));
 	assert_int_equal(uv_loop_init(&p.loop), 0);
 	assert_int_equal(node_up(&p.loop, dir, 0, &p.node), 0);
-	assert_true(parent_run_until(&p, parent_ready));
-	struct fx f = {0};
-	tally_arena_init(&f.build, 16 << 10, 0);
+	assert_true(solo_run_until(&p, solo_ready));
+	tally_arena_init(&p.f.build, 16 << 10, 0);
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	Tally__V1__GetAccounts g = TALLY__V1__GET_ACCOUNTS__INIT;
 	char *members[1] = {(char *)"m1"};
@@ -245,14 +242,14 @@ static int64_t restarted_available(const char *dir)
 	g.n_members = 1;
 	q.q_case = TALLY__V1__QUERY__Q_ACCOUNTS;
 	q.accounts = &g;
-	tally_node_query(p.node, &q, admin(&f), parent_query, &p);
-	assert_true(parent_run_until(&p, parent_answered));
-	tally_node_close(p.node, parent_closed, &p.closed);
-	assert_true(parent_run_until(&p, parent_closed_p));
+	tally_node_query(p.node, &q, admin(&p.f), solo_query, &p);
+	assert_true(solo_run_until(&p, solo_queried));
+	tally_node_close(p.node, solo_closed, &p);
+	assert_true(solo_run_until(&p, solo_closed_p));
 	tally_node_free(p.node);
 	uv_run(&p.loop, UV_RUN_DEFAULT);
 	assert_int_equal(uv_loop_close(&p.loop), 0);
-	tally_arena_free(&f.build);
+	tally_arena_free(&p.f.build);
 	return p.available;
 }
 
@@ -268,35 +265,25 @@ static void test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_
 	void **state)
 {
 	(void)state;
-	char *root = fx_tmpdir(), dir[300], log[300];
-	snprintf(dir, sizeof(dir), "%s/node", root);
-	snprintf(log, sizeof(log), "%s/child.log", root);
-	assert_int_equal(mkdir(dir, 0755), 0);
-	int report;
-	pid_t pid = child_start(dir, log, child_fill, FULL_MAP_BYTES, &report);
+	struct run r;
+	child_start(&r, child_fill, FULL_MAP_BYTES);
 	uint32_t acked, rounds = 0;
-	while (read(report, &acked, sizeof(acked)) == (ssize_t)sizeof(acked)) {
+	while (read(r.report, &acked, sizeof(acked)) == (ssize_t)sizeof(acked)) {
 		assert_int_equal(acked, FILL_ROUND); /* a round is answered in full, or not at all */
 		rounds++;
 	}
-	close(report);
-	int status = child_status(pid);
-	static char text[1 << 16];
-	read_file(log, text, sizeof(text));
-	const char *fatal = strstr(text, "FATAL: ");
-	print_message("child ended with status %d after %u rounds: %.*s", status, rounds,
-		      fatal != NULL ? (int)strcspn(fatal, "\n") + 1 : 0, fatal != NULL ? fatal : "");
+	const char *fatal;
+	int status = child_end(&r, &fatal);
+	print_message("after %u rounds of %u commands\n", rounds, FILL_ROUND);
 	assert_int_equal(status, TALLY_NODE_EXIT_IO);
 	assert_true(rounds > 0);
-	assert_non_null(fatal);
 	assert_non_null(strstr(fatal, "apply of raft entry "));
 	assert_non_null(strstr(fatal, tally_strerror(TALLY_EFULL)));
 	assert_non_null(strstr(fatal, "exiting with status 74"));
 	/* Round 0 holds the brand and the member; every other command is 1 point. */
 	int64_t acked_points = (int64_t)rounds * FILL_ROUND - 2;
-	assert_int_equal(restarted_available(dir), acked_points + FILL_ROUND);
-	fx_remove_dir(root);
-	free(root);
+	assert_int_equal(restarted_available(r.dir), acked_points + FILL_ROUND);
+	run_remove(&r);
 }
 
 /* The child: a node takes one raft entry that does not decode as a Batch, then one
@@ -316,20 +303,20 @@ static void garbage_applied(struct raft_apply *req, int status, void *result)
 	_exit(CHILD_REFUSED); /* raft says the entry was applied: it must not be */
 }
 
-static bool child_never(struct child *ch)
+static bool solo_never(struct solo *so)
 {
-	(void)ch;
+	(void)so;
 	return false;
 }
 
 static void child_garbage(const char *dir, uint64_t unused, int report_fd)
 {
 	(void)unused;
-	static struct child ch;
+	static struct solo ch;
 	static int fd;
 	fd = report_fd;
 	if (uv_loop_init(&ch.loop) != 0 || node_up(&ch.loop, dir, 0, &ch.node) != 0 ||
-	    !child_run_until(&ch, child_ready))
+	    !solo_run_until(&ch, solo_ready))
 		_exit(CHILD_SETUP_FAILED);
 	static struct raft_apply req;
 	struct raft_buffer buf = {.base = raft_malloc(8), .len = 8};
@@ -340,33 +327,22 @@ static void child_garbage(const char *dir, uint64_t unused, int report_fd)
 		_exit(CHILD_SETUP_FAILED);
 	tally_arena_init(&ch.f.build, 16 << 10, 0);
 	tally_node_submit(ch.node, c_brand(&ch.f, admin(&ch.f), "aurora", 24), garbage_answered, &fd);
-	child_run_until(&ch, child_never);
+	solo_run_until(&ch, solo_never);
 	_exit(CHILD_NEVER_FULL);
 }
 
 static void test_a_committed_entry_that_does_not_decode_ends_the_node_with_65(void **state)
 {
 	(void)state;
-	char *root = fx_tmpdir(), dir[300], log[300];
-	snprintf(dir, sizeof(dir), "%s/node", root);
-	snprintf(log, sizeof(log), "%s/child.log", root);
-	assert_int_equal(mkdir(dir, 0755), 0);
-	int report;
-	pid_t pid = child_start(dir, log, child_garbage, 0, &report);
+	struct run r;
+	child_start(&r, child_garbage, 0);
 	uint8_t byte;
-	assert_int_equal(read(report, &byte, 1), 0); /* nothing answered */
-	close(report);
-	int status = child_status(pid);
-	static char text[1 << 16];
-	read_file(log, text, sizeof(text));
-	const char *fatal = strstr(text, "FATAL: ");
-	print_message("child ended with status %d: %.*s", status,
-		      fatal != NULL ? (int)strcspn(fatal, "\n") + 1 : 0, fatal != NULL ? fatal : "");
-	assert_int_equal(status, TALLY_NODE_EXIT_DATA);
-	assert_non_null(fatal);
+	assert_int_equal(read(r.report, &byte, 1), 0); /* nothing answered */
+	const char *fatal;
+	assert_int_equal(child_end(&r, &fatal), TALLY_NODE_EXIT_DATA);
+	assert_non_null(strstr(fatal, "apply of raft entry "));
 	assert_non_null(strstr(fatal, "batch does not decode"));
-	fx_remove_dir(root);
-	free(root);
+	run_remove(&r);
 }
 
 static void test_each_ledger_error_has_its_exit_status(void **state)
