@@ -48,8 +48,10 @@
 #define LEDGER_MAP_DEFAULT_BYTES (64ULL << 30) /* map_size_bytes = 0 */
 #define LEDGER_ROOM_MIN_BYTES (1ULL << 20)     /* free map kept ahead of the data, at least */
 #define LEDGER_ROOM_SHARE 4                    /* ... or a quarter of what the data uses */
-/* lock.mdb before LMDB sizes it: its header and the default 126 reader slots of 64
- * bytes need about 8 KiB. The size LMDB gives it is allocated again after the open. */
+/* lock.mdb before LMDB maps it: its header and the default 126 reader slots of 64
+ * bytes need about 8 KiB. LMDB takes a longer lock file as it finds it (here: room
+ * for 1022 readers, which costs nothing), and whatever size it ends with is
+ * allocated again after the open. */
 #define LEDGER_LOCK_FILE_BYTES (64u << 10)
 
 static int errno_to_tally(int e)
