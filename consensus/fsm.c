@@ -219,8 +219,12 @@ static void fsm_restore_fail(struct tally_node *n, const char *what, int status,
 static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
 {
 	assert(n != NULL && what != NULL && why != NULL);
-	node_fail_stop(n, status, "restore of a raft snapshot (applied index %llu before it): "
-		       "%s: %s", (unsigned long long)raft_last_applied(&n->raft), what, why);
+	if (!n->started) /* raft_start restores the latest snapshot */
+		node_fail_stop(n, status, "restore of the latest raft snapshot at start: %s: %s",
+			       what, why);
+	node_fail_stop(n, status, "restore of the leader's snapshot (applied index %llu "
+		       "before it): %s: %s", (unsigned long long)raft_last_applied(&n->raft), what,
+		       why);
 }
 
 /* raft_fsm->restore (main loop): on success the FSM owns buf->base. Any failure ends

@@ -46,8 +46,11 @@ static int checked(struct tally_node *n, const char *what, int rv)
 	assert(n != NULL && what != NULL);
 	if (rv == 0 || rv == RAFT_CANCELED)
 		return rv;
+	/* raft 0.15's raft_strerror has no text for RAFT_NOSPACE ("unknown error"). */
 	node_fail_stop(n, rv == RAFT_NOMEM ? TALLY_NODE_EXIT_NOMEM : TALLY_NODE_EXIT_IO,
-		       "raft %s failed: %s (%s)", what, raft_strerror(rv), n->io.errmsg);
+		       "raft %s failed: %s (%s)", what,
+		       rv == RAFT_NOSPACE ? "no space left on device" : raft_strerror(rv),
+		       n->io.errmsg);
 }
 
 /* The guard's own request for `what`: a failed allocation ends the process too. */
