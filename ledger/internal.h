@@ -110,6 +110,7 @@ struct tally_ledger {
 	size_t map_page_bytes;
 	uint64_t map_bytes;         /* the map's size now */
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
+	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
 

@@ -88,6 +88,9 @@ struct tally_ledger_options {
 	/* The LMDB map's size; 0 = 64 GiB. With writemap it is a cap: the map starts at
 	 * what the data needs and grows over blocks allocated on disk first (map.c). */
 	uint64_t map_size_bytes;
+	/* With writemap: the free map kept ahead of the data, at least (a quarter of the
+	 * data when that is more); 0 = 64 MiB. Smaller costs remaps (map.c). */
+	uint64_t map_room_bytes;
 	bool nosync;             /* MDB_NOSYNC: the raft log carries durability */
 	bool writemap;           /* MDB_WRITEMAP: faster, same on-disk format */
 };

@@ -14,16 +14,21 @@
  *    transaction is aborted whole), so no store can reach a hole;
  *  - before each batch the map grows, its blocks allocated first, when less than half
  *    of the room it should have ahead of the data is free (a quarter of the data, at
- *    least LEDGER_ROOM_MIN_BYTES). A batch that needs more gets MDB_MAP_FULL and is
+ *    least map_room_bytes, 64 MiB by default). A batch that needs more gets MDB_MAP_FULL and is
  *    applied again after the map grew (each retry doubles the free part), up to
  *    map_size_bytes (then TALLY_EFULL);
- *  - on a full file system posix_fallocate fails with ENOSPC, and the batch that needs
- *    the room fails with TALLY_ENOSPC, a clean error, with nothing of it applied.
+ *  - a disk that has less room than that gives what it has: the step is halved until
+ *    it fits, down to LEDGER_GROW_STEP_MIN_BYTES. Once not even that fits,
+ *    posix_fallocate fails with ENOSPC and the batch that needs the room fails with
+ *    TALLY_ENOSPC, a clean error, with nothing of it applied.
  *
  * The disk therefore holds the whole map: at most the room (a quarter of the data, or
- * 1 MiB) more than LMDB uses. posix_fallocate reserves real blocks on ext4, xfs and
- * tmpfs; on a copy-on-write file system (btrfs, zfs) it does not, and SIGBUS remains
- * possible there.
+ * 64 MiB) more than LMDB uses. The room is generous because a remap costs more than
+ * the remap: every page touched afterwards faults again through the file system's
+ * page_mkwrite (with 1 MiB steps, ~40 remaps over a million commands made
+ * `make bench-ledger` almost twice as slow). posix_fallocate reserves real blocks on
+ * ext4, xfs and tmpfs; on a copy-on-write file system (btrfs, zfs) it does not, and
+ * SIGBUS remains possible there.
  *
  * Growing the map remaps it (mdb_env_set_mapsize), which LMDB allows only while no
  * transaction of this process is open. Batches and queries run on the caller's
@@ -46,8 +51,9 @@
 #include "ledger/internal.h"
 
 #define LEDGER_MAP_DEFAULT_BYTES (64ULL << 30) /* map_size_bytes = 0 */
-#define LEDGER_ROOM_MIN_BYTES (1ULL << 20)     /* free map kept ahead of the data, at least */
+#define LEDGER_ROOM_MIN_BYTES (64ULL << 20)    /* map_room_bytes = 0 */
 #define LEDGER_ROOM_SHARE 4                    /* ... or a quarter of what the data uses */
+#define LEDGER_GROW_STEP_MIN_BYTES (1ULL << 20) /* map sizes are multiples; the least step */
 /* lock.mdb before LMDB maps it: its header and the default 126 reader slots of 64
  * bytes need about 8 KiB. LMDB takes a longer lock file as it finds it (here: room
  * for 1022 readers, which costs nothing), and whatever size it ends with is
@@ -93,7 +99,7 @@ uint64_t map_open_bytes(const struct tally_ledger_options *o)
 {
 	assert(o != NULL);
 	if (o->writemap)
-		return LEDGER_ROOM_MIN_BYTES; /* LMDB raises it to what the data uses */
+		return LEDGER_GROW_STEP_MIN_BYTES; /* LMDB raises it to what the data uses */
 	return o->map_size_bytes != 0 ? o->map_size_bytes : LEDGER_MAP_DEFAULT_BYTES;
 }
 
@@ -112,24 +118,45 @@ static uint64_t map_used_bytes(struct tally_ledger *l)
 	return ((uint64_t)info.me_last_pgno + 1) * l->map_page_bytes;
 }
 
-static uint64_t room_for(uint64_t used_bytes)
+/* The free map to keep ahead of used_bytes of data. */
+static uint64_t room_for(const struct tally_ledger *l, uint64_t used_bytes)
 {
 	uint64_t share = used_bytes / LEDGER_ROOM_SHARE;
-	return share > LEDGER_ROOM_MIN_BYTES ? share : LEDGER_ROOM_MIN_BYTES;
+	return share > l->map_room_bytes ? share : l->map_room_bytes;
 }
 
-/* Grows the map to want_bytes (rounded up to LEDGER_ROOM_MIN_BYTES, at most
- * map_max_bytes), its blocks allocated first. When `must` is false this is ahead of
- * need: it gives way (returning 0) to a snapshot holding the lock, to a full disk and
- * to the cap. When true, the batch cannot go on without it: it waits for the lock and
- * returns TALLY_EFULL when the map is at its cap, or the allocation's error. A failed
- * remap leaves LMDB without a map: its error is returned either way, and the ledger
- * must then be closed. */
+static uint64_t step_round(uint64_t bytes)
+{
+	return (bytes + LEDGER_GROW_STEP_MIN_BYTES - 1) / LEDGER_GROW_STEP_MIN_BYTES *
+	       LEDGER_GROW_STEP_MIN_BYTES;
+}
+
+/* Allocates the map's blocks up to *target_bytes, or, when the disk is short, up to
+ * as much of it as fits: the step past the map is halved until it does (down to
+ * LEDGER_GROW_STEP_MIN_BYTES); *target_bytes is what was allocated. */
+static int map_allocate(struct tally_ledger *l, int fd, uint64_t *target_bytes)
+{
+	assert(l != NULL && fd >= 0 && *target_bytes > l->map_bytes);
+	for (;;) {
+		int rc = fd_allocate(fd, *target_bytes);
+		uint64_t step = *target_bytes - l->map_bytes;
+		if (rc != TALLY_ENOSPC || step <= LEDGER_GROW_STEP_MIN_BYTES)
+			return rc;
+		*target_bytes = l->map_bytes + step_round(step / 2); /* smaller: step > 1 MiB */
+	}
+}
+
+/* Grows the map to want_bytes (rounded up to LEDGER_GROW_STEP_MIN_BYTES, at most
+ * map_max_bytes, less when the disk is short), its blocks allocated first. When
+ * `must` is false this is ahead of need: it gives way (returning 0) to a snapshot
+ * holding the lock, to a full disk and to the cap. When true, the batch cannot go on
+ * without it: it waits for the lock and returns TALLY_EFULL when the map is at its
+ * cap, or the allocation's error. A failed remap leaves LMDB without a map: its error
+ * is returned either way, and the ledger must then be closed. */
 static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 {
 	assert(l != NULL && l->map_managed);
-	uint64_t target = (want_bytes + LEDGER_ROOM_MIN_BYTES - 1) / LEDGER_ROOM_MIN_BYTES *
-			  LEDGER_ROOM_MIN_BYTES;
+	uint64_t target = step_round(want_bytes);
 	if (target > l->map_max_bytes)
 		target = l->map_max_bytes;
 	if (target <= l->map_bytes)
@@ -137,7 +164,7 @@ static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 	int fd = -1;
 	int rc = lmdb_error(mdb_env_get_fd(l->env, &fd));
 	if (rc == 0)
-		rc = fd_allocate(fd, target);
+		rc = map_allocate(l, fd, &target);
 	if (rc != 0)
 		return must ? rc : 0;
 	if (must)
@@ -170,6 +197,8 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 	l->map_page_bytes = st.ms_psize;
 	l->map_bytes = info.me_mapsize;
 	l->map_max_bytes = o->map_size_bytes != 0 ? o->map_size_bytes : LEDGER_MAP_DEFAULT_BYTES;
+	l->map_room_bytes = o->map_room_bytes != 0 ? step_round(o->map_room_bytes)
+						   : LEDGER_ROOM_MIN_BYTES;
 	/* A file written before (by LMDB, a copy, an older Tally) may have holes. */
 	rc = fd_allocate(fd, l->map_bytes);
 	if (rc == 0)
@@ -177,9 +206,9 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 	if (rc != 0)
 		return rc;
 	uint64_t used = map_used_bytes(l);
-	if (l->map_bytes - used >= room_for(used) / 2)
+	if (l->map_bytes - used >= room_for(l, used) / 2)
 		return 0;
-	rc = map_grow(l, used + room_for(used), true);
+	rc = map_grow(l, used + room_for(l, used), true);
 	return rc == TALLY_EFULL ? 0 : rc; /* at its cap: still readable */
 }
 
@@ -188,7 +217,7 @@ int map_room(struct tally_ledger *l, unsigned attempt)
 	assert(l != NULL && l->env != NULL);
 	if (!l->map_managed)
 		return attempt == 0 ? 0 : TALLY_EFULL;
-	uint64_t used = map_used_bytes(l), room = room_for(used);
+	uint64_t used = map_used_bytes(l), room = room_for(l, used);
 	uint64_t free_bytes = l->map_bytes > used ? l->map_bytes - used : 0;
 	if (attempt == 0)
 		return free_bytes >= room / 2 ? 0 : map_grow(l, used + room, false);
