@@ -511,7 +511,8 @@ static void test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the
 	uint64_t size1 = data_file_allocated(dirs[0]);
 	print_message("data.mdb: %llu KiB, then %llu KiB after %zu accruals\n",
 		      (unsigned long long)size0 >> 10, (unsigned long long)size1 >> 10, big);
-	assert_true(size1 >= size0 + (4u << 20)); /* more than room ahead gives: it retried */
+	/* Ahead of a batch the map grows by its room (1 MiB) at most: the rest is retries. */
+	assert_true(size1 >= size0 + (2u << 20));
 	uint8_t h[2][32];
 	for (int k = 0; k < 2; k++)
 		assert_int_equal(tally_ledger_content_hash(l[k], h[k]), 0);
