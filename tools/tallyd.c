@@ -27,10 +27,11 @@
  *
  * /health answers 200 "ok" when the node serves: started, not shutting down, a leader
  * known, not catching up (not installing a snapshot, its applied index at most
- * TALLY_NODE_READY_LAG_ENTRIES behind the commit index it knows) and, on a leader,
- * its term's first barrier done; otherwise 503 with why ("no leader", "catching up:
- * applied 120 of 4000", "shutting down"). The second line of the body is
- * "leader=ADDR applied=N commit=M".
+ * TALLY_NODE_READY_LAG_ENTRIES behind the commit index it knows), on a follower a
+ * message from the leader within the election timeout, on a leader its term's first
+ * barrier done; otherwise 503 with why ("no leader", "no word from the leader for
+ * 812 ms", "catching up: applied 120 of 4000", "shutting down"). The second line of
+ * the body is "leader=ADDR applied=N commit=M".
  */
 #include <errno.h>
 #include <getopt.h>
