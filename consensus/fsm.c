@@ -17,7 +17,12 @@
  * snapshot_finalize: main loop, unmaps it (raft hands back only what we made).
  * restore:  main loop, replaces the ledger with the snapshot after checking its seal
  *           and that it opens (tally_ledger_restore), frees raft's buffer, then runs
- *           the full invariant check on the thread pool; a failure stops the node.
+ *           the full invariant check on the thread pool.
+ *
+ * An entry that cannot be applied, a snapshot that cannot be restored, or a restored
+ * ledger that fails its check ends the node (node_fail_stop, with the status of the
+ * cause: failstop.c, node.h) inside the callback, before raft moves on: the entry's
+ * callers get no answer from this node, and nothing after it is applied here.
  */
 #include <assert.h>
 #include <stdio.h>
@@ -26,15 +31,16 @@
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
 
-/* Logs a system error of the apply path. Returning non-zero from apply stops raft
- * applying on this node: it must be restarted (and rebuilt from a snapshot). */
-static int fsm_fatal(struct tally_node *n, uint64_t index, const char *what, int rc)
+/* A committed entry this node cannot apply: the node ends (raft 0.15 would stop
+ * applying and keep it in the cluster). */
+static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
+	__attribute__((noreturn));
+
+static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
 {
 	assert(n != NULL && rc != 0);
-	n->failed = true;
-	node_log(n, "FATAL: apply of raft entry %llu: %s: %s; the node stops applying",
-		 (unsigned long long)index, what, tally_strerror(rc));
-	return RAFT_IOERR;
+	node_fail_stop(n, node_exit_status(rc), "apply of raft entry %llu: %s: %s",
+		       (unsigned long long)index, what, tally_strerror(rc));
 }
 
 static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
@@ -72,22 +78,20 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	assert(result != NULL);
 	*result = NULL;
 	uint64_t index = raft_last_applied(&n->raft) + 1;
-	if (n->failed)
-		return RAFT_IOERR;
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
 	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&n->apply_arena),
 						       buf->len, buf->base);
 	if (b == NULL)
-		return fsm_fatal(n, index, "batch does not decode", TALLY_ECORRUPT);
+		fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
 	if (b->raft_index != 0)
-		return fsm_fatal(n, index, "batch carries a raft index", TALLY_ECORRUPT);
+		fsm_fail(n, index, "batch carries a raft index", TALLY_ECORRUPT);
 	b->raft_index = index;
 	Tally__V1__CommandResult **results = NULL;
 	bool skipped = false;
 	int rc = tally_ledger_apply_batch(n->ledger, b, &n->apply_arena, &results, &skipped);
 	if (rc != 0)
-		return fsm_fatal(n, index, "ledger", rc);
+		fsm_fail(n, index, "ledger", rc);
 	node_time_observe(n);
 	if (!skipped)
 		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
@@ -104,7 +108,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
 	/* Not of a restored ledger still under its check either: a snapshot of it would
 	 * outlive a failed check. */
-	if (n->snapshot_busy || n->check_busy || n->failed)
+	if (n->snapshot_busy || n->check_busy)
 		return RAFT_BUSY; /* raft retries at the next threshold crossing */
 	*bufs = NULL;
 	*n_bufs = 0;
@@ -159,23 +163,23 @@ static void check_work_cb(uv_work_t *work)
 }
 
 /* Main loop, after the check. A restored ledger that fails it is not the cluster's
- * state: the node stops applying (n->failed; see fsm_fatal). */
+ * state: the node ends (it rejoins by snapshot once its data directory is wiped). */
 static void check_after_cb(uv_work_t *work, int status)
 {
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->check_busy);
 	n->check_busy = false;
 	uint64_t ms = (uv_hrtime() - n->check_start_ns) / 1000000;
-	if (status == 0 && n->check_rc == 0) {
-		node_log(n, "restored ledger (applied index %llu) passed the full check in %llu ms",
-			 (unsigned long long)n->check_index, (unsigned long long)ms);
-	} else {
-		n->failed = true;
-		node_log(n, "FATAL: restored ledger (applied index %llu) fails the full check: "
-			    "%s; the node stops applying",
-			 (unsigned long long)n->check_index,
-			 status != 0 ? uv_strerror(status) : n->check_msg);
-	}
+	if (status != 0)
+		node_fail_stop(n, TALLY_NODE_EXIT_SOFTWARE, "the full check of a restored ledger "
+			       "(applied index %llu) did not run: %s",
+			       (unsigned long long)n->check_index, uv_strerror(status));
+	if (n->check_rc != 0)
+		node_fail_stop(n, node_exit_status(n->check_rc), "restored ledger (applied index "
+			       "%llu) fails the full check: %s", (unsigned long long)n->check_index,
+			       n->check_msg);
+	node_log(n, "restored ledger (applied index %llu) passed the full check in %llu ms",
+		 (unsigned long long)n->check_index, (unsigned long long)ms);
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
 		node_close_finish(n);
 }
@@ -190,29 +194,32 @@ static void check_start(struct tally_node *n)
 	n->check_start_ns = uv_hrtime();
 	n->check_work.data = n;
 	int rv = uv_queue_work(n->loop, &n->check_work, check_work_cb, check_after_cb);
-	if (rv != 0) {
-		n->check_busy = false;
-		n->failed = true;
-		node_log(n, "FATAL: restored ledger cannot be checked: %s; the node stops applying",
-			 uv_strerror(rv));
-	}
+	if (rv != 0)
+		node_fail_stop(n, TALLY_NODE_EXIT_SOFTWARE, "the full check of a restored ledger "
+			       "(applied index %llu) cannot be queued: %s",
+			       (unsigned long long)n->check_index, uv_strerror(rv));
 }
 
-/* Puts back the ledger the failed restore closed. */
-static void restore_failed(struct tally_node *n, int rc)
+/* A snapshot this node cannot restore: the node ends. */
+static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
+	__attribute__((noreturn));
+
+static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
 {
-	node_log(n, "snapshot restore failed: %s; keeping the previous ledger", tally_strerror(rc));
-	rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
-	if (rc != 0) {
-		n->ledger = NULL;
-		n->failed = true;
-		node_log(n, "FATAL: ledger cannot be reopened: %s", tally_strerror(rc));
-	}
+	assert(n != NULL && what != NULL && why != NULL);
+	if (!n->started) /* raft_start restores the latest snapshot */
+		node_fail_stop(n, status, "restore of the latest raft snapshot at start: %s: %s",
+			       what, why);
+	node_fail_stop(n, status, "restore of the leader's snapshot (applied index %llu "
+		       "before it): %s: %s", (unsigned long long)raft_last_applied(&n->raft), what,
+		       why);
 }
 
 /* raft_fsm->restore (main loop): on success the FSM owns buf->base. What holds the
  * loop is one pass to check the seal and one to write the staging file; the full
- * check runs on the thread pool afterwards. */
+ * check runs on the thread pool afterwards. Any failure ends the node: the ledger is
+ * closed by then, and raft has stored the snapshot in place of its log (a follower)
+ * or holds nothing else to start from (at start). */
 static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 {
 	struct tally_node *n = fsm->data;
@@ -228,10 +235,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	bool check_pending;
 	int rc = tally_ledger_restore(n->ledger_dir, buf->base, buf->len, &n->ledger_opts,
 				      &n->ledger, &check_pending);
-	if (rc != 0) {
-		restore_failed(n, rc);
-		return RAFT_IOERR;
-	}
+	if (rc != 0)
+		fsm_restore_fail(n, "ledger", node_exit_status(rc), tally_strerror(rc));
 	raft_free(buf->base);
 	buf->base = NULL;
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "

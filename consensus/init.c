@@ -127,6 +127,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 		raft_uv_set_segment_size(&n->io, n->cfg.segment_bytes);
 	node_snapshot_io_init(&n->io);
 	node_ioguard_install(n);
+	node_health_install(n);
 	node_fsm_init(n);
 	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {
@@ -150,12 +151,17 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 /* Opens the ledger, and throws it away when it does not verify: LMDB runs with
  * MDB_NOSYNC (the raft log is the durable record), so after an OS crash it may be
  * behind or damaged. Raft restores its latest snapshot on start and replays the log
- * after it, which rebuilds an empty ledger exactly. */
+ * after it, which rebuilds an empty ledger exactly. A full disk or a lack of memory
+ * says nothing about the ledger: the start fails and the ledger stays. */
 static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap)
 {
 	int rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
 	char why[256] = "";
 	struct tally_digest d;
+	if (rc == TALLY_ENOSPC || rc == TALLY_ENOMEM) {
+		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
+		return rc;
+	}
 	if (rc != 0)
 		snprintf(why, sizeof(why), "open: %s", tally_strerror(rc));
 	else if (tally_ledger_digest(n->ledger, &d) != 0)

@@ -12,6 +12,7 @@
 
 #include <raft.h>
 #include <raft/uv.h>
+#include <stddef.h>
 
 #include "consensus/clock.h"
 #include "consensus/node.h"
@@ -85,9 +86,12 @@ struct tally_node {
 	struct raft raft;
 	struct raft_io io;                /* raft_uv behind the I/O guard (ioguard.c) */
 	struct raft_io io_next;           /* raft_uv's own methods, called by the guard */
+	raft_io_recv_cb raft_recv;        /* raft's receive callback (health.c watches it) */
+	uint64_t leader_commit_seen;      /* highest commit index in a leader's message */
+	uint64_t leader_heard_ms;         /* uv_now when the last one came */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
-	bool raft_inited, started, failed;
+	bool raft_inited, started;
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
 	uint64_t tick_last_ns;            /* when it last fired (stats.loop_stall_max_us) */
@@ -163,8 +167,26 @@ bool node_time_next(struct tally_node *n, int64_t *time_ms);
 void node_time_observe(struct tally_node *n);
 
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
- * process (exit status TALLY_NODE_EXIT_IO). Call after raft_uv_init. */
+ * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);
+
+/* health.c: wraps raft_io->start to watch the commit index in the leader's messages.
+ * Call after node_ioguard_install. */
+void node_health_install(struct tally_node *n);
+
+/* failstop.c: logs "FATAL: <what>" and ends the process with `status` (one of
+ * TALLY_NODE_EXIT_*), at once: the only place the node exits. */
+void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
+	__attribute__((noreturn, format(printf, 3, 4)));
+
+/* failstop.c: the exit status for a failure of the ledger (a TALLY_E* code). */
+int node_exit_status(int tally_error);
+
+/* The node whose `io` member io is (raft calls the I/O methods with it). */
+static inline struct tally_node *node_of_io(struct raft_io *io)
+{
+	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
+}
 
 /* fsm.c: fills n->fsm (version 3). */
 void node_fsm_init(struct tally_node *n);

@@ -10,33 +10,58 @@
  * that (jepsen/findings/2026-11-22-idempotence-fsync). A follower whose append fails
  * rejects the request but keeps the entries in memory.
  *
- * docs/design.md's rule is that a disk failure is fatal, and this is where it is enforced:
- * the raft_io methods that write (append, truncate, snapshot_put, set_term, set_vote)
- * are wrapped, and any failure of theirs, reported at once or in the callback, ends
- * the process before raft sees it, so the failed write can neither be applied here
- * nor acknowledged to a client. What reached the disk is loaded again at restart and
- * raft's ordinary log repair reconciles it with the leader's. RAFT_CANCELED (raft_uv
- * cancelling requests while it closes) is not a failure and passes through.
+ * A disk failure is fatal to a node (fail-stop, failstop.c), and this is where it is
+ * enforced. The raft_io methods of raft_uv (struct raft_io in raft.h), one by one:
+ *
+ *   append, truncate, snapshot_put, set_term, set_vote — wrapped. They write the log,
+ *     the snapshots and the metadata, and raft 0.15 carries on after their failure
+ *     (above). Any failure, reported at once or in the callback, ends the process
+ *     (node_fail_stop: 74, or 71 for RAFT_NOMEM) before raft sees it, so the failed
+ *     write can neither be applied here nor acknowledged to a client. That includes
+ *     the guard's own allocation of a request: returning RAFT_NOMEM to raft would be
+ *     the very failure raft mishandles.
+ *   init, load, bootstrap, recover, start — not wrapped: they run inside raft_init,
+ *     raft_bootstrap and raft_start, whose failure tally_node_init/start report (tallyd
+ *     exits 1 without having served anything).
+ *   send — not wrapped: a message that cannot be sent is lost, which raft expects of
+ *     a network and repairs by sending again.
+ *   snapshot_get — not wrapped: a read; a failure aborts that one InstallSnapshot and
+ *     the leader tries again later.
+ *   async_work — not wrapped: raft uses it only to take a snapshot (fsm.c); a failed
+ *     snapshot is dropped and taken again at the next threshold.
+ *   time, random, close — cannot fail.
+ *
+ * What reached the disk is loaded again at restart and raft's ordinary log repair
+ * reconciles it with the leader's. RAFT_CANCELED (raft_uv cancelling requests while
+ * it closes) is not a failure and passes through.
  */
-#include <stddef.h>
+#include <assert.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include "consensus/internal.h"
-
-static struct tally_node *node_of(struct raft_io *io)
-{
-	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
-}
 
 /* Returns rv, unless it is a failure: then the process ends. */
 static int checked(struct tally_node *n, const char *what, int rv)
 {
+	assert(n != NULL && what != NULL);
 	if (rv == 0 || rv == RAFT_CANCELED)
 		return rv;
-	node_log(n, "fatal: raft %s failed: %s (%s); exiting before anything it touched can be "
-		 "applied or acknowledged", what, raft_strerror(rv), n->io.errmsg);
-	_exit(TALLY_NODE_EXIT_IO);
+	/* raft 0.15's raft_strerror has no text for RAFT_NOSPACE ("unknown error"). */
+	node_fail_stop(n, rv == RAFT_NOMEM ? TALLY_NODE_EXIT_NOMEM : TALLY_NODE_EXIT_IO,
+		       "raft %s failed: %s (%s)", what,
+		       rv == RAFT_NOSPACE ? "no space left on device" : raft_strerror(rv),
+		       n->io.errmsg);
+}
+
+/* The guard's own request for `what`: a failed allocation ends the process too. */
+static void *guard_alloc(struct tally_node *n, size_t size_bytes, const char *what)
+{
+	assert(n != NULL && size_bytes > 0);
+	void *g = malloc(size_bytes);
+	if (g == NULL)
+		node_fail_stop(n, TALLY_NODE_EXIT_NOMEM, "raft %s: no memory for the I/O guard's "
+			       "request", what);
+	return g;
 }
 
 struct guard_append {
@@ -59,10 +84,8 @@ static void guard_append_cb(struct raft_io_append *req, int status)
 static int guard_append(struct raft_io *io, struct raft_io_append *req,
 			const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
 {
-	struct tally_node *n = node_of(io);
-	struct guard_append *g = malloc(sizeof(*g));
-	if (g == NULL)
-		return RAFT_NOMEM;
+	struct tally_node *n = node_of_io(io);
+	struct guard_append *g = guard_alloc(n, sizeof(*g), "log append");
 	*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
@@ -92,10 +115,8 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 			      struct raft_io_snapshot_put *req, const struct raft_snapshot *snapshot,
 			      raft_io_snapshot_put_cb cb)
 {
-	struct tally_node *n = node_of(io);
-	struct guard_put *g = malloc(sizeof(*g));
-	if (g == NULL)
-		return RAFT_NOMEM;
+	struct tally_node *n = node_of_io(io);
+	struct guard_put *g = guard_alloc(n, sizeof(*g), "snapshot write");
 	*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
@@ -106,19 +127,19 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 
 static int guard_truncate(struct raft_io *io, raft_index index)
 {
-	struct tally_node *n = node_of(io);
+	struct tally_node *n = node_of_io(io);
 	return checked(n, "log truncate", n->io_next.truncate(io, index));
 }
 
 static int guard_set_term(struct raft_io *io, raft_term term)
 {
-	struct tally_node *n = node_of(io);
+	struct tally_node *n = node_of_io(io);
 	return checked(n, "term write", n->io_next.set_term(io, term));
 }
 
 static int guard_set_vote(struct raft_io *io, raft_id server_id)
 {
-	struct tally_node *n = node_of(io);
+	struct tally_node *n = node_of_io(io);
 	return checked(n, "vote write", n->io_next.set_vote(io, server_id));
 }
 

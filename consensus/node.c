@@ -103,9 +103,8 @@ static void answer(struct tally_node *n, tally_node_result_cb cb, void *data,
 static Tally__V1__ResultCode refusal(struct tally_node *n, const char **message)
 {
 	assert(n != NULL && message != NULL);
-	if (n->phase != NODE_OPEN || n->failed || !n->started) {
-		*message = n->failed ? "node stopped applying after a storage error"
-				     : "node is shutting down or not started";
+	if (n->phase != NODE_OPEN || !n->started) {
+		*message = "node is shutting down or not started";
 		return CODE(UNAVAILABLE);
 	}
 	*message = tally_node_leader_client(n);
@@ -383,7 +382,7 @@ static void node_flush(struct tally_node *n)
 	unsigned rounds = 0;
 	while (n->queue_head != NULL && n->inflight < n->cfg.inflight_max) {
 		assert(++rounds <= n->cfg.inflight_max + 1);
-		if (!node_leading(n) || n->failed) {
+		if (!node_leading(n)) {
 			const char *msg = NULL;
 			Tally__V1__ResultCode code = refusal(n, &msg);
 			queue_fail(n, code, msg);
@@ -405,7 +404,7 @@ void tally_node_submit(struct tally_node *n, const Tally__V1__Command *cmd,
 {
 	assert(n != NULL && cmd != NULL && cb != NULL);
 	const char *msg = NULL;
-	if (!node_leading(n) || n->failed) {
+	if (!node_leading(n)) {
 		Tally__V1__ResultCode code = refusal(n, &msg);
 		answer(n, cb, data, code, msg);
 		return;
@@ -464,7 +463,6 @@ static void query_answer(struct tally_node *n, const Tally__V1__Query *q,
 	}
 	Tally__V1__QueryResult *res = NULL;
 	int rc = q == NULL || who == NULL ? TALLY_ECORRUPT
-		 : n->ledger == NULL     ? TALLY_ESTATE
 					 : tally_ledger_query(n->ledger, q, who, a, &res);
 	if (rc == 0)
 		cb(data, CODE(OK), "", res);
@@ -537,7 +535,7 @@ void tally_node_query(struct tally_node *n, const Tally__V1__Query *q,
 {
 	assert(n != NULL && q != NULL);
 	assert(who != NULL && cb != NULL);
-	if (n->phase != NODE_OPEN || n->ledger == NULL) {
+	if (n->phase != NODE_OPEN) {
 		cb(data, CODE(UNAVAILABLE), "node is shutting down", NULL);
 		return;
 	}

@@ -52,9 +52,31 @@ struct tally_node_config {
 	void *clock_data;
 };
 
-/* A node whose raft disk write fails (log append, truncate, snapshot, term or vote)
- * ends the process with this status (EX_IOERR) before the failed write can be
- * applied or acknowledged; raft 0.15 would carry on and let replicas diverge. */
+/* Fail-stop: a node that cannot write its raft log or apply a committed entry ends
+ * the process at once (consensus/failstop.c), before anything it could not apply is
+ * answered, so that a healthy node takes over; raft 0.15 would keep it in the
+ * cluster, as leader even, answering UNAVAILABLE for ever or letting replicas
+ * diverge. Restart it once the cause is gone: it catches up from the others. The
+ * exit statuses, from sysexits(3):
+ *
+ *   74 EX_IOERR    storage: a raft write failed (log append, truncate, snapshot,
+ *                  term, vote; a full disk included), or the ledger's (no space left
+ *                  on device, an I/O error, its map at map_size_bytes).
+ *                  Free space or replace the disk, then restart.
+ *   71 EX_OSERR    out of memory (the I/O guard's requests, applying, restoring).
+ *   65 EX_DATAERR  data does not verify: a committed entry that does not decode, a
+ *                  snapshot or a stored record that is corrupt or of another format
+ *                  version. Wipe the node's data directory and restart it: it rejoins
+ *                  by snapshot (tallyctl cluster add if it was removed).
+ *   70 EX_SOFTWARE any other failure to apply or restore (an unexpected LMDB error):
+ *                  a bug; report it with the node's log.
+ *
+ * A failed snapshot restore (installing the leader's snapshot, or the node's own at
+ * start) exits with the status of its cause. The log line says what failed: the raft
+ * index of the entry, or the raft operation, and the error. */
+#define TALLY_NODE_EXIT_DATA 65
+#define TALLY_NODE_EXIT_SOFTWARE 70
+#define TALLY_NODE_EXIT_NOMEM 71
 #define TALLY_NODE_EXIT_IO 74
 
 /* The outcome of one submitted command. On OK or a business rejection, r is the
@@ -161,6 +183,42 @@ struct tally_node_peer {
 };
 /* The other servers of the configuration (at most cap) into out; their number. */
 size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_t cap);
+
+/* Readiness (tallyd's /health). A node is ready when it is started and not shutting
+ * down, knows a leader, and is not catching up: not installing a snapshot, and its
+ * applied index at most TALLY_NODE_READY_LAG_ENTRIES raft entries behind the highest
+ * commit index it has heard of (its own, or the leader's in the leader's messages). A
+ * follower must have heard from the leader within the election timeout (what it knows
+ * of the leader's commits is that old); a leader is ready once its term's first
+ * barrier has completed (it has applied all that earlier leaders committed). The lag
+ * allows for the entries a healthy follower has in flight under full load
+ * (inflight_max, 64 by default, plus those committed since the leader's last
+ * message). */
+#define TALLY_NODE_READY_LAG_ENTRIES 256
+
+struct tally_node_health {
+	bool ready;
+	char why[96];             /* "ok", or why not: "no leader", "catching up: applied 120 of
+				   * 4000", "shutting down", ... */
+	uint64_t leader_id;       /* 0: none known */
+	uint64_t applied_index;   /* raft entries applied here */
+	uint64_t commit_index;    /* highest committed raft index this node has heard of */
+};
+void tally_node_health(struct tally_node *n, struct tally_node_health *out);
+
+/* What readiness is decided from (tally_node_health gathers it from the node); the
+ * rule alone, for tests. */
+struct tally_node_health_facts {
+	bool started, closing;
+	bool leader;                 /* this node leads ... */
+	bool leader_ready;           /* ... and its term's first barrier completed */
+	bool installing_snapshot;
+	uint64_t leader_id;
+	uint64_t leader_silent_ms;   /* since the leader's last message (followers) */
+	unsigned election_timeout_ms;
+	uint64_t applied_index, commit_index;
+};
+void tally_node_readiness(const struct tally_node_health_facts *f, struct tally_node_health *out);
 
 /* Stops proposing, fails queued commands with UNAVAILABLE and in-flight ones with
  * TIMEOUT, hands leadership over when leader, closes raft and then calls cb. */

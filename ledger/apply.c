@@ -471,20 +471,13 @@ static int apply_commands(struct apply *a, const Tally__V1__Batch *b,
 	return rc;
 }
 
-int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
-			     struct tally_arena *arena,
-			     Tally__V1__CommandResult ***results, bool *skipped)
+/* One attempt at a batch in one write transaction: committed whole, or aborted whole
+ * (l->meta changes only on commit). */
+static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
+		      struct tally_arena *arena, Tally__V1__CommandResult **results)
 {
 	assert(l != NULL && batch != NULL);
-	assert(arena != NULL && results != NULL && skipped != NULL);
-	*skipped = false;
-	int rc = results_new(arena, batch->n_commands, results);
-	if (rc != 0)
-		return rc;
-	if (batch->raft_index <= l->meta.applied_index) {
-		*skipped = true;
-		return 0;
-	}
+	assert(arena != NULL && results != NULL);
 	struct apply a = {.l = l, .m = l->meta, .out = arena, .tmp = &l->scratch};
 	a.raft_index = batch->raft_index;
 	a.raft_term = batch->raft_term;
@@ -492,12 +485,12 @@ int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *bat
 	if (a.now_ms < 0)
 		a.now_ms = 0;
 	a.today = day_of(a.now_ms);
-	rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &a.txn));
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &a.txn));
 	if (rc != 0)
 		return rc;
 	known_reset(l);
 	tally_arena_reset(&l->batch);
-	rc = apply_commands(&a, batch, *results);
+	rc = apply_commands(&a, batch, results);
 	a.m.applied_index = batch->raft_index;
 	a.m.applied_term = batch->raft_term;
 	a.m.time_ms = a.now_ms;
@@ -514,6 +507,35 @@ int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *bat
 	if (rc == 0)
 		l->meta = a.m;
 	return rc;
+}
+
+int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
+			     struct tally_arena *arena,
+			     Tally__V1__CommandResult ***results, bool *skipped)
+{
+	assert(l != NULL && batch != NULL);
+	assert(arena != NULL && results != NULL && skipped != NULL);
+	*skipped = false;
+	int rc = results_new(arena, batch->n_commands, results);
+	if (rc != 0)
+		return rc;
+	if (batch->raft_index <= l->meta.applied_index) {
+		*skipped = true;
+		return 0;
+	}
+	/* A batch that does not fit in the map (MDB_MAP_FULL, TALLY_EFULL) is applied again
+	 * once the map grew (map.c); fresh results each time. */
+	for (unsigned attempt = 0;; attempt++) {
+		if (attempt > 0)
+			rc = results_new(arena, batch->n_commands, results);
+		if (rc == 0)
+			rc = map_room(l, attempt);
+		if (rc != 0)
+			return rc;
+		rc = apply_once(l, batch, arena, *results);
+		if (rc != TALLY_EFULL || attempt == LEDGER_APPLY_GROWS_MAX)
+			return rc;
+	}
 }
 
 int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len,

@@ -319,6 +319,7 @@ int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
 	if (cap > 0)
 		msg[0] = '\0';
 	tally_arena_init(&c.arena, 64 << 10, 0);
+	map_pin(l); /* a restored ledger is checked on another thread: no remap meanwhile */
 	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &c.txn));
 	if (rc == 0) {
 		rc = meta_load(c.txn, l, &c.m);
@@ -326,6 +327,7 @@ int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
 			rc = check_all(&c);
 		mdb_txn_abort(c.txn);
 	}
+	map_unpin(l);
 	if (rc != 0 && cap > 0 && msg[0] == '\0')
 		snprintf(msg, cap, "%s", tally_strerror(rc));
 	tally_arena_free(&c.arena);
@@ -412,13 +414,14 @@ static bool trailer_verify(const uint8_t *snap, size_t copy_len)
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
 {
 	assert(l != NULL && fd >= 0);
+	map_pin(l); /* runs on another thread than the batches: no remap meanwhile */
 	struct tally_digest d;
 	int rc = tally_ledger_digest(l, &d);
-	if (rc != 0)
-		return rc;
-	if (applied_index != NULL)
+	if (rc == 0 && applied_index != NULL)
 		*applied_index = d.applied_index;
-	rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
+	map_unpin(l); /* the seal reads the copy, not the map */
 	struct stat st;
 	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
 		rc = TALLY_EIO;
@@ -437,7 +440,9 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 		munmap(copy, copy_len);
 	trailer_make(t, copy_len, sha);
 	ssize_t put = pwrite(fd, t, sizeof(t), (off_t)copy_len);
-	return put == (ssize_t)sizeof(t) ? 0 : TALLY_EIO;
+	if (put != (ssize_t)sizeof(t))
+		return put < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
+	return 0;
 }
 
 /* LMDB reads pages through its map without checking them against the file's size: a
@@ -492,12 +497,12 @@ static int write_file(const char *path, const uint8_t *p, size_t len)
 		if (m < 0 && errno == EINTR)
 			continue;
 		if (m <= 0)
-			rc = TALLY_EIO;
+			rc = m < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
 		else
 			done += (size_t)m;
 	}
 	if (close(out) != 0 && rc == 0)
-		rc = TALLY_EIO;
+		rc = errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
 	return rc;
 }
 

@@ -12,6 +12,7 @@ static const char *const error_messages[TALLY_ERROR_COUNT] = {
 	[TALLY_EFULL] = "buffer or database full",
 	[TALLY_EVERSION] = "incompatible format version",
 	[TALLY_ESTATE] = "operation not allowed in this state",
+	[TALLY_ENOSPC] = "no space left on device",
 };
 
 const char *tally_strerror(int code)

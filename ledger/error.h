@@ -21,6 +21,7 @@ enum tally_error {
 	TALLY_EFULL,      /* a fixed-size buffer or the LMDB map is full */
 	TALLY_EVERSION,   /* data written by an incompatible format version */
 	TALLY_ESTATE,     /* the object is in a state that does not allow the call */
+	TALLY_ENOSPC,     /* the file system is full (ENOSPC) */
 	TALLY_ERROR_COUNT /* number of codes; not an error */
 };
 

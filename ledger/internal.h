@@ -7,6 +7,7 @@
 #define TALLY_LEDGER_INTERNAL_H
 
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 
 #include "ledger/ledger.h"
@@ -104,6 +105,13 @@ struct tally_ledger {
 	size_t known_used;
 	uint32_t known_gen;
 	char dir[4096];
+	/* The map (map.c): with writemap it covers only blocks allocated on disk. */
+	bool map_managed;           /* writemap: the map grows with the data */
+	size_t map_page_bytes;
+	uint64_t map_bytes;         /* the map's size now */
+	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
+	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
+	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
 
 /* ---- apply context ---------------------------------------------------------------- */
@@ -167,6 +175,21 @@ int txn_scan(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, size_t lim
 int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const void *start,
 		  size_t start_n, size_t limit,
 		  int (*fn)(void *arg, const MDB_val *k, const MDB_val *v), void *arg);
+
+/* the map and room on disk (map.c) */
+/* Times one batch is applied again after MDB_MAP_FULL, the map grown each time (the
+ * free part doubled): the map's cap, map_size_bytes, ends the growth long before. */
+#define LEDGER_APPLY_GROWS_MAX 40
+uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size to open with */
+int map_before_open(const char *dir, const struct tally_ledger_options *o);
+int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);
+/* Before attempt 0 of a batch: room ahead of need; before attempt k > 0 (the previous
+ * one ended with MDB_MAP_FULL): a bigger map, or TALLY_EFULL / TALLY_ENOSPC / ... */
+int map_room(struct tally_ledger *l, unsigned attempt);
+/* Around a read of the ledger on a thread other than the one that applies batches:
+ * the map stays where it is (no remap) until map_unpin. */
+void map_pin(struct tally_ledger *l);
+void map_unpin(struct tally_ledger *l);
 
 /* civil time (civil.c) */
 int64_t day_of(int64_t time_ms);

@@ -90,7 +90,12 @@ struct tally_ledger;
 
 /* Options for tally_ledger_open. Zero-initialised options are valid defaults. */
 struct tally_ledger_options {
-	uint64_t map_size_bytes; /* LMDB map size; 0 = 64 GiB (sparse) */
+	/* The LMDB map's size; 0 = 64 GiB. With writemap it is a cap: the map starts at
+	 * what the data needs and grows over blocks allocated on disk first (map.c). */
+	uint64_t map_size_bytes;
+	/* With writemap: the free map kept ahead of the data, at least (a quarter of the
+	 * data when that is more); 0 = 64 MiB. Smaller costs remaps (map.c). */
+	uint64_t map_room_bytes;
 	bool nosync;             /* MDB_NOSYNC: the raft log carries durability */
 	bool writemap;           /* MDB_WRITEMAP: faster, same on-disk format */
 };
@@ -119,7 +124,10 @@ void tally_ledger_close(struct tally_ledger *l);
  * after a restart is harmless. Otherwise results[i] (an array of n_commands pointers
  * allocated in `arena`, valid until its next reset) holds each command's outcome:
  * business rejections are results, not errors. Returns 0, or an error when the
- * transaction could not be committed, in which case nothing of the batch is applied.
+ * transaction could not be committed, in which case nothing of the batch is applied:
+ * TALLY_ENOSPC when the disk has no room for it, TALLY_EFULL when the map is at
+ * map_size_bytes, TALLY_EIO, TALLY_ENOMEM, ... A failed growth of the map (an error
+ * other than those two from map.c) leaves LMDB without its map: close the ledger.
  * The time of the batch is max(batch->time_ms, time of the previous batch). */
 int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
 			     struct tally_arena *arena,
@@ -169,12 +177,15 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32]);
  * in msg (NUL-terminated, truncated to cap). */
 int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap);
 
-/* Forces the LMDB data to disk (needed before raft may drop log entries). */
+/* Forces the LMDB data to disk (needed before raft may drop log entries). May run on
+ * another thread than the one applying batches (it holds the map in place). */
 int tally_ledger_sync(struct tally_ledger *l);
 
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file, read back
  * to seal it), as of one read transaction, followed by a trailer with its length and
- * SHA-256. *applied_index receives the raft index it reflects. */
+ * SHA-256. *applied_index receives the raft index it reflects. May run on another
+ * thread than the one applying batches: it holds the map in place while it copies (a
+ * batch that needs the map to grow waits for it). */
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
 
 /* Replaces the ledger in `dir` with the snapshot in snap[0..len) and opens it. Before

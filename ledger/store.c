@@ -111,6 +111,7 @@ int lmdb_error(int rc)
 	case MDB_VERSION_MISMATCH: return TALLY_EVERSION;
 	case ENOMEM: return TALLY_ENOMEM;
 	case EIO: return TALLY_EIO;
+	case ENOSPC: return TALLY_ENOSPC;
 	default: return TALLY_ESTORE;
 	}
 }
@@ -596,8 +597,7 @@ static int env_open(struct tally_ledger *l, const char *dir, const struct tally_
 	if (rc != 0)
 		return lmdb_error(rc);
 	mdb_env_set_maxdbs(l->env, T_COUNT);
-	uint64_t map = o->map_size_bytes != 0 ? o->map_size_bytes : (64ULL << 30);
-	rc = mdb_env_set_mapsize(l->env, (size_t)map);
+	rc = mdb_env_set_mapsize(l->env, (size_t)map_open_bytes(o));
 	if (rc != 0)
 		return lmdb_error(rc);
 	unsigned flags = MDB_NOTLS;
@@ -605,8 +605,12 @@ static int env_open(struct tally_ledger *l, const char *dir, const struct tally_
 		flags |= MDB_NOSYNC;
 	if (o->writemap)
 		flags |= MDB_WRITEMAP;
-	rc = mdb_env_open(l->env, dir, flags, 0644);
-	return lmdb_error(rc);
+	rc = map_before_open(dir, o);
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_open(l->env, dir, flags, 0644));
+	if (rc == 0)
+		rc = map_after_open(l, dir, o);
+	return rc;
 }
 
 int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
@@ -623,6 +627,7 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		return TALLY_EINVAL;
 	}
 	strcpy(l->dir, dir);
+	pthread_mutex_init(&l->map_lock, NULL);
 	tally_arena_init(&l->scratch, 64 << 10, 0);
 	tally_arena_init(&l->decode, 256 << 10, 0);
 	tally_arena_init(&l->batch, 256 << 10, 0);
@@ -660,13 +665,17 @@ void tally_ledger_close(struct tally_ledger *l)
 	tally_arena_free(&l->decode);
 	tally_arena_free(&l->batch);
 	known_free(l);
+	pthread_mutex_destroy(&l->map_lock);
 	free(l);
 }
 
 int tally_ledger_sync(struct tally_ledger *l)
 {
 	assert(l != NULL && l->env != NULL);
-	return lmdb_error(mdb_env_sync(l->env, 1));
+	map_pin(l); /* msync of the map, maybe from another thread */
+	int rc = lmdb_error(mdb_env_sync(l->env, 1));
+	map_unpin(l);
+	return rc;
 }
 
 uint64_t tally_ledger_applied_index(struct tally_ledger *l)

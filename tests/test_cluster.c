@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -26,6 +27,7 @@
 #include <lmdb.h>
 
 #include "consensus/clock.h"
+#include "consensus/node.h"
 #include "rpc/frame.h"
 #include "rpc/tally.h"
 #include "tests/ports.h"
@@ -48,6 +50,8 @@ static pid_t live_pid[16];
 static char live_dir[256];
 /* The port block of the cluster alive now (one at a time), released when it stops. */
 static struct ports_block live_ports = {0, -1};
+/* A small file system mounted for a test (one at a time), unmounted when it stops. */
+static char live_mount[300];
 
 static void live_add(pid_t pid)
 {
@@ -232,9 +236,10 @@ static void node_signal(struct cluster *c, int i, int sig)
 	}
 }
 
-/* Starts n nodes; fiu and segment_kb as in struct cluster. */
-static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb,
-			       bool faketime)
+/* Prepares a cluster of n nodes (ports, directory, keys, clock files) without starting
+ * them; fiu, segment_kb and faketime as in struct cluster. */
+static void cluster_prepare(struct cluster *c, int n, bool fiu, const char *segment_kb,
+			    bool faketime)
 {
 	memset(c, 0, sizeof(*c));
 	c->n = n;
@@ -274,6 +279,13 @@ static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *s
 	snprintf(live_dir, sizeof(live_dir), "%s", c->dir);
 	for (int i = 1; faketime && i <= NODES_MAX; i++)
 		clock_set(c, i, "+0");
+}
+
+/* Starts n nodes; fiu, segment_kb and faketime as in struct cluster. */
+static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb,
+			       bool faketime)
+{
+	cluster_prepare(c, n, fiu, segment_kb, faketime);
 	for (int i = 1; i <= n; i++)
 		node_start(c, i, true, false);
 }
@@ -283,11 +295,19 @@ static void cluster_start(struct cluster *c, int n)
 	cluster_start_with(c, n, false, NULL, false);
 }
 
+static void small_fs_unmount(void)
+{
+	if (live_mount[0] != '\0' && umount2(live_mount, MNT_DETACH) != 0)
+		fprintf(stderr, "test_cluster: umount %s: %s\n", live_mount, strerror(errno));
+	live_mount[0] = '\0';
+}
+
 static void cluster_stop(struct cluster *c)
 {
 	for (int i = 1; i <= NODES_MAX; i++)
 		if (c->pid[i] > 0)
 			node_signal(c, i, SIGTERM);
+	small_fs_unmount();
 	tally_arena_free(&c->arena);
 	fx_remove_dir(c->dir);
 	live_dir[0] = '\0';
@@ -305,6 +325,7 @@ static int teardown(void **state)
 			live_pid[i] = 0;
 		}
 	}
+	small_fs_unmount();
 	if (live_dir[0] != '\0') /* a failed test: keep its logs for the reader */
 		fprintf(stderr, "test_cluster: node logs kept in %s\n", live_dir);
 	live_dir[0] = '\0';
@@ -505,6 +526,15 @@ static Tally__V1__Command *accrue_cmd(struct cluster *c, const char *req, const 
 	return m;
 }
 
+/* Brand b1 and one member, through an admin client. */
+static void brand_b1_and_member(struct cluster *c, const char *member)
+{
+	struct tally_client *admin = client(c, "admin");
+	send_cmd(c, admin, brand_cmd(c, "b1"), CODE(OK));
+	send_cmd(c, admin, member_cmd(c, member), CODE(OK));
+	tally_client_close(admin);
+}
+
 static Tally__V1__QueryResult *accounts(struct cluster *c, struct tally_client *cl,
 					const char *brand, char **members, size_t n, bool stale)
 {
@@ -573,6 +603,57 @@ static void assert_replicas_equal(struct cluster *c)
 			return;
 		if (now_ms() > deadline)
 			fail_msg("replicas still differ after %d s; logs in %s", HANG_MS / 1000, c->dir);
+		struct pollfd none;
+		poll(&none, 0, 50);
+	}
+}
+
+/* GET path from a node's HTTP port; returns the status code and the body in buf. */
+static int http_get(struct cluster *c, int node, const char *path, char *buf, size_t cap)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(c->base + 200 + node))};
+	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	char req[128];
+	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+	assert_int_equal(write(fd, req, (size_t)n), n);
+	size_t got = 0;
+	struct pollfd p = {fd, POLLIN, 0};
+	while (got + 1 < cap && poll(&p, 1, 5000) == 1) {
+		ssize_t r = read(fd, buf + got, cap - 1 - got);
+		if (r <= 0)
+			break;
+		got += (size_t)r;
+	}
+	buf[got] = '\0';
+	close(fd);
+	int status = 0;
+	sscanf(buf, "HTTP/1.0 %d", &status);
+	return status;
+}
+
+/* The body of an HTTP response ("" when there is none). */
+static const char *http_text(const char *response)
+{
+	const char *sep = strstr(response, "\r\n\r\n");
+	return sep != NULL ? sep + 4 : "";
+}
+
+/* Polls node's /health until it answers `status` with a body starting with `why`;
+ * returns the body (static). Fails after HANG_MS. */
+static const char *await_health(struct cluster *c, int node, int status, const char *why)
+{
+	static char body[4096];
+	int64_t deadline = now_ms() + HANG_MS;
+	for (;;) {
+		int got = http_get(c, node, "/health", body, sizeof(body));
+		const char *text = http_text(body);
+		if (got == status && strncmp(text, why, strlen(why)) == 0)
+			return text;
+		if (now_ms() > deadline)
+			fail_msg("node %d: /health never said %d %s; last %d: %s", node, status, why,
+				 got, body);
 		struct pollfd none;
 		poll(&none, 0, 50);
 	}
@@ -989,10 +1070,7 @@ static void test_retries_across_a_leader_kill_apply_every_request_exactly_once(v
 	struct cluster c;
 	cluster_start(&c, 3);
 	uint64_t leader = wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "dora");
 	struct tally_client *dealer = client(&c, "dealer");
 	int64_t total = 0;
 	unsigned replays = 0;
@@ -1059,10 +1137,7 @@ static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_i
 	struct cluster c;
 	cluster_start_with(&c, 3, true, "32", false);
 	int leader = (int)wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "dora"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "dora");
 	fiu_ctrl(&c, leader, "enable name=posix/io/sync/*");
 	struct tally_client *dealer = client(&c, "dealer");
 	int64_t total = 0;
@@ -1091,6 +1166,169 @@ static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_i
 	cluster_stop(&c);
 }
 
+/* ---- a full disk ---------------------------------------------------------------------- */
+
+#define SMALL_FS_BYTES (64u << 20)      /* the tmpfs under one node's data directory */
+#define SMALL_FS_FREE_BYTES (12u << 20) /* what the filler file leaves the node */
+#define FILL_BATCH 256                  /* accruals per batch request */
+#define FILL_BATCHES_MAX 2000           /* a node that never fills up: a hang */
+
+/* Mounts a tmpfs of size_bytes on dir. Returns 0, or errno (EPERM: not permitted). */
+static int small_fs_mount(const char *dir, size_t size_bytes)
+{
+	char opts[64];
+	snprintf(opts, sizeof(opts), "size=%zuk,mode=0755", size_bytes >> 10);
+	if (mount("tally-test", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0)
+		return errno;
+	snprintf(live_mount, sizeof(live_mount), "%s", dir);
+	return 0;
+}
+
+/* Writes a file of size_bytes at path (real blocks, not a hole). */
+static void filler_write(const char *path, size_t size_bytes)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	int rc = posix_fallocate(fd, 0, (off_t)size_bytes);
+	if (rc != 0)
+		fail_msg("filler %s: %s", path, strerror(rc));
+	close(fd);
+}
+
+/* Hands leadership to node `to` (admin TRANSFER, repeated until the status says so). */
+static void leader_move_to(struct cluster *c, int to)
+{
+	struct tally_client *admin = client(c, "admin");
+	int64_t deadline = now_ms() + HANG_MS;
+	while (wait_leader(c) != (uint64_t)to) {
+		if (now_ms() > deadline)
+			fail_msg("leadership never moved to node %d", to);
+		Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+		a.op = TALLY__V1__ADMIN__OP__TRANSFER;
+		a.node_id = (uint64_t)to;
+		Tally__V1__Response *res;
+		(void)tally_client_admin(admin, &a, &c->arena, &res); /* checked by the status */
+	}
+	tally_client_close(admin);
+}
+
+/* One request of FILL_BATCH accruals of 1 point to dora (ids fill-B-I, with long texts
+ * so that the disk fills quickly), retried with the same ids until the outcome is
+ * definite; every command must be OK (a retry answers from the idempotency record).
+ * Returns the points acknowledged. */
+static int64_t fill_batch(struct cluster *c, struct tally_client **cl, unsigned b)
+{
+	static char text[TALLY_TEXT_BYTES_MAX + 1];
+	memset(text, 'x', TALLY_TEXT_BYTES_MAX);
+	Tally__V1__Command *cmds[FILL_BATCH];
+	for (unsigned i = 0; i < FILL_BATCH; i++) {
+		char req[32];
+		snprintf(req, sizeof(req), "fill-%u-%u", b, i);
+		cmds[i] = accrue_cmd(c, req, "b1", "dora", 1);
+		cmds[i]->accrue->reason = cmds[i]->accrue->reference = text;
+	}
+	int64_t deadline = now_ms() + HANG_MS;
+	for (;;) {
+		Tally__V1__BatchResult *res = NULL;
+		Tally__V1__ResultCode rc = tally_client_batch(*cl, cmds, FILL_BATCH, &c->arena, &res);
+		if (rc == CODE(OK)) {
+			assert_int_equal(res->n_results, FILL_BATCH);
+			for (unsigned i = 0; i < FILL_BATCH; i++)
+				if (res->results[i]->code != CODE(OK))
+					fail_msg("fill-%u-%u: %s %s", b, i,
+						 tally_result_name(res->results[i]->code),
+						 res->results[i]->message);
+			return FILL_BATCH;
+		}
+		if (now_ms() > deadline)
+			fail_msg("batch %u still %s after %d s", b, tally_result_name(rc), HANG_MS / 1000);
+		tally_client_close(*cl);
+		*cl = client(c, "dealer");
+	}
+}
+
+/* The contents of node i's log (the tail of it when longer than cap). */
+static void node_log_read(const struct cluster *c, int i, char *buf, size_t cap)
+{
+	char path[320];
+	snprintf(path, sizeof(path), "%s/node%d.log", c->dir, i);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	fseek(f, 0, SEEK_END);
+	long size = ftell(f);
+	fseek(f, size > (long)cap - 1 ? size - ((long)cap - 1) : 0, SEEK_SET);
+	buf[fread(buf, 1, cap - 1, f)] = '\0';
+	fclose(f);
+}
+
+/* Issue 8: one node's data directory (raft log and ledger) lives on a small tmpfs and
+ * the leader is moved there; writes fill it up. The node must stop cleanly — exit with
+ * status 74 (TALLY_NODE_EXIT_IO), never die of SIGBUS (LMDB writes through a shared
+ * mapping of a sparse file) — while the other two keep serving and every acknowledged
+ * accrual is counted; once space is freed and the node restarts, it catches up and
+ * every replica is equal. Skipped where mounting is not permitted. */
+static void test_a_node_whose_disk_fills_up_exits_cleanly_and_catches_up_once_space_is_freed(
+	void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_prepare(&c, 3, false, "1024", false); /* segments larger than a batch */
+	char dir[300], filler[320];
+	snprintf(dir, sizeof(dir), "%s/node3", c.dir);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	int err = small_fs_mount(dir, SMALL_FS_BYTES);
+	if (err != 0) {
+		print_message("SKIPPED: cannot mount a tmpfs for a small disk (%s; needs root or "
+			      "CAP_SYS_ADMIN)\n", strerror(err));
+		cluster_stop(&c);
+		skip();
+	}
+	snprintf(filler, sizeof(filler), "%s/filler", dir);
+	filler_write(filler, SMALL_FS_BYTES - SMALL_FS_FREE_BYTES);
+	for (int i = 1; i <= 3; i++)
+		node_start(&c, i, true, false);
+	leader_move_to(&c, 3);
+	brand_b1_and_member(&c, "dora");
+	struct tally_client *dealer = client(&c, "dealer");
+	int64_t total = 0;
+	int status = -1;
+	unsigned b = 0, ended_at = 0;
+	for (; ended_at == 0 || b < ended_at + 8; b++) {
+		if (b == FILL_BATCHES_MAX)
+			fail_msg("node 3 still runs after %u accruals on a %u MiB disk", b * FILL_BATCH,
+				 SMALL_FS_FREE_BYTES >> 20);
+		total += fill_batch(&c, &dealer, b);
+		tally_arena_reset(&c.arena);
+		if (ended_at == 0 && node_ended(&c, 3, &status))
+			ended_at = b + 1;
+	}
+	char log[1 << 12];
+	node_log_read(&c, 3, log, sizeof(log));
+	print_message("node 3 ended with status %d after %u accruals; its log ends:\n%s", status,
+		      ended_at * FILL_BATCH, log);
+	if (status == 128 + SIGBUS)
+		fail_msg("node 3 died of SIGBUS on a full disk");
+	assert_int_equal(status, 74);
+	assert_non_null(strstr(log, "exiting with status 74"));
+	int code = -1;
+	assert_true(node_exited(&c, 3, &code)); /* reaped */
+	assert_int_equal(account_of(&c, dealer, "b1", "dora")->available, total);
+	/* Space freed: the node restarts, catches up and matches the others. */
+	assert_int_equal(unlink(filler), 0);
+	node_start(&c, 3, false, false);
+	for (int i = 0; i < 4; i++)
+		total += fill_batch(&c, &dealer, b++);
+	assert_replicas_equal(&c);
+	char addr[32];
+	client_addr(&c, 3, addr, sizeof(addr));
+	struct tally_client *aud = connect_to(&c, addr, "auditor", secret_of("auditor"));
+	char *who[1] = {(char *)"dora"};
+	assert_int_equal(accounts(&c, aud, "b1", who, 1, true)->accounts[0]->available, total);
+	tally_client_close(aud);
+	tally_client_close(dealer);
+	cluster_stop(&c);
+}
+
 static void test_sigterm_and_restart_of_every_node_loses_nothing(void **state)
 {
 	(void)state;
@@ -1115,6 +1353,24 @@ static void test_sigterm_and_restart_of_every_node_loses_nothing(void **state)
 	cluster_stop(&c);
 }
 
+/* The numbers of a /health body's second line ("leader=ADDR applied=N commit=M"). */
+static void health_numbers(const char *text, char *leader, size_t cap, unsigned long long *applied,
+			   unsigned long long *commit)
+{
+	const char *line = strchr(text, '\n');
+	char fmt[64];
+	snprintf(fmt, sizeof(fmt), "leader=%%%zus applied=%%llu commit=%%llu", cap - 1);
+	leader[0] = '\0';
+	if (line == NULL || sscanf(line + 1, fmt, leader, applied, commit) != 3)
+		fail_msg("a /health body without its numbers: %s", text);
+}
+
+/* A follower paused while the others commit more than TALLY_NODE_READY_LAG_ENTRIES
+ * entries (and take snapshots) catches up once continued. Its /health answers 503 with
+ * a documented reason (no leader, no word from the leader, catching up) until it is
+ * ready, and 200 once it has caught up. Which 503s a run sees, if any, depends on
+ * timing (the node first reads what the leader sent during the pause); that each 503
+ * is one of these, and that a caught-up node says 200 with its numbers, does not. */
 static void test_a_stopped_node_catches_up_when_continued(void **state)
 {
 	(void)state;
@@ -1126,11 +1382,36 @@ static void test_a_stopped_node_catches_up_when_continued(void **state)
 	struct tally_client *admin = client(&c, "admin");
 	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
 	send_cmd(&c, admin, member_cmd(&c, "finn"), CODE(OK));
-	for (int i = 0; i < 200; i++) /* past the snapshot threshold of 64 */
+	/* Past the snapshot threshold of 64, and TALLY_NODE_READY_LAG_ENTRIES behind. */
+	for (int i = 0; i < TALLY_NODE_READY_LAG_ENTRIES + 100; i++)
 		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "finn", 1), CODE(OK));
 	tally_client_close(admin);
 	node_signal(&c, paused, SIGCONT);
+	unsigned waits = 0, catching_up = 0;
+	for (int64_t deadline = now_ms() + HANG_MS;;) {
+		static char body[4096];
+		int got = http_get(&c, paused, "/health", body, sizeof(body));
+		const char *text = http_text(body);
+		if (got == 200 && strncmp(text, "ok\n", 3) == 0)
+			break;
+		bool known = strncmp(text, "catching up: ", 13) == 0 ||
+			     strncmp(text, "no leader\n", 10) == 0 ||
+			     strncmp(text, "no word from the leader for ", 28) == 0;
+		if (got != 503 || !known || now_ms() > deadline)
+			fail_msg("node %d /health: %d %s", paused, got, text);
+		waits++;
+		catching_up += text[0] == 'c';
+		struct pollfd none;
+		poll(&none, 0, 5);
+	}
+	print_message("node %d: /health said 503 %u times (%u catching up) before ok\n", paused,
+		      waits, catching_up);
 	assert_replicas_equal(&c);
+	char addr[64];
+	unsigned long long applied = 0, commit = 0;
+	health_numbers(await_health(&c, paused, 200, "ok\n"), addr, sizeof(addr), &applied, &commit);
+	assert_true(applied >= TALLY_NODE_READY_LAG_ENTRIES + 100);
+	assert_true(commit - applied <= TALLY_NODE_READY_LAG_ENTRIES);
 	cluster_stop(&c);
 }
 
@@ -1190,31 +1471,6 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 	cluster_stop(&c);
 }
 
-/* GET path from a node's HTTP port; returns the status code and the body in buf. */
-static int http_get(struct cluster *c, int node, const char *path, char *buf, size_t cap)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)(c->base + 200 + node))};
-	inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	char req[128];
-	int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
-	assert_int_equal(write(fd, req, (size_t)n), n);
-	size_t got = 0;
-	struct pollfd p = {fd, POLLIN, 0};
-	while (got + 1 < cap && poll(&p, 1, 5000) == 1) {
-		ssize_t r = read(fd, buf + got, cap - 1 - got);
-		if (r <= 0)
-			break;
-		got += (size_t)r;
-	}
-	buf[got] = '\0';
-	close(fd);
-	int status = 0;
-	sscanf(buf, "HTTP/1.0 %d", &status);
-	return status;
-}
-
 static void test_metrics_and_health_are_served_over_http(void **state)
 {
 	(void)state;
@@ -1231,8 +1487,18 @@ static void test_metrics_and_health_are_served_over_http(void **state)
 	assert_non_null(strstr(body, "tally_apply_seconds_bucket"));
 	assert_non_null(strstr(body, "tally_raft_leader 1"));
 	assert_non_null(strstr(body, "tally_results_total{code=\"ALREADY_EXISTS\"} 1"));
-	assert_int_equal(http_get(&c, (int)leader, "/health", body, sizeof(body)), 200);
 	assert_int_equal(http_get(&c, (int)leader, "/nope", body, sizeof(body)), 404);
+	/* Ready everywhere once every node heard of the leader's commits. */
+	for (int i = 1; i <= 3; i++)
+		print_message("node %d /health: %s", i, await_health(&c, i, 200, "ok\n"));
+	/* A node alone: its leader (itself or another) is gone, and it says so. */
+	int alone = (int)leader, others[2] = {leader == 1 ? 2 : 1, leader == 3 ? 2 : 3};
+	for (int k = 0; k < 2; k++)
+		node_signal(&c, others[k], SIGSTOP);
+	print_message("node %d alone: %s", alone, await_health(&c, alone, 503, "no leader\n"));
+	for (int k = 0; k < 2; k++)
+		node_signal(&c, others[k], SIGCONT);
+	await_health(&c, alone, 200, "ok\n");
 	assert_replicas_equal(&c);
 	cluster_stop(&c);
 }
@@ -1458,10 +1724,7 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	struct cluster c;
 	cluster_start(&c, 3);
 	wait_leader(&c);
-	struct tally_client *admin = client(&c, "admin");
-	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
-	send_cmd(&c, admin, member_cmd(&c, "jo"), CODE(OK));
-	tally_client_close(admin);
+	brand_b1_and_member(&c, "jo");
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "dealer",
 					 .secret = secret_of("dealer"), .timeout_ms = 500, .attempts = 1};
 	struct tally_client *cl;
@@ -1574,6 +1837,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_malformed_and_oversized_frames_are_answered_and_the_cluster_keeps_serving, teardown),
 		cmocka_unit_test_teardown(test_retries_across_a_leader_kill_apply_every_request_exactly_once, teardown),
 		cmocka_unit_test_teardown(test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_is_lost, teardown),
+		cmocka_unit_test_teardown(test_a_node_whose_disk_fills_up_exits_cleanly_and_catches_up_once_space_is_freed, teardown),
 		cmocka_unit_test_teardown(test_sigterm_and_restart_of_every_node_loses_nothing, teardown),
 		cmocka_unit_test_teardown(test_a_stopped_node_catches_up_when_continued, teardown),
 		cmocka_unit_test_teardown(test_sighup_reloads_keys_without_restart, teardown),

@@ -244,56 +244,6 @@ static Tally__V1__Query *accounts_query(struct cluster *c, bool stale)
 
 /* ---- the cluster -------------------------------------------------------------------- */
 
-/* libraft 0.15 sends and writes bytes it never initialised (the 8-byte payload of a
- * barrier entry, padding in encoded messages and the bootstrap segment). They are never
- * interpreted, but memcheck reports every one. The tests give raft a zero-filling heap
- * so that `make valgrind` reports only real errors; tallyd keeps raft's default heap. */
-static void *heap_malloc(void *data, size_t size)
-{
-	(void)data;
-	return calloc(1, size > 0 ? size : 1);
-}
-
-static void heap_free(void *data, void *ptr)
-{
-	(void)data;
-	free(ptr);
-}
-
-static void *heap_calloc(void *data, size_t nmemb, size_t size)
-{
-	(void)data;
-	return calloc(nmemb, size);
-}
-
-static void *heap_realloc(void *data, void *ptr, size_t size)
-{
-	(void)data;
-	return realloc(ptr, size);
-}
-
-static void *heap_aligned_alloc(void *data, size_t alignment, size_t size)
-{
-	(void)data;
-	size_t rounded = (size + alignment - 1) / alignment * alignment;
-	void *p = aligned_alloc(alignment, rounded);
-	if (p != NULL)
-		memset(p, 0, rounded);
-	return p;
-}
-
-static void heap_aligned_free(void *data, size_t alignment, void *ptr)
-{
-	(void)data, (void)alignment;
-	free(ptr);
-}
-
-static struct raft_heap zero_heap = {
-	.malloc = heap_malloc, .free = heap_free, .calloc = heap_calloc,
-	.realloc = heap_realloc, .aligned_alloc = heap_aligned_alloc,
-	.aligned_free = heap_aligned_free,
-};
-
 static int64_t real_ms(clockid_t id)
 {
 	struct timespec ts;
@@ -351,7 +301,7 @@ static void node_open(struct cluster *c, int i, const char *bootstrap)
 static int cluster_setup(void **state)
 {
 	signal(SIGPIPE, SIG_IGN); /* a peer closing must not kill the process */
-	raft_heap_set(&zero_heap);
+	fx_raft_heap_zeroed(true);
 	struct cluster *c = calloc(1, sizeof(*c));
 	assert_non_null(c);
 	assert_int_equal(uv_loop_init(&c->loop), 0);
@@ -411,7 +361,7 @@ static int cluster_teardown(void **state)
 	assert_int_equal(uv_loop_close(&c->loop), 0);
 	tally_arena_free(&c->f.build);
 	free(c);
-	raft_heap_set_default();
+	fx_raft_heap_zeroed(false);
 	return 0;
 }
 

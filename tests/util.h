@@ -26,6 +26,10 @@ struct fx {
 	unsigned req;               /* request id counter */
 };
 
+/* Gives raft a heap that zero-fills what it allocates (true), or its own (false): raft
+ * 0.15 writes bytes it never initialised, which valgrind would report (util.c). */
+void fx_raft_heap_zeroed(bool zeroed);
+
 void fx_open(struct fx *f);
 void fx_open_in(struct fx *f, const char *dir);
 void fx_close(struct fx *f);

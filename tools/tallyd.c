@@ -9,9 +9,29 @@
  * the flag names without dashes). --join starts a node with no bootstrap: it waits
  * to be added by `tallyctl cluster add`. SIGTERM or SIGINT shut down gracefully
  * (queued requests answered UNAVAILABLE, leadership handed over, raft closed);
- * SIGHUP reloads the keys file. A failed raft disk write (log, snapshot, term, vote)
- * ends the process with status 74 before anything it touched is applied or answered;
- * restart it once the disk is healthy and it catches up from the others.
+ * SIGHUP reloads the keys file.
+ *
+ * Exit statuses (sysexits(3); consensus/node.h says more):
+ *    0  stopped by SIGTERM or SIGINT
+ *    1  could not start (bad flags, keys, data directory, ports, raft state)
+ *    2  usage error
+ *   65  data does not verify (a committed entry or a snapshot that is corrupt): wipe
+ *       the data directory and restart; the node rejoins by snapshot
+ *   70  any other failure to apply or restore a committed entry: a bug, report it
+ *   71  out of memory while writing raft's log or applying
+ *   74  storage: a raft log, snapshot, term or vote write failed, or the ledger's disk
+ *       is full or failing; free space or fix the disk, then restart
+ * A node ends itself with 65, 70, 71 or 74 (fail-stop) before anything it could not
+ * write or apply is answered, so that a healthy node takes over; restarted, it
+ * catches up from the others.
+ *
+ * /health answers 200 "ok" when the node serves: started, not shutting down, a leader
+ * known, not catching up (not installing a snapshot, its applied index at most
+ * TALLY_NODE_READY_LAG_ENTRIES behind the commit index it knows), on a follower a
+ * message from the leader within the election timeout, on a leader its term's first
+ * barrier done; otherwise 503 with why ("no leader", "no word from the leader for
+ * 812 ms", "catching up: applied 120 of 4000", "shutting down"). The second line of
+ * the body is "leader=ADDR applied=N commit=M".
  */
 #include <errno.h>
 #include <getopt.h>
@@ -300,6 +320,22 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 	return at;
 }
 
+/* /health: 200 when the node serves, 503 with the reason otherwise (header comment). */
+static size_t render_health(struct daemon *d, char *buf, size_t cap, int *status)
+{
+	struct tally_node_health h;
+	tally_node_health(d->node, &h);
+	if (d->stopping) { /* the node's own close starts once the connections are closed */
+		h.ready = false;
+		snprintf(h.why, sizeof(h.why), "shutting down");
+	}
+	*status = h.ready ? 200 : 503;
+	int n = snprintf(buf, cap, "%s\nleader=%s applied=%llu commit=%llu\n", h.why,
+			 tally_node_leader_client(d->node), (unsigned long long)h.applied_index,
+			 (unsigned long long)h.commit_index);
+	return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 static size_t render(void *data, const char *path, char *buf, size_t cap, int *status,
 		     const char **type)
 {
@@ -309,13 +345,8 @@ static size_t render(void *data, const char *path, char *buf, size_t cap, int *s
 		*status = 200;
 		return render_metrics(d, buf, cap);
 	}
-	if (strcmp(path, "/health") == 0) {
-		const char *leader = tally_node_leader_client(d->node);
-		bool ok = !d->stopping && leader[0] != '\0';
-		*status = ok ? 200 : 503;
-		int n = snprintf(buf, cap, "%s leader=%s\n", ok ? "ok" : "unavailable", leader);
-		return n < 0 ? 0 : (size_t)n;
-	}
+	if (strcmp(path, "/health") == 0)
+		return render_health(d, buf, cap, status);
 	*status = 404;
 	return (size_t)snprintf(buf, cap, "not found\n");
 }

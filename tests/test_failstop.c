@@ -1,0 +1,669 @@
+/*
+ * Fail-stop, readiness and room on disk (issue 8).
+ *
+ * A node that cannot apply a committed entry ends its process with a documented
+ * status (consensus/node.h) before it answers anything it did not apply. Each such
+ * node here runs in a child process — a single-node cluster on its own loop — so that
+ * its real exit status can be checked; the parent then restarts the node in-process
+ * and checks that everything committed is applied. Also: the readiness rule behind
+ * /health, the exit status of each ledger error, and a writemap ledger's map, which
+ * covers only blocks allocated on disk and grows with the data.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <valgrind/valgrind.h>
+
+#include "consensus/internal.h"
+#include "tests/ports.h"
+#include "tests/util.h"
+
+#define CODE(x) TALLY__V1__RESULT_CODE__##x
+#define WAIT_MS 60000        /* watchdog: only a failing run waits this long */
+#define FILL_ROUND 32        /* commands submitted in one loop turn: one raft entry */
+#define FILL_ROUNDS_MAX 4000 /* a child whose ledger never fills up: a hang */
+#define FULL_MAP_BYTES (1u << 20)
+
+/* Exit statuses of a child for what is not the node's own doing. */
+#define CHILD_SETUP_FAILED 90
+#define CHILD_REFUSED 91     /* a command was answered with something but OK */
+#define CHILD_NEVER_FULL 92
+
+static struct ports_block ports = {0, -1};
+
+/* A single-node cluster on a loop of its own: a child's, or the parent's restart. */
+struct solo {
+	uv_loop_t loop;
+	struct tally_node *node;
+	struct fx f;                     /* its arena: command builders */
+	Tally__V1__Principal *admin, *dealer;
+	unsigned answered;               /* commands, in the current round */
+	int report_fd;                   /* a child writes a byte there per command acknowledged */
+	bool queried, closed;
+	int64_t available;               /* the query's answer, -1 if not OK */
+};
+
+/* A command's answer in a child: told to the parent at once, so that an answer given
+ * just before the node ends itself is not lost. */
+static void child_result(void *data, const Tally__V1__CommandResult *r)
+{
+	struct solo *ch = data;
+	ch->answered++;
+	if (r->code != CODE(OK))
+		_exit(CHILD_REFUSED);
+	if (write(ch->report_fd, "a", 1) != 1)
+		_exit(CHILD_SETUP_FAILED);
+}
+
+/* Runs the loop until `done` holds, or the watchdog expires; returns whether it holds. */
+static bool solo_run_until(struct solo *so, bool (*done)(struct solo *))
+{
+	uint64_t deadline = uv_now(&so->loop) + WAIT_MS;
+	while (!done(so) && uv_now(&so->loop) < deadline)
+		uv_run(&so->loop, UV_RUN_ONCE); /* the tick timer wakes it every heartbeat */
+	return done(so);
+}
+
+static bool solo_ready(struct solo *so)
+{
+	struct tally_node_health h;
+	tally_node_health(so->node, &h);
+	return h.ready;
+}
+
+static bool solo_round_answered(struct solo *so)
+{
+	return so->answered == FILL_ROUND;
+}
+
+static void address_of(char *out, size_t cap)
+{
+	snprintf(out, cap, "127.0.0.1:%d|127.0.0.1:%d", ports.base + 1, ports.base + 101);
+}
+
+/* A single-node cluster in dir, started (ready once elected and its barrier done). */
+static int node_up(uv_loop_t *loop, const char *dir, uint64_t map_cap_bytes,
+		   struct tally_node **out)
+{
+	char address[96], bootstrap[128], err[256];
+	address_of(address, sizeof(address));
+	snprintf(bootstrap, sizeof(bootstrap), "1=%s", address);
+	struct tally_node_config cfg = {
+		.id = 1, .address = address, .dir = dir, .bootstrap = bootstrap,
+		.heartbeat_ms = 50, .election_timeout_ms = RUNNING_ON_VALGRIND ? 2000 : 400,
+		.expire_interval_ms = 3600 * 1000, /* no expire commands among the test's */
+		.map_size_bytes = map_cap_bytes,
+	};
+	int rc = tally_node_init(out, loop, &cfg, err, sizeof(err));
+	if (rc == 0)
+		rc = tally_node_start(*out, err, sizeof(err));
+	if (rc != 0)
+		fprintf(stderr, "node: %s\n", err);
+	return rc;
+}
+
+/* The child: a node whose ledger may grow to map_cap_bytes takes rounds of accruals
+ * until it ends itself. Never returns. */
+static void child_fill(const char *dir, uint64_t map_cap_bytes, int report_fd)
+{
+	static struct solo ch;
+	ch.report_fd = report_fd;
+	if (uv_loop_init(&ch.loop) != 0 ||
+	    node_up(&ch.loop, dir, map_cap_bytes, &ch.node) != 0 ||
+	    !solo_run_until(&ch, solo_ready))
+		_exit(CHILD_SETUP_FAILED);
+	tally_arena_init(&ch.f.build, 64 << 10, 0);
+	for (unsigned round = 0; round < FILL_ROUNDS_MAX; round++) {
+		ch.answered = 0;
+		tally_arena_reset(&ch.f.build);
+		ch.admin = admin(&ch.f);
+		ch.dealer = who(&ch.f, TALLY__V1__ROLE__DEALER, "dealer", "*");
+		for (unsigned i = 0; i < FILL_ROUND; i++) {
+			Tally__V1__Command *c =
+				round == 0 && i == 0 ? c_brand(&ch.f, ch.admin, "aurora", 24)
+				: round == 0 && i == 1 ? c_member(&ch.f, ch.admin, "m1")
+						       : c_accrue(&ch.f, ch.dealer, "aurora", "m1", 1);
+			tally_node_submit(ch.node, c, child_result, &ch);
+		}
+		if (!solo_run_until(&ch, solo_round_answered))
+			_exit(CHILD_SETUP_FAILED);
+	}
+	_exit(CHILD_NEVER_FULL);
+}
+
+/* One child's run: its directory, its log, its pid and the read end of its pipe. */
+struct run {
+	char *root;
+	char dir[300], log[300];
+	pid_t pid;
+	int report;
+};
+
+/* Forks a child running fn(dir, arg, report pipe) on a fresh directory, its stderr
+ * going to a log beside it. */
+static void child_start(struct run *r, void (*fn)(const char *, uint64_t, int), uint64_t arg)
+{
+	r->root = fx_tmpdir();
+	snprintf(r->dir, sizeof(r->dir), "%s/node", r->root);
+	snprintf(r->log, sizeof(r->log), "%s/child.log", r->root);
+	assert_int_equal(mkdir(r->dir, 0755), 0);
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	fflush(NULL);
+	r->pid = fork();
+	assert_true(r->pid >= 0);
+	if (r->pid == 0) {
+		close(p[0]);
+		int fd = open(r->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (fd < 0 || dup2(fd, 2) < 0)
+			_exit(CHILD_SETUP_FAILED);
+		fn(r->dir, arg, p[1]);
+		_exit(CHILD_SETUP_FAILED);
+	}
+	close(p[1]);
+	r->report = p[0];
+}
+
+/* Waits for the child; returns its exit status (128 + signal when killed), and its
+ * FATAL log line ("" when none) in *fatal, printed. */
+static int child_end(struct run *r, const char **fatal)
+{
+	close(r->report);
+	int st;
+	assert_int_equal(waitpid(r->pid, &st, 0), r->pid);
+	int status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+	static char text[1 << 16];
+	FILE *f = fopen(r->log, "r");
+	assert_non_null(f);
+	text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
+	fclose(f);
+	char *line = strstr(text, "FATAL: ");
+	*fatal = line != NULL ? line : "";
+	if (line != NULL)
+		line[strcspn(line, "\n")] = '\0';
+	print_message("child ended with status %d: %s\n", status, *fatal);
+	return status;
+}
+
+static void run_remove(struct run *r)
+{
+	fx_remove_dir(r->root);
+	free(r->root);
+}
+
+/* ---- the parent's restart ------------------------------------------------------------ */
+
+static void solo_closed(void *data)
+{
+	((struct solo *)data)->closed = true;
+}
+
+static void solo_query(void *data, Tally__V1__ResultCode code, const char *message,
+		       Tally__V1__QueryResult *res)
+{
+	struct solo *so = data;
+	(void)message;
+	so->queried = true;
+	so->available = code == CODE(OK) && res->code == CODE(OK) && res->n_accounts == 1
+				? res->accounts[0]->available : -1;
+}
+
+static bool solo_queried(struct solo *so)
+{
+	return so->queried;
+}
+
+static bool solo_closed_p(struct solo *so)
+{
+	return so->closed;
+}
+
+/* Restarts the node of dir in this process (map without a small cap) and returns m1's
+ * points in aurora once everything committed is applied (the node is ready: its first
+ * barrier, after every committed entry, is done). */
+static int64_t restarted_available(const char *dir)
+{
+	static struct solo p;
+	memset(&p, 0, sizeof(p));
+	assert_int_equal(uv_loop_init(&p.loop), 0);
+	assert_int_equal(node_up(&p.loop, dir, 0, &p.node), 0);
+	assert_true(solo_run_until(&p, solo_ready));
+	tally_arena_init(&p.f.build, 16 << 10, 0);
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetAccounts g = TALLY__V1__GET_ACCOUNTS__INIT;
+	char *members[1] = {(char *)"m1"};
+	g.brand = (char *)"aurora";
+	g.members = members;
+	g.n_members = 1;
+	q.q_case = TALLY__V1__QUERY__Q_ACCOUNTS;
+	q.accounts = &g;
+	tally_node_query(p.node, &q, admin(&p.f), solo_query, &p);
+	assert_true(solo_run_until(&p, solo_queried));
+	tally_node_close(p.node, solo_closed, &p);
+	assert_true(solo_run_until(&p, solo_closed_p));
+	tally_node_free(p.node);
+	uv_run(&p.loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&p.loop), 0);
+	tally_arena_free(&p.f.build);
+	return p.available;
+}
+
+/* ---- fail-stop ------------------------------------------------------------------------ */
+
+/* A node whose ledger may not grow past 1 MiB takes rounds of FILL_ROUND commands (one
+ * raft entry each) until an entry does not fit. It must end itself with status 74 and
+ * a log line naming the entry and the error, without answering any command of that
+ * entry; every earlier round was answered in full. Restarted with room, it applies
+ * every committed entry: exactly what was acknowledged, plus the entry it could not
+ * apply before (committed, never answered). */
+static void test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply(
+	void **state)
+{
+	(void)state;
+	struct run r;
+	child_start(&r, child_fill, FULL_MAP_BYTES);
+	char buf[4096];
+	ssize_t got;
+	uint64_t acked = 0;
+	while ((got = read(r.report, buf, sizeof(buf))) > 0)
+		acked += (uint64_t)got;
+	const char *fatal;
+	int status = child_end(&r, &fatal);
+	print_message("%llu commands acknowledged\n", (unsigned long long)acked);
+	assert_int_equal(acked % FILL_ROUND, 0); /* a round is answered in full, or not at all */
+	assert_int_equal(status, TALLY_NODE_EXIT_IO);
+	assert_true(acked >= FILL_ROUND);
+	assert_non_null(strstr(fatal, "apply of raft entry "));
+	assert_non_null(strstr(fatal, tally_strerror(TALLY_EFULL)));
+	assert_non_null(strstr(fatal, "exiting with status 74"));
+	/* Round 0 holds the brand and the member; every other command is 1 point. */
+	int64_t acked_points = (int64_t)acked - 2;
+	assert_int_equal(restarted_available(r.dir), acked_points + FILL_ROUND);
+	run_remove(&r);
+}
+
+/* The child: a node takes one raft entry that does not decode as a Batch, then one
+ * command; it must end with status 65 before answering the command (child_result
+ * would tell the parent). */
+
+static void garbage_applied(struct raft_apply *req, int status, void *result)
+{
+	(void)req, (void)status, (void)result;
+	_exit(CHILD_REFUSED); /* raft says the entry was applied: it must not be */
+}
+
+static bool solo_never(struct solo *so)
+{
+	(void)so;
+	return false;
+}
+
+static void child_garbage(const char *dir, uint64_t unused, int report_fd)
+{
+	(void)unused;
+	static struct solo ch;
+	ch.report_fd = report_fd;
+	if (uv_loop_init(&ch.loop) != 0 || node_up(&ch.loop, dir, 0, &ch.node) != 0 ||
+	    !solo_run_until(&ch, solo_ready))
+		_exit(CHILD_SETUP_FAILED);
+	static struct raft_apply req;
+	struct raft_buffer buf = {.base = raft_malloc(8), .len = 8};
+	if (buf.base == NULL)
+		_exit(CHILD_SETUP_FAILED);
+	memset(buf.base, 0xff, 8); /* an unterminated varint: no protobuf decodes it */
+	if (raft_apply(&ch.node->raft, &req, &buf, 1, garbage_applied) != 0)
+		_exit(CHILD_SETUP_FAILED);
+	tally_arena_init(&ch.f.build, 16 << 10, 0);
+	tally_node_submit(ch.node, c_brand(&ch.f, admin(&ch.f), "aurora", 24), child_result, &ch);
+	solo_run_until(&ch, solo_never);
+	_exit(CHILD_NEVER_FULL);
+}
+
+static void test_a_committed_entry_that_does_not_decode_ends_the_node_with_65(void **state)
+{
+	(void)state;
+	struct run r;
+	child_start(&r, child_garbage, 0);
+	uint8_t byte;
+	assert_int_equal(read(r.report, &byte, 1), 0); /* nothing answered */
+	const char *fatal;
+	assert_int_equal(child_end(&r, &fatal), TALLY_NODE_EXIT_DATA);
+	assert_non_null(strstr(fatal, "apply of raft entry "));
+	assert_non_null(strstr(fatal, "batch does not decode"));
+	run_remove(&r);
+}
+
+static void test_each_ledger_error_has_its_exit_status(void **state)
+{
+	(void)state;
+	assert_int_equal(node_exit_status(TALLY_ENOMEM), TALLY_NODE_EXIT_NOMEM);
+	assert_int_equal(node_exit_status(TALLY_EIO), TALLY_NODE_EXIT_IO);
+	assert_int_equal(node_exit_status(TALLY_ENOSPC), TALLY_NODE_EXIT_IO);
+	assert_int_equal(node_exit_status(TALLY_EFULL), TALLY_NODE_EXIT_IO);
+	assert_int_equal(node_exit_status(TALLY_ECORRUPT), TALLY_NODE_EXIT_DATA);
+	assert_int_equal(node_exit_status(TALLY_EVERSION), TALLY_NODE_EXIT_DATA);
+	for (int e = 1; e < TALLY_ERROR_COUNT; e++) {
+		int st = node_exit_status(e);
+		assert_true(st == TALLY_NODE_EXIT_IO || st == TALLY_NODE_EXIT_NOMEM ||
+			    st == TALLY_NODE_EXIT_DATA || st == TALLY_NODE_EXIT_SOFTWARE);
+	}
+	assert_int_equal(node_exit_status(TALLY_ESTORE), TALLY_NODE_EXIT_SOFTWARE);
+	assert_int_equal(node_exit_status(TALLY_ESTATE), TALLY_NODE_EXIT_SOFTWARE);
+}
+
+/* ---- readiness ------------------------------------------------------------------------ */
+
+static struct tally_node_health readiness(struct tally_node_health_facts f)
+{
+	struct tally_node_health h;
+	tally_node_readiness(&f, &h);
+	assert_true(h.ready == (strcmp(h.why, "ok") == 0));
+	return h;
+}
+
+static void test_readiness_follows_the_documented_rule(void **state)
+{
+	(void)state;
+	const struct tally_node_health_facts follower = {
+		.started = true, .leader_id = 2, .leader_silent_ms = 10, .election_timeout_ms = 400,
+		.applied_index = 1000, .commit_index = 1000};
+	struct tally_node_health_facts f = follower;
+	assert_true(readiness(f).ready);
+	f.commit_index = 1000 + TALLY_NODE_READY_LAG_ENTRIES;
+	assert_true(readiness(f).ready);
+	f.commit_index++;
+	assert_string_equal(readiness(f).why, "catching up: applied 1000 of 1257");
+	f = follower;
+	f.installing_snapshot = true;
+	assert_string_equal(readiness(f).why, "catching up: installing a snapshot, applied 1000 of 1000");
+	f = follower;
+	f.leader_id = 0;
+	assert_string_equal(readiness(f).why, "no leader");
+	f = follower;
+	f.leader_silent_ms = 401;
+	assert_string_equal(readiness(f).why, "no word from the leader for 401 ms");
+	f.leader_silent_ms = 400;
+	assert_true(readiness(f).ready);
+	f = follower;
+	f.closing = true;
+	f.leader_id = 0;
+	assert_string_equal(readiness(f).why, "shutting down");
+	f = follower;
+	f.started = false;
+	assert_string_equal(readiness(f).why, "not started");
+	/* A leader: silence does not apply; its first barrier does. */
+	const struct tally_node_health_facts leader = {
+		.started = true, .leader = true, .leader_ready = true, .leader_id = 1,
+		.leader_silent_ms = 100000, .election_timeout_ms = 400, .applied_index = 7,
+		.commit_index = 7};
+	f = leader;
+	struct tally_node_health h = readiness(f);
+	assert_true(h.ready);
+	assert_int_equal(h.leader_id, 1);
+	assert_int_equal(h.applied_index, 7);
+	assert_int_equal(h.commit_index, 7);
+	f.leader_ready = false;
+	assert_string_equal(readiness(f).why, "new leader: applying what earlier leaders committed");
+	/* A commit index below the applied one (a node restored from a newer snapshot than
+	 * raft knows committed) counts as none behind. */
+	f = follower;
+	f.commit_index = 3;
+	h = readiness(f);
+	assert_true(h.ready);
+	assert_int_equal(h.commit_index, 1000);
+}
+
+/* ---- room on disk --------------------------------------------------------------------- */
+
+static void ledger_open_with(const char *dir, bool writemap, uint64_t cap_bytes,
+			     uint64_t room_bytes, struct tally_ledger **out)
+{
+	struct tally_ledger_options o = {.map_size_bytes = cap_bytes, .map_room_bytes = room_bytes,
+					 .nosync = true, .writemap = writemap};
+	assert_int_equal(tally_ledger_open(dir, &o, out), 0);
+}
+
+/* Applies cmds as the batch at raft index `index`; returns the ledger's error. */
+static int batch_apply(struct tally_ledger *l, struct fx *f, Tally__V1__Command **cmds, size_t n,
+		       uint64_t index)
+{
+	Tally__V1__Batch b = TALLY__V1__BATCH__INIT;
+	b.raft_index = index;
+	b.raft_term = 1;
+	b.time_ms = T0_MS;
+	b.commands = cmds;
+	b.n_commands = n;
+	Tally__V1__CommandResult **rs;
+	bool skipped;
+	tally_arena_reset(&f->results);
+	int rc = tally_ledger_apply_batch(l, &b, &f->results, &rs, &skipped);
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		if (rs[i]->code != CODE(OK))
+			fail_msg("command %zu: %s %s", i, tally_result_name(rs[i]->code), rs[i]->message);
+	return rc;
+}
+
+/* n accruals of 1 point to m1 with the longest texts allowed (they fill pages fast). */
+static Tally__V1__Command **accruals(struct fx *f, size_t n)
+{
+	static char text[TALLY_TEXT_BYTES_MAX + 1];
+	memset(text, 'x', TALLY_TEXT_BYTES_MAX);
+	Tally__V1__Command **cmds = tally_arena_alloc(&f->build, n * sizeof(*cmds));
+	assert_non_null(cmds);
+	for (size_t i = 0; i < n; i++) {
+		cmds[i] = c_accrue(f, admin(f), "aurora", "m1", 1);
+		cmds[i]->accrue->reason = cmds[i]->accrue->reference = text;
+	}
+	return cmds;
+}
+
+/* data.mdb's size, failing unless every byte of it has a block on disk. */
+static uint64_t data_file_allocated(const char *dir)
+{
+	char path[300];
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	if ((uint64_t)st.st_blocks * 512 < (uint64_t)st.st_size)
+		fail_msg("%s: %lld bytes long, %lld allocated: holes a write through the map "
+			 "could fault on", path, (long long)st.st_size, (long long)st.st_blocks * 512);
+	return (uint64_t)st.st_size;
+}
+
+/* A writemap ledger's data file is allocated over the whole map (no hole for a store
+ * through the map to fault on), starts at its room (64 MiB by default, not the 64 GiB
+ * cap), and grows with the data. With 1 MiB of room, a batch of several MiB gets
+ * MDB_MAP_FULL (the room grows once before a batch, by 1 MiB) and is applied again in
+ * larger maps. The result is the same as a ledger with a fixed map. */
+static void test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the_data(void **state)
+{
+	(void)state;
+	bool quick = getenv("TALLY_TEST_QUICK") != NULL;
+	size_t big = quick ? 2048 : 8192;
+	char *dirs[3] = {fx_tmpdir(), fx_tmpdir(), fx_tmpdir()};
+	struct tally_ledger *l[3];
+	ledger_open_with(dirs[2], true, 0, 0, &l[2]);
+	uint64_t fresh = data_file_allocated(dirs[2]); /* the data's pages and the room */
+	assert_true(fresh >= (64u << 20) && fresh <= (65u << 20));
+	tally_ledger_close(l[2]);
+	ledger_open_with(dirs[0], true, 0, 1u << 20, &l[0]);
+	ledger_open_with(dirs[1], false, 1ULL << 30, 0, &l[1]);
+	uint64_t size0 = data_file_allocated(dirs[0]);
+	assert_int_equal(size0, 1u << 20); /* what a new ledger needs, and the room */
+	struct fx f = {0};
+	tally_arena_init(&f.build, 1 << 20, 0);
+	tally_arena_init(&f.results, 1 << 20, 0);
+	Tally__V1__Command *setup[2] = {c_brand(&f, admin(&f), "aurora", 24),
+					c_member(&f, admin(&f), "m1")};
+	Tally__V1__Command **cmds = accruals(&f, big);
+	for (int k = 0; k < 2; k++) {
+		assert_int_equal(batch_apply(l[k], &f, setup, 2, 1), 0);
+		assert_int_equal(batch_apply(l[k], &f, cmds, big, 2), 0);
+	}
+	uint64_t size1 = data_file_allocated(dirs[0]);
+	print_message("data.mdb: %llu KiB, then %llu KiB after %zu accruals\n",
+		      (unsigned long long)size0 >> 10, (unsigned long long)size1 >> 10, big);
+	/* Ahead of a batch the map grows by its room (1 MiB) at most: the rest is retries. */
+	assert_true(size1 >= size0 + (2u << 20));
+	uint8_t h[2][32];
+	for (int k = 0; k < 2; k++)
+		assert_int_equal(tally_ledger_content_hash(l[k], h[k]), 0);
+	assert_memory_equal(h[0], h[1], 32);
+	/* Reopened, it is as allocated and as applied as before. */
+	tally_ledger_close(l[0]);
+	ledger_open_with(dirs[0], true, 0, 1u << 20, &l[0]);
+	assert_true(data_file_allocated(dirs[0]) >= size1);
+	assert_int_equal(tally_ledger_applied_index(l[0]), 2);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l[0], msg, sizeof(msg)), 0);
+	for (int k = 0; k < 3; k++) {
+		if (k < 2)
+			tally_ledger_close(l[k]);
+		fx_remove_dir(dirs[k]);
+		free(dirs[k]);
+	}
+	tally_arena_free(&f.build);
+	tally_arena_free(&f.results);
+}
+
+/* At its cap (map_size_bytes) a writemap ledger refuses a batch whole with TALLY_EFULL:
+ * nothing of it applied, the ledger intact. Opened with a larger cap, it takes the
+ * same batch. */
+static void test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct tally_ledger *l;
+	ledger_open_with(dir, true, FULL_MAP_BYTES, 0, &l);
+	struct fx f = {0};
+	tally_arena_init(&f.build, 1 << 20, 0);
+	tally_arena_init(&f.results, 1 << 20, 0);
+	Tally__V1__Command *setup[2] = {c_brand(&f, admin(&f), "aurora", 24),
+					c_member(&f, admin(&f), "m1")};
+	assert_int_equal(batch_apply(l, &f, setup, 2, 1), 0);
+	Tally__V1__Command **cmds;
+	uint64_t index = 2;
+	int rc;
+	while ((rc = batch_apply(l, &f, cmds = accruals(&f, 64), 64, index)) == 0)
+		if (++index > 1000)
+			fail_msg("a ledger capped at 1 MiB took %llu batches", (unsigned long long)index);
+	assert_int_equal(rc, TALLY_EFULL);
+	assert_int_equal(tally_ledger_applied_index(l), index - 1);
+	struct tally_digest before, after;
+	assert_int_equal(tally_ledger_digest(l, &before), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	tally_ledger_close(l);
+	ledger_open_with(dir, true, 64u << 20, 0, &l);
+	assert_int_equal(tally_ledger_digest(l, &after), 0);
+	assert_memory_equal(&before, &after, sizeof(before));
+	assert_int_equal(batch_apply(l, &f, cmds, 64, index), 0);
+	assert_int_equal(tally_ledger_applied_index(l), index);
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	tally_arena_free(&f.build);
+	tally_arena_free(&f.results);
+}
+
+/* A tmpfs mounted by a test, unmounted by its teardown even when the test fails. */
+static char small_fs[256];
+
+static int small_fs_teardown(void **state)
+{
+	(void)state;
+	if (small_fs[0] != '\0') {
+		umount2(small_fs, MNT_DETACH);
+		fx_remove_dir(small_fs);
+		small_fs[0] = '\0';
+	}
+	return 0;
+}
+
+/* On a full file system a writemap ledger's batch fails whole with TALLY_ENOSPC, a
+ * clean error: no SIGBUS (this process would die of it), nothing of the batch applied,
+ * the ledger intact. Once there is room again the same batch applies. Skipped where
+ * mounting a tmpfs is not permitted. */
+static void test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	snprintf(small_fs, sizeof(small_fs), "%s", dir);
+	free(dir);
+	if (mount("tally-test", small_fs, "tmpfs", MS_NOSUID | MS_NODEV, "size=4096k") != 0) {
+		print_message("SKIPPED: cannot mount a tmpfs for a small disk (%s; needs root or "
+			      "CAP_SYS_ADMIN)\n", strerror(errno));
+		fx_remove_dir(small_fs);
+		small_fs[0] = '\0';
+		skip();
+	}
+	struct tally_ledger *l;
+	ledger_open_with(small_fs, true, 0, 1u << 20, &l);
+	struct fx f = {0};
+	tally_arena_init(&f.build, 1 << 20, 0);
+	tally_arena_init(&f.results, 1 << 20, 0);
+	Tally__V1__Command *setup_cmds[2] = {c_brand(&f, admin(&f), "aurora", 24),
+					     c_member(&f, admin(&f), "m1")};
+	assert_int_equal(batch_apply(l, &f, setup_cmds, 2, 1), 0);
+	Tally__V1__Command **cmds;
+	uint64_t index = 2;
+	int rc;
+	while ((rc = batch_apply(l, &f, cmds = accruals(&f, 64), 64, index)) == 0)
+		if (++index > 10000)
+			fail_msg("a ledger on a 4 MiB tmpfs took %llu batches", (unsigned long long)index);
+	print_message("batch %llu: %s\n", (unsigned long long)index, tally_strerror(rc));
+	assert_int_equal(rc, TALLY_ENOSPC);
+	assert_int_equal(tally_ledger_applied_index(l), index - 1);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	assert_int_equal(mount("tally-test", small_fs, "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV,
+			       "size=65536k"), 0);
+	assert_int_equal(batch_apply(l, &f, cmds, 64, index), 0);
+	assert_int_equal(tally_ledger_applied_index(l), index);
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	tally_ledger_close(l);
+	tally_arena_free(&f.build);
+	tally_arena_free(&f.results);
+}
+
+static int setup(void **state)
+{
+	(void)state;
+	signal(SIGPIPE, SIG_IGN);
+	fx_raft_heap_zeroed(true);
+	const int offsets[] = {1, 101};
+	ports_acquire(&ports, offsets, 2);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	ports_release(&ports);
+	fx_raft_heap_zeroed(false);
+	return 0;
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_readiness_follows_the_documented_rule),
+		cmocka_unit_test(test_each_ledger_error_has_its_exit_status),
+		cmocka_unit_test(test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the_data),
+		cmocka_unit_test(test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole),
+		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
+					  small_fs_teardown),
+		cmocka_unit_test(test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply),
+		cmocka_unit_test(test_a_committed_entry_that_does_not_decode_ends_the_node_with_65),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
