@@ -5,7 +5,8 @@
  * catching up: not installing a snapshot, and its applied index within
  * TALLY_NODE_READY_LAG_ENTRIES of the highest commit index it has heard of. On the
  * leader, its term's first barrier must also have completed (node.c's ready_term):
- * until then it has not yet applied everything earlier leaders committed. A follower
+ * until then it has not yet applied everything earlier leaders committed; and it must
+ * have ledger time (consensus/clock.h), without which it refuses every write. A follower
  * must also have heard from the leader within the election timeout: what it knows of
  * the leader's commit index is only as fresh as the leader's last message.
  *
@@ -78,6 +79,8 @@ void tally_node_readiness(const struct tally_node_health_facts *f, struct tally_
 			 f->installing_snapshot ? "installing a snapshot, " : "", applied, commit);
 	else if (f->leader && !f->leader_ready)
 		snprintf(why, cap, "new leader: applying what earlier leaders committed");
+	else if (f->leader && f->leader_no_time)
+		snprintf(why, cap, "no ledger time: the clocks of a majority of voters do not agree");
 	else
 		out->ready = true;
 	if (out->ready)
@@ -99,6 +102,11 @@ void tally_node_health(struct tally_node *n, struct tally_node_health *out)
 		f.leader_silent_ms = uv_now(n->loop) - n->leader_heard_ms;
 		f.leader_ready = n->leader_term == n->raft.current_term &&
 				 n->ready_term == n->leader_term;
+		if (f.leader) {
+			struct tally_node_clock k;
+			tally_node_clock_status(n, &k);
+			f.leader_no_time = !k.synchronized;
+		}
 		/* As raft's replicationInstallSnapshotBusy: a snapshot being stored in place
 		 * of the log (last_stored is 0 until it is restored). */
 		f.installing_snapshot = n->raft.last_stored == 0 && n->raft.snapshot.put.data != NULL;

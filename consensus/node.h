@@ -190,7 +190,9 @@ size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_
  * commit index it has heard of (its own, or the leader's in the leader's messages). A
  * follower must have heard from the leader within the election timeout (what it knows
  * of the leader's commits is that old); a leader is ready once its term's first
- * barrier has completed (it has applied all that earlier leaders committed). The lag
+ * barrier has completed (it has applied all that earlier leaders committed) and while
+ * it has ledger time (a majority of the voters' clocks agree: without it, it refuses
+ * writes). The lag
  * allows for the entries a healthy follower has in flight under full load
  * (inflight_max, 64 by default, plus those committed since the leader's last
  * message). */
@@ -212,6 +214,7 @@ struct tally_node_health_facts {
 	bool started, closing;
 	bool leader;                 /* this node leads ... */
 	bool leader_ready;           /* ... and its term's first barrier completed */
+	bool leader_no_time;         /* ... but has no ledger time (consensus/clock.h) */
 	bool installing_snapshot;
 	uint64_t leader_id;
 	uint64_t leader_silent_ms;   /* since the leader's last message (followers) */

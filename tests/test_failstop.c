@@ -412,6 +412,12 @@ static void test_readiness_follows_the_documented_rule(void **state)
 	assert_int_equal(h.commit_index, 7);
 	f.leader_ready = false;
 	assert_string_equal(readiness(f).why, "new leader: applying what earlier leaders committed");
+	/* A leader without ledger time refuses every write: not ready. A follower's clocks
+	 * do not matter to its readiness. */
+	f = leader;
+	f.leader_no_time = true;
+	assert_string_equal(readiness(f).why,
+			    "no ledger time: the clocks of a majority of voters do not agree");
 	/* A commit index below the applied one (a node restored from a newer snapshot than
 	 * raft knows committed) counts as none behind. */
 	f = follower;
