@@ -36,7 +36,7 @@ static const char *role_name(int role)
 static const struct raft_server *config_get(struct tally_node *n, raft_id id)
 {
 	assert(n != NULL);
-	const struct raft_configuration *c = &n->raft.configuration;
+	const struct raft_configuration *c = &n->raft->configuration;
 	for (unsigned i = 0; i < c->n; i++)
 		if (c->servers[i].id == id)
 			return &c->servers[i];
@@ -51,7 +51,7 @@ void node_leader_client(struct tally_node *n, char *buf, size_t cap)
 		return;
 	raft_id id = 0;
 	const char *address = NULL;
-	raft_leader(&n->raft, &id, &address);
+	raft_leader(n->raft, &id, &address);
 	if (id == 0)
 		return;
 	/* The configuration holds the full "raft|client" address of every server. */
@@ -64,7 +64,7 @@ void node_leader_client(struct tally_node *n, char *buf, size_t cap)
 bool node_has_other_voters(struct tally_node *n)
 {
 	assert(n != NULL && n->raft_inited);
-	const struct raft_configuration *c = &n->raft.configuration;
+	const struct raft_configuration *c = &n->raft->configuration;
 	for (unsigned i = 0; i < c->n; i++)
 		if (c->servers[i].id != n->cfg.id && c->servers[i].role == RAFT_VOTER)
 			return true;
@@ -97,7 +97,7 @@ static void admin_started(struct node_admin *a, int rv)
 		a->n->admins_pending++;
 		return;
 	}
-	const char *msg = raft_errmsg(&a->n->raft);
+	const char *msg = raft_errmsg(a->n->raft);
 	a->cb(a->data, rv, msg != NULL && msg[0] != '\0' ? msg : raft_strerror(rv));
 	free(a);
 }
@@ -124,7 +124,7 @@ void tally_node_add(struct tally_node *n, uint64_t id, const char *address,
 	if (rv == 0 && (id == 0 || raft_part[0] == '\0'))
 		rv = RAFT_INVALID;
 	if (rv == 0)
-		rv = raft_add(&n->raft, &a->req.change, id, address, admin_change_cb);
+		rv = raft_add(n->raft, &a->req.change, id, address, admin_change_cb);
 	admin_started(a, rv);
 }
 
@@ -137,7 +137,7 @@ void tally_node_assign(struct tally_node *n, uint64_t id, int role, tally_node_a
 		return;
 	a->req.change.data = a;
 	int rv = role < RAFT_STANDBY || role > RAFT_SPARE ? RAFT_BADROLE
-		 : raft_assign(&n->raft, &a->req.change, id, role, admin_change_cb);
+		 : raft_assign(n->raft, &a->req.change, id, role, admin_change_cb);
 	admin_started(a, rv);
 }
 
@@ -148,7 +148,7 @@ void tally_node_remove(struct tally_node *n, uint64_t id, tally_node_admin_cb cb
 	if (a == NULL)
 		return;
 	a->req.change.data = a;
-	admin_started(a, raft_remove(&n->raft, &a->req.change, id, admin_change_cb));
+	admin_started(a, raft_remove(n->raft, &a->req.change, id, admin_change_cb));
 }
 
 /* raft_transfer_cb: raft reports no status; success means the target now leads. */
@@ -161,7 +161,7 @@ static void admin_transfer_cb(struct raft_transfer *req)
 	raft_id leader = 0;
 	const char *address = NULL;
 	if (n->phase < NODE_RAFT_CLOSE)
-		raft_leader(&n->raft, &leader, &address);
+		raft_leader(n->raft, &leader, &address);
 	char msg[96];
 	snprintf(msg, sizeof(msg), "leadership did not move to node %llu", req->id);
 	a->cb(a->data, leader == req->id ? 0 : RAFT_CANCELED, leader == req->id ? "ok" : msg);
@@ -176,7 +176,7 @@ void tally_node_transfer(struct tally_node *n, uint64_t id, tally_node_admin_cb 
 	if (a == NULL)
 		return;
 	a->req.transfer.data = a;
-	admin_started(a, raft_transfer(&n->raft, &a->req.transfer, id, admin_transfer_cb));
+	admin_started(a, raft_transfer(n->raft, &a->req.transfer, id, admin_transfer_cb));
 }
 
 size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_t cap)
@@ -184,7 +184,7 @@ size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_
 	assert(n != NULL && (out != NULL || cap == 0));
 	if (!n->raft_inited || n->phase >= NODE_RAFT_CLOSE)
 		return 0;
-	const struct raft_configuration *c = &n->raft.configuration;
+	const struct raft_configuration *c = &n->raft->configuration;
 	size_t k = 0;
 	for (unsigned i = 0; i < c->n && k < cap; i++) {
 		const struct raft_server *s = &c->servers[i];
@@ -222,12 +222,12 @@ void tally_node_status(struct tally_node *n, struct tally_arena *arena, Tally__V
 	out->node_id = n->cfg.id;
 	out->applied_index = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
 	bool live = n->raft_inited && n->phase < NODE_RAFT_CLOSE;
-	int state = live ? raft_state(&n->raft) : RAFT_UNAVAILABLE;
+	int state = live ? raft_state(n->raft) : RAFT_UNAVAILABLE;
 	out->state = (char *)(state >= 0 && state <= RAFT_LEADER ? state_names[state] : "unknown");
 	if (!live)
 		return;
-	out->term = n->raft.current_term;
-	const struct raft_configuration *c = &n->raft.configuration;
+	out->term = n->raft->current_term;
+	const struct raft_configuration *c = &n->raft->configuration;
 	out->nodes = tally_arena_alloc(arena, (c->n > 0 ? c->n : 1) * sizeof(*out->nodes));
 	for (unsigned i = 0; out->nodes != NULL && i < c->n; i++) {
 		const struct raft_server *s = &c->servers[i];
@@ -237,7 +237,7 @@ void tally_node_status(struct tally_node *n, struct tally_arena *arena, Tally__V
 	}
 	raft_id id = 0;
 	const char *address = NULL;
-	raft_leader(&n->raft, &id, &address);
+	raft_leader(n->raft, &id, &address);
 	const struct raft_server *s = id != 0 ? config_get(n, id) : NULL;
 	if (s != NULL)
 		out->leader = status_node(arena, s->id, s->address, s->role);

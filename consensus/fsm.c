@@ -77,7 +77,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	assert(n != NULL && buf != NULL);
 	assert(result != NULL);
 	*result = NULL;
-	uint64_t index = raft_last_applied(&n->raft) + 1;
+	uint64_t index = raft_last_applied(n->raft) + 1;
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
 	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&n->apply_arena),
@@ -211,7 +211,7 @@ static void fsm_restore_fail(struct tally_node *n, const char *what, int status,
 		node_fail_stop(n, status, "restore of the latest raft snapshot at start: %s: %s",
 			       what, why);
 	node_fail_stop(n, status, "restore of the leader's snapshot (applied index %llu "
-		       "before it): %s: %s", (unsigned long long)raft_last_applied(&n->raft), what,
+		       "before it): %s: %s", (unsigned long long)raft_last_applied(n->raft), what,
 		       why);
 }
 

@@ -52,7 +52,7 @@ static int health_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick
 void node_health_install(struct tally_node *n)
 {
 	assert(n != NULL && n->io_next.start != NULL);
-	n->io.start = health_start;
+	n->io->start = health_start;
 }
 
 void tally_node_readiness(const struct tally_node_health_facts *f, struct tally_node_health *out)
@@ -96,11 +96,11 @@ void tally_node_health(struct tally_node *n, struct tally_node_health *out)
 	if (n->started && n->phase < NODE_RAFT_CLOSE) {
 		raft_id id = 0;
 		const char *address = NULL;
-		raft_leader(&n->raft, &id, &address);
+		raft_leader(n->raft, &id, &address);
 		f.leader_id = id;
-		f.leader = raft_state(&n->raft) == RAFT_LEADER;
+		f.leader = raft_state(n->raft) == RAFT_LEADER;
 		f.leader_silent_ms = uv_now(n->loop) - n->leader_heard_ms;
-		f.leader_ready = n->leader_term == n->raft.current_term &&
+		f.leader_ready = n->leader_term == n->raft->current_term &&
 				 n->ready_term == n->leader_term;
 		if (f.leader) {
 			struct tally_node_clock k;
@@ -109,9 +109,9 @@ void tally_node_health(struct tally_node *n, struct tally_node_health *out)
 		}
 		/* As raft's replicationInstallSnapshotBusy: a snapshot being stored in place
 		 * of the log (last_stored is 0 until it is restored). */
-		f.installing_snapshot = n->raft.last_stored == 0 && n->raft.snapshot.put.data != NULL;
-		f.applied_index = raft_last_applied(&n->raft);
-		f.commit_index = n->raft.commit_index > n->leader_commit_seen ? n->raft.commit_index
+		f.installing_snapshot = n->raft->last_stored == 0 && n->raft->snapshot.put.data != NULL;
+		f.applied_index = raft_last_applied(n->raft);
+		f.commit_index = n->raft->commit_index > n->leader_commit_seen ? n->raft->commit_index
 									     : n->leader_commit_seen;
 	}
 	tally_node_readiness(&f, out);

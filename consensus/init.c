@@ -111,38 +111,40 @@ static int dir_make(const char *path, char *errmsg, size_t errcap)
 static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 {
 	assert(n != NULL && !n->raft_inited);
+	n->raft = &n->raft_store;
+	n->io = &n->io_store;
 	int rv = tally_transport_init(&n->transport, n->loop);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft transport: %s", raft_strerror(rv));
 		return raft_to_tally(rv);
 	}
-	rv = raft_uv_init(&n->io, n->loop, n->raft_dir, &n->transport.outer);
+	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
-		ERR(errmsg, errcap, "raft io: %s", n->io.errmsg);
+		ERR(errmsg, errcap, "raft io: %s", n->io->errmsg);
 		tally_transport_free(&n->transport);
 		return raft_to_tally(rv);
 	}
-	n->io.version = 2; /* raft_uv implements async_work; 0.15 forgets to say so */
+	n->io->version = 2; /* raft_uv implements async_work; 0.15 forgets to say so */
 	if (n->cfg.segment_bytes != 0)
-		raft_uv_set_segment_size(&n->io, n->cfg.segment_bytes);
-	node_snapshot_io_init(&n->io);
+		raft_uv_set_segment_size(n->io, n->cfg.segment_bytes);
+	node_snapshot_io_init(n->io);
 	node_ioguard_install(n);
 	node_health_install(n);
 	node_fsm_init(n);
-	rv = raft_init(&n->raft, &n->io, &n->fsm, n->cfg.id, n->address);
+	rv = raft_init(n->raft, n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {
-		ERR(errmsg, errcap, "raft: %s", raft_errmsg(&n->raft));
-		raft_uv_close(&n->io);
+		ERR(errmsg, errcap, "raft: %s", raft_errmsg(n->raft));
+		raft_uv_close(n->io);
 		tally_transport_free(&n->transport);
 		return raft_to_tally(rv);
 	}
-	n->raft.data = n;
+	n->raft->data = n;
 	n->raft_inited = true;
-	raft_set_election_timeout(&n->raft, n->cfg.election_timeout_ms);
-	raft_set_heartbeat_timeout(&n->raft, n->cfg.heartbeat_ms);
-	raft_set_snapshot_threshold(&n->raft, n->cfg.snapshot_threshold);
-	raft_set_snapshot_trailing(&n->raft, n->cfg.snapshot_trailing);
-	raft_set_pre_vote(&n->raft, true);
+	raft_set_election_timeout(n->raft, n->cfg.election_timeout_ms);
+	raft_set_heartbeat_timeout(n->raft, n->cfg.heartbeat_ms);
+	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
+	raft_set_snapshot_trailing(n->raft, n->cfg.snapshot_trailing);
+	raft_set_pre_vote(n->raft, true);
 	return 0;
 }
 
@@ -280,20 +282,20 @@ int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
 		struct raft_configuration conf;
 		raft_configuration_init(&conf);
 		int rc = bootstrap_parse(n, &conf, errmsg, errcap);
-		int rv = rc == 0 ? raft_bootstrap(&n->raft, &conf) : 0;
+		int rv = rc == 0 ? raft_bootstrap(n->raft, &conf) : 0;
 		raft_configuration_close(&conf);
 		if (rc != 0)
 			return rc;
 		if (rv != 0 && rv != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: state exists */
-			ERR(errmsg, errcap, "raft bootstrap: %s", raft_errmsg(&n->raft));
+			ERR(errmsg, errcap, "raft bootstrap: %s", raft_errmsg(n->raft));
 			return raft_to_tally(rv);
 		}
 	}
-	int rv = raft_start(&n->raft);
+	int rv = raft_start(n->raft);
 	if (rv != 0) {
 		/* raft 0.15 fills raft_errmsg only when loading the log fails; a transport
 		 * that cannot listen leaves its reason in the transport's errmsg. */
-		const char *why = raft_errmsg(&n->raft);
+		const char *why = raft_errmsg(n->raft);
 		if (why == NULL || why[0] == '\0')
 			why = n->transport.outer.errmsg;
 		if (why[0] == '\0')

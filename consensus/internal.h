@@ -83,9 +83,11 @@ struct tally_node {
 	struct tally_ledger_options ledger_opts;
 	struct tally_ledger *ledger;
 
-	struct raft raft;
-	struct raft_io io;                /* raft_uv behind the I/O guard (ioguard.c) */
-	struct raft_io io_next;           /* raft_uv's own methods, called by the guard */
+	struct raft *raft;                /* &raft_store, or the simulator's (sim.c) */
+	struct raft_io *io;               /* &io_store, or the simulator's */
+	struct raft raft_store;
+	struct raft_io io_store;          /* raft_uv behind the I/O guard (ioguard.c) */
+	struct raft_io io_next;           /* the I/O's own methods, called by the guard */
 	raft_io_recv_cb raft_recv;        /* raft's receive callback (health.c watches it) */
 	uint64_t leader_commit_seen;      /* highest commit index in a leader's message */
 	uint64_t leader_heard_ms;         /* uv_now when the last one came */
@@ -182,10 +184,12 @@ void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
 /* failstop.c: the exit status for a failure of the ledger (a TALLY_E* code). */
 int node_exit_status(int tally_error);
 
-/* The node whose `io` member io is (raft calls the I/O methods with it). */
+/* The node whose raft uses io: raft_init points io->data at the raft, whose data is
+ * the node (set right after raft_init, before raft calls any I/O method). */
 static inline struct tally_node *node_of_io(struct raft_io *io)
 {
-	return (struct tally_node *)(void *)((char *)io - offsetof(struct tally_node, io));
+	struct raft *r = io->data;
+	return r->data;
 }
 
 /* fsm.c: fills n->fsm (version 3). */

@@ -50,7 +50,7 @@ static int checked(struct tally_node *n, const char *what, int rv)
 	node_fail_stop(n, rv == RAFT_NOMEM ? TALLY_NODE_EXIT_NOMEM : TALLY_NODE_EXIT_IO,
 		       "raft %s failed: %s (%s)", what,
 		       rv == RAFT_NOSPACE ? "no space left on device" : raft_strerror(rv),
-		       n->io.errmsg);
+		       n->io->errmsg);
 }
 
 /* The guard's own request for `what`: a failed allocation ends the process too. */
@@ -145,10 +145,10 @@ static int guard_set_vote(struct raft_io *io, raft_id server_id)
 
 void node_ioguard_install(struct tally_node *n)
 {
-	n->io_next = n->io;
-	n->io.append = guard_append;
-	n->io.snapshot_put = guard_snapshot_put;
-	n->io.truncate = guard_truncate;
-	n->io.set_term = guard_set_term;
-	n->io.set_vote = guard_set_vote;
+	n->io_next = *n->io;
+	n->io->append = guard_append;
+	n->io->snapshot_put = guard_snapshot_put;
+	n->io->truncate = guard_truncate;
+	n->io->set_term = guard_set_term;
+	n->io->set_vote = guard_set_vote;
 }

@@ -45,7 +45,7 @@ int64_t tally_node_wall_ms(struct tally_node *n)
 static size_t voters_of(struct tally_node *n, uint64_t *ids, size_t cap)
 {
 	assert(n != NULL && ids != NULL);
-	const struct raft_configuration *c = &n->raft.configuration;
+	const struct raft_configuration *c = &n->raft->configuration;
 	size_t k = 0;
 	for (unsigned i = 0; i < c->n && k < cap; i++)
 		if (c->servers[i].role == RAFT_VOTER)

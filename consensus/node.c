@@ -45,7 +45,7 @@ void node_log(struct tally_node *n, const char *fmt, ...)
 static bool node_leading(struct tally_node *n)
 {
 	assert(n != NULL);
-	return n->started && n->phase == NODE_OPEN && raft_state(&n->raft) == RAFT_LEADER;
+	return n->started && n->phase == NODE_OPEN && raft_state(n->raft) == RAFT_LEADER;
 }
 
 const char *tally_node_leader_client(struct tally_node *n)
@@ -283,7 +283,7 @@ static struct node_batch *batch_take(struct tally_node *n, struct raft_buffer *b
 {
 	assert(n != NULL && buf != NULL && n->queue_head != NULL);
 	assert(batch_time_ms >= 0);
-	uint64_t term = n->raft.current_term, time_ms = (uint64_t)batch_time_ms;
+	uint64_t term = n->raft->current_term, time_ms = (uint64_t)batch_time_ms;
 	size_t header = 2 + varint_bytes(term) + varint_bytes(time_ms), bytes = 0;
 	size_t count = batch_measure(n, header, &bytes);
 	size_t pad = batch_pad_bytes(bytes);
@@ -332,7 +332,7 @@ static int batch_propose(struct tally_node *n, int64_t batch_time_ms)
 	struct node_batch *b = batch_take(n, &buf, batch_time_ms);
 	if (b == NULL)
 		return RAFT_NOMEM; /* the queue is intact: retried at the next tick */
-	int rv = raft_apply(&n->raft, &b->req, &buf, 1, batch_apply_cb);
+	int rv = raft_apply(n->raft, &b->req, &buf, 1, batch_apply_cb);
 	if (rv != 0) {
 		raft_free(buf.base); /* raft_apply takes ownership only on success */
 		Tally__V1__ResultCode code = rv == RAFT_NOTLEADER ? CODE(NOT_LEADER) : CODE(UNAVAILABLE);
@@ -388,7 +388,7 @@ static void node_flush(struct tally_node *n)
 			queue_fail(n, code, msg);
 			return;
 		}
-		if (n->raft.transfer != NULL)
+		if (n->raft->transfer != NULL)
 			return; /* a leadership transfer decides: wait for it */
 		int64_t time_ms;
 		if (!flush_time(n, &time_ms))
@@ -514,11 +514,11 @@ static void barrier_issue(struct tally_node *n)
 		queries_fail(n, code, msg);
 		return;
 	}
-	if (n->raft.transfer != NULL)
+	if (n->raft->transfer != NULL)
 		return;
 	n->barrier.data = n;
-	n->barrier_term = n->raft.current_term;
-	int rv = raft_barrier(&n->raft, &n->barrier, barrier_cb);
+	n->barrier_term = n->raft->current_term;
+	int rv = raft_barrier(n->raft, &n->barrier, barrier_cb);
 	if (rv != 0) {
 		queries_fail(n, rv == RAFT_NOTLEADER ? CODE(NOT_LEADER) : CODE(UNAVAILABLE),
 			     rv == RAFT_NOTLEADER ? tally_node_leader_client(n) : raft_strerror(rv));
@@ -582,8 +582,8 @@ static void node_watch(struct tally_node *n)
 	assert(n != NULL && n->phase == NODE_OPEN);
 	if (!n->started)
 		return;
-	bool leader = raft_state(&n->raft) == RAFT_LEADER;
-	uint64_t term = n->raft.current_term;
+	bool leader = raft_state(n->raft) == RAFT_LEADER;
+	uint64_t term = n->raft->current_term;
 	if (leader && n->leader_term != term) {
 		n->leader_term = term;
 		n->time_wait_since_ms = 0; /* a new leader gives its probes time again */
@@ -743,7 +743,7 @@ static void raft_closed_cb(struct raft *r)
 {
 	struct tally_node *n = r->data;
 	assert(n != NULL && n->phase == NODE_RAFT_CLOSE);
-	raft_uv_close(&n->io);
+	raft_uv_close(n->io);
 	tally_transport_free(&n->transport);
 	close_handles(n);
 }
@@ -755,7 +755,7 @@ static void close_raft(struct tally_node *n)
 	n->phase = NODE_RAFT_CLOSE;
 	uv_timer_stop(&n->tick);
 	uv_idle_stop(&n->idle);
-	raft_close(&n->raft, raft_closed_cb);
+	raft_close(n->raft, raft_closed_cb);
 	assert(n->inflight == 0 && !n->barrier_busy);
 }
 
@@ -780,11 +780,11 @@ static void close_step(struct tally_node *n)
 	if (busy && uv_now(n->loop) < n->close_deadline_ms)
 		return;
 	bool transfer = !n->close_transferred && n->started &&
-			raft_state(&n->raft) == RAFT_LEADER && n->raft.transfer == NULL &&
+			raft_state(n->raft) == RAFT_LEADER && n->raft->transfer == NULL &&
 			node_has_other_voters(n);
 	if (transfer) {
 		n->close_transfer.data = n;
-		if (raft_transfer(&n->raft, &n->close_transfer, 0, close_transfer_cb) == 0) {
+		if (raft_transfer(n->raft, &n->close_transfer, 0, close_transfer_cb) == 0) {
 			n->phase = NODE_TRANSFER;
 			return;
 		}

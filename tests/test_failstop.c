@@ -319,7 +319,7 @@ static void child_garbage(const char *dir, uint64_t unused, int report_fd)
 	if (buf.base == NULL)
 		_exit(CHILD_SETUP_FAILED);
 	memset(buf.base, 0xff, 8); /* an unterminated varint: no protobuf decodes it */
-	if (raft_apply(&ch.node->raft, &req, &buf, 1, garbage_applied) != 0)
+	if (raft_apply(ch.node->raft, &req, &buf, 1, garbage_applied) != 0)
 		_exit(CHILD_SETUP_FAILED);
 	tally_arena_init(&ch.f.build, 16 << 10, 0);
 	tally_node_submit(ch.node, c_brand(&ch.f, admin(&ch.f), "aurora", 24), child_result, &ch);
