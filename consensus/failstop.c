@@ -55,5 +55,8 @@ void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
 	va_end(ap);
 	node_log(n, "FATAL: %s; exiting with status %d (%s) before anything more is applied "
 		 "or answered", what, status, status_name(status));
-	_exit(status);
+	if (n->cfg.fail_stop == NULL)
+		_exit(status);
+	n->dead = true; /* the simulator's process "exit": it crashes this node next */
+	n->cfg.fail_stop(n->cfg.clock_data, status, what);
 }

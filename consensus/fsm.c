@@ -32,15 +32,14 @@
 #include "consensus/snapshot.h"
 
 /* A committed entry this node cannot apply: the node ends (raft 0.15 would stop
- * applying and keep it in the cluster). */
-static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
-	__attribute__((noreturn));
-
-static void fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
+ * applying and keep it in the cluster). Returns only under the simulator, whose node
+ * is then dead: 0, so that raft runs none of its own failure handling. */
+static int fsm_fail(struct tally_node *n, uint64_t index, const char *what, int rc)
 {
 	assert(n != NULL && rc != 0);
 	node_fail_stop(n, node_exit_status(rc), "apply of raft entry %llu: %s: %s",
 		       (unsigned long long)index, what, tally_strerror(rc));
+	return 0;
 }
 
 static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
@@ -77,21 +76,23 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	assert(n != NULL && buf != NULL);
 	assert(result != NULL);
 	*result = NULL;
+	if (n->dead)
+		return 0; /* the simulator's crashed node applies (and answers) nothing more */
 	uint64_t index = raft_last_applied(n->raft) + 1;
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
 	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&n->apply_arena),
 						       buf->len, buf->base);
 	if (b == NULL)
-		fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
+		return fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
 	if (b->raft_index != 0)
-		fsm_fail(n, index, "batch carries a raft index", TALLY_ECORRUPT);
+		return fsm_fail(n, index, "batch carries a raft index", TALLY_ECORRUPT);
 	b->raft_index = index;
 	Tally__V1__CommandResult **results = NULL;
 	bool skipped = false;
 	int rc = tally_ledger_apply_batch(n->ledger, b, &n->apply_arena, &results, &skipped);
 	if (rc != 0)
-		fsm_fail(n, index, "ledger", rc);
+		return fsm_fail(n, index, "ledger", rc);
 	node_time_observe(n);
 	if (!skipped)
 		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
@@ -108,7 +109,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
 	/* Not of a restored ledger still under its check either: a snapshot of it would
 	 * outlive a failed check. */
-	if (n->snapshot_busy || n->check_busy)
+	if (n->snapshot_busy || n->check_busy || n->dead)
 		return RAFT_BUSY; /* raft retries at the next threshold crossing */
 	*bufs = NULL;
 	*n_bufs = 0;
@@ -174,12 +175,13 @@ static void check_after_cb(uv_work_t *work, int status)
 		node_fail_stop(n, TALLY_NODE_EXIT_SOFTWARE, "the full check of a restored ledger "
 			       "(applied index %llu) did not run: %s",
 			       (unsigned long long)n->check_index, uv_strerror(status));
-	if (n->check_rc != 0)
+	else if (n->check_rc != 0)
 		node_fail_stop(n, node_exit_status(n->check_rc), "restored ledger (applied index "
 			       "%llu) fails the full check: %s", (unsigned long long)n->check_index,
 			       n->check_msg);
-	node_log(n, "restored ledger (applied index %llu) passed the full check in %llu ms",
-		 (unsigned long long)n->check_index, (unsigned long long)ms);
+	else
+		node_log(n, "restored ledger (applied index %llu) passed the full check in "
+			 "%llu ms", (unsigned long long)n->check_index, (unsigned long long)ms);
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
 		node_close_finish(n);
 }
@@ -193,6 +195,11 @@ static void check_start(struct tally_node *n)
 	n->check_index = tally_ledger_applied_index(n->ledger);
 	n->check_start_ns = uv_hrtime();
 	n->check_work.data = n;
+	if (n->loop == NULL) { /* the simulator: at once, deterministically */
+		check_work_cb(&n->check_work);
+		check_after_cb(&n->check_work, 0);
+		return;
+	}
 	int rv = uv_queue_work(n->loop, &n->check_work, check_work_cb, check_after_cb);
 	if (rv != 0)
 		node_fail_stop(n, TALLY_NODE_EXIT_SOFTWARE, "the full check of a restored ledger "
@@ -200,19 +207,29 @@ static void check_start(struct tally_node *n)
 			       (unsigned long long)n->check_index, uv_strerror(rv));
 }
 
-/* A snapshot this node cannot restore: the node ends. */
-static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
-	__attribute__((noreturn));
+/* What a dead node (the simulator's) does with a snapshot raft hands it: takes it
+ * (as restore must on success) and keeps nothing. */
+static int fsm_dead_restore(struct raft_buffer *buf)
+{
+	raft_free(buf->base);
+	buf->base = NULL;
+	return 0;
+}
 
-static void fsm_restore_fail(struct tally_node *n, const char *what, int status, const char *why)
+/* A snapshot this node cannot restore: the node ends (returns only under the
+ * simulator; see fsm_fail). */
+static int fsm_restore_fail(struct tally_node *n, struct raft_buffer *buf, const char *what,
+			    int status, const char *why)
 {
 	assert(n != NULL && what != NULL && why != NULL);
 	if (!n->started) /* raft_start restores the latest snapshot */
 		node_fail_stop(n, status, "restore of the latest raft snapshot at start: %s: %s",
 			       what, why);
-	node_fail_stop(n, status, "restore of the leader's snapshot (applied index %llu "
-		       "before it): %s: %s", (unsigned long long)raft_last_applied(n->raft), what,
-		       why);
+	else
+		node_fail_stop(n, status, "restore of the leader's snapshot (applied index %llu "
+			       "before it): %s: %s", (unsigned long long)raft_last_applied(n->raft),
+			       what, why);
+	return fsm_dead_restore(buf);
 }
 
 /* raft_fsm->restore (main loop): on success the FSM owns buf->base. What holds the
@@ -225,6 +242,8 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && buf != NULL);
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
+	if (n->dead)
+		return fsm_dead_restore(buf);
 	if (n->check_busy) {
 		node_log(n, "snapshot restore refused: the previous one is still being checked");
 		return RAFT_BUSY; /* the leader sends it again */
@@ -236,7 +255,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	int rc = tally_ledger_restore(n->ledger_dir, buf->base, buf->len, &n->ledger_opts,
 				      &n->ledger, &check_pending);
 	if (rc != 0)
-		fsm_restore_fail(n, "ledger", node_exit_status(rc), tally_strerror(rc));
+		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), tally_strerror(rc));
 	raft_free(buf->base);
 	buf->base = NULL;
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "

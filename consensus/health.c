@@ -36,7 +36,7 @@ static void health_recv(struct raft_io *io, struct raft_message *m)
 	if (committed > n->leader_commit_seen)
 		n->leader_commit_seen = committed;
 	if (m->type == RAFT_IO_APPEND_ENTRIES || m->type == RAFT_IO_INSTALL_SNAPSHOT)
-		n->leader_heard_ms = uv_now(n->loop);
+		n->leader_heard_ms = (uint64_t)tally_node_mono_ms(n);
 	n->raft_recv(io, m);
 }
 
@@ -99,7 +99,7 @@ void tally_node_health(struct tally_node *n, struct tally_node_health *out)
 		raft_leader(n->raft, &id, &address);
 		f.leader_id = id;
 		f.leader = raft_state(n->raft) == RAFT_LEADER;
-		f.leader_silent_ms = uv_now(n->loop) - n->leader_heard_ms;
+		f.leader_silent_ms = (uint64_t)tally_node_mono_ms(n) - n->leader_heard_ms;
 		f.leader_ready = n->leader_term == n->raft->current_term &&
 				 n->ready_term == n->leader_term;
 		if (f.leader) {

@@ -130,7 +130,6 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	node_snapshot_io_init(n->io);
 	node_ioguard_install(n);
 	node_health_install(n);
-	node_fsm_init(n);
 	rv = raft_init(n->raft, n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft: %s", raft_errmsg(n->raft));
@@ -138,6 +137,13 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 		tally_transport_free(&n->transport);
 		return raft_to_tally(rv);
 	}
+	node_raft_settings(n);
+	return 0;
+}
+
+void node_raft_settings(struct tally_node *n)
+{
+	assert(n != NULL && n->raft != NULL);
 	n->raft->data = n;
 	n->raft_inited = true;
 	raft_set_election_timeout(n->raft, n->cfg.election_timeout_ms);
@@ -145,7 +151,6 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
 	raft_set_snapshot_trailing(n->raft, n->cfg.snapshot_trailing);
 	raft_set_pre_vote(n->raft, true);
-	return 0;
 }
 
 #define LEDGER_CHECK_ENTRIES_MAX 2000000 /* full check at start below this journal size */
@@ -188,10 +193,21 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 	return rc;
 }
 
-int tally_node_init(struct tally_node **out, uv_loop_t *loop,
-		    const struct tally_node_config *cfg, char *errmsg, size_t errcap)
+void node_free_parts(struct tally_node *n)
 {
-	assert(out != NULL && loop != NULL && cfg != NULL);
+	assert(n != NULL);
+	tally_ledger_close(n->ledger);
+	n->ledger = NULL;
+	tally_arena_free(&n->apply_arena);
+	tally_arena_free(&n->query_arena);
+	free(n->bootstrap);
+	free(n);
+}
+
+int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_node_config *cfg,
+		char *errmsg, size_t errcap)
+{
+	assert(out != NULL && cfg != NULL);
 	*out = NULL;
 	struct tally_node *n = calloc(1, sizeof(*n));
 	if (n == NULL) {
@@ -212,24 +228,37 @@ int tally_node_init(struct tally_node **out, uv_loop_t *loop,
 	if (rc == 0)
 		rc = dir_make(n->ledger_dir, errmsg, errcap);
 	n->ledger_opts = (struct tally_ledger_options){
-		.map_size_bytes = cfg->map_size_bytes, .nosync = true, .writemap = true};
+		.map_size_bytes = cfg->map_size_bytes, .map_room_bytes = cfg->map_room_bytes,
+		.nosync = true, .writemap = true};
 	if (rc == 0)
 		rc = ledger_open_checked(n, errmsg, errcap);
 	tally_clock_init(&n->clock);
+	node_fsm_init(n);
 	if (rc == 0)
 		node_time_observe(n);
-	if (rc == 0)
-		rc = node_raft_init(n, errmsg, errcap);
-	if (rc == 0 && node_handles_init(n) != 0)
-		abort(); /* uv_timer_init and uv_idle_init do not fail */
 	if (rc != 0) {
-		tally_ledger_close(n->ledger);
-		tally_arena_free(&n->apply_arena);
-		tally_arena_free(&n->query_arena);
-		free(n->bootstrap);
-		free(n);
+		node_free_parts(n);
 		return rc;
 	}
+	*out = n;
+	return 0;
+}
+
+int tally_node_init(struct tally_node **out, uv_loop_t *loop,
+		    const struct tally_node_config *cfg, char *errmsg, size_t errcap)
+{
+	assert(out != NULL && loop != NULL && cfg != NULL);
+	struct tally_node *n;
+	int rc = node_create(&n, loop, cfg, errmsg, errcap);
+	if (rc != 0)
+		return rc;
+	rc = node_raft_init(n, errmsg, errcap);
+	if (rc != 0) {
+		node_free_parts(n);
+		return rc;
+	}
+	if (node_handles_init(n) != 0)
+		abort(); /* uv_timer_init and uv_idle_init do not fail */
 	*out = n;
 	return 0;
 }

@@ -90,10 +90,12 @@ struct tally_node {
 	struct raft_io io_next;           /* the I/O's own methods, called by the guard */
 	raft_io_recv_cb raft_recv;        /* raft's receive callback (health.c watches it) */
 	uint64_t leader_commit_seen;      /* highest commit index in a leader's message */
-	uint64_t leader_heard_ms;         /* uv_now when the last one came */
+	uint64_t leader_heard_ms;         /* monotonic ms when the last one came */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
 	bool raft_inited, started;
+	bool dead;                        /* fail-stop under the simulator: does nothing more */
+	bool sim_kicked;                  /* no loop (the simulator): a service turn is due */
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
 	uint64_t tick_last_ns;            /* when it last fired (stats.loop_stall_max_us) */
@@ -132,7 +134,7 @@ struct tally_node {
 	} time_stats;
 
 	/* Expire timer (leader only). */
-	uint64_t expire_last_ms;          /* uv_now of the last expire submitted */
+	uint64_t expire_last_ms;          /* monotonic ms of the last expire submitted */
 	uint64_t expire_count;            /* expires submitted (labels their request ids) */
 	bool expire_busy, expire_more;
 
@@ -151,7 +153,7 @@ struct tally_node {
 
 	/* Close. */
 	enum node_phase phase;
-	uint64_t close_deadline_ms;       /* uv_now after which draining stops waiting */
+	uint64_t close_deadline_ms;       /* monotonic ms after which draining stops waiting */
 	struct raft_transfer close_transfer;
 	bool close_transferred;           /* the close's transfer came back */
 	void (*close_cb)(void *data);
@@ -168,6 +170,31 @@ bool node_time_next(struct tally_node *n, int64_t *time_ms);
 /* ledgertime.c: observes the ledger's time now (after an apply, a restore, an open). */
 void node_time_observe(struct tally_node *n);
 
+/* init.c: a node with its configuration, directories, ledger (checked), clock and
+ * fsm, and no raft yet (loop NULL: the simulator drives it, sim.c). */
+int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_node_config *cfg,
+		char *errmsg, size_t errcap);
+
+/* init.c: frees what node_create made (the ledger closed). */
+void node_free_parts(struct tally_node *n);
+
+/* init.c: n->raft (inited) belongs to n, with the node's raft settings. */
+void node_raft_settings(struct tally_node *n);
+
+/* node.c: a service turn (group commit, barrier, leadership watch, close steps). */
+void node_service(struct tally_node *n);
+
+/* node.c: what the tick timer does every heartbeat_ms (service, expire timer). */
+void node_tick(struct tally_node *n);
+
+/* ioguard.c: gives n->io its own methods back (the guard's and health.c's wrappers
+ * removed): the simulator's next incarnation of the server wraps it again. */
+void node_ioguard_remove(struct tally_node *n);
+
+/* node.c: answers what waits in the queues (commands UNAVAILABLE: never proposed;
+ * queries UNAVAILABLE). */
+void node_queues_fail(struct tally_node *n);
+
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);
@@ -177,9 +204,12 @@ void node_ioguard_install(struct tally_node *n);
 void node_health_install(struct tally_node *n);
 
 /* failstop.c: logs "FATAL: <what>" and ends the process with `status` (one of
- * TALLY_NODE_EXIT_*), at once: the only place the node exits. */
+ * TALLY_NODE_EXIT_*), at once: the only place the node exits. Under the simulator
+ * (tally_node_config.fail_stop set) it marks the node dead instead and returns, and
+ * the caller returns a failure to raft: the simulator crashes the node before raft
+ * runs anything else of it. */
 void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
-	__attribute__((noreturn, format(printf, 3, 4)));
+	__attribute__((format(printf, 3, 4)));
 
 /* failstop.c: the exit status for a failure of the ledger (a TALLY_E* code). */
 int node_exit_status(int tally_error);

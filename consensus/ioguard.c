@@ -40,7 +40,9 @@
 
 #include "consensus/internal.h"
 
-/* Returns rv, unless it is a failure: then the process ends. */
+/* Returns rv, unless it is a failure: then the process ends. Under the simulator the
+ * node is dead instead and 0 goes back: raft must not run its own handling of the
+ * failure, which a real node never reaches; the simulator restarts it from its disk. */
 static int checked(struct tally_node *n, const char *what, int rv)
 {
 	assert(n != NULL && what != NULL);
@@ -51,9 +53,11 @@ static int checked(struct tally_node *n, const char *what, int rv)
 		       "raft %s failed: %s (%s)", what,
 		       rv == RAFT_NOSPACE ? "no space left on device" : raft_strerror(rv),
 		       n->io->errmsg);
+	return 0;
 }
 
-/* The guard's own request for `what`: a failed allocation ends the process too. */
+/* The guard's own request for `what`: a failed allocation ends the process too (NULL
+ * only under the simulator, whose node is then dead: 0 goes back, as in checked). */
 static void *guard_alloc(struct tally_node *n, size_t size_bytes, const char *what)
 {
 	assert(n != NULL && size_bytes > 0);
@@ -85,7 +89,11 @@ static int guard_append(struct raft_io *io, struct raft_io_append *req,
 			const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
 {
 	struct tally_node *n = node_of_io(io);
+	if (n->dead)
+		return 0; /* the simulator's dead node writes nothing more, and never hears back */
 	struct guard_append *g = guard_alloc(n, sizeof(*g), "log append");
+	if (g == NULL)
+		return 0;
 	*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
@@ -116,7 +124,11 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 			      raft_io_snapshot_put_cb cb)
 {
 	struct tally_node *n = node_of_io(io);
+	if (n->dead)
+		return 0; /* the simulator's dead node writes nothing more, and never hears back */
 	struct guard_put *g = guard_alloc(n, sizeof(*g), "snapshot write");
+	if (g == NULL)
+		return 0;
 	*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
 	g->req.data = g;
 	int rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
@@ -134,13 +146,28 @@ static int guard_truncate(struct raft_io *io, raft_index index)
 static int guard_set_term(struct raft_io *io, raft_term term)
 {
 	struct tally_node *n = node_of_io(io);
+	if (n->dead)
+		return 0;
 	return checked(n, "term write", n->io_next.set_term(io, term));
 }
 
 static int guard_set_vote(struct raft_io *io, raft_id server_id)
 {
 	struct tally_node *n = node_of_io(io);
+	if (n->dead)
+		return 0;
 	return checked(n, "vote write", n->io_next.set_vote(io, server_id));
+}
+
+void node_ioguard_remove(struct tally_node *n)
+{
+	assert(n != NULL && n->io != NULL && n->io->append == guard_append);
+	n->io->append = n->io_next.append;
+	n->io->snapshot_put = n->io_next.snapshot_put;
+	n->io->truncate = n->io_next.truncate;
+	n->io->set_term = n->io_next.set_term;
+	n->io->set_vote = n->io_next.set_vote;
+	n->io->start = n->io_next.start; /* health.c's wrapper */
 }
 
 void node_ioguard_install(struct tally_node *n)

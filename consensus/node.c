@@ -45,7 +45,8 @@ void node_log(struct tally_node *n, const char *fmt, ...)
 static bool node_leading(struct tally_node *n)
 {
 	assert(n != NULL);
-	return n->started && n->phase == NODE_OPEN && raft_state(n->raft) == RAFT_LEADER;
+	return n->started && !n->dead && n->phase == NODE_OPEN &&
+	       raft_state(n->raft) == RAFT_LEADER;
 }
 
 const char *tally_node_leader_client(struct tally_node *n)
@@ -78,6 +79,10 @@ static void idle_cb(uv_idle_t *idle);
 void node_kick(struct tally_node *n)
 {
 	assert(n != NULL);
+	if (n->loop == NULL) { /* the simulator runs node_service when it sees this */
+		n->sim_kicked = true;
+		return;
+	}
 	if (n->handles_open == 2 && n->phase < NODE_RAFT_CLOSE &&
 	    !uv_is_active((uv_handle_t *)&n->idle))
 		(void)uv_idle_start(&n->idle, idle_cb); /* fails only on a closing handle */
@@ -103,7 +108,7 @@ static void answer(struct tally_node *n, tally_node_result_cb cb, void *data,
 static Tally__V1__ResultCode refusal(struct tally_node *n, const char **message)
 {
 	assert(n != NULL && message != NULL);
-	if (n->phase != NODE_OPEN || !n->started) {
+	if (n->phase != NODE_OPEN || !n->started || n->dead) {
 		*message = "node is shutting down or not started";
 		return CODE(UNAVAILABLE);
 	}
@@ -587,7 +592,7 @@ static void node_watch(struct tally_node *n)
 	if (leader && n->leader_term != term) {
 		n->leader_term = term;
 		n->time_wait_since_ms = 0; /* a new leader gives its probes time again */
-		n->expire_last_ms = uv_now(n->loop);
+		n->expire_last_ms = (uint64_t)tally_node_mono_ms(n);
 		n->expire_more = false;
 	} else if (!leader && n->leader_term != 0) {
 		n->leader_term = 0;
@@ -617,7 +622,7 @@ static void expire_maybe(struct tally_node *n)
 	if (n->leader_term == 0 || n->ready_term != n->leader_term || n->expire_busy ||
 	    !node_leading(n))
 		return;
-	uint64_t now = uv_now(n->loop);
+	uint64_t now = (uint64_t)tally_node_mono_ms(n);
 	if (!n->expire_more && now - n->expire_last_ms < n->cfg.expire_interval_ms)
 		return;
 	n->expire_last_ms = now;
@@ -641,9 +646,12 @@ static void expire_maybe(struct tally_node *n)
 
 static void close_step(struct tally_node *n);
 
-static void node_service(struct tally_node *n)
+void node_service(struct tally_node *n)
 {
 	assert(n != NULL);
+	n->sim_kicked = false;
+	if (n->dead)
+		return;
 	if (n->phase != NODE_OPEN) {
 		close_step(n);
 		return;
@@ -674,14 +682,20 @@ static void stall_observe(struct tally_node *n)
 	n->tick_last_ns = now_ns;
 }
 
+void node_tick(struct tally_node *n)
+{
+	assert(n != NULL);
+	node_service(n);
+	if (n->phase == NODE_OPEN && !n->dead)
+		expire_maybe(n);
+}
+
 static void tick_cb(uv_timer_t *tick)
 {
 	struct tally_node *n = tick->data;
 	assert(n != NULL);
 	stall_observe(n);
-	node_service(n);
-	if (n->phase == NODE_OPEN)
-		expire_maybe(n);
+	node_tick(n);
 }
 
 int node_handles_init(struct tally_node *n)
@@ -777,7 +791,7 @@ static void close_step(struct tally_node *n)
 	if (n->phase != NODE_DRAIN)
 		return;
 	bool busy = n->inflight > 0 || n->barrier_busy;
-	if (busy && uv_now(n->loop) < n->close_deadline_ms)
+	if (busy && (uint64_t)tally_node_mono_ms(n) < n->close_deadline_ms)
 		return;
 	bool transfer = !n->close_transferred && n->started &&
 			raft_state(n->raft) == RAFT_LEADER && n->raft->transfer == NULL &&
@@ -800,10 +814,17 @@ void tally_node_close(struct tally_node *n, void (*cb)(void *data), void *data)
 	n->close_cb = cb;
 	n->close_data = data;
 	/* Long enough for entries in flight to commit; raft bounds the transfer itself. */
-	n->close_deadline_ms = uv_now(n->loop) + 2ULL * n->cfg.election_timeout_ms + 1;
+	n->close_deadline_ms =
+		(uint64_t)tally_node_mono_ms(n) + 2ULL * n->cfg.election_timeout_ms + 1;
+	node_queues_fail(n);
+	node_kick(n);
+}
+
+void node_queues_fail(struct tally_node *n)
+{
+	assert(n != NULL);
 	queue_fail(n, CODE(UNAVAILABLE), "node is shutting down");
 	queries_fail(n, CODE(UNAVAILABLE), "node is shutting down");
-	node_kick(n);
 }
 
 void tally_node_free(struct tally_node *n)
