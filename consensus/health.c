@@ -37,6 +37,7 @@ static void health_recv(struct raft_io *io, struct raft_message *m)
 		n->leader_commit_seen = committed;
 	if (m->type == RAFT_IO_APPEND_ENTRIES || m->type == RAFT_IO_INSTALL_SNAPSHOT)
 		n->leader_heard_ms = (uint64_t)tally_node_mono_ms(n);
+	node_recv_fix(n, m);
 	n->raft_recv(io, m);
 }
 

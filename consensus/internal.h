@@ -195,6 +195,10 @@ void node_ioguard_remove(struct tally_node *n);
  * queries UNAVAILABLE). */
 void node_queues_fail(struct tally_node *n);
 
+/* raft015.c: rewrites an incoming message raft 0.15 would mishandle (an AppendEntries
+ * from below this node's snapshot), before raft sees it. */
+void node_recv_fix(struct tally_node *n, struct raft_message *m);
+
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);

@@ -1,0 +1,54 @@
+/*
+ * consensus/raft015 — a way around a canonical raft 0.15 bug, from outside raft.
+ *
+ * A follower rejects an AppendEntries whose previous entry lies inside its snapshot:
+ * raft's log has no term for an index its snapshot replaced (logTermOf returns 0), so
+ * the log-matching check fails, although every entry a snapshot covers is committed and
+ * therefore the same in the leader's log. A leader whose idea of the follower is older
+ * than the follower's snapshot (the follower's answers were lost while it took
+ * entries, snapshotted, and restarted) probes it from below that snapshot and never
+ * gets past it: it walks down, sends its own, older snapshot (which the follower
+ * acknowledges without installing), and starts again. The deterministic simulator
+ * found it (tests/sim.c, seed 749 before this): a follower that never caught up.
+ *
+ * What is done: an incoming AppendEntries whose previous index is below this node's
+ * snapshot, whose entries reach past the snapshot and at least as far as everything
+ * this node stored, is trimmed to the entries after the snapshot, its previous entry
+ * becoming the snapshot's last (index and term). That is the message the leader would
+ * have sent had it known the snapshot: the entries dropped are committed, and equal to
+ * the ones the snapshot holds (log matching, leader completeness). The condition on
+ * the end matters: raft 0.15 answers a successful AppendEntries with its last stored
+ * index rather than the last index the message covered, so a message that left part
+ * of this node's log unchecked could make the leader count entries it never compared.
+ * Any other message passes untouched.
+ */
+#include <assert.h>
+#include <string.h>
+
+#include "consensus/internal.h"
+
+/* Drops the first k entries of an AppendEntries, keeping at least one: their bytes
+ * stay in the message's batch, which raft frees with the remaining entries. */
+static void entries_drop_front(struct raft_append_entries *a, unsigned k)
+{
+	assert(a != NULL && k > 0 && k < a->n_entries);
+	memmove(a->entries, a->entries + k, (a->n_entries - k) * sizeof(a->entries[0]));
+	a->n_entries -= k;
+}
+
+void node_recv_fix(struct tally_node *n, struct raft_message *m)
+{
+	assert(n != NULL && m != NULL);
+	if (m->type != RAFT_IO_APPEND_ENTRIES)
+		return;
+	const struct raft *r = n->raft;
+	struct raft_append_entries *a = &m->append_entries;
+	raft_index snap = r->log.snapshot.last_index;
+	raft_index end = a->prev_log_index + a->n_entries; /* the message's last entry */
+	if (snap == 0 || a->prev_log_index >= snap || end <= snap || end < r->last_stored ||
+	    raft_state((struct raft *)r) != RAFT_FOLLOWER || r->snapshot.put.data != NULL)
+		return;
+	entries_drop_front(a, (unsigned)(snap - a->prev_log_index));
+	a->prev_log_index = snap;
+	a->prev_log_term = r->log.snapshot.last_term;
+}
