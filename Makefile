@@ -4,6 +4,7 @@
 #   make check           run every test
 #   make SANITIZE=1 check   the same under ASan + UBSan (separate build dir)
 #   make valgrind        run the unit tests under valgrind (quick sizes)
+#   make sim SEEDS=N     the deterministic cluster simulator over N seeds (tests/sim.c)
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
 #   make bench-snapshot  take and restore a raft snapshot of a 1,000,000-member ledger
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
@@ -56,13 +57,15 @@ CLIENT_SO  := $(BUILD)/libtally.so
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o
+# The deterministic cluster simulator (tests/sim.c, make sim): not a cmocka suite.
+SIM_BIN    := $(BUILD)/tests/sim
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 # The lost-writes nemesis's LD_PRELOAD recorder (always built without sanitizers:
 # it is preloaded into release tallyd processes only).
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
-.PHONY: all check valgrind bench-ledger bench-snapshot bench demo demo-ledger deps clean install \
+.PHONY: all check valgrind sim bench-ledger bench-snapshot bench demo demo-ledger deps clean install \
         jepsen jepsen-smoke
 .SECONDARY:
 
@@ -70,7 +73,7 @@ ifneq ($(wildcard rpc/client.c),)
 CLIENT_LIBS := $(CLIENT_A) $(CLIENT_SO)
 endif
 
-all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN) $(LOSTWRITES)
+all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN) $(SIM_BIN) $(LOSTWRITES)
 
 $(PROTO_C) $(PROTO_H): proto/tally.proto
 	@mkdir -p $(BUILD)/proto
@@ -114,7 +117,12 @@ $(LOSTWRITES): jepsen/lostwrites.c
 	$(CC) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
 		-Wmissing-prototypes -O2 -fPIC -shared -o $@ $< -ldl -lpthread
 
-check: $(TEST_BIN) $(TOOLS)
+# The simulator in make check: SIM_CHECK_SEEDS seeds (1 up), and a few run twice to
+# prove a run is exact.
+SIM_CHECK_SEEDS ?= 300
+SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001 --seeds 10 --twice"
+
+check: $(TEST_BIN) $(TOOLS) $(SIM_BIN)
 	@set -e; pass=0; fail=0; \
 	for py in jepsen/test_check.py jepsen/test_lostwrites.py; do \
 		echo "== $$py"; \
@@ -123,6 +131,10 @@ check: $(TEST_BIN) $(TOOLS)
 	for t in $(TEST_BIN); do \
 		echo "== $$t"; \
 		if $$t; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$t"; fi; \
+	done; \
+	for args in $(SIM_RUNS); do \
+		echo "== $(SIM_BIN) $$args"; \
+		if $(SIM_BIN) $$args; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: sim $$args"; fi; \
 	done; \
 	echo "test programs: $$pass passed, $$fail failed"; \
 	test $$fail -eq 0
@@ -136,6 +148,12 @@ valgrind: $(TEST_BIN)
 		TALLY_TEST_QUICK=1 valgrind -q --error-exitcode=99 --leak-check=full \
 			--errors-for-leak-kinds=definite --child-silent-after-fork=yes $$t >/dev/null; \
 	done; echo "valgrind: clean"
+
+# The deterministic cluster simulator: SEEDS seeds from FIRST (make sim SEEDS=5000).
+SEEDS ?= 1000
+FIRST ?= 1
+sim: $(SIM_BIN)
+	$(SIM_BIN) --seeds $(SEEDS) --first $(FIRST)
 
 bench-ledger: $(BUILD)/tools/ledger-bench
 	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000 --writemap
