@@ -9,6 +9,7 @@
 #include "tests/util.h"
 
 #include <arpa/inet.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1463,6 +1465,80 @@ static void test_client_pipelined_answers_match_while_an_old_call_stays_due(void
 	tally_arena_free(&arena);
 }
 
+/* ---- tallyctl's exit codes against fake nodes ------------------------------------ */
+
+static char tallyctl_path[1024]; /* next to this test: ../tools/tallyctl */
+
+/* Runs tallyctl with the fakes' key against `address`: its exit status (-1 when it did
+ * not exit), with what it printed (stdout and stderr together) in out. */
+static int tallyctl_run(const char *address, const char *args, char *out, size_t cap)
+{
+	char keys[] = "/tmp/tally-test-rpc-keys-XXXXXX";
+	int fd = mkstemp(keys);
+	assert_true(fd >= 0);
+	FILE *kf = fdopen(fd, "w");
+	assert_non_null(kf);
+	fprintf(kf, "%s mall * %s\n", KEY_NAME, SECRET);
+	assert_int_equal(fclose(kf), 0);
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd), "%s --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
+		 tallyctl_path, address, keys, KEY_NAME, args);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	unlink(keys);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* tallyctl ARGS against a fake node in `mode` exits `want` and says `says`. */
+static void expect_tallyctl(enum fake_mode mode, const char *args, int want, const char *says)
+{
+	struct fake f;
+	fake_start_n(&f, mode, 1);
+	char out[4096];
+	int got = tallyctl_run(f.address, args, out, sizeof(out));
+	fake_join(&f);
+	if (got != want || strstr(out, says) == NULL)
+		fail_msg("tallyctl %s against fake mode %d: exit %d, expected %d saying \"%s\":\n%s",
+			 args, (int)mode, got, want, says, out);
+}
+
+#define ACCRUE "accrue --brand b1 --member m1 --points 5 --request-id r-77"
+
+static void test_tallyctl_exits_4_only_for_an_unknown_outcome(void **state)
+{
+	(void)state;
+	if (access(tallyctl_path, X_OK) != 0) {
+		fprintf(stderr, "skipped: no tallyctl at %s (build the tools first)\n", tallyctl_path);
+		skip();
+	}
+	expect_tallyctl(FAKE_SERVE, "--json " ACCRUE, 0, "\"request_id\":\"r-77\"");
+	/* Sent, and no definite answer: unknown, with the request id to retry with. */
+	const char *retry = "retry with the same --request-id r-77";
+	expect_tallyctl(FAKE_GARBAGE, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_GARBAGE, "--json " ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_WRONG_BODY, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_HALF, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_HANGUP, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_GARBAGE, "cluster remove --id 2", 4, "outcome unknown");
+	expect_tallyctl(FAKE_HANGUP, "cluster assign --id 2 --role voter", 4, "outcome unknown");
+	/* Definitely not applied: the node failed before acting, or no request was sent. */
+	expect_tallyctl(FAKE_INTERNAL, ACCRUE, 3, "not applied");
+	expect_tallyctl(FAKE_INTERNAL, "cluster remove --id 2", 3, "not applied");
+	expect_tallyctl(FAKE_BAD_HELLO, ACCRUE, 3, "does not decode");
+	/* Refused whole: a malformed request (usage), a change refused (rejection). */
+	expect_tallyctl(FAKE_REFUSE, ACCRUE, 2, "INVALID_ARGUMENT");
+	expect_tallyctl(FAKE_REFUSE, "--json cluster remove --id 2", 1,
+			"\"error\":\"INVALID_ARGUMENT\"");
+	/* A read changes nothing: no answer is 3, never "unknown". */
+	expect_tallyctl(FAKE_GARBAGE, "balance --brand b1 --member m1", 3, "no answer");
+	expect_tallyctl(FAKE_HALF, "balance --brand b1 --member m1", 3, "no answer");
+	expect_tallyctl(FAKE_GARBAGE, "status", 3, "no answer");
+	expect_tallyctl(FAKE_HANGUP, "status", 3, "no answer");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1503,6 +1579,11 @@ int main(void)
 		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
 		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
 		cmocka_unit_test(test_client_pipelined_answers_match_while_an_old_call_stays_due),
+		cmocka_unit_test(test_tallyctl_exits_4_only_for_an_unknown_outcome),
 	};
+	char self[1024];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	self[n > 0 ? n : 0] = '\0';
+	snprintf(tallyctl_path, sizeof(tallyctl_path), "%s/../tools/tallyctl", dirname(self));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
