@@ -449,7 +449,8 @@ struct fake {
 	int listen_fd;
 	char address[64];
 	char leader[64];          /* FAKE_NOT_LEADER */
-	unsigned pipeline_n;      /* FAKE_REVERSED, FAKE_FIRST_LAST */
+	unsigned pipeline_n;      /* FAKE_REVERSED, FAKE_FIRST_LAST, FAKE_HANGUP */
+	unsigned connections;     /* served before it stops listening; 0: see fake_main */
 	struct tally_key key;     /* the one key this node knows */
 	pthread_t thread;
 	pthread_mutex_t mu;
@@ -836,14 +837,22 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 	close(fd);
 }
 
+/* Serves f->connections connections one after the other (FAKE_GOODBYE: 2, else 1 by
+ * default), and stops listening on the last one's accept: a client that comes back
+ * after that is refused at once instead of waiting for a handshake nobody answers. */
 static void *fake_main(void *arg)
 {
 	struct fake *f = arg;
-	unsigned connections = f->mode == FAKE_GOODBYE ? 2 : 1;
+	unsigned connections = f->connections > 0 ? f->connections
+			       : f->mode == FAKE_GOODBYE ? 2 : 1;
 	for (unsigned i = 0; i < connections; i++) {
 		int fd = accept(f->listen_fd, NULL, NULL);
 		if (fd < 0)
 			return NULL;
+		if (i + 1 == connections) {
+			close(f->listen_fd);
+			f->listen_fd = -1;
+		}
 		f->accepted = true;
 		enum fake_mode mode = f->mode == FAKE_GOODBYE && i > 0 ? FAKE_SERVE : f->mode;
 		fake_connection(f, fd, mode);
@@ -874,7 +883,8 @@ static void fake_start_n(struct fake *f, enum fake_mode mode, unsigned n)
 static void fake_join(struct fake *f)
 {
 	assert_int_equal(pthread_join(f->thread, NULL), 0);
-	close(f->listen_fd);
+	if (f->listen_fd >= 0)
+		close(f->listen_fd);
 	pthread_cond_destroy(&f->cv);
 	pthread_mutex_destroy(&f->mu);
 }
@@ -1492,17 +1502,32 @@ static int tallyctl_run(const char *address, const char *args, char *out, size_t
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* tallyctl ARGS against a fake node in `mode` exits `want` and says `says`. */
-static void expect_tallyctl(enum fake_mode mode, const char *args, int want, const char *says)
+/* tallyctl ARGS against a fake node in `mode`, named `copies` times in the cluster
+ * list (each copy a connection it serves), exits `want` and says `says`. */
+static void expect_tallyctl_n(enum fake_mode mode, unsigned copies, const char *args, int want,
+			      const char *says)
 {
 	struct fake f;
-	fake_start_n(&f, mode, 1);
+	fake_init(&f, mode);
+	f.pipeline_n = 1;
+	f.connections = copies;
+	fake_run(&f);
+	char cluster[1024] = "";
+	for (unsigned i = 0; i < copies; i++) {
+		size_t at = strlen(cluster);
+		snprintf(cluster + at, sizeof(cluster) - at, "%s%s", i > 0 ? "," : "", f.address);
+	}
 	char out[4096];
-	int got = tallyctl_run(f.address, args, out, sizeof(out));
+	int got = tallyctl_run(cluster, args, out, sizeof(out));
 	fake_join(&f);
 	if (got != want || strstr(out, says) == NULL)
 		fail_msg("tallyctl %s against fake mode %d: exit %d, expected %d saying \"%s\":\n%s",
 			 args, (int)mode, got, want, says, out);
+}
+
+static void expect_tallyctl(enum fake_mode mode, const char *args, int want, const char *says)
+{
+	expect_tallyctl_n(mode, 1, args, want, says);
 }
 
 #define ACCRUE "accrue --brand b1 --member m1 --points 5 --request-id r-77"
@@ -1532,11 +1557,13 @@ static void test_tallyctl_exits_4_only_for_an_unknown_outcome(void **state)
 	expect_tallyctl(FAKE_REFUSE, ACCRUE, 2, "INVALID_ARGUMENT");
 	expect_tallyctl(FAKE_REFUSE, "--json cluster remove --id 2", 1,
 			"\"error\":\"INVALID_ARGUMENT\"");
-	/* A read changes nothing: no answer is 3, never "unknown". */
-	expect_tallyctl(FAKE_GARBAGE, "balance --brand b1 --member m1", 3, "no answer");
-	expect_tallyctl(FAKE_HALF, "balance --brand b1 --member m1", 3, "no answer");
-	expect_tallyctl(FAKE_GARBAGE, "status", 3, "no answer");
-	expect_tallyctl(FAKE_HANGUP, "status", 3, "no answer");
+	/* A read changes nothing: no answer is 3, never "unknown" — a malformed one, or
+	 * none from any try (20 tries, the node named 20 times so that no backoff is due:
+	 * every try is answered with a goodbye). */
+	expect_tallyctl(FAKE_GARBAGE, "balance --brand b1 --member m1", 3, "INTERNAL: no answer");
+	expect_tallyctl(FAKE_GARBAGE, "status", 3, "INTERNAL: no answer");
+	expect_tallyctl_n(FAKE_HANGUP, 20, "balance --brand b1 --member m1", 3, "TIMEOUT: no answer");
+	expect_tallyctl_n(FAKE_HANGUP, 20, "status", 3, "TIMEOUT: no answer");
 }
 
 int main(void)
