@@ -442,6 +442,7 @@ enum fake_mode {
 	FAKE_INTERNAL,    /* answer INTERNAL: the node failed, nothing applied */
 	FAKE_REFUSE,      /* call id 0 INVALID_ARGUMENT (a frame it could not read), close */
 	FAKE_BAD_HELLO,   /* answer the Hello with bytes that do not decode */
+	FAKE_STALL,       /* after the handshake read nothing until released, then serve */
 };
 
 struct fake {
@@ -456,6 +457,8 @@ struct fake {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool said_goodbye;        /* FAKE_GOODBYE, under mu */
+	bool released;            /* FAKE_STALL, under mu */
+	size_t frame_bytes;       /* the longest request it reads; 0: FAKE_FRAME_BYTES */
 	/* Written by the fake's thread, read by the test after fake_join. */
 	bool accepted;
 	bool welcomed;
@@ -794,7 +797,7 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 	struct timeval tv = {.tv_sec = FAKE_IO_TIMEOUT_S, .tv_usec = 0};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	struct tally_frame_reader r;
-	tally_frame_reader_init(&r, FAKE_FRAME_BYTES);
+	tally_frame_reader_init(&r, f->frame_bytes > 0 ? f->frame_bytes : FAKE_FRAME_BYTES);
 	if (mode == FAKE_BAD_HELLO) {
 		Tally__V1__Request *hello = fake_read(fd, &r);
 		if (hello != NULL) {
@@ -815,6 +818,10 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 			fake_serve_reversed(f, fd, &r);
 		if (mode == FAKE_FIRST_LAST)
 			fake_serve_first_last(f, fd, &r);
+		pthread_mutex_lock(&f->mu);
+		while (mode == FAKE_STALL && !f->released)
+			pthread_cond_wait(&f->cv, &f->mu);
+		pthread_mutex_unlock(&f->mu);
 		/* A goodbye with pipeline_n requests in hand (the last one read below). */
 		for (unsigned i = 1; mode == FAKE_HANGUP && i < f->pipeline_n; i++) {
 			Tally__V1__Request *req = fake_read(fd, &r);
@@ -1257,6 +1264,48 @@ static void test_client_a_command_followed_to_the_leader_and_lost_there_is_unkno
 					      "the node closed the connection"), 1);
 }
 
+/* A request written only in part is definitely not applied: a node acts on whole
+ * frames, and the client closes the connection, so the rest never arrives. The node
+ * here reads nothing until the call is over, so a 64 MiB batch cannot all be written
+ * (socket buffers hold a few MiB); then it reads what came: no whole request. */
+static void test_client_a_request_written_in_part_is_not_applied(void **state)
+{
+	(void)state;
+	enum { REFERENCE_BYTES = 8000, FRAME_BYTES = 128 << 20 };
+	struct fake f;
+	fake_init(&f, FAKE_STALL);
+	f.frame_bytes = FRAME_BYTES;
+	fake_run(&f);
+	struct tally_client_options o = {.cluster = f.address, .key_name = KEY_NAME,
+					 .secret = SECRET, .timeout_ms = 500, .attempts = 1,
+					 .frame_bytes_max = FRAME_BYTES};
+	struct tally_client *c = NULL;
+	char err[256];
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	static char reference[REFERENCE_BYTES + 1];
+	memset(reference, 'r', REFERENCE_BYTES);
+	Tally__V1__Command *one = accrue(&arena, 1);
+	one->accrue->reference = reference;
+	static Tally__V1__Command *cmds[TALLY_BATCH_COMMANDS_MAX];
+	for (size_t i = 0; i < TALLY_BATCH_COMMANDS_MAX; i++)
+		cmds[i] = one;
+	Tally__V1__BatchResult *br = NULL;
+	assert_int_equal(tally_client_batch(c, cmds, TALLY_BATCH_COMMANDS_MAX, &arena, &br),
+			 CODE(UNAVAILABLE));
+	assert_non_null(strstr(tally_client_error(c), "request not written within 500 ms"));
+	tally_client_close(c);
+	pthread_mutex_lock(&f.mu);
+	f.released = true;
+	pthread_cond_signal(&f.cv);
+	pthread_mutex_unlock(&f.mu);
+	fake_join(&f);
+	assert_true(f.welcomed);
+	assert_int_equal(f.requests, 0);
+	tally_arena_free(&arena);
+}
+
 static void test_client_tries_the_next_address_when_a_node_closes_first(void **state)
 {
 	(void)state;
@@ -1490,9 +1539,11 @@ static int tallyctl_run(const char *address, const char *args, char *out, size_t
 	assert_non_null(kf);
 	fprintf(kf, "%s mall * %s\n", KEY_NAME, SECRET);
 	assert_int_equal(fclose(kf), 0);
-	char cmd[2048];
-	snprintf(cmd, sizeof(cmd), "%s --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
-		 tallyctl_path, address, keys, KEY_NAME, args);
+	char cmd[4096];
+	int len = snprintf(cmd, sizeof(cmd),
+			   "%s --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
+			   tallyctl_path, address, keys, KEY_NAME, args);
+	assert_true(len > 0 && (size_t)len < sizeof(cmd));
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
 	size_t n = fread(out, 1, cap - 1, p);
@@ -1599,6 +1650,7 @@ int main(void)
 		cmocka_unit_test(test_client_admin_refusals_are_answers_and_transport_codes_are_not),
 		cmocka_unit_test(test_client_a_handshake_protocol_error_is_definite),
 		cmocka_unit_test(test_client_a_command_followed_to_the_leader_and_lost_there_is_unknown),
+		cmocka_unit_test(test_client_a_request_written_in_part_is_not_applied),
 		cmocka_unit_test(test_client_tries_the_next_address_when_a_node_closes_first),
 		cmocka_unit_test(test_client_reconnects_when_the_node_closed_the_idle_connection),
 		cmocka_unit_test(test_client_open_with_no_reachable_node_is_unavailable),
