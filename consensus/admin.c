@@ -11,6 +11,8 @@
 
 #include "consensus/internal.h"
 
+#define CODE(name) TALLY__V1__RESULT_CODE__##name
+
 struct node_admin {
 	union {
 		struct raft_change change;
@@ -71,23 +73,68 @@ bool node_has_other_voters(struct tally_node *n)
 	return false;
 }
 
-/* Starts an admin request or answers at once; `start` returns a raft code. */
+/* Starts an admin request or answers at once (UNAVAILABLE: nothing was started). */
 static struct node_admin *admin_new(struct tally_node *n, tally_node_admin_cb cb, void *data)
 {
 	assert(n != NULL && cb != NULL);
 	if (n->phase != NODE_OPEN || !n->started) {
-		cb(data, RAFT_SHUTDOWN, "node is not running");
+		cb(data, CODE(UNAVAILABLE), "node is not running");
 		return NULL;
 	}
 	struct node_admin *a = calloc(1, sizeof(*a));
 	if (a == NULL) {
-		cb(data, RAFT_NOMEM, "out of memory");
+		cb(data, CODE(UNAVAILABLE), "out of memory");
 		return NULL;
 	}
 	a->n = n;
 	a->cb = cb;
 	a->data = data;
 	return a;
+}
+
+/* What a raft call that refused to start a request (rv != 0) tells the caller: raft
+ * changed nothing, so every answer here is definite. Raft checks "a change is under
+ * way" before it looks at the ids, so ALREADY_EXISTS and NOT_FOUND describe a
+ * committed configuration. */
+static Tally__V1__ResultCode admin_refusal(struct tally_node *n, int rv, const char **msg)
+{
+	assert(n != NULL && msg != NULL);
+	assert(rv != 0);
+	/* raft_errmsg() is not reset by every refusal, so the messages are ours. */
+	*msg = raft_strerror(rv);
+	switch (rv) {
+	case RAFT_NOTLEADER:
+		if (tally_node_is_leader(n)) {
+			*msg = "leadership transfer under way";
+			return CODE(UNAVAILABLE);
+		}
+		*msg = tally_node_leader_client(n);
+		return CODE(NOT_LEADER);
+	case RAFT_DUPLICATEID:
+	case RAFT_DUPLICATEADDRESS:
+		*msg = "a node with that id or address is already in the configuration";
+		return CODE(ALREADY_EXISTS);
+	case RAFT_BADROLE: /* the role is checked first: raft means "already has it" */
+		*msg = "the node already has that role";
+		return CODE(ALREADY_EXISTS);
+	case RAFT_BADID:
+	case RAFT_NOTFOUND:
+		*msg = "no such node in the configuration";
+		return CODE(NOT_FOUND);
+	case RAFT_INVALID:
+		return CODE(INVALID_ARGUMENT);
+	case RAFT_CANTCHANGE:
+		*msg = "a configuration change is under way: retry";
+		return CODE(UNAVAILABLE);
+	case RAFT_NOMEM:
+	case RAFT_SHUTDOWN:
+	case RAFT_BUSY:
+	case RAFT_TOOMANY:
+	case RAFT_NOCONNECTION:
+		return CODE(UNAVAILABLE);
+	default:
+		return CODE(INTERNAL);
+	}
 }
 
 static void admin_started(struct node_admin *a, int rv)
@@ -97,17 +144,27 @@ static void admin_started(struct node_admin *a, int rv)
 		a->n->admins_pending++;
 		return;
 	}
-	const char *msg = raft_errmsg(a->n->raft);
-	a->cb(a->data, rv, msg != NULL && msg[0] != '\0' ? msg : raft_strerror(rv));
+	const char *msg = NULL;
+	Tally__V1__ResultCode code = admin_refusal(a->n, rv, &msg);
+	a->cb(a->data, code, msg);
 	free(a);
 }
 
+/* Raft took the change and reports how it ended. A failure after the start is an
+ * unknown outcome (the entry may be in the log and committed by the next leader),
+ * except an aborted promotion: raft gives up on a node that does not catch up before
+ * it appends anything. */
 static void admin_change_cb(struct raft_change *req, int status)
 {
 	struct node_admin *a = req->data;
 	assert(a != NULL && a->n->admins_pending > 0);
 	a->n->admins_pending--;
-	a->cb(a->data, status, status == 0 ? "ok" : raft_strerror(status));
+	if (status == 0)
+		a->cb(a->data, CODE(OK), "ok");
+	else if (status == RAFT_NOCONNECTION)
+		a->cb(a->data, CODE(UNAVAILABLE), "the node did not catch up: not promoted");
+	else
+		a->cb(a->data, CODE(TIMEOUT), "outcome unknown: read the status or retry");
 	free(a);
 }
 
@@ -136,9 +193,12 @@ void tally_node_assign(struct tally_node *n, uint64_t id, int role, tally_node_a
 	if (a == NULL)
 		return;
 	a->req.change.data = a;
-	int rv = role < RAFT_STANDBY || role > RAFT_SPARE ? RAFT_BADROLE
-		 : raft_assign(n->raft, &a->req.change, id, role, admin_change_cb);
-	admin_started(a, rv);
+	if (role < RAFT_STANDBY || role > RAFT_SPARE) {
+		cb(data, CODE(INVALID_ARGUMENT), "role: 0 standby, 1 voter or 2 spare");
+		free(a);
+		return;
+	}
+	admin_started(a, raft_assign(n->raft, &a->req.change, id, role, admin_change_cb));
 }
 
 void tally_node_remove(struct tally_node *n, uint64_t id, tally_node_admin_cb cb, void *data)
@@ -151,7 +211,8 @@ void tally_node_remove(struct tally_node *n, uint64_t id, tally_node_admin_cb cb
 	admin_started(a, raft_remove(n->raft, &a->req.change, id, admin_change_cb));
 }
 
-/* raft_transfer_cb: raft reports no status; success means the target now leads. */
+/* raft_transfer_cb: raft reports no status; success means the target now leads.
+ * Otherwise the target may still win the election it was asked to start: unknown. */
 static void admin_transfer_cb(struct raft_transfer *req)
 {
 	struct node_admin *a = req->data;
@@ -163,8 +224,9 @@ static void admin_transfer_cb(struct raft_transfer *req)
 	if (n->phase < NODE_RAFT_CLOSE)
 		raft_leader(n->raft, &leader, &address);
 	char msg[96];
-	snprintf(msg, sizeof(msg), "leadership did not move to node %llu", req->id);
-	a->cb(a->data, leader == req->id ? 0 : RAFT_CANCELED, leader == req->id ? "ok" : msg);
+	snprintf(msg, sizeof(msg), "leadership has not moved to node %llu yet: outcome unknown",
+		 req->id);
+	a->cb(a->data, leader == req->id ? CODE(OK) : CODE(TIMEOUT), leader == req->id ? "ok" : msg);
 	node_kick(n);
 	free(a);
 }
@@ -176,7 +238,13 @@ void tally_node_transfer(struct tally_node *n, uint64_t id, tally_node_admin_cb 
 	if (a == NULL)
 		return;
 	a->req.transfer.data = a;
-	admin_started(a, raft_transfer(n->raft, &a->req.transfer, id, admin_transfer_cb));
+	int rv = raft_transfer(n->raft, &a->req.transfer, id, admin_transfer_cb);
+	if (rv == RAFT_BADID) { /* raft's word for "not a voter other than the leader" */
+		cb(data, CODE(INVALID_ARGUMENT), "the target is not a voter other than the leader");
+		free(a);
+		return;
+	}
+	admin_started(a, rv);
 }
 
 size_t tally_node_peers(struct tally_node *n, struct tally_node_peer *out, size_t cap)

@@ -196,7 +196,9 @@ static void inflight_unlink(struct tally_node *n, struct node_batch *b)
 	n->inflight--;
 }
 
-/* raft_apply_cb: status 0 means the FSM already delivered the results. */
+/* raft_apply_cb: status 0 means the FSM already delivered the results. Raft accepted
+ * the entry into its log, so whatever else ends it (leadership lost, shutdown) leaves
+ * its outcome unknown: the next leader may still commit it. Never NOT_LEADER here. */
 static void batch_apply_cb(struct raft_apply *req, int status, void *result)
 {
 	struct node_batch *b = req->data;
@@ -205,12 +207,10 @@ static void batch_apply_cb(struct raft_apply *req, int status, void *result)
 	inflight_unlink(n, b);
 	if (!b->delivered) {
 		b->delivered = true;
-		Tally__V1__ResultCode code = status == RAFT_NOTLEADER ? CODE(NOT_LEADER) : CODE(TIMEOUT);
-		const char *msg = code == CODE(NOT_LEADER) ? tally_node_leader_client(n)
-			: status == 0 ? "outcome unknown: retry"
+		const char *msg = status == 0 ? "outcome unknown: retry"
 			: "leadership lost while in flight: outcome unknown, retry";
 		for (size_t i = 0; i < b->n_waiters; i++)
-			answer(n, b->waiters[i].cb, b->waiters[i].data, code, msg);
+			answer(n, b->waiters[i].cb, b->waiters[i].data, CODE(TIMEOUT), msg);
 	}
 	free(b);
 	node_kick(n);

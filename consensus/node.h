@@ -97,8 +97,22 @@ typedef void (*tally_node_result_cb)(void *data, const Tally__V1__CommandResult 
 typedef void (*tally_node_query_cb)(void *data, Tally__V1__ResultCode code,
 				    const char *message, Tally__V1__QueryResult *res);
 
-/* Completion of an admin operation (0 or a raft error code; msg describes it). */
-typedef void (*tally_node_admin_cb)(void *data, int rc, const char *msg);
+/* The outcome of a membership change or leadership transfer (msg says why):
+ *   OK                      done
+ *   NOT_LEADER              not started: msg is the leader's client address ("" unknown)
+ *   UNAVAILABLE             not started (a change under way, shutting down, out of
+ *                           memory), or a promotion given up before anything was appended
+ *   ALREADY_EXISTS          not started: the id or address is taken, or the node already
+ *                           has the role
+ *   NOT_FOUND               not started: no such node in the configuration
+ *   INVALID_ARGUMENT        not started: a bad address, id or role
+ *   INTERNAL                not started: any other raft refusal
+ *   TIMEOUT                 raft took the request and then gave up (leadership lost,
+ *                           shutdown; a transfer whose target does not lead yet): the
+ *                           change may still take effect — unknown.
+ * Every code but OK and TIMEOUT means nothing changed. cb runs exactly once, possibly
+ * before the call returns. */
+typedef void (*tally_node_admin_cb)(void *data, Tally__V1__ResultCode code, const char *msg);
 
 /* Creates a node on `loop`: opens the ledger, prepares raft (not started). */
 int tally_node_init(struct tally_node **out, uv_loop_t *loop,

@@ -6,20 +6,27 @@
  * that deadline, so no call blocks longer than its attempts allow.
  *
  * What an attempt can come to, and what the client does about it (tally.h):
- *   connect or handshake failed        definite: the next node of the list
+ *   connect or handshake failed        definite: the next node of the list (a
+ *                                      handshake answer that is not one: INTERNAL)
  *   closed before the request was out  definite: the next node of the list
  *   NOT_LEADER with leader_address     definite: that address, at once
  *   UNAVAILABLE, NOT_LEADER without    definite: backoff, then the next node
- *   written, then no answer / closed   unknown: TIMEOUT for commands; queries and
- *                                      STATUS are retried on the next node
- *   an answer that does not decode     INTERNAL, the connection is dropped
+ *   written, then no well-formed       unknown: TIMEOUT for anything with an effect
+ *   answer (none in time, connection   (command, batch, membership change); a query
+ *   closed, a goodbye, bytes that are  or STATUS is tried again on the next node, or
+ *   not an answer to this request)     ends with INTERNAL for a malformed answer
  * After every node of the list failed in a row the client also backs off
  * (50 ms doubling up to 1 s) before trying the list again.
  *
- * Pipelining keeps two counters: `pending` requests written on the current
- * connection and not answered yet, and `lost` requests whose connection went away
- * before their answer. Every successful tally_client_send gets exactly one outcome
- * from tally_client_recv: a response, or TIMEOUT for a lost one.
+ * "Written" means the whole frame: a node acts on a request only once it holds the
+ * whole frame, and when a write fails part-way the connection is closed at once, so
+ * the rest never leaves and the node cannot have acted on it.
+ *
+ * Pipelining keeps the requests written on the current connection and not answered
+ * yet in a table by call id (`due`, `pending` of them), and counts `lost` requests
+ * whose connection went away before their answer. Every successful tally_client_send
+ * gets exactly one outcome from tally_client_recv: a well-formed response to a due
+ * request, or TIMEOUT for a lost one.
  */
 #include "rpc/tally.h"
 
@@ -64,11 +71,19 @@
 #define CLIENT_BACKOFF_MS_MAX 1000u
 #define CLIENT_READ_BYTES 65536
 #define CLIENT_PIPELINE_MAX 65536u
-#define CLIENT_STRAY_MAX 1024           /* unmatched answers skipped per call */
+#define CLIENT_DUE_SLOTS_MIN 64u        /* first size of the table of due requests */
 #define CLIENT_HANDSHAKE_BYTES 256      /* a packed Hello or Proof fits */
 #define CLIENT_SCRATCH_BYTES_MAX (256u << 10)
 #define CLIENT_ERR_BYTES 256
 #define CLIENT_SECRET_BYTES_MIN 16
+
+/* What a request asked for: enough to tell a well-formed answer from a protocol error. */
+struct client_ask {
+	uint64_t call_id;                      /* 0: a free slot of the table of due requests */
+	uint32_t n_commands;                   /* batch */
+	uint8_t body;                          /* Tally__V1__Request__BodyCase */
+	uint8_t op;                            /* Tally__V1__Admin__Op of an admin request */
+};
 
 struct tally_client {
 	char nodes[CLIENT_NODES_MAX][CLIENT_ADDRESS_BYTES_MAX + 1];
@@ -85,6 +100,8 @@ struct tally_client {
 	uint64_t call_id_next;
 	unsigned pending;                      /* pipelined, written on this connection */
 	unsigned lost;                         /* pipelined, connection gone before answer */
+	struct client_ask *due;                /* the pending requests, open addressing */
+	size_t due_slots;                      /* a power of two, at least 2 x pending */
 	struct tally_frame_reader reader;
 	uint8_t *wbuf;                         /* the encoded request: header + body */
 	size_t wcap;
@@ -97,8 +114,9 @@ struct tally_client {
 enum client_io {
 	IO_OK,
 	IO_UNSENT, /* connection failed or broke before the request was fully written */
-	IO_LOST,   /* written, then the connection broke or the deadline passed */
-	IO_BAD,    /* the node sent bytes that are not a valid answer */
+	IO_LOST,   /* written, then the connection broke, the node said goodbye or the
+		    * deadline passed */
+	IO_BAD,    /* the node sent bytes that are not a well-formed answer */
 };
 
 /* What the retry loop of a blocking call does next. */
@@ -257,6 +275,8 @@ static void clientDisconnect(struct tally_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	if (c->pending > 0) /* every request due on this connection is lost */
+		memset(c->due, 0, c->due_slots * sizeof(*c->due));
 	c->lost += c->pending;
 	c->pending = 0;
 	tally_frame_reader_reset(&c->reader);
@@ -352,6 +372,9 @@ static bool clientIdleUnusable(struct tally_client *c)
 	return rc != 0;
 }
 
+/* Writes a whole frame: IO_OK, or IO_UNSENT when the connection broke or the deadline
+ * passed first, even part-way (the caller closes the connection, so the node never
+ * holds the whole frame and cannot act on it). */
 static enum client_io clientWriteAll(struct tally_client *c, const uint8_t *buf, size_t len,
 				     int64_t deadline_ms)
 {
@@ -463,33 +486,112 @@ static Tally__V1__Response *clientDecode(struct tally_client *c, const uint8_t *
 	return r;
 }
 
-/* Writes one encoded request and reads until its answer: the Response with its call
- * id, or one with call id 0 and an error code (the node refusing the connection). */
+/* What `req` asks for, to check its answer against. */
+static struct client_ask clientAskOf(const Tally__V1__Request *req)
+{
+	assert(req != NULL && req->call_id != 0);
+	struct client_ask ask = {.call_id = req->call_id, .body = (uint8_t)req->body_case};
+	if (req->body_case == TALLY__V1__REQUEST__BODY_BATCH)
+		ask.n_commands = (uint32_t)req->batch->n_commands;
+	if (req->body_case == TALLY__V1__REQUEST__BODY_ADMIN)
+		ask.op = (uint8_t)req->admin->op;
+	return ask;
+}
+
+/* Whether the request may change state (command, batch, membership change, leadership
+ * transfer): then an answer that is not well-formed leaves its outcome unknown. A
+ * query or STATUS has no effect and may be asked again anywhere. */
+static bool clientHasEffect(const struct client_ask *ask)
+{
+	assert(ask != NULL);
+	if (ask->body == TALLY__V1__REQUEST__BODY_QUERY)
+		return false;
+	return ask->body != TALLY__V1__REQUEST__BODY_ADMIN || ask->op != TALLY__V1__ADMIN__OP__STATUS;
+}
+
+/* The codes a ledger result may carry: OK and the business rejections. */
+static bool clientBusinessCode(Tally__V1__ResultCode code)
+{
+	return code >= CODE(OK) && code <= CODE(NOT_FOUND);
+}
+
+/* The codes one command of a batch may carry: a ledger result, or the transport
+ * outcome of that command alone (NOT_LEADER, UNAVAILABLE: not applied; TIMEOUT). */
+static bool clientBatchItemCode(Tally__V1__ResultCode code)
+{
+	return clientBusinessCode(code) || code == CODE(NOT_LEADER) ||
+	       code == CODE(UNAVAILABLE) || code == CODE(TIMEOUT);
+}
+
+/* Whether r, the answer carrying ask's call id, is well formed: with OK, the body the
+ * request calls for, every code in it known and a batch answered command by command.
+ * A code other than OK needs no body (clientDecode already checked it is known). */
+static bool clientWellFormed(struct tally_client *c, const struct client_ask *ask,
+			     const Tally__V1__Response *r)
+{
+	assert(c != NULL && ask != NULL && r != NULL);
+	assert(r->call_id == ask->call_id);
+	if (r->code != CODE(OK))
+		return true;
+	bool ok = false;
+	switch (ask->body) {
+	case TALLY__V1__REQUEST__BODY_COMMAND:
+		ok = r->body_case == TALLY__V1__RESPONSE__BODY_RESULT &&
+		     clientBusinessCode(r->result->code);
+		break;
+	case TALLY__V1__REQUEST__BODY_BATCH:
+		ok = r->body_case == TALLY__V1__RESPONSE__BODY_BATCH &&
+		     r->batch->n_results == ask->n_commands;
+		for (size_t i = 0; ok && i < r->batch->n_results; i++)
+			ok = clientBatchItemCode(r->batch->results[i]->code);
+		break;
+	case TALLY__V1__REQUEST__BODY_QUERY:
+		ok = r->body_case == TALLY__V1__RESPONSE__BODY_QUERY &&
+		     clientBusinessCode(r->query->code);
+		break;
+	case TALLY__V1__REQUEST__BODY_ADMIN:
+		ok = r->body_case == (ask->op == TALLY__V1__ADMIN__OP__STATUS
+					      ? TALLY__V1__RESPONSE__BODY_STATUS
+					      : TALLY__V1__RESPONSE__BODY__NOT_SET);
+		break;
+	default:
+		assert(false); /* tally_client_send and the blocking calls ask nothing else */
+	}
+	if (!ok)
+		clientErr(c, "%s: an OK answer (body %d) that does not fit the request (%d, %u "
+			     "commands)", c->address, (int)r->body_case, (int)ask->body,
+			  (unsigned)ask->n_commands);
+	return ok;
+}
+
+/* Writes one encoded request and reads its answer: the Response with its call id, or
+ * one with call id 0 and an error code (the node refusing a frame or closing the
+ * connection: a goodbye). A blocking call is alone on its connection, so an answer
+ * with any other call id, or call id 0 and OK, is a protocol error (IO_BAD). */
 static enum client_io clientRoundTrip(struct tally_client *c, const uint8_t *frame,
 				      size_t frame_len, uint64_t call_id, int64_t deadline_ms,
 				      struct tally_arena *arena, Tally__V1__Response **out)
 {
 	assert(c != NULL && frame != NULL && arena != NULL && out != NULL);
-	assert(call_id != 0);
+	assert(call_id != 0 && c->pending == 0);
 	enum client_io io = clientWriteAll(c, frame, frame_len, deadline_ms);
 	if (io != IO_OK)
 		return io;
-	for (unsigned stray = 0; stray < CLIENT_STRAY_MAX; stray++) {
-		const uint8_t *body = NULL;
-		size_t len = 0;
-		io = clientReadFrame(c, deadline_ms, &body, &len);
-		if (io != IO_OK)
-			return io;
-		Tally__V1__Response *r = clientDecode(c, body, len, arena);
-		if (r == NULL)
-			return IO_BAD;
-		if (r->call_id == call_id || (r->call_id == 0 && r->code != CODE(OK))) {
-			*out = r;
-			return IO_OK;
-		}
+	const uint8_t *body = NULL;
+	size_t len = 0;
+	io = clientReadFrame(c, deadline_ms, &body, &len);
+	if (io != IO_OK)
+		return io;
+	Tally__V1__Response *r = clientDecode(c, body, len, arena);
+	if (r == NULL)
+		return IO_BAD;
+	if (r->call_id != call_id && (r->call_id != 0 || r->code == CODE(OK))) {
+		clientErr(c, "%s: an answer to call %llu, expected call %llu", c->address,
+			  (unsigned long long)r->call_id, (unsigned long long)call_id);
+		return IO_BAD;
 	}
-	clientErr(c, "%s: more than %d answers to other calls", c->address, CLIENT_STRAY_MAX);
-	return IO_BAD;
+	*out = r;
+	return IO_OK;
 }
 
 /* ---- handshake ---------------------------------------------------------------- */
@@ -625,7 +727,9 @@ static Tally__V1__ResultCode clientConnectAny(struct tally_client *c, unsigned b
 
 /* ---- blocking calls ------------------------------------------------------------ */
 
-/* What the answer to a blocking call means for the retry loop. */
+/* What a well-formed answer to a blocking call means for the retry loop. The node's
+ * word is taken: NOT_LEADER and UNAVAILABLE are definite and tried elsewhere, TIMEOUT
+ * is unknown, every other code is final (a refusal: nothing was applied). */
 static enum client_step clientOutcome(struct tally_client *c, const Tally__V1__Response *r,
 				      Tally__V1__ResultCode *code)
 {
@@ -633,7 +737,9 @@ static enum client_step clientOutcome(struct tally_client *c, const Tally__V1__R
 	*code = r->code;
 	if (r->code == CODE(OK))
 		return STEP_DONE;
-	clientErr(c, "%s: %d: %.160s", c->address, (int)r->code, r->message);
+	clientErr(c, "%s: %s: %.160s", c->address, tally_result_name(r->code), r->message);
+	if (r->call_id == 0) /* the node refused the frame and closes the connection */
+		clientDisconnect(c);
 	if (r->code == CODE(NOT_LEADER) && clientValidAddress(r->leader_address)) {
 		snprintf(c->redirect, sizeof(c->redirect), "%s", r->leader_address);
 		clientDisconnect(c);
@@ -648,56 +754,78 @@ static enum client_step clientOutcome(struct tally_client *c, const Tally__V1__R
 	return STEP_DONE;
 }
 
-/* One attempt: (re)connect when needed, send the request in c->wbuf, read its answer. */
-static enum client_step clientAttempt(struct tally_client *c, uint64_t call_id,
-				      size_t frame_len, bool may_repeat,
-				      struct tally_arena *arena, Tally__V1__Response **out,
-				      Tally__V1__ResultCode *code)
+/* Connects for an attempt when not connected: STEP_DONE with OK to go on, or where
+ * the retry loop goes (nothing was sent: every outcome here is definite). */
+static enum client_step clientAttemptConnect(struct tally_client *c, Tally__V1__ResultCode *code)
 {
-	assert(c != NULL && arena != NULL && out != NULL && code != NULL);
-	assert(c->pending == 0 && c->lost == 0);
+	assert(c != NULL && code != NULL);
+	*code = CODE(OK);
 	if (c->fd >= 0 && clientIdleUnusable(c)) {
 		/* Most likely an idle timeout: the same node first. */
 		snprintf(c->redirect, sizeof(c->redirect), "%s", c->address);
 		clientDisconnect(c);
 	}
-	if (c->fd < 0) {
-		char target[sizeof(c->redirect)];
-		bool follow = c->redirect[0] != '\0';
-		snprintf(target, sizeof(target), "%s", follow ? c->redirect : c->nodes[c->cursor]);
-		c->redirect[0] = '\0';
-		*code = clientConnect(c, target);
-		if (*code == CODE(UNAVAILABLE) && !follow)
-			clientAdvance(c);
-		/* A leader named by a follower but unreachable is most likely dead and an
-		 * election under way: back off before asking again. */
-		if (*code == CODE(UNAVAILABLE) && follow)
-			return STEP_BACKOFF;
-		if (*code != CODE(OK))
-			return *code == CODE(UNAVAILABLE) ? STEP_NEXT : STEP_DONE;
-	}
-	enum client_io io = clientRoundTrip(c, c->wbuf, frame_len, call_id,
+	if (c->fd >= 0)
+		return STEP_DONE;
+	char target[sizeof(c->redirect)];
+	bool follow = c->redirect[0] != '\0';
+	snprintf(target, sizeof(target), "%s", follow ? c->redirect : c->nodes[c->cursor]);
+	c->redirect[0] = '\0';
+	*code = clientConnect(c, target);
+	assert(*code != CODE(TIMEOUT)); /* a handshake that failed sent no request */
+	if (*code != CODE(UNAVAILABLE))
+		return STEP_DONE;
+	if (!follow)
+		clientAdvance(c);
+	/* A leader named by a follower but unreachable is most likely dead and an
+	 * election under way: back off before asking again. */
+	return follow ? STEP_BACKOFF : STEP_NEXT;
+}
+
+/* One attempt: (re)connect when needed, send the request in c->wbuf, read its answer.
+ * Anything but a well-formed answer after the request went out is unknown for a
+ * request with an effect (TIMEOUT, final) and no answer for one without (tried again
+ * elsewhere; INTERNAL, final, for a malformed answer). */
+static enum client_step clientAttempt(struct tally_client *c, const struct client_ask *ask,
+				      size_t frame_len, struct tally_arena *arena,
+				      Tally__V1__Response **out, Tally__V1__ResultCode *code)
+{
+	assert(c != NULL && ask != NULL && arena != NULL && out != NULL && code != NULL);
+	assert(c->pending == 0 && c->lost == 0);
+	enum client_step step = clientAttemptConnect(c, code);
+	if (step != STEP_DONE || *code != CODE(OK))
+		return step;
+	enum client_io io = clientRoundTrip(c, c->wbuf, frame_len, ask->call_id,
 					    clientNowMs() + c->timeout_ms, arena, out);
+	if (io == IO_OK && (*out)->call_id == 0 && (*out)->code != CODE(INVALID_ARGUMENT)) {
+		/* A goodbye (idle timeout, shutdown) with the request in the node's hands. */
+		clientErr(c, "%s: the node closed the connection: %s: %.120s", c->address,
+			  tally_result_name((*out)->code), (*out)->message);
+		io = IO_LOST;
+	} else if (io == IO_OK && (*out)->call_id != 0 && !clientWellFormed(c, ask, *out)) {
+		io = IO_BAD;
+	}
 	if (io == IO_OK)
 		return clientOutcome(c, *out, code);
 	clientDisconnect(c);
 	assert(c->lost == 0); /* a blocking call has no pipelined requests to lose */
 	*out = NULL;
+	bool effect = clientHasEffect(ask);
 	if (io == IO_BAD) {
-		*code = CODE(INTERNAL);
+		*code = effect ? CODE(TIMEOUT) : CODE(INTERNAL);
 		return STEP_DONE;
 	}
 	clientAdvance(c);
 	*code = io == IO_UNSENT ? CODE(UNAVAILABLE) : CODE(TIMEOUT);
-	return io == IO_UNSENT || may_repeat ? STEP_NEXT : STEP_DONE;
+	return io == IO_UNSENT || !effect ? STEP_NEXT : STEP_DONE;
 }
 
 /* Sends req (call id assigned here) until an attempt is final or the attempts run
- * out. `may_repeat`: the request has no effect, so an unknown outcome is retried.
- * *out is the answer when one came (whatever its code), else NULL. */
+ * out. *out is the answer when a well-formed one came (whatever its code), else NULL.
+ * Every attempt before the last one ended definitely not applied, so running out of
+ * attempts is UNAVAILABLE (or, for a request without effect, TIMEOUT). */
 static Tally__V1__ResultCode clientCall(struct tally_client *c, Tally__V1__Request *req,
-					bool may_repeat, struct tally_arena *arena,
-					Tally__V1__Response **out)
+					struct tally_arena *arena, Tally__V1__Response **out)
 {
 	assert(c != NULL && req != NULL && arena != NULL && out != NULL);
 	assert(c->attempts > 0);
@@ -710,12 +838,13 @@ static Tally__V1__ResultCode clientCall(struct tally_client *c, Tally__V1__Reque
 	size_t frame_len = clientEncode(c, req);
 	if (frame_len == 0)
 		return CODE(INVALID_ARGUMENT);
+	const struct client_ask ask = clientAskOf(req);
 	unsigned backoff_ms = CLIENT_BACKOFF_MS_MIN;
 	size_t failed = 0;
 	Tally__V1__ResultCode code = CODE(UNAVAILABLE);
 	for (unsigned attempt = 0; attempt < c->attempts; attempt++) {
 		bool last = attempt + 1 == c->attempts;
-		switch (clientAttempt(c, req->call_id, frame_len, may_repeat, arena, out, &code)) {
+		switch (clientAttempt(c, &ask, frame_len, arena, out, &code)) {
 		case STEP_DONE:
 			return code;
 		case STEP_FOLLOW:
@@ -734,20 +863,8 @@ static Tally__V1__ResultCode clientCall(struct tally_client *c, Tally__V1__Reque
 		}
 	}
 	*out = NULL;
+	assert(code != CODE(TIMEOUT) || !clientHasEffect(&ask));
 	return code == CODE(NOT_LEADER) ? CODE(UNAVAILABLE) : code;
-}
-
-/* The answer to a call must carry body `want` when its code is OK. */
-static bool clientBody(struct tally_client *c, const Tally__V1__Response *r,
-		       Tally__V1__Response__BodyCase want)
-{
-	assert(c != NULL && r != NULL);
-	assert(r->code == CODE(OK));
-	if (r->body_case == want)
-		return true;
-	clientErr(c, "%s: answer with body %d, expected %d", c->address, (int)r->body_case,
-		  (int)want);
-	return false;
 }
 
 Tally__V1__ResultCode tally_client_command(struct tally_client *c, const Tally__V1__Command *cmd,
@@ -761,13 +878,10 @@ Tally__V1__ResultCode tally_client_command(struct tally_client *c, const Tally__
 	req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
 	req.command = (Tally__V1__Command *)cmd;
 	Tally__V1__Response *r = NULL;
-	Tally__V1__ResultCode code = clientCall(c, &req, false, arena, &r);
-	if (code != CODE(OK))
-		return code;
-	if (!clientBody(c, r, TALLY__V1__RESPONSE__BODY_RESULT))
-		return CODE(INTERNAL);
-	*result = r->result;
-	return CODE(OK);
+	Tally__V1__ResultCode code = clientCall(c, &req, arena, &r);
+	if (code == CODE(OK))
+		*result = r->result; /* well formed: clientWellFormed */
+	return code;
 }
 
 Tally__V1__ResultCode tally_client_batch(struct tally_client *c,
@@ -789,17 +903,10 @@ Tally__V1__ResultCode tally_client_batch(struct tally_client *c,
 	req.body_case = TALLY__V1__REQUEST__BODY_BATCH;
 	req.batch = &list;
 	Tally__V1__Response *r = NULL;
-	Tally__V1__ResultCode code = clientCall(c, &req, false, arena, &r);
-	if (code != CODE(OK))
-		return code;
-	if (!clientBody(c, r, TALLY__V1__RESPONSE__BODY_BATCH))
-		return CODE(INTERNAL);
-	if (r->batch->n_results != n) {
-		clientErr(c, "%s: %zu results for %zu commands", c->address, r->batch->n_results, n);
-		return CODE(INTERNAL);
-	}
-	*results = r->batch;
-	return CODE(OK);
+	Tally__V1__ResultCode code = clientCall(c, &req, arena, &r);
+	if (code == CODE(OK))
+		*results = r->batch; /* n results: clientWellFormed */
+	return code;
 }
 
 Tally__V1__ResultCode tally_client_query(struct tally_client *c, const Tally__V1__Query *q,
@@ -812,13 +919,10 @@ Tally__V1__ResultCode tally_client_query(struct tally_client *c, const Tally__V1
 	req.body_case = TALLY__V1__REQUEST__BODY_QUERY;
 	req.query = (Tally__V1__Query *)q;
 	Tally__V1__Response *r = NULL;
-	Tally__V1__ResultCode code = clientCall(c, &req, true, arena, &r);
-	if (code != CODE(OK))
-		return code;
-	if (!clientBody(c, r, TALLY__V1__RESPONSE__BODY_QUERY))
-		return CODE(INTERNAL);
-	*res = r->query;
-	return CODE(OK);
+	Tally__V1__ResultCode code = clientCall(c, &req, arena, &r);
+	if (code == CODE(OK))
+		*res = r->query;
+	return code;
 }
 
 Tally__V1__ResultCode tally_client_admin(struct tally_client *c, const Tally__V1__Admin *a,
@@ -830,26 +934,83 @@ Tally__V1__ResultCode tally_client_admin(struct tally_client *c, const Tally__V1
 	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
 	req.body_case = TALLY__V1__REQUEST__BODY_ADMIN;
 	req.admin = (Tally__V1__Admin *)a;
-	/* Only STATUS is without effect; a membership change may have happened. */
-	bool may_repeat = a->op == TALLY__V1__ADMIN__OP__STATUS;
 	Tally__V1__Response *r = NULL;
-	Tally__V1__ResultCode code = clientCall(c, &req, may_repeat, arena, &r);
-	if (code == CODE(OK) && a->op == TALLY__V1__ADMIN__OP__STATUS &&
-	    !clientBody(c, r, TALLY__V1__RESPONSE__BODY_STATUS))
-		return CODE(INTERNAL);
-	*res = r;
+	Tally__V1__ResultCode code = clientCall(c, &req, arena, &r);
+	/* The node answered the operation itself: done, or refused (nothing changed). */
+	if (r != NULL && clientBusinessCode(r->code)) {
+		*res = r;
+		return CODE(OK);
+	}
 	return code;
 }
 
 /* ---- pipelining ---------------------------------------------------------------- */
 
+/* The slot of call_id in the table of due requests: its entry, or the free slot where
+ * it would go. Call ids are consecutive, so the low bits spread them evenly. */
+static size_t clientDueSlot(const struct tally_client *c, uint64_t call_id)
+{
+	assert(c != NULL && c->due_slots > 0);
+	assert(call_id != 0);
+	size_t mask = c->due_slots - 1;
+	size_t i = (size_t)call_id & mask;
+	while (c->due[i].call_id != 0 && c->due[i].call_id != call_id)
+		i = (i + 1) & mask;
+	return i;
+}
+
+/* Makes room for one more due request (the table stays at most half full). */
+static bool clientDueReserve(struct tally_client *c)
+{
+	assert(c != NULL);
+	assert(c->pending < CLIENT_PIPELINE_MAX);
+	if (2 * ((size_t)c->pending + 1) <= c->due_slots)
+		return true;
+	size_t slots = c->due_slots == 0 ? CLIENT_DUE_SLOTS_MIN : 2 * c->due_slots;
+	struct client_ask *old = c->due;
+	size_t old_slots = c->due_slots;
+	c->due = calloc(slots, sizeof(*c->due));
+	if (c->due == NULL) {
+		c->due = old;
+		clientErr(c, "out of memory for %u requests in flight", c->pending + 1);
+		return false;
+	}
+	c->due_slots = slots;
+	for (size_t i = 0; i < old_slots; i++)
+		if (old[i].call_id != 0)
+			c->due[clientDueSlot(c, old[i].call_id)] = old[i];
+	free(old);
+	return true;
+}
+
+/* Removes the entry in slot i, moving later entries of its probe run back so that
+ * every entry stays reachable from its home slot. */
+static void clientDueRemove(struct tally_client *c, size_t i)
+{
+	assert(c != NULL && i < c->due_slots);
+	assert(c->due[i].call_id != 0 && c->pending > 0);
+	size_t mask = c->due_slots - 1;
+	for (size_t j = (i + 1) & mask; c->due[j].call_id != 0; j = (j + 1) & mask) {
+		size_t home = (size_t)c->due[j].call_id & mask;
+		/* The entry at j may fill the hole at i unless its home lies in (i, j]. */
+		if (((j - home) & mask) < ((j - i) & mask))
+			continue;
+		c->due[i] = c->due[j];
+		i = j;
+	}
+	c->due[i].call_id = 0;
+	c->pending--;
+}
+
 Tally__V1__ResultCode tally_client_send(struct tally_client *c, Tally__V1__Request *req)
 {
 	assert(c != NULL && req != NULL);
 	assert(c->attempts > 0);
-	if (req->body_case == TALLY__V1__REQUEST__BODY__NOT_SET ||
-	    req->body_case == TALLY__V1__REQUEST__BODY_HELLO ||
-	    req->body_case == TALLY__V1__REQUEST__BODY_PROOF) {
+	/* Only the kinds whose answers clientWellFormed knows how to check. */
+	if (req->body_case != TALLY__V1__REQUEST__BODY_COMMAND &&
+	    req->body_case != TALLY__V1__REQUEST__BODY_BATCH &&
+	    req->body_case != TALLY__V1__REQUEST__BODY_QUERY &&
+	    req->body_case != TALLY__V1__REQUEST__BODY_ADMIN) {
 		clientErr(c, "a request needs a command, batch, query or admin body");
 		return CODE(INVALID_ARGUMENT);
 	}
@@ -861,6 +1022,8 @@ Tally__V1__ResultCode tally_client_send(struct tally_client *c, Tally__V1__Reque
 	size_t frame_len = clientEncode(c, req);
 	if (frame_len == 0)
 		return CODE(INVALID_ARGUMENT);
+	if (!clientDueReserve(c))
+		return CODE(INTERNAL);
 	if (c->fd >= 0 && c->pending == 0 && clientIdleUnusable(c))
 		clientDisconnect(c);
 	for (unsigned attempt = 0; attempt < c->attempts; attempt++) {
@@ -871,6 +1034,7 @@ Tally__V1__ResultCode tally_client_send(struct tally_client *c, Tally__V1__Reque
 		}
 		int64_t deadline_ms = clientNowMs() + c->timeout_ms;
 		if (clientWriteAll(c, c->wbuf, frame_len, deadline_ms) == IO_OK) {
+			c->due[clientDueSlot(c, req->call_id)] = clientAskOf(req);
 			c->pending++;
 			return CODE(OK);
 		}
@@ -898,13 +1062,25 @@ Tally__V1__ResultCode tally_client_recv(struct tally_client *c, struct tally_are
 	size_t len = 0;
 	enum client_io io = clientReadFrame(c, clientNowMs() + c->timeout_ms, &body, &len);
 	Tally__V1__Response *r = io == IO_OK ? clientDecode(c, body, len, arena) : NULL;
-	if (r == NULL) {
+	size_t slot = 0;
+	bool due = false;
+	if (r != NULL && r->call_id == 0) {
+		clientErr(c, "%s: the node closed the connection: %s: %.120s", c->address,
+			  tally_result_name(r->code), r->message);
+	} else if (r != NULL) {
+		slot = clientDueSlot(c, r->call_id);
+		due = c->due[slot].call_id != 0 && clientWellFormed(c, &c->due[slot], r);
+		if (c->due[slot].call_id == 0)
+			clientErr(c, "%s: an answer to call %llu, which is not due", c->address,
+				  (unsigned long long)r->call_id);
+	}
+	if (!due) {
 		clientDisconnect(c); /* every answer still due is lost; this is one of them */
 		assert(c->lost > 0);
 		c->lost--;
-		return io == IO_LOST ? CODE(TIMEOUT) : CODE(INTERNAL);
+		return CODE(TIMEOUT);
 	}
-	c->pending--;
+	clientDueRemove(c, slot);
 	*res = r;
 	return CODE(OK);
 }
@@ -1001,6 +1177,7 @@ void tally_client_close(struct tally_client *c)
 	tally_frame_reader_free(&c->reader);
 	tally_arena_free(&c->scratch);
 	free(c->wbuf);
+	free(c->due);
 	OPENSSL_cleanse(c->secret, sizeof(c->secret));
 	free(c);
 }

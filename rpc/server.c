@@ -481,14 +481,18 @@ static void on_query(void *data, Tally__V1__ResultCode code, const char *message
 	call_free(k);
 }
 
-static void on_admin(void *data, int rc, const char *msg)
+/* The node's outcome as it is (consensus/node.h): NOT_LEADER carries the leader's
+ * address, TIMEOUT an unknown outcome, every other refusal a change not made. */
+static void on_admin(void *data, Tally__V1__ResultCode code, const char *msg)
 {
 	struct call *k = data;
-	bool not_leader = rc != 0 && !tally_node_is_leader(k->c->s->node);
-	respond_code(k->c, k->req->call_id,
-		     rc == 0 ? CODE(OK) : not_leader ? CODE(NOT_LEADER) : CODE(INTERNAL),
-		     rc == 0 ? "" : not_leader ? tally_node_leader_client(k->c->s->node) : msg,
-		     false);
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = k->req->call_id;
+	res.code = code;
+	res.message = (char *)(code == CODE(OK) || msg == NULL ? "" : msg);
+	if (code == CODE(NOT_LEADER))
+		res.leader_address = res.message;
+	respond(k->c, &res, false);
 	call_free(k);
 }
 

@@ -81,6 +81,7 @@ struct cluster {
 	bool fiu;                       /* nodes run under fiu-run (libfiu fault injection) */
 	const char *segment_kb;         /* --segment-kb for every node, or NULL */
 	bool faketime;                  /* nodes run under libfaketime, DIR/clockI each */
+	const char *election_ms;        /* --election-ms for every node ("300") */
 };
 
 /* Debian's libfaketime (package libfaketime): wall-clock offsets per node, read from a
@@ -200,7 +201,7 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		if (c->faketime)
 			faketime_env(c, i);
 		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
-				      "--client", client, "--keys", c->keys, "--election-ms", "300",
+				      "--client", client, "--keys", c->keys, "--election-ms", c->election_ms,
 				      "--snapshot-threshold", "64", "--http", http};
 		for (size_t j = 0; j < sizeof(base) / sizeof(base[0]); j++)
 			args[k++] = base[j];
@@ -236,16 +237,26 @@ static void node_signal(struct cluster *c, int i, int sig)
 	}
 }
 
+/* How a test's nodes run; all zero is the default (struct cluster's fields). */
+struct cluster_opts {
+	bool fiu;
+	const char *segment_kb;
+	bool faketime;
+	const char *election_ms;        /* NULL: "300" */
+};
+
 /* Prepares a cluster of n nodes (ports, directory, keys, clock files) without starting
- * them; fiu, segment_kb and faketime as in struct cluster. */
-static void cluster_prepare(struct cluster *c, int n, bool fiu, const char *segment_kb,
-			    bool faketime)
+ * them. */
+static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts *o)
 {
+	assert(o != NULL);
+	bool faketime = o->faketime;
 	memset(c, 0, sizeof(*c));
 	c->n = n;
-	c->fiu = fiu;
-	c->segment_kb = segment_kb;
+	c->fiu = o->fiu;
+	c->segment_kb = o->segment_kb;
 	c->faketime = faketime;
+	c->election_ms = o->election_ms != NULL ? o->election_ms : "300";
 	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
 	int offsets[3 * NODES_MAX];
 	for (int i = 0; i < NODES_MAX; i++) {
@@ -281,18 +292,17 @@ static void cluster_prepare(struct cluster *c, int n, bool fiu, const char *segm
 		clock_set(c, i, "+0");
 }
 
-/* Starts n nodes; fiu, segment_kb and faketime as in struct cluster. */
-static void cluster_start_with(struct cluster *c, int n, bool fiu, const char *segment_kb,
-			       bool faketime)
+/* Starts n nodes run as `o` says. */
+static void cluster_start_with(struct cluster *c, int n, const struct cluster_opts *o)
 {
-	cluster_prepare(c, n, fiu, segment_kb, faketime);
+	cluster_prepare(c, n, o);
 	for (int i = 1; i <= n; i++)
 		node_start(c, i, true, false);
 }
 
 static void cluster_start(struct cluster *c, int n)
 {
-	cluster_start_with(c, n, false, NULL, false);
+	cluster_start_with(c, n, &(struct cluster_opts){0});
 }
 
 static void small_fs_unmount(void)
@@ -1135,7 +1145,7 @@ static void test_a_leader_whose_disk_sync_fails_exits_and_nothing_acknowledged_i
 {
 	(void)state;
 	struct cluster c;
-	cluster_start_with(&c, 3, true, "32", false);
+	cluster_start_with(&c, 3, &(struct cluster_opts){.fiu = true, .segment_kb = "32"});
 	int leader = (int)wait_leader(&c);
 	brand_b1_and_member(&c, "dora");
 	fiu_ctrl(&c, leader, "enable name=posix/io/sync/*");
@@ -1272,7 +1282,7 @@ static void test_a_node_whose_disk_fills_up_exits_cleanly_and_catches_up_once_sp
 {
 	(void)state;
 	struct cluster c;
-	cluster_prepare(&c, 3, false, "1024", false); /* segments larger than a batch */
+	cluster_prepare(&c, 3, &(struct cluster_opts){.segment_kb = "1024"}); /* segments larger than a batch */
 	char dir[300], filler[320];
 	snprintf(dir, sizeof(dir), "%s/node3", c.dir);
 	assert_int_equal(mkdir(dir, 0755), 0);
@@ -1525,6 +1535,25 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 	cluster_stop(&c);
 }
 
+/* One membership operation: the transport outcome must be OK (the node answered the
+ * operation), and the answer's code `want`. */
+static void admin_expect(struct cluster *c, struct tally_client *cl, Tally__V1__Admin__Op op,
+			 uint64_t id, const char *address, uint32_t role, Tally__V1__ResultCode want)
+{
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = op;
+	a.node_id = id;
+	a.address = (char *)address;
+	a.role = role;
+	Tally__V1__Response *res = NULL;
+	Tally__V1__ResultCode rc = tally_client_admin(cl, &a, &c->arena, &res);
+	if (rc != CODE(OK) || res->code != want)
+		fail_msg("admin op %d on node %llu: %s / %s (%s), expected OK / %s", (int)op,
+			 (unsigned long long)id, tally_result_name(rc),
+			 res != NULL ? tally_result_name(res->code) : "-", tally_client_error(cl),
+			 tally_result_name(want));
+}
+
 static void test_membership_add_promote_and_remove(void **state)
 {
 	(void)state;
@@ -1533,6 +1562,18 @@ static void test_membership_add_promote_and_remove(void **state)
 	uint64_t leader = wait_leader(&c);
 	struct tally_client *admin = client(&c, "admin");
 	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	/* Refusals change nothing and say why, as answers (not transport failures). */
+	char taken[96];
+	snprintf(taken, sizeof(taken), "127.0.0.1:%d|127.0.0.1:%d", c.base + 2, c.base + 102);
+	admin_expect(&c, admin, TALLY__V1__ADMIN__OP__REMOVE, 9, "", 0, CODE(NOT_FOUND));
+	admin_expect(&c, admin, TALLY__V1__ADMIN__OP__ADD, 2, taken, 0, CODE(ALREADY_EXISTS));
+	admin_expect(&c, admin, TALLY__V1__ADMIN__OP__ASSIGN, 2, "", 1, CODE(ALREADY_EXISTS));
+	admin_expect(&c, admin, TALLY__V1__ADMIN__OP__ASSIGN, 2, "", 7, CODE(INVALID_ARGUMENT));
+	admin_expect(&c, admin, TALLY__V1__ADMIN__OP__TRANSFER, leader, "", 0,
+		     CODE(INVALID_ARGUMENT));
+	struct tally_client *mall = client(&c, "mall");
+	admin_expect(&c, mall, TALLY__V1__ADMIN__OP__REMOVE, 2, "", 0, CODE(PERMISSION_DENIED));
+	tally_client_close(mall);
 	/* A 4th node joins empty, is added and promoted to voter. */
 	node_start(&c, 4, false, true);
 	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
@@ -1624,7 +1665,7 @@ static void test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold(
 		skip();
 	}
 	struct cluster c;
-	cluster_start_with(&c, 3, false, NULL, true);
+	cluster_start_with(&c, 3, &(struct cluster_opts){.faketime = true});
 	int leader = (int)wait_leader(&c);
 	struct tally_client *admin = client(&c, "admin"), *dealer = client(&c, "dealer");
 	struct tally_client *mall = client(&c, "mall");
@@ -1661,14 +1702,15 @@ static void test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold(
 	cluster_stop(&c);
 }
 
-/* tallyctl is a contract: JSON shapes and exit codes. */
+/* tallyctl is a contract: JSON shapes and exit codes. Returns its exit status, with
+ * what it printed (stdout, then or among it stderr) in out. */
 static int tallyctl(struct cluster *c, const char *cluster, const char *args, char *out, size_t cap)
 {
 	char cmd[4096], ctl[1100];
 	snprintf(ctl, sizeof(ctl), "%s", tallyd_path);
 	char *slash = strrchr(ctl, '/');
 	snprintf(slash + 1, sizeof(ctl) - (size_t)(slash + 1 - ctl), "tallyctl");
-	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s --json %s 2>/dev/null",
+	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s --json %s 2>&1",
 		 cluster, c->keys, ctl, args);
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
@@ -1706,6 +1748,11 @@ static void test_tallyctl_json_shapes_and_exit_codes(void **state)
 	assert_non_null(strstr(out, "\"state_digest\":\""));
 	assert_int_equal(tallyctl(&c, c.clients, "--key auditor status", out, sizeof(out)), 0);
 	assert_non_null(strstr(out, "\"leader\":{\"id\":"));
+	/* Cluster changes refused by the node are definite rejections, with the reason. */
+	assert_int_equal(tallyctl(&c, c.clients, "cluster remove --id 9", out, sizeof(out)), 1);
+	assert_non_null(strstr(out, "\"error\":\"NOT_FOUND\""));
+	assert_int_equal(tallyctl(&c, c.clients, "--key mall cluster remove --id 2", out, sizeof(out)), 1);
+	assert_non_null(strstr(out, "\"error\":\"PERMISSION_DENIED\""));
 	/* Nobody listening: definitely not applied. */
 	assert_int_equal(tallyctl(&c, "127.0.0.1:1", "--timeout-ms 300 --key auditor status", out, sizeof(out)), 3);
 	/* Every node paused: no handshake completes, so nothing was sent: unavailable. */
@@ -1744,6 +1791,109 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	send_cmd(&c, dealer, accrue_cmd(&c, "maybe", "b1", "jo", 5), CODE(OK));
 	assert_int_equal(account_of(&c, dealer, "b1", "jo")->available, 5);
 	tally_client_close(dealer);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
+/* The node that leads, asked node by node (a follower's idea of the leader may lag). */
+static int current_leader(struct cluster *c)
+{
+	int64_t deadline = now_ms() + HANG_MS;
+	while (now_ms() < deadline) {
+		for (int i = 1; i <= c->n; i++) {
+			if (c->pid[i] == 0)
+				continue;
+			char addr[32];
+			client_addr(c, i, addr, sizeof(addr));
+			struct tally_client *cl = connect_to(c, addr, "auditor", secret_of("auditor"));
+			bool leads = strcmp(status(c, cl)->state, "leader") == 0;
+			tally_client_close(cl);
+			if (leads)
+				return i;
+		}
+		struct pollfd none;
+		poll(&none, 0, 50); /* pace the polling of the condition */
+	}
+	fail_msg("no node leads within %d s; logs in %s", HANG_MS / 1000, c->dir);
+	return 0;
+}
+
+/* Runs tallyctl against the leader alone while every other node is paused: the leader
+ * takes the request but cannot commit it, and steps down after an election timeout
+ * without a quorum. `args_fmt` may name one of the paused followers with %d (*follower).
+ * Returns tallyctl's exit status (output in out); every node runs again afterwards.
+ * When the leader stepped down before the request reached it, tallyctl exits 3 (not
+ * applied) and the next leader is tried. */
+static int tallyctl_with_a_lost_leader(struct cluster *c, const char *args_fmt, int *follower,
+				       char *out, size_t cap)
+{
+	int64_t deadline = now_ms() + HANG_MS;
+	for (;;) {
+		int leader = current_leader(c);
+		*follower = leader == 1 ? 2 : 1;
+		char args[512], addr[32];
+		snprintf(args, sizeof(args), args_fmt, *follower);
+		client_addr(c, leader, addr, sizeof(addr));
+		for (int i = 1; i <= c->n; i++)
+			if (i != leader && c->pid[i] > 0)
+				node_signal(c, i, SIGSTOP);
+		int rc = tallyctl(c, addr, args, out, cap);
+		for (int i = 1; i <= c->n; i++)
+			if (i != leader && c->pid[i] > 0)
+				node_signal(c, i, SIGCONT);
+		if (rc != 3 || now_ms() > deadline)
+			return rc;
+	}
+}
+
+/* A command and a membership change the leader took and then lost with its leadership
+ * are unknown (exit 4) — never "not applied" — and asking again settles them. */
+static void test_a_change_or_command_in_flight_when_the_leader_is_lost_is_unknown(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start_with(&c, 3, &(struct cluster_opts){.election_ms = "1000"}); /* time for tallyctl to reach it */
+	wait_leader(&c);
+	char out[8192];
+	assert_int_equal(tallyctl(&c, c.clients, "brand create --id b1 --request-id r1", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(&c, c.clients, "member open --id kim --request-id r2", out, sizeof(out)), 0);
+	int follower = 0;
+	int rc = tallyctl_with_a_lost_leader(&c, "--timeout-ms 10000 --key dealer accrue --brand b1 "
+					     "--member kim --points 5 --request-id u-1", &follower,
+					     out, sizeof(out));
+	if (rc != 4 || strstr(out, "retry with the same --request-id u-1") == NULL)
+		fail_msg("accrue with a lost leader: exit %d, expected 4:\n%s", rc, out);
+	assert_int_equal(tallyctl(&c, c.clients, "--key dealer accrue --brand b1 --member kim "
+				  "--points 5 --request-id u-1", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(&c, c.clients, "--key auditor balance --brand b1 --member kim",
+				  out, sizeof(out)), 0);
+	assert_non_null(strstr(out, "\"available\":5,")); /* applied exactly once */
+	/* The leader appends the change, then loses its leadership: the node answers TIMEOUT
+	 * (it said NOT_LEADER once, which the client took as "not applied"). */
+	rc = tallyctl_with_a_lost_leader(&c, "--timeout-ms 10000 cluster remove --id %d", &follower,
+					 out, sizeof(out));
+	if (rc != 4 || strstr(out, "outcome unknown") == NULL)
+		fail_msg("remove with a lost leader: exit %d, expected 4:\n%s", rc, out);
+	char again[64];
+	snprintf(again, sizeof(again), "cluster remove --id %d", follower);
+	int64_t deadline = now_ms() + HANG_MS;
+	for (;;) { /* removed now, or found gone: the unknown try took effect */
+		rc = tallyctl(&c, c.clients, again, out, sizeof(out));
+		if (rc == 0 || (rc == 1 && strstr(out, "\"error\":\"NOT_FOUND\"") != NULL))
+			break;
+		if (now_ms() > deadline)
+			fail_msg("%s still exits %d after %d s:\n%s", again, rc, HANG_MS / 1000, out);
+		struct pollfd none;
+		poll(&none, 0, 50); /* "a change is under way" until the earlier one commits */
+	}
+	node_signal(&c, follower, SIGTERM);
+	char leader_addr[32];
+	client_addr(&c, current_leader(&c), leader_addr, sizeof(leader_addr));
+	struct tally_client *cl = connect_to(&c, leader_addr, "auditor", secret_of("auditor"));
+	Tally__V1__Status *st = status(&c, cl);
+	for (size_t i = 0; i < st->n_nodes; i++)
+		assert_true(st->nodes[i]->id != (uint64_t)follower);
+	tally_client_close(cl);
 	assert_replicas_equal(&c);
 	cluster_stop(&c);
 }
@@ -1847,6 +1997,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold, teardown),
 		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),
 		cmocka_unit_test_teardown(test_a_request_sent_and_never_answered_is_an_unknown_outcome, teardown),
+		cmocka_unit_test_teardown(test_a_change_or_command_in_flight_when_the_leader_is_lost_is_unknown, teardown),
 		cmocka_unit_test_teardown(test_a_node_with_a_damaged_ledger_rebuilds_it_at_start, teardown),
 	};
 	if (getenv("TALLY_TEST_FILTER") != NULL) /* e.g. "*sigterm*": run matching tests only */

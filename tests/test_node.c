@@ -615,10 +615,10 @@ static void test_a_leader_whose_clock_steps_an_hour_ahead_releases_no_hold_early
 
 static int new_leader = -1;
 
-static void on_transfer(void *data, int rc, const char *msg)
+static void on_transfer(void *data, Tally__V1__ResultCode code, const char *msg)
 {
 	(void)data;
-	if (rc != 0)
+	if (code != CODE(OK))
 		print_message("transfer: %s (waiting for the election anyway)\n", msg);
 }
 

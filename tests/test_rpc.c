@@ -9,6 +9,7 @@
 #include "tests/util.h"
 
 #include <arpa/inet.h>
+#include <libgen.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -424,6 +426,23 @@ enum fake_mode {
 	FAKE_CLOSE,       /* accept and close before reading anything */
 	FAKE_REVERSED,    /* read f->pipeline_n requests, answer them last first */
 	FAKE_GOODBYE,     /* say goodbye (call id 0) and close while idle; then serve */
+	FAKE_FIRST_LAST,  /* answer each request at once but the first, after
+			   * f->pipeline_n requests */
+	/* Answers that are not definite (a protocol error or a connection going away). */
+	FAKE_WRONG_CALL,  /* answer OK under a call id that was never asked */
+	FAKE_BAD_CODE,    /* answer with a code outside ResultCode */
+	FAKE_BAD_RESULT,  /* answer OK whose result (command, batch item, query) has code 0 */
+	FAKE_SHORT_BATCH, /* answer a batch with one result too few */
+	FAKE_WRONG_BODY,  /* answer OK with a body of another request kind */
+	FAKE_TWICE,       /* answer every request twice */
+	FAKE_HALF,        /* write half of the answer frame, then close */
+	FAKE_HANGUP,      /* answer with a goodbye (call id 0, UNAVAILABLE) and close: with
+			   * the request in hand, not an answer to it */
+	/* Definite answers. */
+	FAKE_INTERNAL,    /* answer INTERNAL: the node failed, nothing applied */
+	FAKE_REFUSE,      /* call id 0 INVALID_ARGUMENT (a frame it could not read), close */
+	FAKE_BAD_HELLO,   /* answer the Hello with bytes that do not decode */
+	FAKE_STALL,       /* after the handshake read nothing until released, then serve */
 };
 
 struct fake {
@@ -431,12 +450,15 @@ struct fake {
 	int listen_fd;
 	char address[64];
 	char leader[64];          /* FAKE_NOT_LEADER */
-	unsigned pipeline_n;      /* FAKE_REVERSED */
+	unsigned pipeline_n;      /* FAKE_REVERSED, FAKE_FIRST_LAST, FAKE_HANGUP */
+	unsigned connections;     /* served before it stops listening; 0: see fake_main */
 	struct tally_key key;     /* the one key this node knows */
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool said_goodbye;        /* FAKE_GOODBYE, under mu */
+	bool released;            /* FAKE_STALL, under mu */
+	size_t frame_bytes;       /* the longest request it reads; 0: FAKE_FRAME_BYTES */
 	/* Written by the fake's thread, read by the test after fake_join. */
 	bool accepted;
 	bool welcomed;
@@ -502,7 +524,9 @@ static void fake_write_raw(int fd, const uint8_t *buf, size_t len)
 	}
 }
 
-static void fake_write(int fd, const Tally__V1__Response *resp)
+/* Writes the first `num`/`den` of an answer's frame (1/1: all of it; 1/2: a node
+ * that dies while answering). */
+static void fake_write_part(int fd, const Tally__V1__Response *resp, size_t num, size_t den)
 {
 	size_t len = tally__v1__response__get_packed_size(resp);
 	uint8_t *buf = malloc(TALLY_FRAME_HEADER_BYTES + len);
@@ -510,8 +534,22 @@ static void fake_write(int fd, const Tally__V1__Response *resp)
 		return;
 	tally_frame_header(buf, (uint32_t)len);
 	tally__v1__response__pack(resp, buf + TALLY_FRAME_HEADER_BYTES);
-	fake_write_raw(fd, buf, TALLY_FRAME_HEADER_BYTES + len);
+	fake_write_raw(fd, buf, (TALLY_FRAME_HEADER_BYTES + len) * num / den);
 	free(buf);
+}
+
+static void fake_write(int fd, const Tally__V1__Response *resp)
+{
+	fake_write_part(fd, resp, 1, 1);
+}
+
+/* A frame that is not a Response. */
+static void fake_write_garbage(int fd)
+{
+	uint8_t garbage[TALLY_FRAME_HEADER_BYTES + 16];
+	tally_frame_header(garbage, 16);
+	memset(garbage + TALLY_FRAME_HEADER_BYTES, 0xff, 16);
+	fake_write_raw(fd, garbage, sizeof(garbage));
 }
 
 /* Hello → Challenge → Proof → Welcome, or UNAUTHENTICATED. */
@@ -563,12 +601,46 @@ static bool fake_handshake(struct fake *f, int fd, struct tally_frame_reader *r)
 	return f->welcomed;
 }
 
+/* How f->mode spoils an OK answer before it is written (protocol errors). */
+static void fake_spoil(const struct fake *f, Tally__V1__Response *resp,
+		       Tally__V1__CommandResult *res, Tally__V1__QueryResult *qr,
+		       Tally__V1__CommandResult *spare, Tally__V1__Status *st)
+{
+	switch (f->mode) {
+	case FAKE_WRONG_CALL:
+		resp->call_id += 1000;
+		break;
+	case FAKE_BAD_RESULT: /* every command result and the query result */
+		res->code = CODE(RESULT_CODE_UNSPECIFIED);
+		qr->code = CODE(RESULT_CODE_UNSPECIFIED);
+		break;
+	case FAKE_SHORT_BATCH:
+		if (resp->body_case == TALLY__V1__RESPONSE__BODY_BATCH)
+			resp->batch->n_results--;
+		break;
+	case FAKE_WRONG_BODY:
+		if (resp->body_case == TALLY__V1__RESPONSE__BODY_STATUS ||
+		    resp->body_case == TALLY__V1__RESPONSE__BODY__NOT_SET) {
+			resp->body_case = TALLY__V1__RESPONSE__BODY_RESULT;
+			resp->result = spare;
+		} else {
+			resp->body_case = TALLY__V1__RESPONSE__BODY_STATUS;
+			resp->status = st;
+		}
+		break;
+	default:
+		break;
+	}
+}
+
 /* The OK answer a serving node gives: results echo accrue points, so the test can
- * tell which request an answer belongs to. */
+ * tell which request an answer belongs to. A membership change is answered without
+ * a body. The spoiling modes change it first; FAKE_TWICE writes it twice. */
 static void fake_answer_ok(struct fake *f, int fd, const Tally__V1__Request *req)
 {
 	Tally__V1__Response resp = TALLY__V1__RESPONSE__INIT;
 	Tally__V1__CommandResult res = TALLY__V1__COMMAND_RESULT__INIT;
+	Tally__V1__CommandResult spare = TALLY__V1__COMMAND_RESULT__INIT;
 	Tally__V1__CommandResult *results[16];
 	Tally__V1__BatchResult batch = TALLY__V1__BATCH_RESULT__INIT;
 	Tally__V1__QueryResult qr = TALLY__V1__QUERY_RESULT__INIT;
@@ -577,6 +649,10 @@ static void fake_answer_ok(struct fake *f, int fd, const Tally__V1__Request *req
 	resp.code = CODE(OK);
 	res.code = CODE(OK);
 	res.entry_seq = f->requests;
+	spare.code = CODE(OK);
+	qr.code = CODE(OK);
+	st.node_id = 1;
+	st.state = (char *)"leader";
 	if (req->body_case == TALLY__V1__REQUEST__BODY_COMMAND) {
 		const Tally__V1__Command *c = req->command;
 		snprintf(f->last_request_id, sizeof(f->last_request_id), "%s", c->request_id);
@@ -592,48 +668,76 @@ static void fake_answer_ok(struct fake *f, int fd, const Tally__V1__Request *req
 		resp.body_case = TALLY__V1__RESPONSE__BODY_BATCH;
 		resp.batch = &batch;
 	} else if (req->body_case == TALLY__V1__REQUEST__BODY_QUERY) {
-		qr.code = CODE(OK);
 		qr.applied_index = 42;
 		resp.body_case = TALLY__V1__RESPONSE__BODY_QUERY;
 		resp.query = &qr;
-	} else {
-		st.node_id = 1;
-		st.state = (char *)"leader";
+	} else if (req->admin->op == TALLY__V1__ADMIN__OP__STATUS) {
 		resp.body_case = TALLY__V1__RESPONSE__BODY_STATUS;
 		resp.status = &st;
 	}
+	fake_spoil(f, &resp, &res, &qr, &spare, &st);
+	if (f->mode == FAKE_HALF) {
+		fake_write_part(fd, &resp, 1, 2);
+		return;
+	}
+	if (f->mode == FAKE_TWICE)
+		fake_write(fd, &resp);
 	fake_write(fd, &resp);
 }
 
-static void fake_answer(struct fake *f, int fd, const Tally__V1__Request *req)
+/* A frame with call id 0: about the connection, which the node closes after it. */
+static void fake_write_goodbye(int fd, Tally__V1__ResultCode code, const char *why)
+{
+	Tally__V1__Response bye = TALLY__V1__RESPONSE__INIT;
+	bye.call_id = 0;
+	bye.code = code;
+	bye.message = (char *)why;
+	fake_write(fd, &bye);
+}
+
+/* Answers one request as f->mode says; false when the node then closes. */
+static bool fake_answer(struct fake *f, int fd, const Tally__V1__Request *req)
 {
 	static const uint8_t huge[4] = {0xff, 0xff, 0xff, 0xff};
-	uint8_t garbage[TALLY_FRAME_HEADER_BYTES + 16];
 	Tally__V1__Response resp = TALLY__V1__RESPONSE__INIT;
 	resp.call_id = req->call_id;
 	switch (f->mode) {
 	case FAKE_SILENT:
-		return;
+		return true;
 	case FAKE_GARBAGE:
-		tally_frame_header(garbage, 16);
-		memset(garbage + TALLY_FRAME_HEADER_BYTES, 0xff, 16);
-		fake_write_raw(fd, garbage, sizeof(garbage));
-		return;
+		fake_write_garbage(fd);
+		return true;
 	case FAKE_OVERSIZE:
 		fake_write_raw(fd, huge, sizeof(huge));
-		return;
+		return true;
 	case FAKE_NOT_LEADER:
 		resp.code = CODE(NOT_LEADER);
 		resp.leader_address = f->leader;
 		fake_write(fd, &resp);
-		return;
+		return true;
 	case FAKE_UNAVAILABLE:
 		resp.code = CODE(UNAVAILABLE);
 		resp.message = (char *)"no leader";
 		fake_write(fd, &resp);
-		return;
+		return true;
+	case FAKE_INTERNAL:
+		resp.code = CODE(INTERNAL);
+		resp.message = (char *)"the node failed";
+		fake_write(fd, &resp);
+		return true;
+	case FAKE_BAD_CODE:
+		resp.code = (Tally__V1__ResultCode)99;
+		fake_write(fd, &resp);
+		return true;
+	case FAKE_HANGUP:
+		fake_write_goodbye(fd, CODE(UNAVAILABLE), "shutting down");
+		return false;
+	case FAKE_REFUSE:
+		fake_write_goodbye(fd, CODE(INVALID_ARGUMENT), "frame: does not decode");
+		return false;
 	default:
 		fake_answer_ok(f, fd, req);
+		return f->mode != FAKE_HALF;
 	}
 }
 
@@ -655,14 +759,31 @@ static void fake_serve_reversed(struct fake *f, int fd, struct tally_frame_reade
 	}
 }
 
+/* Holds the first request's answer back until pipeline_n requests were read and
+ * answers every other one at once: the first call id stays due while later ones
+ * come and go. */
+static void fake_serve_first_last(struct fake *f, int fd, struct tally_frame_reader *r)
+{
+	Tally__V1__Request *first = fake_read(fd, r);
+	if (first == NULL)
+		return;
+	f->requests++;
+	while (f->requests < f->pipeline_n) {
+		Tally__V1__Request *req = fake_read(fd, r);
+		if (req == NULL)
+			break;
+		f->requests++;
+		fake_answer_ok(f, fd, req);
+		tally__v1__request__free_unpacked(req, NULL);
+	}
+	fake_answer_ok(f, fd, first);
+	tally__v1__request__free_unpacked(first, NULL);
+}
+
 /* FAKE_GOODBYE's first connection: what a node does at its idle timeout. */
 static void fake_goodbye(struct fake *f, int fd)
 {
-	Tally__V1__Response bye = TALLY__V1__RESPONSE__INIT;
-	bye.call_id = 0;
-	bye.code = CODE(TIMEOUT);
-	bye.message = (char *)"idle for too long";
-	fake_write(fd, &bye);
+	fake_write_goodbye(fd, CODE(TIMEOUT), "idle for too long");
 	close(fd);
 	pthread_mutex_lock(&f->mu);
 	f->said_goodbye = true;
@@ -676,8 +797,18 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 	struct timeval tv = {.tv_sec = FAKE_IO_TIMEOUT_S, .tv_usec = 0};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	struct tally_frame_reader r;
-	tally_frame_reader_init(&r, FAKE_FRAME_BYTES);
-	if (mode != FAKE_CLOSE && fake_handshake(f, fd, &r)) {
+	tally_frame_reader_init(&r, f->frame_bytes > 0 ? f->frame_bytes : FAKE_FRAME_BYTES);
+	if (mode == FAKE_BAD_HELLO) {
+		Tally__V1__Request *hello = fake_read(fd, &r);
+		if (hello != NULL) {
+			fake_write_garbage(fd);
+			tally__v1__request__free_unpacked(hello, NULL);
+		}
+		for (Tally__V1__Request *req; (req = fake_read(fd, &r)) != NULL;) {
+			f->requests++; /* a request after a failed handshake: a client bug */
+			tally__v1__request__free_unpacked(req, NULL);
+		}
+	} else if (mode != FAKE_CLOSE && fake_handshake(f, fd, &r)) {
 		if (mode == FAKE_GOODBYE) {
 			fake_goodbye(f, fd);
 			tally_frame_reader_free(&r);
@@ -685,12 +816,27 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 		}
 		if (mode == FAKE_REVERSED)
 			fake_serve_reversed(f, fd, &r);
-		for (unsigned i = 0; i < FAKE_REQUESTS_MAX; i++) {
+		if (mode == FAKE_FIRST_LAST)
+			fake_serve_first_last(f, fd, &r);
+		pthread_mutex_lock(&f->mu);
+		while (mode == FAKE_STALL && !f->released)
+			pthread_cond_wait(&f->cv, &f->mu);
+		pthread_mutex_unlock(&f->mu);
+		/* A goodbye with pipeline_n requests in hand (the last one read below). */
+		for (unsigned i = 1; mode == FAKE_HANGUP && i < f->pipeline_n; i++) {
 			Tally__V1__Request *req = fake_read(fd, &r);
 			if (req == NULL)
 				break;
 			f->requests++;
-			fake_answer(f, fd, req);
+			tally__v1__request__free_unpacked(req, NULL);
+		}
+		bool serving = true;
+		for (unsigned i = 0; serving && i < FAKE_REQUESTS_MAX; i++) {
+			Tally__V1__Request *req = fake_read(fd, &r);
+			if (req == NULL)
+				break;
+			f->requests++;
+			serving = fake_answer(f, fd, req);
 			tally__v1__request__free_unpacked(req, NULL);
 		}
 	}
@@ -698,14 +844,22 @@ static void fake_connection(struct fake *f, int fd, enum fake_mode mode)
 	close(fd);
 }
 
+/* Serves f->connections connections one after the other (FAKE_GOODBYE: 2, else 1 by
+ * default), and stops listening on the last one's accept: a client that comes back
+ * after that is refused at once instead of waiting for a handshake nobody answers. */
 static void *fake_main(void *arg)
 {
 	struct fake *f = arg;
-	unsigned connections = f->mode == FAKE_GOODBYE ? 2 : 1;
+	unsigned connections = f->connections > 0 ? f->connections
+			       : f->mode == FAKE_GOODBYE ? 2 : 1;
 	for (unsigned i = 0; i < connections; i++) {
 		int fd = accept(f->listen_fd, NULL, NULL);
 		if (fd < 0)
 			return NULL;
+		if (i + 1 == connections) {
+			close(f->listen_fd);
+			f->listen_fd = -1;
+		}
 		f->accepted = true;
 		enum fake_mode mode = f->mode == FAKE_GOODBYE && i > 0 ? FAKE_SERVE : f->mode;
 		fake_connection(f, fd, mode);
@@ -725,22 +879,32 @@ static void fake_start(struct fake *f, enum fake_mode mode)
 	fake_run(f);
 }
 
+/* fake_start with f->pipeline_n = n (FAKE_REVERSED, FAKE_FIRST_LAST, FAKE_HANGUP). */
+static void fake_start_n(struct fake *f, enum fake_mode mode, unsigned n)
+{
+	fake_init(f, mode);
+	f->pipeline_n = n;
+	fake_run(f);
+}
+
 static void fake_join(struct fake *f)
 {
 	assert_int_equal(pthread_join(f->thread, NULL), 0);
-	close(f->listen_fd);
+	if (f->listen_fd >= 0)
+		close(f->listen_fd);
 	pthread_cond_destroy(&f->cv);
 	pthread_mutex_destroy(&f->mu);
 }
 
 /* ---- client helpers ------------------------------------------------------------- */
 
-static struct tally_client *client_open(const char *cluster, const char *secret,
-					unsigned timeout_ms, Tally__V1__ResultCode want)
+static struct tally_client *client_open_attempts(const char *cluster, const char *secret,
+						 unsigned timeout_ms, unsigned attempts,
+						 Tally__V1__ResultCode want)
 {
 	struct tally_client_options o = {
 		.cluster = cluster, .key_name = KEY_NAME, .secret = secret,
-		.timeout_ms = timeout_ms, .attempts = 0, .frame_bytes_max = 0,
+		.timeout_ms = timeout_ms, .attempts = attempts, .frame_bytes_max = 0,
 	};
 	struct tally_client *c = NULL;
 	char err[256] = "";
@@ -749,6 +913,12 @@ static struct tally_client *client_open(const char *cluster, const char *secret,
 		fail_msg("open returned %d, expected %d: %s", (int)code, (int)want, err);
 	assert_true((c != NULL) == (want == CODE(OK)));
 	return c;
+}
+
+static struct tally_client *client_open(const char *cluster, const char *secret,
+					unsigned timeout_ms, Tally__V1__ResultCode want)
+{
+	return client_open_attempts(cluster, secret, timeout_ms, 0, want);
 }
 
 /* An accrue command in `arena` (request id "r-<points>"). */
@@ -830,31 +1000,6 @@ static void test_client_with_wrong_secret_is_unauthenticated(void **state)
 	assert_int_equal(f.requests, 0);
 }
 
-static void test_client_follows_not_leader_to_the_named_node(void **state)
-{
-	(void)state;
-	struct fake leader, follower;
-	fake_init(&leader, FAKE_SERVE);
-	fake_init(&follower, FAKE_NOT_LEADER);
-	snprintf(follower.leader, sizeof(follower.leader), "%s", leader.address);
-	fake_run(&leader);
-	fake_run(&follower);
-	struct tally_client *c = client_open(follower.address, SECRET, 2000, CODE(OK));
-	struct tally_arena arena;
-	tally_arena_init(&arena, 4096, 0);
-	Tally__V1__CommandResult *res = NULL;
-	assert_int_equal(tally_client_command(c, accrue(&arena, 7), &arena, &res), CODE(OK));
-	assert_int_equal(res->points, 7);
-	assert_string_equal(tally_client_address(c), leader.address);
-	tally_client_close(c);
-	fake_join(&follower);
-	fake_join(&leader);
-	assert_int_equal(follower.requests, 1);
-	assert_int_equal(leader.requests, 1);
-	assert_true(leader.welcomed);
-	tally_arena_free(&arena);
-}
-
 static void test_client_backs_off_on_unavailable_and_tries_the_next_node(void **state)
 {
 	(void)state;
@@ -928,35 +1073,237 @@ static void test_client_retries_a_query_on_the_next_node_when_unanswered(void **
 	tally_arena_free(&arena);
 }
 
-/* A node that answers `mode` makes the command fail with INTERNAL as soon as the bad
- * answer arrives: the fake keeps the connection open after it, so a client that
- * waited for a better answer would meet its timeout and return TIMEOUT instead. */
-static void expect_internal(enum fake_mode mode)
+/* ---- outcomes: what each kind of answer means for each kind of call ------------- */
+
+enum call_kind { CALL_COMMAND, CALL_BATCH, CALL_REMOVE, CALL_QUERY, CALL_STATUS };
+
+static const char *const call_names[] = {"command", "batch", "remove", "query", "status"};
+
+/* One call of `kind` through c: its code. Nothing comes back with anything but OK. */
+static Tally__V1__ResultCode call_one(struct tally_client *c, enum call_kind kind,
+				      struct tally_arena *arena)
+{
+	Tally__V1__ResultCode code = CODE(RESULT_CODE_UNSPECIFIED);
+	Tally__V1__CommandResult *res = NULL;
+	Tally__V1__BatchResult *br = NULL;
+	Tally__V1__QueryResult *qr = NULL;
+	Tally__V1__Response *ar = NULL;
+	Tally__V1__Command *cmds[3] = {accrue(arena, 1), accrue(arena, 2), accrue(arena, 3)};
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest gd = TALLY__V1__GET_DIGEST__INIT;
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &gd;
+	a.op = kind == CALL_STATUS ? TALLY__V1__ADMIN__OP__STATUS : TALLY__V1__ADMIN__OP__REMOVE;
+	a.node_id = 2;
+	switch (kind) {
+	case CALL_COMMAND: code = tally_client_command(c, cmds[0], arena, &res); break;
+	case CALL_BATCH: code = tally_client_batch(c, cmds, 3, arena, &br); break;
+	case CALL_QUERY: code = tally_client_query(c, &q, arena, &qr); break;
+	case CALL_REMOVE:
+	case CALL_STATUS: code = tally_client_admin(c, &a, arena, &ar); break;
+	}
+	assert_true(code == CODE(OK) || (res == NULL && br == NULL && qr == NULL && ar == NULL));
+	return code;
+}
+
+/* A fake node in `mode` answers one call of `kind` (one attempt, so a node that hangs
+ * up is not asked again): the call must return `want` with `why` in its error. The
+ * fakes that spoil an answer keep the connection open after it, so a client that
+ * waited for a better answer would report "no answer within 2000 ms" instead. */
+static void expect_call(enum fake_mode mode, enum call_kind kind, Tally__V1__ResultCode want,
+			const char *why)
 {
 	struct fake f;
-	fake_start(&f, mode);
-	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	fake_start_n(&f, mode, 1);
+	struct tally_client *c = client_open_attempts(f.address, SECRET, 2000, 1, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);
-	Tally__V1__CommandResult *res = NULL;
-	assert_int_equal(tally_client_command(c, accrue(&arena, 5), &arena, &res), CODE(INTERNAL));
-	assert_null(res);
+	Tally__V1__ResultCode got = call_one(c, kind, &arena);
+	char err[256];
+	snprintf(err, sizeof(err), "%s", tally_client_error(c));
 	tally_client_close(c);
 	fake_join(&f);
-	assert_int_equal(f.requests, 1);
+	tally_arena_free(&arena);
+	if (got != want || strstr(err, why) == NULL)
+		fail_msg("fake mode %d, %s: %s (\"%s\"), expected %s (\"%s\")", (int)mode,
+			 call_names[kind], tally_result_name(got), err, tally_result_name(want), why);
+	assert_int_equal(f.requests, 1); /* sent once: never resent blindly */
+}
+
+/* Answers that are not a well-formed answer to the request, and why the client says so. */
+static const struct {
+	enum fake_mode mode;
+	const char *why;
+} malformed[] = {
+	{FAKE_GARBAGE, "does not decode"},
+	{FAKE_OVERSIZE, "answer larger than"},
+	{FAKE_WRONG_CALL, "an answer to call"},
+	{FAKE_BAD_CODE, "unknown code 99"},
+	{FAKE_WRONG_BODY, "does not fit the request"},
+};
+
+/* Every malformed answer to every call kind from `first` to `last` gives `want`. */
+static void expect_malformed(enum call_kind first, enum call_kind last, Tally__V1__ResultCode want)
+{
+	for (size_t i = 0; i < sizeof(malformed) / sizeof(malformed[0]); i++)
+		for (enum call_kind k = first; k <= last; k++)
+			expect_call(malformed[i].mode, k, want, malformed[i].why);
+}
+
+static void test_client_a_malformed_answer_to_a_call_with_an_effect_is_unknown(void **state)
+{
+	(void)state;
+	expect_malformed(CALL_COMMAND, CALL_REMOVE, CODE(TIMEOUT));
+	/* Results whose own codes are not ledger codes, and a batch answered short. */
+	expect_call(FAKE_BAD_RESULT, CALL_COMMAND, CODE(TIMEOUT), "does not fit the request");
+	expect_call(FAKE_BAD_RESULT, CALL_BATCH, CODE(TIMEOUT), "does not fit the request");
+	expect_call(FAKE_SHORT_BATCH, CALL_BATCH, CODE(TIMEOUT), "does not fit the request");
+}
+
+static void test_client_a_malformed_answer_to_a_read_is_internal(void **state)
+{
+	(void)state;
+	expect_malformed(CALL_QUERY, CALL_STATUS, CODE(INTERNAL));
+	expect_call(FAKE_BAD_RESULT, CALL_QUERY, CODE(INTERNAL), "does not fit the request");
+}
+
+static void test_client_a_connection_lost_mid_answer_or_a_goodbye_is_unknown(void **state)
+{
+	(void)state;
+	for (enum call_kind k = CALL_COMMAND; k <= CALL_STATUS; k++) {
+		/* For a read, TIMEOUT means no answer: nothing to be unknown about. */
+		expect_call(FAKE_HALF, k, CODE(TIMEOUT), "closed by the node");
+		expect_call(FAKE_HANGUP, k, CODE(TIMEOUT), "the node closed the connection");
+	}
+}
+
+static void test_client_definite_refusals_are_definite(void **state)
+{
+	(void)state;
+	/* The node failed before acting: not applied, for every kind of call. */
+	for (enum call_kind k = CALL_COMMAND; k <= CALL_STATUS; k++)
+		expect_call(FAKE_INTERNAL, k, CODE(INTERNAL), "the node failed");
+	/* A frame the node could not read (call id 0): the request was refused whole. */
+	expect_call(FAKE_REFUSE, CALL_COMMAND, CODE(INVALID_ARGUMENT), "does not decode");
+	expect_call(FAKE_REFUSE, CALL_BATCH, CODE(INVALID_ARGUMENT), "does not decode");
+}
+
+/* A membership change the node refused comes back as OK with the refusal inside. */
+static void test_client_admin_refusals_are_answers_and_transport_codes_are_not(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start(&f, FAKE_REFUSE);
+	struct tally_client *c = client_open_attempts(f.address, SECRET, 2000, 1, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = TALLY__V1__ADMIN__OP__REMOVE;
+	a.node_id = 2;
+	Tally__V1__Response *res = NULL;
+	assert_int_equal(tally_client_admin(c, &a, &arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(INVALID_ARGUMENT));
+	tally_client_close(c);
+	fake_join(&f);
 	tally_arena_free(&arena);
 }
 
-static void test_client_returns_internal_for_an_answer_that_does_not_decode(void **state)
+/* A command sent to a follower that answers NOT_LEADER naming a leader in
+ * `leader_mode`: it must end with `want` and `why` in the error. Returns how many
+ * requests the leader read (the follower read one and refused it: not applied). */
+static unsigned command_via_follower(enum fake_mode leader_mode, Tally__V1__ResultCode want,
+				     const char *why)
 {
-	(void)state;
-	expect_internal(FAKE_GARBAGE);
+	struct fake leader, follower;
+	fake_init(&leader, leader_mode);
+	fake_init(&follower, FAKE_NOT_LEADER);
+	snprintf(follower.leader, sizeof(follower.leader), "%s", leader.address);
+	fake_run(&leader);
+	fake_run(&follower);
+	struct tally_client *c = client_open(follower.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	assert_int_equal(call_one(c, CALL_COMMAND, &arena), want);
+	assert_non_null(strstr(tally_client_error(c), why));
+	if (want == CODE(OK))
+		assert_string_equal(tally_client_address(c), leader.address);
+	tally_client_close(c);
+	fake_join(&follower);
+	fake_join(&leader);
+	assert_int_equal(follower.requests, 1);
+	tally_arena_free(&arena);
+	return leader.requests;
 }
 
-static void test_client_returns_internal_for_an_answer_over_the_frame_limit(void **state)
+static void test_client_follows_not_leader_to_the_named_node(void **state)
 {
 	(void)state;
-	expect_internal(FAKE_OVERSIZE);
+	assert_int_equal(command_via_follower(FAKE_SERVE, CODE(OK), ""), 1);
+}
+
+/* A handshake that fails sends no request: the call is definitely not applied, also
+ * after following a NOT_LEADER to a node that does not speak the protocol. */
+static void test_client_a_handshake_protocol_error_is_definite(void **state)
+{
+	(void)state;
+	struct fake bad;
+	fake_start(&bad, FAKE_BAD_HELLO);
+	client_open(bad.address, SECRET, 2000, CODE(INTERNAL));
+	fake_join(&bad);
+	assert_int_equal(bad.requests, 0);
+	assert_int_equal(command_via_follower(FAKE_BAD_HELLO, CODE(INTERNAL), "does not decode"), 0);
+}
+
+/* NOT_LEADER is definite, so the command goes to the leader; once it was sent there,
+ * the leader hanging up leaves it unknown. */
+static void test_client_a_command_followed_to_the_leader_and_lost_there_is_unknown(void **state)
+{
+	(void)state;
+	assert_int_equal(command_via_follower(FAKE_HANGUP, CODE(TIMEOUT),
+					      "the node closed the connection"), 1);
+}
+
+/* A request written only in part is definitely not applied: a node acts on whole
+ * frames, and the client closes the connection, so the rest never arrives. The node
+ * here reads nothing until the call is over, so a 64 MiB batch cannot all be written
+ * (socket buffers hold a few MiB); then it reads what came: no whole request. */
+static void test_client_a_request_written_in_part_is_not_applied(void **state)
+{
+	(void)state;
+	enum { REFERENCE_BYTES = 8000, FRAME_BYTES = 128 << 20 };
+	struct fake f;
+	fake_init(&f, FAKE_STALL);
+	f.frame_bytes = FRAME_BYTES;
+	fake_run(&f);
+	struct tally_client_options o = {.cluster = f.address, .key_name = KEY_NAME,
+					 .secret = SECRET, .timeout_ms = 500, .attempts = 1,
+					 .frame_bytes_max = FRAME_BYTES};
+	struct tally_client *c = NULL;
+	char err[256];
+	assert_int_equal(tally_client_open(&c, &o, err, sizeof(err)), CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	static char reference[REFERENCE_BYTES + 1];
+	memset(reference, 'r', REFERENCE_BYTES);
+	Tally__V1__Command *one = accrue(&arena, 1);
+	one->accrue->reference = reference;
+	static Tally__V1__Command *cmds[TALLY_BATCH_COMMANDS_MAX];
+	for (size_t i = 0; i < TALLY_BATCH_COMMANDS_MAX; i++)
+		cmds[i] = one;
+	Tally__V1__BatchResult *br = NULL;
+	assert_int_equal(tally_client_batch(c, cmds, TALLY_BATCH_COMMANDS_MAX, &arena, &br),
+			 CODE(UNAVAILABLE));
+	assert_non_null(strstr(tally_client_error(c), "request not written within 500 ms"));
+	tally_client_close(c);
+	pthread_mutex_lock(&f.mu);
+	f.released = true;
+	pthread_cond_signal(&f.cv);
+	pthread_mutex_unlock(&f.mu);
+	fake_join(&f);
+	assert_true(f.welcomed);
+	assert_int_equal(f.requests, 0);
+	tally_arena_free(&arena);
 }
 
 static void test_client_tries_the_next_address_when_a_node_closes_first(void **state)
@@ -1051,9 +1398,7 @@ static void test_client_pipelines_requests_and_matches_answers_by_call_id(void *
 {
 	(void)state;
 	struct fake f;
-	fake_init(&f, FAKE_REVERSED);
-	f.pipeline_n = PIPELINE_N;
-	fake_run(&f);
+	fake_start_n(&f, FAKE_REVERSED, PIPELINE_N);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 64 << 10, 0);
@@ -1090,28 +1435,186 @@ static void test_client_pipelines_requests_and_matches_answers_by_call_id(void *
 	tally_arena_free(&arena);
 }
 
-static void test_client_pipelined_answers_lost_with_the_connection_are_timeouts(void **state)
+/* Sends n accrues (points 1..n) pipelined through c; their call ids in ids. */
+static void pipeline_send(struct tally_client *c, struct tally_arena *arena, int n, uint64_t *ids)
 {
-	(void)state;
+	for (int i = 0; i < n; i++) {
+		Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+		req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		req.command = accrue(arena, i + 1);
+		assert_int_equal(tally_client_send(c, &req), CODE(OK));
+		if (ids != NULL)
+			ids[i] = req.call_id;
+	}
+}
+
+/* A fake in `mode` answers n pipelined commands: `ok` well-formed answers come first,
+ * then every other one is TIMEOUT (unknown) with `why` in the error. */
+static void expect_pipelined(enum fake_mode mode, int n, int ok, const char *why)
+{
 	struct fake f;
-	fake_start(&f, FAKE_GARBAGE);
+	fake_start_n(&f, mode, (unsigned)n);
 	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
 	struct tally_arena arena;
 	tally_arena_init(&arena, 4096, 0);
-	for (int i = 0; i < 3; i++) {
-		Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
-		req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
-		req.command = accrue(&arena, i + 1);
-		assert_int_equal(tally_client_send(c, &req), CODE(OK));
-	}
+	pipeline_send(c, &arena, n, NULL);
 	Tally__V1__Response *r = NULL;
-	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(INTERNAL));
-	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(TIMEOUT));
-	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(TIMEOUT));
+	for (int i = 0; i < ok; i++)
+		assert_int_equal(tally_client_recv(c, &arena, &r), CODE(OK));
+	for (int i = ok; i < n; i++) {
+		assert_int_equal(tally_client_recv(c, &arena, &r), CODE(TIMEOUT));
+		assert_null(r);
+		if (strstr(tally_client_error(c), why) == NULL && i == ok)
+			fail_msg("fake mode %d: \"%s\" lacks \"%s\"", (int)mode, tally_client_error(c), why);
+	}
 	assert_int_equal(tally_client_recv(c, &arena, &r), CODE(INVALID_ARGUMENT));
 	tally_client_close(c);
 	fake_join(&f);
 	tally_arena_free(&arena);
+}
+
+static void test_client_pipelined_answers_lost_with_the_connection_are_timeouts(void **state)
+{
+	(void)state;
+	expect_pipelined(FAKE_GARBAGE, 3, 0, "does not decode");
+	expect_pipelined(FAKE_WRONG_CALL, 3, 0, "which is not due");
+	/* The first answer twice: the second copy answers nothing due. */
+	expect_pipelined(FAKE_TWICE, 2, 1, "which is not due");
+	expect_pipelined(FAKE_BAD_RESULT, 3, 0, "does not fit the request");
+	/* A goodbye with three requests in the node's hands. */
+	expect_pipelined(FAKE_HANGUP, 3, 0, "the node closed the connection");
+}
+
+/* One call id stays due while hundreds of later ones are sent and answered, so they
+ * share slots of the table of due requests with it: every answer still finds its
+ * request, and each request gets exactly one answer. */
+static void test_client_pipelined_answers_match_while_an_old_call_stays_due(void **state)
+{
+	(void)state;
+	enum { TOTAL = 300, DEPTH = 4 };
+	struct fake f;
+	fake_start_n(&f, FAKE_FIRST_LAST, TOTAL);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 64 << 10, 0);
+	uint64_t ids[TOTAL];
+	bool seen[TOTAL] = {false};
+	int sent = 0, received = 0;
+	while (received < TOTAL) {
+		if (sent < TOTAL && sent - received < DEPTH) {
+			pipeline_send(c, &arena, 1, &ids[sent]);
+			sent++;
+			continue;
+		}
+		Tally__V1__Response *r = NULL;
+		assert_int_equal(tally_client_recv(c, &arena, &r), CODE(OK));
+		int i = 0;
+		while (i < sent && ids[i] != r->call_id)
+			i++;
+		assert_true(i < sent);
+		assert_false(seen[i]);
+		seen[i] = true;
+		received++;
+		tally_arena_reset(&arena);
+	}
+	assert_true(seen[0]);
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, TOTAL);
+	tally_arena_free(&arena);
+}
+
+/* ---- tallyctl's exit codes against fake nodes ------------------------------------ */
+
+static char tallyctl_path[1024]; /* next to this test: ../tools/tallyctl */
+
+/* Runs tallyctl with the fakes' key against `address`: its exit status (-1 when it did
+ * not exit), with what it printed (stdout and stderr together) in out. */
+static int tallyctl_run(const char *address, const char *args, char *out, size_t cap)
+{
+	char keys[] = "/tmp/tally-test-rpc-keys-XXXXXX";
+	int fd = mkstemp(keys);
+	assert_true(fd >= 0);
+	FILE *kf = fdopen(fd, "w");
+	assert_non_null(kf);
+	fprintf(kf, "%s mall * %s\n", KEY_NAME, SECRET);
+	assert_int_equal(fclose(kf), 0);
+	char cmd[4096];
+	int len = snprintf(cmd, sizeof(cmd),
+			   "%s --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
+			   tallyctl_path, address, keys, KEY_NAME, args);
+	assert_true(len > 0 && (size_t)len < sizeof(cmd));
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	size_t n = fread(out, 1, cap - 1, p);
+	out[n] = '\0';
+	int st = pclose(p);
+	unlink(keys);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* tallyctl ARGS against a fake node in `mode`, named `copies` times in the cluster
+ * list (each copy a connection it serves), exits `want` and says `says`. */
+static void expect_tallyctl_n(enum fake_mode mode, unsigned copies, const char *args, int want,
+			      const char *says)
+{
+	struct fake f;
+	fake_init(&f, mode);
+	f.pipeline_n = 1;
+	f.connections = copies;
+	fake_run(&f);
+	char cluster[1024] = "";
+	for (unsigned i = 0; i < copies; i++) {
+		size_t at = strlen(cluster);
+		snprintf(cluster + at, sizeof(cluster) - at, "%s%s", i > 0 ? "," : "", f.address);
+	}
+	char out[4096];
+	int got = tallyctl_run(cluster, args, out, sizeof(out));
+	fake_join(&f);
+	if (got != want || strstr(out, says) == NULL)
+		fail_msg("tallyctl %s against fake mode %d: exit %d, expected %d saying \"%s\":\n%s",
+			 args, (int)mode, got, want, says, out);
+}
+
+static void expect_tallyctl(enum fake_mode mode, const char *args, int want, const char *says)
+{
+	expect_tallyctl_n(mode, 1, args, want, says);
+}
+
+#define ACCRUE "accrue --brand b1 --member m1 --points 5 --request-id r-77"
+
+static void test_tallyctl_exits_4_only_for_an_unknown_outcome(void **state)
+{
+	(void)state;
+	if (access(tallyctl_path, X_OK) != 0) {
+		fprintf(stderr, "skipped: no tallyctl at %s (build the tools first)\n", tallyctl_path);
+		skip();
+	}
+	expect_tallyctl(FAKE_SERVE, "--json " ACCRUE, 0, "\"request_id\":\"r-77\"");
+	/* Sent, and no definite answer: unknown, with the request id to retry with. */
+	const char *retry = "retry with the same --request-id r-77";
+	expect_tallyctl(FAKE_GARBAGE, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_GARBAGE, "--json " ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_WRONG_BODY, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_HALF, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_HANGUP, ACCRUE, 4, retry);
+	expect_tallyctl(FAKE_GARBAGE, "cluster remove --id 2", 4, "outcome unknown");
+	expect_tallyctl(FAKE_HANGUP, "cluster assign --id 2 --role voter", 4, "outcome unknown");
+	/* Definitely not applied: the node failed before acting, or no request was sent. */
+	expect_tallyctl(FAKE_INTERNAL, ACCRUE, 3, "not applied");
+	expect_tallyctl(FAKE_INTERNAL, "cluster remove --id 2", 3, "not applied");
+	expect_tallyctl(FAKE_BAD_HELLO, ACCRUE, 3, "does not decode");
+	/* Refused whole: a malformed request (usage), a change refused (rejection). */
+	expect_tallyctl(FAKE_REFUSE, ACCRUE, 2, "INVALID_ARGUMENT");
+	expect_tallyctl(FAKE_REFUSE, "--json cluster remove --id 2", 1,
+			"\"error\":\"INVALID_ARGUMENT\"");
+	/* A read changes nothing: no answer is 3, never "unknown" — a malformed one, or
+	 * none from any try (20 tries, the node named 20 times so that no backoff is due:
+	 * every try is answered with a goodbye). */
+	expect_tallyctl(FAKE_GARBAGE, "balance --brand b1 --member m1", 3, "INTERNAL: no answer");
+	expect_tallyctl(FAKE_GARBAGE, "status", 3, "INTERNAL: no answer");
+	expect_tallyctl_n(FAKE_HANGUP, 20, "balance --brand b1 --member m1", 3, "TIMEOUT: no answer");
+	expect_tallyctl_n(FAKE_HANGUP, 20, "status", 3, "TIMEOUT: no answer");
 }
 
 int main(void)
@@ -1140,14 +1643,26 @@ int main(void)
 		cmocka_unit_test(test_client_backs_off_on_unavailable_and_tries_the_next_node),
 		cmocka_unit_test(test_client_returns_timeout_when_the_command_is_never_answered),
 		cmocka_unit_test(test_client_retries_a_query_on_the_next_node_when_unanswered),
-		cmocka_unit_test(test_client_returns_internal_for_an_answer_that_does_not_decode),
-		cmocka_unit_test(test_client_returns_internal_for_an_answer_over_the_frame_limit),
+		cmocka_unit_test(test_client_a_malformed_answer_to_a_call_with_an_effect_is_unknown),
+		cmocka_unit_test(test_client_a_malformed_answer_to_a_read_is_internal),
+		cmocka_unit_test(test_client_a_connection_lost_mid_answer_or_a_goodbye_is_unknown),
+		cmocka_unit_test(test_client_definite_refusals_are_definite),
+		cmocka_unit_test(test_client_admin_refusals_are_answers_and_transport_codes_are_not),
+		cmocka_unit_test(test_client_a_handshake_protocol_error_is_definite),
+		cmocka_unit_test(test_client_a_command_followed_to_the_leader_and_lost_there_is_unknown),
+		cmocka_unit_test(test_client_a_request_written_in_part_is_not_applied),
 		cmocka_unit_test(test_client_tries_the_next_address_when_a_node_closes_first),
 		cmocka_unit_test(test_client_reconnects_when_the_node_closed_the_idle_connection),
 		cmocka_unit_test(test_client_open_with_no_reachable_node_is_unavailable),
 		cmocka_unit_test(test_client_open_rejects_bad_options),
 		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
 		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
+		cmocka_unit_test(test_client_pipelined_answers_match_while_an_old_call_stays_due),
+		cmocka_unit_test(test_tallyctl_exits_4_only_for_an_unknown_outcome),
 	};
+	char self[1024];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	self[n > 0 ? n : 0] = '\0';
+	snprintf(tallyctl_path, sizeof(tallyctl_path), "%s/../tools/tallyctl", dirname(self));
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,9 +6,17 @@
  *
  * --cluster defaults to $TALLY_CLUSTER, --key-file to $TALLY_KEY_FILE (the keys file
  * the cluster uses: the secret of --key is read from it), --key to "admin".
- * Exit codes: 0 done (also an idempotent replay), 1 definite rejection, 2 usage error,
- * 3 unavailable (definitely not applied), 4 unknown outcome (timed out: retry with
- * the same --request-id).
+ * Exit codes (the same in the usage text and README.md):
+ *   0  done (also an idempotent replay)
+ *   1  a definite rejection (the ledger's or the node's: a code and a message; in
+ *      --json an {"error":...} object), or the key was refused
+ *   2  usage error (also a request the node refused as malformed)
+ *   3  not applied: the cluster was unavailable or failed before acting on it; for a
+ *      read (queries, status), no answer — a read changes nothing
+ *   4  unknown outcome of a command or cluster change: the request was sent and no
+ *      definite answer came (timed out, connection lost, an answer that is not one);
+ *      the message names the request id: retry with the same --request-id
+ * Exit 4 is libtally's TIMEOUT for a call with an effect, and nothing else is 4.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -89,7 +97,10 @@ static int usage(const char *why)
 		"  settlements [--brands A,B]   digest [--stale]   status\n"
 		"  cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
 		"          | remove --id N | transfer [--id N]\n"
-		"Every mutating command takes --request-id (generated and printed when omitted).\n");
+		"Every mutating command takes --request-id (generated and printed when omitted).\n"
+		"Exit: 0 done (also a replay), 1 rejected (definite), 2 usage error, 3 not applied\n"
+		"(cluster unavailable; for a read: no answer), 4 outcome unknown (a command or\n"
+		"cluster change was sent and not answered: retry with the same --request-id).\n");
 	return EXIT_USAGE;
 }
 
@@ -160,15 +171,33 @@ static void *zalloc(struct ctl *c, size_t n)
 
 /* ---- results ------------------------------------------------------------------------ */
 
-static int transport_exit(Tally__V1__ResultCode rc, const char *what)
+static int print_rejection(const struct ctl *c, Tally__V1__ResultCode code, const char *msg);
+
+/* The exit for a call that did not return OK (rpc/tally.h): `effect` for commands and
+ * cluster changes, which alone can have an unknown outcome. */
+static int transport_exit(const struct ctl *c, Tally__V1__ResultCode rc, const char *what,
+			  bool effect)
 {
-	if (rc == CODE(TIMEOUT)) {
-		fprintf(stderr, "tallyctl: %s: outcome unknown (timed out); retry with the same "
-				"--request-id\n", what);
+	const char *why = tally_client_error(c->client);
+	if (rc == CODE(TIMEOUT) && effect) {
+		if (c->request_id[0] != '\0')
+			fprintf(stderr, "tallyctl: %s: outcome unknown (%s); retry with the same "
+					"--request-id %s\n", what, why, c->request_id);
+		else
+			fprintf(stderr, "tallyctl: %s: outcome unknown (%s); it may still take "
+					"effect: see status, or retry\n", what, why);
 		return EXIT_UNKNOWN;
 	}
-	fprintf(stderr, "tallyctl: %s: %s\n", what, tally_result_name(rc));
-	return rc == CODE(INVALID_ARGUMENT) ? EXIT_USAGE : EXIT_UNAVAILABLE;
+	if (rc == CODE(TIMEOUT) || rc == CODE(UNAVAILABLE) || rc == CODE(INTERNAL)) {
+		fprintf(stderr, "tallyctl: %s: %s: %s (%s)\n", what, tally_result_name(rc),
+			effect ? "not applied" : "no answer", why);
+		return EXIT_UNAVAILABLE;
+	}
+	if (rc == CODE(INVALID_ARGUMENT)) {
+		fprintf(stderr, "tallyctl: %s: %s (%s)\n", what, tally_result_name(rc), why);
+		return EXIT_USAGE;
+	}
+	return print_rejection(c, rc, why); /* refused whole by the node: definite */
 }
 
 static int print_rejection(const struct ctl *c, Tally__V1__ResultCode code, const char *msg)
@@ -244,7 +273,7 @@ static int run_command(struct ctl *c, Tally__V1__Command *cmd)
 	Tally__V1__CommandResult *r;
 	Tally__V1__ResultCode rc = tally_client_command(c->client, cmd, &c->arena, &r);
 	if (rc != CODE(OK))
-		return transport_exit(rc, "command");
+		return transport_exit(c, rc, "command", true);
 	return print_result(c, r);
 }
 
@@ -465,7 +494,7 @@ static int run_query(struct ctl *c, Tally__V1__Query *q, Tally__V1__QueryResult 
 	q->stale = has(c, "stale");
 	Tally__V1__ResultCode rc = tally_client_query(c->client, q, &c->arena, res);
 	if (rc != CODE(OK))
-		return transport_exit(rc, "query");
+		return transport_exit(c, rc, "query", false);
 	if ((*res)->code != CODE(OK))
 		return print_rejection(c, (*res)->code, (*res)->message);
 	return EXIT_DONE;
@@ -674,7 +703,8 @@ static int run_admin(struct ctl *c, Tally__V1__Admin *a, Tally__V1__Response **r
 {
 	Tally__V1__ResultCode rc = tally_client_admin(c->client, a, &c->arena, res);
 	if (rc != CODE(OK))
-		return transport_exit(rc, "admin");
+		return transport_exit(c, rc, a->op == TALLY__V1__ADMIN__OP__STATUS ? "status" : "cluster",
+				      a->op != TALLY__V1__ADMIN__OP__STATUS);
 	if ((*res)->code != CODE(OK))
 		return print_rejection(c, (*res)->code, (*res)->message);
 	return EXIT_DONE;
@@ -688,9 +718,7 @@ static int cmd_status(struct ctl *c)
 	int rc = run_admin(c, &a, &res);
 	if (rc != EXIT_DONE)
 		return rc;
-	const Tally__V1__Status *s = res->status;
-	if (s == NULL)
-		return transport_exit(CODE(INTERNAL), "status");
+	const Tally__V1__Status *s = res->status; /* an OK STATUS answer has one (libtally) */
 	const Tally__V1__NodeInfo *l = s->leader;
 	if (c->json) {
 		printf("{\"leader\":{\"id\":%" PRIu64 ",\"address\":", l ? l->id : 0);
@@ -819,7 +847,9 @@ static int connect_cluster(struct ctl *c)
 	if (rc == CODE(OK))
 		return EXIT_DONE;
 	fprintf(stderr, "tallyctl: %s\n", err);
-	return rc == CODE(UNAUTHENTICATED) ? EXIT_REJECTED : EXIT_UNAVAILABLE;
+	/* Nothing was sent yet: never an unknown outcome. */
+	return rc == CODE(UNAUTHENTICATED) ? EXIT_REJECTED
+	       : rc == CODE(INVALID_ARGUMENT) ? EXIT_USAGE : EXIT_UNAVAILABLE;
 }
 
 static int dispatch(struct ctl *c)
