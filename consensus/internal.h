@@ -95,6 +95,7 @@ struct tally_node {
 	struct tally_transport transport;
 	bool raft_inited, started;
 	bool dead;                        /* fail-stop under the simulator: does nothing more */
+	struct guard_dead *dead_writes;   /* writes raft asked of a dead node (ioguard.c) */
 	bool sim_kicked;                  /* no loop (the simulator): a service turn is due */
 
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */

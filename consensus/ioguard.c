@@ -29,7 +29,9 @@
  *     the leader tries again later.
  *   async_work — not wrapped: raft uses it only to take a snapshot (fsm.c); a failed
  *     snapshot is dropped and taken again at the next threshold.
- *   time, random, close — cannot fail.
+ *   time, random — cannot fail.
+ *   close — wrapped: under the simulator it first answers the writes raft asked of a
+ *     dead node (guard_dead); a real node's close passes straight through.
  *
  * What reached the disk is loaded again at restart and raft's ordinary log repair
  * reconciles it with the leader's. RAFT_CANCELED (raft_uv cancelling requests while
@@ -42,7 +44,8 @@
 
 /* Returns rv, unless it is a failure: then the process ends. Under the simulator the
  * node is dead instead and 0 goes back: raft must not run its own handling of the
- * failure, which a real node never reaches; the simulator restarts it from its disk. */
+ * failure, which a real node never reaches; the caller keeps raft's request until raft
+ * closes (guard_dead), and the simulator restarts the node from its disk. */
 static int checked(struct tally_node *n, const char *what, int rv)
 {
 	assert(n != NULL && what != NULL);
@@ -68,6 +71,46 @@ static void *guard_alloc(struct tally_node *n, size_t size_bytes, const char *wh
 	return g;
 }
 
+/* A write raft asked of the simulator's dead node: never done, and answered when raft
+ * closes the I/O, so that raft frees its request. The answer is 0: raft is unavailable
+ * by then and discards it, whereas RAFT_CANCELED would send raft 0.15's leader append
+ * callback looking for its client requests, which closing cleared. A real node never
+ * gets here: it has ended. */
+struct guard_dead {
+	struct guard_dead *next;
+	struct raft_io_append *append;    /* one of the two */
+	raft_io_append_cb append_cb;
+	struct raft_io_snapshot_put *put;
+	raft_io_snapshot_put_cb put_cb;
+};
+
+static int dead_write(struct tally_node *n, const struct guard_dead *w)
+{
+	assert(n->dead && n->cfg.fail_stop != NULL);
+	struct guard_dead *d = malloc(sizeof(*d));
+	if (d == NULL)
+		abort(); /* the simulator only */
+	*d = *w;
+	d->next = n->dead_writes;
+	n->dead_writes = d;
+	return 0;
+}
+
+static void guard_close(struct raft_io *io, raft_io_close_cb cb)
+{
+	struct tally_node *n = node_of_io(io);
+	while (n->dead_writes != NULL) {
+		struct guard_dead *d = n->dead_writes;
+		n->dead_writes = d->next;
+		if (d->append != NULL)
+			d->append_cb(d->append, 0);
+		else
+			d->put_cb(d->put, 0);
+		free(d);
+	}
+	n->io_next.close(io, cb);
+}
+
 struct guard_append {
 	struct raft_io_append req;        /* what raft_uv sees */
 	struct raft_io_append *outer;     /* raft's request */
@@ -82,24 +125,33 @@ static void guard_append_cb(struct raft_io_append *req, int status)
 	raft_io_append_cb cb = g->cb;
 	struct tally_node *n = g->n;
 	free(g);
-	cb(outer, checked(n, "log append", status));
+	int rv = checked(n, "log append", status);
+	if (n->dead) /* the simulator's node died (here or before): it never hears back */
+		dead_write(n, &(struct guard_dead){.append = outer, .append_cb = cb});
+	else
+		cb(outer, rv);
 }
 
 static int guard_append(struct raft_io *io, struct raft_io_append *req,
 			const struct raft_entry entries[], unsigned n_entries, raft_io_append_cb cb)
 {
 	struct tally_node *n = node_of_io(io);
-	if (n->dead)
-		return 0; /* the simulator's dead node writes nothing more, and never hears back */
+	if (n->dead) /* the simulator's dead node writes nothing more */
+		return dead_write(n, &(struct guard_dead){.append = req, .append_cb = cb});
 	struct guard_append *g = guard_alloc(n, sizeof(*g), "log append");
-	if (g == NULL)
-		return 0;
-	*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
-	g->req.data = g;
-	int rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
-	if (rv != 0)
+	int rv = 0;
+	if (g != NULL) {
+		*g = (struct guard_append){.outer = req, .cb = cb, .n = n};
+		g->req.data = g;
+		rv = n->io_next.append(io, &g->req, entries, n_entries, guard_append_cb);
+		if (rv == 0)
+			return 0;
 		free(g);
-	return checked(n, "log append", rv);
+		rv = checked(n, "log append", rv);
+	}
+	if (n->dead) /* the simulator's node died here */
+		return dead_write(n, &(struct guard_dead){.append = req, .append_cb = cb});
+	return rv;
 }
 
 struct guard_put {
@@ -116,7 +168,11 @@ static void guard_put_cb(struct raft_io_snapshot_put *req, int status)
 	raft_io_snapshot_put_cb cb = g->cb;
 	struct tally_node *n = g->n;
 	free(g);
-	cb(outer, checked(n, "snapshot write", status));
+	int rv = checked(n, "snapshot write", status);
+	if (n->dead) /* the simulator's node died (here or before): it never hears back */
+		dead_write(n, &(struct guard_dead){.put = outer, .put_cb = cb});
+	else
+		cb(outer, rv);
 }
 
 static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
@@ -124,17 +180,22 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 			      raft_io_snapshot_put_cb cb)
 {
 	struct tally_node *n = node_of_io(io);
-	if (n->dead)
-		return 0; /* the simulator's dead node writes nothing more, and never hears back */
+	if (n->dead) /* the simulator's dead node writes nothing more */
+		return dead_write(n, &(struct guard_dead){.put = req, .put_cb = cb});
 	struct guard_put *g = guard_alloc(n, sizeof(*g), "snapshot write");
-	if (g == NULL)
-		return 0;
-	*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
-	g->req.data = g;
-	int rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
-	if (rv != 0)
+	int rv = 0;
+	if (g != NULL) {
+		*g = (struct guard_put){.outer = req, .cb = cb, .n = n};
+		g->req.data = g;
+		rv = n->io_next.snapshot_put(io, trailing, &g->req, snapshot, guard_put_cb);
+		if (rv == 0)
+			return 0;
 		free(g);
-	return checked(n, "snapshot write", rv);
+		rv = checked(n, "snapshot write", rv);
+	}
+	if (n->dead) /* the simulator's node died here */
+		return dead_write(n, &(struct guard_dead){.put = req, .put_cb = cb});
+	return rv;
 }
 
 static int guard_truncate(struct raft_io *io, raft_index index)
@@ -162,11 +223,13 @@ static int guard_set_vote(struct raft_io *io, raft_id server_id)
 void node_ioguard_remove(struct tally_node *n)
 {
 	assert(n != NULL && n->io != NULL && n->io->append == guard_append);
+	assert(n->dead_writes == NULL); /* raft_close answered them */
 	n->io->append = n->io_next.append;
 	n->io->snapshot_put = n->io_next.snapshot_put;
 	n->io->truncate = n->io_next.truncate;
 	n->io->set_term = n->io_next.set_term;
 	n->io->set_vote = n->io_next.set_vote;
+	n->io->close = n->io_next.close;
 	n->io->start = n->io_next.start; /* health.c's wrapper */
 }
 
@@ -178,4 +241,5 @@ void node_ioguard_install(struct tally_node *n)
 	n->io->truncate = guard_truncate;
 	n->io->set_term = guard_set_term;
 	n->io->set_vote = guard_set_vote;
+	n->io->close = guard_close;
 }
