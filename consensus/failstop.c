@@ -58,5 +58,5 @@ void node_fail_stop(struct tally_node *n, int status, const char *fmt, ...)
 	if (n->cfg.fail_stop == NULL)
 		_exit(status);
 	n->dead = true; /* the simulator's process "exit": it crashes this node next */
-	n->cfg.fail_stop(n->cfg.clock_data, status, what);
+	n->cfg.fail_stop(n->cfg.hook_data, status, what);
 }

@@ -178,8 +178,8 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 		return 0;
 	else if (d.tree_size > LEDGER_CHECK_ENTRIES_MAX)
 		return 0; /* too large to scan at every start: meta reads, trust it */
-	fprintf(stderr, "tally node: ledger %s failed its start check (%s); rebuilding it "
-			"from the raft snapshot and log\n", n->ledger_dir, why);
+	node_log(n, "ledger %s failed its start check (%s); rebuilding it from the raft "
+		 "snapshot and log", n->ledger_dir, why);
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	char path[sizeof(n->ledger_dir) + 16];

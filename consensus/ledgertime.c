@@ -26,7 +26,7 @@ static int64_t clock_ms(clockid_t id)
 int64_t tally_node_mono_ms(struct tally_node *n)
 {
 	assert(n != NULL);
-	return n->cfg.mono_ms != NULL ? n->cfg.mono_ms(n->cfg.clock_data) : clock_ms(CLOCK_MONOTONIC);
+	return n->cfg.mono_ms != NULL ? n->cfg.mono_ms(n->cfg.hook_data) : clock_ms(CLOCK_MONOTONIC);
 }
 
 uint64_t tally_node_id(struct tally_node *n)
@@ -38,7 +38,7 @@ uint64_t tally_node_id(struct tally_node *n)
 int64_t tally_node_wall_ms(struct tally_node *n)
 {
 	assert(n != NULL);
-	return n->cfg.wall_ms != NULL ? n->cfg.wall_ms(n->cfg.clock_data) : clock_ms(CLOCK_REALTIME);
+	return n->cfg.wall_ms != NULL ? n->cfg.wall_ms(n->cfg.hook_data) : clock_ms(CLOCK_REALTIME);
 }
 
 /* The voters of the current configuration into ids (at most cap); their number. */

@@ -39,7 +39,10 @@ void node_log(struct tally_node *n, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(line, sizeof(line), fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "tally node %llu: %s\n", (unsigned long long)n->cfg.id, line);
+	if (n->cfg.log_line != NULL)
+		n->cfg.log_line(n->cfg.hook_data, line);
+	else
+		fprintf(stderr, "tally node %llu: %s\n", (unsigned long long)n->cfg.id, line);
 }
 
 static bool node_leading(struct tally_node *n)

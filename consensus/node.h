@@ -47,14 +47,17 @@ struct tally_node_config {
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
-	/* Clocks, for tests and the simulator: NULL = CLOCK_MONOTONIC / CLOCK_REALTIME (ms). */
-	int64_t (*mono_ms)(void *clock_data);
-	int64_t (*wall_ms)(void *clock_data);
-	void *clock_data;
+	/* Hooks for tests and the simulator, each called with hook_data. */
+	void *hook_data;
+	/* Clocks: NULL = CLOCK_MONOTONIC / CLOCK_REALTIME (ms). */
+	int64_t (*mono_ms)(void *hook_data);
+	int64_t (*wall_ms)(void *hook_data);
 	/* The simulator only: called where the node would end the process (fail-stop),
 	 * with the exit status and what failed; the node is dead from then on. NULL (every
 	 * real node) = _exit. */
-	void (*fail_stop)(void *clock_data, int status, const char *what);
+	void (*fail_stop)(void *hook_data, int status, const char *what);
+	/* The node's log lines (without the newline); NULL = stderr. */
+	void (*log_line)(void *hook_data, const char *line);
 };
 
 /* Fail-stop: a node that cannot write its raft log or apply a committed entry ends

@@ -216,6 +216,13 @@ static void node_fail_stop_hook(void *data, int status, const char *what)
 	say(sn->s, "node %u fail-stop %d: %s", sn->i + 1, status, what);
 }
 
+/* A node's log line: shown with --verbose, in the simulation's timeline. */
+static void node_log_line(void *data, const char *line)
+{
+	const struct sim_node *sn = data;
+	say(sn->s, "node %u: %s", sn->i + 1, line);
+}
+
 /* Every node that runs gets a sample of every other it can hear from and reach. */
 static void clocks_sample(struct sim *s)
 {
@@ -512,8 +519,8 @@ static void node_config(struct sim_node *sn, struct tally_node_config *cfg, cons
 		.snapshot_threshold = sn->s->snapshot_threshold,
 		.snapshot_trailing = sn->s->snapshot_threshold / 4, .expire_interval_ms = 1000,
 		.map_size_bytes = 64ULL << 20, .map_room_bytes = 1ULL << 20,
-		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .clock_data = sn,
-		.fail_stop = node_fail_stop_hook};
+		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .hook_data = sn,
+		.fail_stop = node_fail_stop_hook, .log_line = node_log_line};
 }
 
 /* A new incarnation of node sn (the address is only checked: the fixture's raft
@@ -1304,8 +1311,6 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (!verbose && freopen("/dev/null", "w", stderr) == NULL) /* the nodes' log lines */
-		return 2;
 	static struct sim s;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);

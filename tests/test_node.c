@@ -284,7 +284,7 @@ static void node_open(struct cluster *c, int i, const char *bootstrap)
 	struct tally_node_config cfg = {
 		.id = (uint64_t)i + 1, .address = c->address[i], .dir = c->dir[i],
 		.bootstrap = bootstrap, .heartbeat_ms = 50,
-		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .clock_data = &c->clocks[i],
+		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .hook_data = &c->clocks[i],
 		/* valgrind runs one thread at a time: a snapshot stalls the loop */
 		.election_timeout_ms = RUNNING_ON_VALGRIND ? 2000 : 400,
 		.expire_interval_ms = 300, .map_size_bytes = 1ULL << 30,
