@@ -142,12 +142,15 @@ check: $(TEST_BIN) $(TOOLS) $(SIM_BIN)
 # A test's forked children (test_failstop) are not reported on (they _exit with the
 # node's status, leaving memory behind), but an error of theirs still makes their exit
 # status 99, which the test checks.
-valgrind: $(TEST_BIN)
+VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	--child-silent-after-fork=yes
+valgrind: $(TEST_BIN) $(SIM_BIN)
 	@set -e; for t in $(filter-out %/test_cluster,$(TEST_BIN)); do \
 		echo "== valgrind $$t"; \
-		TALLY_TEST_QUICK=1 valgrind -q --error-exitcode=99 --leak-check=full \
-			--errors-for-leak-kinds=definite --child-silent-after-fork=yes $$t >/dev/null; \
-	done; echo "valgrind: clean"
+		TALLY_TEST_QUICK=1 $(VALGRIND) $$t >/dev/null; \
+	done; \
+	echo "== valgrind $(SIM_BIN) --seeds 5"; $(VALGRIND) $(SIM_BIN) --seeds 5 >/dev/null; \
+	echo "valgrind: clean"
 
 # The deterministic cluster simulator: SEEDS seeds from FIRST (make sim SEEDS=5000).
 SEEDS ?= 1000
