@@ -75,7 +75,9 @@ endif
 
 all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN) $(SIM_BIN) $(LOSTWRITES)
 
-$(PROTO_C) $(PROTO_H): proto/tally.proto
+# One protoc-c run makes both files (&: groups them): under make -j two runs would
+# rewrite the .c while it is being compiled.
+$(PROTO_C) $(PROTO_H) &: proto/tally.proto
 	@mkdir -p $(BUILD)/proto
 	protoc-c --c_out=$(BUILD)/proto -Iproto proto/tally.proto
 
