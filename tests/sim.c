@@ -1006,22 +1006,23 @@ static void sim_heal(struct sim *s)
 
 /* ---- the checks ------------------------------------------------------------------------- */
 
-/* Stored entry seq of l (its bytes and raft index), or false. */
-static bool stored_entry(struct sim *s, struct tally_ledger *l, uint64_t seq,
-			 struct tally_arena *a, Tally__V1__StoredEntry **out)
+/* SIM_DEBUG: the journal entries of l around seq, for a command found the wrong number
+ * of times. */
+static void entries_print(struct sim *s, struct tally_ledger *l, uint64_t seq)
 {
-	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
-	Tally__V1__GetEntry g = TALLY__V1__GET_ENTRY__INIT;
-	g.seq = seq;
-	q.q_case = TALLY__V1__QUERY__Q_ENTRY;
-	q.entry = &g;
-	Tally__V1__QueryResult *res;
-	Tally__V1__Principal *auditor = who(&s->fx, TALLY__V1__ROLE__AUDITOR, "auditor", "*");
-	if (tally_ledger_query(l, &q, auditor, a, &res) != 0 ||
-	    res->code != TALLY__V1__RESULT_CODE__OK || res->entry == NULL)
-		return false;
-	*out = res->entry;
-	return true;
+	struct tally_arena a;
+	tally_arena_init(&a, 64 << 10, 0);
+	for (uint64_t q = seq > 3 ? seq - 3 : 1; q <= seq + 3; q++) {
+		Tally__V1__StoredEntry *se = stored_entry_at(l, s->admin, &a, q);
+		if (se == NULL)
+			continue;
+		Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&a), se->entry.len,
+							       se->entry.data);
+		printf("  seq %llu raft %llu kind %d req %s\n", (unsigned long long)q,
+		       (unsigned long long)se->raft_index, e ? (int)e->kind : -1,
+		       e && e->command ? e->command->request_id : "-");
+	}
+	tally_arena_free(&a);
 }
 
 /* How often each client command is in the journal of ledger l. */
@@ -1069,20 +1070,8 @@ static void check_commands(struct sim *s, struct tally_ledger *l)
 	for (size_t k = 0; k < s->n_cmds && s->failure[0] == '\0'; k++) {
 		const struct sim_cmd *c = &s->cmds[k];
 		unsigned want = c->state == CMD_OK ? 1 : 0;
-		if (count[k] != want && getenv("SIM_DEBUG") != NULL) {
-			struct tally_arena a;
-			tally_arena_init(&a, 64 << 10, 0);
-			for (uint64_t q = c->ok_seq > 3 ? c->ok_seq - 3 : 1; q <= c->ok_seq + 3; q++) {
-				Tally__V1__StoredEntry *se;
-				if (!stored_entry(s, l, q, &a, &se))
-					continue;
-				Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&a), se->entry.len, se->entry.data);
-				fprintf(stdout, "  seq %llu raft %llu kind %d req %s\n", (unsigned long long)q,
-					(unsigned long long)se->raft_index, e ? (int)e->kind : -1,
-					e && e->command ? e->command->request_id : "-");
-			}
-			tally_arena_free(&a);
-		}
+		if (count[k] != want && getenv("SIM_DEBUG") != NULL)
+			entries_print(s, l, c->ok_seq);
 		if (count[k] != want)
 			sim_fail(s, "%s (%s, %s) is %u times in the journal (acknowledged at %lld ms "
 				 "by node %u as entry %llu)", c->request_id,
@@ -1106,6 +1095,22 @@ static void check_commands(struct sim *s, struct tally_ledger *l)
 }
 
 
+/* "raft index 7/9, kind 2/2, ...": stored entries x (node i's) and y (node 1's) side by
+ * side, for the report. */
+static void entries_describe(const Tally__V1__StoredEntry *x, const Tally__V1__StoredEntry *y,
+			     struct tally_arena *a, char *buf, size_t cap)
+{
+	ProtobufCAllocator *pa = tally_arena_protobuf(a);
+	Tally__V1__Entry *ex = tally__v1__entry__unpack(pa, x->entry.len, x->entry.data);
+	Tally__V1__Entry *ey = tally__v1__entry__unpack(pa, y->entry.len, y->entry.data);
+	snprintf(buf, cap, "raft index %llu/%llu, kind %d/%d, request %s/%s, time %lld/%lld",
+		 (unsigned long long)x->raft_index, (unsigned long long)y->raft_index,
+		 ex ? (int)ex->kind : -1, ey ? (int)ey->kind : -1,
+		 ex && ex->command ? ex->command->request_id : "-",
+		 ey && ey->command ? ey->command->request_id : "-",
+		 ex ? (long long)ex->time_ms : 0, ey ? (long long)ey->time_ms : 0);
+}
+
 /* The first journal entry where node i's ledger and node 1's differ, for the report. */
 static void first_difference(struct sim *s, unsigned i, uint64_t size, char *buf, size_t cap)
 {
@@ -1113,21 +1118,17 @@ static void first_difference(struct sim *s, unsigned i, uint64_t size, char *buf
 	tally_arena_init(&a, 64 << 10, 0);
 	snprintf(buf, cap, "no entry differs");
 	for (uint64_t seq = 1; seq <= size; seq++) {
-		Tally__V1__StoredEntry *x, *y;
-		if (!stored_entry(s, tally_node_ledger(s->node[0].n), seq, &a, &x) ||
-		    !stored_entry(s, tally_node_ledger(s->node[i].n), seq, &a, &y)) {
+		Tally__V1__StoredEntry *x = stored_entry_at(tally_node_ledger(s->node[i].n), s->admin, &a, seq);
+		Tally__V1__StoredEntry *y = stored_entry_at(tally_node_ledger(s->node[0].n), s->admin, &a, seq);
+		if (x == NULL || y == NULL) {
 			snprintf(buf, cap, "entry %llu does not read", (unsigned long long)seq);
 			break;
 		}
-		if (x->entry.len != y->entry.len || memcmp(x->entry.data, y->entry.data, x->entry.len) != 0) {
-			Tally__V1__Entry *ex = tally__v1__entry__unpack(tally_arena_protobuf(&a), x->entry.len, x->entry.data);
-			Tally__V1__Entry *ey = tally__v1__entry__unpack(tally_arena_protobuf(&a), y->entry.len, y->entry.data);
-			snprintf(buf, cap, "entry %llu first (raft index %llu/%llu, kind %d/%d, request %s/%s, time %lld/%lld)",
-				 (unsigned long long)seq, (unsigned long long)y->raft_index,
-				 (unsigned long long)x->raft_index, ey ? (int)ey->kind : -1, ex ? (int)ex->kind : -1,
-				 ey && ey->command ? ey->command->request_id : "-",
-				 ex && ex->command ? ex->command->request_id : "-",
-				 ey ? (long long)ey->time_ms : 0, ex ? (long long)ex->time_ms : 0);
+		if (x->entry.len != y->entry.len ||
+		    memcmp(x->entry.data, y->entry.data, x->entry.len) != 0) {
+			char both[240];
+			entries_describe(x, y, &a, both, sizeof(both));
+			snprintf(buf, cap, "entry %llu first (%s)", (unsigned long long)seq, both);
 			break;
 		}
 		tally_arena_reset(&a);
@@ -1274,35 +1275,71 @@ static void usage(void)
 	exit(2);
 }
 
-int main(int argc, char **argv)
+struct sim_opts {
+	unsigned long long seeds, first;
+	unsigned nodes;
+	bool verbose, twice;
+};
+
+static void opts_parse(int argc, char **argv, struct sim_opts *o)
 {
 	static const struct option longs[] = {
 		{"seeds", required_argument, NULL, 'n'}, {"first", required_argument, NULL, 'f'},
 		{"seed", required_argument, NULL, 's'},  {"nodes", required_argument, NULL, 'N'},
 		{"verbose", no_argument, NULL, 'v'},     {"twice", no_argument, NULL, 't'},
 		{NULL, 0, NULL, 0}};
-	unsigned long long seeds = 100, first = 1;
-	unsigned nodes = 3;
-	bool verbose = false, twice = false;
+	*o = (struct sim_opts){.seeds = 100, .first = 1, .nodes = 3};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		if (c == 'n')
-			seeds = strtoull(optarg, NULL, 10);
+			o->seeds = strtoull(optarg, NULL, 10);
 		else if (c == 'f')
-			first = strtoull(optarg, NULL, 10);
+			o->first = strtoull(optarg, NULL, 10);
 		else if (c == 's')
-			first = strtoull(optarg, NULL, 10), seeds = 1;
+			o->first = strtoull(optarg, NULL, 10), o->seeds = 1;
 		else if (c == 'N')
-			nodes = (unsigned)strtoul(optarg, NULL, 10);
+			o->nodes = (unsigned)strtoul(optarg, NULL, 10);
 		else if (c == 'v')
-			verbose = true;
+			o->verbose = true;
 		else if (c == 't')
-			twice = true;
+			o->twice = true;
 		else
 			usage();
 	}
-	if (optind != argc || seeds == 0 || (nodes != 3 && nodes != 5))
+	if (optind != argc || o->seeds == 0 || (o->nodes != 3 && o->nodes != 5))
 		usage();
+}
+
+/* Runs one seed (twice with --twice) and says what failed; true when nothing did. */
+static bool seed_check(const struct sim_opts *o, unsigned long long seed, const char *root,
+		       struct sim *s)
+{
+	uint8_t fp[32] = {0};
+	if (sim_run(seed, o->nodes, o->verbose, root, fp, s) != 0) {
+		printf("sim: seed %llu FAILED: %s\n   rerun: build/rel/tests/sim --seed %llu "
+		       "--nodes %u --verbose\n", seed, s->failure, seed, o->nodes);
+		return false;
+	}
+	if (o->twice && !same_again(seed, o->nodes, root, fp, s)) {
+		printf("sim: seed %llu FAILED: a second run did not end the same: the run is not "
+		       "deterministic\n   rerun: build/rel/tests/sim --seed %llu --nodes %u --twice\n",
+		       seed, seed, o->nodes);
+		return false;
+	}
+	if (o->seeds == 1 || o->verbose)
+		printf("sim: seed %llu ok: %u commands ok, %u refused, %u once unknown; %u faults, "
+		       "%u crashes, %u restarts, %u disk faults, %u fail-stops, %u ledgers lost; "
+		       "fingerprint %02x%02x%02x%02x%02x%02x%02x%02x\n", seed, s->stats.ok,
+		       s->stats.rejected, s->stats.maybe, s->stats.faults, s->stats.crashes,
+		       s->stats.restarts, s->stats.disk_faults, s->stats.fail_stops, s->stats.wipes,
+		       fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7]);
+	return true;
+}
+
+int main(int argc, char **argv)
+{
+	struct sim_opts o;
+	opts_parse(argc, argv, &o);
 	char root[200];
 	const char *shm = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : getenv("TMPDIR");
 	snprintf(root, sizeof(root), "%s/tally-sim-%d", shm != NULL ? shm : "/tmp", (int)getpid());
@@ -1315,35 +1352,19 @@ int main(int argc, char **argv)
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	unsigned long long failed = 0, ops = 0, faults = 0;
-	for (unsigned long long seed = first; seed < first + seeds; seed++) {
-		uint8_t fp[32] = {0};
-		if (sim_run(seed, nodes, verbose, root, fp, &s) != 0) {
+	for (unsigned long long seed = o.first; seed < o.first + o.seeds; seed++) {
+		if (!seed_check(&o, seed, root, &s)) {
 			failed++;
-			printf("sim: seed %llu FAILED: %s\n   rerun: build/rel/tests/sim --seed %llu "
-			       "--nodes %u --verbose\n", seed, s.failure, seed, nodes);
 			continue;
 		}
 		ops += s.stats.ok + s.stats.rejected;
 		faults += s.stats.faults;
-		if (twice && !same_again(seed, nodes, root, fp, &s)) {
-			failed++;
-			printf("sim: seed %llu FAILED: a second run did not end the same: the run is not "
-			       "deterministic\n   rerun: build/rel/tests/sim --seed %llu --nodes %u --twice\n",
-			       seed, seed, nodes);
-		}
-		if (seeds == 1 || verbose)
-			printf("sim: seed %llu ok: %u commands ok, %u refused, %u once unknown; %u faults, "
-			       "%u crashes, %u restarts, %u disk faults, %u fail-stops, %u ledgers lost; "
-			       "fingerprint %02x%02x%02x%02x%02x%02x%02x%02x\n", seed, s.stats.ok,
-			       s.stats.rejected, s.stats.maybe, s.stats.faults, s.stats.crashes,
-			       s.stats.restarts, s.stats.disk_faults, s.stats.fail_stops, s.stats.wipes,
-			       fp[0], fp[1], fp[2], fp[3], fp[4], fp[5], fp[6], fp[7]);
 	}
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	printf("sim: %llu seeds (%llu..%llu), %u nodes: %llu failed; %llu commands, %llu faults; "
-	       "%.1f s, %.0f seeds/minute\n", seeds, first, first + seeds - 1, nodes, failed, ops,
-	       faults, secs, secs > 0 ? (double)seeds * 60.0 / secs : 0.0);
+	       "%.1f s, %.0f seeds/minute\n", o.seeds, o.first, o.first + o.seeds - 1, o.nodes,
+	       failed, ops, faults, secs, secs > 0 ? (double)o.seeds * 60.0 / secs : 0.0);
 	rmdir(root);
 	return failed == 0 ? 0 : 1;
 }

@@ -350,7 +350,8 @@ void assert_invariants(struct fx *f)
 		fail_msg("invariants: %s", msg);
 }
 
-Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq)
+Tally__V1__StoredEntry *stored_entry_at(struct tally_ledger *l, const Tally__V1__Principal *who,
+					struct tally_arena *arena, uint64_t seq)
 {
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	Tally__V1__GetEntry g = TALLY__V1__GET_ENTRY__INIT;
@@ -358,10 +359,18 @@ Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq)
 	q.q_case = TALLY__V1__QUERY__Q_ENTRY;
 	q.entry = &g;
 	Tally__V1__QueryResult *res;
-	assert_int_equal(tally_ledger_query(f->l, &q, admin(f), &f->build, &res), 0);
-	assert_int_equal(res->code, TALLY__V1__RESULT_CODE__OK);
+	if (tally_ledger_query(l, &q, who, arena, &res) != 0 ||
+	    res->code != TALLY__V1__RESULT_CODE__OK)
+		return NULL;
+	return res->entry;
+}
+
+Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq)
+{
+	Tally__V1__StoredEntry *se = stored_entry_at(f->l, admin(f), &f->build, seq);
+	assert_non_null(se);
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&f->build),
-						       res->entry->entry.len, res->entry->entry.data);
+						       se->entry.len, se->entry.data);
 	assert_non_null(e);
 	return e;
 }

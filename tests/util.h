@@ -85,6 +85,10 @@ void setup_members(struct fx *f, const char *const *ids, size_t n);
 Tally__V1__Account *account(struct fx *f, const char *brand, const char *member);
 int64_t available(struct fx *f, const char *brand, const char *member);
 void assert_invariants(struct fx *f);
+/* Journal entry seq of l as stored (its bytes and raft index) read by `who`; NULL if
+ * the query fails or is refused. */
+Tally__V1__StoredEntry *stored_entry_at(struct tally_ledger *l, const Tally__V1__Principal *who,
+					struct tally_arena *arena, uint64_t seq);
 Tally__V1__Entry *entry_at(struct fx *f, uint64_t seq);
 bool quick_mode(void);
 
