@@ -134,11 +134,20 @@ static void conn_close(struct conn *c)
 	uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
+/* A batch item's result when even its copy could not be allocated: shared, never freed. */
+static Tally__V1__CommandResult *result_oom(void)
+{
+	static Tally__V1__CommandResult oom = TALLY__V1__COMMAND_RESULT__INIT;
+	oom.code = CODE(TIMEOUT); /* the command may have applied: unknown to the client */
+	oom.message = (char *)"server out of memory";
+	return &oom;
+}
+
 static void call_free(struct call *k)
 {
 	if (k->results != NULL) {
 		for (size_t i = 0; i < k->n; i++)
-			if (k->results[i] != NULL)
+			if (k->results[i] != NULL && k->results[i] != result_oom())
 				tally__v1__command_result__free_unpacked(k->results[i], NULL);
 		free(k->results);
 	}
@@ -412,13 +421,7 @@ static void on_batch_item(void *data, const Tally__V1__CommandResult *r)
 	struct batch_item *item = data;
 	struct call *k = item->call;
 	Tally__V1__CommandResult *copy = result_copy(r);
-	if (copy == NULL) { /* out of memory: the outcome is unknown to the client */
-		Tally__V1__CommandResult t = TALLY__V1__COMMAND_RESULT__INIT;
-		t.code = CODE(TIMEOUT);
-		t.message = (char *)"server out of memory";
-		copy = result_copy(&t);
-	}
-	k->results[item->index] = copy;
+	k->results[item->index] = copy != NULL ? copy : result_oom();
 	if ((unsigned)r->code < 32)
 		k->c->s->stats.results[r->code]++;
 	if (++k->done == k->n)
