@@ -33,7 +33,7 @@ endif
 CFLAGS  += -std=c11 -D_DEFAULT_SOURCE -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
            -Wstrict-prototypes -Wmissing-prototypes -Wno-missing-field-initializers \
            $(OPT) -I. -I$(BUILD)
-LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lcrypto -lpthread
+LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lssl -lcrypto -lpthread
 
 DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lmdb-utils \
                 libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind \
@@ -173,7 +173,7 @@ bench-snapshot: $(BUILD)/tools/ledger-bench $(BUILD)/tools/snapshot-bench
 	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3
 
 # A local 3-node cluster, tally-bench against it, then stop it.
-bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
+bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
 	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); \
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
@@ -182,7 +182,7 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10
 
-demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl
+demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
 
 # Fault injection (jepsen/README.md). One combination:

@@ -106,6 +106,11 @@ static int dir_make(const char *path, char *errmsg, size_t errcap)
 	return TALLY_EIO;
 }
 
+static void node_transport_log(void *data, const char *line)
+{
+	node_log(data, "%s", line);
+}
+
 /* raft_uv + wrapped transport + raft_init and settings. Nothing to undo on failure
  * but memory: raft_init's last step (io init) leaves no libuv handle when it fails. */
 static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
@@ -113,11 +118,13 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	assert(n != NULL && !n->raft_inited);
 	n->raft = &n->raft_store;
 	n->io = &n->io_store;
-	int rv = tally_transport_init(&n->transport, n->loop);
+	int rv = tally_transport_init(&n->transport, n->loop, n->cfg.tls);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft transport: %s", raft_strerror(rv));
 		return raft_to_tally(rv);
 	}
+	n->transport.log = node_transport_log;
+	n->transport.log_data = n;
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft io: %s", n->io->errmsg);

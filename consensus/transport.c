@@ -213,10 +213,16 @@ static void transport_close(struct raft_uv_transport *outer, raft_uv_transport_c
 	t->inner.close(&t->inner, transport_close_cb);
 }
 
-int tally_transport_init(struct tally_transport *t, uv_loop_t *loop)
+int tally_transport_init(struct tally_transport *t, uv_loop_t *loop, struct tally_tls_ctx *tls)
 {
 	assert(t != NULL && loop != NULL);
 	memset(t, 0, sizeof(*t));
+	t->loop = loop;
+	t->tls = tls;
+	if (tls != NULL) {
+		tally_tlsnet_setup(t);
+		return 0;
+	}
 	t->inner.data = t; /* raft_uv_tcp_init keeps `data` */
 	int rv = raft_uv_tcp_init(&t->inner, loop);
 	if (rv != 0)

@@ -12,6 +12,11 @@
  * The full address travels in raft's connection handshake, so a follower learns the
  * leader's full address too.
  *
+ * With a TLS context (the default in tallyd) the wrapper does not use raft_uv_tcp at
+ * all: consensus/tlsnet.c listens and connects itself, over mutually authenticated
+ * TLS 1.3, and hands raft a stream only once the peer proved the id it claims.
+ * Without one (tallyd --insecure) it wraps raft_uv_tcp as described above.
+ *
  * Lifecycle: tally_transport_init → (raft_uv_init with &t->outer, raft runs it)
  * → raft_close (closes it) → tally_transport_free.
  */
@@ -22,6 +27,9 @@
 #include <raft.h>
 #include <raft/uv.h>
 
+struct tally_tls_ctx;
+struct tlsnet_conn;
+
 #define TALLY_ADDRESS_BYTES_MAX 255 /* a whole "raft|client" address */
 
 struct tally_transport {
@@ -31,11 +39,25 @@ struct tally_transport {
 	raft_uv_transport_close_cb close_cb;     /* raft's, set by close */
 	unsigned connects_pending;               /* wrapped connect requests alive */
 	char raft_address[TALLY_ADDRESS_BYTES_MAX + 1]; /* our "host:port" to listen on */
+	/* TLS (consensus/tlsnet.c); tls == NULL: plaintext through `inner`. */
+	struct tally_tls_ctx *tls;               /* not owned */
+	uv_loop_t *loop;
+	uv_tcp_t listener;
+	bool listener_open;
+	struct tlsnet_conn *conns;               /* connections not yet closed */
+	raft_id id;                              /* ours */
+	char address[TALLY_ADDRESS_BYTES_MAX + 1]; /* ours, whole: sent in the preamble */
+	void (*log)(void *data, const char *line); /* refused peers; NULL = stderr */
+	void *log_data;
 };
 
-/* Prepares the wrapper and its inner raft_uv_tcp transport on `loop`. Returns 0 or a
- * RAFT_* code. After success, pass &t->outer to raft_uv_init. */
-int tally_transport_init(struct tally_transport *t, uv_loop_t *loop);
+/* Prepares the wrapper on `loop`: over TLS with `tls` (kept, not owned), else with an
+ * inner raft_uv_tcp transport. Returns 0 or a RAFT_* code. After success, set t->log
+ * if wanted and pass &t->outer to raft_uv_init. */
+int tally_transport_init(struct tally_transport *t, uv_loop_t *loop, struct tally_tls_ctx *tls);
+
+/* consensus/tlsnet.c: points t->outer at the TLS transport (t->tls set). */
+void tally_tlsnet_setup(struct tally_transport *t);
 
 /* Releases the inner transport's memory; only after raft closed the transport (or
  * when raft never initialised it). */

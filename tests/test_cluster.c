@@ -74,6 +74,7 @@ struct cluster {
 	int base;
 	char dir[256];
 	char keys[300];
+	char certs[300];                /* tally-certs directory: every node speaks TLS */
 	char clients[512];              /* all client addresses */
 	pid_t pid[NODES_MAX + 1];
 	struct tally_arena arena;
@@ -202,7 +203,7 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			faketime_env(c, i);
 		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
 				      "--client", client, "--keys", c->keys, "--election-ms", c->election_ms,
-				      "--snapshot-threshold", "64", "--http", http};
+				      "--snapshot-threshold", "64", "--http", http, "--certs", c->certs};
 		for (size_t j = 0; j < sizeof(base) / sizeof(base[0]); j++)
 			args[k++] = base[j];
 		if (c->segment_kb != NULL) {
@@ -235,6 +236,19 @@ static void node_signal(struct cluster *c, int i, int sig)
 		if (sig == SIGTERM && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
 			fail_msg("node %d did not exit cleanly on SIGTERM (status %d)", i, status);
 	}
+}
+
+/* The cluster's CA and a certificate for every node id a test may start, made by the
+ * tally-certs next to tallyd. */
+static void certs_make(struct cluster *c)
+{
+	char tool[1100], cmd[2048];
+	snprintf(tool, sizeof(tool), "%s", tallyd_path);
+	char *slash = strrchr(tool, '/');
+	snprintf(slash + 1, sizeof(tool) - (size_t)(slash + 1 - tool), "tally-certs");
+	snprintf(c->certs, sizeof(c->certs), "%s/certs", c->dir);
+	snprintf(cmd, sizeof(cmd), "%s init --dir %s --nodes %d > /dev/null", tool, c->certs, NODES_MAX);
+	assert_int_equal(system(cmd), 0);
 }
 
 /* How a test's nodes run; all zero is the default (struct cluster's fields). */
@@ -280,6 +294,7 @@ static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts 
 		fprintf(f, "%s %s %s %s\n", k, role, scope, secrets[i][1]);
 	}
 	fclose(f);
+	certs_make(c);
 	for (int i = 1; i <= n; i++) {
 		char a[32];
 		client_addr(c, i, a, sizeof(a));

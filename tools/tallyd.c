@@ -2,9 +2,14 @@
  * tallyd — one node of a Tally cluster.
  *
  *   tallyd --id 1 --dir /var/lib/tally/n1 --raft 127.0.0.1:7001 --client 127.0.0.1:8001 \
- *          --http 127.0.0.1:9001 --keys keys.conf \
+ *          --http 127.0.0.1:9001 --keys keys.conf --certs /etc/tally/certs \
  *          --bootstrap "1=127.0.0.1:7001|127.0.0.1:8001,2=...,3=..."
  *
+ * --certs DIR holds ca.pem (the cluster's CA), node-ID.pem and node-ID.key (this
+ * node's certificate, CN tally-node-ID, and key), as tools/tally-certs makes them: the
+ * raft port then speaks TLS 1.3 and accepts only peers with a certificate of that CA
+ * naming the id they claim (consensus/tlsnet.c). --insecure instead runs the raft port
+ * in plaintext, trusting anyone who reaches it; one of the two is required.
  * Flags may also come from a config file (--config F: one `name = value` per line,
  * the flag names without dashes). --join starts a node with no bootstrap: it waits
  * to be added by `tallyctl cluster add`. SIGTERM or SIGINT shut down gracefully
@@ -48,6 +53,7 @@
 #include "rpc/keys.h"
 #include "rpc/peerclock.h"
 #include "rpc/server.h"
+#include "rpc/tls.h"
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -66,6 +72,8 @@ struct opts {
 	unsigned snapshot_threshold;
 	unsigned expire_ms;
 	unsigned segment_kb;
+	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
+	bool insecure;      /* plaintext raft port (no certificates) */
 };
 
 struct daemon {
@@ -75,6 +83,7 @@ struct daemon {
 	struct tally_server *server;
 	struct tally_http *http;
 	struct tally_peerclock *peerclock;
+	struct tally_tls_ctx *tls;  /* the raft port's TLS; NULL with --insecure */
 	uv_signal_t sig_term, sig_int, sig_hup;
 	unsigned closing;           /* parts still closing */
 	bool stopping;
@@ -109,6 +118,7 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: tallyd --id N --dir DIR --raft HOST:PORT --client HOST:PORT --keys FILE\n"
+		"              (--certs DIR | --insecure)\n"
 		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
 		"              [--config FILE] [--log-level error|warn|info|debug]\n"
 		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
@@ -143,6 +153,10 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return copy_opt(o->bootstrap, sizeof(o->bootstrap), v);
 	if (strcmp(name, "join") == 0)
 		return (o->join = strcmp(v, "false") != 0), true;
+	if (strcmp(name, "certs") == 0)
+		return copy_opt(o->certs, sizeof(o->certs), v);
+	if (strcmp(name, "insecure") == 0)
+		return (o->insecure = strcmp(v, "false") != 0), true;
 	if (strcmp(name, "election-ms") == 0)
 		return (o->election_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "heartbeat-ms") == 0)
@@ -201,6 +215,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"election-ms", required_argument, NULL, 0},  {"heartbeat-ms", required_argument, NULL, 0},
 		{"snapshot-threshold", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
+		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
 		{NULL, 0, NULL, 0}};
 	memset(o, 0, sizeof(*o));
 	o->log_level = LOG_INFO;
@@ -217,6 +232,31 @@ static void parse(int argc, char **argv, struct opts *o)
 	if (optind != argc || o->id == 0 || !o->dir[0] || !o->raft[0] || !o->client[0] ||
 	    !o->keys[0] || (o->join && o->bootstrap[0]))
 		usage();
+	if (!o->certs[0] == !o->insecure) {
+		logf_(LOG_ERROR, "give --certs DIR (TLS, the default) or --insecure (plaintext), not %s",
+		      o->insecure ? "both" : "neither");
+		usage();
+	}
+}
+
+/* The raft port's TLS from the tally-certs directory, or a loud warning without. */
+static int tls_load(struct daemon *d)
+{
+	if (d->o.insecure) {
+		logf_(LOG_WARN, "INSECURE: --insecure: the raft port %s speaks plaintext and trusts "
+				"anyone who reaches it to be a node; use --certs on any network but a "
+				"test machine's loopback", d->o.raft);
+		return 0;
+	}
+	char ca[1100], cert[1100], key[1100], err[512];
+	snprintf(ca, sizeof(ca), "%s/ca.pem", d->o.certs);
+	snprintf(cert, sizeof(cert), "%s/node-%lu.pem", d->o.certs, d->o.id);
+	snprintf(key, sizeof(key), "%s/node-%lu.key", d->o.certs, d->o.id);
+	if (tally_tls_ctx_node(&d->tls, ca, cert, key, d->o.id, err, sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "TLS: %s", err);
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- metrics ------------------------------------------------------------------------ */
@@ -411,7 +451,7 @@ static int start(struct daemon *d)
 		.bootstrap = d->o.bootstrap[0] ? d->o.bootstrap : NULL,
 		.election_timeout_ms = d->o.election_ms, .heartbeat_ms = d->o.heartbeat_ms,
 		.snapshot_threshold = d->o.snapshot_threshold, .expire_interval_ms = d->o.expire_ms,
-		.segment_bytes = (size_t)d->o.segment_kb * 1024,
+		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));
 	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {
@@ -457,13 +497,14 @@ int main(int argc, char **argv)
 		sigs[i]->data = &d;
 		uv_signal_start(sigs[i], on_signal, nums[i]);
 	}
-	if (start(&d) != 0)
+	if (tls_load(&d) != 0 || start(&d) != 0)
 		return 1;
 	uv_run(&d.loop, UV_RUN_DEFAULT);
 	tally_server_free(d.server);
 	tally_http_free(d.http);
 	tally_peerclock_free(d.peerclock);
 	tally_node_free(d.node);
+	tally_tls_ctx_free(d.tls);
 	uv_loop_close(&d.loop);
 	logf_(LOG_INFO, "stopped");
 	return 0;
