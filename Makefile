@@ -126,9 +126,9 @@ SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001
 
 check: $(TEST_BIN) $(TOOLS) $(SIM_BIN)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py; do \
 		echo "== $$py"; \
-		if python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
+		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \
 	for t in $(TEST_BIN); do \
 		echo "== $$t"; \

@@ -298,7 +298,7 @@ static int check_envelope(struct apply *a, const Tally__V1__Command *c,
 		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
 			      "principal.key_name: must be 1..%d printable bytes",
 			      TALLY_KEY_NAME_BYTES_MAX);
-	if (p->role <= TALLY__V1__ROLE__ROLE_UNSPECIFIED || p->role > TALLY__V1__ROLE__SYSTEM)
+	if (p->role <= TALLY__V1__ROLE__ROLE_UNSPECIFIED || p->role > TALLY__V1__ROLE__OPERATOR)
 		return reject(a, r, TALLY__V1__RESULT_CODE__INVALID_ARGUMENT,
 			      "principal.role: unknown role %d", (int)p->role);
 	if (!valid_scope(p))

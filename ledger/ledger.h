@@ -44,6 +44,11 @@
  * settle by a partner need one of the two brands in scope, because the agreement
  * written by an admin of the source brand is that brand's consent.
  *
+ * The operator role (cluster operators) may run no command and no query: it runs
+ * the cluster (rpc/server.c: membership add/assign/remove, leadership transfer, node
+ * addresses in STATUS), as may an admin of scope "*"; a brand-scoped admin may not.
+ * STATUS without those addresses is open to every role.
+ *
  * ---------------------------------------------------------------------------------
  * Limits
  * ---------------------------------------------------------------------------------

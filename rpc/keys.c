@@ -35,6 +35,7 @@ static const char *const role_names[] = {
 	[TALLY__V1__ROLE__PARTNER] = "partner",
 	[TALLY__V1__ROLE__AUDITOR] = "auditor",
 	[TALLY__V1__ROLE__SYSTEM] = "system",
+	[TALLY__V1__ROLE__OPERATOR] = "operator",
 };
 #define ROLE_NAMES_N (sizeof(role_names) / sizeof(role_names[0]))
 
@@ -205,7 +206,7 @@ static int keysParseKey(struct keys_parse *p, char *const f[KEYS_FIELDS], struct
 		return keysFail(p, "role 'system' is reserved for the cluster itself");
 	if (tally_role_parse(f[1], &k->role) != 0)
 		return keysFail(p, "unknown role '%.32s' (expected admin, mall, community, "
-				   "dealer, partner or auditor)", f[1]);
+				   "dealer, partner, auditor or operator)", f[1]);
 	assert(k->role != TALLY__V1__ROLE__SYSTEM);
 
 	int rc = keysParseBrands(p, f[2], k);

@@ -499,28 +499,53 @@ static void on_admin(void *data, Tally__V1__ResultCode code, const char *msg)
 	call_free(k);
 }
 
+/* Who runs the cluster (membership, leadership, node addresses): an operator key, or
+ * an admin key of every brand ("*"). A brand's admin runs that brand, not the cluster. */
+static bool server_may_operate(const Tally__V1__Principal *p)
+{
+	return p->role == TALLY__V1__ROLE__OPERATOR ||
+	       (p->role == TALLY__V1__ROLE__ADMIN && p->n_brands == 1 && strcmp(p->brands[0], "*") == 0);
+}
+
+/* Everyone may see who leads and how far the node is; only operators where nodes are. */
+static void status_hide_addresses(Tally__V1__Status *st)
+{
+	if (st->leader != NULL)
+		st->leader->address = st->leader->client_address = (char *)"";
+	for (size_t i = 0; i < st->n_nodes; i++)
+		st->nodes[i]->address = st->nodes[i]->client_address = (char *)"";
+}
+
+static void handle_status(struct call *k)
+{
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
+	tally_node_status(k->c->s->node, &arena, &st);
+	if (!server_may_operate(&k->c->principal))
+		status_hide_addresses(&st);
+	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
+	res.call_id = k->req->call_id;
+	res.code = CODE(OK);
+	res.body_case = TALLY__V1__RESPONSE__BODY_STATUS;
+	res.status = &st;
+	respond(k->c, &res, false);
+	tally_arena_free(&arena);
+	call_free(k);
+}
+
 static void handle_admin(struct call *k)
 {
 	const Tally__V1__Admin *a = k->req->admin;
 	struct tally_node *node = k->c->s->node;
 	if (a->op == TALLY__V1__ADMIN__OP__STATUS) {
-		struct tally_arena arena;
-		tally_arena_init(&arena, 4096, 0);
-		Tally__V1__Status st = TALLY__V1__STATUS__INIT;
-		tally_node_status(node, &arena, &st);
-		Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
-		res.call_id = k->req->call_id;
-		res.code = CODE(OK);
-		res.body_case = TALLY__V1__RESPONSE__BODY_STATUS;
-		res.status = &st;
-		respond(k->c, &res, false);
-		tally_arena_free(&arena);
-		call_free(k);
+		handle_status(k);
 		return;
 	}
-	if (k->c->principal.role != TALLY__V1__ROLE__ADMIN) {
+	if (!server_may_operate(&k->c->principal)) {
 		respond_code(k->c, k->req->call_id, CODE(PERMISSION_DENIED),
-			     "admin: membership changes need an admin key", false);
+			     "admin: cluster changes need an operator key or an admin key of scope *",
+			     false);
 		call_free(k);
 		return;
 	}

@@ -90,18 +90,24 @@ struct cluster {
  * leaves it. */
 #define FAKETIME_LIB "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 
-static const char *const secrets[][2] = {
-	{"admin", "admin-secret-0123456789"},     {"mall", "mall-secret-0123456789"},
-	{"community", "community-secret-012345"}, {"dealer", "dealer-secret-012345678"},
-	{"auditor", "auditor-secret-01234567"},   {"partner-b1", "partner-b1-secret-0123"},
-	{"partner-b2", "partner-b2-secret-0123"},
+/* The keys file of every test cluster: name, role, scope, secret. */
+static const char *const secrets[][4] = {
+	{"admin", "admin", "*", "admin-secret-0123456789"},
+	{"mall", "mall", "*", "mall-secret-0123456789"},
+	{"community", "community", "*", "community-secret-012345"},
+	{"dealer", "dealer", "*", "dealer-secret-012345678"},
+	{"auditor", "auditor", "*", "auditor-secret-01234567"},
+	{"partner-b1", "partner", "b1", "partner-b1-secret-0123"},
+	{"partner-b2", "partner", "b2", "partner-b2-secret-0123"},
+	{"admin-b1", "admin", "b1", "admin-b1-secret-012345"},
+	{"operator", "operator", "*", "operator-secret-0123456"},
 };
 
 static const char *secret_of(const char *key)
 {
 	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
 		if (strcmp(secrets[i][0], key) == 0)
-			return secrets[i][1];
+			return secrets[i][3];
 	return "no-such-secret-at-all";
 }
 
@@ -238,6 +244,18 @@ static void node_signal(struct cluster *c, int i, int sig)
 	}
 }
 
+static void write_keys_with(struct cluster *c, const char *mall_secret)
+{
+	FILE *f = fopen(c->keys, "w");
+	assert_non_null(f);
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
+		const char *k = secrets[i][0];
+		fprintf(f, "%s %s %s %s\n", k, secrets[i][1], secrets[i][2],
+			strcmp(k, "mall") == 0 ? mall_secret : secrets[i][3]);
+	}
+	fclose(f);
+}
+
 /* The cluster's CA and a certificate for every node id a test may start, made by the
  * tally-certs next to tallyd. */
 static void certs_make(struct cluster *c)
@@ -285,15 +303,7 @@ static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts 
 	snprintf(c->dir, sizeof(c->dir), "%s", d);
 	free(d);
 	snprintf(c->keys, sizeof(c->keys), "%s/keys.conf", c->dir);
-	FILE *f = fopen(c->keys, "w");
-	assert_non_null(f);
-	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
-		const char *k = secrets[i][0];
-		const char *role = strncmp(k, "partner", 7) == 0 ? "partner" : k;
-		const char *scope = strcmp(k, "partner-b1") == 0 ? "b1" : strcmp(k, "partner-b2") == 0 ? "b2" : "*";
-		fprintf(f, "%s %s %s %s\n", k, role, scope, secrets[i][1]);
-	}
-	fclose(f);
+	write_keys_with(c, secret_of("mall"));
 	certs_make(c);
 	for (int i = 1; i <= n; i++) {
 		char a[32];
@@ -1442,20 +1452,6 @@ static void test_a_stopped_node_catches_up_when_continued(void **state)
 
 /* ---- operations ---------------------------------------------------------------------- */
 
-static void write_keys_with(struct cluster *c, const char *mall_secret)
-{
-	FILE *f = fopen(c->keys, "w");
-	assert_non_null(f);
-	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
-		const char *k = secrets[i][0];
-		const char *role = strncmp(k, "partner", 7) == 0 ? "partner" : k;
-		const char *scope = strcmp(k, "partner-b1") == 0 ? "b1" : strcmp(k, "partner-b2") == 0 ? "b2" : "*";
-		fprintf(f, "%s %s %s %s\n", k, role, scope,
-			strcmp(k, "mall") == 0 ? mall_secret : secrets[i][1]);
-	}
-	fclose(f);
-}
-
 static void test_sighup_reloads_keys_without_restart(void **state)
 {
 	(void)state;
@@ -1569,6 +1565,34 @@ static void admin_expect(struct cluster *c, struct tally_client *cl, Tally__V1__
 			 tally_result_name(want));
 }
 
+/* Every cluster operation is refused to a brand's admin, who also sees no node
+ * addresses; an operator key may run the cluster and nothing in the ledger. */
+static void assert_cluster_ops_need_an_operator(struct cluster *c, uint64_t leader)
+{
+	char address[96];
+	snprintf(address, sizeof(address), "127.0.0.1:%d|127.0.0.1:%d", c->base + 5, c->base + 105);
+	uint64_t other = leader == 2 ? 3 : 2;
+	struct tally_client *brand_admin = client(c, "admin-b1");
+	admin_expect(c, brand_admin, TALLY__V1__ADMIN__OP__ADD, 5, address, 0, CODE(PERMISSION_DENIED));
+	admin_expect(c, brand_admin, TALLY__V1__ADMIN__OP__ASSIGN, other, "", 2, CODE(PERMISSION_DENIED));
+	admin_expect(c, brand_admin, TALLY__V1__ADMIN__OP__REMOVE, other, "", 0, CODE(PERMISSION_DENIED));
+	admin_expect(c, brand_admin, TALLY__V1__ADMIN__OP__TRANSFER, other, "", 0, CODE(PERMISSION_DENIED));
+	Tally__V1__Status *st = status(c, brand_admin);
+	assert_int_equal(st->leader->id, leader);
+	assert_int_equal(st->n_nodes, 3);
+	for (size_t i = 0; i < st->n_nodes; i++) {
+		assert_string_equal(st->nodes[i]->address, "");
+		assert_string_equal(st->nodes[i]->client_address, "");
+	}
+	tally_client_close(brand_admin);
+	struct tally_client *op = client(c, "operator");
+	st = status(c, op);
+	for (size_t i = 0; i < st->n_nodes; i++)
+		assert_true(strlen(st->nodes[i]->address) > 0);
+	send_cmd(c, op, member_cmd(c, "opal"), CODE(PERMISSION_DENIED));
+	tally_client_close(op);
+}
+
 static void test_membership_add_promote_and_remove(void **state)
 {
 	(void)state;
@@ -1589,8 +1613,11 @@ static void test_membership_add_promote_and_remove(void **state)
 	struct tally_client *mall = client(&c, "mall");
 	admin_expect(&c, mall, TALLY__V1__ADMIN__OP__REMOVE, 2, "", 0, CODE(PERMISSION_DENIED));
 	tally_client_close(mall);
-	/* A 4th node joins empty, is added and promoted to voter. */
+	assert_cluster_ops_need_an_operator(&c, leader);
+	/* A 4th node joins empty, is added and promoted to voter by an operator key. */
 	node_start(&c, 4, false, true);
+	tally_client_close(admin);
+	admin = client(&c, "operator");
 	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
 	char address[96];
 	snprintf(address, sizeof(address), "127.0.0.1:%d|127.0.0.1:%d", c.base + 4, c.base + 104);
@@ -1612,6 +1639,8 @@ static void test_membership_add_promote_and_remove(void **state)
 	assert_int_equal(tally_client_admin(admin, &a, &c.arena, &res), CODE(OK));
 	assert_int_equal(res->code, CODE(OK));
 	node_signal(&c, gone, SIGTERM);
+	tally_client_close(admin);
+	admin = client(&c, "admin");
 	send_cmd(&c, admin, member_cmd(&c, "hana"), CODE(OK));
 	Tally__V1__Status *st = status(&c, admin);
 	bool has4 = false, has_gone = false;

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Hostile peers against a real TLS cluster (tools/tally-cluster, three tallyd).
+
+Each probe attacks a node's raft port as someone who can reach it would, then checks
+that the node refused it (its log names the reason), that every node is still up, that
+nothing acknowledged changed and that the replicas are equal; a write after the probe
+must still succeed.
+
+Run: python3 tests/test_hostile.py   (after make; TALLY_BUILD picks another build)
+"""
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import time
+import unittest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("TALLY_BUILD", os.path.join(ROOT, "build", "rel"))
+CLUSTER = os.path.join(ROOT, "tools", "tally-cluster")
+TALLYCTL = os.path.join(BUILD, "tools", "tallyctl")
+CERTS = os.path.join(BUILD, "tools", "tally-certs")
+# How long a node may take to answer a refused peer by closing (a hang is a failure).
+PEER_WAIT_S = 30
+
+
+def raft_forgery(claimed_id, address):
+    """canonical raft's plaintext handshake (protocol 1, id, address) followed by an
+    AppendEntries-shaped message: what a script posing as node `claimed_id` sends."""
+    addr = address.encode() + b"\0"
+    addr += b"\0" * (-len(addr) % 8)
+    hello = struct.pack("<QQQ", 1, claimed_id, len(addr)) + addr
+    # message header: type 1 (append entries), a body of one forged entry
+    body = struct.pack("<QQQQQ", 99, 1, 0, 0, 1) + b"\x01" * 64
+    return hello + struct.pack("<II", 1, len(body)) + body
+
+
+class HostileRaftPeers(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp(prefix="tally-hostile-")
+        env = dict(os.environ, TALLY_BUILD=BUILD)
+        subprocess.run([CLUSTER, "start", "--dir", cls.dir, "--base-port", "auto"], check=True,
+                       env=env, stdout=subprocess.DEVNULL)
+        with open(os.path.join(cls.dir, "base-port")) as f:
+            cls.base = int(f.read())
+        with open(os.path.join(cls.dir, "env")) as f:
+            for line in f:
+                k, v = line.strip().split("=", 1)
+                env[k] = v
+        cls.env = env
+        cls.ctl_ok(["brand", "create", "--id", "acme", "--name", "Acme"])
+        cls.ctl_ok(["member", "open", "--id", "m1"])
+        cls.ctl_ok(["accrue", "--brand", "acme", "--member", "m1", "--points", "1000"])
+
+    @classmethod
+    def tearDownClass(cls):
+        subprocess.run([CLUSTER, "stop", "--dir", cls.dir], env=cls.env,
+                       stdout=subprocess.DEVNULL)
+        reports = []
+        for i in (1, 2, 3):  # a sanitizer build's findings end up in the node logs
+            with open(os.path.join(cls.dir, "node%d.log" % i)) as f:
+                text = f.read()
+            if "Sanitizer" in text or "runtime error:" in text:
+                reports.append("node %d:\n%s" % (i, text[-4000:]))
+        shutil.rmtree(cls.dir, ignore_errors=True)
+        assert not reports, "\n".join(reports)
+
+    @classmethod
+    def ctl(cls, args, cluster=None):
+        env = dict(cls.env)
+        if cluster:
+            env["TALLY_CLUSTER"] = cluster
+        p = subprocess.run([TALLYCTL, "--json", "--key", "admin"] + args, env=env,
+                           capture_output=True, text=True)
+        return p.returncode, p.stdout
+
+    @classmethod
+    def ctl_ok(cls, args, cluster=None):
+        rc, out = cls.ctl(args, cluster)
+        assert rc == 0, "tallyctl %s: exit %d: %s" % (" ".join(args), rc, out)
+        return json.loads(out.strip().splitlines()[-1])
+
+    def raft_port(self, i):
+        return self.base + i
+
+    def log(self, i):
+        with open(os.path.join(self.dir, "node%d.log" % i)) as f:
+            return f.read()
+
+    def wait_refused(self, i, before, needle):
+        """The node logged a refusal containing needle after `before` bytes of its log."""
+        deadline = time.monotonic() + PEER_WAIT_S
+        while time.monotonic() < deadline:
+            tail = self.log(i)[before:]
+            if "refused" in tail and needle in tail:
+                return tail
+            time.sleep(0.05)
+        self.fail("node %d logged no refusal with %r; log tail:\n%s" % (i, needle, self.log(i)[before:]))
+
+    def assert_closed_without_answer(self, sock):
+        """The node answers a refused peer with nothing it could use and closes."""
+        sock.settimeout(PEER_WAIT_S)
+        got = b""
+        try:
+            while True:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+        except (ConnectionResetError, ssl.SSLError, OSError):
+            pass
+        self.assertNotIn(b"tally", got.lower())
+        sock.close()
+
+    def assert_cluster_intact(self, balance=1000):
+        for i in (1, 2, 3):
+            with open(os.path.join(self.dir, "node%d.pid" % i)) as f:
+                os.kill(int(f.read()), 0)  # raises if the node is gone
+        b = self.ctl_ok(["balance", "--brand", "acme", "--member", "m1"])
+        self.assertEqual(b["available"], balance)
+        self.ctl_ok(["accrue", "--brand", "acme", "--member", "m1", "--points", "1"])
+        self.ctl_ok(["redeem", "--brand", "acme", "--member", "m1", "--points", "1"])
+        want = self.ctl_ok(["digest"])
+        for i in (1, 2, 3):
+            client = "127.0.0.1:%d" % (self.base + 100 + i)
+            deadline = time.monotonic() + PEER_WAIT_S
+            while True:
+                got = self.ctl_ok(["digest", "--stale"], cluster=client)
+                if got["tree_size"] >= want["tree_size"] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.assertEqual(got["root"], want["root"], "node %d" % i)
+            self.assertEqual(got["state_digest"], want["state_digest"], "node %d" % i)
+
+    def tls_context(self, certs_dir, node):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the attacker does not care who answers
+        if node is not None:
+            ctx.load_cert_chain(os.path.join(certs_dir, "node-%d.pem" % node),
+                                os.path.join(certs_dir, "node-%d.key" % node))
+        return ctx
+
+    def tls_probe(self, certs_dir, node, claimed_id):
+        """A TLS connection presenting certs_dir's node-`node` certificate (none when node
+        is None) that then claims to be `claimed_id` in Tally's preamble."""
+        raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
+        try:
+            s = self.tls_context(certs_dir, node).wrap_socket(raw)
+            addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(claimed_id),
+                                                  self.base + 100 + claimed_id)).encode()
+            s.sendall(struct.pack(">IBQB", 0x544C5952, 1, claimed_id, len(addr)) + addr +
+                      raft_forgery(claimed_id, "x")[24:])
+            return s
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+            return raw  # refused during the handshake
+
+    def test_a_plaintext_raft_forgery_is_refused(self):
+        before = len(self.log(1))
+        s = socket.create_connection(("127.0.0.1", self.raft_port(1)))
+        s.sendall(raft_forgery(2, "127.0.0.1:%d" % self.raft_port(2)))
+        self.assert_closed_without_answer(s)
+        self.wait_refused(1, before, "TLS handshake")
+        self.assert_cluster_intact()
+
+    def test_a_peer_without_a_certificate_is_refused(self):
+        before = len(self.log(1))
+        self.assert_closed_without_answer(self.tls_probe(None, None, 2))
+        self.wait_refused(1, before, "certificate")
+        self.assert_cluster_intact()
+
+    def test_a_certificate_of_another_ca_is_refused(self):
+        other = os.path.join(self.dir, "foreign-certs")
+        subprocess.run([CERTS, "init", "--dir", other, "--nodes", "2"], check=True,
+                       stdout=subprocess.DEVNULL)
+        before = len(self.log(1))
+        self.assert_closed_without_answer(self.tls_probe(other, 2, 2))
+        self.wait_refused(1, before, "certificate")
+        self.assert_cluster_intact()
+
+    def test_a_node_certificate_cannot_speak_for_another_id(self):
+        before = len(self.log(1))
+        certs = os.path.join(self.dir, "certs")
+        self.assert_closed_without_answer(self.tls_probe(certs, 3, 2))
+        tail = self.wait_refused(1, before, "claims node 2")
+        self.assertIn("certificate names node 3", tail)
+        self.assert_cluster_intact()
+
+    def test_half_a_handshake_is_cut_at_the_deadline(self):
+        before = len(self.log(1))
+        s = socket.create_connection(("127.0.0.1", self.raft_port(1)))
+        s.sendall(b"\x16\x03\x01\x02\x00")  # a TLS record header, then nothing
+        self.wait_refused(1, before, "deadline")
+        self.assert_closed_without_answer(s)
+        self.assert_cluster_intact()
+
+
+if __name__ == "__main__":
+    unittest.main()
