@@ -16,6 +16,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
@@ -313,6 +314,14 @@ int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t 
 		if (errcap > 0)
 			snprintf(err, errcap, "%s: %s", path, strerror(errno));
 		return TALLY_EIO;
+	}
+	struct stat st;
+	if (fstat(fileno(f), &st) != 0 || (st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+		if (errcap > 0)
+			snprintf(err, errcap, "%s: secrets readable by group or others (mode %04o): "
+					      "chmod 600 it", path, (unsigned)(st.st_mode & 07777));
+		fclose(f);
+		return TALLY_EINVAL;
 	}
 	int rc = keysParseFile(f, &p, &ks);
 	if (rc == TALLY_EIO && errcap > 0)

@@ -254,6 +254,7 @@ static void write_keys_with(struct cluster *c, const char *mall_secret)
 			strcmp(k, "mall") == 0 ? mall_secret : secrets[i][3]);
 	}
 	fclose(f);
+	assert_int_equal(chmod(c->keys, 0600), 0);
 }
 
 /* The cluster's CA and a certificate for every node id a test may start, made by the

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -168,6 +169,7 @@ static void keyfile_write(struct keyfile *k, const char *text)
 	assert_non_null(f);
 	assert_int_equal(fputs(text, f) >= 0, 1);
 	assert_int_equal(fclose(f), 0);
+	assert_int_equal(chmod(k->path, 0600), 0);
 }
 
 static void keyfile_remove(struct keyfile *k)
@@ -195,6 +197,28 @@ static void expect_rejected(const char *text, const char *want)
 }
 
 #define GOOD_LINE "admin-1 admin * 0123456789abcdef\n"
+
+/* Secrets that others could read are refused, whatever the file holds. */
+static void test_a_keys_file_readable_by_others_is_refused(void **state)
+{
+	(void)state;
+	static const mode_t modes[] = {0640, 0604, 0644, 0660, 0610};
+	for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+		struct keyfile kf;
+		keyfile_write(&kf, GOOD_LINE);
+		assert_int_equal(chmod(kf.path, modes[i]), 0);
+		struct tally_keys ks = {.keys = NULL, .n = 0};
+		char err[256];
+		assert_int_equal(tally_keys_load(kf.path, &ks, err, sizeof(err)), TALLY_EINVAL);
+		assert_null(ks.keys);
+		assert_non_null(strstr(err, "chmod 600"));
+		assert_int_equal(chmod(kf.path, 0400), 0); /* owner only: loads */
+		assert_int_equal(tally_keys_load(kf.path, &ks, err, sizeof(err)), 0);
+		assert_int_equal(ks.n, 1);
+		tally_keys_free(&ks);
+		keyfile_remove(&kf);
+	}
+}
 
 static void test_keys_file_with_comments_and_blank_lines_loads_every_key(void **state)
 {
@@ -259,8 +283,8 @@ static void test_keys_principal_carries_name_role_and_brand_scope(void **state)
 static void test_role_names_round_trip_and_unknown_is_refused(void **state)
 {
 	(void)state;
-	const char *names[] = {"admin", "mall", "community", "dealer", "partner", "auditor"};
-	for (size_t i = 0; i < 6; i++) {
+	const char *names[] = {"admin", "mall", "community", "dealer", "partner", "auditor", "operator"};
+	for (size_t i = 0; i < 7; i++) {
 		Tally__V1__Role role;
 		assert_int_equal(tally_role_parse(names[i], &role), 0);
 		assert_string_equal(tally_role_name(role), names[i]);
@@ -276,7 +300,7 @@ static void test_keys_file_rejects_an_unknown_role_with_its_line(void **state)
 	(void)state;
 	expect_rejected("# x\n" GOOD_LINE "boss-1 boss * 0123456789abcdef\n",
 			"keys.conf:3: unknown role 'boss' (expected admin, mall, community, "
-			"dealer, partner or auditor)");
+			"dealer, partner, auditor or operator)");
 }
 
 static void test_keys_file_rejects_the_system_role(void **state)
@@ -1625,6 +1649,7 @@ int main(void)
 		cmocka_unit_test(test_frame_reader_returns_several_frames_from_one_feed),
 		cmocka_unit_test(test_frame_reader_refuses_an_announced_length_over_the_limit),
 		cmocka_unit_test(test_frame_reader_accepts_a_zero_length_frame),
+		cmocka_unit_test(test_a_keys_file_readable_by_others_is_refused),
 		cmocka_unit_test(test_keys_file_with_comments_and_blank_lines_loads_every_key),
 		cmocka_unit_test(test_keys_principal_carries_name_role_and_brand_scope),
 		cmocka_unit_test(test_role_names_round_trip_and_unknown_is_refused),
