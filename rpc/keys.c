@@ -337,6 +337,19 @@ int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t 
 	return 0;
 }
 
+bool tally_keys_equal(const struct tally_key *a, const struct tally_key *b)
+{
+	assert(a != NULL && b != NULL);
+	if (strcmp(a->name, b->name) != 0 || a->role != b->role ||
+	    a->all_brands != b->all_brands || a->n_brands != b->n_brands)
+		return false;
+	for (size_t i = 0; i < a->n_brands; i++)
+		if (strcmp(a->brands[i], b->brands[i]) != 0)
+			return false;
+	size_t la = strlen(a->secret), lb = strlen(b->secret);
+	return la == lb && CRYPTO_memcmp(a->secret, b->secret, la) == 0;
+}
+
 void tally_keys_free(struct tally_keys *k)
 {
 	assert(k != NULL);

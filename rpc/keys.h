@@ -38,6 +38,10 @@ struct tally_keys {
 	size_t n;
 };
 
+/* Whether two keys are the same key: name, role, scope and secret (the secret
+ * compared in constant time). */
+bool tally_keys_equal(const struct tally_key *a, const struct tally_key *b);
+
 /* Parses a keys file. On error returns TALLY_EINVAL (or TALLY_EIO) and describes the
  * first bad line ("keys.conf:3: unknown role 'boss'") in err. *out is untouched then. */
 int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t errcap);

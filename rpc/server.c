@@ -30,6 +30,10 @@ struct conn {
 	enum conn_state state;
 	unsigned handles_open;            /* tcp and timer until their close callbacks */
 	unsigned pending;                 /* requests waiting on the node */
+	unsigned calls;                   /* of which requests (not writes): capped */
+	bool reading;                     /* uv_read_start in effect */
+	bool draining;                    /* conn_drain on the stack */
+	struct sockaddr_storage peer;     /* for the per-address cap */
 	uint8_t nonce[TALLY_NONCE_BYTES];
 	struct tally_key key;             /* trusted once the proof verified */
 	char *slots[TALLY_SCOPE_BRANDS_MAX];
@@ -76,6 +80,9 @@ struct batch_item {
 };
 
 #define OUT_BYTES_MAX (64u << 20) /* a client that reads nothing is cut off here */
+/* Requests of one connection in the node at once; further frames stay unread (the
+ * kernel's buffers fill, the client's writes block) until one is answered. */
+#define SERVER_CONN_CALLS_MAX 1024
 
 struct wreq {
 	uv_write_t w;
@@ -85,6 +92,7 @@ struct wreq {
 };
 
 static void conn_close(struct conn *c);
+static void conn_drain(struct conn *c);
 
 /* ---- lifetime ---------------------------------------------------------------------- */
 
@@ -163,8 +171,11 @@ static void call_free(struct call *k)
 	}
 	struct conn *c = k->c;
 	free(k);
-	assert(c->pending > 0);
+	assert(c->pending > 0 && c->calls > 0);
 	c->pending--;
+	c->calls--;
+	if (!c->reading && c->calls < SERVER_CONN_CALLS_MAX)
+		conn_drain(c); /* frames left unread at the cap */
 	conn_maybe_free(c);
 }
 
@@ -322,6 +333,7 @@ static void handle_proof(struct conn *c, const Tally__V1__Request *req)
 	res.body_case = TALLY__V1__RESPONSE__BODY_WELCOME;
 	res.welcome = &w;
 	c->state = C_READY;
+	c->reader.max_bytes = c->s->cfg.frame_bytes_max; /* 1 KiB until now */
 	uv_timer_start(&c->timer, on_timeout, c->s->cfg.idle_timeout_ms, 0);
 	respond(c, &res, false);
 }
@@ -573,6 +585,7 @@ static void handle_ready(struct conn *c, Tally__V1__Request *req)
 	k->c = c;
 	k->req = req;
 	c->pending++;
+	c->calls++;
 	c->s->stats.requests++;
 	switch (req->body_case) {
 	case TALLY__V1__REQUEST__BODY_COMMAND: submit_command(k); break;
@@ -643,6 +656,47 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init(slab, sizeof(slab));
 }
 
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
+
+/* Handles the complete frames buffered, as long as the connection may take more
+ * requests; reads more once they are all handled, stops reading at the cap. */
+static void conn_drain(struct conn *c)
+{
+	if (c->draining)
+		return; /* an answer given while handling a frame: the loop below goes on */
+	c->draining = true;
+	while (c->state != C_CLOSING) {
+		if (c->calls >= SERVER_CONN_CALLS_MAX) {
+			if (c->reading)
+				uv_read_stop((uv_stream_t *)&c->tcp);
+			c->reading = false;
+			break;
+		}
+		const uint8_t *body;
+		size_t len;
+		int rc = tally_frame_reader_next(&c->reader, &body, &len);
+		if (rc == 0) {
+			if (!c->reading)
+				uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+			c->reading = true;
+			break;
+		}
+		if (rc < 0) {
+			c->s->stats.bad_frames++;
+			char msg[96];
+			snprintf(msg, sizeof(msg), "frame: larger than the limit of %zu bytes%s",
+				 c->reader.max_bytes,
+				 c->state == C_READY ? "" : " before the handshake completes");
+			respond_code(c, 0, CODE(INVALID_ARGUMENT), msg, true);
+			uv_read_stop((uv_stream_t *)&c->tcp);
+			c->reading = false;
+			break;
+		}
+		handle_frame(c, body, len);
+	}
+	c->draining = false;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	struct conn *c = stream->data;
@@ -656,26 +710,28 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 		conn_close(c);
 		return;
 	}
-	for (;;) {
-		const uint8_t *body;
-		size_t len;
-		int rc = tally_frame_reader_next(&c->reader, &body, &len);
-		if (rc == 0 || c->state == C_CLOSING)
-			return;
-		if (rc < 0) {
-			c->s->stats.bad_frames++;
-			char msg[96];
-			snprintf(msg, sizeof(msg), "frame: larger than the limit of %zu bytes",
-				 c->s->cfg.frame_bytes_max);
-			respond_code(c, 0, CODE(INVALID_ARGUMENT), msg, true);
-			uv_read_stop(stream);
-			return;
-		}
-		handle_frame(c, body, len);
-	}
+	conn_drain(c);
 }
 
 /* ---- accepting ---------------------------------------------------------------------- */
+
+/* Connections open from the address c's peer has (c included). */
+static unsigned server_conns_from(const struct tally_server *s, const struct conn *c)
+{
+	unsigned n = 0;
+	for (const struct conn *o = s->conns; o != NULL; o = o->next) {
+		if (o->peer.ss_family != c->peer.ss_family || o->state == C_CLOSING)
+			continue;
+		if (c->peer.ss_family == AF_INET)
+			n += ((const struct sockaddr_in *)&o->peer)->sin_addr.s_addr ==
+			     ((const struct sockaddr_in *)&c->peer)->sin_addr.s_addr;
+		else if (c->peer.ss_family == AF_INET6)
+			n += memcmp(&((const struct sockaddr_in6 *)&o->peer)->sin6_addr,
+				    &((const struct sockaddr_in6 *)&c->peer)->sin6_addr,
+				    sizeof(struct in6_addr)) == 0;
+	}
+	return n;
+}
 
 static void on_connection(uv_stream_t *listener, int status)
 {
@@ -690,7 +746,8 @@ static void on_connection(uv_stream_t *listener, int status)
 	uv_timer_init(s->loop, &c->timer);
 	c->tcp.data = c->timer.data = c;
 	c->handles_open = 2;
-	tally_frame_reader_init(&c->reader, s->cfg.frame_bytes_max);
+	/* Before the handshake completes a frame can only be a Hello, Proof or Ping. */
+	tally_frame_reader_init(&c->reader, TALLY_SERVER_PREAUTH_FRAME_BYTES_MAX);
 	c->next = s->conns;
 	if (s->conns != NULL)
 		s->conns->prev = c;
@@ -701,14 +758,23 @@ static void on_connection(uv_stream_t *listener, int status)
 		conn_close(c);
 		return;
 	}
-	if (s->stats.connections_open > s->cfg.connections_max) {
+	int len = sizeof(c->peer);
+	if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&c->peer, &len) != 0)
+		c->peer.ss_family = AF_UNSPEC;
+	const char *refused = s->stats.connections_open > s->cfg.connections_max
+				      ? "too many connections"
+			      : server_conns_from(s, c) > s->cfg.connections_per_address_max
+				      ? "too many connections from this address"
+				      : NULL;
+	if (refused != NULL) {
 		s->stats.connections_refused++;
-		respond_code(c, 0, CODE(UNAVAILABLE), "too many connections", true);
+		respond_code(c, 0, CODE(UNAVAILABLE), refused, true);
 		return;
 	}
 	uv_tcp_nodelay(&c->tcp, 1);
 	uv_timer_start(&c->timer, on_timeout, s->cfg.handshake_timeout_ms, 0);
 	uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+	c->reading = true;
 }
 
 int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_node *node,
@@ -731,6 +797,8 @@ int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_n
 		s->cfg.idle_timeout_ms = 600000;
 	if (s->cfg.connections_max == 0)
 		s->cfg.connections_max = 1024;
+	if (s->cfg.connections_per_address_max == 0)
+		s->cfg.connections_per_address_max = 256;
 	struct sockaddr_storage addr;
 	int rc = tally_address_sockaddr(cfg->listen_address, &addr);
 	uv_tcp_init(loop, &s->listener);
@@ -761,6 +829,21 @@ void tally_server_set_keys(struct tally_server *s, struct tally_keys *keys)
 	tally_keys_free(s->keys);
 	free(s->keys);
 	s->keys = keys;
+	/* A session lives on what its key was when it was proved: one whose key is gone
+	 * or different now ends (answered UNAUTHENTICATED, call id 0), and its client
+	 * must prove the key it has now (requests still in the node go unanswered: their
+	 * outcome is unknown to the client, as after any lost connection). */
+	for (struct conn *c = s->conns; c != NULL; c = c->next) {
+		if (c->state != C_PROOF && c->state != C_READY)
+			continue;
+		const struct tally_key *now = tally_keys_find(keys, c->key.name);
+		if (now != NULL && tally_keys_equal(now, &c->key))
+			continue;
+		s->stats.sessions_revoked++;
+		respond_code(c, 0, CODE(UNAUTHENTICATED),
+			     now == NULL ? "key removed: session ended" : "key changed: session ended",
+			     true);
+	}
 }
 
 const struct tally_server_stats *tally_server_stats(const struct tally_server *s)

@@ -29,13 +29,20 @@ struct tally_server_config {
 	unsigned handshake_timeout_ms;  /* 0 = 5000 */
 	unsigned idle_timeout_ms;       /* 0 = 600000 (10 min) */
 	unsigned connections_max;       /* 0 = 1024 */
+	unsigned connections_per_address_max; /* from one IP address; 0 = 256 */
 };
+
+/* Until a connection has proved a key it may send only frames of this size (a Hello,
+ * Proof or Ping is far smaller): half-sent or oversized frames cost no memory before
+ * login. After the Proof, frame_bytes_max applies. */
+#define TALLY_SERVER_PREAUTH_FRAME_BYTES_MAX 1024
 
 struct tally_server_stats {
 	uint64_t connections_open;
 	uint64_t connections_total;
-	uint64_t connections_refused;   /* over connections_max */
+	uint64_t connections_refused;   /* over connections_max or the per-address cap */
 	uint64_t auth_failures;
+	uint64_t sessions_revoked;      /* ended by a keys reload (key removed or changed) */
 	uint64_t bad_frames;
 	uint64_t requests;
 	uint64_t results[32];           /* command results by ResultCode */
@@ -46,8 +53,8 @@ int tally_server_init(struct tally_server **out, uv_loop_t *loop, struct tally_n
 		      struct tally_keys *keys, const struct tally_server_config *cfg,
 		      char *err, size_t errcap);
 
-/* Replaces the keys (owned by the server from now on); connections already
- * authenticated keep the key they proved. */
+/* Replaces the keys (owned by the server from now on) and ends every session whose
+ * key was removed or changed (tallyd: SIGHUP). */
 void tally_server_set_keys(struct tally_server *s, struct tally_keys *keys);
 
 const struct tally_server_stats *tally_server_stats(const struct tally_server *s);

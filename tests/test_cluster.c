@@ -1453,15 +1453,43 @@ static void test_a_stopped_node_catches_up_when_continued(void **state)
 
 /* ---- operations ---------------------------------------------------------------------- */
 
+static double metric(struct cluster *c, int i, const char *name);
+static void node_log_read(const struct cluster *c, int i, char *buf, size_t cap);
+
 static void test_sighup_reloads_keys_without_restart(void **state)
 {
 	(void)state;
 	struct cluster c;
 	cluster_start(&c, 3);
 	wait_leader(&c);
+	/* Sessions open on node 1 before the reload: the mall key's is ended by it (its
+	 * secret changes), the dealer's (unchanged) carries on, on the same connection. */
+	char one[32];
+	client_addr(&c, 1, one, sizeof(one));
+	struct tally_client *mall_session = connect_to(&c, one, "mall", secret_of("mall"));
+	struct tally_client *dealer_session = connect_to(&c, one, "dealer", secret_of("dealer"));
 	write_keys_with(&c, "rotated-mall-secret-0123456789");
 	for (int i = 1; i <= 3; i++)
 		node_signal(&c, i, SIGHUP);
+	static char log[8192];
+	for (int64_t deadline = now_ms() + HANG_MS;;) { /* node 1 says when it reloaded */
+		node_log_read(&c, 1, log, sizeof(log));
+		if (strstr(log, "SIGHUP: reloaded") != NULL)
+			break;
+		if (now_ms() > deadline)
+			fail_msg("node 1 never logged its keys reload");
+	}
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetDigest g = TALLY__V1__GET_DIGEST__INIT;
+	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
+	q.digest = &g;
+	q.stale = true;
+	Tally__V1__QueryResult *res;
+	assert_int_equal(tally_client_query(mall_session, &q, &c.arena, &res), CODE(UNAUTHENTICATED));
+	assert_int_equal(tally_client_query(dealer_session, &q, &c.arena, &res), CODE(OK));
+	assert_int_equal(metric(&c, 1, "tally_sessions_revoked_total"), 1); /* the mall's only */
+	tally_client_close(mall_session);
+	tally_client_close(dealer_session);
 	/* The old secret is refused and the new one accepted, once every node reloaded:
 	 * poll the condition rather than guess when the signal was handled. */
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "mall",

@@ -349,6 +349,12 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 		  (unsigned long long)ss->auth_failures);
 	at = emit(buf, cap, at, "# TYPE tally_bad_frames_total counter\ntally_bad_frames_total %llu\n",
 		  (unsigned long long)ss->bad_frames);
+	at = emit(buf, cap, at, "# TYPE tally_connections_refused_total counter\n"
+				"tally_connections_refused_total %llu\n",
+		  (unsigned long long)ss->connections_refused);
+	at = emit(buf, cap, at, "# TYPE tally_sessions_revoked_total counter\n"
+				"tally_sessions_revoked_total %llu\n",
+		  (unsigned long long)ss->sessions_revoked);
 	at = render_clock(d, buf, cap, at);
 	at = emit(buf, cap, at, "# TYPE tally_results_total counter\n");
 	for (int code = 1; code < 32; code++)
