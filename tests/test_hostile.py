@@ -192,6 +192,75 @@ class HostileRaftPeers(unittest.TestCase):
         self.assertIn("certificate names node 3", tail)
         self.assert_cluster_intact()
 
+    # ---- the client port, before login ------------------------------------------
+
+    def client_port(self, i):
+        return self.base + 100 + i
+
+    def node_pid(self, i):
+        with open(os.path.join(self.dir, "node%d.pid" % i)) as f:
+            return int(f.read())
+
+    def rss_kb(self, i):
+        with open("/proc/%d/status" % self.node_pid(i)) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def answer_before_close(self, sock):
+        """Everything the node sends until it closes the connection."""
+        sock.settimeout(PEER_WAIT_S)
+        got = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            got += chunk
+        sock.close()
+        return got
+
+    def test_a_large_frame_before_login_is_refused_unread(self):
+        s = socket.create_connection(("127.0.0.1", self.client_port(1)))
+        # 4 MiB announced: two million empty commands would fit in it
+        s.sendall(struct.pack(">I", 4 << 20) + b"\x22\x00" * 1024)
+        got = self.answer_before_close(s)
+        self.assertIn(b"before the handshake completes", got)
+        self.assert_cluster_intact()
+
+    def test_half_sent_frames_before_login_hold_no_memory(self):
+        before = self.rss_kb(1)
+        socks = []
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", self.client_port(1)))
+            s.sendall(struct.pack(">I", 4 << 20) + b"\x00" * 65536)
+            socks.append(s)
+        for s in socks:
+            self.assertIn(b"before the handshake completes", self.answer_before_close(s))
+        grown = self.rss_kb(1) - before
+        self.assertLess(grown, 64 * 1024, "node 1 grew by %d KiB" % grown)
+        self.assert_cluster_intact()
+
+    def test_connections_from_one_address_are_capped(self):
+        socks = []
+        try:
+            for _ in range(300):  # the cap is 256 per address (loopback: every client)
+                socks.append(socket.create_connection(("127.0.0.1", self.client_port(1))))
+            # The node answers each one before it closes it: refused at once, or (never
+            # logged in) at the handshake deadline.
+            answers = [self.answer_before_close(s) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        refused = sum(b"too many connections from this address" in a for a in answers)
+        timed_out = sum(b"handshake timeout" in a for a in answers)
+        self.assertGreaterEqual(refused, 300 - 256)
+        self.assertEqual(refused + timed_out, 300)
+        self.assert_cluster_intact()
+
     def test_half_a_handshake_is_cut_at_the_deadline(self):
         before = len(self.log(1))
         s = socket.create_connection(("127.0.0.1", self.raft_port(1)))
