@@ -19,6 +19,8 @@ struct tally_http {
 	tally_http_render_fn render;
 	void *data;
 	unsigned open;             /* connections plus the listener */
+	unsigned conns;            /* connections open (capped at HTTP_CONNECTIONS_MAX) */
+	struct hconn *list;        /* every connection, to end them at close */
 	void (*close_cb)(void *data);
 	void *close_data;
 	bool closing;
@@ -26,7 +28,10 @@ struct tally_http {
 
 struct hconn {
 	struct tally_http *h;
+	struct hconn *prev, *next;
 	uv_tcp_t tcp;
+	uv_timer_t timer;          /* the whole request must arrive within HTTP_REQUEST_MS */
+	unsigned handles;          /* tcp and timer until their close callbacks */
 	uv_write_t w;
 	size_t len;
 	char req[HTTP_REQUEST_BYTES_MAX];
@@ -45,17 +50,33 @@ static void http_maybe_done(struct tally_http *h)
 static void on_hconn_closed(uv_handle_t *handle)
 {
 	struct hconn *c = handle->data;
+	if (--c->handles > 0)
+		return;
 	struct tally_http *h = c->h;
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		h->list = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
 	free(c->out);
 	free(c);
+	h->conns--;
 	h->open--;
 	http_maybe_done(h);
 }
 
 static void hconn_close(struct hconn *c)
 {
-	if (!uv_is_closing((uv_handle_t *)&c->tcp))
+	if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
 		uv_close((uv_handle_t *)&c->tcp, on_hconn_closed);
+		uv_close((uv_handle_t *)&c->timer, on_hconn_closed);
+	}
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+	hconn_close(t->data); /* too slow to ask, or to read the answer */
 }
 
 static void on_sent(uv_write_t *w, int status)
@@ -136,11 +157,21 @@ static void on_connection(uv_stream_t *listener, int status)
 		return;
 	c->h = h;
 	uv_tcp_init(h->loop, &c->tcp);
-	c->tcp.data = c;
+	uv_timer_init(h->loop, &c->timer);
+	c->tcp.data = c->timer.data = c;
+	c->handles = 2;
+	c->next = h->list;
+	if (h->list != NULL)
+		h->list->prev = c;
+	h->list = c;
 	h->open++;
-	if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 ||
-	    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
-		hconn_close(c);
+	h->conns++;
+	if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0 || h->conns > HTTP_CONNECTIONS_MAX ||
+	    uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) {
+		hconn_close(c); /* over the cap: closed unanswered, the scraper retries */
+		return;
+	}
+	uv_timer_start(&c->timer, on_deadline, HTTP_REQUEST_MS, 0);
 }
 
 int tally_http_init(struct tally_http **out, uv_loop_t *loop, const char *listen_address,
@@ -188,6 +219,8 @@ void tally_http_close(struct tally_http *h, void (*cb)(void *data), void *data)
 	h->close_cb = cb;
 	h->close_data = data;
 	uv_close((uv_handle_t *)&h->listener, on_listener_closed);
+	for (struct hconn *c = h->list; c != NULL; c = c->next)
+		hconn_close(c);
 }
 
 void tally_http_free(struct tally_http *h)

@@ -3,13 +3,20 @@
  *
  * Each connection sends one GET request; the server answers with what the render
  * callback produces and closes. Requests over 8 KiB or not starting with "GET " get
- * 400. Lifecycle: tally_http_init → tally_http_close (cb) → tally_http_free.
+ * 400. Limits: HTTP_CONNECTIONS_MAX connections at once (more are closed unanswered)
+ * and HTTP_REQUEST_MS for a connection's whole life (request in, answer out), so idle
+ * or slow connections cannot pile up; it listens on its own address (tallyd --http),
+ * which operators keep on a private interface. Lifecycle: tally_http_init →
+ * tally_http_close (cb; ends open connections) → tally_http_free.
  */
 #ifndef TALLY_RPC_HTTP_H
 #define TALLY_RPC_HTTP_H
 
 #include <stddef.h>
 #include <uv.h>
+
+#define HTTP_CONNECTIONS_MAX 64  /* open at once */
+#define HTTP_REQUEST_MS 5000      /* from accept to the answer written */
 
 struct tally_http;
 

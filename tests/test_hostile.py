@@ -215,8 +215,11 @@ class HostileRaftPeers(unittest.TestCase):
         while True:
             try:
                 chunk = sock.recv(65536)
-            except (ConnectionResetError, socket.timeout):
+            except ConnectionResetError:
                 break
+            except socket.timeout:
+                sock.close()
+                self.fail("the node kept a connection open for %d s" % PEER_WAIT_S)
             if not chunk:
                 break
             got += chunk
@@ -260,6 +263,24 @@ class HostileRaftPeers(unittest.TestCase):
         self.assertGreaterEqual(refused, 300 - 256)
         self.assertEqual(refused + timed_out, 300)
         self.assert_cluster_intact()
+
+    def http_get(self, i, path):
+        s = socket.create_connection(("127.0.0.1", self.base + 200 + i))
+        s.sendall(("GET %s HTTP/1.0\r\n\r\n" % path).encode())
+        return self.answer_before_close(s)
+
+    def test_an_idle_http_flood_is_capped_and_cut(self):
+        socks = [socket.create_connection(("127.0.0.1", self.base + 200 + 1)) for _ in range(200)]
+        try:
+            self.assert_cluster_intact()  # the client port serves meanwhile
+            # The node ends every one of them: over the cap at once, the rest at the
+            # request deadline; none is answered, none stays open.
+            answers = [self.answer_before_close(s) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+        self.assertEqual(answers, [b""] * 200)
+        self.assertIn(b"200 OK", self.http_get(1, "/health"))
 
     def test_half_a_handshake_is_cut_at_the_deadline(self):
         before = len(self.log(1))
