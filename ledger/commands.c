@@ -361,6 +361,12 @@ int do_open_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__Comm
 int do_update_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
 {
 	const Tally__V1__UpdateMember *m = c->update_member;
+	/* A member is one person across brands: what every brand sees of them changes only
+	 * by a key of every brand, never by one brand's key. */
+	if (!is_all_scope(c->principal))
+		return reject(a, r, CODE(PERMISSION_DENIED),
+			      "update_member: a member is shared by every brand; only a key of scope * "
+			      "may change it");
 	int rc = check_member(a, r, m->id, m->segment);
 	if (rc != 0 || REJECTED(r))
 		return rc;

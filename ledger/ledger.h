@@ -21,7 +21,7 @@
  *   register_brand         x                                              the new brand
  *   update_brand           x                                              the brand
  *   open_member            x     x    x    x      x                       (members are global)
- *   update_member          x     x    x    x      x                       (members are global)
+ *   update_member          x     x    x    x      x                       * only (members are shared)
  *   accrue                 x          x    x      x                       the brand
  *   redeem                 x     x                                        the brand
  *   hold                   x     x                                        the brand
@@ -36,7 +36,15 @@
  *   confirm_settlement     x                      x                       the payee brand
  *   adjust                 x                                              the brand
  *   expire                 x                           x                  (none)
- *   queries                x     x    x    x      x       x       x       the brand asked about
+ *   queries                x     x    x    x      x       x       x       the brand asked about (1)
+ *
+ * (1) GetDigest and GetConsistency are about the whole journal, every brand's: scope *
+ * only. GetMember answers a brand-scoped key only for a member with an account in one
+ * of its brands (UNKNOWN_MEMBER otherwise, as if there were none).
+ *
+ * Members: a member is one person across brands; the record (id, segment, joined) is
+ * shared. Any writer may open a member; changing one (update_member) needs a key of
+ * scope *, so that no brand's key changes what another brand sees.
  *
  * "comm" is the community role; its accruals count against the brand's
  * community_daily_cap_points. A reverse is allowed to the roles that may perform the

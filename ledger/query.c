@@ -444,6 +444,24 @@ static int q_brand(struct query *q, const Tally__V1__GetBrand *g)
 	return rc == TALLY_ENOTFOUND ? qfail(q, CODE(UNKNOWN_BRAND), "id: not registered") : rc;
 }
 
+/* Whether the key may see a member's record: a key of every brand always; a brand's
+ * key when the member has an account in one of its brands. */
+static bool member_visible(struct query *q, const char *member)
+{
+	if (is_all_scope(q->who))
+		return true;
+	for (size_t i = 0; i < q->who->n_brands; i++) {
+		struct key k;
+		MDB_val v;
+		key_reset(&k);
+		key_str(&k, q->who->brands[i]);
+		key_raw(&k, member);
+		if (qget(q, T_ACCOUNTS, &k, &v) == 0)
+			return true;
+	}
+	return false;
+}
+
 static int q_member(struct query *q, const Tally__V1__GetMember *g)
 {
 	if (!valid_member_id(g->id))
@@ -452,11 +470,27 @@ static int q_member(struct query *q, const Tally__V1__GetMember *g)
 	key_reset(&k);
 	key_raw(&k, g->id);
 	int rc = qrec(q, T_MEMBERS, &k, &tally__v1__member__descriptor, (void **)&q->res->member);
-	return rc == TALLY_ENOTFOUND ? qfail(q, CODE(UNKNOWN_MEMBER), "id: not open") : rc;
+	if (rc == TALLY_ENOTFOUND || (rc == 0 && !member_visible(q, g->id))) {
+		q->res->member = NULL; /* a brand's key learns nothing of other brands' members */
+		return qfail(q, CODE(UNKNOWN_MEMBER), "id: not open");
+	}
+	return rc;
+}
+
+/* The digest and consistency proofs are of the whole journal, every brand's: for keys
+ * of scope * (auditors), not one brand's. */
+static int q_whole_journal(struct query *q)
+{
+	return is_all_scope(q->who) ? 0
+				    : qfail(q, CODE(PERMISSION_DENIED),
+					    "the whole journal's digest and proofs need a key of scope *");
 }
 
 static int q_digest(struct query *q)
 {
+	int rc = q_whole_journal(q);
+	if (rc != 0 || q->res->code != CODE(OK))
+		return rc;
 	Tally__V1__Digest *d = tally_arena_alloc(q->arena, sizeof(*d));
 	uint8_t *root = tally_arena_alloc(q->arena, 32), *sd = tally_arena_alloc(q->arena, 32);
 	if (d == NULL || root == NULL || sd == NULL)
@@ -478,6 +512,9 @@ static int q_digest(struct query *q)
 
 static int q_consistency(struct query *q, const Tally__V1__GetConsistency *g)
 {
+	int rc0 = q_whole_journal(q);
+	if (rc0 != 0 || q->res->code != CODE(OK))
+		return rc0;
 	uint64_t new_size = g->new_size != 0 ? g->new_size : q->m.tree.size;
 	if (g->old_size == 0 || g->old_size > new_size || new_size > q->m.tree.size)
 		return qfail(q, CODE(INVALID_ARGUMENT), "old_size, new_size: need 1 <= old <= new <= tree size");

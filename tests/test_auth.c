@@ -488,6 +488,48 @@ static void test_auditor_cannot_write_anything(void **state)
 	fx_close(&f);
 }
 
+/* An operator key runs the cluster (rpc/server.c) and nothing in the ledger. */
+static void test_operator_runs_no_command_and_reads_nothing(void **state)
+{
+	(void)state;
+	struct fx f;
+	struct world w;
+	fx_open(&f);
+	world_setup(&f, &w);
+	Tally__V1__Principal *op = who(&f, ROLE(OPERATOR), "ops", "*");
+	for (size_t r = 0; r < N_ROWS; r++) {
+		assert_false(tally_ledger_role_allows(ROLE(OPERATOR), matrix[r].body));
+		struct snap before = snap_take(&f);
+		Tally__V1__CommandResult *res = apply1(&f, matrix[r].build(&f, &w, op, 0));
+		struct snap after = snap_take(&f);
+		if (res->code != CODE(PERMISSION_DENIED) || !snap_equal(&before, &after))
+			fail_msg("operator %s: %s", matrix[r].name, tally_result_name(res->code));
+	}
+	assert_int_equal(q_accounts(&f, op, "b1", "m1")->code, CODE(PERMISSION_DENIED));
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+/* A member is shared by every brand: one brand's key opens members but cannot change
+ * one (its segment is what every brand sees); a key of scope * can. */
+static void test_a_brand_scoped_key_cannot_change_a_shared_member(void **state)
+{
+	(void)state;
+	struct fx f;
+	struct world w;
+	fx_open(&f);
+	world_setup(&f, &w);
+	const Tally__V1__Role writers[] = {ROLE(ADMIN), ROLE(MALL), ROLE(COMMUNITY), ROLE(DEALER),
+					   ROLE(PARTNER)};
+	for (size_t i = 0; i < sizeof(writers) / sizeof(writers[0]); i++) {
+		Tally__V1__Principal *scoped = who(&f, writers[i], "scoped", "b1");
+		expect_denied_unchanged(&f, c_update_member(&f, scoped, "m2"));
+	}
+	ok(&f, c_update_member(&f, who(&f, ROLE(DEALER), "global", "*"), "m2"));
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 static void test_partner_scoped_to_b1_accrues_in_b1_but_not_in_b2(void **state)
 {
 	(void)state;
@@ -747,6 +789,8 @@ int main(void)
 		cmocka_unit_test(test_matrix_update_brand_only_admin),
 		cmocka_unit_test(test_matrix_open_member_by_every_writer_role),
 		cmocka_unit_test(test_matrix_update_member_by_every_writer_role),
+		cmocka_unit_test(test_operator_runs_no_command_and_reads_nothing),
+		cmocka_unit_test(test_a_brand_scoped_key_cannot_change_a_shared_member),
 		cmocka_unit_test(test_matrix_accrue_by_admin_community_dealer_partner),
 		cmocka_unit_test(test_matrix_redeem_by_admin_and_mall),
 		cmocka_unit_test(test_matrix_hold_by_admin_and_mall),

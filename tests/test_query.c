@@ -173,14 +173,20 @@ static Tally__V1__QueryResult *get_brand(struct fx *f, const Tally__V1__Principa
 	return query(f, &q, p);
 }
 
-static Tally__V1__QueryResult *get_member(struct fx *f, const char *id)
+static Tally__V1__QueryResult *get_member_as(struct fx *f, const Tally__V1__Principal *p,
+					     const char *id)
 {
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	Tally__V1__GetMember g = TALLY__V1__GET_MEMBER__INIT;
 	g.id = (char *)id;
 	q.q_case = TALLY__V1__QUERY__Q_MEMBER;
 	q.member = &g;
-	return query(f, &q, auditor(f, "b1"));
+	return query(f, &q, p);
+}
+
+static Tally__V1__QueryResult *get_member(struct fx *f, const char *id)
+{
+	return get_member_as(f, auditor(f, "*"), id);
 }
 
 static Tally__V1__QueryResult *get_agreement(struct fx *f, const Tally__V1__Principal *p,
@@ -1192,6 +1198,16 @@ static void test_get_member_returns_the_member_or_unknown_member(void **state)
 	expect_rejected(res, CODE(UNKNOWN_MEMBER), "id");
 	assert_null(res->member);
 	expect_rejected(get_member(&f, ""), CODE(INVALID_ARGUMENT), "id");
+	/* A brand's key sees a member once they have an account in its brand; before, and
+	 * for other brands' keys, the member does not exist. */
+	res = get_member_as(&f, auditor(&f, "b1"), "m1");
+	expect_rejected(res, CODE(UNKNOWN_MEMBER), "id");
+	assert_null(res->member);
+	ok(&f, c_accrue(&f, admin(&f), "b1", "m1", 10));
+	res = get_member_as(&f, auditor(&f, "b2,b1"), "m1");
+	expect_code(res, CODE(OK));
+	assert_string_equal(res->member->id, "m1");
+	expect_rejected(get_member_as(&f, auditor(&f, "b2"), "m1"), CODE(UNKNOWN_MEMBER), "id");
 	assert_invariants(&f);
 	fx_close(&f);
 }
@@ -1348,8 +1364,10 @@ static void test_get_digest_equals_tally_ledger_digest(void **state)
 	(void)state;
 	struct fx f;
 	fx_open(&f);
+	/* The whole journal's digest is for keys of every brand. */
+	expect_code(get_digest(&f, auditor(&f, "b1")), CODE(PERMISSION_DENIED));
 	/* The empty ledger: the empty root. */
-	Tally__V1__QueryResult *res = get_digest(&f, auditor(&f, "b1"));
+	Tally__V1__QueryResult *res = get_digest(&f, auditor(&f, "*"));
 	expect_code(res, CODE(OK));
 	uint8_t empty[32];
 	tally_merkle_empty_root(empty);
@@ -1358,7 +1376,7 @@ static void test_get_digest_equals_tally_ledger_digest(void **state)
 	struct world w;
 	world_setup(&f, &w);
 	for (int round = 0; round < 2; round++) {
-		res = get_digest(&f, auditor(&f, "b1"));
+		res = get_digest(&f, auditor(&f, "*"));
 		expect_code(res, CODE(OK));
 		assert_applied(&f, res);
 		struct tally_digest d = digest(&f);
