@@ -49,7 +49,7 @@ NODE_SRC   := $(LEDGER_SRC) $(wildcard consensus/*.c) $(wildcard rpc/*.c)
 NODE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(NODE_SRC)) $(BUILD)/proto/tally.pb-c.o
 LEDGER_LIB := $(BUILD)/libtally_node.a
 # libtally: the client library (static and shared) and its pkg-config file.
-CLIENT_SRC := rpc/client.c rpc/frame.c rpc/keys.c ledger/arena.c ledger/error.c
+CLIENT_SRC := rpc/client.c rpc/frame.c rpc/keys.c rpc/tls.c ledger/arena.c ledger/error.c
 CLIENT_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(CLIENT_SRC)) $(BUILD)/pic/proto/tally.pb-c.o
 CLIENT_A   := $(BUILD)/libtally.a
 CLIENT_SO  := $(BUILD)/libtally.so
@@ -106,7 +106,7 @@ $(CLIENT_A): $(CLIENT_PIC)
 	$(AR) rcs $@ $^
 
 $(CLIENT_SO): $(CLIENT_PIC)
-	$(CC) $(SANLD) -shared -Wl,-soname,libtally.so.0 -o $@ $^ -lprotobuf-c -lcrypto
+	$(CC) $(SANLD) -shared -Wl,-soname,libtally.so.0 -o $@ $^ -lprotobuf-c -lssl -lcrypto
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
@@ -177,7 +177,7 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); \
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
-	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE; \
+	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE TALLY_CA; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10

@@ -52,6 +52,7 @@
 #include "ledger/error.h"
 #include "rpc/frame.h"
 #include "rpc/keys.h"
+#include "rpc/tls.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 
@@ -97,6 +98,8 @@ struct tally_client {
 	unsigned attempts;
 	size_t frame_bytes_max;
 	int fd;                                /* -1 when not connected */
+	struct tally_tls_ctx *tls_ctx;         /* the cluster's CA; NULL = plaintext */
+	struct tally_tls *tls;                 /* this connection's session */
 	uint64_t call_id_next;
 	unsigned pending;                      /* pipelined, written on this connection */
 	unsigned lost;                         /* pipelined, connection gone before answer */
@@ -275,6 +278,8 @@ static void clientDisconnect(struct tally_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	tally_tls_free(c->tls);
+	c->tls = NULL;
 	if (c->pending > 0) /* every request due on this connection is lost */
 		memset(c->due, 0, c->due_slots * sizeof(*c->due));
 	c->lost += c->pending;
@@ -372,14 +377,13 @@ static bool clientIdleUnusable(struct tally_client *c)
 	return rc != 0;
 }
 
-/* Writes a whole frame: IO_OK, or IO_UNSENT when the connection broke or the deadline
- * passed first, even part-way (the caller closes the connection, so the node never
- * holds the whole frame and cannot act on it). */
-static enum client_io clientWriteAll(struct tally_client *c, const uint8_t *buf, size_t len,
-				     int64_t deadline_ms)
+/* Sends len bytes as they are: IO_OK, or IO_UNSENT when the connection broke or the
+ * deadline passed first, even part-way. */
+static enum client_io clientSendRaw(struct tally_client *c, const uint8_t *buf, size_t len,
+				    int64_t deadline_ms)
 {
 	assert(c != NULL && c->fd >= 0);
-	assert(buf != NULL && len >= TALLY_FRAME_HEADER_BYTES);
+	assert(buf != NULL || len == 0);
 	size_t off = 0;
 	while (off < len) {
 		ssize_t n = send(c->fd, buf + off, len - off, MSG_NOSIGNAL);
@@ -403,6 +407,70 @@ static enum client_io clientWriteAll(struct tally_client *c, const uint8_t *buf,
 	return IO_OK;
 }
 
+/* Sends whatever the TLS session has for the node. */
+static enum client_io clientTlsFlush(struct tally_client *c, int64_t deadline_ms)
+{
+	uint8_t buf[CLIENT_READ_BYTES];
+	size_t n;
+	while ((n = tally_tls_take(c->tls, buf, sizeof(buf))) > 0)
+		if (clientSendRaw(c, buf, n, deadline_ms) != IO_OK)
+			return IO_UNSENT;
+	return IO_OK;
+}
+
+/* Writes a whole frame (encrypted on a TLS connection): IO_OK, or IO_UNSENT when the
+ * connection broke or the deadline passed first, even part-way (the caller closes the
+ * connection, so the node never holds the whole frame and cannot act on it). */
+static enum client_io clientWriteAll(struct tally_client *c, const uint8_t *buf, size_t len,
+				     int64_t deadline_ms)
+{
+	assert(c != NULL && c->fd >= 0);
+	assert(buf != NULL && len >= TALLY_FRAME_HEADER_BYTES);
+	if (c->tls == NULL)
+		return clientSendRaw(c, buf, len, deadline_ms);
+	if (tally_tls_write(c->tls, buf, len) != 0) {
+		clientErr(c, "%s: %s", c->address, tally_tls_error(c->tls));
+		return IO_UNSENT;
+	}
+	return clientTlsFlush(c, deadline_ms);
+}
+
+/* Reads what the node sent (decrypted on a TLS connection) into the frame reader:
+ * IO_OK, or IO_LOST (closed, failed or the deadline passed). */
+static enum client_io clientReceive(struct tally_client *c, int64_t deadline_ms)
+{
+	for (;;) {
+		if (c->tls != NULL) {
+			size_t got = 0;
+			enum tally_tls_status st = tally_tls_read(c->tls, c->rbuf, sizeof(c->rbuf), &got);
+			if (st == TALLY_TLS_DONE)
+				return tally_frame_reader_feed(&c->reader, c->rbuf, got) == 0 ? IO_OK : IO_LOST;
+			if (st != TALLY_TLS_AGAIN) {
+				clientErr(c, "%s: connection lost: %s", c->address,
+					  st == TALLY_TLS_CLOSED ? "closed by the node" : tally_tls_error(c->tls));
+				return IO_LOST;
+			}
+		}
+		int ready = clientWait(c->fd, POLLIN, deadline_ms);
+		if (ready <= 0) {
+			clientErr(c, "%s: no answer within %u ms", c->address, c->timeout_ms);
+			return IO_LOST;
+		}
+		ssize_t n = recv(c->fd, c->rbuf, sizeof(c->rbuf), 0);
+		if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+			continue;
+		if (n <= 0) {
+			clientErr(c, "%s: connection lost: %s", c->address,
+				  n == 0 ? "closed by the node" : strerror(errno));
+			return IO_LOST;
+		}
+		if (c->tls != NULL)
+			tally_tls_feed(c->tls, c->rbuf, (size_t)n);
+		else
+			return tally_frame_reader_feed(&c->reader, c->rbuf, (size_t)n) == 0 ? IO_OK : IO_LOST;
+	}
+}
+
 /* The next whole frame from the connection, at most frame_bytes_max long. */
 static enum client_io clientReadFrame(struct tally_client *c, int64_t deadline_ms,
 				      const uint8_t **body, size_t *len)
@@ -418,23 +486,42 @@ static enum client_io clientReadFrame(struct tally_client *c, int64_t deadline_m
 				  c->frame_bytes_max);
 			return IO_BAD;
 		}
-		int ready = clientWait(c->fd, POLLIN, deadline_ms);
-		if (ready <= 0) {
-			clientErr(c, "%s: no answer within %u ms", c->address, c->timeout_ms);
-			return IO_LOST;
+		enum client_io io = clientReceive(c, deadline_ms);
+		if (io != IO_OK)
+			return io;
+	}
+}
+
+/* The TLS handshake on the fresh connection c->fd: the node must present a node
+ * certificate of the cluster's CA, so a redirect can lead only to a member. */
+static enum client_io clientTlsHandshake(struct tally_client *c, int64_t deadline_ms)
+{
+	assert(c != NULL && c->tls_ctx != NULL && c->tls == NULL);
+	c->tls = tally_tls_new(c->tls_ctx, TALLY_TLS_CLIENT_CONNECT);
+	if (c->tls == NULL) {
+		clientErr(c, "%s: out of memory", c->address);
+		return IO_UNSENT;
+	}
+	for (;;) {
+		enum tally_tls_status st = tally_tls_handshake(c->tls);
+		if (clientTlsFlush(c, deadline_ms) != IO_OK)
+			return IO_UNSENT;
+		if (st == TALLY_TLS_DONE)
+			return IO_OK;
+		if (st == TALLY_TLS_FAILED) {
+			clientErr(c, "%s: TLS: %s", c->address, tally_tls_error(c->tls));
+			return IO_UNSENT;
 		}
-		ssize_t n = recv(c->fd, c->rbuf, sizeof(c->rbuf), 0);
-		if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+		int ready = clientWait(c->fd, POLLIN, deadline_ms);
+		ssize_t n = ready > 0 ? recv(c->fd, c->rbuf, sizeof(c->rbuf), 0) : -1;
+		if (n < 0 && ready > 0 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0) {
-			clientErr(c, "%s: connection lost: %s", c->address,
-				  n == 0 ? "closed by the node" : strerror(errno));
-			return IO_LOST;
+			clientErr(c, "%s: TLS handshake: %s", c->address,
+				  ready <= 0 ? "no answer in time" : n == 0 ? "closed by the node" : strerror(errno));
+			return IO_UNSENT;
 		}
-		if (tally_frame_reader_feed(&c->reader, c->rbuf, (size_t)n) != 0) {
-			clientErr(c, "%s: out of memory reading an answer", c->address);
-			return IO_BAD;
-		}
+		tally_tls_feed(c->tls, c->rbuf, (size_t)n);
 	}
 }
 
@@ -658,8 +745,13 @@ static Tally__V1__ResultCode clientHandshake(struct tally_client *c, int64_t dea
 			  r->challenge->nonce.len, TALLY_NONCE_BYTES);
 		return CODE(INTERNAL);
 	}
-	uint8_t mac[TALLY_HMAC_BYTES];
-	tally_keys_proof(c->secret, r->challenge->nonce.data, c->key_name, mac);
+	uint8_t mac[TALLY_HMAC_BYTES], binding[TALLY_TLS_EXPORTER_BYTES];
+	if (c->tls != NULL && tally_tls_exporter(c->tls, binding) != 0) {
+		clientErr(c, "%s: TLS exporter failed", c->address);
+		return CODE(INTERNAL);
+	}
+	tally_keys_proof(c->secret, r->challenge->nonce.data, c->tls != NULL ? binding : NULL,
+			 c->key_name, mac);
 	Tally__V1__Proof proof = TALLY__V1__PROOF__INIT;
 	proof.hmac.data = mac;
 	proof.hmac.len = sizeof(mac);
@@ -679,8 +771,11 @@ static Tally__V1__ResultCode clientConnect(struct tally_client *c, const char *a
 	clientDisconnect(c);
 	snprintf(c->address, sizeof(c->address), "%s", address);
 	int64_t deadline_ms = clientNowMs() + c->timeout_ms;
-	if (clientDial(c, c->address, deadline_ms) != IO_OK)
+	if (clientDial(c, c->address, deadline_ms) != IO_OK ||
+	    (c->tls_ctx != NULL && clientTlsHandshake(c, deadline_ms) != IO_OK)) {
+		clientDisconnect(c);
 		return CODE(UNAVAILABLE);
+	}
 	Tally__V1__ResultCode code = clientHandshake(c, deadline_ms);
 	if (code != CODE(OK))
 		clientDisconnect(c);
@@ -1126,6 +1221,9 @@ static Tally__V1__ResultCode clientConfigure(struct tally_client *c,
 		   c->frame_bytes_max > CLIENT_FRAME_BYTES_MAX) {
 		clientErr(c, "frame_bytes_max must be %u..%u", CLIENT_FRAME_BYTES_MIN,
 			  CLIENT_FRAME_BYTES_MAX);
+	} else if (o->ca_file != NULL &&
+		   tally_tls_ctx_client(&c->tls_ctx, o->ca_file, c->err, sizeof(c->err)) != 0) {
+		/* c->err says why */
 	} else {
 		memcpy(c->key_name, o->key_name, name_len + 1);
 		memcpy(c->secret, o->secret, secret_len + 1);
@@ -1178,6 +1276,7 @@ void tally_client_close(struct tally_client *c)
 	tally_arena_free(&c->scratch);
 	free(c->wbuf);
 	free(c->due);
+	tally_tls_ctx_free(c->tls_ctx);
 	OPENSSL_cleanse(c->secret, sizeof(c->secret));
 	free(c);
 }

@@ -374,18 +374,24 @@ const struct tally_key *tally_keys_find(const struct tally_keys *k, const char *
 
 /* HMAC-SHA256(secret, nonce ‖ key_name); false when OpenSSL fails (out is zeroed). */
 static bool keysHmac(const char *secret, const uint8_t nonce[TALLY_NONCE_BYTES],
-		     const char *key_name, uint8_t out[TALLY_HMAC_BYTES])
+		     const uint8_t *binding, const char *key_name, uint8_t out[TALLY_HMAC_BYTES])
 {
 	size_t secret_len = strlen(secret);
 	size_t name_len = strlen(key_name);
 	assert(secret_len <= TALLY_SECRET_BYTES_MAX);
 	assert(name_len <= TALLY_KEY_NAME_BYTES_MAX);
-	uint8_t msg[TALLY_NONCE_BYTES + TALLY_KEY_NAME_BYTES_MAX];
+	uint8_t msg[TALLY_NONCE_BYTES + TALLY_KEYS_BINDING_BYTES + TALLY_KEY_NAME_BYTES_MAX];
+	size_t at = 0;
 	memcpy(msg, nonce, TALLY_NONCE_BYTES);
-	memcpy(msg + TALLY_NONCE_BYTES, key_name, name_len);
+	at += TALLY_NONCE_BYTES;
+	if (binding != NULL) {
+		memcpy(msg + at, binding, TALLY_KEYS_BINDING_BYTES);
+		at += TALLY_KEYS_BINDING_BYTES;
+	}
+	memcpy(msg + at, key_name, name_len);
+	at += name_len;
 	unsigned int out_len = 0;
-	unsigned char *r = HMAC(EVP_sha256(), secret, (int)secret_len, msg,
-				TALLY_NONCE_BYTES + name_len, out, &out_len);
+	unsigned char *r = HMAC(EVP_sha256(), secret, (int)secret_len, msg, at, out, &out_len);
 	if (r == NULL || out_len != TALLY_HMAC_BYTES) {
 		memset(out, 0, TALLY_HMAC_BYTES);
 		return false;
@@ -394,22 +400,22 @@ static bool keysHmac(const char *secret, const uint8_t nonce[TALLY_NONCE_BYTES],
 }
 
 void tally_keys_proof(const char *secret, const uint8_t nonce[TALLY_NONCE_BYTES],
-		      const char *key_name, uint8_t out[TALLY_HMAC_BYTES])
+		      const uint8_t *binding, const char *key_name, uint8_t out[TALLY_HMAC_BYTES])
 {
 	assert(secret != NULL && nonce != NULL);
 	assert(key_name != NULL && out != NULL);
-	(void)keysHmac(secret, nonce, key_name, out);
+	(void)keysHmac(secret, nonce, binding, key_name, out);
 }
 
 bool tally_keys_verify(const struct tally_key *key, const uint8_t nonce[TALLY_NONCE_BYTES],
-		       const uint8_t *proof, size_t proof_len)
+		       const uint8_t *binding, const uint8_t *proof, size_t proof_len)
 {
 	assert(key != NULL && nonce != NULL);
 	assert(proof != NULL || proof_len == 0);
 	if (proof_len != TALLY_HMAC_BYTES)
 		return false; /* the length is public: no need to hide it */
 	uint8_t expect[TALLY_HMAC_BYTES];
-	bool ok = keysHmac(key->secret, nonce, key->name, expect) &&
+	bool ok = keysHmac(key->secret, nonce, binding, key->name, expect) &&
 		  CRYPTO_memcmp(expect, proof, TALLY_HMAC_BYTES) == 0;
 	OPENSSL_cleanse(expect, sizeof(expect));
 	return ok;

@@ -7,7 +7,7 @@
  * list of brand ids or "*"; SECRET at least 16 printable bytes.
  *
  * Handshake: client → Hello{key_name}; server → Challenge{nonce (32 random bytes)};
- * client → Proof{hmac = HMAC-SHA256(secret, nonce ‖ key_name)}; server checks it in
+ * client → Proof{hmac = HMAC-SHA256(secret, nonce ‖ tls-exporter ‖ key_name)}; server checks it in
  * constant time and answers Welcome{role, brands}. The secret never crosses the wire.
  */
 #ifndef TALLY_RPC_KEYS_H
@@ -23,6 +23,7 @@
 #define TALLY_SECRET_BYTES_MAX 256
 #define TALLY_NONCE_BYTES 32
 #define TALLY_HMAC_BYTES 32
+#define TALLY_KEYS_BINDING_BYTES 32
 
 struct tally_key {
 	char name[TALLY_KEY_NAME_BYTES_MAX + 1];
@@ -50,13 +51,16 @@ void tally_keys_free(struct tally_keys *k);
 /* The key named `name`, or NULL. */
 const struct tally_key *tally_keys_find(const struct tally_keys *k, const char *name);
 
-/* HMAC-SHA256(secret, nonce ‖ key_name). */
+/* HMAC-SHA256(secret, nonce ‖ binding ‖ key_name). binding is the TLS session's
+ * exporter value (rpc/tls.h, TALLY_KEYS_BINDING_BYTES), which each end computes from
+ * its own session: a proof relayed into another TLS session does not verify. NULL on
+ * a plaintext connection (tallyd --insecure). */
 void tally_keys_proof(const char *secret, const uint8_t nonce[TALLY_NONCE_BYTES],
-		      const char *key_name, uint8_t out[TALLY_HMAC_BYTES]);
+		      const uint8_t *binding, const char *key_name, uint8_t out[TALLY_HMAC_BYTES]);
 
-/* Whether proof matches the key for this nonce (constant-time comparison). */
+/* Whether proof matches the key for this nonce and binding (constant-time). */
 bool tally_keys_verify(const struct tally_key *key, const uint8_t nonce[TALLY_NONCE_BYTES],
-		       const uint8_t *proof, size_t proof_len);
+		       const uint8_t *binding, const uint8_t *proof, size_t proof_len);
 
 /* Fills a Principal for commands from this key; strings point into key (and brands
  * into `slots`, an array of TALLY_SCOPE_BRANDS_MAX pointers the caller provides). */

@@ -9,6 +9,7 @@
 
 #include "ledger/error.h"
 #include "rpc/frame.h"
+#include "rpc/tls.h"
 
 #define PING_FRAME_BYTES_MAX 64 /* header + Request{call_id, ping}: about 16 bytes */
 
@@ -22,8 +23,9 @@ struct peer {
 	char address[TALLY_ADDRESS_BYTES_MAX + 1];
 	uv_tcp_t tcp;
 	uv_connect_t connect;
-	uv_write_t write;
-	bool writing;                   /* a write request is in flight */
+	unsigned writes;                /* write requests in flight */
+	struct tally_tls *tls;          /* NULL: a plaintext cluster */
+	bool ready;                     /* TLS handshake done (or none) */
 	struct tally_frame_reader reader;
 	uint64_t call_id;               /* of the outstanding Ping; 0 when none */
 	int64_t sent_mono_ms;
@@ -36,6 +38,7 @@ struct tally_peerclock {
 	uv_timer_t timer;
 	bool timer_open;
 	bool closing;
+	struct tally_tls_ctx *tls;      /* this node's (not owned); NULL: plaintext */
 	uint64_t next_call_id;
 	struct peer peers[TALLY_NODE_PEERS_MAX];
 	void (*close_cb)(void *data);
@@ -48,7 +51,7 @@ static void peerclock_maybe_closed(struct tally_peerclock *p)
 	if (!p->closing || p->timer_open)
 		return;
 	for (size_t i = 0; i < TALLY_NODE_PEERS_MAX; i++)
-		if (p->peers[i].state == PEER_CLOSING || p->peers[i].writing)
+		if (p->peers[i].state == PEER_CLOSING || p->peers[i].writes > 0)
 			return;
 	if (p->close_cb != NULL) {
 		void (*cb)(void *) = p->close_cb;
@@ -63,6 +66,9 @@ static void peer_closed_cb(uv_handle_t *h)
 	assert(peer != NULL && peer->state == PEER_CLOSING);
 	peer->state = PEER_IDLE;
 	peer->call_id = 0;
+	tally_tls_free(peer->tls);
+	peer->tls = NULL;
+	peer->ready = false;
 	tally_frame_reader_reset(&peer->reader);
 	peerclock_maybe_closed(peer->p);
 }
@@ -76,20 +82,56 @@ static void peer_close(struct peer *peer)
 	uv_close((uv_handle_t *)&peer->tcp, peer_closed_cb);
 }
 
+struct peer_write {
+	uv_write_t w;
+	struct peer *peer;
+	uint8_t data[];
+};
+
 static void peer_write_cb(uv_write_t *w, int status)
 {
-	struct peer *peer = w->data;
-	assert(peer != NULL && peer->writing);
-	peer->writing = false;
+	struct peer_write *pw = (struct peer_write *)w;
+	struct peer *peer = pw->peer;
+	free(pw);
+	assert(peer != NULL && peer->writes > 0);
+	peer->writes--;
 	if (status != 0)
 		peer_close(peer);
 	peerclock_maybe_closed(peer->p);
 }
 
+/* Sends len bytes as they are (a copy). Returns 0 or -1. */
+static int peer_send_raw(struct peer *peer, const uint8_t *data, size_t len)
+{
+	struct peer_write *pw = malloc(sizeof(*pw) + len);
+	if (pw == NULL)
+		return -1;
+	pw->peer = peer;
+	memcpy(pw->data, data, len);
+	uv_buf_t buf = uv_buf_init((char *)pw->data, (unsigned)len);
+	if (uv_write(&pw->w, (uv_stream_t *)&peer->tcp, &buf, 1, peer_write_cb) != 0) {
+		free(pw);
+		return -1;
+	}
+	peer->writes++;
+	return 0;
+}
+
+/* Sends what the TLS session has for the peer. */
+static int peer_tls_flush(struct peer *peer)
+{
+	uint8_t buf[PEERCLOCK_FRAME_BYTES_MAX];
+	size_t n;
+	while ((n = tally_tls_take(peer->tls, buf, sizeof(buf))) > 0)
+		if (peer_send_raw(peer, buf, n) != 0)
+			return -1;
+	return 0;
+}
+
 static void peer_ping(struct peer *peer)
 {
-	assert(peer != NULL && peer->state == PEER_OPEN);
-	assert(peer->call_id == 0 && !peer->writing);
+	assert(peer != NULL && peer->state == PEER_OPEN && peer->ready);
+	assert(peer->call_id == 0);
 	struct tally_peerclock *p = peer->p;
 	Tally__V1__Ping ping = TALLY__V1__PING__INIT;
 	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
@@ -100,13 +142,13 @@ static void peer_ping(struct peer *peer)
 	assert(len + TALLY_FRAME_HEADER_BYTES <= sizeof(peer->frame));
 	tally_frame_header(peer->frame, (uint32_t)len);
 	tally__v1__request__pack(&req, peer->frame + TALLY_FRAME_HEADER_BYTES);
-	uv_buf_t buf = uv_buf_init((char *)peer->frame, (unsigned)(len + TALLY_FRAME_HEADER_BYTES));
-	peer->write.data = peer;
-	if (uv_write(&peer->write, (uv_stream_t *)&peer->tcp, &buf, 1, peer_write_cb) != 0) {
+	len += TALLY_FRAME_HEADER_BYTES;
+	int rc = peer->tls != NULL ? (tally_tls_write(peer->tls, peer->frame, len) == 0 ? peer_tls_flush(peer) : -1)
+				   : peer_send_raw(peer, peer->frame, len);
+	if (rc != 0) {
 		peer_close(peer);
 		return;
 	}
-	peer->writing = true;
 	peer->call_id = req.call_id;
 	peer->sent_mono_ms = tally_node_mono_ms(p->node);
 }
@@ -140,6 +182,32 @@ static void peer_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 	*buf = uv_buf_init(slab, sizeof(slab));
 }
 
+/* TLS records from the peer: the handshake (a node certificate of the cluster's CA
+ * naming the id configured at that address), then plaintext for the frame reader. */
+static int peer_tls_input(struct peer *peer, const uint8_t *in, size_t n)
+{
+	tally_tls_feed(peer->tls, in, n);
+	if (!peer->ready) {
+		enum tally_tls_status st = tally_tls_handshake(peer->tls);
+		if (peer_tls_flush(peer) != 0 || st == TALLY_TLS_FAILED ||
+		    (st == TALLY_TLS_DONE && tally_tls_peer_id(peer->tls) != peer->id))
+			return -1;
+		if (st == TALLY_TLS_AGAIN)
+			return 0;
+		peer->ready = true;
+		peer_ping(peer);
+	}
+	static uint8_t plain[PEERCLOCK_FRAME_BYTES_MAX]; /* one loop thread */
+	for (;;) {
+		size_t got = 0;
+		enum tally_tls_status st = tally_tls_read(peer->tls, plain, sizeof(plain), &got);
+		if (st == TALLY_TLS_AGAIN)
+			return 0;
+		if (st != TALLY_TLS_DONE || tally_frame_reader_feed(&peer->reader, plain, got) != 0)
+			return -1;
+	}
+}
+
 static void peer_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
 	struct peer *peer = s->data;
@@ -148,7 +216,9 @@ static void peer_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		peer_close(peer);
 		return;
 	}
-	if (tally_frame_reader_feed(&peer->reader, buf->base, (size_t)nread) != 0) {
+	int rc = peer->tls != NULL ? peer_tls_input(peer, (const uint8_t *)buf->base, (size_t)nread)
+				   : tally_frame_reader_feed(&peer->reader, buf->base, (size_t)nread);
+	if (rc != 0) {
 		peer_close(peer);
 		return;
 	}
@@ -156,7 +226,7 @@ static void peer_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 		assert(i <= PEERCLOCK_FRAME_BYTES_MAX); /* each frame takes >= 4 bytes fed */
 		const uint8_t *body;
 		size_t len;
-		int rc = tally_frame_reader_next(&peer->reader, &body, &len);
+		rc = tally_frame_reader_next(&peer->reader, &body, &len);
 		if (rc == 0)
 			return;
 		if (rc < 0) {
@@ -179,7 +249,16 @@ static void peer_connect_cb(uv_connect_t *req, int status)
 	}
 	uv_tcp_nodelay(&peer->tcp, 1);
 	peer->state = PEER_OPEN;
-	peer_ping(peer);
+	if (peer->p->tls == NULL) {
+		peer->ready = true;
+		peer_ping(peer);
+		return;
+	}
+	peer->sent_mono_ms = tally_node_mono_ms(peer->p->node); /* the handshake's deadline */
+	peer->tls = tally_tls_new(peer->p->tls, TALLY_TLS_CLIENT_CONNECT);
+	if (peer->tls == NULL || tally_tls_handshake(peer->tls) == TALLY_TLS_FAILED ||
+	    peer_tls_flush(peer) != 0)
+		peer_close(peer);
 }
 
 static void peer_connect(struct peer *peer)
@@ -226,10 +305,10 @@ static void peer_tick(struct peer *peer, int64_t now_ms)
 	assert(peer != NULL);
 	if (peer->state == PEER_IDLE)
 		peer_connect(peer);
-	else if (peer->state == PEER_OPEN && peer->call_id != 0 &&
+	else if (peer->state == PEER_OPEN && (peer->call_id != 0 || !peer->ready) &&
 		 now_ms - peer->sent_mono_ms > PEERCLOCK_ANSWER_MS)
-		peer_close(peer);
-	else if (peer->state == PEER_OPEN && peer->call_id == 0 && !peer->writing)
+		peer_close(peer); /* a Ping, or the TLS handshake, unanswered */
+	else if (peer->state == PEER_OPEN && peer->ready && peer->call_id == 0 && peer->writes == 0)
 		peer_ping(peer);
 }
 
@@ -260,7 +339,8 @@ static void peerclock_tick_cb(uv_timer_t *t)
 	}
 }
 
-int tally_peerclock_init(struct tally_peerclock **out, uv_loop_t *loop, struct tally_node *node)
+int tally_peerclock_init(struct tally_peerclock **out, uv_loop_t *loop, struct tally_node *node,
+			 struct tally_tls_ctx *tls)
 {
 	assert(out != NULL && loop != NULL && node != NULL);
 	struct tally_peerclock *p = calloc(1, sizeof(*p));
@@ -268,6 +348,7 @@ int tally_peerclock_init(struct tally_peerclock **out, uv_loop_t *loop, struct t
 		return TALLY_ENOMEM;
 	p->loop = loop;
 	p->node = node;
+	p->tls = tls;
 	for (size_t i = 0; i < TALLY_NODE_PEERS_MAX; i++) {
 		p->peers[i].p = p;
 		tally_frame_reader_init(&p->peers[i].reader, PEERCLOCK_FRAME_BYTES_MAX);

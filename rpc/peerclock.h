@@ -9,7 +9,8 @@
  * (tally_node_clock_sample). A connection that fails, closes (servers end connections
  * that never authenticate after their handshake timeout), or leaves a Ping unanswered
  * for PEERCLOCK_ANSWER_MS is closed and opened again at a later tick. A Pong from a
- * node other than the one configured at that address is ignored. Nothing here can
+ * node other than the one configured at that address is ignored. With TLS (tls, this
+ * node's context) the peer must present the node certificate of the id configured. Nothing here can
  * change the ledger: a peer that lies about its clock is one voice among the voters.
  *
  * Lifecycle: tally_peerclock_init → tally_peerclock_close (cb once every handle is
@@ -29,7 +30,8 @@
 struct tally_peerclock;
 
 /* Starts probing the peers of `node` on `loop`. Returns 0 or TALLY_ENOMEM. */
-int tally_peerclock_init(struct tally_peerclock **out, uv_loop_t *loop, struct tally_node *node);
+int tally_peerclock_init(struct tally_peerclock **out, uv_loop_t *loop, struct tally_node *node,
+			 struct tally_tls_ctx *tls);
 
 /* Closes every connection and the timer, then calls cb. */
 void tally_peerclock_close(struct tally_peerclock *p, void (*cb)(void *data), void *data);

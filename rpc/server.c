@@ -17,6 +17,7 @@
 #include <sys/random.h>
 
 #include "rpc/frame.h"
+#include "rpc/tls.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 
@@ -34,6 +35,7 @@ struct conn {
 	bool reading;                     /* uv_read_start in effect */
 	bool draining;                    /* conn_drain on the stack */
 	struct sockaddr_storage peer;     /* for the per-address cap */
+	struct tally_tls *tls;            /* NULL: a plaintext server (tallyd --insecure) */
 	uint8_t nonce[TALLY_NONCE_BYTES];
 	struct tally_key key;             /* trusted once the proof verified */
 	char *slots[TALLY_SCOPE_BRANDS_MAX];
@@ -118,6 +120,7 @@ static void conn_maybe_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	tally_frame_reader_free(&c->reader);
+	tally_tls_free(c->tls);
 	free(c->out);
 	free(c);
 	s->stats.connections_open--;
@@ -194,18 +197,22 @@ static void on_written(uv_write_t *w, int status)
 	conn_maybe_free(c);
 }
 
-/* Hands the connection's queued output to one uv_write. */
-static void conn_flush(struct conn *c)
+/* Writes `out` (owned from here) to the socket, encrypted first when `encrypt` (frames
+ * on a TLS connection; TLS's own handshake records go as they are); closes the
+ * connection after it when close_after, or when writing fails. */
+static void conn_write(struct conn *c, uint8_t *out, size_t len, bool close_after, bool encrypt)
 {
-	assert(c->queued);
-	c->queued = false;
-	c->pending--; /* the queue's hold; the write takes its own below */
-	uint8_t *out = c->out;
-	size_t len = c->out_len;
-	bool close_after = c->out_close;
-	c->out = NULL;
-	c->out_len = c->out_cap = 0;
-	c->out_close = false;
+	if (encrypt && len > 0 && c->state != C_CLOSING) {
+		assert(c->tls != NULL);
+		int rc = tally_tls_write(c->tls, out, len);
+		free(out);
+		len = rc == 0 ? tally_tls_pending(c->tls) : 0;
+		out = len > 0 ? malloc(len) : NULL;
+		if (rc != 0 || (len > 0 && out == NULL))
+			len = 0, close_after = true;
+		else if (len > 0)
+			len = tally_tls_take(c->tls, out, len);
+	}
 	struct wreq *wr = c->state == C_CLOSING ? NULL : malloc(sizeof(*wr));
 	if (wr == NULL) {
 		free(out);
@@ -224,6 +231,29 @@ static void conn_flush(struct conn *c)
 		conn_close(c);
 		conn_maybe_free(c);
 	}
+}
+
+/* Hands the connection's queued output to one write. */
+static void conn_flush(struct conn *c)
+{
+	assert(c->queued);
+	c->queued = false;
+	c->pending--; /* the queue's hold; the write takes its own */
+	uint8_t *out = c->out;
+	size_t len = c->out_len;
+	bool close_after = c->out_close;
+	c->out = NULL;
+	c->out_len = c->out_cap = 0;
+	c->out_close = false;
+	if (c->state == C_CLOSING || (c->tls != NULL && !tally_tls_done(c->tls))) {
+		/* a goodbye (handshake timeout) before TLS is up: nothing to say it in */
+		free(out);
+		if (close_after)
+			conn_close(c);
+		conn_maybe_free(c);
+		return;
+	}
+	conn_write(c, out, len, close_after, c->tls != NULL);
 }
 
 static void on_check(uv_check_t *h)
@@ -314,8 +344,12 @@ static void handle_hello(struct conn *c, const Tally__V1__Request *req)
 
 static void handle_proof(struct conn *c, const Tally__V1__Request *req)
 {
-	bool ok = req->body_case == TALLY__V1__REQUEST__BODY_PROOF &&
-		  tally_keys_verify(&c->key, c->nonce, req->proof->hmac.data, req->proof->hmac.len);
+	_Static_assert(TALLY_KEYS_BINDING_BYTES == TALLY_TLS_EXPORTER_BYTES, "binding size");
+	uint8_t binding[TALLY_TLS_EXPORTER_BYTES];
+	bool bound = c->tls == NULL || tally_tls_exporter(c->tls, binding) == 0;
+	bool ok = bound && req->body_case == TALLY__V1__REQUEST__BODY_PROOF &&
+		  tally_keys_verify(&c->key, c->nonce, c->tls != NULL ? binding : NULL,
+				    req->proof->hmac.data, req->proof->hmac.len);
 	if (!ok) {
 		c->s->stats.auth_failures++;
 		respond_code(c, req->call_id, CODE(UNAUTHENTICATED), "proof: does not match the key",
@@ -697,6 +731,39 @@ static void conn_drain(struct conn *c)
 	c->draining = false;
 }
 
+/* TLS records from the client: the handshake's (answered at once), then plaintext for
+ * the frame reader. Returns 0, or -1 when the connection must close. */
+static int conn_tls_input(struct conn *c, const uint8_t *in, size_t n)
+{
+	tally_tls_feed(c->tls, in, n);
+	enum tally_tls_status st = tally_tls_handshake(c->tls);
+	size_t out_len = tally_tls_pending(c->tls);
+	if (out_len > 0 && c->state != C_READY) { /* handshake messages, alerts */
+		uint8_t *out = malloc(out_len);
+		if (out == NULL)
+			return -1;
+		conn_write(c, out, tally_tls_take(c->tls, out, out_len), st == TALLY_TLS_FAILED, false);
+	}
+	if (st == TALLY_TLS_FAILED) {
+		c->s->stats.tls_failures++;
+		/* with an alert to send, the connection closes once it is written */
+		return out_len > 0 && c->state != C_READY ? 0 : -1;
+	}
+	if (st == TALLY_TLS_AGAIN)
+		return 0;
+	static _Thread_local uint8_t plain[64 << 10];
+	for (;;) {
+		size_t got = 0;
+		st = tally_tls_read(c->tls, plain, sizeof(plain), &got);
+		if (st == TALLY_TLS_AGAIN)
+			return 0;
+		if (st != TALLY_TLS_DONE)
+			return -1;
+		if (tally_frame_reader_feed(&c->reader, plain, got) != 0)
+			return -1;
+	}
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
 	struct conn *c = stream->data;
@@ -706,7 +773,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 	}
 	if (nread == 0 || c->state == C_CLOSING)
 		return;
-	if (tally_frame_reader_feed(&c->reader, buf->base, (size_t)nread) != 0) {
+	int rc = c->tls != NULL ? conn_tls_input(c, (const uint8_t *)buf->base, (size_t)nread)
+				: tally_frame_reader_feed(&c->reader, buf->base, (size_t)nread);
+	if (rc != 0) {
 		conn_close(c);
 		return;
 	}
@@ -766,9 +835,15 @@ static void on_connection(uv_stream_t *listener, int status)
 			      : server_conns_from(s, c) > s->cfg.connections_per_address_max
 				      ? "too many connections from this address"
 				      : NULL;
+	if (refused == NULL && s->cfg.tls != NULL && (c->tls = tally_tls_new(s->cfg.tls,
+									   TALLY_TLS_CLIENT_ACCEPT)) == NULL)
+		refused = "out of memory";
 	if (refused != NULL) {
 		s->stats.connections_refused++;
-		respond_code(c, 0, CODE(UNAVAILABLE), refused, true);
+		if (s->cfg.tls != NULL)
+			conn_close(c); /* no TLS session to answer in: closed at once */
+		else
+			respond_code(c, 0, CODE(UNAVAILABLE), refused, true);
 		return;
 	}
 	uv_tcp_nodelay(&c->tcp, 1);

@@ -23,6 +23,8 @@
 
 struct tally_server;
 
+struct tally_tls_ctx;
+
 struct tally_server_config {
 	const char *listen_address;     /* "127.0.0.1:8001" */
 	size_t frame_bytes_max;         /* 0 = 4 MiB */
@@ -30,6 +32,10 @@ struct tally_server_config {
 	unsigned idle_timeout_ms;       /* 0 = 600000 (10 min) */
 	unsigned connections_max;       /* 0 = 1024 */
 	unsigned connections_per_address_max; /* from one IP address; 0 = 256 */
+	/* TLS 1.3 with this node's certificate (rpc/tls.h; not owned). NULL: plaintext,
+	 * only with tallyd --insecure. With TLS a refused connection is closed unanswered
+	 * and the key proof is bound to the TLS session (rpc/keys.h). */
+	struct tally_tls_ctx *tls;
 };
 
 /* Until a connection has proved a key it may send only frames of this size (a Hello,
@@ -42,6 +48,7 @@ struct tally_server_stats {
 	uint64_t connections_total;
 	uint64_t connections_refused;   /* over connections_max or the per-address cap */
 	uint64_t auth_failures;
+	uint64_t tls_failures;          /* TLS handshakes or records that failed */
 	uint64_t sessions_revoked;      /* ended by a keys reload (key removed or changed) */
 	uint64_t bad_frames;
 	uint64_t requests;

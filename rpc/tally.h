@@ -69,6 +69,11 @@ struct tally_client_options {
 	unsigned timeout_ms;      /* per attempt; 0 = 5000 */
 	unsigned attempts;        /* definite failures retried; 0 = 6 */
 	size_t frame_bytes_max;   /* 0 = 4 MiB */
+	/* The cluster's CA certificate (PEM): connections are TLS 1.3 and every node must
+	 * present a node certificate of this CA (a redirect leads only to a member), and
+	 * the key proof is bound to the TLS session. NULL: plaintext, for nodes started
+	 * with --insecure only. */
+	const char *ca_file;
 };
 
 /* Connects to the first reachable node of the list and authenticates. Returns a

@@ -303,6 +303,12 @@ enum tally_tls_status tally_tls_handshake(struct tally_tls *t)
 	return s;
 }
 
+bool tally_tls_done(const struct tally_tls *t)
+{
+	assert(t != NULL);
+	return t->done;
+}
+
 enum tally_tls_status tally_tls_read(struct tally_tls *t, void *buf, size_t cap, size_t *got)
 {
 	assert(t != NULL && buf != NULL && got != NULL && cap > 0);

@@ -75,6 +75,9 @@ size_t tally_tls_take(struct tally_tls *t, void *buf, size_t cap);
  * PEER_* sessions the peer's node id is known), AGAIN, or FAILED. Idempotent once DONE. */
 enum tally_tls_status tally_tls_handshake(struct tally_tls *t);
 
+/* Whether the handshake completed (tally_tls_read and tally_tls_write may be used). */
+bool tally_tls_done(const struct tally_tls *t);
+
 /* Decrypts up to cap bytes of plaintext into buf (*got bytes): DONE with *got > 0,
  * AGAIN when nothing complete has arrived, CLOSED, or FAILED. */
 enum tally_tls_status tally_tls_read(struct tally_tls *t, void *buf, size_t cap, size_t *got);

@@ -75,6 +75,8 @@ struct cluster {
 	char dir[256];
 	char keys[300];
 	char certs[300];                /* tally-certs directory: every node speaks TLS */
+	char ca[320];                   /* certs/ca.pem, what clients verify nodes with */
+	bool insecure;                  /* nodes run --insecure (tests of raw frames) */
 	char clients[512];              /* all client addresses */
 	pid_t pid[NODES_MAX + 1];
 	struct tally_arena arena;
@@ -209,9 +211,15 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			faketime_env(c, i);
 		const char *base[] = {tallyd_path, "--id", id, "--dir", dir, "--raft", raft,
 				      "--client", client, "--keys", c->keys, "--election-ms", c->election_ms,
-				      "--snapshot-threshold", "64", "--http", http, "--certs", c->certs};
+				      "--snapshot-threshold", "64", "--http", http};
 		for (size_t j = 0; j < sizeof(base) / sizeof(base[0]); j++)
 			args[k++] = base[j];
+		if (c->insecure) {
+			args[k++] = "--insecure";
+		} else {
+			args[k++] = "--certs";
+			args[k++] = c->certs;
+		}
 		if (c->segment_kb != NULL) {
 			args[k++] = "--segment-kb";
 			args[k++] = c->segment_kb;
@@ -266,6 +274,7 @@ static void certs_make(struct cluster *c)
 	char *slash = strrchr(tool, '/');
 	snprintf(slash + 1, sizeof(tool) - (size_t)(slash + 1 - tool), "tally-certs");
 	snprintf(c->certs, sizeof(c->certs), "%s/certs", c->dir);
+	snprintf(c->ca, sizeof(c->ca), "%s/ca.pem", c->certs);
 	snprintf(cmd, sizeof(cmd), "%s init --dir %s --nodes %d > /dev/null", tool, c->certs, NODES_MAX);
 	assert_int_equal(system(cmd), 0);
 }
@@ -276,6 +285,7 @@ struct cluster_opts {
 	const char *segment_kb;
 	bool faketime;
 	const char *election_ms;        /* NULL: "300" */
+	bool insecure;                  /* plaintext nodes and clients (raw frame tests) */
 };
 
 /* Prepares a cluster of n nodes (ports, directory, keys, clock files) without starting
@@ -290,6 +300,7 @@ static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts 
 	c->segment_kb = o->segment_kb;
 	c->faketime = faketime;
 	c->election_ms = o->election_ms != NULL ? o->election_ms : "300";
+	c->insecure = o->insecure;
 	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
 	int offsets[3 * NODES_MAX];
 	for (int i = 0; i < NODES_MAX; i++) {
@@ -421,11 +432,17 @@ static void cluster_assert_some_node_runs(const struct cluster *c)
 
 /* ---- clients ------------------------------------------------------------------------ */
 
+/* What clients verify nodes with: the CA, or nothing for an --insecure cluster. */
+static const char *client_ca(const struct cluster *c)
+{
+	return c->insecure ? NULL : c->ca;
+}
+
 static struct tally_client *connect_to(struct cluster *c, const char *addrs, const char *key,
 				       const char *secret)
 {
 	struct tally_client_options o = {.cluster = addrs, .key_name = key, .secret = secret,
-					 .timeout_ms = CLIENT_TIMEOUT_MS};
+					 .timeout_ms = CLIENT_TIMEOUT_MS, .ca_file = client_ca(c)};
 	struct tally_client *cl = NULL;
 	char err[256];
 	int64_t deadline = now_ms() + HANG_MS;
@@ -921,7 +938,8 @@ static void test_wrong_key_secret_or_scope_is_refused(void **state)
 	cluster_start(&c, 3);
 	wait_leader(&c);
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "admin",
-					 .secret = "wrong-secret-0123456789", .timeout_ms = CLIENT_TIMEOUT_MS};
+					 .secret = "wrong-secret-0123456789", .timeout_ms = CLIENT_TIMEOUT_MS,
+					 .ca_file = client_ca(&c)};
 	struct tally_client *cl = NULL;
 	char err[256];
 	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(UNAUTHENTICATED));
@@ -994,7 +1012,8 @@ static void test_a_ping_is_answered_before_the_handshake_with_the_node_id_and_cl
 {
 	(void)state;
 	struct cluster c;
-	cluster_start(&c, 3);
+	/* raw frames: a plaintext cluster (the TLS path is the same frames, encrypted) */
+	cluster_start_with(&c, 3, &(struct cluster_opts){.insecure = true});
 	wait_leader(&c);
 	int fd = raw_connect(&c, 2);
 	for (uint64_t call = 7; call < 9; call++) {
@@ -1027,7 +1046,7 @@ static void test_malformed_and_oversized_frames_are_answered_and_the_cluster_kee
 {
 	(void)state;
 	struct cluster c;
-	cluster_start(&c, 3);
+	cluster_start_with(&c, 3, &(struct cluster_opts){.insecure = true}); /* raw frames */
 	wait_leader(&c);
 	/* Garbage that does not decode. */
 	int fd = raw_connect(&c, 1);
@@ -1493,7 +1512,7 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 	/* The old secret is refused and the new one accepted, once every node reloaded:
 	 * poll the condition rather than guess when the signal was handled. */
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "mall",
-					 .timeout_ms = CLIENT_TIMEOUT_MS};
+					 .timeout_ms = CLIENT_TIMEOUT_MS, .ca_file = client_ca(&c)};
 	char err[256];
 	int64_t deadline = now_ms() + HANG_MS;
 	for (int i = 1; i <= 3; i++) {
@@ -1783,8 +1802,13 @@ static int tallyctl(struct cluster *c, const char *cluster, const char *args, ch
 	snprintf(ctl, sizeof(ctl), "%s", tallyd_path);
 	char *slash = strrchr(ctl, '/');
 	snprintf(slash + 1, sizeof(ctl) - (size_t)(slash + 1 - ctl), "tallyctl");
-	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s --json %s 2>&1",
-		 cluster, c->keys, ctl, args);
+	char trust[400];
+	if (c->insecure)
+		snprintf(trust, sizeof(trust), "TALLY_INSECURE=1");
+	else
+		snprintf(trust, sizeof(trust), "TALLY_CA=%s", c->ca);
+	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s %s --json %s 2>&1",
+		 cluster, c->keys, trust, ctl, args);
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
 	size_t n = fread(out, 1, cap - 1, p);
@@ -1846,7 +1870,8 @@ static void test_a_request_sent_and_never_answered_is_an_unknown_outcome(void **
 	wait_leader(&c);
 	brand_b1_and_member(&c, "jo");
 	struct tally_client_options o = {.cluster = c.clients, .key_name = "dealer",
-					 .secret = secret_of("dealer"), .timeout_ms = 500, .attempts = 1};
+					 .secret = secret_of("dealer"), .timeout_ms = 500, .attempts = 1,
+					 .ca_file = client_ca(&c)};
 	struct tally_client *cl;
 	char err[256];
 	assert_int_equal(tally_client_open(&cl, &o, err, sizeof(err)), CODE(OK));

@@ -17,6 +17,7 @@ import ssl
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import unittest
 
@@ -76,9 +77,9 @@ class HostileRaftPeers(unittest.TestCase):
         env = dict(cls.env)
         if cluster:
             env["TALLY_CLUSTER"] = cluster
-        p = subprocess.run([TALLYCTL, "--json", "--key", "admin"] + args, env=env,
-                           capture_output=True, text=True)
-        return p.returncode, p.stdout
+        p = subprocess.run([TALLYCTL, "--json", "--key", "admin"] + args,
+                           env=env, capture_output=True, text=True)
+        return p.returncode, p.stdout + p.stderr
 
     @classmethod
     def ctl_ok(cls, args, cluster=None):
@@ -215,7 +216,7 @@ class HostileRaftPeers(unittest.TestCase):
         while True:
             try:
                 chunk = sock.recv(65536)
-            except ConnectionResetError:
+            except (ConnectionResetError, ssl.SSLError):
                 break
             except socket.timeout:
                 sock.close()
@@ -226,8 +227,28 @@ class HostileRaftPeers(unittest.TestCase):
         sock.close()
         return got
 
-    def test_a_large_frame_before_login_is_refused_unread(self):
+    def client_tls(self, i):
+        """A TLS connection to node i's client port, the node verified against the
+        cluster's CA as a client does; None when the node refuses the handshake."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(os.path.join(self.dir, "certs", "ca.pem"))
+        raw = socket.create_connection(("127.0.0.1", self.client_port(i)))
+        try:
+            return ctx.wrap_socket(raw)
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError, OSError):
+            raw.close()
+            return None
+
+    def test_a_plaintext_client_is_refused(self):
         s = socket.create_connection(("127.0.0.1", self.client_port(1)))
+        hello = b"\x0a\x05admin"  # a Hello's bytes, in the clear
+        s.sendall(struct.pack(">I", len(hello)) + hello)
+        self.assertNotIn(b"admin", self.answer_before_close(s))
+        self.assert_cluster_intact()
+
+    def test_a_large_frame_before_login_is_refused_unread(self):
+        s = self.client_tls(1)
         # 4 MiB announced: two million empty commands would fit in it
         s.sendall(struct.pack(">I", 4 << 20) + b"\x22\x00" * 1024)
         got = self.answer_before_close(s)
@@ -238,8 +259,8 @@ class HostileRaftPeers(unittest.TestCase):
         before = self.rss_kb(1)
         socks = []
         for _ in range(200):
-            s = socket.create_connection(("127.0.0.1", self.client_port(1)))
-            s.sendall(struct.pack(">I", 4 << 20) + b"\x00" * 65536)
+            s = self.client_tls(1)
+            s.sendall(struct.pack(">I", 4 << 20) + b"\x00" * 512)  # the rest never comes
             socks.append(s)
         for s in socks:
             self.assertIn(b"before the handshake completes", self.answer_before_close(s))
@@ -251,18 +272,56 @@ class HostileRaftPeers(unittest.TestCase):
         socks = []
         try:
             for _ in range(300):  # the cap is 256 per address (loopback: every client)
-                socks.append(socket.create_connection(("127.0.0.1", self.client_port(1))))
-            # The node answers each one before it closes it: refused at once, or (never
-            # logged in) at the handshake deadline.
-            answers = [self.answer_before_close(s) for s in socks]
+                socks.append(self.client_tls(1))
+            # Refused at once (closed before TLS completes), or let in, never logged in
+            # and ended at the handshake deadline with a goodbye.
+            refused = sum(s is None for s in socks)
+            answers = [self.answer_before_close(s) for s in socks if s is not None]
         finally:
             for s in socks:
-                s.close()
-        refused = sum(b"too many connections from this address" in a for a in answers)
-        timed_out = sum(b"handshake timeout" in a for a in answers)
+                if s is not None:
+                    s.close()
         self.assertGreaterEqual(refused, 300 - 256)
-        self.assertEqual(refused + timed_out, 300)
+        self.assertEqual(sum(b"handshake timeout" in a for a in answers), 300 - refused)
         self.assert_cluster_intact()
+
+    def test_a_client_talks_only_to_nodes_of_the_cluster(self):
+        """A server with a node certificate of another CA (where a forged redirect or a
+        wrong address would lead): the client refuses it before sending anything."""
+        other = os.path.join(self.dir, "foreign-ca")
+        subprocess.run([CERTS, "init", "--dir", other, "--nodes", "1"], check=True,
+                       stdout=subprocess.DEVNULL)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(other, "node-1.pem"), os.path.join(other, "node-1.key"))
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(0.1)
+        got, done = [], threading.Event()
+
+        def serve():  # every attempt of the client, until it gives up
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except socket.timeout:
+                    continue
+                try:
+                    conn.settimeout(PEER_WAIT_S)
+                    with ctx.wrap_socket(conn, server_side=True) as t:
+                        got.append(t.recv(4096))
+                except (ssl.SSLError, OSError):
+                    pass
+                finally:
+                    conn.close()
+
+        th = threading.Thread(target=serve)
+        th.start()
+        rc, out = self.ctl(["status"], cluster="127.0.0.1:%d" % listener.getsockname()[1])
+        done.set()
+        th.join()
+        listener.close()
+        self.assertEqual(rc, 3, out)  # not applied: no node of the cluster answered
+        self.assertEqual(got, [])    # the impostor never got the key's Hello
 
     def http_get(self, i, path):
         s = socket.create_connection(("127.0.0.1", self.base + 200 + i))

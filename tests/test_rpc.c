@@ -399,13 +399,13 @@ static void test_proof_is_hmac_sha256_of_nonce_and_key_name(void **state)
 		0x94, 0x1a, 0xed, 0x3b, 0xb0, 0xa0, 0x4f, 0x80, 0xc5, 0x77,
 	};
 	uint8_t proof[TALLY_HMAC_BYTES];
-	tally_keys_proof("0123456789abcdef", nonce, "mall-1", proof);
+	tally_keys_proof("0123456789abcdef", nonce, NULL, "mall-1", proof);
 	assert_memory_equal(proof, known, 32);
 	for (size_t i = 0; i < sizeof(nonce); i++)
 		nonce[i] = (uint8_t)(i * 37 + 11);
 	uint8_t expect[32];
 	evp_hmac(SECRET, nonce, KEY_NAME, expect);
-	tally_keys_proof(SECRET, nonce, KEY_NAME, proof);
+	tally_keys_proof(SECRET, nonce, NULL, KEY_NAME, proof);
 	assert_memory_equal(proof, expect, 32);
 }
 
@@ -420,22 +420,34 @@ static void test_verify_accepts_the_proof_and_rejects_a_flipped_byte_or_wrong_le
 	uint8_t nonce[TALLY_NONCE_BYTES];
 	memset(nonce, 0x5a, sizeof(nonce));
 	uint8_t proof[TALLY_HMAC_BYTES + 1];
-	tally_keys_proof(SECRET, nonce, KEY_NAME, proof);
+	tally_keys_proof(SECRET, nonce, NULL, KEY_NAME, proof);
 	proof[TALLY_HMAC_BYTES] = 0;
-	assert_true(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+	assert_true(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES));
 	for (size_t i = 0; i < TALLY_HMAC_BYTES; i++) {
 		proof[i] ^= 0x01;
-		assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+		assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES));
 		proof[i] ^= 0x01;
 	}
-	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES - 1));
-	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES + 1));
-	assert_false(tally_keys_verify(&key, nonce, proof, 0));
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES - 1));
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES + 1));
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, 0));
 	nonce[0] ^= 0x80; /* another challenge */
-	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES));
 	nonce[0] ^= 0x80;
-	tally_keys_proof(SECRET, nonce, "mall-2", proof); /* bound to the key name */
-	assert_false(tally_keys_verify(&key, nonce, proof, TALLY_HMAC_BYTES));
+	tally_keys_proof(SECRET, nonce, NULL, "mall-2", proof); /* bound to the key name */
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES));
+	/* Bound to the TLS session: a proof made in one session (its exporter value) does
+	 * not verify in another, nor on a plaintext connection, nor the reverse. */
+	uint8_t session_a[TALLY_KEYS_BINDING_BYTES], session_b[TALLY_KEYS_BINDING_BYTES];
+	memset(session_a, 0xa1, sizeof(session_a));
+	memset(session_b, 0xa1, sizeof(session_b));
+	session_b[31] ^= 0x01;
+	tally_keys_proof(SECRET, nonce, session_a, KEY_NAME, proof);
+	assert_true(tally_keys_verify(&key, nonce, session_a, proof, TALLY_HMAC_BYTES));
+	assert_false(tally_keys_verify(&key, nonce, session_b, proof, TALLY_HMAC_BYTES));
+	assert_false(tally_keys_verify(&key, nonce, NULL, proof, TALLY_HMAC_BYTES));
+	tally_keys_proof(SECRET, nonce, NULL, KEY_NAME, proof);
+	assert_false(tally_keys_verify(&key, nonce, session_a, proof, TALLY_HMAC_BYTES));
 }
 
 /* ---- fake nodes ------------------------------------------------------------------ */
@@ -611,7 +623,7 @@ static bool fake_handshake(struct fake *f, int fd, struct tally_frame_reader *r)
 	Tally__V1__Welcome w = TALLY__V1__WELCOME__INIT;
 	ans.call_id = proof->call_id;
 	f->welcomed = proof->body_case == TALLY__V1__REQUEST__BODY_PROOF &&
-		      tally_keys_verify(&f->key, nonce, proof->proof->hmac.data,
+		      tally_keys_verify(&f->key, nonce, NULL, proof->proof->hmac.data,
 					proof->proof->hmac.len);
 	tally__v1__request__free_unpacked(proof, NULL);
 	f->refused = !f->welcomed;
@@ -1565,7 +1577,7 @@ static int tallyctl_run(const char *address, const char *args, char *out, size_t
 	assert_int_equal(fclose(kf), 0);
 	char cmd[4096];
 	int len = snprintf(cmd, sizeof(cmd),
-			   "%s --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
+			   "%s --insecure --cluster %s --key-file %s --key %s --timeout-ms 2000 %s 2>&1",
 			   tallyctl_path, address, keys, KEY_NAME, args);
 	assert_true(len > 0 && (size_t)len < sizeof(cmd));
 	FILE *p = popen(cmd, "r");

@@ -1,9 +1,12 @@
 /*
  * tally-bench: load on a running cluster through libtally.
  *
- *   tally-bench [--cluster A,B,C] [--key-file F] [--key admin] [--connections C]
- *               [--pipeline P] [--batch B] [--members M] [--duration-s S] [--rate R] [--json]
+ *   tally-bench [--cluster A,B,C] [--key-file F] [--key admin] [--ca FILE | --insecure]
+ *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
+ *               [--rate R] [--json]
  *
+ * --ca defaults to $TALLY_CA (TLS, as tallyctl); --insecure (or TALLY_INSECURE=1) for a
+ * plaintext cluster.
  * C connections (one thread each) keep P requests in flight; each request carries one
  * command, or B commands with --batch. The mix is the peers' points-op mix: 70 %
  * accruals and 30 % redemptions of 1..1000 points over M members. --rate caps the
@@ -32,6 +35,8 @@ struct opts {
 	const char *key_file;
 	const char *key;
 	char secret[TALLY_SECRET_BYTES_MAX + 1];
+	const char *ca;
+	bool insecure;
 	unsigned connections;
 	unsigned pipeline;
 	unsigned batch;
@@ -73,20 +78,22 @@ static uint64_t rnd(uint64_t *s)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-file F] [--key NAME] [--connections C]\n"
-			"                   [--pipeline P] [--batch B] [--members M] [--duration-s S]\n"
-			"                   [--rate R] [--json]\n");
+	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-file F] [--key NAME] [--ca FILE | --insecure]\n"
+			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
+			"                   [--duration-s S] [--rate R] [--json]\n");
 	exit(2);
 }
 
 static void parse(int argc, char **argv, struct opts *o)
 {
-	*o = (struct opts){getenv("TALLY_CLUSTER"), getenv("TALLY_KEY_FILE"), "admin", "",
-			   4, 16, 1, 100000, 10, 0, false};
+	*o = (struct opts){.cluster = getenv("TALLY_CLUSTER"), .key_file = getenv("TALLY_KEY_FILE"),
+			   .key = "admin", .ca = getenv("TALLY_CA"), .connections = 4, .pipeline = 16,
+			   .batch = 1, .members = 100000, .duration_s = 10};
+	o->insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (strcmp(a, "--json") == 0) {
-			o->json = true;
+		if (strcmp(a, "--json") == 0 || strcmp(a, "--insecure") == 0) {
+			*(a[2] == 'j' ? &o->json : &o->insecure) = true;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -96,6 +103,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		if (strcmp(a, "--cluster") == 0) o->cluster = v;
 		else if (strcmp(a, "--key-file") == 0) o->key_file = v;
 		else if (strcmp(a, "--key") == 0) o->key = v;
+		else if (strcmp(a, "--ca") == 0) o->ca = v;
 		else if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
 		else if (strcmp(a, "--pipeline") == 0) o->pipeline = (unsigned)n;
 		else if (strcmp(a, "--batch") == 0) o->batch = (unsigned)n;
@@ -106,7 +114,7 @@ static void parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->cluster == NULL || o->key_file == NULL || o->connections == 0 || o->connections > 256 ||
 	    o->pipeline == 0 || o->pipeline > INFLIGHT_MAX || o->batch == 0 ||
-	    o->batch > TALLY_BATCH_COMMANDS_MAX || o->members == 0)
+	    o->batch > TALLY_BATCH_COMMANDS_MAX || o->members == 0 || (o->ca == NULL && !o->insecure))
 		usage();
 	struct tally_keys keys;
 	char err[256];
@@ -126,7 +134,7 @@ static void parse(int argc, char **argv, struct opts *o)
 static struct tally_client *open_client(const struct opts *o)
 {
 	struct tally_client_options co = {.cluster = o->cluster, .key_name = o->key,
-					  .secret = o->secret, .timeout_ms = 10000};
+					  .secret = o->secret, .timeout_ms = 10000, .ca_file = o->ca};
 	struct tally_client *c;
 	char err[256];
 	if (tally_client_open(&c, &co, err, sizeof(err)) != CODE(OK)) {

@@ -1,11 +1,14 @@
 /*
  * tallyctl — the command line of a Tally cluster, a contract scripts rely on.
  *
- *   tallyctl [--cluster ADDR,...] [--key-file F] [--key NAME] [--timeout-ms N] [--json]
- *            COMMAND [SUBCOMMAND] [--flag value ...]
+ *   tallyctl [--cluster ADDR,...] [--key-file F] [--key NAME] [--ca FILE | --insecure]
+ *            [--timeout-ms N] [--json] COMMAND [SUBCOMMAND] [--flag value ...]
  *
  * --cluster defaults to $TALLY_CLUSTER, --key-file to $TALLY_KEY_FILE (the keys file
- * the cluster uses: the secret of --key is read from it), --key to "admin".
+ * the cluster uses: the secret of --key is read from it), --key to "admin", --ca to
+ * $TALLY_CA (the cluster's CA certificate: the connection is TLS and the node must
+ * prove it is a member); --insecure (or TALLY_INSECURE=1) talks plaintext to a
+ * cluster started with --insecure.
  * Exit codes (the same in the usage text and README.md):
  *   0  done (also an idempotent replay)
  *   1  a definite rejection (the ledger's or the node's: a code and a message; in
@@ -37,6 +40,8 @@ struct ctl {
 	const char *cluster;
 	const char *key_file;
 	const char *key;
+	const char *ca;                /* the cluster's CA certificate: TLS */
+	bool insecure;                 /* plaintext, for a cluster started with --insecure */
 	unsigned timeout_ms;
 	bool json;
 	const char *words[2];          /* command and subcommand */
@@ -77,7 +82,8 @@ static int usage(const char *why)
 	if (why != NULL)
 		fprintf(stderr, "tallyctl: %s\n", why);
 	fprintf(stderr,
-		"usage: tallyctl [--cluster A,B] [--key-file F] [--key NAME] [--timeout-ms N] [--json] COMMAND ...\n"
+		"usage: tallyctl [--cluster A,B] [--key-file F] [--key NAME] [--ca FILE | --insecure]\n"
+		"                [--timeout-ms N] [--json] COMMAND ...\n"
 		"  brand create|update --id B --name N [--point-value-micros N] [--currency C]\n"
 		"        [--expiry-months N] [--tiers NAME:POINTS,...] [--tier-window-days N]\n"
 		"        [--transfer-max N] [--transfer-daily-cap N] [--community-daily-cap N]\n"
@@ -786,8 +792,8 @@ static int parse(int argc, char **argv, struct ctl *c)
 	int i = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		const char *a = argv[i] + 2;
-		if (strcmp(a, "json") == 0) {
-			c->json = true;
+		if (strcmp(a, "json") == 0 || strcmp(a, "insecure") == 0) {
+			*(a[0] == 'j' ? &c->json : &c->insecure) = true;
 			continue;
 		}
 		if (i + 1 >= argc)
@@ -799,6 +805,8 @@ static int parse(int argc, char **argv, struct ctl *c)
 			c->key_file = v;
 		else if (strcmp(a, "key") == 0)
 			c->key = v;
+		else if (strcmp(a, "ca") == 0)
+			c->ca = v;
 		else if (strcmp(a, "timeout-ms") == 0)
 			c->timeout_ms = (unsigned)strtoul(v, NULL, 10);
 		else
@@ -827,6 +835,11 @@ static int connect_cluster(struct ctl *c)
 {
 	if (c->cluster == NULL || c->key_file == NULL)
 		return usage("--cluster and --key-file (or TALLY_CLUSTER and TALLY_KEY_FILE) are needed");
+	if (c->ca == NULL && !c->insecure)
+		return usage("--ca FILE (or TALLY_CA), the cluster's CA certificate, is needed; "
+			     "--insecure (or TALLY_INSECURE=1) for a plaintext cluster");
+	if (c->ca == NULL)
+		fprintf(stderr, "tallyctl: warning: --insecure: plaintext, the node is not verified\n");
 	struct tally_keys keys;
 	char err[512];
 	if (tally_keys_load(c->key_file, &keys, err, sizeof(err)) != 0) {
@@ -841,7 +854,7 @@ static int connect_cluster(struct ctl *c)
 	}
 	struct tally_client_options o = {.cluster = c->cluster, .key_name = c->key,
 					 .secret = k->secret, .timeout_ms = c->timeout_ms,
-					 .attempts = 20 /* ride out an election */};
+					 .attempts = 20 /* ride out an election */, .ca_file = c->ca};
 	Tally__V1__ResultCode rc = tally_client_open(&c->client, &o, err, sizeof(err));
 	tally_keys_free(&keys);
 	if (rc == CODE(OK))
@@ -881,6 +894,8 @@ int main(int argc, char **argv)
 	static struct ctl c;
 	c.cluster = getenv("TALLY_CLUSTER");
 	c.key_file = getenv("TALLY_KEY_FILE");
+	c.ca = getenv("TALLY_CA");
+	c.insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
 	c.key = "admin";
 	int rc = parse(argc, argv, &c);
 	if (rc != EXIT_DONE)

@@ -470,12 +470,12 @@ static int start(struct daemon *d)
 		logf_(LOG_ERROR, "node: %s", err);
 		return 1;
 	}
-	struct tally_server_config sc = {.listen_address = d->o.client};
+	struct tally_server_config sc = {.listen_address = d->o.client, .tls = d->tls};
 	if (tally_server_init(&d->server, &d->loop, d->node, keys, &sc, err, sizeof(err)) != 0) {
 		logf_(LOG_ERROR, "%s", err);
 		return 1;
 	}
-	if (tally_peerclock_init(&d->peerclock, &d->loop, d->node) != 0) {
+	if (tally_peerclock_init(&d->peerclock, &d->loop, d->node, d->tls) != 0) {
 		logf_(LOG_ERROR, "peer clocks: out of memory");
 		return 1;
 	}
