@@ -7,6 +7,7 @@
 #   make sim SEEDS=N     the deterministic cluster simulator over N seeds (tests/sim.c)
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
 #   make bench-snapshot  take and restore a raft snapshot of a 1,000,000-member ledger
+#   make bench           tally-bench on a local 3-node cluster, over TLS and plaintext
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
 #   make jepsen-smoke    three short fault-injection runs (root: network namespaces)
@@ -172,15 +173,21 @@ bench-snapshot: $(BUILD)/tools/ledger-bench $(BUILD)/tools/snapshot-bench
 		--writemap --dir "$$d/ledger" | tail -1; \
 	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3
 
-# A local 3-node cluster, tally-bench against it, then stop it.
+# A local 3-node cluster, tally-bench against it, then stop it: over TLS (the default)
+# and then plaintext (--insecure), side by side. BENCH_MODES=tls for one of them.
+BENCH_MODES ?= tls insecure
 bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
-	@set -e; d=$$(mktemp -d /tmp/tally-bench-XXXXXX); \
-	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto; \
+	@set -e; for mode in $(BENCH_MODES); do \
+	d=$$(mktemp -d /tmp/tally-bench-XXXXXX); flag=; [ $$mode = insecure ] && flag=--insecure; \
+	echo "== make bench: $$mode"; \
+	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto $$flag; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
-	. $$d/env; export TALLY_CLUSTER TALLY_KEY_FILE TALLY_CA; \
+	( set -a; . $$d/env; set +a; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \
 	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
-	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10
+	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10 ); \
+	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir $$d; rm -rf $$d; trap - EXIT; \
+	done
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster

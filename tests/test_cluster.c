@@ -618,18 +618,25 @@ static Tally__V1__Account *account_of(struct cluster *c, struct tally_client *cl
 	return accounts(c, cl, brand, who, 1, false)->accounts[0];
 }
 
-static Tally__V1__Digest *digest_of(struct cluster *c, int node)
+/* The digest of the node cl is connected to, read there (stale): the transport code. */
+static Tally__V1__ResultCode stale_digest(struct cluster *c, struct tally_client *cl,
+					  Tally__V1__QueryResult **res)
 {
-	char addr[32];
-	client_addr(c, node, addr, sizeof(addr));
-	struct tally_client *cl = connect_to(c, addr, "auditor", secret_of("auditor"));
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	Tally__V1__GetDigest g = TALLY__V1__GET_DIGEST__INIT;
 	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
 	q.digest = &g;
 	q.stale = true;
+	return tally_client_query(cl, &q, &c->arena, res);
+}
+
+static Tally__V1__Digest *digest_of(struct cluster *c, int node)
+{
+	char addr[32];
+	client_addr(c, node, addr, sizeof(addr));
+	struct tally_client *cl = connect_to(c, addr, "auditor", secret_of("auditor"));
 	Tally__V1__QueryResult *res;
-	assert_int_equal(tally_client_query(cl, &q, &c->arena, &res), CODE(OK));
+	assert_int_equal(stale_digest(c, cl, &res), CODE(OK));
 	tally_client_close(cl);
 	return res->digest;
 }
@@ -1498,14 +1505,9 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 		if (now_ms() > deadline)
 			fail_msg("node 1 never logged its keys reload");
 	}
-	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
-	Tally__V1__GetDigest g = TALLY__V1__GET_DIGEST__INIT;
-	q.q_case = TALLY__V1__QUERY__Q_DIGEST;
-	q.digest = &g;
-	q.stale = true;
 	Tally__V1__QueryResult *res;
-	assert_int_equal(tally_client_query(mall_session, &q, &c.arena, &res), CODE(UNAUTHENTICATED));
-	assert_int_equal(tally_client_query(dealer_session, &q, &c.arena, &res), CODE(OK));
+	assert_int_equal(stale_digest(&c, mall_session, &res), CODE(UNAUTHENTICATED));
+	assert_int_equal(stale_digest(&c, dealer_session, &res), CODE(OK));
 	assert_int_equal(metric(&c, 1, "tally_sessions_revoked_total"), 1); /* the mall's only */
 	tally_client_close(mall_session);
 	tally_client_close(dealer_session);
