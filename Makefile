@@ -10,6 +10,7 @@
 #   make bench           tally-bench on a local 3-node cluster, over TLS and plaintext
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
+#   make fuzz FUZZ_S=N   each libFuzzer target for N seconds (clang; tests/fuzz/)
 #   make jepsen-smoke    three short fault-injection runs (root: network namespaces)
 #   make jepsen          every nemesis x every workload, 60 s each, with a summary
 #   make deps            install the Debian packages the build needs (apt-get)
@@ -38,7 +39,8 @@ LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lssl -lcrypto -lpthread
 
 DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lmdb-utils \
                 libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind \
-                python3 iproute2 nftables iptables libfaketime fiu-utils gnuplot-nox
+                python3 iproute2 nftables iptables libfaketime fiu-utils gnuplot-nox \
+                clang libclang-rt-dev
 
 PROTO_C := $(BUILD)/proto/tally.pb-c.c
 PROTO_H := $(BUILD)/proto/tally.pb-c.h
@@ -67,7 +69,7 @@ TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
 .PHONY: all check valgrind sim bench-ledger bench-snapshot bench demo demo-ledger deps clean install \
-        jepsen jepsen-smoke
+        jepsen jepsen-smoke fuzz fuzz-build
 .SECONDARY:
 
 ifneq ($(wildcard rpc/client.c),)
@@ -191,6 +193,32 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
+
+# Fuzzing with libFuzzer (tests/fuzz/README.md): the node's code built by clang into
+# build/fuzz with ASan and UBSan, one binary per target. `make fuzz FUZZ_S=N` runs each
+# for N seconds from its seed corpus (tests/fuzz/corpus/T, kept in the repository)
+# plus what earlier runs found (build/fuzz/corpus/T), and prints its executions.
+FUZZ_TARGETS := frame request apply tls
+FUZZ_S ?= 10
+FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
+            -fno-sanitize-recover=all
+fuzz:
+	@$(MAKE) --no-print-directory BUILD=build/fuzz CC=clang OPT="$(FUZZ_OPT)" fuzz-build
+	@$(MAKE) --no-print-directory build/rel/tools/tally-certs
+	@rm -rf build/fuzz/certs; build/rel/tools/tally-certs init --dir build/fuzz/certs --nodes 1 >/dev/null
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/corpus/$$t; \
+		echo "== fuzz_$$t $(FUZZ_S) s"; \
+		TALLY_FUZZ_CERTS=build/fuzz/certs build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_S) \
+			-print_final_stats=1 -max_len=4096 build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+			2>build/fuzz/fuzz_$$t.log || { tail -40 build/fuzz/fuzz_$$t.log; exit 1; }; \
+		grep -E '^stat::number_of_executed_units|^stat::peak_rss' build/fuzz/fuzz_$$t.log; \
+	done
+
+fuzz-build: $(patsubst %,$(BUILD)/fuzz_%,$(FUZZ_TARGETS))
+
+$(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LEDGER_LIB) $(HEADERS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(LEDGER_LIB) $(LDLIBS)
 
 # Fault injection (jepsen/README.md). One combination:
 #   jepsen/run --workload bank --nemesis partition --time-limit 60 --rate 20 --concurrency 5 --seed 1
