@@ -29,6 +29,7 @@
 #include "consensus/clock.h"
 #include "consensus/node.h"
 #include "rpc/frame.h"
+#include "rpc/keys.h"
 #include "rpc/tally.h"
 #include "tests/ports.h"
 
@@ -1006,6 +1007,68 @@ static Tally__V1__Response *raw_read(int fd)
 	return tally__v1__response__unpack(NULL, len, body);
 }
 
+/* A "Name:   N kB" line of /proc/PID/status, in KiB. */
+static long proc_kb(pid_t pid, const char *name)
+{
+	char path[64], line[256];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	long kb = -1;
+	while (fgets(line, sizeof(line), f) != NULL)
+		if (strncmp(line, name, strlen(name)) == 0)
+			kb = strtol(line + strlen(name), NULL, 10);
+	fclose(f);
+	assert_true(kb >= 0);
+	return kb;
+}
+
+/* Writes one request as a frame. */
+static void raw_send(int fd, const Tally__V1__Request *rq)
+{
+	size_t n = tally__v1__request__get_packed_size(rq);
+	uint8_t *buf = malloc(n + TALLY_FRAME_HEADER_BYTES);
+	assert_non_null(buf);
+	tally__v1__request__pack(rq, buf + TALLY_FRAME_HEADER_BYTES);
+	tally_frame_header(buf, (uint32_t)n);
+	for (size_t at = 0; at < n + TALLY_FRAME_HEADER_BYTES;) {
+		ssize_t w = write(fd, buf + at, n + TALLY_FRAME_HEADER_BYTES - at);
+		assert_true(w > 0);
+		at += (size_t)w;
+	}
+	free(buf);
+}
+
+/* The key handshake by hand on a plaintext (--insecure) connection. */
+static void raw_login(int fd, const char *key)
+{
+	Tally__V1__Hello hello = TALLY__V1__HELLO__INIT;
+	hello.version = 1;
+	hello.key_name = (char *)key;
+	Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
+	rq.call_id = 1;
+	rq.body_case = TALLY__V1__REQUEST__BODY_HELLO;
+	rq.hello = &hello;
+	raw_send(fd, &rq);
+	Tally__V1__Response *res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->body_case, TALLY__V1__RESPONSE__BODY_CHALLENGE);
+	uint8_t mac[TALLY_HMAC_BYTES];
+	tally_keys_proof(secret_of(key), res->challenge->nonce.data, NULL, key, mac);
+	tally__v1__response__free_unpacked(res, NULL);
+	Tally__V1__Proof proof = TALLY__V1__PROOF__INIT;
+	proof.hmac.data = mac;
+	proof.hmac.len = sizeof(mac);
+	rq.call_id = 2;
+	rq.body_case = TALLY__V1__REQUEST__BODY_PROOF;
+	rq.proof = &proof;
+	raw_send(fd, &rq);
+	res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->body_case, TALLY__V1__RESPONSE__BODY_WELCOME);
+	tally__v1__response__free_unpacked(res, NULL);
+}
+
 static bool raw_eof(int fd)
 {
 	struct pollfd p = {fd, POLLIN, 0};
@@ -1096,6 +1159,54 @@ static void test_malformed_and_oversized_frames_are_answered_and_the_cluster_kee
 	assert_non_null(res);
 	assert_int_equal(res->code, CODE(UNAUTHENTICATED));
 	tally__v1__response__free_unpacked(res, NULL);
+	close(fd);
+	/* After login, a batch of two million empty commands in one 4 MB frame: refused by
+	 * counting on the wire, before protobuf-c would allocate them; the session goes on. */
+	fd = raw_connect(&c, 1);
+	raw_login(fd, "admin");
+	long peak_before = proc_kb(c.pid[1], "VmHWM:");
+	enum { FLOOD = 2000000 };
+	size_t body = 2 * FLOOD, at = 0;
+	uint8_t *flood = malloc(body + 16);
+	assert_non_null(flood);
+	uint32_t frame = (uint32_t)(2 + 1 + 4 + body); /* call id, batch tag, length, commands */
+	tally_frame_header(flood, frame);
+	at = TALLY_FRAME_HEADER_BYTES;
+	flood[at++] = 0x08, flood[at++] = 77;                 /* call_id 77 */
+	flood[at++] = 0x2a;                                   /* field 5 (batch), bytes */
+	size_t v = body;
+	for (; v >= 0x80; v >>= 7)
+		flood[at++] = (uint8_t)(v | 0x80);
+	flood[at++] = (uint8_t)v;                             /* 4 bytes of varint */
+	for (size_t i = 0; i < FLOOD; i++)
+		flood[at++] = 0x0a, flood[at++] = 0x00;           /* commands: one empty each */
+	assert_int_equal(at, TALLY_FRAME_HEADER_BYTES + frame);
+	for (size_t off = 0; off < at;) {
+		ssize_t w = write(fd, flood + off, at - off);
+		assert_true(w > 0);
+		off += (size_t)w;
+	}
+	free(flood);
+	res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->call_id, 77);
+	assert_int_equal(res->code, CODE(INVALID_ARGUMENT));
+	assert_non_null(strstr(res->message, "8192"));
+	tally__v1__response__free_unpacked(res, NULL);
+	/* Decoded, they took over 200 MB: the node's peak grew by the frame's buffers only. */
+	long grown = proc_kb(c.pid[1], "VmHWM:") - peak_before;
+	if (grown > 100 * 1024)
+		fail_msg("node 1's peak memory grew by %ld KiB over the flood", grown);
+	Tally__V1__Ping ping = TALLY__V1__PING__INIT;
+	rq = (Tally__V1__Request)TALLY__V1__REQUEST__INIT;
+	rq.call_id = 78;
+	rq.body_case = TALLY__V1__REQUEST__BODY_PING;
+	rq.ping = &ping;
+	raw_send(fd, &rq);
+	res = raw_read(fd);
+	assert_non_null(res);
+	assert_int_equal(res->call_id, 78);
+	tally__v1__response__free_unpacked(res, NULL); /* still open: the ping was answered */
 	close(fd);
 	/* The cluster still serves. */
 	struct tally_client *admin = client(&c, "admin");
