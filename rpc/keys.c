@@ -337,6 +337,37 @@ int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t 
 	return 0;
 }
 
+int tally_keys_load_client(const char *file, const char *dir, const char *name,
+			   struct tally_key *out, char *err, size_t errcap)
+{
+	assert(out != NULL && (file != NULL || (dir != NULL && name != NULL)));
+	char path[4096];
+	if (file == NULL) {
+		if (strchr(name, '/') != NULL || strlen(dir) + strlen(name) + 6 >= sizeof(path)) {
+			snprintf(err, errcap, "key name %.64s: not a file name", name);
+			return TALLY_EINVAL;
+		}
+		snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+		file = path;
+	}
+	struct tally_keys ks;
+	int rc = tally_keys_load(file, &ks, err, errcap);
+	if (rc != 0)
+		return rc;
+	if (ks.n != 1 || (name != NULL && strcmp(ks.keys[0].name, name) != 0)) {
+		if (ks.n != 1)
+			snprintf(err, errcap, "%.200s holds %zu keys: a client key file holds one "
+					      "(the server's keys file is not for clients)", file, ks.n);
+		else
+			snprintf(err, errcap, "%.200s holds key %s, not %.64s", file, ks.keys[0].name, name);
+		tally_keys_free(&ks);
+		return TALLY_EINVAL;
+	}
+	*out = ks.keys[0];
+	tally_keys_free(&ks);
+	return 0;
+}
+
 bool tally_keys_equal(const struct tally_key *a, const struct tally_key *b)
 {
 	assert(a != NULL && b != NULL);

@@ -48,6 +48,14 @@ bool tally_keys_equal(const struct tally_key *a, const struct tally_key *b);
 int tally_keys_load(const char *path, struct tally_keys *out, char *err, size_t errcap);
 void tally_keys_free(struct tally_keys *k);
 
+/* A client's one key. A client key file holds exactly one key line (0600, as the
+ * server's): `file` when given, else `dir`/NAME.key (tally-cluster writes one per key).
+ * name NULL takes the file's key whatever its name; otherwise the names must match.
+ * The server's keys file (several keys) is refused: a client that needs one secret
+ * does not load them all. Returns 0, or TALLY_EINVAL / TALLY_EIO with err set. */
+int tally_keys_load_client(const char *file, const char *dir, const char *name,
+			   struct tally_key *out, char *err, size_t errcap);
+
 /* The key named `name`, or NULL. */
 const struct tally_key *tally_keys_find(const struct tally_keys *k, const char *name);
 

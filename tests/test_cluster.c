@@ -253,14 +253,26 @@ static void node_signal(struct cluster *c, int i, int sig)
 	}
 }
 
+/* The nodes' keys file, and one client key file per key in keys/ (tallyctl --key-dir). */
 static void write_keys_with(struct cluster *c, const char *mall_secret)
 {
 	FILE *f = fopen(c->keys, "w");
 	assert_non_null(f);
+	char dir[320], path[400];
+	snprintf(dir, sizeof(dir), "%s/keys", c->dir);
+	mkdir(dir, 0700);
 	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++) {
 		const char *k = secrets[i][0];
-		fprintf(f, "%s %s %s %s\n", k, secrets[i][1], secrets[i][2],
-			strcmp(k, "mall") == 0 ? mall_secret : secrets[i][3]);
+		char line[256];
+		snprintf(line, sizeof(line), "%s %s %s %s\n", k, secrets[i][1], secrets[i][2],
+			 strcmp(k, "mall") == 0 ? mall_secret : secrets[i][3]);
+		fputs(line, f);
+		snprintf(path, sizeof(path), "%s/%s.key", dir, k);
+		FILE *one = fopen(path, "w");
+		assert_non_null(one);
+		fputs(line, one);
+		fclose(one);
+		assert_int_equal(chmod(path, 0600), 0);
 	}
 	fclose(f);
 	assert_int_equal(chmod(c->keys, 0600), 0);
@@ -1920,8 +1932,8 @@ static int tallyctl(struct cluster *c, const char *cluster, const char *args, ch
 		snprintf(trust, sizeof(trust), "TALLY_INSECURE=1");
 	else
 		snprintf(trust, sizeof(trust), "TALLY_CA=%s", c->ca);
-	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_FILE=%s %s %s --json %s 2>&1",
-		 cluster, c->keys, trust, ctl, args);
+	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_DIR=%s/keys %s %s --json %s 2>&1",
+		 cluster, c->dir, trust, ctl, args);
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
 	size_t n = fread(out, 1, cap - 1, p);

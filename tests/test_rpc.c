@@ -198,6 +198,37 @@ static void expect_rejected(const char *text, const char *want)
 
 #define GOOD_LINE "admin-1 admin * 0123456789abcdef\n"
 
+/* A client loads its own key only: one key per file, by file or by directory. */
+static void test_a_client_key_file_holds_one_key(void **state)
+{
+	(void)state;
+	struct keyfile kf;
+	struct tally_key k;
+	char err[512];
+	keyfile_write(&kf, GOOD_LINE);
+	assert_int_equal(tally_keys_load_client(kf.path, NULL, NULL, &k, err, sizeof(err)), 0);
+	assert_string_equal(k.name, "admin-1");
+	assert_int_equal(tally_keys_load_client(kf.path, NULL, "admin-1", &k, err, sizeof(err)), 0);
+	assert_int_equal(tally_keys_load_client(kf.path, NULL, "mall-1", &k, err, sizeof(err)),
+			 TALLY_EINVAL);
+	assert_non_null(strstr(err, "not mall-1"));
+	/* by directory: DIR/NAME.key */
+	char path[400];
+	snprintf(path, sizeof(path), "%s/admin-1.key", kf.dir);
+	assert_int_equal(rename(kf.path, path), 0);
+	assert_int_equal(tally_keys_load_client(NULL, kf.dir, "admin-1", &k, err, sizeof(err)), 0);
+	assert_string_equal(k.secret, "0123456789abcdef");
+	assert_int_equal(tally_keys_load_client(NULL, kf.dir, "../x", &k, err, sizeof(err)), TALLY_EINVAL);
+	assert_int_equal(rename(path, kf.path), 0);
+	keyfile_remove(&kf);
+	/* the nodes' file, with every secret, is not a client's */
+	keyfile_write(&kf, GOOD_LINE "mall-1 mall * fedcba9876543210\n");
+	assert_int_equal(tally_keys_load_client(kf.path, NULL, "admin-1", &k, err, sizeof(err)),
+			 TALLY_EINVAL);
+	assert_non_null(strstr(err, "holds 2 keys"));
+	keyfile_remove(&kf);
+}
+
 /* Secrets that others could read are refused, whatever the file holds. */
 static void test_a_keys_file_readable_by_others_is_refused(void **state)
 {
@@ -1662,6 +1693,7 @@ int main(void)
 		cmocka_unit_test(test_frame_reader_refuses_an_announced_length_over_the_limit),
 		cmocka_unit_test(test_frame_reader_accepts_a_zero_length_frame),
 		cmocka_unit_test(test_a_keys_file_readable_by_others_is_refused),
+		cmocka_unit_test(test_a_client_key_file_holds_one_key),
 		cmocka_unit_test(test_keys_file_with_comments_and_blank_lines_loads_every_key),
 		cmocka_unit_test(test_keys_principal_carries_name_role_and_brand_scope),
 		cmocka_unit_test(test_role_names_round_trip_and_unknown_is_refused),

@@ -1,11 +1,11 @@
 /*
  * tally-bench: load on a running cluster through libtally.
  *
- *   tally-bench [--cluster A,B,C] [--key-file F] [--key admin] [--ca FILE | --insecure]
+ *   tally-bench [--cluster A,B,C] [--key-dir D [--key admin] | --key-file F] [--ca FILE | --insecure]
  *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
  *               [--rate R] [--json]
  *
- * --ca defaults to $TALLY_CA (TLS, as tallyctl); --insecure (or TALLY_INSECURE=1) for a
+ * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
  * C connections (one thread each) keep P requests in flight; each request carries one
  * command, or B commands with --batch. The mix is the peers' points-op mix: 70 %
@@ -33,6 +33,7 @@
 struct opts {
 	const char *cluster;
 	const char *key_file;
+	const char *key_dir;
 	const char *key;
 	char secret[TALLY_SECRET_BYTES_MAX + 1];
 	const char *ca;
@@ -78,7 +79,8 @@ static uint64_t rnd(uint64_t *s)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-file F] [--key NAME] [--ca FILE | --insecure]\n"
+	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
+			"                   [--ca FILE | --insecure]\n"
 			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
 			"                   [--duration-s S] [--rate R] [--json]\n");
 	exit(2);
@@ -87,7 +89,7 @@ static void usage(void)
 static void parse(int argc, char **argv, struct opts *o)
 {
 	*o = (struct opts){.cluster = getenv("TALLY_CLUSTER"), .key_file = getenv("TALLY_KEY_FILE"),
-			   .key = "admin", .ca = getenv("TALLY_CA"), .connections = 4, .pipeline = 16,
+			   .key_dir = getenv("TALLY_KEY_DIR"), .ca = getenv("TALLY_CA"), .connections = 4, .pipeline = 16,
 			   .batch = 1, .members = 100000, .duration_s = 10};
 	o->insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
 	for (int i = 1; i < argc; i++) {
@@ -102,6 +104,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		unsigned long n = strtoul(v, NULL, 10);
 		if (strcmp(a, "--cluster") == 0) o->cluster = v;
 		else if (strcmp(a, "--key-file") == 0) o->key_file = v;
+		else if (strcmp(a, "--key-dir") == 0) o->key_dir = v;
 		else if (strcmp(a, "--key") == 0) o->key = v;
 		else if (strcmp(a, "--ca") == 0) o->ca = v;
 		else if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
@@ -112,23 +115,22 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
 		else usage();
 	}
-	if (o->cluster == NULL || o->key_file == NULL || o->connections == 0 || o->connections > 256 ||
-	    o->pipeline == 0 || o->pipeline > INFLIGHT_MAX || o->batch == 0 ||
+	if (o->cluster == NULL || (o->key_file == NULL && o->key_dir == NULL) || o->connections == 0 ||
+	    o->connections > 256 || o->pipeline == 0 || o->pipeline > INFLIGHT_MAX || o->batch == 0 ||
 	    o->batch > TALLY_BATCH_COMMANDS_MAX || o->members == 0 || (o->ca == NULL && !o->insecure))
 		usage();
-	struct tally_keys keys;
-	char err[256];
-	if (tally_keys_load(o->key_file, &keys, err, sizeof(err)) != 0) {
+	struct tally_key key;
+	char err[512];
+	const char *name = o->key != NULL || o->key_file != NULL ? o->key : "admin";
+	if (tally_keys_load_client(o->key_file, o->key_file != NULL ? NULL : o->key_dir, name, &key,
+				   err, sizeof(err)) != 0) {
 		fprintf(stderr, "tally-bench: %s\n", err);
 		exit(2);
 	}
-	const struct tally_key *k = tally_keys_find(&keys, o->key);
-	if (k == NULL) {
-		fprintf(stderr, "tally-bench: no key %s\n", o->key);
-		exit(2);
-	}
-	snprintf(o->secret, sizeof(o->secret), "%s", k->secret);
-	tally_keys_free(&keys);
+	o->key = strdup(key.name);
+	_Static_assert(sizeof(o->secret) == sizeof(key.secret), "secret buffers");
+	memcpy(o->secret, key.secret, sizeof(o->secret));
+	memset(&key, 0, sizeof(key));
 }
 
 static struct tally_client *open_client(const struct opts *o)

@@ -1,11 +1,13 @@
 /*
  * tallyctl — the command line of a Tally cluster, a contract scripts rely on.
  *
- *   tallyctl [--cluster ADDR,...] [--key-file F] [--key NAME] [--ca FILE | --insecure]
+ *   tallyctl [--cluster ADDR,...] [--key-dir D [--key NAME] | --key-file F] [--ca FILE | --insecure]
  *            [--timeout-ms N] [--json] COMMAND [SUBCOMMAND] [--flag value ...]
  *
- * --cluster defaults to $TALLY_CLUSTER, --key-file to $TALLY_KEY_FILE (the keys file
- * the cluster uses: the secret of --key is read from it), --key to "admin", --ca to
+ * --cluster defaults to $TALLY_CLUSTER. The key: --key-file F ($TALLY_KEY_FILE), a
+ * client key file holding one key line (mode 0600), or --key-dir D ($TALLY_KEY_DIR)
+ * with one such file per key, D/NAME.key, and --key NAME (default admin); the server's
+ * keys file, every secret in it, is refused. --ca defaults to
  * $TALLY_CA (the cluster's CA certificate: the connection is TLS and the node must
  * prove it is a member); --insecure (or TALLY_INSECURE=1) talks plaintext to a
  * cluster started with --insecure.
@@ -28,6 +30,8 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include <openssl/crypto.h>
+
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 
@@ -39,6 +43,7 @@ enum { EXIT_DONE = 0, EXIT_REJECTED = 1, EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3, E
 struct ctl {
 	const char *cluster;
 	const char *key_file;
+	const char *key_dir;           /* NAME.key per key (tally-cluster's keys/) */
 	const char *key;
 	const char *ca;                /* the cluster's CA certificate: TLS */
 	bool insecure;                 /* plaintext, for a cluster started with --insecure */
@@ -82,7 +87,7 @@ static int usage(const char *why)
 	if (why != NULL)
 		fprintf(stderr, "tallyctl: %s\n", why);
 	fprintf(stderr,
-		"usage: tallyctl [--cluster A,B] [--key-file F] [--key NAME] [--ca FILE | --insecure]\n"
+		"usage: tallyctl [--cluster A,B] [--key-dir D [--key NAME] | --key-file F] [--ca FILE | --insecure]\n"
 		"                [--timeout-ms N] [--json] COMMAND ...\n"
 		"  brand create|update --id B --name N [--point-value-micros N] [--currency C]\n"
 		"        [--expiry-months N] [--tiers NAME:POINTS,...] [--tier-window-days N]\n"
@@ -745,12 +750,18 @@ static int cmd_status(struct ctl *c)
 		printf("}\n");
 		return EXIT_DONE;
 	}
-	printf("node %" PRIu64 " (%s), term %" PRIu64 ", applied %" PRIu64 ", leader %" PRIu64 " at %s\n",
-	       s->node_id, s->state, s->term, s->applied_index, l ? l->id : 0,
-	       l && l->client_address ? l->client_address : "?");
-	for (size_t i = 0; i < s->n_nodes; i++)
-		printf("  %" PRIu64 " %-8s %s (raft %s)\n", s->nodes[i]->id, s->nodes[i]->role,
-		       s->nodes[i]->client_address, s->nodes[i]->address);
+	printf("node %" PRIu64 " (%s), term %" PRIu64 ", applied %" PRIu64 ", leader %" PRIu64 "\n",
+	       s->node_id, s->state, s->term, s->applied_index, l ? l->id : 0);
+	bool hidden = false;
+	for (size_t i = 0; i < s->n_nodes; i++) {
+		const Tally__V1__NodeInfo *n = s->nodes[i];
+		hidden |= n->address == NULL || n->address[0] == '\0';
+		printf("  %" PRIu64 " %-8s %s (raft %s)\n", n->id, n->role,
+		       n->client_address && n->client_address[0] ? n->client_address : "-",
+		       n->address && n->address[0] ? n->address : "-");
+	}
+	if (hidden)
+		printf("(node addresses are shown to operator keys and admin keys of scope *)\n");
 	return EXIT_DONE;
 }
 
@@ -803,6 +814,8 @@ static int parse(int argc, char **argv, struct ctl *c)
 			c->cluster = v;
 		else if (strcmp(a, "key-file") == 0)
 			c->key_file = v;
+		else if (strcmp(a, "key-dir") == 0)
+			c->key_dir = v;
 		else if (strcmp(a, "key") == 0)
 			c->key = v;
 		else if (strcmp(a, "ca") == 0)
@@ -833,30 +846,28 @@ static int parse(int argc, char **argv, struct ctl *c)
 
 static int connect_cluster(struct ctl *c)
 {
-	if (c->cluster == NULL || c->key_file == NULL)
-		return usage("--cluster and --key-file (or TALLY_CLUSTER and TALLY_KEY_FILE) are needed");
+	if (c->cluster == NULL || (c->key_file == NULL && c->key_dir == NULL))
+		return usage("--cluster and --key-file or --key-dir (or TALLY_CLUSTER and "
+			     "TALLY_KEY_FILE or TALLY_KEY_DIR) are needed");
 	if (c->ca == NULL && !c->insecure)
 		return usage("--ca FILE (or TALLY_CA), the cluster's CA certificate, is needed; "
 			     "--insecure (or TALLY_INSECURE=1) for a plaintext cluster");
 	if (c->ca == NULL)
 		fprintf(stderr, "tallyctl: warning: --insecure: plaintext, the node is not verified\n");
-	struct tally_keys keys;
+	struct tally_key k;
 	char err[512];
-	if (tally_keys_load(c->key_file, &keys, err, sizeof(err)) != 0) {
+	/* A key file names its key; a key directory needs the name (admin by default). */
+	const char *name = c->key != NULL || c->key_file != NULL ? c->key : "admin";
+	if (tally_keys_load_client(c->key_file, c->key_file != NULL ? NULL : c->key_dir, name, &k,
+				   err, sizeof(err)) != 0) {
 		fprintf(stderr, "tallyctl: %s\n", err);
 		return EXIT_USAGE;
 	}
-	const struct tally_key *k = tally_keys_find(&keys, c->key);
-	if (k == NULL) {
-		fprintf(stderr, "tallyctl: no key %s in %s\n", c->key, c->key_file);
-		tally_keys_free(&keys);
-		return EXIT_USAGE;
-	}
-	struct tally_client_options o = {.cluster = c->cluster, .key_name = c->key,
-					 .secret = k->secret, .timeout_ms = c->timeout_ms,
+	struct tally_client_options o = {.cluster = c->cluster, .key_name = k.name,
+					 .secret = k.secret, .timeout_ms = c->timeout_ms,
 					 .attempts = 20 /* ride out an election */, .ca_file = c->ca};
 	Tally__V1__ResultCode rc = tally_client_open(&c->client, &o, err, sizeof(err));
-	tally_keys_free(&keys);
+	OPENSSL_cleanse(&k, sizeof(k));
 	if (rc == CODE(OK))
 		return EXIT_DONE;
 	fprintf(stderr, "tallyctl: %s\n", err);
@@ -894,9 +905,9 @@ int main(int argc, char **argv)
 	static struct ctl c;
 	c.cluster = getenv("TALLY_CLUSTER");
 	c.key_file = getenv("TALLY_KEY_FILE");
+	c.key_dir = getenv("TALLY_KEY_DIR");
 	c.ca = getenv("TALLY_CA");
 	c.insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
-	c.key = "admin";
 	int rc = parse(argc, argv, &c);
 	if (rc != EXIT_DONE)
 		return rc;
