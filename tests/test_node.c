@@ -585,6 +585,28 @@ static void assert_ledger_time_bounded(struct cluster *c, int i)
 			 (long long)(ledger - real), CLOCK_ERROR_MAX_MS);
 }
 
+/* Every node's clocks agree, all three, within the bound: no sample of a clock a
+ * previous test moved is still held (samples live CLOCK_SAMPLE_AGE_MAX_MS; under
+ * valgrind the sampler can lag the reset, and a stale sample of a clock an hour ahead
+ * would agree with a node a test now moves an hour ahead: two faulty clocks of three,
+ * outside what ledger time promises). */
+static bool clocks_settled(struct cluster *c)
+{
+	unsigned open = 0;
+	for (int i = 0; i < NODES; i++)
+		open += !c->closed[i] && c->node[i] != NULL;
+	for (int i = 0; i < NODES; i++) {
+		struct tally_node_clock k;
+		if (c->closed[i] || c->node[i] == NULL)
+			continue;
+		tally_node_clock_status(c->node[i], &k);
+		if (!k.synchronized || k.agreeing != open || k.offset_ms > CLOCK_ERROR_MAX_MS ||
+		    k.offset_ms < -CLOCK_ERROR_MAX_MS)
+			return false;
+	}
+	return true;
+}
+
 static bool leader_synchronized_off_an_hour(struct cluster *c)
 {
 	int leader = leader_of(c);
@@ -601,6 +623,7 @@ static void test_a_leader_whose_clock_steps_an_hour_ahead_releases_no_hold_early
 {
 	struct cluster *c = *state;
 	assert_true(run_until(c, one_leader, WAIT_MS));
+	assert_true(run_until(c, clocks_settled, WAIT_MS));
 	int leader = leader_of(c);
 	uint64_t hold = hold_m2(c, 10, 120);
 	c->wall_offset_ms[leader] = 3600000;
@@ -633,6 +656,7 @@ static void test_a_node_an_hour_ahead_at_election_releases_no_hold_early(void **
 {
 	struct cluster *c = *state;
 	assert_true(run_until(c, one_leader, WAIT_MS));
+	assert_true(run_until(c, clocks_settled, WAIT_MS));
 	int leader = leader_of(c);
 	uint64_t hold = hold_m2(c, 10, 120);
 	new_leader = follower_of(c, leader);
@@ -666,6 +690,7 @@ static void test_when_every_clock_agrees_time_passed_ledger_time_catches_up(void
 {
 	struct cluster *c = *state;
 	assert_true(run_until(c, one_leader, WAIT_MS));
+	assert_true(run_until(c, clocks_settled, WAIT_MS));
 	uint64_t hold = hold_m2(c, 10, 900);
 	int leader = leader_of(c);
 	uint64_t catchups0;
@@ -709,6 +734,7 @@ static void test_without_a_majority_of_agreeing_clocks_writes_are_refused_unappl
 {
 	struct cluster *c = *state;
 	assert_true(run_until(c, one_leader, WAIT_MS));
+	assert_true(run_until(c, clocks_settled, WAIT_MS));
 	int64_t base = c->wall_offset_ms[0];
 	c->wall_offset_ms[0] = base + 3600000;
 	c->wall_offset_ms[1] = base - 3600000;
