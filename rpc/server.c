@@ -776,8 +776,10 @@ static void conn_drain(struct conn *c)
 	c->draining = true;
 	while (c->state != C_CLOSING) {
 		if (c->calls >= SERVER_CONN_CALLS_MAX) {
-			if (c->reading)
+			if (c->reading) {
 				uv_read_stop((uv_stream_t *)&c->tcp);
+				c->s->stats.reads_paused++;
+			}
 			c->reading = false;
 			break;
 		}

@@ -50,6 +50,7 @@ struct tally_server_stats {
 	uint64_t auth_failures;
 	uint64_t tls_failures;          /* TLS handshakes or records that failed */
 	uint64_t sessions_revoked;      /* ended by a keys reload (key removed or changed) */
+	uint64_t reads_paused;          /* a connection at its cap of requests in the node */
 	uint64_t bad_frames;
 	uint64_t requests;
 	uint64_t results[32];           /* command results by ResultCode */

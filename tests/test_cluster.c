@@ -1665,6 +1665,37 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 	cluster_stop(&c);
 }
 
+/* More requests pipelined on one connection to the leader than a connection may have
+ * in the node (1024, rpc/server.c): the node stops reading it until answers go out
+ * (counted in tally_connection_reads_paused_total), and every request is answered. */
+static void assert_pipelining_is_throttled_not_refused(struct cluster *c, int leader)
+{
+	enum { PIPELINED = 3000 };
+	char addr[32];
+	client_addr(c, leader, addr, sizeof(addr));
+	struct tally_client *cl = connect_to(c, addr, "admin", secret_of("admin"));
+	double paused = metric(c, leader, "tally_connection_reads_paused_total");
+	for (int i = 0; i < PIPELINED; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "piped-%d", i);
+		Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
+		rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		rq.command = member_cmd(c, tally_arena_strdup(&c->arena, id));
+		assert_int_equal(tally_client_send(cl, &rq), CODE(OK));
+	}
+	int ok = 0, elsewhere = 0;
+	for (int i = 0; i < PIPELINED; i++) {
+		Tally__V1__Response *res = NULL;
+		assert_int_equal(tally_client_recv(cl, &c->arena, &res), CODE(OK));
+		ok += res->code == CODE(OK) && res->result != NULL && res->result->code == CODE(OK);
+		elsewhere += res->code == CODE(NOT_LEADER);
+	}
+	tally_client_close(cl);
+	assert_int_equal(ok + elsewhere, PIPELINED);
+	if (elsewhere == 0) /* answered by the leader throughout: its calls waited for raft */
+		assert_true(metric(c, leader, "tally_connection_reads_paused_total") > paused);
+}
+
 static void test_metrics_and_health_are_served_over_http(void **state)
 {
 	(void)state;
@@ -1682,6 +1713,7 @@ static void test_metrics_and_health_are_served_over_http(void **state)
 	assert_non_null(strstr(body, "tally_raft_leader 1"));
 	assert_non_null(strstr(body, "tally_results_total{code=\"ALREADY_EXISTS\"} 1"));
 	assert_int_equal(http_get(&c, (int)leader, "/nope", body, sizeof(body)), 404);
+	assert_pipelining_is_throttled_not_refused(&c, (int)leader);
 	/* Ready everywhere once every node heard of the leader's commits. */
 	for (int i = 1; i <= 3; i++)
 		print_message("node %d /health: %s", i, await_health(&c, i, 200, "ok\n"));

@@ -355,6 +355,9 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 	at = emit(buf, cap, at, "# TYPE tally_sessions_revoked_total counter\n"
 				"tally_sessions_revoked_total %llu\n",
 		  (unsigned long long)ss->sessions_revoked);
+	at = emit(buf, cap, at, "# TYPE tally_connection_reads_paused_total counter\n"
+				"tally_connection_reads_paused_total %llu\n",
+		  (unsigned long long)ss->reads_paused);
 	at = render_clock(d, buf, cap, at);
 	at = emit(buf, cap, at, "# TYPE tally_results_total counter\n");
 	for (int code = 1; code < 32; code++)
