@@ -3,7 +3,7 @@
  *
  * Keys file: one key per line, `NAME ROLE BRANDS SECRET`; '#' starts a comment;
  * blank lines are ignored. NAME 1..64 printable bytes without spaces; ROLE one of
- * admin, mall, community, dealer, partner, auditor (never "system"); BRANDS a comma
+ * admin, mall, community, dealer, partner, auditor, operator (never "system"); BRANDS a comma
  * list of brand ids or "*"; SECRET at least 16 printable bytes.
  *
  * Handshake: client → Hello{key_name}; server → Challenge{nonce (32 random bytes)};
