@@ -25,11 +25,16 @@
 
 #include "consensus/internal.h"
 
-/* raft_io->recv, wrapped: notes the leader's commit index, then hands the message on. */
+/* raft_io->recv, wrapped: refuses a message contradicting a committed entry
+ * (recvguard.c), notes the leader's commit index, then hands the message on. */
 static void health_recv(struct raft_io *io, struct raft_message *m)
 {
 	struct tally_node *n = node_of_io(io);
 	assert(n != NULL && m != NULL && n->raft_recv != NULL);
+	if (!node_recv_guard(n, m)) { /* refused: raft rejects it; it tells nothing */
+		n->raft_recv(io, m);
+		return;
+	}
 	uint64_t committed = m->type == RAFT_IO_APPEND_ENTRIES ? m->append_entries.leader_commit
 			     : m->type == RAFT_IO_INSTALL_SNAPSHOT ? m->install_snapshot.last_index
 								   : 0;

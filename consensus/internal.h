@@ -200,6 +200,11 @@ void node_queues_fail(struct tally_node *n);
  * from below this node's snapshot), before raft sees it. */
 void node_recv_fix(struct tally_node *n, struct raft_message *m);
 
+/* recvguard.c: an AppendEntries that contradicts a committed entry of this node is
+ * logged, counted and turned into one raft rejects untouched (its term set to 0):
+ * false then, true for any other message. */
+bool node_recv_guard(struct tally_node *n, struct raft_message *m);
+
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (node_fail_stop). Call after raft_uv_init. */
 void node_ioguard_install(struct tally_node *n);

@@ -169,6 +169,8 @@ struct tally_node_stats {
 	uint64_t rejections[32];     /* by ResultCode */
 	uint64_t loop_stall_max_us;  /* the most the tick timer (every heartbeat_ms) fired late:
 				      * the longest the node's loop was kept from heartbeats */
+	uint64_t raft_messages_refused; /* peers' messages contradicting a committed entry
+					 * (consensus/recvguard.c) */
 };
 const struct tally_node_stats *tally_node_stats(struct tally_node *n);
 

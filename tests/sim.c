@@ -1156,7 +1156,8 @@ static void replicas_differ(struct sim *s, unsigned i)
 		 (long long)b.time_ms, (long long)a.time_ms, where);
 }
 
-/* Byte-equal replicas that each pass the full invariant check. */
+/* Byte-equal replicas that each pass the full invariant check, none of which took a
+ * correct peer for a faulty one (consensus/recvguard.c). */
 static void check_replicas(struct sim *s, uint8_t fingerprint[32])
 {
 	uint8_t first[32];
@@ -1168,6 +1169,9 @@ static void check_replicas(struct sim *s, uint8_t fingerprint[32])
 			sim_fail(s, "node %u: invariants: %s", i + 1, msg);
 		else if (tally_ledger_content_hash(l, h) != 0)
 			sim_fail(s, "node %u: no content hash", i + 1);
+		else if (tally_node_stats(s->node[i].n)->raft_messages_refused != 0)
+			sim_fail(s, "node %u refused a correct peer's message as contradicting "
+				    "a committed entry", i + 1);
 		else if (i > 0 && memcmp(h, first, 32) != 0)
 			replicas_differ(s, i);
 		memcpy(i == 0 ? first : h, h, 32);

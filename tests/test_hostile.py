@@ -41,6 +41,18 @@ def raft_forgery(claimed_id, address):
     return hello + struct.pack("<II", 1, len(body)) + body
 
 
+def append_entries(term, prev_index, prev_term, commit, entry_terms):
+    """One AppendEntries in raft_uv 0.15's encoding (all little endian): message type
+    and header length; term, previous index and term, leader commit, entry count, a
+    16-byte header per entry (term, type, size), 8 bytes raft reserves; then each
+    entry's data (here 64 bytes of a command nobody wrote)."""
+    header = struct.pack("<QQQQQ", term, prev_index, prev_term, commit, len(entry_terms))
+    for t in entry_terms:
+        header += struct.pack("<QB3xI", t, 1, 64)  # RAFT_COMMAND, 64 bytes
+    header += b"\0" * 8
+    return struct.pack("<QQ", 1, len(header)) + header + b"\x2a" * 64 * len(entry_terms)
+
+
 class HostileRaftPeers(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -192,6 +204,31 @@ class HostileRaftPeers(unittest.TestCase):
         tail = self.wait_refused(1, before, "claims node 2")
         self.assertIn("certificate names node 3", tail)
         self.assert_cluster_intact()
+
+    def test_an_insider_contradicting_committed_entries_is_refused(self):
+        """Whoever holds node 2's key speaks for node 2 (raft trusts its members), but a
+        message that contradicts entries node 1 knows are committed cannot be from a
+        correct leader: node 1 refuses it and keeps serving, its term untouched."""
+        certs = os.path.join(self.dir, "certs")
+        raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
+        s = self.tls_context(certs, 2).wrap_socket(raw)
+        addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(2), self.base + 102)).encode()
+        s.sendall(struct.pack(">IBQB", 0x544C5952, 1, 2, len(addr)) + addr)
+        before = len(self.log(1))
+        refused = self.metric(1, "tally_raft_messages_refused_total")
+        # index 1 (the cluster's first configuration, term 1) is committed everywhere:
+        # a previous entry of another term, then entries rewriting indexes 1 and 2.
+        s.sendall(append_entries(1000, 1, 77, 5, [1000]))
+        self.wait_refused(1, before, "entry 1 contradicts a committed one")
+        s.sendall(append_entries(1000, 0, 0, 5, [1000, 1000]))
+        deadline = time.monotonic() + PEER_WAIT_S
+        while self.metric(1, "tally_raft_messages_refused_total") < refused + 2:
+            self.assertLess(time.monotonic(), deadline, "node 1 did not refuse both")
+            time.sleep(0.05)
+        s.close()
+        self.assert_cluster_intact()
+        status = self.ctl_ok(["status"], cluster="127.0.0.1:%d" % self.client_port(1))
+        self.assertLess(status.get("term", 0), 1000, status)
 
     # ---- the client port, before login ------------------------------------------
 

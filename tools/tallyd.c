@@ -313,6 +313,9 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 	size_t at = 0;
 	at = emit(buf, cap, at, "# TYPE tally_raft_commits_total counter\ntally_raft_commits_total %llu\n",
 		  (unsigned long long)ns->commits);
+	at = emit(buf, cap, at, "# TYPE tally_raft_messages_refused_total counter\n"
+				"tally_raft_messages_refused_total %llu\n",
+		  (unsigned long long)ns->raft_messages_refused);
 	at = emit(buf, cap, at, "# TYPE tally_commands_total counter\ntally_commands_total %llu\n",
 		  (unsigned long long)ns->commands);
 	at = emit(buf, cap, at, "# TYPE tally_batch_commands histogram\n");
