@@ -53,6 +53,78 @@ def append_entries(term, prev_index, prev_term, commit, entry_terms):
     return struct.pack("<QQ", 1, len(header)) + header + b"\x2a" * 64 * len(entry_terms)
 
 
+def pb_varint(n):
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def pb_field(number, value):
+    """One protobuf field: an int as a varint, bytes or str length-delimited."""
+    if isinstance(value, int):
+        return pb_varint(number << 3) + pb_varint(value)
+    if isinstance(value, str):
+        value = value.encode()
+    return pb_varint(number << 3 | 2) + pb_varint(len(value)) + value
+
+
+def pb_call_id(request):
+    """A Request's call_id (field 1, a varint: the first field the client writes)."""
+    if not request or request[0] != 0x08:
+        return 0
+    n, shift = 0, 0
+    for b in request[1:]:
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return n
+    return 0
+
+
+def read_frame(sock):
+    """One frame (4-byte big-endian length, then the bytes); None when closed."""
+    def exactly(k):
+        got = b""
+        while len(got) < k:
+            chunk = sock.recv(k - len(got))
+            if not chunk:
+                return None
+            got += chunk
+        return got
+    head = exactly(4)
+    return None if head is None else exactly(struct.unpack(">I", head)[0])
+
+
+def tls_listener(cert, key):
+    """A TLS server socket on a free loopback port, and its context."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    return ctx, listener
+
+
+def serve_until(listener, done, handle):
+    """Accepts connections and hands each to handle(conn) until done is set."""
+    while not done.is_set():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            continue
+        try:
+            conn.settimeout(PEER_WAIT_S)
+            handle(conn)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            conn.close()
+
+
 class HostileRaftPeers(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -330,43 +402,85 @@ class HostileRaftPeers(unittest.TestCase):
         self.assertLessEqual(refused, 300)
         self.assert_cluster_intact()
 
-    def test_a_client_talks_only_to_nodes_of_the_cluster(self):
-        """A server with a node certificate of another CA (where a forged redirect or a
-        wrong address would lead): the client refuses it before sending anything."""
+    def foreign_listener(self):
+        """A TLS server with a node certificate of another CA: where a forged redirect or
+        a wrong address would lead. Returns (listener, what it received, stop)."""
         other = os.path.join(self.dir, "foreign-ca")
-        subprocess.run([CERTS, "init", "--dir", other, "--nodes", "1"], check=True,
-                       stdout=subprocess.DEVNULL)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(os.path.join(other, "node-1.pem"), os.path.join(other, "node-1.key"))
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(16)
-        listener.settimeout(0.1)
+        if not os.path.exists(other):
+            subprocess.run([CERTS, "init", "--dir", other, "--nodes", "1"], check=True,
+                           stdout=subprocess.DEVNULL)
+        ctx, listener = tls_listener(os.path.join(other, "node-1.pem"),
+                                     os.path.join(other, "node-1.key"))
         got, done = [], threading.Event()
 
-        def serve():  # every attempt of the client, until it gives up
-            while not done.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except socket.timeout:
-                    continue
-                try:
-                    conn.settimeout(PEER_WAIT_S)
-                    with ctx.wrap_socket(conn, server_side=True) as t:
-                        got.append(t.recv(4096))
-                except (ssl.SSLError, OSError):
-                    pass
-                finally:
-                    conn.close()
+        def handle(conn):
+            with ctx.wrap_socket(conn, server_side=True) as t:
+                got.append(t.recv(4096))
 
-        th = threading.Thread(target=serve)
+        th = threading.Thread(target=serve_until, args=(listener, done, handle))
         th.start()
+
+        def stop():
+            done.set()
+            th.join()
+            listener.close()
+        return listener, got, stop
+
+    def test_a_client_talks_only_to_nodes_of_the_cluster(self):
+        """A server with another CA's certificate: the client refuses it before sending
+        anything."""
+        listener, got, stop = self.foreign_listener()
         rc, out = self.ctl(["status"], cluster="127.0.0.1:%d" % listener.getsockname()[1])
-        done.set()
-        th.join()
-        listener.close()
+        stop()
         self.assertEqual(rc, 3, out)  # not applied: no node of the cluster answered
         self.assertEqual(got, [])    # the impostor never got the key's Hello
+
+    def test_a_redirect_to_a_foreign_address_is_not_followed(self):
+        """A member (node 3's certificate: a broken or stolen node) that logs the client
+        in without checking its proof and answers every request NOT_LEADER, pointing
+        at a foreign server. The client follows the redirect only as far as the TLS
+        handshake, which the foreign server fails: it never gets the key's Hello, and
+        the write ends not applied."""
+        foreign, foreign_got, stop_foreign = self.foreign_listener()
+        certs = os.path.join(self.dir, "certs")
+        ctx, fake = tls_listener(os.path.join(certs, "node-3.pem"),
+                                 os.path.join(certs, "node-3.key"))
+        hint = "127.0.0.1:%d" % foreign.getsockname()[1]
+        redirected, done = [], threading.Event()
+
+        def answer(t, call_id, *fields):
+            body = pb_field(1, call_id) + b"".join(fields)
+            t.sendall(struct.pack(">I", len(body)) + body)
+
+        def handle(conn):
+            with ctx.wrap_socket(conn, server_side=True) as t:
+                hello = read_frame(t)
+                answer(t, pb_call_id(hello), pb_field(2, 1),             # OK
+                       pb_field(5, pb_field(1, b"\x07" * 32)))           # Challenge
+                proof = read_frame(t)
+                answer(t, pb_call_id(proof), pb_field(2, 1),
+                       pb_field(6, pb_field(1, 1) + pb_field(3, 3)))     # Welcome: admin
+                while True:
+                    req = read_frame(t)
+                    if req is None:
+                        return
+                    redirected.append(req)
+                    answer(t, pb_call_id(req), pb_field(2, 16),          # NOT_LEADER
+                           pb_field(3, "not the leader"), pb_field(4, hint))
+
+        th = threading.Thread(target=serve_until, args=(fake, done, handle))
+        th.start()
+        rc, out = self.ctl(["--timeout-ms", "3000", "accrue", "--brand", "acme",
+                            "--member", "m1", "--points", "5"],
+                           cluster="127.0.0.1:%d" % fake.getsockname()[1])
+        done.set()
+        th.join()
+        fake.close()
+        stop_foreign()
+        self.assertTrue(redirected, out)    # the client did ask, and was redirected
+        self.assertEqual(rc, 3, out)        # not applied, and known not to be
+        self.assertEqual(foreign_got, [])   # the foreign server never got a byte of it
+        self.assert_cluster_intact()
 
     def http_get(self, i, path):
         s = socket.create_connection(("127.0.0.1", self.base + 200 + i))
