@@ -52,7 +52,7 @@ NODE_SRC   := $(LEDGER_SRC) $(wildcard consensus/*.c) $(wildcard rpc/*.c)
 NODE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(NODE_SRC)) $(BUILD)/proto/tally.pb-c.o
 LEDGER_LIB := $(BUILD)/libtally_node.a
 # libtally: the client library (static and shared) and its pkg-config file.
-CLIENT_SRC := rpc/client.c rpc/frame.c rpc/keys.c rpc/tls.c ledger/arena.c ledger/error.c
+CLIENT_SRC := rpc/client.c rpc/connect.c rpc/frame.c rpc/keys.c rpc/tls.c ledger/arena.c ledger/error.c
 CLIENT_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(CLIENT_SRC)) $(BUILD)/pic/proto/tally.pb-c.o
 CLIENT_A   := $(BUILD)/libtally.a
 CLIENT_SO  := $(BUILD)/libtally.so
@@ -64,6 +64,9 @@ TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o
 SIM_BIN    := $(BUILD)/tests/sim
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+# tally-audit is several files (tools/audit/).
+AUDIT_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/audit/*.c))
+AUDIT_BIN  := $(BUILD)/tools/tally-audit
 # The lost-writes nemesis's LD_PRELOAD recorder (always built without sanitizers:
 # it is preloaded into release tallyd processes only).
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
@@ -76,7 +79,7 @@ ifneq ($(wildcard rpc/client.c),)
 CLIENT_LIBS := $(CLIENT_A) $(CLIENT_SO)
 endif
 
-all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(TEST_BIN) $(SIM_BIN) $(LOSTWRITES)
+all: $(LEDGER_LIB) $(CLIENT_LIBS) $(TOOLS) $(AUDIT_BIN) $(TEST_BIN) $(SIM_BIN) $(LOSTWRITES)
 
 # One protoc-c run makes both files (&: groups them): under make -j two runs would
 # rewrite the .c while it is being compiled.
@@ -88,7 +91,7 @@ $(BUILD)/proto/tally.pb-c.o: $(PROTO_C)
 	$(CC) $(CFLAGS) -Wno-missing-prototypes -c $< -o $@
 
 HEADERS := $(PROTO_H) $(wildcard ledger/*.h) $(wildcard consensus/*.h) $(wildcard rpc/*.h) \
-           $(wildcard tests/*.h)
+           $(wildcard tests/*.h) $(wildcard tools/audit/*.h)
 
 $(BUILD)/pic/proto/tally.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
@@ -115,6 +118,9 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
 
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
+	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
+
+$(AUDIT_BIN): $(AUDIT_OBJ) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
 
 $(LOSTWRITES): jepsen/lostwrites.c

@@ -536,6 +536,18 @@ static int q_consistency(struct query *q, const Tally__V1__GetConsistency *g)
 	return proof_bytes(q, path, n, &p->path);
 }
 
+/* The digest to sign and a consistency proof from old_size, of one read: the node
+ * signs the digest (rpc/checkpoint.h) when it answers. */
+static int q_checkpoint(struct query *q, const Tally__V1__GetCheckpoint *g)
+{
+	int rc = q_digest(q);
+	if (rc != 0 || q->res->code != CODE(OK) || g->old_size == 0)
+		return rc;
+	Tally__V1__GetConsistency c = TALLY__V1__GET_CONSISTENCY__INIT;
+	c.old_size = g->old_size;
+	return q_consistency(q, &c);
+}
+
 static int q_dispatch(struct query *q, const Tally__V1__Query *in)
 {
 	switch (in->q_case) {
@@ -549,6 +561,7 @@ static int q_dispatch(struct query *q, const Tally__V1__Query *in)
 	case TALLY__V1__QUERY__Q_SETTLEMENTS: return q_settlements(q, in->settlements);
 	case TALLY__V1__QUERY__Q_DIGEST: return q_digest(q);
 	case TALLY__V1__QUERY__Q_CONSISTENCY: return q_consistency(q, in->consistency);
+	case TALLY__V1__QUERY__Q_CHECKPOINT: return q_checkpoint(q, in->checkpoint);
 	default: return qfail(q, CODE(INVALID_ARGUMENT), "q: missing or unknown query");
 	}
 }

@@ -513,10 +513,47 @@ static void submit_batch(struct call *k)
 
 /* ---- queries and admin ------------------------------------------------------------- */
 
+/* A GetCheckpoint answer: the digest the ledger read, signed with the node's key into
+ * *cp (whose bytes point into `sig`, valid while the response is written). */
+static void sign_checkpoint(struct tally_server *s, Tally__V1__QueryResult *qr,
+			    Tally__V1__Checkpoint *cp, struct tally_checkpoint *sig)
+{
+	const Tally__V1__Digest *d = qr->digest;
+	assert(d != NULL && d->root.len == TALLY_HASH_BYTES &&
+	       d->state_digest.len == TALLY_HASH_BYTES);
+	memset(sig, 0, sizeof(*sig));
+	sig->node_id = tally_node_id(s->node);
+	sig->tree_size = d->tree_size;
+	sig->applied_index = d->applied_index;
+	sig->time_ms = d->time_ms;
+	memcpy(sig->root, d->root.data, TALLY_HASH_BYTES);
+	memcpy(sig->state_digest, d->state_digest.data, TALLY_HASH_BYTES);
+	if (s->cfg.checkpoint_key == NULL || tally_checkpoint_sign(s->cfg.checkpoint_key, sig) != 0) {
+		qr->code = CODE(UNAVAILABLE);
+		qr->message = (char *)"this node has no checkpoint key";
+		return;
+	}
+	tally__v1__checkpoint__init(cp);
+	cp->tree_size = sig->tree_size;
+	cp->root = d->root;
+	cp->state_digest = d->state_digest;
+	cp->applied_index = sig->applied_index;
+	cp->time_ms = sig->time_ms;
+	cp->node_id = sig->node_id;
+	cp->public_key = (ProtobufCBinaryData){TALLY_CHECKPOINT_PUBLIC_BYTES, sig->public_key};
+	cp->signature = (ProtobufCBinaryData){TALLY_CHECKPOINT_SIGNATURE_BYTES, sig->signature};
+	qr->checkpoint = cp;
+}
+
 static void on_query(void *data, Tally__V1__ResultCode code, const char *message,
 		     Tally__V1__QueryResult *qr)
 {
 	struct call *k = data;
+	Tally__V1__Checkpoint cp;
+	struct tally_checkpoint sig;
+	if (code == CODE(OK) && qr != NULL && qr->code == CODE(OK) && qr->digest != NULL &&
+	    k->req->query->q_case == TALLY__V1__QUERY__Q_CHECKPOINT)
+		sign_checkpoint(k->c->s, qr, &cp, &sig);
 	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
 	res.call_id = k->req->call_id;
 	res.code = code;

@@ -19,6 +19,7 @@
 #include <uv.h>
 
 #include "consensus/node.h"
+#include "rpc/checkpoint.h"
 #include "rpc/keys.h"
 
 struct tally_server;
@@ -36,6 +37,9 @@ struct tally_server_config {
 	 * only with tallyd --insecure. With TLS a refused connection is closed unanswered
 	 * and the key proof is bound to the TLS session (rpc/keys.h). */
 	struct tally_tls_ctx *tls;
+	/* The node's checkpoint key (rpc/checkpoint.h; not owned): GetCheckpoint answers
+	 * are signed with it. NULL: GetCheckpoint is answered UNAVAILABLE. */
+	EVP_PKEY *checkpoint_key;
 };
 
 /* Until a connection has proved a key it may send only frames of this size (a Hello,

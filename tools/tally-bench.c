@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rpc/connect.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 
@@ -31,13 +32,7 @@
 #define SAMPLES_MAX (4u << 20)
 
 struct opts {
-	const char *cluster;
-	const char *key_file;
-	const char *key_dir;
-	const char *key;
-	char secret[TALLY_SECRET_BYTES_MAX + 1];
-	const char *ca;
-	bool insecure;
+	struct tally_connect conn;   /* cluster, key, CA (rpc/connect.h) */
 	unsigned connections;
 	unsigned pipeline;
 	unsigned batch;
@@ -88,26 +83,25 @@ static void usage(void)
 
 static void parse(int argc, char **argv, struct opts *o)
 {
-	*o = (struct opts){.cluster = getenv("TALLY_CLUSTER"), .key_file = getenv("TALLY_KEY_FILE"),
-			   .key_dir = getenv("TALLY_KEY_DIR"), .ca = getenv("TALLY_CA"), .connections = 4, .pipeline = 16,
-			   .batch = 1, .members = 100000, .duration_s = 10};
-	o->insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
+	*o = (struct opts){.connections = 4, .pipeline = 16, .batch = 1, .members = 100000,
+			   .duration_s = 10};
+	tally_connect_from_env(&o->conn);
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		if (strcmp(a, "--json") == 0 || strcmp(a, "--insecure") == 0) {
-			*(a[2] == 'j' ? &o->json : &o->insecure) = true;
+		int took = tally_connect_flag(&o->conn, argc, argv, i);
+		if (took > 0) {
+			i += took - 1;
 			continue;
 		}
-		if (i + 1 >= argc)
+		if (strcmp(a, "--json") == 0) {
+			o->json = true;
+			continue;
+		}
+		if (took < 0 || i + 1 >= argc)
 			usage();
 		const char *v = argv[++i];
 		unsigned long n = strtoul(v, NULL, 10);
-		if (strcmp(a, "--cluster") == 0) o->cluster = v;
-		else if (strcmp(a, "--key-file") == 0) o->key_file = v;
-		else if (strcmp(a, "--key-dir") == 0) o->key_dir = v;
-		else if (strcmp(a, "--key") == 0) o->key = v;
-		else if (strcmp(a, "--ca") == 0) o->ca = v;
-		else if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
+		if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
 		else if (strcmp(a, "--pipeline") == 0) o->pipeline = (unsigned)n;
 		else if (strcmp(a, "--batch") == 0) o->batch = (unsigned)n;
 		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
@@ -115,33 +109,22 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
 		else usage();
 	}
-	if (o->cluster == NULL || (o->key_file == NULL && o->key_dir == NULL) || o->connections == 0 ||
-	    o->connections > 256 || o->pipeline == 0 || o->pipeline > INFLIGHT_MAX || o->batch == 0 ||
-	    o->batch > TALLY_BATCH_COMMANDS_MAX || o->members == 0 || (o->ca == NULL && !o->insecure))
+	if (o->connections == 0 || o->connections > 256 || o->pipeline == 0 ||
+	    o->pipeline > INFLIGHT_MAX || o->batch == 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
+	    o->members == 0)
 		usage();
-	struct tally_key key;
-	char err[512];
-	const char *name = o->key != NULL || o->key_file != NULL ? o->key : "admin";
-	if (tally_keys_load_client(o->key_file, o->key_file != NULL ? NULL : o->key_dir, name, &key,
-				   err, sizeof(err)) != 0) {
-		fprintf(stderr, "tally-bench: %s\n", err);
-		exit(2);
-	}
-	o->key = strdup(key.name);
-	_Static_assert(sizeof(o->secret) == sizeof(key.secret), "secret buffers");
-	memcpy(o->secret, key.secret, sizeof(o->secret));
-	memset(&key, 0, sizeof(key));
 }
 
 static struct tally_client *open_client(const struct opts *o)
 {
-	struct tally_client_options co = {.cluster = o->cluster, .key_name = o->key,
-					  .secret = o->secret, .timeout_ms = 10000, .ca_file = o->ca};
-	struct tally_client *c;
-	char err[256];
-	if (tally_client_open(&c, &co, err, sizeof(err)) != CODE(OK)) {
+	struct tally_client_options co = {.timeout_ms = 10000};
+	struct tally_client *c = NULL;
+	char err[512];
+	Tally__V1__ResultCode rc = tally_connect_open(&o->conn, "tally-bench", "admin", co, &c, err,
+						      sizeof(err));
+	if (rc != CODE(OK)) {
 		fprintf(stderr, "tally-bench: %s\n", err);
-		exit(3);
+		exit(rc == CODE(INVALID_ARGUMENT) ? 2 : 3);
 	}
 	return c;
 }

@@ -32,6 +32,7 @@
 
 #include <openssl/crypto.h>
 
+#include "rpc/connect.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 
@@ -41,12 +42,7 @@
 enum { EXIT_DONE = 0, EXIT_REJECTED = 1, EXIT_USAGE = 2, EXIT_UNAVAILABLE = 3, EXIT_UNKNOWN = 4 };
 
 struct ctl {
-	const char *cluster;
-	const char *key_file;
-	const char *key_dir;           /* NAME.key per key (tally-cluster's keys/) */
-	const char *key;
-	const char *ca;                /* the cluster's CA certificate: TLS */
-	bool insecure;                 /* plaintext, for a cluster started with --insecure */
+	struct tally_connect conn;     /* cluster, key, CA (rpc/connect.h) */
 	unsigned timeout_ms;
 	bool json;
 	const char *words[2];          /* command and subcommand */
@@ -803,27 +799,20 @@ static int parse(int argc, char **argv, struct ctl *c)
 	int i = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		const char *a = argv[i] + 2;
-		if (strcmp(a, "json") == 0 || strcmp(a, "insecure") == 0) {
-			*(a[0] == 'j' ? &c->json : &c->insecure) = true;
+		if (strcmp(a, "json") == 0) {
+			c->json = true;
 			continue;
 		}
-		if (i + 1 >= argc)
+		int took = tally_connect_flag(&c->conn, argc, argv, i);
+		if (took > 0) {
+			i += took - 1;
+			continue;
+		}
+		if (took < 0 || i + 1 >= argc)
 			return usage("a global flag needs a value");
-		const char *v = argv[++i];
-		if (strcmp(a, "cluster") == 0)
-			c->cluster = v;
-		else if (strcmp(a, "key-file") == 0)
-			c->key_file = v;
-		else if (strcmp(a, "key-dir") == 0)
-			c->key_dir = v;
-		else if (strcmp(a, "key") == 0)
-			c->key = v;
-		else if (strcmp(a, "ca") == 0)
-			c->ca = v;
-		else if (strcmp(a, "timeout-ms") == 0)
-			c->timeout_ms = (unsigned)strtoul(v, NULL, 10);
-		else
+		if (strcmp(a, "timeout-ms") != 0)
 			return usage("unknown global flag");
+		c->timeout_ms = (unsigned)strtoul(argv[++i], NULL, 10);
 	}
 	for (; i < argc && strncmp(argv[i], "--", 2) != 0 && c->n_words < 2; i++)
 		c->words[c->n_words++] = argv[i];
@@ -846,28 +835,12 @@ static int parse(int argc, char **argv, struct ctl *c)
 
 static int connect_cluster(struct ctl *c)
 {
-	if (c->cluster == NULL || (c->key_file == NULL && c->key_dir == NULL))
-		return usage("--cluster and --key-file or --key-dir (or TALLY_CLUSTER and "
-			     "TALLY_KEY_FILE or TALLY_KEY_DIR) are needed");
-	if (c->ca == NULL && !c->insecure)
-		return usage("--ca FILE (or TALLY_CA), the cluster's CA certificate, is needed; "
-			     "--insecure (or TALLY_INSECURE=1) for a plaintext cluster");
-	if (c->ca == NULL)
-		fprintf(stderr, "tallyctl: warning: --insecure: plaintext, the node is not verified\n");
-	struct tally_key k;
 	char err[512];
-	/* A key file names its key; a key directory needs the name (admin by default). */
-	const char *name = c->key != NULL || c->key_file != NULL ? c->key : "admin";
-	if (tally_keys_load_client(c->key_file, c->key_file != NULL ? NULL : c->key_dir, name, &k,
-				   err, sizeof(err)) != 0) {
-		fprintf(stderr, "tallyctl: %s\n", err);
-		return EXIT_USAGE;
-	}
-	struct tally_client_options o = {.cluster = c->cluster, .key_name = k.name,
-					 .secret = k.secret, .timeout_ms = c->timeout_ms,
-					 .attempts = 20 /* ride out an election */, .ca_file = c->ca};
-	Tally__V1__ResultCode rc = tally_client_open(&c->client, &o, err, sizeof(err));
-	OPENSSL_cleanse(&k, sizeof(k));
+	struct tally_client_options o = {.timeout_ms = c->timeout_ms,
+					 .attempts = 20 /* ride out an election */};
+	/* A key directory without --key: the admin key. */
+	Tally__V1__ResultCode rc = tally_connect_open(&c->conn, "tallyctl", "admin", o, &c->client,
+						      err, sizeof(err));
 	if (rc == CODE(OK))
 		return EXIT_DONE;
 	fprintf(stderr, "tallyctl: %s\n", err);
@@ -903,11 +876,7 @@ static int dispatch(struct ctl *c)
 int main(int argc, char **argv)
 {
 	static struct ctl c;
-	c.cluster = getenv("TALLY_CLUSTER");
-	c.key_file = getenv("TALLY_KEY_FILE");
-	c.key_dir = getenv("TALLY_KEY_DIR");
-	c.ca = getenv("TALLY_CA");
-	c.insecure = getenv("TALLY_INSECURE") != NULL && strcmp(getenv("TALLY_INSECURE"), "1") == 0;
+	tally_connect_from_env(&c.conn);
 	int rc = parse(argc, argv, &c);
 	if (rc != EXIT_DONE)
 		return rc;

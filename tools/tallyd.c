@@ -84,6 +84,7 @@ struct daemon {
 	struct tally_http *http;
 	struct tally_peerclock *peerclock;
 	struct tally_tls_ctx *tls;  /* the raft port's TLS; NULL with --insecure */
+	EVP_PKEY *checkpoint_key;   /* signs checkpoints (rpc/checkpoint.h): DIR/checkpoint.key */
 	uv_signal_t sig_term, sig_int, sig_hup;
 	unsigned closing;           /* parts still closing */
 	bool stopping;
@@ -476,7 +477,13 @@ static int start(struct daemon *d)
 		logf_(LOG_ERROR, "node: %s", err);
 		return 1;
 	}
-	struct tally_server_config sc = {.listen_address = d->o.client, .tls = d->tls};
+	if (tally_checkpoint_key_load(d->o.dir, d->o.id, true, &d->checkpoint_key, err,
+				      sizeof(err)) != 0) {
+		logf_(LOG_ERROR, "%s", err);
+		return 1;
+	}
+	struct tally_server_config sc = {.listen_address = d->o.client, .tls = d->tls,
+					 .checkpoint_key = d->checkpoint_key};
 	if (tally_server_init(&d->server, &d->loop, d->node, keys, &sc, err, sizeof(err)) != 0) {
 		logf_(LOG_ERROR, "%s", err);
 		return 1;
@@ -517,6 +524,7 @@ int main(int argc, char **argv)
 	tally_peerclock_free(d.peerclock);
 	tally_node_free(d.node);
 	tally_tls_ctx_free(d.tls);
+	EVP_PKEY_free(d.checkpoint_key);
 	uv_loop_close(&d.loop);
 	logf_(LOG_INFO, "stopped");
 	return 0;

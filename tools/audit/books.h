@@ -1,0 +1,83 @@
+/*
+ * tally-audit's books: every account and every brand's totals rebuilt from the
+ * journal's postings alone, entry by entry.
+ *
+ * Per account (brand, member): available and held (the sums of its postings per
+ * bucket); earned, redeemed and expired (what the brand's ISSUANCE, REDEEMED and
+ * EXPIRED accounts took or gave in the entries that moved this member's points in
+ * that brand, when the entry moved exactly one member's points there).
+ * Per brand: issued (−ISSUANCE), redeemed, expired, exchanged (CLEARING: points that
+ * left for partner brands, net), adjusted (−ADJUSTMENT), and outstanding = the sum of
+ * its members' available and held, which must equal issued − redeemed − expired −
+ * exchanged + adjusted; liability = outstanding × the brand's point value.
+ */
+#ifndef TALLY_AUDIT_BOOKS_H
+#define TALLY_AUDIT_BOOKS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ledger/arena.h"
+#include "rpc/checkpoint.h"
+
+#define AUDIT_BRANDS_MAX 1024         /* brands one journal may register */
+#define AUDIT_ENTRY_BRANDS_MAX 16     /* brands one entry may post to */
+
+struct audit_account {
+	const char *brand, *member;       /* in the books' string arena */
+	uint32_t brand_index;             /* in audit_books.brands */
+	int64_t available, held;
+	int64_t earned, redeemed, expired;
+	uint64_t first_seq, last_seq;     /* the entries that first and last moved it */
+	int64_t first_ms, last_earned_ms; /* ledger time of its first posting, last earning */
+	uint64_t earn_events;
+};
+
+struct audit_brand {
+	char id[40];
+	char currency[8];
+	int64_t point_value_micros;
+	int64_t issued, redeemed, expired, exchanged, adjusted;
+	int64_t outstanding;              /* audit_books_totals: its members' available + held */
+};
+
+struct audit_books {
+	struct audit_account *accounts;
+	size_t n_accounts, cap_accounts;
+	uint32_t *slots;                  /* open addressing: account index + 1, 0 free */
+	size_t n_slots;
+	struct audit_brand brands[AUDIT_BRANDS_MAX];
+	size_t n_brands;
+	uint64_t entries, postings;
+	int64_t last_ms;
+	struct tally_arena strings;       /* brand and member ids */
+	struct tally_arena scratch;       /* one entry's decoding */
+};
+
+int audit_books_init(struct audit_books *b, char *err, size_t errcap);
+void audit_books_free(struct audit_books *b);
+
+/* Books one entry (its stored bytes, expected at seq). 0, or -1 with err naming the
+ * entry and the rule it breaks. */
+int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes, size_t len,
+		      char *err, size_t errcap);
+
+/* The account of (brand, member), or NULL. */
+const struct audit_account *audit_books_account(const struct audit_books *b, const char *brand,
+						const char *member);
+
+/* Each brand's outstanding points from its accounts, checked against its totals:
+ * 0, or -1 with err naming the brand. */
+int audit_books_totals(struct audit_books *b, char *err, size_t errcap);
+
+/* The verified summary (after audit_books_totals): entries, the last checkpoint, each brand's totals. */
+void audit_books_report(const struct audit_books *b, const struct tally_checkpoint *last,
+			size_t n_checkpoints, double secs, bool json, FILE *out);
+
+/* "1234.56 CNY": points at a point value in micros, rounded to the cent. */
+void audit_money(int64_t points, int64_t point_value_micros, const char *currency, char *out,
+		 size_t cap);
+
+#endif

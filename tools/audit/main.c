@@ -1,0 +1,103 @@
+/*
+ * tally-audit — take the journal home and prove it (README "Auditing").
+ *
+ *   tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]
+ *                    [--ca FILE | --insecure] [--json]
+ *   tally-audit verify DIR --keys FILE [--json]
+ *
+ * The key of pull is an auditor's (scope *; "auditor" in a key directory by default).
+ * Exit codes: 0 done (verify: everything proved), 1 a problem found or a definite
+ * refusal (named on stderr), 2 usage, 3 the cluster did not answer.
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tools/audit/audit.h"
+
+static bool progress_shown;
+
+static double mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void audit_progress(const char *what, uint64_t done, uint64_t total)
+{
+	static double last;
+	if (!isatty(STDERR_FILENO))
+		return;
+	double now = mono_s();
+	if (now - last < 0.1 && done != total)
+		return;
+	last = now;
+	progress_shown = true;
+	if (total == 0) {
+		fprintf(stderr, "\r%s: %llu", what, (unsigned long long)done);
+		return;
+	}
+	unsigned width = 40, filled = (unsigned)(done * width / (total ? total : 1));
+	char bar[41];
+	for (unsigned i = 0; i < width; i++)
+		bar[i] = i < filled ? '#' : '.';
+	bar[width] = '\0';
+	fprintf(stderr, "\r%s [%s] %llu/%llu %3u%%", what, bar, (unsigned long long)done,
+		(unsigned long long)total, (unsigned)(done * 100 / total));
+}
+
+void audit_progress_done(void)
+{
+	if (progress_shown)
+		fputc('\n', stderr);
+	progress_shown = false;
+}
+
+static int usage(const char *why)
+{
+	if (why != NULL)
+		fprintf(stderr, "tally-audit: %s\n", why);
+	fprintf(stderr,
+		"usage: tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
+		"                        [--ca FILE | --insecure] [--json]\n"
+		"       tally-audit verify DIR --keys FILE [--json]\n"
+		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
+	return AUDIT_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+		return usage(NULL);
+	struct audit_opts o = {0};
+	tally_connect_from_env(&o.conn);
+	const char *cmd = argv[1];
+	for (int i = 2; i < argc; i++) {
+		int took = tally_connect_flag(&o.conn, argc, argv, i);
+		if (took > 0) {
+			i += took - 1;
+			continue;
+		}
+		if (strcmp(argv[i], "--json") == 0)
+			o.json = true;
+		else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
+			o.dir = argv[++i];
+		else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc)
+			o.keys = argv[++i];
+		else if (argv[i][0] != '-' && o.dir == NULL)
+			o.dir = argv[i];
+		else
+			return usage("unknown flag or a flag without its value");
+	}
+	if (o.dir == NULL)
+		return usage("a directory is needed");
+	if (strcmp(cmd, "pull") == 0)
+		return audit_pull(&o);
+	if (strcmp(cmd, "verify") == 0)
+		return audit_verify(&o);
+	return usage("unknown command");
+}
