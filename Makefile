@@ -40,7 +40,7 @@ LDLIBS  := -lraft -luv -llmdb -lprotobuf-c -lssl -lcrypto -lpthread
 DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lmdb-utils \
                 libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind \
                 python3 iproute2 nftables iptables libfaketime fiu-utils gnuplot-nox \
-                clang libclang-rt-dev
+                clang libclang-rt-dev openssl
 
 PROTO_C := $(BUILD)/proto/tally.pb-c.c
 PROTO_H := $(BUILD)/proto/tally.pb-c.h
@@ -133,9 +133,9 @@ $(LOSTWRITES): jepsen/lostwrites.c
 SIM_CHECK_SEEDS ?= 300
 SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001 --seeds 10 --twice"
 
-check: $(TEST_BIN) $(TOOLS) $(SIM_BIN)
+check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(SIM_BIN)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py; do \
 		echo "== $$py"; \
 		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \
@@ -197,7 +197,7 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir $$d; rm -rf $$d; trap - EXIT; \
 	done
 
-demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs
+demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN)
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
 
 # Fuzzing with libFuzzer (tests/fuzz/README.md): the node's code built by clang into

@@ -70,6 +70,7 @@ struct opts {
 	unsigned election_ms;
 	unsigned heartbeat_ms;
 	unsigned snapshot_threshold;
+	unsigned snapshot_trailing;
 	unsigned expire_ms;
 	unsigned segment_kb;
 	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
@@ -123,6 +124,7 @@ static void usage(void)
 		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
 		"              [--config FILE] [--log-level error|warn|info|debug]\n"
 		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
+		"              [--snapshot-trailing N]\n"
 		"              [--expire-ms N] [--segment-kb N]\n");
 	exit(2);
 }
@@ -164,6 +166,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->heartbeat_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "snapshot-threshold") == 0)
 		return (o->snapshot_threshold = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "snapshot-trailing") == 0)
+		return (o->snapshot_trailing = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "expire-ms") == 0)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "segment-kb") == 0)
@@ -215,6 +219,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"config", required_argument, NULL, 0},       {"log-level", required_argument, NULL, 0},
 		{"election-ms", required_argument, NULL, 0},  {"heartbeat-ms", required_argument, NULL, 0},
 		{"snapshot-threshold", required_argument, NULL, 0},
+		{"snapshot-trailing", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
 		{NULL, 0, NULL, 0}};
@@ -463,7 +468,8 @@ static int start(struct daemon *d)
 		.id = d->o.id, .address = address, .dir = d->o.dir,
 		.bootstrap = d->o.bootstrap[0] ? d->o.bootstrap : NULL,
 		.election_timeout_ms = d->o.election_ms, .heartbeat_ms = d->o.heartbeat_ms,
-		.snapshot_threshold = d->o.snapshot_threshold, .expire_interval_ms = d->o.expire_ms,
+		.snapshot_threshold = d->o.snapshot_threshold,
+		.snapshot_trailing = d->o.snapshot_trailing, .expire_interval_ms = d->o.expire_ms,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));

@@ -96,6 +96,7 @@ struct audit_opts {
 	const char *dir;
 	const char *keys;             /* verify: the pinned checkpoint keys */
 	bool json;
+	bool stale;                   /* pull: from the node connected to, without a barrier */
 	struct tally_connect conn;    /* pull */
 };
 

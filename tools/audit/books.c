@@ -247,6 +247,22 @@ static int books_close_entry(const Tally__V1__Entry *e, struct entry_brand *eb, 
 	return 0;
 }
 
+/* The ledger stored, in each entry's result, the account the entry is about as it was
+ * after the entry: the postings so far must make exactly that. */
+static int books_reported(const struct audit_books *b, const Tally__V1__Entry *e, char *err,
+			  size_t errcap)
+{
+	if (e->result == NULL || e->brand[0] == '\0' || e->member[0] == '\0')
+		return 0;
+	const struct audit_account *a = audit_books_account(b, e->brand, e->member);
+	if (a == NULL || (a->available == e->result->available && a->held == e->result->held))
+		return 0;
+	return books_fail(err, errcap, "entry %" PRIu64 ": the ledger reported %s/%s at available "
+			  "%" PRId64 ", held %" PRId64 "; its postings make %" PRId64 ", %" PRId64,
+			  e->seq, e->brand, e->member, e->result->available, e->result->held,
+			  a->available, a->held);
+}
+
 int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes, size_t len,
 		      char *err, size_t errcap)
 {
@@ -269,7 +285,9 @@ int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes,
 		if (books_posting(b, e, e->postings[i], eb, &n, err, errcap) != 0)
 			return -1;
 	b->entries++;
-	return books_close_entry(e, eb, n, err, errcap);
+	if (books_close_entry(e, eb, n, err, errcap) != 0)
+		return -1;
+	return books_reported(b, e, err, errcap);
 }
 
 /* ---- the report ------------------------------------------------------------------------ */

@@ -2,10 +2,12 @@
  * tally-audit — take the journal home and prove it (README "Auditing").
  *
  *   tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]
- *                    [--ca FILE | --insecure] [--json]
+ *                    [--ca FILE | --insecure] [--stale] [--json]
  *   tally-audit verify DIR --keys FILE [--json]
  *
  * The key of pull is an auditor's (scope *; "auditor" in a key directory by default).
+ * --stale reads from the first node of --cluster without a barrier (through a
+ * follower, even a lagging one: its checkpoint and its entries agree).
  * Exit codes: 0 done (verify: everything proved), 1 a problem found or a definite
  * refusal (named on stderr), 2 usage, 3 the cluster did not answer.
  */
@@ -63,7 +65,7 @@ static int usage(const char *why)
 		fprintf(stderr, "tally-audit: %s\n", why);
 	fprintf(stderr,
 		"usage: tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
-		"                        [--ca FILE | --insecure] [--json]\n"
+		"                        [--ca FILE | --insecure] [--stale] [--json]\n"
 		"       tally-audit verify DIR --keys FILE [--json]\n"
 		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
 	return AUDIT_EXIT_USAGE;
@@ -84,6 +86,8 @@ int main(int argc, char **argv)
 		}
 		if (strcmp(argv[i], "--json") == 0)
 			o.json = true;
+		else if (strcmp(argv[i], "--stale") == 0)
+			o.stale = true;
 		else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
 			o.dir = argv[++i];
 		else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc)

@@ -22,9 +22,10 @@ struct pull {
 	char err[512];
 };
 
-static int pull_query(struct pull *p, const Tally__V1__Query *q, Tally__V1__QueryResult **res)
+static int pull_query(struct pull *p, Tally__V1__Query *q, Tally__V1__QueryResult **res)
 {
 	tally_arena_reset(&p->arena);
+	q->stale = p->o->stale;
 	Tally__V1__ResultCode rc = tally_client_query(p->client, q, &p->arena, res);
 	if (rc != CODE(OK)) {
 		snprintf(p->err, sizeof(p->err), "%s: %s", tally_result_name(rc),
@@ -117,9 +118,10 @@ static void pull_report(const struct audit_opts *o, uint64_t fetched, const stru
 		       "\"entries_per_s\":%.0f}\n",
 		       fetched, c->tree_size, c->node_id, c->tree_size, secs, rate);
 	else
-		printf("pulled %" PRIu64 " new entries (journal now %" PRIu64 " entries) in %.2f s, "
+		printf("pulled %" PRIu64 " new entr%s (journal now %" PRIu64 " entries) in %.2f s, "
 		       "%.0f entries/s; checkpoint of node %" PRIu64 " in %s/checkpoints/%" PRIu64 ".json\n",
-		       fetched, c->tree_size, secs, rate, c->node_id, o->dir, c->tree_size);
+		       fetched, fetched == 1 ? "y" : "ies", c->tree_size, secs, rate, c->node_id, o->dir,
+		       c->tree_size);
 }
 
 int audit_pull(const struct audit_opts *o)
