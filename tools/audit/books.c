@@ -57,16 +57,25 @@ static uint64_t key_hash(const char *brand, const char *member)
 	}
 	for (const char *p = member; *p != '\0'; p++)
 		h = (h ^ (uint8_t)*p) * 1099511628211u;
+	h ^= h >> 33; /* FNV's low bits are weak for ids that differ in one digit: mix */
+	h *= 0xff51afd7ed558ccdu;
+	h ^= h >> 33;
 	return h;
 }
 
-static size_t slot_of(const struct audit_books *b, const char *brand, const char *member)
+static size_t slot_of(const struct audit_books *b, uint64_t h, const char *brand,
+		      const char *member)
 {
 	size_t mask = b->n_slots - 1;
-	for (size_t i = key_hash(brand, member) & mask;; i = (i + 1) & mask) {
-		uint32_t s = b->slots[i];
-		if (s == 0 || (strcmp(b->accounts[s - 1].member, member) == 0 &&
-			       strcmp(b->accounts[s - 1].brand, brand) == 0))
+	uint32_t tag = (uint32_t)(h >> 32);
+	for (size_t i = h & mask;; i = (i + 1) & mask) {
+		const struct audit_slot *s = &b->slots[i];
+		if (s->index == 0)
+			return i;
+		if (s->tag != tag)
+			continue;
+		const struct audit_account *a = &b->accounts[s->index - 1];
+		if (strcmp(a->member, member) == 0 && strcmp(a->brand, brand) == 0)
 			return i;
 	}
 }
@@ -75,7 +84,7 @@ static int books_grow(struct audit_books *b)
 {
 	size_t cap = 2 * b->cap_accounts, n_slots = 2 * cap;
 	struct audit_account *a = realloc(b->accounts, cap * sizeof(*a));
-	uint32_t *slots = calloc(n_slots, sizeof(*slots));
+	struct audit_slot *slots = calloc(n_slots, sizeof(*slots));
 	if (a == NULL || slots == NULL || cap > UINT32_MAX) {
 		if (a != NULL)
 			b->accounts = a;
@@ -83,42 +92,46 @@ static int books_grow(struct audit_books *b)
 		return -1;
 	}
 	b->accounts = a;
+	b->last = NULL; /* the accounts moved */
 	b->cap_accounts = cap;
 	free(b->slots);
 	b->slots = slots;
 	b->n_slots = n_slots;
 	for (size_t i = 0; i < b->n_accounts; i++)
-		b->slots[slot_of(b, a[i].brand, a[i].member)] = (uint32_t)(i + 1);
+		b->slots[slot_of(b, a[i].hash, a[i].brand, a[i].member)] =
+			(struct audit_slot){(uint32_t)(i + 1), (uint32_t)(a[i].hash >> 32)};
 	return 0;
 }
 
 const struct audit_account *audit_books_account(const struct audit_books *b, const char *brand,
 						const char *member)
 {
-	uint32_t s = b->slots[slot_of(b, brand, member)];
+	uint32_t s = b->slots[slot_of(b, key_hash(brand, member), brand, member)].index;
 	return s == 0 ? NULL : &b->accounts[s - 1];
 }
 
 static struct audit_account *account_get(struct audit_books *b, const char *brand,
 					 const char *member, uint64_t seq, int64_t time_ms)
 {
-	size_t i = slot_of(b, brand, member);
-	if (b->slots[i] != 0)
-		return &b->accounts[b->slots[i] - 1];
+	uint64_t h = key_hash(brand, member);
+	size_t i = slot_of(b, h, brand, member);
+	if (b->slots[i].index != 0)
+		return &b->accounts[b->slots[i].index - 1];
 	if (b->n_accounts == b->cap_accounts) {
 		if (books_grow(b) != 0)
 			return NULL;
-		i = slot_of(b, brand, member);
+		i = slot_of(b, h, brand, member);
 	}
 	struct audit_account *a = &b->accounts[b->n_accounts];
 	memset(a, 0, sizeof(*a));
+	a->hash = h;
 	a->brand = tally_arena_strdup(&b->strings, brand);
 	a->member = tally_arena_strdup(&b->strings, member);
 	if (a->brand == NULL || a->member == NULL)
 		return NULL;
 	a->first_seq = seq;
 	a->first_ms = time_ms;
-	b->slots[i] = (uint32_t)++b->n_accounts;
+	b->slots[i] = (struct audit_slot){(uint32_t)++b->n_accounts, (uint32_t)(h >> 32)};
 	return a;
 }
 
@@ -199,6 +212,7 @@ static int books_posting(struct audit_books *b, const Tally__V1__Entry *e,
 		if (a == NULL)
 			return books_fail(err, errcap, "out of memory");
 		a->brand_index = (uint32_t)(br - b->brands);
+		b->last = a;
 		*(p->bucket == TALLY__V1__BUCKET__HELD ? &a->held : &a->available) += p->points;
 		a->last_seq = e->seq;
 		if (x->member != a)
@@ -254,7 +268,10 @@ static int books_reported(const struct audit_books *b, const Tally__V1__Entry *e
 {
 	if (e->result == NULL || e->brand[0] == '\0' || e->member[0] == '\0')
 		return 0;
-	const struct audit_account *a = audit_books_account(b, e->brand, e->member);
+	const struct audit_account *a = b->last != NULL && strcmp(b->last->member, e->member) == 0 &&
+						 strcmp(b->last->brand, e->brand) == 0
+					? b->last
+					: audit_books_account(b, e->brand, e->member);
 	if (a == NULL || (a->available == e->result->available && a->held == e->result->held))
 		return 0;
 	return books_fail(err, errcap, "entry %" PRIu64 ": the ledger reported %s/%s at available "

@@ -28,6 +28,7 @@
 struct audit_account {
 	const char *brand, *member;       /* in the books' string arena */
 	uint32_t brand_index;             /* in audit_books.brands */
+	uint64_t hash;                    /* of (brand, member), for the table */
 	int64_t available, held;
 	int64_t earned, redeemed, expired;
 	uint64_t first_seq, last_seq;     /* the entries that first and last moved it */
@@ -43,10 +44,17 @@ struct audit_brand {
 	int64_t outstanding;              /* audit_books_totals: its members' available + held */
 };
 
+/* A slot of the account table: the account's index + 1 (0: free) and the high half
+ * of its hash, so that a probe rarely touches an account that is not the one. */
+struct audit_slot {
+	uint32_t index, tag;
+};
+
 struct audit_books {
 	struct audit_account *accounts;
 	size_t n_accounts, cap_accounts;
-	uint32_t *slots;                  /* open addressing: account index + 1, 0 free */
+	struct audit_slot *slots;         /* open addressing, linear probing */
+	const struct audit_account *last; /* the account the last member posting moved */
 	size_t n_slots;
 	struct audit_brand brands[AUDIT_BRANDS_MAX];
 	size_t n_brands;
