@@ -97,10 +97,17 @@ struct audit_opts {
 	const char *keys;             /* verify: the pinned checkpoint keys */
 	bool json;
 	bool stale;                   /* pull: from the node connected to, without a barrier */
+	const char *brand, *member;   /* balance */
+	const char *at;               /* balance: SEQ or an RFC 3339 time */
 	struct tally_connect conn;    /* pull */
 };
 
 int audit_pull(const struct audit_opts *o);
 int audit_verify(const struct audit_opts *o);
+int audit_balance(const struct audit_opts *o);
+
+/* main.c: --at as a sequence number (digits only) into *seq, or an RFC 3339 time into
+ * *time_ms; the other is left 0. 0, or -1 when it is neither. */
+int audit_parse_at(const char *s, uint64_t *seq, int64_t *time_ms);
 
 #endif

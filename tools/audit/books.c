@@ -280,21 +280,29 @@ static int books_reported(const struct audit_books *b, const Tally__V1__Entry *e
 			  a->available, a->held);
 }
 
-int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes, size_t len,
-		      char *err, size_t errcap)
+const Tally__V1__Entry *audit_books_decode(struct audit_books *b, uint64_t seq,
+					   const uint8_t *bytes, size_t len, char *err,
+					   size_t errcap)
 {
 	tally_arena_reset(&b->scratch);
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&b->scratch), len, bytes);
 	if (e == NULL)
-		return books_fail(err, errcap, "entry %" PRIu64 ": its bytes do not decode as an Entry", seq);
-	if (e->seq != seq)
-		return books_fail(err, errcap, "entry %" PRIu64 " of the journal says it is entry %" PRIu64
-				  ": entries are missing, repeated or out of order", seq, e->seq);
-	if (e->time_ms < b->last_ms)
-		return books_fail(err, errcap, "entry %" PRIu64 ": its time goes back (%" PRId64
-				  " after %" PRId64 ")", seq, e->time_ms, b->last_ms);
+		books_fail(err, errcap, "entry %" PRIu64 ": its bytes do not decode as an Entry", seq);
+	else if (e->seq != seq)
+		books_fail(err, errcap, "entry %" PRIu64 " of the journal says it is entry %" PRIu64
+			   ": entries are missing, repeated or out of order", seq, e->seq);
+	else if (e->time_ms < b->last_ms)
+		books_fail(err, errcap, "entry %" PRIu64 ": its time goes back (%" PRId64
+			   " after %" PRId64 ")", seq, e->time_ms, b->last_ms);
+	else
+		return e;
+	return NULL;
+}
+
+int audit_books_apply(struct audit_books *b, const Tally__V1__Entry *e, char *err, size_t errcap)
+{
 	b->last_ms = e->time_ms;
-	if (e->command != NULL && books_brand_command(b, e->command, seq, err, errcap) != 0)
+	if (e->command != NULL && books_brand_command(b, e->command, e->seq, err, errcap) != 0)
 		return -1;
 	struct entry_brand eb[AUDIT_ENTRY_BRANDS_MAX];
 	size_t n = 0;
@@ -305,6 +313,13 @@ int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes,
 	if (books_close_entry(e, eb, n, err, errcap) != 0)
 		return -1;
 	return books_reported(b, e, err, errcap);
+}
+
+int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes, size_t len,
+		      char *err, size_t errcap)
+{
+	const Tally__V1__Entry *e = audit_books_decode(b, seq, bytes, len, err, errcap);
+	return e == NULL ? -1 : audit_books_apply(b, e, err, errcap);
 }
 
 /* ---- the report ------------------------------------------------------------------------ */

@@ -67,8 +67,15 @@ struct audit_books {
 int audit_books_init(struct audit_books *b, char *err, size_t errcap);
 void audit_books_free(struct audit_books *b);
 
-/* Books one entry (its stored bytes, expected at seq). 0, or -1 with err naming the
- * entry and the rule it breaks. */
+/* Decodes one entry (its stored bytes, expected at seq): the entry (valid until the
+ * next decode), or NULL with err naming it (bytes that do not decode, another seq, a
+ * time that goes back). */
+const Tally__V1__Entry *audit_books_decode(struct audit_books *b, uint64_t seq,
+					   const uint8_t *bytes, size_t len, char *err,
+					   size_t errcap);
+/* Books a decoded entry: 0, or -1 with err naming the entry and the rule it breaks. */
+int audit_books_apply(struct audit_books *b, const Tally__V1__Entry *e, char *err, size_t errcap);
+/* Decodes and books one entry. */
 int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes, size_t len,
 		      char *err, size_t errcap);
 

@@ -4,6 +4,7 @@
  *   tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]
  *                    [--ca FILE | --insecure] [--stale] [--json]
  *   tally-audit verify DIR --keys FILE [--json]
+ *   tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]
  *
  * The key of pull is an auditor's (scope *; "auditor" in a key directory by default).
  * --stale reads from the first node of --cluster without a barrier (through a
@@ -59,6 +60,17 @@ void audit_progress_done(void)
 	progress_shown = false;
 }
 
+int audit_parse_at(const char *s, uint64_t *seq, int64_t *time_ms)
+{
+	*seq = 0;
+	*time_ms = 0;
+	if (s[0] != '\0' && strspn(s, "0123456789") == strlen(s)) {
+		*seq = strtoull(s, NULL, 10);
+		return *seq > 0 ? 0 : -1;
+	}
+	return tally_rfc3339_parse(s, time_ms) == 0 && *time_ms > 0 ? 0 : -1;
+}
+
 static int usage(const char *why)
 {
 	if (why != NULL)
@@ -67,6 +79,7 @@ static int usage(const char *why)
 		"usage: tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 		"                        [--ca FILE | --insecure] [--stale] [--json]\n"
 		"       tally-audit verify DIR --keys FILE [--json]\n"
+		"       tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]\n"
 		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
 	return AUDIT_EXIT_USAGE;
 }
@@ -92,6 +105,12 @@ int main(int argc, char **argv)
 			o.dir = argv[++i];
 		else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc)
 			o.keys = argv[++i];
+		else if (strcmp(argv[i], "--brand") == 0 && i + 1 < argc)
+			o.brand = argv[++i];
+		else if (strcmp(argv[i], "--member") == 0 && i + 1 < argc)
+			o.member = argv[++i];
+		else if (strcmp(argv[i], "--at") == 0 && i + 1 < argc)
+			o.at = argv[++i];
 		else if (argv[i][0] != '-' && o.dir == NULL)
 			o.dir = argv[i];
 		else
@@ -103,5 +122,7 @@ int main(int argc, char **argv)
 		return audit_pull(&o);
 	if (strcmp(cmd, "verify") == 0)
 		return audit_verify(&o);
+	if (strcmp(cmd, "balance") == 0)
+		return audit_balance(&o);
 	return usage("unknown command");
 }
