@@ -16,6 +16,7 @@
 #include <openssl/pem.h>
 
 #include "ledger/error.h"
+#include "rpc/json.h"
 
 #define CHECKPOINT_FORMAT "tally-checkpoint v1"
 
@@ -293,68 +294,17 @@ void tally_checkpoint_write_json(const struct tally_checkpoint *c,
 	fprintf(f, "%s]\n}\n", p->n > 0 ? "\n  " : "");
 }
 
-/* The value of "name" in a flat JSON object: where it starts (after the colon and
- * blanks), or NULL. Names are looked for as "name" followed by a colon, so a string
- * value that spells a name is not taken for one. */
-static const char *json_value(const char *text, const char *name)
-{
-	size_t len = strlen(name);
-	for (const char *at = strchr(text, '"'); at != NULL; at = strchr(at + 1, '"')) {
-		if (strncmp(at + 1, name, len) != 0 || at[len + 1] != '"')
-			continue;
-		const char *v = at + len + 2;
-		while (isspace((unsigned char)*v))
-			v++;
-		if (*v != ':')
-			continue;
-		v++;
-		while (isspace((unsigned char)*v))
-			v++;
-		return v;
-	}
-	return NULL;
-}
-
-static bool json_u64(const char *text, const char *name, uint64_t *out)
-{
-	const char *v = json_value(text, name);
-	if (v == NULL || !isdigit((unsigned char)*v))
-		return false;
-	char *end;
-	errno = 0;
-	unsigned long long x = strtoull(v, &end, 10);
-	*out = x;
-	return errno == 0 && (*end == ',' || *end == '}' || isspace((unsigned char)*end));
-}
-
-/* A string of exactly 2n hex digits starting at v (at its opening quote). */
-static bool hex_at(const char *v, uint8_t *out, size_t n)
-{
-	if (v == NULL || *v != '"')
-		return false;
-	const char *end = strchr(v + 1, '"');
-	return end != NULL && tally_hex_decode(v + 1, (size_t)(end - v - 1), out, n) == 0;
-}
-
 static int json_proof(const char *text, struct tally_checkpoint_proof *p)
 {
 	p->from = 0;
 	p->n = 0;
-	const char *v = json_value(text, "consistency");
-	if (json_value(text, "consistency_from") == NULL && v == NULL)
+	const char *v = tally_json_value(text, "consistency");
+	if (tally_json_value(text, "consistency_from") == NULL && v == NULL)
 		return 0;
-	if (!json_u64(text, "consistency_from", &p->from) || p->from == 0 || v == NULL || *v != '[')
+	if (!tally_json_u64(text, "consistency_from", &p->from) || p->from == 0 ||
+	    !tally_json_hashes(v, p->path, TALLY_MERKLE_PROOF_MAX, &p->n))
 		return TALLY_EINVAL;
-	for (v++;;) {
-		while (isspace((unsigned char)*v) || *v == ',')
-			v++;
-		if (*v == ']')
-			return 0;
-		if (p->n == TALLY_MERKLE_PROOF_MAX || !hex_at(v, p->path[p->n], TALLY_HASH_BYTES))
-			return TALLY_EINVAL;
-		p->n++;
-		v = strchr(v + 1, '"') + 1;
-	}
+	return 0;
 }
 
 int tally_checkpoint_parse_json(const char *text, struct tally_checkpoint *c,
@@ -364,24 +314,24 @@ int tally_checkpoint_parse_json(const char *text, struct tally_checkpoint *c,
 	memset(c, 0, sizeof(*c));
 	const char *bad = NULL;
 	uint64_t time_ms = 0;
-	const char *format = json_value(text, "format");
+	const char *format = tally_json_value(text, "format");
 	if (format == NULL || strncmp(format, "\"" CHECKPOINT_FORMAT "\"", strlen(CHECKPOINT_FORMAT) + 2))
 		bad = "format";
-	else if (!json_u64(text, "node_id", &c->node_id))
+	else if (!tally_json_u64(text, "node_id", &c->node_id))
 		bad = "node_id";
-	else if (!json_u64(text, "tree_size", &c->tree_size))
+	else if (!tally_json_u64(text, "tree_size", &c->tree_size))
 		bad = "tree_size";
-	else if (!hex_at(json_value(text, "root"), c->root, TALLY_HASH_BYTES))
+	else if (!tally_json_hex_at(tally_json_value(text, "root"), c->root, TALLY_HASH_BYTES))
 		bad = "root";
-	else if (!hex_at(json_value(text, "state_digest"), c->state_digest, TALLY_HASH_BYTES))
+	else if (!tally_json_hex_at(tally_json_value(text, "state_digest"), c->state_digest, TALLY_HASH_BYTES))
 		bad = "state_digest";
-	else if (!json_u64(text, "applied_index", &c->applied_index))
+	else if (!tally_json_u64(text, "applied_index", &c->applied_index))
 		bad = "applied_index";
-	else if (!json_u64(text, "time_ms", &time_ms) || time_ms > INT64_MAX)
+	else if (!tally_json_u64(text, "time_ms", &time_ms) || time_ms > INT64_MAX)
 		bad = "time_ms";
-	else if (!hex_at(json_value(text, "public_key"), c->public_key, TALLY_CHECKPOINT_PUBLIC_BYTES))
+	else if (!tally_json_hex_at(tally_json_value(text, "public_key"), c->public_key, TALLY_CHECKPOINT_PUBLIC_BYTES))
 		bad = "public_key";
-	else if (!hex_at(json_value(text, "signature"), c->signature,
+	else if (!tally_json_hex_at(tally_json_value(text, "signature"), c->signature,
 			 TALLY_CHECKPOINT_SIGNATURE_BYTES))
 		bad = "signature";
 	else if (p != NULL && json_proof(text, p) != 0)
