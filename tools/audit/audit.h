@@ -90,6 +90,22 @@ uint64_t audit_checkpoint_last(const char *dir);
 int audit_checkpoint_save(const char *dir, const struct tally_checkpoint *c,
 			  const struct tally_checkpoint_proof *p, char *err, size_t errcap);
 
+/* ---- tree.c: the journal's whole Merkle tree in memory (proofs from DIR alone) ----- */
+
+struct audit_tree {
+	uint8_t (*level[TALLY_MERKLE_LEVELS_MAX])[TALLY_HASH_BYTES];
+	size_t cap[TALLY_MERKLE_LEVELS_MAX], n[TALLY_MERKLE_LEVELS_MAX];
+	struct tally_merkle_frontier frontier;
+};
+
+void audit_tree_init(struct audit_tree *t);
+void audit_tree_free(struct audit_tree *t);
+int audit_tree_append(struct audit_tree *t, const void *bytes, size_t len);
+/* The inclusion proof of entry seq in the tree of the first `size` entries. */
+int audit_tree_proof(struct audit_tree *t, uint64_t seq, uint64_t size,
+		     uint8_t path[][TALLY_HASH_BYTES], size_t *n);
+int audit_tree_root(struct audit_tree *t, uint64_t size, uint8_t root[TALLY_HASH_BYTES]);
+
 /* ---- the commands -------------------------------------------------------------------- */
 
 struct audit_opts {
@@ -99,12 +115,17 @@ struct audit_opts {
 	bool stale;                   /* pull: from the node connected to, without a barrier */
 	const char *brand, *member;   /* balance */
 	const char *at;               /* balance: SEQ or an RFC 3339 time */
+	uint64_t settlement;          /* statement */
+	bool csv;                     /* statement */
+	const char *checkpoint;       /* check-statement: the checkpoint file to check against */
 	struct tally_connect conn;    /* pull */
 };
 
 int audit_pull(const struct audit_opts *o);
 int audit_verify(const struct audit_opts *o);
 int audit_balance(const struct audit_opts *o);
+int audit_statement(const struct audit_opts *o);
+int audit_check_statement(const struct audit_opts *o);
 
 /* main.c: --at as a sequence number (digits only) into *seq, or an RFC 3339 time into
  * *time_ms; the other is left 0. 0, or -1 when it is neither. */

@@ -5,6 +5,8 @@
  *                    [--ca FILE | --insecure] [--stale] [--json]
  *   tally-audit verify DIR --keys FILE [--json]
  *   tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]
+ *   tally-audit statement DIR --settlement ID [--json | --csv]
+ *   tally-audit check-statement FILE --checkpoint C.json --keys FILE
  *
  * The key of pull is an auditor's (scope *; "auditor" in a key directory by default).
  * --stale reads from the first node of --cluster without a barrier (through a
@@ -80,6 +82,8 @@ static int usage(const char *why)
 		"                        [--ca FILE | --insecure] [--stale] [--json]\n"
 		"       tally-audit verify DIR --keys FILE [--json]\n"
 		"       tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]\n"
+		"       tally-audit statement DIR --settlement ID [--json | --csv]\n"
+		"       tally-audit check-statement FILE --checkpoint C.json --keys FILE\n"
 		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
 	return AUDIT_EXIT_USAGE;
 }
@@ -111,6 +115,12 @@ int main(int argc, char **argv)
 			o.member = argv[++i];
 		else if (strcmp(argv[i], "--at") == 0 && i + 1 < argc)
 			o.at = argv[++i];
+		else if (strcmp(argv[i], "--settlement") == 0 && i + 1 < argc)
+			o.settlement = strtoull(argv[++i], NULL, 10);
+		else if (strcmp(argv[i], "--checkpoint") == 0 && i + 1 < argc)
+			o.checkpoint = argv[++i];
+		else if (strcmp(argv[i], "--csv") == 0)
+			o.csv = true;
 		else if (argv[i][0] != '-' && o.dir == NULL)
 			o.dir = argv[i];
 		else
@@ -124,5 +134,9 @@ int main(int argc, char **argv)
 		return audit_verify(&o);
 	if (strcmp(cmd, "balance") == 0)
 		return audit_balance(&o);
+	if (strcmp(cmd, "statement") == 0)
+		return audit_statement(&o);
+	if (strcmp(cmd, "check-statement") == 0)
+		return audit_check_statement(&o);
 	return usage("unknown command");
 }

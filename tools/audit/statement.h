@@ -1,0 +1,48 @@
+/*
+ * tally-audit's settlement statements: what statement writes and check-statement
+ * reads back (README "Auditing" describes the file).
+ */
+#ifndef TALLY_AUDIT_STATEMENT_H
+#define TALLY_AUDIT_STATEMENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define STATEMENT_FORMAT "tally-statement v1"
+
+/* One obligation the settlement settled: an exchange entry. */
+struct statement_line {
+	uint64_t seq;                 /* the exchange entry */
+	int64_t time_ms;
+	char member[72];
+	char payer[40], payee[40];    /* from_brand pays to_brand */
+	int64_t points;               /* source points the member gave */
+	int64_t converted_points;     /* destination points the member got */
+	int64_t price_micros;         /* per destination point, the agreement's */
+	int64_t amount_micros;        /* converted_points × price_micros */
+	uint64_t agreement_seq;       /* the agreement entry in force */
+};
+
+struct statement {
+	uint64_t settlement;          /* the settle entry */
+	int64_t time_ms;
+	char brand_a[40], brand_b[40];
+	int64_t until_ms;
+	uint64_t confirmed_seq;       /* the payee's confirmation entry, 0 if none */
+	char currency[8];             /* the payee brand's */
+	struct statement_line *lines;
+	size_t n, cap;
+	int64_t gross_a_to_b, gross_b_to_a, net; /* micros */
+	char payer[40], payee[40];    /* "" when net is 0 */
+};
+
+int statement_add(struct statement *st, const struct statement_line *l);
+void statement_totals(struct statement *st);
+void statement_free(struct statement *st);
+/* A table for people, or CSV (one row per line, then the totals). */
+int statement_write_table(const struct statement *st, bool csv);
+/* JSON with the evidence and its proofs in the tree of dir's last checkpoint. */
+int statement_write_json(const struct statement *st, const char *dir, char *err, size_t errcap);
+
+#endif
