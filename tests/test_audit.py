@@ -128,6 +128,13 @@ class AuditorsKit(unittest.TestCase):
                          "--points", "100"])
         cls.ctl("partner-beta", ["exchange", "--from", "acme", "--to", "beta", "--member", "cy",
                                  "--points", "500"])
+        cls.ctl("partner-beta", ["exchange", "--from", "acme", "--to", "beta", "--member", "ann",
+                                 "--points", "300"])
+        until = int(time.time() * 1000) - 1
+        time.sleep(0.01)  # the cut-off lies strictly before the settling batch's time
+        cls.settlement = cls.ctl("partner-beta", ["settle", "--brands", "acme,beta", "--until",
+                                                  str(until)])["settlement_id"]
+        cls.ctl("partner-beta", ["settlement", "confirm", "--id", str(cls.settlement)])
 
     @classmethod
     def bench(cls, seconds, cluster=None):
@@ -199,7 +206,7 @@ class AuditorsKit(unittest.TestCase):
         self.assertEqual(report["checkpoints"], 2)
         acme = [b for b in report["brands"] if b["brand"] == "acme"][0]
         self.assertEqual(acme["point_value_micros"], 5000)
-        self.assertEqual(acme["exchanged"], 500)
+        self.assertEqual(acme["exchanged"], 800)
 
         # A whole pull from another node is byte for byte the same journal.
         again = os.path.join(self.dir, "audit-again")
@@ -212,6 +219,61 @@ class AuditorsKit(unittest.TestCase):
         theirs = b"".join(r for f in sorted(glob.glob(again + "/journal/*")) for r in records(f))
         self.assertGreater(n, 0)
         self.assertEqual(mine[:len(theirs)], theirs[:len(mine)])
+
+    # ---- settlement statements --------------------------------------------------------
+
+    def statement(self):
+        rc, out, err = self.audit(["statement", self.audit_dir, "--settlement",
+                                   str(self.settlement), "--json"])
+        self.assertEqual(rc, 0, err)
+        path = os.path.join(self.dir, "statement-%d.json" % self.settlement)
+        write_text(path, out)
+        return path, out
+
+    def check_statement(self, path):
+        return self.audit(["check-statement", path, "--checkpoint", self.checkpoint(self.audit_dir),
+                           "--keys", self.keys])
+
+    def test_a_statement_checks_against_a_signed_checkpoint(self):
+        path, text = self.statement()
+        st = json.loads(text)
+        self.assertEqual(st["count"], 2)
+        self.assertEqual([l["member"] for l in st["lines"]], ["cy", "ann"])
+        # 500 and 300 acme points at 1/2 are 250 and 150 beta points at 4000 micros each
+        self.assertEqual([l["amount_micros"] for l in st["lines"]], [1000000, 600000])
+        self.assertEqual((st["gross_a_to_b_micros"], st["net_micros"], st["payer"], st["payee"]),
+                         (1600000, 1600000, "acme", "beta"))
+        self.assertGreater(st["confirmed_seq"], st["settlement"])
+        rc, out, err = self.check_statement(path)
+        self.assertEqual(rc, 0, err)
+        rc, out, err = self.audit(["statement", self.audit_dir, "--settlement",
+                                   str(self.settlement), "--csv"])
+        self.assertEqual(rc, 0, err)
+        self.assertIn(",cy,acme,beta,500,250,4000,1000000,1.00 ", out)
+
+    def test_a_statement_line_changed(self):
+        path, text = self.statement()
+        write_text(path, text.replace('"amount_micros": 600000', '"amount_micros": 700000', 1))
+        rc, _, err = self.check_statement(path)
+        self.assertEqual(rc, 1)
+        self.assertIn("line 2 (entry", err)
+        self.assertIn("its amount is not what the ledger's entries make", err)
+
+    def test_a_statement_line_dropped_or_its_evidence_changed(self):
+        path, text = self.statement()
+        lines = text.splitlines()
+        write_text(path, "\n".join(l for l in lines if '"member": "ann"' not in l))
+        rc, _, err = self.check_statement(path)
+        self.assertEqual(rc, 1)
+        self.assertIn("counts 2 obligations and lists 1", err)
+        st = json.loads(text)
+        seq = st["lines"][0]["seq"]
+        ev = [e for e in st["evidence"] if e["seq"] == seq][0]["entry"]
+        forged = ev[:-2] + ("00" if ev[-2:] != "00" else "01")
+        write_text(path, text.replace(ev, forged))
+        rc, _, err = self.check_statement(path)
+        self.assertEqual(rc, 1)
+        self.assertIn("entry %d: not in the tree of the checkpoint" % seq, err)
 
     # ---- tampering ---------------------------------------------------------------------
 
