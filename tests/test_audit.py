@@ -27,6 +27,9 @@ CLUSTER = os.path.join(ROOT, "tools", "tally-cluster")
 TALLYCTL = os.path.join(BUILD, "tools", "tallyctl")
 AUDIT = os.path.join(BUILD, "tools", "tally-audit")
 BENCH = os.path.join(BUILD, "tools", "tally-bench")
+# The independent verifier runs on Debian's python3 (python3-protobuf, -cryptography).
+PY_VERIFY = os.path.join(ROOT, "clients", "python", "tally_verify.py")
+DEBIAN_PYTHON = "/usr/bin/python3"
 # How long a restarted node may take to catch up (a hang is a failure).
 CATCH_UP_S = 60
 
@@ -219,6 +222,44 @@ class AuditorsKit(unittest.TestCase):
         theirs = b"".join(r for f in sorted(glob.glob(again + "/journal/*")) for r in records(f))
         self.assertGreater(n, 0)
         self.assertEqual(mine[:len(theirs)], theirs[:len(mine)])
+
+    # ---- the independent verifier (clients/python) ----------------------------------
+
+    def py_verify(self, d):
+        pb = os.path.join(BUILD, "python")
+        probe = subprocess.run([DEBIAN_PYTHON, "-c", "import google.protobuf, cryptography"],
+                               capture_output=True)
+        if probe.returncode != 0 or not os.path.exists(os.path.join(pb, "tally_pb2.py")):
+            self.skipTest("%s lacks python3-protobuf or python3-cryptography, or %s/tally_pb2.py "
+                          "is not built (make deps && make)" % (DEBIAN_PYTHON, pb))
+        p = subprocess.run([DEBIAN_PYTHON, PY_VERIFY, d, "--keys", self.keys],
+                           env=dict(self.env, PYTHONPATH=pb), capture_output=True, text=True)
+        return p.returncode, p.stdout, p.stderr
+
+    def test_the_python_verifier_agrees_and_catches_what_verify_catches(self):
+        rc, out, err = self.py_verify(self.audit_dir)
+        self.assertEqual(rc, 0, err)
+        mine = json.loads(out)
+        rc, out, err = self.verify(self.audit_dir)
+        self.assertEqual(rc, 0, err)
+        theirs = json.loads(out)
+        self.assertEqual((mine["entries"], mine["root"]), (theirs["entries"], theirs["root"]))
+        d = self.tampered("py-drop")
+        f = self.journal_file(d)
+        recs = records(f)
+        del recs[4]
+        write_records(f, recs)
+        rc, _, err = self.py_verify(d)
+        self.assertEqual(rc, 1)
+        self.assertIn("entry 5 of the journal says it is entry 6", err)
+        d = self.tampered("py-signature")
+        c = self.checkpoint(d)
+        text = read_text(c)
+        sig = json.loads(text)["signature"]
+        write_text(c, text.replace(sig, sig[:-1] + ("0" if sig[-1] != "0" else "1")))
+        rc, _, err = self.py_verify(d)
+        self.assertEqual(rc, 1)
+        self.assertIn("the signature does not verify", err)
 
     # ---- settlement statements --------------------------------------------------------
 
