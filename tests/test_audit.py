@@ -9,6 +9,7 @@ of tampering with the pulled directory must be caught, and named, by verify.
 Run: python3 tests/test_audit.py   (after make; TALLY_BUILD picks another build)
 """
 
+import datetime
 import glob
 import json
 import os
@@ -121,8 +122,8 @@ class AuditorsKit(unittest.TestCase):
         cls.ctl("admin", ["brand", "create", "--id", "beta", "--name", "Beta"])
         cls.ctl("admin", ["agreement", "set", "--from", "acme", "--to", "beta", "--rate", "1/2",
                           "--min", "10", "--daily-cap", "100000", "--price-micros", "4000"])
-        for m in ("ann", "bo", "cy"):
-            cls.ctl("admin", ["member", "open", "--id", m])
+        for m, segment in (("ann", "owner_passenger"), ("bo", "fan"), ("cy", "prospect")):
+            cls.ctl("admin", ["member", "open", "--id", m, "--segment", segment])
             cls.ctl("dealer", ["accrue", "--brand", "acme", "--member", m, "--points", "1000"])
         hold = cls.ctl("mall", ["hold", "--brand", "acme", "--member", "ann", "--points", "300",
                                 "--timeout-s", "3600"])["hold_id"]
@@ -260,6 +261,40 @@ class AuditorsKit(unittest.TestCase):
         rc, _, err = self.py_verify(d)
         self.assertEqual(rc, 1)
         self.assertIn("the signature does not verify", err)
+
+    # ---- the layering report -----------------------------------------------------------
+
+    def layering(self, *args):
+        rc, out, err = self.audit(["layering", self.audit_dir, "--brand", "acme", "--csv"] +
+                                  list(args))
+        self.assertEqual(rc, 0, err)
+        rows = [l.split(",") for l in out.strip().splitlines()[1:]]
+        self.assertEqual(len(rows), 6 * 4 * 3)  # every cell, empty ones too
+        return {(r[2], r[3], r[4]): (int(r[5]), int(r[6]), int(r[7])) for r in rows if r[5] != "0"}, rows[0][1]
+
+    def test_layering_by_segment_maturity_and_activity(self):
+        now, at = self.layering()
+        # every acme member joined and earned within the last day of the journal
+        self.assertEqual(set(now), {("owner_passenger", "new", "active"), ("fan", "new", "active"),
+                                    ("prospect", "new", "active")})
+        self.assertEqual(now[("owner_passenger", "new", "active")][2], 1000)  # ann earned 1000
+        t = datetime.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+        def later(days):
+            return (t + datetime.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.assertEqual({k[1:] for k in self.layering("--at", later(45))[0]},
+                         {("new", "occasional")})
+        self.assertEqual({k[1:] for k in self.layering("--at", later(100))[0]},
+                         {("growing", "dormant")})
+        self.assertEqual({k[1:] for k in self.layering("--at", later(200))[0]},
+                         {("lapsing", "dormant")})
+        self.assertEqual({k[1:] for k in self.layering("--at", later(400), "--lapse-days",
+                                                       "500")[0]}, {("mature", "dormant")})
+        png = os.path.join(self.dir, "layering.png")
+        rc, _, err = self.audit(["layering", self.audit_dir, "--brand", "acme", "--png", png])
+        self.assertEqual(rc, 0, err)
+        with open(png, "rb") as f:
+            self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
     # ---- settlement statements --------------------------------------------------------
 

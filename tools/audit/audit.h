@@ -118,6 +118,9 @@ struct audit_opts {
 	uint64_t settlement;          /* statement */
 	bool csv;                     /* statement */
 	const char *checkpoint;       /* check-statement: the checkpoint file to check against */
+	const char *png;              /* layering: the heat map */
+	int64_t new_days, mature_days, lapse_days;      /* layering: maturity thresholds */
+	int64_t active_days, occasional_days;           /* layering: activity windows */
 	struct tally_connect conn;    /* pull */
 };
 
@@ -126,6 +129,7 @@ int audit_verify(const struct audit_opts *o);
 int audit_balance(const struct audit_opts *o);
 int audit_statement(const struct audit_opts *o);
 int audit_check_statement(const struct audit_opts *o);
+int audit_layering(const struct audit_opts *o);
 
 /* main.c: --at as a sequence number (digits only) into *seq, or an RFC 3339 time into
  * *time_ms; the other is left 0. 0, or -1 when it is neither. */

@@ -7,6 +7,9 @@
  *   tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]
  *   tally-audit statement DIR --settlement ID [--json | --csv]
  *   tally-audit check-statement FILE --checkpoint C.json --keys FILE
+ *   tally-audit layering DIR --brand B [--at TIME] [--csv] [--png FILE] [--new-days 90]
+ *               [--mature-days 365] [--lapse-days 180] [--active-days 30]
+ *               [--occasional-days 90]
  *
  * The key of pull is an auditor's (scope *; "auditor" in a key directory by default).
  * --stale reads from the first node of --cluster without a barrier (through a
@@ -15,6 +18,7 @@
  * refusal (named on stderr), 2 usage, 3 the cluster did not answer.
  */
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +88,9 @@ static int usage(const char *why)
 		"       tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]\n"
 		"       tally-audit statement DIR --settlement ID [--json | --csv]\n"
 		"       tally-audit check-statement FILE --checkpoint C.json --keys FILE\n"
+		"       tally-audit layering DIR --brand B [--at TIME] [--csv] [--png FILE]\n"
+		"                  [--new-days 90] [--mature-days 365] [--lapse-days 180]\n"
+		"                  [--active-days 30] [--occasional-days 90]\n"
 		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
 	return AUDIT_EXIT_USAGE;
 }
@@ -92,7 +99,18 @@ int main(int argc, char **argv)
 {
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
 		return usage(NULL);
-	struct audit_opts o = {0};
+	struct audit_opts o = {.new_days = 90, .mature_days = 365, .lapse_days = 180,
+			       .active_days = 30, .occasional_days = 90};
+	static const struct {
+		const char *flag;
+		size_t at;
+	} days[] = {
+		{"--new-days", offsetof(struct audit_opts, new_days)},
+		{"--mature-days", offsetof(struct audit_opts, mature_days)},
+		{"--lapse-days", offsetof(struct audit_opts, lapse_days)},
+		{"--active-days", offsetof(struct audit_opts, active_days)},
+		{"--occasional-days", offsetof(struct audit_opts, occasional_days)},
+	};
 	tally_connect_from_env(&o.conn);
 	const char *cmd = argv[1];
 	for (int i = 2; i < argc; i++) {
@@ -101,7 +119,15 @@ int main(int argc, char **argv)
 			i += took - 1;
 			continue;
 		}
-		if (strcmp(argv[i], "--json") == 0)
+		size_t d = 0;
+		while (d < sizeof(days) / sizeof(days[0]) && strcmp(argv[i], days[d].flag) != 0)
+			d++;
+		if (d < sizeof(days) / sizeof(days[0]) && i + 1 < argc) {
+			int64_t v = strtoll(argv[++i], NULL, 10);
+			if (v <= 0 || v > 36500)
+				return usage("a number of days is 1..36500");
+			*(int64_t *)((char *)&o + days[d].at) = v;
+		} else if (strcmp(argv[i], "--json") == 0)
 			o.json = true;
 		else if (strcmp(argv[i], "--stale") == 0)
 			o.stale = true;
@@ -121,6 +147,8 @@ int main(int argc, char **argv)
 			o.checkpoint = argv[++i];
 		else if (strcmp(argv[i], "--csv") == 0)
 			o.csv = true;
+		else if (strcmp(argv[i], "--png") == 0 && i + 1 < argc)
+			o.png = argv[++i];
 		else if (argv[i][0] != '-' && o.dir == NULL)
 			o.dir = argv[i];
 		else
@@ -138,5 +166,11 @@ int main(int argc, char **argv)
 		return audit_statement(&o);
 	if (strcmp(cmd, "check-statement") == 0)
 		return audit_check_statement(&o);
+	if (strcmp(cmd, "layering") == 0) {
+		if (o.new_days >= o.mature_days || o.active_days >= o.occasional_days)
+			return usage("--new-days must be below --mature-days, --active-days below "
+				     "--occasional-days");
+		return audit_layering(&o);
+	}
 	return usage("unknown command");
 }
