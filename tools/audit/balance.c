@@ -49,14 +49,8 @@ static int balance_note(struct balance *b, const Tally__V1__Entry *e)
 	const struct audit_account *a = audit_books_account(&b->books, b->o->brand, b->o->member);
 	if (a == NULL || a->last_seq != e->seq)
 		return 0;
-	if (b->n == b->cap) {
-		size_t cap = b->cap ? 2 * b->cap : 64;
-		struct moved *m = realloc(b->lines, cap * sizeof(*m));
-		if (m == NULL)
-			return -1;
-		b->lines = m;
-		b->cap = cap;
-	}
+	if (audit_grow((void **)&b->lines, &b->cap, b->n, sizeof(*b->lines)) != 0)
+		return -1;
 	b->lines[b->n++] = (struct moved){e->seq, e->time_ms, entry_what(e), a->available, a->held,
 					  a->available - b->available, a->held - b->held};
 	b->available = a->available;
@@ -64,40 +58,15 @@ static int balance_note(struct balance *b, const Tally__V1__Entry *e)
 	return 0;
 }
 
-/* Books the journal up to the cut-off; 0, or AUDIT_EXIT_FAILED with b->err. */
-static int balance_read(struct balance *b)
+static bool balance_stop(void *ctx, const Tally__V1__Entry *e)
 {
-	struct audit_reader r;
-	if (audit_reader_open(b->o->dir, &r, b->err, sizeof(b->err)) != 0)
-		return AUDIT_EXIT_FAILED;
-	int rc = 0;
-	for (;;) {
-		uint64_t seq;
-		const uint8_t *bytes;
-		size_t len;
-		int got = audit_reader_next(&r, &seq, &bytes, &len, b->err, sizeof(b->err));
-		if (got <= 0) {
-			rc = got < 0 ? AUDIT_EXIT_FAILED : 0;
-			break;
-		}
-		if (b->at_seq != 0 && seq > b->at_seq)
-			break;
-		const Tally__V1__Entry *e = audit_books_decode(&b->books, seq, bytes, len, b->err,
-							       sizeof(b->err));
-		if (e == NULL) {
-			rc = AUDIT_EXIT_FAILED;
-			break;
-		}
-		if (b->at_ms != 0 && e->time_ms > b->at_ms)
-			break;
-		if (audit_books_apply(&b->books, e, b->err, sizeof(b->err)) != 0 ||
-		    balance_note(b, e) != 0) {
-			rc = AUDIT_EXIT_FAILED;
-			break;
-		}
-	}
-	audit_reader_close(&r);
-	return rc;
+	const struct balance *b = ctx;
+	return (b->at_seq != 0 && e->seq > b->at_seq) || (b->at_ms != 0 && e->time_ms > b->at_ms);
+}
+
+static int balance_each(void *ctx, const Tally__V1__Entry *e)
+{
+	return balance_note(ctx, e);
 }
 
 static void balance_print(const struct balance *b)
@@ -155,7 +124,8 @@ int audit_balance(const struct audit_opts *o)
 				"(2026-11-30T12:00:00Z)\n");
 		rc = AUDIT_EXIT_USAGE;
 	} else if (audit_books_init(&b->books, b->err, sizeof(b->err)) != 0 ||
-		   balance_read(b) != 0) {
+		   audit_walk(o->dir, &b->books, balance_stop, balance_each, b, b->err,
+			      sizeof(b->err)) != 0) {
 		fprintf(stderr, "tally-audit: balance: %s\n", b->err);
 		rc = AUDIT_EXIT_FAILED;
 	} else {

@@ -3,6 +3,8 @@
  */
 #include "tools/audit/books.h"
 
+#include "tools/audit/audit.h"
+
 #include <assert.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -320,6 +322,53 @@ int audit_books_entry(struct audit_books *b, uint64_t seq, const uint8_t *bytes,
 {
 	const Tally__V1__Entry *e = audit_books_decode(b, seq, bytes, len, err, errcap);
 	return e == NULL ? -1 : audit_books_apply(b, e, err, errcap);
+}
+
+int audit_walk(const char *dir, struct audit_books *b,
+	       bool (*stop)(void *ctx, const Tally__V1__Entry *e),
+	       int (*each)(void *ctx, const Tally__V1__Entry *e), void *ctx, char *err,
+	       size_t errcap)
+{
+	struct audit_reader r;
+	if (audit_reader_open(dir, &r, err, errcap) != 0)
+		return -1;
+	int rc = 0;
+	for (;;) {
+		uint64_t seq;
+		const uint8_t *bytes;
+		size_t len;
+		int got = audit_reader_next(&r, &seq, &bytes, &len, err, errcap);
+		if (got <= 0) {
+			rc = got;
+			break;
+		}
+		const Tally__V1__Entry *e = audit_books_decode(b, seq, bytes, len, err, errcap);
+		if (e == NULL) {
+			rc = -1;
+			break;
+		}
+		if (stop != NULL && stop(ctx, e))
+			break;
+		if (audit_books_apply(b, e, err, errcap) != 0 || (each != NULL && each(ctx, e) != 0)) {
+			rc = -1;
+			break;
+		}
+	}
+	audit_reader_close(&r);
+	return rc;
+}
+
+int audit_grow(void **p, size_t *cap, size_t n, size_t size)
+{
+	if (n < *cap)
+		return 0;
+	size_t c = *cap ? 2 * *cap : 64;
+	void *q = realloc(*p, c * size);
+	if (q == NULL)
+		return -1;
+	*p = q;
+	*cap = c;
+	return 0;
 }
 
 /* ---- the report ------------------------------------------------------------------------ */

@@ -91,6 +91,18 @@ int audit_books_totals(struct audit_books *b, char *err, size_t errcap);
 void audit_books_report(const struct audit_books *b, const struct tally_checkpoint *last,
 			size_t n_checkpoints, double secs, bool json, FILE *out);
 
+/* Reads dir's journal in order, decoding each entry and booking it into b: before
+ * booking, stop(ctx, e) may end the walk there (NULL: never); after, each(ctx, e)
+ * (NULL: nothing) may fail it (non-zero). 0, or -1 with err naming the problem. */
+int audit_walk(const char *dir, struct audit_books *b,
+	       bool (*stop)(void *ctx, const Tally__V1__Entry *e),
+	       int (*each)(void *ctx, const Tally__V1__Entry *e), void *ctx, char *err,
+	       size_t errcap);
+
+/* Room for one more of an array *p of *cap elements of `size` bytes holding n: 0, or
+ * -1 when out of memory (the array is kept). */
+int audit_grow(void **p, size_t *cap, size_t n, size_t size);
+
 /* "1234.56 CNY": points at a point value in micros, rounded to the cent. */
 void audit_money(int64_t points, int64_t point_value_micros, const char *currency, char *out,
 		 size_t cap);

@@ -54,14 +54,8 @@ static int note_segment(struct layering *y, const Tally__V1__Entry *e)
 		member = c->update_member->id, segment = (int)c->update_member->segment;
 	if (member == NULL)
 		return 0;
-	if (y->n_segs == y->cap_segs) {
-		size_t cap = y->cap_segs ? 2 * y->cap_segs : 1024;
-		struct seg_change *s = realloc(y->segs, cap * sizeof(*s));
-		if (s == NULL)
-			return -1;
-		y->segs = s;
-		y->cap_segs = cap;
-	}
+	if (audit_grow((void **)&y->segs, &y->cap_segs, y->n_segs, sizeof(*y->segs)) != 0)
+		return -1;
 	const char *id = tally_arena_strdup(&y->books.strings, member);
 	if (id == NULL)
 		return -1;
@@ -90,35 +84,21 @@ static int segment_of(const struct layering *y, const char *member)
 	return lo > 0 && strcmp(y->segs[lo - 1].member, member) == 0 ? y->segs[lo - 1].segment : 0;
 }
 
+static bool layering_stop(void *ctx, const Tally__V1__Entry *e)
+{
+	const struct layering *y = ctx;
+	return y->at_ms != 0 && e->time_ms > y->at_ms;
+}
+
+static int layering_each(void *ctx, const Tally__V1__Entry *e)
+{
+	return note_segment(ctx, e);
+}
+
 static int layering_read(struct layering *y)
 {
-	struct audit_reader r;
-	if (audit_reader_open(y->o->dir, &r, y->err, sizeof(y->err)) != 0)
-		return -1;
-	int rc = 0;
-	for (;;) {
-		uint64_t seq;
-		const uint8_t *bytes;
-		size_t len;
-		int got = audit_reader_next(&r, &seq, &bytes, &len, y->err, sizeof(y->err));
-		if (got <= 0) {
-			rc = got;
-			break;
-		}
-		const Tally__V1__Entry *e = audit_books_decode(&y->books, seq, bytes, len, y->err,
-							       sizeof(y->err));
-		if (e == NULL) {
-			rc = -1;
-			break;
-		}
-		if (y->at_ms != 0 && e->time_ms > y->at_ms)
-			break;
-		if (audit_books_apply(&y->books, e, y->err, sizeof(y->err)) != 0 || note_segment(y, e) != 0) {
-			rc = -1;
-			break;
-		}
-	}
-	audit_reader_close(&r);
+	int rc = audit_walk(y->o->dir, &y->books, layering_stop, layering_each, y, y->err,
+			    sizeof(y->err));
 	if (y->at_ms == 0)
 		y->at_ms = y->books.last_ms;
 	return rc;

@@ -37,19 +37,6 @@ struct find {
 	char err[1024];
 };
 
-static bool grow(void **p, size_t *cap, size_t n, size_t size)
-{
-	if (n < *cap)
-		return true;
-	size_t c = *cap ? 2 * *cap : 64;
-	void *q = realloc(*p, c * size);
-	if (q == NULL)
-		return false;
-	*p = q;
-	*cap = c;
-	return true;
-}
-
 static const struct agreement *agreement_of(const struct find *f, const char *from, const char *to)
 {
 	for (size_t i = f->n_ags; i-- > 0;)
@@ -61,7 +48,7 @@ static const struct agreement *agreement_of(const struct find *f, const char *fr
 static int note_agreement(struct find *f, const Tally__V1__Entry *e)
 {
 	const Tally__V1__SetAgreement *s = e->command->set_agreement;
-	if (!grow((void **)&f->ags, &f->cap_ags, f->n_ags, sizeof(*f->ags)))
+	if (audit_grow((void **)&f->ags, &f->cap_ags, f->n_ags, sizeof(*f->ags)) != 0)
 		return -1;
 	struct agreement *a = &f->ags[f->n_ags++];
 	snprintf(a->from, sizeof(a->from), "%s", s->from_brand);
@@ -80,7 +67,7 @@ static int note_exchange(struct find *f, const Tally__V1__Entry *e)
 			 "entry before it", e->seq);
 		return -1;
 	}
-	if (!grow((void **)&f->open, &f->cap_open, f->n_open, sizeof(*f->open)))
+	if (audit_grow((void **)&f->open, &f->cap_open, f->n_open, sizeof(*f->open)) != 0)
 		return -1;
 	size_t cap = f->cap_open;
 	bool *s = realloc(f->settled, cap * sizeof(*s));
@@ -153,35 +140,20 @@ static int find_entry(struct find *f, const Tally__V1__Entry *e)
 	}
 }
 
+static int find_each(void *ctx, const Tally__V1__Entry *e)
+{
+	return find_entry(ctx, e);
+}
+
 /* Pass 1: the statement's lines, from the whole journal. */
 static int find_lines(struct find *f)
 {
-	struct audit_reader r;
-	if (audit_reader_open(f->o->dir, &r, f->err, sizeof(f->err)) != 0)
+	if (audit_walk(f->o->dir, &f->books, NULL, find_each, f, f->err, sizeof(f->err)) != 0)
 		return -1;
-	int rc = 0;
-	for (;;) {
-		uint64_t seq;
-		const uint8_t *bytes;
-		size_t len;
-		int got = audit_reader_next(&r, &seq, &bytes, &len, f->err, sizeof(f->err));
-		if (got <= 0) {
-			rc = got;
-			break;
-		}
-		const Tally__V1__Entry *e = audit_books_decode(&f->books, seq, bytes, len, f->err,
-							       sizeof(f->err));
-		if (e == NULL || audit_books_apply(&f->books, e, f->err, sizeof(f->err)) != 0 ||
-		    find_entry(f, e) != 0) {
-			rc = -1;
-			break;
-		}
-	}
-	audit_reader_close(&r);
-	if (rc == 0 && f->st.settlement == 0)
-		snprintf(f->err, sizeof(f->err), "no settlement %" PRIu64 " in the journal",
-			 f->o->settlement);
-	return rc == 0 && f->st.settlement != 0 ? 0 : -1;
+	if (f->st.settlement != 0)
+		return 0;
+	snprintf(f->err, sizeof(f->err), "no settlement %" PRIu64 " in the journal", f->o->settlement);
+	return -1;
 }
 
 int audit_statement(const struct audit_opts *o)

@@ -13,14 +13,8 @@
 
 int statement_add(struct statement *st, const struct statement_line *l)
 {
-	if (st->n == st->cap) {
-		size_t cap = st->cap ? 2 * st->cap : 64;
-		struct statement_line *m = realloc(st->lines, cap * sizeof(*m));
-		if (m == NULL)
-			return -1;
-		st->lines = m;
-		st->cap = cap;
-	}
+	if (audit_grow((void **)&st->lines, &st->cap, st->n, sizeof(*st->lines)) != 0)
+		return -1;
 	st->lines[st->n++] = *l;
 	return 0;
 }
