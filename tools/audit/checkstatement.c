@@ -318,7 +318,13 @@ int audit_check_statement(const struct audit_opts *o)
 		rc = parse_statement(k, text);
 	if (rc == 0)
 		rc = recheck(k);
-	if (rc == 0)
+	if (rc == 0 && o->json)
+		printf("{\"checked\":true,\"settlement\":%" PRIu64 ",\"obligations\":%zu,"
+		       "\"net_micros\":%" PRId64 ",\"payer\":\"%s\",\"payee\":\"%s\","
+		       "\"checkpoint_node_id\":%" PRIu64 ",\"checkpoint_tree_size\":%" PRIu64 "}\n",
+		       k->st.settlement, k->st.n, k->st.net, k->st.payer, k->st.payee, k->c.node_id,
+		       k->c.tree_size);
+	else if (rc == 0)
 		printf("statement of settlement %" PRIu64 " checked against %s (node %" PRIu64
 		       ", tree size %" PRIu64 "): %zu obligations, every line and total follows from "
 		       "the ledger's entries\n", k->st.settlement, o->checkpoint, k->c.node_id,

@@ -132,6 +132,23 @@ static void layering_print(const struct layering *y)
 {
 	char when[40];
 	tally_rfc3339(y->at_ms, when, sizeof(when));
+	if (y->o->json) {
+		printf("{\"brand\":\"%s\",\"at\":\"%s\",\"cells\":[", y->o->brand, when);
+		bool first = true;
+		for (int s = 0; s < SEGMENTS; s++)
+			for (int m = 0; m < MATURITIES; m++)
+				for (int a = 0; a < ACTIVITIES; a++) {
+					const struct cell *c = &y->cells[s][m][a];
+					printf("%s{\"segment\":\"%s\",\"maturity\":\"%s\",\"activity\":"
+					       "\"%s\",\"members\":%" PRIu64 ",\"outstanding\":%" PRId64
+					       ",\"earned\":%" PRId64 "}", first ? "" : ",", segment_names[s],
+					       maturity_names[m], activity_names[a], c->members,
+					       c->outstanding, c->earned);
+					first = false;
+				}
+		printf("]}\n");
+		return;
+	}
 	if (y->o->csv)
 		printf("brand,at,segment,maturity,activity,members,points_outstanding,points_earned\n");
 	else

@@ -6,8 +6,8 @@
  *   tally-audit verify DIR --keys FILE [--json]
  *   tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]
  *   tally-audit statement DIR --settlement ID [--json | --csv]
- *   tally-audit check-statement FILE --checkpoint C.json --keys FILE
- *   tally-audit layering DIR --brand B [--at TIME] [--csv] [--png FILE] [--new-days 90]
+ *   tally-audit check-statement FILE --checkpoint C.json --keys FILE [--json]
+ *   tally-audit layering DIR --brand B [--at TIME] [--json | --csv] [--png FILE] [--new-days 90]
  *               [--mature-days 365] [--lapse-days 180] [--active-days 30]
  *               [--occasional-days 90]
  *
@@ -87,8 +87,8 @@ static int usage(const char *why)
 		"       tally-audit verify DIR --keys FILE [--json]\n"
 		"       tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]\n"
 		"       tally-audit statement DIR --settlement ID [--json | --csv]\n"
-		"       tally-audit check-statement FILE --checkpoint C.json --keys FILE\n"
-		"       tally-audit layering DIR --brand B [--at TIME] [--csv] [--png FILE]\n"
+		"       tally-audit check-statement FILE --checkpoint C.json --keys FILE [--json]\n"
+		"       tally-audit layering DIR --brand B [--at TIME] [--json | --csv] [--png FILE]\n"
 		"                  [--new-days 90] [--mature-days 365] [--lapse-days 180]\n"
 		"                  [--active-days 30] [--occasional-days 90]\n"
 		"exit: 0 done, 1 a problem found (named), 2 usage, 3 the cluster did not answer\n");
