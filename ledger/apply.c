@@ -258,6 +258,8 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 	e.cause_seq = cause_seq;
 	e.brand = (char *)(brand != NULL ? brand : "");
 	e.member = (char *)(member != NULL ? member : "");
+	if (kind == TALLY__V1__ENTRY_KIND__COMMAND)
+		a->cmd_entry = true;
 	int rc = entry_store(a, &e);
 	if (rc == 0)
 		rc = entry_index(a, &e);
@@ -266,6 +268,26 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 	a->lots = NULL;
 	a->cap_lots = 0;
 	return rc;
+}
+
+/* A command rejected after it had changed state: an account it opened had lots run out
+ * or its tier window move (saved so that the account stays consistent), a hold it
+ * named had run out and was released. Its entry carries the command and the rejection
+ * (result.entry_seq stays 0) and no postings, so that replaying the journal repeats the
+ * change; a rejection that changed nothing leaves no entry. */
+static int journal_rejected(struct apply *a, Tally__V1__CommandResult *r)
+{
+	assert(a->cmd != NULL && r->code != TALLY__V1__RESULT_CODE__OK && a->n_postings == 0);
+	Tally__V1__Entry e = TALLY__V1__ENTRY__INIT;
+	e.seq = next_seq(a);
+	e.time_ms = a->now_ms;
+	e.kind = TALLY__V1__ENTRY_KIND__COMMAND;
+	e.command = (Tally__V1__Command *)a->cmd;
+	e.result = r;
+	e.brand = (char *)"";
+	e.member = (char *)"";
+	a->cmd_entry = true;
+	return entry_store(a, &e);
 }
 
 /* ---- commands --------------------------------------------------------------------- */
@@ -421,6 +443,10 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 		if (rc != 0 || done)
 			return rc;
 	}
+	uint8_t digest[32];
+	uint64_t size = a->m.tree.size;
+	memcpy(digest, a->m.digest, sizeof(digest));
+	a->cmd_entry = false;
 	rc = handlers[c->body_case](a, c, r);
 	if (rc != 0)
 		return rc;
@@ -429,6 +455,13 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 	a->n_lots = 0;              /* moves planned in memory before a rejection */
 	a->lots = NULL;
 	a->cap_lots = 0;
+	bool changed = a->m.tree.size != size || memcmp(digest, a->m.digest, sizeof(digest)) != 0;
+	if (changed && !a->cmd_entry)
+		rc = r->code != TALLY__V1__RESULT_CODE__OK ? journal_rejected(a, r) : emit_entry(a, TALLY__V1__ENTRY_KIND__COMMAND,
+									r, NULL, NULL, 0);
+	if (rc != 0)
+		return rc;
+	assert(!changed || a->cmd_entry); /* every change of state is in the journal */
 	if (idempotent)
 		rc = idem_settle(a, c, hash, r);
 	if (r->message == NULL)

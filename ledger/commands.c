@@ -701,7 +701,8 @@ static int entry_load(struct apply *a, uint64_t seq, Tally__V1__Entry **out)
 static int64_t reversible_points(const Tally__V1__Entry *e, bool *accrual)
 {
 	*accrual = false;
-	if (e->kind != TALLY__V1__ENTRY_KIND__COMMAND || e->command == NULL || e->result == NULL)
+	if (e->kind != TALLY__V1__ENTRY_KIND__COMMAND || e->command == NULL || e->result == NULL ||
+	    e->result->code != CODE(OK)) /* a rejected command's entry moved no points */
 		return 0;
 	switch (e->command->body_case) {
 	case TALLY__V1__COMMAND__BODY_ACCRUE:

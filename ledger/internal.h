@@ -47,7 +47,7 @@ extern const bool table_digested[T_COUNT];
 enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
 
 #define KEY_BYTES_MAX 400   /* below LMDB's 511-byte key limit */
-#define LEDGER_FORMAT_VERSION 1
+#define LEDGER_FORMAT_VERSION 2 /* 2: every command that changed state has an entry */
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24
 #define POSTINGS_MAX 8
@@ -141,6 +141,7 @@ struct apply {
 	} sys[SYS_DELTAS_MAX];
 	size_t n_sys;
 	bool holds_more;                  /* the hold sweep left timed-out holds open */
+	bool cmd_entry;                   /* the command being applied has its COMMAND entry */
 };
 
 /* hashing (hash.c) */

@@ -1050,7 +1050,8 @@ static void journal_count(struct sim *s, struct tally_ledger *l, unsigned *count
 			const ProtobufCBinaryData *b = &res->entries[k]->entry;
 			Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&a), b->len, b->data);
 			unsigned id;
-			if (e != NULL && e->command != NULL &&
+			if (e != NULL && e->command != NULL && e->result != NULL &&
+			    e->result->code == TALLY__V1__RESULT_CODE__OK && /* not a refusal's */
 			    sscanf(e->command->request_id, "c%u", &id) == 1 && id < s->n_cmds)
 				count[id]++;
 		}

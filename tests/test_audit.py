@@ -208,6 +208,14 @@ class AuditorsKit(unittest.TestCase):
         report = json.loads(out)
         self.assertEqual(report["entries"], second["tree_size"])
         self.assertEqual(report["checkpoints"], 2)
+        # replay rebuilds the ledger from the journal alone, to the signed root and state
+        rc, out, err = self.audit(["replay", self.audit_dir, "--out",
+                                   os.path.join(self.dir, "replayed"), "--json"])
+        self.assertEqual(rc, 0, err)
+        replayed = json.loads(out)
+        self.assertEqual(replayed["entries"], second["tree_size"])
+        self.assertEqual(replayed["checkpoints"], 2)
+        self.assertEqual(replayed["root"], report["root"])
         acme = [b for b in report["brands"] if b["brand"] == "acme"][0]
         self.assertEqual(acme["point_value_micros"], 5000)
         self.assertEqual(acme["exchanged"], 800)
@@ -471,6 +479,16 @@ class AuditorsKit(unittest.TestCase):
         self.assertGreaterEqual(json.loads(out)["fetched"], 1)  # the torn entry again
         rc, _, err = self.verify(d)
         self.assertEqual(rc, 0, err)
+
+    def test_replay_names_a_state_that_is_not_the_signed_one(self):
+        d = self.tampered("replay")
+        c = self.checkpoint(d)
+        text = read_text(c)
+        digest = json.loads(text)["state_digest"]
+        write_text(c, text.replace(digest, ("0" if digest[0] != "0" else "1") + digest[1:]))
+        rc, _, err = self.audit(["replay", d, "--out", os.path.join(d, "ledger")])
+        self.assertEqual(rc, 1)
+        self.assertIn("is not %s's: its state digest differs" % os.path.relpath(c, d), err)
 
     def test_a_checkpoint_beyond_the_journal(self):
         d = self.tampered("short")

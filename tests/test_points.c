@@ -789,7 +789,15 @@ static struct tally_digest sweep_drain(struct fx *f)
 	assert_int_equal(rs[1]->code, CODE(HOLD_EXPIRED));
 	assert_int_equal(count_kind(f, before, KIND(HOLD_RELEASED), NULL),
 			 TALLY_HOLD_RELEASES_PER_BATCH_MAX + 1);
-	Tally__V1__Entry *last = entry_at(f, tree_size(f));
+	/* The capture changed state (it released the hold) and was refused: its entry
+	 * carries the refusal; the void after it changed nothing and left none. */
+	Tally__V1__Entry *refused = entry_at(f, tree_size(f));
+	assert_int_equal(refused->kind, KIND(COMMAND));
+	assert_int_equal(refused->command->body_case, TALLY__V1__COMMAND__BODY_CAPTURE);
+	assert_int_equal(refused->result->code, CODE(HOLD_EXPIRED));
+	assert_int_equal(refused->result->entry_seq, 0);
+	assert_int_equal(refused->n_postings, 0);
+	Tally__V1__Entry *last = entry_at(f, tree_size(f) - 1);
 	assert_int_equal(last->kind, KIND(HOLD_RELEASED));
 	assert_int_equal(last->cause_seq, ids[SWEEP_HOLDS - 1]);
 	assert_int_equal(posted(last, SYS(MEMBER), MEMBERS[(SWEEP_HOLDS - 1) % 4], BUCKET(AVAILABLE)), 1);
@@ -1455,7 +1463,11 @@ static void test_expire_posts_lot_expired_entry_for_every_lot_that_ran_out(void 
 	Tally__V1__CommandResult *r = ok(&f, c_expire(&f, timer(&f)));
 	assert_int_equal(r->count, 3);
 	assert_false(r->more);
-	assert_int_equal(tree_size(&f), before + 3);
+	/* three LOT_EXPIRED entries, then the expire command's own entry (it changed state) */
+	assert_int_equal(tree_size(&f), before + 4);
+	assert_int_equal(entry_at(&f, before + 4)->kind, KIND(COMMAND));
+	assert_int_equal(entry_at(&f, before + 4)->command->body_case, TALLY__V1__COMMAND__BODY_EXPIRE);
+	assert_int_equal(entry_at(&f, before + 4)->result->count, 3);
 	int64_t m1_seen = 0, m2_seen = 0;
 	for (uint64_t seq = before + 1; seq <= before + 3; seq++) {
 		Tally__V1__Entry *e = entry_at(&f, seq);
@@ -1513,11 +1525,15 @@ static void test_expire_handles_at_most_max_items_and_reports_more(void **state)
 	Tally__V1__CommandResult *r = ok(&f, c_expire_max(&f, 2));
 	assert_int_equal(r->count, 2);
 	assert_true(r->more);
-	assert_int_equal(tree_size(&f), before + 2);
+	assert_int_equal(tree_size(&f), before + 2 + 1); /* and the expire's own entry */
 	r = ok(&f, c_expire_max(&f, 2));
 	assert_int_equal(r->count, 1);
 	assert_false(r->more);
-	assert_int_equal(tree_size(&f), before + 3);
+	assert_int_equal(tree_size(&f), before + 3 + 2);
+	/* an expire that finds nothing changes nothing and leaves no entry */
+	r = ok(&f, c_expire_max(&f, 2));
+	assert_int_equal(r->count, 0);
+	assert_int_equal(tree_size(&f), before + 3 + 2);
 	assert_int_equal(count_kind(&f, before, KIND(LOT_EXPIRED), NULL), 3);
 	for (size_t i = 0; i < 3; i++)
 		assert_int_equal(account(&f, "b", MEMBERS[i])->expired, 10);
@@ -1557,7 +1573,7 @@ static void test_expire_never_handles_more_than_max_items_within_one_account(voi
 	Tally__V1__CommandResult *r = ok(&f, c_expire_max(&f, 2));
 	assert_int_equal(r->count, 2);
 	assert_true(r->more);
-	assert_int_equal(tree_size(&f), before + 2);
+	assert_int_equal(tree_size(&f), before + 2 + 1); /* and the expire's own entry */
 	Tally__V1__Account *a = account(&f, "b", "m1");
 	assert_int_equal(a->expired, 10 + 11); /* first-expiring first */
 	assert_int_equal(a->available, 12);
@@ -1697,8 +1713,16 @@ static void test_lot_is_expired_when_a_command_next_touches_the_account(void **s
 	f.now_ms = utc(2026, 3, 20, 0, 0, 0);
 	before = tree_size(&f);
 	expect(&f, c_redeem(&f, mall(&f), "b", "m2", 30), CODE(INSUFFICIENT_POINTS));
-	assert_int_equal(tree_size(&f), before + 1);
+	assert_int_equal(tree_size(&f), before + 2);
 	assert_int_equal(entry_at(&f, before + 1)->kind, KIND(LOT_EXPIRED));
+	/* the refused redeem changed state, so the journal holds it with its refusal */
+	Tally__V1__Entry *refused = entry_at(&f, before + 2);
+	assert_int_equal(refused->kind, KIND(COMMAND));
+	assert_int_equal(refused->result->code, CODE(INSUFFICIENT_POINTS));
+	assert_int_equal(refused->n_postings, 0);
+	/* ... and a refused command's entry cannot be reversed: it moved no points */
+	Tally__V1__Command *rev = c_reverse(&f, mall(&f), before + 2, 0);
+	expect(&f, rev, CODE(INVALID_ARGUMENT));
 	a = account(&f, "b", "m2");
 	assert_int_equal(a->available, 0);
 	assert_int_equal(a->expired, 30);

@@ -597,6 +597,10 @@ static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, b
 	if (c->json) {
 		printf("{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"kind\":", e->seq, e->time_ms);
 		json_str(what);
+		if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK) {
+			printf(",\"refused\":");
+			json_str(tally_result_name(e->result->code));
+		}
 		printf(",\"brand\":");
 		json_str(e->brand);
 		printf(",\"member\":");
@@ -614,6 +618,8 @@ static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, b
 	static const char *const sys[] = {"member", "issuance", "redeemed", "expired", "clearing",
 					  "adjustment"};
 	printf("%6" PRIu64 " %-18s %s %s", e->seq, what, e->brand, e->member);
+	if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK)
+		printf("  refused: %s, %s", tally_result_name(e->result->code), e->result->message);
 	for (size_t i = 0; i < e->n_postings; i++) {
 		const Tally__V1__Posting *p = e->postings[i];
 		bool member = p->account == TALLY__V1__SYSTEM_ACCOUNT__MEMBER;

@@ -110,6 +110,7 @@ int audit_tree_root(struct audit_tree *t, uint64_t size, uint8_t root[TALLY_HASH
 
 struct audit_opts {
 	const char *dir;
+	const char *out;              /* pull: the directory; replay: the new ledger */
 	const char *keys;             /* verify: the pinned checkpoint keys */
 	bool json;
 	bool stale;                   /* pull: from the node connected to, without a barrier */
@@ -130,6 +131,7 @@ int audit_balance(const struct audit_opts *o);
 int audit_statement(const struct audit_opts *o);
 int audit_check_statement(const struct audit_opts *o);
 int audit_layering(const struct audit_opts *o);
+int audit_replay(const struct audit_opts *o);
 
 /* main.c: --at as a sequence number (digits only) into *seq, or an RFC 3339 time into
  * *time_ms; the other is left 0. 0, or -1 when it is neither. */

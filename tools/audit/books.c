@@ -268,7 +268,8 @@ static int books_close_entry(const Tally__V1__Entry *e, struct entry_brand *eb, 
 static int books_reported(const struct audit_books *b, const Tally__V1__Entry *e, char *err,
 			  size_t errcap)
 {
-	if (e->result == NULL || e->brand[0] == '\0' || e->member[0] == '\0')
+	if (e->result == NULL || e->result->code != TALLY__V1__RESULT_CODE__OK ||
+	    e->brand[0] == '\0' || e->member[0] == '\0')
 		return 0;
 	const struct audit_account *a = b->last != NULL && strcmp(b->last->member, e->member) == 0 &&
 						 strcmp(b->last->brand, e->brand) == 0
@@ -304,7 +305,9 @@ const Tally__V1__Entry *audit_books_decode(struct audit_books *b, uint64_t seq,
 int audit_books_apply(struct audit_books *b, const Tally__V1__Entry *e, char *err, size_t errcap)
 {
 	b->last_ms = e->time_ms;
-	if (e->command != NULL && books_brand_command(b, e->command, e->seq, err, errcap) != 0)
+	bool applied = e->result != NULL && e->result->code == TALLY__V1__RESULT_CODE__OK;
+	if (e->command != NULL && applied &&
+	    books_brand_command(b, e->command, e->seq, err, errcap) != 0)
 		return -1;
 	struct entry_brand eb[AUDIT_ENTRY_BRANDS_MAX];
 	size_t n = 0;

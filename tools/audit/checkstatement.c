@@ -219,7 +219,8 @@ static const Tally__V1__Entry *cited(const struct check *k, uint64_t seq,
 		if (k->cited[i].seq == seq) {
 			const Tally__V1__Entry *e = k->cited[i].e;
 			bool ok = e->kind == TALLY__V1__ENTRY_KIND__COMMAND && e->command != NULL &&
-				  e->command->body_case == want && e->result != NULL;
+				  e->command->body_case == want && e->result != NULL &&
+				  e->result->code == CODE(OK);
 			return ok ? e : NULL;
 		}
 	return NULL;

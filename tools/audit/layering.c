@@ -45,7 +45,10 @@ struct layering {
 
 static int note_segment(struct layering *y, const Tally__V1__Entry *e)
 {
-	const Tally__V1__Command *c = e->command;
+	const Tally__V1__Command *c = e->result != NULL &&
+					      e->result->code == TALLY__V1__RESULT_CODE__OK
+				      ? e->command
+				      : NULL; /* a refused command changed no member */
 	const char *member = NULL;
 	int segment = 0;
 	if (c != NULL && c->body_case == TALLY__V1__COMMAND__BODY_OPEN_MEMBER)

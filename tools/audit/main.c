@@ -4,6 +4,7 @@
  *   tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]
  *                    [--ca FILE | --insecure] [--stale] [--json]
  *   tally-audit verify DIR --keys FILE [--json]
+ *   tally-audit replay DIR --out LEDGERDIR [--json]
  *   tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]
  *   tally-audit statement DIR --settlement ID [--json | --csv]
  *   tally-audit check-statement FILE --checkpoint C.json --keys FILE [--json]
@@ -85,6 +86,7 @@ static int usage(const char *why)
 		"usage: tally-audit pull --out DIR [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 		"                        [--ca FILE | --insecure] [--stale] [--json]\n"
 		"       tally-audit verify DIR --keys FILE [--json]\n"
+		"       tally-audit replay DIR --out LEDGERDIR [--json]\n"
 		"       tally-audit balance DIR --brand B --member M [--at SEQ|TIME] [--json]\n"
 		"       tally-audit statement DIR --settlement ID [--json | --csv]\n"
 		"       tally-audit check-statement FILE --checkpoint C.json --keys FILE [--json]\n"
@@ -132,7 +134,7 @@ int main(int argc, char **argv)
 		else if (strcmp(argv[i], "--stale") == 0)
 			o.stale = true;
 		else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
-			o.dir = argv[++i];
+			o.out = argv[++i];
 		else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc)
 			o.keys = argv[++i];
 		else if (strcmp(argv[i], "--brand") == 0 && i + 1 < argc)
@@ -154,10 +156,14 @@ int main(int argc, char **argv)
 		else
 			return usage("unknown flag or a flag without its value");
 	}
+	if (strcmp(cmd, "pull") == 0 && o.dir == NULL)
+		o.dir = o.out;
 	if (o.dir == NULL)
 		return usage("a directory is needed");
 	if (strcmp(cmd, "pull") == 0)
 		return audit_pull(&o);
+	if (strcmp(cmd, "replay") == 0)
+		return audit_replay(&o);
 	if (strcmp(cmd, "verify") == 0)
 		return audit_verify(&o);
 	if (strcmp(cmd, "balance") == 0)

@@ -126,7 +126,8 @@ static int note_settle(struct find *f, const Tally__V1__Entry *e)
 static int find_entry(struct find *f, const Tally__V1__Entry *e)
 {
 	const Tally__V1__Command *c = e->command;
-	if (e->kind != TALLY__V1__ENTRY_KIND__COMMAND || c == NULL)
+	if (e->kind != TALLY__V1__ENTRY_KIND__COMMAND || c == NULL || e->result == NULL ||
+	    e->result->code != TALLY__V1__RESULT_CODE__OK) /* a refused command settles nothing */
 		return 0;
 	switch (c->body_case) {
 	case TALLY__V1__COMMAND__BODY_SET_AGREEMENT: return note_agreement(f, e);
