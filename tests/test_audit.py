@@ -18,14 +18,11 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import time
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("TALLY_BUILD", os.path.join(ROOT, "build", "rel"))
-CLUSTER = os.path.join(ROOT, "tools", "tally-cluster")
-TALLYCTL = os.path.join(BUILD, "tools", "tallyctl")
+from localcluster import BUILD, CLUSTER, ROOT, TALLYCTL, start, stop
+
 AUDIT = os.path.join(BUILD, "tools", "tally-audit")
 BENCH = os.path.join(BUILD, "tools", "tally-bench")
 # The independent verifier runs on Debian's python3 (python3-protobuf, -cryptography).
@@ -65,22 +62,12 @@ def write_records(path, recs):
 class AuditorsKit(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="tally-audit-")
-        env = dict(os.environ, TALLY_BUILD=BUILD)
         # Small snapshots, few entries kept after them: a node that misses a few
         # hundred entries comes back by installing a snapshot.
-        args = ["--tallyd-arg", "--snapshot-threshold", "--tallyd-arg", "64",
+        args = ["--partners", "beta",
+                "--tallyd-arg", "--snapshot-threshold", "--tallyd-arg", "64",
                 "--tallyd-arg", "--snapshot-trailing", "--tallyd-arg", "16"]
-        subprocess.run([CLUSTER, "start", "--dir", cls.dir, "--base-port", "auto",
-                        "--partners", "beta"] + args, check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        with open(os.path.join(cls.dir, "base-port")) as f:
-            cls.base = int(f.read())
-        with open(os.path.join(cls.dir, "env")) as f:
-            for line in f:
-                k, v = line.strip().split("=", 1)
-                env[k] = v
-        cls.env = env
+        cls.dir, cls.base, cls.env = start("tally-audit-", args)
         cls.keys = os.path.join(cls.dir, "checkpoint-keys")
         cls.audit_dir = os.path.join(cls.dir, "audit")
         cls.story()
@@ -91,9 +78,7 @@ class AuditorsKit(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        subprocess.run([CLUSTER, "stop", "--dir", cls.dir], env=cls.env,
-                       stdout=subprocess.DEVNULL)
-        shutil.rmtree(cls.dir, ignore_errors=True)
+        stop(cls.dir, cls.env)
 
     @classmethod
     def ctl(cls, key, args, cluster=None):

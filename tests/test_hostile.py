@@ -11,20 +11,16 @@ Run: python3 tests/test_hostile.py   (after make; TALLY_BUILD picks another buil
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import struct
 import subprocess
-import tempfile
 import threading
 import time
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("TALLY_BUILD", os.path.join(ROOT, "build", "rel"))
-CLUSTER = os.path.join(ROOT, "tools", "tally-cluster")
-TALLYCTL = os.path.join(BUILD, "tools", "tallyctl")
+from localcluster import BUILD, TALLYCTL, start, stop
+
 CERTS = os.path.join(BUILD, "tools", "tally-certs")
 # How long a node may take to answer a refused peer by closing (a hang is a failure).
 PEER_WAIT_S = 30
@@ -128,33 +124,14 @@ def serve_until(listener, done, handle):
 class HostileRaftPeers(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp(prefix="tally-hostile-")
-        env = dict(os.environ, TALLY_BUILD=BUILD)
-        subprocess.run([CLUSTER, "start", "--dir", cls.dir, "--base-port", "auto"], check=True,
-                       env=env, stdout=subprocess.DEVNULL)
-        with open(os.path.join(cls.dir, "base-port")) as f:
-            cls.base = int(f.read())
-        with open(os.path.join(cls.dir, "env")) as f:
-            for line in f:
-                k, v = line.strip().split("=", 1)
-                env[k] = v
-        cls.env = env
+        cls.dir, cls.base, cls.env = start("tally-hostile-")
         cls.ctl_ok(["brand", "create", "--id", "acme", "--name", "Acme"])
         cls.ctl_ok(["member", "open", "--id", "m1"])
         cls.ctl_ok(["accrue", "--brand", "acme", "--member", "m1", "--points", "1000"])
 
     @classmethod
     def tearDownClass(cls):
-        subprocess.run([CLUSTER, "stop", "--dir", cls.dir], env=cls.env,
-                       stdout=subprocess.DEVNULL)
-        reports = []
-        for i in (1, 2, 3):  # a sanitizer build's findings end up in the node logs
-            with open(os.path.join(cls.dir, "node%d.log" % i)) as f:
-                text = f.read()
-            if "Sanitizer" in text or "runtime error:" in text:
-                reports.append("node %d:\n%s" % (i, text[-4000:]))
-        shutil.rmtree(cls.dir, ignore_errors=True)
-        assert not reports, "\n".join(reports)
+        stop(cls.dir, cls.env)
 
     @classmethod
     def ctl(cls, args, cluster=None):
