@@ -211,7 +211,7 @@ demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $
 # build/fuzz with ASan and UBSan, one binary per target. `make fuzz FUZZ_S=N` runs each
 # for N seconds from its seed corpus (tests/fuzz/corpus/T, kept in the repository)
 # plus what earlier runs found (build/fuzz/corpus/T), and prints its executions.
-FUZZ_TARGETS := frame request apply tls checkpoint
+FUZZ_TARGETS := frame request apply tls checkpoint statement
 FUZZ_S ?= 10
 FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
             -fno-sanitize-recover=all
@@ -223,12 +223,18 @@ fuzz:
 		mkdir -p build/fuzz/corpus/$$t; \
 		echo "== fuzz_$$t $(FUZZ_S) s"; \
 		TALLY_FUZZ_CERTS=build/fuzz/certs build/fuzz/fuzz_$$t -max_total_time=$(FUZZ_S) \
-			-print_final_stats=1 -max_len=4096 build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
+			-print_final_stats=1 -max_len=$$([ $$t = statement ] && echo 8192 || echo 4096) \
+			build/fuzz/corpus/$$t tests/fuzz/corpus/$$t \
 			2>build/fuzz/fuzz_$$t.log || { tail -40 build/fuzz/fuzz_$$t.log; exit 1; }; \
 		grep -E '^stat::number_of_executed_units|^stat::peak_rss' build/fuzz/fuzz_$$t.log; \
 	done
 
 fuzz-build: $(patsubst %,$(BUILD)/fuzz_%,$(FUZZ_TARGETS))
+
+# The statement target links tally-audit's code (all but its main).
+FUZZ_AUDIT_OBJ = $(filter-out $(BUILD)/tools/audit/main.o,$(AUDIT_OBJ))
+$(BUILD)/fuzz_statement: tests/fuzz/fuzz_statement.c $(FUZZ_AUDIT_OBJ) $(LEDGER_LIB) $(HEADERS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_AUDIT_OBJ) $(LEDGER_LIB) $(LDLIBS)
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LEDGER_LIB) $(HEADERS)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(LEDGER_LIB) $(LDLIBS)

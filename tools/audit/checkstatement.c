@@ -109,8 +109,8 @@ static int parse_head(struct check *k, const char *head)
 	if (!ok)
 		return check_fail(k, "the statement's header is missing a field or malformed");
 	if (size != k->c.tree_size)
-		return check_fail(k, "the statement proves against tree size %" PRIu64 "; %s is of %" PRIu64,
-				  size, k->o->checkpoint, k->c.tree_size);
+		return check_fail(k, "the statement proves against tree size %" PRIu64 "; the checkpoint "
+				  "is of %" PRIu64, size, k->c.tree_size);
 	k->count = count;
 	return 0;
 }
@@ -200,7 +200,7 @@ static int parse_statement(struct check *k, char *text)
 	char *lines = strstr(text, "\"lines\"");
 	char *evidence = lines != NULL ? strstr(lines, "\"evidence\"") : NULL;
 	if (evidence == NULL)
-		return check_fail(k, "%s: not a statement (no lines or evidence)", k->o->dir);
+		return check_fail(k, "not a statement (no lines or evidence)");
 	const char *end = evidence + strlen(evidence); /* before each_object cuts lines */
 	*lines = '\0';
 	if (parse_head(k, text) != 0 || each_object(k, lines + 1, evidence, on_line) != 0 ||
@@ -302,6 +302,31 @@ static int recheck(struct check *k)
 	return 0;
 }
 
+int audit_statement_verify(char *text, const struct tally_checkpoint *c,
+			   struct statement *summary, char *err, size_t errcap)
+{
+	struct check *k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return -1;
+	k->c = *c;
+	tally_arena_init(&k->arena, 1 << 20, 0);
+	int rc = parse_statement(k, text);
+	if (rc == 0)
+		rc = recheck(k);
+	if (rc == 0 && summary != NULL) {
+		*summary = k->st;
+		summary->lines = NULL;
+		summary->cap = 0;
+	}
+	if (rc != 0)
+		snprintf(err, errcap, "%s", k->err);
+	free(k->cited);
+	statement_free(&k->st);
+	tally_arena_free(&k->arena);
+	free(k);
+	return rc;
+}
+
 int audit_check_statement(const struct audit_opts *o)
 {
 	if (o->checkpoint == NULL || o->keys == NULL) {
@@ -312,30 +337,24 @@ int audit_check_statement(const struct audit_opts *o)
 	if (k == NULL)
 		return AUDIT_EXIT_FAILED;
 	k->o = o;
-	tally_arena_init(&k->arena, 1 << 20, 0);
 	char *text = read_all(o->dir, 1u << 30);
 	int rc = text == NULL ? check_fail(k, "%s: unreadable", o->dir) : load_checkpoint(k);
+	struct statement st;
 	if (rc == 0)
-		rc = parse_statement(k, text);
-	if (rc == 0)
-		rc = recheck(k);
+		rc = audit_statement_verify(text, &k->c, &st, k->err, sizeof(k->err));
 	if (rc == 0 && o->json)
 		printf("{\"checked\":true,\"settlement\":%" PRIu64 ",\"obligations\":%zu,"
 		       "\"net_micros\":%" PRId64 ",\"payer\":\"%s\",\"payee\":\"%s\","
 		       "\"checkpoint_node_id\":%" PRIu64 ",\"checkpoint_tree_size\":%" PRIu64 "}\n",
-		       k->st.settlement, k->st.n, k->st.net, k->st.payer, k->st.payee, k->c.node_id,
-		       k->c.tree_size);
+		       st.settlement, st.n, st.net, st.payer, st.payee, k->c.node_id, k->c.tree_size);
 	else if (rc == 0)
 		printf("statement of settlement %" PRIu64 " checked against %s (node %" PRIu64
 		       ", tree size %" PRIu64 "): %zu obligations, every line and total follows from "
-		       "the ledger's entries\n", k->st.settlement, o->checkpoint, k->c.node_id,
-		       k->c.tree_size, k->st.n);
+		       "the ledger's entries\n", st.settlement, o->checkpoint, k->c.node_id,
+		       k->c.tree_size, st.n);
 	else
 		fprintf(stderr, "tally-audit: check-statement: FAILED: %s\n", k->err);
 	free(text);
-	free(k->cited);
-	statement_free(&k->st);
-	tally_arena_free(&k->arena);
 	free(k);
 	return rc == 0 ? AUDIT_EXIT_OK : AUDIT_EXIT_FAILED;
 }

@@ -45,4 +45,12 @@ int statement_write_table(const struct statement *st, bool csv);
 /* JSON with the evidence and its proofs in the tree of dir's last checkpoint. */
 int statement_write_json(const struct statement *st, const char *dir, char *err, size_t errcap);
 
+struct tally_checkpoint;
+/* checkstatement.c: a statement's text (cut up in place) checked against checkpoint c
+ * (whose signature and key the caller checked): every cited entry in its tree, every
+ * line and total recomputed. 0 with *summary (no lines), or -1 with err naming the
+ * first difference. check-statement and its fuzz target. */
+int audit_statement_verify(char *text, const struct tally_checkpoint *c,
+			   struct statement *summary, char *err, size_t errcap);
+
 #endif
