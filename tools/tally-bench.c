@@ -3,7 +3,7 @@
  *
  *   tally-bench [--cluster A,B,C] [--key-dir D [--key admin] | --key-file F] [--ca FILE | --insecure]
  *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
- *               [--rate R] [--json]
+ *               [--rate R] [--json] [--latency-csv FILE]
  *
  * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
@@ -12,7 +12,9 @@
  * accruals and 30 % redemptions of 1..1000 points over M members. --rate caps the
  * offered commands per second (0 = as fast as the cluster answers). A progress line
  * per second goes to stderr; the end prints throughput and latency percentiles of
- * requests (p50, p99, p99.9, max), as text or one JSON object.
+ * requests (p50, p99, p99.9, max), as text or one JSON object; --latency-csv writes the
+ * whole distribution of request latency (percentile,latency_ms: every percent, then
+ * 99.5, 99.9, 99.99 and the maximum) for plots drawn from data.
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -40,6 +42,7 @@ struct opts {
 	unsigned duration_s;
 	unsigned rate;
 	bool json;
+	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 };
 
 struct worker {
@@ -77,7 +80,7 @@ static void usage(void)
 	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 			"                   [--ca FILE | --insecure]\n"
 			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
-			"                   [--duration-s S] [--rate R] [--json]\n");
+			"                   [--duration-s S] [--rate R] [--json] [--latency-csv FILE]\n");
 	exit(2);
 }
 
@@ -107,12 +110,29 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
 		else if (strcmp(a, "--duration-s") == 0) o->duration_s = (unsigned)n;
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
+		else if (strcmp(a, "--latency-csv") == 0) o->latency_csv = v;
 		else usage();
 	}
 	if (o->connections == 0 || o->connections > 256 || o->pipeline == 0 ||
 	    o->pipeline > INFLIGHT_MAX || o->batch == 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
 	    o->members == 0)
 		usage();
+}
+
+/* The distribution of the sorted samples (µs) as CSV: percentile,latency_ms. */
+static int write_latency_csv(const char *path, const uint32_t *sorted, size_t n)
+{
+	static const double tail[] = {99.5, 99.9, 99.99, 100};
+	FILE *f = fopen(path, "w");
+	if (f == NULL)
+		return -1;
+	fprintf(f, "percentile,latency_ms\n");
+	for (int i = 0; i < 100 + (int)(sizeof(tail) / sizeof(tail[0])); i++) {
+		double pct = i < 100 ? i : tail[i - 100];
+		size_t at = n == 0 ? 0 : (size_t)(pct / 100.0 * (double)(n - 1) + 0.5);
+		fprintf(f, "%g,%.3f\n", pct, n == 0 ? 0.0 : sorted[at] / 1e3);
+	}
+	return fclose(f) == 0 ? 0 : -1;
 }
 
 static struct tally_client *open_client(const struct opts *o)
@@ -406,7 +426,12 @@ int main(int argc, char **argv)
 		       " errors); request latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
 		       cmds, secs, (double)cmds / secs, (uint64_t)atomic_load(&rejected_commands),
 		       (uint64_t)atomic_load(&errors), p50, p99, p999, max);
+	int rc = 0;
+	if (o.latency_csv != NULL && write_latency_csv(o.latency_csv, all, total) != 0) {
+		fprintf(stderr, "tally-bench: %s: cannot write\n", o.latency_csv);
+		rc = 1;
+	}
 	free(all);
 	free(ws);
-	return 0;
+	return rc;
 }
