@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	assert(text != NULL);
 	memcpy(text, data, size);
 	text[size] = '\0';
-	struct statement summary;
+	struct audit_statement summary;
 	char err[1024];
 	if (audit_statement_verify(text, &c, &summary, err, sizeof(err)) == 0)
 		assert(summary.lines == NULL && strlen(summary.payer) < sizeof(summary.payer));

@@ -31,7 +31,7 @@ struct cited {
 struct check {
 	const struct audit_opts *o;
 	struct tally_checkpoint c;
-	struct statement st;          /* as the file states it */
+	struct audit_statement st;          /* as the file states it */
 	uint64_t count;               /* the obligations it says it lists */
 	struct cited *cited;
 	size_t n_cited;
@@ -89,7 +89,7 @@ static int load_checkpoint(struct check *k)
 /* The statement's own totals and identity (the part before "lines"). */
 static int parse_head(struct check *k, const char *head)
 {
-	struct statement *st = &k->st;
+	struct audit_statement *st = &k->st;
 	char format[32];
 	uint64_t count, size;
 	if (!tally_json_str(head, "format", format, sizeof(format)) || strcmp(format, STATEMENT_FORMAT))
@@ -118,7 +118,7 @@ static int parse_head(struct check *k, const char *head)
 /* One line object of "lines". */
 static int parse_line(struct check *k, const char *text, size_t no)
 {
-	struct statement_line l;
+	struct audit_statement_line l;
 	memset(&l, 0, sizeof(l));
 	bool ok = tally_json_u64(text, "seq", &l.seq) && tally_json_i64(text, "time_ms", &l.time_ms) &&
 		  tally_json_str(text, "member", l.member, sizeof(l.member)) &&
@@ -131,7 +131,7 @@ static int parse_line(struct check *k, const char *text, size_t no)
 		  tally_json_u64(text, "agreement_seq", &l.agreement_seq);
 	if (!ok)
 		return check_fail(k, "line %zu: a field is missing or malformed", no);
-	return statement_add(&k->st, &l) == 0 ? 0 : check_fail(k, "out of memory");
+	return audit_statement_add(&k->st, &l) == 0 ? 0 : check_fail(k, "out of memory");
 }
 
 /* One evidence object: its bytes in the checkpoint's tree, decoded. */
@@ -229,7 +229,7 @@ static const Tally__V1__Entry *cited(const struct check *k, uint64_t seq,
 /* The settle entry: the pair, the cut-off, how many it settled. */
 static int recheck_settle(struct check *k)
 {
-	const struct statement *st = &k->st;
+	const struct audit_statement *st = &k->st;
 	const Tally__V1__Entry *e = cited(k, st->settlement, TALLY__V1__COMMAND__BODY_SETTLE);
 	if (e == NULL)
 		return check_fail(k, "settlement %" PRIu64 ": its settle entry is not in the evidence",
@@ -257,7 +257,7 @@ static int recheck_settle(struct check *k)
 /* Line i against its exchange entry and the agreement entry it cites. */
 static int recheck_line(struct check *k, size_t i)
 {
-	const struct statement_line *l = &k->st.lines[i];
+	const struct audit_statement_line *l = &k->st.lines[i];
 	const Tally__V1__Entry *e = cited(k, l->seq, TALLY__V1__COMMAND__BODY_EXCHANGE);
 	const Tally__V1__Entry *g = cited(k, l->agreement_seq, TALLY__V1__COMMAND__BODY_SET_AGREEMENT);
 	if (e == NULL || g == NULL)
@@ -291,8 +291,8 @@ static int recheck(struct check *k)
 	for (size_t i = 0; i < k->st.n; i++)
 		if (recheck_line(k, i) != 0 || (i > 0 && k->st.lines[i - 1].seq >= k->st.lines[i].seq))
 			return k->err[0] ? -1 : check_fail(k, "line %zu: lines out of order or repeated", i + 1);
-	struct statement sums = k->st;
-	statement_totals(&sums);
+	struct audit_statement sums = k->st;
+	audit_statement_totals(&sums);
 	if (sums.gross_a_to_b != k->st.gross_a_to_b || sums.gross_b_to_a != k->st.gross_b_to_a ||
 	    sums.net != k->st.net || strcmp(sums.payer, k->st.payer) != 0 ||
 	    strcmp(sums.payee, k->st.payee) != 0)
@@ -303,7 +303,7 @@ static int recheck(struct check *k)
 }
 
 int audit_statement_verify(char *text, const struct tally_checkpoint *c,
-			   struct statement *summary, char *err, size_t errcap)
+			   struct audit_statement *summary, char *err, size_t errcap)
 {
 	struct check *k = calloc(1, sizeof(*k));
 	if (k == NULL)
@@ -321,7 +321,7 @@ int audit_statement_verify(char *text, const struct tally_checkpoint *c,
 	if (rc != 0)
 		snprintf(err, errcap, "%s", k->err);
 	free(k->cited);
-	statement_free(&k->st);
+	audit_statement_free(&k->st);
 	tally_arena_free(&k->arena);
 	free(k);
 	return rc;
@@ -339,7 +339,7 @@ int audit_check_statement(const struct audit_opts *o)
 	k->o = o;
 	char *text = read_all(o->dir, 1u << 30);
 	int rc = text == NULL ? check_fail(k, "%s: unreadable", o->dir) : load_checkpoint(k);
-	struct statement st;
+	struct audit_statement st;
 	if (rc == 0)
 		rc = audit_statement_verify(text, &k->c, &st, k->err, sizeof(k->err));
 	if (rc == 0 && o->json)

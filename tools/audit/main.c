@@ -45,12 +45,30 @@ static int usage(const char *why)
 	return AUDIT_EXIT_USAGE;
 }
 
-int main(int argc, char **argv)
+/* Flags that take a value: where it goes. */
+static const char **value_slot(struct audit_opts *o, const char *flag)
 {
-	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
-		return usage(NULL);
-	struct audit_opts o = {.new_days = 90, .mature_days = 365, .lapse_days = 180,
-			       .active_days = 30, .occasional_days = 90};
+	static const struct {
+		const char *flag;
+		size_t at;
+	} slots[] = {
+		{"--out", offsetof(struct audit_opts, out)},
+		{"--keys", offsetof(struct audit_opts, keys)},
+		{"--brand", offsetof(struct audit_opts, brand)},
+		{"--member", offsetof(struct audit_opts, member)},
+		{"--at", offsetof(struct audit_opts, at)},
+		{"--checkpoint", offsetof(struct audit_opts, checkpoint)},
+		{"--png", offsetof(struct audit_opts, png)},
+	};
+	for (size_t k = 0; k < sizeof(slots) / sizeof(slots[0]); k++)
+		if (strcmp(flag, slots[k].flag) == 0)
+			return (const char **)((char *)o + slots[k].at);
+	return NULL;
+}
+
+/* The layering thresholds, in days. */
+static int64_t *days_slot(struct audit_opts *o, const char *flag)
+{
 	static const struct {
 		const char *flag;
 		size_t at;
@@ -61,70 +79,71 @@ int main(int argc, char **argv)
 		{"--active-days", offsetof(struct audit_opts, active_days)},
 		{"--occasional-days", offsetof(struct audit_opts, occasional_days)},
 	};
+	for (size_t k = 0; k < sizeof(days) / sizeof(days[0]); k++)
+		if (strcmp(flag, days[k].flag) == 0)
+			return (int64_t *)((char *)o + days[k].at);
+	return NULL;
+}
+
+/* One flag (and its value) at argv[*i]: 0, or the usage exit. */
+static int parse_flag(struct audit_opts *o, int argc, char **argv, int *i)
+{
+	const char *a = argv[*i];
+	int took = tally_connect_flag(&o->conn, argc, argv, *i);
+	const char **value = value_slot(o, a);
+	int64_t *days = days_slot(o, a);
+	bool has_value = *i + 1 < argc;
+	if (took > 0)
+		*i += took - 1;
+	else if ((value != NULL || days != NULL) && !has_value)
+		return usage("a flag without its value");
+	else if (value != NULL)
+		*value = argv[++*i];
+	else if (days != NULL) {
+		*days = strtoll(argv[++*i], NULL, 10);
+		if (*days <= 0 || *days > 36500)
+			return usage("a number of days is 1..36500");
+	} else if (strcmp(a, "--settlement") == 0 && has_value)
+		o->settlement = strtoull(argv[++*i], NULL, 10);
+	else if (strcmp(a, "--json") == 0 || strcmp(a, "--stale") == 0 || strcmp(a, "--csv") == 0)
+		*(a[2] == 'j' ? &o->json : a[2] == 's' ? &o->stale : &o->csv) = true;
+	else if (a[0] != '-' && o->dir == NULL)
+		o->dir = a;
+	else
+		return usage("unknown flag or a flag without its value");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)
+		return usage(NULL);
+	struct audit_opts o = {.new_days = 90, .mature_days = 365, .lapse_days = 180,
+			       .active_days = 30, .occasional_days = 90};
 	tally_connect_from_env(&o.conn);
 	const char *cmd = argv[1];
-	for (int i = 2; i < argc; i++) {
-		int took = tally_connect_flag(&o.conn, argc, argv, i);
-		if (took > 0) {
-			i += took - 1;
-			continue;
-		}
-		size_t d = 0;
-		while (d < sizeof(days) / sizeof(days[0]) && strcmp(argv[i], days[d].flag) != 0)
-			d++;
-		if (d < sizeof(days) / sizeof(days[0]) && i + 1 < argc) {
-			int64_t v = strtoll(argv[++i], NULL, 10);
-			if (v <= 0 || v > 36500)
-				return usage("a number of days is 1..36500");
-			*(int64_t *)((char *)&o + days[d].at) = v;
-		} else if (strcmp(argv[i], "--json") == 0)
-			o.json = true;
-		else if (strcmp(argv[i], "--stale") == 0)
-			o.stale = true;
-		else if (strcmp(argv[i], "--out") == 0 && i + 1 < argc)
-			o.out = argv[++i];
-		else if (strcmp(argv[i], "--keys") == 0 && i + 1 < argc)
-			o.keys = argv[++i];
-		else if (strcmp(argv[i], "--brand") == 0 && i + 1 < argc)
-			o.brand = argv[++i];
-		else if (strcmp(argv[i], "--member") == 0 && i + 1 < argc)
-			o.member = argv[++i];
-		else if (strcmp(argv[i], "--at") == 0 && i + 1 < argc)
-			o.at = argv[++i];
-		else if (strcmp(argv[i], "--settlement") == 0 && i + 1 < argc)
-			o.settlement = strtoull(argv[++i], NULL, 10);
-		else if (strcmp(argv[i], "--checkpoint") == 0 && i + 1 < argc)
-			o.checkpoint = argv[++i];
-		else if (strcmp(argv[i], "--csv") == 0)
-			o.csv = true;
-		else if (strcmp(argv[i], "--png") == 0 && i + 1 < argc)
-			o.png = argv[++i];
-		else if (argv[i][0] != '-' && o.dir == NULL)
-			o.dir = argv[i];
-		else
-			return usage("unknown flag or a flag without its value");
-	}
+	for (int i = 2; i < argc; i++)
+		if (parse_flag(&o, argc, argv, &i) != 0)
+			return AUDIT_EXIT_USAGE;
 	if (strcmp(cmd, "pull") == 0 && o.dir == NULL)
 		o.dir = o.out;
 	if (o.dir == NULL)
 		return usage("a directory is needed");
-	if (strcmp(cmd, "pull") == 0)
-		return audit_pull(&o);
-	if (strcmp(cmd, "replay") == 0)
-		return audit_replay(&o);
-	if (strcmp(cmd, "verify") == 0)
-		return audit_verify(&o);
-	if (strcmp(cmd, "balance") == 0)
-		return audit_balance(&o);
-	if (strcmp(cmd, "statement") == 0)
-		return audit_statement(&o);
-	if (strcmp(cmd, "check-statement") == 0)
-		return audit_check_statement(&o);
-	if (strcmp(cmd, "layering") == 0) {
-		if (o.new_days >= o.mature_days || o.active_days >= o.occasional_days)
-			return usage("--new-days must be below --mature-days, --active-days below "
-				     "--occasional-days");
-		return audit_layering(&o);
-	}
+	static const struct {
+		const char *name;
+		int (*run)(const struct audit_opts *o);
+	} commands[] = {
+		{"pull", audit_pull},         {"verify", audit_verify},
+		{"replay", audit_replay},     {"balance", audit_balance},
+		{"statement", audit_statement}, {"check-statement", audit_check_statement},
+		{"layering", audit_layering},
+	};
+	if (strcmp(cmd, "layering") == 0 &&
+	    (o.new_days >= o.mature_days || o.active_days >= o.occasional_days))
+		return usage("--new-days must be below --mature-days, --active-days below "
+			     "--occasional-days");
+	for (size_t k = 0; k < sizeof(commands) / sizeof(commands[0]); k++)
+		if (strcmp(cmd, commands[k].name) == 0)
+			return commands[k].run(&o);
 	return usage("unknown command");
 }

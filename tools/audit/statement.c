@@ -28,10 +28,10 @@ struct agreement {
 struct find {
 	const struct audit_opts *o;
 	struct audit_books books;
-	struct statement st;
+	struct audit_statement st;
 	struct agreement *ags;
 	size_t n_ags, cap_ags;
-	struct statement_line *open;    /* every obligation, settled or not */
+	struct audit_statement_line *open;    /* every obligation, settled or not */
 	bool *settled;
 	size_t n_open, cap_open;
 	char err[1024];
@@ -74,7 +74,7 @@ static int note_exchange(struct find *f, const Tally__V1__Entry *e)
 	if (s == NULL)
 		return -1;
 	f->settled = s;
-	struct statement_line *l = &f->open[f->n_open];
+	struct audit_statement_line *l = &f->open[f->n_open];
 	f->settled[f->n_open++] = false;
 	memset(l, 0, sizeof(*l));
 	l->seq = e->seq;
@@ -98,13 +98,13 @@ static int note_settle(struct find *f, const Tally__V1__Entry *e)
 	const char *a = ordered ? s->brand_a : s->brand_b, *b = ordered ? s->brand_b : s->brand_a;
 	bool wanted = e->seq == f->o->settlement;
 	for (size_t i = 0; i < f->n_open; i++) {
-		const struct statement_line *l = &f->open[i];
+		const struct audit_statement_line *l = &f->open[i];
 		bool pair = (strcmp(l->payer, a) == 0 && strcmp(l->payee, b) == 0) ||
 			    (strcmp(l->payer, b) == 0 && strcmp(l->payee, a) == 0);
 		if (f->settled[i] || !pair || l->time_ms > s->until_ms)
 			continue;
 		f->settled[i] = true;
-		if (wanted && statement_add(&f->st, l) != 0)
+		if (wanted && audit_statement_add(&f->st, l) != 0)
 			return -1;
 	}
 	if (!wanted)
@@ -174,15 +174,15 @@ int audit_statement(const struct audit_opts *o)
 			if (f->st.n > 0 && strcmp(f->books.brands[i].id, f->st.lines[0].payee) == 0)
 				payee = &f->books.brands[i];
 		snprintf(f->st.currency, sizeof(f->st.currency), "%s", payee ? payee->currency : "");
-		statement_totals(&f->st);
-		rc = o->json ? statement_write_json(&f->st, o->dir, f->err, sizeof(f->err))
-			     : statement_write_table(&f->st, o->csv);
+		audit_statement_totals(&f->st);
+		rc = o->json ? audit_statement_write_json(&f->st, o->dir, f->err, sizeof(f->err))
+			     : audit_statement_write_table(&f->st, o->csv);
 		if (rc != 0)
 			rc = AUDIT_EXIT_FAILED;
 	}
 	if (rc != 0)
 		fprintf(stderr, "tally-audit: statement: %s\n", f->err);
-	statement_free(&f->st);
+	audit_statement_free(&f->st);
 	audit_books_free(&f->books);
 	free(f->ags);
 	free(f->open);

@@ -11,7 +11,7 @@
 #include "tools/audit/books.h"
 #include "tools/audit/statement.h"
 
-int statement_add(struct statement *st, const struct statement_line *l)
+int audit_statement_add(struct audit_statement *st, const struct audit_statement_line *l)
 {
 	if (audit_grow((void **)&st->lines, &st->cap, st->n, sizeof(*st->lines)) != 0)
 		return -1;
@@ -19,7 +19,7 @@ int statement_add(struct statement *st, const struct statement_line *l)
 	return 0;
 }
 
-void statement_totals(struct statement *st)
+void audit_statement_totals(struct audit_statement *st)
 {
 	st->gross_a_to_b = st->gross_b_to_a = 0;
 	for (size_t i = 0; i < st->n; i++)
@@ -31,7 +31,7 @@ void statement_totals(struct statement *st)
 	snprintf(st->payee, sizeof(st->payee), "%s", net > 0 ? st->brand_b : net < 0 ? st->brand_a : "");
 }
 
-void statement_free(struct statement *st)
+void audit_statement_free(struct audit_statement *st)
 {
 	free(st->lines);
 }
@@ -41,7 +41,7 @@ static void money(int64_t micros, const char *currency, char *out, size_t cap)
 	audit_money(micros, 1, currency, out, cap);
 }
 
-int statement_write_table(const struct statement *st, bool csv)
+int audit_statement_write_table(const struct audit_statement *st, bool csv)
 {
 	char m[64], when[40];
 	if (csv)
@@ -53,7 +53,7 @@ int statement_write_table(const struct statement *st, bool csv)
 		       st->brand_b, (tally_rfc3339(st->until_ms, when, sizeof(when)), when), st->n, "seq",
 		       "time", "member", "payer", "payee", "points", "converted", "price", "amount");
 	for (size_t i = 0; i < st->n; i++) {
-		const struct statement_line *l = &st->lines[i];
+		const struct audit_statement_line *l = &st->lines[i];
 		money(l->amount_micros, st->currency, m, sizeof(m));
 		tally_rfc3339(l->time_ms, when, sizeof(when));
 		if (csv)
@@ -97,7 +97,7 @@ static int by_seq(const void *a, const void *b)
 }
 
 /* The entries the statement cites, sorted, once each. */
-static struct evidence *evidence_list(const struct statement *st, size_t *n)
+static struct evidence *evidence_list(const struct audit_statement *st, size_t *n)
 {
 	struct evidence *ev = calloc(2 * st->n + 2, sizeof(*ev));
 	if (ev == NULL)
@@ -153,7 +153,7 @@ static int evidence_read(const char *dir, uint64_t size, struct audit_tree *t,
 	return rc;
 }
 
-static void json_line(const struct statement_line *l, bool last)
+static void json_line(const struct audit_statement_line *l, bool last)
 {
 	printf("    {\"seq\": %" PRIu64 ", \"time_ms\": %" PRId64 ", \"member\": ", l->seq, l->time_ms);
 	tally_json_write_str(stdout, l->member);
@@ -185,7 +185,7 @@ static int json_evidence(struct audit_tree *t, const struct evidence *e, uint64_
 	return 0;
 }
 
-static void json_head(const struct statement *st, const struct tally_checkpoint *c)
+static void json_head(const struct audit_statement *st, const struct tally_checkpoint *c)
 {
 	char when[40], until[40], net[64];
 	tally_rfc3339(st->time_ms, when, sizeof(when));
@@ -203,7 +203,7 @@ static void json_head(const struct statement *st, const struct tally_checkpoint 
 	       net, st->payer, st->payee, c->tree_size, c->node_id);
 }
 
-int statement_write_json(const struct statement *st, const char *dir, char *err, size_t errcap)
+int audit_statement_write_json(const struct audit_statement *st, const char *dir, char *err, size_t errcap)
 {
 	struct audit_checkpoint *cps = NULL;
 	size_t n_cps = 0, n_ev = 0;
