@@ -356,7 +356,10 @@ int audit_walk(const char *dir, struct audit_books *b,
 			rc = -1;
 			break;
 		}
+		if ((seq & 0xffff) == 0)
+			audit_progress("entries read", seq, 0);
 	}
+	audit_progress_done();
 	audit_reader_close(&r);
 	return rc;
 }
