@@ -121,6 +121,11 @@ $(CLIENT_A): $(CLIENT_PIC)
 $(CLIENT_SO): $(CLIENT_PIC)
 	$(CC) $(SANLD) -shared -Wl,-soname,libtally.so.0 -o $@ $^ -lprotobuf-c -lssl -lcrypto
 
+# test_books links tally-audit's code (all but its main).
+AUDIT_LIB_OBJ = $(filter-out $(BUILD)/tools/audit/main.o,$(AUDIT_OBJ))
+$(BUILD)/tests/test_books: $(BUILD)/tests/test_books.o $(AUDIT_LIB_OBJ) $(TEST_UTIL) $(LEDGER_LIB)
+	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
+
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
 
@@ -232,9 +237,8 @@ fuzz:
 fuzz-build: $(patsubst %,$(BUILD)/fuzz_%,$(FUZZ_TARGETS))
 
 # The statement target links tally-audit's code (all but its main).
-FUZZ_AUDIT_OBJ = $(filter-out $(BUILD)/tools/audit/main.o,$(AUDIT_OBJ))
-$(BUILD)/fuzz_statement: tests/fuzz/fuzz_statement.c $(FUZZ_AUDIT_OBJ) $(LEDGER_LIB) $(HEADERS)
-	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(FUZZ_AUDIT_OBJ) $(LEDGER_LIB) $(LDLIBS)
+$(BUILD)/fuzz_statement: tests/fuzz/fuzz_statement.c $(AUDIT_LIB_OBJ) $(LEDGER_LIB) $(HEADERS)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(AUDIT_LIB_OBJ) $(LEDGER_LIB) $(LDLIBS)
 
 $(BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(LEDGER_LIB) $(HEADERS)
 	$(CC) $(CFLAGS) -fsanitize=fuzzer,address,undefined -o $@ $< $(LEDGER_LIB) $(LDLIBS)

@@ -119,11 +119,7 @@ static struct audit_account *account_get(struct audit_books *b, const char *bran
 	size_t i = slot_of(b, h, brand, member);
 	if (b->slots[i].index != 0)
 		return &b->accounts[b->slots[i].index - 1];
-	if (b->n_accounts == b->cap_accounts) {
-		if (books_grow(b) != 0)
-			return NULL;
-		i = slot_of(b, h, brand, member);
-	}
+	assert(b->n_accounts < b->cap_accounts); /* audit_books_apply made room */
 	struct audit_account *a = &b->accounts[b->n_accounts];
 	memset(a, 0, sizeof(*a));
 	a->hash = h;
@@ -309,6 +305,11 @@ int audit_books_apply(struct audit_books *b, const Tally__V1__Entry *e, char *er
 	if (e->command != NULL && applied &&
 	    books_brand_command(b, e->command, e->seq, err, errcap) != 0)
 		return -1;
+	/* Room first for every account this entry could open: the table must not move
+	 * while the entry's postings hold pointers into it (entry_brand.member). */
+	while (b->n_accounts + e->n_postings > b->cap_accounts)
+		if (books_grow(b) != 0)
+			return books_fail(err, errcap, "out of memory");
 	struct entry_brand eb[AUDIT_ENTRY_BRANDS_MAX];
 	size_t n = 0;
 	for (size_t i = 0; i < e->n_postings; i++)
