@@ -68,6 +68,14 @@ static void register_brand(struct audit_books *b, char *err, size_t cap)
 	assert_int_equal(audit_books_apply(b, &e, err, cap), 0);
 }
 
+/* Books with brand b registered. */
+static void books_open(struct audit_books *b, char *err, size_t cap)
+{
+	ok_result.code = OK;
+	assert_int_equal(audit_books_init(b, err, cap), 0);
+	register_brand(b, err, cap);
+}
+
 /* A transfer to a new member once the table first made holds as many accounts as it
  * has room for: the table grows for that entry (before its postings point into it),
  * and both postings land on the right accounts. */
@@ -76,9 +84,7 @@ static void test_the_table_grows_in_the_middle_of_a_transfer(void **state)
 	(void)state;
 	static struct audit_books b;
 	char err[256];
-	ok_result.code = OK;
-	assert_int_equal(audit_books_init(&b, err, sizeof(err)), 0);
-	register_brand(&b, err, sizeof(err));
+	books_open(&b, err, sizeof(err));
 	uint64_t seq = 2;
 	char name[32];
 	size_t first_cap = b.cap_accounts;
@@ -107,9 +113,7 @@ static void test_postings_that_do_not_sum_to_zero_are_named(void **state)
 	(void)state;
 	static struct audit_books b;
 	char err[256];
-	ok_result.code = OK;
-	assert_int_equal(audit_books_init(&b, err, sizeof(err)), 0);
-	register_brand(&b, err, sizeof(err));
+	books_open(&b, err, sizeof(err));
 	Tally__V1__Posting ps[2];
 	posting(&ps[0], "m", TALLY__V1__SYSTEM_ACCOUNT__MEMBER, 10);
 	posting(&ps[1], NULL, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE, -9);
@@ -123,9 +127,7 @@ static void test_a_balance_below_zero_is_named(void **state)
 	(void)state;
 	static struct audit_books b;
 	char err[256];
-	ok_result.code = OK;
-	assert_int_equal(audit_books_init(&b, err, sizeof(err)), 0);
-	register_brand(&b, err, sizeof(err));
+	books_open(&b, err, sizeof(err));
 	Tally__V1__Posting ps[2];
 	posting(&ps[0], "m", TALLY__V1__SYSTEM_ACCOUNT__MEMBER, -5);
 	posting(&ps[1], NULL, TALLY__V1__SYSTEM_ACCOUNT__REDEEMED, 5);

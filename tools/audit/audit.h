@@ -37,6 +37,8 @@
  * total 0 = unknown. audit_progress_done ends the line. */
 void audit_progress(const char *what, uint64_t done, uint64_t total);
 void audit_progress_done(void);
+/* progress.c: the monotonic clock in seconds, for the rates the commands report. */
+double audit_now_s(void);
 
 /* ---- journal.c: the journal files -------------------------------------------------- */
 

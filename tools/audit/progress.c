@@ -12,7 +12,7 @@
 
 static bool progress_shown;
 
-static double mono_s(void)
+double audit_now_s(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -24,7 +24,7 @@ void audit_progress(const char *what, uint64_t done, uint64_t total)
 	static double last;
 	if (!isatty(STDERR_FILENO))
 		return;
-	double now = mono_s();
+	double now = audit_now_s();
 	if (now - last < 0.1 && done != total)
 		return;
 	last = now;

@@ -5,7 +5,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ledger/arena.h"
 #include "ledger/error.h"
@@ -101,13 +100,6 @@ static int pull_entries(struct pull *p, uint64_t tree_size)
 	return 0;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void pull_report(const struct audit_opts *o, uint64_t fetched, const struct tally_checkpoint *c,
 			double secs)
 {
@@ -140,7 +132,7 @@ int audit_pull(const struct audit_opts *o)
 		return crc == CODE(INVALID_ARGUMENT) ? AUDIT_EXIT_USAGE : AUDIT_EXIT_UNAVAILABLE;
 	}
 	tally_arena_init(&p.arena, 1 << 20, 0);
-	double t0 = now_s();
+	double t0 = audit_now_s();
 	uint64_t had = p.w.next_seq - 1;
 	struct tally_checkpoint c;
 	struct tally_checkpoint_proof *proof = calloc(1, sizeof(*proof));
@@ -158,7 +150,7 @@ int audit_pull(const struct audit_opts *o)
 	if (rc == 0 && audit_checkpoint_save(o->dir, &c, proof, p.err, sizeof(p.err)) != 0)
 		rc = AUDIT_EXIT_FAILED;
 	if (rc == 0)
-		pull_report(o, c.tree_size - had, &c, now_s() - t0);
+		pull_report(o, c.tree_size - had, &c, audit_now_s() - t0);
 	else
 		fprintf(stderr, "tally-audit: pull: %s\n", p.err);
 	free(proof);

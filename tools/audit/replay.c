@@ -22,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 
 #include "ledger/arena.h"
 #include "ledger/ledger.h"
@@ -289,13 +288,6 @@ static int replay_walk(struct replay *r)
 	return rc;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void replay_report(const struct replay *r, double secs)
 {
 	const struct audit_checkpoint *last = &r->cps[r->n_cps - 1];
@@ -327,7 +319,7 @@ int audit_replay(const struct audit_opts *o)
 	tally_merkle_frontier_init(&r->journal);
 	tally_arena_init(&r->pending_arena, 1 << 20, 0);
 	tally_arena_init(&r->results, 1 << 20, 0);
-	double t0 = now_s();
+	double t0 = audit_now_s();
 	struct tally_ledger_options lo = {.nosync = true, .writemap = true};
 	int rc = audit_checkpoints_load(o->dir, &r->cps, &r->n_cps, r->err, sizeof(r->err));
 	if (rc == 0 && r->n_cps == 0)
@@ -342,7 +334,7 @@ int audit_replay(const struct audit_opts *o)
 		rc = replay_fail(r, "%s covers %" PRIu64 " entries; the journal holds %" PRIu64,
 				 r->cps[r->next_cp].file, r->cps[r->next_cp].c.tree_size, r->journal.size);
 	if (rc == 0)
-		replay_report(r, now_s() - t0);
+		replay_report(r, audit_now_s() - t0);
 	else
 		fprintf(stderr, "tally-audit: replay: FAILED: %s\n", r->err);
 	tally_ledger_close(r->l);

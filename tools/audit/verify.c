@@ -10,7 +10,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ledger/arena.h"
 #include "ledger/error.h"
@@ -128,13 +127,6 @@ static int verify_journal(struct verify *v)
 	return rc;
 }
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 int audit_verify(const struct audit_opts *o)
 {
 	if (o->keys == NULL) {
@@ -147,7 +139,7 @@ int audit_verify(const struct audit_opts *o)
 		return AUDIT_EXIT_FAILED;
 	v->o = o;
 	tally_merkle_frontier_init(&v->tree);
-	double t0 = now_s();
+	double t0 = audit_now_s();
 	int rc = 0;
 	if (tally_checkpoint_keys_load(o->keys, &v->keys, v->err, sizeof(v->err)) != 0 ||
 	    audit_checkpoints_load(o->dir, &v->cps, &v->n_cps, v->err, sizeof(v->err)) != 0 ||
@@ -161,7 +153,7 @@ int audit_verify(const struct audit_opts *o)
 		rc = verify_journal(v);
 	if (rc == 0 && audit_books_totals(&v->books, v->err, sizeof(v->err)) != 0)
 		rc = AUDIT_EXIT_FAILED;
-	double secs = now_s() - t0;
+	double secs = audit_now_s() - t0;
 	if (rc == 0)
 		audit_books_report(&v->books, &v->cps[v->n_cps - 1].c, v->n_cps, secs, o->json, stdout);
 	else
