@@ -54,13 +54,13 @@ static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
 static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
 		      Tally__V1__CommandResult **results, uint64_t apply_us)
 {
-	static const uint64_t batch_bounds[] = {1, 8, 64, 512, 4096};
+	static const uint64_t batch_bounds[] = {1, 4, 16, 64, 256, 1024, 4096};
 	static const uint64_t us_bounds[] = {100, 300, 1000, 3000, 10000, 30000, 100000};
 	struct tally_node_stats *s = &n->stats;
 	assert(b != NULL && results != NULL);
 	s->commits++;
 	s->commands += b->n_commands;
-	s->batch_size_hist[hist_slot(b->n_commands, batch_bounds, 5)]++;
+	s->batch_size_hist[hist_slot(b->n_commands, batch_bounds, 7)]++;
 	s->apply_us_hist[hist_slot(apply_us, us_bounds, 7)]++;
 	for (size_t i = 0; i < b->n_commands; i++) {
 		unsigned code = results[i] != NULL ? (unsigned)results[i]->code : 0;

@@ -50,6 +50,7 @@ struct node_batch {
 	struct node_batch *prev, *next;   /* in n->inflight_*, by raft index */
 	uint64_t term;                    /* the term stamped into the batch */
 	bool delivered;                   /* the FSM handed results to the waiters */
+	uint64_t proposed_ns;             /* uv_hrtime at raft_apply (stats.commit_us_hist) */
 	size_t n_waiters;                 /* one per command, in batch order */
 	struct node_waiter waiters[];
 };

@@ -174,6 +174,12 @@ void node_batch_deliver(struct tally_node *n, struct node_batch *b,
 	assert(n != NULL && b != NULL);
 	assert(!b->delivered);
 	b->delivered = true;
+	static const uint64_t commit_bounds_us[] = {250, 500, 1000, 2000, 5000, 10000, 50000};
+	uint64_t us = (uv_hrtime() - b->proposed_ns) / 1000;
+	unsigned slot = 0;
+	while (slot < 7 && us > commit_bounds_us[slot])
+		slot++;
+	n->stats.commit_us_hist[slot]++;
 	bool known = results != NULL && n_results == b->n_waiters;
 	for (size_t i = 0; i < b->n_waiters; i++) {
 		struct node_waiter *w = &b->waiters[i];
@@ -340,6 +346,7 @@ static int batch_propose(struct tally_node *n, int64_t batch_time_ms)
 	struct node_batch *b = batch_take(n, &buf, batch_time_ms);
 	if (b == NULL)
 		return RAFT_NOMEM; /* the queue is intact: retried at the next tick */
+	b->proposed_ns = uv_hrtime();
 	int rv = raft_apply(n->raft, &b->req, &buf, 1, batch_apply_cb);
 	if (rv != 0) {
 		raft_free(buf.base); /* raft_apply takes ownership only on success */

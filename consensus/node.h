@@ -164,8 +164,9 @@ struct tally_ledger *tally_node_ledger(struct tally_node *n);
 struct tally_node_stats {
 	uint64_t commits;            /* raft entries applied */
 	uint64_t commands;           /* commands applied */
-	uint64_t batch_size_hist[8]; /* commands per batch: <=1, <=8, <=64, <=512, <=4096, more */
+	uint64_t batch_size_hist[8]; /* commands per batch: <=1, <=4, <=16, <=64, <=256, <=1024, <=4096, more */
 	uint64_t apply_us_hist[8];   /* apply latency µs: <=100, <=300, <=1000, <=3000, <=10000, <=30000, <=100000, more */
+	uint64_t commit_us_hist[8];  /* leader: proposal to results, µs: <=250, <=500, <=1000, <=2000, <=5000, <=10000, <=50000, more */
 	uint64_t rejections[32];     /* by ResultCode */
 	uint64_t loop_stall_max_us;  /* the most the tick timer (every heartbeat_ms) fired late:
 				      * the longest the node's loop was kept from heartbeats */

@@ -1710,6 +1710,10 @@ static void test_metrics_and_health_are_served_over_http(void **state)
 	assert_int_equal(http_get(&c, (int)leader, "/metrics", body, sizeof(body)), 200);
 	assert_non_null(strstr(body, "tally_raft_commits_total"));
 	assert_non_null(strstr(body, "tally_apply_seconds_bucket"));
+	/* the two commands' rounds, timed by the leader that proposed them */
+	const char *commits = strstr(body, "\ntally_commit_seconds_count ");
+	assert_non_null(commits);
+	assert_true(strtoull(commits + strlen("\ntally_commit_seconds_count "), NULL, 10) >= 2);
 	assert_non_null(strstr(body, "tally_raft_leader 1"));
 	assert_non_null(strstr(body, "tally_results_total{code=\"ALREADY_EXISTS\"} 1"));
 	assert_int_equal(http_get(&c, (int)leader, "/nope", body, sizeof(body)), 404);

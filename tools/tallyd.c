@@ -73,6 +73,7 @@ struct opts {
 	unsigned snapshot_trailing;
 	unsigned expire_ms;
 	unsigned segment_kb;
+	unsigned inflight_max;
 	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
 	bool insecure;      /* plaintext raft port (no certificates) */
 };
@@ -125,7 +126,7 @@ static void usage(void)
 		"              [--config FILE] [--log-level error|warn|info|debug]\n"
 		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
 		"              [--snapshot-trailing N]\n"
-		"              [--expire-ms N] [--segment-kb N]\n");
+		"              [--expire-ms N] [--segment-kb N] [--inflight-max N]\n");
 	exit(2);
 }
 
@@ -170,6 +171,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->snapshot_trailing = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "expire-ms") == 0)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "inflight-max") == 0)
+		return (o->inflight_max = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "segment-kb") == 0)
 		return (o->segment_kb = (unsigned)strtoul(v, NULL, 10)) >= 32 && o->segment_kb % 4 == 0;
 	if (strcmp(name, "log-level") == 0) {
@@ -221,6 +224,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"snapshot-threshold", required_argument, NULL, 0},
 		{"snapshot-trailing", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
+		{"inflight-max", required_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
 		{NULL, 0, NULL, 0}};
 	memset(o, 0, sizeof(*o));
@@ -305,7 +309,9 @@ static size_t render_clock(struct daemon *d, char *buf, size_t cap, size_t at)
 
 static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 {
-	static const char *const batch_le[] = {"1", "8", "64", "512", "4096", "+Inf"};
+	static const char *const batch_le[] = {"1", "4", "16", "64", "256", "1024", "4096", "+Inf"};
+	static const char *const commit_le[] = {"0.00025", "0.0005", "0.001", "0.002", "0.005",
+						"0.01", "0.05", "+Inf"};
 	static const char *const apply_le[] = {"0.0001", "0.0003", "0.001", "0.003", "0.01",
 					       "0.03", "0.1", "+Inf"};
 	const struct tally_node_stats *ns = tally_node_stats(d->node);
@@ -326,7 +332,7 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 		  (unsigned long long)ns->commands);
 	at = emit(buf, cap, at, "# TYPE tally_batch_commands histogram\n");
 	uint64_t cum = 0;
-	for (int i = 0; i < 6; i++) {
+	for (int i = 0; i < 8; i++) {
 		cum += ns->batch_size_hist[i];
 		at = emit(buf, cap, at, "tally_batch_commands_bucket{le=\"%s\"} %llu\n", batch_le[i],
 			  (unsigned long long)cum);
@@ -340,6 +346,14 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 			  (unsigned long long)cum);
 	}
 	at = emit(buf, cap, at, "tally_apply_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit(buf, cap, at, "# TYPE tally_commit_seconds histogram\n");
+	cum = 0;
+	for (int i = 0; i < 8; i++) {
+		cum += ns->commit_us_hist[i];
+		at = emit(buf, cap, at, "tally_commit_seconds_bucket{le=\"%s\"} %llu\n", commit_le[i],
+			  (unsigned long long)cum);
+	}
+	at = emit(buf, cap, at, "tally_commit_seconds_count %llu\n", (unsigned long long)cum);
 	at = emit(buf, cap, at, "# TYPE tally_loop_stall_max_seconds gauge\n"
 		  "tally_loop_stall_max_seconds %.3f\n", (double)ns->loop_stall_max_us / 1e6);
 	at = emit(buf, cap, at, "# TYPE tally_raft_state gauge\ntally_raft_state{state=\"%s\"} 1\n",
@@ -471,6 +485,7 @@ static int start(struct daemon *d)
 		.snapshot_threshold = d->o.snapshot_threshold,
 		.snapshot_trailing = d->o.snapshot_trailing, .expire_interval_ms = d->o.expire_ms,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
+		.inflight_max = d->o.inflight_max,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));
 	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {
