@@ -3,13 +3,16 @@
  *
  *   tally-bench [--cluster A,B,C] [--key-dir D [--key admin] | --key-file F] [--ca FILE | --insecure]
  *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
- *               [--rate R] [--json] [--latency-csv FILE]
+ *               [--rate R] [--preload POINTS] [--json] [--latency-csv FILE]
  *
  * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
  * C connections (one thread each) keep P requests in flight; each request carries one
  * command, or B commands with --batch. The mix is the peers' points-op mix: 70 %
- * accruals and 30 % redemptions of 1..1000 points over M members. --rate caps the
+ * accruals and 30 % redemptions of 1..1000 points over M members (a redemption beyond
+ * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
+ * gives every member POINTS points once at setup (the peers' members start with
+ * 10,000, so that redemptions mostly succeed). --rate caps the
  * offered commands per second (0 = as fast as the cluster answers). A progress line
  * per second goes to stderr; the end prints throughput and latency percentiles of
  * requests (p50, p99, p99.9, max), as text or one JSON object; --latency-csv writes the
@@ -32,6 +35,7 @@
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define INFLIGHT_MAX 1024
 #define SAMPLES_MAX (4u << 20)
+#define SETUP_BATCH 1000 /* setup commands per request */
 
 struct opts {
 	struct tally_connect conn;   /* cluster, key, CA (rpc/connect.h) */
@@ -41,6 +45,7 @@ struct opts {
 	unsigned members;
 	unsigned duration_s;
 	unsigned rate;
+	unsigned preload;            /* points each member gets once at setup (the peers: 10,000) */
 	bool json;
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 };
@@ -80,7 +85,8 @@ static void usage(void)
 	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 			"                   [--ca FILE | --insecure]\n"
 			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
-			"                   [--duration-s S] [--rate R] [--json] [--latency-csv FILE]\n");
+			"                   [--duration-s S] [--rate R] [--preload POINTS] [--json]\n"
+			"                   [--latency-csv FILE]\n");
 	exit(2);
 }
 
@@ -110,6 +116,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
 		else if (strcmp(a, "--duration-s") == 0) o->duration_s = (unsigned)n;
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
+		else if (strcmp(a, "--preload") == 0) o->preload = (unsigned)n;
 		else if (strcmp(a, "--latency-csv") == 0) o->latency_csv = v;
 		else usage();
 	}
@@ -324,46 +331,83 @@ static void *run_worker(void *arg)
 	return NULL;
 }
 
-/* Brand "bench" and its members, in batches through one connection. */
+/* Member i's setup command: opened, or (preload) given o->preload points once. */
+static void setup_command(const struct opts *o, struct tally_arena *a, unsigned i, bool preload,
+			  Tally__V1__Command *c)
+{
+	char id[24], rid[40];
+	snprintf(id, sizeof(id), "m%07u", i);
+	tally__v1__command__init(c);
+	if (preload) {
+		Tally__V1__Accrue *m = tally_arena_alloc(a, sizeof(*m));
+		tally__v1__accrue__init(m);
+		m->brand = (char *)"bench";
+		m->member = tally_arena_strdup(a, id);
+		m->points = o->preload;
+		snprintf(rid, sizeof(rid), "preload-%s-%u", id, o->preload);
+		c->request_id = tally_arena_strdup(a, rid); /* once per member, whatever the runs */
+		c->body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+		c->accrue = m;
+		return;
+	}
+	Tally__V1__OpenMember *m = tally_arena_alloc(a, sizeof(*m));
+	tally__v1__open_member__init(m);
+	m->id = tally_arena_strdup(a, id);
+	m->segment = TALLY__V1__SEGMENT__OWNER_PASSENGER;
+	c->request_id = tally_arena_strdup(a, id);
+	c->body_case = TALLY__V1__COMMAND__BODY_OPEN_MEMBER;
+	c->open_member = m;
+}
+
+/* Every member's setup command, SETUP_BATCH per request. */
+static void setup_members(const struct opts *o, struct tally_client *c, bool preload)
+{
+	for (unsigned from = 0; from < o->members; from += SETUP_BATCH) {
+		struct tally_arena a;
+		tally_arena_init(&a, 1 << 20, 0);
+		Tally__V1__Command *cmds = tally_arena_alloc(&a, SETUP_BATCH * sizeof(*cmds));
+		Tally__V1__Command *ptrs[SETUP_BATCH];
+		unsigned k = o->members - from < SETUP_BATCH ? o->members - from : SETUP_BATCH;
+		for (unsigned i = 0; i < k; i++) {
+			setup_command(o, &a, from + i, preload, &cmds[i]);
+			ptrs[i] = &cmds[i];
+		}
+		Tally__V1__BatchResult *br;
+		if (tally_client_batch(c, ptrs, k, &a, &br) != CODE(OK)) {
+			fprintf(stderr, "tally-bench: setup failed: %s\n", tally_client_error(c));
+			exit(3);
+		}
+		for (size_t i = 0; i < br->n_results; i++)
+			if (br->results[i]->code != CODE(OK) && br->results[i]->code != CODE(ALREADY_EXISTS)) {
+				fprintf(stderr, "tally-bench: setup of m%07u: %s\n", from + (unsigned)i,
+					tally_result_name(br->results[i]->code));
+				exit(3);
+			}
+		tally_arena_free(&a);
+	}
+}
+
+/* Brand "bench" and its members (with --preload, their points), in batches through
+ * one connection. Request ids make a second run's setup a replay. */
 static void setup(const struct opts *o)
 {
 	struct tally_client *c = open_client(o);
 	struct tally_arena a;
-	tally_arena_init(&a, 1 << 20, 0);
-	Tally__V1__Command *cmds = tally_arena_alloc(&a, 1000 * sizeof(*cmds));
-	Tally__V1__Command *ptrs[1000];
+	tally_arena_init(&a, 4096, 0);
+	Tally__V1__Command cmd = TALLY__V1__COMMAND__INIT;
 	Tally__V1__RegisterBrand b = TALLY__V1__REGISTER_BRAND__INIT;
 	b.id = (char *)"bench";
 	b.name = (char *)"bench";
 	b.currency = (char *)"EUR";
 	Tally__V1__CommandResult *r;
-	tally__v1__command__init(&cmds[0]);
-	cmds[0].request_id = (char *)"bench-brand";
-	cmds[0].body_case = TALLY__V1__COMMAND__BODY_REGISTER_BRAND;
-	cmds[0].register_brand = &b;
-	tally_client_command(c, &cmds[0], &a, &r);
-	for (unsigned from = 0; from < o->members; from += 1000) {
-		unsigned k = o->members - from < 1000 ? o->members - from : 1000;
-		for (unsigned i = 0; i < k; i++) {
-			Tally__V1__OpenMember *m = tally_arena_alloc(&a, sizeof(*m));
-			tally__v1__open_member__init(m);
-			char id[24];
-			snprintf(id, sizeof(id), "m%07u", from + i);
-			m->id = tally_arena_strdup(&a, id);
-			m->segment = TALLY__V1__SEGMENT__OWNER_PASSENGER;
-			tally__v1__command__init(&cmds[i]);
-			cmds[i].request_id = tally_arena_strdup(&a, id);
-			cmds[i].body_case = TALLY__V1__COMMAND__BODY_OPEN_MEMBER;
-			cmds[i].open_member = m;
-			ptrs[i] = &cmds[i];
-		}
-		Tally__V1__BatchResult *br;
-		if (tally_client_batch(c, ptrs, k, &a, &br) != CODE(OK)) {
-			fprintf(stderr, "tally-bench: setup failed\n");
-			exit(3);
-		}
-	}
+	cmd.request_id = (char *)"bench-brand";
+	cmd.body_case = TALLY__V1__COMMAND__BODY_REGISTER_BRAND;
+	cmd.register_brand = &b;
+	tally_client_command(c, &cmd, &a, &r);
 	tally_arena_free(&a);
+	setup_members(o, c, false);
+	if (o->preload > 0)
+		setup_members(o, c, true);
 	tally_client_close(c);
 }
 
