@@ -3,7 +3,7 @@
  *
  *   tally-bench [--cluster A,B,C] [--key-dir D [--key admin] | --key-file F] [--ca FILE | --insecure]
  *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
- *               [--rate R] [--preload POINTS] [--json] [--latency-csv FILE]
+ *               [--commands N] [--rate R] [--preload POINTS] [--json] [--latency-csv FILE]
  *
  * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
@@ -12,14 +12,16 @@
  * accruals and 30 % redemptions of 1..1000 points over M members (a redemption beyond
  * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
  * gives every member POINTS points once at setup (the peers' members start with
- * 10,000, so that redemptions mostly succeed). --rate caps the
- * offered commands per second (0 = as fast as the cluster answers). A progress line
+ * 10,000, so that redemptions mostly succeed). --rate caps the offered commands per
+ * second (0 = as fast as the cluster answers). The run lasts --duration-s seconds (10
+ * by default), or until --commands N commands are sent and answered. A progress line
  * per second goes to stderr; the end prints throughput and latency percentiles of
  * requests (p50, p99, p99.9, max), as text or one JSON object; --latency-csv writes the
  * whole distribution of request latency (percentile,latency_ms: every percent, then
  * 99.5, 99.9, 99.99 and the maximum) for plots drawn from data.
  */
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -44,6 +46,7 @@ struct opts {
 	unsigned batch;
 	unsigned members;
 	unsigned duration_s;
+	uint64_t commands;           /* --commands: stop once this many are sent (0: none) */
 	unsigned rate;
 	unsigned preload;            /* points each member gets once at setup (the peers: 10,000) */
 	bool json;
@@ -64,6 +67,19 @@ struct worker {
 
 static atomic_uint_fast64_t done_commands, rejected_commands, errors;
 static atomic_bool stop;
+static atomic_uint_fast64_t sent_commands;
+
+/* Whether another request may go: false (and everyone stops) once --commands are sent. */
+static bool may_send(const struct opts *o)
+{
+	if (o->commands == 0)
+		return !atomic_load(&stop);
+	if (atomic_fetch_add(&sent_commands, o->batch) + o->batch > o->commands) {
+		atomic_store(&stop, true);
+		return false;
+	}
+	return !atomic_load(&stop);
+}
 
 static uint64_t now_ns(void)
 {
@@ -85,15 +101,15 @@ static void usage(void)
 	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 			"                   [--ca FILE | --insecure]\n"
 			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
-			"                   [--duration-s S] [--rate R] [--preload POINTS] [--json]\n"
+			"                   [--duration-s S] [--commands N] [--rate R] [--preload POINTS]\n"
+			"                   [--json]\n"
 			"                   [--latency-csv FILE]\n");
 	exit(2);
 }
 
 static void parse(int argc, char **argv, struct opts *o)
 {
-	*o = (struct opts){.connections = 4, .pipeline = 16, .batch = 1, .members = 100000,
-			   .duration_s = 10};
+	*o = (struct opts){.connections = 4, .pipeline = 16, .batch = 1, .members = 100000};
 	tally_connect_from_env(&o->conn);
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
@@ -115,11 +131,14 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--batch") == 0) o->batch = (unsigned)n;
 		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
 		else if (strcmp(a, "--duration-s") == 0) o->duration_s = (unsigned)n;
+		else if (strcmp(a, "--commands") == 0) o->commands = n;
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
 		else if (strcmp(a, "--preload") == 0) o->preload = (unsigned)n;
 		else if (strcmp(a, "--latency-csv") == 0) o->latency_csv = v;
 		else usage();
 	}
+	if (o->duration_s == 0)
+		o->duration_s = o->commands > 0 ? UINT_MAX : 10; /* --commands alone: until sent */
 	if (o->connections == 0 || o->connections > 256 || o->pipeline == 0 ||
 	    o->pipeline > INFLIGHT_MAX || o->batch == 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
 	    o->members == 0)
@@ -289,7 +308,7 @@ static void *run_worker(void *arg)
 			draining = false;
 			redirect[0] = '\0';
 			w->failed = 0;
-			for (unsigned s = 0; s < o->pipeline && !w->failed; s++, inflight++)
+			for (unsigned s = 0; s < o->pipeline && !w->failed && may_send(o); s++, inflight++)
 				send_one(w, c, &a, &n, s);
 			if (w->failed)
 				break;
@@ -317,7 +336,7 @@ static void *run_worker(void *arg)
 			draining = true;
 		}
 		tally_arena_reset(&a);
-		if (draining || atomic_load(&stop) || slot == o->pipeline)
+		if (draining || slot == o->pipeline || !may_send(o))
 			continue;
 		pace(interval_ns, &next_ns);
 		send_one(w, c, &a, &n, slot);
@@ -432,9 +451,11 @@ int main(int argc, char **argv)
 		pthread_create(&ws[i].thread, NULL, run_worker, &ws[i]);
 	}
 	uint64_t start = now_ns(), last = 0;
-	for (unsigned s = 1; s <= o.duration_s; s++) {
-		struct timespec sec = {1, 0};
-		nanosleep(&sec, NULL); /* the progress line's period */
+	for (unsigned s = 1; s <= o.duration_s && !atomic_load(&stop); s++) {
+		for (int tick = 0; tick < 20 && !atomic_load(&stop); tick++) {
+			struct timespec step = {0, 50000000}; /* a --commands run ends within 50 ms */
+			nanosleep(&step, NULL);
+		}
 		uint64_t d = atomic_load(&done_commands);
 		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64 " errors)\n",
 			s, d - last, d, (uint64_t)atomic_load(&errors));
