@@ -185,9 +185,23 @@ static void tlsnet_written(uv_write_t *w, int status)
 	tlsnet_flow(c);
 }
 
-/* Queues len bytes on the TCP side (ciphertext) or the pipe side (plaintext). */
+/* Writes len bytes on the TCP side (ciphertext) or the pipe side (plaintext): at once
+ * when nothing is queued on that side (no request, no copy, and none of the epoll
+ * change libuv makes after each completed request), queued for the rest. */
 static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, size_t len)
 {
+	uv_stream_t *s = to_tcp ? (uv_stream_t *)&c->tcp : (uv_stream_t *)&c->pipe;
+	if (uv_stream_get_write_queue_size(s) == 0) {
+		uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
+		int n = uv_try_write(s, &now, 1);
+		if (n > 0) {
+			assert((size_t)n <= len);
+			data = (const uint8_t *)data + n;
+			len -= (size_t)n;
+		}
+		if (len == 0)
+			return 0;
+	}
 	struct tlsnet_write *wr = malloc(sizeof(*wr) + len);
 	if (wr == NULL)
 		return -1;
@@ -196,7 +210,6 @@ static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, siz
 	wr->len = len;
 	memcpy(wr->data, data, len);
 	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)len);
-	uv_stream_t *s = to_tcp ? (uv_stream_t *)&c->tcp : (uv_stream_t *)&c->pipe;
 	if (uv_write(&wr->w, s, &b, 1, tlsnet_written) != 0) {
 		free(wr);
 		return -1;
