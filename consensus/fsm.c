@@ -69,6 +69,34 @@ static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
 	}
 }
 
+/* raft 0.15 keeps every entry since its last snapshot in memory and snapshots by
+ * entry count only, whatever the entries weigh (a batch entry may be 1 MiB). Once
+ * the entries applied since the last snapshot hold cfg.snapshot_log_bytes, the
+ * threshold drops to 1 so that raft snapshots right after this apply; fsm_snapshot
+ * puts it back. */
+static void fsm_log_grew(struct tally_node *n, size_t entry_bytes)
+{
+	n->log_bytes += entry_bytes;
+	n->log_entries++;
+	if (n->log_bytes >= n->cfg.snapshot_log_bytes && !n->snapshot_busy)
+		raft_set_snapshot_threshold(n->raft, 1);
+}
+
+/* A snapshot begins: the count starts again, the threshold is the configured one,
+ * and the entries raft keeps after it are as many as fit in half the byte budget
+ * (at their mean size so far), at most cfg.snapshot_trailing. */
+static void fsm_log_snapshotted(struct tally_node *n)
+{
+	uint64_t mean = n->log_entries > 0 ? n->log_bytes / n->log_entries : 0;
+	uint64_t fit = mean > 0 ? n->cfg.snapshot_log_bytes / 2 / mean : n->cfg.snapshot_trailing;
+	unsigned trailing = fit < n->cfg.snapshot_trailing ? (unsigned)(fit > 0 ? fit : 1)
+							  : n->cfg.snapshot_trailing;
+	raft_set_snapshot_trailing(n->raft, trailing);
+	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
+	n->log_bytes = 0;
+	n->log_entries = 0;
+}
+
 /* raft_fsm->apply. */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
@@ -99,6 +127,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
 	if (mine != NULL)
 		node_batch_deliver(n, mine, skipped ? NULL : results, b->n_commands);
+	fsm_log_grew(n, buf->len);
 	return 0;
 }
 
@@ -114,6 +143,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	*bufs = NULL;
 	*n_bufs = 0;
 	n->snapshot_busy = true;
+	fsm_log_snapshotted(n);
 	return 0;
 }
 

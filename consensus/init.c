@@ -76,6 +76,7 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	c->heartbeat_ms = c->heartbeat_ms ? c->heartbeat_ms : 50;
 	c->snapshot_threshold = c->snapshot_threshold ? c->snapshot_threshold : 20000;
 	c->snapshot_trailing = c->snapshot_trailing ? c->snapshot_trailing : 4096;
+	c->snapshot_log_bytes = c->snapshot_log_bytes ? c->snapshot_log_bytes : (64u << 20);
 	c->expire_interval_ms = c->expire_interval_ms ? c->expire_interval_ms : 1000;
 	c->batch_commands_max = c->batch_commands_max ? c->batch_commands_max : 8192;
 	c->batch_bytes_max = c->batch_bytes_max ? c->batch_bytes_max : (1u << 20);

@@ -142,6 +142,7 @@ struct tally_node {
 
 	/* Snapshots. */
 	bool snapshot_busy;
+	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	/* The full check of a restored ledger, off the loop (fsm.c). */
 	uv_work_t check_work;
 	bool check_busy;

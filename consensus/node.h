@@ -40,6 +40,10 @@ struct tally_node_config {
 	unsigned heartbeat_ms;            /* 0 = 50 */
 	unsigned snapshot_threshold;      /* raft entries between snapshots; 0 = 20000 */
 	unsigned snapshot_trailing;       /* entries kept after a snapshot; 0 = 4096 */
+	/* raft keeps its whole log since the last snapshot in memory: a snapshot is also
+	 * taken once the entries applied since the last one hold this many bytes, and
+	 * the entries kept after it are cut to half of it. 0 = 64 MiB. */
+	size_t snapshot_log_bytes;
 	unsigned expire_interval_ms;      /* leader's expire timer; 0 = 1000 */
 	size_t batch_commands_max;        /* 0 = 8192 */
 	size_t batch_bytes_max;           /* 0 = 1 MiB */

@@ -71,6 +71,7 @@ struct opts {
 	unsigned heartbeat_ms;
 	unsigned snapshot_threshold;
 	unsigned snapshot_trailing;
+	unsigned snapshot_log_mb;
 	unsigned expire_ms;
 	unsigned segment_kb;
 	unsigned inflight_max;
@@ -125,7 +126,7 @@ static void usage(void)
 		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
 		"              [--config FILE] [--log-level error|warn|info|debug]\n"
 		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
-		"              [--snapshot-trailing N]\n"
+		"              [--snapshot-trailing N] [--snapshot-log-mb N]\n"
 		"              [--expire-ms N] [--segment-kb N] [--inflight-max N]\n");
 	exit(2);
 }
@@ -169,6 +170,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->snapshot_threshold = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "snapshot-trailing") == 0)
 		return (o->snapshot_trailing = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "snapshot-log-mb") == 0)
+		return (o->snapshot_log_mb = (unsigned)strtoul(v, NULL, 10)) > 0 && o->snapshot_log_mb <= 4096;
 	if (strcmp(name, "expire-ms") == 0)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "inflight-max") == 0)
@@ -223,6 +226,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"election-ms", required_argument, NULL, 0},  {"heartbeat-ms", required_argument, NULL, 0},
 		{"snapshot-threshold", required_argument, NULL, 0},
 		{"snapshot-trailing", required_argument, NULL, 0},
+		{"snapshot-log-mb", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
 		{"inflight-max", required_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
@@ -484,6 +488,7 @@ static int start(struct daemon *d)
 		.election_timeout_ms = d->o.election_ms, .heartbeat_ms = d->o.heartbeat_ms,
 		.snapshot_threshold = d->o.snapshot_threshold,
 		.snapshot_trailing = d->o.snapshot_trailing, .expire_interval_ms = d->o.expire_ms,
+		.snapshot_log_bytes = (size_t)d->o.snapshot_log_mb << 20,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 		.inflight_max = d->o.inflight_max,
 	};
