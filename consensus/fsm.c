@@ -143,6 +143,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 	*bufs = NULL;
 	*n_bufs = 0;
 	n->snapshot_busy = true;
+	n->stats.snapshots++;
 	fsm_log_snapshotted(n);
 	return 0;
 }

@@ -170,6 +170,7 @@ struct tally_node_stats {
 	uint64_t commands;           /* commands applied */
 	uint64_t batch_size_hist[8]; /* commands per batch: <=1, <=4, <=16, <=64, <=256, <=1024, <=4096, more */
 	uint64_t apply_us_hist[8];   /* apply latency µs: <=100, <=300, <=1000, <=3000, <=10000, <=30000, <=100000, more */
+	uint64_t snapshots;          /* snapshots this node took (stored or not) */
 	uint64_t commit_us_hist[8];  /* leader: proposal to results, µs: <=250, <=500, <=1000, <=2000, <=5000, <=10000, <=50000, more */
 	uint64_t rejections[32];     /* by ResultCode */
 	uint64_t loop_stall_max_us;  /* the most the tick timer (every heartbeat_ms) fired late:

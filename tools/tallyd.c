@@ -350,6 +350,8 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 			  (unsigned long long)cum);
 	}
 	at = emit(buf, cap, at, "tally_apply_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit(buf, cap, at, "# TYPE tally_snapshots_total counter\ntally_snapshots_total %llu\n",
+		  (unsigned long long)ns->snapshots);
 	at = emit(buf, cap, at, "# TYPE tally_commit_seconds histogram\n");
 	cum = 0;
 	for (int i = 0; i < 8; i++) {
