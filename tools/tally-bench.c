@@ -3,7 +3,8 @@
  *
  *   tally-bench [--cluster A,B,C] [--key-dir D [--key admin] | --key-file F] [--ca FILE | --insecure]
  *               [--connections C] [--pipeline P] [--batch B] [--members M] [--duration-s S]
- *               [--commands N] [--rate R] [--preload POINTS] [--json] [--latency-csv FILE]
+ *               [--commands N] [--rate R] [--preload POINTS] [--no-setup] [--json]
+ *               [--latency-csv FILE]
  *
  * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
@@ -12,13 +13,14 @@
  * accruals and 30 % redemptions of 1..1000 points over M members (a redemption beyond
  * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
  * gives every member POINTS points once at setup (the peers' members start with
- * 10,000, so that redemptions mostly succeed). --rate caps the offered commands per
- * second (0 = as fast as the cluster answers). The run lasts --duration-s seconds (10
- * by default), or until --commands N commands are sent and answered. A progress line
- * per second goes to stderr; the end prints throughput and latency percentiles of
- * requests (p50, p99, p99.9, max), as text or one JSON object; --latency-csv writes the
- * whole distribution of request latency (percentile,latency_ms: every percent, then
- * 99.5, 99.9, 99.99 and the maximum) for plots drawn from data.
+ * 10,000, so that redemptions mostly succeed); --no-setup skips the setup (an earlier
+ * run made brand and members), so that nothing but the load runs. --rate caps the
+ * offered commands per second (0 = as fast as the cluster answers). The run lasts
+ * --duration-s seconds (10 by default), or until --commands N commands are sent and
+ * answered. A progress line per second goes to stderr; the end prints throughput and
+ * latency percentiles of requests (p50, p99, p99.9, max), as text or one JSON object;
+ * --latency-csv writes the whole distribution of request latency (percentile,latency_ms:
+ * every percent, then 99.5, 99.9, 99.99 and the maximum) for plots drawn from data.
  */
 #include <inttypes.h>
 #include <limits.h>
@@ -50,6 +52,7 @@ struct opts {
 	unsigned rate;
 	unsigned preload;            /* points each member gets once at setup (the peers: 10,000) */
 	bool json;
+	bool no_setup;               /* --no-setup: brand and members exist (an earlier run's) */
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 };
 
@@ -102,7 +105,7 @@ static void usage(void)
 			"                   [--ca FILE | --insecure]\n"
 			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
 			"                   [--duration-s S] [--commands N] [--rate R] [--preload POINTS]\n"
-			"                   [--json]\n"
+			"                   [--no-setup] [--json]\n"
 			"                   [--latency-csv FILE]\n");
 	exit(2);
 }
@@ -118,8 +121,8 @@ static void parse(int argc, char **argv, struct opts *o)
 			i += took - 1;
 			continue;
 		}
-		if (strcmp(a, "--json") == 0) {
-			o->json = true;
+		if (strcmp(a, "--json") == 0 || strcmp(a, "--no-setup") == 0) {
+			*(a[2] == 'j' ? &o->json : &o->no_setup) = true;
 			continue;
 		}
 		if (took < 0 || i + 1 >= argc)
@@ -440,8 +443,10 @@ int main(int argc, char **argv)
 {
 	struct opts o;
 	parse(argc, argv, &o);
-	fprintf(stderr, "tally-bench: setting up brand and %u members\n", o.members);
-	setup(&o);
+	if (!o.no_setup) {
+		fprintf(stderr, "tally-bench: setting up brand and %u members\n", o.members);
+		setup(&o);
+	}
 	struct worker *ws = calloc(o.connections, sizeof(*ws));
 	for (unsigned i = 0; i < o.connections; i++) {
 		ws[i].o = &o;
