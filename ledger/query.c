@@ -407,7 +407,7 @@ static int member_entries(struct query *q, const char *member, uint64_t from,
 	if (rc == 0)
 		rc = chain_push(&m, "", &v);
 	if (rc == 0)
-		rc = txn_scan(q->txn, q->l->dbi[T_BRANDS], NULL, 0, SIZE_MAX, brand_chain, &m);
+		rc = txn_scan(q->txn, q->l->dbi[T_BRANDS], "", 0, SIZE_MAX, brand_chain, &m);
 	struct tally_arena scratch;
 	tally_arena_init(&scratch, 64 << 10, 0);
 	for (bool done = false; rc == 0 && !done;) {
