@@ -343,14 +343,51 @@ static int lot_index_update(struct apply *a, Tally__V1__Account *acct)
 	return rc;
 }
 
+struct open_account *account_opened(struct apply *a, const char *brand, const char *member)
+{
+	for (size_t i = 0; i < a->n_open; i++) {
+		const Tally__V1__Account *x = a->open[i].acct;
+		if (strcmp(x->brand, brand) == 0 && strcmp(x->member, member) == 0)
+			return &a->open[i];
+	}
+	return NULL;
+}
+
+/* Keeps the account as it is now: its expiry index row at once (the expire sweep
+ * seeks it), its record when the command ends (accounts_flush), after the entries
+ * that move its chain head. */
 int account_save(struct apply *a, Tally__V1__Account *acct)
 {
 	assert(acct->available >= 0 && acct->held >= 0);
 	assert(acct->n_holds == 0);
+	struct open_account *o = account_opened(a, acct->brand, acct->member);
+	assert(o != NULL && o->acct == acct);
+	o->save = true;
+	return lot_index_update(a, acct);
+}
+
+static int account_write(struct apply *a, const struct open_account *o)
+{
 	struct key k;
-	account_key(&k, acct->brand, acct->member);
-	int rc = lot_index_update(a, acct);
-	return rc != 0 ? rc : rec_put(a, T_ACCOUNTS, &k, acct);
+	account_key(&k, o->acct->brand, o->acct->member);
+	size_t n = tally__v1__account__get_packed_size(o->acct);
+	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
+	if (buf == NULL)
+		return TALLY_ENOMEM;
+	chain_head_encode(buf, &o->head);
+	size_t w = tally__v1__account__pack(o->acct, buf + CHAIN_HEAD_BYTES);
+	assert(w == n);
+	return st_put(a, T_ACCOUNTS, &k, buf, CHAIN_HEAD_BYTES + n);
+}
+
+int accounts_flush(struct apply *a)
+{
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < a->n_open; i++)
+		if (a->open[i].save)
+			rc = account_write(a, &a->open[i]);
+	a->n_open = 0;
+	return rc;
 }
 
 /* Posts the lots of the account that ran out by now, first-expiring first and at
@@ -409,31 +446,62 @@ static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1
 	return rc;
 }
 
-/* account_open, expiring at most lots_max lots (the expire sweep keeps to its budget). */
+/* Reads the account's record, or makes a fresh one (*fresh). */
+static int account_read(struct apply *a, const Tally__V1__Brand *b, const char *member,
+			Tally__V1__Account **out, struct chain_head *head, bool *fresh)
+{
+	struct key k;
+	MDB_val v;
+	account_key(&k, b->id, member);
+	memset(head, 0, sizeof(*head));
+	int rc = st_get(a, T_ACCOUNTS, &k, &v);
+	*fresh = rc == TALLY_ENOTFOUND;
+	if (rc == 0) {
+		rc = chain_head_decode(&v, head);
+		*out = rc != 0 ? NULL : tally__v1__account__unpack(tally_arena_protobuf(a->tmp),
+			v.mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
+		return rc != 0 || *out == NULL ? TALLY_ECORRUPT : 0;
+	}
+	if (rc != TALLY_ENOTFOUND)
+		return rc;
+	Tally__V1__Account *acct = tally_arena_alloc(a->tmp, sizeof(*acct));
+	if (acct == NULL)
+		return TALLY_ENOMEM;
+	tally__v1__account__init(acct);
+	acct->brand = tally_arena_strdup(a->tmp, b->id);
+	acct->member = tally_arena_strdup(a->tmp, member);
+	if (acct->brand == NULL || acct->member == NULL)
+		return TALLY_ENOMEM;
+	*out = acct;
+	return 0;
+}
+
+/* account_open, expiring at most lots_max lots (the expire sweep keeps to its budget).
+ * An account is read once per command: opened again, it is the same one. */
 static int account_load(struct apply *a, const Tally__V1__Brand *b, const char *member,
 			Tally__V1__Account **out, bool *fresh, uint64_t lots_max)
 {
 	assert(b != NULL && member != NULL && out != NULL);
-	struct key k;
-	account_key(&k, b->id, member);
-	int rc = rec_get(a, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out);
+	struct open_account *o = account_opened(a, b->id, member);
+	bool is_fresh = false;
 	if (fresh != NULL)
-		*fresh = rc == TALLY_ENOTFOUND;
-	if (rc == TALLY_ENOTFOUND) {
-		Tally__V1__Account *acct = tally_arena_alloc(a->tmp, sizeof(*acct));
-		if (acct == NULL)
-			return TALLY_ENOMEM;
-		tally__v1__account__init(acct);
-		acct->brand = tally_arena_strdup(a->tmp, b->id);
-		acct->member = tally_arena_strdup(a->tmp, member);
-		if (acct->brand == NULL || acct->member == NULL)
-			return TALLY_ENOMEM;
-		*out = acct;
+		*fresh = false;
+	if (o != NULL) {
+		*out = o->acct;
 		return 0;
 	}
+	if (a->n_open == OPEN_ACCOUNTS_MAX)
+		return TALLY_ECORRUPT; /* no command opens more: a bug, refused alike everywhere */
+	o = &a->open[a->n_open];
+	int rc = account_read(a, b, member, &o->acct, &o->head, &is_fresh);
 	if (rc != 0)
 		return rc;
-	return account_refresh(a, b, *out, lots_max);
+	o->save = false;
+	a->n_open++;
+	*out = o->acct;
+	if (fresh != NULL)
+		*fresh = is_fresh;
+	return is_fresh ? 0 : account_refresh(a, b, *out, lots_max);
 }
 
 /* A command sees the account with every lot that ran out expired: no limit. */
@@ -631,6 +699,8 @@ int holds_sweep(struct apply *a)
 			return TALLY_ECORRUPT; /* the index named a hold that is not due */
 		a->cmd = NULL;
 		rc = hold_release(a, h);
+		if (rc == 0)
+			rc = accounts_flush(a);
 		if (rc != 0)
 			return rc;
 	}
@@ -648,6 +718,8 @@ static int touch_account(struct apply *a, const char *brand, const char *member,
 	int rc = brand_get(a, brand, &b);
 	if (rc == 0)
 		rc = account_load(a, b, member, &acct, NULL, lots_max);
+	if (rc == 0)
+		rc = accounts_flush(a); /* one sweep touches many accounts */
 	return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
 }
 

@@ -164,15 +164,6 @@ int lot_move(struct apply *a, int64_t expiry_ms, int64_t points)
 	return 0;
 }
 
-static int member_index_put(struct apply *a, const char *member, uint64_t seq)
-{
-	struct key k;
-	key_reset(&k);
-	key_str(&k, member);
-	key_u64(&k, seq);
-	return st_put(a, T_IX_MEMBER, &k, "", 0);
-}
-
 static void add_unique(const char **list, size_t *n, const char *s)
 {
 	for (size_t i = 0; i < *n; i++)
@@ -196,41 +187,61 @@ size_t entry_brands(const Tally__V1__Entry *e, const char *out[ENTRY_BRANDS_MAX]
 	return n;
 }
 
-/* Indexes the entry under every member it touches, each once. (Brand filters scan
- * the journal instead: brands are few and an index row per entry costs every apply
- * another B-tree descent.) */
-static int entry_index(struct apply *a, const Tally__V1__Entry *e)
+/* The links of the entry into the chains of the members it touches (chain.c): each
+ * chain's head is in the account the command opened, or in the member record that
+ * member_store writes; both are written after the entry. */
+static int entry_links(struct apply *a, const Tally__V1__Entry *e,
+		       uint8_t links[ENTRY_CHAINS_MAX][CHAIN_LINK_BYTES], size_t *n)
 {
-	const char *members[POSTINGS_MAX + 1];
-	size_t nm = 0;
-	if (e->member[0] != '\0')
-		members[nm++] = e->member;
-	for (size_t i = 0; i < e->n_postings; i++)
-		if (e->postings[i]->account == TALLY__V1__SYSTEM_ACCOUNT__MEMBER)
-			add_unique(members, &nm, e->postings[i]->member);
-	int rc = 0;
-	for (size_t i = 0; rc == 0 && i < nm; i++)
-		rc = member_index_put(a, members[i], e->seq);
-	return rc;
+	const char *brands[ENTRY_CHAINS_MAX], *members[ENTRY_CHAINS_MAX];
+	*n = entry_chains(e, brands, members);
+	for (size_t i = 0; i < *n; i++) {
+		struct chain_head *h;
+		if (brands[i][0] == '\0') {
+			if (a->member_chain.id == NULL || strcmp(a->member_chain.id, members[i]) != 0)
+				return TALLY_ECORRUPT; /* only member_store names a member alone */
+			h = &a->member_chain.head;
+		} else {
+			struct open_account *o = account_opened(a, brands[i], members[i]);
+			if (o == NULL)
+				return TALLY_ECORRUPT; /* a posting to an account nobody opened */
+			o->save = true;
+			h = &o->head;
+		}
+		int rc = chain_append(a->txn, a->l->dbi[T_ENTRIES], a->tmp, h, brands[i],
+				      members[i], e->seq, links[i]);
+		if (rc != 0)
+			return rc;
+	}
+	return 0;
 }
 
 static int entry_store(struct apply *a, const Tally__V1__Entry *e)
 {
+	uint8_t links[ENTRY_CHAINS_MAX][CHAIN_LINK_BYTES];
+	size_t n_links;
+	int rc = entry_links(a, e, links, &n_links);
+	if (rc != 0)
+		return rc;
+	size_t head = ENTRY_HEADER_BYTES + 1 + n_links * CHAIN_LINK_BYTES;
 	size_t n = tally__v1__entry__get_packed_size(e);
 	uint8_t kb[8];
 	be64_put(kb, e->seq);
-	MDB_val k = {8, kb}, v = {ENTRY_HEADER_BYTES + n, NULL};
-	int rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND | MDB_RESERVE);
+	MDB_val k = {8, kb}, v = {head + n, NULL};
+	rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND | MDB_RESERVE);
 	if (rc != 0)
 		return lmdb_error(rc);
 	uint8_t *p = v.mv_data;
 	be64_put(p, a->raft_index);
 	be64_put(p + 8, a->raft_term);
 	be64_put(p + 16, (uint64_t)a->now_ms);
-	size_t w = tally__v1__entry__pack(e, p + ENTRY_HEADER_BYTES);
+	p[ENTRY_HEADER_BYTES] = (uint8_t)n_links;
+	if (n_links > 0)
+		memcpy(p + ENTRY_HEADER_BYTES + 1, links, n_links * CHAIN_LINK_BYTES);
+	size_t w = tally__v1__entry__pack(e, p + head);
 	assert(w == n);
 	uint8_t leaf[32];
-	tally_merkle_leaf_hash(p + ENTRY_HEADER_BYTES, n, leaf);
+	tally_merkle_leaf_hash(p + head, n, leaf);
 	struct tally_merkle_store s = tree_store(a->txn, a->l->dbi);
 	return tally_merkle_append(&a->m.tree, &s, leaf);
 }
@@ -261,8 +272,6 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 	if (kind == TALLY__V1__ENTRY_KIND__COMMAND)
 		a->cmd_entry = true;
 	int rc = entry_store(a, &e);
-	if (rc == 0)
-		rc = entry_index(a, &e);
 	a->n_postings = 0;
 	a->n_lots = 0;
 	a->lots = NULL;
@@ -389,11 +398,14 @@ static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_
 		return reject(a, r, TALLY__V1__RESULT_CODE__IDEMPOTENCY_CONFLICT,
 			      "request_id: %s was used for a different command", c->request_id);
 	MDB_val raw;
+	const uint8_t *bytes;
+	size_t n;
 	rc = txn_entry_get(a->txn, a->l->dbi[T_ENTRIES], be64_get((uint8_t *)v.mv_data + 32), &raw);
+	if (rc == 0)
+		rc = entry_payload(&raw, &bytes, &n);
 	if (rc != 0)
 		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
-	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp),
-		raw.mv_size - ENTRY_HEADER_BYTES, (uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES);
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp), n, bytes);
 	if (e == NULL || e->result == NULL)
 		return TALLY_ECORRUPT;
 	*r = *e->result;
@@ -428,7 +440,7 @@ static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8
 static int apply_command(struct apply *a, const Tally__V1__Command *c,
 			 Tally__V1__CommandResult *r)
 {
-	assert(a->n_postings == 0 && a->n_lots == 0);
+	assert(a->n_postings == 0 && a->n_lots == 0 && a->n_open == 0);
 	a->cmd = c;
 	int rc = check_envelope(a, c, r);
 	if (rc != 0 || r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED)
@@ -448,6 +460,8 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 	memcpy(digest, a->m.digest, sizeof(digest));
 	a->cmd_entry = false;
 	rc = handlers[c->body_case](a, c, r);
+	if (rc == 0)
+		rc = accounts_flush(a); /* what the command saved, before changes are judged */
 	if (rc != 0)
 		return rc;
 	assert(r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED);

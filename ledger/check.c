@@ -121,8 +121,10 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 {
 	struct brand_sum *s = ctx;
 	tally_arena_reset(&c->arena);
-	Tally__V1__Account *a = tally__v1__account__unpack(tally_arena_protobuf(&c->arena),
-							   v->mv_size, v->mv_data);
+	struct chain_head head;
+	Tally__V1__Account *a = chain_head_decode(v, &head) != 0 ? NULL
+		: tally__v1__account__unpack(tally_arena_protobuf(&c->arena),
+			v->mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v->mv_data + CHAIN_HEAD_BYTES);
 	if (a == NULL)
 		return fail(c, "an account record does not decode");
 	if (a->available < 0 || a->held < 0)
@@ -208,13 +210,16 @@ static int check_entry(struct check *c, const MDB_val *k, const MDB_val *v, void
 	struct journal *j = ctx;
 	tally_arena_reset(&c->arena);
 	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
-	if (seq != j->expect_seq || v->mv_size < ENTRY_HEADER_BYTES)
+	const uint8_t *bytes;
+	size_t n;
+	if (seq != j->expect_seq || entry_payload(v, &bytes, &n) != 0)
 		return fail(c, "journal: expected entry %llu", (unsigned long long)j->expect_seq);
-	const uint8_t *bytes = (uint8_t *)v->mv_data + ENTRY_HEADER_BYTES;
-	size_t n = v->mv_size - ENTRY_HEADER_BYTES;
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
 	if (e == NULL || e->seq != seq)
 		return fail(c, "entry %llu does not decode", (unsigned long long)seq);
+	const char *brands[ENTRY_CHAINS_MAX], *members[ENTRY_CHAINS_MAX];
+	if (entry_chains(e, brands, members) != ((const uint8_t *)v->mv_data)[ENTRY_HEADER_BYTES])
+		return fail(c, "entry %llu: not linked into its members' chains", (unsigned long long)seq);
 	if (e->time_ms < j->last_time)
 		return fail(c, "entry %llu goes back in time", (unsigned long long)seq);
 	j->last_time = e->time_ms;

@@ -315,21 +315,32 @@ int do_update_brand(struct apply *a, const Tally__V1__Command *c, Tally__V1__Com
 
 /* ---- members ----------------------------------------------------------------------- */
 
+/* Writes the member record after its entry, which moves the head of the member's own
+ * chain (head: the chain so far, zero for a new member). */
 static int member_store(struct apply *a, Tally__V1__CommandResult *r, const char *id,
-			Tally__V1__Segment segment, int64_t joined_ms)
+			Tally__V1__Segment segment, int64_t joined_ms, const struct chain_head *head)
 {
 	Tally__V1__Member m = TALLY__V1__MEMBER__INIT;
 	m.id = (char *)id;
 	m.segment = segment;
 	m.joined_ms = joined_ms;
+	a->member_chain.id = id;
+	a->member_chain.head = *head;
+	result_ok(r, NULL);
+	int rc = emit_entry(a, TALLY__V1__ENTRY_KIND__COMMAND, r, NULL, id, 0);
+	a->member_chain.id = NULL;
+	if (rc != 0)
+		return rc;
+	size_t n = tally__v1__member__get_packed_size(&m);
+	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
+	if (buf == NULL)
+		return TALLY_ENOMEM;
+	chain_head_encode(buf, &a->member_chain.head);
+	tally__v1__member__pack(&m, buf + CHAIN_HEAD_BYTES);
 	struct key k;
 	key_reset(&k);
 	key_raw(&k, id);
-	int rc = rec_put(a, T_MEMBERS, &k, &m);
-	result_ok(r, NULL);
-	if (rc == 0)
-		rc = emit_entry(a, TALLY__V1__ENTRY_KIND__COMMAND, r, NULL, id, 0);
-	return rc;
+	return st_put(a, T_MEMBERS, &k, buf, CHAIN_HEAD_BYTES + n);
 }
 
 static int check_member(struct apply *a, Tally__V1__CommandResult *r, const char *id,
@@ -355,7 +366,8 @@ int do_open_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__Comm
 		return rc;
 	if (exists)
 		return reject(a, r, CODE(ALREADY_EXISTS), "id: member %s is already open", m->id);
-	return member_store(a, r, m->id, m->segment, a->now_ms);
+	static const struct chain_head none;
+	return member_store(a, r, m->id, m->segment, a->now_ms, &none);
 }
 
 int do_update_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
@@ -371,15 +383,22 @@ int do_update_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	struct key k;
-	Tally__V1__Member *old;
+	struct chain_head head;
+	MDB_val v;
 	key_reset(&k);
 	key_raw(&k, m->id);
-	rc = rec_get(a, T_MEMBERS, &k, &tally__v1__member__descriptor, (void **)&old);
+	rc = st_get(a, T_MEMBERS, &k, &v);
 	if (rc == TALLY_ENOTFOUND)
 		return reject(a, r, CODE(UNKNOWN_MEMBER), "id: member %s is not open", m->id);
+	if (rc == 0)
+		rc = chain_head_decode(&v, &head);
 	if (rc != 0)
 		return rc;
-	return member_store(a, r, m->id, m->segment, old->joined_ms);
+	Tally__V1__Member *old = tally__v1__member__unpack(tally_arena_protobuf(a->tmp),
+		v.mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
+	if (old == NULL)
+		return TALLY_ECORRUPT;
+	return member_store(a, r, m->id, m->segment, old->joined_ms, &head);
 }
 
 /* ---- points ----------------------------------------------------------------------- */
@@ -689,11 +708,14 @@ static int clawback(struct apply *a, const Tally__V1__Brand *b, const Tally__V1_
 static int entry_load(struct apply *a, uint64_t seq, Tally__V1__Entry **out)
 {
 	MDB_val raw;
+	const uint8_t *bytes;
+	size_t n;
 	int rc = txn_entry_get(a->txn, a->l->dbi[T_ENTRIES], seq, &raw);
+	if (rc == 0)
+		rc = entry_payload(&raw, &bytes, &n);
 	if (rc != 0)
 		return rc;
-	*out = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp),
-		raw.mv_size - ENTRY_HEADER_BYTES, (uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES);
+	*out = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp), n, bytes);
 	return *out == NULL ? TALLY_ECORRUPT : 0;
 }
 

@@ -18,12 +18,13 @@
  * are derived from state and excluded. Entries and tree are covered by the root. */
 enum table {
 	T_META,        /* fixed names → meta values */
-	T_ENTRIES,     /* seq(8) → raft_index(8) raft_term(8) time_ms(8) entry bytes */
+	T_ENTRIES,     /* seq(8) → raft_index(8) raft_term(8) time_ms(8) n(1)
+	                  n chain links(24) entry bytes (chain.c) */
 	T_TREE,        /* level(1) index(8) → node hash(32) */
 	T_IDEM,        /* key_name \0 request_id → content hash(32) seq(8)       [digest] */
 	T_BRANDS,      /* id → Brand                                              [digest] */
-	T_MEMBERS,     /* id → Member                                             [digest] */
-	T_ACCOUNTS,    /* brand \0 member → Account                               [digest] */
+	T_MEMBERS,     /* id → chain head(32) Member                              [digest] */
+	T_ACCOUNTS,    /* brand \0 member → chain head(32) Account                [digest] */
 	T_SYSACCT,     /* brand \0 kind(1) partner → int64                        [digest] */
 	T_LOT_EXP,     /* expiry(8) brand \0 member → "" (the account's first lot)  index */
 	T_HOLDS,       /* id(8) → HoldRecord                                      [digest] */
@@ -37,7 +38,6 @@ enum table {
 	T_SETTLEMENTS, /* id(8) → Settlement                                      [digest] */
 	T_SETTLE_PAIR, /* a \0 b \0 id(8) → ""                                     index */
 	T_REVERSED,    /* seq(8) → int64 points reversed so far                   [digest] */
-	T_IX_MEMBER,   /* member \0 seq(8) → ""                                    index */
 	T_COUNT
 };
 
@@ -47,9 +47,11 @@ extern const bool table_digested[T_COUNT];
 enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
 
 #define KEY_BYTES_MAX 400   /* below LMDB's 511-byte key limit */
-#define LEDGER_FORMAT_VERSION 2 /* 2: every command that changed state has an entry */
+/* 2: every command that changed state has an entry; 3: a member's entries are chained
+ * through its records and the entries (chain.c) instead of an index row per entry. */
+#define LEDGER_FORMAT_VERSION 3
 #define MS_PER_DAY 86400000LL
-#define ENTRY_HEADER_BYTES 24
+#define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
 #define POSTINGS_MAX 8
 
 struct key {
@@ -114,6 +116,44 @@ struct tally_ledger {
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
 
+/* ---- member chains (chain.c) -----------------------------------------------------
+ * Every entry that names a member (as its member or in a posting) is linked into one
+ * chain per (brand, member) account it touches; entries of the member record itself
+ * (open, update) into the chain ("", member). A chain's head (its last entry) is kept
+ * in front of the account or member record, which the entry's command writes anyway;
+ * each entry keeps, per chain, its predecessor, a skip link and its ordinal, so that
+ * the member-history query finds any seq in O(log^2 n) reads without an index row. */
+struct chain_head {
+	uint64_t seq;   /* last entry of the chain; 0: empty chain */
+	uint64_t ord;   /* its ordinal in the chain, 1-based */
+	uint64_t prev;  /* the entry before it (0: none) */
+	uint64_t skip;  /* the entry of ordinal ord & (ord - 1) (0: none) */
+};
+#define CHAIN_HEAD_BYTES 32
+#define CHAIN_LINK_BYTES 24     /* prev(8) skip(8) ord(8), per chain of an entry */
+#define ENTRY_CHAINS_MAX (POSTINGS_MAX + 1)
+#define OPEN_ACCOUNTS_MAX 4     /* accounts one command opens (transfer, exchange: 2) */
+
+void chain_head_encode(uint8_t p[CHAIN_HEAD_BYTES], const struct chain_head *h);
+int chain_head_decode(const MDB_val *v, struct chain_head *h); /* record prefix */
+/* The entry bytes inside a stored T_ENTRIES value, after the header and links. */
+int entry_payload(const MDB_val *raw, const uint8_t **bytes, size_t *n);
+/* The chains an entry belongs to, in link order: (brand, member) pairs, each once. */
+size_t entry_chains(const Tally__V1__Entry *e, const char *brands[ENTRY_CHAINS_MAX],
+		    const char *members[ENTRY_CHAINS_MAX]);
+/* The node of chain (brand, member) at entry seq, read from the journal; arena holds
+ * the decoded entry. */
+int chain_node_at(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena, uint64_t seq,
+		  const char *brand, const char *member, struct chain_head *out);
+/* Appends entry seq to the chain whose head is *h: writes its link and moves *h. */
+int chain_append(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+		 struct chain_head *h, const char *brand, const char *member, uint64_t seq,
+		 uint8_t link[CHAIN_LINK_BYTES]);
+/* Up to max seqs of the chain at or after from, ascending, into out; *n how many. */
+int chain_collect(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+		  const struct chain_head *head, const char *brand, const char *member,
+		  uint64_t from, size_t max, uint64_t *out, size_t *n);
+
 /* ---- apply context ---------------------------------------------------------------- */
 
 struct apply {
@@ -140,6 +180,16 @@ struct apply {
 		int64_t delta;
 	} sys[SYS_DELTAS_MAX];
 	size_t n_sys;
+	struct open_account {             /* accounts the command opened (account_load) */
+		Tally__V1__Account *acct;
+		struct chain_head head;
+		bool save;                /* written by accounts_flush */
+	} open[OPEN_ACCOUNTS_MAX];
+	size_t n_open;
+	struct {                          /* the member record being written (member_store) */
+		const char *id;
+		struct chain_head head;
+	} member_chain;
 	bool holds_more;                  /* the hold sweep left timed-out holds open */
 	bool cmd_entry;                   /* the command being applied has its COMMAND entry */
 };
@@ -230,6 +280,9 @@ int member_exists(struct apply *a, const char *id, bool *exists);
 int account_open(struct apply *a, const Tally__V1__Brand *b, const char *member,
 		 Tally__V1__Account **out, bool *fresh);
 int account_save(struct apply *a, Tally__V1__Account *acct);
+/* Writes the accounts the command saved or chained, and forgets the opened ones. */
+int accounts_flush(struct apply *a);
+struct open_account *account_opened(struct apply *a, const char *brand, const char *member);
 int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);
 int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points);

@@ -5,6 +5,7 @@
  */
 #include <assert.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ledger/internal.h"
@@ -48,6 +49,22 @@ static int qrec(struct query *q, enum table t, const struct key *k,
 	if (rc != 0)
 		return rc;
 	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena), v.mv_size, v.mv_data);
+	return *out == NULL ? TALLY_ECORRUPT : 0;
+}
+
+/* A record with a member chain's head in front of it (accounts, members). */
+static int qrec_chained(struct query *q, enum table t, const struct key *k,
+			const ProtobufCMessageDescriptor *d, void **out, struct chain_head *head)
+{
+	MDB_val v;
+	int rc = qget(q, t, k, &v);
+	if (rc == 0)
+		rc = chain_head_decode(&v, head);
+	if (rc != 0)
+		return rc;
+	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena),
+					 v.mv_size - CHAIN_HEAD_BYTES,
+					 (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
 	return *out == NULL ? TALLY_ECORRUPT : 0;
 }
 
@@ -112,7 +129,9 @@ static int account_read(struct query *q, const char *brand, const char *member, 
 	key_reset(&k);
 	key_str(&k, brand);
 	key_raw(&k, member);
-	int rc = qrec(q, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out);
+	struct chain_head head;
+	int rc = qrec_chained(q, T_ACCOUNTS, &k, &tally__v1__account__descriptor, (void **)out,
+			      &head);
 	if (rc == TALLY_ENOTFOUND) {
 		Tally__V1__Account *a = tally_arena_alloc(q->arena, sizeof(*a));
 		if (a == NULL)
@@ -171,20 +190,24 @@ static int q_accounts(struct query *q, const Tally__V1__GetAccounts *g)
 static int stored_entry(struct query *q, uint64_t seq, Tally__V1__StoredEntry **out)
 {
 	MDB_val raw;
+	const uint8_t *payload;
+	size_t n;
 	int rc = txn_entry_get(q->txn, q->l->dbi[T_ENTRIES], seq, &raw);
+	if (rc == 0)
+		rc = entry_payload(&raw, &payload, &n);
 	if (rc != 0)
 		return rc;
 	Tally__V1__StoredEntry *s = tally_arena_alloc(q->arena, sizeof(*s));
-	uint8_t *bytes = tally_arena_alloc(q->arena, raw.mv_size - ENTRY_HEADER_BYTES);
+	uint8_t *bytes = tally_arena_alloc(q->arena, n);
 	if (s == NULL || bytes == NULL)
 		return TALLY_ENOMEM;
 	tally__v1__stored_entry__init(s);
 	s->seq = seq;
 	s->raft_index = be64_get(raw.mv_data);
 	s->raft_term = be64_get((uint8_t *)raw.mv_data + 8);
-	memcpy(bytes, (uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES, raw.mv_size - ENTRY_HEADER_BYTES);
+	memcpy(bytes, payload, n);
 	s->entry.data = bytes;
-	s->entry.len = raw.mv_size - ENTRY_HEADER_BYTES;
+	s->entry.len = n;
 	*out = s;
 	return 0;
 }
@@ -282,32 +305,117 @@ static int entries_add(struct query *q, uint64_t seq, struct entries_scan *s)
 	return push(q, (void ***)&q->res->entries, &q->res->n_entries, e);
 }
 
-struct member_scan {
-	struct query *q;
-	struct entries_scan *s;
+/* ---- a member's entries: its chains merged ------------------------------------------ */
+
+#define MEMBER_CHUNK 256 /* seqs read from each chain per round of the merge */
+
+struct member_chain {
+	const char *brand;      /* "" for the member record's own chain */
+	struct chain_head head;
 };
 
-static int member_row(void *arg, const MDB_val *k, const MDB_val *v)
+struct member_chains {
+	struct query *q;
+	const char *member;
+	struct member_chain **v;
+	size_t n;
+};
+
+static int chain_push(struct member_chains *m, const char *brand, const MDB_val *v)
 {
-	(void)v;
-	struct member_scan *m = arg;
-	if (k->mv_size < 8)
-		return TALLY_ECORRUPT;
-	return entries_add(m->q, be64_get((uint8_t *)k->mv_data + k->mv_size - 8), m->s);
+	struct member_chain *c = tally_arena_alloc(m->q->arena, sizeof(*c));
+	if (c == NULL)
+		return TALLY_ENOMEM;
+	c->brand = brand;
+	int rc = chain_head_decode(v, &c->head);
+	if (rc != 0)
+		return rc;
+	return push(m->q, (void ***)&m->v, &m->n, c);
 }
 
-/* Entries of one member from its index, starting at seq `from`. */
+/* Every brand's account of the member, found by brand (brands are few). */
+static int brand_chain(void *arg, const MDB_val *k, const MDB_val *v)
+{
+	(void)v;
+	struct member_chains *m = arg;
+	struct key ak;
+	MDB_val av;
+	char *brand = tally_arena_strndup(m->q->arena, k->mv_data, k->mv_size);
+	if (brand == NULL)
+		return TALLY_ENOMEM;
+	key_reset(&ak);
+	key_str(&ak, brand);
+	key_raw(&ak, m->member);
+	int rc = qget(m->q, T_ACCOUNTS, &ak, &av);
+	if (rc == TALLY_ENOTFOUND)
+		return 0;
+	return rc != 0 ? rc : chain_push(m, brand, &av);
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+	uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+/* One round: up to MEMBER_CHUNK seqs >= from of each chain, merged; the seqs up to
+ * the lowest last seq of a chain cut short are complete and go to the page. */
+static int member_round(struct query *q, struct member_chains *m, struct tally_arena *scratch,
+			uint64_t *from, struct entries_scan *s, bool *done)
+{
+	uint64_t *all = tally_arena_alloc(scratch, m->n * MEMBER_CHUNK * sizeof(*all));
+	uint64_t bound = UINT64_MAX;
+	size_t total = 0;
+	if (all == NULL)
+		return TALLY_ENOMEM;
+	for (size_t i = 0; i < m->n; i++) {
+		size_t got;
+		int rc = chain_collect(q->txn, q->l->dbi[T_ENTRIES], scratch, &m->v[i]->head,
+				       m->v[i]->brand, m->member, *from, MEMBER_CHUNK, all + total, &got);
+		if (rc != 0)
+			return rc;
+		if (got == MEMBER_CHUNK && all[total + got - 1] < bound)
+			bound = all[total + got - 1];
+		total += got;
+	}
+	qsort(all, total, sizeof(*all), cmp_u64);
+	for (size_t i = 0; i < total && all[i] <= bound; i++) {
+		if (i > 0 && all[i] == all[i - 1])
+			continue; /* an entry in two of the member's chains is listed once */
+		int rc = entries_add(q, all[i], s);
+		if (rc != 0)
+			return rc;
+	}
+	*done = bound == UINT64_MAX;
+	*from = bound + 1;
+	return 0;
+}
+
+/* Entries of one member, starting at seq `from`: the member record's chain and its
+ * accounts' chains, merged in seq order. */
 static int member_entries(struct query *q, const char *member, uint64_t from,
 			  struct entries_scan *s)
 {
-	struct key prefix, start;
-	key_reset(&prefix);
-	key_str(&prefix, member);
-	start = prefix;
-	key_u64(&start, from);
-	struct member_scan m = {q, s};
-	return txn_scan_from(q->txn, q->l->dbi[T_IX_MEMBER], prefix.b, prefix.n, start.b, start.n,
-			     SIZE_MAX, member_row, &m);
+	struct member_chains m = {q, member, NULL, 0};
+	struct key k;
+	MDB_val v;
+	key_reset(&k);
+	key_raw(&k, member);
+	int rc = qget(q, T_MEMBERS, &k, &v);
+	if (rc == TALLY_ENOTFOUND)
+		return 0; /* accounts and postings are only for open members */
+	if (rc == 0)
+		rc = chain_push(&m, "", &v);
+	if (rc == 0)
+		rc = txn_scan(q->txn, q->l->dbi[T_BRANDS], "", 0, SIZE_MAX, brand_chain, &m);
+	struct tally_arena scratch;
+	tally_arena_init(&scratch, 64 << 10, 0);
+	for (bool done = false; rc == 0 && !done;) {
+		tally_arena_reset(&scratch);
+		rc = member_round(q, &m, &scratch, &from, s, &done);
+	}
+	tally_arena_free(&scratch);
+	return rc;
 }
 
 static int q_entries(struct query *q, const Tally__V1__ListEntries *g)
@@ -469,7 +577,9 @@ static int q_member(struct query *q, const Tally__V1__GetMember *g)
 	struct key k;
 	key_reset(&k);
 	key_raw(&k, g->id);
-	int rc = qrec(q, T_MEMBERS, &k, &tally__v1__member__descriptor, (void **)&q->res->member);
+	struct chain_head head;
+	int rc = qrec_chained(q, T_MEMBERS, &k, &tally__v1__member__descriptor,
+			      (void **)&q->res->member, &head);
 	if (rc == TALLY_ENOTFOUND || (rc == 0 && !member_visible(q, g->id))) {
 		q->res->member = NULL; /* a brand's key learns nothing of other brands' members */
 		return qfail(q, CODE(UNKNOWN_MEMBER), "id: not open");

@@ -21,7 +21,7 @@ const char *const table_names[T_COUNT] = {
 	[T_QUAL_DAY] = "qual_day",   [T_DAILY] = "daily",
 	[T_AGREEMENTS] = "agreements", [T_OBLIGATIONS] = "obligations",
 	[T_SETTLEMENTS] = "settlements", [T_SETTLE_PAIR] = "settle_pair",
-	[T_REVERSED] = "reversed",   [T_IX_MEMBER] = "ix_member",
+	[T_REVERSED] = "reversed",
 };
 
 const bool table_digested[T_COUNT] = {
@@ -491,11 +491,14 @@ static int tree_compute(struct tree_ctx *t, unsigned level, uint64_t index, uint
 	uint64_t n = 1ull << level;
 	for (uint64_t i = 0; i < n; i++) {
 		MDB_val raw;
+		const uint8_t *bytes;
+		size_t n_bytes;
 		int rc = txn_entry_get(t->txn, t->entries, (index << level) + i + 1, &raw);
+		if (rc == 0)
+			rc = entry_payload(&raw, &bytes, &n_bytes);
 		if (rc != 0)
 			return rc;
-		tally_merkle_leaf_hash((uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES,
-				       raw.mv_size - ENTRY_HEADER_BYTES, h[i]);
+		tally_merkle_leaf_hash(bytes, n_bytes, h[i]);
 	}
 	for (; n > 1; n /= 2)
 		for (uint64_t i = 0; i < n / 2; i++)
@@ -586,7 +589,7 @@ int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw)
 	int rc = mdb_get(txn, dbi, &k, raw);
 	if (rc != 0)
 		return lmdb_error(rc);
-	return raw->mv_size < ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
+	return raw->mv_size <= ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
 }
 
 /* ---- open / close ---------------------------------------------------------------- */

@@ -649,6 +649,53 @@ static void test_list_entries_by_member_returns_exactly_the_member_entries_inclu
 	fx_close(&f);
 }
 
+/* A member's entries are found through chains in the journal (ledger/chain.c): long
+ * chains in two brands plus the member's own, read from every start and page size,
+ * give exactly the entries the journal holds for the member. */
+static void test_list_entries_by_member_over_long_chains_matches_the_journal_from_every_start(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	ok(&f, c_brand(&f, admin(&f), "b1", 12));
+	ok(&f, c_brand(&f, admin(&f), "b2", 12));
+	ok(&f, c_member(&f, admin(&f), "m1"));
+	ok(&f, c_member(&f, admin(&f), "m2"));
+	for (int i = 0; i < 300; i++) {
+		ok(&f, c_accrue(&f, dealer(&f), i % 3 == 0 ? "b2" : "b1", "m1", 10));
+		if (i % 5 == 1)
+			ok(&f, c_transfer(&f, mall(&f), "b1", "m1", "m2", 1));
+		if (i % 7 == 0)
+			ok(&f, c_accrue(&f, dealer(&f), "b2", "m2", 1));
+	}
+	const char *members[] = {"m1", "m2"};
+	for (int m = 0; m < 2; m++) {
+		struct seqs want, got;
+		expected_entries(&f, NULL, members[m], &want);
+		assert_true(want.n > 2);
+		list_all(&f, admin(&f), NULL, members[m], &got);
+		assert_seqs_equal(&got, &want, members[m]);
+		uint32_t limits[] = {1, 7, 257, TALLY_ENTRIES_PAGE_MAX};
+		for (size_t from = 1; from <= want.v[want.n - 1] + 1; from += 13) {
+			for (size_t li = 0; li < 4; li++) {
+				Tally__V1__QueryResult *res =
+					list_entries(&f, admin(&f), from, limits[li], NULL, members[m]);
+				expect_code(res, CODE(OK));
+				size_t first = 0;
+				while (first < want.n && want.v[first] < from)
+					first++;
+				size_t n = want.n - first < limits[li] ? want.n - first : limits[li];
+				assert_int_equal(res->n_entries, n);
+				for (size_t i = 0; i < n; i++)
+					assert_int_equal(res->entries[i]->seq, want.v[first + i]);
+				assert_int_equal(res->next_seq, first + n < want.n ? want.v[first + n] : 0);
+			}
+		}
+	}
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 static void test_list_entries_by_member_and_brand_returns_the_intersection(void **state)
 {
 	(void)state;
@@ -1421,6 +1468,7 @@ int main(void)
 		cmocka_unit_test(test_list_entries_by_brand_returns_exactly_the_entries_touching_the_brand_in_seq_order),
 		cmocka_unit_test(test_list_entries_by_brand_pages_with_next_seq_without_gaps_or_duplicates),
 		cmocka_unit_test(test_list_entries_by_member_returns_exactly_the_member_entries_including_receiver_and_exchange),
+		cmocka_unit_test(test_list_entries_by_member_over_long_chains_matches_the_journal_from_every_start),
 		cmocka_unit_test(test_list_entries_by_member_and_brand_returns_the_intersection),
 		cmocka_unit_test(test_get_entry_of_unknown_seq_is_not_found),
 		cmocka_unit_test(test_get_entry_proof_verifies_against_the_current_root_and_fails_for_a_flipped_byte),
