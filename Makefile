@@ -203,9 +203,9 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster start --dir $$d --base-port auto $$flag; \
 	trap 'TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir '$$d'; rm -rf '$$d'' EXIT; \
 	( set -a; . $$d/env; set +a; \
-	$(BUILD)/tools/tally-bench --connections 4 --pipeline 64 --duration-s 10; \
-	$(BUILD)/tools/tally-bench --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
-	$(BUILD)/tools/tally-bench --connections 4 --pipeline 32 --rate 20000 --duration-s 10 ); \
+	$(BUILD)/tools/tally-bench --preload 10000 --connections 4 --pipeline 64 --duration-s 10; \
+	$(BUILD)/tools/tally-bench --no-setup --connections 4 --pipeline 8 --batch 100 --duration-s 10; \
+	$(BUILD)/tools/tally-bench --no-setup --connections 4 --pipeline 32 --rate 20000 --duration-s 10 ); \
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir $$d; rm -rf $$d; trap - EXIT; \
 	done
 
