@@ -184,9 +184,10 @@ def table(a):
 
 def plots(out, present, counts, get, flush):
     """Data files and one gnuplot script for the two PNGs (a missing gnuplot is a
-    warning: the table is the result, the plots show it)."""
-    data = os.path.join(out, "plot.dat")
-    with open(data, "w") as f:
+    warning: the table is the result, the plots show it). The script names its files
+    relative to DIR and gnuplot runs there, so DIR can be moved or committed."""
+    data = "plot.dat"
+    with open(os.path.join(out, data), "w") as f:
         # One block per system (separated by two blank lines: gnuplot's `index`).
         for s, name in present:
             f.write("# %s: inflight ops_per_s p99_ms\n" % name)
@@ -215,12 +216,11 @@ def plots(out, present, counts, get, flush):
         "set ylabel 'ops/s'\nset logscale y\nplot %s\n"
         "set output '%s'\nset title 'p99 latency of a points op'\n"
         "set ylabel 'p99 latency (ms)'\nset logscale y\nplot %s\n" % (
-            os.path.join(out, "throughput.png"), ", ".join(thr),
-            os.path.join(out, "p99.png"), ", ".join(p99)))
+            "throughput.png", ", ".join(thr), "p99.png", ", ".join(p99)))
     with open(os.path.join(out, "plot.gp"), "w") as f:
         f.write(script)
     try:
-        subprocess.run(["gnuplot", os.path.join(out, "plot.gp")], check=True)
+        subprocess.run(["gnuplot", "plot.gp"], cwd=out, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
         print("report.py: gnuplot failed (%s); table.md is written" % e, file=sys.stderr)
 
