@@ -4,14 +4,17 @@
   report.py pgbench --inflight N --secs S --stdout FILE --logs PREFIX --written K
   report.py tally   --inflight N --secs S --json FILE --preload yes|no
   report.py etcd    --inflight N --secs S --json FILE
-  report.py annotate --results results.jsonl --load-before L
+  report.py cpusnap  --root PID [--extra PID,...]
+  report.py annotate --results results.jsonl --load-before L [--cpu-before S --cpu-after S]
   report.py table   --results results.jsonl --flush flushrate.json
                     [--flush-direct flushrate-direct-dsync.json] --out DIR
 
 The first three print one JSON line of the common shape (system, inflight, secs,
 ops, ops_per_s, rejected, errors, p50_ms, p99_ms, p999_ms, max_ms, note) read from
 what each load generator left; `run` appends it to results.jsonl, and `annotate` adds
-the load average seen before the run to its last line. `table` writes
+to its last line the load average seen before the run and, from two `cpusnap`
+snapshots taken around the run, how much CPU the benchmark's own processes used and how
+much everything else on the machine did. `table` writes
 DIR/table.md and, with gnuplot, DIR/throughput.png and DIR/p99.png.
 
 An op counts whether it was applied or rejected (a redemption the balance could not
@@ -85,11 +88,59 @@ def from_etcd(a):
                 "%d compare retries" % r["retries"])
 
 
+def cpusnap(a):
+    """One snapshot, as JSON: seconds since boot, the machine's busy CPU ticks (all of
+    /proc/stat's cpu line but idle and iowait) and the ticks used by our processes: the
+    run script (root), everything below it, and the extra PIDs (Tally's nodes, whose
+    parent tally-cluster has exited), each counting its own time and its reaped
+    children's (utime, stime, cutime, cstime). A process that ends between two snapshots
+    shows up in its parent's reaped-children time, so nothing of ours is lost."""
+    parent, ticks = {}, {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(d)
+        parent[pid] = int(rest[1])
+        ticks[pid] = sum(int(x) for x in rest[11:15])  # utime stime cutime cstime
+    children = {}
+    for pid, pp in parent.items():
+        children.setdefault(pp, []).append(pid)
+    ours, todo = set(), [a.root] + [int(p) for p in a.extra.split(",") if p.strip()]
+    while todo:
+        pid = todo.pop()
+        if pid in ours or pid not in ticks:
+            continue
+        ours.add(pid)
+        todo.extend(children.get(pid, []))
+    with open("/proc/stat") as f:
+        cpu = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(cpu) - cpu[3] - cpu[4]  # less idle and iowait
+    with open("/proc/uptime") as f:
+        up = float(f.read().split()[0])
+    print(json.dumps({"uptime": up, "busy": busy, "ours": sum(ticks[p] for p in ours)}))
+
+
 def annotate(a):
     with open(a.results) as f:
         rows = [l for l in f if l.strip()]
     last = json.loads(rows[-1])
     last["load_before"] = a.load_before
+    if a.cpu_before and a.cpu_after:
+        b, e = json.loads(a.cpu_before), json.loads(a.cpu_after)
+        hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count()
+        capacity = (e["uptime"] - b["uptime"]) * hz * cores  # ticks the cores had
+        if capacity > 0:
+            ours = e["ours"] - b["ours"]
+            other = max(0, (e["busy"] - b["busy"]) - ours)
+            # In % of all cores. "Other" includes the kernel's own threads and interrupts
+            # doing our disk and network work, so it is never quite 0.
+            last["cpu_ours_pct"] = round(100.0 * ours / capacity, 1)
+            last["cpu_other_pct"] = round(100.0 * other / capacity, 1)
     rows[-1] = json.dumps(last) + "\n"
     with open(a.results, "w") as f:
         f.writelines(rows)
@@ -164,6 +215,16 @@ def table(a):
         notes.append("1-minute load average before each run: %.2f to %.2f on %d cores "
                      "(the previous run's own load included)." % (min(loads), max(loads),
                                                                  os.cpu_count()))
+    other = [(r["cpu_other_pct"], r["system"], r["inflight"]) for r in rows
+             if "cpu_other_pct" in r]
+    if other:
+        worst = max(other)
+        notes.append("CPU used by anything but the benchmark during a run (kernel threads "
+                     "doing its I/O included): %.0f %% to %.0f %% of the cores, the most "
+                     "with %s at %d in flight%s." % (
+                         min(other)[0], worst[0], worst[1], worst[2],
+                         " — other work was running: compare with a run on an idle machine"
+                         if worst[0] > 15 else ""))
     for r in rows:
         if r.get("errors"):
             notes.append("%s at %d in flight: %d errors." % (r["system"], r["inflight"], r["errors"]))
@@ -240,17 +301,22 @@ def main():
             s.add_argument("--json", required=True)
         if name == "tally":
             s.add_argument("--preload", choices=["yes", "no"], required=True)
+    c = sub.add_parser("cpusnap")
+    c.add_argument("--root", type=int, required=True)
+    c.add_argument("--extra", default="")
     n = sub.add_parser("annotate")
     n.add_argument("--results", required=True)
     n.add_argument("--load-before", type=float, required=True)
+    n.add_argument("--cpu-before")
+    n.add_argument("--cpu-after")
     t = sub.add_parser("table")
     t.add_argument("--results", required=True)
     t.add_argument("--flush")
     t.add_argument("--flush-direct")
     t.add_argument("--out", required=True)
     a = p.parse_args()
-    if a.cmd in ("table", "annotate"):
-        (table if a.cmd == "table" else annotate)(a)
+    if a.cmd in ("table", "annotate", "cpusnap"):
+        {"table": table, "annotate": annotate, "cpusnap": cpusnap}[a.cmd](a)
         return
     r = {"pgbench": from_pgbench, "tally": from_tally, "etcd": from_etcd}[a.cmd](a)
     print(json.dumps(r))
