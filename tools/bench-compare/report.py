@@ -210,21 +210,20 @@ def table(a):
                      "writes Tally's log) did %.0f rounds/s each (round p50 %.2f ms, p99 %.2f ms)."
                      % (direct["rounds_per_s"], direct["round_ms"]["p50"],
                         direct["round_ms"]["p99"]))
-    loads = [r["load_before"] for r in rows if "load_before" in r]
-    if loads:
-        notes.append("1-minute load average before each run: %.2f to %.2f on %d cores "
-                     "(the previous run's own load included)." % (min(loads), max(loads),
-                                                                 os.cpu_count()))
-    other = [(r["cpu_other_pct"], r["system"], r["inflight"]) for r in rows
-             if "cpu_other_pct" in r]
-    if other:
-        worst = max(other)
-        notes.append("CPU used by anything but the benchmark during a run (kernel threads "
-                     "doing its I/O included): %.0f %% to %.0f %% of the cores, the most "
-                     "with %s at %d in flight%s." % (
-                         min(other)[0], worst[0], worst[1], worst[2],
-                         " — other work was running: compare with a run on an idle machine"
-                         if worst[0] > 15 else ""))
+    # How much of the two cores other work took during each system's runs: the load
+    # average is no guide (it counts tasks waiting on the disk), the CPU split is.
+    spans = []
+    for s, name in present:
+        other = [r["cpu_other_pct"] for r in rows if r["system"] == s and "cpu_other_pct" in r]
+        if other:
+            spans.append("%s %.0f–%.0f %%" % (name, min(other), max(other)))
+    if spans:
+        worst = max(r.get("cpu_other_pct", 0) for r in rows)
+        notes.append("CPU taken by anything but the benchmark during the runs, in %% of all "
+                     "cores (kernel threads doing its I/O included, so never 0): %s.%s" % (
+                         ", ".join(spans),
+                         " Other work was running: the systems it overlapped lost CPU to it."
+                         if worst > 15 else ""))
     for r in rows:
         if r.get("errors"):
             notes.append("%s at %d in flight: %d errors." % (r["system"], r["inflight"], r["errors"]))
