@@ -8,6 +8,7 @@
 #   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
 #   make bench-snapshot  take and restore a raft snapshot of a 1,000,000-member ledger
 #   make bench           tally-bench on a local 3-node cluster, over TLS and plaintext
+#   make bench-compare   Tally, PostgreSQL and etcd side by side on the same points op
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
 #   make fuzz FUZZ_S=N   each libFuzzer target for N seconds (clang; tests/fuzz/)
@@ -74,7 +75,7 @@ PY_PB      := $(BUILD)/python/tally_pb2.py
 # it is preloaded into release tallyd processes only).
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
-.PHONY: all check valgrind sim bench-ledger bench-snapshot bench demo demo-ledger deps clean install \
+.PHONY: all check valgrind sim bench-ledger bench-snapshot bench bench-compare demo demo-ledger deps clean install \
         jepsen jepsen-smoke fuzz fuzz-build
 .SECONDARY:
 
@@ -208,6 +209,16 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 	$(BUILD)/tools/tally-bench --no-setup --connections 4 --pipeline 32 --rate 20000 --duration-s 10 ); \
 	TALLY_BUILD=$(abspath $(BUILD)) tools/tally-cluster stop --dir $$d; rm -rf $$d; trap - EXIT; \
 	done
+
+# Tally, PostgreSQL 15 (primary + 2 synchronous standbys) and etcd 3.4 (3 members) on
+# the same points op at 1, 8, 32 and 128 requests in flight (tools/bench-compare/README.md).
+# Results in bench-compare-out/; BENCH_COMPARE_PUBLISH=1 puts the table and the plots in
+# docs/bench/ instead (the raw logs stay in bench-compare-out/raw). Installs missing
+# Debian packages. BENCH_COMPARE_ARGS="--secs 5 --systems tally,pg" and so on.
+BENCH_COMPARE_ARGS ?=
+BENCH_COMPARE_OUT := $(if $(filter 1,$(BENCH_COMPARE_PUBLISH)),--out docs/bench --raw bench-compare-out/raw,--out bench-compare-out)
+bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
+	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-compare/run $(BENCH_COMPARE_OUT) $(BENCH_COMPARE_ARGS)
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN)
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster

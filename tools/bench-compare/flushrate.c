@@ -1,0 +1,213 @@
+/*
+ * flushrate: how many durable small writes the disk under DIR takes per second when
+ * three writers (three replicas on one machine) flush at the same time.
+ *
+ *   flushrate DIR [SECS] [LOOPS] [MODE]     (defaults: 5 s, 3 loops, fdatasync)
+ *
+ * Each loop is a thread with its own preallocated 4 MiB file in DIR, like a database's
+ * or raft's write-ahead log segment: it writes the next 4 KiB block (wrapping around)
+ * and calls fdatasync, again and again, for SECS seconds. One write + fdatasync is a
+ * "round". A replicated system that needs a fresh flush on each replica for every
+ * request it acknowledges, and puts one request into each flush, can do about
+ * rounds/s requests per second; with N requests in flight and perfect group commit
+ * (all N ride in each flush) about rounds/s x N.
+ *
+ * MODE direct-dsync writes the blocks through O_DIRECT | O_DSYNC instead (each pwrite
+ * returns once the block is on stable storage, with no page cache and no separate
+ * fdatasync call), the way raft's libuv backend writes its log when the file system
+ * allows it; on some disks that round is cheaper.
+ *
+ * Prints one JSON object: the mode, the mean rounds/s of one loop, each loop's rate, all
+ * loops' rounds/s together and the median and p99 of one round in ms. Refuses tmpfs and
+ * ramfs, where a flush is free and the number would mean nothing.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BLOCK 4096
+#define FILE_BYTES (4u << 20)
+#define LOOPS_MAX 16
+#define SAMPLES_MAX (1u << 20)
+
+struct loop {
+	const char *dir;
+	bool direct;         /* O_DIRECT | O_DSYNC writes instead of write + fdatasync */
+	unsigned index;
+	double secs;
+	pthread_t thread;
+	uint64_t rounds;
+	uint32_t *round_us;  /* one sample per round */
+	size_t n_samples;
+	int err;             /* errno of a failure, 0 if none */
+};
+
+static atomic_int started;
+static atomic_bool go;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* A file of FILE_BYTES zeros, flushed, so that the timed writes overwrite allocated
+ * blocks (as a WAL segment is written) and fdatasync has no size change to record. */
+static int prepare(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -1;
+	static const char zeros[BLOCK];
+	for (unsigned off = 0; off < FILE_BYTES; off += BLOCK) {
+		if (pwrite(fd, zeros, BLOCK, off) != BLOCK) {
+			close(fd);
+			return -1;
+		}
+	}
+	if (fsync(fd) != 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static void *run_loop(void *arg)
+{
+	struct loop *l = arg;
+	char path[4096], block[BLOCK];
+	snprintf(path, sizeof(path), "%s/flushrate.%u", l->dir, l->index);
+	int fd = prepare(path);
+	if (fd < 0) {
+		l->err = errno;
+		atomic_fetch_add(&started, 1);
+		return NULL;
+	}
+	char *buf = block;
+	if (l->direct) {
+		/* O_DIRECT wants the buffer aligned as the device's blocks (4 KiB suffices). */
+		close(fd);
+		fd = open(path, O_WRONLY | O_DIRECT | O_DSYNC | O_CLOEXEC);
+		if (fd < 0 || posix_memalign((void **)&buf, BLOCK, BLOCK) != 0) {
+			l->err = fd < 0 ? errno : ENOMEM;
+			atomic_fetch_add(&started, 1);
+			return NULL;
+		}
+	}
+	memset(buf, 'a' + (int)l->index, BLOCK);
+	/* Start together: the point is three writers contending for one disk. */
+	atomic_fetch_add(&started, 1);
+	while (!atomic_load(&go))
+		sched_yield();
+	double t0 = now_s(), end = t0 + l->secs, t = t0;
+	unsigned off = 0;
+	while (t < end) {
+		if (pwrite(fd, buf, BLOCK, off) != BLOCK || (!l->direct && fdatasync(fd) != 0)) {
+			l->err = errno ? errno : EIO;
+			break;
+		}
+		double t1 = now_s();
+		if (l->n_samples < SAMPLES_MAX)
+			l->round_us[l->n_samples++] = (uint32_t)((t1 - t) * 1e6);
+		t = t1;
+		l->rounds++;
+		off = (off + BLOCK) % FILE_BYTES;
+	}
+	close(fd);
+	unlink(path);
+	if (buf != block)
+		free(buf);
+	return NULL;
+}
+
+static int cmp_u32(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || argc > 5) {
+		fprintf(stderr, "usage: flushrate DIR [SECS] [LOOPS] [fdatasync|direct-dsync]\n");
+		return 2;
+	}
+	const char *mode = argc > 4 ? argv[4] : "fdatasync";
+	if (strcmp(mode, "fdatasync") != 0 && strcmp(mode, "direct-dsync") != 0) {
+		fprintf(stderr, "flushrate: MODE is fdatasync or direct-dsync\n");
+		return 2;
+	}
+	const char *dir = argv[1];
+	double secs = argc > 2 ? atof(argv[2]) : 5;
+	int loops = argc > 3 ? atoi(argv[3]) : 3;
+	if (secs <= 0 || loops < 1 || loops > LOOPS_MAX) {
+		fprintf(stderr, "flushrate: SECS must be > 0 and LOOPS 1..%d\n", LOOPS_MAX);
+		return 2;
+	}
+	struct statfs fs;
+	if (statfs(dir, &fs) != 0) {
+		fprintf(stderr, "flushrate: %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC) {
+		fprintf(stderr, "flushrate: %s is in RAM (tmpfs/ramfs): fdatasync costs nothing there\n", dir);
+		return 1;
+	}
+
+	struct loop l[LOOPS_MAX] = {0};
+	for (int i = 0; i < loops; i++) {
+		l[i] = (struct loop){.dir = dir, .index = (unsigned)i, .secs = secs,
+				     .direct = strcmp(mode, "direct-dsync") == 0};
+		l[i].round_us = malloc(SAMPLES_MAX * sizeof(uint32_t));
+		if (l[i].round_us == NULL || pthread_create(&l[i].thread, NULL, run_loop, &l[i]) != 0) {
+			fprintf(stderr, "flushrate: cannot start loop %d\n", i);
+			return 1;
+		}
+	}
+	while (atomic_load(&started) < loops)
+		sched_yield();
+	atomic_store(&go, true);
+
+	uint64_t total = 0;
+	size_t n = 0;
+	for (int i = 0; i < loops; i++) {
+		pthread_join(l[i].thread, NULL);
+		if (l[i].err != 0) {
+			fprintf(stderr, "flushrate: loop %d in %s: %s\n", i, dir, strerror(l[i].err));
+			return 1;
+		}
+		total += l[i].rounds;
+		n += l[i].n_samples;
+	}
+	/* All rounds' durations together, for the median and tail of one flush. */
+	uint32_t *all = malloc((n + 1) * sizeof(*all));
+	size_t k = 0;
+	for (int i = 0; i < loops; i++) {
+		memcpy(all + k, l[i].round_us, l[i].n_samples * sizeof(*all));
+		k += l[i].n_samples;
+	}
+	qsort(all, n, sizeof(*all), cmp_u32);
+
+	printf("{\"mode\":\"%s\",\"loops\":%d,\"secs\":%.1f,\"rounds_per_s\":%.1f,\"per_loop\":[",
+	       mode, loops, secs, (double)total / loops / secs);
+	for (int i = 0; i < loops; i++)
+		printf("%s%.1f", i ? "," : "", (double)l[i].rounds / secs);
+	printf("],\"all_loops_per_s\":%.1f,\"round_ms\":{\"p50\":%.3f,\"p99\":%.3f}}\n",
+	       (double)total / secs, n ? all[n / 2] / 1e3 : 0.0, n ? all[n * 99 / 100] / 1e3 : 0.0);
+	free(all);
+	for (int i = 0; i < loops; i++)
+		free(l[i].round_us);
+	return 0;
+}
