@@ -282,7 +282,8 @@ def plots(out, present, counts, get, flush):
            for i, (_, name) in enumerate(present)]
     script = style + (
         "set output '%s'\nset title 'points ops/s (durable on 2 of 3)'\n"
-        "set ylabel 'ops/s'\nset logscale y\nplot %s\n"
+        "set ylabel 'ops/s'\nset logscale y\nset format y '%%.0f'\nplot %s\n"
+        "set format y '%%g'\n"
         "set output '%s'\nset title 'p99 latency of a points op'\n"
         "set ylabel 'p99 latency (ms)'\nset logscale y\nplot %s\n" % (
             "throughput.png", ", ".join(thr), "p99.png", ", ".join(p99)))
