@@ -128,8 +128,10 @@ def cpusnap(a):
     busy = sum(cpu[:8]) - cpu[3] - cpu[4]  # less idle and iowait (guest is within user)
     with open("/proc/uptime") as f:
         up = float(f.read().split()[0])
+    # Kernel threads come and go (kworkers), so each one's ticks are kept: between two
+    # snapshots only the threads alive at the second count, by how much they grew.
     print(json.dumps({"uptime": up, "busy": busy, "ours": sum(ticks[p] for p in ours),
-                      "kernel": cpu[5] + cpu[6] + sum(ticks[p] for p in kthreads)}))
+                      "irq": cpu[5] + cpu[6], "kthreads": {p: ticks[p] for p in kthreads}}))
 
 
 def annotate(a):
@@ -143,7 +145,8 @@ def annotate(a):
         capacity = (e["uptime"] - b["uptime"]) * hz * cores  # ticks the cores had
         if capacity > 0:
             ours = e["ours"] - b["ours"]
-            kernel = e["kernel"] - b["kernel"]
+            kernel = (e["irq"] - b["irq"]) + sum(
+                t - b["kthreads"].get(p, 0) for p, t in e["kthreads"].items())
             other = max(0, (e["busy"] - b["busy"]) - ours - kernel)
             # In % of all cores: our processes, the kernel's work charged to no process
             # (mostly ours: disk and network), and every other process on the machine.
@@ -282,7 +285,8 @@ def plots(out, present, counts, get, flush):
            for i, (_, name) in enumerate(present)]
     script = style + (
         "set output '%s'\nset title 'points ops/s (durable on 2 of 3)'\n"
-        "set ylabel 'ops/s'\nset logscale y\nplot %s\n"
+        "set ylabel 'ops/s'\nset logscale y\nset format y '%%.0f'\nplot %s\n"
+        "set format y '%%g'\n"
         "set output '%s'\nset title 'p99 latency of a points op'\n"
         "set ylabel 'p99 latency (ms)'\nset logscale y\nplot %s\n" % (
             "throughput.png", ", ".join(thr), "p99.png", ", ".join(p99)))
