@@ -311,6 +311,20 @@ static size_t render_clock(struct daemon *d, char *buf, size_t cap, size_t at)
 	return at;
 }
 
+/* A histogram of 8 buckets (counts per bucket, the last one +Inf) as cumulative lines. */
+static size_t emit_histogram(char *buf, size_t cap, size_t at, const char *name,
+			     const char *const le[8], const uint64_t counts[8])
+{
+	at = emit(buf, cap, at, "# TYPE %s histogram\n", name);
+	uint64_t cum = 0;
+	for (int i = 0; i < 8; i++) {
+		cum += counts[i];
+		at = emit(buf, cap, at, "%s_bucket{le=\"%s\"} %llu\n", name, le[i],
+			  (unsigned long long)cum);
+	}
+	return emit(buf, cap, at, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
 static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 {
 	static const char *const batch_le[] = {"1", "4", "16", "64", "256", "1024", "4096", "+Inf"};
@@ -334,32 +348,11 @@ static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
 		  (unsigned long long)ns->raft_messages_refused);
 	at = emit(buf, cap, at, "# TYPE tally_commands_total counter\ntally_commands_total %llu\n",
 		  (unsigned long long)ns->commands);
-	at = emit(buf, cap, at, "# TYPE tally_batch_commands histogram\n");
-	uint64_t cum = 0;
-	for (int i = 0; i < 8; i++) {
-		cum += ns->batch_size_hist[i];
-		at = emit(buf, cap, at, "tally_batch_commands_bucket{le=\"%s\"} %llu\n", batch_le[i],
-			  (unsigned long long)cum);
-	}
-	at = emit(buf, cap, at, "tally_batch_commands_count %llu\n", (unsigned long long)cum);
-	at = emit(buf, cap, at, "# TYPE tally_apply_seconds histogram\n");
-	cum = 0;
-	for (int i = 0; i < 8; i++) {
-		cum += ns->apply_us_hist[i];
-		at = emit(buf, cap, at, "tally_apply_seconds_bucket{le=\"%s\"} %llu\n", apply_le[i],
-			  (unsigned long long)cum);
-	}
-	at = emit(buf, cap, at, "tally_apply_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit_histogram(buf, cap, at, "tally_batch_commands", batch_le, ns->batch_size_hist);
+	at = emit_histogram(buf, cap, at, "tally_apply_seconds", apply_le, ns->apply_us_hist);
 	at = emit(buf, cap, at, "# TYPE tally_snapshots_total counter\ntally_snapshots_total %llu\n",
 		  (unsigned long long)ns->snapshots);
-	at = emit(buf, cap, at, "# TYPE tally_commit_seconds histogram\n");
-	cum = 0;
-	for (int i = 0; i < 8; i++) {
-		cum += ns->commit_us_hist[i];
-		at = emit(buf, cap, at, "tally_commit_seconds_bucket{le=\"%s\"} %llu\n", commit_le[i],
-			  (unsigned long long)cum);
-	}
-	at = emit(buf, cap, at, "tally_commit_seconds_count %llu\n", (unsigned long long)cum);
+	at = emit_histogram(buf, cap, at, "tally_commit_seconds", commit_le, ns->commit_us_hist);
 	at = emit(buf, cap, at, "# TYPE tally_loop_stall_max_seconds gauge\n"
 		  "tally_loop_stall_max_seconds %.3f\n", (double)ns->loop_stall_max_us / 1e6);
 	at = emit(buf, cap, at, "# TYPE tally_raft_state gauge\ntally_raft_state{state=\"%s\"} 1\n",
