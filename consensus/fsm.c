@@ -69,6 +69,14 @@ static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
 	}
 }
 
+/* A batch this node proposed is applied: its round, proposal to results. */
+static void fsm_count_round(struct tally_node *n, const struct node_batch *b)
+{
+	static const uint64_t us_bounds[] = {250, 500, 1000, 2000, 5000, 10000, 50000};
+	uint64_t us = (uv_hrtime() - b->proposed_ns) / 1000;
+	n->stats.commit_us_hist[hist_slot(us, us_bounds, 7)]++;
+}
+
 /* raft 0.15 keeps every entry since its last snapshot in memory and snapshots by
  * entry count only, whatever the entries weigh (a batch entry may be 1 MiB). Once
  * the entries applied since the last snapshot hold cfg.snapshot_log_bytes, the
@@ -87,11 +95,13 @@ static void fsm_log_grew(struct tally_node *n, size_t entry_bytes)
  * (at their mean size so far), at most cfg.snapshot_trailing. */
 static void fsm_log_snapshotted(struct tally_node *n)
 {
-	uint64_t mean = n->log_entries > 0 ? n->log_bytes / n->log_entries : 0;
-	uint64_t fit = mean > 0 ? n->cfg.snapshot_log_bytes / 2 / mean : n->cfg.snapshot_trailing;
-	unsigned trailing = fit < n->cfg.snapshot_trailing ? (unsigned)(fit > 0 ? fit : 1)
-							  : n->cfg.snapshot_trailing;
-	raft_set_snapshot_trailing(n->raft, trailing);
+	uint64_t trailing = n->cfg.snapshot_trailing;
+	if (n->log_bytes > 0) {
+		uint64_t mean = n->log_bytes / n->log_entries; /* entries have bytes: >= 1 */
+		uint64_t fit = n->cfg.snapshot_log_bytes / 2 / mean;
+		trailing = fit < 1 ? 1 : fit < trailing ? fit : trailing;
+	}
+	raft_set_snapshot_trailing(n->raft, (unsigned)trailing);
 	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
 	n->log_bytes = 0;
 	n->log_entries = 0;
@@ -125,8 +135,10 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	if (!skipped)
 		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
 	struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
-	if (mine != NULL)
+	if (mine != NULL) {
+		fsm_count_round(n, mine);
 		node_batch_deliver(n, mine, skipped ? NULL : results, b->n_commands);
+	}
 	fsm_log_grew(n, buf->len);
 	return 0;
 }

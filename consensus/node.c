@@ -174,12 +174,6 @@ void node_batch_deliver(struct tally_node *n, struct node_batch *b,
 	assert(n != NULL && b != NULL);
 	assert(!b->delivered);
 	b->delivered = true;
-	static const uint64_t commit_bounds_us[] = {250, 500, 1000, 2000, 5000, 10000, 50000};
-	uint64_t us = (uv_hrtime() - b->proposed_ns) / 1000;
-	unsigned slot = 0;
-	while (slot < 7 && us > commit_bounds_us[slot])
-		slot++;
-	n->stats.commit_us_hist[slot]++;
 	bool known = results != NULL && n_results == b->n_waiters;
 	for (size_t i = 0; i < b->n_waiters; i++) {
 		struct node_waiter *w = &b->waiters[i];

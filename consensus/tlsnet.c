@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "consensus/transport.h"
+#include "rpc/stream.h"
 #include "rpc/tls.h"
 
 #define TLSNET_MAGIC 0x544c5952u         /* "TLYR": a Tally raft preamble */
@@ -185,23 +186,16 @@ static void tlsnet_written(uv_write_t *w, int status)
 	tlsnet_flow(c);
 }
 
-/* Writes len bytes on the TCP side (ciphertext) or the pipe side (plaintext): at once
- * when nothing is queued on that side (no request, no copy, and none of the epoll
- * change libuv makes after each completed request), queued for the rest. */
+/* Writes len bytes on the TCP side (ciphertext) or the pipe side (plaintext): what the
+ * socket takes at once (rpc/stream.h), the rest queued (copied). */
 static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, size_t len)
 {
 	uv_stream_t *s = to_tcp ? (uv_stream_t *)&c->tcp : (uv_stream_t *)&c->pipe;
-	if (uv_stream_get_write_queue_size(s) == 0) {
-		uv_buf_t now = uv_buf_init((char *)data, (unsigned)len);
-		int n = uv_try_write(s, &now, 1);
-		if (n > 0) {
-			assert((size_t)n <= len);
-			data = (const uint8_t *)data + n;
-			len -= (size_t)n;
-		}
-		if (len == 0)
-			return 0;
-	}
+	size_t done = tally_stream_write_now(s, data, len);
+	if (done == len)
+		return 0;
+	data = (const uint8_t *)data + done;
+	len -= done;
 	struct tlsnet_write *wr = malloc(sizeof(*wr) + len);
 	if (wr == NULL)
 		return -1;

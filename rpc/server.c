@@ -18,6 +18,7 @@
 #include <sys/random.h>
 
 #include "rpc/frame.h"
+#include "rpc/stream.h"
 #include "rpc/tls.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
@@ -215,15 +216,12 @@ static void conn_write(struct conn *c, uint8_t *out, size_t len, bool close_afte
 		else if (len > 0)
 			len = tally_tls_take(c->tls, out, len);
 	}
+	/* Most answers fit the socket's buffer: written now (rpc/stream.h). A write that
+	 * closes after it goes through a request, whose callback closes. */
 	size_t done = 0;
-	if (c->state != C_CLOSING && !close_after && len > 0 &&
-	    uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) == 0) {
-		/* Most answers fit the socket's buffer: written now, without a request, a
-		 * completion callback and the epoll change libuv makes after each one. */
-		uv_buf_t now = uv_buf_init((char *)out, (unsigned)len);
-		int n = uv_try_write((uv_stream_t *)&c->tcp, &now, 1);
-		done = n > 0 ? (size_t)n : 0;
-		if (done == len) {
+	if (c->state != C_CLOSING && !close_after) {
+		done = tally_stream_write_now((uv_stream_t *)&c->tcp, out, len);
+		if (len > 0 && done == len) {
 			free(out);
 			assert(c->handles_open > 0); /* open until C_CLOSING: c stays valid */
 			return;

@@ -114,13 +114,13 @@ def cpusnap(a):
     children = {}
     for pid, pp in parent.items():
         children.setdefault(pp, []).append(pid)
-    ours, todo = set(), [a.root] + [int(p) for p in a.extra.split(",") if p.strip()]
-    while todo:
-        pid = todo.pop()
+    ours, unvisited = set(), [a.root] + [int(p) for p in a.extra.split(",") if p.strip()]
+    while unvisited:
+        pid = unvisited.pop()
         if pid in ours or pid not in ticks:
             continue
         ours.add(pid)
-        todo.extend(children.get(pid, []))
+        unvisited.extend(children.get(pid, []))
     kthreads = [p for p, pp in parent.items() if pp == 2 or p == 2]
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
