@@ -1180,6 +1180,35 @@ Tally__V1__ResultCode tally_client_recv(struct tally_client *c, struct tally_are
 	return CODE(OK);
 }
 
+/* Decrypts what the TLS session holds into the frame reader, without reading the
+ * socket: false when the session ended or failed (recv then says so). */
+static bool clientTlsDrain(struct tally_client *c)
+{
+	assert(c != NULL && c->tls != NULL);
+	for (;;) {
+		size_t got = 0;
+		enum tally_tls_status st = tally_tls_read(c->tls, c->rbuf, sizeof(c->rbuf), &got);
+		if (st == TALLY_TLS_AGAIN)
+			return true;
+		if (st != TALLY_TLS_DONE || tally_frame_reader_feed(&c->reader, c->rbuf, got) != 0)
+			return false;
+	}
+}
+
+int tally_client_wait(struct tally_client *c, int64_t timeout_us)
+{
+	assert(c != NULL);
+	assert(c->pending == 0 || c->fd >= 0);
+	if (c->lost > 0 || c->pending == 0 || tally_frame_reader_ready(&c->reader))
+		return 1;
+	if (c->tls != NULL && (!clientTlsDrain(c) || tally_frame_reader_ready(&c->reader)))
+		return 1;
+	struct timespec t = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
+	struct pollfd p = {.fd = c->fd, .events = POLLIN, .revents = 0};
+	int rc = ppoll(&p, 1, timeout_us < 0 ? NULL : &t, NULL);
+	return rc != 0 && !(rc < 0 && errno == EINTR); /* an error: recv reports it */
+}
+
 Tally__V1__ResultCode tally_client_follow(struct tally_client *c, const char *address)
 {
 	assert(c != NULL && address != NULL);

@@ -86,6 +86,24 @@ int tally_frame_reader_feed(struct tally_frame_reader *r, const void *data, size
 	return 0;
 }
 
+/* The body length the frame at r->start announces; the caller checked the header is in. */
+static uint32_t frameAnnounced(const struct tally_frame_reader *r)
+{
+	const uint8_t *h = r->buf + r->start;
+	return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | (uint32_t)h[3];
+}
+
+bool tally_frame_reader_ready(const struct tally_frame_reader *r)
+{
+	assert(r != NULL);
+	assert(r->start <= r->len);
+	size_t held = r->len - r->start;
+	if (held < TALLY_FRAME_HEADER_BYTES)
+		return false;
+	uint32_t announced = frameAnnounced(r);
+	return announced > r->max_bytes || held - TALLY_FRAME_HEADER_BYTES >= announced;
+}
+
 int tally_frame_reader_next(struct tally_frame_reader *r, const uint8_t **body, size_t *len)
 {
 	assert(r != NULL);
@@ -94,14 +112,12 @@ int tally_frame_reader_next(struct tally_frame_reader *r, const uint8_t **body, 
 	size_t held = r->len - r->start;
 	if (held < TALLY_FRAME_HEADER_BYTES)
 		return 0;
-	const uint8_t *h = r->buf + r->start;
-	uint32_t announced = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
-			     (uint32_t)h[2] << 8 | (uint32_t)h[3];
+	uint32_t announced = frameAnnounced(r);
 	if (announced > r->max_bytes)
 		return -TALLY_ERANGE; /* sticky: start does not move */
 	if (held - TALLY_FRAME_HEADER_BYTES < announced)
 		return 0;
-	*body = h + TALLY_FRAME_HEADER_BYTES;
+	*body = r->buf + r->start + TALLY_FRAME_HEADER_BYTES;
 	*len = announced;
 	r->start += TALLY_FRAME_HEADER_BYTES + announced;
 	assert(r->start <= r->len);

@@ -5,6 +5,7 @@
 #ifndef TALLY_RPC_FRAME_H
 #define TALLY_RPC_FRAME_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,10 @@ int tally_frame_reader_feed(struct tally_frame_reader *r, const void *data, size
  * -TALLY_ERANGE) when the announced length exceeds max_bytes — the stream cannot be
  * resynchronised and the connection should be closed after an error reply. */
 int tally_frame_reader_next(struct tally_frame_reader *r, const uint8_t **body, size_t *len);
+
+/* Whether next() would return without needing more bytes: a whole frame is held, or
+ * the announced length is refused. */
+bool tally_frame_reader_ready(const struct tally_frame_reader *r);
 
 /* Grows *buf (realloc) to at least `need` bytes by doubling from max(*cap, min_cap).
  * Returns 0 (also when it is already large enough) or TALLY_ENOMEM, leaving *buf and

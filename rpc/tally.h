@@ -147,4 +147,12 @@ Tally__V1__ResultCode tally_client_recv(struct tally_client *c, struct tally_are
 					Tally__V1__Response **res);
 Tally__V1__ResultCode tally_client_follow(struct tally_client *c, const char *address);
 
+/* Waits at most timeout_us microseconds (negative: without limit) for something
+ * tally_client_recv can take: 1 when an answer has arrived or begun to arrive (recv
+ * then waits at most for the rest of it), the connection ended, an outcome is already
+ * decided, or nothing is outstanding; 0 when the time passed first (or a signal
+ * interrupted the wait). For a caller that sends on a schedule of its own while
+ * answers are due, such as a load generator offering a fixed rate. */
+int tally_client_wait(struct tally_client *c, int64_t timeout_us);
+
 #endif

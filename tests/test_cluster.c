@@ -1696,6 +1696,43 @@ static void assert_pipelining_is_throttled_not_refused(struct cluster *c, int le
 		assert_true(metric(c, leader, "tally_connection_reads_paused_total") > paused);
 }
 
+/* tally_client_wait counts an answer as there once its bytes are in the client, even
+ * when they are still encrypted in the TLS session and the socket is empty: 1000
+ * answers (more than one 16 KiB TLS record) are all written by the leader before the
+ * client reads any, so its first read takes several records off the socket at once. */
+static void assert_wait_sees_answers_held_in_tls(struct cluster *c, int leader)
+{
+	enum { PIPELINED = 1000 }; /* under the node's 1024 per connection: none held back */
+	char addr[32];
+	client_addr(c, leader, addr, sizeof(addr));
+	struct tally_client *cl = connect_to(c, addr, "admin", secret_of("admin"));
+	double applied = metric(c, leader, "tally_commands_total");
+	for (int i = 0; i < PIPELINED; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "waited-%d", i);
+		Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
+		rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		rq.command = member_cmd(c, tally_arena_strdup(&c->arena, id));
+		assert_int_equal(tally_client_send(cl, &rq), CODE(OK));
+	}
+	int64_t deadline = now_ms() + HANG_MS;
+	while (metric(c, leader, "tally_commands_total") < applied + PIPELINED) {
+		if (now_ms() > deadline)
+			fail_msg("the leader did not apply %d pipelined commands", PIPELINED);
+		struct pollfd none;
+		poll(&none, 0, 20); /* pace the polling of the condition */
+	}
+	for (int i = 0; i < PIPELINED; i++) {
+		Tally__V1__Response *res = NULL;
+		if (tally_client_wait(cl, (int64_t)CLIENT_TIMEOUT_MS * 1000) != 1)
+			fail_msg("answer %d of %d, already sent, not seen by tally_client_wait", i + 1,
+				 PIPELINED);
+		assert_int_equal(tally_client_recv(cl, &c->arena, &res), CODE(OK));
+		assert_int_equal(res->code, CODE(OK));
+	}
+	tally_client_close(cl);
+}
+
 static void test_metrics_and_health_are_served_over_http(void **state)
 {
 	(void)state;
@@ -1718,6 +1755,7 @@ static void test_metrics_and_health_are_served_over_http(void **state)
 	assert_non_null(strstr(body, "tally_results_total{code=\"ALREADY_EXISTS\"} 1"));
 	assert_int_equal(http_get(&c, (int)leader, "/nope", body, sizeof(body)), 404);
 	assert_pipelining_is_throttled_not_refused(&c, (int)leader);
+	assert_wait_sees_answers_held_in_tls(&c, (int)leader);
 	/* Ready everywhere once every node heard of the leader's commits. */
 	for (int i = 1; i <= 3; i++)
 		print_message("node %d /health: %s", i, await_health(&c, i, 200, "ok\n"));

@@ -70,10 +70,13 @@ static void test_frame_reader_reassembles_a_frame_fed_byte_by_byte(void **state)
 	const uint8_t *body = NULL;
 	size_t len = 0;
 	for (size_t i = 0; i < n; i++) {
+		assert_false(tally_frame_reader_ready(&r));
 		assert_int_equal(tally_frame_reader_next(&r, &body, &len), 0);
 		assert_int_equal(tally_frame_reader_feed(&r, buf + i, 1), 0);
 	}
+	assert_true(tally_frame_reader_ready(&r));
 	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 1);
+	assert_false(tally_frame_reader_ready(&r));
 	assert_int_equal(len, 12);
 	assert_memory_equal(body, "hello, frame", 12);
 	assert_int_equal(tally_frame_reader_next(&r, &body, &len), 0);
@@ -121,6 +124,7 @@ static void test_frame_reader_refuses_an_announced_length_over_the_limit(void **
 	size_t len = 0;
 	/* Refused as soon as the header is in, before any body byte arrives. */
 	assert_int_equal(tally_frame_reader_feed(&r, h, sizeof(h)), 0);
+	assert_true(tally_frame_reader_ready(&r)); /* next() has something to say at once */
 	assert_int_equal(tally_frame_reader_next(&r, &body, &len), -TALLY_ERANGE);
 	assert_int_equal(tally_frame_reader_next(&r, &body, &len), -TALLY_ERANGE);
 	tally_frame_reader_free(&r);
@@ -1502,6 +1506,50 @@ static void test_client_pipelines_requests_and_matches_answers_by_call_id(void *
 	tally_arena_free(&arena);
 }
 
+/* tally_client_wait: at once with nothing outstanding; 0 once the time passes while
+ * a silent node holds the request; 1 for every answer a node gives, and then the
+ * answer is there to take. */
+static void test_client_wait_says_when_an_answer_can_be_taken(void **state)
+{
+	(void)state;
+	struct fake silent;
+	fake_start(&silent, FAKE_SILENT);
+	struct tally_client *c = client_open(silent.address, SECRET, 2000, CODE(OK));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 64 << 10, 0);
+	assert_int_equal(tally_client_wait(c, -1), 1); /* nothing outstanding */
+	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+	req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+	req.command = accrue(&arena, 5);
+	assert_int_equal(tally_client_send(c, &req), CODE(OK));
+	assert_int_equal(tally_client_wait(c, 50000), 0); /* the node never answers */
+	assert_int_equal(tally_client_wait(c, 0), 0);
+	tally_client_close(c);
+	fake_join(&silent);
+
+	struct fake f;
+	fake_start_n(&f, FAKE_REVERSED, PIPELINE_N);
+	c = client_open(f.address, SECRET, 2000, CODE(OK));
+	uint64_t ids[PIPELINE_N];
+	for (int i = 0; i < PIPELINE_N; i++) {
+		Tally__V1__Request r = TALLY__V1__REQUEST__INIT;
+		r.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		r.command = accrue(&arena, 1 + i);
+		assert_int_equal(tally_client_send(c, &r), CODE(OK));
+		ids[i] = r.call_id;
+	}
+	for (int k = 0; k < PIPELINE_N; k++) {
+		assert_int_equal(tally_client_wait(c, 10 * 1000000), 1);
+		Tally__V1__Response *res = NULL;
+		assert_int_equal(tally_client_recv(c, &arena, &res), CODE(OK));
+		assert_int_equal(res->call_id, ids[PIPELINE_N - 1 - k]);
+	}
+	assert_int_equal(tally_client_wait(c, -1), 1); /* all answered */
+	tally_client_close(c);
+	fake_join(&f);
+	tally_arena_free(&arena);
+}
+
 /* Sends n accrues (points 1..n) pipelined through c; their call ids in ids. */
 static void pipeline_send(struct tally_client *c, struct tally_arena *arena, int n, uint64_t *ids)
 {
@@ -1725,6 +1773,7 @@ int main(void)
 		cmocka_unit_test(test_client_open_with_no_reachable_node_is_unavailable),
 		cmocka_unit_test(test_client_open_rejects_bad_options),
 		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
+		cmocka_unit_test(test_client_wait_says_when_an_answer_can_be_taken),
 		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
 		cmocka_unit_test(test_client_pipelined_answers_match_while_an_old_call_stays_due),
 		cmocka_unit_test(test_tallyctl_exits_4_only_for_an_unknown_outcome),

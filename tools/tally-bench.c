@@ -14,14 +14,20 @@
  * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
  * gives every member POINTS points once at setup (the peers' members start with
  * 10,000, so that redemptions mostly succeed); --no-setup skips the setup (an earlier
- * run made brand and members), so that nothing but the load runs. --rate caps the
- * offered commands per second (0 = as fast as the cluster answers). The run lasts
+ * run made brand and members), so that nothing but the load runs. Without --rate, a
+ * request goes whenever one of the P slots is free (a closed loop: as fast as the
+ * cluster answers). --rate R offers R commands per second on a fixed schedule (an
+ * open loop): requests go when due, whatever the answers, as long as a slot is free,
+ * and a request's latency counts from when it was due, so that time spent waiting
+ * for a slot (the cluster falling behind) is counted, not hidden. The run lasts
  * --duration-s seconds (10 by default), or until --commands N commands are sent and
- * answered. A progress line per second goes to stderr; the end prints throughput and
- * latency percentiles of requests (p50, p99, p99.9, max), as text or one JSON object;
+ * answered. A progress line per second goes to stderr (with that second's longest
+ * request); the end prints throughput and latency percentiles of requests (p50, p99,
+ * p99.9, max), as text or one JSON object;
  * --latency-csv writes the whole distribution of request latency (percentile,latency_ms:
  * every percent, then 99.5, 99.9, 99.99 and the maximum) for plots drawn from data.
  */
+#include <assert.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
@@ -70,6 +76,7 @@ struct worker {
 
 static atomic_uint_fast64_t done_commands, rejected_commands, errors;
 static atomic_bool stop;
+static atomic_uint_fast32_t second_max_us; /* the longest request answered this second */
 static atomic_uint_fast64_t sent_commands;
 
 /* Whether another request may go: false (and everyone stops) once --commands are sent. */
@@ -207,9 +214,10 @@ static void op(struct tally_arena *a, uint64_t *rng, unsigned members, unsigned 
 	}
 }
 
-/* Sends one request (one command or a batch); remembers when, by slot. */
+/* Sends one request (one command or a batch) into a free slot; remembers when it was
+ * due (its latency counts from then). */
 static void send_one(struct worker *w, struct tally_client *c, struct tally_arena *a,
-		     uint64_t *n, unsigned slot)
+		     uint64_t *n, unsigned slot, uint64_t due_ns)
 {
 	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
 	Tally__V1__CommandList list = TALLY__V1__COMMAND_LIST__INIT;
@@ -235,7 +243,8 @@ static void send_one(struct worker *w, struct tally_client *c, struct tally_aren
 		w->failed = 1;
 		return;
 	}
-	w->sent_at_ns[slot] = now_ns();
+	assert(slot < w->o->pipeline && req.call_id != 0);
+	w->sent_at_ns[slot] = due_ns;
 	w->call_of[slot] = req.call_id;
 }
 
@@ -274,23 +283,64 @@ static void find_leader(struct tally_client *c, struct tally_arena *a)
 	tally_arena_reset(a);
 }
 
-/* Paces sends to the offered rate (0: no pacing). */
-static void pace(uint64_t interval_ns, uint64_t *next_ns)
+/* A slot with no request in it (call id 0), or o->pipeline when all are taken. */
+static unsigned free_slot(const struct worker *w)
 {
-	if (interval_ns == 0)
-		return;
-	*next_ns += interval_ns;
-	uint64_t t = now_ns();
-	if (*next_ns > t) {
-		struct timespec d = {(time_t)((*next_ns - t) / 1000000000u),
-				     (long)((*next_ns - t) % 1000000000u)};
-		nanosleep(&d, NULL); /* pacing the offered load, not waiting on state */
-	}
+	unsigned s = 0;
+	while (s < w->o->pipeline && w->call_of[s] != 0)
+		s++;
+	return s;
 }
 
-/* Keeps `pipeline` requests in flight until stopped. A NOT_LEADER answer or a lost
- * connection drains what is still due, then the worker reconnects (to the leader
- * named, or the same node) and fills the pipeline again. */
+/* Waits, without an answer due, until the next send is due. */
+static void sleep_until(uint64_t due_ns)
+{
+	uint64_t t = now_ns();
+	if (due_ns <= t)
+		return;
+	struct timespec d = {(time_t)((due_ns - t) / 1000000000u), (long)((due_ns - t) % 1000000000u)};
+	nanosleep(&d, NULL); /* pacing the offered load, not waiting on state */
+}
+
+/* Takes one answer: its latency from when its request was due, its results. Returns
+ * false when the connection must be drained and opened again (lost, NOT_LEADER). */
+static bool take_answer(struct worker *w, struct tally_client *c, struct tally_arena *a,
+			char *redirect, size_t redirect_cap)
+{
+	Tally__V1__Response *res;
+	Tally__V1__ResultCode rc = tally_client_recv(c, a, &res);
+	if (rc != CODE(OK)) {
+		atomic_fetch_add(&errors, 1);
+		return false; /* which request it was is not known: slots are freed at reconnect */
+	}
+	unsigned slot = 0;
+	while (slot < w->o->pipeline && w->call_of[slot] != res->call_id)
+		slot++;
+	if (slot < w->o->pipeline) {
+		uint64_t lat = (now_ns() - w->sent_at_ns[slot]) / 1000;
+		uint32_t us = (uint32_t)(lat > UINT32_MAX ? UINT32_MAX : lat);
+		if (w->n_lat < SAMPLES_MAX)
+			w->lat_us[w->n_lat++] = us;
+		uint_fast32_t seen = atomic_load(&second_max_us);
+		while (us > seen && !atomic_compare_exchange_weak(&second_max_us, &seen, us))
+			;
+		w->call_of[slot] = 0;
+	}
+	account(res, w->o->batch);
+	bool moved = res->code == CODE(NOT_LEADER);
+	if (moved)
+		snprintf(redirect, redirect_cap, "%s", res->leader_address);
+	tally_arena_reset(a);
+	return !moved;
+}
+
+/* Keeps up to `pipeline` requests in flight until stopped. Without --rate a request
+ * goes as soon as a slot is free (a closed loop). With --rate the load is offered on a
+ * schedule, whatever the answers (an open loop): a request is due every
+ * connections/rate seconds, answers are taken while waiting for the next, and a
+ * request's latency counts from when it was due, so that a request held back by a
+ * full pipeline counts the wait. A NOT_LEADER answer or a lost connection drains what
+ * is still due, then the worker reconnects (to the leader named, or the same node). */
 static void *run_worker(void *arg)
 {
 	struct worker *w = arg;
@@ -305,48 +355,40 @@ static void *run_worker(void *arg)
 	bool draining = false;
 	find_leader(c, &a);
 	while (!atomic_load(&stop) || inflight > 0) {
-		if (inflight == 0 && !atomic_load(&stop)) {
-			if (draining)
-				tally_client_follow(c, redirect[0] ? redirect : tally_client_address(c));
+		if (draining && inflight == 0) {
+			tally_client_follow(c, redirect[0] ? redirect : tally_client_address(c));
+			memset(w->call_of, 0, sizeof(w->call_of));
 			draining = false;
 			redirect[0] = '\0';
+			continue;
+		}
+		bool room = !draining && inflight < o->pipeline && !atomic_load(&stop);
+		uint64_t t = now_ns();
+		if (room && (interval_ns == 0 || t >= next_ns)) {
+			if (!may_send(o))
+				continue;
+			bool idle = inflight == 0;
 			w->failed = 0;
-			for (unsigned s = 0; s < o->pipeline && !w->failed && may_send(o); s++, inflight++)
-				send_one(w, c, &a, &n, s);
+			send_one(w, c, &a, &n, free_slot(w), interval_ns ? next_ns : t);
+			tally_arena_reset(&a);
+			next_ns += interval_ns;
+			if (w->failed && idle)
+				break; /* not even an idle connection takes a request */
 			if (w->failed)
-				break;
+				draining = true;
+			else
+				inflight++;
 			continue;
 		}
-		Tally__V1__Response *res;
-		Tally__V1__ResultCode rc = tally_client_recv(c, &a, &res);
+		if (inflight == 0) {
+			sleep_until(next_ns);
+			continue;
+		}
+		if (room && tally_client_wait(c, (int64_t)(next_ns - t) / 1000) == 0)
+			continue;
 		inflight--;
-		if (rc != CODE(OK)) {
-			atomic_fetch_add(&errors, 1);
+		if (!take_answer(w, c, &a, redirect, sizeof(redirect)))
 			draining = true;
-			continue;
-		}
-		unsigned slot = 0;
-		while (slot < o->pipeline && w->call_of[slot] != res->call_id)
-			slot++;
-		if (slot < o->pipeline) {
-			uint64_t lat = (now_ns() - w->sent_at_ns[slot]) / 1000;
-			if (w->n_lat < SAMPLES_MAX)
-				w->lat_us[w->n_lat++] = (uint32_t)(lat > UINT32_MAX ? UINT32_MAX : lat);
-		}
-		account(res, o->batch);
-		if (res->code == CODE(NOT_LEADER)) {
-			snprintf(redirect, sizeof(redirect), "%s", res->leader_address);
-			draining = true;
-		}
-		tally_arena_reset(&a);
-		if (draining || slot == o->pipeline || !may_send(o))
-			continue;
-		pace(interval_ns, &next_ns);
-		send_one(w, c, &a, &n, slot);
-		if (w->failed)
-			draining = true;
-		else
-			inflight++;
 	}
 	tally_arena_free(&a);
 	tally_client_close(c);
@@ -462,8 +504,9 @@ int main(int argc, char **argv)
 			nanosleep(&step, NULL);
 		}
 		uint64_t d = atomic_load(&done_commands);
-		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64 " errors)\n",
-			s, d - last, d, (uint64_t)atomic_load(&errors));
+		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64
+			" errors; longest request %.1f ms)\n", s, d - last, d, (uint64_t)atomic_load(&errors),
+			(double)atomic_exchange(&second_max_us, 0) / 1e3);
 		last = d;
 	}
 	atomic_store(&stop, true);
