@@ -79,32 +79,70 @@ static void fsm_count_round(struct tally_node *n, const struct node_batch *b)
 
 /* raft 0.15 keeps every entry since its last snapshot in memory and snapshots by
  * entry count only, whatever the entries weigh (a batch entry may be 1 MiB). Once
- * the entries applied since the last snapshot hold cfg.snapshot_log_bytes, the
- * threshold drops to 1 so that raft snapshots right after this apply; fsm_snapshot
- * puts it back. */
+ * the bytes applied since start reach the next snapshot point, the threshold drops
+ * to 1 so that raft snapshots right after this apply; fsm_snapshot puts it back.
+ * Snapshot points are cfg.snapshot_log_bytes apart, at a phase of their own on each
+ * node (node_snapshot_stagger), and fixed: a snapshot that came late (the previous
+ * one still running, a restored ledger under its check) does not move the next. */
 static void fsm_log_grew(struct tally_node *n, size_t entry_bytes)
 {
 	n->log_bytes += entry_bytes;
 	n->log_entries++;
-	if (n->log_bytes >= n->cfg.snapshot_log_bytes && !n->snapshot_busy)
+	n->log_bytes_total += entry_bytes;
+	if (n->log_bytes_total >= n->log_snapshot_at && !n->snapshot_busy)
 		raft_set_snapshot_threshold(n->raft, 1);
 }
 
-/* A snapshot begins: the count starts again, the threshold is the configured one,
- * and the entries raft keeps after it are as many as fit in half the byte budget
- * (at their mean size so far), at most cfg.snapshot_trailing. */
+/* This node's phase: (id - 1) mod NODE_SNAPSHOT_PHASES. */
+static uint64_t fsm_phase(const struct tally_node *n)
+{
+	assert(n->cfg.id >= 1);
+	return (n->cfg.id - 1) % NODE_SNAPSHOT_PHASES;
+}
+
+/* Entries from index `at` to this node's next snapshot point by count: the multiples
+ * of cfg.snapshot_threshold, early by the node's phase (a third of it per phase). */
+static unsigned fsm_entries_to_point(const struct tally_node *n, uint64_t at)
+{
+	uint64_t t = n->cfg.snapshot_threshold;
+	uint64_t early = t * fsm_phase(n) / NODE_SNAPSHOT_PHASES;
+	assert(t >= 1 && early < t);
+	uint64_t next = ((at + early) / t + 1) * t - early;
+	assert(next > at && next - at <= t);
+	return (unsigned)(next - at);
+}
+
+/* A snapshot begins: raft's threshold counts to the next point by entries, the next
+ * point by bytes is the first past what was applied, and the entries raft keeps after
+ * this snapshot are as many as fit in half the byte budget (at their mean size since
+ * the last one), at most cfg.snapshot_trailing. */
 static void fsm_log_snapshotted(struct tally_node *n)
 {
+	uint64_t budget = n->cfg.snapshot_log_bytes;
 	uint64_t trailing = n->cfg.snapshot_trailing;
-	if (n->log_bytes > 0) {
-		uint64_t mean = n->log_bytes / n->log_entries; /* entries have bytes: >= 1 */
-		uint64_t fit = n->cfg.snapshot_log_bytes / 2 / mean;
+	if (n->log_entries > 0) {
+		uint64_t mean = n->log_bytes / n->log_entries;
+		uint64_t fit = budget / 2 / (mean > 0 ? mean : 1);
 		trailing = fit < 1 ? 1 : fit < trailing ? fit : trailing;
 	}
 	raft_set_snapshot_trailing(n->raft, (unsigned)trailing);
-	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
+	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, n->raft->last_applied));
+	if (n->log_bytes_total >= n->log_snapshot_at)
+		n->log_snapshot_at += ((n->log_bytes_total - n->log_snapshot_at) / budget + 1) * budget;
+	assert(n->log_snapshot_at > n->log_bytes_total);
 	n->log_bytes = 0;
 	n->log_entries = 0;
+}
+
+void node_snapshot_stagger(struct tally_node *n)
+{
+	assert(n != NULL && n->raft != NULL);
+	assert(n->cfg.snapshot_log_bytes > 0);
+	uint64_t applied = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
+	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, applied));
+	n->log_bytes_total = 0;
+	n->log_snapshot_at = n->cfg.snapshot_log_bytes -
+			     n->cfg.snapshot_log_bytes / NODE_SNAPSHOT_PHASES * fsm_phase(n);
 }
 
 /* raft_fsm->apply. */
@@ -306,6 +344,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 		 (unsigned long long)((uv_hrtime() - t0_ns) / 1000000),
 		 check_pending ? "; full check running off the loop" : "");
 	node_time_observe(n);
+	node_snapshot_stagger(n); /* raft counts from the leader's snapshot now */
 	if (check_pending)
 		check_start(n);
 	return 0;

@@ -156,8 +156,8 @@ void node_raft_settings(struct tally_node *n)
 	n->raft_inited = true;
 	raft_set_election_timeout(n->raft, n->cfg.election_timeout_ms);
 	raft_set_heartbeat_timeout(n->raft, n->cfg.heartbeat_ms);
-	raft_set_snapshot_threshold(n->raft, n->cfg.snapshot_threshold);
 	raft_set_snapshot_trailing(n->raft, n->cfg.snapshot_trailing);
+	node_snapshot_stagger(n);
 	raft_set_pre_vote(n->raft, true);
 }
 

@@ -28,6 +28,7 @@
 #define NODE_ARENA_CHUNK_BYTES (256u << 10)
 #define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
 #define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */
+#define NODE_SNAPSHOT_PHASES 3              /* nodes snapshot a third of a budget apart */
 
 /* A command waiting for the next batch: its serialized bytes (the deep copy). */
 struct node_command {
@@ -143,6 +144,8 @@ struct tally_node {
 	/* Snapshots. */
 	bool snapshot_busy;
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
+	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
+	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */
 	/* The full check of a restored ledger, off the loop (fsm.c). */
 	uv_work_t check_work;
 	bool check_busy;
@@ -236,6 +239,11 @@ static inline struct tally_node *node_of_io(struct raft_io *io)
 
 /* fsm.c: fills n->fsm (version 3). */
 void node_fsm_init(struct tally_node *n);
+/* fsm.c: after start or a restore, sets this node's snapshot points: by entries, the
+ * multiples of the threshold, and by bytes applied, every snapshot_log_bytes; both a
+ * third of the way early per phase ((id - 1) mod NODE_SNAPSHOT_PHASES), so that nodes
+ * applying the same entries do not all snapshot at once. */
+void node_snapshot_stagger(struct tally_node *n);
 
 /* node.c: hands results[i] to waiter i of an in-flight batch (results NULL: the
  * outcome is unknown, TIMEOUT); marks it delivered. */
