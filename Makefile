@@ -42,7 +42,7 @@ DEB_PACKAGES := build-essential pkg-config libraft-dev libuv1-dev liblmdb-dev lm
                 libprotobuf-c-dev protobuf-c-compiler libcmocka-dev libssl-dev valgrind \
                 python3 iproute2 nftables iptables libfaketime fiu-utils gnuplot-nox \
                 clang libclang-rt-dev openssl python3-protobuf python3-cryptography \
-                protobuf-compiler
+                protobuf-compiler prometheus
 
 PROTO_C := $(BUILD)/proto/tally.pb-c.c
 PROTO_H := $(BUILD)/proto/tally.pb-c.h
@@ -148,7 +148,7 @@ SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001
 
 check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(PY_PB) $(SIM_BIN)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py; do \
 		echo "== $$py"; \
 		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \

@@ -42,11 +42,18 @@ static int fsm_fail(struct tally_node *n, uint64_t index, const char *what, int 
 	return 0;
 }
 
-static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
+const uint64_t tally_node_batch_bounds[TALLY_NODE_HIST_BOUNDS] = {1, 4, 16, 64, 256, 1024, 4096};
+const uint64_t tally_node_apply_us_bounds[TALLY_NODE_HIST_BOUNDS] = {100, 300, 1000, 3000,
+								   10000, 30000, 100000};
+const uint64_t tally_node_commit_us_bounds[TALLY_NODE_HIST_BOUNDS] = {250, 500, 1000, 2000,
+								    5000, 10000, 50000};
+
+/* The bucket of v (tally_node_stats): the first bound at least v, or the last bucket. */
+static unsigned hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUNDS])
 {
-	assert(bounds != NULL && n_bounds > 0);
+	assert(bounds != NULL);
 	unsigned i = 0;
-	while (i < n_bounds && v > bounds[i])
+	while (i < TALLY_NODE_HIST_BOUNDS && v > bounds[i])
 		i++;
 	return i;
 }
@@ -54,14 +61,13 @@ static unsigned hist_slot(uint64_t v, const uint64_t *bounds, unsigned n_bounds)
 static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
 		      Tally__V1__CommandResult **results, uint64_t apply_us)
 {
-	static const uint64_t batch_bounds[] = {1, 4, 16, 64, 256, 1024, 4096};
-	static const uint64_t us_bounds[] = {100, 300, 1000, 3000, 10000, 30000, 100000};
 	struct tally_node_stats *s = &n->stats;
 	assert(b != NULL && results != NULL);
 	s->commits++;
 	s->commands += b->n_commands;
-	s->batch_size_hist[hist_slot(b->n_commands, batch_bounds, 7)]++;
-	s->apply_us_hist[hist_slot(apply_us, us_bounds, 7)]++;
+	s->batch_size_hist[hist_slot(b->n_commands, tally_node_batch_bounds)]++;
+	s->apply_us_hist[hist_slot(apply_us, tally_node_apply_us_bounds)]++;
+	s->apply_us_sum += apply_us;
 	for (size_t i = 0; i < b->n_commands; i++) {
 		unsigned code = results[i] != NULL ? (unsigned)results[i]->code : 0;
 		if (code != TALLY__V1__RESULT_CODE__OK && code < 32)
@@ -72,9 +78,9 @@ static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
 /* A batch this node proposed is applied: its round, proposal to results. */
 static void fsm_count_round(struct tally_node *n, const struct node_batch *b)
 {
-	static const uint64_t us_bounds[] = {250, 500, 1000, 2000, 5000, 10000, 50000};
 	uint64_t us = (uv_hrtime() - b->proposed_ns) / 1000;
-	n->stats.commit_us_hist[hist_slot(us, us_bounds, 7)]++;
+	n->stats.commit_us_hist[hist_slot(us, tally_node_commit_us_bounds)]++;
+	n->stats.commit_us_sum += us;
 }
 
 /* raft 0.15 keeps every entry since its last snapshot in memory and snapshots by

@@ -164,14 +164,21 @@ const char *tally_node_leader_client(struct tally_node *n);
 /* The node's ledger (for stale reads, metrics and tests). */
 struct tally_ledger *tally_node_ledger(struct tally_node *n);
 
-/* Counters for /metrics. */
+/* Counters for /metrics. A histogram counts values per bucket: bucket i holds those
+ * <= bounds[i] (and above bounds[i - 1]), the last one those above every bound. */
+#define TALLY_NODE_HIST_BOUNDS 7
+extern const uint64_t tally_node_batch_bounds[TALLY_NODE_HIST_BOUNDS];     /* commands */
+extern const uint64_t tally_node_apply_us_bounds[TALLY_NODE_HIST_BOUNDS];  /* µs */
+extern const uint64_t tally_node_commit_us_bounds[TALLY_NODE_HIST_BOUNDS]; /* µs */
 struct tally_node_stats {
 	uint64_t commits;            /* raft entries applied */
-	uint64_t commands;           /* commands applied */
-	uint64_t batch_size_hist[8]; /* commands per batch: <=1, <=4, <=16, <=64, <=256, <=1024, <=4096, more */
-	uint64_t apply_us_hist[8];   /* apply latency µs: <=100, <=300, <=1000, <=3000, <=10000, <=30000, <=100000, more */
+	uint64_t commands;           /* commands applied (the sum of batch_size_hist) */
+	uint64_t batch_size_hist[TALLY_NODE_HIST_BOUNDS + 1]; /* commands per entry */
+	uint64_t apply_us_hist[TALLY_NODE_HIST_BOUNDS + 1];   /* µs to apply an entry */
+	uint64_t apply_us_sum;
 	uint64_t snapshots;          /* snapshots this node took (stored or not) */
-	uint64_t commit_us_hist[8];  /* leader: proposal to results, µs: <=250, <=500, <=1000, <=2000, <=5000, <=10000, <=50000, more */
+	uint64_t commit_us_hist[TALLY_NODE_HIST_BOUNDS + 1];  /* leader: proposal to results, µs */
+	uint64_t commit_us_sum;
 	uint64_t rejections[32];     /* by ResultCode */
 	uint64_t loop_stall_max_us;  /* the most the tick timer (every heartbeat_ms) fired late:
 				      * the longest the node's loop was kept from heartbeats */

@@ -51,6 +51,7 @@
 #include "consensus/node.h"
 #include "rpc/http.h"
 #include "rpc/keys.h"
+#include "rpc/metrics.h"
 #include "rpc/peerclock.h"
 #include "rpc/server.h"
 #include "rpc/tls.h"
@@ -273,123 +274,7 @@ static int tls_load(struct daemon *d)
 	return 0;
 }
 
-/* ---- metrics ------------------------------------------------------------------------ */
-
-static size_t emit(char *buf, size_t cap, size_t at, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static size_t emit(char *buf, size_t cap, size_t at, const char *fmt, ...)
-{
-	if (at >= cap)
-		return at;
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf + at, cap - at, fmt, ap);
-	va_end(ap);
-	return n < 0 ? at : at + (size_t)n > cap ? cap : at + (size_t)n;
-}
-
-/* Ledger time and the clocks (consensus/clock.h). */
-static size_t render_clock(struct daemon *d, char *buf, size_t cap, size_t at)
-{
-	struct tally_node_clock c;
-	tally_node_clock_status(d->node, &c);
-	at = emit(buf, cap, at, "# TYPE tally_clock_synchronized gauge\ntally_clock_synchronized %d\n",
-		  c.synchronized ? 1 : 0);
-	at = emit(buf, cap, at, "# TYPE tally_clock_agreeing_voters gauge\n"
-		  "tally_clock_agreeing_voters %u\n", c.agreeing);
-	at = emit(buf, cap, at, "# TYPE tally_clock_offset_seconds gauge\n"
-		  "tally_clock_offset_seconds %.3f\n", (double)c.offset_ms / 1000.0);
-	at = emit(buf, cap, at, "# TYPE tally_ledger_time_seconds gauge\n"
-		  "tally_ledger_time_seconds %.3f\n", (double)c.ledger_time_ms / 1000.0);
-	at = emit(buf, cap, at, "# TYPE tally_clock_samples_total counter\n"
-		  "tally_clock_samples_total %llu\n", (unsigned long long)c.samples);
-	at = emit(buf, cap, at, "# TYPE tally_clock_samples_dropped_total counter\n"
-		  "tally_clock_samples_dropped_total %llu\n", (unsigned long long)c.samples_dropped);
-	at = emit(buf, cap, at, "# TYPE tally_clock_catchups_total counter\n"
-		  "tally_clock_catchups_total %llu\n", (unsigned long long)c.catchups);
-	return at;
-}
-
-/* A histogram of 8 buckets (counts per bucket, the last one +Inf) as cumulative lines. */
-static size_t emit_histogram(char *buf, size_t cap, size_t at, const char *name,
-			     const char *const le[8], const uint64_t counts[8])
-{
-	at = emit(buf, cap, at, "# TYPE %s histogram\n", name);
-	uint64_t cum = 0;
-	for (int i = 0; i < 8; i++) {
-		cum += counts[i];
-		at = emit(buf, cap, at, "%s_bucket{le=\"%s\"} %llu\n", name, le[i],
-			  (unsigned long long)cum);
-	}
-	return emit(buf, cap, at, "%s_count %llu\n", name, (unsigned long long)cum);
-}
-
-static size_t render_metrics(struct daemon *d, char *buf, size_t cap)
-{
-	static const char *const batch_le[] = {"1", "4", "16", "64", "256", "1024", "4096", "+Inf"};
-	static const char *const commit_le[] = {"0.00025", "0.0005", "0.001", "0.002", "0.005",
-						"0.01", "0.05", "+Inf"};
-	static const char *const apply_le[] = {"0.0001", "0.0003", "0.001", "0.003", "0.01",
-					       "0.03", "0.1", "+Inf"};
-	const struct tally_node_stats *ns = tally_node_stats(d->node);
-	const struct tally_server_stats *ss = tally_server_stats(d->server);
-	struct tally_digest dg;
-	tally_ledger_digest(tally_node_ledger(d->node), &dg);
-	struct tally_arena a;
-	tally_arena_init(&a, 4096, 0);
-	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
-	tally_node_status(d->node, &a, &st);
-	size_t at = 0;
-	at = emit(buf, cap, at, "# TYPE tally_raft_commits_total counter\ntally_raft_commits_total %llu\n",
-		  (unsigned long long)ns->commits);
-	at = emit(buf, cap, at, "# TYPE tally_raft_messages_refused_total counter\n"
-				"tally_raft_messages_refused_total %llu\n",
-		  (unsigned long long)ns->raft_messages_refused);
-	at = emit(buf, cap, at, "# TYPE tally_commands_total counter\ntally_commands_total %llu\n",
-		  (unsigned long long)ns->commands);
-	at = emit_histogram(buf, cap, at, "tally_batch_commands", batch_le, ns->batch_size_hist);
-	at = emit_histogram(buf, cap, at, "tally_apply_seconds", apply_le, ns->apply_us_hist);
-	at = emit(buf, cap, at, "# TYPE tally_snapshots_total counter\ntally_snapshots_total %llu\n",
-		  (unsigned long long)ns->snapshots);
-	at = emit_histogram(buf, cap, at, "tally_commit_seconds", commit_le, ns->commit_us_hist);
-	at = emit(buf, cap, at, "# TYPE tally_loop_stall_max_seconds gauge\n"
-		  "tally_loop_stall_max_seconds %.3f\n", (double)ns->loop_stall_max_us / 1e6);
-	at = emit(buf, cap, at, "# TYPE tally_raft_state gauge\ntally_raft_state{state=\"%s\"} 1\n",
-		  st.state != NULL ? st.state : "unknown");
-	at = emit(buf, cap, at, "# TYPE tally_raft_leader gauge\ntally_raft_leader %d\n",
-		  tally_node_is_leader(d->node) ? 1 : 0);
-	at = emit(buf, cap, at, "# TYPE tally_raft_term gauge\ntally_raft_term %llu\n",
-		  (unsigned long long)st.term);
-	at = emit(buf, cap, at, "# TYPE tally_applied_index gauge\ntally_applied_index %llu\n",
-		  (unsigned long long)dg.applied_index);
-	at = emit(buf, cap, at, "# TYPE tally_journal_entries gauge\ntally_journal_entries %llu\n",
-		  (unsigned long long)dg.tree_size);
-	at = emit(buf, cap, at, "# TYPE tally_connections gauge\ntally_connections %llu\n",
-		  (unsigned long long)ss->connections_open);
-	at = emit(buf, cap, at, "# TYPE tally_auth_failures_total counter\ntally_auth_failures_total %llu\n",
-		  (unsigned long long)ss->auth_failures);
-	at = emit(buf, cap, at, "# TYPE tally_bad_frames_total counter\ntally_bad_frames_total %llu\n",
-		  (unsigned long long)ss->bad_frames);
-	at = emit(buf, cap, at, "# TYPE tally_connections_refused_total counter\n"
-				"tally_connections_refused_total %llu\n",
-		  (unsigned long long)ss->connections_refused);
-	at = emit(buf, cap, at, "# TYPE tally_sessions_revoked_total counter\n"
-				"tally_sessions_revoked_total %llu\n",
-		  (unsigned long long)ss->sessions_revoked);
-	at = emit(buf, cap, at, "# TYPE tally_connection_reads_paused_total counter\n"
-				"tally_connection_reads_paused_total %llu\n",
-		  (unsigned long long)ss->reads_paused);
-	at = render_clock(d, buf, cap, at);
-	at = emit(buf, cap, at, "# TYPE tally_results_total counter\n");
-	for (int code = 1; code < 32; code++)
-		if (ss->results[code] != 0)
-			at = emit(buf, cap, at, "tally_results_total{code=\"%s\"} %llu\n",
-				  tally_result_name((Tally__V1__ResultCode)code),
-				  (unsigned long long)ss->results[code]);
-	tally_arena_free(&a);
-	return at;
-}
+/* ---- /metrics (rpc/metrics.c) and /health ------------------------------------------ */
 
 /* /health: 200 when the node serves, 503 with the reason otherwise (header comment). */
 static size_t render_health(struct daemon *d, char *buf, size_t cap, int *status)
@@ -414,7 +299,7 @@ static size_t render(void *data, const char *path, char *buf, size_t cap, int *s
 	*type = "text/plain; version=0.0.4";
 	if (strcmp(path, "/metrics") == 0) {
 		*status = 200;
-		return render_metrics(d, buf, cap);
+		return tally_metrics_render(d->node, d->server, buf, cap);
 	}
 	if (strcmp(path, "/health") == 0)
 		return render_health(d, buf, cap, status);

@@ -1,0 +1,219 @@
+/*
+ * rpc/metrics — a node's /metrics page (see metrics.h).
+ */
+#include "rpc/metrics.h"
+
+#include <assert.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ledger/arena.h"
+#include "ledger/error.h"
+#include "ledger/ledger.h"
+
+/* The page being written: buf[0, at) is whole lines; once a line does not fit, the
+ * page ends before it. */
+struct page {
+	char *buf;
+	size_t cap;
+	size_t at;
+	bool full;
+};
+
+static void line(struct page *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void line(struct page *p, const char *fmt, ...)
+{
+	assert(p->cap > 0 && p->at < p->cap);
+	if (p->full)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(p->buf + p->at, p->cap - p->at, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= p->cap - p->at) {
+		p->full = true;
+		p->buf[p->at] = '\0';
+		return;
+	}
+	p->at += (size_t)n;
+}
+
+/* A family's HELP and TYPE lines. */
+static void family(struct page *p, const char *name, const char *type, const char *help)
+{
+	line(p, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A family with one sample and no labels. */
+struct scalar {
+	const char *name;
+	const char *type; /* "counter" or "gauge" */
+	const char *help;
+	double value;
+};
+
+#define METRICS_EXACT_MAX 9e15 /* doubles hold every integer up to 2^53 */
+
+/* A sample's value: integers in full (counters), others to 9 significant digits. */
+static void sample(struct page *p, const char *name, double v)
+{
+	bool integral = v >= -METRICS_EXACT_MAX && v <= METRICS_EXACT_MAX && v == (double)(int64_t)v;
+	if (integral)
+		line(p, "%s %lld\n", name, (long long)v);
+	else
+		line(p, "%s %.9g\n", name, v);
+}
+
+static void scalars(struct page *p, const struct scalar *m, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		family(p, m[i].name, m[i].type, m[i].help);
+		sample(p, m[i].name, m[i].value);
+	}
+}
+
+/* A histogram of tally_node_stats: counts per bucket, bounds scaled by `unit` (1e-6
+ * for µs counted, seconds shown), and the sum of the values in the same unit. */
+static void histogram(struct page *p, const char *name, const char *help,
+		      const uint64_t bounds[TALLY_NODE_HIST_BOUNDS],
+		      const uint64_t counts[TALLY_NODE_HIST_BOUNDS + 1], double unit, uint64_t sum)
+{
+	family(p, name, "histogram", help);
+	uint64_t cum = 0;
+	for (int i = 0; i < TALLY_NODE_HIST_BOUNDS; i++) {
+		cum += counts[i];
+		line(p, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds[i] * unit,
+		     (unsigned long long)cum);
+	}
+	cum += counts[TALLY_NODE_HIST_BOUNDS];
+	line(p, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+	char sum_name[96];
+	snprintf(sum_name, sizeof(sum_name), "%s_sum", name);
+	sample(p, sum_name, (double)sum * unit);
+	line(p, "%s_count %llu\n", name, (unsigned long long)cum);
+}
+
+/* Raft and the ledger as this node applies them. */
+static void render_node(struct page *p, struct tally_node *n)
+{
+	const struct tally_node_stats *ns = tally_node_stats(n);
+	struct tally_digest dg;
+	tally_ledger_digest(tally_node_ledger(n), &dg);
+	struct tally_arena a;
+	tally_arena_init(&a, 4096, 0);
+	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
+	tally_node_status(n, &a, &st);
+	const struct scalar m[] = {
+		{"tally_raft_commits_total", "counter", "Raft entries this node applied.",
+		 (double)ns->commits},
+		{"tally_raft_messages_refused_total", "counter",
+		 "Raft messages from peers refused because they contradict a committed entry.",
+		 (double)ns->raft_messages_refused},
+		{"tally_commands_total", "counter", "Commands this node applied.",
+		 (double)ns->commands},
+		{"tally_snapshots_total", "counter", "Snapshots this node began.",
+		 (double)ns->snapshots},
+		{"tally_loop_stall_max_seconds", "gauge",
+		 "The longest the event loop was kept from its heartbeat timer since start.",
+		 (double)ns->loop_stall_max_us / 1e6},
+		{"tally_raft_leader", "gauge", "1 when this node is the raft leader, else 0.",
+		 tally_node_is_leader(n) ? 1 : 0},
+		{"tally_raft_term", "gauge", "This node's raft term.", (double)st.term},
+		{"tally_applied_index", "gauge", "The raft index of the last entry applied.",
+		 (double)dg.applied_index},
+		{"tally_journal_entries", "gauge", "Entries in the ledger's journal.",
+		 (double)dg.tree_size},
+	};
+	scalars(p, m, sizeof(m) / sizeof(m[0]));
+	family(p, "tally_raft_state", "gauge", "This node's raft state: 1 for the one it is in.");
+	line(p, "tally_raft_state{state=\"%s\"} 1\n", st.state != NULL ? st.state : "unknown");
+	histogram(p, "tally_batch_commands", "Commands per applied raft entry.",
+		  tally_node_batch_bounds, ns->batch_size_hist, 1, ns->commands);
+	histogram(p, "tally_apply_seconds", "Time to apply one raft entry to the ledger.",
+		  tally_node_apply_us_bounds, ns->apply_us_hist, 1e-6, ns->apply_us_sum);
+	histogram(p, "tally_commit_seconds",
+		  "Leader: time from proposing a raft entry to its results.",
+		  tally_node_commit_us_bounds, ns->commit_us_hist, 1e-6, ns->commit_us_sum);
+	tally_arena_free(&a);
+}
+
+/* Ledger time and the clocks (consensus/clock.h). */
+static void render_clock(struct page *p, struct tally_node *n)
+{
+	struct tally_node_clock c;
+	tally_node_clock_status(n, &c);
+	const struct scalar m[] = {
+		{"tally_clock_synchronized", "gauge",
+		 "1 when a majority of the voters' wall clocks agree, else 0.", c.synchronized},
+		{"tally_clock_agreeing_voters", "gauge", "Voters whose wall clocks agree.",
+		 c.agreeing},
+		{"tally_clock_offset_seconds", "gauge",
+		 "This node's wall clock minus the cluster's time (0 when not synchronized).",
+		 (double)c.offset_ms / 1000.0},
+		{"tally_ledger_time_seconds", "gauge",
+		 "Ledger time of the last applied batch, seconds since the Unix epoch.",
+		 (double)c.ledger_time_ms / 1000.0},
+		{"tally_clock_samples_total", "counter", "Peers' wall clock samples received.",
+		 (double)c.samples},
+		{"tally_clock_samples_dropped_total", "counter",
+		 "Peers' wall clock samples dropped because their round trip was too slow.",
+		 (double)c.samples_dropped},
+		{"tally_clock_catchups_total", "counter",
+		 "Batches whose ledger time the cluster's clocks pulled forward by more than 1 s.",
+		 (double)c.catchups},
+	};
+	scalars(p, m, sizeof(m) / sizeof(m[0]));
+}
+
+/* The client port (rpc/server.h). */
+static void render_server(struct page *p, const struct tally_server *s)
+{
+	const struct tally_server_stats *ss = tally_server_stats(s);
+	const struct scalar m[] = {
+		{"tally_connections", "gauge", "Client connections open.",
+		 (double)ss->connections_open},
+		{"tally_connections_accepted_total", "counter", "Client connections accepted.",
+		 (double)ss->connections_total},
+		{"tally_connections_refused_total", "counter",
+		 "Client connections closed at once: over the cap, in all or per address.",
+		 (double)ss->connections_refused},
+		{"tally_auth_failures_total", "counter", "Client handshakes whose key proof failed.",
+		 (double)ss->auth_failures},
+		{"tally_tls_failures_total", "counter", "Client TLS handshakes or records that failed.",
+		 (double)ss->tls_failures},
+		{"tally_sessions_revoked_total", "counter",
+		 "Client sessions ended by a keys reload (their key removed or changed).",
+		 (double)ss->sessions_revoked},
+		{"tally_connection_reads_paused_total", "counter",
+		 "Times a connection was not read because its requests in the node reached the cap.",
+		 (double)ss->reads_paused},
+		{"tally_bad_frames_total", "counter",
+		 "Client frames refused: oversized, undecodable or out of protocol.",
+		 (double)ss->bad_frames},
+		{"tally_requests_total", "counter", "Client requests received.",
+		 (double)ss->requests},
+	};
+	scalars(p, m, sizeof(m) / sizeof(m[0]));
+	family(p, "tally_results_total", "counter", "Command results answered, by result code.");
+	for (int code = 1; code < 32; code++)
+		if (ss->results[code] != 0)
+			line(p, "tally_results_total{code=\"%s\"} %llu\n",
+			     tally_result_name((Tally__V1__ResultCode)code),
+			     (unsigned long long)ss->results[code]);
+}
+
+size_t tally_metrics_render(struct tally_node *n, const struct tally_server *s, char *buf,
+			    size_t cap)
+{
+	assert(n != NULL && s != NULL && buf != NULL);
+	if (cap == 0)
+		return 0;
+	struct page p = {.buf = buf, .cap = cap, .at = 0, .full = false};
+	buf[0] = '\0';
+	render_node(&p, n);
+	render_clock(&p, n);
+	render_server(&p, s);
+	return p.at;
+}
