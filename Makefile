@@ -54,7 +54,7 @@ NODE_SRC   := $(LEDGER_SRC) $(wildcard consensus/*.c) $(wildcard rpc/*.c)
 NODE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(NODE_SRC)) $(BUILD)/proto/tally.pb-c.o
 LEDGER_LIB := $(BUILD)/libtally_node.a
 # libtally: the client library (static and shared) and its pkg-config file.
-CLIENT_SRC := rpc/client.c rpc/connect.c rpc/frame.c rpc/keys.c rpc/tls.c ledger/arena.c ledger/error.c
+CLIENT_SRC := rpc/client.c rpc/connect.c rpc/frame.c rpc/keys.c rpc/tls.c rpc/units.c ledger/arena.c ledger/error.c
 CLIENT_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(CLIENT_SRC)) $(BUILD)/pic/proto/tally.pb-c.o
 CLIENT_A   := $(BUILD)/libtally.a
 CLIENT_SO  := $(BUILD)/libtally.so
@@ -279,7 +279,7 @@ install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO)
 	install -m 644 $(CLIENT_A) $(DESTDIR)$(PREFIX)/lib/
 	install -m 755 $(CLIENT_SO) $(DESTDIR)$(PREFIX)/lib/libtally.so.0
 	ln -sf libtally.so.0 $(DESTDIR)$(PREFIX)/lib/libtally.so
-	install -m 644 rpc/tally.h $(DESTDIR)$(PREFIX)/include/tally/rpc/
+	install -m 644 rpc/tally.h rpc/units.h $(DESTDIR)$(PREFIX)/include/tally/rpc/
 	install -m 644 ledger/arena.h ledger/error.h $(DESTDIR)$(PREFIX)/include/tally/ledger/
 	install -m 644 $(PROTO_H) $(DESTDIR)$(PREFIX)/include/tally/proto/
 	sed -e 's|@PREFIX@|$(PREFIX)|' rpc/libtally.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/libtally.pc

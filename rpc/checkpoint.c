@@ -2,6 +2,7 @@
  * rpc/checkpoint — signed checkpoints: canonical text, keys, JSON files (checkpoint.h).
  */
 #include "rpc/checkpoint.h"
+#include "rpc/units.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -54,45 +55,6 @@ int tally_hex_decode(const char *s, size_t len, uint8_t *out, size_t n)
 			return TALLY_EINVAL;
 		out[i] = (uint8_t)(hi << 4 | lo);
 	}
-	return 0;
-}
-
-void tally_rfc3339(int64_t ms, char *out, size_t cap)
-{
-	assert(out != NULL && cap >= 32);
-	time_t secs = (time_t)(ms / 1000);
-	struct tm tm;
-	out[0] = '\0';
-	if (ms >= 0 && gmtime_r(&secs, &tm) != NULL)
-		snprintf(out + strftime(out, 24, "%Y-%m-%dT%H:%M:%S", &tm), 8, ".%03dZ",
-			 (int)(ms % 1000));
-}
-
-int tally_rfc3339_parse(const char *s, int64_t *ms)
-{
-	assert(s != NULL && ms != NULL);
-	struct tm tm;
-	memset(&tm, 0, sizeof(tm));
-	const char *rest = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
-	if (rest == NULL)
-		return TALLY_EINVAL;
-	int64_t frac = 0;
-	if (*rest == '.') {
-		int digits = 0;
-		for (rest++; *rest >= '0' && *rest <= '9'; rest++, digits++)
-			if (digits < 3)
-				frac = frac * 10 + (*rest - '0');
-		if (digits == 0)
-			return TALLY_EINVAL;
-		for (; digits < 3; digits++)
-			frac *= 10;
-	}
-	if (strcmp(rest, "Z") != 0)
-		return TALLY_EINVAL;
-	time_t secs = timegm(&tm);
-	if (secs < 0)
-		return TALLY_EINVAL;
-	*ms = (int64_t)secs * 1000 + frac;
 	return 0;
 }
 
@@ -269,7 +231,7 @@ void tally_checkpoint_write_json(const struct tally_checkpoint *c,
 {
 	assert(c != NULL && f != NULL);
 	char when[40];
-	tally_rfc3339(c->time_ms, when, sizeof(when));
+	tally_time_format(c->time_ms, when);
 	fprintf(f, "{\n  \"format\": \"" CHECKPOINT_FORMAT "\",\n");
 	fprintf(f, "  \"node_id\": %" PRIu64 ",\n  \"tree_size\": %" PRIu64 ",\n", c->node_id,
 		c->tree_size);

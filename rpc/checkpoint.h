@@ -77,12 +77,6 @@ void tally_hex_encode(const uint8_t *b, size_t n, char *out);
 /* Exactly 2n hex digits (either case) into n bytes: 0, or TALLY_EINVAL. */
 int tally_hex_decode(const char *s, size_t len, uint8_t *out, size_t n);
 
-/* RFC 3339 in UTC with milliseconds ("2026-11-30T12:00:00.123Z") of a time in ms since
- * the epoch, into out (cap >= 32; "" for a negative time). */
-void tally_rfc3339(int64_t ms, char *out, size_t cap);
-/* The reverse, for "YYYY-MM-DDTHH:MM:SS[.fff]Z" only: 0, or TALLY_EINVAL. */
-int tally_rfc3339_parse(const char *s, int64_t *ms);
-
 /* The canonical text into buf (cap >= TALLY_CHECKPOINT_TEXT_BYTES_MAX); its length. */
 size_t tally_checkpoint_text(const struct tally_checkpoint *c, char *buf, size_t cap);
 

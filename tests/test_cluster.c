@@ -31,6 +31,7 @@
 #include "rpc/frame.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
+#include "rpc/units.h"
 #include "tests/ports.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
@@ -1994,8 +1995,9 @@ static void test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold(
 }
 
 /* tallyctl is a contract: JSON shapes and exit codes. Returns its exit status, with
- * what it printed (stdout, then or among it stderr) in out. */
-static int tallyctl(struct cluster *c, const char *cluster, const char *args, char *out, size_t cap)
+ * what it printed (stdout, then or among it stderr) in out; --json unless `human`. */
+static int tallyctl_as(struct cluster *c, const char *cluster, bool human, const char *args,
+		       char *out, size_t cap)
 {
 	char cmd[4096], ctl[1100];
 	snprintf(ctl, sizeof(ctl), "%s", tallyd_path);
@@ -2006,14 +2008,68 @@ static int tallyctl(struct cluster *c, const char *cluster, const char *args, ch
 		snprintf(trust, sizeof(trust), "TALLY_INSECURE=1");
 	else
 		snprintf(trust, sizeof(trust), "TALLY_CA=%s", c->ca);
-	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_DIR=%s/keys %s %s --json %s 2>&1",
-		 cluster, c->dir, trust, ctl, args);
+	snprintf(cmd, sizeof(cmd), "TALLY_CLUSTER=%s TALLY_KEY_DIR=%s/keys %s %s %s %s 2>&1",
+		 cluster, c->dir, trust, ctl, human ? "" : "--json", args);
 	FILE *p = popen(cmd, "r");
 	assert_non_null(p);
 	size_t n = fread(out, 1, cap - 1, p);
 	out[n] = '\0';
 	int st = pclose(p);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int tallyctl(struct cluster *c, const char *cluster, const char *args, char *out, size_t cap)
+{
+	return tallyctl_as(c, cluster, false, args, out, cap);
+}
+
+static void expect_in(const char *out, const char *what, const char *where)
+{
+	if (strstr(out, what) == NULL)
+		fail_msg("%s lacks %s: %s", where, what, out);
+}
+
+/* People's units: a settlement cut off at an RFC 3339 time, amounts with their
+ * currency and times in RFC 3339, raw numbers kept beside them in JSON. b1 (CNY,
+ * 0.01 a point) and ivy with 50 points exist. */
+static void assert_tallyctl_speaks_peoples_units(struct cluster *c)
+{
+	char out[8192], args[512], until[TALLY_TIME_BYTES], want[128];
+	assert_int_equal(tallyctl(c, c->clients, "--key auditor balance --brand b1 --member ivy", out, sizeof(out)), 0);
+	expect_in(out, "\"available\":50", "balance JSON");
+	expect_in(out, "\"available_value\":\"0.50 CNY\"", "balance JSON");
+	assert_int_equal(tallyctl_as(c, c->clients, true, "--key auditor balance --brand b1 --member ivy", out, sizeof(out)), 0);
+	expect_in(out, "available 50 (0.50 CNY)", "balance");
+	assert_int_equal(tallyctl(c, c->clients, "brand create --id b2 --currency CNY --request-id u1", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(c, c->clients, "agreement set --from b1 --to b2 --rate 1/2 --price-micros 4000 --request-id u2", out, sizeof(out)), 0);
+	assert_int_equal(tallyctl(c, c->clients, "--key partner-b2 exchange --from b1 --to b2 --member ivy --points 20 --request-id u3", out, sizeof(out)), 0);
+	/* The cut-off: now, after the exchange's batch; the settle's batch comes later. */
+	int64_t cut = wall_now_ms();
+	while (wall_now_ms() <= cut) {
+		struct timespec ms = {0, 1000000};
+		nanosleep(&ms, NULL); /* the cut-off must be in the past: one millisecond passes */
+	}
+	tally_time_format(cut, until);
+	snprintf(args, sizeof(args), "--key partner-b2 settle --brands b1,b2 --until %s --request-id u4", until);
+	if (tallyctl(c, c->clients, args, out, sizeof(out)) != 0)
+		fail_msg("settle --until %s: %s", until, out);
+	assert_int_equal(tallyctl(c, c->clients, "--key auditor settlements --brands b1,b2", out, sizeof(out)), 0);
+	snprintf(want, sizeof(want), "\"until_ms\":%lld,\"until\":\"%s\"", (long long)cut, until);
+	expect_in(out, want, "settlements JSON");
+	/* 20 b1 points at 1/2 are 10 b2 points at 4000 micros: b1 owes b2 0.04 CNY */
+	expect_in(out, "\"net_micros\":40000,\"net\":\"0.04 CNY\",\"currency\":\"CNY\"", "settlements JSON");
+	assert_int_equal(tallyctl_as(c, c->clients, true, "--key auditor settlements --brands b1,b2", out, sizeof(out)), 0);
+	snprintf(want, sizeof(want), "until %s: 1 obligations, net 0.04 CNY b1 -> b2", until);
+	expect_in(out, want, "settlements");
+	assert_int_equal(tallyctl(c, c->clients, "--key auditor digest", out, sizeof(out)), 0);
+	expect_in(out, "\"time\":\"20", "digest JSON");
+	assert_int_equal(tallyctl_as(c, c->clients, true, "--key auditor entries --brand b2", out, sizeof(out)), 0);
+	expect_in(out, "Z exchange", "entries");
+	/* A time that is not one is a usage error, said plainly; nothing is sent. */
+	assert_int_equal(tallyctl(c, c->clients, "--key partner-b2 settle --brands b1,b2 --until 2026-12-01T00:00:00", out, sizeof(out)), 2);
+	expect_in(out, "expected Z or an offset", "a time without its zone");
+	assert_int_equal(tallyctl(c, c->clients, "--key partner-b2 settle --brands b1,b2 --until yesterday", out, sizeof(out)), 2);
+	expect_in(out, "RFC 3339", "a time that is no time");
 }
 
 static void test_tallyctl_json_shapes_and_exit_codes(void **state)
@@ -2023,7 +2079,7 @@ static void test_tallyctl_json_shapes_and_exit_codes(void **state)
 	cluster_start(&c, 3);
 	wait_leader(&c);
 	char out[8192];
-	if (tallyctl(&c, c.clients, "brand create --id b1 --request-id r1", out, sizeof(out)) != 0)
+	if (tallyctl(&c, c.clients, "brand create --id b1 --currency CNY --request-id r1", out, sizeof(out)) != 0)
 		fail_msg("brand create: %s", out);
 	assert_int_equal(tallyctl(&c, c.clients, "member open --id ivy --request-id r2", out, sizeof(out)), 0);
 	assert_int_equal(tallyctl(&c, c.clients, "--key dealer accrue --brand b1 --member ivy --points 70 --request-id r3", out, sizeof(out)), 0);
@@ -2044,6 +2100,7 @@ static void test_tallyctl_json_shapes_and_exit_codes(void **state)
 	assert_non_null(strstr(out, "\"state_digest\":\""));
 	assert_int_equal(tallyctl(&c, c.clients, "--key auditor status", out, sizeof(out)), 0);
 	assert_non_null(strstr(out, "\"leader\":{\"id\":"));
+	assert_tallyctl_speaks_peoples_units(&c);
 	/* Cluster changes refused by the node are definite rejections, with the reason. */
 	assert_int_equal(tallyctl(&c, c.clients, "cluster remove --id 9", out, sizeof(out)), 1);
 	assert_non_null(strstr(out, "\"error\":\"NOT_FOUND\""));

@@ -29,6 +29,7 @@
 #include "rpc/frame.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
+#include "rpc/units.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define KEY_NAME "mall-1"
@@ -156,6 +157,94 @@ static void test_frame_reader_accepts_a_zero_length_frame(void **state)
 	assert_int_equal(len, 1);
 	assert_int_equal(body[0], 'x');
 	tally_frame_reader_free(&r);
+}
+
+/* ---- units: RFC 3339 times and money ----------------------------------------- */
+
+static int64_t parsed(const char *s)
+{
+	int64_t ms = -1;
+	char err[128] = "";
+	if (!tally_time_parse(s, &ms, err, sizeof(err)))
+		fail_msg("%s: %s", s, err);
+	return ms;
+}
+
+static void assert_time_refused(const char *s, const char *why)
+{
+	int64_t ms = 42;
+	char err[160] = "";
+	assert_false(tally_time_parse(s, &ms, err, sizeof(err)));
+	assert_int_equal(ms, 42); /* untouched */
+	if (strstr(err, why) == NULL)
+		fail_msg("'%s': \"%s\" lacks \"%s\"", s, err, why);
+}
+
+static void test_rfc3339_times_parse_to_unix_ms(void **state)
+{
+	(void)state;
+	assert_int_equal(parsed("1970-01-01T00:00:00Z"), 0);
+	assert_int_equal(parsed("2026-12-01T00:00:00Z"), 1796083200000LL);
+	assert_int_equal(parsed("2026-12-01t00:00:00z"), 1796083200000LL);
+	assert_int_equal(parsed("2026-12-01 00:00:00Z"), 1796083200000LL);
+	assert_int_equal(parsed("2026-12-01T08:00:00+08:00"), 1796083200000LL); /* Beijing */
+	assert_int_equal(parsed("2026-11-30T19:00:00-05:00"), 1796083200000LL);
+	assert_int_equal(parsed("2026-12-01T00:00:00.25Z"), 1796083200250LL);
+	assert_int_equal(parsed("2026-12-01T00:00:00.123000000Z"), 1796083200123LL);
+	assert_int_equal(parsed("2024-02-29T12:00:00Z"), 1709208000000LL); /* a leap day */
+	assert_int_equal(parsed("2016-12-31T23:59:60Z"), 1483228800000LL); /* a leap second */
+	assert_int_equal(parsed("1796083200000"), 1796083200000LL);          /* UNIX ms */
+	assert_time_refused("2026-12-01T00:00:00", "expected Z or an offset");
+	assert_time_refused("2026-12-01", "RFC 3339");
+	assert_time_refused("2026-12-01T00:00:00.0001Z", "finer than a millisecond");
+	assert_time_refused("2026-12-01T00:00:00.Z", "without digits");
+	assert_time_refused("2026-12-01T00:00:00.1230000000Z", "more than 9 digits");
+	assert_time_refused("2026-02-29T00:00:00Z", "out of range");
+	assert_time_refused("2026-13-01T00:00:00Z", "out of range");
+	assert_time_refused("2026-12-01T24:00:00Z", "out of range");
+	assert_time_refused("1969-12-31T23:59:59Z", "out of range");
+	assert_time_refused("1970-01-01T00:30:00+01:00", "before 1970");
+	assert_time_refused("2026-12-01T00:00:00Z tomorrow", "text after the time");
+	assert_time_refused("2026-12-01T00:00:00+8:00", "offset");
+	assert_time_refused("", "RFC 3339");
+	assert_time_refused("-5", "RFC 3339");
+	assert_time_refused("99999999999999999999", "RFC 3339");
+}
+
+static void test_times_format_as_rfc3339_and_round_trip(void **state)
+{
+	(void)state;
+	char t[TALLY_TIME_BYTES];
+	assert_string_equal(tally_time_format(0, t), "1970-01-01T00:00:00.000Z");
+	assert_string_equal(tally_time_format(1796083200000LL, t), "2026-12-01T00:00:00.000Z");
+	assert_string_equal(tally_time_format(1796083200250LL, t), "2026-12-01T00:00:00.250Z");
+	assert_string_equal(tally_time_format(-1, t), "1969-12-31T23:59:59.999Z");
+	const int64_t samples[] = {1, 999, 1000, 1709208000000LL, 253402300799999LL};
+	for (size_t i = 0; i < sizeof(samples) / sizeof(samples[0]); i++)
+		assert_int_equal(parsed(tally_time_format(samples[i], t)), samples[i]);
+}
+
+static void test_money_shows_its_currency_and_every_digit(void **state)
+{
+	(void)state;
+	char m[TALLY_MONEY_BYTES];
+	assert_string_equal(tally_money_format(60000000, "CNY", m), "60.00 CNY");
+	assert_string_equal(tally_money_format(1234567, "EUR", m), "1.234567 EUR"); /* never rounded */
+	assert_string_equal(tally_money_format(1500000, "EUR", m), "1.50 EUR");
+	assert_string_equal(tally_money_format(-2500000, "USD", m), "-2.50 USD");
+	assert_string_equal(tally_money_format(3000000000LL, "JPY", m), "3000 JPY");
+	assert_string_equal(tally_money_format(1500000, "JPY", m), "1.5 JPY");
+	assert_string_equal(tally_money_format(1000, "KWD", m), "0.001 KWD");
+	assert_string_equal(tally_money_format(7, "CLF", m), "0.000007 CLF");
+	assert_string_equal(tally_money_format(0, "EUR", m), "0.00 EUR");
+	assert_string_equal(tally_money_format(5000000, "", m), "5.00");
+	assert_string_equal(tally_money_format(INT64_MIN, "EUR", m), "-9223372036854.775808 EUR");
+	assert_string_equal(tally_money_of_points(1800, 10000, "EUR", m), "18.00 EUR");
+	assert_string_equal(tally_money_of_points(-3, 333333, "EUR", m), "-0.999999 EUR");
+	assert_string_equal(tally_money_of_points(INT64_MAX, INT64_MAX, "EUR", m),
+			    "85070591730234615847396907784232.501249 EUR"); /* past 64 bits */
+	assert_int_equal(tally_currency_minor_units("BHD"), 3);
+	assert_int_equal(tally_currency_minor_units("GBP"), 2);
 }
 
 /* ---- keys file ----------------------------------------------------------------- */
@@ -1736,6 +1825,9 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_frame_header_is_a_big_endian_length),
+		cmocka_unit_test(test_rfc3339_times_parse_to_unix_ms),
+		cmocka_unit_test(test_times_format_as_rfc3339_and_round_trip),
+		cmocka_unit_test(test_money_shows_its_currency_and_every_digit),
 		cmocka_unit_test(test_frame_reader_reassembles_a_frame_fed_byte_by_byte),
 		cmocka_unit_test(test_frame_reader_returns_several_frames_from_one_feed),
 		cmocka_unit_test(test_frame_reader_refuses_an_announced_length_over_the_limit),

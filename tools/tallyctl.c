@@ -35,6 +35,7 @@
 #include "rpc/connect.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
+#include "rpc/units.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define FLAGS_MAX 16
@@ -96,7 +97,7 @@ static int usage(const char *why)
 		"  transfer --brand B --from M --to M --points N\n"
 		"  agreement set --from A --to B --rate NUM/DEN [--min N] [--max N] [--daily-cap N] [--price-micros N]\n"
 		"  exchange --from A --to B --member M --points N\n"
-		"  settle --brands A,B --until UNIX_MS        settlement confirm --id S\n"
+		"  settle --brands A,B --until TIME           settlement confirm --id S\n"
 		"  adjust --brand B --member M --points +-N --reason TEXT\n"
 		"  expire\n"
 		"  balance --brand B --member M [--stale]     balances --brand B --members M1,M2,...\n"
@@ -105,6 +106,9 @@ static int usage(const char *why)
 		"  cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
 		"          | remove --id N | transfer [--id N]\n"
 		"Every mutating command takes --request-id (generated and printed when omitted).\n"
+		"TIME is RFC 3339 (2026-12-01T00:00:00Z, or an offset such as +08:00) or UNIX ms;\n"
+		"times print as RFC 3339 in UTC, money with its currency (60.00 CNY); --json keeps\n"
+		"the raw numbers (*_ms, *_micros) and adds the readable form beside them.\n"
 		"Exit: 0 done (also a replay), 1 rejected (definite), 2 usage error, 3 not applied\n"
 		"(cluster unavailable; for a read: no answer), 4 outcome unknown (a command or\n"
 		"cluster change was sent and not answered: retry with the same --request-id).\n");
@@ -149,6 +153,19 @@ static int64_t num(const struct ctl *c, const char *name, int64_t dflt, bool req
 		exit(EXIT_USAGE);
 	}
 	return x;
+}
+
+/* A required time flag: RFC 3339 ("2026-12-01T00:00:00Z") or UNIX ms. */
+static int64_t when(const struct ctl *c, const char *name)
+{
+	const char *v = need(c, name);
+	int64_t ms;
+	char err[160];
+	if (!tally_time_parse(v, &ms, err, sizeof(err))) {
+		fprintf(stderr, "tallyctl: --%s: %s\n", name, err);
+		exit(EXIT_USAGE);
+	}
+	return ms;
 }
 
 /* Splits "a,b,c" in place into at most max parts. */
@@ -482,7 +499,7 @@ static int cmd_partners(struct ctl *c)
 			return usage("--brands A,B");
 		m->brand_a = pair[0];
 		m->brand_b = pair[1];
-		m->until_ms = num(c, "until", 0, true);
+		m->until_ms = when(c, "until");
 	} else if (strcmp(w, "settlement") == 0 && c->n_words == 2 &&
 		   strcmp(c->words[1], "confirm") == 0) {
 		BODY(cmd, confirm_settlement, Tally__V1__ConfirmSettlement,
@@ -507,8 +524,49 @@ static int run_query(struct ctl *c, Tally__V1__Query *q, Tally__V1__QueryResult 
 	return EXIT_DONE;
 }
 
-static void print_account(const struct ctl *c, const Tally__V1__Account *a, bool last)
+/* What a brand's points are worth: its currency ("" when unknown) and micros per point. */
+struct worth {
+	char currency[4];
+	int64_t point_micros;
+};
+
+/* The brand's worth (a GetBrand query, stale as the command's own). Quietly unknown
+ * when the brand cannot be read: the output then goes without money. */
+static struct worth brand_worth(struct ctl *c, const char *brand)
 {
+	struct worth w = {"", 0};
+	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
+	Tally__V1__GetBrand g = TALLY__V1__GET_BRAND__INIT;
+	g.id = (char *)brand;
+	q.q_case = TALLY__V1__QUERY__Q_BRAND;
+	q.brand = &g;
+	q.stale = has(c, "stale");
+	Tally__V1__QueryResult *res;
+	if (tally_client_query(c->client, &q, &c->arena, &res) == CODE(OK) &&
+	    res->code == CODE(OK) && res->brand != NULL) {
+		snprintf(w.currency, sizeof(w.currency), "%s", res->brand->currency);
+		w.point_micros = res->brand->point_value_micros;
+	}
+	return w;
+}
+
+/* points x the brand's point value, as money ("18.00 EUR"); "" when not known or when
+ * the product does not fit in 64 bits. */
+static const char *points_worth(const struct worth *w, int64_t points, char out[TALLY_MONEY_BYTES])
+{
+	int64_t micros;
+	if (w->currency[0] == '\0' || __builtin_mul_overflow(points, w->point_micros, &micros)) {
+		out[0] = '\0';
+		return out;
+	}
+	return tally_money_format(micros, w->currency, out);
+}
+
+static void print_account(const struct ctl *c, const Tally__V1__Account *a,
+			  const struct worth *w, bool last)
+{
+	char value[TALLY_MONEY_BYTES];
+	points_worth(w, a->available, value);
 	if (c->json) {
 		printf("{\"brand\":");
 		json_str(a->brand);
@@ -518,12 +576,17 @@ static void print_account(const struct ctl *c, const Tally__V1__Account *a, bool
 		       ",\"redeemed\":%" PRId64 ",\"expired\":%" PRId64 ",\"tier\":",
 		       a->available, a->held, a->earned, a->redeemed, a->expired);
 		json_str(a->tier);
+		if (value[0] != '\0') {
+			printf(",\"available_value\":");
+			json_str(value);
+		}
 		printf("}%s", last ? "" : ",");
 		return;
 	}
-	printf("%s/%s available %" PRId64 " held %" PRId64 " earned %" PRId64 " redeemed %" PRId64
-	       " expired %" PRId64 " tier %s\n", a->brand, a->member, a->available, a->held,
-	       a->earned, a->redeemed, a->expired, a->tier[0] ? a->tier : "-");
+	printf("%s/%s available %" PRId64 "%s%s%s held %" PRId64 " earned %" PRId64
+	       " redeemed %" PRId64 " expired %" PRId64 " tier %s\n", a->brand, a->member,
+	       a->available, value[0] ? " (" : "", value, value[0] ? ")" : "", a->held, a->earned,
+	       a->redeemed, a->expired, a->tier[0] ? a->tier : "-");
 }
 
 static int cmd_balances(struct ctl *c)
@@ -546,10 +609,11 @@ static int cmd_balances(struct ctl *c)
 	int rc = run_query(c, &q, &res);
 	if (rc != EXIT_DONE)
 		return rc;
+	struct worth w = brand_worth(c, g.brand);
 	if (c->json && !one)
 		printf("{\"applied_index\":%" PRIu64 ",\"accounts\":[", res->applied_index);
 	for (size_t i = 0; i < res->n_accounts; i++)
-		print_account(c, res->accounts[i], i + 1 == res->n_accounts);
+		print_account(c, res->accounts[i], &w, i + 1 == res->n_accounts);
 	if (c->json)
 		printf("%s\n", one ? "" : "]}");
 	if (!c->json && q.stale)
@@ -574,7 +638,12 @@ static int cmd_digest(struct ctl *c)
 	hex(&d->root);
 	printf(c->json ? "\",\"state_digest\":\"" : " state_digest ");
 	hex(&d->state_digest);
-	printf(c->json ? "\",\"time_ms\":%" PRId64 "}\n" : " time_ms %" PRId64 "\n", d->time_ms);
+	char t[TALLY_TIME_BYTES];
+	tally_time_format(d->time_ms, t);
+	if (c->json)
+		printf("\",\"time_ms\":%" PRId64 ",\"time\":\"%s\"}\n", d->time_ms, t);
+	else
+		printf(" time %s\n", t);
 	return EXIT_DONE;
 }
 
@@ -594,8 +663,11 @@ static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, b
 			&tally__v1__command__descriptor, (unsigned)e->command->body_case);
 		what = f != NULL ? f->name : "?";
 	}
+	char t[TALLY_TIME_BYTES];
+	tally_time_format(e->time_ms, t);
 	if (c->json) {
-		printf("{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"kind\":", e->seq, e->time_ms);
+		printf("{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"time\":\"%s\",\"kind\":", e->seq,
+		       e->time_ms, t);
 		json_str(what);
 		if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK) {
 			printf(",\"refused\":");
@@ -617,7 +689,7 @@ static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, b
 	}
 	static const char *const sys[] = {"member", "issuance", "redeemed", "expired", "clearing",
 					  "adjustment"};
-	printf("%6" PRIu64 " %-18s %s %s", e->seq, what, e->brand, e->member);
+	printf("%6" PRIu64 " %-24s %-18s %s %s", e->seq, t, what, e->brand, e->member);
 	if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK)
 		printf("  refused: %s, %s", tally_result_name(e->result->code), e->result->message);
 	for (size_t i = 0; i < e->n_postings; i++) {
@@ -676,6 +748,43 @@ static int cmd_entries(struct ctl *c)
 	return EXIT_DONE;
 }
 
+/* The settlement currency of a pair: the currency both brands keep ("" when they
+ * differ or cannot be read: amounts then show as micros). */
+static void pair_currency(struct ctl *c, const Tally__V1__Settlement *s, char out[4])
+{
+	struct worth a = brand_worth(c, s->brand_a), b = brand_worth(c, s->brand_b);
+	bool same = a.currency[0] != '\0' && strcmp(a.currency, b.currency) == 0;
+	snprintf(out, 4, "%s", same ? a.currency : "");
+}
+
+static void print_settlement(struct ctl *c, const Tally__V1__Settlement *s, bool last)
+{
+	char currency[4], net[TALLY_MONEY_BYTES], until[TALLY_TIME_BYTES];
+	pair_currency(c, s, currency);
+	tally_time_format(s->until_ms, until);
+	if (currency[0] != '\0')
+		tally_money_format(s->net_micros, currency, net);
+	else
+		snprintf(net, sizeof(net), "%" PRId64 " micros", s->net_micros);
+	if (c->json) {
+		printf("{\"id\":%" PRIu64 ",\"brand_a\":\"%s\",\"brand_b\":\"%s\",\"until_ms\":%" PRId64
+		       ",\"until\":\"%s\",\"count\":%" PRId64 ",\"net_micros\":%" PRId64
+		       ",\"net\":\"%s\",\"currency\":\"%s\",\"payer\":\"%s\",\"payee\":\"%s\","
+		       "\"confirmed\":%s,\"tree_size\":%" PRIu64 ",\"merkle_root\":\"",
+		       s->id, s->brand_a, s->brand_b, s->until_ms, until, s->count, s->net_micros, net,
+		       currency, s->payer, s->payee, s->confirmed ? "true" : "false", s->tree_size);
+		hex(&s->merkle_root);
+		printf("\"}%s", last ? "" : ",");
+		return;
+	}
+	printf("settlement %" PRIu64 " %s/%s until %s: %" PRId64 " obligations, net %s %s -> %s, "
+	       "confirmed %s, root at %" PRIu64 " ", s->id, s->brand_a, s->brand_b, until, s->count,
+	       net, s->payer[0] ? s->payer : "-", s->payee[0] ? s->payee : "-",
+	       s->confirmed ? "true" : "false", s->tree_size);
+	hex(&s->merkle_root);
+	printf("\n");
+}
+
 static int cmd_settlements(struct ctl *c)
 {
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
@@ -693,18 +802,8 @@ static int cmd_settlements(struct ctl *c)
 		return rc;
 	if (c->json)
 		printf("{\"settlements\":[");
-	for (size_t i = 0; i < res->n_settlements; i++) {
-		const Tally__V1__Settlement *s = res->settlements[i];
-		printf(c->json ? "%s{\"id\":%" PRIu64 ",\"brand_a\":\"%s\",\"brand_b\":\"%s\",\"until_ms\":%" PRId64
-				 ",\"count\":%" PRId64 ",\"net_micros\":%" PRId64 ",\"payer\":\"%s\",\"payee\":\"%s\","
-				 "\"confirmed\":%s,\"tree_size\":%" PRIu64 ",\"merkle_root\":\""
-			       : "%ssettlement %" PRIu64 " %s/%s until %" PRId64 ": %" PRId64
-				 " obligations, net %" PRId64 " micros %s -> %s, confirmed %s, root at %" PRIu64 " ",
-		       c->json && i ? "," : "", s->id, s->brand_a, s->brand_b, s->until_ms, s->count,
-		       s->net_micros, s->payer, s->payee, s->confirmed ? "true" : "false", s->tree_size);
-		hex(&s->merkle_root);
-		printf(c->json ? "\"}" : "\n");
-	}
+	for (size_t i = 0; i < res->n_settlements; i++)
+		print_settlement(c, res->settlements[i], i + 1 == res->n_settlements);
 	if (c->json)
 		printf("]}\n");
 	return EXIT_DONE;

@@ -20,6 +20,7 @@
 
 #include "rpc/checkpoint.h"
 #include "rpc/connect.h"
+#include "rpc/units.h"
 
 #define AUDIT_FILE_ENTRIES 65536u        /* entries per journal file */
 #define AUDIT_ENTRY_BYTES_MAX (4u << 20) /* a record longer than this is corrupt */

@@ -76,7 +76,7 @@ static void balance_print(const struct balance *b)
 	if (a == NULL)
 		a = &none;
 	char when[40];
-	tally_rfc3339(b->books.last_ms, when, sizeof(when));
+	tally_time_format(b->books.last_ms, when);
 	if (b->o->json) {
 		printf("{\"brand\":\"%s\",\"member\":\"%s\",\"at_seq\":%" PRIu64 ",\"at_time\":\"%s\","
 		       "\"available\":%" PRId64 ",\"held\":%" PRId64 ",\"earned\":%" PRId64
@@ -101,7 +101,7 @@ static void balance_print(const struct balance *b)
 	       "what", "available", "change", "held", "change");
 	for (size_t i = 0; i < b->n; i++) {
 		const struct moved *m = &b->lines[i];
-		tally_rfc3339(m->time_ms, when, sizeof(when));
+		tally_time_format(m->time_ms, when);
 		printf("  %10" PRIu64 "  %-24s  %-16s %12" PRId64 " %+12" PRId64 " %12" PRId64
 		       " %+12" PRId64 "\n", m->seq, when, m->what, m->available, m->d_available,
 		       m->held, m->d_held);

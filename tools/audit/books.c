@@ -380,19 +380,6 @@ int audit_grow(void **p, size_t *cap, size_t n, size_t size)
 
 /* ---- the report ------------------------------------------------------------------------ */
 
-void audit_money(int64_t points, int64_t point_value_micros, const char *currency, char *out,
-		 size_t cap)
-{
-	__int128 micros = (__int128)points * point_value_micros;
-	bool negative = micros < 0;
-	if (negative)
-		micros = -micros;
-	__int128 cents = (micros + 5000) / 10000; /* half up, away from zero */
-	unsigned long long whole = (unsigned long long)(cents / 100);
-	snprintf(out, cap, "%s%llu.%02u %s", negative ? "-" : "", whole, (unsigned)(cents % 100),
-		 currency);
-}
-
 int audit_books_totals(struct audit_books *b, char *err, size_t errcap)
 {
 	for (size_t k = 0; k < b->n_brands; k++)
@@ -442,8 +429,8 @@ void audit_books_report(const struct audit_books *b, const struct tally_checkpoi
 			"liability");
 	for (size_t k = 0; k < b->n_brands; k++) {
 		const struct audit_brand *br = &sorted[k];
-		char money[64];
-		audit_money(br->outstanding, br->point_value_micros, br->currency, money, sizeof(money));
+		char money[TALLY_MONEY_BYTES];
+		tally_money_of_points(br->outstanding, br->point_value_micros, br->currency, money);
 		if (json)
 			fprintf(out, "%s{\"brand\":\"%s\",\"issued\":%" PRId64 ",\"redeemed\":%" PRId64
 				",\"expired\":%" PRId64 ",\"exchanged\":%" PRId64 ",\"adjusted\":%" PRId64

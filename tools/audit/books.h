@@ -103,8 +103,4 @@ int audit_walk(const char *dir, struct audit_books *b,
  * -1 when out of memory (the array is kept). */
 int audit_grow(void **p, size_t *cap, size_t n, size_t size);
 
-/* "1234.56 CNY": points at a point value in micros, rounded to the cent. */
-void audit_money(int64_t points, int64_t point_value_micros, const char *currency, char *out,
-		 size_t cap);
-
 #endif

@@ -134,7 +134,7 @@ static void layering_cells(struct layering *y)
 static void layering_print(const struct layering *y)
 {
 	char when[40];
-	tally_rfc3339(y->at_ms, when, sizeof(when));
+	tally_time_format(y->at_ms, when);
 	if (y->o->json) {
 		printf("{\"brand\":\"%s\",\"at\":\"%s\",\"cells\":[", y->o->brand, when);
 		bool first = true;

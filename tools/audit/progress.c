@@ -57,6 +57,7 @@ int audit_parse_at(const char *s, uint64_t *seq, int64_t *time_ms)
 		*seq = strtoull(s, NULL, 10);
 		return *seq > 0 ? 0 : -1;
 	}
-	return tally_rfc3339_parse(s, time_ms) == 0 && *time_ms > 0 ? 0 : -1;
+	char err[160];
+	return tally_time_parse(s, time_ms, err, sizeof(err)) && *time_ms > 0 ? 0 : -1;
 }
 

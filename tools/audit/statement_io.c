@@ -36,11 +36,6 @@ void audit_statement_free(struct audit_statement *st)
 	free(st->lines);
 }
 
-static void money(int64_t micros, const char *currency, char *out, size_t cap)
-{
-	audit_money(micros, 1, currency, out, cap);
-}
-
 int audit_statement_write_table(const struct audit_statement *st, bool csv)
 {
 	char m[64], when[40];
@@ -50,12 +45,12 @@ int audit_statement_write_table(const struct audit_statement *st, bool csv)
 	else
 		printf("settlement %" PRIu64 " of %s and %s, obligations up to %s: %zu\n%10s  %-24s "
 		       "%-16s %-10s %-10s %10s %10s %12s %16s\n", st->settlement, st->brand_a,
-		       st->brand_b, (tally_rfc3339(st->until_ms, when, sizeof(when)), when), st->n, "seq",
+		       st->brand_b, (tally_time_format(st->until_ms, when), when), st->n, "seq",
 		       "time", "member", "payer", "payee", "points", "converted", "price", "amount");
 	for (size_t i = 0; i < st->n; i++) {
 		const struct audit_statement_line *l = &st->lines[i];
-		money(l->amount_micros, st->currency, m, sizeof(m));
-		tally_rfc3339(l->time_ms, when, sizeof(when));
+		tally_money_format(l->amount_micros, st->currency, m);
+		tally_time_format(l->time_ms, when);
 		if (csv)
 			printf("%" PRIu64 ",%" PRIu64 ",%s,%s,%s,%s,%" PRId64 ",%" PRId64 ",%" PRId64
 			       ",%" PRId64 ",%s,%" PRIu64 "\n", st->settlement, l->seq, when, l->member,
@@ -67,9 +62,9 @@ int audit_statement_write_table(const struct audit_statement *st, bool csv)
 			       l->points, l->converted_points, l->price_micros, m);
 	}
 	char ab[64], ba[64], net[64];
-	money(st->gross_a_to_b, st->currency, ab, sizeof(ab));
-	money(st->gross_b_to_a, st->currency, ba, sizeof(ba));
-	money(st->net, st->currency, net, sizeof(net));
+	tally_money_format(st->gross_a_to_b, st->currency, ab);
+	tally_money_format(st->gross_b_to_a, st->currency, ba);
+	tally_money_format(st->net, st->currency, net);
 	if (csv)
 		printf("# gross %s to %s,%s\n# gross %s to %s,%s\n# net,%s,%s pays %s\n", st->brand_a,
 		       st->brand_b, ab, st->brand_b, st->brand_a, ba, net,
@@ -188,9 +183,9 @@ static int json_evidence(struct audit_tree *t, const struct evidence *e, uint64_
 static void json_head(const struct audit_statement *st, const struct tally_checkpoint *c)
 {
 	char when[40], until[40], net[64];
-	tally_rfc3339(st->time_ms, when, sizeof(when));
-	tally_rfc3339(st->until_ms, until, sizeof(until));
-	money(st->net, st->currency, net, sizeof(net));
+	tally_time_format(st->time_ms, when);
+	tally_time_format(st->until_ms, until);
+	tally_money_format(st->net, st->currency, net);
 	printf("{\n  \"format\": \"" STATEMENT_FORMAT "\",\n  \"settlement\": %" PRIu64 ",\n"
 	       "  \"time\": \"%s\",\n  \"brand_a\": \"%s\",\n  \"brand_b\": \"%s\",\n"
 	       "  \"until_ms\": %" PRId64 ",\n  \"until\": \"%s\",\n  \"confirmed_seq\": %" PRIu64 ",\n"
