@@ -148,7 +148,7 @@ SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001
 
 check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(PY_PB) $(SIM_BIN)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py tests/test_packaging.py; do \
 		echo "== $$py"; \
 		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \
@@ -273,7 +273,23 @@ deps:
 	$(SUDO) apt-get update
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 
-install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO)
+# make install [PREFIX=/usr/local] [SYSCONFDIR=/etc] [DESTDIR=staging]: the programs,
+# libtally (static, shared, headers, pkg-config), the systemd unit and the tally user
+# (sysusers.d), and a sample configuration (README: Installing as a service).
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+INSTALL_BIN := $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs \
+               $(BUILD)/tools/tally-check $(AUDIT_BIN)
+
+install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO) $(INSTALL_BIN)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/tally
+	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		tools/service/tallyd.service.in > $(DESTDIR)$(UNITDIR)/tallyd.service
+	install -m 644 tools/service/tally.sysusers $(DESTDIR)$(SYSUSERSDIR)/tally.conf
+	install -m 644 tools/service/tallyd.conf.example $(DESTDIR)$(SYSCONFDIR)/tally/
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/tally/ledger \
 		$(DESTDIR)$(PREFIX)/include/tally/rpc $(DESTDIR)$(PREFIX)/include/tally/proto
 	install -m 644 $(CLIENT_A) $(DESTDIR)$(PREFIX)/lib/

@@ -33,6 +33,7 @@
 #include <openssl/crypto.h>
 
 #include "rpc/connect.h"
+#include "rpc/json.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 #include "rpc/units.h"
@@ -54,24 +55,10 @@ struct ctl {
 	struct tally_client *client;
 	struct tally_arena arena;
 	char request_id[40];
+	bool help;                     /* --help anywhere: print help, send nothing */
 };
 
 /* ---- output ------------------------------------------------------------------------- */
-
-static void json_str(const char *s)
-{
-	putchar('"');
-	for (; *s; s++) {
-		unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			printf("\\%c", ch);
-		else if (ch < 0x20)
-			printf("\\u%04x", ch);
-		else
-			putchar(ch);
-	}
-	putchar('"');
-}
 
 static void hex(const ProtobufCBinaryData *b)
 {
@@ -79,41 +66,7 @@ static void hex(const ProtobufCBinaryData *b)
 		printf("%02x", b->data[i]);
 }
 
-static int usage(const char *why)
-{
-	if (why != NULL)
-		fprintf(stderr, "tallyctl: %s\n", why);
-	fprintf(stderr,
-		"usage: tallyctl [--cluster A,B] [--key-dir D [--key NAME] | --key-file F] [--ca FILE | --insecure]\n"
-		"                [--timeout-ms N] [--json] COMMAND ...\n"
-		"  brand create|update --id B --name N [--point-value-micros N] [--currency C]\n"
-		"        [--expiry-months N] [--tiers NAME:POINTS,...] [--tier-window-days N]\n"
-		"        [--transfer-max N] [--transfer-daily-cap N] [--community-daily-cap N]\n"
-		"  member open|update --id M [--segment owner_passenger|owner_commercial|fan|prospect|channel_partner]\n"
-		"  accrue|redeem --brand B --member M --points N [--reason R] [--reference REF]\n"
-		"  hold --brand B --member M --points N [--timeout-s N]\n"
-		"  capture --hold H [--points N]      void --hold H\n"
-		"  reverse --entry SEQ [--points N] [--reason R]\n"
-		"  transfer --brand B --from M --to M --points N\n"
-		"  agreement set --from A --to B --rate NUM/DEN [--min N] [--max N] [--daily-cap N] [--price-micros N]\n"
-		"  exchange --from A --to B --member M --points N\n"
-		"  settle --brands A,B --until TIME           settlement confirm --id S\n"
-		"  adjust --brand B --member M --points +-N --reason TEXT\n"
-		"  expire\n"
-		"  balance --brand B --member M [--stale]     balances --brand B --members M1,M2,...\n"
-		"  entries [--from SEQ] [--limit N] [--brand B] [--member M]   entry --seq N [--proof]\n"
-		"  settlements [--brands A,B]   digest [--stale]   status\n"
-		"  cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
-		"          | remove --id N | transfer [--id N]\n"
-		"Every mutating command takes --request-id (generated and printed when omitted).\n"
-		"TIME is RFC 3339 (2026-12-01T00:00:00Z, or an offset such as +08:00) or UNIX ms;\n"
-		"times print as RFC 3339 in UTC, money with its currency (60.00 CNY); --json keeps\n"
-		"the raw numbers (*_ms, *_micros) and adds the readable form beside them.\n"
-		"Exit: 0 done (also a replay), 1 rejected (definite), 2 usage error, 3 not applied\n"
-		"(cluster unavailable; for a read: no answer), 4 outcome unknown (a command or\n"
-		"cluster change was sent and not answered: retry with the same --request-id).\n");
-	return EXIT_USAGE;
-}
+static int usage(const char *why);
 
 /* ---- flags -------------------------------------------------------------------------- */
 
@@ -228,9 +181,9 @@ static int print_rejection(const struct ctl *c, Tally__V1__ResultCode code, cons
 {
 	if (c->json) {
 		printf("{\"error\":");
-		json_str(tally_result_name(code));
+		tally_json_write_str(stdout, tally_result_name(code));
 		printf(",\"message\":");
-		json_str(msg != NULL ? msg : "");
+		tally_json_write_str(stdout, msg != NULL ? msg : "");
 		printf("}\n");
 	} else {
 		printf("%s: %s\n", tally_result_name(code), msg != NULL ? msg : "");
@@ -244,7 +197,7 @@ static int print_result(const struct ctl *c, const Tally__V1__CommandResult *r)
 		return print_rejection(c, r->code, r->message);
 	if (c->json) {
 		printf("{\"request_id\":");
-		json_str(c->request_id);
+		tally_json_write_str(stdout, c->request_id);
 		printf(",\"entry_seq\":%" PRIu64 ",\"points\":%" PRId64 ",\"available\":%" PRId64
 		       ",\"held\":%" PRId64, r->entry_seq, r->points, r->available, r->held);
 		if (r->hold_id != 0)
@@ -569,16 +522,16 @@ static void print_account(const struct ctl *c, const Tally__V1__Account *a,
 	points_worth(w, a->available, value);
 	if (c->json) {
 		printf("{\"brand\":");
-		json_str(a->brand);
+		tally_json_write_str(stdout, a->brand);
 		printf(",\"member\":");
-		json_str(a->member);
+		tally_json_write_str(stdout, a->member);
 		printf(",\"available\":%" PRId64 ",\"held\":%" PRId64 ",\"earned\":%" PRId64
 		       ",\"redeemed\":%" PRId64 ",\"expired\":%" PRId64 ",\"tier\":",
 		       a->available, a->held, a->earned, a->redeemed, a->expired);
-		json_str(a->tier);
+		tally_json_write_str(stdout, a->tier);
 		if (value[0] != '\0') {
 			printf(",\"available_value\":");
-			json_str(value);
+			tally_json_write_str(stdout, value);
 		}
 		printf("}%s", last ? "" : ",");
 		return;
@@ -668,15 +621,15 @@ static void print_entry(const struct ctl *c, const Tally__V1__StoredEntry *se, b
 	if (c->json) {
 		printf("{\"seq\":%" PRIu64 ",\"time_ms\":%" PRId64 ",\"time\":\"%s\",\"kind\":", e->seq,
 		       e->time_ms, t);
-		json_str(what);
+		tally_json_write_str(stdout, what);
 		if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK) {
 			printf(",\"refused\":");
-			json_str(tally_result_name(e->result->code));
+			tally_json_write_str(stdout, tally_result_name(e->result->code));
 		}
 		printf(",\"brand\":");
-		json_str(e->brand);
+		tally_json_write_str(stdout, e->brand);
 		printf(",\"member\":");
-		json_str(e->member);
+		tally_json_write_str(stdout, e->member);
 		printf(",\"postings\":[");
 		for (size_t i = 0; i < e->n_postings; i++)
 			printf("%s{\"brand\":\"%s\",\"account\":%d,\"member\":\"%s\",\"points\":%" PRId64 "}",
@@ -834,20 +787,20 @@ static int cmd_status(struct ctl *c)
 	const Tally__V1__NodeInfo *l = s->leader;
 	if (c->json) {
 		printf("{\"leader\":{\"id\":%" PRIu64 ",\"address\":", l ? l->id : 0);
-		json_str(l && l->client_address ? l->client_address : "");
+		tally_json_write_str(stdout, l && l->client_address ? l->client_address : "");
 		printf("},\"nodes\":[");
 		for (size_t i = 0; i < s->n_nodes; i++) {
 			printf("%s{\"id\":%" PRIu64 ",\"address\":", i ? "," : "", s->nodes[i]->id);
-			json_str(s->nodes[i]->client_address ? s->nodes[i]->client_address : "");
+			tally_json_write_str(stdout, s->nodes[i]->client_address ? s->nodes[i]->client_address : "");
 			printf(",\"raft_address\":");
-			json_str(s->nodes[i]->address);
+			tally_json_write_str(stdout, s->nodes[i]->address);
 			printf(",\"role\":");
-			json_str(s->nodes[i]->role);
+			tally_json_write_str(stdout, s->nodes[i]->role);
 			printf("}");
 		}
 		printf("],\"applied_index\":%" PRIu64 ",\"term\":%" PRIu64 ",\"node_id\":%" PRIu64
 		       ",\"state\":", s->applied_index, s->term, s->node_id);
-		json_str(s->state ? s->state : "");
+		tally_json_write_str(stdout, s->state ? s->state : "");
 		printf("}\n");
 		return EXIT_DONE;
 	}
@@ -902,8 +855,15 @@ static int cmd_cluster(struct ctl *c)
 static int parse(int argc, char **argv, struct ctl *c)
 {
 	int i = 1;
+	for (int k = 1; k < argc; k++)
+		if (strcmp(argv[k], "--help") == 0 || strcmp(argv[k], "-h") == 0) {
+			c->help = true;
+			break;
+		}
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		const char *a = argv[i] + 2;
+		if (strcmp(a, "help") == 0)
+			continue;
 		if (strcmp(a, "json") == 0) {
 			c->json = true;
 			continue;
@@ -921,6 +881,8 @@ static int parse(int argc, char **argv, struct ctl *c)
 	}
 	for (; i < argc && strncmp(argv[i], "--", 2) != 0 && c->n_words < 2; i++)
 		c->words[c->n_words++] = argv[i];
+	if (c->help)
+		return EXIT_DONE;
 	for (; i < argc; i++) {
 		if (strncmp(argv[i], "--", 2) != 0 || c->n_flags == FLAGS_MAX)
 			return usage("expected --flag value");
@@ -954,26 +916,119 @@ static int connect_cluster(struct ctl *c)
 	       : rc == CODE(INVALID_ARGUMENT) ? EXIT_USAGE : EXIT_UNAVAILABLE;
 }
 
+/* Each command: what runs it, its usage and what it does (`tallyctl --help` lists them
+ * all, `tallyctl COMMAND --help` one). */
+static const struct {
+	const char *word;
+	int (*fn)(struct ctl *);
+	const char *usage;
+	const char *what;
+} commands[] = {
+	{"brand", cmd_brand, "brand create|update --id B --name N [--point-value-micros N] [--currency C]\n"
+		  "        [--expiry-months N] [--tiers NAME:POINTS,...] [--tier-window-days N]\n"
+		  "        [--transfer-max N] [--transfer-daily-cap N] [--community-daily-cap N]",
+	 "Registers a brand or changes its settings. A point is worth --point-value-micros\n"
+	 "millionths of --currency (ISO 4217; defaults 10000 and EUR); points expire\n"
+	 "--expiry-months after they are earned (0: never); tiers are reached by points earned\n"
+	 "within the last --tier-window-days."},
+	{"member", cmd_member, "member open|update --id M [--segment owner_passenger|owner_commercial|fan|prospect|channel_partner]",
+	 "Opens a member (one id across brands) or changes the member's segment."},
+	{"accrue", cmd_points, "accrue --brand B --member M --points N [--reason R] [--reference REF]",
+	 "Gives a member points (a purchase, a service, community activity)."},
+	{"redeem", cmd_points, "redeem --brand B --member M --points N [--reason R] [--reference REF]",
+	 "Takes points from a member at once, first-expiring first; refused with\n"
+	 "INSUFFICIENT_POINTS beyond the available balance."},
+	{"hold", cmd_points, "hold --brand B --member M --points N [--timeout-s N] [--reference REF]",
+	 "Sets points aside for an order (the mall's checkout); they return to the member when\n"
+	 "the hold times out, by ledger time."},
+	{"capture", cmd_points, "capture --hold H [--points N]",
+	 "Redeems a hold, or part of it (the rest returns to the member)."},
+	{"void", cmd_points, "void --hold H", "Releases a hold: its points return to the member."},
+	{"reverse", cmd_points, "reverse --entry SEQ [--points N] [--reason R]",
+	 "Refunds a redemption or capture (entry SEQ), wholly or in part."},
+	{"transfer", cmd_points, "transfer --brand B --from M --to M --points N [--reason R]",
+	 "Moves points between two members of a brand (within its transfer limits)."},
+	{"adjust", cmd_points, "adjust --brand B --member M --points +-N --reason TEXT",
+	 "Corrects a balance by hand; the reason is kept in the journal."},
+	{"expire", cmd_points, "expire", "Runs an expiry sweep now (the leader also runs them on a timer)."},
+	{"agreement", cmd_partners, "agreement set --from A --to B --rate NUM/DEN [--min N] [--max N] [--daily-cap N] [--price-micros N]",
+	 "Sets the rate at which A's points become B's, and what A pays B per B point."},
+	{"exchange", cmd_partners, "exchange --from A --to B --member M --points N",
+	 "Converts a member's A points into B points at the agreed rate; A then owes B."},
+	{"settle", cmd_partners, "settle --brands A,B --until TIME",
+	 "Nets what A and B owe each other for exchanges up to TIME (in the past)."},
+	{"settlement", cmd_partners, "settlement confirm --id S", "The payee confirms settlement S."},
+	{"balance", cmd_balances, "balance --brand B --member M [--stale]",
+	 "A member's balance in a brand, and its worth at the brand's point value. --stale\n"
+	 "reads the node's own state without asking the leader."},
+	{"balances", cmd_balances, "balances --brand B --members M1,M2,... [--stale]",
+	 "Several members' balances in one query."},
+	{"entries", cmd_entries, "entries [--from SEQ] [--limit N] [--brand B] [--member M]",
+	 "Pages through the journal, from SEQ, optionally one brand's or member's entries."},
+	{"entry", cmd_entries, "entry --seq N [--proof]",
+	 "One journal entry, with --proof its Merkle inclusion proof."},
+	{"settlements", cmd_settlements, "settlements [--brands A,B]", "Settlements, with their net and cut-off."},
+	{"digest", cmd_digest, "digest [--stale]",
+	 "The journal's size and Merkle root, the state digest and ledger time."},
+	{"status", cmd_status, "status", "The cluster: nodes, roles, the leader, terms and applied indices."},
+	{"cluster", cmd_cluster, "cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
+		    "        | remove --id N | transfer [--id N]",
+	 "Changes the membership: add a node (then assign it a role), remove one, or hand\n"
+	 "leadership to node N (any other voter without --id)."},
+};
+
+#define GLOBAL_USAGE \
+	"usage: tallyctl [--cluster A,B] [--key-dir D [--key NAME] | --key-file F] [--ca FILE | --insecure]\n" \
+	"                [--timeout-ms N] [--json] COMMAND ... [--help]\n"
+#define USAGE_NOTES \
+	"Every mutating command takes --request-id (generated and printed when omitted).\n" \
+	"TIME is RFC 3339 (2026-12-01T00:00:00Z, or an offset such as +08:00) or UNIX ms;\n" \
+	"times print as RFC 3339 in UTC, money with its currency (60.00 CNY); --json keeps\n" \
+	"the raw numbers (*_ms, *_micros) and adds the readable form beside them.\n" \
+	"Exit: 0 done (also a replay), 1 rejected (definite), 2 usage error, 3 not applied\n" \
+	"(cluster unavailable; for a read: no answer), 4 outcome unknown (a command or\n" \
+	"cluster change was sent and not answered: retry with the same --request-id).\n"
+
+static void print_usage(FILE *f)
+{
+	fputs(GLOBAL_USAGE, f);
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		fprintf(f, "  %s\n", commands[i].usage);
+	fputs(USAGE_NOTES, f);
+}
+
+static int usage(const char *why)
+{
+	if (why != NULL)
+		fprintf(stderr, "tallyctl: %s\n", why);
+	print_usage(stderr);
+	return EXIT_USAGE;
+}
+
+/* --help: everything, or one command's usage and what it does (stdout, exit 0). */
+static int help(const char *word)
+{
+	if (word == NULL) {
+		print_usage(stdout);
+		printf("tallyctl COMMAND --help says what a command does.\n");
+		return EXIT_DONE;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i].word, word) == 0) {
+			printf("usage: tallyctl [global flags] %s\n\n%s\n\n%s", commands[i].usage,
+			       commands[i].what, USAGE_NOTES);
+			return EXIT_DONE;
+		}
+	return usage("unknown command");
+}
+
 static int dispatch(struct ctl *c)
 {
-	static const struct {
-		const char *word;
-		int (*fn)(struct ctl *);
-	} table[] = {
-		{"brand", cmd_brand},       {"member", cmd_member},       {"accrue", cmd_points},
-		{"redeem", cmd_points},     {"hold", cmd_points},         {"capture", cmd_points},
-		{"void", cmd_points},       {"reverse", cmd_points},      {"transfer", cmd_points},
-		{"adjust", cmd_points},     {"expire", cmd_points},       {"agreement", cmd_partners},
-		{"exchange", cmd_partners}, {"settle", cmd_partners},     {"settlement", cmd_partners},
-		{"balance", cmd_balances},  {"balances", cmd_balances},   {"digest", cmd_digest},
-		{"entries", cmd_entries},   {"entry", cmd_entries},       {"settlements", cmd_settlements},
-		{"status", cmd_status},     {"cluster", cmd_cluster},
-	};
-	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++) {
-		if (strcmp(c->words[0], table[i].word) != 0)
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+		if (strcmp(c->words[0], commands[i].word) != 0)
 			continue;
 		int rc = connect_cluster(c);
-		return rc != EXIT_DONE ? rc : table[i].fn(c);
+		return rc != EXIT_DONE ? rc : commands[i].fn(c);
 	}
 	return usage("unknown command");
 }
@@ -985,6 +1040,8 @@ int main(int argc, char **argv)
 	int rc = parse(argc, argv, &c);
 	if (rc != EXIT_DONE)
 		return rc;
+	if (c.help)
+		return help(c.n_words > 0 ? c.words[0] : NULL);
 	tally_arena_init(&c.arena, 64 << 10, 0);
 	rc = dispatch(&c);
 	if (c.client != NULL)

@@ -50,11 +50,13 @@
 
 #include "consensus/node.h"
 #include "rpc/http.h"
+#include "rpc/json.h"
 #include "rpc/keys.h"
 #include "rpc/metrics.h"
 #include "rpc/peerclock.h"
 #include "rpc/server.h"
 #include "rpc/tls.h"
+#include "rpc/units.h"
 
 enum { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
@@ -78,6 +80,7 @@ struct opts {
 	unsigned inflight_max;
 	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
 	bool insecure;      /* plaintext raft port (no certificates) */
+	bool log_json;      /* --log-format json: one JSON object per log line */
 };
 
 struct daemon {
@@ -95,41 +98,122 @@ struct daemon {
 };
 
 static int log_level = LOG_INFO;
+static bool log_json;           /* --log-format json */
+static unsigned long log_node;  /* this node's id, in every JSON line */
+
+#define LOG_LINE_BYTES_MAX 4096 /* a longer message is cut */
+
+/* One log line to stderr: text ("2026-11-30T12:00:00.123Z tallyd info: msg") or, with
+ * --log-format json, {"time","level","node","component","msg"}. */
+static void log_emit(int level, const char *component, const char *msg)
+{
+	static const char *const names[] = {"error", "warn", "info", "debug"};
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	char when[TALLY_TIME_BYTES];
+	tally_time_format((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, when);
+	if (!log_json) {
+		fprintf(stderr, "%s %s %s: %s\n", when, component, names[level], msg);
+		return;
+	}
+	fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"node\":%lu,\"component\":\"%s\","
+		"\"msg\":", when, names[level], log_node, component);
+	tally_json_write_str(stderr, msg);
+	fputs("}\n", stderr);
+}
 
 static void logf_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static void logf_(int level, const char *fmt, ...)
 {
-	static const char *const names[] = {"error", "warn", "info", "debug"};
 	if (level > log_level)
 		return;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	struct tm tm;
-	gmtime_r(&ts.tv_sec, &tm);
-	char when[32];
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
-	fprintf(stderr, "%s.%03ldZ tallyd %s: ", when, ts.tv_nsec / 1000000, names[level]);
+	char msg[LOG_LINE_BYTES_MAX];
 	va_list ap;
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+	log_emit(level, "tallyd", msg);
+}
+
+/* The node's own lines (consensus/, raft's transport) with --log-format json; in text
+ * they go to stderr as the node writes them ("tally node 1: ..."). A fail-stop line
+ * is an error. */
+static void log_node_line(void *data, const char *line)
+{
+	(void)data;
+	log_emit(strncmp(line, "FATAL", 5) == 0 ? LOG_ERROR : LOG_INFO, "node", line);
 }
 
 /* ---- options ------------------------------------------------------------------------ */
 
+#define USAGE \
+	"usage: tallyd --id N --dir DIR --raft HOST:PORT --client HOST:PORT --keys FILE\n" \
+	"              (--certs DIR | --insecure)\n" \
+	"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n" \
+	"              [--config FILE] [--log-level error|warn|info|debug] [--log-format text|json]\n" \
+	"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n" \
+	"              [--snapshot-trailing N] [--snapshot-log-mb N]\n" \
+	"              [--expire-ms N] [--segment-kb N] [--inflight-max N]\n"
+
 static void usage(void)
 {
-	fprintf(stderr,
-		"usage: tallyd --id N --dir DIR --raft HOST:PORT --client HOST:PORT --keys FILE\n"
-		"              (--certs DIR | --insecure)\n"
-		"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n"
-		"              [--config FILE] [--log-level error|warn|info|debug]\n"
-		"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n"
-		"              [--snapshot-trailing N] [--snapshot-log-mb N]\n"
-		"              [--expire-ms N] [--segment-kb N] [--inflight-max N]\n");
+	fprintf(stderr, USAGE "tallyd --help says what each does.\n");
 	exit(2);
+}
+
+/* --help: every flag, the config file, signals and exit statuses (stdout, exit 0). */
+static void help(void)
+{
+	printf(USAGE "\n"
+	       "One node of a Tally cluster: a replica of the points ledger, kept by raft.\n\n"
+	       "Identity and storage\n"
+	       "  --id N                this node's id (1 and up), named in its certificate\n"
+	       "  --dir DIR             data directory: raft/ (log, snapshots), ledger/ (LMDB),\n"
+	       "                        checkpoint.key (signs checkpoints; made at first start)\n"
+	       "  --keys FILE           clients' keys, one `NAME ROLE BRANDS SECRET` per line\n"
+	       "                        (mode 0600); reloaded on SIGHUP\n"
+	       "Network\n"
+	       "  --raft HOST:PORT      the raft port, for the other nodes\n"
+	       "  --client HOST:PORT    the client port (libtally, tallyctl)\n"
+	       "  --http HOST:PORT      plaintext /metrics and /health; keep it private\n"
+	       "  --certs DIR           TLS 1.3 on both ports: DIR/ca.pem, node-ID.pem, node-ID.key\n"
+	       "                        (tally-certs makes them)\n"
+	       "  --insecure            plaintext instead: anyone who reaches the raft port is a peer\n"
+	       "Membership\n"
+	       "  --bootstrap LIST      the first configuration, ID=RAFT|CLIENT,... (the same on\n"
+	       "                        every first node); ignored once the node has raft state\n"
+	       "  --join                start without a configuration and wait to be added\n"
+	       "                        (tallyctl cluster add)\n"
+	       "Logging\n"
+	       "  --log-level LEVEL     error, warn, info (default) or debug\n"
+	       "  --log-format FORMAT   text (default) or json: one object per line with time\n"
+	       "                        (RFC 3339), level, node, component (tallyd, node) and msg\n"
+	       "Tuning (defaults in brackets)\n"
+	       "  --election-ms N       raft election timeout [400]\n"
+	       "  --heartbeat-ms N      raft heartbeat, below the election timeout [50]\n"
+	       "  --snapshot-threshold N  snapshot every N raft entries [20000]\n"
+	       "  --snapshot-trailing N   entries kept after a snapshot [4096]\n"
+	       "  --snapshot-log-mb N   also snapshot every N MiB of raft log, 1..4096 [64]\n"
+	       "  --expire-ms N         how often the leader submits expiry sweeps [1000]\n"
+	       "  --segment-kb N        raft log segment size, a multiple of 4, at least 32 [8192]\n"
+	       "  --inflight-max N      raft entries proposed and not yet applied [64]\n"
+	       "Config file\n"
+	       "  --config FILE         flags from FILE, one `name = value` per line (the flag's name\n"
+	       "                        without dashes; `join = true`, `insecure = true`); # starts\n"
+	       "                        a comment. Read where it stands among the flags: later ones win.\n"
+	       "Signals\n"
+	       "  SIGTERM, SIGINT       shut down: queued requests answered UNAVAILABLE,\n"
+	       "                        leadership handed over, raft closed; exit 0\n"
+	       "  SIGHUP                reload --keys; sessions of removed or changed keys end\n"
+	       "Exit statuses\n"
+	       "  0 stopped by a signal; 1 could not start; 2 usage error;\n"
+	       "  65 data does not verify (wipe the data directory; the node rejoins by snapshot);\n"
+	       "  70 an entry or snapshot that cannot be applied (a bug: report it);\n"
+	       "  71 out of memory; 74 storage failed or full (fix it, then restart).\n"
+	       "  The node ends itself with 65, 70, 71 or 74 before answering anything it could\n"
+	       "  not write or apply, so that a healthy node takes over.\n");
+	exit(0);
 }
 
 static bool copy_opt(char *dst, size_t cap, const char *v)
@@ -179,6 +263,10 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->inflight_max = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "segment-kb") == 0)
 		return (o->segment_kb = (unsigned)strtoul(v, NULL, 10)) >= 32 && o->segment_kb % 4 == 0;
+	if (strcmp(name, "log-format") == 0) {
+		o->log_json = strcmp(v, "json") == 0;
+		return o->log_json || strcmp(v, "text") == 0;
+	}
 	if (strcmp(name, "log-level") == 0) {
 		static const char *const levels[] = {"error", "warn", "info", "debug"};
 		for (int i = 0; i < 4; i++)
@@ -231,6 +319,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
 		{"inflight-max", required_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
+		{"log-format", required_argument, NULL, 0},   {"help", no_argument, NULL, 0},
 		{NULL, 0, NULL, 0}};
 	memset(o, 0, sizeof(*o));
 	o->log_level = LOG_INFO;
@@ -239,6 +328,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		if (c != 0)
 			usage();
 		const char *name = longs[idx].name;
+		if (strcmp(name, "help") == 0)
+			help();
 		if (strcmp(name, "config") == 0)
 			load_config(o, optarg);
 		else if (!set_opt(o, name, optarg != NULL ? optarg : "true"))
@@ -371,6 +462,7 @@ static int start(struct daemon *d)
 		.snapshot_log_bytes = (size_t)d->o.snapshot_log_mb << 20,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 		.inflight_max = d->o.inflight_max,
+		.log_line = d->o.log_json ? log_node_line : NULL,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));
 	if (keys == NULL || tally_keys_load(d->o.keys, keys, err, sizeof(err)) != 0) {
@@ -413,6 +505,8 @@ int main(int argc, char **argv)
 	static struct daemon d;
 	parse(argc, argv, &d.o);
 	log_level = d.o.log_level;
+	log_json = d.o.log_json;
+	log_node = d.o.id;
 	signal(SIGPIPE, SIG_IGN); /* a peer dying must not kill the survivors */
 	uv_loop_init(&d.loop);
 	uv_signal_t *sigs[3] = {&d.sig_term, &d.sig_int, &d.sig_hup};
