@@ -54,7 +54,7 @@ NODE_SRC   := $(LEDGER_SRC) $(wildcard consensus/*.c) $(wildcard rpc/*.c)
 NODE_OBJ   := $(patsubst %.c,$(BUILD)/%.o,$(NODE_SRC)) $(BUILD)/proto/tally.pb-c.o
 LEDGER_LIB := $(BUILD)/libtally_node.a
 # libtally: the client library (static and shared) and its pkg-config file.
-CLIENT_SRC := rpc/client.c rpc/connect.c rpc/frame.c rpc/keys.c rpc/tls.c rpc/units.c ledger/arena.c ledger/error.c
+CLIENT_SRC := rpc/client.c rpc/bytes.c rpc/connect.c rpc/frame.c rpc/keys.c rpc/tls.c rpc/units.c ledger/arena.c ledger/error.c
 CLIENT_PIC := $(patsubst %.c,$(BUILD)/pic/%.o,$(CLIENT_SRC)) $(BUILD)/pic/proto/tally.pb-c.o
 CLIENT_A   := $(BUILD)/libtally.a
 CLIENT_SO  := $(BUILD)/libtally.so
@@ -146,9 +146,9 @@ $(LOSTWRITES): jepsen/lostwrites.c
 SIM_CHECK_SEEDS ?= 300
 SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001 --seeds 10 --twice"
 
-check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(PY_PB) $(SIM_BIN)
+check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(PY_PB) $(SIM_BIN) $(CLIENT_SO)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py tests/test_packaging.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py tests/test_packaging.py tests/test_python_client.py; do \
 		echo "== $$py"; \
 		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \
@@ -220,7 +220,8 @@ BENCH_COMPARE_OUT := $(if $(filter 1,$(BENCH_COMPARE_PUBLISH)),--out docs/bench 
 bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
 	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-compare/run $(BENCH_COMPARE_OUT) $(BENCH_COMPARE_ARGS)
 
-demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN)
+demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN) \
+      $(CLIENT_SO) $(PY_PB)
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
 
 # Fuzzing with libFuzzer (tests/fuzz/README.md): the node's code built by clang into
@@ -274,17 +275,21 @@ deps:
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PACKAGES)
 
 # make install [PREFIX=/usr/local] [SYSCONFDIR=/etc] [DESTDIR=staging]: the programs,
-# libtally (static, shared, headers, pkg-config), the systemd unit and the tally user
-# (sysusers.d), and a sample configuration (README: Installing as a service).
+# libtally (static, shared, headers, pkg-config), the Python package tally, the
+# systemd unit and the tally user (sysusers.d), and a sample configuration (README:
+# Installing as a service).
 SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+PYTHONDIR  ?= $(PREFIX)/lib/python3/dist-packages
 INSTALL_BIN := $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs \
                $(BUILD)/tools/tally-check $(AUDIT_BIN)
 
-install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO) $(INSTALL_BIN)
+install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO) $(INSTALL_BIN) $(PY_PB)
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
-		$(DESTDIR)$(SYSCONFDIR)/tally
+		$(DESTDIR)$(SYSCONFDIR)/tally $(DESTDIR)$(PYTHONDIR)/tally
+	install -m 644 clients/python/tally/__init__.py $(DESTDIR)$(PYTHONDIR)/tally/
+	install -m 644 $(PY_PB) $(DESTDIR)$(PYTHONDIR)/
 	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/
 	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
 		tools/service/tallyd.service.in > $(DESTDIR)$(UNITDIR)/tallyd.service

@@ -146,10 +146,3 @@ void result_ok(Tally__V1__CommandResult *r, const Tally__V1__Account *acct)
 		r->held = acct->held;
 	}
 }
-
-const char *tally_result_name(Tally__V1__ResultCode code)
-{
-	const ProtobufCEnumValue *v =
-		protobuf_c_enum_descriptor_get_value(&tally__v1__result_code__descriptor, code);
-	return v != NULL ? v->name : "UNKNOWN";
-}

@@ -1,4 +1,5 @@
 #include "ledger/error.h"
+#include "ledger/ledger.h"
 
 static const char *const error_messages[TALLY_ERROR_COUNT] = {
 	[TALLY_OK] = "success",
@@ -20,4 +21,13 @@ const char *tally_strerror(int code)
 	if (code < 0 || code >= TALLY_ERROR_COUNT)
 		return "unknown error";
 	return error_messages[code];
+}
+
+/* Here, not with the ledger's code, so that libtally (which has this file and not
+ * the ledger) has it too: its client and tools name result codes. */
+const char *tally_result_name(Tally__V1__ResultCode code)
+{
+	const ProtobufCEnumValue *v =
+		protobuf_c_enum_descriptor_get_value(&tally__v1__result_code__descriptor, code);
+	return v != NULL ? v->name : "UNKNOWN";
 }

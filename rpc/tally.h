@@ -126,6 +126,17 @@ Tally__V1__ResultCode tally_client_query(struct tally_client *c, const Tally__V1
 Tally__V1__ResultCode tally_client_admin(struct tally_client *c, const Tally__V1__Admin *a,
 					 struct tally_arena *arena, Tally__V1__Response **res);
 
+/* For bindings (clients/python): `request` is a serialized tally.v1.Request whose
+ * body is a command, a batch, a query or an admin request; it runs as
+ * tally_client_command, _batch, _query or _admin would (the principal and call id are
+ * the client's own), with the same return codes, and on OK *answer holds the
+ * serialized CommandResult, BatchResult, QueryResult or Response (*answer_len bytes;
+ * release it with tally_client_free_bytes). INVALID_ARGUMENT: the bytes do not decode
+ * or the body is none of those; nothing was sent. */
+Tally__V1__ResultCode tally_client_call_bytes(struct tally_client *c, const void *request,
+					      size_t len, void **answer, size_t *answer_len);
+void tally_client_free_bytes(void *answer);
+
 /* Pipelining: send requests without waiting, then receive responses in any order,
  * matched by call id. tally_client_send assigns req->call_id, connects first when
  * needed and returns OK once the whole request is written (UNAVAILABLE: definitely

@@ -73,6 +73,9 @@ class PackagingTest(unittest.TestCase):
         with open(os.path.join(self.prefix, "lib", "sysusers.d", "tally.conf")) as f:
             self.assertRegex(f.read(), r"(?m)^u tally - ")
         self.assertTrue(os.path.isfile(os.path.join(self.etc, "tally", "tallyd.conf.example")))
+        py = os.path.join(self.prefix, "lib", "python3", "dist-packages")
+        for f in ("tally/__init__.py", "tally_pb2.py"):
+            self.assertTrue(os.path.isfile(os.path.join(py, f)), f)
         for h in ("rpc/tally.h", "rpc/units.h"):
             self.assertTrue(os.path.isfile(os.path.join(self.prefix, "include", "tally", h)), h)
 

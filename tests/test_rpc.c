@@ -1639,6 +1639,46 @@ static void test_client_wait_says_when_an_answer_can_be_taken(void **state)
 	tally_arena_free(&arena);
 }
 
+/* tally_client_call_bytes refuses what it cannot run, before sending anything: bytes
+ * that are no Request, and a Request whose body is not a call (a Hello). A command in
+ * bytes goes out and its answer comes back serialized. */
+static void test_client_call_bytes_refuses_what_it_cannot_run(void **state)
+{
+	(void)state;
+	struct fake f;
+	fake_start_n(&f, FAKE_REVERSED, 1);
+	struct tally_client *c = client_open(f.address, SECRET, 2000, CODE(OK));
+	void *answer = (void *)1;
+	size_t len = 99;
+	const uint8_t garbage[] = {0xff, 0xff, 0xff};
+	assert_int_equal(tally_client_call_bytes(c, garbage, sizeof(garbage), &answer, &len),
+			 CODE(INVALID_ARGUMENT));
+	assert_null(answer);
+	assert_int_equal(len, 0);
+	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+	Tally__V1__Hello hello = TALLY__V1__HELLO__INIT;
+	req.body_case = TALLY__V1__REQUEST__BODY_HELLO;
+	req.hello = &hello;
+	uint8_t buf[256];
+	size_t n = tally__v1__request__pack(&req, buf);
+	assert_int_equal(tally_client_call_bytes(c, buf, n, &answer, &len), CODE(INVALID_ARGUMENT));
+	struct tally_arena arena;
+	tally_arena_init(&arena, 4096, 0);
+	req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+	req.command = accrue(&arena, 7);
+	n = tally__v1__request__pack(&req, buf);
+	assert_int_equal(tally_client_call_bytes(c, buf, n, &answer, &len), CODE(OK));
+	Tally__V1__CommandResult *r = tally__v1__command_result__unpack(NULL, len, answer);
+	assert_non_null(r);
+	assert_int_equal(r->points, 7);
+	tally__v1__command_result__free_unpacked(r, NULL);
+	tally_client_free_bytes(answer);
+	tally_client_close(c);
+	fake_join(&f);
+	assert_int_equal(f.requests, 1); /* the command alone reached the node */
+	tally_arena_free(&arena);
+}
+
 /* Sends n accrues (points 1..n) pipelined through c; their call ids in ids. */
 static void pipeline_send(struct tally_client *c, struct tally_arena *arena, int n, uint64_t *ids)
 {
@@ -1866,6 +1906,7 @@ int main(void)
 		cmocka_unit_test(test_client_open_rejects_bad_options),
 		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
 		cmocka_unit_test(test_client_wait_says_when_an_answer_can_be_taken),
+		cmocka_unit_test(test_client_call_bytes_refuses_what_it_cannot_run),
 		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
 		cmocka_unit_test(test_client_pipelined_answers_match_while_an_old_call_stays_due),
 		cmocka_unit_test(test_tallyctl_exits_4_only_for_an_unknown_outcome),
