@@ -99,7 +99,7 @@ $(BUILD)/proto/tally.pb-c.o: $(PROTO_C)
 	$(CC) $(CFLAGS) -Wno-missing-prototypes -c $< -o $@
 
 HEADERS := $(PROTO_H) $(wildcard ledger/*.h) $(wildcard consensus/*.h) $(wildcard rpc/*.h) \
-           $(wildcard tests/*.h) $(wildcard tools/audit/*.h)
+           $(wildcard tests/*.h) $(wildcard tools/audit/*.h) $(wildcard tools/ctl/*.h)
 
 $(BUILD)/pic/proto/tally.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)
@@ -130,6 +130,11 @@ $(BUILD)/tests/test_books: $(BUILD)/tests/test_books.o $(AUDIT_LIB_OBJ) $(TEST_U
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_UTIL) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ -lcmocka $(LDLIBS)
 
+# tallyctl's import is a file of its own (tools/ctl/).
+CTL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/ctl/*.c))
+$(BUILD)/tools/tallyctl: $(BUILD)/tools/tallyctl.o $(CTL_OBJ) $(LEDGER_LIB)
+	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
+
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
 
@@ -148,7 +153,7 @@ SIM_RUNS := "--seeds $(SIM_CHECK_SEEDS)" "--seeds 100 --nodes 5" "--first 900001
 
 check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(PY_PB) $(SIM_BIN) $(CLIENT_SO)
 	@set -e; pass=0; fail=0; \
-	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py tests/test_packaging.py tests/test_python_client.py; do \
+	for py in jepsen/test_check.py jepsen/test_lostwrites.py jepsen/test_run.py tests/test_hostile.py tests/test_audit.py tests/test_metrics.py tests/test_packaging.py tests/test_python_client.py tests/test_import.py; do \
 		echo "== $$py"; \
 		if TALLY_BUILD=$(abspath $(BUILD)) python3 $$py; then pass=$$((pass+1)); else fail=$$((fail+1)); echo "FAILED: $$py"; fi; \
 	done; \

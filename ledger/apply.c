@@ -34,6 +34,7 @@ static const handler_fn handlers[] = {
 	[TALLY__V1__COMMAND__BODY_CONFIRM_SETTLEMENT] = do_confirm_settlement,
 	[TALLY__V1__COMMAND__BODY_ADJUST] = do_adjust,
 	[TALLY__V1__COMMAND__BODY_EXPIRE] = do_expire,
+	[TALLY__V1__COMMAND__BODY_IMPORT_POINTS] = do_import_points,
 };
 
 #define HANDLERS_N (sizeof(handlers) / sizeof(handlers[0]))

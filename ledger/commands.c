@@ -141,11 +141,13 @@ static int finish(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__Accou
 	return rc;
 }
 
-/* Gives fresh points (accrual, positive adjustment) as a lot under the brand policy. */
-static int credit(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
-		  int64_t points, Tally__V1__SystemAccount from)
+/* Gives fresh points as a lot expiring at `expiry` (0: never), from system account
+ * `from`. */
+static int credit_lot(struct apply *a, Tally__V1__Account *acct, int64_t expiry, int64_t points,
+		      Tally__V1__SystemAccount from)
 {
-	int64_t expiry = lot_expiry(a, b);
+	assert(points > 0 && expiry >= 0);
+	assert(acct->available <= TALLY_BALANCE_MAX - points);
 	int rc = lot_give(a, acct, expiry, points);
 	if (rc == 0)
 		rc = lot_move(a, expiry, points);
@@ -156,6 +158,13 @@ static int credit(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account
 	if (rc == 0)
 		rc = post_system(a, acct->brand, from, NULL, -points);
 	return rc;
+}
+
+/* Gives fresh points (accrual, positive adjustment) as a lot under the brand policy. */
+static int credit(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
+		  int64_t points, Tally__V1__SystemAccount from)
+{
+	return credit_lot(a, acct, lot_expiry(a, b), points, from);
 }
 
 /* Spends points FEFO (redemption, negative adjustment) into system account `to`. */
@@ -432,6 +441,43 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	rc = credit(a, b, acct, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
 	if (rc == 0)
 		rc = qualify(a, b, acct, a->today, m->points);
+	return rc != 0 ? rc : finish(a, r, acct, m->points, 0);
+}
+
+/* The expiry an imported lot may keep: never (0), or after the batch and before the
+ * year 10000. A balance that expired at its source is not brought over. */
+static int check_import_expiry(struct apply *a, Tally__V1__CommandResult *r, int64_t expires_ms)
+{
+	if (expires_ms < 0 || expires_ms > TALLY_IMPORT_EXPIRY_MAX_MS)
+		return reject(a, r, CODE(INVALID_ARGUMENT),
+			      "expires_ms: must be 0 (never) or a time up to %lld",
+			      (long long)TALLY_IMPORT_EXPIRY_MAX_MS);
+	if (expires_ms != 0 && expires_ms <= a->now_ms)
+		return reject(a, r, CODE(INVALID_ARGUMENT),
+			      "expires_ms: %lld is not after the batch time %lld (the points have "
+			      "expired already)", (long long)expires_ms, (long long)a->now_ms);
+	return 0;
+}
+
+int do_import_points(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
+{
+	const Tally__V1__ImportPoints *m = c->import_points;
+	Tally__V1__Brand *b;
+	Tally__V1__Account *acct;
+	assert(m != NULL && c->principal->role == TALLY__V1__ROLE__ADMIN);
+	int rc = check_text(a, r, "reference", m->reference, 0);
+	if (rc == 0 && !REJECTED(r))
+		rc = check_import_expiry(a, r, m->expires_ms);
+	if (rc == 0 && !REJECTED(r))
+		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
+	if (rc != 0 || REJECTED(r))
+		return rc;
+	if (acct->available > TALLY_BALANCE_MAX - m->points)
+		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
+			      (long long)TALLY_BALANCE_MAX);
+	if (!lot_room(acct, m->expires_ms))
+		return lots_full(a, r, m->member);
+	rc = credit_lot(a, acct, m->expires_ms, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
 	return rc != 0 ? rc : finish(a, r, acct, m->points, 0);
 }
 

@@ -310,6 +310,7 @@ int do_update_brand(struct apply *, const Tally__V1__Command *, Tally__V1__Comma
 int do_open_member(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_update_member(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_accrue(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_import_points(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_redeem(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_hold(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_capture(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);

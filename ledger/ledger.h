@@ -35,6 +35,7 @@
  *   settle                 x                      x                       either brand (admin: both)
  *   confirm_settlement     x                      x                       the payee brand
  *   adjust                 x                                              the brand
+ *   import_points          x                                              the brand
  *   expire                 x                           x                  (none)
  *   queries                x     x    x    x      x       x       x       the brand asked about (1)
  *
@@ -74,6 +75,7 @@
 
 #define TALLY_POINTS_MAX 1000000000000LL      /* per command */
 #define TALLY_BALANCE_MAX 4000000000000000000LL /* any account, any counter */
+#define TALLY_IMPORT_EXPIRY_MAX_MS 253402300799999LL /* 9999-12-31T23:59:59.999Z */
 #define TALLY_REQUEST_ID_BYTES_MAX 64
 #define TALLY_KEY_NAME_BYTES_MAX 64
 #define TALLY_BRAND_ID_BYTES_MAX 32

@@ -271,6 +271,13 @@ static Tally__V1__Command *b_expire(struct fx *f, const struct world *w,
 	return c_expire(f, p);
 }
 
+static Tally__V1__Command *b_import(struct fx *f, const struct world *w,
+				    const Tally__V1__Principal *p, int i)
+{
+	(void)w, (void)i;
+	return c_import(f, p, "b1", "m1", 5, 0);
+}
+
 struct row {
 	const char *name;
 	unsigned allowed;
@@ -298,6 +305,7 @@ static const struct row matrix[] = {
 	{"confirm_settlement", A | P, b_confirm, TALLY__V1__COMMAND__BODY_CONFIRM_SETTLEMENT},
 	{"adjust", A, b_adjust, TALLY__V1__COMMAND__BODY_ADJUST},
 	{"expire", A | S, b_expire, TALLY__V1__COMMAND__BODY_EXPIRE},
+	{"import_points", A, b_import, TALLY__V1__COMMAND__BODY_IMPORT_POINTS},
 };
 
 #define N_ROWS (sizeof(matrix) / sizeof(matrix[0]))
@@ -365,6 +373,7 @@ ROW_TEST(test_matrix_settle_by_admin_and_partner, 14)
 ROW_TEST(test_matrix_confirm_settlement_by_admin_and_partner, 15)
 ROW_TEST(test_matrix_adjust_only_admin, 16)
 ROW_TEST(test_matrix_expire_by_admin_and_system, 17)
+ROW_TEST(test_matrix_import_points_only_admin, 18)
 
 /* The early check exported for the RPC layer agrees with the matrix (reverse: the
  * union of its two rows, refined in apply). */
@@ -805,6 +814,7 @@ int main(void)
 		cmocka_unit_test(test_matrix_confirm_settlement_by_admin_and_partner),
 		cmocka_unit_test(test_matrix_adjust_only_admin),
 		cmocka_unit_test(test_matrix_expire_by_admin_and_system),
+		cmocka_unit_test(test_matrix_import_points_only_admin),
 		cmocka_unit_test(test_role_allows_agrees_with_the_matrix),
 		cmocka_unit_test(test_matrix_queries_by_every_role),
 		cmocka_unit_test(test_auditor_cannot_write_anything),

@@ -257,6 +257,60 @@ static void test_accrue_creates_lot_expiring_calendar_months_later_at_same_time_
 	fx_close(&f);
 }
 
+/* tallyctl import: a legacy balance keeps the expiry it had, is issued like an
+ * accrual (earned, from issuance) but not counted toward tiers, and its entry is the
+ * import command; it expires at that time like any lot. */
+static void test_import_keeps_the_original_expiry_and_marks_the_entry(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 24);
+	int64_t legacy = utc(2026, 1, 20, 0, 0, 0); /* not 24 months from now: its own date */
+	Tally__V1__CommandResult *r = ok(&f, c_import(&f, admin(&f), "b", "m1", 500, legacy));
+	assert_int_equal(r->points, 500);
+	Tally__V1__Entry *e = entry_at(&f, r->entry_seq);
+	assert_int_equal(e->command->body_case, TALLY__V1__COMMAND__BODY_IMPORT_POINTS);
+	assert_string_equal(e->command->import_points->reference, "legacy-crm");
+	assert_lot_move(e, 0, legacy, 500);
+	ok(&f, c_import(&f, admin(&f), "b", "m1", 70, 0)); /* never expires */
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->available, 570);
+	assert_int_equal(a->earned, 570);
+	assert_int_equal(a->qualifying, 0);
+	assert_int_equal(lot_points(a, legacy), 500);
+	assert_int_equal(lot_points(a, 0), 70);
+	f.now_ms = legacy;
+	ok(&f, c_expire(&f, timer(&f)));
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->available, 70);
+	assert_int_equal(a->expired, 500);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+/* An import that cannot be taken is refused with the reason and writes nothing. */
+static void test_import_refusals_change_nothing(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 24);
+	struct tally_digest before = digest(&f);
+	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, f.now_ms), CODE(INVALID_ARGUMENT));
+	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, f.now_ms - 1), CODE(INVALID_ARGUMENT));
+	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, -1), CODE(INVALID_ARGUMENT));
+	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, TALLY_IMPORT_EXPIRY_MAX_MS + 1),
+	       CODE(INVALID_ARGUMENT));
+	expect(&f, c_import(&f, admin(&f), "b", "m1", 0, 0), CODE(INVALID_ARGUMENT));
+	expect(&f, c_import(&f, admin(&f), "b", "nobody", 10, 0), CODE(UNKNOWN_MEMBER));
+	expect(&f, c_import(&f, admin(&f), "x", "m1", 10, 0), CODE(UNKNOWN_BRAND));
+	expect(&f, c_import(&f, dealer(&f), "b", "m1", 10, 0), CODE(PERMISSION_DENIED));
+	assert_unchanged(&f, &before);
+	assert_int_equal(available(&f, "b", "m1"), 0);
+	fx_close(&f);
+}
+
 static void test_accrue_expiry_clamps_to_month_end_and_knows_leap_years(void **state)
 {
 	(void)state;
@@ -2076,6 +2130,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_accrue_creates_lot_expiring_calendar_months_later_at_same_time_of_day),
 		cmocka_unit_test(test_accrue_expiry_clamps_to_month_end_and_knows_leap_years),
+		cmocka_unit_test(test_import_keeps_the_original_expiry_and_marks_the_entry),
+		cmocka_unit_test(test_import_refusals_change_nothing),
 		cmocka_unit_test(test_accrue_in_brand_without_expiry_creates_lot_that_never_expires),
 		cmocka_unit_test(test_accrue_adds_qualifying_points_and_raises_tier),
 		cmocka_unit_test(test_tier_falls_when_points_leave_window_on_expire_command),

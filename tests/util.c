@@ -281,6 +281,20 @@ Tally__V1__Command *c_adjust(struct fx *f, const Tally__V1__Principal *p, const 
 	return c;
 }
 
+Tally__V1__Command *c_import(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			     const char *member, int64_t points, int64_t expires_ms)
+{
+	Tally__V1__Command *c = cmd_new(f, p, NULL);
+	BODY(f, c, import_points, Tally__V1__ImportPoints, tally__v1__import_points__init,
+	     IMPORT_POINTS);
+	m->brand = sdup(f, brand);
+	m->member = sdup(f, member);
+	m->points = points;
+	m->expires_ms = expires_ms;
+	m->reference = sdup(f, "legacy-crm");
+	return c;
+}
+
 Tally__V1__Command *c_expire(struct fx *f, const Tally__V1__Principal *p)
 {
 	Tally__V1__Command *c = cmd_new(f, p, NULL);

@@ -70,6 +70,8 @@ Tally__V1__Command *c_confirm(struct fx *f, const Tally__V1__Principal *p, uint6
 Tally__V1__Command *c_adjust(struct fx *f, const Tally__V1__Principal *p, const char *brand,
 			     const char *member, int64_t points, const char *reason);
 Tally__V1__Command *c_expire(struct fx *f, const Tally__V1__Principal *p);
+Tally__V1__Command *c_import(struct fx *f, const Tally__V1__Principal *p, const char *brand,
+			     const char *member, int64_t points, int64_t expires_ms);
 
 /* Applies the commands as one batch at f->now_ms; results valid until the next apply. */
 Tally__V1__CommandResult **apply_n(struct fx *f, Tally__V1__Command **cmds, size_t n);

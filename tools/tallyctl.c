@@ -37,6 +37,7 @@
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 #include "rpc/units.h"
+#include "tools/ctl/import.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define FLAGS_MAX 16
@@ -884,6 +885,10 @@ static int parse(int argc, char **argv, struct ctl *c)
 	if (c->help)
 		return EXIT_DONE;
 	for (; i < argc; i++) {
+		if (strncmp(argv[i], "--", 2) != 0 && c->n_words < 2) { /* import's FILE */
+			c->words[c->n_words++] = argv[i];
+			continue;
+		}
 		if (strncmp(argv[i], "--", 2) != 0 || c->n_flags == FLAGS_MAX)
 			return usage("expected --flag value");
 		c->names[c->n_flags] = argv[i] + 2;
@@ -914,6 +919,14 @@ static int connect_cluster(struct ctl *c)
 	/* Nothing was sent yet: never an unknown outcome. */
 	return rc == CODE(UNAUTHENTICATED) ? EXIT_REJECTED
 	       : rc == CODE(INVALID_ARGUMENT) ? EXIT_USAGE : EXIT_UNAVAILABLE;
+}
+
+static int cmd_import(struct ctl *c)
+{
+	const char *brand = need(c, "brand");
+	if (c->n_words != 2)
+		return usage("import --brand B FILE.csv");
+	return ctl_import(c->client, brand, c->words[1], c->json);
 }
 
 /* Each command: what runs it, its usage and what it does (`tallyctl --help` lists them
@@ -970,6 +983,15 @@ static const struct {
 	{"settlements", cmd_settlements, "settlements [--brands A,B]", "Settlements, with their net and cut-off."},
 	{"digest", cmd_digest, "digest [--stale]",
 	 "The journal's size and Merkle root, the state digest and ledger time."},
+	{"import", cmd_import, "import --brand B FILE.csv",
+	 "Imports legacy balances, one line each: member,points,expiry,segment[,reference].\n"
+	 "expiry is a date (good through that day, UTC), an RFC 3339 time, or empty (never);\n"
+	 "the member is opened when new. 1,000 lines to a request; each line's request ids\n"
+	 "come from the file's SHA-256 and its number, so a line is applied once however\n"
+	 "often it is sent. FILE.import remembers how far it got: the same command again\n"
+	 "resumes there. Refused lines go to FILE.rejected.csv with the reason (exit 1).\n"
+	 "An admin key; the points are issued as lots that keep their expiry, and each\n"
+	 "journal entry is an import."},
 	{"status", cmd_status, "status", "The cluster: nodes, roles, the leader, terms and applied indices."},
 	{"cluster", cmd_cluster, "cluster add --id N --address RAFT|CLIENT | assign --id N --role voter|standby|spare\n"
 		    "        | remove --id N | transfer [--id N]",

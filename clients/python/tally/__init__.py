@@ -279,6 +279,12 @@ class Client:
         return self._cmd("accrue", request_id, brand=brand, member=member, points=points,
                          reason=reason, reference=reference)
 
+    def import_points(self, brand, member, points, expires_ms=0, reference=None,
+                      request_id=None):
+        """A legacy balance as one lot keeping its expiry (0: never); an admin key."""
+        return self._cmd("import_points", request_id, brand=brand, member=member, points=points,
+                         expires_ms=expires_ms, reference=reference)
+
     def redeem(self, brand, member, points, reason=None, reference=None, request_id=None):
         return self._cmd("redeem", request_id, brand=brand, member=member, points=points,
                          reason=reason, reference=reference)
