@@ -141,6 +141,20 @@ static int finish(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__Accou
 	return rc;
 }
 
+/* Whether the account can take `points` more as a lot expiring at `expiry`: under the
+ * balance limit, and a lot to put them in. */
+static int credit_room(struct apply *a, Tally__V1__CommandResult *r,
+		       const Tally__V1__Account *acct, int64_t points, int64_t expiry)
+{
+	assert(points > 0);
+	if (acct->available > TALLY_BALANCE_MAX - points)
+		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
+			      (long long)TALLY_BALANCE_MAX);
+	if (!lot_room(acct, expiry))
+		return lots_full(a, r, acct->member);
+	return 0;
+}
+
 /* Gives fresh points as a lot expiring at `expiry` (0: never), from system account
  * `from`. */
 static int credit_lot(struct apply *a, Tally__V1__Account *acct, int64_t expiry, int64_t points,
@@ -422,11 +436,9 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	if (acct->available > TALLY_BALANCE_MAX - m->points)
-		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
-			      (long long)TALLY_BALANCE_MAX);
-	if (!lot_room(acct, lot_expiry(a, b)))
-		return lots_full(a, r, m->member);
+	rc = credit_room(a, r, acct, m->points, lot_expiry(a, b));
+	if (rc != 0 || REJECTED(r))
+		return rc;
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
 		bool over;
 		rc = daily_use(a, DAILY_COMMUNITY, b->id, m->member, NULL, m->points,
@@ -472,11 +484,9 @@ int do_import_points(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	if (acct->available > TALLY_BALANCE_MAX - m->points)
-		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
-			      (long long)TALLY_BALANCE_MAX);
-	if (!lot_room(acct, m->expires_ms))
-		return lots_full(a, r, m->member);
+	rc = credit_room(a, r, acct, m->points, m->expires_ms);
+	if (rc != 0 || REJECTED(r))
+		return rc;
 	rc = credit_lot(a, acct, m->expires_ms, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
 	return rc != 0 ? rc : finish(a, r, acct, m->points, 0);
 }
@@ -512,11 +522,9 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (m->points > 0) {
-		if (acct->available > TALLY_BALANCE_MAX - points)
-			return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
-				      (long long)TALLY_BALANCE_MAX);
-		if (!lot_room(acct, lot_expiry(a, b)))
-			return lots_full(a, r, m->member);
+		rc = credit_room(a, r, acct, points, lot_expiry(a, b));
+		if (rc != 0 || REJECTED(r))
+			return rc;
 		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
 	} else {
 		if (acct->available < points)

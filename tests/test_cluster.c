@@ -1666,6 +1666,19 @@ static void test_sighup_reloads_keys_without_restart(void **state)
 	cluster_stop(&c);
 }
 
+/* Sends n member openings (ids PREFIX-0, PREFIX-1, ...) pipelined on cl. */
+static void pipeline_members(struct cluster *c, struct tally_client *cl, const char *prefix, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "%s-%d", prefix, i);
+		Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
+		rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+		rq.command = member_cmd(c, tally_arena_strdup(&c->arena, id));
+		assert_int_equal(tally_client_send(cl, &rq), CODE(OK));
+	}
+}
+
 /* More requests pipelined on one connection to the leader than a connection may have
  * in the node (1024, rpc/server.c): the node stops reading it until answers go out
  * (counted in tally_connection_reads_paused_total), and every request is answered. */
@@ -1676,14 +1689,7 @@ static void assert_pipelining_is_throttled_not_refused(struct cluster *c, int le
 	client_addr(c, leader, addr, sizeof(addr));
 	struct tally_client *cl = connect_to(c, addr, "admin", secret_of("admin"));
 	double paused = metric(c, leader, "tally_connection_reads_paused_total");
-	for (int i = 0; i < PIPELINED; i++) {
-		char id[32];
-		snprintf(id, sizeof(id), "piped-%d", i);
-		Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
-		rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
-		rq.command = member_cmd(c, tally_arena_strdup(&c->arena, id));
-		assert_int_equal(tally_client_send(cl, &rq), CODE(OK));
-	}
+	pipeline_members(c, cl, "piped", PIPELINED);
 	int ok = 0, elsewhere = 0;
 	for (int i = 0; i < PIPELINED; i++) {
 		Tally__V1__Response *res = NULL;
@@ -1708,14 +1714,7 @@ static void assert_wait_sees_answers_held_in_tls(struct cluster *c, int leader)
 	client_addr(c, leader, addr, sizeof(addr));
 	struct tally_client *cl = connect_to(c, addr, "admin", secret_of("admin"));
 	double applied = metric(c, leader, "tally_commands_total");
-	for (int i = 0; i < PIPELINED; i++) {
-		char id[32];
-		snprintf(id, sizeof(id), "waited-%d", i);
-		Tally__V1__Request rq = TALLY__V1__REQUEST__INIT;
-		rq.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
-		rq.command = member_cmd(c, tally_arena_strdup(&c->arena, id));
-		assert_int_equal(tally_client_send(cl, &rq), CODE(OK));
-	}
+	pipeline_members(c, cl, "waited", PIPELINED);
 	int64_t deadline = now_ms() + HANG_MS;
 	while (metric(c, leader, "tally_commands_total") < applied + PIPELINED) {
 		if (now_ms() > deadline)

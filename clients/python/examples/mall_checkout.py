@@ -12,7 +12,7 @@ again after a crash is answered from the ledger, not applied twice.
 import argparse
 import sys
 
-from tally import Client, Rejected, Unavailable, UnknownOutcome, money
+from tally import Client, Rejected, money, run
 
 
 def main():
@@ -22,43 +22,32 @@ def main():
     ap.add_argument("--order", default="order-8812")
     ap.add_argument("--points", type=int, default=1500)
     a = ap.parse_args()
-    try:
-        with Client() as t:
-            worth = t.brand(a.brand)
-            def show(what, r):
-                print("  %-28s entry %-4d available %d (%s), held %d" % (
-                    what, r.entry_seq, r.available,
-                    money(r.available * worth.point_value_micros, worth.currency), r.held))
-            order = a.order
-            hold = t.hold(a.brand, a.member, a.points, timeout_s=7 * 24 * 3600, reference=order,
-                          request_id=order + "-hold")
-            show("hold %d for %s" % (hold.hold_id, order), hold)
-            shipped = t.capture(hold.hold_id, points=a.points * 4 // 5,
-                                request_id=order + "-capture")
-            show("captured %d at shipment" % shipped.points, shipped)
-            extra = t.hold(a.brand, a.member, 100, reference=order + "-giftwrap",
-                           request_id=order + "-hold-2")
-            show("hold %d for gift wrap" % extra.hold_id, extra)
-            show("gift wrap cancelled", t.void(extra.hold_id, request_id=order + "-void"))
-            back = t.refund(shipped.entry_seq, points=shipped.points // 4, reason="item returned",
-                            request_id=order + "-refund")
-            show("refunded %d for a return" % back.points, back)
-            try:
-                t.redeem(a.brand, a.member, 10 ** 9, request_id=order + "-too-much")
-            except Rejected as e:
-                print("  a redemption beyond the balance is refused: %s" % e)
-    except Rejected as e:
-        print("refused: %s" % e, file=sys.stderr)
-        return 1
-    except Unavailable as e:
-        print("not applied (the cluster is unavailable): %s" % e, file=sys.stderr)
-        return 3
-    except UnknownOutcome as e:
-        print("outcome unknown: run again (request %s is applied at most once): %s" % (
-            e.request_id, e), file=sys.stderr)
-        return 4
-    return 0
+    with Client() as t:
+        worth = t.brand(a.brand)
+
+        def show(what, r):
+            print("  %-28s entry %-4d available %d (%s), held %d" % (
+                what, r.entry_seq, r.available,
+                money(r.available * worth.point_value_micros, worth.currency), r.held))
+        order = a.order
+        hold = t.hold(a.brand, a.member, a.points, timeout_s=7 * 24 * 3600, reference=order,
+                      request_id=order + "-hold")
+        show("hold %d for %s" % (hold.hold_id, order), hold)
+        shipped = t.capture(hold.hold_id, points=a.points * 4 // 5,
+                            request_id=order + "-capture")
+        show("captured %d at shipment" % shipped.points, shipped)
+        extra = t.hold(a.brand, a.member, 100, reference=order + "-giftwrap",
+                       request_id=order + "-hold-2")
+        show("hold %d for gift wrap" % extra.hold_id, extra)
+        show("gift wrap cancelled", t.void(extra.hold_id, request_id=order + "-void"))
+        back = t.refund(shipped.entry_seq, points=shipped.points // 4, reason="item returned",
+                        request_id=order + "-refund")
+        show("refunded %d for a return" % back.points, back)
+        try:
+            t.redeem(a.brand, a.member, 10 ** 9, request_id=order + "-too-much")
+        except Rejected as e:
+            print("  a redemption beyond the balance is refused: %s" % e)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

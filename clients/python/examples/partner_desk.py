@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from tally import Client, Rejected, Unavailable, UnknownOutcome, money, rfc3339
+from tally import Client, money, rfc3339, run
 
 
 def main():
@@ -22,37 +22,24 @@ def main():
     ap.add_argument("--points", type=int, required=True)
     ap.add_argument("--id", default="desk-1", help="request ids start with this")
     a = ap.parse_args()
-    try:
-        with Client() as t:
-            x = t.exchange(a.src, a.dst, a.member, a.points, request_id=a.id + "-exchange")
-            print("  exchanged %d %s points of %s: %d %s points (entry %d)" % (
-                a.points, a.src, a.member, x.points, a.dst, x.entry_seq))
-            # The cut-off: now, after the exchange was applied. It must be in the past
-            # when the ledger settles, so the settlement goes a millisecond later.
-            until_ms = int(time.time() * 1000)
-            while int(time.time() * 1000) <= until_ms:
-                time.sleep(0.001)
-            s = t.settle(a.src, a.dst, until_ms, request_id=a.id + "-settle")
-            (st,) = [x for x in t.settlements(a.src, a.dst) if x.id == s.settlement_id]
-            currency = t.brand(a.dst).currency
-            print("  settlement %d up to %s: %d obligations, %s pays %s %s" % (
-                st.id, rfc3339(st.until_ms), st.count, st.payer, st.payee,
-                money(st.net_micros, currency)))
-            t.confirm_settlement(st.id, request_id=a.id + "-confirm")
-            print("  settlement %d confirmed by %s" % (st.id, st.payee))
-    except Rejected as e:
-        print("refused: %s" % e, file=sys.stderr)
-        return 1
-    except Unavailable as e:
-        print("not applied (the cluster is unavailable): %s" % e, file=sys.stderr)
-        return 3
-    except UnknownOutcome as e:
-        print("outcome unknown: run again (request %s is applied at most once): %s" % (
-            e.request_id, e), file=sys.stderr)
-        return 4
-    return 0
-
+    with Client() as t:
+        x = t.exchange(a.src, a.dst, a.member, a.points, request_id=a.id + "-exchange")
+        print("  exchanged %d %s points of %s: %d %s points (entry %d)" % (
+            a.points, a.src, a.member, x.points, a.dst, x.entry_seq))
+        # The cut-off: now, after the exchange was applied. It must be in the past
+        # when the ledger settles, so the settlement goes a millisecond later.
+        until_ms = int(time.time() * 1000)
+        while int(time.time() * 1000) <= until_ms:
+            time.sleep(0.001)
+        s = t.settle(a.src, a.dst, until_ms, request_id=a.id + "-settle")
+        (st,) = [x for x in t.settlements(a.src, a.dst) if x.id == s.settlement_id]
+        currency = t.brand(a.dst).currency
+        print("  settlement %d up to %s: %d obligations, %s pays %s %s" % (
+            st.id, rfc3339(st.until_ms), st.count, st.payer, st.payee,
+            money(st.net_micros, currency)))
+        t.confirm_settlement(st.id, request_id=a.id + "-confirm")
+        print("  settlement %d confirmed by %s" % (st.id, st.payee))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

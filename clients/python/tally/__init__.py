@@ -35,7 +35,7 @@ import uuid
 import tally_pb2 as pb
 
 __all__ = ["Client", "TallyError", "Rejected", "Unavailable", "UnknownOutcome", "pb", "money",
-           "rfc3339"]
+           "rfc3339", "run"]
 
 Code = pb.ResultCode
 _ERR_BYTES = 512
@@ -94,6 +94,26 @@ def _load(path=None):
     lib.tally_client_free_bytes.argtypes = [ctypes.c_void_p]
     lib.tally_client_free_bytes.restype = None
     return lib
+
+
+def run(main):
+    """Runs main() for a command-line program and returns its exit status the way
+    tallyctl's are: main's own (0 when None), 1 refused, 3 not applied, 4 outcome
+    unknown (the request id to send again is printed); the reason goes to stderr."""
+    import sys
+    try:
+        rc = main()
+    except Rejected as e:
+        print("refused: %s" % e, file=sys.stderr)
+        return 1
+    except Unavailable as e:
+        print("not applied (the cluster is unavailable): %s" % e, file=sys.stderr)
+        return 3
+    except UnknownOutcome as e:
+        print("outcome unknown: run again (request %s is applied at most once): %s" % (
+            e.request_id, e), file=sys.stderr)
+        return 4
+    return rc or 0
 
 
 def read_key_file(path):
