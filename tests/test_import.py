@@ -30,7 +30,7 @@ dave,-5,2030-01-01,fan
 erin,10,2020-01-01,fan
 frank,10,2030-01-01,alien
 alice,200,2031-06-30,owner_passenger,crm-3
-"""
+""" + "gina,1,,fan," + "x" * 2000 + "\n"
 
 
 class ImportTest(unittest.TestCase):
@@ -65,16 +65,17 @@ class ImportTest(unittest.TestCase):
         with open(path, "w") as f:
             f.write(SMALL)
         out = json.loads(self.ctl("import", "--brand", "aurora", path, rc=1))
-        self.assertEqual((out["imported"], out["rejected"], out["lines"]), (4, 3, 8))
+        self.assertEqual((out["imported"], out["rejected"], out["lines"]), (4, 4, 9))
         with open(path + ".rejected.csv") as f:
             report = f.read().splitlines()
         self.assertEqual(report[0], "line,member,reason")
         reasons = {int(l.split(",")[0]): l for l in report[1:]}
-        self.assertEqual(sorted(reasons), [5, 6, 7])
+        self.assertEqual(sorted(reasons), [5, 6, 7, 9])
         self.assertIn("points: a whole number above 0", reasons[5])
         self.assertIn("INVALID_ARGUMENT: expires_ms", reasons[6])
         self.assertIn("expired already", reasons[6])
         self.assertIn("segment: unknown 'alien'", reasons[7])
+        self.assertIn("longer than 1024 bytes", reasons[9])
         self.assertEqual(self.available("aurora", "alice"), 2000)
         self.assertEqual(self.available("aurora", "bob"), 250)
         entries = json.loads(self.ctl("--key", "auditor", "entries", "--brand", "aurora"))["entries"]

@@ -352,8 +352,8 @@ static bool batch_read(struct import *im, FILE *f, unsigned long *no, struct lin
 	while (*n + *n_refused < IMPORT_BATCH_LINES && fgets(text, sizeof(text), f) != NULL) {
 		++*no;
 		size_t len = strlen(text);
-		bool whole = len > 0 && text[len - 1] == '\n';
-		if (!whole && !feof(f)) { /* too long: skip the rest of it */
+		bool too_long = (len == 0 || text[len - 1] != '\n') && !feof(f);
+		if (too_long) { /* skip the rest of it */
 			int ch;
 			while ((ch = fgetc(f)) != EOF && ch != '\n')
 				;
@@ -364,7 +364,7 @@ static bool batch_read(struct import *im, FILE *f, unsigned long *no, struct lin
 			continue;
 		struct refusal *r = &refused[*n_refused];
 		snprintf(r->member, sizeof(r->member), "%.*s", (int)strcspn(text, ","), text);
-		if (!whole && !feof(f))
+		if (too_long)
 			snprintf(r->why, sizeof(r->why), "longer than %d bytes", IMPORT_LINE_BYTES_MAX);
 		else if (line_parse(text, &lines[*n], r->why, sizeof(r->why))) {
 			lines[(*n)++].no = *no;
