@@ -126,14 +126,21 @@ static void fuzz_command(Tally__V1__Command *c, const uint8_t b[8], unsigned n,
 		c->body_case = TALLY__V1__COMMAND__BODY_REVERSE, c->reverse = m;
 		break;
 	}
-	default: {
+	default:
+		if (b[7] & 1) { /* half of the 10th kind: an import, its expiry past or to come */
+			Tally__V1__ImportPoints *m = tally_arena_alloc(&arena, sizeof(*m));
+			tally__v1__import_points__init(m);
+			m->brand = (char *)brand, m->member = (char *)member, m->points = points;
+			m->expires_ms = b[6] % 4 == 0 ? 0 : now_ms + ((int64_t)b[6] - 64) * 60000;
+			c->body_case = TALLY__V1__COMMAND__BODY_IMPORT_POINTS, c->import_points = m;
+			break;
+		}
 		Tally__V1__Transfer *m = tally_arena_alloc(&arena, sizeof(*m));
 		tally__v1__transfer__init(m);
 		m->brand = (char *)brand, m->from_member = (char *)member;
 		m->to_member = (char *)members[b[6] % 4], m->points = points;
 		c->body_case = TALLY__V1__COMMAND__BODY_TRANSFER, c->transfer = m;
 		break;
-	}
 	}
 }
 
