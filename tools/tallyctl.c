@@ -328,13 +328,12 @@ static int cmd_brand(struct ctl *c)
 
 static Tally__V1__Segment segment(const char *s)
 {
-	static const char *const names[] = {"", "owner_passenger", "owner_commercial", "fan",
-					    "prospect", "channel_partner"};
-	for (int i = 1; i < 6; i++)
-		if (strcmp(s, names[i]) == 0)
-			return (Tally__V1__Segment)i;
-	fprintf(stderr, "tallyctl: unknown segment %s\n", s);
-	exit(EXIT_USAGE);
+	Tally__V1__Segment seg = ctl_segment_named(s);
+	if (seg == TALLY__V1__SEGMENT__SEGMENT_UNSPECIFIED) {
+		fprintf(stderr, "tallyctl: unknown segment %s\n", s);
+		exit(EXIT_USAGE);
+	}
+	return seg;
 }
 
 static int cmd_member(struct ctl *c)

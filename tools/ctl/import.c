@@ -117,8 +117,7 @@ static int state_save(const struct import *im)
 
 /* ---- a line ----------------------------------------------------------------------- */
 
-/* The segment named in lower case ("owner_passenger"), or 0. */
-static Tally__V1__Segment segment_named(const char *s)
+Tally__V1__Segment ctl_segment_named(const char *s)
 {
 	char upper[32];
 	size_t n = strlen(s);
@@ -192,7 +191,7 @@ static bool line_parse(char *text, struct line *l, char *why, size_t cap)
 	}
 	if (!expiry_of(f[2], &l->expires_ms, why, cap))
 		return false;
-	if ((l->segment = segment_named(f[3])) == TALLY__V1__SEGMENT__SEGMENT_UNSPECIFIED) {
+	if ((l->segment = ctl_segment_named(f[3])) == TALLY__V1__SEGMENT__SEGMENT_UNSPECIFIED) {
 		snprintf(why, cap, "segment: unknown '%.32s'", f[3]);
 		return false;
 	}
@@ -264,15 +263,15 @@ static bool undecided(Tally__V1__ResultCode code)
 static int batch_send(struct import *im, struct tally_arena *a, Tally__V1__Command **cmds,
 		      size_t n, Tally__V1__CommandResult **results)
 {
-	size_t *todo = tally_arena_alloc(a, n * sizeof(*todo));
+	size_t *pending = tally_arena_alloc(a, n * sizeof(*pending));
 	Tally__V1__Command **send = tally_arena_alloc(a, n * sizeof(*send));
 	for (size_t i = 0; i < n; i++)
-		todo[i] = i;
+		pending[i] = i;
 	size_t left = n;
 	bool unknown = false;
 	for (int attempt = 0; attempt <= IMPORT_RETRIES && left > 0; attempt++) {
 		for (size_t k = 0; k < left; k++)
-			send[k] = cmds[todo[k]];
+			send[k] = cmds[pending[k]];
 		Tally__V1__BatchResult *br = NULL;
 		Tally__V1__ResultCode rc = tally_client_batch(im->client, send, left, a, &br);
 		unknown = rc == CODE(TIMEOUT);
@@ -283,9 +282,9 @@ static int batch_send(struct import *im, struct tally_arena *a, Tally__V1__Comma
 			Tally__V1__CommandResult *r = br->results[k];
 			unknown |= r->code == CODE(TIMEOUT);
 			if (undecided(r->code))
-				todo[keep++] = todo[k];
+				pending[keep++] = pending[k];
 			else
-				results[todo[k]] = r;
+				results[pending[k]] = r;
 		}
 		left = keep;
 	}

@@ -24,6 +24,10 @@
 #define IMPORT_LINE_BYTES_MAX 1024
 #define IMPORT_RETRIES 5 /* resends of commands whose outcome was not definite */
 
+/* The segment named in lower case ("owner_passenger"), or SEGMENT_UNSPECIFIED (0):
+ * for import's lines and tallyctl's --segment alike. */
+Tally__V1__Segment ctl_segment_named(const char *s);
+
 /* Runs the import; returns tallyctl's exit status: 0 every line imported (or there
  * already), 1 some lines refused (see the report), 2 the file cannot be read, 3 not
  * finished because the cluster did not answer (run it again to resume), 4 the same

@@ -261,20 +261,20 @@ class Client:
             if not c.request_id:
                 c.request_id = new_request_id()
         results = [None] * len(cmds)
-        todo = list(range(len(cmds)))
+        unanswered = list(range(len(cmds)))
         for attempt in range(self.retries + 1):
-            req = pb.Request(batch=pb.CommandList(commands=[cmds[i] for i in todo]))
+            req = pb.Request(batch=pb.CommandList(commands=[cmds[i] for i in unanswered]))
             rc, br = self._call(req, pb.BatchResult)
             if rc == Code.TIMEOUT and attempt < self.retries:
                 continue
             if rc != Code.OK:
                 exc = UnknownOutcome if rc == Code.TIMEOUT else Unavailable
                 raise exc(rc, br)
-            for i, r in zip(todo, br.results):
+            for i, r in zip(unanswered, br.results):
                 results[i] = r
-            todo = [i for i in todo if results[i].code in
+            unanswered = [i for i in unanswered if results[i].code in
                     (Code.NOT_LEADER, Code.UNAVAILABLE, Code.TIMEOUT)]
-            if not todo:
+            if not unanswered:
                 break
         return results
 
