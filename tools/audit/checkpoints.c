@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "rpc/files.h"
 #include "tools/audit/audit.h"
 
 /* The tree size a checkpoint file's name states; 0 when it is not one. */
@@ -114,10 +115,9 @@ uint64_t audit_checkpoint_last(const char *dir)
 int audit_checkpoint_save(const char *dir, const struct tally_checkpoint *c,
 			  const struct tally_checkpoint_proof *p, char *err, size_t errcap)
 {
-	char cdir[AUDIT_PATH_BYTES], path[AUDIT_PATH_BYTES + 64], tmp[AUDIT_PATH_BYTES + 64];
+	char cdir[AUDIT_PATH_BYTES], path[AUDIT_PATH_BYTES + 64];
 	snprintf(cdir, sizeof(cdir), "%s/checkpoints", dir);
 	snprintf(path, sizeof(path), "%s/%" PRIu64 ".json", cdir, c->tree_size);
-	snprintf(tmp, sizeof(tmp), "%s/.%" PRIu64 ".json.tmp", cdir, c->tree_size);
 	if (mkdir(cdir, 0755) != 0 && errno != EEXIST) {
 		snprintf(err, errcap, "%s: %s", cdir, strerror(errno));
 		return -1;
@@ -125,14 +125,19 @@ int audit_checkpoint_save(const char *dir, const struct tally_checkpoint *c,
 	struct stat st;
 	if (stat(path, &st) == 0)
 		return 0; /* a checkpoint of this size is kept: its proof links it to the one before */
-	FILE *f = fopen(tmp, "w");
-	if (f != NULL) {
-		tally_checkpoint_write_json(c, p, f);
-		bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-		if (fclose(f) == 0 && ok && rename(tmp, path) == 0)
-			return 0;
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (f == NULL) {
+		snprintf(err, errcap, "%s: %s", path, strerror(errno));
+		return -1;
 	}
-	snprintf(err, errcap, "%s: %s", path, strerror(errno));
-	unlink(tmp);
-	return -1;
+	tally_checkpoint_write_json(c, p, f);
+	int rc = -1;
+	if (fclose(f) == 0)
+		rc = tally_file_replace(path, text, len, err, errcap);
+	else
+		snprintf(err, errcap, "%s: out of memory", path);
+	free(text);
+	return rc;
 }

@@ -16,6 +16,7 @@
 
 #include "ledger/arena.h"
 #include "ledger/ledger.h"
+#include "rpc/files.h"
 #include "rpc/json.h"
 #include "rpc/units.h"
 
@@ -101,18 +102,16 @@ static unsigned long state_load(const struct import *im)
 	return ok && strcmp(hash, im->hash) == 0 ? line : 0;
 }
 
-/* Records that every line up to im->done was answered (written whole, then renamed). */
+/* Records that every line up to im->done was answered (durably: rpc/files). */
 static int state_save(const struct import *im)
 {
-	char tmp[IMPORT_PATH_BYTES_MAX + 8];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", im->state_path);
-	FILE *f = fopen(tmp, "w");
-	if (f == NULL)
-		return -1;
-	fprintf(f, "tally-import v1 sha256 %s line %lu\n", im->hash, im->done);
-	bool ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
-	ok = fclose(f) == 0 && ok;
-	return ok && rename(tmp, im->state_path) == 0 ? 0 : -1;
+	char text[128], err[IMPORT_PATH_BYTES_MAX + 64];
+	int n = snprintf(text, sizeof(text), "tally-import v1 sha256 %s line %lu\n", im->hash,
+			 im->done);
+	if (tally_file_replace(im->state_path, text, (size_t)n, err, sizeof(err)) == 0)
+		return 0;
+	fprintf(stderr, "\ntallyctl import: %s\n", err);
+	return -1;
 }
 
 /* ---- a line ----------------------------------------------------------------------- */
@@ -429,8 +428,7 @@ int ctl_import(struct tally_client *client, const char *brand, const char *path,
 		if (rc == EXIT_DONE && no > im.done) {
 			im.done = no;
 			fflush(im.rejects);
-			if (state_save(&im) != 0)
-				fprintf(stderr, "\ntallyctl import: %s: %s\n", im.state_path, strerror(errno));
+			state_save(&im); /* a failure is named; the import goes on */
 		}
 		progress(&im, false);
 	}
