@@ -30,7 +30,7 @@ HARDENING = ["User=tally", "NoNewPrivileges=yes", "ProtectSystem=strict", "Prote
              "PrivateTmp=yes", "PrivateDevices=yes", "CapabilityBoundingSet=",
              "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service",
              "MemoryDenyWriteExecute=yes", "StateDirectory=tally", "ExecReload=/bin/kill -HUP $MAINPID"]
-PROGRAMS = ["tallyd", "tallyctl", "tally-certs", "tally-check", "tally-audit"]
+PROGRAMS = ["tallyd", "tallyctl", "tally-certs", "tally-check", "tally-audit", "tally-cdc"]
 # The node must come up within this (a watchdog for a hung start, not a timing check).
 START_WAIT_S = 60
 SKIP_SYSTEMD = "systemd-analyze not installed (Debian package systemd)"
@@ -102,6 +102,17 @@ class PackagingTest(unittest.TestCase):
         for name in names:
             self.assertIn(name, flags, "the sample config's %s is no flag" % name)
         r = subprocess.run([os.path.join(self.bin, "tallyd"), "--no-such-flag"], capture_output=True)
+        self.assertEqual(r.returncode, 2)
+
+    def test_tally_cdc_help_describes_every_flag(self):
+        text = self.help_of(os.path.join(self.bin, "tally-cdc"), "--help")
+        usage, body = text.split("\n\n", 1)
+        flags = set(re.findall(r"--([a-z-]+)", usage))
+        self.assertGreater(len(flags), 15)
+        for flag in flags:
+            self.assertRegex(body, r"(?m)^  --%s\b" % flag, "--%s is not described" % flag)
+        r = subprocess.run([os.path.join(self.bin, "tally-cdc"), "publish", "--no-such-flag"],
+                           capture_output=True)
         self.assertEqual(r.returncode, 2)
 
     def test_tallyctl_help_answers_for_every_command(self):
