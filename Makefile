@@ -234,7 +234,7 @@ bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tall
 	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-compare/run $(BENCH_COMPARE_OUT) $(BENCH_COMPARE_ARGS)
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN) \
-      $(CLIENT_SO) $(PY_PB)
+      $(CLIENT_SO) $(PY_PB) $(CDC_BIN)
 	TALLY_BUILD=$(abspath $(BUILD)) tools/demo-cluster
 
 # Fuzzing with libFuzzer (tests/fuzz/README.md): the node's code built by clang into
@@ -309,8 +309,13 @@ install: $(LEDGER_LIB) $(CLIENT_A) $(CLIENT_SO) $(INSTALL_BIN) $(PY_PB)
 	install -m 644 clients/python/tally/__init__.py $(DESTDIR)$(PYTHONDIR)/tally/
 	install -m 644 $(PY_PB) $(DESTDIR)$(PYTHONDIR)/
 	install -m 755 $(INSTALL_BIN) $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
-		tools/service/tallyd.service.in > $(DESTDIR)$(UNITDIR)/tallyd.service
+	for u in tallyd tally-cdc; do \
+		cat tools/service/$$u.service.in tools/service/hardening.in | \
+		sed -e 's|@BINDIR@|$(PREFIX)/bin|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+			> $(DESTDIR)$(UNITDIR)/$$u.service; \
+	done
+	sed -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' tools/service/tally-cdc.env.example \
+		> $(DESTDIR)$(SYSCONFDIR)/tally/tally-cdc.env.example
 	install -m 644 tools/service/tally.sysusers $(DESTDIR)$(SYSUSERSDIR)/tally.conf
 	install -m 644 tools/service/tallyd.conf.example $(DESTDIR)$(SYSCONFDIR)/tally/
 	install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/include/tally/ledger \

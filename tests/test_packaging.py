@@ -29,7 +29,9 @@ from localcluster import BUILD, ROOT
 HARDENING = ["User=tally", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes",
              "PrivateTmp=yes", "PrivateDevices=yes", "CapabilityBoundingSet=",
              "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX", "SystemCallFilter=@system-service",
-             "MemoryDenyWriteExecute=yes", "StateDirectory=tally", "ExecReload=/bin/kill -HUP $MAINPID"]
+             "MemoryDenyWriteExecute=yes"]
+# What only tallyd's unit has.
+TALLYD_UNIT = ["StateDirectory=tally", "ExecReload=/bin/kill -HUP $MAINPID"]
 PROGRAMS = ["tallyd", "tallyctl", "tally-certs", "tally-check", "tally-audit", "tally-cdc"]
 # The node must come up within this (a watchdog for a hung start, not a timing check).
 START_WAIT_S = 60
@@ -55,6 +57,7 @@ class PackagingTest(unittest.TestCase):
         subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         cls.bin = os.path.join(cls.prefix, "bin")
         cls.unit = os.path.join(cls.prefix, "lib", "systemd", "system", "tallyd.service")
+        cls.cdc_unit = os.path.join(cls.prefix, "lib", "systemd", "system", "tally-cdc.service")
 
     @classmethod
     def tearDownClass(cls):
@@ -66,10 +69,19 @@ class PackagingTest(unittest.TestCase):
             self.assertTrue(os.access(path, os.X_OK), path)
         with open(self.unit) as f:
             unit = f.read()
-        for line in HARDENING:
+        for line in HARDENING + TALLYD_UNIT:
             self.assertIn("\n" + line + "\n", unit)
         self.assertIn("\nExecStart=%s/tallyd --config %s/tally/tallyd.conf\n" % (self.bin, self.etc),
                       unit)
+        with open(self.cdc_unit) as f:
+            cdc = f.read()
+        for line in HARDENING:
+            self.assertIn("\n" + line + "\n", cdc)
+        self.assertIn("\nStateDirectory=tally-cdc\n", cdc)
+        self.assertIn("\nExecStart=%s/tally-cdc publish --cursor ${STATE_DIRECTORY}/cursor "
+                      "$TALLY_CDC_ARGS\n" % self.bin, cdc)
+        self.assertIn("\nEnvironmentFile=%s/tally/tally-cdc.env\n" % self.etc, cdc)
+        self.assertTrue(os.path.isfile(os.path.join(self.etc, "tally", "tally-cdc.env.example")))
         with open(os.path.join(self.prefix, "lib", "sysusers.d", "tally.conf")) as f:
             self.assertRegex(f.read(), r"(?m)^u tally - ")
         self.assertTrue(os.path.isfile(os.path.join(self.etc, "tally", "tallyd.conf.example")))
@@ -80,10 +92,11 @@ class PackagingTest(unittest.TestCase):
             self.assertTrue(os.path.isfile(os.path.join(self.prefix, "include", "tally", h)), h)
 
     @unittest.skipIf(shutil.which("systemd-analyze") is None, SKIP_SYSTEMD)
-    def test_systemd_accepts_the_unit(self):
-        r = subprocess.run(["systemd-analyze", "verify", self.unit], capture_output=True, text=True,
-                           timeout=60)
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+    def test_systemd_accepts_the_units(self):
+        for unit in (self.unit, self.cdc_unit):
+            r = subprocess.run(["systemd-analyze", "verify", unit], capture_output=True,
+                               text=True, timeout=60)
+            self.assertEqual(r.returncode, 0, unit + ": " + r.stdout + r.stderr)
 
     def help_of(self, *args):
         r = subprocess.run(list(args), capture_output=True, text=True, timeout=30)
