@@ -103,30 +103,28 @@ class PackagingTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         return r.stdout
 
-    def test_tallyd_help_describes_every_flag(self):
-        text = self.help_of(os.path.join(self.bin, "tallyd"), "--help")
+    def flags_described(self, program, *bad_usage):
+        """The flags program's --help names in its usage (the part before the first
+        blank line), each described on a line of its own below; a usage error exits 2."""
+        text = self.help_of(os.path.join(self.bin, program), "--help")
         usage, body = text.split("\n\n", 1)
         flags = set(re.findall(r"--([a-z-]+)", usage))
         self.assertGreater(len(flags), 15)
         for flag in flags:
             self.assertRegex(body, r"(?m)^  --%s\b" % flag, "--%s is not described" % flag)
+        r = subprocess.run([os.path.join(self.bin, program)] + list(bad_usage), capture_output=True)
+        self.assertEqual(r.returncode, 2)
+        return flags
+
+    def test_tallyd_help_describes_every_flag(self):
+        flags = self.flags_described("tallyd", "--no-such-flag")
         with open(os.path.join(self.etc, "tally", "tallyd.conf.example")) as f:
             names = re.findall(r"(?m)^([a-z-]+) = ", f.read())
         for name in names:
             self.assertIn(name, flags, "the sample config's %s is no flag" % name)
-        r = subprocess.run([os.path.join(self.bin, "tallyd"), "--no-such-flag"], capture_output=True)
-        self.assertEqual(r.returncode, 2)
 
     def test_tally_cdc_help_describes_every_flag(self):
-        text = self.help_of(os.path.join(self.bin, "tally-cdc"), "--help")
-        usage, body = text.split("\n\n", 1)
-        flags = set(re.findall(r"--([a-z-]+)", usage))
-        self.assertGreater(len(flags), 15)
-        for flag in flags:
-            self.assertRegex(body, r"(?m)^  --%s\b" % flag, "--%s is not described" % flag)
-        r = subprocess.run([os.path.join(self.bin, "tally-cdc"), "publish", "--no-such-flag"],
-                           capture_output=True)
-        self.assertEqual(r.returncode, 2)
+        self.flags_described("tally-cdc", "publish", "--no-such-flag")
 
     def test_tallyctl_help_answers_for_every_command(self):
         text = self.help_of(os.path.join(self.bin, "tallyctl"), "--help")
