@@ -17,6 +17,7 @@
 #ifndef TALLY_TOOLS_CDC_H
 #define TALLY_TOOLS_CDC_H
 
+#include <signal.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -129,6 +130,6 @@ double cdc_now_s(void);
 /* Sleeps ms (cut short by a signal). */
 void cdc_sleep_ms(unsigned ms);
 /* Set by SIGINT and SIGTERM: finish what is under way and stop. */
-extern volatile int cdc_stop;
+extern volatile sig_atomic_t cdc_stop;
 
 #endif

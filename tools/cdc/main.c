@@ -20,7 +20,7 @@
 
 #include "tools/cdc/cdc.h"
 
-volatile int cdc_stop;
+volatile sig_atomic_t cdc_stop;
 
 double cdc_now_s(void)
 {

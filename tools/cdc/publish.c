@@ -248,19 +248,22 @@ static int run(struct pub *p)
 	return CDC_EXIT_DONE;
 }
 
-/* Opens the cluster's client, retrying while no node answers. */
+/* Opens the cluster's client, retrying while no node answers: 0 (p->client open, or
+ * NULL when a signal came first), or the exit status of a failure. */
 static int open_client(struct pub *p)
 {
 	struct tally_client_options co = {.timeout_ms = 10000, .attempts = 10};
-	for (;;) {
+	while (!cdc_stop) {
 		Tally__V1__ResultCode rc = tally_connect_open(&p->o->conn, "tally-cdc", "auditor", co,
 							      &p->client, p->err, sizeof(p->err));
 		if (rc == CODE(OK))
 			return 0;
-		if (rc != CODE(UNAVAILABLE) || cdc_stop)
+		if (rc != CODE(UNAVAILABLE))
 			return rc == CODE(INVALID_ARGUMENT) ? CDC_EXIT_USAGE : CDC_EXIT_FAILED;
 		retry_after(p, p->err);
 	}
+	p->err[0] = '\0';
+	return 0;
 }
 
 int cdc_publish(const struct cdc_opts *o)
@@ -271,7 +274,7 @@ int cdc_publish(const struct cdc_opts *o)
 	p->o = o;
 	p->backoff_ms = 100;
 	int rc = cursor_load(p) != 0 ? CDC_EXIT_FAILED : open_client(p);
-	if (rc == 0) {
+	if (rc == 0 && p->client != NULL) {
 		tally_arena_init(&p->arena, PUB_ARENA_BYTES, 0);
 		int checked = p->seq > 0 ? cursor_check(p) : 0;
 		rc = checked < 0 ? CDC_EXIT_FAILED : checked > 0 ? CDC_EXIT_DONE : run(p);
