@@ -17,6 +17,7 @@ Run: python3 tests/test_cdc.py   (after make; TALLY_BUILD picks the build)
 import hashlib
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -68,9 +69,11 @@ class ChangeStream(unittest.TestCase):
         r = subprocess.run([BROKER, "start", "--dir", cls.mq], capture_output=True, text=True)
         if r.returncode != 0:
             subprocess.run([BROKER, "stop", "--dir", cls.mq])
+            shutil.rmtree(cls.mq, ignore_errors=True)
             raise unittest.SkipTest("rabbitmq-server cannot start here: " + r.stderr[-1500:])
-        cls.dir, cls.base, cls.env = start("tally-cdc-")
+        cls.dir = None
         try:
+            cls.dir, cls.base, cls.env = start("tally-cdc-")
             with open(os.path.join(cls.mq, "env")) as f:
                 k, v = f.read().strip().split("=", 1)
                 cls.env[k] = v
@@ -89,7 +92,9 @@ class ChangeStream(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         subprocess.run([BROKER, "stop", "--dir", cls.mq])
-        stop(cls.dir, cls.env)
+        shutil.rmtree(cls.mq, ignore_errors=True)
+        if cls.dir is not None:
+            stop(cls.dir, cls.env)
 
     def path(self, name):
         return os.path.join(self.dir, name)
