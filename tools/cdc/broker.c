@@ -2,6 +2,7 @@
  * tally-cdc's broker connection on librabbitmq (cdc.h): one channel, a durable topic
  * exchange, an optional durable queue bound to every entry, publisher confirms.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,6 +111,8 @@ int cdc_broker_open(struct cdc_broker *b, const struct cdc_opts *o, bool confirm
 		}
 	}
 	b->next_tag = 1; /* a channel in confirm mode numbers its publishes from 1 */
+	b->confirmed = 0;
+	memset(b->acked, 0, sizeof(b->acked));
 	return 0;
 }
 
@@ -126,17 +129,11 @@ void cdc_broker_close(struct cdc_broker *b)
 	b->conn = NULL;
 }
 
-void cdc_broker_window(struct cdc_broker *b, size_t n)
-{
-	memset(b->acked, 0, sizeof(b->acked));
-	b->window_first = b->next_tag;
-	b->window_n = n < CDC_WINDOW_MAX ? n : CDC_WINDOW_MAX;
-	b->window_acked = 0;
-}
-
 int cdc_broker_publish(struct cdc_broker *b, const char *exchange, const char *routing_key,
-		       const amqp_basic_properties_t *props, const void *body, size_t len)
+		       const amqp_basic_properties_t *props, const void *body, size_t len,
+		       uint64_t *tag)
 {
+	assert(b->next_tag - b->confirmed <= CDC_UNCONFIRMED_MAX);
 	amqp_bytes_t data = {.len = len, .bytes = (void *)body};
 	int st = amqp_basic_publish(b->conn, CHANNEL, amqp_cstring_bytes(exchange),
 				    amqp_cstring_bytes(routing_key), 0, 0, props, data);
@@ -144,20 +141,24 @@ int cdc_broker_publish(struct cdc_broker *b, const char *exchange, const char *r
 		snprintf(b->err, sizeof(b->err), "publish: %s", amqp_error_string2(st));
 		return -1;
 	}
-	b->next_tag++;
+	*tag = b->next_tag++;
 	return 0;
 }
 
-/* Marks tag (and, with `multiple`, every tag before it) of the window confirmed. */
+/* Marks tag (with `multiple`, every tag up to it) confirmed, and moves b->confirmed
+ * over every confirmed tag that follows it. */
 static void ack(struct cdc_broker *b, uint64_t tag, bool multiple)
 {
-	uint64_t end = b->window_first + b->window_n;
-	uint64_t from = multiple ? b->window_first : tag;
-	for (uint64_t t = from; t <= tag && t < end; t++) {
-		if (t < b->window_first || b->acked[t - b->window_first])
-			continue;
-		b->acked[t - b->window_first] = 1;
-		b->window_acked++;
+	if (tag >= b->next_tag || tag <= b->confirmed)
+		return; /* not one of ours, or known already */
+	if (multiple)
+		for (uint64_t t = b->confirmed + 1; t <= tag; t++)
+			b->acked[t % CDC_UNCONFIRMED_MAX] = 1;
+	else
+		b->acked[tag % CDC_UNCONFIRMED_MAX] = 1;
+	while (b->confirmed + 1 < b->next_tag && b->acked[(b->confirmed + 1) % CDC_UNCONFIRMED_MAX]) {
+		b->confirmed++;
+		b->acked[b->confirmed % CDC_UNCONFIRMED_MAX] = 0;
 	}
 }
 
@@ -183,10 +184,10 @@ static int confirm_frame(struct cdc_broker *b, const amqp_frame_t *f)
 	return -1;
 }
 
-int cdc_broker_confirmed(struct cdc_broker *b)
+int cdc_broker_confirmed(struct cdc_broker *b, uint64_t tag)
 {
 	double deadline = cdc_now_s() + CDC_CONFIRM_MS / 1000.0;
-	while (b->window_acked < b->window_n) {
+	while (b->confirmed < tag) {
 		double left = deadline - cdc_now_s();
 		if (left <= 0) {
 			snprintf(b->err, sizeof(b->err), "no confirm within %d ms", CDC_CONFIRM_MS);
@@ -202,8 +203,11 @@ int cdc_broker_confirmed(struct cdc_broker *b)
 			snprintf(b->err, sizeof(b->err), "waiting for confirms: %s", amqp_error_string2(st));
 			return -1;
 		}
+		uint64_t before = b->confirmed;
 		if (confirm_frame(b, &f) != 0)
 			return -1;
+		if (b->confirmed > before)
+			deadline = cdc_now_s() + CDC_CONFIRM_MS / 1000.0;
 	}
 	return 0;
 }

@@ -33,8 +33,8 @@
 #define CDC_WINDOW_MAX 10000
 /* How long publish waits before reading the journal again once it has caught up. */
 #define CDC_POLL_MS_DEFAULT 100
-/* The longest wait for the broker to confirm a page: then the connection is dropped
- * and the page published again on a new one. */
+/* The longest wait for the broker's next confirm: then the connection is dropped and
+ * what it had not confirmed published again on a new one. */
 #define CDC_CONFIRM_MS 30000
 /* Retries of an unreachable broker or cluster back off from 100 ms up to this. */
 #define CDC_RETRY_MS_MAX 2000
@@ -73,12 +73,17 @@ struct cdc_opts {
 
 /* ---- broker.c ---------------------------------------------------------------- */
 
+/* Pages a publisher has published and not yet seen confirmed: the next page goes out
+ * while the broker confirms the one before. */
+#define CDC_PAGES_IN_FLIGHT 2
+/* Publishes not yet confirmed, at most (a ring of flags indexed by delivery tag). */
+#define CDC_UNCONFIRMED_MAX (CDC_PAGES_IN_FLIGHT * CDC_WINDOW_MAX)
+
 struct cdc_broker {
 	amqp_connection_state_t conn;     /* NULL while not connected */
 	uint64_t next_tag;                /* delivery tag of the next publish (confirms) */
-	uint64_t window_first;            /* the tags the publisher waits on: */
-	size_t window_n, window_acked;    /* [window_first, window_first + window_n) */
-	uint8_t acked[CDC_WINDOW_MAX];
+	uint64_t confirmed;               /* every tag up to this one is confirmed */
+	uint8_t acked[CDC_UNCONFIRMED_MAX]; /* tags above it confirmed, by tag % size */
 	bool refused;                     /* the last failure was the broker's answer */
 	char err[CDC_TEXT_BYTES];
 };
@@ -90,14 +95,14 @@ struct cdc_broker {
  * configuration to fix, not an outage to wait out. */
 int cdc_broker_open(struct cdc_broker *b, const struct cdc_opts *o, bool confirms);
 void cdc_broker_close(struct cdc_broker *b);
-/* Starts a window of n publishes to be confirmed (n <= CDC_WINDOW_MAX). */
-void cdc_broker_window(struct cdc_broker *b, size_t n);
-/* Publishes one persistent message. 0, or -1 with b->err. */
+/* Publishes one persistent message; *tag is its delivery tag. At most
+ * CDC_UNCONFIRMED_MAX may be unconfirmed. 0, or -1 with b->err. */
 int cdc_broker_publish(struct cdc_broker *b, const char *exchange, const char *routing_key,
-		       const amqp_basic_properties_t *props, const void *body, size_t len);
-/* Waits until the broker has confirmed every publish of the window. 0, or -1 with
- * b->err (a nack, the connection lost, CDC_CONFIRM_MS passed). */
-int cdc_broker_confirmed(struct cdc_broker *b);
+		       const amqp_basic_properties_t *props, const void *body, size_t len,
+		       uint64_t *tag);
+/* Waits until the broker has confirmed every publish up to tag. 0, or -1 with b->err
+ * (a nack, the connection lost, CDC_CONFIRM_MS passed without a confirm). */
+int cdc_broker_confirmed(struct cdc_broker *b, uint64_t tag);
 /* Starts consuming o->queue with manual acknowledgements. 0, or -1 with b->err. */
 int cdc_broker_consume(struct cdc_broker *b, const struct cdc_opts *o);
 

@@ -1,12 +1,15 @@
 /*
  * tally-cdc publish: the journal, a page at a time, onto the broker (cdc.h).
  *
- * The loop: read the page after the cursor; publish each entry; wait for the broker to
- * confirm all of them; replace the cursor file durably. A broker that fails anywhere
- * in that is dropped and the page published again on a new connection, so an entry
- * may be published twice but never skipped. The cluster's client follows a new leader
- * by itself; while no node answers, the loop waits and asks again.
+ * The loop: read the page after the last entry published and publish each of its
+ * entries; with CDC_PAGES_IN_FLIGHT pages out, wait until the broker has confirmed the
+ * oldest, then replace the cursor file durably with its last entry. A broker that
+ * fails anywhere in that is dropped and everything after the cursor published again
+ * on a new connection, so an entry may be published twice but never skipped. The
+ * cluster's client follows a new leader by itself; while no node answers, the loop
+ * waits and asks again.
  */
+#include <assert.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +33,13 @@ struct pub {
 	uint64_t seq;                     /* the cursor: last confirmed entry, 0 = none */
 	uint8_t leaf[TALLY_HASH_BYTES];   /* and its leaf hash */
 	uint64_t published;               /* entries confirmed by this run */
+	uint64_t published_seq;           /* the last entry published on this connection */
+	struct page {                     /* published, not yet confirmed: oldest first */
+		uint64_t last_tag, last_seq;
+		uint8_t leaf[TALLY_HASH_BYTES];
+		size_t n;
+	} pages[CDC_PAGES_IN_FLIGHT];
+	size_t n_pages;
 	unsigned backoff_ms;
 	char last_err[CDC_TEXT_BYTES + 64]; /* the retryable failure last logged */
 	char err[CDC_TEXT_BYTES + 64];
@@ -126,20 +136,21 @@ static int cursor_check(struct pub *p)
 	return 0;
 }
 
-/* The page after the cursor: 0 (res may hold no entries), 1 retry, -1 failed. */
+/* The page after the last entry published: 0 (res may hold no entries), 1 retry, -1
+ * failed. */
 static int page_fetch(struct pub *p, Tally__V1__QueryResult **res)
 {
 	Tally__V1__ListEntries g = TALLY__V1__LIST_ENTRIES__INIT;
-	g.from_seq = p->seq + 1;
+	g.from_seq = p->published_seq + 1;
 	g.limit = p->o->window;
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	q.q_case = TALLY__V1__QUERY__Q_ENTRIES;
 	q.entries = &g;
 	int rc = query(p, &q, res);
 	for (size_t i = 0; rc == 0 && i < (*res)->n_entries; i++)
-		if ((*res)->entries[i]->seq != p->seq + 1 + i) {
+		if ((*res)->entries[i]->seq != p->published_seq + 1 + i) {
 			snprintf(p->err, sizeof(p->err), "the cluster sent entry %" PRIu64 " where %"
-				 PRIu64 " belongs", (*res)->entries[i]->seq, p->seq + 1 + i);
+				 PRIu64 " belongs", (*res)->entries[i]->seq, p->published_seq + 1 + i);
 			rc = -1;
 		}
 	return rc;
@@ -161,11 +172,12 @@ static void message_props(const struct cdc_opts *o, const struct cdc_message *m,
 	props->app_id = amqp_cstring_bytes("tally-cdc");
 }
 
-/* Publishes a page and waits for its confirms: 0, 1 (the broker failed: dropped, to
- * be published again), -1 (an entry that does not parse). */
+/* Publishes a page, which joins the pages in flight: 0, 1 (the broker failed), -1 (an
+ * entry that does not parse). */
 static int page_publish(struct pub *p, const Tally__V1__QueryResult *res)
 {
-	cdc_broker_window(&p->b, res->n_entries);
+	assert(res->n_entries > 0 && p->n_pages < CDC_PAGES_IN_FLIGHT);
+	struct page *pg = &p->pages[p->n_pages];
 	for (size_t i = 0; i < res->n_entries; i++) {
 		struct cdc_message m;
 		amqp_basic_properties_t props;
@@ -175,51 +187,79 @@ static int page_publish(struct pub *p, const Tally__V1__QueryResult *res)
 			return -1;
 		}
 		message_props(p->o, &m, &props);
-		int rc = cdc_broker_publish(&p->b, p->o->exchange, m.routing_key, &props, m.body, m.len);
+		int rc = cdc_broker_publish(&p->b, p->o->exchange, m.routing_key, &props, m.body, m.len,
+					    &pg->last_tag);
 		free(m.body);
 		if (rc != 0)
 			return 1;
 	}
-	return cdc_broker_confirmed(&p->b) == 0 ? 0 : 1;
+	const Tally__V1__StoredEntry *last = res->entries[res->n_entries - 1];
+	pg->last_seq = last->seq;
+	pg->n = res->n_entries;
+	tally_merkle_leaf_hash(last->entry.data, last->entry.len, pg->leaf);
+	p->published_seq = last->seq;
+	p->n_pages++;
+	return 0;
 }
 
-/* The cursor moves to the page's last entry, on disk before anything else happens. */
-static int page_done(struct pub *p, const Tally__V1__QueryResult *res)
+/* The oldest page in flight, confirmed: the cursor moves to its last entry, on disk
+ * before anything else happens. */
+static int page_done(struct pub *p)
 {
-	const Tally__V1__StoredEntry *last = res->entries[res->n_entries - 1];
-	p->seq = last->seq;
-	tally_merkle_leaf_hash(last->entry.data, last->entry.len, p->leaf);
-	p->published += res->n_entries;
+	assert(p->n_pages > 0 && p->pages[0].last_seq > p->seq);
+	p->seq = p->pages[0].last_seq;
+	memcpy(p->leaf, p->pages[0].leaf, sizeof(p->leaf));
+	p->published += p->pages[0].n;
+	memmove(&p->pages[0], &p->pages[1], (size_t)(--p->n_pages) * sizeof(p->pages[0]));
 	return cursor_save(p);
 }
 
-/* One turn of the loop: 0 go on, 1 caught up, -1 failed (p->err). */
+/* The broker failed: what it had not confirmed goes again on a new connection. */
+static int broker_lost(struct pub *p)
+{
+	snprintf(p->err, sizeof(p->err), "the broker: %s", p->b.err);
+	cdc_broker_close(&p->b);
+	p->n_pages = 0;
+	p->published_seq = p->seq;
+	retry_after(p, p->err);
+	return 0;
+}
+
+/* One turn of the loop: publish the next page while fewer than CDC_PAGES_IN_FLIGHT
+ * are, else (or when there is none) wait for the oldest one's confirms and move the
+ * cursor. 0 go on, 1 caught up, -1 failed (p->err). */
 static int turn(struct pub *p)
 {
-	if (p->b.conn == NULL && cdc_broker_open(&p->b, p->o, true) != 0) {
-		snprintf(p->err, sizeof(p->err), "the broker: %s", p->b.err);
-		if (p->b.refused)
-			return -1;
-		retry_after(p, p->err);
-		return 0;
-	}
-	Tally__V1__QueryResult *res;
-	int rc = page_fetch(p, &res);
-	if (rc != 0) {
-		if (rc > 0)
+	if (p->b.conn == NULL) {
+		if (cdc_broker_open(&p->b, p->o, true) != 0) {
+			snprintf(p->err, sizeof(p->err), "the broker: %s", p->b.err);
+			if (p->b.refused)
+				return -1;
 			retry_after(p, p->err);
-		return rc > 0 ? 0 : -1;
+			return 0;
+		}
+		p->n_pages = 0;
+		p->published_seq = p->seq;
 	}
-	if (res->n_entries == 0)
-		return 1;
-	rc = page_publish(p, res);
-	if (rc > 0) {
-		snprintf(p->err, sizeof(p->err), "the broker: %s", p->b.err);
-		cdc_broker_close(&p->b);
-		retry_after(p, p->err);
-		return 0;
+	if (p->n_pages < CDC_PAGES_IN_FLIGHT) {
+		Tally__V1__QueryResult *res;
+		int rc = page_fetch(p, &res);
+		if (rc < 0)
+			return -1;
+		if (rc > 0 && p->n_pages == 0) {
+			retry_after(p, p->err);
+			return 0;
+		}
+		if (rc == 0 && res->n_entries > 0) {
+			rc = page_publish(p, res);
+			return rc < 0 ? -1 : rc > 0 ? broker_lost(p) : 0;
+		}
+		if (p->n_pages == 0)
+			return 1;
 	}
-	if (rc < 0 || page_done(p, res) != 0)
+	if (cdc_broker_confirmed(&p->b, p->pages[0].last_tag) != 0)
+		return broker_lost(p);
+	if (page_done(p) != 0)
 		return -1;
 	healthy(p);
 	return 0;
