@@ -277,6 +277,10 @@ static int run(struct pub *p)
 		if (rc == 1)
 			cdc_sleep_ms(p->o->poll_ms);
 	}
+	/* Stopped: the pages out are waited for once, so the cursor records them (what the
+	 * broker does not confirm now goes again at the next start). */
+	while (rc >= 0 && p->n_pages > 0 && cdc_broker_confirmed(&p->b, p->pages[0].last_tag) == 0)
+		rc = page_done(p) == 0 ? 0 : -1;
 	double secs = cdc_now_s() - t0;
 	if (rc < 0)
 		return CDC_EXIT_FAILED;
