@@ -36,7 +36,9 @@
 /* The longest wait for the broker's next confirm: then the connection is dropped and
  * what it had not confirmed published again on a new one. */
 #define CDC_CONFIRM_MS 30000
-/* Retries of an unreachable broker or cluster back off from 100 ms up to this. */
+/* Retries of an unreachable broker or cluster back off from the first wait up to the
+ * last, doubling. */
+#define CDC_RETRY_MS_MIN 100
 #define CDC_RETRY_MS_MAX 2000
 /* Messages a consumer has unacknowledged at once (basic.qos prefetch). */
 #define CDC_PREFETCH 1000
@@ -124,6 +126,9 @@ struct cdc_message {
  * as an Entry. */
 int cdc_encode(const Tally__V1__StoredEntry *e, enum cdc_format f, struct cdc_message *m);
 extern const char CDC_CONTENT_PROTOBUF[], CDC_CONTENT_JSON[];
+/* An entry kind's name ("COMMAND", "LOT_EXPIRED", ...), "UNKNOWN" for one this build
+ * does not know. */
+const char *cdc_kind_name(Tally__V1__EntryKind k);
 
 /* ---- publish.c, consume.c ------------------------------------------------------- */
 
@@ -134,6 +139,8 @@ int cdc_consume(const struct cdc_opts *o);
 double cdc_now_s(void);
 /* Sleeps ms (cut short by a signal). */
 void cdc_sleep_ms(unsigned ms);
+/* Sleeps *ms, then doubles it up to CDC_RETRY_MS_MAX (start it at CDC_RETRY_MS_MIN). */
+void cdc_backoff(unsigned *ms);
 /* Set by SIGINT and SIGTERM: finish what is under way and stop. */
 extern volatile sig_atomic_t cdc_stop;
 

@@ -44,10 +44,8 @@ static void print_protobuf(const amqp_bytes_t *body)
 			? protobuf_c_message_descriptor_get_field(&tally__v1__command__descriptor,
 								  (int)e->command->body_case)
 			: NULL;
-		const ProtobufCEnumValue *kind =
-			protobuf_c_enum_descriptor_get_value(&tally__v1__entry_kind__descriptor, e->kind);
 		printf("%s %s %s %s%s%s", tally_time_format(e->time_ms, when),
-		       kind != NULL ? kind->name : "?", fd != NULL ? fd->name : "-", e->brand,
+		       cdc_kind_name(e->kind), fd != NULL ? fd->name : "-", e->brand,
 		       e->brand[0] != '\0' && e->member[0] != '\0' ? "/" : "", e->member);
 		if (e->result != NULL && e->result->code != TALLY__V1__RESULT_CODE__OK)
 			printf(" refused");
@@ -125,7 +123,7 @@ static int reconnect(struct con *c)
 {
 	cdc_broker_close(&c->b);
 	if (cdc_broker_open(&c->b, c->o, false) == 0 && cdc_broker_consume(&c->b, c->o) == 0) {
-		c->backoff_ms = 100;
+		c->backoff_ms = CDC_RETRY_MS_MIN;
 		return 0;
 	}
 	if (c->b.refused) {
@@ -134,8 +132,7 @@ static int reconnect(struct con *c)
 	}
 	fprintf(stderr, "tally-cdc consume: %s (retrying)\n", c->b.err);
 	cdc_broker_close(&c->b);
-	cdc_sleep_ms(c->backoff_ms);
-	c->backoff_ms = c->backoff_ms * 2 < CDC_RETRY_MS_MAX ? c->backoff_ms * 2 : CDC_RETRY_MS_MAX;
+	cdc_backoff(&c->backoff_ms);
 	return 0;
 }
 
@@ -170,7 +167,7 @@ int cdc_consume(const struct cdc_opts *o)
 	if (c == NULL)
 		return CDC_EXIT_FAILED;
 	c->o = o;
-	c->backoff_ms = 100;
+	c->backoff_ms = CDC_RETRY_MS_MIN;
 	int rc = 0;
 	while (!cdc_stop && rc == 0)
 		rc = consume_one(c);

@@ -14,7 +14,7 @@
 const char CDC_CONTENT_PROTOBUF[] = "application/x-protobuf; proto=tally.v1.StoredEntry";
 const char CDC_CONTENT_JSON[] = "application/json";
 
-static const char *kind_name(Tally__V1__EntryKind k)
+const char *cdc_kind_name(Tally__V1__EntryKind k)
 {
 	const ProtobufCEnumValue *v =
 		protobuf_c_enum_descriptor_get_value(&tally__v1__entry_kind__descriptor, (int)k);
@@ -64,7 +64,7 @@ int cdc_encode(const Tally__V1__StoredEntry *s, enum cdc_format f, struct cdc_me
 		tally__v1__entry__free_unpacked(e, NULL);
 		return -1;
 	}
-	m->type = kind_name(e->kind);
+	m->type = cdc_kind_name(e->kind);
 	m->timestamp_s = e->time_ms > 0 ? (uint64_t)e->time_ms / 1000 : 0;
 	snprintf(m->message_id, sizeof(m->message_id), "%" PRIu64, s->seq);
 	int n = snprintf(m->routing_key, sizeof(m->routing_key), "%s.%s", m->type,

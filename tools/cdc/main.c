@@ -35,6 +35,12 @@ void cdc_sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL); /* a signal cuts it short, and the loop sees cdc_stop */
 }
 
+void cdc_backoff(unsigned *ms)
+{
+	cdc_sleep_ms(*ms);
+	*ms = *ms * 2 < CDC_RETRY_MS_MAX ? *ms * 2 : CDC_RETRY_MS_MAX;
+}
+
 static void on_signal(int sig)
 {
 	(void)sig;

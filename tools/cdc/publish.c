@@ -78,8 +78,7 @@ static void retry_after(struct pub *p, const char *why)
 	if (strcmp(why, p->last_err) != 0)
 		fprintf(stderr, "tally-cdc: %s (retrying)\n", why);
 	snprintf(p->last_err, sizeof(p->last_err), "%s", why);
-	cdc_sleep_ms(p->backoff_ms);
-	p->backoff_ms = p->backoff_ms * 2 < CDC_RETRY_MS_MAX ? p->backoff_ms * 2 : CDC_RETRY_MS_MAX;
+	cdc_backoff(&p->backoff_ms);
 }
 
 static void healthy(struct pub *p)
@@ -87,7 +86,7 @@ static void healthy(struct pub *p)
 	if (p->last_err[0] != '\0')
 		fprintf(stderr, "tally-cdc: working again\n");
 	p->last_err[0] = '\0';
-	p->backoff_ms = 100;
+	p->backoff_ms = CDC_RETRY_MS_MIN;
 }
 
 /* A query: 0 with *res OK, 1 retryable (named in p->err), -1 a definite refusal. */
@@ -316,7 +315,7 @@ int cdc_publish(const struct cdc_opts *o)
 	if (p == NULL)
 		return CDC_EXIT_FAILED;
 	p->o = o;
-	p->backoff_ms = 100;
+	p->backoff_ms = CDC_RETRY_MS_MIN;
 	int rc = cursor_load(p) != 0 ? CDC_EXIT_FAILED : open_client(p);
 	if (rc == 0 && p->client != NULL) {
 		tally_arena_init(&p->arena, PUB_ARENA_BYTES, 0);
