@@ -5,7 +5,8 @@
 #   make SANITIZE=1 check   the same under ASan + UBSan (separate build dir)
 #   make valgrind        run the unit tests under valgrind (quick sizes)
 #   make sim SEEDS=N     the deterministic cluster simulator over N seeds (tests/sim.c)
-#   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s
+#   make bench-ledger    apply 1,000,000 commands to the ledger and report commands/s,
+#                        then the same workload's bare store work (ledger-floor)
 #   make bench-snapshot  take and restore a raft snapshot of a 1,000,000-member ledger
 #   make bench           tally-bench on a local 3-node cluster, over TLS and plaintext
 #   make bench-compare   Tally, PostgreSQL and etcd side by side on the same points op
@@ -195,8 +196,11 @@ FIRST ?= 1
 sim: $(SIM_BIN)
 	$(SIM_BIN) --seeds $(SEEDS) --first $(FIRST)
 
-bench-ledger: $(BUILD)/tools/ledger-bench
+# The ledger, then the floor (tools/ledger-floor.c: the same workload's store work
+# alone, straight on LMDB), one after the other so that their ratio is of one moment.
+bench-ledger: $(BUILD)/tools/ledger-bench $(BUILD)/tools/ledger-floor
 	$(BUILD)/tools/ledger-bench --commands 1000000 --members 100000 --batch 1000 --writemap
+	$(BUILD)/tools/ledger-floor --commands 1000000 --members 100000 --batch 1000
 
 # A 1,000,000-member ledger built by ledger-bench (about a minute), then three runs of
 # snapshot take and restore with their peak memory; the directory is removed after.
