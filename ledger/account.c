@@ -370,12 +370,12 @@ static int account_write(struct apply *a, const struct open_account *o)
 {
 	struct key k;
 	account_key(&k, o->acct->brand, o->acct->member);
-	size_t n = tally__v1__account__get_packed_size(o->acct);
+	size_t n = account_packed_size(o->acct);
 	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &o->head);
-	size_t w = tally__v1__account__pack(o->acct, buf + CHAIN_HEAD_BYTES);
+	size_t w = account_pack(o->acct, buf + CHAIN_HEAD_BYTES);
 	assert(w == n);
 	return st_put(a, T_ACCOUNTS, &k, buf, CHAIN_HEAD_BYTES + n);
 }
@@ -458,8 +458,8 @@ static int account_read(struct apply *a, const Tally__V1__Brand *b, const char *
 	*fresh = rc == TALLY_ENOTFOUND;
 	if (rc == 0) {
 		rc = chain_head_decode(&v, head);
-		*out = rc != 0 ? NULL : tally__v1__account__unpack(tally_arena_protobuf(a->tmp),
-			v.mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
+		*out = rc != 0 ? NULL : account_unpack(a->tmp, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES,
+						       v.mv_size - CHAIN_HEAD_BYTES);
 		return rc != 0 || *out == NULL ? TALLY_ECORRUPT : 0;
 	}
 	if (rc != TALLY_ENOTFOUND)
