@@ -10,7 +10,8 @@
  * older binary) are unchanged; test_codec compares the two byte for byte on random
  * accounts. The decoder reads what the encoder writes, into one arena block; any
  * other encoding (an unknown field or wire type, a hold, a malformed varint) goes to
- * protobuf-c's decoder, which accepts or refuses it as before.
+ * protobuf-c's decoder, which accepts or refuses it as before, and an account that
+ * came back with unknown fields is written by protobuf-c too (it writes them back).
  */
 #include <assert.h>
 #include <string.h>
@@ -76,9 +77,23 @@ static size_t lot_body_size(const Tally__V1__Lot *lot)
 	return int_size(lot->expiry_ms) + int_size(lot->points);
 }
 
+/* Whether the account holds only what this codec writes: protobuf-c keeps the unknown
+ * fields of what it decoded and writes them back, which is left to protobuf-c. */
+static bool account_plain(const Tally__V1__Account *acct)
+{
+	if (acct->base.n_unknown_fields > 0)
+		return false;
+	for (size_t i = 0; i < acct->n_lots; i++)
+		if (acct->lots[i]->base.n_unknown_fields > 0)
+			return false;
+	return true;
+}
+
 size_t account_packed_size(const Tally__V1__Account *acct)
 {
 	assert(acct != NULL && acct->n_holds == 0);
+	if (!account_plain(acct))
+		return tally__v1__account__get_packed_size(acct);
 	size_t n = str_size(acct->brand) + str_size(acct->member) + int_size(acct->available) +
 		   int_size(acct->held) + int_size(acct->earned) + int_size(acct->redeemed) +
 		   int_size(acct->expired) + int_size(acct->qualifying) + str_size(acct->tier) +
@@ -113,6 +128,8 @@ static uint8_t *str_put(uint8_t *p, uint8_t tag, const char *s)
 size_t account_pack(const Tally__V1__Account *acct, uint8_t *out)
 {
 	assert(acct != NULL && out != NULL && acct->n_holds == 0);
+	if (!account_plain(acct))
+		return tally__v1__account__pack(acct, out);
 	uint8_t *p = out;
 	p = str_put(p, TAG_BRAND, acct->brand);
 	p = str_put(p, TAG_MEMBER, acct->member);
