@@ -1,45 +1,54 @@
 /*
- * The account record's codec on the apply path.
+ * The codec of the apply path: the account record, and the journal entries and
+ * commands of accruals and redemptions.
  *
- * Every command reads one account record and writes it back, and protobuf-c's
- * generic codec (a walk over the descriptor per field, an allocation per lot) was a
- * large part of that. These functions write exactly the bytes protobuf-c writes for
- * an Account (proto3: fields in number order, zero numbers and empty strings left
- * out, int64 as a 64-bit varint, lots as length-delimited Lot messages), so the
- * stored format, the state digest and every other reader (queries, the check, an
- * older binary) are unchanged; test_codec compares the two byte for byte on random
- * accounts. The decoder reads what the encoder writes, into one arena block; any
- * other encoding (an unknown field or wire type, a hold, a malformed varint) goes to
- * protobuf-c's decoder, which accepts or refuses it as before, and an account that
- * came back with unknown fields is written by protobuf-c too (it writes them back).
+ * Every command reads one account record and writes it back, writes a journal entry
+ * and hashes its command for idempotency; protobuf-c's generic codec (a walk over the
+ * descriptor per field, an allocation per lot) was a large part of that. These
+ * functions write exactly the bytes protobuf-c writes (proto3: fields in number order,
+ * zero numbers and empty strings left out, int64 and enums as varints, sub-messages
+ * length-delimited), so the stored format, the leaf hashes, the state digest and
+ * every other reader (queries, the check, an auditor, an older binary) are unchanged;
+ * test_codec compares the two byte for byte on random messages and checks that the
+ * schema still has the fields written here. What is not written here goes to
+ * protobuf-c: an entry or command with another body, and any message that carries
+ * unknown fields (protobuf-c keeps them from what it decoded and writes them back).
+ *
+ * The account decoder reads what the encoder writes, into one arena block; any other
+ * encoding (an unknown field or wire type, a hold, a malformed varint) goes to
+ * protobuf-c's decoder, which accepts or refuses it as before.
  */
 #include <assert.h>
 #include <string.h>
 
 #include "ledger/internal.h"
 
-/* Tags of Account's fields (field number << 3 | wire type). */
+#define TAG(field, wire) ((unsigned)(field) << 3 | (wire))
+#define VARINT 0 /* wire types */
+#define LEN 2
+
+/* Account's fields; the decoder matches them by tag. */
 enum {
-	TAG_BRAND = 1 << 3 | 2,
-	TAG_MEMBER = 2 << 3 | 2,
-	TAG_AVAILABLE = 3 << 3,
-	TAG_HELD = 4 << 3,
-	TAG_EARNED = 5 << 3,
-	TAG_REDEEMED = 6 << 3,
-	TAG_EXPIRED = 7 << 3,
-	TAG_QUALIFYING = 8 << 3,
-	TAG_TIER = 9 << 3 | 2,
-	TAG_UPDATED = 10 << 3,
-	TAG_QUALIFYING_DAY = 11 << 3,
-	TAG_LOT = 12 << 3 | 2,
-	TAG_LOT_INDEX = 14 << 3,
-	TAG_LOT_EXPIRY = 1 << 3, /* inside a Lot */
-	TAG_LOT_POINTS = 2 << 3,
+	TAG_BRAND = TAG(1, LEN),
+	TAG_MEMBER = TAG(2, LEN),
+	TAG_AVAILABLE = TAG(3, VARINT),
+	TAG_HELD = TAG(4, VARINT),
+	TAG_EARNED = TAG(5, VARINT),
+	TAG_REDEEMED = TAG(6, VARINT),
+	TAG_EXPIRED = TAG(7, VARINT),
+	TAG_QUALIFYING = TAG(8, VARINT),
+	TAG_TIER = TAG(9, LEN),
+	TAG_UPDATED = TAG(10, VARINT),
+	TAG_QUALIFYING_DAY = TAG(11, VARINT),
+	TAG_LOT = TAG(12, LEN),
+	TAG_LOT_INDEX = TAG(14, VARINT),
+	TAG_LOT_EXPIRY = TAG(1, VARINT), /* inside a Lot */
+	TAG_LOT_POINTS = TAG(2, VARINT),
 };
 
 #define VARINT_BYTES_MAX 10
 
-static size_t varint_size(uint64_t v)
+static inline size_t varint_size(uint64_t v)
 {
 	size_t n = 1;
 	while (v >= 0x80) {
@@ -49,7 +58,7 @@ static size_t varint_size(uint64_t v)
 	return n;
 }
 
-static uint8_t *varint_put(uint8_t *p, uint64_t v)
+static inline uint8_t *varint_put(uint8_t *p, uint64_t v)
 {
 	while (v >= 0x80) {
 		*p++ = (uint8_t)(v | 0x80);
@@ -59,32 +68,126 @@ static uint8_t *varint_put(uint8_t *p, uint64_t v)
 	return p;
 }
 
-/* ---- encoding --------------------------------------------------------------------- */
+/* ---- the writer -------------------------------------------------------------------
+ * One pass both measures and writes: with p == NULL only n counts, so every message
+ * has one function for its size and its bytes. A field is written as protobuf-c does
+ * for proto3: numbers and enums as varints (negative int64 and enums in ten bytes),
+ * zeros, false, empty strings and absent messages left out, repeated strings each
+ * written, a message set but empty written with length 0. The helpers are inline:
+ * as calls they cost about what protobuf-c's walk costs (an accrual's entry, size and
+ * bytes, on this project's VM: protobuf-c 590 ns, these as calls 540 ns, inline 200 ns). */
 
-static size_t int_size(int64_t v)
+struct out {
+	uint8_t *p; /* NULL: measure only */
+	size_t n;
+};
+
+static inline struct out o_varint(struct out o, uint64_t v)
 {
-	return v == 0 ? 0 : 1 + varint_size((uint64_t)v);
+	if (o.p != NULL)
+		o.n = (size_t)(varint_put(o.p + o.n, v) - o.p);
+	else
+		o.n += varint_size(v);
+	return o;
 }
 
-static size_t str_size(const char *s)
+static inline struct out o_int(struct out o, unsigned tag, int64_t v)
+{
+	return v == 0 ? o : o_varint(o_varint(o, tag), (uint64_t)v);
+}
+
+static inline struct out o_enum(struct out o, unsigned tag, int v)
+{
+	return o_int(o, tag, (int64_t)(int32_t)v);
+}
+
+static inline struct out o_bool(struct out o, unsigned tag, protobuf_c_boolean v)
+{
+	return o_int(o, tag, v ? 1 : 0);
+}
+
+static inline struct out o_bytes(struct out o, unsigned tag, const char *s, size_t n)
+{
+	o = o_varint(o_varint(o, tag), n);
+	if (o.p != NULL && n > 0)
+		memcpy(o.p + o.n, s, n);
+	o.n += n;
+	return o;
+}
+
+static inline struct out o_str(struct out o, unsigned tag, const char *s)
 {
 	size_t n = s != NULL ? strlen(s) : 0;
-	return n == 0 ? 0 : 1 + varint_size(n) + n;
+	return n > 0 ? o_bytes(o, tag, s, n) : o;
 }
 
-static size_t lot_body_size(const Tally__V1__Lot *lot)
+typedef struct out (*enc_fn)(struct out o, const void *m);
+
+static inline struct out o_msg(struct out o, unsigned tag, enc_fn enc, const void *m)
 {
-	return int_size(lot->expiry_ms) + int_size(lot->points);
+	if (m == NULL)
+		return o;
+	size_t n = enc((struct out){NULL, 0}, m).n;
+	o = o_varint(o_varint(o, tag), n);
+	if (o.p != NULL)
+		return enc(o, m);
+	o.n += n; /* measured once: no second walk down the tree */
+	return o;
+}
+
+static size_t measure(enc_fn enc, const void *m)
+{
+	return enc((struct out){NULL, 0}, m).n;
+}
+
+static size_t write_out(enc_fn enc, const void *m, uint8_t *p)
+{
+	return enc((struct out){p, 0}, m).n;
+}
+
+static bool plain(const void *m)
+{
+	return ((const ProtobufCMessage *)m)->n_unknown_fields == 0;
+}
+
+/* ---- accounts --------------------------------------------------------------------- */
+
+static struct out enc_lot(struct out o, const void *m)
+{
+	const Tally__V1__Lot *lot = m;
+	o = o_int(o, TAG_LOT_EXPIRY, lot->expiry_ms);
+	o = o_int(o, TAG_LOT_POINTS, lot->points);
+	return o;
+}
+
+static struct out enc_account(struct out o, const void *m)
+{
+	const Tally__V1__Account *acct = m;
+	o = o_str(o, TAG_BRAND, acct->brand);
+	o = o_str(o, TAG_MEMBER, acct->member);
+	o = o_int(o, TAG_AVAILABLE, acct->available);
+	o = o_int(o, TAG_HELD, acct->held);
+	o = o_int(o, TAG_EARNED, acct->earned);
+	o = o_int(o, TAG_REDEEMED, acct->redeemed);
+	o = o_int(o, TAG_EXPIRED, acct->expired);
+	o = o_int(o, TAG_QUALIFYING, acct->qualifying);
+	o = o_str(o, TAG_TIER, acct->tier);
+	o = o_int(o, TAG_UPDATED, acct->updated_ms);
+	o = o_int(o, TAG_QUALIFYING_DAY, acct->qualifying_day);
+	for (size_t i = 0; i < acct->n_lots; i++)
+		o = o_msg(o, TAG_LOT, enc_lot, acct->lots[i]);
+	o = o_int(o, TAG_LOT_INDEX, acct->lot_index_ms);
+	return o;
 }
 
 /* Whether the account holds only what this codec writes: protobuf-c keeps the unknown
  * fields of what it decoded and writes them back, which is left to protobuf-c. */
 static bool account_plain(const Tally__V1__Account *acct)
 {
-	if (acct->base.n_unknown_fields > 0)
+	if (!plain(acct))
 		return false;
 	for (size_t i = 0; i < acct->n_lots; i++)
-		if (acct->lots[i]->base.n_unknown_fields > 0)
+		if (!plain(acct->lots[i]))
 			return false;
 	return true;
 }
@@ -92,65 +195,171 @@ static bool account_plain(const Tally__V1__Account *acct)
 size_t account_packed_size(const Tally__V1__Account *acct)
 {
 	assert(acct != NULL && acct->n_holds == 0);
-	if (!account_plain(acct))
-		return tally__v1__account__get_packed_size(acct);
-	size_t n = str_size(acct->brand) + str_size(acct->member) + int_size(acct->available) +
-		   int_size(acct->held) + int_size(acct->earned) + int_size(acct->redeemed) +
-		   int_size(acct->expired) + int_size(acct->qualifying) + str_size(acct->tier) +
-		   int_size(acct->updated_ms) + int_size(acct->qualifying_day) +
-		   int_size(acct->lot_index_ms);
-	for (size_t i = 0; i < acct->n_lots; i++) {
-		size_t body = lot_body_size(acct->lots[i]);
-		n += 1 + varint_size(body) + body;
-	}
-	return n;
-}
-
-static uint8_t *int_put(uint8_t *p, uint8_t tag, int64_t v)
-{
-	if (v == 0)
-		return p;
-	*p++ = tag;
-	return varint_put(p, (uint64_t)v);
-}
-
-static uint8_t *str_put(uint8_t *p, uint8_t tag, const char *s)
-{
-	size_t n = s != NULL ? strlen(s) : 0;
-	if (n == 0)
-		return p;
-	*p++ = tag;
-	p = varint_put(p, n);
-	memcpy(p, s, n);
-	return p + n;
+	return account_plain(acct) ? measure(enc_account, acct)
+				   : tally__v1__account__get_packed_size(acct);
 }
 
 size_t account_pack(const Tally__V1__Account *acct, uint8_t *out)
 {
 	assert(acct != NULL && out != NULL && acct->n_holds == 0);
-	if (!account_plain(acct))
-		return tally__v1__account__pack(acct, out);
-	uint8_t *p = out;
-	p = str_put(p, TAG_BRAND, acct->brand);
-	p = str_put(p, TAG_MEMBER, acct->member);
-	p = int_put(p, TAG_AVAILABLE, acct->available);
-	p = int_put(p, TAG_HELD, acct->held);
-	p = int_put(p, TAG_EARNED, acct->earned);
-	p = int_put(p, TAG_REDEEMED, acct->redeemed);
-	p = int_put(p, TAG_EXPIRED, acct->expired);
-	p = int_put(p, TAG_QUALIFYING, acct->qualifying);
-	p = str_put(p, TAG_TIER, acct->tier);
-	p = int_put(p, TAG_UPDATED, acct->updated_ms);
-	p = int_put(p, TAG_QUALIFYING_DAY, acct->qualifying_day);
-	for (size_t i = 0; i < acct->n_lots; i++) {
-		const Tally__V1__Lot *lot = acct->lots[i];
-		*p++ = TAG_LOT;
-		p = varint_put(p, lot_body_size(lot));
-		p = int_put(p, TAG_LOT_EXPIRY, lot->expiry_ms);
-		p = int_put(p, TAG_LOT_POINTS, lot->points);
+	return account_plain(acct) ? write_out(enc_account, acct, out)
+				   : tally__v1__account__pack(acct, out);
+}
+
+/* ---- journal entries ----------------------------------------------------------------
+ * The entry of an accrual or a redemption is written here; an entry whose command has
+ * another body, or any message with unknown fields, is written by protobuf-c. */
+
+static struct out enc_principal(struct out o, const void *m)
+{
+	const Tally__V1__Principal *p = m;
+	o = o_str(o, TAG(1, LEN), p->key_name);
+	o = o_enum(o, TAG(2, VARINT), (int)p->role);
+	for (size_t i = 0; i < p->n_brands; i++) {
+		const char *b = p->brands[i] != NULL ? p->brands[i] : "";
+		o = o_bytes(o, TAG(3, LEN), b, strlen(b));
 	}
-	p = int_put(p, TAG_LOT_INDEX, acct->lot_index_ms);
-	return (size_t)(p - out);
+	return o;
+}
+
+/* Accrue and Redeem: brand 1, member 2, points 3, reason 4, reference 5. */
+static struct out enc_move(struct out o, const char *brand, const char *member, int64_t points,
+		     const char *reason, const char *reference)
+{
+	o = o_str(o, TAG(1, LEN), brand);
+	o = o_str(o, TAG(2, LEN), member);
+	o = o_int(o, TAG(3, VARINT), points);
+	o = o_str(o, TAG(4, LEN), reason);
+	o = o_str(o, TAG(5, LEN), reference);
+	return o;
+}
+
+static struct out enc_accrue(struct out o, const void *m)
+{
+	const Tally__V1__Accrue *x = m;
+	return enc_move(o, x->brand, x->member, x->points, x->reason, x->reference);
+}
+
+static struct out enc_redeem(struct out o, const void *m)
+{
+	const Tally__V1__Redeem *x = m;
+	return enc_move(o, x->brand, x->member, x->points, x->reason, x->reference);
+}
+
+static struct out enc_command(struct out o, const void *m)
+{
+	const Tally__V1__Command *c = m;
+	o = o_str(o, TAG(1, LEN), c->request_id);
+	o = o_msg(o, TAG(2, LEN), enc_principal, c->principal);
+	if (c->body_case == TALLY__V1__COMMAND__BODY_ACCRUE)
+		o = o_msg(o, TAG(TALLY__V1__COMMAND__BODY_ACCRUE, LEN), enc_accrue, c->accrue);
+	else
+		o = o_msg(o, TAG(TALLY__V1__COMMAND__BODY_REDEEM, LEN), enc_redeem, c->redeem);
+	return o;
+}
+
+static struct out enc_result(struct out o, const void *m)
+{
+	const Tally__V1__CommandResult *r = m;
+	o = o_enum(o, TAG(1, VARINT), (int)r->code);
+	o = o_str(o, TAG(2, LEN), r->message);
+	o = o_int(o, TAG(3, VARINT), (int64_t)r->entry_seq);
+	o = o_bool(o, TAG(4, VARINT), r->replay);
+	o = o_int(o, TAG(5, VARINT), (int64_t)r->hold_id);
+	o = o_int(o, TAG(6, VARINT), (int64_t)r->settlement_id);
+	o = o_int(o, TAG(7, VARINT), r->points);
+	o = o_int(o, TAG(8, VARINT), r->available);
+	o = o_int(o, TAG(9, VARINT), r->held);
+	o = o_int(o, TAG(10, VARINT), r->count);
+	o = o_bool(o, TAG(11, VARINT), r->more);
+	return o;
+}
+
+static struct out enc_posting(struct out o, const void *m)
+{
+	const Tally__V1__Posting *p = m;
+	o = o_str(o, TAG(1, LEN), p->brand);
+	o = o_enum(o, TAG(2, VARINT), (int)p->account);
+	o = o_str(o, TAG(3, LEN), p->member);
+	o = o_str(o, TAG(4, LEN), p->partner);
+	o = o_enum(o, TAG(5, VARINT), (int)p->bucket);
+	o = o_int(o, TAG(6, VARINT), p->points);
+	return o;
+}
+
+static struct out enc_lot_move(struct out o, const void *m)
+{
+	const Tally__V1__LotMove *l = m;
+	o = o_int(o, TAG(1, VARINT), l->expiry_ms);
+	o = o_int(o, TAG(2, VARINT), l->points);
+	return o;
+}
+
+static struct out enc_entry(struct out o, const void *m)
+{
+	const Tally__V1__Entry *e = m;
+	o = o_int(o, TAG(1, VARINT), (int64_t)e->seq);
+	o = o_int(o, TAG(2, VARINT), e->time_ms);
+	o = o_enum(o, TAG(3, VARINT), (int)e->kind);
+	o = o_msg(o, TAG(4, LEN), enc_command, e->command);
+	o = o_msg(o, TAG(5, LEN), enc_result, e->result);
+	for (size_t i = 0; i < e->n_postings; i++)
+		o = o_msg(o, TAG(6, LEN), enc_posting, e->postings[i]);
+	for (size_t i = 0; i < e->n_lots; i++)
+		o = o_msg(o, TAG(7, LEN), enc_lot_move, e->lots[i]);
+	o = o_int(o, TAG(8, VARINT), (int64_t)e->cause_seq);
+	o = o_str(o, TAG(9, LEN), e->brand);
+	o = o_str(o, TAG(10, LEN), e->member);
+	return o;
+}
+
+static bool command_plain(const Tally__V1__Command *c)
+{
+	if (!plain(c) || (c->principal != NULL && !plain(c->principal)))
+		return false;
+	if (c->body_case == TALLY__V1__COMMAND__BODY_ACCRUE)
+		return c->accrue != NULL && plain(c->accrue);
+	if (c->body_case == TALLY__V1__COMMAND__BODY_REDEEM)
+		return c->redeem != NULL && plain(c->redeem);
+	return false;
+}
+
+static bool entry_plain(const Tally__V1__Entry *e)
+{
+	if (!plain(e) || (e->command != NULL && !command_plain(e->command)) ||
+	    (e->result != NULL && !plain(e->result)))
+		return false;
+	for (size_t i = 0; i < e->n_postings; i++)
+		if (!plain(e->postings[i]))
+			return false;
+	for (size_t i = 0; i < e->n_lots; i++)
+		if (!plain(e->lots[i]))
+			return false;
+	return true;
+}
+
+size_t entry_packed_size(const Tally__V1__Entry *e)
+{
+	assert(e != NULL);
+	return entry_plain(e) ? measure(enc_entry, e) : tally__v1__entry__get_packed_size(e);
+}
+
+size_t entry_pack(const Tally__V1__Entry *e, uint8_t *out)
+{
+	assert(e != NULL && out != NULL);
+	return entry_plain(e) ? write_out(enc_entry, e, out) : tally__v1__entry__pack(e, out);
+}
+
+size_t command_packed_size(const Tally__V1__Command *c)
+{
+	assert(c != NULL);
+	return command_plain(c) ? measure(enc_command, c) : tally__v1__command__get_packed_size(c);
+}
+
+size_t command_pack(const Tally__V1__Command *c, uint8_t *out)
+{
+	assert(c != NULL && out != NULL);
+	return command_plain(c) ? write_out(enc_command, c, out) : tally__v1__command__pack(c, out);
 }
 
 /* ---- decoding --------------------------------------------------------------------- */
