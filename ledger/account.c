@@ -317,11 +317,23 @@ static int qual_prune(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Acc
 
 /* ---- accounts --------------------------------------------------------------------- */
 
-/* Moves the account's row in the expiry index to the expiry of its first lot. */
-static int lot_index_update(struct apply *a, Tally__V1__Account *acct)
+/* ---- the expiry index ---------------------------------------------------------------
+ * One row per account whose lots expire, (lot_index_ms, brand, member), kept in the
+ * account as lot_index_ms, at or before the expiry of the account's first lot: a lot
+ * that expires sooner than the row moves the row at once, but a first lot that goes
+ * (spent, expired) leaves the row where it is, so a redemption writes no index row.
+ * The expire sweep, reaching a row that ran ahead of its account, moves it to the
+ * account's first lot, or removes it (touch_account). */
+
+static int64_t lots_first_expiry(const Tally__V1__Account *acct)
 {
-	int64_t first = acct->n_lots > 0 ? acct->lots[0]->expiry_ms : 0;
-	if (first == acct->lot_index_ms)
+	return acct->n_lots > 0 ? acct->lots[0]->expiry_ms : 0; /* never-expiring lots last */
+}
+
+/* Moves the account's row to expiry `to` (0: no row). */
+static int lot_index_move(struct apply *a, Tally__V1__Account *acct, int64_t to)
+{
+	if (to == acct->lot_index_ms)
 		return 0;
 	struct key k;
 	int rc = 0;
@@ -332,15 +344,23 @@ static int lot_index_update(struct apply *a, Tally__V1__Account *acct)
 		key_raw(&k, acct->member);
 		rc = st_del(a, T_LOT_EXP, &k);
 	}
-	if (rc == 0 && first != 0) {
+	if (rc == 0 && to != 0) {
 		key_reset(&k);
-		key_u64(&k, (uint64_t)first);
+		key_u64(&k, (uint64_t)to);
 		key_str(&k, acct->brand);
 		key_raw(&k, acct->member);
 		rc = st_put(a, T_LOT_EXP, &k, "", 0);
 	}
-	acct->lot_index_ms = first;
+	acct->lot_index_ms = to;
 	return rc;
+}
+
+/* Keeps the row at or before the first lot's expiry, moving it only when it must. */
+static int lot_index_update(struct apply *a, Tally__V1__Account *acct)
+{
+	int64_t first = lots_first_expiry(acct);
+	bool before_first = acct->lot_index_ms != 0 && (first == 0 || acct->lot_index_ms <= first);
+	return before_first ? 0 : lot_index_move(a, acct, first);
 }
 
 struct open_account *account_opened(struct apply *a, const char *brand, const char *member)
@@ -708,16 +728,25 @@ int holds_sweep(struct apply *a)
 
 /* ---- expire ----------------------------------------------------------------------- */
 
-/* Touches the account named by the tail of an index key (brand \0 member), expiring
- * at most lots_max of its lots. */
+/* The sweeps' touch of the account named by the tail of an index key (brand \0
+ * member): its lots that ran out expire (at most lots_max), then its expiry row
+ * moves to its first lot, where lot_index_update may have left it behind; *moved
+ * tells whether the row moved. */
 static int touch_account(struct apply *a, const char *brand, const char *member,
-			 uint64_t lots_max)
+			 uint64_t lots_max, bool *moved)
 {
 	Tally__V1__Brand *b;
 	Tally__V1__Account *acct;
+	*moved = false;
 	int rc = brand_get(a, brand, &b);
 	if (rc == 0)
 		rc = account_load(a, b, member, &acct, NULL, lots_max);
+	if (rc == 0 && acct->lot_index_ms != lots_first_expiry(acct)) {
+		*moved = true;
+		rc = lot_index_move(a, acct, lots_first_expiry(acct));
+		if (rc == 0)
+			rc = account_save(a, acct);
+	}
 	if (rc == 0)
 		rc = accounts_flush(a); /* one sweep touches many accounts */
 	return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
@@ -728,6 +757,7 @@ static int touch_account(struct apply *a, const char *brand, const char *member,
 static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *more)
 {
 	struct key from;
+	uint64_t moved_rows = 0;
 	key_reset(&from);
 	for (;;) {
 		MDB_val k, v;
@@ -737,7 +767,7 @@ static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *m
 			return rc;
 		if (k.mv_size < 8 + 2 || (int64_t)be64_get(k.mv_data) > a->now_ms)
 			return 0;
-		if (*done >= budget) {
+		if (*done + moved_rows >= budget) {
 			*more = true;
 			return 0;
 		}
@@ -747,13 +777,16 @@ static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *m
 			return TALLY_ECORRUPT;
 		char *member = tally_arena_strndup(a->tmp, brand + bl + 1, k.mv_size - 8 - bl - 1);
 		uint64_t before = a->m.tree.size;
-		rc = member == NULL ? TALLY_ENOMEM : touch_account(a, brand, member, budget - *done);
+		bool moved;
+		rc = member == NULL ? TALLY_ENOMEM
+				    : touch_account(a, brand, member, budget - *done - moved_rows, &moved);
 		if (rc != 0)
 			return rc;
-		if (a->m.tree.size == before)
-			return TALLY_ECORRUPT; /* the index named a lot that did not expire */
+		if (a->m.tree.size == before && !moved)
+			return TALLY_ECORRUPT; /* the row named a lot that did not expire */
 		*done += a->m.tree.size - before;
-		assert(*done <= budget);
+		moved_rows += a->m.tree.size == before; /* a row that ran ahead: budget, no count */
+		assert(*done + moved_rows <= budget);
 	}
 }
 
@@ -794,8 +827,9 @@ static int expire_windows(struct apply *a, uint64_t budget, uint64_t *done, bool
 			char *member = tally_arena_strndup(a->tmp, (char *)k.mv_data + prefix.n + 4,
 							   k.mv_size - prefix.n - 4);
 			/* Lots ran first and left none expired: this touch expires nothing. */
+			bool moved; /* a row that ran ahead may move too: no count */
 			rc = member == NULL ? TALLY_ENOMEM
-					    : touch_account(a, id, member, budget - *done);
+					    : touch_account(a, id, member, budget - *done, &moved);
 			if (rc != 0)
 				return rc;
 			(*done)++;

@@ -92,15 +92,19 @@ static int check_lots(struct check *c, const Tally__V1__Account *a, int64_t *sum
 				    a->member, i);
 		*sum += lot->points;
 	}
+	/* The expiry row is at or before the first lot's expiry (account.c). */
 	int64_t first = a->n_lots > 0 ? a->lots[0]->expiry_ms : 0;
-	if (a->lot_index_ms != first)
+	if (first != 0 && (a->lot_index_ms == 0 || a->lot_index_ms > first))
 		return fail(c, "account %s/%s: indexed under %lld, first lot expires %lld", a->brand,
 			    a->member, (long long)a->lot_index_ms, (long long)first);
-	if (first == 0)
+	if (a->lot_index_ms < 0)
+		return fail(c, "account %s/%s: indexed under %lld", a->brand, a->member,
+			    (long long)a->lot_index_ms);
+	if (a->lot_index_ms == 0)
 		return 0;
 	struct key k;
 	key_reset(&k);
-	key_u64(&k, (uint64_t)first);
+	key_u64(&k, (uint64_t)a->lot_index_ms);
 	key_str(&k, a->brand);
 	key_raw(&k, a->member);
 	MDB_val kv = {k.n, k.b}, v;

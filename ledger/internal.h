@@ -26,7 +26,7 @@ enum table {
 	T_MEMBERS,     /* id → chain head(32) Member                              [digest] */
 	T_ACCOUNTS,    /* brand \0 member → chain head(32) Account                [digest] */
 	T_SYSACCT,     /* brand \0 kind(1) partner → int64                        [digest] */
-	T_LOT_EXP,     /* expiry(8) brand \0 member → "" (the account's first lot)  index */
+	T_LOT_EXP,     /* expiry(8) brand \0 member → "" (at or before its first lot)  index */
 	T_HOLDS,       /* id(8) → HoldRecord                                      [digest] */
 	T_HOLD_EXP,    /* expires(8) id(8) → ""  (open holds)                      index */
 	T_HOLD_ACCT,   /* brand \0 member \0 id(8) → "" (open holds)               index */
@@ -48,8 +48,11 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
 
 #define KEY_BYTES_MAX 400   /* below LMDB's 511-byte key limit */
 /* 2: every command that changed state has an entry; 3: a member's entries are chained
- * through its records and the entries (chain.c) instead of an index row per entry. */
-#define LEDGER_FORMAT_VERSION 3
+ * through its records and the entries (chain.c) instead of an index row per entry;
+ * 4: an account's expiry row may lie before its first lot (account.c). A format-3
+ * ledger is a format-4 one whose rows are all exact: it is read as it is. */
+#define LEDGER_FORMAT_VERSION 4
+#define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
 #define POSTINGS_MAX 8

@@ -420,7 +420,8 @@ int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m)
 		return 0; /* a new ledger */
 	if (rc != 0)
 		return lmdb_error(rc);
-	if (v.mv_size != 8 || be64_get(v.mv_data) != LEDGER_FORMAT_VERSION)
+	if (v.mv_size != 8 || be64_get(v.mv_data) < LEDGER_FORMAT_READABLE_MIN ||
+	    be64_get(v.mv_data) > LEDGER_FORMAT_VERSION)
 		return TALLY_EVERSION;
 	if (meta_get(txn, dbi, META_APPLIED, &v) != 0 || v.mv_size != 24)
 		return TALLY_ECORRUPT;

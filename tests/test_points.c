@@ -1566,6 +1566,72 @@ static void test_expire_posts_lot_expired_entry_for_every_lot_that_ran_out(void 
 	fx_close(&f);
 }
 
+/* The expiry row stays behind when the first lot goes (a redemption writes no index
+ * row), moves ahead at once for a lot that expires sooner, and is moved on by the sweep
+ * when its time comes, which expires nothing then and says so (count 0). */
+static void test_the_expiry_row_stays_behind_a_spent_lot_until_the_sweep_moves_it(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 1);
+	int64_t t0 = f.now_ms;
+	ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 10));
+	int64_t e1 = account(&f, "b", "m1")->lots[0]->expiry_ms;
+	f.now_ms = t0 + DAY_MS;
+	ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 20));
+	ok(&f, c_redeem(&f, mall(&f), "b", "m1", 10)); /* the first lot is spent */
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, 1);
+	int64_t e2 = a->lots[0]->expiry_ms;
+	assert_true(e2 > e1);
+	assert_int_equal(a->lot_index_ms, e1); /* behind the first lot, not past it */
+	assert_invariants(&f);
+	/* A lot that expires sooner than the row moves it at once. */
+	int64_t early = t0 + 10 * DAY_MS;
+	ok(&f, c_import(&f, admin(&f), "b", "m2", 5, e1));
+	ok(&f, c_import(&f, admin(&f), "b", "m2", 5, early));
+	assert_int_equal(account(&f, "b", "m2")->lot_index_ms, early);
+	/* The sweep at e1 expires nothing of m1 and moves its row to e2. */
+	f.now_ms = e1;
+	uint64_t before = tree_size(&f);
+	Tally__V1__CommandResult *r = ok(&f, c_expire(&f, timer(&f)));
+	assert_int_equal(r->count, 2); /* m2's two lots */
+	assert_false(r->more);
+	assert_int_equal(count_kind(&f, before, KIND(LOT_EXPIRED), NULL), 2);
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->available, 20);
+	assert_int_equal(a->lot_index_ms, e2);
+	assert_int_equal(account(&f, "b", "m2")->lot_index_ms, 0);
+	assert_invariants(&f);
+	/* A row that only moves is budgeted but not counted, and its change is journaled. */
+	int64_t e3 = e1 + HOUR_MS; /* before m1's row at e2 */
+	ok(&f, c_import(&f, admin(&f), "b", "m3", 10, e3));
+	ok(&f, c_redeem(&f, mall(&f), "b", "m3", 10));
+	assert_int_equal(account(&f, "b", "m3")->lot_index_ms, e3);
+	f.now_ms = e3;
+	before = tree_size(&f);
+	r = ok(&f, c_expire_max(&f, 1));
+	assert_int_equal(r->count, 0);
+	assert_false(r->more);
+	assert_int_equal(tree_size(&f), before + 1); /* the expire's own entry */
+	assert_int_equal(entry_at(&f, before + 1)->result->count, 0);
+	assert_int_equal(account(&f, "b", "m3")->lot_index_ms, 0);
+	struct tally_digest d = digest(&f);
+	r = ok(&f, c_expire(&f, timer(&f)));
+	assert_int_equal(r->count, 0);
+	assert_unchanged(&f, &d);
+	/* At e2, m1's lot expires and its row goes. */
+	f.now_ms = e2;
+	r = ok(&f, c_expire(&f, timer(&f)));
+	assert_int_equal(r->count, 1);
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->available, 0);
+	assert_int_equal(a->lot_index_ms, 0);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 static void test_expire_handles_at_most_max_items_and_reports_more(void **state)
 {
 	(void)state;
@@ -2173,6 +2239,7 @@ int main(void)
 		cmocka_unit_test(test_expire_handles_at_most_max_items_and_reports_more),
 		cmocka_unit_test(test_expire_reports_no_more_when_the_budget_is_exactly_used_up),
 		cmocka_unit_test(test_expire_never_handles_more_than_max_items_within_one_account),
+		cmocka_unit_test(test_the_expiry_row_stays_behind_a_spent_lot_until_the_sweep_moves_it),
 		cmocka_unit_test(test_expire_budget_spans_lots_and_tier_windows),
 		cmocka_unit_test(test_expire_batch_releases_every_hold_past_its_timeout),
 		cmocka_unit_test(test_hold_released_after_its_lot_ran_out_posts_the_points_as_expired),
