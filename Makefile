@@ -105,7 +105,7 @@ $(BUILD)/proto/tally.pb-c.o: $(PROTO_C)
 
 HEADERS := $(PROTO_H) $(wildcard ledger/*.h) $(wildcard consensus/*.h) $(wildcard rpc/*.h) \
            $(wildcard tests/*.h) $(wildcard tools/audit/*.h) $(wildcard tools/ctl/*.h) \
-           $(wildcard tools/cdc/*.h)
+           $(wildcard tools/cdc/*.h) $(wildcard tools/*.h)
 
 $(BUILD)/pic/proto/tally.pb-c.o: $(PROTO_C)
 	@mkdir -p $(dir $@)

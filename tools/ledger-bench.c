@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ledger/ledger.h"
+#include "tools/bench.h"
 
 struct opts {
 	long commands;
@@ -32,21 +33,11 @@ struct blob {
 	size_t len;
 };
 
-static uint64_t rng_state = 88172645463325252ULL;
+static uint64_t rng_state = BENCH_SEED;
 
 static uint64_t rnd(void)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return bench_rnd(&rng_state);
 }
 
 static void usage(void)
@@ -247,11 +238,11 @@ int main(int argc, char **argv)
 	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, dir %s%s\n",
 		o.commands, n_batches, o.batch, o.members, dir, o.writemap ? ", writemap" : "");
 	long ok = 0, rejected = 0;
-	double start = now_s(), last = start;
+	double start = bench_now_s(), last = start;
 	for (long b = 0; b < n_batches; b++) {
-		double t0 = now_s();
+		double t0 = bench_now_s();
 		rc = tally_ledger_apply_bytes(l, batches[b].data, batches[b].len, &out, &rs, &n, &skipped);
-		lat[b] = now_s() - t0;
+		lat[b] = bench_now_s() - t0;
 		if (rc != 0) {
 			fprintf(stderr, "apply: %s\n", tally_strerror(rc));
 			return 1;
@@ -260,13 +251,13 @@ int main(int argc, char **argv)
 			rs[i]->code == TALLY__V1__RESULT_CODE__OK ? ok++ : rejected++;
 		tally_arena_reset(&out);
 		free(batches[b].data);
-		if (now_s() - last >= 1.0) {
-			last = now_s();
+		if (bench_now_s() - last >= 1.0) {
+			last = bench_now_s();
 			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + 1) * o.batch,
 				(double)((b + 1) * o.batch) / (last - start));
 		}
 	}
-	double secs = now_s() - start;
+	double secs = bench_now_s() - start;
 	qsort(lat, (size_t)n_batches, sizeof(*lat), cmp_double);
 	struct tally_digest d;
 	tally_ledger_digest(l, &d);

@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "ledger/merkle.h"
+#include "tools/bench.h"
 
 #define ACCOUNT_BYTES 97   /* mean account record, chain head included (mdb_dump) */
 #define MEMBER_BYTES 51    /* mean member record */
@@ -65,21 +66,11 @@ struct floor {
 	long first_touches;
 };
 
-static uint64_t rng_state = 88172645463325252ULL; /* ledger-bench's generator and seed */
+static uint64_t rng_state = BENCH_SEED;
 
 static uint64_t rnd(void)
 {
-	rng_state ^= rng_state << 13;
-	rng_state ^= rng_state >> 7;
-	rng_state ^= rng_state << 17;
-	return rng_state;
-}
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+	return bench_rnd(&rng_state);
 }
 
 static double cpu_s(void)
@@ -308,14 +299,14 @@ int main(int argc, char **argv)
 	struct floor f = {0};
 	open_env(&f, d, commands, members);
 	setup_members(&f, members);
-	double start = now_s(), cpu0 = cpu_s();
+	double start = bench_now_s(), cpu0 = cpu_s();
 	for (long i = 0; i < commands; i += batch) {
 		begin(&f);
 		for (long j = i; j < commands && j < i + batch; j++)
 			command(&f, j, members);
 		commit(&f);
 	}
-	double secs = now_s() - start, cpu = cpu_s() - cpu0;
+	double secs = bench_now_s() - start, cpu = cpu_s() - cpu0;
 	printf("floor: %ld commands (%ld first touches of an account) in %.3f s, %.3f s CPU, "
 	       "%.2f us CPU per command\n", commands, f.first_touches, secs, cpu,
 	       cpu * 1e6 / (double)commands);

@@ -38,17 +38,11 @@
 
 #include "consensus/snapshot.h"
 #include "ledger/ledger.h"
+#include "tools/bench.h"
 
 #define BENCH_SAMPLE_US 2000 /* memory sampling period */
 #define BENCH_RAFT_ID 1
 #define BENCH_RAFT_ADDRESS "127.0.0.1:9" /* never listened on: only stored */
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* The value (kB) of `key` in a /proc file of "Key: value kB" lines; -1 if absent. */
 static long proc_kb(const char *path, const char *key)
@@ -177,11 +171,11 @@ static int take(const char *dir)
 	if (rc != 0)
 		die(path, tally_strerror(rc));
 	pthread_t t = sampler_start();
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	struct raft_buffer buf;
 	if (node_snapshot_take(l, path, &buf) != 0)
 		die(path, "snapshot take failed");
-	double t1 = now_s();
+	double t1 = bench_now_s();
 	struct raft_store s;
 	struct raft_snapshot *none = NULL;
 	snprintf(path, sizeof(path), "%s/raft", dir);
@@ -199,7 +193,7 @@ static int take(const char *dir)
 		uv_run(&s.loop, UV_RUN_ONCE);
 	if (s.status != 0)
 		die("snapshot_put", raft_strerror(s.status));
-	double t2 = now_s();
+	double t2 = bench_now_s();
 	size_t len = buf.len;
 	node_snapshot_free(&buf);
 	raft_configuration_close(&snap.configuration);
@@ -220,13 +214,13 @@ static int restore(const char *dir)
 	if (mkdir(out_dir, 0755) != 0 && errno != EEXIST)
 		die(out_dir, strerror(errno));
 	pthread_t t = sampler_start();
-	double t0 = now_s();
+	double t0 = bench_now_s();
 	struct raft_store s;
 	struct raft_snapshot *snap = NULL;
 	store_open(&s, path, &snap);
 	if (snap == NULL || snap->n_bufs != 1)
 		die(path, "no snapshot stored");
-	double t1 = now_s();
+	double t1 = bench_now_s();
 	struct tally_ledger *l = NULL;
 	struct tally_ledger_options lo = {.nosync = true, .writemap = true};
 	bool check_pending;
@@ -235,11 +229,11 @@ static int restore(const char *dir)
 	if (rc != 0)
 		die("restore", tally_strerror(rc));
 	raft_free(snap->bufs[0].base); /* the FSM owns it once restored */
-	double t2 = now_s();
+	double t2 = bench_now_s();
 	char msg[256] = "";
 	if (check_pending && node_snapshot_verify(l, msg, sizeof(msg)) != 0)
 		die("full check", msg);
-	double t3 = now_s();
+	double t3 = bench_now_s();
 	raft_free(snap->bufs);
 	raft_configuration_close(&snap->configuration);
 	raft_free(snap);
