@@ -322,7 +322,7 @@ static int qual_prune(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Acc
  * account as lot_index_ms, at or before the expiry of the account's first lot: a lot
  * that expires sooner than the row moves the row at once, but a first lot that goes
  * (spent, expired) leaves the row where it is, so a redemption writes no index row.
- * The expire sweep, reaching a row that ran ahead of its account, moves it to the
+ * The expire sweep, reaching a row left behind its account's first lot, moves it to the
  * account's first lot, or removes it (touch_account). */
 
 static int64_t lots_first_expiry(const Tally__V1__Account *acct)
@@ -785,7 +785,7 @@ static int expire_lots(struct apply *a, uint64_t budget, uint64_t *done, bool *m
 		if (a->m.tree.size == before && !moved)
 			return TALLY_ECORRUPT; /* the row named a lot that did not expire */
 		*done += a->m.tree.size - before;
-		moved_rows += a->m.tree.size == before; /* a row that ran ahead: budget, no count */
+		moved_rows += a->m.tree.size == before; /* a row left behind: budget, no count */
 		assert(*done + moved_rows <= budget);
 	}
 }
@@ -827,7 +827,7 @@ static int expire_windows(struct apply *a, uint64_t budget, uint64_t *done, bool
 			char *member = tally_arena_strndup(a->tmp, (char *)k.mv_data + prefix.n + 4,
 							   k.mv_size - prefix.n - 4);
 			/* Lots ran first and left none expired: this touch expires nothing. */
-			bool moved; /* a row that ran ahead may move too: no count */
+			bool moved; /* a row left behind may move too: no count */
 			rc = member == NULL ? TALLY_ENOMEM
 					    : touch_account(a, id, member, budget - *done, &moved);
 			if (rc != 0)
