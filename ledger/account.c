@@ -390,12 +390,12 @@ static int account_write(struct apply *a, const struct open_account *o)
 {
 	struct key k;
 	account_key(&k, o->acct->brand, o->acct->member);
-	size_t n = account_packed_size(o->acct);
+	size_t n = codec_packed_size(o->acct);
 	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &o->head);
-	size_t w = account_pack(o->acct, buf + CHAIN_HEAD_BYTES);
+	size_t w = codec_pack(o->acct, buf + CHAIN_HEAD_BYTES);
 	assert(w == n);
 	return st_put(a, T_ACCOUNTS, &k, buf, CHAIN_HEAD_BYTES + n);
 }
@@ -731,18 +731,19 @@ int holds_sweep(struct apply *a)
 /* The sweeps' touch of the account named by the tail of an index key (brand \0
  * member): its lots that ran out expire (at most lots_max), then its expiry row
  * moves to its first lot, where lot_index_update may have left it behind; *moved
- * tells whether the row moved. */
+ * (when not NULL) tells whether the row moved. */
 static int touch_account(struct apply *a, const char *brand, const char *member,
 			 uint64_t lots_max, bool *moved)
 {
 	Tally__V1__Brand *b;
 	Tally__V1__Account *acct;
-	*moved = false;
 	int rc = brand_get(a, brand, &b);
 	if (rc == 0)
 		rc = account_load(a, b, member, &acct, NULL, lots_max);
-	if (rc == 0 && acct->lot_index_ms != lots_first_expiry(acct)) {
-		*moved = true;
+	bool move = rc == 0 && acct->lot_index_ms != lots_first_expiry(acct);
+	if (moved != NULL)
+		*moved = move;
+	if (move) {
 		rc = lot_index_move(a, acct, lots_first_expiry(acct));
 		if (rc == 0)
 			rc = account_save(a, acct);
@@ -827,9 +828,8 @@ static int expire_windows(struct apply *a, uint64_t budget, uint64_t *done, bool
 			char *member = tally_arena_strndup(a->tmp, (char *)k.mv_data + prefix.n + 4,
 							   k.mv_size - prefix.n - 4);
 			/* Lots ran first and left none expired: this touch expires nothing. */
-			bool moved; /* a row left behind may move too: no count */
-			rc = member == NULL ? TALLY_ENOMEM
-					    : touch_account(a, id, member, budget - *done, &moved);
+			rc = member == NULL ? TALLY_ENOMEM /* a row left behind may move: no count */
+					    : touch_account(a, id, member, budget - *done, NULL);
 			if (rc != 0)
 				return rc;
 			(*done)++;

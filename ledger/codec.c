@@ -181,29 +181,17 @@ static struct out enc_account(struct out o, const void *m)
 }
 
 /* Whether the account holds only what this codec writes: protobuf-c keeps the unknown
- * fields of what it decoded and writes them back, which is left to protobuf-c. */
-static bool account_plain(const Tally__V1__Account *acct)
+ * fields of what it decoded and writes them back, which is left to protobuf-c (and
+ * holds, which are never stored, to it too). */
+static bool account_plain(const void *m)
 {
-	if (!plain(acct))
+	const Tally__V1__Account *acct = m;
+	if (!plain(acct) || acct->n_holds > 0)
 		return false;
 	for (size_t i = 0; i < acct->n_lots; i++)
 		if (!plain(acct->lots[i]))
 			return false;
 	return true;
-}
-
-size_t account_packed_size(const Tally__V1__Account *acct)
-{
-	assert(acct != NULL && acct->n_holds == 0);
-	return account_plain(acct) ? measure(enc_account, acct)
-				   : tally__v1__account__get_packed_size(acct);
-}
-
-size_t account_pack(const Tally__V1__Account *acct, uint8_t *out)
-{
-	assert(acct != NULL && out != NULL && acct->n_holds == 0);
-	return account_plain(acct) ? write_out(enc_account, acct, out)
-				   : tally__v1__account__pack(acct, out);
 }
 
 /* ---- journal entries ----------------------------------------------------------------
@@ -313,8 +301,9 @@ static struct out enc_entry(struct out o, const void *m)
 	return o;
 }
 
-static bool command_plain(const Tally__V1__Command *c)
+static bool command_plain(const void *m)
 {
+	const Tally__V1__Command *c = m;
 	if (!plain(c) || (c->principal != NULL && !plain(c->principal)))
 		return false;
 	if (c->body_case == TALLY__V1__COMMAND__BODY_ACCRUE)
@@ -324,8 +313,9 @@ static bool command_plain(const Tally__V1__Command *c)
 	return false;
 }
 
-static bool entry_plain(const Tally__V1__Entry *e)
+static bool entry_plain(const void *m)
 {
+	const Tally__V1__Entry *e = m;
 	if (!plain(e) || (e->command != NULL && !command_plain(e->command)) ||
 	    (e->result != NULL && !plain(e->result)))
 		return false;
@@ -338,28 +328,39 @@ static bool entry_plain(const Tally__V1__Entry *e)
 	return true;
 }
 
-size_t entry_packed_size(const Tally__V1__Entry *e)
+/* ---- which messages are written here -------------------------------------------- */
+
+static const struct {
+	const ProtobufCMessageDescriptor *d;
+	enc_fn enc;
+	bool (*plain)(const void *m); /* whether this one holds only what enc writes */
+} written[] = {
+	{&tally__v1__account__descriptor, enc_account, account_plain},
+	{&tally__v1__entry__descriptor, enc_entry, entry_plain},
+	{&tally__v1__command__descriptor, enc_command, command_plain},
+};
+
+/* The encoder for m, or NULL when protobuf-c writes it. */
+static enc_fn encoder(const ProtobufCMessage *m)
 {
-	assert(e != NULL);
-	return entry_plain(e) ? measure(enc_entry, e) : tally__v1__entry__get_packed_size(e);
+	for (size_t i = 0; i < sizeof(written) / sizeof(written[0]); i++)
+		if (m->descriptor == written[i].d)
+			return written[i].plain(m) ? written[i].enc : NULL;
+	return NULL;
 }
 
-size_t entry_pack(const Tally__V1__Entry *e, uint8_t *out)
+size_t codec_packed_size(const void *msg)
 {
-	assert(e != NULL && out != NULL);
-	return entry_plain(e) ? write_out(enc_entry, e, out) : tally__v1__entry__pack(e, out);
+	assert(msg != NULL);
+	enc_fn enc = encoder(msg);
+	return enc != NULL ? measure(enc, msg) : protobuf_c_message_get_packed_size(msg);
 }
 
-size_t command_packed_size(const Tally__V1__Command *c)
+size_t codec_pack(const void *msg, uint8_t *out)
 {
-	assert(c != NULL);
-	return command_plain(c) ? measure(enc_command, c) : tally__v1__command__get_packed_size(c);
-}
-
-size_t command_pack(const Tally__V1__Command *c, uint8_t *out)
-{
-	assert(c != NULL && out != NULL);
-	return command_plain(c) ? write_out(enc_command, c, out) : tally__v1__command__pack(c, out);
+	assert(msg != NULL && out != NULL);
+	enc_fn enc = encoder(msg);
+	return enc != NULL ? write_out(enc, msg, out) : protobuf_c_message_pack(msg, out);
 }
 
 /* ---- decoding --------------------------------------------------------------------- */

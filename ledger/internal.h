@@ -277,13 +277,11 @@ int lot_move(struct apply *a, int64_t expiry_ms, int64_t points);
 int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandResult *r,
 	       const char *brand, const char *member, uint64_t cause_seq);
 
-/* the codec of the apply path (codec.c): protobuf-c's bytes, written and read faster */
-size_t account_packed_size(const Tally__V1__Account *acct);
-size_t account_pack(const Tally__V1__Account *acct, uint8_t *out);
-size_t entry_packed_size(const Tally__V1__Entry *e);
-size_t entry_pack(const Tally__V1__Entry *e, uint8_t *out);
-size_t command_packed_size(const Tally__V1__Command *c);
-size_t command_pack(const Tally__V1__Command *c, uint8_t *out);
+/* the codec of the apply path (codec.c): protobuf-c's bytes, written and read faster.
+ * Any protobuf-c message may be given; accounts, and entries and commands of accruals
+ * and redemptions, are written by the codec, the rest by protobuf-c. */
+size_t codec_packed_size(const void *msg);
+size_t codec_pack(const void *msg, uint8_t *out);
 /* NULL when the bytes are not an Account or the arena is out of memory. */
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);
 

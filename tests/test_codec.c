@@ -219,10 +219,10 @@ static void test_random_accounts_encode_to_protobuf_c_bytes_and_back(void **stat
 	for (int round = 0; round < ROUNDS; round++) {
 		tally_arena_reset(&a);
 		Tally__V1__Account *acct = any_account(&a);
-		size_t n = account_packed_size(acct);
+		size_t n = codec_packed_size(acct);
 		assert_int_equal(n, tally__v1__account__get_packed_size(acct));
 		assert_true(n <= CODEC_BYTES_MAX);
-		assert_int_equal(account_pack(acct, ours), n);
+		assert_int_equal(codec_pack(acct, ours), n);
 		assert_int_equal(tally__v1__account__pack(acct, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 		Tally__V1__Account *back = account_unpack(&a, ours, n);
@@ -241,10 +241,10 @@ static void test_random_entries_and_commands_encode_to_protobuf_c_bytes(void **s
 	for (int round = 0; round < ROUNDS; round++) {
 		tally_arena_reset(&a);
 		Tally__V1__Entry *e = any_entry(&a);
-		size_t n = entry_packed_size(e);
+		size_t n = codec_packed_size(e);
 		assert_int_equal(n, tally__v1__entry__get_packed_size(e));
 		assert_true(n <= sizeof(ours));
-		assert_int_equal(entry_pack(e, ours), n);
+		assert_int_equal(codec_pack(e, ours), n);
 		assert_int_equal(tally__v1__entry__pack(e, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 		if (e->command == NULL)
@@ -253,9 +253,9 @@ static void test_random_entries_and_commands_encode_to_protobuf_c_bytes(void **s
 		Tally__V1__Command body = *e->command;
 		body.request_id = (char *)"";
 		body.principal = NULL;
-		n = command_packed_size(&body);
+		n = codec_packed_size(&body);
 		assert_int_equal(n, tally__v1__command__get_packed_size(&body));
-		assert_int_equal(command_pack(&body, ours), n);
+		assert_int_equal(codec_pack(&body, ours), n);
 		assert_int_equal(tally__v1__command__pack(&body, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 	}
@@ -301,12 +301,12 @@ static void test_unknown_fields_are_written_back_as_protobuf_c_does(void **state
 	e.kind = TALLY__V1__ENTRY_KIND__COMMAND;
 	e.command = c;
 	uint8_t ours[64], theirs[64];
-	size_t n = entry_packed_size(&e);
+	size_t n = codec_packed_size(&e);
 	assert_int_equal(n, tally__v1__entry__get_packed_size(&e));
-	assert_int_equal(entry_pack(&e, ours), n);
+	assert_int_equal(codec_pack(&e, ours), n);
 	assert_int_equal(tally__v1__entry__pack(&e, theirs), n);
 	assert_memory_equal(ours, theirs, n);
-	assert_int_equal(command_pack(c, ours), sizeof(cmd));
+	assert_int_equal(codec_pack(c, ours), sizeof(cmd));
 	assert_memory_equal(ours, cmd, sizeof(cmd));
 	/* The same with the unknown field in the principal (field 2): 0x20 = field 4. */
 	static const uint8_t cmd2[] = {0x0a, 0x01, 'r', 0x12, 0x05, 0x0a, 0x01, 'k', 0x20, 0x01,
@@ -314,8 +314,8 @@ static void test_unknown_fields_are_written_back_as_protobuf_c_does(void **state
 	c = tally__v1__command__unpack(tally_arena_protobuf(&a), sizeof(cmd2), cmd2);
 	assert_non_null(c);
 	assert_int_equal(c->principal->base.n_unknown_fields, 1);
-	assert_int_equal(command_packed_size(c), sizeof(cmd2));
-	assert_int_equal(command_pack(c, ours), sizeof(cmd2));
+	assert_int_equal(codec_packed_size(c), sizeof(cmd2));
+	assert_int_equal(codec_pack(c, ours), sizeof(cmd2));
 	assert_memory_equal(ours, cmd2, sizeof(cmd2));
 	tally_arena_free(&a);
 }
@@ -360,9 +360,9 @@ static void test_other_encodings_are_read_as_protobuf_c_reads_them(void **state)
 			continue;
 		/* Written back, it is protobuf-c's bytes again, unknown fields included. */
 		uint8_t mine[64], pc[64];
-		size_t n = account_packed_size(ours);
+		size_t n = codec_packed_size(ours);
 		assert_int_equal(n, tally__v1__account__get_packed_size(theirs));
-		assert_int_equal(account_pack(ours, mine), n);
+		assert_int_equal(codec_pack(ours, mine), n);
 		assert_int_equal(tally__v1__account__pack(theirs, pc), n);
 		assert_memory_equal(mine, pc, n);
 	}
@@ -376,8 +376,8 @@ static void test_the_empty_account_is_zero_bytes(void **state)
 	tally_arena_init(&a, 1 << 12, 0);
 	Tally__V1__Account acct = TALLY__V1__ACCOUNT__INIT;
 	uint8_t b[1];
-	assert_int_equal(account_packed_size(&acct), 0);
-	assert_int_equal(account_pack(&acct, b), 0);
+	assert_int_equal(codec_packed_size(&acct), 0);
+	assert_int_equal(codec_pack(&acct, b), 0);
 	Tally__V1__Account *back = account_unpack(&a, b, 0);
 	assert_non_null(back);
 	assert_accounts_equal(&acct, back);
