@@ -6,8 +6,16 @@
  * lie takes a stolen node key or a broken node. One lie canonical raft 0.15 cannot
  * survive is an AppendEntries that contradicts an entry this node knows is committed
  * (a different term at an index at or below its commit index): raft then stops the
- * node for good ("unavailable") while the process stays up. No correct leader ever
- * sends one (leader completeness), so such a message is proof of a faulty sender.
+ * node for good ("unavailable") while the process stays up. No correct leader of this
+ * node's term or a later one ever sends one (leader completeness: an entry committed
+ * by term T is in the log of every leader after T), so such a message is proof of a
+ * faulty sender.
+ *
+ * A message of an earlier term proves nothing: a leader deposed while its message was
+ * on the way (a loop stalled past the election timeout does that) sends entries it
+ * never got committed, and the new leader may have committed others at those indexes.
+ * Raft rejects any message of an earlier term before it looks at the entries, so such
+ * a message goes to raft as it is, neither counted nor logged.
  *
  * What is done: before raft sees an AppendEntries, its previous entry and every entry
  * at or below this node's commit index are compared with this node's log; on a
@@ -69,6 +77,8 @@ bool node_recv_guard(struct tally_node *n, struct raft_message *m)
 		return true;
 	const struct raft *r = n->raft;
 	struct raft_append_entries *a = &m->append_entries;
+	if (a->term < r->current_term)
+		return true; /* a deposed leader's: raft rejects it on its term alone */
 	raft_index at = first_contradiction(r, a);
 	if (at == 0)
 		return true;

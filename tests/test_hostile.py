@@ -279,6 +279,33 @@ class HostileRaftPeers(unittest.TestCase):
         status = self.ctl_ok(["status"], cluster="127.0.0.1:%d" % self.client_port(1))
         self.assertLess(status.get("term", 0), 1000, status)
 
+    def test_a_deposed_leaders_late_message_is_not_taken_for_a_lie(self):
+        """A leader deposed while its AppendEntries was on the way sends entries it never
+        got committed, at indexes the new leader may have committed others at. Its term
+        is behind: raft rejects it on that alone, and node 1 neither counts nor logs it
+        as a faulty sender's. Sent ahead of a real contradiction on the same
+        connection, it is handled first: once the lie is logged, the late message has
+        been seen, and it left no refusal."""
+        term = self.ctl_ok(["status"], cluster="127.0.0.1:%d" % self.client_port(1))["term"]
+        self.assertGreaterEqual(term, 2, "a cluster that elected a leader is past term 1")
+        certs = os.path.join(self.dir, "certs")
+        raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
+        s = self.tls_context(certs, 2).wrap_socket(raw)
+        addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(2), self.base + 102)).encode()
+        s.sendall(struct.pack(">IBQB", 0x544C5952, 1, 2, len(addr)) + addr)
+        before = len(self.log(1))
+        refused = self.metric(1, "tally_raft_messages_refused_total")
+        # entries 1 (the first configuration) and 2 (the first leader's barrier) are
+        # committed: the late message contradicts entry 1 under term - 1, the lie entry 2.
+        s.sendall(append_entries(term - 1, 1, 77, 5, []))
+        s.sendall(append_entries(1000, 2, 77, 5, []))
+        tail = self.wait_refused(1, before, "entry 2 contradicts a committed one")
+        s.close()
+        self.assertNotIn("entry 1 contradicts", tail)
+        self.assertEqual(tail.count("refused"), 1, tail)
+        self.assertEqual(self.metric(1, "tally_raft_messages_refused_total"), refused + 1)
+        self.assert_cluster_intact()
+
     # ---- the client port, before login ------------------------------------------
 
     def client_port(self, i):
