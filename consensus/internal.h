@@ -142,7 +142,10 @@ struct tally_node {
 	bool expire_busy, expire_more;
 
 	/* Snapshots. */
-	bool snapshot_busy;
+	bool snapshot_busy;               /* from raft's snapshot call until the copy is released */
+	uv_work_t release_work;           /* unmaps the copy raft stored, off the loop (fsm.c) */
+	struct raft_buffer release_copy;
+	bool release_busy;
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */
