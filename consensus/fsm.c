@@ -9,11 +9,12 @@
  *           waiting caller its result. Nothing is allocated per apply: followers and
  *           replays produce results in the arena and drop them.
  * snapshot: main loop, only notes that a snapshot is being taken.
- * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c): syncs LMDB
- *           (entries up to the snapshot index must be durable before raft may drop
- *           them from its log) and maps a sealed copy of the ledger from an unlinked
- *           file: page cache, not heap. The copy may already contain entries past
- *           raft's snapshot index; they are skipped when raft replays them.
+ * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c) maps a sealed
+ *           copy of the ledger from an unlinked file: page cache, not heap. raft
+ *           writes it to its own file and syncs it; that copy, restored at every
+ *           start, is what makes the entries up to the snapshot index durable, so the
+ *           ledger's own file is not synced. The copy may already contain entries
+ *           past raft's snapshot index; they are skipped when raft replays them.
  * snapshot_finalize: main loop, hands the copy (raft hands back only what we made) to
  *           the thread pool to unmap: the file is unlinked, so the unmap frees its
  *           blocks, which on a file system mounted with `discard` waits for the disk.

@@ -27,7 +27,9 @@ int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buff
 	unlink(path); /* nameless: its blocks go with the mapping, or with the process */
 	struct stat st;
 	int rv = RAFT_IOERR;
-	if (tally_ledger_sync(l) == 0 && tally_ledger_snapshot(l, fd, NULL) == 0 &&
+	/* No sync of the ledger first: raft restores its own copy of this snapshot at
+	 * every start, so what the ledger's file holds on disk is never read again. */
+	if (tally_ledger_snapshot(l, fd, NULL) == 0 &&
 	    fstat(fd, &st) == 0 && st.st_size > 0) {
 		void *base = MAP_FAILED;
 		if ((uint64_t)st.st_size > NODE_SNAPSHOT_BYTES_MAX)

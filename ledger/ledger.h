@@ -192,8 +192,8 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32]);
  * in msg (NUL-terminated, truncated to cap). */
 int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap);
 
-/* Forces the LMDB data to disk (needed before raft may drop log entries). May run on
- * another thread than the one applying batches (it holds the map in place). */
+/* Forces the LMDB data to disk. May run on another thread than the one applying
+ * batches (it holds the map in place). */
 int tally_ledger_sync(struct tally_ledger *l);
 
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file, read back
