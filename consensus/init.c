@@ -237,7 +237,7 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 		rc = dir_make(n->ledger_dir, errmsg, errcap);
 	n->ledger_opts = (struct tally_ledger_options){
 		.map_size_bytes = cfg->map_size_bytes, .map_room_bytes = cfg->map_room_bytes,
-		.nosync = true, .writemap = true};
+		.nosync = true, .writemap = !cfg->ledger_pwrite};
 	if (rc == 0)
 		rc = ledger_open_checked(n, errmsg, errcap);
 	tally_clock_init(&n->clock);

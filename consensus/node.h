@@ -51,6 +51,7 @@ struct tally_node_config {
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
+	bool ledger_pwrite;               /* LMDB writes with pwrite, not through its map (MDB_WRITEMAP) */
 	/* The raft port's TLS (rpc/tls.h: this node's certificate, the cluster CA); not
 	 * owned, alive until tally_node_free. NULL = plaintext raft (tallyd --insecure). */
 	struct tally_tls_ctx *tls;
