@@ -36,7 +36,7 @@ struct tally_node_config {
 	 * only when the raft directory holds no state. NULL for a node that will be
 	 * added to an existing cluster (--join). */
 	const char *bootstrap;
-	unsigned election_timeout_ms;     /* 0 = 400 */
+	unsigned election_timeout_ms;     /* 0 = 1000 */
 	unsigned heartbeat_ms;            /* 0 = 50 */
 	unsigned snapshot_threshold;      /* raft entries between snapshots; 0 = 20000 */
 	unsigned snapshot_trailing;       /* entries kept after a snapshot; 0 = 4096 */

@@ -191,7 +191,7 @@ static void help(void)
 	       "  --log-format FORMAT   text (default) or json: one object per line with time\n"
 	       "                        (RFC 3339), level, node, component (tallyd, node) and msg\n"
 	       "Tuning (defaults in brackets)\n"
-	       "  --election-ms N       raft election timeout [400]\n"
+	       "  --election-ms N       raft election timeout [1000]\n"
 	       "  --heartbeat-ms N      raft heartbeat, below the election timeout [50]\n"
 	       "  --snapshot-threshold N  snapshot every N raft entries [20000]\n"
 	       "  --snapshot-trailing N   entries kept after a snapshot [4096]\n"
