@@ -254,15 +254,21 @@ class HostileRaftPeers(unittest.TestCase):
         self.assertIn("certificate names node 3", tail)
         self.assert_cluster_intact()
 
-    def test_an_insider_contradicting_committed_entries_is_refused(self):
-        """Whoever holds node 2's key speaks for node 2 (raft trusts its members), but a
-        message that contradicts entries node 1 knows are committed cannot be from a
-        correct leader: node 1 refuses it and keeps serving, its term untouched."""
+    def raft_session_as_node_2(self):
+        """A TLS session to node 1's raft port with node 2's own certificate, past the
+        transport's handshake: what an insider holding node 2's key can open."""
         certs = os.path.join(self.dir, "certs")
         raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
         s = self.tls_context(certs, 2).wrap_socket(raw)
         addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(2), self.base + 102)).encode()
         s.sendall(struct.pack(">IBQB", 0x544C5952, 1, 2, len(addr)) + addr)
+        return s
+
+    def test_an_insider_contradicting_committed_entries_is_refused(self):
+        """Whoever holds node 2's key speaks for node 2 (raft trusts its members), but a
+        message that contradicts entries node 1 knows are committed cannot be from a
+        correct leader: node 1 refuses it and keeps serving, its term untouched."""
+        s = self.raft_session_as_node_2()
         before = len(self.log(1))
         refused = self.metric(1, "tally_raft_messages_refused_total")
         # index 1 (the cluster's first configuration, term 1) is committed everywhere:
@@ -288,11 +294,7 @@ class HostileRaftPeers(unittest.TestCase):
         been seen, and it left no refusal."""
         term = self.ctl_ok(["status"], cluster="127.0.0.1:%d" % self.client_port(1))["term"]
         self.assertGreaterEqual(term, 2, "a cluster that elected a leader is past term 1")
-        certs = os.path.join(self.dir, "certs")
-        raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
-        s = self.tls_context(certs, 2).wrap_socket(raw)
-        addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(2), self.base + 102)).encode()
-        s.sendall(struct.pack(">IBQB", 0x544C5952, 1, 2, len(addr)) + addr)
+        s = self.raft_session_as_node_2()
         before = len(self.log(1))
         refused = self.metric(1, "tally_raft_messages_refused_total")
         # entries 1 (the first configuration) and 2 (the first leader's barrier) are
