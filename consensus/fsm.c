@@ -263,6 +263,11 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	assert(*n_bufs <= 1 && n->snapshot_busy && !n->release_busy); /* fsm_snapshot_async */
 	if (*n_bufs == 1)
 		n->release_copy = (*bufs)[0];
+	if (n->release_copy.len > NODE_SNAPSHOT_LOADABLE_MAX)
+		node_log(n, "snapshot of %llu bytes: raft 0.15 cannot load a snapshot over %llu "
+			    "bytes, so this node cannot start again from it, nor send it to a "
+			    "follower", (unsigned long long)n->release_copy.len,
+			 (unsigned long long)NODE_SNAPSHOT_LOADABLE_MAX);
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;
