@@ -271,14 +271,15 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;
-	n->release_busy = n->release_copy.base != NULL;
-	n->release_work.data = n;
-	if (n->release_busy && n->loop != NULL &&
-	    uv_queue_work(n->loop, &n->release_work, release_work_cb, release_after_cb) == 0)
-		return 0;
-	if (n->release_busy) /* the simulator, or no queue: here */
+	if (n->release_copy.base != NULL && n->loop != NULL) {
+		n->release_busy = true; /* before the queue: the work may run at once */
+		n->release_work.data = n;
+		if (uv_queue_work(n->loop, &n->release_work, release_work_cb, release_after_cb) == 0)
+			return 0;
+		n->release_busy = false;
+	}
+	if (n->release_copy.base != NULL) /* the simulator, or no queue: here */
 		node_snapshot_free(&n->release_copy);
-	n->release_busy = false;
 	n->snapshot_busy = false;
 	return 0;
 }
