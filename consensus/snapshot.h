@@ -13,13 +13,16 @@
  * staging file, checks its seal and opens it; the full check runs later, off the
  * loop (node_snapshot_verify).
  *
- * node_snapshot_take:    (thread pool) syncs the ledger and maps a sealed copy of it
- *                        into *out; the copy may already hold entries past raft's
- *                        snapshot index (raft's replay skips them).
+ * node_snapshot_take:    (thread pool) maps a sealed copy of the ledger into *out;
+ *                        the copy may already hold entries past raft's snapshot
+ *                        index (raft's replay skips them).
  * node_snapshot_free:    (snapshot_finalize) unmaps a buffer from node_snapshot_take.
  * node_snapshot_verify:  (thread pool) the full invariant check a restore left
  *                        pending, then a sync of the restored ledger.
  * node_snapshot_io_init: how raft_uv stores snapshots (after raft_uv_init).
+ *
+ * snapshot.c also defines read() for the process, so that raft 0.15 can load a
+ * snapshot file over Linux's 2 GiB limit on one read() (NODE_SNAPSHOT_LOADABLE_MAX).
  */
 #ifndef TALLY_CONSENSUS_SNAPSHOT_H
 #define TALLY_CONSENSUS_SNAPSHOT_H
