@@ -289,7 +289,8 @@ static void check_work_cb(uv_work_t *work)
 {
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->check_busy);
-	n->check_rc = node_snapshot_verify(n->ledger, n->check_msg, sizeof(n->check_msg));
+	n->check_rc = node_snapshot_verify(n->ledger, n->check_file, n->check_msg,
+					   sizeof(n->check_msg));
 }
 
 /* Main loop, after the check. A restored ledger that fails it is not the cluster's
@@ -310,7 +311,8 @@ static void check_after_cb(uv_work_t *work, int status)
 			       n->check_msg);
 	else
 		node_log(n, "restored ledger (applied index %llu) passed the full check in "
-			 "%llu ms", (unsigned long long)n->check_index, (unsigned long long)ms);
+			 "%llu ms, of %s", (unsigned long long)n->check_index, (unsigned long long)ms,
+			 n->check_file[0] != '\0' ? n->check_file : "the live ledger");
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
 		node_close_finish(n);
 }
@@ -385,6 +387,10 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 				      &n->ledger, &check_pending);
 	if (rc != 0)
 		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), tally_strerror(rc));
+	n->check_file[0] = '\0';
+	if (check_pending)
+		node_snapshot_find(n->raft_dir, buf->base, buf->len, n->check_file,
+				   sizeof(n->check_file));
 	raft_free(buf->base);
 	buf->base = NULL;
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "

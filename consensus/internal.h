@@ -163,6 +163,7 @@ struct tally_node {
 	uint64_t check_index;             /* the restored ledger's applied index */
 	uint64_t check_start_ns;
 	char check_msg[256];
+	char check_file[NODE_PATH_BYTES_MAX]; /* raft's file of the restored snapshot, or "" */
 
 	/* Admin requests raft has not called back yet. */
 	unsigned admins_pending;

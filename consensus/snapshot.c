@@ -4,10 +4,12 @@
 /* read() is defined below: a fortified build would make it an inline wrapper. */
 #undef _FORTIFY_SOURCE
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -17,6 +19,7 @@
 #include "consensus/snapshot.h"
 
 #define SNAPSHOT_FILE_TEMPLATE ".snapshot-XXXXXX" /* in the ledger directory, unlinked */
+#define SNAPSHOT_RAFT_PREFIX "snapshot-"         /* raft_uv's: snapshot-TERM-INDEX-TIME */
 
 int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out)
 {
@@ -58,10 +61,56 @@ void node_snapshot_free(struct raft_buffer *buf)
 	buf->len = 0;
 }
 
-int node_snapshot_verify(struct tally_ledger *l, char *msg, size_t cap)
+/* Whether the file at path is len bytes long and ends with `trailer`. */
+static bool file_ends_with(const char *path, size_t len, const uint8_t *trailer)
 {
-	assert(l != NULL && msg != NULL && cap > 0);
-	int rc = tally_ledger_check_invariants(l, msg, cap);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	uint8_t t[TALLY_SNAPSHOT_TRAILER_BYTES];
+	struct stat st;
+	bool same = fstat(fd, &st) == 0 && (uint64_t)st.st_size == len &&
+		    pread(fd, t, sizeof(t), (off_t)(len - sizeof(t))) == (ssize_t)sizeof(t) &&
+		    memcmp(t, trailer, sizeof(t)) == 0;
+	close(fd);
+	return same;
+}
+
+void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char *path,
+			size_t cap)
+{
+	assert(raft_dir != NULL && snap != NULL && path != NULL && cap > 0);
+	path[0] = '\0';
+	DIR *d = len > TALLY_SNAPSHOT_TRAILER_BYTES ? opendir(raft_dir) : NULL;
+	if (d == NULL)
+		return;
+	const uint8_t *trailer = (const uint8_t *)snap + len - TALLY_SNAPSHOT_TRAILER_BYTES;
+	for (struct dirent *e; path[0] == '\0' && (e = readdir(d)) != NULL;) {
+		const char *name = e->d_name;
+		if (strncmp(name, SNAPSHOT_RAFT_PREFIX, strlen(SNAPSHOT_RAFT_PREFIX)) != 0 ||
+		    strstr(name, ".meta") != NULL)
+			continue;
+		int w = snprintf(path, cap, "%s/%s", raft_dir, name);
+		if (w < 0 || (size_t)w >= cap || !file_ends_with(path, len, trailer))
+			path[0] = '\0';
+	}
+	closedir(d);
+}
+
+int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t cap)
+{
+	assert(l != NULL && file != NULL && msg != NULL && cap > 0);
+	struct tally_ledger *copy = NULL;
+	int rc = file[0] != '\0' ? tally_ledger_open_snapshot(file, &copy) : TALLY_ENOTFOUND;
+	if (rc == 0) {
+		rc = tally_ledger_check_invariants(copy, msg, cap);
+		tally_ledger_close(copy);
+	} else if (rc == TALLY_ENOTFOUND) {
+		file[0] = '\0';
+		rc = tally_ledger_check_invariants(l, msg, cap);
+	} else {
+		snprintf(msg, cap, "raft's snapshot file %s: %s", file, tally_strerror(rc));
+	}
 	if (rc == 0 && (rc = tally_ledger_sync(l)) != 0)
 		snprintf(msg, cap, "sync: %s", tally_strerror(rc));
 	return rc;

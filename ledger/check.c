@@ -494,6 +494,28 @@ static bool lmdb_copy_whole(const uint8_t *copy, size_t len)
 	return le_at(m + LMDB_META_LAST_PG_AT, 8) < len / psize;
 }
 
+int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out)
+{
+	assert(path != NULL && out != NULL);
+	*out = NULL;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? TALLY_ENOTFOUND : TALLY_EIO;
+	struct stat st;
+	void *base = MAP_FAILED;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0)
+		base = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (base == MAP_FAILED)
+		return TALLY_EIO;
+	madvise(base, (size_t)st.st_size, MADV_SEQUENTIAL);
+	size_t copy_len;
+	bool sound = trailer_find(base, (size_t)st.st_size, &copy_len) &&
+		     trailer_verify(base, copy_len) && lmdb_copy_whole(base, copy_len);
+	munmap(base, (size_t)st.st_size);
+	return sound ? ledger_open_copy(path, out) : TALLY_ECORRUPT;
+}
+
 /* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
 static int write_file(const char *path, const uint8_t *p, size_t len)
 {

@@ -218,6 +218,9 @@ int lmdb_error(int rc);
 void known_reset(struct tally_ledger *l);
 void known_free(struct tally_ledger *l);
 int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
+/* Opens the LMDB copy at the start of the file `path` read-only, without a lock file
+ * (nothing else may write it): tally_ledger_open_snapshot, once the seal matched. */
+int ledger_open_copy(const char *path, struct tally_ledger **out);
 int meta_save(struct apply *a);
 struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);

@@ -215,6 +215,15 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 			 const struct tally_ledger_options *opts, struct tally_ledger **out,
 			 bool *check_pending);
 
+/* Opens the sealed snapshot in the file `path` (a copy and its trailer, as
+ * tally_ledger_snapshot writes it) read-only, once its trailer matches the copy (one
+ * pass over the file) and LMDB opens it: for tally_ledger_check_invariants and
+ * queries; a batch applied to it fails. It takes no lock and holds no reader of any
+ * other ledger, so a live ledger restored from the same bytes goes on reusing the
+ * pages it frees while this one is checked. TALLY_ENOTFOUND: no such file;
+ * TALLY_ECORRUPT: no trailer, or one that does not match. */
+int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out);
+
 /* Whether `who` may run command `c` in principle (role only; brand scope is checked
  * in apply where the touched brands are known). Exposed for the RPC layer to reject
  * early; the state machine checks again. */

@@ -617,43 +617,79 @@ static int env_open(struct tally_ledger *l, const char *dir, const struct tally_
 	return rc;
 }
 
-int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
-		      struct tally_ledger **out)
+/* A handle with nothing open yet: its lock, arenas and where it lives. */
+static int ledger_new(const char *where, struct tally_ledger **out)
 {
-	assert(dir != NULL && out != NULL);
-	static const struct tally_ledger_options defaults;
-	const struct tally_ledger_options *o = opts != NULL ? opts : &defaults;
+	*out = NULL;
 	struct tally_ledger *l = calloc(1, sizeof(*l));
 	if (l == NULL)
 		return TALLY_ENOMEM;
-	if (strlen(dir) >= sizeof(l->dir)) {
+	if (strlen(where) >= sizeof(l->dir)) {
 		free(l);
 		return TALLY_EINVAL;
 	}
-	strcpy(l->dir, dir);
+	strcpy(l->dir, where);
 	pthread_mutex_init(&l->map_lock, NULL);
 	tally_arena_init(&l->scratch, 64 << 10, 0);
 	tally_arena_init(&l->decode, 256 << 10, 0);
 	tally_arena_init(&l->batch, 256 << 10, 0);
+	*out = l;
+	return 0;
+}
+
+/* Every table's handle (each created if missing when `create`) and the meta. */
+static int tables_open(struct tally_ledger *l, bool create)
+{
 	MDB_txn *txn = NULL;
-	int rc = env_open(l, dir, o);
-	if (rc != 0)
-		goto err;
-	rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &txn));
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, create ? 0 : MDB_RDONLY, &txn));
 	for (int t = 0; rc == 0 && t < T_COUNT; t++)
-		rc = lmdb_error(mdb_dbi_open(txn, table_names[t], MDB_CREATE, &l->dbi[t]));
+		rc = lmdb_error(mdb_dbi_open(txn, table_names[t], create ? MDB_CREATE : 0, &l->dbi[t]));
 	if (rc == 0)
 		rc = meta_load(txn, l, &l->meta);
 	if (rc == 0)
 		rc = lmdb_error(mdb_txn_commit(txn));
 	else
 		mdb_txn_abort(txn);
-	if (rc != 0)
-		goto err;
-	*out = l;
-	return 0;
-err:
-	tally_ledger_close(l);
+	return rc;
+}
+
+int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
+		      struct tally_ledger **out)
+{
+	assert(dir != NULL && out != NULL);
+	static const struct tally_ledger_options defaults;
+	const struct tally_ledger_options *o = opts != NULL ? opts : &defaults;
+	struct tally_ledger *l;
+	int rc = ledger_new(dir, &l);
+	if (rc == 0)
+		rc = env_open(l, dir, o);
+	if (rc == 0)
+		rc = tables_open(l, true);
+	if (rc == 0)
+		*out = l;
+	else
+		tally_ledger_close(l);
+	return rc;
+}
+
+int ledger_open_copy(const char *path, struct tally_ledger **out)
+{
+	assert(path != NULL && out != NULL);
+	struct tally_ledger *l;
+	int rc = ledger_new(path, &l);
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_create(&l->env));
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_set_maxdbs(l->env, T_COUNT));
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_open(l->env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK |
+						 MDB_NOTLS, 0));
+	if (rc == 0)
+		rc = tables_open(l, false);
+	if (rc == 0)
+		*out = l;
+	else
+		tally_ledger_close(l);
 	return rc;
 }
 
@@ -662,7 +698,7 @@ void tally_ledger_close(struct tally_ledger *l)
 	if (l == NULL)
 		return;
 	if (l->env != NULL) {
-		mdb_env_sync(l->env, 1);
+		mdb_env_sync(l->env, 1); /* a copy opened read-only: EACCES, nothing to sync */
 		mdb_env_close(l->env);
 	}
 	tally_arena_free(&l->scratch);

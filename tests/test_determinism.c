@@ -551,6 +551,76 @@ static void test_restore_checks_an_unsealed_snapshot_in_full_before_replacing(vo
 	fx_close(&a);
 }
 
+/* Writes len bytes of p to path (a new file). */
+static void write_whole(const char *path, const uint8_t *p, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, p, len), (ssize_t)len);
+	close(fd);
+}
+
+/* A node checks a restored ledger in raft's copy of the snapshot, opened read-only. */
+static void test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matches(void **state)
+{
+	(void)state;
+	struct fx a;
+	fx_open(&a);
+	size_t len;
+	uint8_t *snap = small_snapshot(&a, &len);
+	char *dir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snapshot-1-2-3", dir);
+	struct tally_ledger *c = (struct tally_ledger *)1;
+	assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ENOTFOUND);
+	assert_null(c);
+
+	/* The same state as the ledger it was taken of; checked in full; never written. */
+	write_whole(path, snap, len);
+	assert_int_equal(tally_ledger_open_snapshot(path, &c), 0);
+	struct tally_digest da, dc;
+	assert_int_equal(tally_ledger_digest(a.l, &da), 0);
+	assert_int_equal(tally_ledger_digest(c, &dc), 0);
+	assert_memory_equal(&da, &dc, sizeof(da));
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(c, msg, sizeof(msg)), 0);
+	Tally__V1__Command *cmd = c_member(&a, admin(&a), "m3");
+	Tally__V1__Batch b = TALLY__V1__BATCH__INIT;
+	b.raft_index = da.applied_index + 1;
+	b.raft_term = 1;
+	b.time_ms = a.now_ms;
+	b.commands = &cmd;
+	b.n_commands = 1;
+	Tally__V1__CommandResult **rs;
+	bool skipped;
+	assert_int_not_equal(tally_ledger_apply_batch(c, &b, &a.results, &rs, &skipped), 0);
+	tally_ledger_close(c);
+	size_t n;
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	uint8_t *after = read_snapshot(fd, &n);
+	close(fd);
+	assert_int_equal(n, len);
+	assert_memory_equal(after, snap, len);
+	free(after);
+
+	/* One bit changed anywhere in the copy, or no trailer: refused before LMDB opens it. */
+	size_t spots[] = {0, len / 2, len - TALLY_SNAPSHOT_TRAILER_BYTES - 1};
+	for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
+		snap[spots[i]] ^= 0x04;
+		write_whole(path, snap, len);
+		assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ECORRUPT);
+		assert_null(c);
+		snap[spots[i]] ^= 0x04;
+	}
+	write_whole(path, snap, len - TALLY_SNAPSHOT_TRAILER_BYTES);
+	assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ECORRUPT);
+	free(snap);
+	fx_remove_dir(dir);
+	free(dir);
+	fx_close(&a);
+}
+
 static void test_invariants_hold_after_every_batch_of_a_long_random_run(void **state)
 {
 	(void)state;
@@ -574,6 +644,7 @@ int main(void)
 		cmocka_unit_test(test_restore_refuses_a_corrupt_snapshot),
 		cmocka_unit_test(test_restore_refuses_a_snapshot_changed_in_one_byte_before_replacing_anything),
 		cmocka_unit_test(test_restore_checks_an_unsealed_snapshot_in_full_before_replacing),
+		cmocka_unit_test(test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matches),
 		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -228,10 +228,13 @@ static int restore(const char *dir)
 				      &check_pending);
 	if (rc != 0)
 		die("restore", tally_strerror(rc));
+	char file[4096] = "";
+	if (check_pending)
+		node_snapshot_find(path, snap->bufs[0].base, snap->bufs[0].len, file, sizeof(file));
 	raft_free(snap->bufs[0].base); /* the FSM owns it once restored */
 	double t2 = bench_now_s();
 	char msg[256] = "";
-	if (check_pending && node_snapshot_verify(l, msg, sizeof(msg)) != 0)
+	if (check_pending && node_snapshot_verify(l, file, msg, sizeof(msg)) != 0)
 		die("full check", msg);
 	double t3 = bench_now_s();
 	raft_free(snap->bufs);
@@ -239,8 +242,9 @@ static int restore(const char *dir)
 	raft_free(snap);
 	store_close(&s);
 	sampler_stop(t);
-	printf("restore: raft load %.2f s, on the loop %.2f s, full check off the loop %.2f s, "
-	       "applied index %llu\n", t1 - t0, t2 - t1, t3 - t2,
+	printf("restore: raft load %.2f s, on the loop %.2f s, full check off the loop %.2f s "
+	       "(of %s), applied index %llu\n", t1 - t0, t2 - t1, t3 - t2,
+	       file[0] != '\0' ? "raft's file" : "the live ledger",
 	       (unsigned long long)tally_ledger_applied_index(l));
 	report_memory("restore");
 	tally_ledger_close(l);
