@@ -21,8 +21,9 @@
  *           A 1.2 GB copy held a loop for seconds that way, past the election
  *           timeout. The next snapshot waits until the copy is gone.
  * restore:  main loop, replaces the ledger with the snapshot after checking its seal
- *           and that it opens (tally_ledger_restore), frees raft's buffer, then runs
- *           the full invariant check on the thread pool.
+ *           and that it opens (tally_ledger_restore), finds raft's file of the
+ *           snapshot (node_snapshot_find), frees raft's buffer, then runs the full
+ *           invariant check of that file on the thread pool (node_snapshot_verify).
  *
  * An entry that cannot be applied, a snapshot that cannot be restored, or a restored
  * ledger that fails its check ends the node (node_fail_stop, with the status of the
