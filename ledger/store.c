@@ -653,6 +653,16 @@ static int tables_open(struct tally_ledger *l, bool create)
 	return rc;
 }
 
+/* The end of an open: the handle to the caller, or closed on an error. */
+static int ledger_opened(struct tally_ledger *l, int rc, struct tally_ledger **out)
+{
+	if (rc == 0)
+		*out = l;
+	else
+		tally_ledger_close(l);
+	return rc;
+}
+
 int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		      struct tally_ledger **out)
 {
@@ -665,11 +675,7 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		rc = env_open(l, dir, o);
 	if (rc == 0)
 		rc = tables_open(l, true);
-	if (rc == 0)
-		*out = l;
-	else
-		tally_ledger_close(l);
-	return rc;
+	return ledger_opened(l, rc, out);
 }
 
 int ledger_open_copy(const char *path, struct tally_ledger **out)
@@ -686,11 +692,7 @@ int ledger_open_copy(const char *path, struct tally_ledger **out)
 						 MDB_NOTLS, 0));
 	if (rc == 0)
 		rc = tables_open(l, false);
-	if (rc == 0)
-		*out = l;
-	else
-		tally_ledger_close(l);
-	return rc;
+	return ledger_opened(l, rc, out);
 }
 
 void tally_ledger_close(struct tally_ledger *l)
