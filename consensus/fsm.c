@@ -25,6 +25,9 @@
  *           snapshot (node_snapshot_find), frees raft's buffer, then runs the full
  *           invariant check of that file on the thread pool (node_snapshot_verify).
  *
+ * The size of each snapshot taken or restored sets how long this node, as leader,
+ * waits for a follower to answer an InstallSnapshot (node_snapshot_sized).
+ *
  * An entry that cannot be applied, a snapshot that cannot be restored, or a restored
  * ledger that fails its check ends the node (node_fail_stop, with the status of the
  * cause: failstop.c, node.h) inside the callback, before raft moves on: the entry's
@@ -157,6 +160,16 @@ void node_snapshot_stagger(struct tally_node *n)
 			     n->cfg.snapshot_log_bytes / NODE_SNAPSHOT_PHASES * fsm_phase(n);
 }
 
+void node_snapshot_sized(struct tally_node *n, uint64_t bytes)
+{
+	assert(n != NULL && n->raft != NULL && n->cfg.install_snapshot_timeout_ms > 0);
+	uint64_t ms = n->cfg.install_snapshot_timeout_ms + bytes * 1000 / TALLY_NODE_SNAPSHOT_SEND_RATE;
+	if (ms > UINT32_MAX)
+		ms = UINT32_MAX;
+	raft_set_install_snapshot_timeout(n->raft, (unsigned)ms);
+	n->stats.install_snapshot_timeout_ms = ms;
+}
+
 /* raft_fsm->apply. */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
@@ -262,8 +275,10 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
 	assert(*bufs != NULL || *n_bufs == 0);
 	assert(*n_bufs <= 1 && n->snapshot_busy && !n->release_busy); /* fsm_snapshot_async */
-	if (*n_bufs == 1)
+	if (*n_bufs == 1) {
 		n->release_copy = (*bufs)[0];
+		node_snapshot_sized(n, n->release_copy.len);
+	}
 	if (n->release_copy.len > NODE_SNAPSHOT_LOADABLE_MAX)
 		node_log(n, "snapshot of %llu bytes: raft 0.15 cannot load a snapshot over %llu "
 			    "bytes, so this node cannot start again from it, nor send it to a "
@@ -388,6 +403,9 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 				      &n->ledger, &check_pending);
 	if (rc != 0)
 		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), tally_strerror(rc));
+	if (n->started) /* not the node's own, at start */
+		n->stats.snapshots_installed++;
+	node_snapshot_sized(n, buf->len);
 	n->check_file[0] = '\0';
 	if (check_pending)
 		node_snapshot_find(n->raft_dir, buf->base, buf->len, n->check_file,

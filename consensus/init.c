@@ -83,6 +83,8 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	c->snapshot_threshold = c->snapshot_threshold ? c->snapshot_threshold : 20000;
 	c->snapshot_trailing = c->snapshot_trailing ? c->snapshot_trailing : 4096;
 	c->snapshot_log_bytes = c->snapshot_log_bytes ? c->snapshot_log_bytes : (64u << 20);
+	c->install_snapshot_timeout_ms = c->install_snapshot_timeout_ms ? c->install_snapshot_timeout_ms
+								: 30000;
 	c->expire_interval_ms = c->expire_interval_ms ? c->expire_interval_ms : 1000;
 	c->batch_commands_max = c->batch_commands_max ? c->batch_commands_max : 8192;
 	c->batch_bytes_max = c->batch_bytes_max ? c->batch_bytes_max : (1u << 20);
@@ -163,6 +165,7 @@ void node_raft_settings(struct tally_node *n)
 	raft_set_election_timeout(n->raft, n->cfg.election_timeout_ms);
 	raft_set_heartbeat_timeout(n->raft, n->cfg.heartbeat_ms);
 	raft_set_snapshot_trailing(n->raft, n->cfg.snapshot_trailing);
+	node_snapshot_sized(n, 0);
 	node_snapshot_stagger(n);
 	raft_set_pre_vote(n->raft, true);
 }

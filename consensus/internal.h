@@ -256,6 +256,13 @@ void node_fsm_init(struct tally_node *n);
  * applying the same entries do not all snapshot at once. */
 void node_snapshot_stagger(struct tally_node *n);
 
+/* fsm.c: this node's latest snapshot holds `bytes`: the time raft waits for a follower to
+ * answer an InstallSnapshot grows with it (tally_node_config.install_snapshot_timeout_ms).
+ * raft 0.15 starts that wait before it loads the snapshot and sends it again once the
+ * wait is over; a 2.5 GB snapshot under raft's fixed 30 s went out 15 times, each
+ * copy queued ahead of the entries the follower was waiting for. */
+void node_snapshot_sized(struct tally_node *n, uint64_t bytes);
+
 /* node.c: hands results[i] to waiter i of an in-flight batch (results NULL: the
  * outcome is unknown, TIMEOUT); marks it delivered. */
 void node_batch_deliver(struct tally_node *n, struct node_batch *b,

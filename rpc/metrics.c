@@ -115,6 +115,13 @@ static void render_node(struct page *p, struct tally_node *n)
 		 (double)ns->commands},
 		{"tally_snapshots_total", "counter", "Snapshots this node began.",
 		 (double)ns->snapshots},
+		{"tally_snapshots_installed_total", "counter",
+		 "Leader's snapshots this node installed in place of its log.",
+		 (double)ns->snapshots_installed},
+		{"tally_install_snapshot_timeout_seconds", "gauge",
+		 "As leader: how long this node waits for a follower to install its latest "
+		 "snapshot before sending it again.",
+		 (double)ns->install_snapshot_timeout_ms / 1000.0},
 		{"tally_loop_stall_max_seconds", "gauge",
 		 "The longest the event loop was kept from its heartbeat timer since start.",
 		 (double)ns->loop_stall_max_us / 1e6},

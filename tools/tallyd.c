@@ -75,6 +75,7 @@ struct opts {
 	unsigned snapshot_threshold;
 	unsigned snapshot_trailing;
 	unsigned snapshot_log_mb;
+	unsigned install_snapshot_ms;
 	unsigned expire_ms;
 	unsigned segment_kb;
 	unsigned inflight_max;
@@ -154,7 +155,7 @@ static void log_node_line(void *data, const char *line)
 	"              [--http HOST:PORT] [--bootstrap ID=RAFT|CLIENT,...] [--join]\n" \
 	"              [--config FILE] [--log-level error|warn|info|debug] [--log-format text|json]\n" \
 	"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n" \
-	"              [--snapshot-trailing N] [--snapshot-log-mb N]\n" \
+	"              [--snapshot-trailing N] [--snapshot-log-mb N] [--install-snapshot-ms N]\n" \
 	"              [--expire-ms N] [--segment-kb N] [--inflight-max N] [--ledger-pwrite]\n"
 
 static void usage(void)
@@ -196,6 +197,9 @@ static void help(void)
 	       "  --snapshot-threshold N  snapshot every N raft entries [20000]\n"
 	       "  --snapshot-trailing N   entries kept after a snapshot [4096]\n"
 	       "  --snapshot-log-mb N   also snapshot every N MiB of raft log, 1..4096 [64]\n"
+	       "  --install-snapshot-ms N  leader: wait N ms, plus 1 s per 16 MiB of its latest\n"
+	       "                        snapshot, for a follower to install it before sending it\n"
+	       "                        again [30000]\n"
 	       "  --expire-ms N         how often the leader submits expiry sweeps [1000]\n"
 	       "  --segment-kb N        raft log segment size, a multiple of 4, at least 32 [8192]\n"
 	       "  --inflight-max N      raft entries proposed and not yet applied [64]\n"
@@ -264,6 +268,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->snapshot_trailing = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "snapshot-log-mb") == 0)
 		return (o->snapshot_log_mb = (unsigned)strtoul(v, NULL, 10)) > 0 && o->snapshot_log_mb <= 4096;
+	if (strcmp(name, "install-snapshot-ms") == 0)
+		return (o->install_snapshot_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "expire-ms") == 0)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "inflight-max") == 0)
@@ -323,6 +329,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"snapshot-threshold", required_argument, NULL, 0},
 		{"snapshot-trailing", required_argument, NULL, 0},
 		{"snapshot-log-mb", required_argument, NULL, 0},
+		{"install-snapshot-ms", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
 		{"inflight-max", required_argument, NULL, 0}, {"ledger-pwrite", no_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
@@ -467,6 +474,7 @@ static int start(struct daemon *d)
 		.snapshot_threshold = d->o.snapshot_threshold,
 		.snapshot_trailing = d->o.snapshot_trailing, .expire_interval_ms = d->o.expire_ms,
 		.snapshot_log_bytes = (size_t)d->o.snapshot_log_mb << 20,
+		.install_snapshot_timeout_ms = d->o.install_snapshot_ms,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 		.inflight_max = d->o.inflight_max, .ledger_pwrite = d->o.ledger_pwrite,
 		.log_line = d->o.log_json ? log_node_line : NULL,
