@@ -956,17 +956,16 @@ static bool restarted_checked(struct cluster *c)
 	return closed_leader >= 0 && c->checked[closed_leader][0] != '\0';
 }
 
-static bool restarted_install_wait_fits(struct cluster *c)
-{
-	return install_wait_fits(c, closed_leader);
-}
-
 static void test_restarted_node_catches_up_from_a_snapshot_and_matches(void **state)
 {
 	struct cluster *c = *state;
 	int leader = leader_of(c);
 	assert_true(leader >= 0 && closed_leader >= 0 && c->closed[closed_leader]);
-	/* Enough entries while it is down that the leader compacts past its log. */
+	/* Enough entries while it is down that the leader compacts past its log. It
+	 * restores its own snapshot at start, then catches up from the leader's snapshot or
+	 * from entries the leader queued for it while it was down (raft_uv keeps a few
+	 * messages for a peer it cannot reach): which one is timing. The wiped node below
+	 * must install the leader's. */
 	static Tally__V1__Command *cmds[2 * ROUNDS];
 	static struct outcome acc[2 * ROUNDS];
 	for (int r = 0; r < 2 * ROUNDS; r++)
@@ -991,14 +990,68 @@ static void test_restarted_node_catches_up_from_a_snapshot_and_matches(void **st
 	snprintf(raft_files, sizeof(raft_files), "%s/raft/snapshot-", c->dir[closed_leader]);
 	if (strncmp(c->checked[closed_leader], raft_files, strlen(raft_files)) != 0)
 		fail_msg("checked %s, not a file %s*", c->checked[closed_leader], raft_files);
-	/* It counts the leader's snapshot it installed, and, were it to lead, would wait
-	 * for its own followers as that snapshot's size asks. */
-	const struct tally_node_stats *st = tally_node_stats(c->node[closed_leader]);
-	assert_true(st->snapshots_installed >= 1);
-	assert_true(run_until(c, restarted_install_wait_fits, WAIT_MS));
 	char msg[256];
 	assert_int_equal(tally_ledger_check_invariants(tally_node_ledger(c->node[closed_leader]),
 						       msg, sizeof(msg)), 0);
+}
+
+static int wiped = -1;
+
+static bool wiped_closed(struct cluster *c)
+{
+	return c->closed[wiped];
+}
+
+static bool wiped_caught_up(struct cluster *c)
+{
+	return tally_ledger_applied_index(tally_node_ledger(c->node[wiped])) >= c->target_index &&
+	       replicas_identical(c);
+}
+
+static bool wiped_install_wait_fits(struct cluster *c)
+{
+	return install_wait_fits(c, wiped);
+}
+
+/* A follower that lost its data comes back empty: the leader no longer holds the log
+ * from its start, so it must send its snapshot. (A node restarted with its data may
+ * catch up either way: messages the leader queued while it was down can still carry
+ * the entries.) */
+static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **state)
+{
+	struct cluster *c = *state;
+	assert_true(run_until(c, one_leader, WAIT_MS));
+	wiped = follower_of(c, leader_of(c));
+	assert_true(wiped >= 0);
+	tally_node_close(c->node[wiped], on_node_closed, &c->closed[wiped]);
+	assert_true(run_until(c, wiped_closed, WAIT_MS));
+	tally_node_free(c->node[wiped]);
+	c->node[wiped] = NULL;
+	c->closed[wiped] = false;
+	char path[600];
+	snprintf(path, sizeof(path), "%s/raft", c->dir[wiped]);
+	fx_remove_dir(path);
+	snprintf(path, sizeof(path), "%s/ledger", c->dir[wiped]);
+	fx_remove_dir(path);
+	/* More entries meanwhile: snapshots every 32, 8 kept after each, so the leader's log
+	 * starts far past index 2. */
+	static Tally__V1__Command *cmds[ROUNDS];
+	static struct outcome acc[ROUNDS];
+	for (int r = 0; r < ROUNDS; r++)
+		cmds[r] = c_accrue(&c->f, c->dealer, "aurora", "m2", 1);
+	submit_until_ok(c, cmds, acc, ROUNDS, 1);
+	c->target_index = tally_ledger_applied_index(tally_node_ledger(c->node[leader_of(c)]));
+	assert_true(c->target_index > 64);
+	/* No state: it bootstraps the cluster's first configuration (index 1), as it did. */
+	node_open(c, wiped, c->bootstrap);
+	assert_true(run_until(c, wiped_caught_up, 30000 + WAIT_MS));
+	/* It counts the snapshot it installed, and, were it to lead, would wait for a
+	 * follower's answer as long as that snapshot's size asks (fsm.c). */
+	assert_true(tally_node_stats(c->node[wiped])->snapshots_installed >= 1);
+	assert_true(run_until(c, wiped_install_wait_fits, WAIT_MS));
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(tally_node_ledger(c->node[wiped]), msg,
+						       sizeof(msg)), 0);
 }
 
 /* Snapshots (raft_uv's snapshot-TERM-INDEX-TIME files) in node i's raft directory. */
@@ -1094,6 +1147,7 @@ int main(void)
 		cmocka_unit_test(test_without_a_majority_of_agreeing_clocks_writes_are_refused_unapplied),
 		cmocka_unit_test(test_closing_the_leader_elects_a_new_one_that_accepts_commands),
 		cmocka_unit_test(test_restarted_node_catches_up_from_a_snapshot_and_matches),
+		cmocka_unit_test(test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot),
 		cmocka_unit_test(test_misconfigured_node_is_refused_and_an_unstarted_node_closes_cleanly),
 	};
 	const struct CMUnitTest budget[] = {
