@@ -74,7 +74,9 @@ struct call {
 	Tally__V1__Request *req;
 	size_t n;                          /* batch: commands, answered so far */
 	size_t done;
-	Tally__V1__CommandResult **results; /* batch: copies until all are in */
+	size_t refused;                    /* batch: commands refused before the node */
+	Tally__V1__CommandResult **results; /* batch: each points into kept */
+	Tally__V1__CommandResult *kept;     /* batch: the results, kept until all are in */
 	struct batch_item *items;           /* batch: one callback context per command */
 };
 
@@ -87,6 +89,7 @@ struct batch_item {
 /* Requests of one connection in the node at once; further frames stay unread (the
  * kernel's buffers fill, the client's writes block) until one is answered. */
 #define SERVER_CONN_CALLS_MAX 1024
+#define SERVER_RESULT_FIELDS 11 /* CommandResult's fields, as result_keep copies them */
 
 struct wreq {
 	uv_write_t w;
@@ -148,23 +151,17 @@ static void conn_close(struct conn *c)
 	uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
-/* A batch item's result when even its copy could not be allocated: shared, never freed. */
-static Tally__V1__CommandResult *result_oom(void)
-{
-	static Tally__V1__CommandResult oom = TALLY__V1__COMMAND_RESULT__INIT;
-	oom.code = CODE(TIMEOUT); /* the command may have applied: unknown to the client */
-	oom.message = (char *)"server out of memory";
-	return &oom;
-}
+/* The message of a kept result that has none (most do: OK carries no message). */
+static char result_no_message[] = "";
 
 static void call_free(struct call *k)
 {
-	if (k->results != NULL) {
+	if (k->kept != NULL) /* zeroed until kept: a NULL message */
 		for (size_t i = 0; i < k->n; i++)
-			if (k->results[i] != NULL && k->results[i] != result_oom())
-				tally__v1__command_result__free_unpacked(k->results[i], NULL);
-		free(k->results);
-	}
+			if (k->kept[i].message != result_no_message)
+				free(k->kept[i].message);
+	free(k->kept);
+	free(k->results);
 	free(k->items);
 	if (k->req != NULL) {
 		/* The principal the server put in belongs to the connection, not the request. */
@@ -441,16 +438,26 @@ static void submit_command(struct call *k)
 	tally_node_submit(k->c->s->node, cmd, on_command_result, k);
 }
 
-static Tally__V1__CommandResult *result_copy(const Tally__V1__CommandResult *r)
+/* Keeps a batch item's result until the batch is answered: the node's r lives only
+ * during its callback. A CommandResult is scalars and one string (checked against the
+ * schema), so a flat copy and the message's own copy keep all of it; unknown fields
+ * (a result replayed from a newer binary's journal entry) are not answered. */
+static void result_keep(Tally__V1__CommandResult *dst, const Tally__V1__CommandResult *r)
 {
-	size_t n = tally__v1__command_result__get_packed_size(r);
-	uint8_t *buf = malloc(n + 1);
-	if (buf == NULL)
-		return NULL;
-	tally__v1__command_result__pack(r, buf);
-	Tally__V1__CommandResult *copy = tally__v1__command_result__unpack(NULL, n, buf);
-	free(buf);
-	return copy;
+	assert(tally__v1__command_result__descriptor.n_fields == SERVER_RESULT_FIELDS);
+	*dst = *r;
+	dst->base.n_unknown_fields = 0;
+	dst->base.unknown_fields = NULL;
+	dst->message = result_no_message;
+	if (r->message == NULL || r->message[0] == '\0')
+		return;
+	dst->message = strdup(r->message);
+	if (dst->message != NULL)
+		return;
+	dst->message = result_no_message;
+	if (r->code == CODE(OK) || !transport_code(r->code))
+		return; /* the business result stands; only its wording is lost */
+	dst->code = CODE(TIMEOUT); /* a transport outcome without its detail: unknown */
 }
 
 static void batch_finish(struct call *k)
@@ -459,15 +466,20 @@ static void batch_finish(struct call *k)
 	br.results = k->results;
 	br.n_results = k->n;
 	size_t not_leader = 0;
+	const char *leader = NULL;
 	for (size_t i = 0; i < k->n; i++)
-		not_leader += k->results[i]->code == CODE(NOT_LEADER);
+		if (k->results[i]->code == CODE(NOT_LEADER)) {
+			not_leader++;
+			leader = leader != NULL ? leader : k->results[i]->message;
+		}
 	Tally__V1__Response res = TALLY__V1__RESPONSE__INIT;
 	res.call_id = k->req->call_id;
-	if (not_leader == k->n && k->n > 0) {
-		/* Nothing applied here: let the client follow the leader with all of it. */
+	if (not_leader > 0 && not_leader + k->refused == k->n) {
+		/* Nothing reached a leader here (the rest was refused at the door, as it will
+		 * be there): let the client follow the leader with all of it. */
 		res.code = CODE(NOT_LEADER);
-		res.leader_address = k->results[0]->message;
-		res.message = k->results[0]->message;
+		res.leader_address = (char *)leader;
+		res.message = (char *)leader;
 	} else {
 		res.code = CODE(OK);
 		res.body_case = TALLY__V1__RESPONSE__BODY_BATCH;
@@ -481,8 +493,8 @@ static void on_batch_item(void *data, const Tally__V1__CommandResult *r)
 {
 	struct batch_item *item = data;
 	struct call *k = item->call;
-	Tally__V1__CommandResult *copy = result_copy(r);
-	k->results[item->index] = copy != NULL ? copy : result_oom();
+	assert(item->index < k->n && k->done < k->n);
+	result_keep(&k->kept[item->index], r);
 	if ((unsigned)r->code < 32)
 		k->c->s->stats.results[r->code]++;
 	if (++k->done == k->n)
@@ -500,8 +512,9 @@ static void submit_batch(struct call *k)
 		return;
 	}
 	k->results = calloc(k->n, sizeof(*k->results));
+	k->kept = calloc(k->n, sizeof(*k->kept));
 	k->items = calloc(k->n, sizeof(*k->items));
-	if (k->results == NULL || k->items == NULL) {
+	if (k->results == NULL || k->kept == NULL || k->items == NULL) {
 		respond_code(k->c, k->req->call_id, CODE(UNAVAILABLE), "server out of memory", false);
 		call_free(k);
 		return;
@@ -509,6 +522,7 @@ static void submit_batch(struct call *k)
 	for (size_t i = 0; i < k->n; i++) {
 		k->items[i].call = k;
 		k->items[i].index = i;
+		k->results[i] = &k->kept[i];
 	}
 	/* The call lives until its last item is answered, which cannot happen before the
 	 * last item is submitted: nothing here touches k after that submission. */
@@ -518,10 +532,12 @@ static void submit_batch(struct call *k)
 	for (size_t i = 0; i < n; i++) {
 		Tally__V1__Command *cmd = list->commands[i];
 		Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
-		if (!prepare_command(c, cmd, &r))
+		if (!prepare_command(c, cmd, &r)) {
+			k->refused++; /* before the answer: the last one frees k */
 			on_batch_item(&items[i], &r);
-		else
+		} else {
 			tally_node_submit(c->s->node, cmd, on_batch_item, &items[i]);
+		}
 	}
 }
 
