@@ -452,12 +452,8 @@ static void result_keep(Tally__V1__CommandResult *dst, const Tally__V1__CommandR
 	if (r->message == NULL || r->message[0] == '\0')
 		return;
 	dst->message = strdup(r->message);
-	if (dst->message != NULL)
-		return;
-	dst->message = result_no_message;
-	if (r->code == CODE(OK) || !transport_code(r->code))
-		return; /* the business result stands; only its wording is lost */
-	dst->code = CODE(TIMEOUT); /* a transport outcome without its detail: unknown */
+	if (dst->message == NULL) /* out of memory: the outcome stands, without its words */
+		dst->message = result_no_message;
 }
 
 static void batch_finish(struct call *k)
