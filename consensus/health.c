@@ -26,7 +26,8 @@
 #include "consensus/internal.h"
 
 /* raft_io->recv, wrapped: refuses a message contradicting a committed entry
- * (recvguard.c), notes the leader's commit index, then hands the message on. */
+ * (recvguard.c), notes the leader's commit index and counts InstallSnapshot copies,
+ * then hands the message on. */
 static void health_recv(struct raft_io *io, struct raft_message *m)
 {
 	struct tally_node *n = node_of_io(io);
@@ -42,6 +43,7 @@ static void health_recv(struct raft_io *io, struct raft_message *m)
 		n->leader_commit_seen = committed;
 	if (m->type == RAFT_IO_APPEND_ENTRIES || m->type == RAFT_IO_INSTALL_SNAPSHOT)
 		n->leader_heard_ms = (uint64_t)tally_node_mono_ms(n);
+	n->stats.install_snapshots_received += m->type == RAFT_IO_INSTALL_SNAPSHOT;
 	node_recv_fix(n, m);
 	n->raft_recv(io, m);
 }

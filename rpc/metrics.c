@@ -118,6 +118,13 @@ static void render_node(struct page *p, struct tally_node *n)
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},
+		{"tally_install_snapshots_received_total", "counter",
+		 "InstallSnapshot messages this node received: copies of a leader's snapshot.",
+		 (double)ns->install_snapshots_received},
+		{"tally_install_waits_ended_total", "counter",
+		 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
+		 "ignored (the follower had lost its data), ended without waiting for the timeout.",
+		 (double)ns->install_waits_ended},
 		{"tally_install_snapshot_timeout_seconds", "gauge",
 		 "As leader: how long this node waits for a follower to install its latest "
 		 "snapshot before sending it again.",

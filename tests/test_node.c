@@ -75,6 +75,7 @@ struct cluster {
 	bool sampler_closed;
 	unsigned snapshot_threshold;       /* raft entries between snapshots */
 	size_t snapshot_log_bytes;         /* 0: the node's default */
+	unsigned install_snapshot_ms;      /* 0: the node's default (30 s) */
 	/* What node i's last full check of a restored ledger read (its log line). */
 	char checked[NODES][512];
 };
@@ -312,6 +313,7 @@ static void node_open(struct cluster *c, int i, const char *bootstrap)
 		.expire_interval_ms = 300, .map_size_bytes = 1ULL << 30,
 		.snapshot_threshold = c->snapshot_threshold, .snapshot_trailing = 8,
 		.snapshot_log_bytes = c->snapshot_log_bytes,
+		.install_snapshot_timeout_ms = c->install_snapshot_ms,
 	};
 	char err[256];
 	int rc = tally_node_init(&c->node[i], &c->loop, &cfg, err, sizeof(err));
@@ -321,7 +323,8 @@ static void node_open(struct cluster *c, int i, const char *bootstrap)
 		fail_msg("node %d: %s", i + 1, err);
 }
 
-static int cluster_setup_with(void **state, unsigned snapshot_threshold, size_t log_bytes)
+static int cluster_setup_with(void **state, unsigned snapshot_threshold, size_t log_bytes,
+			      unsigned install_snapshot_ms)
 {
 	signal(SIGPIPE, SIG_IGN); /* a peer closing must not kill the process */
 	fx_raft_heap_zeroed(true);
@@ -329,6 +332,7 @@ static int cluster_setup_with(void **state, unsigned snapshot_threshold, size_t 
 	assert_non_null(c);
 	c->snapshot_threshold = snapshot_threshold;
 	c->snapshot_log_bytes = log_bytes;
+	c->install_snapshot_ms = install_snapshot_ms;
 	assert_int_equal(uv_loop_init(&c->loop), 0);
 	tally_arena_init(&c->f.build, 64 << 10, 0);
 	c->admin = admin(&c->f);
@@ -357,13 +361,20 @@ static int cluster_setup_with(void **state, unsigned snapshot_threshold, size_t 
 
 static int cluster_setup(void **state)
 {
-	return cluster_setup_with(state, 32, 0); /* exercise snapshots */
+	return cluster_setup_with(state, 32, 0, 0); /* exercise snapshots */
 }
 
 /* Snapshots only by the bytes of the log: a threshold of entries never reached. */
 static int cluster_setup_log_budget(void **state)
 {
-	return cluster_setup_with(state, 1000000, LOG_BUDGET_BYTES);
+	return cluster_setup_with(state, 1000000, LOG_BUDGET_BYTES, 0);
+}
+
+/* A leader that would wait an hour for an InstallSnapshot's answer: only an answer it
+ * heeds ends the wait. */
+static int cluster_setup_long_install_wait(void **state)
+{
+	return cluster_setup_with(state, 32, 0, 3600000);
 }
 
 static void on_node_closed(void *data)
@@ -924,9 +935,10 @@ static unsigned long long latest_snapshot_index(struct cluster *c, int i)
 
 /* A leader waits for an InstallSnapshot's answer 30 s (the default), plus a second per
  * TALLY_NODE_SNAPSHOT_SEND_RATE bytes of its latest snapshot. */
-static uint64_t install_wait_ms(uint64_t snapshot_bytes)
+static uint64_t install_wait_ms(const struct cluster *c, uint64_t snapshot_bytes)
 {
-	return 30000 + snapshot_bytes * 1000 / TALLY_NODE_SNAPSHOT_SEND_RATE;
+	uint64_t base = c->install_snapshot_ms != 0 ? c->install_snapshot_ms : 30000;
+	return base + snapshot_bytes * 1000 / TALLY_NODE_SNAPSHOT_SEND_RATE;
 }
 
 /* Node i waits as long for an InstallSnapshot's answer as its latest snapshot needs. */
@@ -934,7 +946,7 @@ static bool install_wait_fits(struct cluster *c, int i)
 {
 	uint64_t bytes;
 	latest_snapshot(c, i, &bytes);
-	return tally_node_stats(c->node[i])->install_snapshot_timeout_ms == install_wait_ms(bytes);
+	return tally_node_stats(c->node[i])->install_snapshot_timeout_ms == install_wait_ms(c, bytes);
 }
 
 static bool install_waits_fit(struct cluster *c)
@@ -1008,50 +1020,14 @@ static bool wiped_caught_up(struct cluster *c)
 	       replicas_identical(c);
 }
 
+static bool wiped_checked(struct cluster *c)
+{
+	return c->checked[wiped][0] != '\0';
+}
+
 static bool wiped_install_wait_fits(struct cluster *c)
 {
 	return install_wait_fits(c, wiped);
-}
-
-/* A follower that lost its data comes back empty: the leader no longer holds the log
- * from its start, so it must send its snapshot. (A node restarted with its data may
- * catch up either way: messages the leader queued while it was down can still carry
- * the entries.) */
-static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **state)
-{
-	struct cluster *c = *state;
-	assert_true(run_until(c, one_leader, WAIT_MS));
-	wiped = follower_of(c, leader_of(c));
-	assert_true(wiped >= 0);
-	tally_node_close(c->node[wiped], on_node_closed, &c->closed[wiped]);
-	assert_true(run_until(c, wiped_closed, WAIT_MS));
-	tally_node_free(c->node[wiped]);
-	c->node[wiped] = NULL;
-	c->closed[wiped] = false;
-	char path[600];
-	snprintf(path, sizeof(path), "%s/raft", c->dir[wiped]);
-	fx_remove_dir(path);
-	snprintf(path, sizeof(path), "%s/ledger", c->dir[wiped]);
-	fx_remove_dir(path);
-	/* More entries meanwhile: snapshots every 32, 8 kept after each, so the leader's log
-	 * starts far past index 2. */
-	static Tally__V1__Command *cmds[ROUNDS];
-	static struct outcome acc[ROUNDS];
-	for (int r = 0; r < ROUNDS; r++)
-		cmds[r] = c_accrue(&c->f, c->dealer, "aurora", "m2", 1);
-	submit_until_ok(c, cmds, acc, ROUNDS, 1);
-	c->target_index = tally_ledger_applied_index(tally_node_ledger(c->node[leader_of(c)]));
-	assert_true(c->target_index > 64);
-	/* No state: it bootstraps the cluster's first configuration (index 1), as it did. */
-	node_open(c, wiped, c->bootstrap);
-	assert_true(run_until(c, wiped_caught_up, 30000 + WAIT_MS));
-	/* It counts the snapshot it installed, and, were it to lead, would wait for a
-	 * follower's answer as long as that snapshot's size asks (fsm.c). */
-	assert_true(tally_node_stats(c->node[wiped])->snapshots_installed >= 1);
-	assert_true(run_until(c, wiped_install_wait_fits, WAIT_MS));
-	char msg[256];
-	assert_int_equal(tally_ledger_check_invariants(tally_node_ledger(c->node[wiped]), msg,
-						       sizeof(msg)), 0);
 }
 
 /* Snapshots (raft_uv's snapshot-TERM-INDEX-TIME files) in node i's raft directory. */
@@ -1075,6 +1051,72 @@ static bool every_node_snapshotted(struct cluster *c)
 			return false;
 	return true;
 }
+
+/* A follower that lost its data comes back empty: the leader no longer holds the log
+ * from its start, so it must send its snapshot. (A node restarted with its data may
+ * catch up either way: messages the leader queued while it was down can still carry
+ * the entries.) The leader still counts the follower's old match index, past its
+ * snapshot, so raft 0.15 would ignore the answer to the InstallSnapshot and wait out
+ * install_snapshot_timeout, here an hour (cluster_setup_long_install_wait):
+ * consensus/raft015.c ends that wait once the answer shows the snapshot installed. */
+static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **state)
+{
+	struct cluster *c = *state;
+	Tally__V1__Command *setup[2] = {c_brand(&c->f, c->admin, "aurora", 0),
+					c_member(&c->f, c->admin, "m2")};
+	struct outcome setup_o[2];
+	submit_until_ok(c, setup, setup_o, 2, 0);
+	/* Entries one at a time: snapshots every 32, 8 kept after each, so the leader's log
+	 * soon starts far past index 2; every follower has all of them. */
+	static Tally__V1__Command *cmds[2 * ROUNDS];
+	static struct outcome acc[2 * ROUNDS];
+	for (int r = 0; r < 2 * ROUNDS; r++)
+		cmds[r] = c_accrue(&c->f, c->dealer, "aurora", "m2", 1);
+	submit_until_ok(c, cmds, acc, 2 * ROUNDS, 1);
+	assert_true(run_until(c, every_node_snapshotted, WAIT_MS));
+	assert_true(run_until(c, replicas_identical, WAIT_MS));
+	int leader = leader_of(c);
+	c->target_index = tally_ledger_applied_index(tally_node_ledger(c->node[leader]));
+	assert_true(c->target_index > 64);
+	wiped = follower_of(c, leader);
+	assert_true(wiped >= 0);
+	tally_node_close(c->node[wiped], on_node_closed, &c->closed[wiped]);
+	assert_true(run_until(c, wiped_closed, WAIT_MS));
+	tally_node_free(c->node[wiped]);
+	c->node[wiped] = NULL;
+	c->closed[wiped] = false;
+	char path[600];
+	snprintf(path, sizeof(path), "%s/raft", c->dir[wiped]);
+	fx_remove_dir(path);
+	snprintf(path, sizeof(path), "%s/ledger", c->dir[wiped]);
+	fx_remove_dir(path);
+	/* No state: it bootstraps the cluster's first configuration (index 1), as it did. */
+	c->checked[wiped][0] = '\0';
+	node_open(c, wiped, c->bootstrap);
+	assert_true(run_until(c, wiped_caught_up, WAIT_MS));
+	assert_true(run_until(c, wiped_checked, WAIT_MS));
+	/* It counts the snapshot it installed, and, were it to lead, would wait for a
+	 * follower's answer as long as that snapshot's size asks (fsm.c). */
+	const struct tally_node_stats *st = tally_node_stats(c->node[wiped]);
+	assert_true(st->snapshots_installed >= 1);
+	assert_true(st->install_snapshots_received >= st->snapshots_installed);
+	assert_true(run_until(c, wiped_install_wait_fits, WAIT_MS));
+	/* The snapshot it installed (the one its check read). When the leader had taken
+	 * none past the follower's old index, raft 0.15 would have waited the hour, and the
+	 * leader says it ended that wait. */
+	unsigned long long term, index, ms;
+	const char *name = strrchr(c->checked[wiped], '/');
+	assert_non_null(name);
+	assert_int_equal(sscanf(name, "/snapshot-%llu-%llu-%llu", &term, &index, &ms), 3);
+	leader = leader_of(c);
+	assert_true(leader >= 0);
+	if (index <= c->target_index)
+		assert_true(tally_node_stats(c->node[leader])->install_waits_ended >= 1);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(tally_node_ledger(c->node[wiped]), msg,
+						       sizeof(msg)), 0);
+}
+
 
 /* raft 0.15 snapshots by entry count only and keeps every entry since in memory: with a
  * threshold never reached, the log's bytes alone must bring a snapshot (fsm.c), on
@@ -1117,7 +1159,7 @@ static void test_a_log_past_its_byte_budget_is_snapshotted(void **state)
 	for (int i = 0; i < NODES; i++) {
 		uint64_t bytes;
 		latest_snapshot(c, i, &bytes);
-		assert_true(install_wait_ms(bytes) > 30000); /* a snapshot over 16 KiB */
+		assert_true(install_wait_ms(c, bytes) > 30000); /* a snapshot over 16 KiB */
 	}
 	unsigned long long at[NODES];
 	for (int i = 0; i < NODES; i++) {
@@ -1147,12 +1189,16 @@ int main(void)
 		cmocka_unit_test(test_without_a_majority_of_agreeing_clocks_writes_are_refused_unapplied),
 		cmocka_unit_test(test_closing_the_leader_elects_a_new_one_that_accepts_commands),
 		cmocka_unit_test(test_restarted_node_catches_up_from_a_snapshot_and_matches),
-		cmocka_unit_test(test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot),
 		cmocka_unit_test(test_misconfigured_node_is_refused_and_an_unstarted_node_closes_cleanly),
 	};
 	const struct CMUnitTest budget[] = {
 		cmocka_unit_test(test_a_log_past_its_byte_budget_is_snapshotted),
 	};
+	const struct CMUnitTest wipe[] = {
+		cmocka_unit_test(test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot),
+	};
 	int failed = cmocka_run_group_tests(tests, cluster_setup, cluster_teardown);
-	return failed + cmocka_run_group_tests(budget, cluster_setup_log_budget, cluster_teardown);
+	failed += cmocka_run_group_tests(budget, cluster_setup_log_budget, cluster_teardown);
+	return failed + cmocka_run_group_tests(wipe, cluster_setup_long_install_wait,
+					       cluster_teardown);
 }
