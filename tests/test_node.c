@@ -1052,6 +1052,15 @@ static bool every_node_snapshotted(struct cluster *c)
 	return true;
 }
 
+/* Brand aurora and one member of it, on a fresh cluster. */
+static void open_brand_and_member(struct cluster *c, const char *member)
+{
+	Tally__V1__Command *setup[2] = {c_brand(&c->f, c->admin, "aurora", 0),
+					c_member(&c->f, c->admin, member)};
+	struct outcome setup_o[2];
+	submit_until_ok(c, setup, setup_o, 2, 0);
+}
+
 /* A follower that lost its data comes back empty: the leader no longer holds the log
  * from its start, so it must send its snapshot. (A node restarted with its data may
  * catch up either way: messages the leader queued while it was down can still carry
@@ -1062,10 +1071,7 @@ static bool every_node_snapshotted(struct cluster *c)
 static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **state)
 {
 	struct cluster *c = *state;
-	Tally__V1__Command *setup[2] = {c_brand(&c->f, c->admin, "aurora", 0),
-					c_member(&c->f, c->admin, "m2")};
-	struct outcome setup_o[2];
-	submit_until_ok(c, setup, setup_o, 2, 0);
+	open_brand_and_member(c, "m2");
 	/* Entries one at a time: snapshots every 32, 8 kept after each, so the leader's log
 	 * soon starts far past index 2; every follower has all of them. */
 	static Tally__V1__Command *cmds[2 * ROUNDS];
@@ -1124,10 +1130,7 @@ static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **
 static void test_a_log_past_its_byte_budget_is_snapshotted(void **state)
 {
 	struct cluster *c = *state;
-	Tally__V1__Command *setup[2] = {c_brand(&c->f, c->admin, "aurora", 0),
-					c_member(&c->f, c->admin, "m1")};
-	struct outcome setup_o[2];
-	submit_until_ok(c, setup, setup_o, 2, 0);
+	open_brand_and_member(c, "m1");
 	int leader = leader_of(c);
 	assert_true(leader >= 0);
 	assert_int_equal(snapshots_on_disk(c, leader), 0);
