@@ -215,7 +215,6 @@ void node_queues_fail(struct tally_node *n);
 /* raft015.c: before raft sees an incoming message it would mishandle, rewrites it (an
  * AppendEntries from below this node's snapshot) or, on a leader, ends the wait for a
  * snapshot a follower installed but whose answer raft ignores. */
-#define NODE_RAFT_PROGRESS_SNAPSHOT 2 /* raft 0.15's PROGRESS__SNAPSHOT (src/progress.h) */
 void node_recv_fix(struct tally_node *n, struct raft_message *m);
 
 /* recvguard.c: an AppendEntries that contradicts a committed entry of this node is

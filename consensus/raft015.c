@@ -37,6 +37,8 @@
 
 #include "consensus/internal.h"
 
+#define RAFT015_PROGRESS_SNAPSHOT 2 /* raft 0.15's PROGRESS__SNAPSHOT (src/progress.h) */
+
 /* Drops the first k entries of an AppendEntries, keeping at least one: their bytes
  * stay in the message's batch, which raft frees with the remaining entries. */
 static void entries_drop_front(struct raft_append_entries *a, unsigned k)
@@ -73,7 +75,7 @@ static void snapshot_installed_fix(struct tally_node *n, const struct raft_messa
 		if (r->configuration.servers[i].id != m->server_id)
 			continue;
 		struct raft_progress *p = &r->leader_state.progress[i];
-		if (p->state != NODE_RAFT_PROGRESS_SNAPSHOT || p->snapshot_index == 0 ||
+		if (p->state != RAFT015_PROGRESS_SNAPSHOT || p->snapshot_index == 0 ||
 		    res->last_log_index < p->snapshot_index || p->match_index < res->last_log_index)
 			return; /* not installed yet, or raft sees it: its index moves */
 		raft_time now = r->io->time(r->io);
