@@ -170,43 +170,6 @@ void node_snapshot_sized(struct tally_node *n, uint64_t bytes)
 	n->stats.install_snapshot_timeout_ms = ms;
 }
 
-/* Thread pool: the range of the ledger's file just past its data, read. */
-static void warm_work_cb(uv_work_t *work)
-{
-	struct tally_node *n = work->data;
-	assert(n != NULL && n->warm_busy);
-	n->warm_rc = tally_ledger_warm_read(&n->warm);
-}
-
-/* Main loop: the next range may go. A range that could not be read costs nothing but
- * the zeroing this was to spare the loop. */
-static void warm_after_cb(uv_work_t *work, int status)
-{
-	struct tally_node *n = work->data;
-	assert(n != NULL && n->warm_busy);
-	if (status == 0 && n->warm_rc == 0)
-		n->stats.ledger_warmed_bytes += n->warm.bytes;
-	tally_ledger_warm_release(&n->warm);
-	n->warm_busy = false;
-	if (n->phase == NODE_HANDLES && n->handles_open == 0)
-		node_close_finish(n);
-}
-
-/* After an apply: one range of the ledger's file at a time is read ahead of its data
- * on the thread pool (ledger/map.c says why). Not in the simulator (no loop). */
-static void fsm_warm(struct tally_node *n)
-{
-	assert(n != NULL && n->ledger != NULL);
-	if (n->warm_busy || n->loop == NULL || !tally_ledger_warm_next(n->ledger, &n->warm))
-		return;
-	n->warm_busy = true; /* before the queue: the work may run at once */
-	n->warm_work.data = n;
-	if (uv_queue_work(n->loop, &n->warm_work, warm_work_cb, warm_after_cb) != 0) {
-		tally_ledger_warm_release(&n->warm);
-		n->warm_busy = false;
-	}
-}
-
 /* raft_fsm->apply. */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
@@ -240,7 +203,6 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 		node_batch_deliver(n, mine, skipped ? NULL : results, b->n_commands);
 	}
 	fsm_log_grew(n, buf->len);
-	fsm_warm(n);
 	return 0;
 }
 

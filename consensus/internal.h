@@ -5,8 +5,7 @@
  *
  * Threads: everything runs on the node's libuv loop except fsm snapshot_async and the
  * check of a restored ledger, which run on the libuv thread pool and touch only the
- * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc,
- * and the read ahead of the ledger's file, which touches only its range.
+ * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc.
  */
 #ifndef TALLY_CONSENSUS_INTERNAL_H
 #define TALLY_CONSENSUS_INTERNAL_H
@@ -157,11 +156,6 @@ struct tally_node {
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */
-	/* The ledger's file read ahead of its data, off the loop (fsm.c). */
-	uv_work_t warm_work;
-	struct tally_ledger_warm warm;
-	int warm_rc;
-	bool warm_busy;
 	/* The full check of a restored ledger, off the loop (fsm.c). */
 	uv_work_t check_work;
 	bool check_busy;

@@ -740,7 +740,7 @@ void node_close_finish(struct tally_node *n)
 	assert(n != NULL && n->handles_open == 0);
 	assert(n->phase == NODE_HANDLES);
 	assert(n->inflight == 0 && !n->barrier_busy && n->queue_head == NULL);
-	if (n->check_busy || n->release_busy || n->warm_busy)
+	if (n->check_busy || n->release_busy)
 		return; /* work on the thread pool: its end calls this again */
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;

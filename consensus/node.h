@@ -192,7 +192,6 @@ struct tally_node_stats {
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_waits_ended; /* leader: snapshots a follower installed that raft 0.15
 				       * would have waited out (consensus/raft015.c) */
-	uint64_t ledger_warmed_bytes; /* ledger file read ahead of the data (fsm.c) */
 	uint64_t install_snapshot_timeout_ms; /* what a leader would wait now for an
 				      * InstallSnapshot's answer (config above) */
 	uint64_t commit_us_hist[TALLY_NODE_HIST_BOUNDS + 1];  /* leader: proposal to results, µs */

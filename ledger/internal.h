@@ -117,7 +117,6 @@ struct tally_ledger {
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
-	uint64_t warm_bytes;        /* the file is read up to here (tally_ledger_warm_next) */
 };
 
 /* ---- member chains (chain.c) -----------------------------------------------------

@@ -166,34 +166,6 @@ int tally_ledger_query(struct tally_ledger *l, const Tally__V1__Query *q,
 /* The current digest (one read transaction). */
 int tally_ledger_digest(struct tally_ledger *l, struct tally_digest *out);
 
-/* Pages ahead of the data, read into the page cache off the applying thread.
- *
- * A writemap ledger grows into blocks allocated ahead (map.c), which the file system
- * reads as zeros. The first store to such a page faults, and the kernel's readahead
- * then zeroes a whole window of new pages on the faulting thread: tens of
- * milliseconds at once on the thread that applies batches. Reading the range ahead
- * on another thread does that zeroing there. */
-#define TALLY_LEDGER_WARM_AHEAD_BYTES (32ULL << 20) /* read ahead of the data, at most */
-#define TALLY_LEDGER_WARM_CHUNK_BYTES (8ULL << 20)  /* one range */
-struct tally_ledger_warm {
-	int fd;          /* a duplicate of the data file's, owned by the range */
-	uint64_t offset; /* bytes into the file */
-	uint64_t bytes;
-};
-
-/* On the applying thread: the next range to read when less than
- * TALLY_LEDGER_WARM_AHEAD_BYTES past the data has been read, in *w; false when there
- * is none (enough read, the end of the map, a ledger without writemap). A range
- * returned must be given to tally_ledger_warm_release, read or not. */
-bool tally_ledger_warm_next(struct tally_ledger *l, struct tally_ledger_warm *w);
-
-/* On any thread: reads the range (into nothing). Touches no state of the ledger,
- * which may have been closed meanwhile. Returns 0 or TALLY_EIO / TALLY_ENOMEM. */
-int tally_ledger_warm_read(const struct tally_ledger_warm *w);
-
-/* Closes the range's file descriptor. */
-void tally_ledger_warm_release(struct tally_ledger_warm *w);
-
 /* The applied raft index (0 for a new ledger). */
 uint64_t tally_ledger_applied_index(struct tally_ledger *l);
 

@@ -38,15 +38,6 @@
  * holds the lock (the room left serves meanwhile); a growth the batch cannot do
  * without waits for the snapshot to end.
  *
- * Allocated blocks not yet written read as zeros, and the first store to one of their
- * pages faults into the kernel's readahead, which zeroes a window of new pages (large
- * folios) at once, on the faulting thread: under a steady load each node's apply
- * stopped for ~40 ms every few seconds, all nodes together since they grow alike.
- * tally_ledger_warm_next hands out the ranges just past the data, at most
- * TALLY_LEDGER_WARM_AHEAD_BYTES ahead, for another thread to read
- * (tally_ledger_warm_read) before the apply gets there; a range the data passed
- * first costs nothing more than before.
- *
  * Ledgers opened without writemap (tools, tests) keep a fixed map of map_size_bytes:
  * LMDB writes their pages with pwrite, which reports a full disk as an error.
  */
@@ -54,7 +45,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -245,58 +235,4 @@ void map_unpin(struct tally_ledger *l)
 {
 	assert(l != NULL);
 	pthread_mutex_unlock(&l->map_lock);
-}
-
-/* ---- reading ahead of the data ---------------------------------------------------- */
-
-#define LEDGER_WARM_READ_BYTES (256u << 10) /* one pread of a range */
-
-bool tally_ledger_warm_next(struct tally_ledger *l, struct tally_ledger_warm *w)
-{
-	assert(l != NULL && w != NULL);
-	if (!l->map_managed)
-		return false;
-	uint64_t used = map_used_bytes(l);
-	if (l->warm_bytes < used)
-		l->warm_bytes = used; /* the data went past what was read: on from the data */
-	if (l->warm_bytes >= l->map_bytes || l->warm_bytes - used >= TALLY_LEDGER_WARM_AHEAD_BYTES)
-		return false;
-	int fd = -1;
-	if (mdb_env_get_fd(l->env, &fd) != 0 || (fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
-		return false;
-	uint64_t end = l->warm_bytes + TALLY_LEDGER_WARM_CHUNK_BYTES;
-	*w = (struct tally_ledger_warm){.fd = fd, .offset = l->warm_bytes,
-					.bytes = (end < l->map_bytes ? end : l->map_bytes) - l->warm_bytes};
-	l->warm_bytes += w->bytes;
-	return true;
-}
-
-int tally_ledger_warm_read(const struct tally_ledger_warm *w)
-{
-	assert(w != NULL && w->fd >= 0 && w->bytes > 0);
-	uint8_t *buf = malloc(LEDGER_WARM_READ_BYTES);
-	if (buf == NULL)
-		return TALLY_ENOMEM;
-	int rc = 0;
-	for (uint64_t done = 0; done < w->bytes && rc == 0;) {
-		uint64_t want = w->bytes - done < LEDGER_WARM_READ_BYTES ? w->bytes - done
-									  : LEDGER_WARM_READ_BYTES;
-		ssize_t got = pread(w->fd, buf, (size_t)want, (off_t)(w->offset + done));
-		if (got > 0)
-			done += (uint64_t)got;
-		else if (got == 0)
-			break; /* the file is shorter than the map was: nothing more to read */
-		else if (errno != EINTR)
-			rc = TALLY_EIO;
-	}
-	free(buf);
-	return rc;
-}
-
-void tally_ledger_warm_release(struct tally_ledger_warm *w)
-{
-	assert(w != NULL);
-	if (w->fd >= 0)
-		close(w->fd);
-	w->fd = -1;
 }

@@ -125,10 +125,6 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
 		 "ignored (the follower had lost its data), ended without waiting for the timeout.",
 		 (double)ns->install_waits_ended},
-		{"tally_ledger_warmed_bytes_total", "counter",
-		 "Bytes of the ledger's file read ahead of its data off the event loop, so that "
-		 "applying does not stop to zero new pages.",
-		 (double)ns->ledger_warmed_bytes},
 		{"tally_install_snapshot_timeout_seconds", "gauge",
 		 "As leader: how long this node waits for a follower to install its latest "
 		 "snapshot before sending it again.",

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -541,84 +540,6 @@ static void test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the
 	tally_arena_free(&f.results);
 }
 
-/* Whether every page of [offset, offset + bytes) of fd's file is in the page cache. */
-static bool file_range_cached(int fd, uint64_t offset, uint64_t bytes)
-{
-	long page = sysconf(_SC_PAGESIZE);
-	assert_true(page > 0 && offset % (uint64_t)page == 0);
-	void *m = mmap(NULL, (size_t)bytes, PROT_READ, MAP_SHARED, fd, (off_t)offset);
-	assert_true(m != MAP_FAILED);
-	size_t pages = (size_t)((bytes + (uint64_t)page - 1) / (uint64_t)page);
-	unsigned char *in = malloc(pages);
-	assert_non_null(in);
-	assert_int_equal(mincore(m, (size_t)bytes, in), 0);
-	size_t cached = 0;
-	for (size_t i = 0; i < pages; i++)
-		cached += in[i] & 1;
-	free(in);
-	munmap(m, (size_t)bytes);
-	return cached == pages;
-}
-
-/* A writemap ledger hands out the ranges of its file just past the data, in chunks and
- * at most TALLY_LEDGER_WARM_AHEAD_BYTES ahead, never past the map, and on from the
- * data once the data went past them; reading one puts its pages in the page cache. A
- * ledger without writemap has nothing to read ahead. */
-static void test_a_writemap_ledger_hands_out_the_pages_past_its_data_to_read_ahead(void **state)
-{
-	(void)state;
-	char *dirs[3] = {fx_tmpdir(), fx_tmpdir(), fx_tmpdir()};
-	struct tally_ledger *l[3];
-	struct tally_ledger_warm w;
-	ledger_open_with(dirs[0], true, 0, 0, &l[0]);       /* 64 MiB of room */
-	ledger_open_with(dirs[1], true, 0, 1u << 20, &l[1]); /* 1 MiB */
-	ledger_open_with(dirs[2], false, 1ULL << 30, 0, &l[2]);
-	assert_false(tally_ledger_warm_next(l[2], &w));
-	/* Contiguous chunks up to the distance ahead, then nothing until the data moves. */
-	uint64_t end = 0;
-	for (unsigned i = 0; i < TALLY_LEDGER_WARM_AHEAD_BYTES / TALLY_LEDGER_WARM_CHUNK_BYTES; i++) {
-		assert_true(tally_ledger_warm_next(l[0], &w));
-		assert_true(w.offset > 0 && (i == 0 || w.offset == end));
-		assert_int_equal(w.bytes, TALLY_LEDGER_WARM_CHUNK_BYTES);
-		end = w.offset + w.bytes;
-		if (i == 0) {
-			assert_int_equal(tally_ledger_warm_read(&w), 0);
-			assert_true(file_range_cached(w.fd, w.offset, w.bytes));
-		}
-		tally_ledger_warm_release(&w);
-		assert_int_equal(w.fd, -1);
-	}
-	assert_false(tally_ledger_warm_next(l[0], &w));
-	/* Never past the map: with 1 MiB of room, one short range up to its end. */
-	uint64_t size = data_file_allocated(dirs[1]);
-	assert_true(tally_ledger_warm_next(l[1], &w));
-	assert_true(w.bytes < TALLY_LEDGER_WARM_CHUNK_BYTES && w.offset + w.bytes == size);
-	end = w.offset + w.bytes;
-	tally_ledger_warm_release(&w);
-	assert_false(tally_ledger_warm_next(l[1], &w));
-	/* The data grows past it (the map with it): on from the data. */
-	struct fx f = {0};
-	tally_arena_init(&f.build, 1 << 20, 0);
-	tally_arena_init(&f.results, 1 << 20, 0);
-	Tally__V1__Command *setup[2] = {c_brand(&f, admin(&f), "aurora", 24),
-					c_member(&f, admin(&f), "m1")};
-	assert_int_equal(batch_apply(l[1], &f, setup, 2, 1), 0);
-	assert_int_equal(batch_apply(l[1], &f, accruals(&f, 2048), 2048, 2), 0);
-	size = data_file_allocated(dirs[1]);
-	assert_true(tally_ledger_warm_next(l[1], &w));
-	assert_true(w.offset > end && w.offset + w.bytes <= size);
-	assert_int_equal(tally_ledger_warm_read(&w), 0);
-	assert_true(file_range_cached(w.fd, w.offset, w.bytes));
-	tally_ledger_warm_release(&w);
-	for (int k = 0; k < 3; k++) {
-		tally_ledger_close(l[k]);
-		fx_remove_dir(dirs[k]);
-		free(dirs[k]);
-	}
-	tally_arena_free(&f.build);
-	tally_arena_free(&f.results);
-}
-
 /* At its cap (map_size_bytes) a writemap ledger refuses a batch whole with TALLY_EFULL:
  * nothing of it applied, the ledger intact. Opened with a larger cap, it takes the
  * same batch. */
@@ -745,7 +666,6 @@ int main(void)
 		cmocka_unit_test(test_each_ledger_error_has_its_exit_status),
 		cmocka_unit_test(test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the_data),
 		cmocka_unit_test(test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole),
-		cmocka_unit_test(test_a_writemap_ledger_hands_out_the_pages_past_its_data_to_read_ahead),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply),

@@ -563,22 +563,6 @@ static void test_every_replica_reaches_the_same_digest_and_contents(void **state
 	assert_true(d[0].tree_size >= 3 + ACCRUES + ROUNDS * PER_ROUND);
 }
 
-static bool every_node_read_ahead(struct cluster *c)
-{
-	for (int i = 0; i < NODES; i++)
-		if (tally_node_stats(c->node[i])->ledger_warmed_bytes == 0)
-			return false;
-	return true;
-}
-
-/* Each node reads its ledger's file ahead of the data on the thread pool
- * (ledger/map.c; tests/test_failstop.c checks the ranges), counted once read. */
-static void test_each_node_reads_its_ledger_ahead_of_the_data(void **state)
-{
-	struct cluster *c = *state;
-	assert_true(run_until(c, every_node_read_ahead, WAIT_MS));
-}
-
 static bool leader_expired_twice(struct cluster *c)
 {
 	int leader = leader_of(c);
@@ -1200,7 +1184,6 @@ int main(void)
 		cmocka_unit_test(test_linearizable_query_is_served_by_the_leader_and_sees_every_commit),
 		cmocka_unit_test(test_stale_queries_on_followers_reach_the_leader_applied_index),
 		cmocka_unit_test(test_every_replica_reaches_the_same_digest_and_contents),
-		cmocka_unit_test(test_each_node_reads_its_ledger_ahead_of_the_data),
 		cmocka_unit_test(test_leader_submits_expire_commands_on_its_timer),
 		cmocka_unit_test(test_status_lists_the_configuration_and_the_leader),
 		cmocka_unit_test(test_a_leader_whose_clock_steps_an_hour_ahead_releases_no_hold_early),
