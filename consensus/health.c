@@ -54,6 +54,8 @@ static int health_start(struct raft_io *io, unsigned msecs, raft_io_tick_cb tick
 	struct tally_node *n = node_of_io(io);
 	assert(n != NULL && recv != NULL);
 	n->raft_recv = recv;
+	if (n->transport.tls != NULL) /* messages over TLS come from tlsnet.c, not raft_uv */
+		tally_tlsnet_receive_to(&n->transport, io, health_recv);
 	return n->io_next.start(io, msecs, tick, health_recv);
 }
 

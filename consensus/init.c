@@ -120,6 +120,14 @@ static void node_transport_log(void *data, const char *line)
 	node_log(data, "%s", line);
 }
 
+/* raft_io->send over TLS: straight into the peer's TLS session (consensus/tlsnet.c). */
+static int node_send_tls(struct raft_io *io, struct raft_io_send *req, const struct raft_message *m,
+			 raft_io_send_cb cb)
+{
+	struct tally_node *n = node_of_io(io);
+	return tally_tlsnet_send(&n->transport, req, m, cb);
+}
+
 /* raft_uv + wrapped transport + raft_init and settings. Nothing to undo on failure
  * but memory: raft_init's last step (io init) leaves no libuv handle when it fails. */
 static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
@@ -146,6 +154,8 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	node_snapshot_io_init(n->io);
 	node_ioguard_install(n);
 	node_health_install(n);
+	if (n->cfg.tls != NULL)
+		n->io->send = node_send_tls;
 	rv = raft_init(n->raft, n->io, &n->fsm, n->cfg.id, n->address);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft: %s", raft_errmsg(n->raft));

@@ -1,21 +1,33 @@
 /*
  * consensus/tlsnet — raft's transport over mutually authenticated TLS 1.3.
  *
- * raft_uv wants a libuv stream per connection and never looks inside it. This
- * transport listens and connects itself; on each TCP connection it runs a TLS session
- * (rpc/tls.h) in which both ends present a node certificate of the cluster's CA; then
- * the connecting side sends a preamble (magic, version, its raft id, its full
- * "raft|client" address). A connection is handed to raft only when
+ * Every connection between two nodes runs a TLS session (rpc/tls.h) in which both ends
+ * present a node certificate of the cluster's CA; then the connecting side sends a
+ * preamble (magic, version, its raft id, its full "raft|client" address). A connection
+ * carries raft's messages only when
  *
- *   - outgoing: the certificate of whoever answered names the id raft asked for;
+ *   - outgoing: the certificate of whoever answered names the id raft sends to;
  *   - incoming: the id in the preamble is the one the peer's certificate names,
  *
  * so no peer can speak for another id, and a peer without a certificate of the CA
- * never reaches raft's decoder. raft gets one end of a socketpair (a uv_pipe_t it
- * allocates and frees like its TCP handles: raft_malloc); this file pumps bytes
- * between the other end and the TLS session, with backpressure both ways.
+ * never reaches the decoder. Every refused connection is logged with the peer's
+ * address and the reason.
  *
- * Every refused connection is logged with the peer's address and the reason.
+ * raft_uv writes each message to a stream of its own and reads each one in three
+ * reads. Over TLS that stream would be one end of a socketpair, pumped to and from the
+ * TLS session here: three more system calls and a wake-up per message each way. So
+ * the node gives raft_io->send to this file (tally_tlsnet_send) and the messages go
+ * straight into the TLS session, encoded by raftwire.c; an incoming connection decodes
+ * them and hands them to raft's receive callback (tally_tlsnet_receive_to). raft_uv
+ * still calls listen and close on this transport, never connect.
+ *
+ * Sending, as raft_uv does it: one outgoing connection per peer, made on the first
+ * message. Messages wait in the peer's queue while it connects; a failed attempt
+ * drops all but the TLSNET_PENDING_MAX newest (raft is told RAFT_NOCONNECTION) and
+ * tries again after TLSNET_RETRY_MS; a connection that breaks is made again at once.
+ * A message is encrypted as the socket drains (at most TLSNET_QUEUE_MAX bytes of
+ * ciphertext queued per connection), so a snapshot is never copied whole; raft's send
+ * callback runs once all of it went into the TLS session, from the next loop turn.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -28,44 +40,82 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "consensus/raftwire.h"
 #include "consensus/transport.h"
 #include "rpc/stream.h"
 #include "rpc/tls.h"
 
 #define TLSNET_MAGIC 0x544c5952u         /* "TLYR": a Tally raft preamble */
-#define TLSNET_VERSION 1u
+#define TLSNET_VERSION 2u                /* 2: raft's messages in raftwire.h's format */
 #define TLSNET_PREAMBLE_FIXED 14         /* magic 4, version 1, id 8, address length 1 */
 #define TLSNET_HANDSHAKE_MS 5000         /* TCP connect + TLS + preamble, each connection */
-#define TLSNET_QUEUE_MAX (4u << 20)      /* bytes queued one way before reading stops */
-#define TLSNET_READ_BYTES (64u << 10)    /* one read or one decrypt */
+#define TLSNET_QUEUE_MAX (4u << 20)      /* ciphertext queued on a socket before encrypting stops */
+#define TLSNET_READ_BYTES (64u << 10)    /* one read, one decrypt, one encrypt */
 #define TLSNET_BACKLOG 64
+#define TLSNET_PENDING_MAX 3u            /* messages kept for a peer after a failed attempt */
+#define TLSNET_RETRY_MS 1000             /* between attempts to connect to a peer */
 
 enum tlsnet_state { TLSNET_CONNECTING, TLSNET_HANDSHAKE, TLSNET_PREAMBLE, TLSNET_PUMPING };
+enum tlsnet_reading { TLSNET_READ_PREFIX, TLSNET_READ_HEADER, TLSNET_READ_PAYLOAD };
+
+/* One message on its way: its prefix and header (ours) and its payload pieces (raft's,
+ * alive until raft's send callback). */
+struct tlsnet_piece {
+	const uint8_t *base;
+	size_t len;
+};
+
+struct tlsnet_send {
+	struct tlsnet_send *next;
+	struct raft_io_send *req;
+	int status;                      /* for raft's callback, once done */
+	unsigned n_pieces, piece;        /* pieces, and the one being sent */
+	size_t offset;                   /* bytes of that piece already sent */
+	struct tlsnet_piece *pieces;     /* inside this allocation */
+	uint8_t head[];                  /* prefix + header; pieces after it */
+};
+
+/* Where raft's messages to one server go. */
+struct tlsnet_peer {
+	struct tlsnet_peer *next;
+	struct tally_transport *t;
+	raft_id id;
+	char address[TALLY_ADDRESS_BYTES_MAX + 1];
+	struct tlsnet_conn *conn;        /* connecting or connected; NULL: none */
+	uv_timer_t retry;
+	bool retry_armed;
+	struct tlsnet_send *head, *tail; /* waiting or being sent, oldest first */
+	unsigned queued;
+};
 
 struct tlsnet_conn {
 	struct tally_transport *t;
 	struct tlsnet_conn *next, *prev; /* t->conns */
+	struct tlsnet_peer *owner;       /* outgoing: the peer it sends to, until closed */
 	uv_tcp_t tcp;
 	uv_timer_t timer;                /* handshake deadline */
-	uv_pipe_t pipe;                  /* our end of raft's socketpair, once pumping */
 	uv_connect_t connect;
 	struct tally_tls *tls;
 	enum tlsnet_state state;
-	bool outgoing, pipe_open, closing, tcp_reading, pipe_reading;
+	bool outgoing, closing, tcp_reading;
 	unsigned handles;                /* libuv handles still open */
 	raft_id id;                      /* outgoing: the id asked for; incoming: the peer's */
-	struct raft_uv_connect *req;     /* outgoing: raft's request until answered */
-	size_t tcp_queued, pipe_queued;  /* bytes in uv_write requests, each way */
+	size_t tcp_queued;               /* ciphertext bytes in uv_write requests */
+	/* Incoming: the message being read. */
+	enum tlsnet_reading reading;
+	struct tally_raftwire_sizes sizes;
+	uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYTES];
+	uint8_t *header, *payload;       /* malloc; raft_malloc (raft takes it) */
+	uint64_t got;                    /* bytes of the current part read */
 	uint8_t preamble[TLSNET_PREAMBLE_FIXED + TALLY_ADDRESS_BYTES_MAX];
 	size_t preamble_len;
 	char peer[64];                   /* "ip:port" for log lines */
-	char address[TALLY_ADDRESS_BYTES_MAX + 1]; /* the peer's full address */
+	char address[TALLY_ADDRESS_BYTES_MAX + 1]; /* incoming: the peer's full address */
 };
 
 struct tlsnet_write {
 	uv_write_t w;
 	struct tlsnet_conn *c;
-	bool to_tcp;
 	size_t len;
 	uint8_t data[];
 };
@@ -86,14 +136,79 @@ static void tlsnet_log(struct tally_transport *t, const char *fmt, ...)
 		fprintf(stderr, "%s\n", line);
 }
 
+static void tlsnet_closer_closed(uv_handle_t *h)
+{
+	struct tally_transport *t = h->data;
+	raft_uv_transport_close_cb cb = t->close_cb;
+	assert(cb != NULL && t->closer_open);
+	t->closer_open = false;
+	t->close_cb = NULL;
+	cb(&t->outer);
+}
+
+/* Tells raft_uv the transport is closed once every handle of ours is, one close phase
+ * after the last of them (the closer): raft_uv 0.15 ends its close when its transport
+ * is closed and nothing else it counts is pending, but it does not count the handles
+ * of the log segment writer it closes just before the transport; their close
+ * callbacks, run after ours in the same phase (libuv runs a phase's closes last to
+ * first), then end its close a second time, after the node has freed it. Handles
+ * closed from a close callback go to the next phase, after the writer's. */
 static void tlsnet_maybe_closed(struct tally_transport *t)
 {
-	if (t->close_cb != NULL && t->conns == NULL && !t->listener_open) {
-		raft_uv_transport_close_cb cb = t->close_cb;
-		t->close_cb = NULL;
-		cb(&t->outer);
+	if (t->close_cb == NULL || t->conns != NULL || t->listener_open || t->peers != NULL ||
+	    t->done_idle_open)
+		return;
+	if (t->closer_open) {
+		if (!uv_is_closing((uv_handle_t *)&t->closer))
+			uv_close((uv_handle_t *)&t->closer, tlsnet_closer_closed);
+		return;
+	}
+	raft_uv_transport_close_cb cb = t->close_cb; /* never listened: raft_uv closes in its close */
+	t->close_cb = NULL;
+	cb(&t->outer);
+}
+
+/* ---- raft's send callbacks, from the loop turn after a message is done ---- */
+
+static void tlsnet_done_run(uv_idle_t *idle)
+{
+	struct tally_transport *t = idle->data;
+	uv_idle_stop(idle);
+	struct tlsnet_send *s = t->done_head;
+	t->done_head = t->done_tail = NULL;
+	while (s != NULL) {
+		struct tlsnet_send *next = s->next;
+		struct raft_io_send *req = s->req;
+		int status = s->status;
+		free(s);
+		if (req->cb != NULL)
+			req->cb(req, status);
+		s = next;
 	}
 }
+
+static void tlsnet_done(struct tally_transport *t, struct tlsnet_send *s, int status)
+{
+	assert(!t->done_idle_closing);
+	s->status = status;
+	s->next = NULL;
+	if (t->done_tail != NULL)
+		t->done_tail->next = s;
+	else
+		t->done_head = s;
+	t->done_tail = s;
+	if (!t->done_idle_open) {
+		uv_idle_init(t->loop, &t->done_idle);
+		t->done_idle.data = t;
+		t->done_idle_open = true;
+	}
+	uv_idle_start(&t->done_idle, tlsnet_done_run);
+}
+
+/* ---- connections ---- */
+
+static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up);
+static void tlsnet_peer_pump(struct tlsnet_peer *p);
 
 static void tlsnet_handle_closed(uv_handle_t *h)
 {
@@ -109,32 +224,34 @@ static void tlsnet_handle_closed(uv_handle_t *h)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	tally_tls_free(c->tls);
+	free(c->header);
+	raft_free(c->payload);
 	free(c);
 	tlsnet_maybe_closed(t);
 }
 
-/* Ends a connection. An outgoing one raft still waits for is answered with status. */
-static void tlsnet_close(struct tlsnet_conn *c, int status)
+/* Ends a connection. An outgoing one leaves its peer, which connects again. */
+static void tlsnet_close(struct tlsnet_conn *c)
 {
 	if (c->closing)
 		return;
 	c->closing = true;
-	if (c->req != NULL) {
-		struct raft_uv_connect *req = c->req;
-		c->req = NULL;
-		req->cb(req, NULL, status);
-	}
 	uv_close((uv_handle_t *)&c->timer, tlsnet_handle_closed);
 	uv_close((uv_handle_t *)&c->tcp, tlsnet_handle_closed);
-	if (c->pipe_open)
-		uv_close((uv_handle_t *)&c->pipe, tlsnet_handle_closed);
+	struct tlsnet_peer *p = c->owner;
+	if (p != NULL) {
+		assert(p->conn == c);
+		c->owner = NULL;
+		p->conn = NULL;
+		tlsnet_peer_lost(p, c->state == TLSNET_PUMPING);
+	}
 }
 
 /* Logs why a connection is refused and ends it. */
 static void tlsnet_refuse(struct tlsnet_conn *c, const char *why)
 {
 	tlsnet_log(c->t, "raft connection %s %s refused: %s", c->outgoing ? "to" : "from", c->peer, why);
-	tlsnet_close(c, RAFT_NOCONNECTION);
+	tlsnet_close(c);
 }
 
 static void tlsnet_read_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -146,28 +263,12 @@ static void tlsnet_read_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 static void tlsnet_tcp_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
-static void tlsnet_pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf);
 
-/* Starts or stops reading each side so that neither write queue grows past the cap. */
-static void tlsnet_flow(struct tlsnet_conn *c)
+static void tlsnet_read_start(struct tlsnet_conn *c)
 {
-	if (c->closing)
-		return;
-	bool tcp_ok = c->pipe_queued < TLSNET_QUEUE_MAX;
-	if (tcp_ok != c->tcp_reading) {
-		c->tcp_reading = tcp_ok;
-		if (tcp_ok)
-			uv_read_start((uv_stream_t *)&c->tcp, tlsnet_read_alloc, tlsnet_tcp_read);
-		else
-			uv_read_stop((uv_stream_t *)&c->tcp);
-	}
-	bool pipe_ok = c->pipe_open && c->state == TLSNET_PUMPING && c->tcp_queued < TLSNET_QUEUE_MAX;
-	if (pipe_ok != c->pipe_reading) {
-		c->pipe_reading = pipe_ok;
-		if (pipe_ok)
-			uv_read_start((uv_stream_t *)&c->pipe, tlsnet_read_alloc, tlsnet_pipe_read);
-		else
-			uv_read_stop((uv_stream_t *)&c->pipe);
+	if (!c->closing && !c->tcp_reading) {
+		c->tcp_reading = true;
+		uv_read_start((uv_stream_t *)&c->tcp, tlsnet_read_alloc, tlsnet_tcp_read);
 	}
 }
 
@@ -175,22 +276,24 @@ static void tlsnet_written(uv_write_t *w, int status)
 {
 	struct tlsnet_write *wr = (struct tlsnet_write *)w;
 	struct tlsnet_conn *c = wr->c;
-	size_t *queued = wr->to_tcp ? &c->tcp_queued : &c->pipe_queued;
-	assert(*queued >= wr->len);
-	*queued -= wr->len;
+	assert(c->tcp_queued >= wr->len);
+	c->tcp_queued -= wr->len;
 	free(wr);
-	if (status != 0 && !c->closing) {
-		tlsnet_close(c, RAFT_NOCONNECTION);
+	if (c->closing)
+		return;
+	if (status != 0) {
+		tlsnet_close(c);
 		return;
 	}
-	tlsnet_flow(c);
+	if (c->owner != NULL)
+		tlsnet_peer_pump(c->owner);
 }
 
-/* Writes len bytes on the TCP side (ciphertext) or the pipe side (plaintext): what the
- * socket takes at once (rpc/stream.h), the rest queued (copied). */
-static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, size_t len)
+/* Writes len bytes of ciphertext: what the socket takes at once (rpc/stream.h), the
+ * rest queued (copied). */
+static int tlsnet_send_tcp(struct tlsnet_conn *c, const void *data, size_t len)
 {
-	uv_stream_t *s = to_tcp ? (uv_stream_t *)&c->tcp : (uv_stream_t *)&c->pipe;
+	uv_stream_t *s = (uv_stream_t *)&c->tcp;
 	size_t done = tally_stream_write_now(s, data, len);
 	if (done == len)
 		return 0;
@@ -200,7 +303,6 @@ static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, siz
 	if (wr == NULL)
 		return -1;
 	wr->c = c;
-	wr->to_tcp = to_tcp;
 	wr->len = len;
 	memcpy(wr->data, data, len);
 	uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)len);
@@ -208,7 +310,7 @@ static int tlsnet_send(struct tlsnet_conn *c, bool to_tcp, const void *data, siz
 		free(wr);
 		return -1;
 	}
-	*(to_tcp ? &c->tcp_queued : &c->pipe_queued) += len;
+	c->tcp_queued += len;
 	return 0;
 }
 
@@ -218,44 +320,316 @@ static int tlsnet_flush(struct tlsnet_conn *c)
 	uint8_t buf[TLSNET_READ_BYTES];
 	size_t n;
 	while ((n = tally_tls_take(c->tls, buf, sizeof(buf))) > 0)
-		if (tlsnet_send(c, true, buf, n) != 0)
+		if (tlsnet_send_tcp(c, buf, n) != 0)
 			return -1;
 	return 0;
 }
 
-/* Hands raft its end of a new socketpair; ours is read and written from here on. */
-static int tlsnet_handoff(struct tlsnet_conn *c, struct uv_stream_s **raft_stream)
+/* Encrypts and sends len bytes of plaintext. */
+static int tlsnet_seal(struct tlsnet_conn *c, const void *data, size_t len)
 {
-	int fds[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) != 0)
-		return -1;
-	uv_pipe_t *theirs = raft_malloc(sizeof(*theirs));
-	if (theirs == NULL || uv_pipe_init(c->t->loop, &c->pipe, 0) != 0) {
-		raft_free(theirs);
-		close(fds[0]);
-		close(fds[1]);
+	return tally_tls_write(c->tls, data, len) == 0 ? tlsnet_flush(c) : -1;
+}
+
+/* ---- sending: each peer's queue into its connection's TLS session ---- */
+
+static const uint8_t tlsnet_zeros[8];
+
+/* A message as pieces: its head, then each entry's data and padding, or the snapshot. */
+static struct tlsnet_send *tlsnet_send_new(const struct raft_message *m, struct raft_io_send *req)
+{
+	unsigned n_pieces = 1;
+	if (m->type == RAFT_IO_APPEND_ENTRIES)
+		n_pieces += 2 * m->append_entries.n_entries;
+	else if (m->type == RAFT_IO_INSTALL_SNAPSHOT)
+		n_pieces += 1;
+	size_t head = tally_raftwire_head_bytes(m);
+	size_t pieces_at = (head + 7) & ~(size_t)7;
+	struct tlsnet_send *s = malloc(sizeof(*s) + pieces_at + n_pieces * sizeof(struct tlsnet_piece));
+	if (s == NULL)
+		return NULL;
+	memset(s, 0, sizeof(*s));
+	s->req = req;
+	s->pieces = (struct tlsnet_piece *)(s->head + pieces_at);
+	tally_raftwire_head_write(m, s->head);
+	s->pieces[s->n_pieces++] = (struct tlsnet_piece){s->head, head};
+	if (m->type == RAFT_IO_APPEND_ENTRIES) {
+		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
+			const struct raft_buffer *b = &m->append_entries.entries[i].buf;
+			s->pieces[s->n_pieces++] = (struct tlsnet_piece){b->base, b->len};
+			s->pieces[s->n_pieces++] = (struct tlsnet_piece){tlsnet_zeros, tally_raftwire_pad(b->len)};
+		}
+	} else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+		const struct raft_buffer *b = &m->install_snapshot.data;
+		s->pieces[s->n_pieces++] = (struct tlsnet_piece){b->base, b->len};
+	}
+	assert(s->n_pieces == n_pieces);
+	return s;
+}
+
+/* Copies up to cap bytes of s into buf; returns how many. s is done when piece ==
+ * n_pieces. */
+static size_t tlsnet_send_take(struct tlsnet_send *s, uint8_t *buf, size_t cap)
+{
+	size_t took = 0;
+	while (took < cap && s->piece < s->n_pieces) {
+		const struct tlsnet_piece *pc = &s->pieces[s->piece];
+		size_t n = pc->len - s->offset;
+		if (n > cap - took)
+			n = cap - took;
+		memcpy(buf + took, pc->base + s->offset, n);
+		took += n;
+		s->offset += n;
+		if (s->offset == pc->len) {
+			s->piece++;
+			s->offset = 0;
+		}
+	}
+	return took;
+}
+
+static struct tlsnet_send *tlsnet_peer_pop(struct tlsnet_peer *p)
+{
+	struct tlsnet_send *s = p->head;
+	assert(s != NULL && p->queued > 0);
+	p->head = s->next;
+	if (p->head == NULL)
+		p->tail = NULL;
+	p->queued--;
+	return s;
+}
+
+/* Encrypts queued messages into the connection while its socket keeps up; several
+ * small messages share one TLS record. */
+static void tlsnet_peer_pump(struct tlsnet_peer *p)
+{
+	struct tlsnet_conn *c = p->conn;
+	if (c == NULL || c->closing || c->state != TLSNET_PUMPING)
+		return;
+	uint8_t buf[TLSNET_READ_BYTES];
+	size_t fill = 0;
+	while (p->head != NULL && c->tcp_queued < TLSNET_QUEUE_MAX) {
+		fill += tlsnet_send_take(p->head, buf + fill, sizeof(buf) - fill);
+		if (p->head->piece == p->head->n_pieces)
+			tlsnet_done(p->t, tlsnet_peer_pop(p), 0);
+		if (fill == sizeof(buf) || p->head == NULL) {
+			if (tlsnet_seal(c, buf, fill) != 0) {
+				tlsnet_close(c);
+				return;
+			}
+			fill = 0;
+		}
+	}
+	if (fill > 0 && tlsnet_seal(c, buf, fill) != 0)
+		tlsnet_close(c);
+}
+
+/* Fails the oldest messages until `keep` are left. */
+static void tlsnet_peer_drop(struct tlsnet_peer *p, unsigned keep, int status)
+{
+	while (p->queued > keep)
+		tlsnet_done(p->t, tlsnet_peer_pop(p), status);
+}
+
+static void tlsnet_peer_connect(struct tlsnet_peer *p);
+
+static void tlsnet_peer_retry(uv_timer_t *timer)
+{
+	struct tlsnet_peer *p = timer->data;
+	p->retry_armed = false;
+	if (p->head != NULL && p->conn == NULL)
+		tlsnet_peer_connect(p);
+}
+
+/* The peer's connection ended: a message half sent is lost; one that was up is made
+ * again at once, a failed attempt is tried again after TLSNET_RETRY_MS. */
+static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up)
+{
+	struct tally_transport *t = p->t;
+	if (p->head != NULL && (p->head->piece > 0 || p->head->offset > 0))
+		tlsnet_done(t, tlsnet_peer_pop(p), RAFT_NOCONNECTION);
+	if (t->close_cb != NULL)
+		return;
+	if (was_up) {
+		if (p->head != NULL)
+			tlsnet_peer_connect(p);
+		return;
+	}
+	tlsnet_peer_drop(p, TLSNET_PENDING_MAX, RAFT_NOCONNECTION);
+	if (!p->retry_armed) {
+		p->retry_armed = true;
+		uv_timer_start(&p->retry, tlsnet_peer_retry, TLSNET_RETRY_MS, 0);
+	}
+}
+
+static void tlsnet_peer_closed(uv_handle_t *h)
+{
+	struct tlsnet_peer *p = h->data;
+	struct tally_transport *t = p->t;
+	struct tlsnet_peer **at = &t->peers;
+	while (*at != p)
+		at = &(*at)->next;
+	*at = p->next;
+	free(p);
+	tlsnet_maybe_closed(t);
+}
+
+/* The peer of `id`, created on its first message; a new address drops the old
+ * connection and what was queued for it, as raft_uv does. */
+static struct tlsnet_peer *tlsnet_peer_get(struct tally_transport *t, raft_id id, const char *address)
+{
+	struct tlsnet_peer *p = t->peers;
+	while (p != NULL && p->id != id)
+		p = p->next;
+	if (p == NULL) {
+		p = calloc(1, sizeof(*p));
+		if (p == NULL)
+			return NULL;
+		p->t = t;
+		p->id = id;
+		uv_timer_init(t->loop, &p->retry);
+		p->retry.data = p;
+		p->next = t->peers;
+		t->peers = p;
+	} else if (strcmp(p->address, address) != 0) {
+		tlsnet_peer_drop(p, 0, RAFT_NOCONNECTION);
+		if (p->conn != NULL)
+			tlsnet_close(p->conn);
+	}
+	snprintf(p->address, sizeof(p->address), "%s", address);
+	return p;
+}
+
+int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const struct raft_message *m,
+		      raft_io_send_cb cb)
+{
+	assert(t != NULL && t->tls != NULL && req != NULL && m != NULL && t->close_cb == NULL);
+	if (strlen(m->server_address) > TALLY_ADDRESS_BYTES_MAX)
+		return RAFT_NAMETOOLONG;
+	struct tlsnet_peer *p = tlsnet_peer_get(t, m->server_id, m->server_address);
+	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(m, req) : NULL;
+	if (s == NULL)
+		return RAFT_NOMEM;
+	req->cb = cb;
+	if (p->tail != NULL)
+		p->tail->next = s;
+	else
+		p->head = s;
+	p->tail = s;
+	p->queued++;
+	if (p->conn == NULL && !p->retry_armed)
+		tlsnet_peer_connect(p);
+	else
+		tlsnet_peer_pump(p);
+	return 0;
+}
+
+void tally_tlsnet_receive_to(struct tally_transport *t, struct raft_io *io, raft_io_recv_cb recv)
+{
+	assert(t != NULL && io != NULL && recv != NULL);
+	t->recv_io = io;
+	t->recv = recv;
+}
+
+/* ---- receiving: an incoming connection's messages, to raft ---- */
+
+/* A whole message has been read: decoded and handed to raft. */
+static int tlsnet_deliver(struct tlsnet_conn *c)
+{
+	struct tally_transport *t = c->t;
+	struct raft_message m;
+	const char *why = tally_raftwire_decode(&c->sizes, c->header, c->payload, &m);
+	free(c->header);
+	c->header = NULL;
+	if (why != NULL) {
+		tlsnet_refuse(c, why); /* the payload is freed with the connection */
 		return -1;
 	}
-	c->pipe.data = c;
-	c->pipe_open = true;
-	c->handles++;
-	if (uv_pipe_open(&c->pipe, fds[0]) != 0) {
-		close(fds[0]);
-		close(fds[1]);
-		raft_free(theirs);
+	c->payload = NULL; /* the message's now */
+	c->reading = TLSNET_READ_PREFIX;
+	c->got = 0;
+	m.server_id = c->id;
+	m.server_address = c->address;
+	if (t->recv == NULL || t->close_cb != NULL) {
+		tally_raftwire_release(&m);
+		return 0;
+	}
+	t->recv(t->recv_io, &m);
+	return c->closing ? -1 : 0;
+}
+
+/* The prefix is in: room for the header. */
+static int tlsnet_prefix_read(struct tlsnet_conn *c)
+{
+	const char *why = tally_raftwire_prefix(c->prefix, &c->sizes);
+	if (why != NULL) {
+		tlsnet_refuse(c, why);
 		return -1;
 	}
-	if (uv_pipe_init(c->t->loop, theirs, 0) != 0 || uv_pipe_open(theirs, fds[1]) != 0) {
-		/* an initialised pipe must be closed through the loop; raft_free after */
-		close(fds[1]);
-		uv_close((uv_handle_t *)theirs, (uv_close_cb)raft_free);
+	c->header = malloc(c->sizes.header_bytes);
+	if (c->header == NULL) {
+		tlsnet_refuse(c, "out of memory for a raft message's header");
 		return -1;
 	}
+	c->reading = TLSNET_READ_HEADER;
+	c->got = 0;
+	return 0;
+}
+
+/* The header is in: room for the payload, or the message is whole. */
+static int tlsnet_header_read(struct tlsnet_conn *c)
+{
+	unsigned type = c->sizes.type;
+	if (type != RAFT_IO_APPEND_ENTRIES && type != RAFT_IO_INSTALL_SNAPSHOT)
+		return tlsnet_deliver(c);
+	uint64_t bytes = c->sizes.payload_bytes > 8 ? c->sizes.payload_bytes : 8;
+	c->payload = raft_malloc((size_t)bytes);
+	if (c->payload == NULL) {
+		tlsnet_refuse(c, "out of memory for a raft message's payload");
+		return -1;
+	}
+	c->reading = TLSNET_READ_PAYLOAD;
+	c->got = 0;
+	return c->sizes.payload_bytes == 0 ? tlsnet_deliver(c) : 0;
+}
+
+/* Plaintext after the preamble: messages, each prefix, header and payload. */
+static int tlsnet_message_bytes(struct tlsnet_conn *c, const uint8_t *in, size_t n)
+{
+	while (n > 0) {
+		uint8_t *dst = c->reading == TLSNET_READ_PREFIX ? c->prefix
+			       : c->reading == TLSNET_READ_HEADER ? c->header
+								   : c->payload;
+		uint64_t want = c->reading == TLSNET_READ_PREFIX ? TALLY_RAFTWIRE_PREFIX_BYTES
+				: c->reading == TLSNET_READ_HEADER ? c->sizes.header_bytes
+								    : c->sizes.payload_bytes;
+		size_t take = want - c->got < n ? (size_t)(want - c->got) : n;
+		memcpy(dst + c->got, in, take);
+		c->got += take;
+		in += take;
+		n -= take;
+		if (c->got < want)
+			return 0;
+		int rc = c->reading == TLSNET_READ_PREFIX ? tlsnet_prefix_read(c)
+			 : c->reading == TLSNET_READ_HEADER ? tlsnet_header_read(c)
+							     : tlsnet_deliver(c);
+		if (rc != 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* ---- the handshake and the preamble ---- */
+
+/* The connection carries raft's messages from now on. */
+static void tlsnet_up(struct tlsnet_conn *c)
+{
 	uv_timer_stop(&c->timer);
 	c->state = TLSNET_PUMPING;
-	*raft_stream = (struct uv_stream_s *)theirs;
-	tlsnet_flow(c);
-	return 0;
+	c->reading = TLSNET_READ_PREFIX;
+	c->got = 0;
+	if (c->owner != NULL)
+		tlsnet_peer_pump(c->owner);
 }
 
 /* Outgoing, after the handshake: the right node answered; introduce ourselves. */
@@ -278,15 +652,11 @@ static void tlsnet_connected(struct tlsnet_conn *c)
 		p[5 + i] = (uint8_t)(id >> (56 - 8 * i));
 	p[13] = (uint8_t)alen;
 	memcpy(p + TLSNET_PREAMBLE_FIXED, c->t->address, alen);
-	struct uv_stream_s *stream = NULL;
-	if (tally_tls_write(c->tls, p, TLSNET_PREAMBLE_FIXED + alen) != 0 || tlsnet_flush(c) != 0 ||
-	    tlsnet_handoff(c, &stream) != 0) {
-		tlsnet_refuse(c, tally_tls_error(c->tls)[0] ? tally_tls_error(c->tls) : "out of resources");
+	if (tlsnet_seal(c, p, TLSNET_PREAMBLE_FIXED + alen) != 0) {
+		tlsnet_refuse(c, tally_tls_error(c->tls)[0] ? tally_tls_error(c->tls) : "write failed");
 		return;
 	}
-	struct raft_uv_connect *req = c->req;
-	c->req = NULL;
-	req->cb(req, stream, 0);
+	tlsnet_up(c);
 }
 
 /* Incoming: collects the preamble from the first plaintext; returns how many of the
@@ -328,16 +698,12 @@ static ssize_t tlsnet_preamble(struct tlsnet_conn *c, const uint8_t *in, size_t 
 		return -1;
 	}
 	c->id = id;
-	struct uv_stream_s *stream = NULL;
-	if (tlsnet_handoff(c, &stream) != 0) {
-		tlsnet_refuse(c, "out of resources");
-		return -1;
-	}
-	c->t->accept_cb(&c->t->outer, c->id, c->address, stream);
+	tlsnet_up(c);
 	return (ssize_t)took;
 }
 
-/* Decrypted bytes from the peer: the preamble first (incoming), then raft's. */
+/* Decrypted bytes from the peer: an incoming connection's preamble, then messages.
+ * An outgoing connection carries nothing from the peer but TLS itself. */
 static int tlsnet_plaintext(struct tlsnet_conn *c)
 {
 	uint8_t buf[TLSNET_READ_BYTES];
@@ -348,7 +714,7 @@ static int tlsnet_plaintext(struct tlsnet_conn *c)
 			return 0;
 		if (s != TALLY_TLS_DONE) {
 			if (s == TALLY_TLS_CLOSED)
-				tlsnet_close(c, RAFT_NOCONNECTION);
+				tlsnet_close(c);
 			else
 				tlsnet_refuse(c, tally_tls_error(c->tls));
 			return -1;
@@ -360,14 +726,13 @@ static int tlsnet_plaintext(struct tlsnet_conn *c)
 				return -1;
 			at = (size_t)took;
 		}
-		if (at < got && c->state != TLSNET_PUMPING) {
-			tlsnet_refuse(c, "data before the preamble was complete");
+		if (at < got && (c->outgoing || c->state != TLSNET_PUMPING)) {
+			tlsnet_refuse(c, c->outgoing ? "data from the node this connection sends to"
+						     : "data before the preamble was complete");
 			return -1;
 		}
-		if (at < got && tlsnet_send(c, false, buf + at, got - at) != 0) {
-			tlsnet_close(c, RAFT_NOCONNECTION);
+		if (at < got && tlsnet_message_bytes(c, buf + at, got - at) != 0)
 			return -1;
-		}
 	}
 }
 
@@ -381,7 +746,7 @@ static void tlsnet_tcp_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 	if (c->closing || n == 0)
 		return;
 	if (n < 0) {
-		tlsnet_close(c, RAFT_NOCONNECTION);
+		tlsnet_close(c);
 		return;
 	}
 	if (c->state == TLSNET_HANDSHAKE) {
@@ -400,25 +765,7 @@ static void tlsnet_tcp_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 			c->state = TLSNET_PREAMBLE;
 		}
 	}
-	if (tlsnet_plaintext(c) == 0)
-		tlsnet_flow(c);
-}
-
-/* Plaintext from raft. EOF: raft closed its end. */
-static void tlsnet_pipe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
-{
-	struct tlsnet_conn *c = s->data;
-	int rc = 0;
-	if (n > 0 && !c->closing)
-		rc = tally_tls_write(c->tls, buf->base, (size_t)n) == 0 ? tlsnet_flush(c) : -1;
-	free(buf->base);
-	if (c->closing || n == 0)
-		return;
-	if (n < 0 || rc != 0) {
-		tlsnet_close(c, RAFT_NOCONNECTION);
-		return;
-	}
-	tlsnet_flow(c);
+	(void)tlsnet_plaintext(c);
 }
 
 static void tlsnet_deadline(uv_timer_t *timer)
@@ -443,7 +790,7 @@ static struct tlsnet_conn *tlsnet_conn_new(struct tally_transport *t, bool outgo
 	c->state = outgoing ? TLSNET_CONNECTING : TLSNET_HANDSHAKE;
 	uv_tcp_init(t->loop, &c->tcp);
 	uv_timer_init(t->loop, &c->timer);
-	c->tcp.data = c->timer.data = c->pipe.data = c;
+	c->tcp.data = c->timer.data = c;
 	c->handles = 2;
 	c->next = t->conns;
 	if (t->conns != NULL)
@@ -480,12 +827,12 @@ static void tlsnet_accepted(uv_stream_t *listener, int status)
 	if (c == NULL)
 		return; /* the connection stays in the backlog; the peer retries */
 	if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-		tlsnet_close(c, 0);
+		tlsnet_close(c);
 		return;
 	}
 	uv_tcp_nodelay(&c->tcp, 1);
 	tlsnet_peer_name(c);
-	tlsnet_flow(c);
+	tlsnet_read_start(c);
 }
 
 static void tlsnet_tcp_connected(uv_connect_t *req, int status)
@@ -494,18 +841,44 @@ static void tlsnet_tcp_connected(uv_connect_t *req, int status)
 	if (c->closing)
 		return;
 	if (status != 0) {
-		tlsnet_close(c, RAFT_NOCONNECTION); /* peer down: raft retries, no log line */
+		tlsnet_close(c); /* peer down: tried again later, no log line */
 		return;
 	}
 	uv_tcp_nodelay(&c->tcp, 1);
 	c->state = TLSNET_HANDSHAKE;
 	(void)tally_tls_handshake(c->tls); /* the ClientHello */
 	if (tlsnet_flush(c) != 0) {
-		tlsnet_close(c, RAFT_NOCONNECTION);
+		tlsnet_close(c);
 		return;
 	}
-	tlsnet_flow(c);
+	tlsnet_read_start(c);
 }
+
+/* A new outgoing connection to p (raft_uv's client does the same on its own streams). */
+static void tlsnet_peer_connect(struct tlsnet_peer *p)
+{
+	struct tally_transport *t = p->t;
+	assert(p->conn == NULL && t->close_cb == NULL);
+	char raft_address[TALLY_ADDRESS_BYTES_MAX + 1];
+	struct sockaddr_storage sa;
+	struct tlsnet_conn *c = NULL;
+	if (tally_address_raft(p->address, raft_address, sizeof(raft_address)) == 0 &&
+	    tally_address_sockaddr(raft_address, &sa) == 0)
+		c = tlsnet_conn_new(t, true);
+	if (c == NULL) {
+		tlsnet_peer_lost(p, false);
+		return;
+	}
+	c->id = p->id;
+	c->owner = p;
+	p->conn = c;
+	snprintf(c->peer, sizeof(c->peer), "%.63s", raft_address);
+	c->connect.data = c;
+	if (uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&sa, tlsnet_tcp_connected) != 0)
+		tlsnet_close(c);
+}
+
+/* ---- raft_uv's side: listen and close ---- */
 
 static int tlsnet_init(struct raft_uv_transport *outer, raft_id id, const char *address)
 {
@@ -524,8 +897,13 @@ static int tlsnet_listen(struct raft_uv_transport *outer, raft_uv_accept_cb cb)
 {
 	struct tally_transport *t = outer->impl;
 	struct sockaddr_storage sa;
-	t->accept_cb = cb;
+	(void)cb; /* raft gets its messages from tlsnet_deliver, not from streams */
 	int rv = tally_address_sockaddr(t->raft_address, &sa);
+	if (rv == 0 && !t->closer_open) {
+		uv_timer_init(t->loop, &t->closer);
+		t->closer.data = t;
+		t->closer_open = true;
+	}
 	if (rv == 0) {
 		uv_tcp_init(t->loop, &t->listener);
 		t->listener.data = t;
@@ -542,36 +920,14 @@ static int tlsnet_listen(struct raft_uv_transport *outer, raft_uv_accept_cb cb)
 	return 0;
 }
 
+/* raft_uv connects only to send, and over TLS the node sends through
+ * tally_tlsnet_send: never called. */
 static int tlsnet_connect(struct raft_uv_transport *outer, struct raft_uv_connect *req,
 			  raft_id id, const char *address, raft_uv_connect_cb cb)
 {
-	struct tally_transport *t = outer->impl;
-	assert(req != NULL && cb != NULL && address != NULL);
-	char raft_address[TALLY_ADDRESS_BYTES_MAX + 1];
-	struct sockaddr_storage sa;
-	if (tally_address_raft(address, raft_address, sizeof(raft_address)) != 0 ||
-	    tally_address_sockaddr(raft_address, &sa) != 0) {
-		strcpy(outer->errmsg, "bad peer address");
-		return RAFT_NOCONNECTION;
-	}
-	struct tlsnet_conn *c = tlsnet_conn_new(t, true);
-	if (c == NULL) {
-		strcpy(outer->errmsg, "out of memory");
-		return RAFT_NOMEM;
-	}
-	c->id = id;
-	snprintf(c->peer, sizeof(c->peer), "%.63s", raft_address);
-	req->cb = cb;
-	c->req = req;
-	c->connect.data = c;
-	int rv = uv_tcp_connect(&c->connect, &c->tcp, (struct sockaddr *)&sa, tlsnet_tcp_connected);
-	if (rv != 0) {
-		c->req = NULL; /* answered by the return value, not the callback */
-		tlsnet_close(c, 0);
-		strcpy(outer->errmsg, "connect failed");
-		return RAFT_NOCONNECTION;
-	}
-	return 0;
+	(void)req, (void)id, (void)address, (void)cb;
+	strcpy(outer->errmsg, "raft_uv's own connections are not used over TLS");
+	return RAFT_NOCONNECTION;
 }
 
 static void tlsnet_listener_closed(uv_handle_t *h)
@@ -581,13 +937,31 @@ static void tlsnet_listener_closed(uv_handle_t *h)
 	tlsnet_maybe_closed(t);
 }
 
+static void tlsnet_done_closed(uv_handle_t *h)
+{
+	struct tally_transport *t = h->data;
+	t->done_idle_open = false;
+	tlsnet_maybe_closed(t);
+}
+
+/* Ends every connection and answers every message raft is still waiting for
+ * (RAFT_CANCELED) before raft's close callback. */
 static void tlsnet_transport_close(struct raft_uv_transport *outer, raft_uv_transport_close_cb cb)
 {
 	struct tally_transport *t = outer->impl;
 	assert(t->close_cb == NULL && cb != NULL);
 	t->close_cb = cb;
 	for (struct tlsnet_conn *c = t->conns; c != NULL; c = c->next)
-		tlsnet_close(c, RAFT_CANCELED);
+		tlsnet_close(c);
+	for (struct tlsnet_peer *p = t->peers; p != NULL; p = p->next) {
+		tlsnet_peer_drop(p, 0, RAFT_CANCELED);
+		uv_close((uv_handle_t *)&p->retry, tlsnet_peer_closed);
+	}
+	if (t->done_idle_open) {
+		tlsnet_done_run(&t->done_idle);
+		t->done_idle_closing = true;
+		uv_close((uv_handle_t *)&t->done_idle, tlsnet_done_closed);
+	}
 	if (t->listener_open)
 		uv_close((uv_handle_t *)&t->listener, tlsnet_listener_closed);
 	else

@@ -14,8 +14,9 @@
  *
  * With a TLS context (the default in tallyd) the wrapper does not use raft_uv_tcp at
  * all: consensus/tlsnet.c listens and connects itself, over mutually authenticated
- * TLS 1.3, and hands raft a stream only once the peer proved the id it claims.
- * Without one (tallyd --insecure) it wraps raft_uv_tcp as described above.
+ * TLS 1.3, and carries raft's messages itself (raft_io->send is tally_tlsnet_send;
+ * what arrives goes to raft's receive callback) only once the peer proved the id it
+ * claims. Without one (tallyd --insecure) it wraps raft_uv_tcp as described above.
  *
  * Lifecycle: tally_transport_init → (raft_uv_init with &t->outer, raft runs it)
  * → raft_close (closes it) → tally_transport_free.
@@ -29,6 +30,8 @@
 
 struct tally_tls_ctx;
 struct tlsnet_conn;
+struct tlsnet_peer;
+struct tlsnet_send;
 
 #define TALLY_ADDRESS_BYTES_MAX 255 /* a whole "raft|client" address */
 
@@ -49,6 +52,15 @@ struct tally_transport {
 	char address[TALLY_ADDRESS_BYTES_MAX + 1]; /* ours, whole: sent in the preamble */
 	void (*log)(void *data, const char *line); /* refused peers; NULL = stderr */
 	void *log_data;
+	/* Over TLS raft's messages bypass raft_uv's streams (tlsnet.c). */
+	struct tlsnet_peer *peers;               /* where messages go, one per server */
+	struct tlsnet_send *done_head, *done_tail; /* raft's send callbacks due */
+	uv_idle_t done_idle;                     /* runs them on the next loop turn */
+	bool done_idle_open, done_idle_closing;
+	uv_timer_t closer;                       /* closed last: see tlsnet_maybe_closed */
+	bool closer_open;
+	struct raft_io *recv_io;                 /* messages received go to recv(recv_io, m) */
+	raft_io_recv_cb recv;
 };
 
 /* Prepares the wrapper on `loop`: over TLS with `tls` (kept, not owned), else with an
@@ -58,6 +70,16 @@ int tally_transport_init(struct tally_transport *t, uv_loop_t *loop, struct tall
 
 /* consensus/tlsnet.c: points t->outer at the TLS transport (t->tls set). */
 void tally_tlsnet_setup(struct tally_transport *t);
+
+/* raft_io->send over TLS (t->tls set): m goes to its server straight through the TLS
+ * session, not through raft_uv's stream. Returns 0 (cb follows, from a later loop
+ * turn) or RAFT_NOMEM / RAFT_NAMETOOLONG. */
+int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const struct raft_message *m,
+		      raft_io_send_cb cb);
+
+/* Where messages received over TLS go: recv(io, m), as raft_uv would call raft's
+ * receive callback. Set before raft_io->start listens. */
+void tally_tlsnet_receive_to(struct tally_transport *t, struct raft_io *io, raft_io_recv_cb recv);
 
 /* Releases the inner transport's memory; only after raft closed the transport (or
  * when raft never initialised it). */

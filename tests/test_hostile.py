@@ -22,6 +22,9 @@ import unittest
 from localcluster import BUILD, TALLYCTL, start, stop
 
 CERTS = os.path.join(BUILD, "tools", "tally-certs")
+# The raft transport's preamble (consensus/tlsnet.c): "TLYR" and its version.
+PREAMBLE_MAGIC = 0x544C5952
+PREAMBLE_VERSION = 2
 # How long a node may take to answer a refused peer by closing (a hang is a failure).
 PEER_WAIT_S = 30
 
@@ -37,16 +40,22 @@ def raft_forgery(claimed_id, address):
     return hello + struct.pack("<II", 1, len(body)) + body
 
 
+def raft_message(msg_type, fields, payload=b""):
+    """One raft message as Tally's TLS transport carries it (consensus/raftwire.h, all
+    little endian): type and header length (u32 each), payload length (u64), the
+    header's u64 fields, then the payload."""
+    header = b"".join(struct.pack("<Q", f) for f in fields)
+    return struct.pack("<IIQ", msg_type, len(header), len(payload)) + header + payload
+
+
 def append_entries(term, prev_index, prev_term, commit, entry_terms):
-    """One AppendEntries in raft_uv 0.15's encoding (all little endian): message type
-    and header length; term, previous index and term, leader commit, entry count, a
-    16-byte header per entry (term, type, size), 8 bytes raft reserves; then each
-    entry's data (here 64 bytes of a command nobody wrote)."""
-    header = struct.pack("<QQQQQ", term, prev_index, prev_term, commit, len(entry_terms))
+    """One AppendEntries: term, previous index and term, leader commit, entry count,
+    then per entry its term, type and size; each entry's data (here 64 bytes of a
+    command nobody wrote) is the payload."""
+    fields = [term, prev_index, prev_term, commit, len(entry_terms)]
     for t in entry_terms:
-        header += struct.pack("<QB3xI", t, 1, 64)  # RAFT_COMMAND, 64 bytes
-    header += b"\0" * 8
-    return struct.pack("<QQ", 1, len(header)) + header + b"\x2a" * 64 * len(entry_terms)
+        fields += [t, 1, 64]  # RAFT_COMMAND, 64 bytes
+    return raft_message(1, fields, b"\x2a" * 64 * len(entry_terms))
 
 
 def pb_varint(n):
@@ -217,7 +226,7 @@ class HostileRaftPeers(unittest.TestCase):
             s = self.tls_context(certs_dir, node).wrap_socket(raw)
             addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(claimed_id),
                                                   self.base + 100 + claimed_id)).encode()
-            s.sendall(struct.pack(">IBQB", 0x544C5952, 1, claimed_id, len(addr)) + addr +
+            s.sendall(struct.pack(">IBQB", PREAMBLE_MAGIC, PREAMBLE_VERSION, claimed_id, len(addr)) + addr +
                       raft_forgery(claimed_id, "x")[24:])
             return s
         except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
@@ -261,7 +270,7 @@ class HostileRaftPeers(unittest.TestCase):
         raw = socket.create_connection(("127.0.0.1", self.raft_port(1)))
         s = self.tls_context(certs, 2).wrap_socket(raw)
         addr = ("127.0.0.1:%d|127.0.0.1:%d" % (self.raft_port(2), self.base + 102)).encode()
-        s.sendall(struct.pack(">IBQB", 0x544C5952, 1, 2, len(addr)) + addr)
+        s.sendall(struct.pack(">IBQB", PREAMBLE_MAGIC, PREAMBLE_VERSION, 2, len(addr)) + addr)
         return s
 
     def test_an_insider_contradicting_committed_entries_is_refused(self):
@@ -306,6 +315,27 @@ class HostileRaftPeers(unittest.TestCase):
         self.assertNotIn("entry 1 contradicts", tail)
         self.assertEqual(tail.count("refused"), 1, tail)
         self.assertEqual(self.metric(1, "tally_raft_messages_refused_total"), refused + 1)
+        self.assert_cluster_intact()
+
+    def test_an_insiders_malformed_messages_are_refused(self):
+        """Messages that do not decode (an unknown type, a header of the wrong size, a
+        payload that does not match its entries, an entry of no known type, a payload
+        past the limit) end the connection with the reason logged; nothing reaches
+        raft, and the cluster goes on."""
+        probes = [
+            (raft_message(9, [1, 2, 3]), "unknown raft message type"),
+            (raft_message(2, [1, 2]), "wrong size for its type"),
+            (raft_message(1, [5, 1, 1, 0, 1, 5, 1, 64], b"\x2a" * 60),
+             "entries do not match the payload"),
+            (raft_message(1, [5, 1, 1, 0, 1, 5, 7, 8], b"\x2a" * 8), "unknown entry type"),
+            (struct.pack("<IIQ", 5, 48, 1 << 40), "payload too large"),
+        ]
+        for message, reason in probes:
+            s = self.raft_session_as_node_2()
+            before = len(self.log(1))
+            s.sendall(message)
+            self.wait_refused(1, before, reason)
+            self.assert_closed_without_answer(s)
         self.assert_cluster_intact()
 
     # ---- the client port, before login ------------------------------------------

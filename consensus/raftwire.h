@@ -1,0 +1,86 @@
+/*
+ * consensus/raftwire — raft's messages as Tally's TLS transport carries them.
+ *
+ * Over TLS the node hands raft's messages to the TLS session itself (tlsnet.c)
+ * instead of letting raft_uv write them to a stream, so they are encoded here, in a
+ * format of this project (both ends run this code). All integers are little endian.
+ *
+ *   prefix   16 bytes: type (u32, RAFT_IO_*), header bytes (u32), payload bytes (u64)
+ *   header   u64 fields, by type:
+ *     AppendEntries         term, prev_log_index, prev_log_term, leader_commit,
+ *                           n_entries, then per entry: term, type, data bytes
+ *     AppendEntriesResult   term, rejected, last_log_index
+ *     RequestVote           term, candidate_id, last_log_index, last_log_term,
+ *                           flags (1 disrupt_leader, 2 pre_vote)
+ *     RequestVoteResult     term, vote_granted, pre_vote (raft_tribool)
+ *     InstallSnapshot       term, last_index, last_term, conf_index, data bytes,
+ *                           then the configuration: n, and per server id, role,
+ *                           address bytes, the address padded with zeros to 8
+ *     TimeoutNow            term, last_log_index, last_log_term
+ *   payload  AppendEntries: each entry's data padded with zeros to 8 bytes (so the
+ *            entries raft gets are 8-aligned); InstallSnapshot: the snapshot's data;
+ *            nothing for the others.
+ *
+ * A decoded message is owned as raft_uv would hand it over: an AppendEntries' entries
+ * array is raft_malloc'd and every entry's batch is the payload buffer; an
+ * InstallSnapshot's data is the payload buffer and its configuration is raft's.
+ *
+ * Limits (a peer past them is refused, see tlsnet.c):
+ *   TALLY_RAFTWIRE_ENTRIES_MAX    entries in one AppendEntries
+ *   TALLY_RAFTWIRE_SERVERS_MAX    servers in a snapshot's configuration
+ *   TALLY_RAFTWIRE_PAYLOAD_MAX    payload bytes of one message (a snapshot is the
+ *                                 largest: raft 0.15 loads at most 4 GiB - 2)
+ */
+#ifndef TALLY_CONSENSUS_RAFTWIRE_H
+#define TALLY_CONSENSUS_RAFTWIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <raft.h>
+
+#define TALLY_RAFTWIRE_PREFIX_BYTES 16
+#define TALLY_RAFTWIRE_ENTRIES_MAX (1u << 20)
+#define TALLY_RAFTWIRE_SERVERS_MAX 64u
+#define TALLY_RAFTWIRE_ADDRESS_MAX 255u
+#define TALLY_RAFTWIRE_PAYLOAD_MAX ((uint64_t)1 << 33)
+#define TALLY_RAFTWIRE_HEADER_MAX                                                                 \
+	(40u + 24u * TALLY_RAFTWIRE_ENTRIES_MAX) /* the largest: an AppendEntries' */
+
+/* What a prefix announces. */
+struct tally_raftwire_sizes {
+	unsigned type;
+	uint32_t header_bytes;
+	uint64_t payload_bytes;
+};
+
+/* Bytes of m's prefix and header. */
+size_t tally_raftwire_head_bytes(const struct raft_message *m);
+
+/* Writes m's prefix and header: tally_raftwire_head_bytes(m) bytes. */
+void tally_raftwire_head_write(const struct raft_message *m, uint8_t *out);
+
+/* Bytes of m's payload. */
+uint64_t tally_raftwire_payload_bytes(const struct raft_message *m);
+
+/* Zero bytes after an entry of len bytes in the payload (0..7). */
+static inline size_t tally_raftwire_pad(size_t len)
+{
+	return (8 - (len & 7)) & 7;
+}
+
+/* Reads a prefix. Returns NULL, or why it is refused (unknown type, a header of the
+ * wrong size for its type, a payload where the type has none, a limit passed). */
+const char *tally_raftwire_prefix(const uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYTES],
+				  struct tally_raftwire_sizes *out);
+
+/* Decodes a message whose prefix gave `s`: its header and its payload, a buffer of
+ * s->payload_bytes (at least 8) bytes from raft_malloc that the message takes when this
+ * succeeds. Fills *m except server_id and server_address. Returns NULL, or why it is
+ * refused; then nothing is allocated and the payload is still the caller's. */
+const char *tally_raftwire_decode(const struct tally_raftwire_sizes *s, const uint8_t *header,
+				  void *payload, struct raft_message *m);
+
+/* Frees what a decoded message owns (for a message raft never got). */
+void tally_raftwire_release(struct raft_message *m);
+
+#endif /* TALLY_CONSENSUS_RAFTWIRE_H */
