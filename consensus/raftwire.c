@@ -2,6 +2,7 @@
  * consensus/raftwire — raft's messages in Tally's TLS transport (raftwire.h).
  */
 #include <assert.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "consensus/raftwire.h"
@@ -192,6 +193,14 @@ const char *tally_raftwire_prefix(const uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYT
 	return NULL;
 }
 
+static bool zeros(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i] != 0)
+			return false;
+	return true;
+}
+
 /* AppendEntries: entries point into the payload, which becomes their batch. */
 static const char *decode_append(const struct tally_raftwire_sizes *s, const uint8_t *p,
 				 void *payload, struct raft_append_entries *a)
@@ -232,6 +241,11 @@ static const char *decode_append(const struct tally_raftwire_sizes *s, const uin
 		e->buf.base = at;
 		e->batch = payload;
 		at += e->buf.len + tally_raftwire_pad(e->buf.len);
+		if (!zeros(at - tally_raftwire_pad(e->buf.len), tally_raftwire_pad(e->buf.len))) {
+			raft_free(a->entries);
+			a->entries = NULL;
+			return "AppendEntries: padding that is not zero";
+		}
 	}
 	return NULL;
 }
@@ -256,7 +270,8 @@ static const char *decode_conf(const uint8_t *p, const uint8_t *end, struct raft
 		memcpy(address, p, (size_t)len);
 		address[len] = '\0';
 		p += len + tally_raftwire_pad((size_t)len);
-		if (strlen(address) != len || id == 0 || role > RAFT_SPARE)
+		if (strlen(address) != len || !zeros(p - tally_raftwire_pad((size_t)len), tally_raftwire_pad((size_t)len)) ||
+		    id == 0 || role > RAFT_SPARE)
 			return "InstallSnapshot: a server of the configuration is malformed";
 		if (raft_configuration_add(c, id, address, (int)role) != 0)
 			return "InstallSnapshot: a server of the configuration is repeated";

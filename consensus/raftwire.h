@@ -21,6 +21,8 @@
  *            entries raft gets are 8-aligned); InstallSnapshot: the snapshot's data;
  *            nothing for the others.
  *
+ * Padding must be zeros, so a message decodes only from the bytes its encoding writes.
+ *
  * A decoded message is owned as raft_uv would hand it over: an AppendEntries' entries
  * array is raft_malloc'd and every entry's batch is the payload buffer; an
  * InstallSnapshot's data is the payload buffer and its configuration is raft's.

@@ -225,6 +225,12 @@ static void test_malformed_headers_are_refused_with_nothing_allocated(void **sta
 	expect_refused(with_field(&ae, 7, 8), "entries do not match");
 	expect_refused(with_field(&ae, 7, UINT64_MAX), "entries do not match");
 
+	/* an entry of 3 bytes: its 5 bytes of padding must be zeros */
+	e.buf.len = 3;
+	struct wire w = wire_of(&ae);
+	w.bytes[w.len - 1] = 1;
+	expect_refused(w, "padding");
+
 	struct raft_message rv = {.type = RAFT_IO_REQUEST_VOTE};
 	expect_refused(with_field(&rv, 4, 4), "unknown flags");
 	struct raft_message rvr = {.type = RAFT_IO_REQUEST_VOTE_RESULT};
@@ -250,6 +256,7 @@ static void test_malformed_headers_are_refused_with_nothing_allocated(void **sta
 	expect_refused(with_field(&is, 8, 41), "cut short");
 	expect_refused(with_field(&is, 9, 1), "malformed");   /* a NUL inside the address */
 	expect_refused(with_field(&is, 10, 1), "repeated");   /* server 2 takes id 1 */
+	expect_refused(with_field(&is, 9, 0x0100000000313a61ULL), "malformed"); /* "a:1", padding 1 */
 	raft_configuration_close(&is.install_snapshot.conf);
 }
 
