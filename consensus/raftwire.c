@@ -95,6 +95,31 @@ uint64_t tally_raftwire_payload_bytes(const struct raft_message *m)
 	return n;
 }
 
+static const uint8_t raftwire_zeros[8];
+
+unsigned tally_raftwire_piece_count(const struct raft_message *m)
+{
+	if (m->type == RAFT_IO_APPEND_ENTRIES)
+		return 2 * m->append_entries.n_entries;
+	return m->type == RAFT_IO_INSTALL_SNAPSHOT ? 1 : 0;
+}
+
+void tally_raftwire_pieces(const struct raft_message *m, struct tally_raftwire_piece *out)
+{
+	assert(m != NULL && (out != NULL || tally_raftwire_piece_count(m) == 0));
+	if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
+		out[0] = (struct tally_raftwire_piece){m->install_snapshot.data.base, m->install_snapshot.data.len};
+		return;
+	}
+	if (m->type != RAFT_IO_APPEND_ENTRIES)
+		return;
+	for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
+		const struct raft_buffer *b = &m->append_entries.entries[i].buf;
+		out[2 * i] = (struct tally_raftwire_piece){b->base, b->len};
+		out[2 * i + 1] = (struct tally_raftwire_piece){raftwire_zeros, tally_raftwire_pad(b->len)};
+	}
+}
+
 static void write_conf(const struct raft_configuration *c, uint8_t **p)
 {
 	put64(p, c->n);

@@ -64,6 +64,20 @@ void tally_raftwire_head_write(const struct raft_message *m, uint8_t *out);
 /* Bytes of m's payload. */
 uint64_t tally_raftwire_payload_bytes(const struct raft_message *m);
 
+/* One piece of a payload: an entry's data, its padding, or the snapshot. */
+struct tally_raftwire_piece {
+	const uint8_t *base;
+	size_t len;
+};
+
+/* How many pieces m's payload is: two per AppendEntries entry (its data, then its
+ * padding), one for an InstallSnapshot, none for the others. */
+unsigned tally_raftwire_piece_count(const struct raft_message *m);
+
+/* m's payload pieces in order, tally_raftwire_piece_count(m) of them, pointing into m
+ * (padding points at zeros). */
+void tally_raftwire_pieces(const struct raft_message *m, struct tally_raftwire_piece *out);
+
 /* Zero bytes after an entry of len bytes in the payload (0..7). */
 static inline size_t tally_raftwire_pad(size_t len)
 {

@@ -58,20 +58,15 @@
 enum tlsnet_state { TLSNET_CONNECTING, TLSNET_HANDSHAKE, TLSNET_PREAMBLE, TLSNET_PUMPING };
 enum tlsnet_reading { TLSNET_READ_PREFIX, TLSNET_READ_HEADER, TLSNET_READ_PAYLOAD };
 
-/* One message on its way: its prefix and header (ours) and its payload pieces (raft's,
- * alive until raft's send callback). */
-struct tlsnet_piece {
-	const uint8_t *base;
-	size_t len;
-};
-
+/* One message on its way: its prefix and header (ours), then its payload pieces
+ * (raft's, alive until raft's send callback). */
 struct tlsnet_send {
 	struct tlsnet_send *next;
 	struct raft_io_send *req;
 	int status;                      /* for raft's callback, once done */
 	unsigned n_pieces, piece;        /* pieces, and the one being sent */
 	size_t offset;                   /* bytes of that piece already sent */
-	struct tlsnet_piece *pieces;     /* inside this allocation */
+	struct tally_raftwire_piece *pieces; /* head, then the payload's: inside this allocation */
 	uint8_t head[];                  /* prefix + header; pieces after it */
 };
 
@@ -333,37 +328,22 @@ static int tlsnet_seal(struct tlsnet_conn *c, const void *data, size_t len)
 
 /* ---- sending: each peer's queue into its connection's TLS session ---- */
 
-static const uint8_t tlsnet_zeros[8];
-
-/* A message as pieces: its head, then each entry's data and padding, or the snapshot. */
+/* A message as pieces: its head, then its payload's (raftwire.h). */
 static struct tlsnet_send *tlsnet_send_new(const struct raft_message *m, struct raft_io_send *req)
 {
-	unsigned n_pieces = 1;
-	if (m->type == RAFT_IO_APPEND_ENTRIES)
-		n_pieces += 2 * m->append_entries.n_entries;
-	else if (m->type == RAFT_IO_INSTALL_SNAPSHOT)
-		n_pieces += 1;
+	unsigned n_pieces = 1 + tally_raftwire_piece_count(m);
 	size_t head = tally_raftwire_head_bytes(m);
 	size_t pieces_at = (head + 7) & ~(size_t)7;
-	struct tlsnet_send *s = malloc(sizeof(*s) + pieces_at + n_pieces * sizeof(struct tlsnet_piece));
+	struct tlsnet_send *s = malloc(sizeof(*s) + pieces_at + n_pieces * sizeof(*s->pieces));
 	if (s == NULL)
 		return NULL;
 	memset(s, 0, sizeof(*s));
 	s->req = req;
-	s->pieces = (struct tlsnet_piece *)(s->head + pieces_at);
+	s->n_pieces = n_pieces;
+	s->pieces = (struct tally_raftwire_piece *)(s->head + pieces_at);
 	tally_raftwire_head_write(m, s->head);
-	s->pieces[s->n_pieces++] = (struct tlsnet_piece){s->head, head};
-	if (m->type == RAFT_IO_APPEND_ENTRIES) {
-		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
-			const struct raft_buffer *b = &m->append_entries.entries[i].buf;
-			s->pieces[s->n_pieces++] = (struct tlsnet_piece){b->base, b->len};
-			s->pieces[s->n_pieces++] = (struct tlsnet_piece){tlsnet_zeros, tally_raftwire_pad(b->len)};
-		}
-	} else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
-		const struct raft_buffer *b = &m->install_snapshot.data;
-		s->pieces[s->n_pieces++] = (struct tlsnet_piece){b->base, b->len};
-	}
-	assert(s->n_pieces == n_pieces);
+	s->pieces[0] = (struct tally_raftwire_piece){s->head, head};
+	tally_raftwire_pieces(m, s->pieces + 1);
 	return s;
 }
 
@@ -373,7 +353,7 @@ static size_t tlsnet_send_take(struct tlsnet_send *s, uint8_t *buf, size_t cap)
 {
 	size_t took = 0;
 	while (took < cap && s->piece < s->n_pieces) {
-		const struct tlsnet_piece *pc = &s->pieces[s->piece];
+		const struct tally_raftwire_piece *pc = &s->pieces[s->piece];
 		size_t n = pc->len - s->offset;
 		if (n > cap - took)
 			n = cap - took;
@@ -420,8 +400,7 @@ static void tlsnet_peer_pump(struct tlsnet_peer *p)
 			fill = 0;
 		}
 	}
-	if (fill > 0 && tlsnet_seal(c, buf, fill) != 0)
-		tlsnet_close(c);
+	assert(fill == 0); /* the loop seals whenever a message ends or buf is full */
 }
 
 /* Fails the oldest messages until `keep` are left. */

@@ -26,16 +26,12 @@ static struct wire wire_of(const struct raft_message *m)
 	assert_non_null(w.bytes);
 	tally_raftwire_head_write(m, w.bytes);
 	uint8_t *p = w.bytes + head;
-	if (m->type == RAFT_IO_APPEND_ENTRIES) {
-		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
-			const struct raft_buffer *b = &m->append_entries.entries[i].buf;
-			memcpy(p, b->base, b->len);
-			memset(p + b->len, 0, tally_raftwire_pad(b->len));
-			p += b->len + tally_raftwire_pad(b->len);
-		}
-	} else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
-		memcpy(p, m->install_snapshot.data.base, m->install_snapshot.data.len);
-		p += m->install_snapshot.data.len;
+	struct tally_raftwire_piece pieces[64];
+	assert_true(tally_raftwire_piece_count(m) <= 64);
+	tally_raftwire_pieces(m, pieces);
+	for (unsigned i = 0; i < tally_raftwire_piece_count(m); i++) {
+		memcpy(p, pieces[i].base, pieces[i].len);
+		p += pieces[i].len;
 	}
 	assert_true(p == w.bytes + w.len);
 	return w;

@@ -25,17 +25,15 @@ static void check_round_trip(const struct raft_message *m, const uint8_t *in, si
 	assert(out != NULL);
 	tally_raftwire_head_write(m, out);
 	uint8_t *p = out + head;
-	if (m->type == RAFT_IO_APPEND_ENTRIES) {
-		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
-			const struct raft_buffer *b = &m->append_entries.entries[i].buf;
-			memcpy(p, b->base, b->len);
-			memset(p + b->len, 0, tally_raftwire_pad(b->len));
-			p += b->len + tally_raftwire_pad(b->len);
-		}
-	} else if (m->type == RAFT_IO_INSTALL_SNAPSHOT) {
-		memcpy(p, m->install_snapshot.data.base, m->install_snapshot.data.len);
-		p += m->install_snapshot.data.len;
+	unsigned n = tally_raftwire_piece_count(m);
+	struct tally_raftwire_piece *pieces = malloc((n + 1) * sizeof(*pieces));
+	assert(pieces != NULL);
+	tally_raftwire_pieces(m, pieces);
+	for (unsigned i = 0; i < n; i++) {
+		memcpy(p, pieces[i].base, pieces[i].len);
+		p += pieces[i].len;
 	}
+	free(pieces);
 	assert(p == out + len);
 	assert(memcmp(out, in, len) == 0);
 	free(out);
