@@ -142,6 +142,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	}
 	n->transport.log = node_transport_log;
 	n->transport.log_data = n;
+	n->transport.spool_dir = n->ledger_dir; /* a received snapshot, beside the ledger */
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft io: %s", n->io->errmsg);

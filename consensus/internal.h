@@ -14,6 +14,7 @@
 #include <raft/uv.h>
 #include <stddef.h>
 
+#include "consensus/bigbuf.h"
 #include "consensus/clock.h"
 #include "consensus/node.h"
 #include "consensus/transport.h"
@@ -197,6 +198,7 @@ void node_free_parts(struct tally_node *n);
 
 /* init.c: n->raft (inited) belongs to n, with the node's raft settings. */
 void node_raft_settings(struct tally_node *n);
+
 
 /* node.c: a service turn (group commit, barrier, leadership watch, close steps). */
 void node_service(struct tally_node *n);

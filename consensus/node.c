@@ -74,6 +74,7 @@ struct tally_ledger *tally_node_ledger(struct tally_node *n)
 const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 {
 	assert(n != NULL);
+	n->stats.install_snapshot_bytes_mapped = n->transport.snapshot_bytes_spooled;
 	return &n->stats;
 }
 

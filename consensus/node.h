@@ -135,6 +135,12 @@ typedef void (*tally_node_query_cb)(void *data, Tally__V1__ResultCode code,
  * before the call returns. */
 typedef void (*tally_node_admin_cb)(void *data, Tally__V1__ResultCode code, const char *msg);
 
+/* Makes every raft snapshot a node loads (at start, and to send it to a follower) a
+ * mapping of raft's file rather than a copy in the heap (consensus/bigbuf.c): raft's
+ * allocations of 64 MiB and more become mappings of their own. Process-wide (it sets
+ * raft's heap); call it once, before the first node starts. tallyd does. */
+void tally_node_snapshot_mappings(void);
+
 /* Creates a node on `loop`: opens the ledger, prepares raft (not started). */
 int tally_node_init(struct tally_node **out, uv_loop_t *loop,
 		    const struct tally_node_config *cfg, char *errmsg, size_t errcap);
@@ -190,6 +196,8 @@ struct tally_node_stats {
 	uint64_t snapshots;          /* snapshots this node took (stored or not) */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
+	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an
+					 * unlinked file, not the heap (consensus/bigbuf.h) */
 	uint64_t install_waits_ended; /* leader: snapshots a follower installed that raft 0.15
 				       * would have waited out (consensus/raft015.c) */
 	uint64_t install_snapshot_timeout_ms; /* what a leader would wait now for an

@@ -129,6 +129,11 @@ int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t c
  */
 __attribute__((visibility("default"))) ssize_t read(int fd, void *buf, size_t count)
 {
+	if (count >= NODE_BIGBUF_MIN) { /* a whole snapshot file into raft's buffer: mapped */
+		ssize_t mapped = node_bigbuf_read_file(fd, buf, count);
+		if (mapped >= 0)
+			return mapped;
+	}
 	ssize_t got = syscall(SYS_read, fd, buf, count);
 	struct stat st;
 	if (count <= NODE_READ_ONCE_MAX || got <= 0 || (size_t)got == count ||

@@ -32,6 +32,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -40,6 +41,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "consensus/bigbuf.h"
 #include "consensus/raftwire.h"
 #include "consensus/transport.h"
 #include "rpc/stream.h"
@@ -100,7 +102,8 @@ struct tlsnet_conn {
 	enum tlsnet_reading reading;
 	struct tally_raftwire_sizes sizes;
 	uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYTES];
-	uint8_t *header, *payload;       /* malloc; raft_malloc (raft takes it) */
+	uint8_t *header, *payload;       /* malloc; raft's heap (raft takes it) */
+	int spool_fd;                    /* a snapshot's payload being written; -1: none */
 	uint64_t got;                    /* bytes of the current part read */
 	uint8_t preamble[TLSNET_PREAMBLE_FIXED + TALLY_ADDRESS_BYTES_MAX];
 	size_t preamble_len;
@@ -219,6 +222,8 @@ static void tlsnet_handle_closed(uv_handle_t *h)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	tally_tls_free(c->tls);
+	if (c->spool_fd >= 0)
+		close(c->spool_fd);
 	free(c->header);
 	raft_free(c->payload);
 	free(c);
@@ -561,15 +566,54 @@ static int tlsnet_header_read(struct tlsnet_conn *c)
 	unsigned type = c->sizes.type;
 	if (type != RAFT_IO_APPEND_ENTRIES && type != RAFT_IO_INSTALL_SNAPSHOT)
 		return tlsnet_deliver(c);
+	if (type == RAFT_IO_INSTALL_SNAPSHOT && c->sizes.payload_bytes > 0 && node_bigbuf_on() &&
+	    c->t->spool_dir != NULL)
+		c->spool_fd = open(c->t->spool_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	uint64_t bytes = c->sizes.payload_bytes > 8 ? c->sizes.payload_bytes : 8;
-	c->payload = raft_malloc((size_t)bytes);
-	if (c->payload == NULL) {
+	if (c->spool_fd < 0)
+		c->payload = raft_malloc((size_t)bytes);
+	if (c->spool_fd < 0 && c->payload == NULL) {
 		tlsnet_refuse(c, "out of memory for a raft message's payload");
 		return -1;
 	}
 	c->reading = TLSNET_READ_PAYLOAD;
 	c->got = 0;
 	return c->sizes.payload_bytes == 0 ? tlsnet_deliver(c) : 0;
+}
+
+/* A snapshot's bytes, to its spool file; the whole of it then mapped as the payload. */
+static int tlsnet_spool(struct tlsnet_conn *c, const uint8_t *in, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = write(c->spool_fd, in, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			char why[96];
+			snprintf(why, sizeof(why), "writing a received snapshot to %.40s: %s",
+				 c->t->spool_dir, strerror(w < 0 ? errno : EIO));
+			tlsnet_refuse(c, why);
+			return -1;
+		}
+		in += w, n -= (size_t)w;
+	}
+	return 0;
+}
+
+/* The payload is in: a spooled one is mapped (its file goes with the mapping). */
+static int tlsnet_payload_read(struct tlsnet_conn *c)
+{
+	if (c->spool_fd >= 0) {
+		c->payload = node_bigbuf_map_file(c->spool_fd, (size_t)c->sizes.payload_bytes);
+		close(c->spool_fd);
+		c->spool_fd = -1;
+		if (c->payload == NULL) {
+			tlsnet_refuse(c, "out of memory for a received snapshot's mapping");
+			return -1;
+		}
+		c->t->snapshot_bytes_spooled += c->sizes.payload_bytes;
+	}
+	return tlsnet_deliver(c);
 }
 
 /* Plaintext after the preamble: messages, each prefix, header and payload. */
@@ -583,7 +627,12 @@ static int tlsnet_message_bytes(struct tlsnet_conn *c, const uint8_t *in, size_t
 				: c->reading == TLSNET_READ_HEADER ? c->sizes.header_bytes
 								    : c->sizes.payload_bytes;
 		size_t take = want - c->got < n ? (size_t)(want - c->got) : n;
-		memcpy(dst + c->got, in, take);
+		if (c->reading == TLSNET_READ_PAYLOAD && c->spool_fd >= 0) {
+			if (tlsnet_spool(c, in, take) != 0)
+				return -1;
+		} else {
+			memcpy(dst + c->got, in, take);
+		}
 		c->got += take;
 		in += take;
 		n -= take;
@@ -591,7 +640,7 @@ static int tlsnet_message_bytes(struct tlsnet_conn *c, const uint8_t *in, size_t
 			return 0;
 		int rc = c->reading == TLSNET_READ_PREFIX ? tlsnet_prefix_read(c)
 			 : c->reading == TLSNET_READ_HEADER ? tlsnet_header_read(c)
-							     : tlsnet_deliver(c);
+							     : tlsnet_payload_read(c);
 		if (rc != 0)
 			return -1;
 	}
@@ -765,6 +814,7 @@ static struct tlsnet_conn *tlsnet_conn_new(struct tally_transport *t, bool outgo
 		return NULL;
 	}
 	c->t = t;
+	c->spool_fd = -1;
 	c->outgoing = outgoing;
 	c->state = outgoing ? TLSNET_CONNECTING : TLSNET_HANDSHAKE;
 	uv_tcp_init(t->loop, &c->tcp);

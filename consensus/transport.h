@@ -61,6 +61,10 @@ struct tally_transport {
 	bool closer_open;
 	struct raft_io *recv_io;                 /* messages received go to recv(recv_io, m) */
 	raft_io_recv_cb recv;
+	uint64_t snapshot_bytes_spooled;         /* received snapshots kept as mappings */
+	const char *spool_dir;                   /* a received snapshot's bytes go to an
+						  * unlinked file here (consensus/bigbuf.h);
+						  * NULL: the heap */
 };
 
 /* Prepares the wrapper on `loop`: over TLS with `tls` (kept, not owned), else with an

@@ -121,6 +121,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		{"tally_install_snapshots_received_total", "counter",
 		 "InstallSnapshot messages this node received: copies of a leader's snapshot.",
 		 (double)ns->install_snapshots_received},
+		{"tally_install_snapshot_bytes_mapped_total", "counter",
+		 "Bytes of InstallSnapshot messages received into a mapping of an unlinked file "
+		 "beside the ledger rather than into the heap.",
+		 (double)ns->install_snapshot_bytes_mapped},
 		{"tally_install_waits_ended_total", "counter",
 		 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
 		 "ignored (the follower had lost its data), ended without waiting for the timeout.",

@@ -1808,6 +1808,8 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 	tally_client_close(admin);
 	node_start(&c, wiped, false, true); /* empty directory, no bootstrap */
 	assert_replicas_equal(&c);
+	/* the leader's snapshot came into a mapping of a file, not the heap */
+	assert_true(metric(&c, wiped, "tally_install_snapshot_bytes_mapped_total") > 0);
 	/* A writable map is as long as its allocated room (64 MiB at least); pwrite grows
 	 * the file only by the pages written. */
 	assert_true(ledger_file_bytes(&c, 3) < (off_t)16 << 20);

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <raft.h>
 #include <raft/uv.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -221,9 +222,112 @@ static void test_a_snapshot_over_2_gib_is_stored_and_loaded_whole(void **state)
 	free(dir);
 }
 
+/* The /proc/self/maps line of the mapping that holds addr ("" when none). */
+static void mapping_of(const void *addr, char *line, size_t cap)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	assert_non_null(f);
+	line[0] = '\0';
+	char buf[1024];
+	while (fgets(buf, sizeof(buf), f) != NULL) {
+		unsigned long lo, hi;
+		if (sscanf(buf, "%lx-%lx", &lo, &hi) == 2 && (uintptr_t)addr >= lo && (uintptr_t)addr < hi) {
+			snprintf(line, cap, "%s", buf);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+static long rss_anon_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	assert_non_null(f);
+	char buf[256];
+	long kb = -1;
+	while (fgets(buf, sizeof(buf), f) != NULL)
+		if (sscanf(buf, "RssAnon: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+#define MAPPED_SNAPSHOT_BYTES ((size_t)96 << 20)
+
+/* A loaded snapshot is raft's file mapped, not heap: its buffer lies in a mapping of
+ * raft's snapshot file, the heap does not grow by its size, the bytes are the stored
+ * ones, and raft_free unmaps it. */
+static void assert_mapped_snapshot(const struct raft_snapshot *s, const uint8_t *want, long anon_before_kb)
+{
+	assert_non_null(s);
+	assert_int_equal(s->n_bufs, 1);
+	assert_int_equal(s->bufs[0].len, MAPPED_SNAPSHOT_BYTES);
+	char line[1024];
+	mapping_of(s->bufs[0].base, line, sizeof(line));
+	if (strstr(line, "/snapshot-") == NULL)
+		fail_msg("the snapshot's buffer is not a mapping of raft's file: %s", line);
+	assert_int_equal(memcmp(s->bufs[0].base, want, MAPPED_SNAPSHOT_BYTES), 0);
+	long grew_kb = rss_anon_kb() - anon_before_kb;
+	if (grew_kb > (long)(MAPPED_SNAPSHOT_BYTES >> 10) / 4)
+		fail_msg("the heap grew by %ld KiB for a %zu KiB snapshot", grew_kb, MAPPED_SNAPSHOT_BYTES >> 10);
+}
+
+static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	uint8_t *want = mmap(NULL, MAPPED_SNAPSHOT_BYTES, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(want != MAP_FAILED);
+	for (size_t i = 0; i < MAPPED_SNAPSHOT_BYTES; i += 4096)
+		snprintf((char *)want + i, 64, "page %zu of the snapshot", i / 4096);
+	tally_node_snapshot_mappings();
+
+	struct big_io b;
+	big_io_open(&b, dir);
+	assert_null(big_io_load(&b));
+	struct raft_buffer buf = {.base = want, .len = MAPPED_SNAPSHOT_BYTES};
+	struct raft_snapshot s = {.index = 10, .term = 2, .configuration_index = 1,
+				  .bufs = &buf, .n_bufs = 1};
+	raft_configuration_init(&s.configuration);
+	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
+	struct raft_io_snapshot_put put = {.data = &b};
+	assert_int_equal(b.io.snapshot_put(&b.io, 0, &put, &s, on_put), 0);
+	run_until_done(&b);
+	assert_int_equal(b.status, 0);
+	raft_configuration_close(&s.configuration);
+	big_io_close(&b);
+
+	big_io_open(&b, dir);
+	long anon = rss_anon_kb();
+	struct raft_snapshot *loaded = big_io_load(&b);
+	assert_mapped_snapshot(loaded, want, anon);
+	void *at = loaded->bufs[0].base;
+	big_snapshot_free(loaded);
+	char line[1024];
+	mapping_of(at, line, sizeof(line));
+	assert_null(strstr(line, "/snapshot-")); /* raft_free unmapped it */
+
+	struct raft_io_snapshot_get get = {.data = &b};
+	b.done = 0;
+	anon = rss_anon_kb();
+	assert_int_equal(b.io.snapshot_get(&b.io, &get, on_get), 0);
+	run_until_done(&b);
+	assert_int_equal(b.status, 0);
+	assert_mapped_snapshot(b.got, want, anon);
+	big_snapshot_free(b.got);
+	big_io_close(&b);
+
+	raft_heap_set_default();
+	munmap(want, MAPPED_SNAPSHOT_BYTES);
+	fx_remove_dir(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_a_loaded_snapshot_is_its_file_mapped_not_heap),
 		cmocka_unit_test(test_a_snapshot_over_2_gib_is_stored_and_loaded_whole),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -523,6 +523,7 @@ int main(int argc, char **argv)
 	log_json = d.o.log_json;
 	log_node = d.o.id;
 	signal(SIGPIPE, SIG_IGN); /* a peer dying must not kill the survivors */
+	tally_node_snapshot_mappings(); /* raft's snapshots: mappings of its files, not heap */
 	uv_loop_init(&d.loop);
 	uv_signal_t *sigs[3] = {&d.sig_term, &d.sig_int, &d.sig_hup};
 	int nums[3] = {SIGTERM, SIGINT, SIGHUP};
