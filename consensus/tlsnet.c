@@ -471,16 +471,17 @@ static struct tlsnet_peer *tlsnet_peer_get(struct tally_transport *t, raft_id id
 			return NULL;
 		p->t = t;
 		p->id = id;
+		snprintf(p->address, sizeof(p->address), "%s", address);
 		uv_timer_init(t->loop, &p->retry);
 		p->retry.data = p;
 		p->next = t->peers;
 		t->peers = p;
 	} else if (strcmp(p->address, address) != 0) {
 		tlsnet_peer_drop(p, 0, RAFT_NOCONNECTION);
+		snprintf(p->address, sizeof(p->address), "%s", address);
 		if (p->conn != NULL)
 			tlsnet_close(p->conn);
 	}
-	snprintf(p->address, sizeof(p->address), "%s", address);
 	return p;
 }
 

@@ -129,6 +129,26 @@ static void run_until_done(struct big_io *b)
 		uv_run(&b->loop, UV_RUN_ONCE);
 }
 
+/* Stores len bytes at want as raft's snapshot (index 10, term 2) in a fresh raft_uv
+ * on dir, as a follower stores an InstallSnapshot (trailing 0). */
+static void big_store(const char *dir, const uint8_t *want, size_t len)
+{
+	struct big_io b;
+	big_io_open(&b, dir);
+	assert_null(big_io_load(&b));
+	struct raft_buffer buf = {.base = (void *)want, .len = len};
+	struct raft_snapshot s = {.index = 10, .term = 2, .configuration_index = 1,
+				  .bufs = &buf, .n_bufs = 1};
+	raft_configuration_init(&s.configuration);
+	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
+	struct raft_io_snapshot_put put = {.data = &b};
+	assert_int_equal(b.io.snapshot_put(&b.io, 0, &put, &s, on_put), 0);
+	run_until_done(&b);
+	assert_int_equal(b.status, 0);
+	raft_configuration_close(&s.configuration);
+	big_io_close(&b);
+}
+
 /* The loaded snapshot is the stored one, byte for byte. */
 static void assert_same_snapshot(const struct raft_snapshot *s, const uint8_t *want)
 {
@@ -186,21 +206,8 @@ static void test_a_snapshot_over_2_gib_is_stored_and_loaded_whole(void **state)
 	}
 	uint8_t *want = big_source(dir);
 
-	/* Stored as a follower stores an InstallSnapshot (trailing 0). */
+	big_store(dir, want, BIG_SNAPSHOT_BYTES);
 	struct big_io b;
-	big_io_open(&b, dir);
-	assert_null(big_io_load(&b));
-	struct raft_buffer buf = {.base = want, .len = BIG_SNAPSHOT_BYTES};
-	struct raft_snapshot s = {.index = 10, .term = 2, .configuration_index = 1,
-				  .bufs = &buf, .n_bufs = 1};
-	raft_configuration_init(&s.configuration);
-	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
-	struct raft_io_snapshot_put put = {.data = &b};
-	assert_int_equal(b.io.snapshot_put(&b.io, 0, &put, &s, on_put), 0);
-	run_until_done(&b);
-	assert_int_equal(b.status, 0);
-	raft_configuration_close(&s.configuration);
-	big_io_close(&b);
 
 	/* Loaded at start, then to be sent to a follower. */
 	big_io_open(&b, dir);
@@ -283,20 +290,8 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 		snprintf((char *)want + i, 64, "page %zu of the snapshot", i / 4096);
 	tally_node_snapshot_mappings();
 
+	big_store(dir, want, MAPPED_SNAPSHOT_BYTES);
 	struct big_io b;
-	big_io_open(&b, dir);
-	assert_null(big_io_load(&b));
-	struct raft_buffer buf = {.base = want, .len = MAPPED_SNAPSHOT_BYTES};
-	struct raft_snapshot s = {.index = 10, .term = 2, .configuration_index = 1,
-				  .bufs = &buf, .n_bufs = 1};
-	raft_configuration_init(&s.configuration);
-	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
-	struct raft_io_snapshot_put put = {.data = &b};
-	assert_int_equal(b.io.snapshot_put(&b.io, 0, &put, &s, on_put), 0);
-	run_until_done(&b);
-	assert_int_equal(b.status, 0);
-	raft_configuration_close(&s.configuration);
-	big_io_close(&b);
 
 	big_io_open(&b, dir);
 	long anon = rss_anon_kb();
