@@ -122,21 +122,24 @@ static uint64_t lot_order(int64_t expiry_ms)
 	return expiry_ms == 0 ? UINT64_MAX : (uint64_t)expiry_ms;
 }
 
-bool lots_room(const Tally__V1__Account *acct, size_t more)
+/* Where a lot with this expiry is or would go: the first lot that does not sort
+ * before it (the array is strictly ordered, check.c). */
+static size_t lot_find(const Tally__V1__Account *acct, int64_t expiry_ms)
 {
-	return acct->n_lots + more <= TALLY_ACCOUNT_LOTS_MAX;
+	size_t lo = 0, hi = acct->n_lots;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (lot_order(acct->lots[mid]->expiry_ms) < lot_order(expiry_ms))
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
 }
 
-/* Whether points with this expiry fit: a new lot needs room, the lot that already
- * has the expiry takes them whatever the count. */
-bool lot_room(const Tally__V1__Account *acct, int64_t expiry_ms)
+static bool lot_is_at(const Tally__V1__Account *acct, size_t i, int64_t expiry_ms)
 {
-	if (lots_room(acct, 1))
-		return true;
-	for (size_t i = 0; i < acct->n_lots; i++)
-		if (acct->lots[i]->expiry_ms == expiry_ms)
-			return true;
-	return false;
+	return i < acct->n_lots && acct->lots[i]->expiry_ms == expiry_ms;
 }
 
 /* Points to the account's lot array with room for one more, copied into the scratch
@@ -152,15 +155,22 @@ static int lots_grow(struct apply *a, Tally__V1__Account *acct)
 	return 0;
 }
 
-/* Adds points to the lot with this expiry, creating it in order if needed. */
-int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points)
+/* Adds points to the lot with expiry *expiry_ms, creating it in order if needed. An
+ * account that holds TALLY_ACCOUNT_LOTS_EXACT_MAX lots already gets no new lot at an
+ * exact expiry: the points go to the lot at the end of that month (month_ceil), which
+ * *expiry_ms then says, so the entry records where they went. */
+int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t *expiry_ms, int64_t points)
 {
 	assert(points > 0);
-	assert(lot_valid(a, expiry_ms));
-	size_t i = 0;
-	while (i < acct->n_lots && lot_order(acct->lots[i]->expiry_ms) < lot_order(expiry_ms))
-		i++;
-	if (i < acct->n_lots && acct->lots[i]->expiry_ms == expiry_ms) {
+	assert(lot_valid(a, *expiry_ms));
+	size_t i = lot_find(acct, *expiry_ms);
+	if (!lot_is_at(acct, i, *expiry_ms) && *expiry_ms != 0 &&
+	    acct->n_lots >= TALLY_ACCOUNT_LOTS_EXACT_MAX) {
+		*expiry_ms = month_ceil(*expiry_ms);
+		i = lot_find(acct, *expiry_ms);
+	}
+	assert(lot_valid(a, *expiry_ms));
+	if (lot_is_at(acct, i, *expiry_ms)) {
 		acct->lots[i]->points += points;
 		return 0;
 	}
@@ -168,11 +178,14 @@ int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64
 	if (lot == NULL || lots_grow(a, acct) != 0)
 		return TALLY_ENOMEM;
 	tally__v1__lot__init(lot);
-	lot->expiry_ms = expiry_ms;
+	lot->expiry_ms = *expiry_ms;
 	lot->points = points;
 	memmove(acct->lots + i + 1, acct->lots + i, (acct->n_lots - i) * sizeof(*acct->lots));
 	acct->lots[i] = lot;
 	acct->n_lots++;
+	uint64_t order = lot_order(*expiry_ms);
+	assert(i == 0 || lot_order(acct->lots[i - 1]->expiry_ms) < order);
+	assert(i + 1 == acct->n_lots || order < lot_order(acct->lots[i + 1]->expiry_ms));
 	return 0;
 }
 
@@ -604,16 +617,15 @@ static int hold_pieces(struct apply *a, const Tally__V1__HoldRecord *h, Tally__V
 			rc = lot_move(a, p->expiry_ms, c);
 		if (rc != 0 || rest == 0)
 			continue;
-		if (capture_points == 0)
-			rc = lot_move(a, p->expiry_ms, rest);
-		if (rc != 0)
-			continue;
-		if (lot_valid(a, p->expiry_ms)) {
-			rc = lot_give(a, acct, p->expiry_ms, rest);
+		int64_t expiry = p->expiry_ms;
+		if (lot_valid(a, expiry)) {
+			rc = lot_give(a, acct, &expiry, rest);
 			*valid += rest;
 		} else {
 			*expired += rest;
 		}
+		if (rc == 0 && capture_points == 0)
+			rc = lot_move(a, expiry, rest);
 	}
 	if (rc == 0 && (capture_left != 0 || *valid + *expired + capture_points != h->points))
 		return TALLY_ECORRUPT;

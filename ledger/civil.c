@@ -66,3 +66,21 @@ int64_t add_months(int64_t time_ms, uint32_t months)
 		d = dim;
 	return days_from_civil(y, m, d) * MS_PER_DAY + ms_of_day;
 }
+
+/* The first millisecond of the month after the one time_ms falls in, or time_ms itself
+ * when it is the first millisecond of its month: a lot expiring then is held through
+ * the end of time_ms's month, never less long. */
+int64_t month_ceil(int64_t time_ms)
+{
+	int64_t day = day_of(time_ms);
+	int64_t y, m, d;
+	civil_from_days(day, &y, &m, &d);
+	if (d == 1 && time_ms == day * MS_PER_DAY)
+		return time_ms;
+	int64_t total = y * 12 + m; /* the next month, counted from year 0's January */
+	y = floor_div(total, 12);
+	m = total - y * 12 + 1;
+	int64_t ceil = days_from_civil(y, m, 1) * MS_PER_DAY;
+	assert(ceil > time_ms);
+	return ceil;
+}

@@ -106,22 +106,6 @@ static int insufficient(struct apply *a, Tally__V1__CommandResult *r,
 		      (long long)acct->available, (long long)points);
 }
 
-/* How many of the account's lots spending `points` first-expiring first would touch. */
-static size_t lots_spanned(const Tally__V1__Account *acct, int64_t points)
-{
-	size_t n = 0;
-	for (int64_t left = points; left > 0 && n < acct->n_lots; n++)
-		left -= acct->lots[n]->points;
-	return n;
-}
-
-static int lots_full(struct apply *a, Tally__V1__CommandResult *r, const char *member)
-{
-	return reject(a, r, CODE(LIMIT_EXCEEDED),
-		      "points: the account of %s holds %d lots; redeem or let some expire first",
-		      member, TALLY_ACCOUNT_LOTS_MAX);
-}
-
 static int64_t lot_expiry(const struct apply *a, const Tally__V1__Brand *b)
 {
 	return b->expiry_months == 0 ? 0 : add_months(a->now_ms, b->expiry_months);
@@ -141,17 +125,15 @@ static int finish(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__Accou
 	return rc;
 }
 
-/* Whether the account can take `points` more as a lot expiring at `expiry`: under the
- * balance limit, and a lot to put them in. */
+/* Whether the account can take `points` more: under the balance limit. (A lot to put
+ * them in there always is: lot_give.) */
 static int credit_room(struct apply *a, Tally__V1__CommandResult *r,
-		       const Tally__V1__Account *acct, int64_t points, int64_t expiry)
+		       const Tally__V1__Account *acct, int64_t points)
 {
 	assert(points > 0);
 	if (acct->available > TALLY_BALANCE_MAX - points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
-	if (!lot_room(acct, expiry))
-		return lots_full(a, r, acct->member);
 	return 0;
 }
 
@@ -162,7 +144,7 @@ static int credit_lot(struct apply *a, Tally__V1__Account *acct, int64_t expiry,
 {
 	assert(points > 0 && expiry >= 0);
 	assert(acct->available <= TALLY_BALANCE_MAX - points);
-	int rc = lot_give(a, acct, expiry, points);
+	int rc = lot_give(a, acct, &expiry, points);
 	if (rc == 0)
 		rc = lot_move(a, expiry, points);
 	acct->available += points;
@@ -436,7 +418,7 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = credit_room(a, r, acct, m->points, lot_expiry(a, b));
+	rc = credit_room(a, r, acct, m->points);
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
@@ -456,8 +438,10 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	return rc != 0 ? rc : finish(a, r, acct, m->points, 0);
 }
 
-/* The expiry an imported lot may keep: never (0), or after the batch and before the
- * year 10000. A balance that expired at its source is not brought over. */
+/* The expiry an imported lot may keep: never (0), or after the batch, before the year
+ * 10000 and at most TALLY_EXPIRY_MONTHS_MAX months after the batch, the horizon of
+ * every lot (which bounds an account's lots: TALLY_ACCOUNT_LOTS_EXACT_MAX). A balance
+ * that expired at its source is not brought over. */
 static int check_import_expiry(struct apply *a, Tally__V1__CommandResult *r, int64_t expires_ms)
 {
 	if (expires_ms < 0 || expires_ms > TALLY_IMPORT_EXPIRY_MAX_MS)
@@ -468,6 +452,12 @@ static int check_import_expiry(struct apply *a, Tally__V1__CommandResult *r, int
 		return reject(a, r, CODE(INVALID_ARGUMENT),
 			      "expires_ms: %lld is not after the batch time %lld (the points have "
 			      "expired already)", (long long)expires_ms, (long long)a->now_ms);
+	int64_t horizon = add_months(a->now_ms, TALLY_EXPIRY_MONTHS_MAX);
+	if (expires_ms > horizon)
+		return reject(a, r, CODE(INVALID_ARGUMENT),
+			      "expires_ms: %lld is more than %d months after the batch time (at "
+			      "most %lld)", (long long)expires_ms, TALLY_EXPIRY_MONTHS_MAX,
+			      (long long)horizon);
 	return 0;
 }
 
@@ -484,7 +474,7 @@ int do_import_points(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = credit_room(a, r, acct, m->points, m->expires_ms);
+	rc = credit_room(a, r, acct, m->points);
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	rc = credit_lot(a, acct, m->expires_ms, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
@@ -522,7 +512,7 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (m->points > 0) {
-		rc = credit_room(a, r, acct, points, lot_expiry(a, b));
+		rc = credit_room(a, r, acct, points);
 		if (rc != 0 || REJECTED(r))
 			return rc;
 		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
@@ -559,8 +549,6 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (to->available > TALLY_BALANCE_MAX - m->points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: receiving balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
-	if (!lots_room(to, lots_spanned(from, m->points)))
-		return lots_full(a, r, m->to_member);
 	bool over;
 	rc = daily_use(a, DAILY_TRANSFER, b->id, m->from_member, NULL, m->points,
 		       b->transfer_daily_cap_points, &over);
@@ -571,8 +559,10 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 			      (long long)b->transfer_daily_cap_points);
 	/* The receiver's lots keep the sender's expiries: a gift does not renew points. */
 	rc = lots_take(a, from, m->points, -1, true);
-	for (size_t i = 0; rc == 0 && i < a->n_lots; i++)
-		rc = lot_give(a, to, a->lots[i]->expiry_ms, a->lots[i]->points);
+	for (size_t i = 0; rc == 0 && i < a->n_lots; i++) {
+		int64_t expiry = a->lots[i]->expiry_ms;
+		rc = lot_give(a, to, &expiry, a->lots[i]->points);
+	}
 	from->available -= m->points;
 	to->available += m->points;
 	/* Account.earned counts transfer-in, as it counts exchange-in (tally.proto). */
@@ -704,10 +694,11 @@ static int refund(struct apply *a, const Tally__V1__Entry *e, Tally__V1__Account
 		int64_t part = p->points - skip < left ? p->points - skip : left;
 		skip = 0;
 		left -= part;
-		if (lot_valid(a, p->expiry_ms)) {
-			rc = lot_give(a, acct, p->expiry_ms, part);
+		int64_t expiry = p->expiry_ms;
+		if (lot_valid(a, expiry)) {
+			rc = lot_give(a, acct, &expiry, part);
 			if (rc == 0)
-				rc = lot_move(a, p->expiry_ms, part);
+				rc = lot_move(a, expiry, part);
 			valid += part;
 		} else {
 			expired += part;

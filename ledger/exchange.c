@@ -188,7 +188,7 @@ static int exchange_post(struct apply *a, const Tally__V1__Exchange *m,
 	int64_t expiry = to->expiry_months == 0 ? 0 : add_months(a->now_ms, to->expiry_months);
 	int rc = lots_take(a, src, m->points, -1, false);
 	if (rc == 0)
-		rc = lot_give(a, dst, expiry, to_points);
+		rc = lot_give(a, dst, &expiry, to_points);
 	if (rc == 0)
 		rc = lot_move(a, expiry, to_points);
 	src->available -= m->points;
@@ -250,9 +250,6 @@ int do_exchange(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (dst->available > TALLY_BALANCE_MAX - to_points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance in %s would pass %lld",
 			      m->to_brand, (long long)TALLY_BALANCE_MAX);
-	if (!lots_room(dst, 1))
-		return reject(a, r, CODE(LIMIT_EXCEEDED), "member: the account in %s holds %d lots",
-			      m->to_brand, TALLY_ACCOUNT_LOTS_MAX);
 	rc = daily_use(a, DAILY_EXCHANGE, m->from_brand, m->member, m->to_brand, m->points,
 		       ag->daily_cap_points, &over);
 	if (rc != 0)

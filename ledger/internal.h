@@ -50,8 +50,11 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
 /* 2: every command that changed state has an entry; 3: a member's entries are chained
  * through its records and the entries (chain.c) instead of an index row per entry;
  * 4: an account's expiry row may lie before its first lot (account.c). A format-3
- * ledger is a format-4 one whose rows are all exact: it is read as it is. */
-#define LEDGER_FORMAT_VERSION 4
+ * ledger is a format-4 one whose rows are all exact: it is read as it is.
+ * 5: an account past TALLY_ACCOUNT_LOTS_EXACT_MAX lots gets no new lot at an exact
+ * expiry (lot_give). The layout is format 4's, read as it is; the number keeps a
+ * binary that would apply the old rule away from a ledger under the new one. */
+#define LEDGER_FORMAT_VERSION 5
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -251,6 +254,7 @@ void map_unpin(struct tally_ledger *l);
 /* civil time (civil.c) */
 int64_t day_of(int64_t time_ms);
 int64_t add_months(int64_t time_ms, uint32_t months);
+int64_t month_ceil(int64_t time_ms);
 
 /* validation and authorization (auth.c) */
 bool valid_brand_id(const char *s);
@@ -299,9 +303,7 @@ int accounts_flush(struct apply *a);
 struct open_account *account_opened(struct apply *a, const char *brand, const char *member);
 int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);
-int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t expiry_ms, int64_t points);
-bool lots_room(const Tally__V1__Account *acct, size_t more);
-bool lot_room(const Tally__V1__Account *acct, int64_t expiry_ms);
+int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t *expiry_ms, int64_t points);
 int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
 	    int64_t day, int64_t points);
 void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);

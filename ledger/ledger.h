@@ -96,7 +96,13 @@
  * commands run; the rest wait for later batches, and the expire command reports
  * `more` while any is left so the leader's timer drains a backlog at once. */
 #define TALLY_HOLD_RELEASES_PER_BATCH_MAX 1000
-#define TALLY_ACCOUNT_LOTS_MAX 10000          /* lots one account may hold */
+/* Lots an account keeps at their exact expiry. Points that would start one more lot
+ * go to a lot expiring at the end of their expiry's month (UTC) instead: never sooner
+ * than their own expiry, at most a month later. An account's lots are thereby at most
+ * this many plus one per month-end a lot may expire at (TALLY_EXPIRY_MONTHS_MAX + 1
+ * ahead of the batch, as imports are held to the same horizon) plus the lot that never
+ * expires, so a busy member is never refused for the count of its lots. */
+#define TALLY_ACCOUNT_LOTS_EXACT_MAX 256
 #define TALLY_RATE_MAX 1000000000LL
 #define TALLY_SNAPSHOT_MAGIC "TALLYSNAP1"
 #define TALLY_SNAPSHOT_TRAILER_BYTES 56    /* after the copy: magic (16), length (8), SHA-256 */

@@ -14,6 +14,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define KIND(name) TALLY__V1__ENTRY_KIND__##name
@@ -302,12 +303,20 @@ static void test_import_refusals_change_nothing(void **state)
 	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, -1), CODE(INVALID_ARGUMENT));
 	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, TALLY_IMPORT_EXPIRY_MAX_MS + 1),
 	       CODE(INVALID_ARGUMENT));
+	/* The horizon of every lot: TALLY_EXPIRY_MONTHS_MAX months after the batch. */
+	f.now_ms = utc(2026, 3, 15, 10, 0, 0);
+	int64_t horizon = utc(2126, 3, 15, 10, 0, 0);
+	Tally__V1__CommandResult *r =
+		expect(&f, c_import(&f, admin(&f), "b", "m1", 10, horizon + 1), CODE(INVALID_ARGUMENT));
+	assert_non_null(strstr(r->message, "1200 months"));
 	expect(&f, c_import(&f, admin(&f), "b", "m1", 0, 0), CODE(INVALID_ARGUMENT));
 	expect(&f, c_import(&f, admin(&f), "b", "nobody", 10, 0), CODE(UNKNOWN_MEMBER));
 	expect(&f, c_import(&f, admin(&f), "x", "m1", 10, 0), CODE(UNKNOWN_BRAND));
 	expect(&f, c_import(&f, dealer(&f), "b", "m1", 10, 0), CODE(PERMISSION_DENIED));
 	assert_unchanged(&f, &before);
 	assert_int_equal(available(&f, "b", "m1"), 0);
+	ok(&f, c_import(&f, admin(&f), "b", "m1", 10, horizon));
+	assert_int_equal(lot_points(account(&f, "b", "m1"), horizon), 10);
 	fx_close(&f);
 }
 
@@ -2106,87 +2115,105 @@ static void test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_o
 	fx_close(&f);
 }
 
-static void test_account_holds_at_most_10000_lots_then_accrual_is_limit_exceeded(void **state)
+/* Lots of the account whose expiry is a month's first millisecond or never: the lots
+ * a full account may add (TALLY_ACCOUNT_LOTS_EXACT_MAX). */
+static size_t month_lots(const Tally__V1__Account *acct)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < acct->n_lots; i++) {
+		int64_t e = acct->lots[i]->expiry_ms;
+		time_t t = (time_t)(e / 1000);
+		struct tm tm;
+		assert_non_null(gmtime_r(&t, &tm));
+		n += e == 0 || (e % 1000 == 0 && tm.tm_mday == 1 && tm.tm_hour == 0 &&
+				tm.tm_min == 0 && tm.tm_sec == 0);
+	}
+	return n;
+}
+
+static int64_t lots_sum(const Tally__V1__Account *acct)
+{
+	int64_t sum = 0;
+	for (size_t i = 0; i < acct->n_lots; i++)
+		sum += acct->lots[i]->points;
+	return sum;
+}
+
+/* An account keeps TALLY_ACCOUNT_LOTS_EXACT_MAX lots at their exact expiries; points
+ * that would start one more go to the lot at the end of their expiry's month, never
+ * sooner, and the entry says which. However often a member earns, it is never refused
+ * for the count of its lots. */
+static void test_a_full_account_puts_new_points_in_the_lot_of_their_expirys_month_end(void **state)
 {
 	(void)state;
-	if (quick_mode()) {
-		print_message("skipped in TALLY_TEST_QUICK mode (10000 batches)\n");
-		return;
-	}
-	enum { FEEDERS = 100, PER_FEEDER = TALLY_ACCOUNT_LOTS_MAX / FEEDERS };
+	enum { EXACT = TALLY_ACCOUNT_LOTS_EXACT_MAX, MINUTE = 60000 };
 	struct fx f;
 	fx_open(&f);
 	setup_plain(&f, "b", 12);
 	Tally__V1__Principal *d = dealer(&f);
-	/* A lot is keyed by its expiry, i.e. by the time of the batch that made it: one
-	 * accrual per millisecond makes one lot. Every command rewrites the whole account
-	 * record, so the 10000 accruals go to 100 feeder accounts of 100 lots each, and
-	 * 100 transfers (the receiver keeps the sender's expiries) bring them all to m1. */
-	char feeders[FEEDERS][16];
-	Tally__V1__Command *cmds[FEEDERS];
-	Tally__V1__CommandResult **rs;
-	for (int k = 0; k < FEEDERS; k++) {
-		snprintf(feeders[k], sizeof(feeders[k]), "f%d", k);
-		cmds[k] = c_member(&f, admin(&f), feeders[k]);
+	int64_t t0 = utc(2026, 1, 1, 0, 1, 0), e0 = utc(2027, 1, 1, 0, 1, 0);
+	for (int64_t i = 0; i < EXACT; i++) {
+		f.now_ms = t0 + i * MINUTE;
+		Tally__V1__CommandResult *r = ok(&f, c_accrue(&f, d, "b", "m1", 1));
+		assert_lot_move(entry_at(&f, r->entry_seq), 0, e0 + i * MINUTE, 1);
 	}
-	rs = apply_n(&f, cmds, FEEDERS);
-	for (int k = 0; k < FEEDERS; k++)
-		assert_int_equal(rs[k]->code, CODE(OK));
-	int64_t t0 = f.now_ms;
-	for (int64_t i = 0; i < TALLY_ACCOUNT_LOTS_MAX; i++) {
-		f.now_ms = t0 + i;
-		Tally__V1__CommandResult *r = apply1(&f, c_accrue(&f, d, "b", feeders[i % FEEDERS], 1));
-		if (r->code != CODE(OK))
-			fail_msg("accrual %lld: %s: %s", (long long)i, tally_result_name(r->code),
-				 r->message);
-	}
-	for (int k = 0; k < FEEDERS; k++)
-		cmds[k] = c_transfer(&f, mall(&f), "b", feeders[k], "m1", PER_FEEDER);
-	rs = apply_n(&f, cmds, FEEDERS);
-	for (int k = 0; k < FEEDERS; k++)
-		if (rs[k]->code != CODE(OK))
-			fail_msg("transfer %d: %s: %s", k, tally_result_name(rs[k]->code),
-				 rs[k]->message);
-	int64_t last = utc(2027, 1, 1, 0, 0, 0) + TALLY_ACCOUNT_LOTS_MAX - 1;
 	Tally__V1__Account *a = account(&f, "b", "m1");
-	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX);
-	assert_int_equal(a->available, TALLY_ACCOUNT_LOTS_MAX);
-	assert_int_equal(a->lots[TALLY_ACCOUNT_LOTS_MAX - 1]->expiry_ms, last);
+	assert_int_equal(a->n_lots, EXACT);
+	assert_int_equal(a->lots[EXACT - 1]->expiry_ms, e0 + (EXACT - 1) * MINUTE);
 
-	/* At the time of the newest lot, an accrual merges into it: no new lot needed,
-	 * and the same for a positive adjustment. */
+	/* One more exact expiry would be lot EXACT + 1: the points go to the end of
+	 * January 2027 instead, and so do later ones of that month. */
+	int64_t feb = utc(2027, 2, 1, 0, 0, 0), mar = utc(2027, 3, 1, 0, 0, 0);
+	f.now_ms = t0 + EXACT * MINUTE;
 	Tally__V1__CommandResult *r = ok(&f, c_accrue(&f, d, "b", "m1", 5));
-	assert_int_equal(r->available, TALLY_ACCOUNT_LOTS_MAX + 5);
-	r = ok(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"));
-	assert_int_equal(r->available, TALLY_ACCOUNT_LOTS_MAX + 6);
+	uint64_t rounded_seq = r->entry_seq;
+	assert_lot_move(entry_at(&f, rounded_seq), 0, feb, 5);
+	f.now_ms = utc(2026, 1, 31, 23, 59, 59) + 999;
+	ok(&f, c_adjust(&f, admin(&f), "b", "m1", 2, "goodwill"));
+	f.now_ms = utc(2026, 2, 1, 0, 0, 0); /* expires at feb exactly: that lot */
+	ok(&f, c_accrue(&f, d, "b", "m1", 3));
 	a = account(&f, "b", "m1");
-	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX);
-	assert_int_equal(lot_points(a, last), 7);
-
-	/* One millisecond later it would need lot 10001. */
-	f.now_ms = t0 + TALLY_ACCOUNT_LOTS_MAX;
-	ok(&f, c_accrue(&f, d, "b", "m2", 10)); /* other accounts are not limited by m1's */
-	struct tally_digest before = digest(&f);
-	r = expect(&f, c_accrue(&f, d, "b", "m1", 1), CODE(LIMIT_EXCEEDED));
-	assert_non_null(strstr(r->message, "lots"));
-	assert_int_equal(r->entry_seq, 0);
-	r = expect(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"), CODE(LIMIT_EXCEEDED));
-	assert_non_null(strstr(r->message, "lots"));
-	r = expect(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 1), CODE(LIMIT_EXCEEDED));
-	assert_non_null(strstr(r->message, "lots"));
-	assert_unchanged(&f, &before);
-	assert_int_equal(account(&f, "b", "m1")->n_lots, TALLY_ACCOUNT_LOTS_MAX);
-
-	/* Redeeming spends the first 3 lots whole: room for new ones again. */
-	ok(&f, c_redeem(&f, mall(&f), "b", "m1", 3));
-	assert_int_equal(account(&f, "b", "m1")->n_lots, TALLY_ACCOUNT_LOTS_MAX - 3);
-	ok(&f, c_accrue(&f, d, "b", "m1", 1));
-	ok(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 1)); /* merges into that new lot */
-	ok(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"));
+	assert_int_equal(a->n_lots, EXACT + 1);
+	assert_int_equal(lot_points(a, feb), 10);
+	f.now_ms += 1; /* a millisecond into February: the end of February 2027 */
+	r = ok(&f, c_accrue(&f, d, "b", "m1", 7));
+	assert_lot_move(entry_at(&f, r->entry_seq), 0, mar, 7);
 	a = account(&f, "b", "m1");
-	assert_int_equal(a->n_lots, TALLY_ACCOUNT_LOTS_MAX - 2);
-	assert_int_equal(a->available, TALLY_ACCOUNT_LOTS_MAX + 6 - 3 + 3);
-	assert_int_equal(lot_points(a, last + 1), 3);
+	assert_int_equal(a->n_lots, EXACT + 2);
+	assert_int_equal(lot_points(a, mar), 7);
+
+	/* Points that come back or come over take the same way: a void returns the first
+	 * lot's point to its month's end once that lot is gone, and says so. */
+	r = ok(&f, c_hold(&f, mall(&f), "b", "m1", 1, 600));
+	assert_int_equal(account(&f, "b", "m1")->n_lots, EXACT + 1);
+	r = ok(&f, c_void(&f, mall(&f), r->hold_id));
+	assert_lot_move(entry_at(&f, r->entry_seq), 0, feb, 1);
+	assert_int_equal(lot_points(account(&f, "b", "m1"), feb), 11);
+	assert_int_equal(lot_points(account(&f, "b", "m1"), e0), 0);
+	ok(&f, c_accrue(&f, d, "b", "m2", 4)); /* m2's lot: 2027-02-01 00:00:00.001 */
+	ok(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 4));
+	assert_int_equal(lot_points(account(&f, "b", "m1"), mar), 11);
+	/* A reversal takes from the lot the entry names. */
+	ok(&f, c_reverse(&f, d, rounded_seq, 5));
+	a = account(&f, "b", "m1");
+	assert_int_equal(lot_points(a, feb), 6);
+	assert_int_equal(a->n_lots, EXACT + 1);
+	assert_int_equal(lots_sum(a), a->available);
+
+	/* Two years of a member earning every six hours, its old lots expiring as it
+	 * goes: never refused, never more lots than the exact ones plus month ends. */
+	for (int i = 0; i < 2920; i++) {
+		f.now_ms += 6 * 3600 * 1000LL;
+		r = apply1(&f, c_accrue(&f, d, "b", "m1", 1 + i % 7));
+		if (r->code != CODE(OK))
+			fail_msg("accrual %d: %s: %s", i, tally_result_name(r->code), r->message);
+		if (i % 97 != 0)
+			continue;
+		a = account(&f, "b", "m1");
+		assert_true(a->n_lots <= EXACT + month_lots(a));
+		assert_true(month_lots(a) <= 12 + 2);
+		assert_int_equal(lots_sum(a), a->available);
+	}
 	assert_invariants(&f);
 	fx_close(&f);
 }
@@ -2250,7 +2277,7 @@ int main(void)
 		cmocka_unit_test(test_same_request_id_under_another_key_is_a_different_intent),
 		cmocka_unit_test(test_every_entry_posts_to_member_and_system_accounts_summing_to_zero_per_brand),
 		cmocka_unit_test(test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_other_lots),
-		cmocka_unit_test(test_account_holds_at_most_10000_lots_then_accrual_is_limit_exceeded),
+		cmocka_unit_test(test_a_full_account_puts_new_points_in_the_lot_of_their_expirys_month_end),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
