@@ -162,6 +162,38 @@ static void test_exchange_converts_at_floor_rate_and_posts_balanced_in_both_bran
 	fx_close(&f);
 }
 
+/* An account holding TALLY_ACCOUNT_LOTS_EXACT_MAX lots takes exchanged points into the
+ * lot of their expiry's month end, and the entry names that lot. */
+static void test_exchange_into_a_full_account_goes_to_the_lot_of_its_month_end(void **state)
+{
+	(void)state;
+	enum { MINUTE = 60000 };
+	const int64_t feb_2027 = 1801440000000LL; /* 2027-02-01T00:00:00Z */
+	struct fx f;
+	fx_open(&f);
+	setup_pair(&f, 5000);
+	ok(&f, c_agreement(&f, admin(&f), "b1", "b2", 1, 1));
+	int64_t t0 = f.now_ms;
+	for (int64_t i = 1; i <= TALLY_ACCOUNT_LOTS_EXACT_MAX; i++) {
+		f.now_ms = t0 + i * MINUTE;
+		ok(&f, c_accrue(&f, admin(&f), "b2", "m1", 1));
+	}
+	assert_int_equal(account(&f, "b2", "m1")->n_lots, TALLY_ACCOUNT_LOTS_EXACT_MAX);
+	f.now_ms += MINUTE; /* its own expiry would be 2027-01-01T04:17Z */
+	Tally__V1__CommandResult *r = ok(&f, c_exchange(&f, admin(&f), "b1", "b2", "m1", 10));
+	Tally__V1__Entry *e = entry_at(&f, r->entry_seq);
+	assert_int_equal(e->n_lots, 1);
+	assert_int_equal(e->lots[0]->expiry_ms, feb_2027);
+	assert_int_equal(e->lots[0]->points, 10);
+	Tally__V1__Account *dst = account(&f, "b2", "m1");
+	assert_int_equal(dst->n_lots, TALLY_ACCOUNT_LOTS_EXACT_MAX + 1);
+	assert_int_equal(dst->lots[dst->n_lots - 1]->expiry_ms, feb_2027);
+	assert_int_equal(dst->lots[dst->n_lots - 1]->points, 10);
+	assert_int_equal(dst->available, TALLY_ACCOUNT_LOTS_EXACT_MAX + 10);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 static void test_exchange_into_never_expiring_brand_creates_a_lot_without_expiry(void **state)
 {
 	(void)state;
@@ -665,6 +697,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_exchange_converts_at_floor_rate_and_posts_balanced_in_both_brands),
 		cmocka_unit_test(test_exchange_into_never_expiring_brand_creates_a_lot_without_expiry),
+		cmocka_unit_test(test_exchange_into_a_full_account_goes_to_the_lot_of_its_month_end),
 		cmocka_unit_test(test_exchange_without_an_active_agreement_is_no_agreement),
 		cmocka_unit_test(test_exchange_outside_the_validity_window_is_no_agreement),
 		cmocka_unit_test(test_exchange_below_minimum_or_above_maximum_is_limit_exceeded),
