@@ -1195,18 +1195,58 @@ static bool clientTlsDrain(struct tally_client *c)
 	}
 }
 
+/* Whether recv, with an answer due, can take something without waiting for the
+ * socket: an outcome decided, or a frame (or the start of one) already read. */
+static bool clientReadyNow(struct tally_client *c)
+{
+	assert(c->pending > 0 && c->fd >= 0);
+	if (c->lost > 0 || tally_frame_reader_ready(&c->reader))
+		return true;
+	return c->tls != NULL && (!clientTlsDrain(c) || tally_frame_reader_ready(&c->reader));
+}
+
+static int clientPoll(struct pollfd *p, size_t n, int64_t timeout_us)
+{
+	struct timespec t = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
+	int rc = ppoll(p, (nfds_t)n, timeout_us < 0 ? NULL : &t, NULL);
+	return rc < 0 && errno == EINTR ? 0 : rc; /* an error: recv reports it */
+}
+
 int tally_client_wait(struct tally_client *c, int64_t timeout_us)
 {
 	assert(c != NULL);
 	assert(c->pending == 0 || c->fd >= 0);
-	if (c->lost > 0 || c->pending == 0 || tally_frame_reader_ready(&c->reader))
+	if (c->pending == 0 || clientReadyNow(c))
 		return 1;
-	if (c->tls != NULL && (!clientTlsDrain(c) || tally_frame_reader_ready(&c->reader)))
-		return 1;
-	struct timespec t = {(time_t)(timeout_us / 1000000), (long)(timeout_us % 1000000) * 1000};
 	struct pollfd p = {.fd = c->fd, .events = POLLIN, .revents = 0};
-	int rc = ppoll(&p, 1, timeout_us < 0 ? NULL : &t, NULL);
-	return rc != 0 && !(rc < 0 && errno == EINTR); /* an error: recv reports it */
+	return clientPoll(&p, 1, timeout_us) != 0;
+}
+
+size_t tally_client_wait_any(struct tally_client *const *clients, size_t n, int64_t timeout_us,
+			     bool *ready)
+{
+	assert((clients != NULL && ready != NULL) || n == 0);
+	assert(n <= TALLY_CLIENT_WAIT_ANY_MAX);
+	struct pollfd p[TALLY_CLIENT_WAIT_ANY_MAX];
+	size_t at[TALLY_CLIENT_WAIT_ANY_MAX], k = 0, found = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct tally_client *c = clients[i];
+		assert(c != NULL);
+		ready[i] = c->pending > 0 && clientReadyNow(c);
+		found += ready[i];
+		if (c->pending > 0 && !ready[i]) {
+			p[k] = (struct pollfd){.fd = c->fd, .events = POLLIN, .revents = 0};
+			at[k++] = i;
+		}
+	}
+	/* With an answer in hand already, only a look at the other sockets. */
+	if (k == 0 || clientPoll(p, k, found > 0 ? 0 : timeout_us) == 0)
+		return found;
+	for (size_t j = 0; j < k; j++) {
+		ready[at[j]] = p[j].revents != 0;
+		found += ready[at[j]];
+	}
+	return found;
 }
 
 Tally__V1__ResultCode tally_client_follow(struct tally_client *c, const char *address)

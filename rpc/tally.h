@@ -54,6 +54,7 @@
 #ifndef TALLY_CLIENT_H
 #define TALLY_CLIENT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -165,5 +166,15 @@ Tally__V1__ResultCode tally_client_follow(struct tally_client *c, const char *ad
  * interrupted the wait). For a caller that sends on a schedule of its own while
  * answers are due, such as a load generator offering a fixed rate. */
 int tally_client_wait(struct tally_client *c, int64_t timeout_us);
+
+/* tally_client_wait over several clients, for one thread driving many connections
+ * (at most TALLY_CLIENT_WAIT_ANY_MAX): waits at most timeout_us (negative: without
+ * limit) until a client with an answer due has something its next recv can take, then
+ * sets ready[i] for every client that has (those with nothing due are not waited on)
+ * and returns how many; 0 when the time passed first, a signal interrupted the wait, or
+ * none has an answer due. */
+#define TALLY_CLIENT_WAIT_ANY_MAX 256
+size_t tally_client_wait_any(struct tally_client *const *clients, size_t n, int64_t timeout_us,
+			     bool *ready);
 
 #endif

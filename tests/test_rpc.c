@@ -1639,6 +1639,73 @@ static void test_client_wait_says_when_an_answer_can_be_taken(void **state)
 	tally_arena_free(&arena);
 }
 
+static void send_accrue(struct tally_client *c, struct tally_arena *arena, int64_t points)
+{
+	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
+	req.body_case = TALLY__V1__REQUEST__BODY_COMMAND;
+	req.command = accrue(arena, points);
+	assert_int_equal(tally_client_send(c, &req), CODE(OK));
+}
+
+static void recv_ok(struct tally_client *c, struct tally_arena *arena)
+{
+	Tally__V1__Response *res = NULL;
+	assert_int_equal(tally_client_recv(c, arena, &res), CODE(OK));
+	assert_int_equal(res->code, CODE(OK));
+}
+
+/* Which of the three clients tally_client_wait_any found ready, as bits. */
+static unsigned wait_any_bits(struct tally_client *const *cs, int64_t timeout_us)
+{
+	bool ready[3];
+	size_t n = tally_client_wait_any(cs, 3, timeout_us, ready);
+	unsigned bits = 0;
+	for (int i = 0; i < 3; i++)
+		bits |= ready[i] ? 1u << i : 0;
+	assert_int_equal(n, (size_t)__builtin_popcount(bits));
+	return bits;
+}
+
+/* tally_client_wait_any: none at once with nothing due anywhere, and once the time
+ * passes while only a silent node holds a request; else every client whose answer
+ * came. */
+static void test_client_wait_any_finds_the_connections_with_an_answer(void **state)
+{
+	(void)state;
+	struct fake silent, a, b;
+	fake_start(&silent, FAKE_SILENT);
+	fake_start(&a, FAKE_SERVE);
+	fake_start(&b, FAKE_SERVE);
+	struct tally_client *cs[3] = {client_open(silent.address, SECRET, 2000, CODE(OK)),
+				      client_open(a.address, SECRET, 2000, CODE(OK)),
+				      client_open(b.address, SECRET, 2000, CODE(OK))};
+	struct tally_arena arena;
+	tally_arena_init(&arena, 64 << 10, 0);
+	assert_int_equal(wait_any_bits(cs, -1), 0); /* nothing due: at once */
+	send_accrue(cs[0], &arena, 1);
+	assert_int_equal(wait_any_bits(cs, 50000), 0); /* the node never answers */
+	send_accrue(cs[1], &arena, 2);
+	send_accrue(cs[2], &arena, 3);
+	assert_int_equal(tally_client_wait(cs[1], 10 * 1000000), 1);
+	assert_int_equal(tally_client_wait(cs[2], 10 * 1000000), 1);
+	assert_int_equal(wait_any_bits(cs, 0), 6); /* both answers, not the silent node */
+	recv_ok(cs[1], &arena);
+	assert_int_equal(wait_any_bits(cs, 0), 4);
+	recv_ok(cs[2], &arena);
+	assert_int_equal(wait_any_bits(cs, 0), 0);
+	send_accrue(cs[2], &arena, 4);
+	assert_int_equal(wait_any_bits(cs, 10 * 1000000), 4);
+	recv_ok(cs[2], &arena);
+	for (int i = 0; i < 3; i++)
+		tally_client_close(cs[i]);
+	fake_join(&silent);
+	fake_join(&a);
+	fake_join(&b);
+	assert_int_equal(a.requests, 1);
+	assert_int_equal(b.requests, 2);
+	tally_arena_free(&arena);
+}
+
 /* tally_client_call_bytes refuses what it cannot run, before sending anything: bytes
  * that are no Request, and a Request whose body is not a call (a Hello). A command in
  * bytes goes out and its answer comes back serialized. */
@@ -1906,6 +1973,7 @@ int main(void)
 		cmocka_unit_test(test_client_open_rejects_bad_options),
 		cmocka_unit_test(test_client_pipelines_requests_and_matches_answers_by_call_id),
 		cmocka_unit_test(test_client_wait_says_when_an_answer_can_be_taken),
+		cmocka_unit_test(test_client_wait_any_finds_the_connections_with_an_answer),
 		cmocka_unit_test(test_client_call_bytes_refuses_what_it_cannot_run),
 		cmocka_unit_test(test_client_pipelined_answers_lost_with_the_connection_are_timeouts),
 		cmocka_unit_test(test_client_pipelined_answers_match_while_an_old_call_stays_due),

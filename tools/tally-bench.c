@@ -8,8 +8,10 @@
  *
  * The key and --ca as tallyctl's ($TALLY_KEY_DIR, $TALLY_KEY_FILE, $TALLY_CA: TLS); --insecure (or TALLY_INSECURE=1) for a
  * plaintext cluster.
- * C connections (one thread each) keep P requests in flight; each request carries one
- * command, or B commands with --batch. The mix is the peers' points-op mix: 70 %
+ * C connections keep P requests in flight each; each request carries one command, or
+ * B commands with --batch. Each connection has a thread of its own, or with
+ * --threads T the connections are dealt out among T threads, each driving its share
+ * from one loop (as pgbench -j drives its clients), which costs less CPU per request. The mix is the peers' points-op mix: 70 %
  * accruals and 30 % redemptions of 1..1000 points over M members (a redemption beyond
  * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
  * gives every member POINTS points once at setup (the peers' members start with
@@ -46,10 +48,15 @@
 #define INFLIGHT_MAX 1024
 #define SAMPLES_MAX (4u << 20)
 #define SETUP_BATCH 1000 /* setup commands per request */
+#define CLIENT_TIMEOUT_MS 10000
+/* The longest wait for answers with no request due: past it, recv on one connection
+ * waits out its own timeout, so that a silent node ends as a TIMEOUT. */
+#define WAIT_US_MAX ((int64_t)CLIENT_TIMEOUT_MS * 1000)
 
 struct opts {
 	struct tally_connect conn;   /* cluster, key, CA (rpc/connect.h) */
 	unsigned connections;
+	unsigned threads;            /* --threads: connections are shared among them (0: one each) */
 	unsigned pipeline;
 	unsigned batch;
 	unsigned members;
@@ -62,16 +69,32 @@ struct opts {
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 };
 
+/* One connection and the requests it has in flight. */
 struct worker {
 	const struct opts *o;
 	unsigned index;
-	pthread_t thread;
 	uint64_t rng;
 	uint32_t *lat_us;            /* one sample per request */
 	size_t n_lat;
 	uint64_t sent_at_ns[INFLIGHT_MAX];
 	uint64_t call_of[INFLIGHT_MAX];
 	int failed;
+	struct tally_client *c;
+	struct tally_arena arena;
+	uint64_t n;                  /* commands made: their request ids */
+	uint64_t next_ns;            /* when the next request is due (--rate) */
+	uint64_t interval_ns;        /* between this connection's requests (--rate), or 0 */
+	unsigned inflight;
+	bool draining;               /* taking what is due, then connecting again */
+	bool finished;
+	char redirect[256];
+};
+
+/* A thread and the connections it drives. */
+struct thread {
+	pthread_t id;
+	struct worker *ws;
+	unsigned n;
 };
 
 static atomic_uint_fast64_t done_commands, rejected_commands, errors;
@@ -110,7 +133,8 @@ static void usage(void)
 {
 	fprintf(stderr, "usage: tally-bench [--cluster A,B] [--key-dir D [--key NAME] | --key-file F]\n"
 			"                   [--ca FILE | --insecure]\n"
-			"                   [--connections C] [--pipeline P] [--batch B] [--members M]\n"
+			"                   [--connections C] [--threads T] [--pipeline P] [--batch B]\n"
+			"                   [--members M]\n"
 			"                   [--duration-s S] [--commands N] [--rate R] [--preload POINTS]\n"
 			"                   [--no-setup] [--json]\n"
 			"                   [--latency-csv FILE]\n");
@@ -137,6 +161,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		const char *v = argv[++i];
 		unsigned long n = strtoul(v, NULL, 10);
 		if (strcmp(a, "--connections") == 0) o->connections = (unsigned)n;
+		else if (strcmp(a, "--threads") == 0) o->threads = (unsigned)n;
 		else if (strcmp(a, "--pipeline") == 0) o->pipeline = (unsigned)n;
 		else if (strcmp(a, "--batch") == 0) o->batch = (unsigned)n;
 		else if (strcmp(a, "--members") == 0) o->members = (unsigned)n;
@@ -149,7 +174,9 @@ static void parse(int argc, char **argv, struct opts *o)
 	}
 	if (o->duration_s == 0)
 		o->duration_s = o->commands > 0 ? UINT_MAX : 10; /* --commands alone: until sent */
-	if (o->connections == 0 || o->connections > 256 || o->pipeline == 0 ||
+	if (o->threads == 0 || o->threads > o->connections)
+		o->threads = o->connections;
+	if (o->connections == 0 || o->connections > TALLY_CLIENT_WAIT_ANY_MAX || o->pipeline == 0 ||
 	    o->pipeline > INFLIGHT_MAX || o->batch == 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
 	    o->members == 0)
 		usage();
@@ -173,7 +200,7 @@ static int write_latency_csv(const char *path, const uint32_t *sorted, size_t n)
 
 static struct tally_client *open_client(const struct opts *o)
 {
-	struct tally_client_options co = {.timeout_ms = 10000};
+	struct tally_client_options co = {.timeout_ms = CLIENT_TIMEOUT_MS};
 	struct tally_client *c = NULL;
 	char err[512];
 	Tally__V1__ResultCode rc = tally_connect_open(&o->conn, "tally-bench", "admin", co, &c, err,
@@ -334,64 +361,129 @@ static bool take_answer(struct worker *w, struct tally_client *c, struct tally_a
 	return !moved;
 }
 
-/* Keeps up to `pipeline` requests in flight until stopped. Without --rate a request
- * goes as soon as a slot is free (a closed loop). With --rate the load is offered on a
- * schedule, whatever the answers (an open loop): a request is due every
+/* A connection keeps up to `pipeline` requests in flight until stopped. Without --rate
+ * a request goes as soon as a slot is free (a closed loop). With --rate the load is
+ * offered on a schedule, whatever the answers (an open loop): a request is due every
  * connections/rate seconds, answers are taken while waiting for the next, and a
  * request's latency counts from when it was due, so that a request held back by a
  * full pipeline counts the wait. A NOT_LEADER answer or a lost connection drains what
- * is still due, then the worker reconnects (to the leader named, or the same node). */
-static void *run_worker(void *arg)
+ * is still due, then the connection is made again (to the leader named, or the same
+ * node). */
+static void conn_start(struct worker *w)
 {
-	struct worker *w = arg;
 	const struct opts *o = w->o;
-	struct tally_client *c = open_client(o);
-	struct tally_arena a;
-	tally_arena_init(&a, 1 << 20, 0);
-	uint64_t n = 0, interval_ns = o->rate ? 1000000000ull * o->batch * o->connections / o->rate : 0;
-	uint64_t next_ns = now_ns();
-	unsigned inflight = 0;
-	char redirect[256] = "";
-	bool draining = false;
-	find_leader(c, &a);
-	while (!atomic_load(&stop) || inflight > 0) {
-		if (draining && inflight == 0) {
-			tally_client_follow(c, redirect[0] ? redirect : tally_client_address(c));
-			memset(w->call_of, 0, sizeof(w->call_of));
-			draining = false;
-			redirect[0] = '\0';
-			continue;
-		}
-		bool room = !draining && inflight < o->pipeline && !atomic_load(&stop);
-		uint64_t t = now_ns();
-		if (room && (interval_ns == 0 || t >= next_ns)) {
-			if (!may_send(o))
-				continue;
-			bool idle = inflight == 0;
-			w->failed = 0;
-			send_one(w, c, &a, &n, free_slot(w), interval_ns ? next_ns : t);
-			tally_arena_reset(&a);
-			next_ns += interval_ns;
-			if (w->failed && idle)
-				break; /* not even an idle connection takes a request */
-			if (w->failed)
-				draining = true;
-			else
-				inflight++;
-			continue;
-		}
-		if (inflight == 0) {
-			sleep_until(next_ns);
-			continue;
-		}
-		if (room && tally_client_wait(c, (int64_t)(next_ns - t) / 1000) == 0)
-			continue;
-		inflight--;
-		if (!take_answer(w, c, &a, redirect, sizeof(redirect)))
-			draining = true;
+	w->c = open_client(o);
+	tally_arena_init(&w->arena, 1 << 20, 0);
+	w->interval_ns = o->rate ? 1000000000ull * o->batch * o->connections / o->rate : 0;
+	w->next_ns = now_ns();
+	find_leader(w->c, &w->arena);
+}
+
+static void conn_end(struct worker *w)
+{
+	tally_arena_free(&w->arena);
+	tally_client_close(w->c);
+}
+
+/* Whether the connection may send now, were its next request due. */
+static bool conn_room(const struct worker *w)
+{
+	return !w->draining && w->inflight < w->o->pipeline && !atomic_load(&stop);
+}
+
+/* Does what the connection can do without waiting: ends it, connects it again, or
+ * sends a request that is due. Returns false when it must wait (for an answer, or
+ * until its next request is due). */
+static bool conn_act(struct worker *w)
+{
+	if (w->finished)
+		return false;
+	if (atomic_load(&stop) && w->inflight == 0) {
+		w->finished = true;
+		return false;
 	}
-	tally_arena_free(&a);
-	tally_client_close(c);
+	if (w->draining && w->inflight == 0) {
+		tally_client_follow(w->c, w->redirect[0] ? w->redirect : tally_client_address(w->c));
+		memset(w->call_of, 0, sizeof(w->call_of));
+		w->draining = false;
+		w->redirect[0] = '\0';
+		return true;
+	}
+	uint64_t t = now_ns();
+	if (!conn_room(w) || (w->interval_ns != 0 && t < w->next_ns))
+		return false;
+	if (!may_send(w->o))
+		return true; /* stopped: what is in flight is still taken */
+	bool idle = w->inflight == 0;
+	w->failed = 0;
+	send_one(w, w->c, &w->arena, &w->n, free_slot(w), w->interval_ns ? w->next_ns : t);
+	tally_arena_reset(&w->arena);
+	w->next_ns += w->interval_ns;
+	if (w->failed && idle)
+		w->finished = true; /* not even an idle connection takes a request */
+	else if (w->failed)
+		w->draining = true;
+	else
+		w->inflight++;
+	return true;
+}
+
+/* Takes the connection's next answer (which has arrived, or recv waits for it). */
+static void conn_take(struct worker *w)
+{
+	assert(w->inflight > 0);
+	w->inflight--;
+	if (!take_answer(w, w->c, &w->arena, w->redirect, sizeof(w->redirect)))
+		w->draining = true;
+}
+
+/* Until the thread's connections are all finished: lets each do what it can (send
+ * what is due), then waits for answers among them, or until a request is due, and
+ * takes every answer that came. */
+static void *run_thread(void *arg)
+{
+	struct thread *th = arg;
+	struct tally_client *waiting[TALLY_CLIENT_WAIT_ANY_MAX];
+	struct worker *of[TALLY_CLIENT_WAIT_ANY_MAX];
+	bool ready[TALLY_CLIENT_WAIT_ANY_MAX];
+	for (unsigned i = 0; i < th->n; i++)
+		conn_start(&th->ws[i]);
+	for (;;) {
+		unsigned live = 0;
+		size_t k = 0;
+		uint64_t due = UINT64_MAX;
+		for (unsigned i = 0; i < th->n; i++) {
+			struct worker *w = &th->ws[i];
+			while (conn_act(w))
+				;
+			live += !w->finished;
+			if (w->inflight > 0) {
+				waiting[k] = w->c;
+				of[k++] = w;
+			}
+			if (!w->finished && conn_room(w) && w->interval_ns != 0 && w->next_ns < due)
+				due = w->next_ns;
+		}
+		if (live == 0)
+			break;
+		uint64_t t = now_ns();
+		if (k == 0) {
+			sleep_until(due == UINT64_MAX ? t + 1000000 : due);
+			continue;
+		}
+		int64_t timeout_us = due == UINT64_MAX ? WAIT_US_MAX
+				   : due <= t ? 0 : (int64_t)(due - t) / 1000;
+		if (tally_client_wait_any(waiting, k, timeout_us, ready) == 0) {
+			if (due == UINT64_MAX)
+				conn_take(of[0]); /* a silent node: recv ends it with TIMEOUT */
+			continue;
+		}
+		for (size_t j = 0; j < k; j++)
+			if (ready[j])
+				conn_take(of[j]);
+	}
+	for (unsigned i = 0; i < th->n; i++)
+		conn_end(&th->ws[i]);
 	return NULL;
 }
 
@@ -490,12 +582,18 @@ int main(int argc, char **argv)
 		setup(&o);
 	}
 	struct worker *ws = calloc(o.connections, sizeof(*ws));
+	struct thread *ths = calloc(o.threads, sizeof(*ths));
 	for (unsigned i = 0; i < o.connections; i++) {
 		ws[i].o = &o;
 		ws[i].index = i;
 		ws[i].rng = 0x9e3779b97f4a7c15ull * (i + 1);
 		ws[i].lat_us = malloc(SAMPLES_MAX * sizeof(uint32_t));
-		pthread_create(&ws[i].thread, NULL, run_worker, &ws[i]);
+	}
+	for (unsigned t = 0, from = 0; t < o.threads; t++) { /* connections dealt out evenly */
+		unsigned n = o.connections / o.threads + (t < o.connections % o.threads);
+		ths[t] = (struct thread){.ws = ws + from, .n = n};
+		from += n;
+		pthread_create(&ths[t].id, NULL, run_thread, &ths[t]);
 	}
 	uint64_t start = now_ns(), last = 0;
 	for (unsigned s = 1; s <= o.duration_s && !atomic_load(&stop); s++) {
@@ -511,10 +609,10 @@ int main(int argc, char **argv)
 	}
 	atomic_store(&stop, true);
 	size_t total = 0;
-	for (unsigned i = 0; i < o.connections; i++) {
-		pthread_join(ws[i].thread, NULL);
+	for (unsigned t = 0; t < o.threads; t++)
+		pthread_join(ths[t].id, NULL);
+	for (unsigned i = 0; i < o.connections; i++)
 		total += ws[i].n_lat;
-	}
 	double secs = (double)(now_ns() - start) / 1e9;
 	uint32_t *all = malloc((total + 1) * sizeof(*all));
 	size_t k = 0;
@@ -545,6 +643,7 @@ int main(int argc, char **argv)
 		rc = 1;
 	}
 	free(all);
+	free(ths);
 	free(ws);
 	return rc;
 }
