@@ -11,9 +11,10 @@
  * C connections keep P requests in flight each; each request carries one command, or
  * B commands with --batch. Each connection has a thread of its own, or with
  * --threads T the connections are dealt out among T threads, each driving its share
- * from one loop (as pgbench -j drives its clients), which costs less CPU per request. The mix is the peers' points-op mix: 70 %
- * accruals and 30 % redemptions of 1..1000 points over M members (a redemption beyond
- * the balance is refused, INSUFFICIENT_POINTS, and counted as rejected); --preload
+ * from one loop (as pgbench -j drives its clients), which costs less CPU per request.
+ * The mix is the peers' points-op mix: 70 % accruals and 30 % redemptions of 1..1000
+ * points over M members (a redemption beyond the balance is refused,
+ * INSUFFICIENT_POINTS, and counted as rejected); --preload
  * gives every member POINTS points once at setup (the peers' members start with
  * 10,000, so that redemptions mostly succeed); --no-setup skips the setup (an earlier
  * run made brand and members), so that nothing but the load runs. Without --rate, a
