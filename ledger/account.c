@@ -110,6 +110,12 @@ bool lot_valid(const struct apply *a, int64_t expiry_ms)
 	return expiry_ms == 0 || expiry_ms > a->now_ms;
 }
 
+/* The expiry of points the brand gives now: its policy's months on, or never (0). */
+int64_t lot_expiry(const struct apply *a, const Tally__V1__Brand *b)
+{
+	return b->expiry_months == 0 ? 0 : add_months(a->now_ms, b->expiry_months);
+}
+
 /* ---- lots ------------------------------------------------------------------------- *
  * An account keeps its lots in its own record, first-expiring first and the lots that
  * never expire (expiry 0) last, so spending and expiring read the front of one array

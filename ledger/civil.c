@@ -75,12 +75,8 @@ int64_t month_ceil(int64_t time_ms)
 	int64_t day = day_of(time_ms);
 	int64_t y, m, d;
 	civil_from_days(day, &y, &m, &d);
-	if (d == 1 && time_ms == day * MS_PER_DAY)
-		return time_ms;
-	int64_t total = y * 12 + m; /* the next month, counted from year 0's January */
-	y = floor_div(total, 12);
-	m = total - y * 12 + 1;
-	int64_t ceil = days_from_civil(y, m, 1) * MS_PER_DAY;
-	assert(ceil > time_ms);
+	int64_t first = days_from_civil(y, m, 1) * MS_PER_DAY; /* of time_ms's month */
+	int64_t ceil = first == time_ms ? first : add_months(first, 1);
+	assert(ceil >= time_ms);
 	return ceil;
 }

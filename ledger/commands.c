@@ -106,11 +106,6 @@ static int insufficient(struct apply *a, Tally__V1__CommandResult *r,
 		      (long long)acct->available, (long long)points);
 }
 
-static int64_t lot_expiry(const struct apply *a, const Tally__V1__Brand *b)
-{
-	return b->expiry_months == 0 ? 0 : add_months(a->now_ms, b->expiry_months);
-}
-
 /* Finishes a command on one account: save, result, entry. */
 static int finish(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__Account *acct,
 		  int64_t points, uint64_t cause_seq)

@@ -185,7 +185,7 @@ static int exchange_post(struct apply *a, const Tally__V1__Exchange *m,
 			 const Tally__V1__Brand *to, Tally__V1__Account *src,
 			 Tally__V1__Account *dst, int64_t to_points)
 {
-	int64_t expiry = to->expiry_months == 0 ? 0 : add_months(a->now_ms, to->expiry_months);
+	int64_t expiry = lot_expiry(a, to);
 	int rc = lots_take(a, src, m->points, -1, false);
 	if (rc == 0)
 		rc = lot_give(a, dst, &expiry, to_points);

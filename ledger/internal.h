@@ -310,6 +310,7 @@ void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);
 int daily_use(struct apply *a, enum daily_kind kind, const char *brand, const char *member,
 	      const char *partner, int64_t points, int64_t cap, bool *over);
 bool lot_valid(const struct apply *a, int64_t expiry_ms);
+int64_t lot_expiry(const struct apply *a, const Tally__V1__Brand *b);
 int hold_get(struct apply *a, uint64_t id, Tally__V1__HoldRecord **out);
 int hold_store(struct apply *a, const Tally__V1__HoldRecord *h, bool open);
 int hold_resolve(struct apply *a, Tally__V1__HoldRecord *h, int64_t capture_points,

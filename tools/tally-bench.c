@@ -79,7 +79,6 @@ struct worker {
 	size_t n_lat;
 	uint64_t sent_at_ns[INFLIGHT_MAX];
 	uint64_t call_of[INFLIGHT_MAX];
-	int failed;
 	struct tally_client *c;
 	struct tally_arena arena;
 	uint64_t n;                  /* commands made: their request ids */
@@ -243,16 +242,16 @@ static void op(struct tally_arena *a, uint64_t *rng, unsigned members, unsigned 
 }
 
 /* Sends one request (one command or a batch) into a free slot; remembers when it was
- * due (its latency counts from then). */
-static void send_one(struct worker *w, struct tally_client *c, struct tally_arena *a,
-		     uint64_t *n, unsigned slot, uint64_t due_ns)
+ * due (its latency counts from then). False when it could not be sent. */
+static bool send_one(struct worker *w, unsigned slot, uint64_t due_ns)
 {
+	struct tally_arena *a = &w->arena;
 	Tally__V1__Request req = TALLY__V1__REQUEST__INIT;
 	Tally__V1__CommandList list = TALLY__V1__COMMAND_LIST__INIT;
 	Tally__V1__Command *cmds = tally_arena_alloc(a, w->o->batch * sizeof(*cmds));
 	Tally__V1__Command **ptrs = tally_arena_alloc(a, w->o->batch * sizeof(*ptrs));
 	for (unsigned i = 0; i < w->o->batch; i++) {
-		op(a, &w->rng, w->o->members, w->index, (*n)++, &cmds[i]);
+		op(a, &w->rng, w->o->members, w->index, w->n++, &cmds[i]);
 		ptrs[i] = &cmds[i];
 	}
 	if (w->o->batch == 1) {
@@ -264,16 +263,18 @@ static void send_one(struct worker *w, struct tally_client *c, struct tally_aren
 		req.body_case = TALLY__V1__REQUEST__BODY_BATCH;
 		req.batch = &list;
 	}
-	Tally__V1__ResultCode rc = tally_client_send(c, &req);
+	Tally__V1__ResultCode rc = tally_client_send(w->c, &req);
+	tally_arena_reset(a);
 	if (rc != CODE(OK)) {
 		atomic_fetch_add(&errors, 1);
-		fprintf(stderr, "tally-bench: send: %s: %s\n", tally_result_name(rc), tally_client_error(c));
-		w->failed = 1;
-		return;
+		fprintf(stderr, "tally-bench: send: %s: %s\n", tally_result_name(rc),
+			tally_client_error(w->c));
+		return false;
 	}
 	assert(slot < w->o->pipeline && req.call_id != 0);
 	w->sent_at_ns[slot] = due_ns;
 	w->call_of[slot] = req.call_id;
+	return true;
 }
 
 static void account(const Tally__V1__Response *res, unsigned batch)
@@ -332,11 +333,10 @@ static void sleep_until(uint64_t due_ns)
 
 /* Takes one answer: its latency from when its request was due, its results. Returns
  * false when the connection must be drained and opened again (lost, NOT_LEADER). */
-static bool take_answer(struct worker *w, struct tally_client *c, struct tally_arena *a,
-			char *redirect, size_t redirect_cap)
+static bool take_answer(struct worker *w)
 {
 	Tally__V1__Response *res;
-	Tally__V1__ResultCode rc = tally_client_recv(c, a, &res);
+	Tally__V1__ResultCode rc = tally_client_recv(w->c, &w->arena, &res);
 	if (rc != CODE(OK)) {
 		atomic_fetch_add(&errors, 1);
 		return false; /* which request it was is not known: slots are freed at reconnect */
@@ -357,8 +357,8 @@ static bool take_answer(struct worker *w, struct tally_client *c, struct tally_a
 	account(res, w->o->batch);
 	bool moved = res->code == CODE(NOT_LEADER);
 	if (moved)
-		snprintf(redirect, redirect_cap, "%s", res->leader_address);
-	tally_arena_reset(a);
+		snprintf(w->redirect, sizeof(w->redirect), "%s", res->leader_address);
+	tally_arena_reset(&w->arena);
 	return !moved;
 }
 
@@ -415,17 +415,14 @@ static bool conn_act(struct worker *w)
 		return false;
 	if (!may_send(w->o))
 		return true; /* stopped: what is in flight is still taken */
-	bool idle = w->inflight == 0;
-	w->failed = 0;
-	send_one(w, w->c, &w->arena, &w->n, free_slot(w), w->interval_ns ? w->next_ns : t);
-	tally_arena_reset(&w->arena);
+	bool sent = send_one(w, free_slot(w), w->interval_ns ? w->next_ns : t);
 	w->next_ns += w->interval_ns;
-	if (w->failed && idle)
-		w->finished = true; /* not even an idle connection takes a request */
-	else if (w->failed)
-		w->draining = true;
-	else
+	if (sent)
 		w->inflight++;
+	else if (w->inflight == 0)
+		w->finished = true; /* not even an idle connection takes a request */
+	else
+		w->draining = true;
 	return true;
 }
 
@@ -434,7 +431,7 @@ static void conn_take(struct worker *w)
 {
 	assert(w->inflight > 0);
 	w->inflight--;
-	if (!take_answer(w, w->c, &w->arena, w->redirect, sizeof(w->redirect)))
+	if (!take_answer(w))
 		w->draining = true;
 }
 
@@ -468,8 +465,9 @@ static void *run_thread(void *arg)
 		if (live == 0)
 			break;
 		uint64_t t = now_ns();
-		if (k == 0) {
-			sleep_until(due == UINT64_MAX ? t + 1000000 : due);
+		if (k == 0) { /* a live connection with nothing in flight waits for --rate */
+			assert(due != UINT64_MAX);
+			sleep_until(due);
 			continue;
 		}
 		int64_t timeout_us = due == UINT64_MAX ? WAIT_US_MAX
