@@ -148,6 +148,22 @@ static bool lot_is_at(const Tally__V1__Account *acct, size_t i, int64_t expiry_m
 	return i < acct->n_lots && acct->lots[i]->expiry_ms == expiry_ms;
 }
 
+/* Whether the account may start `more` lots: always under the bounded lots (lot_give
+ * finds a lot for any points); under the first rules while it stays within
+ * TALLY_ACCOUNT_LOTS_RULES_1_MAX. */
+bool lots_room(const struct apply *a, const Tally__V1__Account *acct, size_t more)
+{
+	return a->m.rules >= TALLY_RULES_BOUNDED_LOTS ||
+	       acct->n_lots + more <= TALLY_ACCOUNT_LOTS_RULES_1_MAX;
+}
+
+/* Whether points with this expiry find a lot: one more lot needs room (lots_room), the
+ * lot that already has the expiry takes them whatever the count. */
+bool lot_room(const struct apply *a, const Tally__V1__Account *acct, int64_t expiry_ms)
+{
+	return lots_room(a, acct, 1) || lot_is_at(acct, lot_find(acct, expiry_ms), expiry_ms);
+}
+
 /* Points to the account's lot array with room for one more, copied into the scratch
  * arena (the array decoded from LMDB has no spare slot). */
 static int lots_grow(struct apply *a, Tally__V1__Account *acct)
@@ -161,16 +177,19 @@ static int lots_grow(struct apply *a, Tally__V1__Account *acct)
 	return 0;
 }
 
-/* Adds points to the lot with expiry *expiry_ms, creating it in order if needed. An
- * account that holds TALLY_ACCOUNT_LOTS_EXACT_MAX lots already gets no new lot at an
- * exact expiry: the points go to the lot at the end of that month (month_ceil), which
- * *expiry_ms then says, so the entry records where they went. */
+/* Adds points to the lot with expiry *expiry_ms, creating it in order if needed. Under
+ * the bounded lots (TALLY_RULES_BOUNDED_LOTS), an account that holds
+ * TALLY_ACCOUNT_LOTS_EXACT_MAX lots already gets no new lot at an exact expiry: the
+ * points go to the lot at the end of that month (month_ceil), which *expiry_ms then
+ * says, so the entry records where they went. (Under the first rules the commands
+ * that add points ask lot_room first.) */
 int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t *expiry_ms, int64_t points)
 {
 	assert(points > 0);
 	assert(lot_valid(a, *expiry_ms));
 	size_t i = lot_find(acct, *expiry_ms);
 	if (!lot_is_at(acct, i, *expiry_ms) && *expiry_ms != 0 &&
+	    a->m.rules >= TALLY_RULES_BOUNDED_LOTS &&
 	    acct->n_lots >= TALLY_ACCOUNT_LOTS_EXACT_MAX) {
 		*expiry_ms = month_ceil(*expiry_ms);
 		i = lot_find(acct, *expiry_ms);

@@ -35,6 +35,7 @@ static const handler_fn handlers[] = {
 	[TALLY__V1__COMMAND__BODY_ADJUST] = do_adjust,
 	[TALLY__V1__COMMAND__BODY_EXPIRE] = do_expire,
 	[TALLY__V1__COMMAND__BODY_IMPORT_POINTS] = do_import_points,
+	[TALLY__V1__COMMAND__BODY_SET_RULES] = do_set_rules,
 };
 
 #define HANDLERS_N (sizeof(handlers) / sizeof(handlers[0]))
@@ -447,7 +448,10 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 	int rc = check_envelope(a, c, r);
 	if (rc != 0 || r->code != TALLY__V1__RESULT_CODE__RESULT_CODE_UNSPECIFIED)
 		return rc;
-	bool idempotent = c->body_case != TALLY__V1__COMMAND__BODY_EXPIRE;
+	/* The cluster's own commands are not claimed: the timer's expire repeats, and a
+	 * set_rules sent again is refused by the version it names. */
+	bool idempotent = c->body_case != TALLY__V1__COMMAND__BODY_EXPIRE &&
+			  c->body_case != TALLY__V1__COMMAND__BODY_SET_RULES;
 	uint8_t hash[32];
 	if (idempotent) {
 		bool done;

@@ -42,6 +42,8 @@ static uint32_t role_mask(Tally__V1__Command__BodyCase body)
 		return R(ADMIN) | R(PARTNER);
 	case TALLY__V1__COMMAND__BODY_EXPIRE:
 		return R(ADMIN) | R(SYSTEM);
+	case TALLY__V1__COMMAND__BODY_SET_RULES:
+		return R(SYSTEM);
 	default:
 		return 0;
 	}

@@ -120,15 +120,35 @@ static int finish(struct apply *a, Tally__V1__CommandResult *r, Tally__V1__Accou
 	return rc;
 }
 
-/* Whether the account can take `points` more: under the balance limit. (A lot to put
- * them in there always is: lot_give.) */
+/* How many of the account's lots spending `points` first-expiring first would touch. */
+static size_t lots_spanned(const Tally__V1__Account *acct, int64_t points)
+{
+	size_t n = 0;
+	for (int64_t left = points; left > 0 && n < acct->n_lots; n++)
+		left -= acct->lots[n]->points;
+	return n;
+}
+
+/* The refusal of the first rules for an account without room for another lot. */
+static int lots_full(struct apply *a, Tally__V1__CommandResult *r, const char *member)
+{
+	assert(a->m.rules < TALLY_RULES_BOUNDED_LOTS);
+	return reject(a, r, CODE(LIMIT_EXCEEDED),
+		      "points: the account of %s holds %d lots; redeem or let some expire first",
+		      member, TALLY_ACCOUNT_LOTS_RULES_1_MAX);
+}
+
+/* Whether the account can take `points` more as a lot expiring at `expiry`: under the
+ * balance limit, and a lot to put them in (lot_room: always, under the bounded lots). */
 static int credit_room(struct apply *a, Tally__V1__CommandResult *r,
-		       const Tally__V1__Account *acct, int64_t points)
+		       const Tally__V1__Account *acct, int64_t points, int64_t expiry)
 {
 	assert(points > 0);
 	if (acct->available > TALLY_BALANCE_MAX - points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
+	if (!lot_room(a, acct, expiry))
+		return lots_full(a, r, acct->member);
 	return 0;
 }
 
@@ -413,7 +433,7 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = credit_room(a, r, acct, m->points);
+	rc = credit_room(a, r, acct, m->points, lot_expiry(a, b));
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
@@ -434,9 +454,10 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 }
 
 /* The expiry an imported lot may keep: never (0), or after the batch, before the year
- * 10000 and at most TALLY_EXPIRY_MONTHS_MAX months after the batch, the horizon of
- * every lot (which bounds an account's lots: TALLY_ACCOUNT_LOTS_EXACT_MAX). A balance
- * that expired at its source is not brought over. */
+ * 10000 and, under the bounded lots, at most TALLY_EXPIRY_MONTHS_MAX months after the
+ * batch, the horizon of every lot (which bounds an account's lots:
+ * TALLY_ACCOUNT_LOTS_EXACT_MAX). A balance that expired at its source is not brought
+ * over. */
 static int check_import_expiry(struct apply *a, Tally__V1__CommandResult *r, int64_t expires_ms)
 {
 	if (expires_ms < 0 || expires_ms > TALLY_IMPORT_EXPIRY_MAX_MS)
@@ -448,7 +469,7 @@ static int check_import_expiry(struct apply *a, Tally__V1__CommandResult *r, int
 			      "expires_ms: %lld is not after the batch time %lld (the points have "
 			      "expired already)", (long long)expires_ms, (long long)a->now_ms);
 	int64_t horizon = add_months(a->now_ms, TALLY_EXPIRY_MONTHS_MAX);
-	if (expires_ms > horizon)
+	if (a->m.rules >= TALLY_RULES_BOUNDED_LOTS && expires_ms > horizon)
 		return reject(a, r, CODE(INVALID_ARGUMENT),
 			      "expires_ms: %lld is more than %d months after the batch time (at "
 			      "most %lld)", (long long)expires_ms, TALLY_EXPIRY_MONTHS_MAX,
@@ -469,7 +490,7 @@ int do_import_points(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = credit_room(a, r, acct, m->points);
+	rc = credit_room(a, r, acct, m->points, m->expires_ms);
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	rc = credit_lot(a, acct, m->expires_ms, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
@@ -507,7 +528,7 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (m->points > 0) {
-		rc = credit_room(a, r, acct, points);
+		rc = credit_room(a, r, acct, points, lot_expiry(a, b));
 		if (rc != 0 || REJECTED(r))
 			return rc;
 		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
@@ -544,6 +565,8 @@ int do_transfer(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (to->available > TALLY_BALANCE_MAX - m->points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: receiving balance would pass %lld",
 			      (long long)TALLY_BALANCE_MAX);
+	if (!lots_room(a, to, lots_spanned(from, m->points)))
+		return lots_full(a, r, m->to_member);
 	bool over;
 	rc = daily_use(a, DAILY_TRANSFER, b->id, m->from_member, NULL, m->points,
 		       b->transfer_daily_cap_points, &over);
@@ -843,4 +866,26 @@ int do_reverse(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandR
 int do_expire(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
 {
 	return expire_sweep(a, c->expire->max_items, r);
+}
+
+/* Switches the ledger to the rules of m->version from the next command on (ledger.h,
+ * "Rules"). Its entry is the journal's record of the switch, which a replay meets at
+ * the same place. A version this binary does not have stops the replica
+ * (TALLY_EVERSION, nothing of the batch written): applying other rules than the other
+ * replicas would split them. */
+int do_set_rules(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandResult *r)
+{
+	const Tally__V1__SetRules *m = c->set_rules;
+	assert(m != NULL && c->principal->role == TALLY__V1__ROLE__SYSTEM);
+	assert(a->m.rules >= TALLY_RULES_FIRST && a->m.rules <= TALLY_RULES_CURRENT);
+	if (m->version == 0)
+		return reject(a, r, CODE(INVALID_ARGUMENT), "version: must be %d or more",
+			      TALLY_RULES_FIRST);
+	if (m->version <= a->m.rules)
+		return reject(a, r, CODE(ALREADY_EXISTS), "version: the ledger applies rules %u",
+			      (unsigned)a->m.rules);
+	if (m->version > TALLY_RULES_CURRENT)
+		return TALLY_EVERSION;
+	a->m.rules = m->version;
+	return emit_entry(a, TALLY__V1__ENTRY_KIND__COMMAND, r, NULL, NULL, 0);
 }

@@ -250,6 +250,9 @@ int do_exchange(struct apply *a, const Tally__V1__Command *c, Tally__V1__Command
 	if (dst->available > TALLY_BALANCE_MAX - to_points)
 		return reject(a, r, CODE(LIMIT_EXCEEDED), "points: balance in %s would pass %lld",
 			      m->to_brand, (long long)TALLY_BALANCE_MAX);
+	if (!lots_room(a, dst, 1)) /* the first rules only (lots_room) */
+		return reject(a, r, CODE(LIMIT_EXCEEDED), "member: the account in %s holds %d lots",
+			      m->to_brand, TALLY_ACCOUNT_LOTS_RULES_1_MAX);
 	rc = daily_use(a, DAILY_EXCHANGE, m->from_brand, m->member, m->to_brand, m->points,
 		       ag->daily_cap_points, &over);
 	if (rc != 0)

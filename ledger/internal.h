@@ -53,8 +53,10 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
  * ledger is a format-4 one whose rows are all exact: it is read as it is.
  * 5: an account past TALLY_ACCOUNT_LOTS_EXACT_MAX lots gets no new lot at an exact
  * expiry (lot_give). The layout is format 4's, read as it is; the number keeps a
- * binary that would apply the old rule away from a ledger under the new one. */
-#define LEDGER_FORMAT_VERSION 5
+ * binary that would apply the old rule away from a ledger under the new one.
+ * 6: the rules the ledger applies are recorded (meta "rules", SetRules); a format-5
+ * ledger is read as one at TALLY_RULES_BOUNDED_LOTS, an older one at the first rules. */
+#define LEDGER_FORMAT_VERSION 6
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -73,6 +75,7 @@ void key_u32(struct key *k, uint32_t v);           /* big-endian: sorts numerica
 void key_u64(struct key *k, uint64_t v);
 uint64_t be64_get(const uint8_t *p);
 uint32_t be32_get(const uint8_t *p);
+void be32_put(uint8_t *p, uint32_t v);
 void be64_put(uint8_t *p, uint64_t v);
 
 /* ---- the ledger handle ---------------------------------------------------------- */
@@ -83,6 +86,7 @@ struct meta {
 	int64_t time_ms;
 	struct tally_merkle_frontier tree;   /* tree.size = last seq */
 	uint8_t digest[32];
+	uint32_t rules;                      /* TALLY_RULES_*: set_rules moves it on */
 };
 
 /* What the current batch knows of a digested record: the hash of its current value
@@ -304,6 +308,8 @@ struct open_account *account_opened(struct apply *a, const char *brand, const ch
 int lots_take(struct apply *a, Tally__V1__Account *acct, int64_t points,
 	      int64_t first_expiry_ms, bool record);
 int lot_give(struct apply *a, Tally__V1__Account *acct, int64_t *expiry_ms, int64_t points);
+bool lots_room(const struct apply *a, const Tally__V1__Account *acct, size_t more);
+bool lot_room(const struct apply *a, const Tally__V1__Account *acct, int64_t expiry_ms);
 int qualify(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
 	    int64_t day, int64_t points);
 void tier_update(const Tally__V1__Brand *b, Tally__V1__Account *acct);
@@ -328,6 +334,7 @@ int do_open_member(struct apply *, const Tally__V1__Command *, Tally__V1__Comman
 int do_update_member(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_accrue(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_import_points(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
+int do_set_rules(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_redeem(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_hold(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);
 int do_capture(struct apply *, const Tally__V1__Command *, Tally__V1__CommandResult *);

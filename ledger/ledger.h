@@ -37,6 +37,7 @@
  *   adjust                 x                                              the brand
  *   import_points          x                                              the brand
  *   expire                 x                           x                  (none)
+ *   set_rules                                             x                  (none)
  *   queries                x     x    x    x      x       x       x       the brand asked about (1)
  *
  * (1) GetDigest and GetConsistency are about the whole journal, every brand's: scope *
@@ -103,6 +104,20 @@
  * ahead of the batch, as imports are held to the same horizon) plus the lot that never
  * expires, so a busy member is never refused for the count of its lots. */
 #define TALLY_ACCOUNT_LOTS_EXACT_MAX 256
+/* Rules: what a command does where versions of Tally differ. A ledger follows rules 1
+ * until its journal's first set_rules entry (SetRules), and every replica, and every
+ * replay of the journal, switches at that entry; the rules are the ledger's, not the
+ * binary's. A binary applies the versions up to TALLY_RULES_CURRENT and stops at a
+ * set_rules entry naming a later one (TALLY_EVERSION).
+ *   1  a lot per exact expiry: an account holding TALLY_ACCOUNT_LOTS_RULES_1_MAX lots
+ *      is refused points that would start another (LIMIT_EXCEEDED), and an import may
+ *      keep any expiry up to TALLY_IMPORT_EXPIRY_MAX_MS (Tally before 2026-12-01);
+ *   2  lots bounded by design (TALLY_ACCOUNT_LOTS_EXACT_MAX), and imports held to
+ *      TALLY_EXPIRY_MONTHS_MAX months ahead. */
+#define TALLY_RULES_FIRST 1
+#define TALLY_RULES_BOUNDED_LOTS 2
+#define TALLY_RULES_CURRENT 2
+#define TALLY_ACCOUNT_LOTS_RULES_1_MAX 10000
 #define TALLY_RATE_MAX 1000000000LL
 #define TALLY_SNAPSHOT_MAGIC "TALLYSNAP1"
 #define TALLY_SNAPSHOT_TRAILER_BYTES 56    /* after the copy: magic (16), length (8), SHA-256 */
@@ -177,6 +192,12 @@ uint64_t tally_ledger_applied_index(struct tally_ledger *l);
 
 /* The time of the last applied batch (0 for a ledger that has applied none). */
 int64_t tally_ledger_time_ms(struct tally_ledger *l);
+
+/* The journal's entries (its last seq; 0 for a new ledger). */
+uint64_t tally_ledger_journal_size(const struct tally_ledger *l);
+
+/* The rules the ledger applies now (TALLY_RULES_FIRST for a new ledger). */
+uint32_t tally_ledger_rules(const struct tally_ledger *l);
 
 /* One account as stored (lots and holds included when with_lots). Returns
  * TALLY_ENOTFOUND when the member never held points in the brand. */

@@ -67,8 +67,14 @@ void key_u8(struct key *k, uint8_t v)
 
 void key_u32(struct key *k, uint32_t v)
 {
-	uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+	uint8_t b[4];
+	be32_put(b, v);
 	key_bytes(k, b, 4);
+}
+
+void be32_put(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
 }
 
 void be64_put(uint8_t *p, uint64_t v)
@@ -401,11 +407,34 @@ static const char META_APPLIED[] = "applied";   /* index(8) term(8) time(8) */
 static const char META_TREE[] = "tree";         /* frontier encoding */
 static const char META_DIGEST[] = "digest";     /* 32 bytes */
 static const char META_VERSION[] = "version";   /* u64 */
+static const char META_RULES[] = "rules";       /* u32: TALLY_RULES_*, from format 6 */
 
 static int meta_get(MDB_txn *txn, MDB_dbi dbi, const char *name, MDB_val *v)
 {
 	MDB_val k = {strlen(name), (void *)name};
 	return mdb_get(txn, dbi, &k, v);
+}
+
+/* The rules of a ledger whose data is of format `version`: recorded from format 6 on;
+ * format 5 applied the bounded lots without recording them, and every format before
+ * it the first rules. */
+static int meta_rules(MDB_txn *txn, MDB_dbi dbi, uint64_t version, uint32_t *rules)
+{
+	if (version <= 4) {
+		*rules = TALLY_RULES_FIRST;
+		return 0;
+	}
+	if (version == 5) {
+		*rules = TALLY_RULES_BOUNDED_LOTS;
+		return 0;
+	}
+	MDB_val v;
+	if (meta_get(txn, dbi, META_RULES, &v) != 0 || v.mv_size != 4)
+		return TALLY_ECORRUPT;
+	*rules = be32_get(v.mv_data);
+	if (*rules < TALLY_RULES_FIRST)
+		return TALLY_ECORRUPT;
+	return *rules > TALLY_RULES_CURRENT ? TALLY_EVERSION : 0;
 }
 
 int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m)
@@ -414,6 +443,7 @@ int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m)
 	MDB_dbi dbi = l->dbi[T_META];
 	memset(m, 0, sizeof(*m));
 	tally_merkle_frontier_init(&m->tree);
+	m->rules = TALLY_RULES_FIRST;
 	MDB_val v;
 	int rc = meta_get(txn, dbi, META_VERSION, &v);
 	if (rc == MDB_NOTFOUND)
@@ -423,6 +453,9 @@ int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m)
 	if (v.mv_size != 8 || be64_get(v.mv_data) < LEDGER_FORMAT_READABLE_MIN ||
 	    be64_get(v.mv_data) > LEDGER_FORMAT_VERSION)
 		return TALLY_EVERSION;
+	rc = meta_rules(txn, dbi, be64_get(v.mv_data), &m->rules);
+	if (rc != 0)
+		return rc;
 	if (meta_get(txn, dbi, META_APPLIED, &v) != 0 || v.mv_size != 24)
 		return TALLY_ECORRUPT;
 	m->applied_index = be64_get(v.mv_data);
@@ -447,7 +480,9 @@ static int meta_put(struct apply *a, const char *name, const void *p, size_t n)
 int meta_save(struct apply *a)
 {
 	assert(a != NULL && a->txn != NULL);
-	uint8_t applied[24], version[8];
+	uint8_t applied[24], version[8], rules[4];
+	assert(a->m.rules >= TALLY_RULES_FIRST && a->m.rules <= TALLY_RULES_CURRENT);
+	be32_put(rules, a->m.rules);
 	be64_put(applied, a->m.applied_index);
 	be64_put(applied + 8, a->m.applied_term);
 	be64_put(applied + 16, (uint64_t)a->m.time_ms);
@@ -462,6 +497,8 @@ int meta_save(struct apply *a)
 		rc = meta_put(a, META_TREE, tree, n);
 	if (rc == 0)
 		rc = meta_put(a, META_DIGEST, a->m.digest, 32);
+	if (rc == 0)
+		rc = meta_put(a, META_RULES, rules, sizeof(rules));
 	return rc;
 }
 
@@ -724,6 +761,19 @@ uint64_t tally_ledger_applied_index(struct tally_ledger *l)
 {
 	assert(l != NULL);
 	return l->meta.applied_index;
+}
+
+uint64_t tally_ledger_journal_size(const struct tally_ledger *l)
+{
+	assert(l != NULL);
+	return l->meta.tree.size;
+}
+
+uint32_t tally_ledger_rules(const struct tally_ledger *l)
+{
+	assert(l != NULL);
+	assert(l->meta.rules >= TALLY_RULES_FIRST && l->meta.rules <= TALLY_RULES_CURRENT);
+	return l->meta.rules;
 }
 
 int64_t tally_ledger_time_ms(struct tally_ledger *l)

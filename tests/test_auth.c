@@ -271,6 +271,15 @@ static Tally__V1__Command *b_expire(struct fx *f, const struct world *w,
 	return c_expire(f, p);
 }
 
+static Tally__V1__Command *b_set_rules(struct fx *f, const struct world *w,
+				       const Tally__V1__Principal *p, int i)
+{
+	(void)w, (void)i;
+	Tally__V1__Command *c = c_set_rules(f, TALLY_RULES_BOUNDED_LOTS);
+	c->principal = (Tally__V1__Principal *)p;
+	return c;
+}
+
 static Tally__V1__Command *b_import(struct fx *f, const struct world *w,
 				    const Tally__V1__Principal *p, int i)
 {
@@ -306,6 +315,7 @@ static const struct row matrix[] = {
 	{"adjust", A, b_adjust, TALLY__V1__COMMAND__BODY_ADJUST},
 	{"expire", A | S, b_expire, TALLY__V1__COMMAND__BODY_EXPIRE},
 	{"import_points", A, b_import, TALLY__V1__COMMAND__BODY_IMPORT_POINTS},
+	{"set_rules", S, b_set_rules, TALLY__V1__COMMAND__BODY_SET_RULES},
 };
 
 #define N_ROWS (sizeof(matrix) / sizeof(matrix[0]))
@@ -374,6 +384,7 @@ ROW_TEST(test_matrix_confirm_settlement_by_admin_and_partner, 15)
 ROW_TEST(test_matrix_adjust_only_admin, 16)
 ROW_TEST(test_matrix_expire_by_admin_and_system, 17)
 ROW_TEST(test_matrix_import_points_only_admin, 18)
+ROW_TEST(test_matrix_set_rules_only_system, 19)
 
 /* The early check exported for the RPC layer agrees with the matrix (reverse: the
  * union of its two rows, refined in apply). */
@@ -815,6 +826,7 @@ int main(void)
 		cmocka_unit_test(test_matrix_adjust_only_admin),
 		cmocka_unit_test(test_matrix_expire_by_admin_and_system),
 		cmocka_unit_test(test_matrix_import_points_only_admin),
+		cmocka_unit_test(test_matrix_set_rules_only_system),
 		cmocka_unit_test(test_role_allows_agrees_with_the_matrix),
 		cmocka_unit_test(test_matrix_queries_by_every_role),
 		cmocka_unit_test(test_auditor_cannot_write_anything),

@@ -272,7 +272,7 @@ static void test_the_schema_has_the_fields_the_codec_writes(void **state)
 		unsigned fields;
 	} written[] = {
 		{&tally__v1__account__descriptor, 14},   {&tally__v1__lot__descriptor, 2},
-		{&tally__v1__entry__descriptor, 10},     {&tally__v1__command__descriptor, 20},
+		{&tally__v1__entry__descriptor, 10},     {&tally__v1__command__descriptor, 21},
 		{&tally__v1__principal__descriptor, 3},  {&tally__v1__accrue__descriptor, 5},
 		{&tally__v1__redeem__descriptor, 5},     {&tally__v1__command_result__descriptor, 11},
 		{&tally__v1__posting__descriptor, 6},    {&tally__v1__lot_move__descriptor, 2},

@@ -172,6 +172,7 @@ static void test_exchange_into_a_full_account_goes_to_the_lot_of_its_month_end(v
 	struct fx f;
 	fx_open(&f);
 	setup_pair(&f, 5000);
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
 	ok(&f, c_agreement(&f, admin(&f), "b1", "b2", 1, 1));
 	int64_t t0 = f.now_ms;
 	for (int64_t i = 1; i <= TALLY_ACCOUNT_LOTS_EXACT_MAX; i++) {

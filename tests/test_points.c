@@ -297,6 +297,7 @@ static void test_import_refusals_change_nothing(void **state)
 	struct fx f;
 	fx_open(&f);
 	setup_plain(&f, "b", 24);
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS)); /* the horizon below is theirs */
 	struct tally_digest before = digest(&f);
 	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, f.now_ms), CODE(INVALID_ARGUMENT));
 	expect(&f, c_import(&f, admin(&f), "b", "m1", 10, f.now_ms - 1), CODE(INVALID_ARGUMENT));
@@ -2139,6 +2140,210 @@ static int64_t lots_sum(const Tally__V1__Account *acct)
 	return sum;
 }
 
+/* A ledger follows the first rules until a set_rules entry, and the bounded lots from
+ * that entry on: the journal says where the rules changed, so a replay of it switches
+ * at the same place. Only the cluster may switch (SYSTEM), only forward, and a version
+ * this binary does not have stops the batch with nothing written. */
+static void test_set_rules_switches_the_ledger_at_its_entry(void **state)
+{
+	(void)state;
+	enum { EXACT = TALLY_ACCOUNT_LOTS_EXACT_MAX };
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 12);
+	assert_int_equal(tally_ledger_rules(f.l), TALLY_RULES_FIRST);
+	Tally__V1__Principal *d = dealer(&f);
+	int64_t t0 = utc(2026, 1, 1, 0, 1, 0), e0 = utc(2027, 1, 1, 0, 1, 0);
+	for (int64_t i = 0; i <= EXACT; i++) {
+		f.now_ms = t0 + i;
+		ok(&f, c_accrue(&f, d, "b", "m1", 1));
+	}
+	/* Under the first rules lot EXACT + 1 keeps its exact expiry. */
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, EXACT + 1);
+	assert_int_equal(a->lots[EXACT]->expiry_ms, e0 + EXACT);
+	/* And an import may keep an expiry past the horizon of the bounded lots. */
+	int64_t far = utc(2200, 1, 1, 0, 0, 0);
+	ok(&f, c_import(&f, admin(&f), "b", "m2", 10, far));
+
+	/* Nobody but the cluster switches the rules. */
+	struct tally_digest before = digest(&f);
+	Tally__V1__Command *c = c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS);
+	c->principal = admin(&f);
+	expect(&f, c, CODE(PERMISSION_DENIED));
+	expect(&f, c_set_rules(&f, 0), CODE(INVALID_ARGUMENT));
+	expect(&f, c_set_rules(&f, TALLY_RULES_FIRST), CODE(ALREADY_EXISTS));
+	assert_unchanged(&f, &before);
+
+	/* A version this binary does not have: the batch fails whole, nothing written. */
+	Tally__V1__Command *later[2] = {c_accrue(&f, d, "b", "m2", 1),
+					c_set_rules(&f, TALLY_RULES_CURRENT + 1)};
+	Tally__V1__Batch b = TALLY__V1__BATCH__INIT;
+	b.raft_index = f.index + 1;
+	b.raft_term = 1;
+	b.time_ms = f.now_ms;
+	b.n_commands = 2;
+	b.commands = later;
+	Tally__V1__CommandResult **rs;
+	bool skipped;
+	assert_int_equal(tally_ledger_apply_batch(f.l, &b, &f.results, &rs, &skipped), TALLY_EVERSION);
+	assert_unchanged(&f, &before);
+	assert_int_equal(tally_ledger_applied_index(f.l), f.index);
+	assert_int_equal(tally_ledger_rules(f.l), TALLY_RULES_FIRST);
+
+	/* The switch is an entry of the journal, with no postings. */
+	Tally__V1__CommandResult *r = ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
+	assert_int_equal(r->entry_seq, before.tree_size + 1);
+	Tally__V1__Entry *e = entry_at(&f, r->entry_seq);
+	assert_int_equal(e->kind, TALLY__V1__ENTRY_KIND__COMMAND);
+	assert_int_equal(e->command->body_case, TALLY__V1__COMMAND__BODY_SET_RULES);
+	assert_int_equal(e->command->set_rules->version, TALLY_RULES_BOUNDED_LOTS);
+	assert_int_equal(e->n_postings, 0);
+	assert_string_equal(e->brand, "");
+	assert_int_equal(tally_ledger_rules(f.l), TALLY_RULES_BOUNDED_LOTS);
+	before = digest(&f);
+	expect(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS), CODE(ALREADY_EXISTS));
+	assert_unchanged(&f, &before);
+
+	/* From here the account's lots are bounded, and so are imports. */
+	f.now_ms = t0 + EXACT + 1;
+	r = ok(&f, c_accrue(&f, d, "b", "m1", 5));
+	assert_lot_move(entry_at(&f, r->entry_seq), 0, utc(2027, 2, 1, 0, 0, 0), 5);
+	expect(&f, c_import(&f, admin(&f), "b", "m2", 10, far), CODE(INVALID_ARGUMENT));
+
+	/* The rules are the ledger's: they survive a reopen. */
+	tally_ledger_close(f.l);
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	assert_int_equal(tally_ledger_open(f.dir, &o, &f.l), 0);
+	assert_int_equal(tally_ledger_rules(f.l), TALLY_RULES_BOUNDED_LOTS);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+/* Reopens the fixture's ledger; returns tally_ledger_open's result. */
+static int reopen(struct fx *f)
+{
+	tally_ledger_close(f->l);
+	f->l = NULL;
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	return tally_ledger_open(f->dir, &o, &f->l);
+}
+
+/* The rules of a ledger written before they were recorded are those its format
+ * applied: formats 3 and 4 the first rules, format 5 the bounded lots. From format 6 the
+ * record is read, and a version this binary does not have is refused at open. */
+static void test_a_ledger_of_an_older_format_is_under_the_rules_it_applied(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 12);
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
+	static const struct {
+		uint8_t version;
+		uint32_t rules;
+	} formats[] = {{3, TALLY_RULES_FIRST}, {4, TALLY_RULES_FIRST}, {5, TALLY_RULES_BOUNDED_LOTS}};
+	for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+		tally_ledger_close(f.l);
+		f.l = NULL;
+		uint8_t version[8] = {0, 0, 0, 0, 0, 0, 0, formats[i].version};
+		meta_poke(f.dir, "version", version, sizeof(version));
+		meta_poke(f.dir, "rules", NULL, 0);
+		struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+		assert_int_equal(tally_ledger_open(f.dir, &o, &f.l), 0);
+		assert_int_equal(tally_ledger_rules(f.l), formats[i].rules);
+		ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 1)); /* written back as format 6 */
+		assert_int_equal(reopen(&f), 0);
+		assert_int_equal(tally_ledger_rules(f.l), formats[i].rules);
+	}
+	uint8_t later[4] = {0, 0, 0, TALLY_RULES_CURRENT + 1}, none[4] = {0};
+	tally_ledger_close(f.l);
+	f.l = NULL;
+	meta_poke(f.dir, "rules", later, sizeof(later));
+	assert_int_equal(reopen(&f), TALLY_EVERSION);
+	meta_poke(f.dir, "rules", none, sizeof(none));
+	assert_int_equal(reopen(&f), TALLY_ECORRUPT);
+	meta_poke(f.dir, "rules", NULL, 0);
+	assert_int_equal(reopen(&f), TALLY_ECORRUPT); /* format 6 without its record */
+	fx_close(&f);
+}
+
+/* Under the first rules (a ledger before its set_rules entry) an account holds at
+ * most TALLY_ACCOUNT_LOTS_RULES_1_MAX lots and is refused points that would start
+ * another, as Tally did before the bounded lots; the rules switched, the same accrual
+ * goes to the lot of its month end. Replaying a journal of those days needs exactly
+ * this. */
+static void test_the_first_rules_refuse_a_lot_past_their_cap_until_set_rules(void **state)
+{
+	(void)state;
+	enum { MAX = TALLY_ACCOUNT_LOTS_RULES_1_MAX, FEEDERS = 100, PER_FEEDER = MAX / FEEDERS };
+	struct fx f;
+	fx_open(&f);
+	setup_plain(&f, "b", 12);
+	Tally__V1__Principal *d = dealer(&f);
+	/* One accrual per millisecond makes one lot. Every command rewrites the whole
+	 * account record, so the accruals go to 100 feeder accounts of 100 lots each, and
+	 * 100 transfers (the receiver keeps the sender's expiries) bring them all to m1. */
+	char feeders[FEEDERS][16];
+	Tally__V1__Command *cmds[FEEDERS];
+	Tally__V1__CommandResult **rs;
+	for (int k = 0; k < FEEDERS; k++) {
+		snprintf(feeders[k], sizeof(feeders[k]), "f%d", k);
+		cmds[k] = c_member(&f, admin(&f), feeders[k]);
+	}
+	rs = apply_n(&f, cmds, FEEDERS);
+	for (int k = 0; k < FEEDERS; k++)
+		assert_int_equal(rs[k]->code, CODE(OK));
+	int64_t t0 = f.now_ms;
+	for (int64_t i = 0; i < MAX; i++) {
+		f.now_ms = t0 + i;
+		Tally__V1__CommandResult *r = apply1(&f, c_accrue(&f, d, "b", feeders[i % FEEDERS], 1));
+		if (r->code != CODE(OK))
+			fail_msg("accrual %lld: %s: %s", (long long)i, tally_result_name(r->code),
+				 r->message);
+	}
+	for (int k = 0; k < FEEDERS; k++)
+		cmds[k] = c_transfer(&f, mall(&f), "b", feeders[k], "m1", PER_FEEDER);
+	rs = apply_n(&f, cmds, FEEDERS);
+	for (int k = 0; k < FEEDERS; k++)
+		if (rs[k]->code != CODE(OK))
+			fail_msg("transfer %d: %s: %s", k, tally_result_name(rs[k]->code),
+				 rs[k]->message);
+	int64_t last = utc(2027, 1, 1, 0, 0, 0) + MAX - 1;
+	Tally__V1__Account *a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, MAX);
+	assert_int_equal(a->lots[MAX - 1]->expiry_ms, last);
+
+	/* At the time of the newest lot an accrual merges into it: no new lot needed. */
+	ok(&f, c_accrue(&f, d, "b", "m1", 5));
+	assert_int_equal(lot_points(account(&f, "b", "m1"), last), 6);
+
+	/* One millisecond later it would need lot MAX + 1: accrual, adjustment, transfer
+	 * and exchange in are refused and change nothing. */
+	f.now_ms = t0 + MAX;
+	ok(&f, c_accrue(&f, d, "b", "m2", 10)); /* other accounts are not limited by m1's */
+	struct tally_digest before = digest(&f);
+	Tally__V1__CommandResult *r = expect(&f, c_accrue(&f, d, "b", "m1", 1), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	assert_int_equal(r->entry_seq, 0);
+	r = expect(&f, c_adjust(&f, admin(&f), "b", "m1", 1, "goodwill"), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	r = expect(&f, c_transfer(&f, mall(&f), "b", "m2", "m1", 1), CODE(LIMIT_EXCEEDED));
+	assert_non_null(strstr(r->message, "lots"));
+	assert_unchanged(&f, &before);
+
+	/* Switched to the bounded lots, the same accrual is taken, into the lot of the
+	 * end of its expiry's month. */
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
+	r = ok(&f, c_accrue(&f, d, "b", "m1", 1));
+	assert_lot_move(entry_at(&f, r->entry_seq), 0, utc(2027, 2, 1, 0, 0, 0), 1);
+	a = account(&f, "b", "m1");
+	assert_int_equal(a->n_lots, MAX + 1);
+	assert_int_equal(lots_sum(a), a->available);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
 /* An account keeps TALLY_ACCOUNT_LOTS_EXACT_MAX lots at their exact expiries; points
  * that would start one more go to the lot at the end of their expiry's month, never
  * sooner, and the entry says which. However often a member earns, it is never refused
@@ -2150,6 +2355,7 @@ static void test_a_full_account_puts_new_points_in_the_lot_of_their_expirys_mont
 	struct fx f;
 	fx_open(&f);
 	setup_plain(&f, "b", 12);
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
 	Tally__V1__Principal *d = dealer(&f);
 	int64_t t0 = utc(2026, 1, 1, 0, 1, 0), e0 = utc(2027, 1, 1, 0, 1, 0);
 	for (int64_t i = 0; i < EXACT; i++) {
@@ -2278,6 +2484,9 @@ int main(void)
 		cmocka_unit_test(test_every_entry_posts_to_member_and_system_accounts_summing_to_zero_per_brand),
 		cmocka_unit_test(test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_other_lots),
 		cmocka_unit_test(test_a_full_account_puts_new_points_in_the_lot_of_their_expirys_month_end),
+		cmocka_unit_test(test_set_rules_switches_the_ledger_at_its_entry),
+		cmocka_unit_test(test_a_ledger_of_an_older_format_is_under_the_rules_it_applied),
+		cmocka_unit_test(test_the_first_rules_refuse_a_lot_past_their_cap_until_set_rules),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

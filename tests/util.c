@@ -1,5 +1,6 @@
 #include "tests/util.h"
 
+#include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -302,6 +303,14 @@ Tally__V1__Command *c_expire(struct fx *f, const Tally__V1__Principal *p)
 	return c;
 }
 
+Tally__V1__Command *c_set_rules(struct fx *f, uint32_t version)
+{
+	Tally__V1__Command *c = cmd_new(f, who(f, TALLY__V1__ROLE__SYSTEM, "tally-system", "*"), NULL);
+	BODY(f, c, set_rules, Tally__V1__SetRules, tally__v1__set_rules__init, SET_RULES);
+	m->version = version;
+	return c;
+}
+
 Tally__V1__CommandResult **apply_n(struct fx *f, Tally__V1__Command **cmds, size_t n)
 {
 	Tally__V1__Batch b = TALLY__V1__BATCH__INIT;
@@ -483,4 +492,22 @@ void fx_raft_heap_zeroed(bool zeroed)
 		raft_heap_set(&zero_heap);
 	else
 		raft_heap_set_default();
+}
+
+/* Writes meta record `name` of the closed ledger in dir (NULL value: deletes it). */
+void meta_poke(const char *dir, const char *name, const void *value, size_t n)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 64), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 1ULL << 30), 0);
+	assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+	MDB_val k = {strlen(name), (void *)name}, v = {n, (void *)value};
+	assert_int_equal(value != NULL ? mdb_put(txn, dbi, &k, &v, 0) : mdb_del(txn, dbi, &k, NULL), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
 }

@@ -70,6 +70,12 @@ Tally__V1__Command *c_confirm(struct fx *f, const Tally__V1__Principal *p, uint6
 Tally__V1__Command *c_adjust(struct fx *f, const Tally__V1__Principal *p, const char *brand,
 			     const char *member, int64_t points, const char *reason);
 Tally__V1__Command *c_expire(struct fx *f, const Tally__V1__Principal *p);
+/* Writes meta record `name` (e.g. "version", "rules") of the closed ledger in dir; a
+ * NULL value deletes it. For tests of ledgers that older formats wrote. */
+void meta_poke(const char *dir, const char *name, const void *value, size_t n);
+
+/* The cluster's own set_rules (role SYSTEM). */
+Tally__V1__Command *c_set_rules(struct fx *f, uint32_t version);
 Tally__V1__Command *c_import(struct fx *f, const Tally__V1__Principal *p, const char *brand,
 			     const char *member, int64_t points, int64_t expires_ms);
 

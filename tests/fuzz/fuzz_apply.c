@@ -127,6 +127,18 @@ static void fuzz_command(Tally__V1__Command *c, const uint8_t b[8], unsigned n,
 		break;
 	}
 	default:
+		if ((b[7] & 7) == 2) { /* an eighth of it: the cluster's set_rules, 0..current */
+			static char *all[] = {(char *)"*"};
+			static Tally__V1__Principal sys = TALLY__V1__PRINCIPAL__INIT;
+			sys.key_name = (char *)"tally-system", sys.role = TALLY__V1__ROLE__SYSTEM;
+			sys.brands = all, sys.n_brands = 1;
+			Tally__V1__SetRules *m = tally_arena_alloc(&arena, sizeof(*m));
+			tally__v1__set_rules__init(m);
+			m->version = b[6] % (TALLY_RULES_CURRENT + 1);
+			c->principal = &sys;
+			c->body_case = TALLY__V1__COMMAND__BODY_SET_RULES, c->set_rules = m;
+			break;
+		}
 		if (b[7] & 1) { /* half of the 10th kind: an import, its expiry past or to come */
 			Tally__V1__ImportPoints *m = tally_arena_alloc(&arena, sizeof(*m));
 			tally__v1__import_points__init(m);
