@@ -149,6 +149,11 @@ struct tally_node {
 	uint64_t expire_count;            /* expires submitted (labels their request ids) */
 	bool expire_busy, expire_more;
 
+	/* set_rules on a new ledger (rules.c). */
+	uint64_t rules_count;             /* set_rules submitted (labels their request ids) */
+	uint64_t rules_term;              /* the term that proposed one for a new ledger */
+	bool rules_busy;
+
 	/* Snapshots. */
 	bool snapshot_busy;               /* from raft's snapshot call until the copy is released */
 	uv_work_t release_work;           /* unmaps the copy raft stored, off the loop (fsm.c) */
@@ -203,8 +208,22 @@ void node_raft_settings(struct tally_node *n);
 /* node.c: a service turn (group commit, barrier, leadership watch, close steps). */
 void node_service(struct tally_node *n);
 
-/* node.c: what the tick timer does every heartbeat_ms (service, expire timer). */
+/* node.c: what the tick timer does every heartbeat_ms (service, a new ledger's rules,
+ * expire timer). */
 void node_tick(struct tally_node *n);
+
+/* node.c: whether this node leads and has applied everything of earlier terms (its
+ * barrier of this term is applied): the state the cluster's own commands start from. */
+bool node_leader_ready(struct tally_node *n);
+
+/* node.c: submits cmd (request id set, principal NULL) as the cluster itself: role
+ * SYSTEM, key name "tally-system", every brand. */
+void node_submit_as_system(struct tally_node *n, Tally__V1__Command *cmd,
+			   tally_node_result_cb cb, void *data);
+
+/* rules.c: on a ready leader of a new ledger (journal empty, older rules), proposes
+ * set_rules to the newest rules once a term. */
+void node_rules_maybe(struct tally_node *n);
 
 /* ioguard.c: gives n->io its own methods back (the guard's and health.c's wrappers
  * removed): the simulator's next incarnation of the server wraps it again. */

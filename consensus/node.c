@@ -619,13 +619,32 @@ static void expire_done(void *data, const Tally__V1__CommandResult *r)
 		node_log(n, "expire rejected: %s %s", tally_result_name(r->code), r->message);
 }
 
+bool node_leader_ready(struct tally_node *n)
+{
+	assert(n != NULL);
+	return n->leader_term != 0 && n->ready_term == n->leader_term && node_leading(n);
+}
+
+void node_submit_as_system(struct tally_node *n, Tally__V1__Command *cmd,
+			   tally_node_result_cb cb, void *data)
+{
+	assert(n != NULL && cmd != NULL && cmd->principal == NULL && cmd->request_id != NULL);
+	Tally__V1__Principal who = TALLY__V1__PRINCIPAL__INIT;
+	who.key_name = (char *)"tally-system";
+	who.role = TALLY__V1__ROLE__SYSTEM;
+	who.n_brands = 1;
+	who.brands = (char **)system_brands;
+	cmd->principal = &who;
+	tally_node_submit(n, cmd, cb, data); /* copies the command, principal included */
+	cmd->principal = NULL;
+}
+
 /* The leader's expire timer: one expire command in flight at most, every
  * expire_interval_ms, or at once while the previous one reported more work. */
 static void expire_maybe(struct tally_node *n)
 {
 	assert(n != NULL);
-	if (n->leader_term == 0 || n->ready_term != n->leader_term || n->expire_busy ||
-	    !node_leading(n))
+	if (n->expire_busy || !node_leader_ready(n))
 		return;
 	uint64_t now = (uint64_t)tally_node_mono_ms(n);
 	if (!n->expire_more && now - n->expire_last_ms < n->cfg.expire_interval_ms)
@@ -634,19 +653,13 @@ static void expire_maybe(struct tally_node *n)
 	char request_id[48]; /* a label only: expire commands are not idempotency-claimed */
 	snprintf(request_id, sizeof(request_id), "expire-%llu-%llu",
 		 (unsigned long long)n->leader_term, (unsigned long long)++n->expire_count);
-	Tally__V1__Principal who = TALLY__V1__PRINCIPAL__INIT;
-	who.key_name = (char *)"tally-system";
-	who.role = TALLY__V1__ROLE__SYSTEM;
-	who.n_brands = 1;
-	who.brands = (char **)system_brands;
 	Tally__V1__Expire expire = TALLY__V1__EXPIRE__INIT;
 	Tally__V1__Command cmd = TALLY__V1__COMMAND__INIT;
 	cmd.request_id = request_id;
-	cmd.principal = &who;
 	cmd.body_case = TALLY__V1__COMMAND__BODY_EXPIRE;
 	cmd.expire = &expire;
 	n->expire_busy = true;
-	tally_node_submit(n, &cmd, expire_done, n);
+	node_submit_as_system(n, &cmd, expire_done, n);
 }
 
 static void close_step(struct tally_node *n);
@@ -691,8 +704,10 @@ void node_tick(struct tally_node *n)
 {
 	assert(n != NULL);
 	node_service(n);
-	if (n->phase == NODE_OPEN && !n->dead)
+	if (n->phase == NODE_OPEN && !n->dead) {
+		node_rules_maybe(n);
 		expire_maybe(n);
+	}
 }
 
 static void tick_cb(uv_timer_t *tick)

@@ -170,6 +170,13 @@ void tally_node_assign(struct tally_node *n, uint64_t id, int role, tally_node_a
 void tally_node_remove(struct tally_node *n, uint64_t id, tally_node_admin_cb cb, void *data);
 void tally_node_transfer(struct tally_node *n, uint64_t id, tally_node_admin_cb cb, void *data);
 
+/* Switches the ledger to rules `version` (0: TALLY_RULES_CURRENT) with a set_rules
+ * command (consensus/rules.c); cb gets its result: OK, ALREADY_EXISTS (the ledger
+ * applies those rules or later ones already), INVALID_ARGUMENT (this binary does not
+ * have them), NOT_LEADER, UNAVAILABLE, TIMEOUT. Every node must run a binary that has
+ * the rules first: one that does not stops at the entry. */
+void tally_node_rules(struct tally_node *n, uint32_t version, tally_node_admin_cb cb, void *data);
+
 /* Fills status (leader, configuration, applied index, term, state) in `arena`. */
 void tally_node_status(struct tally_node *n, struct tally_arena *arena, Tally__V1__Status *out);
 

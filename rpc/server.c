@@ -664,6 +664,7 @@ static void handle_admin(struct call *k)
 	case TALLY__V1__ADMIN__OP__ASSIGN: tally_node_assign(node, a->node_id, (int)a->role, on_admin, k); break;
 	case TALLY__V1__ADMIN__OP__REMOVE: tally_node_remove(node, a->node_id, on_admin, k); break;
 	case TALLY__V1__ADMIN__OP__TRANSFER: tally_node_transfer(node, a->node_id, on_admin, k); break;
+	case TALLY__V1__ADMIN__OP__RULES: tally_node_rules(node, a->rules, on_admin, k); break;
 	default:
 		respond_code(k->c, k->req->call_id, CODE(INVALID_ARGUMENT), "admin.op: unknown", false);
 		call_free(k);

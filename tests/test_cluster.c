@@ -2110,6 +2110,92 @@ static void assert_tallyctl_speaks_peoples_units(struct cluster *c)
 	expect_in(out, "RFC 3339", "a time that is no time");
 }
 
+/* Every running node's `tallyctl rules` says `want` (followers apply a little after the
+ * leader: waits for it, under the hang deadline). */
+static void assert_rules_everywhere(struct cluster *c, unsigned want)
+{
+	char out[1024], at[32], expected[64];
+	snprintf(expected, sizeof(expected), "\"rules\":%u,", want);
+	int64_t deadline = now_ms() + HANG_MS;
+	for (int i = 1; i <= c->n; i++) {
+		client_addr(c, i, at, sizeof(at));
+		while (tallyctl(c, at, "--key auditor rules", out, sizeof(out)) != 0 ||
+		       strstr(out, expected) == NULL) {
+			if (now_ms() > deadline)
+				fail_msg("node %d: rules not %u after %d s: %s", i, want, HANG_MS / 1000, out);
+			struct pollfd none;
+			poll(&none, 0, 50);
+		}
+	}
+}
+
+/* How many set_rules entries the journal has (one page of entries is enough here). */
+static int set_rules_entries(struct cluster *c)
+{
+	char out[65536];
+	assert_int_equal(tallyctl(c, c->clients, "--key auditor entries --limit 1000", out, sizeof(out)), 0);
+	int n = 0;
+	for (const char *p = out; (p = strstr(p, "\"kind\":\"set_rules\"")) != NULL; p++)
+		n++;
+	return n;
+}
+
+/* The ledger's rules (ledger.h, "Rules") through real nodes: a new cluster's first
+ * leader writes set_rules as entry 1. A ledger begun under the first rules stays under
+ * them until an operator runs `tallyctl rules upgrade`, and then every replica switches
+ * at the same entry. Who may switch, and to what, is checked. */
+static void test_a_new_ledger_starts_under_the_newest_rules_and_an_older_one_switches_when_told(
+	void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start(&c, 3);
+	wait_leader(&c);
+	assert_rules_everywhere(&c, TALLY_RULES_CURRENT);
+	char out[8192];
+	assert_int_equal(tallyctl(&c, c.clients, "--key auditor entry --seq 1", out, sizeof(out)), 0);
+	expect_in(out, "\"kind\":\"set_rules\"", "entry 1");
+	assert_int_equal(tallyctl(&c, c.clients, "rules upgrade", out, sizeof(out)), 1);
+	expect_in(out, "\"error\":\"ALREADY_EXISTS\"", "rules upgrade to the rules in force");
+	assert_int_equal(tallyctl(&c, c.clients, "rules upgrade --version 99", out, sizeof(out)), 1);
+	expect_in(out, "\"error\":\"INVALID_ARGUMENT\"", "rules upgrade past the binary's");
+	assert_int_equal(tallyctl(&c, c.clients, "--key mall rules upgrade", out, sizeof(out)), 1);
+	expect_in(out, "\"error\":\"PERMISSION_DENIED\"", "rules upgrade by a mall key");
+	assert_int_equal(set_rules_entries(&c), 1);
+
+	/* Some history, then every ledger made one that an older tallyd left: format 4,
+	 * so under the first rules (nothing was snapshotted yet: the ledgers are used as
+	 * they are at the restart). */
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "erin"), CODE(OK));
+	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "erin", 10), CODE(OK));
+	tally_client_close(admin);
+	assert_replicas_equal(&c);
+	for (int i = 1; i <= 3; i++)
+		node_signal(&c, i, SIGTERM);
+	const uint8_t format_4[8] = {0, 0, 0, 0, 0, 0, 0, 4};
+	for (int i = 1; i <= 3; i++) {
+		char dir[400];
+		snprintf(dir, sizeof(dir), "%s/node%d/ledger", c.dir, i);
+		meta_poke(dir, "version", format_4, sizeof(format_4));
+		meta_poke(dir, "rules", NULL, 0);
+	}
+	for (int i = 1; i <= 3; i++)
+		node_start(&c, i, false, false);
+	wait_leader(&c);
+	admin = client(&c, "admin");
+	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "erin", 10), CODE(OK));
+	assert_rules_everywhere(&c, TALLY_RULES_FIRST); /* no switch on its own */
+	assert_int_equal(tallyctl(&c, c.clients, "rules upgrade", out, sizeof(out)), 0);
+	assert_rules_everywhere(&c, TALLY_RULES_CURRENT);
+	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "erin", 10), CODE(OK));
+	tally_client_close(admin);
+	assert_int_equal(set_rules_entries(&c), 2);
+	assert_replicas_equal(&c);
+	cluster_stop(&c);
+}
+
 static void test_tallyctl_json_shapes_and_exit_codes(void **state)
 {
 	(void)state;
@@ -2388,6 +2474,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
 		cmocka_unit_test_teardown(test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold, teardown),
 		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),
+		cmocka_unit_test_teardown(test_a_new_ledger_starts_under_the_newest_rules_and_an_older_one_switches_when_told,
+					  teardown),
 		cmocka_unit_test_teardown(test_a_request_sent_and_never_answered_is_an_unknown_outcome, teardown),
 		cmocka_unit_test_teardown(test_a_change_or_command_in_flight_when_the_leader_is_lost_is_unknown, teardown),
 		cmocka_unit_test_teardown(test_a_node_with_a_damaged_ledger_rebuilds_it_at_start, teardown),

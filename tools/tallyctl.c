@@ -799,13 +799,15 @@ static int cmd_status(struct ctl *c)
 			printf("}");
 		}
 		printf("],\"applied_index\":%" PRIu64 ",\"term\":%" PRIu64 ",\"node_id\":%" PRIu64
-		       ",\"state\":", s->applied_index, s->term, s->node_id);
+		       ",\"rules\":%u,\"rules_max\":%u,\"state\":", s->applied_index, s->term,
+		       s->node_id, (unsigned)s->rules, (unsigned)s->rules_max);
 		tally_json_write_str(stdout, s->state ? s->state : "");
 		printf("}\n");
 		return EXIT_DONE;
 	}
-	printf("node %" PRIu64 " (%s), term %" PRIu64 ", applied %" PRIu64 ", leader %" PRIu64 "\n",
-	       s->node_id, s->state, s->term, s->applied_index, l ? l->id : 0);
+	printf("node %" PRIu64 " (%s), term %" PRIu64 ", applied %" PRIu64 ", leader %" PRIu64
+	       ", rules %u (has up to %u)\n", s->node_id, s->state, s->term, s->applied_index,
+	       l ? l->id : 0, (unsigned)s->rules, (unsigned)s->rules_max);
 	bool hidden = false;
 	for (size_t i = 0; i < s->n_nodes; i++) {
 		const Tally__V1__NodeInfo *n = s->nodes[i];
@@ -848,6 +850,34 @@ static int cmd_cluster(struct ctl *c)
 	if (rc == EXIT_DONE)
 		printf(c->json ? "{\"ok\":true}\n" : "ok\n");
 	return rc;
+}
+
+/* `rules`: the rules the ledger applies (as the node asked knows them); `rules
+ * upgrade [--version N]`: switch to rules N (default: the newest the leader has). */
+static int cmd_rules(struct ctl *c)
+{
+	bool upgrade = c->n_words == 2 && strcmp(c->words[1], "upgrade") == 0;
+	if (c->n_words != 1 && !upgrade)
+		return usage("rules [upgrade [--version N]]");
+	Tally__V1__Admin a = TALLY__V1__ADMIN__INIT;
+	a.op = upgrade ? TALLY__V1__ADMIN__OP__RULES : TALLY__V1__ADMIN__OP__STATUS;
+	if (upgrade)
+		a.rules = (uint32_t)num(c, "version", 0, false);
+	Tally__V1__Response *res;
+	int rc = run_admin(c, &a, &res);
+	if (rc != EXIT_DONE || upgrade) {
+		if (rc == EXIT_DONE)
+			printf(c->json ? "{\"ok\":true}\n" : "ok\n");
+		return rc;
+	}
+	const Tally__V1__Status *s = res->status;
+	if (c->json)
+		printf("{\"rules\":%u,\"rules_max\":%u,\"node_id\":%" PRIu64 "}\n",
+		       (unsigned)s->rules, (unsigned)s->rules_max, s->node_id);
+	else
+		printf("rules %u (node %" PRIu64 " has rules up to %u)\n", (unsigned)s->rules,
+		       s->node_id, (unsigned)s->rules_max);
+	return EXIT_DONE;
 }
 
 /* ---- main --------------------------------------------------------------------------- */
@@ -996,6 +1026,12 @@ static const struct {
 		    "        | remove --id N | transfer [--id N]",
 	 "Changes the membership: add a node (then assign it a role), remove one, or hand\n"
 	 "leadership to node N (any other voter without --id)."},
+	{"rules", cmd_rules, "rules [upgrade [--version N]]",
+	 "The rules the ledger applies (how an account's lots are kept, ...), or switches the\n"
+	 "ledger to rules N (default: the newest the leader has) from the next command on. A\n"
+	 "new ledger is under the newest rules from its first entry; a ledger begun under\n"
+	 "older ones is switched only this way, once every node runs a tallyd that has them\n"
+	 "(a node without them stops at the switch). Needs an operator key."},
 };
 
 #define GLOBAL_USAGE \
