@@ -279,11 +279,6 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 		n->release_copy = (*bufs)[0];
 		node_snapshot_sized(n, n->release_copy.len);
 	}
-	if (n->release_copy.len > NODE_SNAPSHOT_LOADABLE_MAX)
-		node_log(n, "snapshot of %llu bytes: raft 0.15 cannot load a snapshot over %llu "
-			    "bytes, so this node cannot start again from it, nor send it to a "
-			    "follower", (unsigned long long)n->release_copy.len,
-			 (unsigned long long)NODE_SNAPSHOT_LOADABLE_MAX);
 	raft_free(*bufs);
 	*bufs = NULL;
 	*n_bufs = 0;

@@ -27,12 +27,9 @@
 #define NODE_BOOTSTRAP_SERVERS_MAX 64
 #define NODE_SNAPSHOT_BYTES_MAX (1ULL << 36) /* one snapshot (raft loads it into its heap) */
 #define NODE_READ_ONCE_MAX 0x7ffff000ULL  /* Linux: the most one read() returns */
-/* The largest snapshot raft 0.15 loads. It reads the file with one read() (Linux's
- * 2 GiB cap is lifted by snapshot.c's read()) and keeps the count in an int: past
- * 4 GiB - 2 it fails the load ("short read") at start and when it loads the snapshot
- * to send it to a follower. A node whose latest snapshot is longer cannot start
- * again, nor can a follower be sent it (README, Memory). */
-#define NODE_SNAPSHOT_LOADABLE_MAX 0xfffffffeULL
+/* The largest count raft 0.15's int takes back from read() as it is; snapshot.c's
+ * read() answers a larger whole read so that raft takes it for whole too. */
+#define NODE_SNAPSHOT_INT_COUNT_MAX 0xfffffffeULL
 #define NODE_ARENA_CHUNK_BYTES (256u << 10)
 #define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
 #define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */

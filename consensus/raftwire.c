@@ -205,7 +205,8 @@ const char *tally_raftwire_prefix(const uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYT
 		return "unknown raft message type";
 	if (out->header_bytes > TALLY_RAFTWIRE_HEADER_MAX || out->header_bytes % 8 != 0)
 		return "raft message header too large or misaligned";
-	if (out->payload_bytes > TALLY_RAFTWIRE_PAYLOAD_MAX)
+	if (out->payload_bytes > (out->type == RAFT_IO_INSTALL_SNAPSHOT ? TALLY_RAFTWIRE_SNAPSHOT_MAX
+									: TALLY_RAFTWIRE_PAYLOAD_MAX))
 		return "raft message payload too large";
 	size_t fixed = fixed_header(out->type);
 	if (fixed != 0 && (out->header_bytes != fixed || out->payload_bytes != 0))

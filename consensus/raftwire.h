@@ -30,8 +30,10 @@
  * Limits (a peer past them is refused, see tlsnet.c):
  *   TALLY_RAFTWIRE_ENTRIES_MAX    entries in one AppendEntries
  *   TALLY_RAFTWIRE_SERVERS_MAX    servers in a snapshot's configuration
- *   TALLY_RAFTWIRE_PAYLOAD_MAX    payload bytes of one message (a snapshot is the
- *                                 largest: raft 0.15 loads at most 4 GiB - 2)
+ *   TALLY_RAFTWIRE_PAYLOAD_MAX    payload bytes of one message other than a snapshot
+ *   TALLY_RAFTWIRE_SNAPSHOT_MAX   payload bytes of an InstallSnapshot: as large as a
+ *                                 node takes one (NODE_SNAPSHOT_BYTES_MAX); it goes
+ *                                 to a file as it arrives, not to memory
  */
 #ifndef TALLY_CONSENSUS_RAFTWIRE_H
 #define TALLY_CONSENSUS_RAFTWIRE_H
@@ -45,6 +47,7 @@
 #define TALLY_RAFTWIRE_SERVERS_MAX 64u
 #define TALLY_RAFTWIRE_ADDRESS_MAX 255u
 #define TALLY_RAFTWIRE_PAYLOAD_MAX ((uint64_t)1 << 33)
+#define TALLY_RAFTWIRE_SNAPSHOT_MAX ((uint64_t)1 << 36)
 #define TALLY_RAFTWIRE_HEADER_MAX                                                                 \
 	(40u + 24u * TALLY_RAFTWIRE_ENTRIES_MAX) /* the largest: an AppendEntries' */
 

@@ -117,6 +117,23 @@ int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t c
 }
 
 /*
+ * What read() answers raft 0.15 for a whole read of `count` bytes. Its UvFsReadInto
+ * (the load of a snapshot file) keeps the result in an int, fails on -1 and on a value
+ * below the count once the int is widened back: a count up to 4 GiB - 2 passes as it
+ * is (the int is negative, widened past the count), but 4 GiB - 1 wraps to -1 and a
+ * larger count to its remainder, both failures. For those the answer is 2 GiB, whose
+ * int is INT_MIN: what raft takes for "all of it". Only raft reads that much at once.
+ */
+static ssize_t snapshot_read_answer(size_t count)
+{
+	if (count <= NODE_SNAPSHOT_INT_COUNT_MAX)
+		return (ssize_t)count;
+	ssize_t answer = (ssize_t)1 << 31;
+	assert((int)answer < -1 && (size_t)(ssize_t)(int)answer >= count); /* as raft reads it */
+	return answer;
+}
+
+/*
  * raft 0.15 loads a snapshot file with one read() of the whole file (at start, and
  * to send the snapshot to a follower), and Linux returns at most NODE_READ_ONCE_MAX
  * bytes from one read(): past 2 GiB raft failed with "short read". This read()
@@ -124,15 +141,15 @@ int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t c
  * dynamic linker looks in the executable first). A read of up to the kernel's
  * limit is the plain system call, as before; a longer one of a regular file goes on
  * from where the last stopped until it has the count, the end of the file or an
- * error, as POSIX lets read() do. raft still keeps the count in an int, hence
- * NODE_SNAPSHOT_LOADABLE_MAX.
+ * error, as POSIX lets read() do, and a whole one answers what raft's int count
+ * takes for whole (snapshot_read_answer), so a snapshot past 4 GiB loads too.
  */
 __attribute__((visibility("default"))) ssize_t read(int fd, void *buf, size_t count)
 {
 	if (count >= NODE_BIGBUF_MIN) { /* a whole snapshot file into raft's buffer: mapped */
 		ssize_t mapped = node_bigbuf_read_file(fd, buf, count);
 		if (mapped >= 0)
-			return mapped;
+			return (size_t)mapped == count ? snapshot_read_answer(count) : mapped;
 	}
 	ssize_t got = syscall(SYS_read, fd, buf, count);
 	struct stat st;
@@ -148,7 +165,7 @@ __attribute__((visibility("default"))) ssize_t read(int fd, void *buf, size_t co
 		done += (size_t)more;
 	}
 	errno = saved;
-	return (ssize_t)done;
+	return done == count ? snapshot_read_answer(count) : (ssize_t)done;
 }
 
 void node_snapshot_io_init(struct raft_io *io)

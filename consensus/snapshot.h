@@ -33,7 +33,8 @@
  * node_snapshot_io_init: how raft_uv stores snapshots (after raft_uv_init).
  *
  * snapshot.c also defines read() for the process, so that raft 0.15 can load a
- * snapshot file over Linux's 2 GiB limit on one read() (NODE_SNAPSHOT_LOADABLE_MAX).
+ * snapshot file over Linux's 2 GiB limit on one read(), and past the 4 GiB its int
+ * count holds (NODE_SNAPSHOT_INT_COUNT_MAX).
  */
 #ifndef TALLY_CONSENSUS_SNAPSHOT_H
 #define TALLY_CONSENSUS_SNAPSHOT_H

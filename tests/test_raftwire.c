@@ -285,6 +285,7 @@ static void test_malformed_prefixes_are_refused(void **state)
 		{RAFT_IO_APPEND_ENTRIES, 41, 0, "misaligned"},
 		{RAFT_IO_APPEND_ENTRIES, TALLY_RAFTWIRE_HEADER_MAX + 8, 0, "too large"},
 		{RAFT_IO_APPEND_ENTRIES, 40, TALLY_RAFTWIRE_PAYLOAD_MAX + 1, "too large"},
+		{RAFT_IO_INSTALL_SNAPSHOT, 48, TALLY_RAFTWIRE_SNAPSHOT_MAX + 1, "too large"},
 		{RAFT_IO_INSTALL_SNAPSHOT, 40, 0, "too short"},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -302,6 +303,10 @@ static void test_malformed_prefixes_are_refused(void **state)
 	assert_int_equal(s.type, RAFT_IO_APPEND_ENTRIES);
 	assert_int_equal(s.header_bytes, 112);
 	assert_int_equal(s.payload_bytes, 1234);
+	/* A snapshot may be larger than any other message: it is spooled to a file. */
+	put_prefix(p, RAFT_IO_INSTALL_SNAPSHOT, 48, TALLY_RAFTWIRE_SNAPSHOT_MAX);
+	assert_null(tally_raftwire_prefix(p, &s));
+	assert_true(s.payload_bytes > TALLY_RAFTWIRE_PAYLOAD_MAX);
 }
 
 int main(void)

@@ -3,15 +3,18 @@
  * raft_uv, with the settings a node gives it (node_snapshot_io_init) and the read()
  * of consensus/snapshot.c in front of libc's.
  *
- * The one test here stores a snapshot just over 2 GiB, as a follower does with an
- * InstallSnapshot, then loads it back the two ways raft does: at start (load) and
- * to send it to a follower (snapshot_get). Before snapshot.c's read(), both failed
- * with "short read" and a node whose latest snapshot was that large could not start
- * again. The snapshot is a mapping of a sparse file with marks around the kernel's
- * 2 GiB read limit; it needs ~2 GiB of disk and ~2 GiB of memory, and is skipped,
- * saying why, where there is less or under valgrind (TALLY_TEST_QUICK).
+ * Two tests store a snapshot as a follower does with an InstallSnapshot, then load it
+ * back the two ways raft does: at start (load) and to send it to a follower
+ * (snapshot_get). One is just over 2 GiB, through raft's own heap: before snapshot.c's
+ * read(), both loads failed with "short read" and a node whose latest snapshot was that
+ * large could not start again. The other is just over 4 GiB, through tallyd's heap
+ * (the file mapped), past what raft's int count of read()'s answer holds. Each is a
+ * mapping of a sparse file with marks around those limits; they need GiBs of disk
+ * (and the first of memory) and are skipped, saying why, where there is less or under
+ * valgrind (TALLY_TEST_QUICK).
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <raft.h>
 #include <raft/uv.h>
 #include <stdint.h>
@@ -31,6 +34,8 @@
 /* Just past what one read() returns, and past INT_MAX: raft's int count wraps. */
 #define BIG_SNAPSHOT_BYTES (NODE_READ_ONCE_MAX + (16u << 20))
 #define BIG_SNAPSHOT_SPARE_BYTES (3ULL << 30) /* disk and memory it needs beyond its size */
+/* Past what raft 0.15's int count holds (4 GiB - 2), loaded as tallyd loads it. */
+#define HUGE_SNAPSHOT_BYTES (((size_t)1 << 32) + (16u << 20))
 
 struct big_io {
 	uv_loop_t loop;
@@ -149,70 +154,80 @@ static void big_store(const char *dir, const uint8_t *want, size_t len)
 	big_io_close(&b);
 }
 
-/* The loaded snapshot is the stored one, byte for byte. */
-static void assert_same_snapshot(const struct raft_snapshot *s, const uint8_t *want)
+/* The loaded snapshot is the stored one (len bytes), byte for byte. */
+static void assert_same_snapshot(const struct raft_snapshot *s, const uint8_t *want, size_t len)
 {
 	assert_non_null(s);
 	assert_int_equal(s->index, 10);
 	assert_int_equal(s->term, 2);
 	assert_int_equal(s->n_bufs, 1);
-	assert_int_equal(s->bufs[0].len, BIG_SNAPSHOT_BYTES);
+	assert_int_equal(s->bufs[0].len, len);
 	const uint8_t *got = s->bufs[0].base;
 	assert_memory_equal(got + NODE_READ_ONCE_MAX - 64, want + NODE_READ_ONCE_MAX - 64, 128);
-	assert_int_equal(memcmp(got, want, BIG_SNAPSHOT_BYTES), 0);
+	assert_memory_equal(got + len - 64, want + len - 64, 64);
+	assert_int_equal(memcmp(got, want, len), 0);
 }
 
-/* A sparse file of BIG_SNAPSHOT_BYTES, marked at its ends and around the read limit. */
-static uint8_t *big_source(const char *dir)
+/* A sparse file of len bytes, marked at its ends, around the read limit and around
+ * what raft's int count holds (where the file reaches them). */
+static uint8_t *big_source(const char *dir, size_t len)
 {
 	char path[512];
 	snprintf(path, sizeof(path), "%s/source", dir);
 	int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	assert_true(fd >= 0);
-	assert_int_equal(ftruncate(fd, (off_t)BIG_SNAPSHOT_BYTES), 0);
+	assert_int_equal(ftruncate(fd, (off_t)len), 0);
 	const off_t marks[] = {0, NODE_READ_ONCE_MAX - 8, NODE_READ_ONCE_MAX + 4000,
-			       (off_t)(1ULL << 31), BIG_SNAPSHOT_BYTES - 64};
+			       (off_t)(1ULL << 31), (off_t)NODE_SNAPSHOT_INT_COUNT_MAX - 8,
+			       (off_t)(1ULL << 32) + 100, (off_t)len - 64};
 	for (size_t i = 0; i < sizeof(marks) / sizeof(marks[0]); i++) {
 		char mark[64];
 		int n = snprintf(mark, sizeof(mark), "mark %zu at %lld", i, (long long)marks[i]);
-		assert_int_equal(pwrite(fd, mark, (size_t)n, marks[i]), n);
+		if ((uint64_t)marks[i] + (uint64_t)n <= len)
+			assert_int_equal(pwrite(fd, mark, (size_t)n, marks[i]), n);
 	}
-	void *base = mmap(NULL, BIG_SNAPSHOT_BYTES, PROT_READ, MAP_SHARED, fd, 0);
+	void *base = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
 	assert_true(base != MAP_FAILED);
 	close(fd);
 	unlink(path);
 	return base;
 }
 
-static void test_a_snapshot_over_2_gib_is_stored_and_loaded_whole(void **state)
+/* A directory with room for a snapshot of len bytes (and its spare), or NULL when the
+ * machine has not (the test skips, saying why). */
+static char *big_dir(size_t len, bool memory_too)
 {
-	(void)state;
 	if (getenv("TALLY_TEST_QUICK") != NULL) {
-		print_message("skipped: TALLY_TEST_QUICK (2 GiB through raft under valgrind)\n");
-		skip();
+		print_message("skipped: TALLY_TEST_QUICK (GiBs through raft under valgrind)\n");
+		return NULL;
 	}
 	char *dir = fx_tmpdir();
 	struct statvfs fs;
 	assert_int_equal(statvfs(dir, &fs), 0);
 	unsigned long long disk = (unsigned long long)fs.f_bavail * fs.f_frsize;
-	unsigned long long mem = mem_available();
-	unsigned long long need = BIG_SNAPSHOT_BYTES + BIG_SNAPSHOT_SPARE_BYTES;
+	unsigned long long mem = memory_too ? mem_available() : ULLONG_MAX;
+	unsigned long long need = len + BIG_SNAPSHOT_SPARE_BYTES;
 	if (disk < need || mem < need) {
-		print_message("skipped: needs %llu MiB of disk and of memory; %s has %llu MiB, "
-			      "MemAvailable %llu MiB\n", need >> 20, dir, disk >> 20, mem >> 20);
+		print_message("skipped: needs %llu MiB of disk%s; %s has %llu MiB, MemAvailable "
+			      "%llu MiB\n", need >> 20, memory_too ? " and of memory" : "", dir,
+			      disk >> 20, mem_available() >> 20);
 		fx_remove_dir(dir);
 		free(dir);
-		skip();
+		return NULL;
 	}
-	uint8_t *want = big_source(dir);
+	return dir;
+}
 
-	big_store(dir, want, BIG_SNAPSHOT_BYTES);
+/* Stores a sparse snapshot of len bytes, then loads it at start and to send it to a
+ * follower, each byte for byte. */
+static void big_round_trip(const char *dir, size_t len)
+{
+	uint8_t *want = big_source(dir, len);
+	big_store(dir, want, len);
 	struct big_io b;
-
-	/* Loaded at start, then to be sent to a follower. */
 	big_io_open(&b, dir);
 	struct raft_snapshot *loaded = big_io_load(&b);
-	assert_same_snapshot(loaded, want);
+	assert_same_snapshot(loaded, want, len);
 	big_snapshot_free(loaded);
 	struct raft_io_snapshot_get get = {.data = &b};
 	b.done = 0;
@@ -220,11 +235,37 @@ static void test_a_snapshot_over_2_gib_is_stored_and_loaded_whole(void **state)
 	run_until_done(&b);
 	if (b.status != 0)
 		fail_msg("raft snapshot_get: status %d", b.status);
-	assert_same_snapshot(b.got, want);
+	assert_same_snapshot(b.got, want, len);
 	big_snapshot_free(b.got);
 	big_io_close(&b);
+	munmap(want, len);
+}
 
-	munmap(want, BIG_SNAPSHOT_BYTES);
+/* raft's own heap (the snapshot read into memory): the read() that goes on past the
+ * kernel's 2 GiB limit on one call. */
+static void test_a_snapshot_over_2_gib_is_stored_and_loaded_whole(void **state)
+{
+	(void)state;
+	char *dir = big_dir(BIG_SNAPSHOT_BYTES, true);
+	if (dir == NULL)
+		skip();
+	big_round_trip(dir, BIG_SNAPSHOT_BYTES);
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* tallyd's heap (the snapshot file mapped): past 4 GiB, where raft 0.15's int count of
+ * what read() answered wraps (snapshot.c answers it what it takes for whole). Before,
+ * a node whose snapshot was that large could neither start again nor send it. */
+static void test_a_snapshot_over_4_gib_is_stored_and_loaded_whole(void **state)
+{
+	(void)state;
+	char *dir = big_dir(HUGE_SNAPSHOT_BYTES, false); /* page cache only */
+	if (dir == NULL)
+		skip();
+	tally_node_snapshot_mappings();
+	big_round_trip(dir, HUGE_SNAPSHOT_BYTES);
+	raft_heap_set_default();
 	fx_remove_dir(dir);
 	free(dir);
 }
@@ -324,6 +365,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_a_loaded_snapshot_is_its_file_mapped_not_heap),
 		cmocka_unit_test(test_a_snapshot_over_2_gib_is_stored_and_loaded_whole),
+		cmocka_unit_test(test_a_snapshot_over_4_gib_is_stored_and_loaded_whole),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
