@@ -1031,7 +1031,8 @@ static const struct {
 	 "ledger to rules N (default: the newest the leader has) from the next command on. A\n"
 	 "new ledger is under the newest rules from its first entry; a ledger begun under\n"
 	 "older ones is switched only this way, once every node runs a tallyd that has them\n"
-	 "(a node without them stops at the switch). Needs an operator key."},
+	 "(a node without them stops at the switch). Needs an operator key or an admin key\n"
+	 "of scope *."},
 };
 
 #define GLOBAL_USAGE \
