@@ -1,6 +1,7 @@
 /* Partner brands: exchange under agreements, obligations, settlement and confirmation. */
 #include "tests/util.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "ledger/merkle.h"
@@ -191,6 +192,55 @@ static void test_exchange_into_a_full_account_goes_to_the_lot_of_its_month_end(v
 	assert_int_equal(dst->lots[dst->n_lots - 1]->expiry_ms, feb_2027);
 	assert_int_equal(dst->lots[dst->n_lots - 1]->points, 10);
 	assert_int_equal(dst->available, TALLY_ACCOUNT_LOTS_EXACT_MAX + 10);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+/* Under the first rules (before the ledger's set_rules entry) an exchange into an
+ * account holding TALLY_ACCOUNT_LOTS_RULES_1_MAX lots is refused and changes nothing,
+ * as before the bounded lots; once the rules are switched, the same exchange goes to
+ * the lot of its expiry's month end. */
+static void test_the_first_rules_refuse_an_exchange_into_an_account_at_their_cap(void **state)
+{
+	(void)state;
+	enum { MAX = TALLY_ACCOUNT_LOTS_RULES_1_MAX, FEEDERS = 100, PER_FEEDER = MAX / FEEDERS };
+	const int64_t feb_2027 = 1801440000000LL; /* 2027-02-01T00:00:00Z */
+	struct fx f;
+	fx_open(&f);
+	setup_pair(&f, 5000);
+	ok(&f, c_agreement(&f, admin(&f), "b1", "b2", 1, 1));
+	/* One accrual per millisecond makes one lot; feeder accounts of 100 lots each,
+	 * given to m1 by transfers (the receiver keeps the expiries), keep every record
+	 * rewritten small until the last. */
+	char feeders[FEEDERS][16];
+	for (int k = 0; k < FEEDERS; k++) {
+		snprintf(feeders[k], sizeof(feeders[k]), "f%d", k);
+		ok(&f, c_member(&f, admin(&f), feeders[k]));
+	}
+	int64_t t0 = f.now_ms;
+	for (int64_t i = 0; i < MAX; i++) {
+		f.now_ms = t0 + i;
+		Tally__V1__CommandResult *r = apply1(&f, c_accrue(&f, admin(&f), "b2", feeders[i % FEEDERS], 1));
+		if (r->code != CODE(OK))
+			fail_msg("accrual %lld: %s: %s", (long long)i, tally_result_name(r->code), r->message);
+	}
+	for (int k = 0; k < FEEDERS; k++)
+		ok(&f, c_transfer(&f, admin(&f), "b2", feeders[k], "m1", PER_FEEDER));
+	assert_int_equal(account(&f, "b2", "m1")->n_lots, MAX);
+
+	f.now_ms = t0 + MAX; /* a new expiry: lot MAX + 1 */
+	expect_unchanged(&f, c_exchange(&f, admin(&f), "b1", "b2", "m1", 10), CODE(LIMIT_EXCEEDED),
+			 "lots");
+	assert_int_equal(account(&f, "b1", "m1")->available, 5000);
+
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
+	Tally__V1__CommandResult *r = ok(&f, c_exchange(&f, admin(&f), "b1", "b2", "m1", 10));
+	Tally__V1__Entry *e = entry_at(&f, r->entry_seq);
+	assert_int_equal(e->n_lots, 1);
+	assert_int_equal(e->lots[0]->expiry_ms, feb_2027);
+	Tally__V1__Account *dst = account(&f, "b2", "m1");
+	assert_int_equal(dst->n_lots, MAX + 1);
+	assert_int_equal(dst->available, MAX + 10);
 	assert_invariants(&f);
 	fx_close(&f);
 }
@@ -699,6 +749,7 @@ int main(void)
 		cmocka_unit_test(test_exchange_converts_at_floor_rate_and_posts_balanced_in_both_brands),
 		cmocka_unit_test(test_exchange_into_never_expiring_brand_creates_a_lot_without_expiry),
 		cmocka_unit_test(test_exchange_into_a_full_account_goes_to_the_lot_of_its_month_end),
+		cmocka_unit_test(test_the_first_rules_refuse_an_exchange_into_an_account_at_their_cap),
 		cmocka_unit_test(test_exchange_without_an_active_agreement_is_no_agreement),
 		cmocka_unit_test(test_exchange_outside_the_validity_window_is_no_agreement),
 		cmocka_unit_test(test_exchange_below_minimum_or_above_maximum_is_limit_exceeded),
