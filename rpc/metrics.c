@@ -143,6 +143,13 @@ static void render_node(struct page *p, struct tally_node *n)
 		 (double)dg.applied_index},
 		{"tally_journal_entries", "gauge", "Entries in the ledger's journal.",
 		 (double)dg.tree_size},
+		{"tally_ledger_rules", "gauge",
+		 "The rules the ledger applies (TALLY_RULES_*), moved on by a set_rules entry.",
+		 (double)st.rules},
+		{"tally_rules_max", "gauge",
+		 "The newest rules this node's binary has: every node needs a version before an "
+		 "operator switches the ledger to it.",
+		 (double)st.rules_max},
 	};
 	scalars(p, m, sizeof(m) / sizeof(m[0]));
 	family(p, "tally_raft_state", "gauge", "This node's raft state: 1 for the one it is in.");

@@ -2110,8 +2110,8 @@ static void assert_tallyctl_speaks_peoples_units(struct cluster *c)
 	expect_in(out, "RFC 3339", "a time that is no time");
 }
 
-/* Every running node's `tallyctl rules` says `want` (followers apply a little after the
- * leader: waits for it, under the hang deadline). */
+/* Every running node's `tallyctl rules`, and its tally_ledger_rules metric, say `want`
+ * (followers apply a little after the leader: waits for it, under the hang deadline). */
 static void assert_rules_everywhere(struct cluster *c, unsigned want)
 {
 	char out[1024], at[32], expected[64];
@@ -2126,6 +2126,8 @@ static void assert_rules_everywhere(struct cluster *c, unsigned want)
 			struct pollfd none;
 			poll(&none, 0, 50);
 		}
+		assert_int_equal((int)metric(c, i, "tally_ledger_rules"), (int)want);
+		assert_int_equal((int)metric(c, i, "tally_rules_max"), TALLY_RULES_CURRENT);
 	}
 }
 
