@@ -171,13 +171,6 @@ static int credit_lot(struct apply *a, Tally__V1__Account *acct, int64_t expiry,
 	return rc;
 }
 
-/* Gives fresh points (accrual, positive adjustment) as a lot under the brand policy. */
-static int credit(struct apply *a, const Tally__V1__Brand *b, Tally__V1__Account *acct,
-		  int64_t points, Tally__V1__SystemAccount from)
-{
-	return credit_lot(a, acct, lot_expiry(a, b), points, from);
-}
-
 /* Spends points FEFO (redemption, negative adjustment) into system account `to`. */
 static int debit(struct apply *a, Tally__V1__Account *acct, int64_t points,
 		 Tally__V1__SystemAccount to)
@@ -433,7 +426,8 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 		rc = prelude(a, r, m->brand, m->member, m->points, &b, &acct);
 	if (rc != 0 || REJECTED(r))
 		return rc;
-	rc = credit_room(a, r, acct, m->points, lot_expiry(a, b));
+	int64_t expiry = lot_expiry(a, b);
+	rc = credit_room(a, r, acct, m->points, expiry);
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (c->principal->role == TALLY__V1__ROLE__COMMUNITY) {
@@ -447,7 +441,7 @@ int do_accrue(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 				      "points: community daily cap of %lld reached",
 				      (long long)b->community_daily_cap_points);
 	}
-	rc = credit(a, b, acct, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
+	rc = credit_lot(a, acct, expiry, m->points, TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE);
 	if (rc == 0)
 		rc = qualify(a, b, acct, a->today, m->points);
 	return rc != 0 ? rc : finish(a, r, acct, m->points, 0);
@@ -528,10 +522,11 @@ int do_adjust(struct apply *a, const Tally__V1__Command *c, Tally__V1__CommandRe
 	if (rc != 0 || REJECTED(r))
 		return rc;
 	if (m->points > 0) {
-		rc = credit_room(a, r, acct, points, lot_expiry(a, b));
+		int64_t expiry = lot_expiry(a, b);
+		rc = credit_room(a, r, acct, points, expiry);
 		if (rc != 0 || REJECTED(r))
 			return rc;
-		rc = credit(a, b, acct, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
+		rc = credit_lot(a, acct, expiry, points, TALLY__V1__SYSTEM_ACCOUNT__ADJUSTMENT);
 	} else {
 		if (acct->available < points)
 			return insufficient(a, r, acct, points);

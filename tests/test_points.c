@@ -2212,21 +2212,11 @@ static void test_set_rules_switches_the_ledger_at_its_entry(void **state)
 	expect(&f, c_import(&f, admin(&f), "b", "m2", 10, far), CODE(INVALID_ARGUMENT));
 
 	/* The rules are the ledger's: they survive a reopen. */
-	tally_ledger_close(f.l);
-	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-	assert_int_equal(tally_ledger_open(f.dir, &o, &f.l), 0);
+	fx_ledger_close(&f);
+	assert_int_equal(fx_ledger_open(&f), 0);
 	assert_int_equal(tally_ledger_rules(f.l), TALLY_RULES_BOUNDED_LOTS);
 	assert_invariants(&f);
 	fx_close(&f);
-}
-
-/* Reopens the fixture's ledger; returns tally_ledger_open's result. */
-static int reopen(struct fx *f)
-{
-	tally_ledger_close(f->l);
-	f->l = NULL;
-	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-	return tally_ledger_open(f->dir, &o, &f->l);
 }
 
 /* The rules of a ledger written before they were recorded are those its format
@@ -2244,27 +2234,25 @@ static void test_a_ledger_of_an_older_format_is_under_the_rules_it_applied(void 
 		uint32_t rules;
 	} formats[] = {{3, TALLY_RULES_FIRST}, {4, TALLY_RULES_FIRST}, {5, TALLY_RULES_BOUNDED_LOTS}};
 	for (size_t i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
-		tally_ledger_close(f.l);
-		f.l = NULL;
+		fx_ledger_close(&f);
 		uint8_t version[8] = {0, 0, 0, 0, 0, 0, 0, formats[i].version};
 		meta_poke(f.dir, "version", version, sizeof(version));
 		meta_poke(f.dir, "rules", NULL, 0);
-		struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-		assert_int_equal(tally_ledger_open(f.dir, &o, &f.l), 0);
+		assert_int_equal(fx_ledger_open(&f), 0);
 		assert_int_equal(tally_ledger_rules(f.l), formats[i].rules);
 		ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 1)); /* written back as format 6 */
-		assert_int_equal(reopen(&f), 0);
+		fx_ledger_close(&f);
+		assert_int_equal(fx_ledger_open(&f), 0);
 		assert_int_equal(tally_ledger_rules(f.l), formats[i].rules);
 	}
 	uint8_t later[4] = {0, 0, 0, TALLY_RULES_CURRENT + 1}, none[4] = {0};
-	tally_ledger_close(f.l);
-	f.l = NULL;
+	fx_ledger_close(&f);
 	meta_poke(f.dir, "rules", later, sizeof(later));
-	assert_int_equal(reopen(&f), TALLY_EVERSION);
+	assert_int_equal(fx_ledger_open(&f), TALLY_EVERSION);
 	meta_poke(f.dir, "rules", none, sizeof(none));
-	assert_int_equal(reopen(&f), TALLY_ECORRUPT);
+	assert_int_equal(fx_ledger_open(&f), TALLY_ECORRUPT);
 	meta_poke(f.dir, "rules", NULL, 0);
-	assert_int_equal(reopen(&f), TALLY_ECORRUPT); /* format 6 without its record */
+	assert_int_equal(fx_ledger_open(&f), TALLY_ECORRUPT); /* format 6 without its record */
 	fx_close(&f);
 }
 

@@ -19,15 +19,27 @@ char *fx_tmpdir(void)
 	return strdup(d);
 }
 
+int fx_ledger_open(struct fx *f)
+{
+	assert_null(f->l);
+	/* 1 GiB of map: enough for every test, and valgrind can map it. */
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	return tally_ledger_open(f->dir, &o, &f->l);
+}
+
+void fx_ledger_close(struct fx *f)
+{
+	tally_ledger_close(f->l);
+	f->l = NULL;
+}
+
 void fx_open_in(struct fx *f, const char *dir)
 {
 	memset(f, 0, sizeof(*f));
 	snprintf(f->dir, sizeof(f->dir), "%s", dir);
 	tally_arena_init(&f->build, 64 << 10, 0);
 	tally_arena_init(&f->results, 64 << 10, 0);
-	/* 1 GiB of map: enough for every test, and valgrind can map it. */
-	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-	assert_int_equal(tally_ledger_open(f->dir, &o, &f->l), 0);
+	assert_int_equal(fx_ledger_open(f), 0);
 	f->index = tally_ledger_applied_index(f->l);
 	f->now_ms = T0_MS;
 }

@@ -33,6 +33,11 @@ void fx_raft_heap_zeroed(bool zeroed);
 void fx_open(struct fx *f);
 void fx_open_in(struct fx *f, const char *dir);
 void fx_close(struct fx *f);
+/* Opens the fixture's ledger (f->l NULL before) with the fixture's options; returns
+ * tally_ledger_open's result. */
+int fx_ledger_open(struct fx *f);
+/* Closes the fixture's ledger only (its directory stays). */
+void fx_ledger_close(struct fx *f);
 void fx_remove_dir(const char *dir);
 char *fx_tmpdir(void);
 
