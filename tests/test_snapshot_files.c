@@ -13,6 +13,7 @@
  * (and the first of memory) and are skipped, saying why, where there is less or under
  * valgrind (TALLY_TEST_QUICK).
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <raft.h>
@@ -360,9 +361,130 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 	free(dir);
 }
 
+/* ---- fsync(): a large file written back a step at a time ---------------------------- */
+
+#define STEPS_MAX 16
+
+struct step_log {
+	int n;
+	off_t offset[STEPS_MAX], len[STEPS_MAX];
+	unsigned flags[STEPS_MAX];
+	int fail_at;  /* the step that fails (-1: none) */
+	int fail_errno;
+};
+
+static struct step_log steps;
+
+static int step_record(int fd, off_t offset, off_t len, unsigned flags)
+{
+	(void)fd;
+	assert_true(steps.n < STEPS_MAX);
+	steps.offset[steps.n] = offset;
+	steps.len[steps.n] = len;
+	steps.flags[steps.n] = flags;
+	if (steps.n++ == steps.fail_at) {
+		errno = steps.fail_errno;
+		return -1;
+	}
+	return 0;
+}
+
+static void steps_reset(int fail_at, int fail_errno)
+{
+	memset(&steps, 0, sizeof(steps));
+	steps.fail_at = fail_at;
+	steps.fail_errno = fail_errno;
+}
+
+/* The steps cover the file once, in order, each at most a step long and each waited
+ * for before the next. */
+static void test_a_large_file_is_written_back_step_by_step(void **state)
+{
+	(void)state;
+	const uint64_t size = 5 * (uint64_t)NODE_FLUSH_STEP_BYTES + 12345;
+	steps_reset(-1, 0);
+	assert_int_equal(node_flush_stepwise(7, size, step_record), 0);
+	assert_int_equal(steps.n, 6);
+	uint64_t covered = 0;
+	for (int i = 0; i < steps.n; i++) {
+		assert_int_equal(steps.offset[i], covered);
+		assert_true(steps.len[i] > 0 && (uint64_t)steps.len[i] <= NODE_FLUSH_STEP_BYTES);
+		assert_int_equal(steps.flags[i], SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+						      SYNC_FILE_RANGE_WAIT_AFTER);
+		covered += (uint64_t)steps.len[i];
+	}
+	assert_int_equal(covered, size);
+}
+
+/* Linux reports a write-back error once per open file, to whichever call waits first:
+ * a step's error is the flush's answer, and nothing is stepped after it. A file that
+ * cannot be stepped stops the steps without an error of its own (the fsync decides). */
+static void test_a_steps_write_back_error_is_reported_not_lost(void **state)
+{
+	(void)state;
+	const uint64_t size = 4 * (uint64_t)NODE_FLUSH_STEP_BYTES;
+	steps_reset(2, EIO);
+	assert_int_equal(node_flush_stepwise(7, size, step_record), EIO);
+	assert_int_equal(steps.n, 3);
+	steps_reset(0, ENOSPC);
+	assert_int_equal(node_flush_stepwise(7, size, step_record), ENOSPC);
+	assert_int_equal(steps.n, 1);
+	steps_reset(0, EINVAL);
+	assert_int_equal(node_flush_stepwise(7, size, step_record), 0);
+	assert_int_equal(steps.n, 1);
+	steps_reset(1, ESPIPE);
+	assert_int_equal(node_flush_stepwise(7, size, step_record), 0);
+	assert_int_equal(steps.n, 2);
+}
+
+/* The process's fsync() (snapshot.c) answers as the system call does: a large file
+ * synced with its bytes intact, a small one, a pipe (EINVAL), a closed descriptor
+ * (EBADF). */
+static void test_fsync_answers_as_the_system_call(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/large", dir);
+	const size_t len = 3 * NODE_FLUSH_STEP_BYTES + 4097;
+	uint8_t *bytes = malloc(len);
+	assert_non_null(bytes);
+	for (size_t i = 0; i < len; i++)
+		bytes[i] = (uint8_t)(i * 131 + i / 4096);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, bytes, len), (ssize_t)len);
+	assert_int_equal(fsync(fd), 0);
+	uint8_t *back = malloc(len);
+	assert_non_null(back);
+	assert_int_equal(pread(fd, back, len, 0), (ssize_t)len);
+	assert_memory_equal(back, bytes, len);
+	assert_int_equal(ftruncate(fd, 100), 0);
+	assert_int_equal(fsync(fd), 0); /* under a step: the system call alone */
+	close(fd);
+
+	int pipe_fds[2];
+	assert_int_equal(pipe(pipe_fds), 0);
+	errno = 0;
+	assert_int_equal(fsync(pipe_fds[0]), -1);
+	assert_int_equal(errno, EINVAL);
+	close(pipe_fds[0]);
+	close(pipe_fds[1]);
+	errno = 0;
+	assert_int_equal(fsync(fd), -1);
+	assert_int_equal(errno, EBADF);
+	free(back);
+	free(bytes);
+	fx_remove_dir(dir);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_a_large_file_is_written_back_step_by_step),
+		cmocka_unit_test(test_a_steps_write_back_error_is_reported_not_lost),
+		cmocka_unit_test(test_fsync_answers_as_the_system_call),
 		cmocka_unit_test(test_a_loaded_snapshot_is_its_file_mapped_not_heap),
 		cmocka_unit_test(test_a_snapshot_over_2_gib_is_stored_and_loaded_whole),
 		cmocka_unit_test(test_a_snapshot_over_4_gib_is_stored_and_loaded_whole),
