@@ -30,7 +30,6 @@
 /* The largest count raft 0.15's int takes back from read() as it is; snapshot.c's
  * read() answers a larger whole read so that raft takes it for whole too. */
 #define NODE_SNAPSHOT_INT_COUNT_MAX 0xfffffffeULL
-#define NODE_FLUSH_STEP_BYTES (1u << 20) /* fsync of a large file: written back this much at a time */
 #define NODE_ARENA_CHUNK_BYTES (256u << 10)
 #define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
 #define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */

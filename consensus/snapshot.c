@@ -15,6 +15,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
 
@@ -111,8 +112,11 @@ int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t c
 	} else {
 		snprintf(msg, cap, "raft's snapshot file %s: %s", file, tally_strerror(rc));
 	}
-	if (rc == 0 && (rc = tally_ledger_sync(l)) != 0)
-		snprintf(msg, cap, "sync: %s", tally_strerror(rc));
+	int err = rc == 0 ? node_flush_ledger(l) : 0;
+	if (err != 0) {
+		rc = TALLY_EIO;
+		snprintf(msg, cap, "sync: %s", strerror(err));
+	}
 	return rc;
 }
 
@@ -166,53 +170,6 @@ __attribute__((visibility("default"))) ssize_t read(int fd, void *buf, size_t co
 	}
 	errno = saved;
 	return done == count ? snapshot_read_answer(count) : (ssize_t)done;
-}
-
-/* A step's outcome: whether its error ends the stepping without being the file's (the
- * file cannot be stepped: the fsync after decides), or is a write-back error. */
-static bool flush_error_is_the_files(int err)
-{
-	return err != EBADF && err != EINVAL && err != ESPIPE && err != ENOMEM && err != ENOSYS;
-}
-
-int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range)
-{
-	assert(range != NULL);
-	const unsigned flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-			       SYNC_FILE_RANGE_WAIT_AFTER;
-	for (uint64_t at = 0; at < size; at += NODE_FLUSH_STEP_BYTES) {
-		uint64_t len = size - at < NODE_FLUSH_STEP_BYTES ? size - at : NODE_FLUSH_STEP_BYTES;
-		if (range(fd, (off_t)at, (off_t)len, flags) != 0)
-			return flush_error_is_the_files(errno) ? errno : 0;
-	}
-	return 0;
-}
-
-/*
- * fsync() for the whole process, beside read() and for the same reason: raft 0.15
- * stores a snapshot (its own, and one a leader installs) by writing the whole file,
- * then one fsync. That put the whole ledger on the disk's queue at once (~86 MB at
- * 100,000 members), and the raft log's O_DSYNC writes, each a commit, waited behind
- * it: up to 43-75 ms behind 100 MiB on this project's VM (tools/flush-probe). A
- * regular file larger than one step is first written back a step at a time
- * (node_flush_stepwise), so that a commit waits behind one step at most; the fsync
- * then writes what is left (pages dirtied meanwhile, metadata) and answers as it
- * always did. Linux reports a write-back error once per open file, to the first call
- * that waits for it: a step that got one passes it on, as the fsync would have.
- */
-__attribute__((visibility("default"))) int fsync(int fd)
-{
-	struct stat st;
-	int step_error = 0;
-	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    (uint64_t)st.st_size > NODE_FLUSH_STEP_BYTES)
-		step_error = node_flush_stepwise(fd, (uint64_t)st.st_size, sync_file_range);
-	int rc = (int)syscall(SYS_fsync, fd);
-	if (rc == 0 && step_error != 0) {
-		errno = step_error;
-		return -1;
-	}
-	return rc;
 }
 
 void node_snapshot_io_init(struct raft_io *io)

@@ -22,8 +22,9 @@
  *                        stores an uncompressed snapshot's bytes as they are. It is
  *                        the one of that length that ends with the same trailer.
  * node_snapshot_verify:  (thread pool) the full invariant check a restore left
- *                        pending, then a sync of the restored ledger. It checks raft's
- *                        file (tally_ledger_open_snapshot) rather than the live ledger:
+ *                        pending, then a sync of the restored ledger, a step at a
+ *                        time (flush.h). It checks raft's file
+ *                        (tally_ledger_open_snapshot) rather than the live ledger:
  *                        a read transaction of the live ledger held for the whole scan
  *                        would keep LMDB from reusing any page the entries applied
  *                        meanwhile free, and the file would grow by all they write
@@ -34,22 +35,13 @@
  *
  * snapshot.c also defines read() for the process, so that raft 0.15 can load a
  * snapshot file over Linux's 2 GiB limit on one read(), and past the 4 GiB its int
- * count holds (NODE_SNAPSHOT_INT_COUNT_MAX); and fsync(), which writes a file larger
- * than NODE_FLUSH_STEP_BYTES back a step at a time before it syncs, so that raft's
- * store of a whole snapshot does not hold the raft log's commits behind it:
- *
- * node_flush_stepwise:   writes [0, size) of fd back with `range` (sync_file_range),
- *                        a step at a time, each waited for. Returns 0, or the errno
- *                        of the write-back error a step reported, where it stopped; a
- *                        file that cannot be stepped (a pipe, EINVAL) stops it with 0.
+ * count holds (NODE_SNAPSHOT_INT_COUNT_MAX).
  */
 #ifndef TALLY_CONSENSUS_SNAPSHOT_H
 #define TALLY_CONSENSUS_SNAPSHOT_H
 
 #include <raft.h>
 #include <stddef.h>
-#include <stdint.h>
-#include <sys/types.h>
 
 #include "ledger/ledger.h"
 
@@ -59,8 +51,5 @@ void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char
 			size_t cap);
 int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t cap);
 void node_snapshot_io_init(struct raft_io *io);
-
-typedef int (*node_flush_range_fn)(int fd, off_t offset, off_t len, unsigned flags);
-int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range);
 
 #endif

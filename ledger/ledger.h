@@ -219,9 +219,11 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32]);
  * in msg (NUL-terminated, truncated to cap). */
 int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap);
 
-/* Forces the LMDB data to disk. May run on another thread than the one applying
- * batches (it holds the map in place). */
-int tally_ledger_sync(struct tally_ledger *l);
+/* A new descriptor (close-on-exec) of the ledger's data file, or -1 with errno set:
+ * what sync_file_range and fdatasync through it write back includes the pages the map
+ * dirtied. It stays valid after the ledger is closed or replaced (the caller closes
+ * it), so it may be used on another thread than the one applying batches. */
+int tally_ledger_file_dup(struct tally_ledger *l);
 
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file, read back
  * to seal it), as of one read transaction, followed by a trailer with its length and
@@ -237,7 +239,7 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
  * then the caller's: *check_pending is true, and until it passes the ledger is not
  * known to be sound. A snapshot without a trailer (an older node's) is checked in
  * full before it replaces anything (*check_pending false). The new ledger is not
- * synced (tally_ledger_sync). */
+ * synced (tally_ledger_file_dup gives the file to sync). */
 int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 			 const struct tally_ledger_options *opts, struct tally_ledger **out,
 			 bool *check_pending);

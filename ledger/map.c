@@ -33,10 +33,11 @@
  * Growing the map remaps it (mdb_env_set_mapsize), which LMDB allows only while no
  * transaction of this process is open. Batches and queries run on the caller's
  * thread, one at a time; the readers on another thread (raft's thread pool) are a
- * snapshot (tally_ledger_sync, tally_ledger_snapshot) and the full check of a restored
- * ledger (tally_ledger_check_invariants), and each holds map_lock while it reads. A growth ahead of a batch gives way when a snapshot
- * holds the lock (the room left serves meanwhile); a growth the batch cannot do
- * without waits for the snapshot to end.
+ * snapshot (tally_ledger_snapshot) and the full check of a restored ledger
+ * (tally_ledger_check_invariants), and each holds map_lock while it reads (a
+ * write-back through the file, tally_ledger_file_dup, needs no map). A growth ahead of
+ * a batch gives way when a snapshot holds the lock (the room left serves meanwhile); a
+ * growth the batch cannot do without waits for the snapshot to end.
  *
  * Ledgers opened without writemap (tools, tests) keep a fixed map of map_size_bytes:
  * LMDB writes their pages with pwrite, which reports a full disk as an error.

@@ -4,6 +4,7 @@
  */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -748,13 +749,15 @@ void tally_ledger_close(struct tally_ledger *l)
 	free(l);
 }
 
-int tally_ledger_sync(struct tally_ledger *l)
+int tally_ledger_file_dup(struct tally_ledger *l)
 {
 	assert(l != NULL && l->env != NULL);
-	map_pin(l); /* msync of the map, maybe from another thread */
-	int rc = lmdb_error(mdb_env_sync(l->env, 1));
-	map_unpin(l);
-	return rc;
+	mdb_filehandle_t fd;
+	if (mdb_env_get_fd(l->env, &fd) != 0) {
+		errno = EBADF;
+		return -1;
+	}
+	return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
 uint64_t tally_ledger_applied_index(struct tally_ledger *l)

@@ -1,7 +1,7 @@
 /*
  * Tests of raft's snapshot files as a node stores and loads them: raft 0.15's own
- * raft_uv, with the settings a node gives it (node_snapshot_io_init) and the read()
- * of consensus/snapshot.c in front of libc's.
+ * raft_uv, with the settings a node gives it (node_snapshot_io_init), the read() of
+ * consensus/snapshot.c and the fsync() of consensus/flush.c in front of libc's.
  *
  * Two tests store a snapshot as a follower does with an InstallSnapshot, then load it
  * back the two ways raft does: at start (load) and to send it to a follower
@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
 #include "tests/util.h"
@@ -437,7 +438,7 @@ static void test_a_steps_write_back_error_is_reported_not_lost(void **state)
 	assert_int_equal(steps.n, 2);
 }
 
-/* The process's fsync() (snapshot.c) answers as the system call does: a large file
+/* The process's fsync() (flush.c) answers as the system call does: a large file
  * synced with its bytes intact, a small one, a pipe (EINVAL), a closed descriptor
  * (EBADF). */
 static void test_fsync_answers_as_the_system_call(void **state)
@@ -479,12 +480,40 @@ static void test_fsync_answers_as_the_system_call(void **state)
 	free(dir);
 }
 
+/* The ledger's own file, synced step by step (a restored ledger's sync): the
+ * descriptor tally_ledger_file_dup gives is data.mdb's, outlives the ledger's close,
+ * and the ledger goes on applying after the flush. */
+static void test_the_ledger_is_flushed_through_its_own_file(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	assert_int_equal(apply1(&f, c_brand(&f, admin(&f), "acme", 12))->code,
+			 TALLY__V1__RESULT_CODE__OK);
+	assert_int_equal(node_flush_ledger(f.l), 0);
+	assert_int_equal(apply1(&f, c_member(&f, admin(&f), "m1"))->code,
+			 TALLY__V1__RESULT_CODE__OK);
+	int fd = tally_ledger_file_dup(f.l);
+	assert_true(fd >= 0);
+	char path[PATH_MAX];
+	snprintf(path, sizeof(path), "%s/data.mdb", f.dir);
+	struct stat by_fd, by_path;
+	assert_int_equal(fstat(fd, &by_fd), 0);
+	assert_int_equal(stat(path, &by_path), 0);
+	assert_int_equal(by_fd.st_ino, by_path.st_ino);
+	assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+	fx_close(&f);
+	assert_int_equal(fstat(fd, &by_fd), 0); /* still open after the ledger closed */
+	close(fd);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_a_large_file_is_written_back_step_by_step),
 		cmocka_unit_test(test_a_steps_write_back_error_is_reported_not_lost),
 		cmocka_unit_test(test_fsync_answers_as_the_system_call),
+		cmocka_unit_test(test_the_ledger_is_flushed_through_its_own_file),
 		cmocka_unit_test(test_a_loaded_snapshot_is_its_file_mapped_not_heap),
 		cmocka_unit_test(test_a_snapshot_over_2_gib_is_stored_and_loaded_whole),
 		cmocka_unit_test(test_a_snapshot_over_4_gib_is_stored_and_loaded_whole),

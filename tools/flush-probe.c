@@ -9,7 +9,7 @@
  * 100) into the page cache, then flushes it while a second thread keeps writing 4 KiB
  * O_DSYNC blocks to another file, and reports how long the flush took and the probe's
  * mean and worst write during it. Rounds alternate the two flushes a node could do:
- * one fsync (the system call alone), and the node's (consensus/snapshot.c): the file
+ * one fsync (the system call alone), and the node's (consensus/flush.c): the file
  * written back NODE_FLUSH_STEP_BYTES at a time, each step waited for, then fsync.
  */
 #include <errno.h>
@@ -23,8 +23,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "consensus/internal.h"
-#include "consensus/snapshot.h"
+#include "consensus/flush.h"
 #include "tools/bench.h"
 
 #define PROBE_BLOCK_BYTES 4096

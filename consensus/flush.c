@@ -1,0 +1,62 @@
+/*
+ * consensus/flush — large writes reach the disk a step at a time (see flush.h).
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "consensus/flush.h"
+
+/* Whether a step's error is a write-back error of the file (EIO, ENOSPC, ...), rather
+ * than one saying the file cannot be stepped (the sync after it decides then). */
+static bool flush_error_is_the_files(int err)
+{
+	return err != EBADF && err != EINVAL && err != ESPIPE && err != ENOMEM && err != ENOSYS;
+}
+
+int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range)
+{
+	assert(range != NULL);
+	const unsigned flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+			       SYNC_FILE_RANGE_WAIT_AFTER;
+	for (uint64_t at = 0; at < size; at += NODE_FLUSH_STEP_BYTES) {
+		uint64_t len = size - at < NODE_FLUSH_STEP_BYTES ? size - at : NODE_FLUSH_STEP_BYTES;
+		if (range(fd, (off_t)at, (off_t)len, flags) != 0)
+			return flush_error_is_the_files(errno) ? errno : 0;
+	}
+	return 0;
+}
+
+int node_flush_ledger(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	int fd = tally_ledger_file_dup(l);
+	if (fd < 0)
+		return errno;
+	struct stat st;
+	int err = fstat(fd, &st) == 0 ? node_flush_stepwise(fd, (uint64_t)st.st_size, sync_file_range)
+				       : errno;
+	if (err == 0 && fdatasync(fd) != 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+/* fsync() for the whole process (flush.h): raft's store of a snapshot file. */
+__attribute__((visibility("default"))) int fsync(int fd)
+{
+	struct stat st;
+	int step_error = 0;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    (uint64_t)st.st_size > NODE_FLUSH_STEP_BYTES)
+		step_error = node_flush_stepwise(fd, (uint64_t)st.st_size, sync_file_range);
+	int rc = (int)syscall(SYS_fsync, fd);
+	if (rc == 0 && step_error != 0) {
+		errno = step_error;
+		return -1;
+	}
+	return rc;
+}
