@@ -12,7 +12,9 @@
  *   - raft 0.15 stores a snapshot (its own, or one a leader installs) by writing the
  *     whole file, then one fsync. flush.c defines fsync() for the process (raft's
  *     calls included, as snapshot.c does read()): a regular file larger than a step is
- *     written back step by step first, then synced as before.
+ *     written back step by step first, then synced by the fsync() it stands in front
+ *     of (libc's, or a fault injector's preloaded before libc: libfiu in the tests,
+ *     jepsen's lostwrites.so), so that injected sync failures still reach raft.
  *   - the sync of a restored ledger (snapshot.c, node_snapshot_verify): the whole
  *     ledger, which was one msync.
  *
