@@ -14,7 +14,7 @@
 #   make demo            a 3-node cluster on loopback and the Tally story told through it
 #   make demo-ledger     the same story through the ledger library alone
 #   make fuzz FUZZ_S=N   each libFuzzer target for N seconds (clang; tests/fuzz/)
-#   make jepsen-smoke    three short fault-injection runs (root: network namespaces)
+#   make jepsen-smoke    four short fault-injection runs (root: network namespaces)
 #   make jepsen          every nemesis x every workload, 60 s each, with a summary
 #   make deps            install the Debian packages the build needs (apt-get)
 #   make clean
@@ -278,6 +278,7 @@ jepsen-smoke: $(TOOLS) $(LOSTWRITES)
 	jepsen/run --workload bank --nemesis partition --time-limit 40 --quiet-s 5
 	jepsen/run --workload set --nemesis kill --time-limit 40 --quiet-s 5
 	jepsen/run --workload holds --nemesis clock --time-limit 40 --quiet-s 5
+	jepsen/run --workload idempotence --nemesis lost-writes --time-limit 40 --quiet-s 5
 
 jepsen: $(TOOLS) $(LOSTWRITES)
 	jepsen/matrix --time-limit 60

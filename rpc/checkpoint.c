@@ -14,9 +14,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
 #include <openssl/pem.h>
 
 #include "ledger/error.h"
+#include "rpc/files.h"
 #include "rpc/json.h"
 
 #define CHECKPOINT_FORMAT "tally-checkpoint v1"
@@ -82,31 +84,41 @@ static int key_public(EVP_PKEY *key, uint8_t out[TALLY_CHECKPOINT_PUBLIC_BYTES])
 	return 0;
 }
 
-/* A new key in dir: checkpoint.key (0600, created exclusively) and checkpoint.pub. */
+/*
+ * A new key in dir: checkpoint.pub ("<node id> <public key hex>"), then checkpoint.key
+ * (0600), each replaced durably (rpc/files.h). A crash leaves either no key, and the
+ * next start makes one (and a new checkpoint.pub), or the whole key: never a torn
+ * one, which the node could not start with (jepsen's lost-writes nemesis found that
+ * the key was written unsynced).
+ */
 static int key_create(const char *path, const char *pub_path, uint64_t node_id, EVP_PKEY **out,
 		      char *err, size_t errcap)
 {
 	EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
-	int fd = key != NULL ? open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600) : -1;
-	FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
-	bool ok = f != NULL && PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL) == 1;
-	if (f != NULL)
-		ok = fclose(f) == 0 && ok;
-	else if (fd >= 0)
-		close(fd);
 	uint8_t pub[TALLY_CHECKPOINT_PUBLIC_BYTES];
-	char hex[2 * TALLY_CHECKPOINT_PUBLIC_BYTES + 1];
-	FILE *p = ok && key_public(key, pub) == 0 ? fopen(pub_path, "w") : NULL;
-	if (p != NULL) {
-		tally_hex_encode(pub, sizeof(pub), hex);
-		fprintf(p, "%" PRIu64 " %s\n", node_id, hex);
-		ok = fclose(p) == 0;
-	} else {
-		ok = false;
+	char hex[2 * TALLY_CHECKPOINT_PUBLIC_BYTES + 1], line[32 + sizeof(hex)];
+	if (key == NULL || key_public(key, pub) != 0) {
+		snprintf(err, errcap, "%s: cannot create the checkpoint key: no Ed25519 key "
+			 "generated", path);
+		EVP_PKEY_free(key);
+		return TALLY_EIO;
 	}
+	tally_hex_encode(pub, sizeof(pub), hex);
+	int n = snprintf(line, sizeof(line), "%" PRIu64 " %s\n", node_id, hex);
+	BIO *pem = BIO_new(BIO_s_mem());
+	char *bytes = NULL;
+	long len = 0;
+	bool ok = pem != NULL && PEM_write_bio_PrivateKey(pem, key, NULL, NULL, 0, NULL, NULL) == 1 &&
+		  (len = BIO_get_mem_data(pem, &bytes)) > 0;
+	if (!ok)
+		snprintf(err, errcap, "%s: cannot create the checkpoint key: PEM encoding failed",
+			 path);
+	ok = ok && tally_file_replace(pub_path, line, (size_t)n, 0644, err, errcap) == 0 &&
+	     tally_file_replace(path, bytes, (size_t)len, 0600, err, errcap) == 0;
+	if (bytes != NULL)
+		OPENSSL_cleanse(bytes, (size_t)len);
+	BIO_free(pem);
 	if (!ok) {
-		snprintf(err, errcap, "%s: cannot create the checkpoint key: %s", path,
-			 key == NULL ? "no Ed25519 key generated" : strerror(errno));
 		EVP_PKEY_free(key);
 		return TALLY_EIO;
 	}

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static bool write_all(int fd, const char *p, size_t len)
@@ -40,15 +41,21 @@ static bool sync_parent(const char *path)
 	return ok;
 }
 
-int tally_file_replace(const char *path, const void *data, size_t len, char *err,
-		       size_t errcap)
+int tally_file_replace(const char *path, const void *data, size_t len, mode_t mode,
+		       char *err, size_t errcap)
 {
 	char tmp[PATH_MAX];
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp)) {
 		snprintf(err, errcap, "%s: path too long", path);
 		return -1;
 	}
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+	if (fd >= 0 && fchmod(fd, mode) != 0) { /* a leftover PATH.tmp keeps its own */
+		int saved = errno;
+		close(fd);
+		errno = saved;
+		fd = -1;
+	}
 	if (fd < 0) {
 		snprintf(err, errcap, "%s: %s", tmp, strerror(errno));
 		return -1;

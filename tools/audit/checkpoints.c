@@ -135,7 +135,7 @@ int audit_checkpoint_save(const char *dir, const struct tally_checkpoint *c,
 	tally_checkpoint_write_json(c, p, f);
 	int rc = -1;
 	if (fclose(f) == 0)
-		rc = tally_file_replace(path, text, len, err, errcap);
+		rc = tally_file_replace(path, text, len, 0644, err, errcap);
 	else
 		snprintf(err, errcap, "%s: out of memory", path);
 	free(text);

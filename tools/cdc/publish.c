@@ -69,7 +69,8 @@ static int cursor_save(struct pub *p)
 	char hex[2 * TALLY_HASH_BYTES + 1], text[160];
 	tally_hex_encode(p->leaf, sizeof(p->leaf), hex);
 	int n = snprintf(text, sizeof(text), "tally-cdc v1 seq %" PRIu64 " leaf %s\n", p->seq, hex);
-	return tally_file_replace(p->o->cursor, text, (size_t)n, p->err, sizeof(p->err));
+	return tally_file_replace(p->o->cursor, text, (size_t)n, 0644, p->err,
+				  sizeof(p->err));
 }
 
 /* Logs a failure that will be retried (once while it repeats), then backs off. */

@@ -108,7 +108,7 @@ static int state_save(const struct import *im)
 	char text[128], err[IMPORT_PATH_BYTES_MAX + 64];
 	int n = snprintf(text, sizeof(text), "tally-import v1 sha256 %s line %lu\n", im->hash,
 			 im->done);
-	if (tally_file_replace(im->state_path, text, (size_t)n, err, sizeof(err)) == 0)
+	if (tally_file_replace(im->state_path, text, (size_t)n, 0644, err, sizeof(err)) == 0)
 		return 0;
 	fprintf(stderr, "\ntallyctl import: %s\n", err);
 	return -1;
