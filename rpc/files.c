@@ -10,7 +10,6 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 static bool write_all(int fd, const char *p, size_t len)
@@ -49,13 +48,8 @@ int tally_file_replace(const char *path, const void *data, size_t len, mode_t mo
 		snprintf(err, errcap, "%s: path too long", path);
 		return -1;
 	}
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-	if (fd >= 0 && fchmod(fd, mode) != 0) { /* a leftover PATH.tmp keeps its own */
-		int saved = errno;
-		close(fd);
-		errno = saved;
-		fd = -1;
-	}
+	unlink(tmp); /* a crash's leftover: made anew, so that it has `mode` (and umask) */
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
 	if (fd < 0) {
 		snprintf(err, errcap, "%s: %s", tmp, strerror(errno));
 		return -1;

@@ -3,9 +3,10 @@
  * or the new, never a mix, and the new contents survive once the call returns.
  *
  * For the state tools keep to resume (tallyctl import's FILE.import, tally-cdc's
- * cursor, tally-audit's checkpoints) and a node's checkpoint key: the data goes to
- * PATH.tmp (permissions `mode`, whatever a leftover PATH.tmp had), which is synced and
- * renamed over PATH; then the directory is synced, so the rename itself is durable.
+ * cursor, tally-audit's checkpoints) and a node's checkpoint key: the data goes to a
+ * new PATH.tmp (permissions `mode` less the umask; a leftover one is removed first),
+ * which is synced and renamed over PATH; then the directory is synced, so the rename
+ * itself is durable.
  */
 #ifndef TALLY_RPC_FILES_H
 #define TALLY_RPC_FILES_H
