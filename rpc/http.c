@@ -19,7 +19,7 @@ struct tally_http {
 	tally_http_render_fn render;
 	void *data;
 	unsigned open;             /* connections plus the listener */
-	unsigned conns;            /* connections open (capped at HTTP_CONNECTIONS_MAX) */
+	unsigned conns;            /* connections not yet closing (capped at HTTP_CONNECTIONS_MAX) */
 	struct hconn *list;        /* every connection, to end them at close */
 	void (*close_cb)(void *data);
 	void *close_data;
@@ -61,14 +61,18 @@ static void on_hconn_closed(uv_handle_t *handle)
 		c->next->prev = c->prev;
 	free(c->out);
 	free(c);
-	h->conns--;
 	h->open--;
 	http_maybe_done(h);
 }
 
+/* The socket is closed here, so it leaves the cap here: a peer that has seen its
+ * connection end and connects again must not meet a cap still counting it until the
+ * close callbacks run, later in the loop's turn. */
 static void hconn_close(struct hconn *c)
 {
 	if (!uv_is_closing((uv_handle_t *)&c->tcp)) {
+		assert(c->h->conns > 0);
+		c->h->conns--;
 		uv_close((uv_handle_t *)&c->tcp, on_hconn_closed);
 		uv_close((uv_handle_t *)&c->timer, on_hconn_closed);
 	}

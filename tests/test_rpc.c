@@ -6,12 +6,15 @@
  * socket has a 5 s receive timeout, so a misbehaving client fails a test instead of
  * hanging it.
  */
+#include "tests/ports.h"
 #include "tests/util.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <libgen.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +32,7 @@
 #include "rpc/checkpoint.h"
 #include "rpc/files.h"
 #include "rpc/frame.h"
+#include "rpc/http.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
 #include "rpc/units.h"
@@ -2002,6 +2006,123 @@ static void test_a_checkpoint_key_is_made_whole_and_loaded_again(void **state)
 	free(dir);
 }
 
+static size_t http_render_ok(void *data, const char *path, char *buf, size_t cap, int *status,
+			     const char **type)
+{
+	(void)data;
+	(void)path;
+	assert_true(cap >= 3);
+	memcpy(buf, "ok\n", 3);
+	*status = 200;
+	*type = "text/plain";
+	return 3;
+}
+
+static int http_connect(int port, const char *request)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	ssize_t n = send(fd, request, strlen(request), 0);
+	assert_int_equal(n, (ssize_t)strlen(request));
+	return fd;
+}
+
+/* Reads what has come without waiting; true once the peer has ended the stream. */
+static bool http_drain(int fd, char *got, size_t cap, size_t *len)
+{
+	for (;;) {
+		char b[512];
+		ssize_t n = recv(fd, b, sizeof(b), MSG_DONTWAIT);
+		if (n == 0)
+			return true;
+		if (n < 0)
+			return errno != EAGAIN && errno != EWOULDBLOCK;
+		size_t take = (size_t)n < cap - 1 - *len ? (size_t)n : cap - 1 - *len;
+		memcpy(got + *len, b, take);
+		*len += take;
+		got[*len] = '\0';
+	}
+}
+
+/* The idle connections of the test below, and the one that comes after them. */
+struct http_turn {
+	int idle[HTTP_CONNECTIONS_MAX];
+	bool ended[HTTP_CONNECTIONS_MAX];
+	int port;
+	int late;   /* -1 until every idle connection has seen its end */
+};
+
+/* A prepare callback runs after the timers of a loop turn and before its poll: once
+ * the server has ended every idle connection, one more connects, so its accept falls in
+ * the turn whose timers ended them. */
+static void http_turn_prepare(uv_prepare_t *p)
+{
+	struct http_turn *t = p->data;
+	if (t->late >= 0)
+		return;
+	char sink[64];
+	for (int i = 0; i < HTTP_CONNECTIONS_MAX; i++) {
+		size_t len = 0;
+		if (!t->ended[i])
+			t->ended[i] = http_drain(t->idle[i], sink, sizeof(sink), &len);
+		if (!t->ended[i])
+			return;
+	}
+	t->late = http_connect(t->port, "GET /health HTTP/1.0\r\n\r\n");
+}
+
+static void http_closed(void *data)
+{
+	*(bool *)data = true;
+}
+
+/* A connection leaves HTTP_CONNECTIONS_MAX when its socket is closed, not when libuv's
+ * close callback runs at the end of that loop turn. A full set of idle connections
+ * ends at the request deadline; a client that saw them end and connected at once,
+ * before the turn was over, was turned away unanswered (test_hostile's HTTP flood, in
+ * one CI run). Takes HTTP_REQUEST_MS. */
+static void test_http_connections_leave_the_cap_when_their_sockets_close(void **state)
+{
+	(void)state;
+	struct ports_block block;
+	const int offsets[] = {0};
+	ports_acquire(&block, offsets, 1);
+	struct http_turn t = {.port = block.base, .late = -1};
+	char addr[64], err[256], got[1024] = "";
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", t.port);
+	uv_loop_t loop;
+	assert_int_equal(uv_loop_init(&loop), 0);
+	struct tally_http *h = NULL;
+	assert_int_equal(tally_http_init(&h, &loop, addr, http_render_ok, NULL, err, sizeof(err)), 0);
+	for (int i = 0; i < HTTP_CONNECTIONS_MAX; i++)
+		t.idle[i] = http_connect(t.port, "");
+	uv_prepare_t prepare;
+	uv_prepare_init(&loop, &prepare);
+	prepare.data = &t;
+	uv_prepare_start(&prepare, http_turn_prepare);
+
+	size_t len = 0;
+	while (t.late < 0 || !http_drain(t.late, got, sizeof(got), &len))
+		uv_run(&loop, UV_RUN_ONCE);
+	assert_non_null(strstr(got, "HTTP/1.0 200 OK\r\n"));
+
+	bool closed = false;
+	uv_close((uv_handle_t *)&prepare, NULL);
+	tally_http_close(h, http_closed, &closed);
+	while (!closed)
+		uv_run(&loop, UV_RUN_ONCE);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	tally_http_free(h);
+	assert_int_equal(uv_loop_close(&loop), 0);
+	for (int i = 0; i < HTTP_CONNECTIONS_MAX; i++)
+		close(t.idle[i]);
+	close(t.late);
+	ports_release(&block);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2054,6 +2175,7 @@ int main(void)
 		cmocka_unit_test(test_tallyctl_exits_4_only_for_an_unknown_outcome),
 		cmocka_unit_test(test_a_replaced_file_has_its_mode_and_no_leftover),
 		cmocka_unit_test(test_a_checkpoint_key_is_made_whole_and_loaded_again),
+		cmocka_unit_test(test_http_connections_leave_the_cap_when_their_sockets_close),
 	};
 	char self[1024];
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
