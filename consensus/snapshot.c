@@ -178,6 +178,6 @@ void node_snapshot_io_init(struct raft_io *io)
 	/* Stored as they are: LZ4 (raft's default where it has it) would compress the
 	 * whole snapshot into one more heap buffer while storing it, and decompress it
 	 * into another next to the compressed copy whenever raft loads it (at start, to
-	 * send it to a follower). The copy is sealed by its own SHA-256 (ledger/check.c). */
+	 * send it to a follower). The copy is sealed by its own check (ledger/check.c). */
 	raft_uv_set_snapshot_compression(io, false);
 }

@@ -375,49 +375,79 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 
 /* ---- snapshot and restore ----------------------------------------------------------- *
  * A snapshot is the compacted LMDB copy followed by a trailer that seals it: magic,
- * the copy's length and its SHA-256. A restore checks the seal before it replaces
- * anything (a copy cut short or damaged on the way is refused), and leaves the full
- * invariant check, a scan of every record, to its caller, who can run it off the
- * event loop. A snapshot without the trailer (taken before it existed) is checked in
- * full before it replaces anything. */
+ * the copy's length and its check (ledger.h: CRC32C lanes, or SHA-256 in a snapshot
+ * an older node took). A restore checks the seal before it replaces anything (a copy
+ * cut short or damaged on the way is refused), and leaves the full invariant check, a
+ * scan of every record, to its caller, who can run it off the event loop. A snapshot
+ * without the trailer (taken before it existed) is checked in full before it replaces
+ * anything. */
 
 #define SNAPSHOT_MAGIC_BYTES 16 /* TALLY_SNAPSHOT_MAGIC, zero-padded */
+#define SNAPSHOT_CHECK_BYTES 32
 #define SNAPSHOT_TRAILER_BYTES TALLY_SNAPSHOT_TRAILER_BYTES
-_Static_assert(SNAPSHOT_TRAILER_BYTES == SNAPSHOT_MAGIC_BYTES + 8 + 32, "trailer layout");
+_Static_assert(SNAPSHOT_TRAILER_BYTES == SNAPSHOT_MAGIC_BYTES + 8 + SNAPSHOT_CHECK_BYTES,
+	       "trailer layout");
+_Static_assert(SEAL_LANES * 4 == SNAPSHOT_CHECK_BYTES, "the lanes fill the check");
 
-static void trailer_make(uint8_t t[SNAPSHOT_TRAILER_BYTES], uint64_t len, const uint8_t sha[32])
+enum seal { SEAL_NONE, SEAL_SHA256, SEAL_CRC32C };
+
+/* The check of copy[0..len) of the given kind. */
+static void seal_check(enum seal kind, const uint8_t *copy, size_t len,
+		       uint8_t out[SNAPSHOT_CHECK_BYTES])
+{
+	assert(kind == SEAL_SHA256 || kind == SEAL_CRC32C);
+	if (kind == SEAL_SHA256) {
+		const void *parts[1] = {copy};
+		size_t lens[1] = {len};
+		sha256_parts(parts, lens, 1, out);
+		return;
+	}
+	uint32_t lanes[SEAL_LANES];
+	crc32c_lanes(copy, len, lanes);
+	for (int i = 0; i < SEAL_LANES; i++)
+		be32_put(out + 4 * i, lanes[i]);
+}
+
+static bool magic_is(const uint8_t *t, const char *magic)
+{
+	uint8_t m[SNAPSHOT_MAGIC_BYTES] = {0};
+	memcpy(m, magic, strlen(magic));
+	return memcmp(t, m, SNAPSHOT_MAGIC_BYTES) == 0;
+}
+
+/* The trailer that seals copy[0..len): TALLY_SNAPSHOT_MAGIC, len, the copy's check. */
+static void trailer_make(uint8_t t[SNAPSHOT_TRAILER_BYTES], const uint8_t *copy, size_t len)
 {
 	memset(t, 0, SNAPSHOT_TRAILER_BYTES);
 	memcpy(t, TALLY_SNAPSHOT_MAGIC, strlen(TALLY_SNAPSHOT_MAGIC));
 	be64_put(t + SNAPSHOT_MAGIC_BYTES, len);
-	memcpy(t + SNAPSHOT_MAGIC_BYTES + 8, sha, 32);
+	seal_check(SEAL_CRC32C, copy, len, t + SNAPSHOT_MAGIC_BYTES + 8);
 }
 
-/* Whether the snapshot ends with a trailer; *copy_len is then the LMDB copy's length. */
-static bool trailer_find(const uint8_t *snap, size_t len, size_t *copy_len)
+/* The kind of trailer the snapshot ends with (SEAL_NONE: none); *copy_len is then the
+ * LMDB copy's length. */
+static enum seal trailer_find(const uint8_t *snap, size_t len, size_t *copy_len)
 {
-	uint8_t magic[SNAPSHOT_MAGIC_BYTES] = {0};
-	memcpy(magic, TALLY_SNAPSHOT_MAGIC, strlen(TALLY_SNAPSHOT_MAGIC));
 	if (len < SNAPSHOT_TRAILER_BYTES)
-		return false;
+		return SEAL_NONE;
 	const uint8_t *t = snap + len - SNAPSHOT_TRAILER_BYTES;
-	if (memcmp(t, magic, SNAPSHOT_MAGIC_BYTES) != 0)
-		return false;
-	*copy_len = len - SNAPSHOT_TRAILER_BYTES;
-	return true;
+	enum seal kind = magic_is(t, TALLY_SNAPSHOT_MAGIC)	   ? SEAL_CRC32C
+			 : magic_is(t, TALLY_SNAPSHOT_MAGIC_SHA256) ? SEAL_SHA256
+								    : SEAL_NONE;
+	if (kind != SEAL_NONE)
+		*copy_len = len - SNAPSHOT_TRAILER_BYTES;
+	return kind;
 }
 
-/* Whether the copy before the trailer has the length and SHA-256 the trailer names. */
-static bool trailer_verify(const uint8_t *snap, size_t copy_len)
+/* Whether the copy before the trailer has the length and check the trailer names. */
+static bool trailer_verify(enum seal kind, const uint8_t *snap, size_t copy_len)
 {
 	const uint8_t *t = snap + copy_len;
-	uint8_t sha[32];
-	const void *parts[1] = {snap};
-	size_t lens[1] = {copy_len};
+	uint8_t check[SNAPSHOT_CHECK_BYTES];
 	if (be64_get(t + SNAPSHOT_MAGIC_BYTES) != copy_len)
 		return false;
-	sha256_parts(parts, lens, 1, sha);
-	return memcmp(sha, t + SNAPSHOT_MAGIC_BYTES + 8, 32) == 0;
+	seal_check(kind, snap, copy_len, check);
+	return memcmp(check, t + SNAPSHOT_MAGIC_BYTES + 8, SNAPSHOT_CHECK_BYTES) == 0;
 }
 
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
@@ -441,13 +471,10 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 	void *copy = copy_len > 0 ? mmap(NULL, copy_len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
 	if (copy == MAP_FAILED)
 		return TALLY_EIO;
-	uint8_t sha[32], t[SNAPSHOT_TRAILER_BYTES];
-	const void *parts[1] = {copy};
-	size_t lens[1] = {copy_len};
-	sha256_parts(parts, lens, 1, sha);
+	uint8_t t[SNAPSHOT_TRAILER_BYTES];
+	trailer_make(t, copy, copy_len);
 	if (copy != NULL)
 		munmap(copy, copy_len);
-	trailer_make(t, copy_len, sha);
 	ssize_t put = pwrite(fd, t, sizeof(t), (off_t)copy_len);
 	if (put != (ssize_t)sizeof(t))
 		return put < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
@@ -510,8 +537,9 @@ int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out)
 		return TALLY_EIO;
 	madvise(base, (size_t)st.st_size, MADV_SEQUENTIAL);
 	size_t copy_len;
-	bool sound = trailer_find(base, (size_t)st.st_size, &copy_len) &&
-		     trailer_verify(base, copy_len) && lmdb_copy_whole(base, copy_len);
+	enum seal kind = trailer_find(base, (size_t)st.st_size, &copy_len);
+	bool sound = kind != SEAL_NONE && trailer_verify(kind, base, copy_len) &&
+		     lmdb_copy_whole(base, copy_len);
 	munmap(base, (size_t)st.st_size);
 	return sound ? ledger_open_copy(path, out) : TALLY_ECORRUPT;
 }
@@ -585,8 +613,9 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 	if (rc != 0)
 		return rc;
 	size_t copy_len = len;
-	bool sealed = trailer_find(snap, len, &copy_len);
-	if ((sealed && !trailer_verify(snap, copy_len)) || !lmdb_copy_whole(snap, copy_len))
+	enum seal kind = trailer_find(snap, len, &copy_len);
+	bool sealed = kind != SEAL_NONE;
+	if ((sealed && !trailer_verify(kind, snap, copy_len)) || !lmdb_copy_whole(snap, copy_len))
 		return TALLY_ECORRUPT;
 	rc = restore_stage(stage, staged, snap, copy_len, opts, !sealed);
 	unlink(slock);

@@ -1,7 +1,9 @@
-/* SHA-256 helpers and the order-independent state digest arithmetic. */
+/* SHA-256 helpers, the order-independent state digest arithmetic, and the snapshot
+ * seal's checksum. */
 #define OPENSSL_SUPPRESS_DEPRECATED 1 /* the low-level SHA256_* calls are the fastest for short inputs */
 #include <assert.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "ledger/internal.h"
@@ -51,4 +53,96 @@ void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[3
 	const void *parts[3] = {head, k->mv_data, v->mv_data};
 	size_t lens[3] = {sizeof(head), k->mv_size, v->mv_size};
 	sha256_parts(parts, lens, 3, out);
+}
+
+/* ---- the snapshot seal's checksum ---------------------------------------------------
+ * CRC32C (Castagnoli: reflected polynomial 0x82F63B78, initial value and final xor
+ * 0xFFFFFFFF) in SEAL_LANES lanes: lane i is the CRC32C of blocks i, i + SEAL_LANES,
+ * i + 2 * SEAL_LANES, ... of SEAL_BLOCK_BYTES each (the data's last block may be
+ * short). The lanes are independent, so the processor's CRC32 instruction (latency 3,
+ * one per cycle) runs them side by side; the seal keeps all of them. */
+
+static uint32_t crc32c_table[256];
+static pthread_once_t crc32c_table_once = PTHREAD_ONCE_INIT;
+
+static void crc32c_table_build(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+		crc32c_table[i] = c;
+	}
+}
+
+/* One lane's CRC32C register (before the final xor) carried over p[0..n). */
+static uint32_t crc32c_soft(uint32_t crc, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		crc = crc32c_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+	return crc;
+}
+
+void crc32c_lanes_soft(const void *data, size_t len, uint32_t lanes[SEAL_LANES])
+{
+	assert(data != NULL || len == 0);
+	pthread_once(&crc32c_table_once, crc32c_table_build);
+	const uint8_t *p = data;
+	for (int i = 0; i < SEAL_LANES; i++)
+		lanes[i] = 0xFFFFFFFFu;
+	for (size_t at = 0, block = 0; at < len; at += SEAL_BLOCK_BYTES, block++) {
+		size_t n = len - at < SEAL_BLOCK_BYTES ? len - at : SEAL_BLOCK_BYTES;
+		uint32_t *lane = &lanes[block % SEAL_LANES];
+		*lane = crc32c_soft(*lane, p + at, n);
+	}
+	for (int i = 0; i < SEAL_LANES; i++)
+		lanes[i] ^= 0xFFFFFFFFu;
+}
+
+#if defined(__x86_64__)
+/* The same with SSE 4.2's CRC32 instruction: whole groups of SEAL_LANES full blocks
+ * lane by lane in lockstep, 8 bytes at a time, and what is left as the table does it. */
+__attribute__((target("sse4.2"))) static void crc32c_lanes_sse42(const void *data, size_t len,
+								 uint32_t lanes[SEAL_LANES])
+{
+	const uint8_t *p = data;
+	uint64_t c[SEAL_LANES];
+	for (int i = 0; i < SEAL_LANES; i++)
+		c[i] = 0xFFFFFFFFu;
+	const size_t group = (size_t)SEAL_LANES * SEAL_BLOCK_BYTES;
+	size_t at = 0;
+	for (; len - at >= group; at += group)
+		for (size_t w = 0; w < SEAL_BLOCK_BYTES; w += 8)
+			for (int i = 0; i < SEAL_LANES; i++) {
+				uint64_t v;
+				memcpy(&v, p + at + (size_t)i * SEAL_BLOCK_BYTES + w, 8);
+				c[i] = __builtin_ia32_crc32di(c[i], v);
+			}
+	for (size_t block = 0; at < len; at += SEAL_BLOCK_BYTES, block++) {
+		size_t n = len - at < SEAL_BLOCK_BYTES ? len - at : SEAL_BLOCK_BYTES;
+		uint32_t crc = (uint32_t)c[block % SEAL_LANES];
+		size_t k = 0;
+		for (; n - k >= 8; k += 8) {
+			uint64_t v;
+			memcpy(&v, p + at + k, 8);
+			crc = (uint32_t)__builtin_ia32_crc32di(crc, v);
+		}
+		for (; k < n; k++)
+			crc = __builtin_ia32_crc32qi(crc, p[at + k]);
+		c[block % SEAL_LANES] = crc;
+	}
+	for (int i = 0; i < SEAL_LANES; i++)
+		lanes[i] = (uint32_t)c[i] ^ 0xFFFFFFFFu;
+}
+#endif
+
+void crc32c_lanes(const void *data, size_t len, uint32_t lanes[SEAL_LANES])
+{
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("sse4.2")) {
+		crc32c_lanes_sse42(data, len, lanes);
+		return;
+	}
+#endif
+	crc32c_lanes_soft(data, len, lanes);
 }

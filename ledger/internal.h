@@ -210,6 +210,14 @@ void digest_add(uint8_t acc[32], const uint8_t h[32]);
 void digest_sub(uint8_t acc[32], const uint8_t h[32]);
 void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32]);
 
+/* The snapshot seal's checksum (hash.c): CRC32C in SEAL_LANES interleaved lanes of
+ * SEAL_BLOCK_BYTES blocks. crc32c_lanes uses the processor's CRC32 instruction where
+ * there is one; crc32c_lanes_soft is the same function by table, for the test. */
+#define SEAL_LANES 8
+#define SEAL_BLOCK_BYTES 4096
+void crc32c_lanes(const void *data, size_t len, uint32_t lanes[SEAL_LANES]);
+void crc32c_lanes_soft(const void *data, size_t len, uint32_t lanes[SEAL_LANES]);
+
 /* store (store.c): every write to a digested table goes through st_put / st_del */
 int st_cursor(struct apply *a, enum table t, MDB_cursor **out);
 void st_cursors_close(struct apply *a);

@@ -8,9 +8,11 @@
  * split. Time advances only at epoch boundaries that every split respects, because a
  * batch has one timestamp.
  */
+#include "ledger/internal.h"
 #include "tests/util.h"
 
 #include <fcntl.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -551,6 +553,87 @@ static void test_restore_checks_an_unsealed_snapshot_in_full_before_replacing(vo
 	fx_close(&a);
 }
 
+/* A snapshot an older node sealed (TALLYSNAP1: the copy's SHA-256) still restores,
+ * checked by its seal; one bit changed in its copy is refused. */
+static void test_a_snapshot_sealed_by_sha256_restores_and_is_checked(void **state)
+{
+	(void)state;
+	struct fx a;
+	fx_open(&a);
+	size_t len;
+	uint8_t *snap = small_snapshot(&a, &len);
+	size_t copy_len = len - TALLY_SNAPSHOT_TRAILER_BYTES;
+	uint8_t *t = snap + copy_len;
+	memset(t, 0, 16);
+	memcpy(t, TALLY_SNAPSHOT_MAGIC_SHA256, strlen(TALLY_SNAPSHOT_MAGIC_SHA256));
+	SHA256(snap, copy_len, t + 24);
+	bool pending = false;
+	assert_int_equal(restore_into_fresh_dir(snap, len, &pending), 0);
+	assert_true(pending); /* sealed: the full check is left to the caller */
+	snap[copy_len / 2] ^= 0x01;
+	assert_int_equal(restore_into_fresh_dir(snap, len, &pending), TALLY_ECORRUPT);
+	free(snap);
+	fx_close(&a);
+}
+
+/* CRC32C bit by bit, as its definition reads: the reference for the seal's lanes. */
+static uint32_t crc32c_reference(const uint8_t *p, size_t n)
+{
+	uint32_t c = 0xFFFFFFFFu;
+	for (size_t i = 0; i < n; i++) {
+		c ^= p[i];
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+	}
+	return c ^ 0xFFFFFFFFu;
+}
+
+/* The seal's lanes are CRC32C of every SEAL_LANES-th block, whichever way they are
+ * computed (the CRC32 instruction or the table), at any length and alignment. */
+static void test_the_seal_lanes_are_crc32c_of_every_eighth_block(void **state)
+{
+	(void)state;
+	uint32_t hw[SEAL_LANES], soft[SEAL_LANES];
+	crc32c_lanes("123456789", 9, hw);
+	assert_int_equal(hw[0], 0xE3069283u); /* CRC32C's check value */
+	for (int i = 1; i < SEAL_LANES; i++)
+		assert_int_equal(hw[i], 0); /* CRC32C of nothing */
+
+	const size_t group = (size_t)SEAL_LANES * SEAL_BLOCK_BYTES;
+	const size_t lens[] = {0, 1, 7, 8, 9, SEAL_BLOCK_BYTES - 1, SEAL_BLOCK_BYTES,
+			       SEAL_BLOCK_BYTES + 1, group - 1, group, group + 9,
+			       3 * group + 5 * SEAL_BLOCK_BYTES + 13};
+	size_t max = lens[sizeof(lens) / sizeof(lens[0]) - 1];
+	uint8_t *buf = malloc(max + 8), *lane = malloc(max);
+	assert_non_null(buf);
+	assert_non_null(lane);
+	uint32_t x = 12345;
+	for (size_t i = 0; i < max + 8; i++) {
+		x = x * 1103515245u + 12345u;
+		buf[i] = (uint8_t)(x >> 16);
+	}
+	for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++)
+		for (size_t shift = 0; shift < 8; shift += 3) {
+			const uint8_t *p = buf + shift;
+			size_t n = lens[k];
+			crc32c_lanes(p, n, hw);
+			crc32c_lanes_soft(p, n, soft);
+			for (int i = 0; i < SEAL_LANES; i++) {
+				size_t m = 0;
+				for (size_t at = (size_t)i * SEAL_BLOCK_BYTES; at < n; at += group) {
+					size_t take = n - at < SEAL_BLOCK_BYTES ? n - at : SEAL_BLOCK_BYTES;
+					memcpy(lane + m, p + at, take);
+					m += take;
+				}
+				uint32_t want = crc32c_reference(lane, m);
+				assert_int_equal(hw[i], want);
+				assert_int_equal(soft[i], want);
+			}
+		}
+	free(buf);
+	free(lane);
+}
+
 /* Writes len bytes of p to path (a new file). */
 static void write_whole(const char *path, const uint8_t *p, size_t len)
 {
@@ -644,6 +727,8 @@ int main(void)
 		cmocka_unit_test(test_restore_refuses_a_corrupt_snapshot),
 		cmocka_unit_test(test_restore_refuses_a_snapshot_changed_in_one_byte_before_replacing_anything),
 		cmocka_unit_test(test_restore_checks_an_unsealed_snapshot_in_full_before_replacing),
+		cmocka_unit_test(test_a_snapshot_sealed_by_sha256_restores_and_is_checked),
+		cmocka_unit_test(test_the_seal_lanes_are_crc32c_of_every_eighth_block),
 		cmocka_unit_test(test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matches),
 		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
 	};
