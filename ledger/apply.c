@@ -365,6 +365,17 @@ static int content_hash(struct apply *a, const Tally__V1__Command *c, uint8_t ou
 	return 0;
 }
 
+/* An idempotency record: under rules 3 on, the seq of the command's entry
+ * (IDEM_SEQ_BYTES); before, the SHA-256 of the command's content and then the seq
+ * (IDEM_HASHED_BYTES). A ledger holds both kinds once its rules changed. */
+#define IDEM_SEQ_BYTES 8
+#define IDEM_HASHED_BYTES 40
+
+static bool idem_hashed(const struct apply *a)
+{
+	return a->m.rules < TALLY_RULES_IDEM_SEQ;
+}
+
 static void idem_key(struct key *k, const Tally__V1__Command *c)
 {
 	key_reset(k);
@@ -372,18 +383,57 @@ static void idem_key(struct key *k, const Tally__V1__Command *c)
 	key_raw(k, c->request_id);
 }
 
-/* Claims (key name, request id) for this command, or answers a retry from the
- * journal entry of the original; *done tells whether it was a retry. The claim is one
- * B-tree descent: an insert that fails when the key exists, leaving the idempotency
- * cursor on the new row for idem_settle. */
-static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+/* A retry of (key name, request id), whose record is v: the original's result from its
+ * journal entry, or IDEMPOTENCY_CONFLICT when the content differs (compared with the
+ * hash the record holds, or else with the content of the command the entry holds). */
+static int idem_replay(struct apply *a, const Tally__V1__Command *c, const MDB_val *v,
+		       Tally__V1__CommandResult *r)
+{
+	if (v->mv_size != IDEM_SEQ_BYTES && v->mv_size != IDEM_HASHED_BYTES)
+		return TALLY_ECORRUPT;
+	const uint8_t *rec = v->mv_data;
+	bool hashed = v->mv_size == IDEM_HASHED_BYTES;
+	MDB_val raw;
+	const uint8_t *bytes;
+	size_t n;
+	int rc = txn_entry_get(a->txn, a->l->dbi[T_ENTRIES], be64_get(rec + (hashed ? 32 : 0)), &raw);
+	if (rc == 0)
+		rc = entry_payload(&raw, &bytes, &n);
+	if (rc != 0)
+		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
+	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp), n, bytes);
+	if (e == NULL || e->result == NULL || (!hashed && e->command == NULL))
+		return TALLY_ECORRUPT;
+	uint8_t mine[32], theirs[32];
+	rc = content_hash(a, c, mine);
+	if (rc == 0 && !hashed)
+		rc = content_hash(a, e->command, theirs);
+	if (rc != 0)
+		return rc;
+	if (memcmp(mine, hashed ? rec : theirs, 32) != 0)
+		return reject(a, r, TALLY__V1__RESULT_CODE__IDEMPOTENCY_CONFLICT,
+			      "request_id: %s was used for a different command", c->request_id);
+	*r = *e->result;
+	r->message = tally_arena_strdup(a->out, e->result->message);
+	r->replay = true;
+	return r->message == NULL ? TALLY_ENOMEM : 0;
+}
+
+/* Claims (key name, request id) for this command, or answers a retry (idem_replay);
+ * *done tells whether it was a retry. The claim is one B-tree descent: an insert of a
+ * record of the final size that fails when the key exists, leaving the idempotency
+ * cursor on the new row for idem_settle. hash: the content's, under rules before 3. */
+static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_t *hash,
 		      Tally__V1__CommandResult *r, bool *done)
 {
+	assert((hash != NULL) == idem_hashed(a));
 	struct key k;
-	uint8_t claim[40] = {0};
-	memcpy(claim, hash, 32);
+	uint8_t claim[IDEM_HASHED_BYTES] = {0};
+	if (hash != NULL)
+		memcpy(claim, hash, 32);
 	idem_key(&k, c);
-	MDB_val key = {k.n, k.b}, v = {sizeof(claim), claim};
+	MDB_val key = {k.n, k.b};
+	MDB_val v = {hash != NULL ? IDEM_HASHED_BYTES : IDEM_SEQ_BYTES, claim};
 	MDB_cursor *cur;
 	*done = false;
 	int rc = st_cursor(a, T_IDEM, &cur);
@@ -394,34 +444,16 @@ static int idem_claim(struct apply *a, const Tally__V1__Command *c, const uint8_
 		return 0;
 	if (rc != MDB_KEYEXIST)
 		return lmdb_error(rc);
-	if (v.mv_size != 40)
-		return TALLY_ECORRUPT;
 	*done = true;
-	if (memcmp(v.mv_data, hash, 32) != 0)
-		return reject(a, r, TALLY__V1__RESULT_CODE__IDEMPOTENCY_CONFLICT,
-			      "request_id: %s was used for a different command", c->request_id);
-	MDB_val raw;
-	const uint8_t *bytes;
-	size_t n;
-	rc = txn_entry_get(a->txn, a->l->dbi[T_ENTRIES], be64_get((uint8_t *)v.mv_data + 32), &raw);
-	if (rc == 0)
-		rc = entry_payload(&raw, &bytes, &n);
-	if (rc != 0)
-		return rc == TALLY_ENOTFOUND ? TALLY_ECORRUPT : rc;
-	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(a->tmp), n, bytes);
-	if (e == NULL || e->result == NULL)
-		return TALLY_ECORRUPT;
-	*r = *e->result;
-	r->message = tally_arena_strdup(a->out, e->result->message);
-	r->replay = true;
-	return r->message == NULL ? TALLY_ENOMEM : 0;
+	return idem_replay(a, c, &v, r);
 }
 
 /* Completes the claim: the entry's seq for an applied command (and its hash joins the
  * state digest), or no record at all for a rejected one. */
-static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8_t hash[32],
+static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8_t *hash,
 		       const Tally__V1__CommandResult *r)
 {
+	assert((hash != NULL) == idem_hashed(a));
 	MDB_cursor *cur;
 	int rc = st_cursor(a, T_IDEM, &cur);
 	if (rc != 0)
@@ -429,11 +461,15 @@ static int idem_settle(struct apply *a, const Tally__V1__Command *c, const uint8
 	if (r->code != TALLY__V1__RESULT_CODE__OK)
 		return lmdb_error(mdb_cursor_del(cur, 0));
 	struct key k;
-	uint8_t value[40];
+	uint8_t value[IDEM_HASHED_BYTES];
+	size_t at = 0;
+	if (hash != NULL) {
+		memcpy(value, hash, 32);
+		at = 32;
+	}
 	idem_key(&k, c);
-	memcpy(value, hash, 32);
-	be64_put(value + 32, r->entry_seq);
-	MDB_val key = {k.n, k.b}, v = {sizeof(value), value};
+	be64_put(value + at, r->entry_seq);
+	MDB_val key = {k.n, k.b}, v = {at + IDEM_SEQ_BYTES, value};
 	uint8_t h[32];
 	record_hash(T_IDEM, &key, &v, h);
 	digest_add(a->m.digest, h);
@@ -452,10 +488,14 @@ static int apply_command(struct apply *a, const Tally__V1__Command *c,
 	 * set_rules sent again is refused by the version it names. */
 	bool idempotent = c->body_case != TALLY__V1__COMMAND__BODY_EXPIRE &&
 			  c->body_case != TALLY__V1__COMMAND__BODY_SET_RULES;
-	uint8_t hash[32];
+	uint8_t content[32];
+	const uint8_t *hash = NULL; /* the content's, kept in the record before rules 3 */
 	if (idempotent) {
 		bool done;
-		rc = content_hash(a, c, hash);
+		if (idem_hashed(a)) {
+			rc = content_hash(a, c, content);
+			hash = content;
+		}
 		if (rc == 0)
 			rc = idem_claim(a, c, hash, r, &done);
 		if (rc != 0 || done)

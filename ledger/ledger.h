@@ -113,10 +113,14 @@
  *      is refused points that would start another (LIMIT_EXCEEDED), and an import may
  *      keep any expiry up to TALLY_IMPORT_EXPIRY_MAX_MS (Tally before 2026-12-01);
  *   2  lots bounded by design (TALLY_ACCOUNT_LOTS_EXACT_MAX), and imports held to
- *      TALLY_EXPIRY_MONTHS_MAX months ahead. */
+ *      TALLY_EXPIRY_MONTHS_MAX months ahead;
+ *   3  an idempotency record holds the seq of the command's entry alone, not the
+ *      SHA-256 of the command's content too: a retry's content is compared with the
+ *      original's as its journal entry holds it (2026-12-02). */
 #define TALLY_RULES_FIRST 1
 #define TALLY_RULES_BOUNDED_LOTS 2
-#define TALLY_RULES_CURRENT 2
+#define TALLY_RULES_IDEM_SEQ 3
+#define TALLY_RULES_CURRENT 3
 #define TALLY_ACCOUNT_LOTS_RULES_1_MAX 10000
 #define TALLY_RATE_MAX 1000000000LL
 /* A snapshot's trailer, after the copy: magic (16 bytes, zero-padded), the copy's

@@ -1864,11 +1864,24 @@ static void test_lot_is_expired_when_a_command_next_touches_the_account(void **s
 /* idempotency                                                                       */
 /* ================================================================================ */
 
+/* The idempotency tests run under the first rules (a record with the content's
+ * SHA-256) and under TALLY_RULES_IDEM_SEQ (the entry's seq alone): the rules are the
+ * test's prestate, none meaning the first. */
+static void fx_open_under(struct fx *f, void **state)
+{
+	fx_open(f);
+	uint32_t rules = state != NULL && *state != NULL ? *(const uint32_t *)*state : TALLY_RULES_FIRST;
+	if (rules > TALLY_RULES_FIRST)
+		ok(f, c_set_rules(f, rules));
+}
+
+static const uint32_t rules_idem_seq = TALLY_RULES_IDEM_SEQ;
+#define UNDER_RULES_IDEM_SEQ(f) {#f " (rules 3)", f, NULL, NULL, (void *)&rules_idem_seq}
+
 static void test_retry_with_same_key_request_id_and_content_returns_original_result_as_replay(void **state)
 {
-	(void)state;
 	struct fx f;
-	fx_open(&f);
+	fx_open_under(&f, state);
 	setup_plain(&f, "b", 12);
 	Tally__V1__CommandResult *r =
 		ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 100), "req-1"));
@@ -1914,9 +1927,8 @@ static void test_retry_with_same_key_request_id_and_content_returns_original_res
 
 static void test_same_request_id_with_different_content_is_idempotency_conflict(void **state)
 {
-	(void)state;
 	struct fx f;
-	fx_open(&f);
+	fx_open_under(&f, state);
 	setup_plain(&f, "b", 12);
 	ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 100), "req-1"));
 	struct tally_digest before = digest(&f);
@@ -1936,11 +1948,45 @@ static void test_same_request_id_with_different_content_is_idempotency_conflict(
 	fx_close(&f);
 }
 
-static void test_rejected_command_leaves_no_record_and_its_retry_can_succeed(void **state)
+/* Records written before the ledger switched to TALLY_RULES_IDEM_SEQ keep the content's
+ * hash and still answer retries and conflicts after it; records written after hold
+ * the seq alone, and both kinds live side by side. */
+static void test_idempotency_records_of_both_rules_answer_after_the_switch(void **state)
 {
 	(void)state;
 	struct fx f;
 	fx_open(&f);
+	ok(&f, c_set_rules(&f, TALLY_RULES_BOUNDED_LOTS));
+	setup_plain(&f, "b", 12);
+	Tally__V1__CommandResult *before_switch =
+		ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 100), "old"));
+	uint64_t old_seq = before_switch->entry_seq;
+	ok(&f, c_set_rules(&f, TALLY_RULES_IDEM_SEQ));
+	Tally__V1__CommandResult *after_switch =
+		ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 7), "new"));
+	uint64_t new_seq = after_switch->entry_seq;
+	struct tally_digest before = digest(&f);
+	Tally__V1__CommandResult *r =
+		ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 100), "old"));
+	assert_true(r->replay);
+	assert_int_equal(r->entry_seq, old_seq);
+	r = ok(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 7), "new"));
+	assert_true(r->replay);
+	assert_int_equal(r->entry_seq, new_seq);
+	expect(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m1", 101), "old"),
+	       CODE(IDEMPOTENCY_CONFLICT));
+	expect(&f, with_req(&f, c_accrue(&f, dealer(&f), "b", "m2", 7), "new"),
+	       CODE(IDEMPOTENCY_CONFLICT));
+	assert_unchanged(&f, &before);
+	assert_int_equal(available(&f, "b", "m1"), 107);
+	assert_invariants(&f);
+	fx_close(&f);
+}
+
+static void test_rejected_command_leaves_no_record_and_its_retry_can_succeed(void **state)
+{
+	struct fx f;
+	fx_open_under(&f, state);
 	setup_plain(&f, "b", 12);
 	ok(&f, c_accrue(&f, dealer(&f), "b", "m1", 50));
 	struct tally_digest before = digest(&f);
@@ -2466,8 +2512,12 @@ int main(void)
 		cmocka_unit_test(test_hold_released_after_its_lot_ran_out_posts_the_points_as_expired),
 		cmocka_unit_test(test_lot_is_expired_when_a_command_next_touches_the_account),
 		cmocka_unit_test(test_retry_with_same_key_request_id_and_content_returns_original_result_as_replay),
+		UNDER_RULES_IDEM_SEQ(test_retry_with_same_key_request_id_and_content_returns_original_result_as_replay),
 		cmocka_unit_test(test_same_request_id_with_different_content_is_idempotency_conflict),
+		UNDER_RULES_IDEM_SEQ(test_same_request_id_with_different_content_is_idempotency_conflict),
 		cmocka_unit_test(test_rejected_command_leaves_no_record_and_its_retry_can_succeed),
+		cmocka_unit_test(test_idempotency_records_of_both_rules_answer_after_the_switch),
+		UNDER_RULES_IDEM_SEQ(test_rejected_command_leaves_no_record_and_its_retry_can_succeed),
 		cmocka_unit_test(test_same_request_id_under_another_key_is_a_different_intent),
 		cmocka_unit_test(test_every_entry_posts_to_member_and_system_accounts_summing_to_zero_per_brand),
 		cmocka_unit_test(test_reverse_of_accrual_whose_lot_ran_out_takes_expired_points_not_other_lots),

@@ -5,7 +5,9 @@
  * redemptions of 1..1000 points over M members picked uniformly at random. Batches
  * are serialized up front exactly as raft would carry them, then applied with
  * tally_ledger_apply_bytes (decode included) into an LMDB opened with MDB_NOSYNC, as
- * a cluster node runs it. The last line is "apply: N commands/s".
+ * a cluster node runs it, under the rules a new cluster's ledger runs (--rules N: the
+ * version set_rules switches it to first; TALLY_RULES_CURRENT unless told, 1 leaves
+ * it at the first). The last line is "apply: N commands/s".
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,6 +28,7 @@ struct opts {
 	bool writemap;
 	bool keep;
 	long map_mb;
+	long rules;
 };
 
 struct blob {
@@ -43,7 +46,7 @@ static uint64_t rnd(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: ledger-bench [--commands N] [--members M] [--batch B] "
-			"[--dir D] [--writemap] [--keep] [--map-mb N]\n");
+			"[--dir D] [--writemap] [--keep] [--map-mb N] [--rules N]\n");
 	exit(2);
 }
 
@@ -53,9 +56,9 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"commands", required_argument, NULL, 'n'}, {"members", required_argument, NULL, 'm'},
 		{"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
 		{"writemap", no_argument, NULL, 'w'},        {"keep", no_argument, NULL, 'k'},
-		{"map-mb", required_argument, NULL, 'M'},
+		{"map-mb", required_argument, NULL, 'M'},    {"rules", required_argument, NULL, 'r'},
 		{NULL, 0, NULL, 0}};
-	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0};
+	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		switch (c) {
@@ -66,16 +69,19 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'w': o->writemap = true; break;
 		case 'k': o->keep = true; break;
 		case 'M': o->map_mb = atol(optarg); break;
+		case 'r': o->rules = atol(optarg); break;
 		default: usage();
 		}
 	}
-	if (o->commands <= 0 || o->members <= 0 || o->batch <= 0 || o->batch > TALLY_BATCH_COMMANDS_MAX)
+	if (o->commands <= 0 || o->members <= 0 || o->batch <= 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
+	    o->rules < TALLY_RULES_FIRST || o->rules > TALLY_RULES_CURRENT)
 		usage();
 }
 
 static Tally__V1__Principal admin_p = TALLY__V1__PRINCIPAL__INIT;
 static Tally__V1__Principal dealer_p = TALLY__V1__PRINCIPAL__INIT;
 static Tally__V1__Principal mall_p = TALLY__V1__PRINCIPAL__INIT;
+static Tally__V1__Principal system_p = TALLY__V1__PRINCIPAL__INIT;
 static char *all_brands[1] = {(char *)"*"};
 
 static void principals(void)
@@ -86,8 +92,10 @@ static void principals(void)
 	dealer_p.role = TALLY__V1__ROLE__DEALER;
 	mall_p.key_name = (char *)"mall";
 	mall_p.role = TALLY__V1__ROLE__MALL;
-	Tally__V1__Principal *ps[3] = {&admin_p, &dealer_p, &mall_p};
-	for (int i = 0; i < 3; i++) {
+	system_p.key_name = (char *)"tally-system";
+	system_p.role = TALLY__V1__ROLE__SYSTEM;
+	Tally__V1__Principal *ps[4] = {&admin_p, &dealer_p, &mall_p, &system_p};
+	for (int i = 0; i < 4; i++) {
 		ps[i]->brands = all_brands;
 		ps[i]->n_brands = 1;
 	}
@@ -155,6 +163,19 @@ static void fill_setup(struct tally_arena *a, Tally__V1__Command *c, long i, voi
 	c->open_member = m;
 }
 
+/* The set_rules a new cluster's first leader proposes (consensus/rules.c). */
+static void fill_rules(struct tally_arena *a, Tally__V1__Command *c, long i, void *ctx)
+{
+	(void)i;
+	c->principal = &system_p;
+	c->request_id = (char *)"set-rules";
+	Tally__V1__SetRules *m = tally_arena_alloc(a, sizeof(*m));
+	tally__v1__set_rules__init(m);
+	m->version = (uint32_t)*(long *)ctx;
+	c->body_case = TALLY__V1__COMMAND__BODY_SET_RULES;
+	c->set_rules = m;
+}
+
 static void fill_op(struct tally_arena *a, Tally__V1__Command *c, long i, void *ctx)
 {
 	long members = *(long *)ctx;
@@ -216,6 +237,19 @@ int main(int argc, char **argv)
 	Tally__V1__CommandResult **rs;
 	size_t n;
 	bool skipped;
+	if (o.rules > TALLY_RULES_FIRST) {
+		struct blob bl = encode_batch(&a, ++index, t_ms, 0, 1, fill_rules, &o.rules);
+		rc = tally_ledger_apply_bytes(l, bl.data, bl.len, &out, &rs, &n, &skipped);
+		free(bl.data);
+		if (rc == 0 && (n != 1 || rs[0]->code != TALLY__V1__RESULT_CODE__OK))
+			fprintf(stderr, "ledger-bench: rules %ld: %s (the ledger keeps its own)\n",
+				o.rules, rs[0]->message);
+		tally_arena_reset(&out);
+		if (rc != 0) {
+			fprintf(stderr, "rules: %s\n", tally_strerror(rc));
+			return 1;
+		}
+	}
 	for (long i = 0; i < o.members + 1; i += 1000) {
 		long k = o.members + 1 - i < 1000 ? o.members + 1 - i : 1000;
 		struct blob bl = encode_batch(&a, ++index, t_ms, i, k, fill_setup, NULL);
@@ -235,8 +269,8 @@ int main(int argc, char **argv)
 		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * 10, b * o.batch, k,
 					  fill_op, &o.members);
 	}
-	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, dir %s%s\n",
-		o.commands, n_batches, o.batch, o.members, dir, o.writemap ? ", writemap" : "");
+	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s\n",
+		o.commands, n_batches, o.batch, o.members, o.rules, dir, o.writemap ? ", writemap" : "");
 	long ok = 0, rejected = 0;
 	double start = bench_now_s(), last = start;
 	for (long b = 0; b < n_batches; b++) {

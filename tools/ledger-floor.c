@@ -7,7 +7,8 @@
  * the same random member picks and request ids as ledger-bench and the same batches
  * (one write transaction each, MDB_NOSYNC | MDB_WRITEMAP):
  *
- *   - the idempotency claim: one insert of (key name, request id) → 40 bytes;
+ *   - the idempotency claim: one insert of (key name, request id) → the entry's seq
+ *     (8 bytes, the record under rules 3; 40 before, with the content's hash);
  *   - the account: found by its key and replaced by a record of the same size; on
  *     the account's first touch the member is looked up and the account inserted;
  *   - the journal entry: appended (as many bytes as the ledger's entries average),
@@ -45,7 +46,7 @@
 #define MEMBER_BYTES 51    /* mean member record */
 #define ENTRY_BYTES 185    /* mean stored entry: header, links and entry bytes */
 #define ENTRY_HEAD_BYTES 24
-#define IDEM_BYTES 40      /* content hash and seq */
+#define IDEM_BYTES 8       /* the entry's seq (rules 3) */
 #define TREE_LEVEL_STORED 4
 #define MAP_SLACK_BYTES (256ULL << 20)
 #define MAP_BYTES_PER_COMMAND 1024ULL
