@@ -78,9 +78,11 @@ static void snapshot_installed_fix(struct tally_node *n, const struct raft_messa
 		if (p->state != RAFT015_PROGRESS_SNAPSHOT || p->snapshot_index == 0 ||
 		    res->last_log_index < p->snapshot_index || p->match_index < res->last_log_index)
 			return; /* not installed yet, or raft sees it: its index moves */
+		/* raft asks whether now - snapshot_last_send >= the timeout, in unsigned
+		 * arithmetic: this makes the difference the timeout exactly, even when the
+		 * clock (the loop's, from boot) has not yet reached the timeout itself. */
 		raft_time now = r->io->time(r->io);
-		p->snapshot_last_send = now > r->install_snapshot_timeout
-						? now - r->install_snapshot_timeout : 0;
+		p->snapshot_last_send = now - (raft_time)r->install_snapshot_timeout;
 		n->stats.install_waits_ended++;
 		return;
 	}

@@ -370,11 +370,14 @@ static int cluster_setup_log_budget(void **state)
 	return cluster_setup_with(state, 1000000, LOG_BUDGET_BYTES, 0);
 }
 
-/* A leader that would wait an hour for an InstallSnapshot's answer: only an answer it
- * heeds ends the wait. */
+/* A leader that would wait 30 days for an InstallSnapshot's answer: only an answer it
+ * heeds ends the wait. Longer than any test machine has been up, on purpose: raft's
+ * clock (libuv's loop time) counts from boot, and a wait ended by setting the last send
+ * back by the timeout once failed only where the clock had not reached it. */
+#define INSTALL_WAIT_LONG_MS (30u * 24 * 3600 * 1000)
 static int cluster_setup_long_install_wait(void **state)
 {
-	return cluster_setup_with(state, 32, 0, 3600000);
+	return cluster_setup_with(state, 32, 0, INSTALL_WAIT_LONG_MS);
 }
 
 static void on_node_closed(void *data)
@@ -1066,7 +1069,7 @@ static void open_brand_and_member(struct cluster *c, const char *member)
  * catch up either way: messages the leader queued while it was down can still carry
  * the entries.) The leader still counts the follower's old match index, past its
  * snapshot, so raft 0.15 would ignore the answer to the InstallSnapshot and wait out
- * install_snapshot_timeout, here an hour (cluster_setup_long_install_wait):
+ * install_snapshot_timeout, here 30 days (cluster_setup_long_install_wait):
  * consensus/raft015.c ends that wait once the answer shows the snapshot installed. */
 static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **state)
 {
@@ -1108,7 +1111,7 @@ static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **
 	assert_true(st->install_snapshots_received >= st->snapshots_installed);
 	assert_true(run_until(c, wiped_install_wait_fits, WAIT_MS));
 	/* The snapshot it installed (the one its check read). When the leader had taken
-	 * none past the follower's old index, raft 0.15 would have waited the hour, and the
+	 * none past the follower's old index, raft 0.15 would have waited the 30 days, and the
 	 * leader says it ended that wait. */
 	unsigned long long term, index, ms;
 	const char *name = strrchr(c->checked[wiped], '/');
