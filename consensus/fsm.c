@@ -10,14 +10,16 @@
  *           replays produce results in the arena and drop them.
  * snapshot: main loop, only notes that a snapshot is being taken.
  * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c) maps a sealed
- *           copy of the ledger from an unlinked file: page cache, not heap. raft
- *           writes it to its own file and syncs it; that copy, restored at every
+ *           copy of the ledger from a file without a name in raft's directory: page
+ *           cache, not heap. raft stores it as its snapshot file (the copy itself,
+ *           adopted, not written again) and syncs it; that file, restored at every
  *           start, is what makes the entries up to the snapshot index durable, so the
  *           ledger's own file is not synced. The copy may already contain entries
  *           past raft's snapshot index; they are skipped when raft replays them.
  * snapshot_finalize: main loop, hands the copy (raft hands back only what we made) to
- *           the thread pool to unmap: the file is unlinked, so the unmap frees its
- *           blocks, which on a file system mounted with `discard` waits for the disk.
+ *           the thread pool to unmap: a copy raft did not adopt has no name, so the
+ *           unmap frees its blocks, which on a file system mounted with `discard` waits
+ *           for the disk.
  *           A 1.2 GB copy held a loop for seconds that way, past the election
  *           timeout. The next snapshot waits until the copy is gone.
  * restore:  main loop, replaces the ledger with the snapshot after checking its seal
@@ -235,7 +237,7 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 	struct raft_buffer *one = raft_malloc(sizeof(*one));
 	if (one == NULL)
 		return RAFT_NOMEM;
-	int rv = node_snapshot_take(n->ledger, n->ledger_dir, one);
+	int rv = node_snapshot_take(n->ledger, n->raft_dir, one);
 	if (rv != 0) {
 		raft_free(one);
 		return rv;
@@ -250,7 +252,7 @@ static void release_work_cb(uv_work_t *work)
 {
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->release_busy && n->release_copy.base != NULL);
-	node_snapshot_free(&n->release_copy);
+	n->release_adopted = node_snapshot_free(&n->release_copy);
 }
 
 /* Main loop, once the copy is released: the next snapshot may begin. */
@@ -258,9 +260,10 @@ static void release_after_cb(uv_work_t *work, int status)
 {
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->release_busy && n->snapshot_busy);
-	if (status != 0 && n->release_copy.base != NULL)
-		node_snapshot_free(&n->release_copy); /* not run (cancelled): here, then */
+	if (status != 0 && n->release_copy.base != NULL) /* not run (cancelled): here, then */
+		n->release_adopted = node_snapshot_free(&n->release_copy);
 	assert(n->release_copy.base == NULL);
+	n->stats.snapshots_adopted += n->release_adopted;
 	n->release_busy = false;
 	n->snapshot_busy = false;
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
@@ -290,7 +293,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 		n->release_busy = false;
 	}
 	if (n->release_copy.base != NULL) /* the simulator, or no queue: here */
-		node_snapshot_free(&n->release_copy);
+		n->stats.snapshots_adopted += node_snapshot_free(&n->release_copy);
 	n->snapshot_busy = false;
 	return 0;
 }

@@ -156,6 +156,7 @@ struct tally_node {
 	uv_work_t release_work;           /* unmaps the copy raft stored, off the loop (fsm.c) */
 	struct raft_buffer release_copy;
 	bool release_busy;
+	bool release_adopted; /* the copy released was raft's stored snapshot */
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */

@@ -201,6 +201,8 @@ struct tally_node_stats {
 	uint64_t apply_us_hist[TALLY_NODE_HIST_BOUNDS + 1];   /* µs to apply an entry */
 	uint64_t apply_us_sum;
 	uint64_t snapshots;          /* snapshots this node took (stored or not) */
+	uint64_t snapshots_adopted;  /* of them, stored by raft as the copy itself, unwritten
+				      * (consensus/snapshot.h) */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an

@@ -1055,6 +1055,16 @@ static bool every_node_snapshotted(struct cluster *c)
 	return true;
 }
 
+/* Every node has released a snapshot it took that raft stored as the copy itself
+ * (consensus/snapshot.h), not written again. */
+static bool every_node_stored_a_copy_itself(struct cluster *c)
+{
+	for (int i = 0; i < NODES; i++)
+		if (tally_node_stats(c->node[i])->snapshots_adopted == 0)
+			return false;
+	return true;
+}
+
 /* Brand aurora and one member of it, on a fresh cluster. */
 static void open_brand_and_member(struct cluster *c, const char *member)
 {
@@ -1154,6 +1164,7 @@ static void test_a_log_past_its_byte_budget_is_snapshotted(void **state)
 	}
 	/* taken on the thread pool, then stored by raft_uv: waited for */
 	assert_true(run_until(c, every_node_snapshotted, WAIT_MS));
+	assert_true(run_until(c, every_node_stored_a_copy_itself, WAIT_MS));
 	assert_true(run_until(c, replicas_identical, WAIT_MS));
 	/* Staggered: the nodes apply the same entries, but each snapshots at points a third
 	 * of the budget from the others' (NODE_SNAPSHOT_PHASES), even after a first

@@ -13,6 +13,7 @@
  * (and the first of memory) and are skipped, saying why, where there is less or under
  * valgrind (TALLY_TEST_QUICK).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -362,6 +363,152 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 	free(dir);
 }
 
+/* ---- pwrite64(): raft stores a snapshot this node took as the copy itself ------------- */
+
+/* A ledger with a brand and a member (fx_open), and a copy of it taken into dir as
+ * snapshot_async takes one, with raft's heap as tallyd sets it (the test ends with
+ * raft_heap_set_default); *ino is the inode of the file the copy maps. */
+static void copy_take(struct fx *f, const char *dir, struct raft_buffer *buf, unsigned long *ino)
+{
+	tally_node_snapshot_mappings();
+	fx_open(f);
+	assert_int_equal(apply1(f, c_brand(f, admin(f), "acme", 12))->code, TALLY__V1__RESULT_CODE__OK);
+	assert_int_equal(apply1(f, c_member(f, admin(f), "m1"))->code, TALLY__V1__RESULT_CODE__OK);
+	assert_int_equal(node_snapshot_take(f->l, dir, buf), 0);
+	char line[1024];
+	mapping_of(buf->base, line, sizeof(line));
+	assert_int_equal(sscanf(line, "%*s %*s %*s %*s %lu", ino), 1);
+	assert_true(*ino != 0);
+}
+
+/* Names in dir that start with prefix or end with suffix. */
+static int names_like(const char *dir, const char *prefix, const char *suffix)
+{
+	DIR *d = opendir(dir);
+	assert_non_null(d);
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		size_t len = strlen(e->d_name), sl = strlen(suffix);
+		n += strncmp(e->d_name, prefix, strlen(prefix)) == 0 ||
+		     (len >= sl && strcmp(e->d_name + len - sl, suffix) == 0);
+	}
+	closedir(d);
+	return n;
+}
+
+/* raft_uv's store of a copy this node took makes the copy itself raft's snapshot file:
+ * the same inode, no temporary name left behind, the copy's bytes; the file outlives
+ * the copy's release, loads back byte for byte and opens as a ledger. */
+static void test_a_taken_snapshot_is_stored_as_the_copy_itself(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct fx f;
+	struct raft_buffer buf;
+	unsigned long ino;
+	copy_take(&f, dir, &buf, &ino);
+	uint8_t *want = malloc(buf.len);
+	assert_non_null(want);
+	memcpy(want, buf.base, buf.len);
+	size_t len = buf.len;
+
+	big_store(dir, buf.base, buf.len);
+	char file[PATH_MAX];
+	node_snapshot_find(dir, buf.base, buf.len, file, sizeof(file));
+	assert_true(file[0] != '\0');
+	struct stat st;
+	assert_int_equal(stat(file, &st), 0);
+	assert_int_equal(st.st_ino, ino);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 0);
+	assert_true(node_snapshot_free(&buf));
+
+	struct big_io b;
+	big_io_open(&b, dir);
+	struct raft_snapshot *loaded = big_io_load(&b);
+	assert_non_null(loaded);
+	assert_int_equal(loaded->n_bufs, 1);
+	assert_int_equal(loaded->bufs[0].len, len);
+	assert_memory_equal(loaded->bufs[0].base, want, len);
+	big_snapshot_free(loaded);
+	big_io_close(&b);
+	struct tally_ledger *copy = NULL;
+	assert_int_equal(tally_ledger_open_snapshot(file, &copy), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
+	tally_ledger_close(copy);
+	free(want);
+	fx_close(&f);
+	raft_heap_set_default();
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* The bytes of fd's file, which must be len long and equal want. */
+static void assert_file_holds(int fd, const uint8_t *want, size_t len)
+{
+	struct stat st;
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_size, (off_t)len);
+	uint8_t *got = malloc(len);
+	assert_non_null(got);
+	assert_int_equal(pread(fd, got, len, 0), (ssize_t)len);
+	assert_memory_equal(got, want, len);
+	free(got);
+}
+
+/* Only a whole copy, from its mapping at offset 0, into raft's temporary file of a
+ * snapshot's data, is adopted; every other pwrite64, of the copy's bytes too, writes
+ * them as the system call does, and the copy is then not raft's. */
+static void test_only_a_whole_copy_into_rafts_file_is_adopted(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct fx f;
+	struct raft_buffer buf;
+	unsigned long ino;
+	copy_take(&f, dir, &buf, &ino);
+	const uint8_t *base = buf.base;
+	struct {
+		const char *name;
+		size_t offset, len;
+	} cases[] = {
+		{"some-file", 0, buf.len},                       /* not raft's name */
+		{"tmp-snapshot-2-10-1234.meta", 0, buf.len},      /* raft's metadata file */
+		{"tmp-snapshot-2-10-1234", 0, buf.len - 1},       /* not the whole copy */
+		{"tmp-snapshot-2-10-1235", 4096, buf.len - 4096}, /* not from its start */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char path[PATH_MAX];
+		snprintf(path, sizeof(path), "%s/%s", dir, cases[i].name);
+		int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		assert_true(fd >= 0);
+		ssize_t put = pwrite64(fd, base + cases[i].offset, cases[i].len, (off_t)cases[i].offset);
+		assert_int_equal(put, (ssize_t)cases[i].len);
+		struct stat st;
+		assert_int_equal(fstat(fd, &st), 0);
+		assert_true(st.st_ino != ino);
+		close(fd);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		assert_true(fd >= 0);
+		uint8_t *want = calloc(1, cases[i].offset + cases[i].len);
+		assert_non_null(want);
+		memcpy(want + cases[i].offset, base + cases[i].offset, cases[i].len);
+		assert_file_holds(fd, want, cases[i].offset + cases[i].len);
+		free(want);
+		close(fd);
+	}
+	errno = 0;
+	assert_int_equal(pwrite64(-1, base, buf.len, 0), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 3); /* the cases' own files */
+	assert_false(node_snapshot_free(&buf));
+	fx_close(&f);
+	raft_heap_set_default();
+	fx_remove_dir(dir);
+	free(dir);
+}
+
 /* ---- fsync(): a large file written back a step at a time ---------------------------- */
 
 #define STEPS_MAX 16
@@ -510,6 +657,8 @@ static void test_the_ledger_is_flushed_through_its_own_file(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_a_taken_snapshot_is_stored_as_the_copy_itself),
+		cmocka_unit_test(test_only_a_whole_copy_into_rafts_file_is_adopted),
 		cmocka_unit_test(test_a_large_file_is_written_back_step_by_step),
 		cmocka_unit_test(test_a_steps_write_back_error_is_reported_not_lost),
 		cmocka_unit_test(test_fsync_answers_as_the_system_call),

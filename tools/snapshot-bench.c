@@ -8,8 +8,10 @@
  * D/ledger must hold a ledger (make bench-snapshot builds one of 1,000,000 members
  * with ledger-bench). Each run forks two fresh processes, so that each peak is its
  * own:
- *   take:    node_snapshot_take (what snapshot_async does), raft's snapshot_put of
- *            the buffer into D/raft, node_snapshot_free (snapshot_finalize);
+ *   take:    node_snapshot_take into D/raft (what snapshot_async does), raft's
+ *            snapshot_put of the buffer there (which adopts the copy as its file,
+ *            or writes it again: the line says which), node_snapshot_free
+ *            (snapshot_finalize);
  *   restore: raft's load of D/raft (what raft does at start; an InstallSnapshot
  *            arrives as the same kind of buffer), node_snapshot_restore into
  *            D/restored and the free of raft's buffer (what fsm restore does on the
@@ -170,6 +172,7 @@ static int take(const char *dir)
 	int rc = tally_ledger_open(path, &lo, &l);
 	if (rc != 0)
 		die(path, tally_strerror(rc));
+	snprintf(path, sizeof(path), "%s/raft", dir);
 	pthread_t t = sampler_start();
 	double t0 = bench_now_s();
 	struct raft_buffer buf;
@@ -178,7 +181,6 @@ static int take(const char *dir)
 	double t1 = bench_now_s();
 	struct raft_store s;
 	struct raft_snapshot *none = NULL;
-	snprintf(path, sizeof(path), "%s/raft", dir);
 	store_open(&s, path, &none);
 	struct raft_snapshot snap = {.index = tally_ledger_applied_index(l), .term = 1,
 				     .configuration_index = 1, .bufs = &buf, .n_bufs = 1};
@@ -195,12 +197,13 @@ static int take(const char *dir)
 		die("snapshot_put", raft_strerror(s.status));
 	double t2 = bench_now_s();
 	size_t len = buf.len;
-	node_snapshot_free(&buf);
+	bool adopted = node_snapshot_free(&buf);
 	raft_configuration_close(&snap.configuration);
 	store_close(&s);
 	sampler_stop(t);
-	printf("take: snapshot %.0f MiB; take %.2f s (thread pool), raft store %.2f s\n",
-	       (double)len / 1048576.0, t1 - t0, t2 - t1);
+	printf("take: snapshot %.0f MiB; take %.2f s (thread pool), raft store %.2f s (%s)\n",
+	       (double)len / 1048576.0, t1 - t0, t2 - t1,
+	       adopted ? "the copy adopted" : "written again");
 	report_memory("take");
 	tally_ledger_close(l);
 	return 0;
