@@ -237,7 +237,7 @@ static int fsm_snapshot_async(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 	struct raft_buffer *one = raft_malloc(sizeof(*one));
 	if (one == NULL)
 		return RAFT_NOMEM;
-	int rv = node_snapshot_take(n->ledger, n->raft_dir, one);
+	int rv = node_snapshot_take(n->ledger, n->raft_dir, one, &n->snapshot_reused);
 	if (rv != 0) {
 		raft_free(one);
 		return rv;
@@ -281,6 +281,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	if (*n_bufs == 1) {
 		n->release_copy = (*bufs)[0];
 		node_snapshot_sized(n, n->release_copy.len);
+		n->stats.snapshots_reused += n->snapshot_reused; /* set by snapshot_async */
 	}
 	raft_free(*bufs);
 	*bufs = NULL;

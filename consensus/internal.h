@@ -157,6 +157,7 @@ struct tally_node {
 	struct raft_buffer release_copy;
 	bool release_busy;
 	bool release_adopted; /* the copy released was raft's stored snapshot */
+	bool snapshot_reused; /* the copy taken was written over a file raft had removed */
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */

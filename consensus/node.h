@@ -202,7 +202,8 @@ struct tally_node_stats {
 	uint64_t apply_us_sum;
 	uint64_t snapshots;          /* snapshots this node took (stored or not) */
 	uint64_t snapshots_adopted;  /* of them, stored by raft as the copy itself, unwritten
-				      * (consensus/snapshot.h) */
+				      * (consensus/snapstore.h) */
+	uint64_t snapshots_reused;   /* of them, copied over a snapshot file raft had removed */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an

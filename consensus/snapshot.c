@@ -5,11 +5,8 @@
 #undef _FORTIFY_SOURCE
 #include <assert.h>
 #include <dirent.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,69 +18,20 @@
 #include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
+#include "consensus/snapstore.h"
 
-#define SNAPSHOT_FILE_TEMPLATE ".snapshot-XXXXXX" /* in the ledger directory, unlinked */
-#define SNAPSHOT_RAFT_PREFIX "snapshot-"         /* raft_uv's: snapshot-TERM-INDEX-TIME */
-#define SNAPSHOT_RAFT_TMP_PREFIX "tmp-snapshot-" /* raft_uv's, while it writes one */
-#define SNAPSHOT_SPARE_SUFFIX ".adopt"           /* the copy's name for a moment */
-#define SNAPSHOT_PROC_FD "/proc/self/fd/"
+#define SNAPSHOT_RAFT_PREFIX "snapshot-" /* raft_uv's: snapshot-TERM-INDEX-TIME */
 
-/*
- * The copies node_snapshot_take made and node_snapshot_free has not yet freed, by their
- * mapping: what raft_uv's store of one can adopt instead of writing (pwrite64 below).
- * Each keeps its file open for writing. A node has one at a time (fsm.c waits for the
- * last to be freed); a copy that finds no free slot is stored by writing, as before.
- */
-struct snapshot_copy {
-	const void *base; /* NULL: a free slot */
-	size_t len;
-	int fd;
-	bool adopting; /* copy_adopt runs, without the lock */
-	bool adopted;  /* raft's snapshot file is this copy */
-};
-static pthread_mutex_t copies_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct snapshot_copy copies[NODE_SNAPSHOT_COPIES_MAX];
-static atomic_int copies_live; /* slots in use: pwrite64's way past all this */
-
-/* A file for the copy in dir with no name: O_TMPFILE, which linkat can name later; or,
- * where the file system has none, a named file unlinked at once (never adopted). */
-static int copy_open(const char *dir)
-{
-	int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, S_IRUSR | S_IWUSR);
-	if (fd >= 0)
-		return fd;
-	char path[NODE_PATH_BYTES_MAX + sizeof(SNAPSHOT_FILE_TEMPLATE) + 1];
-	int n = snprintf(path, sizeof(path), "%s/" SNAPSHOT_FILE_TEMPLATE, dir);
-	if (n < 0 || (size_t)n >= sizeof(path))
-		return -1;
-	fd = mkostemp(path, O_CLOEXEC);
-	if (fd >= 0)
-		unlink(path); /* nameless: its blocks go with the mapping, or with the process */
-	return fd;
-}
-
-/* Keeps fd with the copy mapped at base; closes it when no slot is free. */
-static void copy_register(const void *base, size_t len, int fd)
-{
-	pthread_mutex_lock(&copies_lock);
-	for (size_t i = 0; fd >= 0 && i < NODE_SNAPSHOT_COPIES_MAX; i++) {
-		if (copies[i].base == NULL) {
-			copies[i] = (struct snapshot_copy){.base = base, .len = len, .fd = fd};
-			atomic_fetch_add(&copies_live, 1);
-			fd = -1;
-		}
-	}
-	pthread_mutex_unlock(&copies_lock);
-	if (fd >= 0)
-		close(fd);
-}
-
-int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out)
+int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out,
+		       bool *reused)
 {
 	assert(l != NULL && dir != NULL && out != NULL);
-	int fd = copy_open(dir);
+	char name[NODE_PATH_BYTES_MAX];
+	int fd = node_snapstore_open(dir, name, sizeof(name));
 	if (fd < 0)
 		return RAFT_IOERR;
+	if (reused != NULL)
+		*reused = name[0] != '\0';
 	struct stat st;
 	int rv = RAFT_IOERR;
 	/* No sync of the ledger first: raft restores its own copy of this snapshot at
@@ -98,140 +46,22 @@ int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buff
 		if (base != MAP_FAILED) {
 			out->base = base;
 			out->len = (size_t)st.st_size;
-			copy_register(base, out->len, fd);
+			node_snapstore_keep(base, out->len, fd, name);
 			return 0;
 		}
 	}
-	close(fd);
+	node_snapstore_drop(fd, name);
 	return rv;
 }
 
 bool node_snapshot_free(struct raft_buffer *buf)
 {
 	assert(buf != NULL && buf->base != NULL && buf->len > 0);
-	bool adopted = false;
-	pthread_mutex_lock(&copies_lock);
-	for (size_t i = 0; i < NODE_SNAPSHOT_COPIES_MAX; i++) {
-		if (copies[i].base == buf->base) {
-			assert(!copies[i].adopting); /* raft frees a snapshot once it is stored */
-			adopted = copies[i].adopted;
-			close(copies[i].fd);
-			copies[i] = (struct snapshot_copy){.base = NULL};
-			atomic_fetch_sub(&copies_live, 1);
-		}
-	}
-	pthread_mutex_unlock(&copies_lock);
+	bool adopted = node_snapstore_release(buf->base);
 	munmap(buf->base, buf->len);
 	buf->base = NULL;
 	buf->len = 0;
 	return adopted;
-}
-
-/*
- * Makes raft's file behind fd the copy. fd is raft's temporary file of a snapshot's
- * data, still empty; its name becomes the copy's (linked at a spare name beside it,
- * then renamed over it: a name with raft's temporary prefix, which raft removes at
- * start if a crash leaves it), and fd becomes a descriptor of the copy, opened again
- * by that name, so that raft's fsync of fd is of the copy and everything that follows
- * file descriptors (a fault injector's preload) sees the file raft goes on with. The
- * copy is synced first. false when any step fails before the rename: raft then writes
- * the bytes as before. After the rename, raft's name holds the copy's bytes, durable,
- * whatever happens next, and any bytes raft writes behind fd are the same ones.
- */
-static bool copy_adopt(struct snapshot_copy c, int fd)
-{
-	struct stat cs, fs;
-	if (fstat(c.fd, &cs) != 0 || fstat(fd, &fs) != 0 || !S_ISREG(fs.st_mode) ||
-	    fs.st_size != 0 || fs.st_dev != cs.st_dev || (uint64_t)cs.st_size != c.len)
-		return false;
-	char proc[sizeof(SNAPSHOT_PROC_FD) + 3 * sizeof(int)];
-	char path[NODE_PATH_BYTES_MAX], spare[NODE_PATH_BYTES_MAX + sizeof(SNAPSHOT_SPARE_SUFFIX)];
-	snprintf(proc, sizeof(proc), SNAPSHOT_PROC_FD "%d", fd);
-	ssize_t n = readlink(proc, path, sizeof(path) - 1);
-	if (n <= 0 || (size_t)n >= sizeof(path) - 1)
-		return false;
-	path[n] = '\0';
-	const char *name = strrchr(path, '/');
-	if (name == NULL || strncmp(name + 1, SNAPSHOT_RAFT_TMP_PREFIX,
-				    strlen(SNAPSHOT_RAFT_TMP_PREFIX)) != 0 ||
-	    strstr(name, ".meta") != NULL)
-		return false;
-	/* Durable before raft's name holds it: should fd not become the copy below, raft
-	 * syncs the file behind fd, not this one. fsync() is flush.c's, a step at a time. */
-	if (fsync(c.fd) != 0)
-		return false;
-	snprintf(spare, sizeof(spare), "%s" SNAPSHOT_SPARE_SUFFIX, path);
-	snprintf(proc, sizeof(proc), SNAPSHOT_PROC_FD "%d", c.fd);
-	if (linkat(AT_FDCWD, proc, AT_FDCWD, spare, AT_SYMLINK_FOLLOW) != 0)
-		return false; /* a named copy (no O_TMPFILE), another file system */
-	if (rename(spare, path) != 0) {
-		unlink(spare);
-		return false;
-	}
-	int again = open(path, O_WRONLY | O_CLOEXEC);
-	bool onto = again >= 0 && dup3(again, fd, O_CLOEXEC) == fd;
-	if (again >= 0)
-		close(again);
-	return onto;
-}
-
-/* The pwrite64() this one stands in front of (libc's, or a preloaded injector's). */
-static ssize_t next_pwrite64(int fd, const void *buf, size_t count, off_t offset)
-{
-	static ssize_t (*_Atomic next)(int, const void *, size_t, off_t);
-	ssize_t (*f)(int, const void *, size_t, off_t) =
-		atomic_load_explicit(&next, memory_order_relaxed);
-	if (f == NULL) {
-		f = (ssize_t(*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
-		if (f == NULL)
-			return syscall(SYS_pwrite64, fd, buf, count, offset);
-		atomic_store_explicit(&next, f, memory_order_relaxed);
-	}
-	return f(fd, buf, count, offset);
-}
-
-/* Whether the write of count bytes at buf into fd was the store of a whole copy, which
- * is now raft's file. The lock is not held while copy_adopt syncs the copy (seconds,
- * for GBs): raft's loop writes its metadata with pwrite64 too. */
-static bool copy_store(int fd, const void *buf, size_t count)
-{
-	struct snapshot_copy *c = NULL;
-	pthread_mutex_lock(&copies_lock);
-	for (size_t i = 0; i < NODE_SNAPSHOT_COPIES_MAX; i++)
-		if (copies[i].base == buf && copies[i].len == count && !copies[i].adopted &&
-		    !copies[i].adopting)
-			c = &copies[i];
-	if (c != NULL)
-		c->adopting = true;
-	struct snapshot_copy claimed = c != NULL ? *c : (struct snapshot_copy){.fd = -1};
-	pthread_mutex_unlock(&copies_lock);
-	if (c == NULL)
-		return false;
-	bool adopted = copy_adopt(claimed, fd);
-	pthread_mutex_lock(&copies_lock);
-	c->adopting = false;
-	c->adopted = adopted;
-	pthread_mutex_unlock(&copies_lock);
-	return adopted;
-}
-
-/*
- * raft_uv stores a snapshot by writing its buffers into a new temporary file (libuv's
- * uv_fs_write: one pwrite64 per buffer), syncing it and renaming it. The buffer of a
- * snapshot this node took is the mapping of a copy that is already a file with those
- * bytes: a busy node spent about as much CPU writing them again as taking the copy.
- * This pwrite64 stands in front of libc's for the whole process (as read() below): a
- * write of a whole copy from its own mapping, at offset 0, adopts the copy as raft's
- * file (copy_adopt) and answers that it wrote every byte. Anything else is the plain
- * call.
- */
-__attribute__((visibility("default"))) ssize_t pwrite64(int fd, const void *buf, size_t count,
-							off_t offset)
-{
-	if (offset == 0 && count > 0 && atomic_load(&copies_live) > 0 &&
-	    copy_store(fd, buf, count))
-		return (ssize_t)count;
-	return next_pwrite64(fd, buf, count, offset);
 }
 
 /* Whether the file at path is len bytes long and ends with `trailer`. */

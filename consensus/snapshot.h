@@ -4,21 +4,23 @@
  *
  * canonical raft 0.15 wants a snapshot as buffers in memory: raft_uv writes them to
  * its snapshot file (snapshot_put) and hands them back to snapshot_finalize. The
- * buffer node_snapshot_take makes is a read-only shared mapping of a file without a
- * name (O_TMPFILE) in raft's directory: its pages are page cache the kernel can write
- * back and drop, not anonymous memory, so a snapshot of any size costs the node no
- * heap. raft_uv's write of that buffer into its snapshot file does not copy it: the
- * copy itself becomes raft's file (snapshot.c, pwrite64), so each snapshot is
- * written to disk once. A copy raft did not adopt leaves nothing on disk once it is
- * unmapped or the process ends. Restores get raft's own buffer (raft_malloc'd, read from its file or
+ * buffer node_snapshot_take makes is a read-only shared mapping of a file in raft's
+ * directory (snapstore.h: written over a snapshot raft removed, or new and without a
+ * name): its pages are page cache the kernel can write back and drop, not anonymous
+ * memory, so a snapshot of any size costs the node no heap. raft_uv's write of that
+ * buffer into its snapshot file does not copy it: the copy itself becomes raft's file
+ * (snapstore.h), so each snapshot is written once. A copy raft did not adopt leaves
+ * nothing on disk once it is unmapped or the process ends. Restores get raft's own buffer (raft_malloc'd, read from its file or
  * received in an InstallSnapshot): tally_ledger_restore writes it straight to the
  * staging file, checks its seal and opens it; the full check runs later, off the
  * loop (node_snapshot_verify).
  *
  * node_snapshot_take:    (thread pool) maps a sealed copy of the ledger, made in
- *                        `dir` (raft's directory: a copy elsewhere is stored by
- *                        writing it), into *out; the copy may already hold entries
+ *                        `dir` (raft's directory: raft adopts a copy only on its
+ *                        own file system), into *out; the copy may already hold entries
  *                        past raft's snapshot index (raft's replay skips them).
+ *                        *reused (may be NULL): whether it was written over a
+ *                        snapshot file raft had removed (snapstore.h).
  * node_snapshot_free:    (snapshot_finalize) unmaps a buffer from node_snapshot_take;
  *                        true when raft stored it by adopting the copy.
  * node_snapshot_find:    (restore, before raft's buffer is freed) the file in raft's
@@ -39,7 +41,7 @@
  *
  * snapshot.c also defines read() for the process, so that raft 0.15 can load a
  * snapshot file over Linux's 2 GiB limit on one read(), and past the 4 GiB its int
- * count holds (NODE_SNAPSHOT_INT_COUNT_MAX), and pwrite64(), which adopts the copies.
+ * count holds (NODE_SNAPSHOT_INT_COUNT_MAX).
  */
 #ifndef TALLY_CONSENSUS_SNAPSHOT_H
 #define TALLY_CONSENSUS_SNAPSHOT_H
@@ -50,11 +52,8 @@
 
 #include "ledger/ledger.h"
 
-/* Copies taken and not yet freed that raft can adopt (one per node at a time; more,
- * as in a bench, are stored by writing). */
-#define NODE_SNAPSHOT_COPIES_MAX 4
-
-int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out);
+int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out,
+		       bool *reused);
 bool node_snapshot_free(struct raft_buffer *buf);
 void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char *path,
 			size_t cap);

@@ -458,16 +458,21 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 	int rc = tally_ledger_digest(l, &d);
 	if (rc == 0 && applied_index != NULL)
 		*applied_index = d.applied_index;
+	struct stat st;
+	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || lseek(fd, 0, SEEK_CUR) != 0))
+		rc = TALLY_EINVAL;
 	if (rc == 0)
 		rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
 	map_unpin(l); /* the seal reads the copy, not the map */
-	struct stat st;
-	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
+	/* LMDB's compacting copy writes its pages in order from the file's offset: where it
+	 * ends is the copy's length, whatever the file held past it before. */
+	off_t end = rc == 0 ? lseek(fd, 0, SEEK_CUR) : -1;
+	if (rc == 0 && (end <= 0 || ftruncate(fd, end) != 0))
 		rc = TALLY_EIO;
 	if (rc != 0)
 		return rc;
 	/* Sealed from the bytes as they are in the file (in the page cache now). */
-	size_t copy_len = (size_t)st.st_size;
+	size_t copy_len = (size_t)end;
 	void *copy = copy_len > 0 ? mmap(NULL, copy_len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
 	if (copy == MAP_FAILED)
 		return TALLY_EIO;

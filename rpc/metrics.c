@@ -118,6 +118,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		{"tally_snapshots_adopted_total", "counter",
 		 "Snapshots raft stored as this node's copy itself, without writing them again.",
 		 (double)ns->snapshots_adopted},
+		{"tally_snapshots_reused_total", "counter",
+		 "Snapshots copied over the file of one raft had removed (its pages already in "
+		 "memory) rather than into a new file.",
+		 (double)ns->snapshots_reused},
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},

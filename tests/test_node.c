@@ -1056,11 +1056,20 @@ static bool every_node_snapshotted(struct cluster *c)
 }
 
 /* Every node has released a snapshot it took that raft stored as the copy itself
- * (consensus/snapshot.h), not written again. */
+ * (consensus/snapstore.h), not written again. */
 static bool every_node_stored_a_copy_itself(struct cluster *c)
 {
 	for (int i = 0; i < NODES; i++)
 		if (tally_node_stats(c->node[i])->snapshots_adopted == 0)
+			return false;
+	return true;
+}
+
+/* Every node has taken a snapshot over the file of one raft had removed. */
+static bool every_node_reused_a_snapshot_file(struct cluster *c)
+{
+	for (int i = 0; i < NODES; i++)
+		if (tally_node_stats(c->node[i])->snapshots_reused == 0)
 			return false;
 	return true;
 }
@@ -1137,6 +1146,22 @@ static void test_a_wiped_node_rejoins_by_installing_the_leaders_snapshot(void **
 }
 
 
+/* Accruals of 1 to m1, n in all, a round of BUDGET_ROUND commands (about one entry) at
+ * a time, every node applying it before the next: raft 0.15 takes a snapshot at the end
+ * of an apply pass, so many entries applied in one pass would blur the points at which
+ * each node snapshots. */
+static void budget_rounds(struct cluster *c, Tally__V1__Command **cmds, struct outcome *acc,
+			  size_t n)
+{
+	enum { BUDGET_ROUND = 10 };
+	for (size_t i = 0; i < n; i++)
+		cmds[i] = c_accrue(&c->f, c->dealer, "aurora", "m1", 1);
+	for (size_t i = 0; i < n; i += BUDGET_ROUND) {
+		submit_until_ok(c, &cmds[i], &acc[i], n - i < BUDGET_ROUND ? n - i : BUDGET_ROUND, 0);
+		assert_true(run_until(c, replicas_identical, WAIT_MS));
+	}
+}
+
 /* raft 0.15 snapshots by entry count only and keeps every entry since in memory: with a
  * threshold never reached, the log's bytes alone must bring a snapshot (fsm.c), on
  * each node at its own points of the log. */
@@ -1151,17 +1176,7 @@ static void test_a_log_past_its_byte_budget_is_snapshotted(void **state)
 	static Tally__V1__Command *cmds[4 * LOG_BUDGET_BYTES / 100];
 	static struct outcome acc[4 * LOG_BUDGET_BYTES / 100];
 	size_t n = sizeof(cmds) / sizeof(cmds[0]);
-	/* A round of BUDGET_ROUND commands (about one entry) at a time, every node applying
-	 * it before the next: raft 0.15 takes a snapshot at the end of an apply pass, so
-	 * many entries applied in one pass would blur the points at which each node
-	 * snapshots. */
-	enum { BUDGET_ROUND = 10 };
-	for (size_t i = 0; i < n; i++)
-		cmds[i] = c_accrue(&c->f, c->dealer, "aurora", "m1", 1);
-	for (size_t i = 0; i < n; i += BUDGET_ROUND) {
-		submit_until_ok(c, &cmds[i], &acc[i], n - i < BUDGET_ROUND ? n - i : BUDGET_ROUND, 0);
-		assert_true(run_until(c, replicas_identical, WAIT_MS));
-	}
+	budget_rounds(c, cmds, acc, n);
 	/* taken on the thread pool, then stored by raft_uv: waited for */
 	assert_true(run_until(c, every_node_snapshotted, WAIT_MS));
 	assert_true(run_until(c, every_node_stored_a_copy_itself, WAIT_MS));
@@ -1186,6 +1201,17 @@ static void test_a_log_past_its_byte_budget_is_snapshotted(void **state)
 				fail_msg("nodes %d and %d both snapshotted last at index %llu", j + 1,
 					 i + 1, at[i]);
 	}
+	/* More of the log, a budget at a time: once a node has three snapshots, raft removes
+	 * the oldest, and the node's next copy is written over that file
+	 * (consensus/snapstore.h). A node snapshots at most once per budget (fewer while
+	 * one is still being stored): REUSE_BUDGETS_MAX is a bound, not a wait. */
+	enum { REUSE_BUDGETS_MAX = 32 };
+	static Tally__V1__Command *more[LOG_BUDGET_BYTES / 100];
+	static struct outcome more_acc[LOG_BUDGET_BYTES / 100];
+	for (int k = 0; k < REUSE_BUDGETS_MAX && !every_node_reused_a_snapshot_file(c); k++)
+		budget_rounds(c, more, more_acc, sizeof(more) / sizeof(more[0]));
+	assert_true(run_until(c, every_node_reused_a_snapshot_file, WAIT_MS)); /* counted once stored */
+	assert_true(run_until(c, replicas_identical, WAIT_MS));
 }
 
 int main(void)

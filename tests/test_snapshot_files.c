@@ -32,6 +32,7 @@
 #include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
+#include "consensus/snapstore.h"
 #include "tests/util.h"
 
 /* Just past what one read() returns, and past INT_MAX: raft's int count wraps. */
@@ -138,22 +139,29 @@ static void run_until_done(struct big_io *b)
 }
 
 /* Stores len bytes at want as raft's snapshot (index 10, term 2) in a fresh raft_uv
- * on dir, as a follower stores an InstallSnapshot (trailing 0). */
+ * on dir (big_put: on an open one, at `index`), as a follower stores an
+ * InstallSnapshot (trailing 0). */
+static void big_put(struct big_io *b, const uint8_t *want, size_t len, raft_index index)
+{
+	struct raft_buffer buf = {.base = (void *)want, .len = len};
+	struct raft_snapshot s = {.index = index, .term = 2, .configuration_index = 1,
+				  .bufs = &buf, .n_bufs = 1};
+	raft_configuration_init(&s.configuration);
+	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
+	struct raft_io_snapshot_put put = {.data = b};
+	b->done = 0;
+	assert_int_equal(b->io.snapshot_put(&b->io, 0, &put, &s, on_put), 0);
+	run_until_done(b);
+	assert_int_equal(b->status, 0);
+	raft_configuration_close(&s.configuration);
+}
+
 static void big_store(const char *dir, const uint8_t *want, size_t len)
 {
 	struct big_io b;
 	big_io_open(&b, dir);
 	assert_null(big_io_load(&b));
-	struct raft_buffer buf = {.base = (void *)want, .len = len};
-	struct raft_snapshot s = {.index = 10, .term = 2, .configuration_index = 1,
-				  .bufs = &buf, .n_bufs = 1};
-	raft_configuration_init(&s.configuration);
-	assert_int_equal(raft_configuration_add(&s.configuration, 1, "127.0.0.1:9001", RAFT_VOTER), 0);
-	struct raft_io_snapshot_put put = {.data = &b};
-	assert_int_equal(b.io.snapshot_put(&b.io, 0, &put, &s, on_put), 0);
-	run_until_done(&b);
-	assert_int_equal(b.status, 0);
-	raft_configuration_close(&s.configuration);
+	big_put(&b, want, len, 10);
 	big_io_close(&b);
 }
 
@@ -365,20 +373,31 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 
 /* ---- pwrite64(): raft stores a snapshot this node took as the copy itself ------------- */
 
-/* A ledger with a brand and a member (fx_open), and a copy of it taken into dir as
- * snapshot_async takes one, with raft's heap as tallyd sets it (the test ends with
- * raft_heap_set_default); *ino is the inode of the file the copy maps. */
-static void copy_take(struct fx *f, const char *dir, struct raft_buffer *buf, unsigned long *ino)
+/* A ledger with a brand and `members` members (fx_open), and a copy of it taken into
+ * dir as snapshot_async takes one, with raft's heap as tallyd sets it (the test ends
+ * with raft_heap_set_default); *ino is the inode of the file the copy maps, *reused
+ * (may be NULL) whether that file was a snapshot raft removed. */
+static void copy_take_of(struct fx *f, int members, const char *dir, struct raft_buffer *buf,
+			 unsigned long *ino, bool *reused)
 {
 	tally_node_snapshot_mappings();
 	fx_open(f);
 	assert_int_equal(apply1(f, c_brand(f, admin(f), "acme", 12))->code, TALLY__V1__RESULT_CODE__OK);
-	assert_int_equal(apply1(f, c_member(f, admin(f), "m1"))->code, TALLY__V1__RESULT_CODE__OK);
-	assert_int_equal(node_snapshot_take(f->l, dir, buf), 0);
+	for (int i = 0; i < members; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "m%d", i + 1);
+		assert_int_equal(apply1(f, c_member(f, admin(f), id))->code, TALLY__V1__RESULT_CODE__OK);
+	}
+	assert_int_equal(node_snapshot_take(f->l, dir, buf, reused), 0);
 	char line[1024];
 	mapping_of(buf->base, line, sizeof(line));
 	assert_int_equal(sscanf(line, "%*s %*s %*s %*s %lu", ino), 1);
 	assert_true(*ino != 0);
+}
+
+static void copy_take(struct fx *f, const char *dir, struct raft_buffer *buf, unsigned long *ino)
+{
+	copy_take_of(f, 1, dir, buf, ino, NULL);
 }
 
 /* Names in dir that start with prefix or end with suffix. */
@@ -503,6 +522,110 @@ static void test_only_a_whole_copy_into_rafts_file_is_adopted(void **state)
 	assert_int_equal(errno, EBADF);
 	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 3); /* the cases' own files */
 	assert_false(node_snapshot_free(&buf));
+	fx_close(&f);
+	raft_heap_set_default();
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* ---- unlink(): a snapshot raft removes becomes the next copy's file ----------------- */
+
+/* raft's removal of a snapshot file that nothing else holds keeps it as the spare of
+ * its directory; the next copy is written over it (the same inode), cut to its own
+ * length when shorter, sealed, adopted as raft's next snapshot file, and opens and
+ * checks as a ledger. */
+static void test_a_snapshot_raft_removes_is_written_over_by_the_next_copy(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct big_io b;
+	big_io_open(&b, dir); /* raft's start removes tmp- files: before any copy */
+	assert_null(big_io_load(&b));
+	struct fx f1, f2;
+	struct raft_buffer buf;
+	unsigned long ino1, ino2;
+	bool reused = true;
+	copy_take_of(&f1, 300, dir, &buf, &ino1, &reused);
+	assert_false(reused);
+	size_t len1 = buf.len;
+	big_put(&b, buf.base, buf.len, 10);
+	char first[PATH_MAX], second[PATH_MAX], spare[PATH_MAX];
+	node_snapshot_find(dir, buf.base, buf.len, first, sizeof(first));
+	assert_true(first[0] != '\0');
+	assert_true(node_snapshot_free(&buf));
+	fx_close(&f1);
+
+	assert_int_equal(unlink(first), 0); /* as raft removes all but its last two */
+	struct stat st;
+	assert_int_equal(stat(first, &st), -1);
+	snprintf(spare, sizeof(spare), "%s/" SNAPSTORE_SPARE, dir);
+	assert_int_equal(stat(spare, &st), 0);
+	assert_int_equal(st.st_ino, ino1);
+
+	copy_take_of(&f2, 1, dir, &buf, &ino2, &reused);
+	assert_true(reused);
+	assert_int_equal(ino2, ino1);
+	assert_true(buf.len < len1);
+	assert_int_equal(stat(spare, &st), -1); /* taken */
+	big_put(&b, buf.base, buf.len, 11);
+	node_snapshot_find(dir, buf.base, buf.len, second, sizeof(second));
+	assert_true(second[0] != '\0' && strcmp(second, first) != 0);
+	assert_int_equal(stat(second, &st), 0);
+	assert_int_equal(st.st_ino, ino1);
+	assert_int_equal(st.st_size, (off_t)buf.len);
+	assert_true(node_snapshot_free(&buf));
+	big_io_close(&b);
+	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 0);
+	struct tally_ledger *copy = NULL;
+	assert_int_equal(tally_ledger_open_snapshot(second, &copy), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
+	tally_ledger_close(copy);
+	fx_close(&f2);
+	raft_heap_set_default();
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* A snapshot file something still holds open (a snapshot being sent to a follower, or
+ * checked) is removed as asked, not kept: the next copy is a new file, and the holder
+ * reads the bytes it had. */
+static void test_a_snapshot_file_held_open_is_removed_not_written_over(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct big_io b;
+	big_io_open(&b, dir);
+	assert_null(big_io_load(&b));
+	struct fx f;
+	struct raft_buffer buf;
+	unsigned long ino;
+	copy_take(&f, dir, &buf, &ino);
+	big_put(&b, buf.base, buf.len, 10);
+	char first[PATH_MAX], spare[PATH_MAX];
+	node_snapshot_find(dir, buf.base, buf.len, first, sizeof(first));
+	assert_true(first[0] != '\0');
+	size_t len = buf.len;
+	uint8_t *was = malloc(len);
+	assert_non_null(was);
+	memcpy(was, buf.base, len);
+	assert_true(node_snapshot_free(&buf));
+
+	int held = open(first, O_RDONLY | O_CLOEXEC);
+	assert_true(held >= 0);
+	assert_int_equal(unlink(first), 0);
+	struct stat st;
+	assert_int_equal(stat(first, &st), -1);
+	snprintf(spare, sizeof(spare), "%s/" SNAPSTORE_SPARE, dir);
+	assert_int_equal(stat(spare, &st), -1);
+	bool reused = true;
+	assert_int_equal(node_snapshot_take(f.l, dir, &buf, &reused), 0);
+	assert_false(reused);
+	assert_file_holds(held, was, len);
+	close(held);
+	node_snapshot_free(&buf);
+	big_io_close(&b);
+	free(was);
 	fx_close(&f);
 	raft_heap_set_default();
 	fx_remove_dir(dir);
@@ -659,6 +782,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_a_taken_snapshot_is_stored_as_the_copy_itself),
 		cmocka_unit_test(test_only_a_whole_copy_into_rafts_file_is_adopted),
+		cmocka_unit_test(test_a_snapshot_raft_removes_is_written_over_by_the_next_copy),
+		cmocka_unit_test(test_a_snapshot_file_held_open_is_removed_not_written_over),
 		cmocka_unit_test(test_a_large_file_is_written_back_step_by_step),
 		cmocka_unit_test(test_a_steps_write_back_error_is_reported_not_lost),
 		cmocka_unit_test(test_fsync_answers_as_the_system_call),

@@ -8,10 +8,12 @@
  * D/ledger must hold a ledger (make bench-snapshot builds one of 1,000,000 members
  * with ledger-bench). Each run forks two fresh processes, so that each peak is its
  * own:
- *   take:    node_snapshot_take into D/raft (what snapshot_async does), raft's
- *            snapshot_put of the buffer there (which adopts the copy as its file,
- *            or writes it again: the line says which), node_snapshot_free
- *            (snapshot_finalize);
+ *   take:    twice: node_snapshot_take into D/raft (what snapshot_async does),
+ *            raft's snapshot_put of the buffer there (which adopts the copy as its
+ *            file, or writes it again: the line says which), node_snapshot_free
+ *            (snapshot_finalize); between the two, the first snapshot's file is
+ *            removed as raft removes old ones, and the second copy is written over
+ *            it (or into a new file: the line says which);
  *   restore: raft's load of D/raft (what raft does at start; an InstallSnapshot
  *            arrives as the same kind of buffer), node_snapshot_restore into
  *            D/restored and the free of raft's buffer (what fsm restore does on the
@@ -163,9 +165,46 @@ static void put_cb(struct raft_io_snapshot_put *req, int status)
 	s->status = status;
 }
 
+/* One snapshot of l into the store s (raft directory `raft`), as a node takes and stores
+ * it; prints what it cost. *file receives raft's file of it. */
+static void take_once(struct tally_ledger *l, struct raft_store *s, const char *raft,
+		      char *file, size_t cap)
+{
+	double t0 = bench_now_s();
+	struct raft_buffer buf;
+	bool reused = false;
+	if (node_snapshot_take(l, raft, &buf, &reused) != 0)
+		die(raft, "snapshot take failed");
+	double t1 = bench_now_s();
+	struct raft_snapshot snap = {.index = tally_ledger_applied_index(l), .term = 1,
+				     .configuration_index = 1, .bufs = &buf, .n_bufs = 1};
+	raft_configuration_init(&snap.configuration);
+	if (raft_configuration_add(&snap.configuration, BENCH_RAFT_ID, BENCH_RAFT_ADDRESS,
+				   RAFT_VOTER) != 0)
+		die("configuration", "cannot add");
+	struct raft_io_snapshot_put req = {.data = s};
+	s->done = false;
+	if (s->io.snapshot_put(&s->io, 1, &req, &snap, put_cb) != 0)
+		die("snapshot_put", s->io.errmsg);
+	while (!s->done)
+		uv_run(&s->loop, UV_RUN_ONCE);
+	if (s->status != 0)
+		die("snapshot_put", raft_strerror(s->status));
+	double t2 = bench_now_s();
+	size_t len = buf.len;
+	node_snapshot_find(raft, buf.base, buf.len, file, cap);
+	bool adopted = node_snapshot_free(&buf);
+	raft_configuration_close(&snap.configuration);
+	printf("take: snapshot %.0f MiB; take %.2f s (thread pool, %s), raft store %.2f s (%s)\n",
+	       (double)len / 1048576.0, t1 - t0, reused ? "over a removed snapshot" : "a new file",
+	       t2 - t1, adopted ? "the copy adopted" : "written again");
+}
+
+/* Two snapshots, as a node takes them: the first into a new file; raft then removes it
+ * (as it removes all but its last two), and the second is copied over it. */
 static int take(const char *dir)
 {
-	char path[4096];
+	char path[4096], file[4096];
 	struct tally_ledger *l;
 	struct tally_ledger_options lo = {.nosync = true, .writemap = true};
 	snprintf(path, sizeof(path), "%s/ledger", dir);
@@ -173,37 +212,16 @@ static int take(const char *dir)
 	if (rc != 0)
 		die(path, tally_strerror(rc));
 	snprintf(path, sizeof(path), "%s/raft", dir);
-	pthread_t t = sampler_start();
-	double t0 = bench_now_s();
-	struct raft_buffer buf;
-	if (node_snapshot_take(l, path, &buf) != 0)
-		die(path, "snapshot take failed");
-	double t1 = bench_now_s();
 	struct raft_store s;
 	struct raft_snapshot *none = NULL;
-	store_open(&s, path, &none);
-	struct raft_snapshot snap = {.index = tally_ledger_applied_index(l), .term = 1,
-				     .configuration_index = 1, .bufs = &buf, .n_bufs = 1};
-	raft_configuration_init(&snap.configuration);
-	if (raft_configuration_add(&snap.configuration, BENCH_RAFT_ID, BENCH_RAFT_ADDRESS,
-				   RAFT_VOTER) != 0)
-		die("configuration", "cannot add");
-	struct raft_io_snapshot_put req = {.data = &s};
-	if (s.io.snapshot_put(&s.io, 1, &req, &snap, put_cb) != 0)
-		die("snapshot_put", s.io.errmsg);
-	while (!s.done)
-		uv_run(&s.loop, UV_RUN_ONCE);
-	if (s.status != 0)
-		die("snapshot_put", raft_strerror(s.status));
-	double t2 = bench_now_s();
-	size_t len = buf.len;
-	bool adopted = node_snapshot_free(&buf);
-	raft_configuration_close(&snap.configuration);
+	store_open(&s, path, &none); /* before the copies: raft's start removes tmp- files */
+	pthread_t t = sampler_start();
+	take_once(l, &s, path, file, sizeof(file));
+	if (file[0] == '\0' || unlink(file) != 0)
+		die(path, "the first snapshot's file is not there to remove");
+	take_once(l, &s, path, file, sizeof(file));
 	store_close(&s);
 	sampler_stop(t);
-	printf("take: snapshot %.0f MiB; take %.2f s (thread pool), raft store %.2f s (%s)\n",
-	       (double)len / 1048576.0, t1 - t0, t2 - t1,
-	       adopted ? "the copy adopted" : "written again");
 	report_memory("take");
 	tally_ledger_close(l);
 	return 0;
