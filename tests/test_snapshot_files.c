@@ -400,6 +400,26 @@ static void copy_take(struct fx *f, const char *dir, struct raft_buffer *buf, un
 	copy_take_of(f, 1, dir, buf, ino, NULL);
 }
 
+/* The end of a test that took copies: its ledger closed, raft's heap the default
+ * again, its directory gone. */
+static void copy_test_end(struct fx *f, char *dir)
+{
+	fx_close(f);
+	raft_heap_set_default();
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* The sealed snapshot in `file` opens as a ledger and passes the full check. */
+static void assert_ledger_file_checks(const char *file)
+{
+	struct tally_ledger *copy = NULL;
+	assert_int_equal(tally_ledger_open_snapshot(file, &copy), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
+	tally_ledger_close(copy);
+}
+
 /* Names in dir that start with prefix or end with suffix. */
 static int names_like(const char *dir, const char *prefix, const char *suffix)
 {
@@ -451,16 +471,9 @@ static void test_a_taken_snapshot_is_stored_as_the_copy_itself(void **state)
 	assert_memory_equal(loaded->bufs[0].base, want, len);
 	big_snapshot_free(loaded);
 	big_io_close(&b);
-	struct tally_ledger *copy = NULL;
-	assert_int_equal(tally_ledger_open_snapshot(file, &copy), 0);
-	char msg[256];
-	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
-	tally_ledger_close(copy);
+	assert_ledger_file_checks(file);
 	free(want);
-	fx_close(&f);
-	raft_heap_set_default();
-	fx_remove_dir(dir);
-	free(dir);
+	copy_test_end(&f, dir);
 }
 
 /* The bytes of fd's file, which must be len long and equal want. */
@@ -522,10 +535,7 @@ static void test_only_a_whole_copy_into_rafts_file_is_adopted(void **state)
 	assert_int_equal(errno, EBADF);
 	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 3); /* the cases' own files */
 	assert_false(node_snapshot_free(&buf));
-	fx_close(&f);
-	raft_heap_set_default();
-	fx_remove_dir(dir);
-	free(dir);
+	copy_test_end(&f, dir);
 }
 
 /* ---- unlink(): a snapshot raft removes becomes the next copy's file ----------------- */
@@ -576,15 +586,8 @@ static void test_a_snapshot_raft_removes_is_written_over_by_the_next_copy(void *
 	assert_true(node_snapshot_free(&buf));
 	big_io_close(&b);
 	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 0);
-	struct tally_ledger *copy = NULL;
-	assert_int_equal(tally_ledger_open_snapshot(second, &copy), 0);
-	char msg[256];
-	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
-	tally_ledger_close(copy);
-	fx_close(&f2);
-	raft_heap_set_default();
-	fx_remove_dir(dir);
-	free(dir);
+	assert_ledger_file_checks(second);
+	copy_test_end(&f2, dir);
 }
 
 /* A snapshot file something still holds open (a snapshot being sent to a follower, or
@@ -626,10 +629,7 @@ static void test_a_snapshot_file_held_open_is_removed_not_written_over(void **st
 	node_snapshot_free(&buf);
 	big_io_close(&b);
 	free(was);
-	fx_close(&f);
-	raft_heap_set_default();
-	fx_remove_dir(dir);
-	free(dir);
+	copy_test_end(&f, dir);
 }
 
 /* ---- fsync(): a large file written back a step at a time ---------------------------- */
