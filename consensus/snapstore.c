@@ -268,18 +268,22 @@ static bool file_alone(const char *path)
 static bool spare_keep(const char *path)
 {
 	const char *slash = strrchr(path, '/');
-	if (slash == NULL || strncmp(slash + 1, RAFT_SNAPSHOT_PREFIX, strlen(RAFT_SNAPSHOT_PREFIX)) != 0 ||
+	if (slash == NULL ||
+	    strncmp(slash + 1, RAFT_SNAPSHOT_PREFIX, strlen(RAFT_SNAPSHOT_PREFIX)) != 0 ||
 	    strstr(slash + 1, RAFT_META_SUFFIX) != NULL)
 		return false;
 	int dir_len = (int)(slash - path);
 	pthread_mutex_lock(&lock);
 	int slot = spare_dir(path, (size_t)dir_len, false);
 	pthread_mutex_unlock(&lock);
-	char keep[NODE_PATH_BYTES_MAX + 32], spare[NODE_PATH_BYTES_MAX + sizeof(SNAPSTORE_SPARE) + 1];
+	char keep[NODE_PATH_BYTES_MAX + 32];
+	char spare[NODE_PATH_BYTES_MAX + sizeof(SNAPSTORE_SPARE) + 1];
+	unsigned number = atomic_fetch_add(&copy_names, 1);
 	if (slot < 0 ||
 	    snprintf(keep, sizeof(keep), "%.*s/" SNAPSTORE_SPARE "-%u", dir_len, path,
-		     atomic_fetch_add(&copy_names, 1)) >= (int)sizeof(keep) ||
-	    snprintf(spare, sizeof(spare), "%.*s/" SNAPSTORE_SPARE, dir_len, path) >= (int)sizeof(spare) ||
+		     number) >= (int)sizeof(keep) ||
+	    snprintf(spare, sizeof(spare), "%.*s/" SNAPSTORE_SPARE, dir_len,
+		     path) >= (int)sizeof(spare) ||
 	    renameat2(AT_FDCWD, path, AT_FDCWD, keep, RENAME_NOREPLACE) != 0)
 		return false; /* the plain unlink then says what it would have */
 	if (!file_alone(keep) || rename(keep, spare) != 0)
