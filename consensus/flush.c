@@ -47,19 +47,24 @@ int node_flush_ledger(struct tally_ledger *l)
 	return err;
 }
 
+void *node_next_symbol(void *_Atomic *slot, const char *name)
+{
+	assert(slot != NULL && name != NULL);
+	void *f = atomic_load_explicit(slot, memory_order_relaxed);
+	if (f == NULL) {
+		f = dlsym(RTLD_NEXT, name);
+		atomic_store_explicit(slot, f, memory_order_relaxed);
+	}
+	return f;
+}
+
 /* The fsync() this one stands in front of: libc's, or a fault injector's preloaded
- * in front of libc (libfiu, in the tests), found once. */
+ * in front of libc (libfiu, in the tests). */
 static int next_fsync(int fd)
 {
-	static int (*_Atomic next)(int);
-	int (*f)(int) = atomic_load_explicit(&next, memory_order_relaxed);
-	if (f == NULL) {
-		f = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-		if (f == NULL)
-			return (int)syscall(SYS_fsync, fd);
-		atomic_store_explicit(&next, f, memory_order_relaxed);
-	}
-	return f(fd);
+	static void *_Atomic next;
+	int (*f)(int) = (int (*)(int))node_next_symbol(&next, "fsync");
+	return f != NULL ? f(fd) : (int)syscall(SYS_fsync, fd);
 }
 
 /* fsync() for the whole process (flush.h): raft's store of a snapshot file. */

@@ -28,6 +28,11 @@
  *                      that cannot be stepped (a pipe: EINVAL) stops it with 0.
  * node_flush_ledger:   the ledger's file written back step by step, then
  *                      fdatasync: 0 or an errno. Any thread.
+ * node_next_symbol:    what the process's libc, or a fault injector preloaded in front
+ *                      of it, defines under `name` (NULL: nothing), found once and kept
+ *                      in *slot: the call each of the node's stand-ins for a libc
+ *                      function (fsync here, pwrite64 and unlink in snapstore.c) makes
+ *                      when the call is not its business.
  */
 #ifndef TALLY_CONSENSUS_FLUSH_H
 #define TALLY_CONSENSUS_FLUSH_H
@@ -42,5 +47,6 @@
 typedef int (*node_flush_range_fn)(int fd, off_t offset, off_t len, unsigned flags);
 int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range);
 int node_flush_ledger(struct tally_ledger *l);
+void *node_next_symbol(void *_Atomic *slot, const char *name);
 
 #endif

@@ -20,8 +20,6 @@
 #include "consensus/snapshot.h"
 #include "consensus/snapstore.h"
 
-#define SNAPSHOT_RAFT_PREFIX "snapshot-" /* raft_uv's: snapshot-TERM-INDEX-TIME */
-
 int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buffer *out,
 		       bool *reused)
 {
@@ -90,8 +88,7 @@ void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char
 	const uint8_t *trailer = (const uint8_t *)snap + len - TALLY_SNAPSHOT_TRAILER_BYTES;
 	for (struct dirent *e; path[0] == '\0' && (e = readdir(d)) != NULL;) {
 		const char *name = e->d_name;
-		if (strncmp(name, SNAPSHOT_RAFT_PREFIX, strlen(SNAPSHOT_RAFT_PREFIX)) != 0 ||
-		    strstr(name, ".meta") != NULL)
+		if (!node_snapstore_raft_data(name))
 			continue;
 		int w = snprintf(path, cap, "%s/%s", raft_dir, name);
 		if (w < 0 || (size_t)w >= cap || !file_ends_with(path, len, trailer))

@@ -10,10 +10,10 @@
  * memory, so a snapshot of any size costs the node no heap. raft_uv's write of that
  * buffer into its snapshot file does not copy it: the copy itself becomes raft's file
  * (snapstore.h), so each snapshot is written once. A copy raft did not adopt leaves
- * nothing on disk once it is unmapped or the process ends. Restores get raft's own buffer (raft_malloc'd, read from its file or
- * received in an InstallSnapshot): tally_ledger_restore writes it straight to the
- * staging file, checks its seal and opens it; the full check runs later, off the
- * loop (node_snapshot_verify).
+ * nothing on disk once it is unmapped or the process ends. Restores get raft's own
+ * buffer (raft_malloc'd, read from its file or received in an InstallSnapshot):
+ * tally_ledger_restore writes it straight to the staging file, checks its seal and
+ * opens it; the full check runs later, off the loop (node_snapshot_verify).
  *
  * node_snapshot_take:    (thread pool) maps a sealed copy of the ledger, made in
  *                        `dir` (raft's directory: raft adopts a copy only on its

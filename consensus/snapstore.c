@@ -2,7 +2,6 @@
  * consensus/snapstore — the files of a node's snapshot copies (see snapstore.h).
  */
 #include <assert.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -13,12 +12,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapstore.h"
 
-#define RAFT_SNAPSHOT_PREFIX "snapshot-"         /* raft_uv's: snapshot-TERM-INDEX-TIME */
-#define RAFT_TMP_SNAPSHOT_PREFIX "tmp-snapshot-" /* raft_uv's, while it writes one */
-#define RAFT_META_SUFFIX ".meta"
+#define RAFT_SNAPSHOT_PREFIX "snapshot-" /* raft_uv's: snapshot-TERM-INDEX-TIME */
+#define RAFT_META_SUFFIX ".meta"           /* and its metadata, beside it */
+#define RAFT_TMP_PREFIX "tmp-"             /* raft_uv's name for a file it is writing */
 #define ADOPT_SUFFIX ".adopt" /* a nameless copy's name for a moment */
 #define PROC_FD "/proc/self/fd/"
 
@@ -39,31 +39,20 @@ static atomic_int copies_live;    /* slots in use: pwrite64's way past all this 
 static atomic_int spare_dirs_n;   /* directories with a spare: unlink's way past */
 static atomic_uint copy_names;    /* numbers the copies' names */
 
-/* What libc (or a preloaded fault injector) defines under `name`, found once. */
-static void *next_symbol(void *_Atomic *slot, const char *name)
-{
-	void *f = atomic_load_explicit(slot, memory_order_relaxed);
-	if (f == NULL) {
-		f = dlsym(RTLD_NEXT, name);
-		atomic_store_explicit(slot, f, memory_order_relaxed);
-	}
-	return f;
-}
-
 typedef ssize_t (*pwrite64_fn)(int, const void *, size_t, off_t);
 typedef int (*unlink_fn)(const char *);
 
 static ssize_t plain_pwrite64(int fd, const void *buf, size_t count, off_t offset)
 {
 	static void *_Atomic next;
-	pwrite64_fn f = (pwrite64_fn)next_symbol(&next, "pwrite64");
+	pwrite64_fn f = (pwrite64_fn)node_next_symbol(&next, "pwrite64");
 	return f != NULL ? f(fd, buf, count, offset) : syscall(SYS_pwrite64, fd, buf, count, offset);
 }
 
 static int plain_unlink(const char *path)
 {
 	static void *_Atomic next;
-	unlink_fn f = (unlink_fn)next_symbol(&next, "unlink");
+	unlink_fn f = (unlink_fn)node_next_symbol(&next, "unlink");
 	return f != NULL ? f(path) : (int)syscall(SYS_unlink, path);
 }
 
@@ -107,6 +96,13 @@ int node_snapstore_open(const char *dir, char *name, size_t cap)
 	}
 	name[0] = '\0';
 	return open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, S_IRUSR | S_IWUSR);
+}
+
+bool node_snapstore_raft_data(const char *name)
+{
+	assert(name != NULL);
+	return strncmp(name, RAFT_SNAPSHOT_PREFIX, strlen(RAFT_SNAPSHOT_PREFIX)) == 0 &&
+	       strstr(name, RAFT_META_SUFFIX) == NULL;
 }
 
 void node_snapstore_drop(int fd, const char *name)
@@ -180,9 +176,8 @@ static bool copy_adopt(const struct copy *c, int fd)
 		return false;
 	path[n] = '\0';
 	const char *name = strrchr(path, '/');
-	if (name == NULL || strncmp(name + 1, RAFT_TMP_SNAPSHOT_PREFIX,
-				    strlen(RAFT_TMP_SNAPSHOT_PREFIX)) != 0 ||
-	    strstr(name, RAFT_META_SUFFIX) != NULL)
+	if (name == NULL || strncmp(name + 1, RAFT_TMP_PREFIX, strlen(RAFT_TMP_PREFIX)) != 0 ||
+	    !node_snapstore_raft_data(name + 1 + strlen(RAFT_TMP_PREFIX)))
 		return false;
 	/* Durable before raft's name holds it: should fd not become the copy below, raft
 	 * syncs the file behind fd, not this one. fsync() is flush.c's, a step at a time. */
@@ -268,9 +263,7 @@ static bool file_alone(const char *path)
 static bool spare_keep(const char *path)
 {
 	const char *slash = strrchr(path, '/');
-	if (slash == NULL ||
-	    strncmp(slash + 1, RAFT_SNAPSHOT_PREFIX, strlen(RAFT_SNAPSHOT_PREFIX)) != 0 ||
-	    strstr(slash + 1, RAFT_META_SUFFIX) != NULL)
+	if (slash == NULL || !node_snapstore_raft_data(slash + 1))
 		return false;
 	int dir_len = (int)(slash - path);
 	pthread_mutex_lock(&lock);

@@ -33,6 +33,8 @@
  * node_snapstore_release: the copy mapped at base is no longer raft's to store:
  *                         whether raft's snapshot file is now the copy. Its name, if
  *                         it was not adopted, is removed.
+ * node_snapstore_raft_data: whether a file name (no directory) is raft_uv's file of a
+ *                         snapshot's data: snapshot-TERM-INDEX-TIME, not its .meta.
  */
 #ifndef TALLY_CONSENSUS_SNAPSTORE_H
 #define TALLY_CONSENSUS_SNAPSTORE_H
@@ -47,6 +49,7 @@
 #define SNAPSTORE_COPY "tmp-tally-copy-" /* + a number: the spare while a copy is written over it */
 
 int node_snapstore_open(const char *dir, char *name, size_t cap);
+bool node_snapstore_raft_data(const char *name);
 void node_snapstore_keep(const void *base, size_t len, int fd, const char *name);
 void node_snapstore_drop(int fd, const char *name);
 bool node_snapstore_release(const void *base);

@@ -239,9 +239,9 @@ int tally_ledger_file_dup(struct tally_ledger *l);
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file at offset
  * 0, read back to seal it), as of one read transaction, followed by a trailer with its
  * length and check (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its
- * page cache) is cut to that. *applied_index receives the raft index it reflects. May run on another
- * thread than the one applying batches: it holds the map in place while it copies (a
- * batch that needs the map to grow waits for it). */
+ * page cache) is cut to that. *applied_index receives the raft index it reflects. May
+ * run on another thread than the one applying batches: it holds the map in place while
+ * it copies (a batch that needs the map to grow waits for it). */
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
 
 /* Replaces the ledger in `dir` with the snapshot in snap[0..len) and opens it. Before
