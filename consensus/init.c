@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "consensus/internal.h"
+#include "consensus/logfill.h"
 #include "consensus/snapshot.h"
 
 /* The election timeout unless configured. A leader's loop is held while it applies an
@@ -143,6 +144,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	n->transport.log = node_transport_log;
 	n->transport.log_data = n;
 	n->transport.spool_dir = n->ledger_dir; /* a received snapshot, beside the ledger */
+	node_logfill_dir(n->raft_dir); /* segments written when made (consensus/logfill.h) */
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
 		ERR(errmsg, errcap, "raft io: %s", n->io->errmsg);

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "consensus/internal.h"
+#include "consensus/logfill.h"
 
 #define CODE(x) TALLY__V1__RESULT_CODE__##x
 #define BATCH_OVERHEAD_BYTES_MAX 42 /* padding, raft_term, time_ms, one command's tag+length */
@@ -75,6 +76,7 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 {
 	assert(n != NULL);
 	n->stats.install_snapshot_bytes_mapped = n->transport.snapshot_bytes_spooled;
+	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
 	return &n->stats;
 }
 

@@ -205,6 +205,9 @@ struct tally_node_stats {
 				      * (consensus/snapstore.h) */
 	uint64_t snapshots_reused;   /* of them, copied over a snapshot file raft had removed */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
+	uint64_t log_segments_filled; /* raft log segments written with zeros when made, so
+				       * that the log's writes stay asynchronous
+				       * (consensus/logfill.h) */
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an
 					 * unlinked file, not the heap (consensus/bigbuf.h) */

@@ -122,6 +122,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Snapshots copied over the file of one raft had removed (its pages already in "
 		 "memory) rather than into a new file.",
 		 (double)ns->snapshots_reused},
+		{"tally_log_segments_filled_total", "counter",
+		 "Raft log segments written with zeros when made, so that the log's writes never "
+		 "wait for the file system to mark blocks written.",
+		 (double)ns->log_segments_filled},
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},
