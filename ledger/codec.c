@@ -123,15 +123,29 @@ static inline struct out o_str(struct out o, unsigned tag, const char *s)
 
 typedef struct out (*enc_fn)(struct out o, const void *m);
 
+/* A message field. Measuring, the message is walked once. Writing, it is not measured
+ * again (that walk would be repeated at every level above it): its bytes go one past
+ * the tag, where a length under 128 fits, and move up in the rare case its length takes
+ * more. The bytes stay within the size measured: they only ever move to where they end. */
 static inline struct out o_msg(struct out o, unsigned tag, enc_fn enc, const void *m)
 {
 	if (m == NULL)
 		return o;
-	size_t n = enc((struct out){NULL, 0}, m).n;
-	o = o_varint(o_varint(o, tag), n);
-	if (o.p != NULL)
-		return enc(o, m);
-	o.n += n; /* measured once: no second walk down the tree */
+	o = o_varint(o, tag);
+	if (o.p == NULL) {
+		size_t n = enc(o, m).n - o.n;
+		o.n += varint_size(n) + n;
+		return o;
+	}
+	size_t at = o.n;
+	o.n = at + 1;
+	o = enc(o, m);
+	size_t n = o.n - at - 1, len_bytes = varint_size(n);
+	if (len_bytes > 1) {
+		memmove(o.p + at + len_bytes, o.p + at + 1, n);
+		o.n += len_bytes - 1;
+	}
+	varint_put(o.p + at, n);
 	return o;
 }
 
