@@ -20,26 +20,35 @@ void sha256_parts(const void *const parts[], const size_t lens[], size_t n, uint
 }
 
 /* The digest is a 256-bit integer, little-endian bytes, summed modulo 2^256: the sum
- * of record hashes does not depend on the order records were written or scanned. */
+ * of record hashes does not depend on the order records were written or scanned.
+ * Worked in four 64-bit limbs, least significant first, whatever the host's order. */
 void digest_add(uint8_t acc[32], const uint8_t h[32])
 {
 	assert(acc != NULL && h != NULL);
-	unsigned carry = 0;
-	for (int i = 0; i < 32; i++) {
-		unsigned s = (unsigned)acc[i] + h[i] + carry;
-		acc[i] = (uint8_t)s;
-		carry = s >> 8;
+	uint64_t carry = 0;
+	for (int i = 0; i < 32; i += 8) {
+		uint64_t a = le64_get(acc + i), b = le64_get(h + i);
+		uint64_t s = a + b;
+		uint64_t c = s < a;
+		s += carry;
+		c |= s < carry;
+		le64_put(acc + i, s);
+		carry = c;
 	}
 }
 
 void digest_sub(uint8_t acc[32], const uint8_t h[32])
 {
 	assert(acc != NULL && h != NULL);
-	int borrow = 0;
-	for (int i = 0; i < 32; i++) {
-		int d = (int)acc[i] - h[i] - borrow;
-		borrow = d < 0;
-		acc[i] = (uint8_t)(d + (borrow ? 256 : 0));
+	uint64_t borrow = 0;
+	for (int i = 0; i < 32; i += 8) {
+		uint64_t a = le64_get(acc + i), b = le64_get(h + i);
+		uint64_t d = a - b;
+		uint64_t o = a < b;
+		o |= d < borrow;
+		d -= borrow;
+		le64_put(acc + i, d);
+		borrow = o;
 	}
 }
 

@@ -6,9 +6,11 @@
 #ifndef TALLY_LEDGER_INTERNAL_H
 #define TALLY_LEDGER_INTERNAL_H
 
+#include <endian.h>
 #include <lmdb.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <string.h>
 
 #include "ledger/ledger.h"
 #include "ledger/merkle.h"
@@ -73,10 +75,48 @@ void key_raw(struct key *k, const char *s);       /* bytes, no separator (last f
 void key_u8(struct key *k, uint8_t v);
 void key_u32(struct key *k, uint32_t v);           /* big-endian: sorts numerically */
 void key_u64(struct key *k, uint64_t v);
-uint64_t be64_get(const uint8_t *p);
-uint32_t be32_get(const uint8_t *p);
-void be32_put(uint8_t *p, uint32_t v);
-void be64_put(uint8_t *p, uint64_t v);
+
+/* Integers in stored bytes, the same on every host: big-endian where keys must sort
+ * numerically, little-endian in the state digest's limbs. Inline, since every command
+ * reads and writes a few dozen of them. */
+static inline uint64_t be64_get(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof(v));
+	return be64toh(v);
+}
+
+static inline uint32_t be32_get(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, sizeof(v));
+	return be32toh(v);
+}
+
+static inline void be64_put(uint8_t *p, uint64_t v)
+{
+	v = htobe64(v);
+	memcpy(p, &v, sizeof(v));
+}
+
+static inline void be32_put(uint8_t *p, uint32_t v)
+{
+	v = htobe32(v);
+	memcpy(p, &v, sizeof(v));
+}
+
+static inline uint64_t le64_get(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, sizeof(v));
+	return le64toh(v);
+}
+
+static inline void le64_put(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, sizeof(v));
+}
 
 /* ---- the ledger handle ---------------------------------------------------------- */
 
