@@ -164,36 +164,41 @@ void known_free(struct tally_ledger *l)
 	l->known_cap = 0;
 }
 
-static struct known *known_get(struct tally_ledger *l, enum table t, const MDB_val *key)
-{
-	if (l->known_cap == 0)
-		return NULL;
-	struct known *s = known_slot(l, t, key, known_tag(t, key->mv_data, key->mv_size));
-	return s->gen == l->known_gen ? s : NULL;
-}
-
-/* Records the current state of (t, key): its value's hash, or absent (v == NULL). */
-static int known_set(struct tally_ledger *l, enum table t, const MDB_val *key, const MDB_val *v)
+/* The slot of (t, key): the one that knows it this batch, or the empty one where it
+ * would go (the table grown first, so that one more fits). *tag is for known_take.
+ * NULL when out of memory. */
+static struct known *known_find(struct tally_ledger *l, enum table t, const MDB_val *key,
+				uint64_t *tag)
 {
 	if (l->known_cap == 0 || (l->known_used + 1) * 2 > l->known_cap) {
-		int rc = known_grow(l);
-		if (rc != 0)
-			return rc;
+		if (known_grow(l) != 0)
+			return NULL;
 	}
-	uint64_t tag = known_tag(t, key->mv_data, key->mv_size);
-	struct known *s = known_slot(l, t, key, tag);
-	if (s->gen != l->known_gen) {
-		uint8_t *copy = tally_arena_alloc(&l->batch, key->mv_size + 1);
-		if (copy == NULL)
-			return TALLY_ENOMEM;
-		memcpy(copy, key->mv_data, key->mv_size);
-		s->gen = l->known_gen;
-		s->tag = tag;
-		s->table = (uint8_t)t;
-		s->key_bytes = (uint16_t)key->mv_size;
-		s->key = copy;
-		l->known_used++;
-	}
+	*tag = known_tag(t, key->mv_data, key->mv_size);
+	return known_slot(l, t, key, *tag);
+}
+
+static bool known_now(const struct tally_ledger *l, const struct known *s)
+{
+	return s->gen == l->known_gen;
+}
+
+/* Makes the empty slot s that of (t, key), in the state v: its value's hash, or absent
+ * (v == NULL). */
+static int known_take(struct tally_ledger *l, struct known *s, enum table t, const MDB_val *key,
+		      uint64_t tag, const MDB_val *v)
+{
+	assert(!known_now(l, s));
+	uint8_t *copy = tally_arena_alloc(&l->batch, key->mv_size + 1);
+	if (copy == NULL)
+		return TALLY_ENOMEM;
+	memcpy(copy, key->mv_data, key->mv_size);
+	s->gen = l->known_gen;
+	s->tag = tag;
+	s->table = (uint8_t)t;
+	s->key_bytes = (uint16_t)key->mv_size;
+	s->key = copy;
+	l->known_used++;
 	s->present = v != NULL;
 	if (v != NULL)
 		record_hash(t, key, v, s->hash);
@@ -247,32 +252,51 @@ int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
 	key.mv_data = (void *)k->b;
 	if (rc != 0 && rc != MDB_NOTFOUND)
 		return lmdb_error(rc);
-	if (table_digested[t] && known_get(a->l, t, &key) == NULL) {
-		int krc = known_set(a->l, t, &key, rc == 0 ? v : NULL);
-		if (krc != 0)
-			return krc;
+	if (table_digested[t]) {
+		uint64_t tag;
+		struct known *s = known_find(a->l, t, &key, &tag);
+		if (s == NULL)
+			return TALLY_ENOMEM;
+		if (!known_now(a->l, s)) {
+			int krc = known_take(a->l, s, t, &key, tag, rc == 0 ? v : NULL);
+			if (krc != 0)
+				return krc;
+		}
 	}
 	return lmdb_error(rc);
 }
 
-/* Removes the hash of the record currently under `key` from the digest, if any. */
-static int digest_forget(struct apply *a, enum table t, MDB_val *key)
+/* The record under `key` becomes v (NULL: none) in the digest: the hash of the one it
+ * replaces, if any, is taken out and v's put in, with what the batch knows of it (one
+ * lookup: it is found once). */
+static int digest_replace(struct apply *a, enum table t, const MDB_val *key, const MDB_val *v)
 {
-	const struct known *s = known_get(a->l, t, key);
-	if (s != NULL) {
+	uint64_t tag;
+	struct known *s = known_find(a->l, t, key, &tag);
+	if (s == NULL)
+		return TALLY_ENOMEM;
+	if (known_now(a->l, s)) {
 		if (s->present)
 			digest_sub(a->m.digest, s->hash);
-		return 0;
+		s->present = v != NULL;
+		if (v != NULL)
+			record_hash(t, key, v, s->hash);
+	} else {
+		MDB_val old;
+		int rc = mdb_get(a->txn, a->l->dbi[t], (MDB_val *)key, &old);
+		if (rc != 0 && rc != MDB_NOTFOUND)
+			return lmdb_error(rc);
+		if (rc == 0) {
+			uint8_t h[32];
+			record_hash(t, key, &old, h);
+			digest_sub(a->m.digest, h);
+		}
+		rc = known_take(a->l, s, t, key, tag, v);
+		if (rc != 0)
+			return rc;
 	}
-	MDB_val old;
-	int rc = mdb_get(a->txn, a->l->dbi[t], key, &old);
-	if (rc == MDB_NOTFOUND)
-		return 0;
-	if (rc != 0)
-		return lmdb_error(rc);
-	uint8_t h[32];
-	record_hash(t, key, &old, h);
-	digest_sub(a->m.digest, h);
+	if (v != NULL)
+		digest_add(a->m.digest, s->hash);
 	return 0;
 }
 
@@ -283,12 +307,9 @@ int st_put(struct apply *a, enum table t, const struct key *k, const void *v, si
 	MDB_val key = {k->n, (void *)k->b};
 	MDB_val val = {n, (void *)v};
 	if (table_digested[t]) {
-		int rc = digest_forget(a, t, &key);
-		if (rc == 0)
-			rc = known_set(a->l, t, &key, &val);
+		int rc = digest_replace(a, t, &key, &val);
 		if (rc != 0)
 			return rc;
-		digest_add(a->m.digest, known_get(a->l, t, &key)->hash);
 	}
 	MDB_cursor *cur;
 	int rc = st_cursor(a, t, &cur);
@@ -303,9 +324,7 @@ int st_del(struct apply *a, enum table t, const struct key *k)
 	assert(t < T_COUNT);
 	MDB_val key = {k->n, (void *)k->b};
 	if (table_digested[t]) {
-		int rc = digest_forget(a, t, &key);
-		if (rc == 0)
-			rc = known_set(a->l, t, &key, NULL);
+		int rc = digest_replace(a, t, &key, NULL);
 		if (rc != 0)
 			return rc;
 	}
