@@ -42,6 +42,7 @@
 #include <unistd.h>
 
 #include "consensus/bigbuf.h"
+#include "consensus/flush.h"
 #include "consensus/node.h"
 
 #define NODE_BIGBUF_PATH_MAX 4096 /* a snapshot file's path, read back from /proc */
@@ -182,14 +183,9 @@ void *node_bigbuf_map_file(int fd, size_t len)
  * mapped (a page past a truncated end would fault). */
 static bool bigbuf_is_snapshot_file(int fd)
 {
-	char link[64], path[NODE_BIGBUF_PATH_MAX];
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	ssize_t n = readlink(link, path, sizeof(path) - 1);
-	if (n <= 0)
-		return false;
-	path[n] = '\0';
-	const char *base = strrchr(path, '/');
-	return base != NULL && strncmp(base + 1, "snapshot-", 9) == 0 && strchr(base, '.') == NULL;
+	char path[NODE_BIGBUF_PATH_MAX];
+	const char *name = node_fd_path(fd, path, sizeof(path));
+	return name != NULL && strncmp(name, "snapshot-", 9) == 0 && strchr(name, '.') == NULL;
 }
 
 ssize_t node_bigbuf_read_file(int fd, void *buf, size_t count)

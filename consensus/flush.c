@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -81,4 +83,17 @@ __attribute__((visibility("default"))) int fsync(int fd)
 		return -1;
 	}
 	return rc;
+}
+
+const char *node_fd_path(int fd, char *path, size_t cap)
+{
+	assert(path != NULL && cap > 1);
+	char proc[sizeof("/proc/self/fd/") + 3 * sizeof(int)];
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(proc, path, cap - 1);
+	if (n <= 0 || (size_t)n >= cap - 1)
+		return NULL;
+	path[n] = '\0';
+	const char *slash = strrchr(path, '/');
+	return slash != NULL ? slash + 1 : NULL;
 }

@@ -20,7 +20,6 @@
 #include "consensus/logfill.h"
 
 #define RAFT_OPEN_PREFIX "open-" /* raft_uv's name of an open segment: open-N */
-#define PROC_FD "/proc/self/fd/"
 #define LOGFILL_ALIGN 4096 /* what O_DIRECT asks of a write's buffer, offset and length */
 
 struct logdir {
@@ -97,12 +96,12 @@ static bool segment_name(const char *name)
 	return strspn(name + p, "0123456789") == strlen(name + p);
 }
 
-/* Writes [0, len) of the file at proc (a new segment) with zeros, a step at a time,
+/* Writes [0, len) of the file at path (a new segment) with zeros, a step at a time,
  * and syncs it: 0, an errno, or -1 when the file system refuses O_DIRECT and nothing
  * was written (the plain call then allocates). */
-static int zero_fill(const char *proc, off_t len)
+static int zero_fill(const char *path, off_t len)
 {
-	int d = open(proc, O_WRONLY | O_DIRECT | O_CLOEXEC);
+	int d = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
 	if (d < 0)
 		return -1;
 	int rc = 0;
@@ -124,28 +123,24 @@ static int zero_fill(const char *proc, off_t len)
  * raft directory: 0 or an errno. -1: not a segment of one, or no O_DIRECT. */
 static int segment_fill(int fd, off_t len)
 {
-	char proc[sizeof(PROC_FD) + 3 * sizeof(int)], path[NODE_PATH_BYTES_MAX];
+	char path[NODE_PATH_BYTES_MAX];
 	struct stat st;
-	snprintf(proc, sizeof(proc), PROC_FD "%d", fd);
-	ssize_t n = readlink(proc, path, sizeof(path) - 1);
-	if (n <= 0 || (size_t)n >= sizeof(path) - 1)
+	const char *name = node_fd_path(fd, path, sizeof(path));
+	if (name == NULL || !segment_name(name))
 		return -1;
-	path[n] = '\0';
-	const char *slash = strrchr(path, '/');
-	if (slash == NULL || !segment_name(slash + 1))
-		return -1;
+	size_t dir_len = (size_t)(name - 1 - path);
 	/* Zeros only where nothing was written: a new, empty file (raft_uv's O_EXCL). */
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != 0)
 		return -1;
 	pthread_mutex_lock(&lock);
-	int slot = dir_slot(path, (size_t)(slash - path));
+	int slot = dir_slot(path, dir_len);
 	pthread_mutex_unlock(&lock);
 	if (slot < 0)
 		return -1;
-	int rc = zero_fill(proc, len);
+	int rc = zero_fill(path, len);
 	if (rc == 0) {
 		pthread_mutex_lock(&lock);
-		if (dir_slot(path, (size_t)(slash - path)) == slot)
+		if (dir_slot(path, dir_len) == slot)
 			dirs[slot].filled++;
 		pthread_mutex_unlock(&lock);
 	}

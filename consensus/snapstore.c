@@ -170,14 +170,9 @@ static bool copy_adopt(const struct copy *c, int fd)
 		return false;
 	char proc[sizeof(PROC_FD) + 3 * sizeof(int)];
 	char path[NODE_PATH_BYTES_MAX], spare[NODE_PATH_BYTES_MAX + sizeof(ADOPT_SUFFIX)];
-	snprintf(proc, sizeof(proc), PROC_FD "%d", fd);
-	ssize_t n = readlink(proc, path, sizeof(path) - 1);
-	if (n <= 0 || (size_t)n >= sizeof(path) - 1)
-		return false;
-	path[n] = '\0';
-	const char *name = strrchr(path, '/');
-	if (name == NULL || strncmp(name + 1, RAFT_TMP_PREFIX, strlen(RAFT_TMP_PREFIX)) != 0 ||
-	    !node_snapstore_raft_data(name + 1 + strlen(RAFT_TMP_PREFIX)))
+	const char *name = node_fd_path(fd, path, sizeof(path));
+	if (name == NULL || strncmp(name, RAFT_TMP_PREFIX, strlen(RAFT_TMP_PREFIX)) != 0 ||
+	    !node_snapstore_raft_data(name + strlen(RAFT_TMP_PREFIX)))
 		return false;
 	/* Durable before raft's name holds it: should fd not become the copy below, raft
 	 * syncs the file behind fd, not this one. fsync() is flush.c's, a step at a time. */
