@@ -184,8 +184,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	uint64_t index = raft_last_applied(n->raft) + 1;
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
-	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&n->apply_arena),
-						       buf->len, buf->base);
+	Tally__V1__Batch *b = tally_ledger_batch_decode(&n->apply_arena, buf->base, buf->len);
 	if (b == NULL)
 		return fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
 	if (b->raft_index != 0)

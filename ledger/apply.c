@@ -639,7 +639,7 @@ int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len
 	assert(l != NULL && (buf != NULL || len == 0));
 	assert(n_results != NULL);
 	tally_arena_reset(&l->decode);
-	Tally__V1__Batch *b = tally__v1__batch__unpack(tally_arena_protobuf(&l->decode), len, buf);
+	Tally__V1__Batch *b = tally_ledger_batch_decode(&l->decode, buf, len);
 	if (b == NULL)
 		return TALLY_ECORRUPT;
 	*n_results = b->n_commands;

@@ -510,3 +510,234 @@ Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *dat
 	}
 	return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
 }
+
+/* ---- batches ------------------------------------------------------------------------
+ * A raft entry's Batch whose commands are all accruals and redemptions is read here,
+ * every string and message into the arena as protobuf-c places them. Only what the
+ * encoders above write is taken, each field at most once, in any order: a tag of one
+ * byte, the wire type the schema gives, a role that is an int32. Anything else (another
+ * body, an unknown or repeated field, a longer tag) gives the whole batch to
+ * protobuf-c's decoder, which accepts or refuses it as before; so this decoder never
+ * takes what protobuf-c would refuse, nor reads a value it would read otherwise. */
+
+/* A field's tag, when it is one byte; a field seen before is refused through *seen. */
+static bool tag_get(struct reader *r, unsigned *tag, uint32_t *seen)
+{
+	if (r->p == r->end || *r->p >= 0x80)
+		return false;
+	*tag = *r->p++;
+	uint32_t bit = UINT32_C(1) << (*tag >> 3 & 31);
+	if (*seen & bit)
+		return false;
+	*seen |= bit;
+	return true;
+}
+
+static bool str_get(struct reader *r, struct tally_arena *arena, char **out)
+{
+	struct reader s;
+	if (!bytes_get(r, &s))
+		return false;
+	*out = tally_arena_strndup(arena, (const char *)s.p, (size_t)(s.end - s.p));
+	return *out != NULL;
+}
+
+/* A principal's brands (repeated, field 3), after principal_get read the rest and
+ * counted them: every tag was checked then. */
+static bool brands_get(struct reader r, size_t n, struct tally_arena *arena,
+		       Tally__V1__Principal *p)
+{
+	p->brands = tally_arena_alloc(arena, n * sizeof(*p->brands));
+	if (p->brands == NULL)
+		return false;
+	while (r.p < r.end) {
+		uint64_t v;
+		struct reader skip;
+		unsigned tag = *r.p++;
+		if (tag == TAG(3, LEN)) {
+			if (!str_get(&r, arena, &p->brands[p->n_brands++]))
+				return false;
+		} else if (tag == TAG(2, VARINT) ? !varint_get(&r, &v) : !bytes_get(&r, &skip)) {
+			return false;
+		}
+	}
+	return p->n_brands == n;
+}
+
+/* Principal: key_name 1, role 2, brands 3 (repeated). */
+static Tally__V1__Principal *principal_get(struct reader r, struct tally_arena *arena)
+{
+	Tally__V1__Principal *p = tally_arena_alloc(arena, sizeof(*p));
+	if (p == NULL)
+		return NULL;
+	tally__v1__principal__init(p);
+	struct reader all = r;
+	uint32_t seen = 0;
+	size_t n_brands = 0;
+	while (r.p < r.end) {
+		unsigned tag;
+		uint64_t v;
+		struct reader s;
+		if (*r.p == TAG(3, LEN)) { /* repeated, so not in seen */
+			r.p++;
+			if (!bytes_get(&r, &s))
+				return NULL;
+			n_brands++;
+		} else if (!tag_get(&r, &tag, &seen)) {
+			return NULL;
+		} else if (tag == TAG(1, LEN)) {
+			if (!str_get(&r, arena, &p->key_name))
+				return NULL;
+		} else if (tag == TAG(2, VARINT) && varint_get(&r, &v) &&
+			   (int64_t)v >= INT32_MIN && (int64_t)v <= INT32_MAX) {
+			p->role = (Tally__V1__Role)(int64_t)v; /* negative: ten bytes, as written */
+		} else {
+			return NULL;
+		}
+	}
+	if (n_brands > 0 && !brands_get(all, n_brands, arena, p))
+		return NULL;
+	return p;
+}
+
+/* Accrue and Redeem: brand 1, member 2, points 3, reason 4, reference 5. */
+static bool move_get(struct reader r, struct tally_arena *arena, char **brand, char **member,
+		     int64_t *points, char **reason, char **reference)
+{
+	uint32_t seen = 0;
+	while (r.p < r.end) {
+		unsigned tag;
+		uint64_t v;
+		if (!tag_get(&r, &tag, &seen))
+			return false;
+		char **str = tag == TAG(1, LEN) ? brand
+			     : tag == TAG(2, LEN) ? member
+			     : tag == TAG(4, LEN) ? reason
+			     : tag == TAG(5, LEN) ? reference
+						  : NULL;
+		if (str != NULL) {
+			if (!str_get(&r, arena, str))
+				return false;
+		} else if (tag == TAG(3, VARINT) && varint_get(&r, &v)) {
+			*points = (int64_t)v;
+		} else {
+			return false;
+		}
+	}
+	return true;
+}
+
+static bool body_get(struct reader r, unsigned tag, struct tally_arena *arena,
+		     Tally__V1__Command *c)
+{
+	if (tag == TAG(TALLY__V1__COMMAND__BODY_ACCRUE, LEN)) {
+		Tally__V1__Accrue *x = tally_arena_alloc(arena, sizeof(*x));
+		if (x == NULL)
+			return false;
+		tally__v1__accrue__init(x);
+		c->body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+		c->accrue = x;
+		return move_get(r, arena, &x->brand, &x->member, &x->points, &x->reason,
+				&x->reference);
+	}
+	Tally__V1__Redeem *x = tally_arena_alloc(arena, sizeof(*x));
+	if (x == NULL)
+		return false;
+	tally__v1__redeem__init(x);
+	c->body_case = TALLY__V1__COMMAND__BODY_REDEEM;
+	c->redeem = x;
+	return move_get(r, arena, &x->brand, &x->member, &x->points, &x->reason, &x->reference);
+}
+
+static Tally__V1__Command *command_get(struct reader r, struct tally_arena *arena)
+{
+	Tally__V1__Command *c = tally_arena_alloc(arena, sizeof(*c));
+	if (c == NULL)
+		return NULL;
+	tally__v1__command__init(c);
+	uint32_t seen = 0;
+	while (r.p < r.end) {
+		unsigned tag;
+		struct reader body;
+		if (!tag_get(&r, &tag, &seen) || (tag & 7) != LEN || !bytes_get(&r, &body))
+			return NULL;
+		if (tag == TAG(1, LEN)) {
+			c->request_id = tally_arena_strndup(arena, (const char *)body.p,
+							    (size_t)(body.end - body.p));
+			if (c->request_id == NULL)
+				return NULL;
+		} else if (tag == TAG(2, LEN)) {
+			if ((c->principal = principal_get(body, arena)) == NULL)
+				return NULL;
+		} else if (c->body_case != TALLY__V1__COMMAND__BODY__NOT_SET ||
+			   (tag != TAG(TALLY__V1__COMMAND__BODY_ACCRUE, LEN) &&
+			    tag != TAG(TALLY__V1__COMMAND__BODY_REDEEM, LEN)) ||
+			   !body_get(body, tag, arena, c)) {
+			return NULL;
+		}
+	}
+	return c->body_case != TALLY__V1__COMMAND__BODY__NOT_SET ? c : NULL;
+}
+
+/* Batch: raft_index 1, raft_term 2, time_ms 3 (varints), commands 4 (repeated). */
+static Tally__V1__Batch *batch_get(struct reader r, struct tally_arena *arena)
+{
+	Tally__V1__Batch *b = tally_arena_alloc(arena, sizeof(*b));
+	if (b == NULL)
+		return NULL;
+	tally__v1__batch__init(b);
+	struct reader all = r;
+	uint32_t seen = 0;
+	size_t n = 0;
+	while (r.p < r.end) { /* the numbers, and the commands counted */
+		unsigned tag;
+		uint64_t v;
+		struct reader body;
+		if (*r.p == TAG(4, LEN)) {
+			r.p++;
+			if (!bytes_get(&r, &body))
+				return NULL;
+			n++;
+		} else if (!tag_get(&r, &tag, &seen) || !varint_get(&r, &v)) {
+			return NULL;
+		} else if (tag == TAG(1, VARINT)) {
+			b->raft_index = v;
+		} else if (tag == TAG(2, VARINT)) {
+			b->raft_term = v;
+		} else if (tag == TAG(3, VARINT)) {
+			b->time_ms = (int64_t)v;
+		} else {
+			return NULL;
+		}
+	}
+	if (n == 0)
+		return b;
+	b->commands = tally_arena_alloc(arena, n * sizeof(*b->commands));
+	if (b->commands == NULL)
+		return NULL;
+	for (r = all; r.p < r.end;) { /* the commands: every tag was checked above */
+		uint64_t v;
+		struct reader body;
+		if (*r.p++ != TAG(4, LEN)) {
+			varint_get(&r, &v);
+			continue;
+		}
+		bytes_get(&r, &body);
+		if ((b->commands[b->n_commands++] = command_get(body, arena)) == NULL)
+			return NULL;
+	}
+	return b;
+}
+
+Tally__V1__Batch *batch_unpack(struct tally_arena *arena, const uint8_t *data, size_t n)
+{
+	assert(arena != NULL && (data != NULL || n == 0));
+	return batch_get((struct reader){data, data + n}, arena);
+}
+
+Tally__V1__Batch *tally_ledger_batch_decode(struct tally_arena *arena, const void *buf,
+					    size_t len)
+{
+	Tally__V1__Batch *b = batch_unpack(arena, buf, len);
+	return b != NULL ? b : tally__v1__batch__unpack(tally_arena_protobuf(arena), len, buf);
+}

@@ -343,6 +343,9 @@ size_t codec_packed_size(const void *msg);
 size_t codec_pack(const void *msg, uint8_t *out);
 /* NULL when the bytes are not an Account or the arena is out of memory. */
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);
+/* A Batch of accruals and redemptions; NULL for any other bytes (then protobuf-c's
+ * decoder judges them: tally_ledger_batch_decode) or when the arena is out of memory. */
+Tally__V1__Batch *batch_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);
 
 /* accounts, lots, holds, tiers (account.c) */
 int brand_get(struct apply *a, const char *id, Tally__V1__Brand **out);

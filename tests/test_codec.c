@@ -384,6 +384,175 @@ static void test_the_empty_account_is_zero_bytes(void **state)
 	tally_arena_free(&a);
 }
 
+/* ---- batches ---------------------------------------------------------------------- */
+
+#define BATCH_COMMANDS_MAX 12
+#define BATCH_BYTES_MAX (BATCH_COMMANDS_MAX * 1024)
+#define BATCH_MUTATIONS 8
+
+static Tally__V1__Batch *any_batch(struct tally_arena *a, bool *ours)
+{
+	Tally__V1__Batch *b = tally_arena_alloc(a, sizeof(*b));
+	tally__v1__batch__init(b);
+	b->raft_index = (uint64_t)any_i64();
+	b->raft_term = (uint64_t)any_i64();
+	b->time_ms = any_i64();
+	b->n_commands = rnd() % (BATCH_COMMANDS_MAX + 1);
+	b->commands = tally_arena_alloc(a, (b->n_commands + 1) * sizeof(*b->commands));
+	*ours = true;
+	bool with_hold = rnd() % 4 == 0;
+	for (size_t i = 0; i < b->n_commands; i++) {
+		do
+			b->commands[i] = any_command(a);
+		while (!with_hold && b->commands[i]->body_case == TALLY__V1__COMMAND__BODY_HOLD);
+		*ours &= b->commands[i]->body_case != TALLY__V1__COMMAND__BODY_HOLD;
+	}
+	return b;
+}
+
+/* Two decoded batches are the same when protobuf-c writes them to the same bytes. */
+static void assert_batches_equal(const Tally__V1__Batch *x, const Tally__V1__Batch *y)
+{
+	static uint8_t bx[BATCH_BYTES_MAX * 2], by[BATCH_BYTES_MAX * 2];
+	size_t n = tally__v1__batch__get_packed_size(x);
+	assert_int_equal(n, tally__v1__batch__get_packed_size(y));
+	assert_true(n <= sizeof(bx));
+	assert_int_equal(tally__v1__batch__pack(x, bx), n);
+	assert_int_equal(tally__v1__batch__pack(y, by), n);
+	assert_memory_equal(bx, by, n);
+}
+
+/* One change to the bytes: a byte replaced, the end cut, or a byte put in. */
+static size_t mutate(uint8_t *b, size_t n, size_t cap)
+{
+	size_t at = n > 0 ? rnd() % n : 0;
+	switch (rnd() % 3) {
+	case 0:
+		if (n > 0)
+			b[at] = (uint8_t)rnd();
+		return n;
+	case 1: return at;
+	default:
+		if (n == cap)
+			return n;
+		memmove(b + at + 1, b + at, n - at);
+		b[at] = (uint8_t)rnd();
+		return n + 1;
+	}
+}
+
+/* Batches of accruals and redemptions are read by the codec, to what protobuf-c reads;
+ * with a hold among them, protobuf-c reads them. Changed bytes are read by the codec
+ * only as protobuf-c reads them, or left to it. */
+static void test_random_batches_are_read_as_protobuf_c_reads_them(void **state)
+{
+	(void)state;
+	struct tally_arena a, ours_a, theirs_a;
+	tally_arena_init(&a, 1 << 16, 0);
+	tally_arena_init(&ours_a, 1 << 16, 0);
+	tally_arena_init(&theirs_a, 1 << 16, 0);
+	static uint8_t bytes[BATCH_BYTES_MAX], changed[BATCH_BYTES_MAX];
+	unsigned mutated_read = 0, mutated_left = 0;
+	for (int round = 0; round < ROUNDS / 4; round++) {
+		tally_arena_reset(&a);
+		tally_arena_reset(&ours_a);
+		bool expect_ours;
+		Tally__V1__Batch *b = any_batch(&a, &expect_ours);
+		size_t n = tally__v1__batch__get_packed_size(b);
+		assert_true(n <= sizeof(bytes));
+		assert_int_equal(tally__v1__batch__pack(b, bytes), n);
+		Tally__V1__Batch *ours = batch_unpack(&ours_a, bytes, n);
+		if ((ours != NULL) != expect_ours)
+			fail_msg("round %d: the codec %s a batch it should %s", round,
+				 ours ? "read" : "left", expect_ours ? "read" : "leave");
+		Tally__V1__Batch *got = tally_ledger_batch_decode(&ours_a, bytes, n);
+		assert_non_null(got);
+		assert_batches_equal(got, b);
+		if (ours != NULL)
+			assert_batches_equal(ours, b);
+		for (int m = 0; m < BATCH_MUTATIONS; m++) {
+			tally_arena_reset(&ours_a);
+			tally_arena_reset(&theirs_a);
+			memcpy(changed, bytes, n);
+			size_t k = mutate(changed, n, sizeof(changed));
+			ours = batch_unpack(&ours_a, changed, k);
+			Tally__V1__Batch *theirs =
+				tally__v1__batch__unpack(tally_arena_protobuf(&theirs_a), k, changed);
+			if (ours == NULL) {
+				mutated_left++;
+				continue;
+			}
+			if (theirs == NULL)
+				fail_msg("round %d: the codec read bytes protobuf-c refuses", round);
+			assert_batches_equal(ours, theirs);
+			mutated_read++;
+		}
+	}
+	/* Both ways were taken, many times. */
+	assert_true(mutated_read > ROUNDS / 4 && mutated_left > ROUNDS / 4);
+	tally_arena_free(&a);
+	tally_arena_free(&ours_a);
+	tally_arena_free(&theirs_a);
+}
+
+/* Bytes protobuf-c reads its own way go to it: a field twice (the last one wins, or a
+ * message merged), an unknown field, another body, a tag of two bytes, a role past
+ * int32; broken bytes fail alike. */
+static void test_other_batch_encodings_are_left_to_protobuf_c(void **state)
+{
+	(void)state;
+	struct tally_arena a;
+	tally_arena_init(&a, 1 << 16, 0);
+	/* One command: 0x22 = field 4; inside, 0x0a request id, 0x72 accrue (brand "b"). */
+	static const struct {
+		const char *what;
+		bool read; /* by the codec */
+		size_t n;
+		uint8_t b[32];
+	} cases[] = {
+		{"an accrual", true, 12, {0x08, 0x07, 0x22, 0x08, 0x0a, 0x01, 'r', 0x72, 0x03, 0x0a, 0x01, 'b'}},
+		{"the index twice", false, 14,
+		 {0x08, 0x07, 0x08, 0x09, 0x22, 0x08, 0x0a, 0x01, 'r', 0x72, 0x03, 0x0a, 0x01, 'b'}},
+		{"a request id twice", false, 13,
+		 {0x22, 0x0b, 0x0a, 0x01, 'r', 0x0a, 0x01, 's', 0x72, 0x03, 0x0a, 0x01, 'b'}},
+		{"an accrual twice", false, 13,
+		 {0x22, 0x0b, 0x72, 0x03, 0x0a, 0x01, 'b', 0x72, 0x04, 0x12, 0x02, 'm', '1'}},
+		{"an accrual and a redemption", false, 13,
+		 {0x22, 0x0b, 0x72, 0x03, 0x0a, 0x01, 'b', 0x7a, 0x04, 0x12, 0x02, 'm', '1'}},
+		{"an unknown batch field", false, 4, {0x08, 0x07, 0x28, 0x01}},
+		{"an unknown accrual field", false, 8, {0x22, 0x06, 0x72, 0x04, 0x0a, 0x00, 0x30, 0x01}},
+		{"a hold", false, 5, {0x22, 0x03, 0x82, 0x01, 0x00}},
+		{"no body", false, 5, {0x22, 0x03, 0x0a, 0x01, 'r'}},
+		{"a two-byte tag", false, 7, {0x22, 0x05, 0xf2, 0x00, 0x02, 0x18, 0x01}},
+		{"a role past int32", false, 12,
+		 {0x22, 0x0a, 0x12, 0x06, 0x10, 0x80, 0x80, 0x80, 0x80, 0x10, 0x72, 0x00}},
+		{"a role of -1", true, 17,
+		 {0x22, 0x0f, 0x12, 0x0b, 0x10, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+		  0xff, 0x01, 0x72, 0x00}},
+		{"a brand past the end", false, 7, {0x22, 0x05, 0x72, 0x03, 0x0a, 0x09, 'b'}},
+		{"a command past the end", false, 3, {0x22, 0x09, 0x0a}},
+		{"a varint cut short", false, 2, {0x08, 0x85}},
+		{"a points of the wrong type", false, 6, {0x22, 0x04, 0x72, 0x02, 0x19, 0x01}},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		tally_arena_reset(&a);
+		Tally__V1__Batch *ours = batch_unpack(&a, cases[i].b, cases[i].n);
+		Tally__V1__Batch *got = tally_ledger_batch_decode(&a, cases[i].b, cases[i].n);
+		Tally__V1__Batch *theirs =
+			tally__v1__batch__unpack(tally_arena_protobuf(&a), cases[i].n, cases[i].b);
+		if ((ours != NULL) != cases[i].read)
+			fail_msg("%s: the codec %s it", cases[i].what, ours ? "read" : "left");
+		if ((got == NULL) != (theirs == NULL))
+			fail_msg("%s: decoded %s, protobuf-c %s", cases[i].what,
+				 got ? "read it" : "refused it", theirs ? "read it" : "refused it");
+		if (got != NULL)
+			assert_batches_equal(got, theirs);
+		if (ours != NULL)
+			assert_batches_equal(ours, theirs);
+	}
+	tally_arena_free(&a);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -393,6 +562,8 @@ int main(void)
 		cmocka_unit_test(test_unknown_fields_are_written_back_as_protobuf_c_does),
 		cmocka_unit_test(test_other_encodings_are_read_as_protobuf_c_reads_them),
 		cmocka_unit_test(test_the_empty_account_is_zero_bytes),
+		cmocka_unit_test(test_random_batches_are_read_as_protobuf_c_reads_them),
+		cmocka_unit_test(test_other_batch_encodings_are_left_to_protobuf_c),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
