@@ -1,6 +1,6 @@
 /*
- * The codec of the apply path: the account record, and the journal entries and
- * commands of accruals and redemptions.
+ * The codec of the apply path: the account record, the journal entries and commands
+ * of accruals and redemptions, and the raft batches that carry them.
  *
  * Every command reads one account record and writes it back, writes a journal entry
  * and hashes its command for idempotency; protobuf-c's generic codec (a walk over the
@@ -14,8 +14,8 @@
  * protobuf-c: an entry or command with another body, and any message that carries
  * unknown fields (protobuf-c keeps them from what it decoded and writes them back).
  *
- * The account decoder reads what the encoder writes, into one arena block; any other
- * encoding (an unknown field or wire type, a hold, a malformed varint) goes to
+ * The account and batch decoders read what the encoders write; any other encoding (an
+ * unknown field or wire type, a hold, another command, a malformed varint) goes to
  * protobuf-c's decoder, which accepts or refuses it as before.
  */
 #include <assert.h>
