@@ -428,13 +428,11 @@ static int account_write(struct apply *a, const struct open_account *o)
 {
 	struct key k;
 	account_key(&k, o->acct->brand, o->acct->member);
-	size_t n = codec_packed_size(o->acct);
-	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
+	size_t n;
+	uint8_t *buf = codec_pack_arena(a->tmp, o->acct, CHAIN_HEAD_BYTES, &n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &o->head);
-	size_t w = codec_pack(o->acct, buf + CHAIN_HEAD_BYTES);
-	assert(w == n);
 	return st_put(a, T_ACCOUNTS, &k, buf, CHAIN_HEAD_BYTES + n);
 }
 

@@ -226,7 +226,10 @@ static int entry_store(struct apply *a, const Tally__V1__Entry *e)
 	if (rc != 0)
 		return rc;
 	size_t head = ENTRY_HEADER_BYTES + 1 + n_links * CHAIN_LINK_BYTES;
-	size_t n = codec_packed_size(e);
+	size_t n;
+	const uint8_t *bytes = codec_pack_arena(a->tmp, e, 0, &n);
+	if (bytes == NULL)
+		return TALLY_ENOMEM;
 	uint8_t kb[8];
 	be64_put(kb, e->seq);
 	MDB_val k = {8, kb}, v = {head + n, NULL};
@@ -240,8 +243,7 @@ static int entry_store(struct apply *a, const Tally__V1__Entry *e)
 	p[ENTRY_HEADER_BYTES] = (uint8_t)n_links;
 	if (n_links > 0)
 		memcpy(p + ENTRY_HEADER_BYTES + 1, links, n_links * CHAIN_LINK_BYTES);
-	size_t w = codec_pack(e, p + head);
-	assert(w == n);
+	memcpy(p + head, bytes, n);
 	uint8_t leaf[32];
 	tally_merkle_leaf_hash(p + head, n, leaf);
 	struct tally_merkle_store s = tree_store(a->txn, a->l->dbi);
@@ -353,12 +355,10 @@ static int content_hash(struct apply *a, const Tally__V1__Command *c, uint8_t ou
 	Tally__V1__Command body = *c;
 	body.request_id = (char *)"";
 	body.principal = NULL;
-	size_t n = codec_packed_size(&body);
-	uint8_t *buf = tally_arena_alloc(a->tmp, n);
+	size_t n;
+	const uint8_t *buf = codec_pack_arena(a->tmp, &body, 0, &n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
-	size_t w = codec_pack(&body, buf);
-	assert(w == n);
 	const void *parts[1] = {buf};
 	size_t lens[1] = {n};
 	sha256_parts(parts, lens, 1, out);

@@ -339,8 +339,13 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 /* the codec of the apply path (codec.c): protobuf-c's bytes, written and read faster.
  * Any protobuf-c message may be given; accounts, and entries and commands of accruals
  * and redemptions, are written by the codec, the rest by protobuf-c. */
-size_t codec_packed_size(const void *msg);
-size_t codec_pack(const void *msg, uint8_t *out);
+/* msg's size in bytes; its bytes are in out[0, size) when size <= cap (out may be NULL
+ * with cap 0, for the size alone). */
+size_t codec_pack(const void *msg, uint8_t *out, size_t cap);
+/* msg's bytes in the arena, after `head` bytes left for the caller; *n: their count.
+ * NULL when the arena is out of memory. One pass when they fit in CODEC_GUESS_BYTES. */
+#define CODEC_GUESS_BYTES 1024
+uint8_t *codec_pack_arena(struct tally_arena *arena, const void *msg, size_t head, size_t *n);
 /* NULL when the bytes are not an Account or the arena is out of memory. */
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);
 /* A Batch of accruals and redemptions; NULL for any other bytes (then protobuf-c's

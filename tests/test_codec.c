@@ -219,10 +219,10 @@ static void test_random_accounts_encode_to_protobuf_c_bytes_and_back(void **stat
 	for (int round = 0; round < ROUNDS; round++) {
 		tally_arena_reset(&a);
 		Tally__V1__Account *acct = any_account(&a);
-		size_t n = codec_packed_size(acct);
+		size_t n = codec_pack(acct, NULL, 0);
 		assert_int_equal(n, tally__v1__account__get_packed_size(acct));
 		assert_true(n <= CODEC_BYTES_MAX);
-		assert_int_equal(codec_pack(acct, ours), n);
+		assert_int_equal(codec_pack(acct, ours, sizeof(ours)), n);
 		assert_int_equal(tally__v1__account__pack(acct, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 		Tally__V1__Account *back = account_unpack(&a, ours, n);
@@ -241,10 +241,10 @@ static void test_random_entries_and_commands_encode_to_protobuf_c_bytes(void **s
 	for (int round = 0; round < ROUNDS; round++) {
 		tally_arena_reset(&a);
 		Tally__V1__Entry *e = any_entry(&a);
-		size_t n = codec_packed_size(e);
+		size_t n = codec_pack(e, NULL, 0);
 		assert_int_equal(n, tally__v1__entry__get_packed_size(e));
 		assert_true(n <= sizeof(ours));
-		assert_int_equal(codec_pack(e, ours), n);
+		assert_int_equal(codec_pack(e, ours, sizeof(ours)), n);
 		assert_int_equal(tally__v1__entry__pack(e, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 		if (e->command == NULL)
@@ -253,9 +253,9 @@ static void test_random_entries_and_commands_encode_to_protobuf_c_bytes(void **s
 		Tally__V1__Command body = *e->command;
 		body.request_id = (char *)"";
 		body.principal = NULL;
-		n = codec_packed_size(&body);
+		n = codec_pack(&body, NULL, 0);
 		assert_int_equal(n, tally__v1__command__get_packed_size(&body));
-		assert_int_equal(codec_pack(&body, ours), n);
+		assert_int_equal(codec_pack(&body, ours, sizeof(ours)), n);
 		assert_int_equal(tally__v1__command__pack(&body, theirs), n);
 		assert_memory_equal(ours, theirs, n);
 	}
@@ -301,12 +301,12 @@ static void test_unknown_fields_are_written_back_as_protobuf_c_does(void **state
 	e.kind = TALLY__V1__ENTRY_KIND__COMMAND;
 	e.command = c;
 	uint8_t ours[64], theirs[64];
-	size_t n = codec_packed_size(&e);
+	size_t n = codec_pack(&e, NULL, 0);
 	assert_int_equal(n, tally__v1__entry__get_packed_size(&e));
-	assert_int_equal(codec_pack(&e, ours), n);
+	assert_int_equal(codec_pack(&e, ours, sizeof(ours)), n);
 	assert_int_equal(tally__v1__entry__pack(&e, theirs), n);
 	assert_memory_equal(ours, theirs, n);
-	assert_int_equal(codec_pack(c, ours), sizeof(cmd));
+	assert_int_equal(codec_pack(c, ours, sizeof(ours)), sizeof(cmd));
 	assert_memory_equal(ours, cmd, sizeof(cmd));
 	/* The same with the unknown field in the principal (field 2): 0x20 = field 4. */
 	static const uint8_t cmd2[] = {0x0a, 0x01, 'r', 0x12, 0x05, 0x0a, 0x01, 'k', 0x20, 0x01,
@@ -314,8 +314,8 @@ static void test_unknown_fields_are_written_back_as_protobuf_c_does(void **state
 	c = tally__v1__command__unpack(tally_arena_protobuf(&a), sizeof(cmd2), cmd2);
 	assert_non_null(c);
 	assert_int_equal(c->principal->base.n_unknown_fields, 1);
-	assert_int_equal(codec_packed_size(c), sizeof(cmd2));
-	assert_int_equal(codec_pack(c, ours), sizeof(cmd2));
+	assert_int_equal(codec_pack(c, NULL, 0), sizeof(cmd2));
+	assert_int_equal(codec_pack(c, ours, sizeof(ours)), sizeof(cmd2));
 	assert_memory_equal(ours, cmd2, sizeof(cmd2));
 	tally_arena_free(&a);
 }
@@ -360,9 +360,9 @@ static void test_other_encodings_are_read_as_protobuf_c_reads_them(void **state)
 			continue;
 		/* Written back, it is protobuf-c's bytes again, unknown fields included. */
 		uint8_t mine[64], pc[64];
-		size_t n = codec_packed_size(ours);
+		size_t n = codec_pack(ours, NULL, 0);
 		assert_int_equal(n, tally__v1__account__get_packed_size(theirs));
-		assert_int_equal(codec_pack(ours, mine), n);
+		assert_int_equal(codec_pack(ours, mine, sizeof(mine)), n);
 		assert_int_equal(tally__v1__account__pack(theirs, pc), n);
 		assert_memory_equal(mine, pc, n);
 	}
@@ -376,11 +376,45 @@ static void test_the_empty_account_is_zero_bytes(void **state)
 	tally_arena_init(&a, 1 << 12, 0);
 	Tally__V1__Account acct = TALLY__V1__ACCOUNT__INIT;
 	uint8_t b[1];
-	assert_int_equal(codec_packed_size(&acct), 0);
-	assert_int_equal(codec_pack(&acct, b), 0);
+	assert_int_equal(codec_pack(&acct, NULL, 0), 0);
+	assert_int_equal(codec_pack(&acct, b, sizeof(b)), 0);
 	Tally__V1__Account *back = account_unpack(&a, b, 0);
 	assert_non_null(back);
 	assert_accounts_equal(&acct, back);
+	tally_arena_free(&a);
+}
+
+/* Written into too little room, the codec writes nothing past it and still gives the
+ * size; codec_pack_arena gives protobuf-c's bytes after the room asked for, whether or
+ * not they fit in its first guess. */
+static void test_bounded_writes_stay_in_bounds_and_give_the_size(void **state)
+{
+	(void)state;
+	struct tally_arena a;
+	tally_arena_init(&a, 1 << 16, 0);
+	static uint8_t ours[CODEC_BYTES_MAX * 2 + 1], theirs[CODEC_BYTES_MAX * 2];
+	unsigned guessed_short = 0;
+	for (int round = 0; round < ROUNDS / 40; round++) {
+		tally_arena_reset(&a);
+		const void *m = round % 2 ? (const void *)any_entry(&a) : (const void *)any_account(&a);
+		size_t n = protobuf_c_message_pack(m, theirs);
+		for (size_t cap = 0; cap <= n; cap++) {
+			memset(ours, 0xa5, cap + 1);
+			assert_int_equal(codec_pack(m, ours, cap), n);
+			assert_int_equal(ours[cap], 0xa5);
+		}
+		memset(ours, 0xa5, n + 1);
+		assert_int_equal(codec_pack(m, ours, n), n);
+		assert_memory_equal(ours, theirs, n);
+		assert_int_equal(ours[n], 0xa5);
+		size_t got;
+		uint8_t *buf = codec_pack_arena(&a, m, 7, &got);
+		assert_non_null(buf);
+		assert_int_equal(got, n);
+		assert_memory_equal(buf + 7, theirs, n);
+		guessed_short += n > CODEC_GUESS_BYTES;
+	}
+	assert_true(guessed_short > 0); /* the second pass was taken */
 	tally_arena_free(&a);
 }
 
@@ -562,6 +596,7 @@ int main(void)
 		cmocka_unit_test(test_unknown_fields_are_written_back_as_protobuf_c_does),
 		cmocka_unit_test(test_other_encodings_are_read_as_protobuf_c_reads_them),
 		cmocka_unit_test(test_the_empty_account_is_zero_bytes),
+		cmocka_unit_test(test_bounded_writes_stay_in_bounds_and_give_the_size),
 		cmocka_unit_test(test_random_batches_are_read_as_protobuf_c_reads_them),
 		cmocka_unit_test(test_other_batch_encodings_are_left_to_protobuf_c),
 	};
