@@ -68,6 +68,7 @@ struct opts {
 	bool json;
 	bool no_setup;               /* --no-setup: brand and members exist (an earlier run's) */
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
+	int pid;                     /* this run's, in its request ids (read once: a system call) */
 };
 
 /* One connection and the requests it has in flight. */
@@ -213,11 +214,12 @@ static struct tally_client *open_client(const struct opts *o)
 }
 
 /* Fills one command of the mix. */
-static void op(struct tally_arena *a, uint64_t *rng, unsigned members, unsigned worker,
+static void op(struct tally_arena *a, uint64_t *rng, const struct opts *o, unsigned worker,
 	       uint64_t n, Tally__V1__Command *c)
 {
 	char id[48], member[24];
-	snprintf(id, sizeof(id), "bench-%d-%u-%" PRIu64, (int)getpid(), worker, n);
+	unsigned members = o->members;
+	snprintf(id, sizeof(id), "bench-%d-%u-%" PRIu64, o->pid, worker, n);
 	snprintf(member, sizeof(member), "m%07u", (unsigned)(rnd(rng) % members));
 	tally__v1__command__init(c);
 	c->request_id = tally_arena_strdup(a, id);
@@ -251,7 +253,7 @@ static bool send_one(struct worker *w, unsigned slot, uint64_t due_ns)
 	Tally__V1__Command *cmds = tally_arena_alloc(a, w->o->batch * sizeof(*cmds));
 	Tally__V1__Command **ptrs = tally_arena_alloc(a, w->o->batch * sizeof(*ptrs));
 	for (unsigned i = 0; i < w->o->batch; i++) {
-		op(a, &w->rng, w->o->members, w->index, w->n++, &cmds[i]);
+		op(a, &w->rng, w->o, w->index, w->n++, &cmds[i]);
 		ptrs[i] = &cmds[i];
 	}
 	if (w->o->batch == 1) {
@@ -576,6 +578,7 @@ int main(int argc, char **argv)
 {
 	struct opts o;
 	parse(argc, argv, &o);
+	o.pid = (int)getpid();
 	if (!o.no_setup) {
 		fprintf(stderr, "tally-bench: setting up brand and %u members\n", o.members);
 		setup(&o);
