@@ -71,7 +71,8 @@ struct tally_server {
 /* One request waiting on the node. */
 struct call {
 	struct conn *c;
-	Tally__V1__Request *req;
+	Tally__V1__Request *req;           /* decoded into arena, freed with it */
+	struct tally_arena arena;
 	size_t n;                          /* batch: commands, answered so far */
 	size_t done;
 	size_t refused;                    /* batch: commands refused before the node */
@@ -90,6 +91,11 @@ struct batch_item {
  * kernel's buffers fill, the client's writes block) until one is answered. */
 #define SERVER_CONN_CALLS_MAX 1024
 #define SERVER_RESULT_FIELDS 11 /* CommandResult's fields, as result_keep copies them */
+/* A call's arena for its decoded request: a first block of MIN + PER_BYTE bytes per
+ * byte of the frame, about what a batch of accruals decodes to (a command of ~50 bytes
+ * becomes a Command, its body and three strings: ~200), so one block mostly holds it. */
+#define SERVER_CALL_ARENA_BYTES_MIN 1024
+#define SERVER_CALL_ARENA_PER_BYTE 4
 
 struct wreq {
 	uv_write_t w;
@@ -154,6 +160,28 @@ static void conn_close(struct conn *c)
 /* The message of a kept result that has none (most do: OK carries no message). */
 static char result_no_message[] = "";
 
+/* A call for a frame: its request decoded into the call's own arena, one block for a
+ * request of any size (protobuf-c's allocator made one allocation per message and
+ * string: a batch of 100 accruals took ~400, and as many frees). NULL when out of
+ * memory; k->req NULL when the bytes do not decode. */
+static struct call *call_new(struct conn *c, const uint8_t *body, size_t len)
+{
+	struct call *k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return NULL;
+	k->c = c;
+	tally_arena_init(&k->arena, SERVER_CALL_ARENA_BYTES_MIN + SERVER_CALL_ARENA_PER_BYTE * len, 0);
+	k->req = tally__v1__request__unpack(tally_arena_protobuf(&k->arena), len, body);
+	return k;
+}
+
+/* A call that never reached the node (a handshake, a ping, a frame that does not decode). */
+static void call_discard(struct call *k)
+{
+	tally_arena_free(&k->arena);
+	free(k);
+}
+
 static void call_free(struct call *k)
 {
 	if (k->kept != NULL) /* zeroed until kept: a NULL message */
@@ -163,15 +191,7 @@ static void call_free(struct call *k)
 	free(k->kept);
 	free(k->results);
 	free(k->items);
-	if (k->req != NULL) {
-		/* The principal the server put in belongs to the connection, not the request. */
-		if (k->req->body_case == TALLY__V1__REQUEST__BODY_COMMAND)
-			k->req->command->principal = NULL;
-		if (k->req->body_case == TALLY__V1__REQUEST__BODY_BATCH)
-			for (size_t i = 0; i < k->req->batch->n_commands; i++)
-				k->req->batch->commands[i]->principal = NULL;
-		tally__v1__request__free_unpacked(k->req, NULL);
-	}
+	tally_arena_free(&k->arena);
 	struct conn *c = k->c;
 	free(k);
 	assert(c->pending > 0 && c->calls > 0);
@@ -417,9 +437,7 @@ static void on_command_result(void *data, const Tally__V1__CommandResult *r)
  * client's. Refuses early what the role can never do. */
 static bool prepare_command(struct conn *c, Tally__V1__Command *cmd, Tally__V1__CommandResult *r)
 {
-	if (cmd->principal != NULL && cmd->principal != &c->principal)
-		tally__v1__principal__free_unpacked(cmd->principal, NULL); /* a claim, ignored */
-	cmd->principal = &c->principal;
+	cmd->principal = &c->principal; /* the client's claim, if any, is ignored */
 	if (tally_ledger_role_allows(c->principal.role, cmd->body_case))
 		return true;
 	r->code = CODE(PERMISSION_DENIED);
@@ -673,16 +691,10 @@ static void handle_admin(struct call *k)
 
 /* ---- requests ----------------------------------------------------------------------- */
 
-static void handle_ready(struct conn *c, Tally__V1__Request *req)
+static void handle_ready(struct call *k)
 {
-	struct call *k = calloc(1, sizeof(*k));
-	if (k == NULL) {
-		respond_code(c, req->call_id, CODE(UNAVAILABLE), "server out of memory", false);
-		tally__v1__request__free_unpacked(req, NULL);
-		return;
-	}
-	k->c = c;
-	k->req = req;
+	struct conn *c = k->c;
+	Tally__V1__Request *req = k->req;
 	c->pending++;
 	c->calls++;
 	c->s->stats.requests++;
@@ -792,8 +804,14 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 		respond_code(c, call_id, CODE(INVALID_ARGUMENT), "batch: 1..8192 commands", false);
 		return;
 	}
-	Tally__V1__Request *req = tally__v1__request__unpack(NULL, len, body);
+	struct call *k = call_new(c, body, len);
+	if (k == NULL) {
+		respond_code(c, call_id, CODE(UNAVAILABLE), "server out of memory", false);
+		return;
+	}
+	Tally__V1__Request *req = k->req;
 	if (req == NULL) {
+		call_discard(k);
 		c->s->stats.bad_frames++;
 		respond_code(c, 0, CODE(INVALID_ARGUMENT),
 			     "frame: does not decode as a tally.v1.Request", true);
@@ -801,7 +819,7 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 	}
 	if (req->body_case == TALLY__V1__REQUEST__BODY_PING && c->state != C_CLOSING) {
 		handle_ping(c, req);
-		tally__v1__request__free_unpacked(req, NULL);
+		call_discard(k);
 		return;
 	}
 	switch (c->state) {
@@ -813,12 +831,12 @@ static void handle_frame(struct conn *c, const uint8_t *body, size_t len)
 		break;
 	case C_READY:
 		uv_timer_again(&c->timer);
-		handle_ready(c, req); /* takes req */
+		handle_ready(k); /* takes k */
 		return;
 	case C_CLOSING:
 		break;
 	}
-	tally__v1__request__free_unpacked(req, NULL);
+	call_discard(k);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
