@@ -565,26 +565,32 @@ static bool str_get(struct reader *r, struct tally_arena *arena, char **out)
 	return *out != NULL;
 }
 
-/* A principal's brands (repeated, field 3), after principal_get read the rest and
- * counted them: every tag was checked then. */
-static bool brands_get(struct reader r, size_t n, struct tally_arena *arena,
-		       Tally__V1__Principal *p)
+/* The values of a message's repeated field `tag` (length-delimited), in order: the
+ * second pass over the message, after the first read its other fields, checked every
+ * tag and counted these (n of them). get reads the i-th into the message. */
+typedef bool (*item_get_fn)(struct reader body, struct tally_arena *arena, void *msg, size_t i);
+
+static bool repeated_get(struct reader r, unsigned tag, size_t n, item_get_fn get,
+			 struct tally_arena *arena, void *msg)
 {
-	p->brands = tally_arena_alloc(arena, n * sizeof(*p->brands));
-	if (p->brands == NULL)
-		return false;
+	size_t i = 0;
 	while (r.p < r.end) {
+		unsigned t = *r.p++;
 		uint64_t v;
-		struct reader skip;
-		unsigned tag = *r.p++;
-		if (tag == TAG(3, LEN)) {
-			if (!str_get(&r, arena, &p->brands[p->n_brands++]))
-				return false;
-		} else if (tag == TAG(2, VARINT) ? !varint_get(&r, &v) : !bytes_get(&r, &skip)) {
+		struct reader body;
+		if ((t & 7) == VARINT ? !varint_get(&r, &v) : !bytes_get(&r, &body))
 			return false;
-		}
+		if (t == tag && (i == n || !get(body, arena, msg, i++)))
+			return false;
 	}
-	return p->n_brands == n;
+	return i == n;
+}
+
+static bool brand_at(struct reader body, struct tally_arena *arena, void *msg, size_t i)
+{
+	Tally__V1__Principal *p = msg;
+	p->brands[i] = tally_arena_strndup(arena, (const char *)body.p, (size_t)(body.end - body.p));
+	return p->brands[i] != NULL;
 }
 
 /* Principal: key_name 1, role 2, brands 3 (repeated). */
@@ -618,8 +624,13 @@ static Tally__V1__Principal *principal_get(struct reader r, struct tally_arena *
 			return NULL;
 		}
 	}
-	if (n_brands > 0 && !brands_get(all, n_brands, arena, p))
-		return NULL;
+	if (n_brands > 0) {
+		p->brands = tally_arena_alloc(arena, n_brands * sizeof(*p->brands));
+		if (p->brands == NULL ||
+		    !repeated_get(all, TAG(3, LEN), n_brands, brand_at, arena, p))
+			return NULL;
+		p->n_brands = n_brands;
+	}
 	return p;
 }
 
@@ -702,6 +713,13 @@ static Tally__V1__Command *command_get(struct reader r, struct tally_arena *aren
 	return c->body_case != TALLY__V1__COMMAND__BODY__NOT_SET ? c : NULL;
 }
 
+static bool command_at(struct reader body, struct tally_arena *arena, void *msg, size_t i)
+{
+	Tally__V1__Batch *b = msg;
+	b->commands[i] = command_get(body, arena);
+	return b->commands[i] != NULL;
+}
+
 /* Batch: raft_index 1, raft_term 2, time_ms 3 (varints), commands 4 (repeated). */
 static Tally__V1__Batch *batch_get(struct reader r, struct tally_arena *arena)
 {
@@ -733,21 +751,11 @@ static Tally__V1__Batch *batch_get(struct reader r, struct tally_arena *arena)
 			return NULL;
 		}
 	}
-	if (n == 0)
-		return b;
-	b->commands = tally_arena_alloc(arena, n * sizeof(*b->commands));
-	if (b->commands == NULL)
-		return NULL;
-	for (r = all; r.p < r.end;) { /* the commands: every tag was checked above */
-		uint64_t v;
-		struct reader body;
-		if (*r.p++ != TAG(4, LEN)) {
-			varint_get(&r, &v);
-			continue;
-		}
-		bytes_get(&r, &body);
-		if ((b->commands[b->n_commands++] = command_get(body, arena)) == NULL)
+	if (n > 0) {
+		b->commands = tally_arena_alloc(arena, n * sizeof(*b->commands));
+		if (b->commands == NULL || !repeated_get(all, TAG(4, LEN), n, command_at, arena, b))
 			return NULL;
+		b->n_commands = n;
 	}
 	return b;
 }
