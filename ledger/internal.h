@@ -338,9 +338,11 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
 
 /* the codec of the apply path (codec.c): protobuf-c's bytes, written and read faster.
  * Any protobuf-c message may be given; accounts, and entries and commands of accruals
- * and redemptions, are written by the codec, the rest by protobuf-c. */
-/* msg's size in bytes; its bytes are in out[0, size) when size <= cap (out may be NULL
- * with cap 0, for the size alone). */
+ * and redemptions, are written by the codec, the rest by protobuf-c; accounts and
+ * batches of accruals and redemptions are read by it.
+ *
+ * codec_pack: msg's size in bytes; its bytes are in out[0, size) when size <= cap (out
+ * may be NULL with cap 0, for the size alone). */
 size_t codec_pack(const void *msg, uint8_t *out, size_t cap);
 /* msg's bytes in the arena, after `head` bytes left for the caller; *n: their count.
  * NULL when the arena is out of memory. One pass when they fit in CODEC_GUESS_BYTES. */
