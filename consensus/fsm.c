@@ -182,6 +182,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	if (n->dead)
 		return 0; /* the simulator's crashed node applies (and answers) nothing more */
 	uint64_t index = raft_last_applied(n->raft) + 1;
+	node_commit_notice(n, buf->len);
 	uint64_t t0_ns = uv_hrtime();
 	tally_arena_reset(&n->apply_arena);
 	Tally__V1__Batch *b = tally_ledger_batch_decode(&n->apply_arena, buf->base, buf->len);

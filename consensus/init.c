@@ -90,6 +90,8 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	c->batch_commands_max = c->batch_commands_max ? c->batch_commands_max : 8192;
 	c->batch_bytes_max = c->batch_bytes_max ? c->batch_bytes_max : (1u << 20);
 	c->inflight_max = c->inflight_max ? c->inflight_max : 64;
+	if (c->notice_entry_bytes_min == 0)
+		c->notice_entry_bytes_min = NODE_NOTICE_ENTRY_BYTES_MIN;
 	if (c->batch_commands_max > TALLY_BATCH_COMMANDS_MAX)
 		c->batch_commands_max = TALLY_BATCH_COMMANDS_MAX;
 	if (c->batch_bytes_max > NODE_BATCH_BYTES_MAX)

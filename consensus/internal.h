@@ -97,6 +97,7 @@ struct tally_node {
 	struct raft_io io_next;           /* the I/O's own methods, called by the guard */
 	raft_io_recv_cb raft_recv;        /* raft's receive callback (health.c watches it) */
 	uint64_t leader_commit_seen;      /* highest commit index in a leader's message */
+	uint64_t notice_commit;           /* leader: the commit index last told (notice.c) */
 	uint64_t leader_heard_ms;         /* monotonic ms when the last one came */
 	struct raft_fsm fsm;
 	struct tally_transport transport;
@@ -236,6 +237,17 @@ void node_queues_fail(struct tally_node *n);
  * AppendEntries from below this node's snapshot) or, on a leader, ends the wait for a
  * snapshot a follower installed but whose answer raft ignores. */
 void node_recv_fix(struct tally_node *n, struct raft_message *m);
+
+/* notice.c: on the leader, about to apply an entry of entry_bytes: each follower raft
+ * streams to is sent the new commit index at once (a heartbeat), rather than after this
+ * apply, when the entry is large enough for its apply to matter
+ * (cfg.notice_entry_bytes_min; by default this: ~230 accruals, ~1 ms of apply here). */
+#define NODE_NOTICE_ENTRY_BYTES_MIN (16u << 10)
+void node_commit_notice(struct tally_node *n, size_t entry_bytes);
+
+/* recvguard.c: the term of this node's raft log entry at index i (as raft 0.15's
+ * logTermOf reads it); 0 when it has none. */
+raft_term node_log_term(const struct raft *r, raft_index i);
 
 /* recvguard.c: an AppendEntries that contradicts a committed entry of this node is
  * logged, counted and turned into one raft rejects untouched (its term set to 0):

@@ -58,6 +58,9 @@ struct tally_node_config {
 	size_t batch_commands_max;        /* 0 = 8192 */
 	size_t batch_bytes_max;           /* 0 = 1 MiB */
 	unsigned inflight_max;            /* raft entries in flight; 0 = 64 */
+	/* A leader tells its followers of a commit before it applies an entry of at least
+	 * this many bytes (consensus/notice.c); 0 = NODE_NOTICE_ENTRY_BYTES_MIN, 16 KiB. */
+	size_t notice_entry_bytes_min;
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
@@ -211,6 +214,8 @@ struct tally_node_stats {
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an
 					 * unlinked file, not the heap (consensus/bigbuf.h) */
+	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
+				      * node's apply (consensus/notice.c) */
 	uint64_t install_waits_ended; /* leader: snapshots a follower installed that raft 0.15
 				       * would have waited out (consensus/raft015.c) */
 	uint64_t install_snapshot_timeout_ms; /* what a leader would wait now for an

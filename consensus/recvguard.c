@@ -32,8 +32,7 @@
 
 #include "consensus/internal.h"
 
-/* The term of this node's entry at index i; 0 when it has none. */
-static raft_term local_term(const struct raft *r, raft_index i)
+raft_term node_log_term(const struct raft *r, raft_index i)
 {
 	const struct raft_log *l = &r->log;
 	if (i == 0)
@@ -51,7 +50,7 @@ static bool contradicts(const struct raft *r, raft_index i, raft_term term)
 {
 	if (i == 0 || i > r->commit_index)
 		return false;
-	raft_term mine = local_term(r, i);
+	raft_term mine = node_log_term(r, i);
 	return mine != 0 && mine != term;
 }
 
@@ -86,7 +85,7 @@ bool node_recv_guard(struct tally_node *n, struct raft_message *m)
 	node_log(n, "raft message from node %llu (%s) refused: its entry %llu contradicts "
 		    "a committed one (term %llu here); the sender is faulty or forged",
 		 (unsigned long long)m->server_id, m->server_address, (unsigned long long)at,
-		 (unsigned long long)local_term(r, at));
+		 (unsigned long long)node_log_term(r, at));
 	a->term = 0; /* raft rejects it as a stale leader's and frees its entries */
 	return false;
 }

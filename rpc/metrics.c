@@ -126,6 +126,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Raft log segments written with zeros when made, so that the log's writes never "
 		 "wait for the file system to mark blocks written.",
 		 (double)ns->log_segments_filled},
+		{"tally_commit_notices_total", "counter",
+		 "Commit indexes the leader sent a follower before applying them itself, so "
+		 "that the follower's apply runs beside the leader's.",
+		 (double)ns->commit_notices},
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},

@@ -520,6 +520,7 @@ static void node_config(struct sim_node *sn, struct tally_node_config *cfg, cons
 		.snapshot_threshold = sn->s->snapshot_threshold,
 		.snapshot_trailing = sn->s->snapshot_threshold / 4, .expire_interval_ms = 1000,
 		.map_size_bytes = 64ULL << 20, .map_room_bytes = 1ULL << 20,
+		.notice_entry_bytes_min = 1, /* a commit notice before every apply */
 		.mono_ms = node_mono_ms, .wall_ms = node_wall_ms, .hook_data = sn,
 		.fail_stop = node_fail_stop_hook, .log_line = node_log_line};
 }

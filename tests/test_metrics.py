@@ -25,6 +25,7 @@ from localcluster import BUILD, ROOT, start, stop
 DASHBOARD = os.path.join(ROOT, "docs", "grafana", "tally.json")
 BENCH = os.path.join(BUILD, "tools", "tally-bench")
 LOAD_COMMANDS = 300
+BIG_BATCH = 400  # commands: ~26 KB as a raft entry, past NODE_NOTICE_ENTRY_BYTES_MIN
 PROMTOOL = shutil.which("promtool")
 SKIP_PROMTOOL = "promtool not installed (Debian package prometheus; make deps installs it)"
 
@@ -75,6 +76,13 @@ class MetricsTest(unittest.TestCase):
         try:
             load = subprocess.run([BENCH, "--members", "50", "--commands", str(LOAD_COMMANDS),
                                    "--connections", "1", "--pipeline", "8", "--json"],
+                                  env=cls.env, capture_output=True, text=True, timeout=300)
+            assert load.returncode == 0, load.stderr
+            # and requests of 400 commands: raft entries large enough for the leader to
+            # tell its followers of their commit before it applies them (notice.c)
+            load = subprocess.run([BENCH, "--no-setup", "--members", "50", "--commands",
+                                   str(2 * BIG_BATCH), "--batch", str(BIG_BATCH),
+                                   "--connections", "1", "--pipeline", "1", "--json"],
                                   env=cls.env, capture_output=True, text=True, timeout=300)
             assert load.returncode == 0, load.stderr
             cls.pages = []
@@ -144,6 +152,11 @@ class MetricsTest(unittest.TestCase):
         self.assertGreater(value(f, "tally_commit_seconds_sum"), 0)
         self.assertGreaterEqual(value(f, "tally_requests_total"), LOAD_COMMANDS)
         self.assertGreaterEqual(value(f, "tally_results_total", '{code="OK"}'), 1)
+        # the leader told its followers of commits before applying them (notice.c)
+        self.assertGreater(value(f, "tally_commit_notices_total"), 0)
+        for g in map(parse, self.pages):
+            if value(g, "tally_raft_leader") != 1:
+                self.assertEqual(value(g, "tally_commit_notices_total"), 0)
 
     def test_every_node_writes_its_log_segments(self):
         # raft's segments are written with zeros when made (consensus/logfill.c), where
