@@ -718,6 +718,66 @@ static void test_invariants_hold_after_every_batch_of_a_long_random_run(void **s
 	fx_close(&a);
 }
 
+/* ---- batches that meet thousands of records ---------------------------------------
+ * Each batch indexes the digested records it reads or writes (ledger/store.c, "what the
+ * batch knows"): KNOWN_CAP_MIN slots at first, grown while it holds entries. Batches that meet
+ * thousands of records must reach the digest batches of seven commands reach, and the
+ * one a scan of every record computes. */
+
+#define WIDE_MEMBERS 3000
+
+/* Applies cmds[0, n) in batches of `step`, every command expected to succeed. */
+static void apply_in_steps(struct fx *f, Tally__V1__Command **cmds, size_t n, size_t step)
+{
+	for (size_t at = 0; at < n; at += step) {
+		size_t k = n - at < step ? n - at : step;
+		Tally__V1__CommandResult **rs = apply_n(f, cmds + at, k);
+		for (size_t i = 0; i < k; i++)
+			assert_int_equal(rs[i]->code, TALLY__V1__RESULT_CODE__OK);
+	}
+}
+
+static void wide_run(struct fx *f, const char (*ids)[16], size_t step)
+{
+	Tally__V1__Principal *dealer = who(f, TALLY__V1__ROLE__DEALER, "dealer", "*");
+	Tally__V1__Principal *mall = who(f, TALLY__V1__ROLE__MALL, "mall", "*");
+	Tally__V1__Command **cmds = malloc(2 * WIDE_MEMBERS * sizeof(*cmds));
+	assert_non_null(cmds);
+	setup_brand(f, "aurora", 12);
+	setup_brand(f, "borealis", 12);
+	for (size_t i = 0; i < WIDE_MEMBERS; i++)
+		cmds[i] = c_member(f, admin(f), ids[i]);
+	apply_in_steps(f, cmds, WIDE_MEMBERS, step);
+	for (size_t i = 0; i < WIDE_MEMBERS; i++) { /* two new accounts per member */
+		cmds[2 * i] = c_accrue(f, dealer, "aurora", ids[i], 100 + (int64_t)i);
+		cmds[2 * i + 1] = c_accrue(f, dealer, "borealis", ids[i], 50);
+	}
+	apply_in_steps(f, cmds, 2 * WIDE_MEMBERS, step);
+	for (size_t i = 0; i < WIDE_MEMBERS; i++) /* each account read, then replaced */
+		cmds[i] = c_redeem(f, mall, "aurora", ids[i], 1 + (int64_t)(i % 100));
+	apply_in_steps(f, cmds, WIDE_MEMBERS, step);
+	free(cmds);
+	assert_invariants(f);
+}
+
+static void test_batches_that_meet_thousands_of_records_keep_the_digest(void **state)
+{
+	(void)state;
+	static char ids[WIDE_MEMBERS][16];
+	for (size_t i = 0; i < WIDE_MEMBERS; i++)
+		snprintf(ids[i], sizeof(ids[i]), "w%05zu", i);
+	struct fx wide, narrow;
+	fx_open(&wide);
+	fx_open(&narrow);
+	wide_run(&wide, (const char (*)[16])ids, 2 * WIDE_MEMBERS);
+	wide_run(&narrow, (const char (*)[16])ids, 7);
+	assert_same_digest(&wide, &narrow);
+	assert_int_equal(available(&wide, "aurora", ids[1234]), 100 + 1234 - 1 - 34);
+	assert_int_equal(available(&wide, "borealis", ids[2999]), 50);
+	fx_close(&wide);
+	fx_close(&narrow);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -731,6 +791,7 @@ int main(void)
 		cmocka_unit_test(test_the_seal_lanes_are_crc32c_of_every_eighth_block),
 		cmocka_unit_test(test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matches),
 		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
+		cmocka_unit_test(test_batches_that_meet_thousands_of_records_keep_the_digest),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
