@@ -473,9 +473,9 @@ static char **str_field(Tally__V1__Account *acct, uint64_t tag)
 	}
 }
 
-/* Reads the fields into acct, and the lots into lots[] (NULL: only counts them). */
+/* Reads the fields into acct and the first `cap` lots into lots[], counting them all. */
 static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot *lots,
-		       size_t *n_lots, struct tally_arena *arena)
+		       size_t cap, size_t *n_lots, struct tally_arena *arena)
 {
 	*n_lots = 0;
 	while (r.p < r.end) {
@@ -492,13 +492,13 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot
 		} else if (str != NULL || tag == TAG_LOT) {
 			if (!bytes_get(&r, &body))
 				return false;
-			if (str != NULL && lots != NULL) {
+			if (str != NULL) {
 				*str = tally_arena_strndup(arena, (const char *)body.p,
 							   (size_t)(body.end - body.p));
 				if (*str == NULL)
 					return false;
 			}
-			if (tag == TAG_LOT && lots != NULL && !lot_get(&body, &lots[*n_lots]))
+			if (tag == TAG_LOT && *n_lots < cap && !lot_get(&body, &lots[*n_lots]))
 				return false;
 			*n_lots += tag == TAG_LOT;
 		} else {
@@ -508,28 +508,36 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot
 	return true;
 }
 
+/* The lots an account's one pass reads onto the stack, before the record's room in the
+ * arena is known. An account with more (up to TALLY_ACCOUNT_LOTS_EXACT_MAX lots at
+ * exact expiries, and month-end ones past those) is read a second time, into it. */
+#define ACCOUNT_LOTS_FIRST_PASS 32
+
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n)
 {
 	assert(arena != NULL && (data != NULL || n == 0));
 	struct reader r = {data, data + n};
-	Tally__V1__Account probe = TALLY__V1__ACCOUNT__INIT;
+	Tally__V1__Account first = TALLY__V1__ACCOUNT__INIT;
+	Tally__V1__Lot first_lots[ACCOUNT_LOTS_FIRST_PASS];
 	size_t n_lots;
-	if (fields_get(r, &probe, NULL, &n_lots, arena)) {
+	if (fields_get(r, &first, first_lots, ACCOUNT_LOTS_FIRST_PASS, &n_lots, arena)) {
 		Tally__V1__Account *acct = tally_arena_alloc(
 			arena, sizeof(*acct) + n_lots * (sizeof(Tally__V1__Lot *) + sizeof(Tally__V1__Lot)));
 		if (acct == NULL)
 			return NULL;
-		tally__v1__account__init(acct);
+		*acct = first;
 		Tally__V1__Lot **ptrs = (Tally__V1__Lot **)(acct + 1);
 		Tally__V1__Lot *lots = (Tally__V1__Lot *)(ptrs + n_lots);
 		size_t got;
-		if (fields_get(r, acct, lots, &got, arena) && got == n_lots) {
-			for (size_t i = 0; i < n_lots; i++)
-				ptrs[i] = &lots[i];
-			acct->lots = n_lots > 0 ? ptrs : NULL;
-			acct->n_lots = n_lots;
-			return acct;
-		}
+		if (n_lots <= ACCOUNT_LOTS_FIRST_PASS)
+			memcpy(lots, first_lots, n_lots * sizeof(*lots));
+		else if (!fields_get(r, acct, lots, n_lots, &got, arena) || got != n_lots)
+			return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
+		for (size_t i = 0; i < n_lots; i++)
+			ptrs[i] = &lots[i];
+		acct->lots = n_lots > 0 ? ptrs : NULL;
+		acct->n_lots = n_lots;
+		return acct;
 	}
 	return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
 }
