@@ -288,8 +288,9 @@ void tally_node_status(struct tally_node *n, struct tally_arena *arena, Tally__V
 	assert(n != NULL && arena != NULL && out != NULL);
 	tally__v1__status__init(out);
 	out->node_id = n->cfg.id;
-	out->applied_index = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
-	out->rules = n->ledger != NULL ? tally_ledger_rules(n->ledger) : 0;
+	struct tally_ledger *l = node_ledger(n);
+	out->applied_index = l != NULL ? tally_ledger_applied_index(l) : 0;
+	out->rules = l != NULL ? tally_ledger_rules(l) : 0;
 	out->rules_max = TALLY_RULES_CURRENT;
 	bool live = n->raft_inited && n->phase < NODE_RAFT_CLOSE;
 	int state = live ? raft_state(n->raft) : RAFT_UNAVAILABLE;

@@ -37,6 +37,7 @@
  */
 #include <assert.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "consensus/internal.h"
@@ -69,21 +70,18 @@ static unsigned hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUN
 	return i;
 }
 
-static void fsm_count(struct tally_node *n, const Tally__V1__Batch *b,
-		      Tally__V1__CommandResult **results, uint64_t apply_us)
+/* What an applied entry adds to tally_node_stats (the applier's job carries it). */
+static void fsm_count(struct tally_node *n, const struct node_apply_job *j)
 {
 	struct tally_node_stats *s = &n->stats;
-	assert(b != NULL && results != NULL);
+	assert(j != NULL && !j->skipped);
 	s->commits++;
-	s->commands += b->n_commands;
-	s->batch_size_hist[hist_slot(b->n_commands, tally_node_batch_bounds)]++;
-	s->apply_us_hist[hist_slot(apply_us, tally_node_apply_us_bounds)]++;
-	s->apply_us_sum += apply_us;
-	for (size_t i = 0; i < b->n_commands; i++) {
-		unsigned code = results[i] != NULL ? (unsigned)results[i]->code : 0;
-		if (code != TALLY__V1__RESULT_CODE__OK && code < 32)
-			s->rejections[code]++;
-	}
+	s->commands += j->commands;
+	s->batch_size_hist[hist_slot(j->commands, tally_node_batch_bounds)]++;
+	s->apply_us_hist[hist_slot(j->apply_us, tally_node_apply_us_bounds)]++;
+	s->apply_us_sum += j->apply_us;
+	for (unsigned code = 0; code < NODE_APPLIER_REJECTION_CODES; code++)
+		s->rejections[code] += j->rejections[code];
 }
 
 /* A batch this node proposed is applied: its round, proposal to results. */
@@ -172,6 +170,121 @@ void node_snapshot_sized(struct tally_node *n, uint64_t bytes)
 	n->stats.install_snapshot_timeout_ms = ms;
 }
 
+/* Decodes and applies one entry into `arena`, leaving in j what the loop needs
+ * (fsm_applied); *b and *results are the batch and its results when j->rc is 0. Runs
+ * on the loop or on the applier's thread: it touches only the ledger, the arena and j. */
+static void fsm_apply_one(struct tally_ledger *l, struct tally_arena *arena,
+			  struct node_apply_job *j, Tally__V1__Batch **b,
+			  Tally__V1__CommandResult ***results)
+{
+	assert(l != NULL && arena != NULL && j != NULL);
+	uint64_t t0_ns = uv_hrtime();
+	tally_arena_reset(arena);
+	*results = NULL;
+	*b = tally_ledger_batch_decode(arena, j->bytes, j->len);
+	if (*b == NULL) {
+		j->rc = TALLY_ECORRUPT;
+		j->what = "batch does not decode";
+		return;
+	}
+	if ((*b)->raft_index != 0) {
+		j->rc = TALLY_ECORRUPT;
+		j->what = "batch carries a raft index";
+		return;
+	}
+	(*b)->raft_index = j->index;
+	j->rc = tally_ledger_apply_batch(l, *b, arena, results, &j->skipped);
+	if (j->rc != 0) {
+		j->what = "ledger";
+		return;
+	}
+	j->ledger_time_ms = tally_ledger_time_ms(l);
+	j->commands = (*b)->n_commands;
+	j->apply_us = (uv_hrtime() - t0_ns) / 1000;
+	for (size_t i = 0; !j->skipped && i < (*b)->n_commands; i++) {
+		unsigned code = (*results)[i] != NULL ? (unsigned)(*results)[i]->code : 0;
+		if (code != TALLY__V1__RESULT_CODE__OK && code < NODE_APPLIER_REJECTION_CODES)
+			j->rejections[code]++;
+	}
+}
+
+/* The applier's thread: one queued entry. */
+static void fsm_apply_queued(struct tally_node *n, struct node_apply_job *j)
+{
+	Tally__V1__Batch *b;
+	Tally__V1__CommandResult **results;
+	fsm_apply_one(n->ledger, &n->applier_arena, j, &b, &results);
+}
+
+/* The loop's part of an applied entry: a failure ends the node (returns 0 only under
+ * the simulator, as fsm_fail); otherwise the ledger's time and the statistics. */
+static int fsm_applied(struct tally_node *n, const struct node_apply_job *j)
+{
+	if (j->rc != 0)
+		return fsm_fail(n, j->index, j->what, j->rc);
+	if (j->ledger_time_ms > 0) /* a new ledger's time 0 is no time at all */
+		node_time_observed(n, j->ledger_time_ms);
+	if (!j->skipped)
+		fsm_count(n, j);
+	return 0;
+}
+
+void node_apply_collect(struct tally_node *n)
+{
+	assert(n != NULL);
+	struct node_apply_job *j = node_applier_collect(&n->applier);
+	while (j != NULL) {
+		struct node_apply_job *next = j->next;
+		if (!n->dead && fsm_applied(n, j) == 0 && j->rc == 0)
+			n->stats.applied_off_loop++;
+		free(j);
+		j = next;
+	}
+}
+
+void node_apply_drain(struct tally_node *n)
+{
+	assert(n != NULL);
+	node_applier_wait(&n->applier);
+	node_apply_collect(n);
+}
+
+struct tally_ledger *node_ledger(struct tally_node *n)
+{
+	assert(n != NULL);
+	node_apply_drain(n);
+	return n->ledger;
+}
+
+void node_applier_begin(struct tally_node *n)
+{
+	assert(n != NULL && !n->applier.running);
+	if (n->loop == NULL || n->cfg.apply_on_loop)
+		return; /* the simulator stays on one thread, deterministic */
+	int rc = node_applier_start(&n->applier, n, fsm_apply_queued);
+	if (rc != 0)
+		node_log(n, "applier thread not started (%s): applying on the loop", strerror(rc));
+}
+
+void node_applier_end(struct tally_node *n)
+{
+	assert(n != NULL);
+	node_applier_stop(&n->applier);
+	node_apply_collect(n);
+}
+
+/* Whether this entry goes to the applier: a follower's, when no proposal of this node
+ * is still tracked (its callers get their results from the loop's apply), and when it
+ * is large enough to be worth the hand-over or must queue behind one that was. */
+static bool fsm_queue(struct tally_node *n, const struct raft_buffer *buf, uint64_t index)
+{
+	if (!n->applier.running || n->inflight > 0 || raft_state(n->raft) == RAFT_LEADER)
+		return false;
+	if (buf->len < NODE_APPLIER_ENTRY_BYTES_MIN && !node_applier_pending(&n->applier))
+		return false;
+	return node_applier_push(&n->applier, index, buf->base, buf->len);
+}
+
 /* raft_fsm->apply. */
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
@@ -183,26 +296,22 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 		return 0; /* the simulator's crashed node applies (and answers) nothing more */
 	uint64_t index = raft_last_applied(n->raft) + 1;
 	node_commit_notice(n, buf->len);
-	uint64_t t0_ns = uv_hrtime();
-	tally_arena_reset(&n->apply_arena);
-	Tally__V1__Batch *b = tally_ledger_batch_decode(&n->apply_arena, buf->base, buf->len);
-	if (b == NULL)
-		return fsm_fail(n, index, "batch does not decode", TALLY_ECORRUPT);
-	if (b->raft_index != 0)
-		return fsm_fail(n, index, "batch carries a raft index", TALLY_ECORRUPT);
-	b->raft_index = index;
-	Tally__V1__CommandResult **results = NULL;
-	bool skipped = false;
-	int rc = tally_ledger_apply_batch(n->ledger, b, &n->apply_arena, &results, &skipped);
-	if (rc != 0)
-		return fsm_fail(n, index, "ledger", rc);
-	node_time_observe(n);
-	if (!skipped)
-		fsm_count(n, b, results, (uv_hrtime() - t0_ns) / 1000);
-	struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
-	if (mine != NULL) {
-		fsm_count_round(n, mine);
-		node_batch_deliver(n, mine, skipped ? NULL : results, b->n_commands);
+	if (!fsm_queue(n, buf, index)) {
+		node_apply_drain(n); /* what a follower queued goes first */
+		if (n->dead)
+			return 0;
+		struct node_apply_job j = {.index = index, .bytes = buf->base, .len = buf->len};
+		Tally__V1__Batch *b;
+		Tally__V1__CommandResult **results;
+		fsm_apply_one(n->ledger, &n->apply_arena, &j, &b, &results);
+		if (j.rc != 0)
+			return fsm_applied(n, &j); /* the node ends (dead, under the simulator) */
+		fsm_applied(n, &j);
+		struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
+		if (mine != NULL) {
+			fsm_count_round(n, mine);
+			node_batch_deliver(n, mine, j.skipped ? NULL : results, b->n_commands);
+		}
 	}
 	fsm_log_grew(n, buf->len);
 	return 0;
@@ -213,6 +322,9 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && bufs != NULL && n_bufs != NULL);
+	/* raft's snapshot index is its last applied: the ledger must have reached it (the
+	 * copy may go further, snapshot_async). */
+	node_apply_drain(n);
 	/* Not of a restored ledger still under its check either: a snapshot of it would
 	 * outlive a failed check. */
 	if (n->snapshot_busy || n->check_busy || n->dead)
@@ -388,6 +500,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	struct tally_node *n = fsm->data;
 	assert(n != NULL && buf != NULL);
 	assert(!n->snapshot_busy); /* raft never installs while it takes one */
+	node_apply_drain(n); /* nothing queued may land on the restored ledger */
 	if (n->dead)
 		return fsm_dead_restore(buf);
 	if (n->check_busy) {

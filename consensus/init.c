@@ -228,9 +228,11 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 void node_free_parts(struct tally_node *n)
 {
 	assert(n != NULL);
+	node_applier_end(n);
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	tally_arena_free(&n->apply_arena);
+	tally_arena_free(&n->applier_arena);
 	tally_arena_free(&n->query_arena);
 	free(n->bootstrap);
 	free(n);
@@ -249,6 +251,7 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 	n->loop = loop;
 	n->phase = NODE_OPEN;
 	tally_arena_init(&n->apply_arena, NODE_ARENA_CHUNK_BYTES, 0);
+	tally_arena_init(&n->applier_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	tally_arena_init(&n->query_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	int rc = config_fill(n, cfg, errmsg, errcap);
 	if (rc == 0 && cfg->bootstrap != NULL && (n->bootstrap = strdup(cfg->bootstrap)) == NULL)
@@ -366,6 +369,7 @@ int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
 		return raft_to_tally(rv);
 	}
 	n->started = true;
+	node_applier_begin(n);
 	node_tick_start(n);
 	return 0;
 }

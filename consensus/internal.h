@@ -5,7 +5,10 @@
  *
  * Threads: everything runs on the node's libuv loop except fsm snapshot_async and the
  * check of a restored ledger, which run on the libuv thread pool and touch only the
- * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc.
+ * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc,
+ * and a follower's applies, on the applier's thread (applier.c), which touch only the
+ * ledger, applier_arena and their jobs. The loop reaches the ledger through node_ledger,
+ * which waits for the applier first.
  */
 #ifndef TALLY_CONSENSUS_INTERNAL_H
 #define TALLY_CONSENSUS_INTERNAL_H
@@ -14,6 +17,7 @@
 #include <raft/uv.h>
 #include <stddef.h>
 
+#include "consensus/applier.h"
 #include "consensus/bigbuf.h"
 #include "consensus/clock.h"
 #include "consensus/node.h"
@@ -112,6 +116,8 @@ struct tally_node {
 	unsigned handles_open;
 
 	struct tally_arena apply_arena;   /* decoded batch and its results, per apply */
+	struct node_applier applier;      /* a follower's applies (applier.c) */
+	struct tally_arena applier_arena; /* the same, on the applier's thread */
 	struct tally_arena query_arena;   /* one query answer at a time */
 	unsigned query_depth;             /* nested query answers (callbacks re-entering) */
 
@@ -190,8 +196,10 @@ struct tally_node {
  * proposed); false when there is none yet (a new ledger, clocks not synchronized). */
 bool node_time_next(struct tally_node *n, int64_t *time_ms);
 
-/* ledgertime.c: observes the ledger's time now (after an apply, a restore, an open). */
+/* ledgertime.c: observes the ledger's time now (after a restore, an open), or the
+ * time an applied entry left it at (node_time_observed, time_ms > 0). */
 void node_time_observe(struct tally_node *n);
+void node_time_observed(struct tally_node *n, int64_t time_ms);
 
 /* init.c: a node with its configuration, directories, ledger (checked), clock and
  * fsm, and no raft yet (loop NULL: the simulator drives it, sim.c). */
@@ -283,6 +291,16 @@ static inline struct tally_node *node_of_io(struct raft_io *io)
 
 /* fsm.c: fills n->fsm (version 3). */
 void node_fsm_init(struct tally_node *n);
+/* fsm.c: the applier (applier.c) started for a node on a loop, unless
+ * cfg.apply_on_loop; ended (its queue applied and collected) before the ledger closes. */
+void node_applier_begin(struct tally_node *n);
+void node_applier_end(struct tally_node *n);
+/* fsm.c: what the applier's thread finished, taken in on the loop (the tick does it);
+ * node_apply_drain first waits for everything queued. */
+void node_apply_collect(struct tally_node *n);
+void node_apply_drain(struct tally_node *n);
+/* fsm.c: the ledger, for the loop: the applier has applied all it was given. */
+struct tally_ledger *node_ledger(struct tally_node *n);
 /* fsm.c: after start or a restore, sets this node's snapshot points: by entries, the
  * multiples of the threshold, and by bytes applied, every snapshot_log_bytes; both a
  * third of the way early per phase ((id - 1) mod NODE_SNAPSHOT_PHASES), so that nodes

@@ -99,12 +99,19 @@ bool node_time_next(struct tally_node *n, int64_t *time_ms)
 	return true;
 }
 
+void node_time_observed(struct tally_node *n, int64_t time_ms)
+{
+	assert(n != NULL && time_ms > 0);
+	tally_clock_observe(&n->clock, time_ms, tally_node_mono_ms(n));
+}
+
 void node_time_observe(struct tally_node *n)
 {
 	assert(n != NULL);
+	struct tally_ledger *l = node_ledger(n);
 	/* A new ledger's time 0 is no time at all: its first batch waits for the clocks. */
-	if (n->ledger != NULL && tally_ledger_time_ms(n->ledger) > 0)
-		tally_clock_observe(&n->clock, tally_ledger_time_ms(n->ledger), tally_node_mono_ms(n));
+	if (l != NULL && tally_ledger_time_ms(l) > 0)
+		node_time_observed(n, tally_ledger_time_ms(l));
 }
 
 void tally_node_clock_sample(struct tally_node *n, uint64_t peer_id, int64_t remote_wall_ms,
@@ -127,7 +134,8 @@ void tally_node_clock_status(struct tally_node *n, struct tally_node_clock *out)
 	out->agreeing = r.agreeing;
 	out->voters = r.voters;
 	out->offset_ms = r.synchronized ? r.offset_ms : 0;
-	out->ledger_time_ms = n->ledger != NULL ? tally_ledger_time_ms(n->ledger) : 0;
+	struct tally_ledger *l = node_ledger(n);
+	out->ledger_time_ms = l != NULL ? tally_ledger_time_ms(l) : 0;
 	out->estimate_ms = n->clock.observed ? r.estimate_ms : 0;
 	out->samples = n->time_stats.samples;
 	out->samples_dropped = n->time_stats.samples_dropped;

@@ -69,12 +69,13 @@ bool tally_node_is_leader(struct tally_node *n)
 struct tally_ledger *tally_node_ledger(struct tally_node *n)
 {
 	assert(n != NULL);
-	return n->ledger;
+	return node_ledger(n);
 }
 
 const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 {
 	assert(n != NULL);
+	node_apply_drain(n); /* a follower's counts include every entry raft applied */
 	n->stats.install_snapshot_bytes_mapped = n->transport.snapshot_bytes_spooled;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
 	return &n->stats;
@@ -392,6 +393,8 @@ static void node_flush(struct tally_node *n)
 {
 	assert(n != NULL);
 	unsigned rounds = 0;
+	if (n->queue_head != NULL && node_leading(n))
+		node_apply_drain(n); /* what it applied as a follower first: the ledger's time */
 	while (n->queue_head != NULL && n->inflight < n->cfg.inflight_max) {
 		assert(++rounds <= n->cfg.inflight_max + 1);
 		if (!node_leading(n)) {
@@ -475,7 +478,7 @@ static void query_answer(struct tally_node *n, const Tally__V1__Query *q,
 	}
 	Tally__V1__QueryResult *res = NULL;
 	int rc = q == NULL || who == NULL ? TALLY_ECORRUPT
-					 : tally_ledger_query(n->ledger, q, who, a, &res);
+					 : tally_ledger_query(node_ledger(n), q, who, a, &res);
 	if (rc == 0)
 		cb(data, CODE(OK), "", res);
 	else
@@ -705,6 +708,7 @@ static void stall_observe(struct tally_node *n)
 void node_tick(struct tally_node *n)
 {
 	assert(n != NULL);
+	node_apply_collect(n);
 	node_service(n);
 	if (n->phase == NODE_OPEN && !n->dead) {
 		node_rules_maybe(n);
@@ -760,6 +764,7 @@ void node_close_finish(struct tally_node *n)
 	assert(n->inflight == 0 && !n->barrier_busy && n->queue_head == NULL);
 	if (n->check_busy || n->release_busy)
 		return; /* work on the thread pool: its end calls this again */
+	node_applier_end(n);
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
 	n->phase = NODE_CLOSED;
@@ -856,6 +861,7 @@ void tally_node_free(struct tally_node *n)
 	assert(n->phase == NODE_CLOSED);
 	assert(n->admins_pending == 0 && n->queries_head == NULL);
 	tally_arena_free(&n->apply_arena);
+	tally_arena_free(&n->applier_arena);
 	tally_arena_free(&n->query_arena);
 	free(n->bootstrap);
 	free(n);

@@ -65,6 +65,9 @@ struct tally_node_config {
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
 	bool ledger_pwrite;               /* LMDB writes with pwrite, not through its map (MDB_WRITEMAP) */
+	/* A follower applies committed entries on the loop, as the leader does, instead
+	 * of on a thread of its own (consensus/applier.c). The simulator always does. */
+	bool apply_on_loop;
 	/* The raft port's TLS (rpc/tls.h: this node's certificate, the cluster CA); not
 	 * owned, alive until tally_node_free. NULL = plaintext raft (tallyd --insecure). */
 	struct tally_tls_ctx *tls;
@@ -216,6 +219,8 @@ struct tally_node_stats {
 					 * unlinked file, not the heap (consensus/bigbuf.h) */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
+	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread
+				      * (consensus/applier.c) */
 	uint64_t install_waits_ended; /* leader: snapshots a follower installed that raft 0.15
 				       * would have waited out (consensus/raft015.c) */
 	uint64_t install_snapshot_timeout_ms; /* what a leader would wait now for an

@@ -55,8 +55,8 @@ void node_rules_maybe(struct tally_node *n)
 	assert(n != NULL);
 	if (n->rules_busy || !node_leader_ready(n) || n->rules_term == n->leader_term)
 		return;
-	if (tally_ledger_rules(n->ledger) >= TALLY_RULES_CURRENT ||
-	    tally_ledger_journal_size(n->ledger) != 0)
+	struct tally_ledger *l = node_ledger(n);
+	if (tally_ledger_rules(l) >= TALLY_RULES_CURRENT || tally_ledger_journal_size(l) != 0)
 		return;
 	n->rules_term = n->leader_term; /* once a term: a refusal is not retried every tick */
 	n->rules_busy = true;

@@ -130,6 +130,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Commit indexes the leader sent a follower before applying them itself, so "
 		 "that the follower's apply runs beside the leader's.",
 		 (double)ns->commit_notices},
+		{"tally_entries_applied_off_loop_total", "counter",
+		 "Entries this node applied as a follower on a thread of their own, while its loop "
+		 "went on storing and acknowledging the next ones.",
+		 (double)ns->applied_off_loop},
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},

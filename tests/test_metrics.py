@@ -157,6 +157,14 @@ class MetricsTest(unittest.TestCase):
         for g in map(parse, self.pages):
             if value(g, "tally_raft_leader") != 1:
                 self.assertEqual(value(g, "tally_commit_notices_total"), 0)
+        # followers apply the load's large entries on a thread of their own
+        # (applier.c), the leader all of them on its loop
+        self.assertEqual(value(f, "tally_entries_applied_off_loop_total"), 0)
+        for g in map(parse, self.pages):
+            if value(g, "tally_raft_leader") != 1:
+                self.assertGreater(value(g, "tally_entries_applied_off_loop_total"), 0)
+                self.assertLessEqual(value(g, "tally_entries_applied_off_loop_total"),
+                                     value(g, "tally_raft_commits_total"))
 
     def test_every_node_writes_its_log_segments(self):
         # raft's segments are written with zeros when made (consensus/logfill.c), where

@@ -82,6 +82,7 @@ struct opts {
 	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
 	bool insecure;      /* plaintext raft port (no certificates) */
 	bool ledger_pwrite; /* LMDB writes with pwrite, not through its map */
+	bool apply_on_loop; /* a follower applies on its loop, not the applier's thread */
 	bool log_json;      /* --log-format json: one JSON object per log line */
 };
 
@@ -156,7 +157,8 @@ static void log_node_line(void *data, const char *line)
 	"              [--config FILE] [--log-level error|warn|info|debug] [--log-format text|json]\n" \
 	"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n" \
 	"              [--snapshot-trailing N] [--snapshot-log-mb N] [--install-snapshot-ms N]\n" \
-	"              [--expire-ms N] [--segment-kb N] [--inflight-max N] [--ledger-pwrite]\n"
+	"              [--expire-ms N] [--segment-kb N] [--inflight-max N] [--ledger-pwrite]\n" \
+	"              [--apply-on-loop]\n"
 
 static void usage(void)
 {
@@ -207,6 +209,10 @@ static void help(void)
 	       "                        through a writable map: ~20 %% slower while the pages it\n"
 	       "                        changes fit the kernel's dirty limits, far less written\n"
 	       "                        back once a large ledger outgrows them (README, Memory)\n"
+	       "  --apply-on-loop       a follower applies committed entries on its event loop,\n"
+	       "                        as the leader does, instead of on a thread of its own,\n"
+	       "                        which lets it store and acknowledge the next entries\n"
+	       "                        meanwhile (README, The apply holds the loop)\n"
 	       "Config file\n"
 	       "  --config FILE         flags from FILE, one `name = value` per line (the flag's name\n"
 	       "                        without dashes; `join = true`, `insecure = true`); # starts\n"
@@ -258,6 +264,8 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->insecure = strcmp(v, "false") != 0), true;
 	if (strcmp(name, "ledger-pwrite") == 0)
 		return (o->ledger_pwrite = strcmp(v, "false") != 0), true;
+	if (strcmp(name, "apply-on-loop") == 0)
+		return (o->apply_on_loop = strcmp(v, "false") != 0), true;
 	if (strcmp(name, "election-ms") == 0)
 		return (o->election_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "heartbeat-ms") == 0)
@@ -332,6 +340,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"install-snapshot-ms", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
 		{"inflight-max", required_argument, NULL, 0}, {"ledger-pwrite", no_argument, NULL, 0},
+		{"apply-on-loop", no_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
 		{"log-format", required_argument, NULL, 0},   {"help", no_argument, NULL, 0},
 		{NULL, 0, NULL, 0}};
@@ -477,6 +486,7 @@ static int start(struct daemon *d)
 		.install_snapshot_timeout_ms = d->o.install_snapshot_ms,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 		.inflight_max = d->o.inflight_max, .ledger_pwrite = d->o.ledger_pwrite,
+		.apply_on_loop = d->o.apply_on_loop,
 		.log_line = d->o.log_json ? log_node_line : NULL,
 	};
 	struct tally_keys *keys = calloc(1, sizeof(*keys));
