@@ -26,6 +26,7 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "consensus/applier.h"
 
@@ -58,6 +59,9 @@ static void *applier_main(void *arg)
 		bool failed = ap->failed;
 		pthread_mutex_unlock(&ap->lock);
 
+		if (ap->delay_ms > 0)
+			nanosleep(&(struct timespec){ap->delay_ms / 1000, (long)(ap->delay_ms % 1000) * 1000000L},
+				  NULL);
 		if (failed) {
 			job->rc = -1;
 			job->what = "not applied: an earlier entry failed";
@@ -86,6 +90,11 @@ int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply
 	memset(ap, 0, sizeof(*ap));
 	ap->node = n;
 	ap->apply = apply;
+	const char *delay = getenv(NODE_APPLIER_DELAY_ENV);
+	if (delay != NULL) {
+		unsigned long ms = strtoul(delay, NULL, 10);
+		ap->delay_ms = ms < NODE_APPLIER_DELAY_MS_MAX ? (unsigned)ms : NODE_APPLIER_DELAY_MS_MAX;
+	}
 	pthread_mutex_init(&ap->lock, NULL);
 	pthread_cond_init(&ap->work, NULL);
 	pthread_cond_init(&ap->idle, NULL);

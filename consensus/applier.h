@@ -57,7 +57,14 @@ struct node_applier {
 	unsigned queued_jobs;
 	struct tally_node *node;
 	node_apply_fn apply;            /* run on the thread, one job at a time */
+	unsigned delay_ms;              /* fault injection: a wait before each job */
 };
+
+/* Tests only: the environment variable that makes the thread wait this many ms before
+ * each job (at most NODE_APPLIER_DELAY_MS_MAX), so that whatever must wait for the
+ * queue finds it busy. */
+#define NODE_APPLIER_DELAY_ENV "TALLY_TEST_APPLIER_DELAY_MS"
+#define NODE_APPLIER_DELAY_MS_MAX 1000u
 
 /* Starts the thread; 0 or an errno. */
 int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply);

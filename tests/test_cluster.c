@@ -26,6 +26,7 @@
 
 #include <lmdb.h>
 
+#include "consensus/applier.h" /* NODE_APPLIER_DELAY_ENV */
 #include "consensus/clock.h"
 #include "consensus/node.h"
 #include "rpc/frame.h"
@@ -1751,6 +1752,53 @@ static void assert_wait_sees_answers_held_in_tls(struct cluster *c, int leader)
 	tally_client_close(cl);
 }
 
+/* Followers apply entries of 16 KiB or more on their applier (consensus/applier.c),
+ * while raft already counts them applied. Batches of FILL_BATCH accruals (entries of
+ * ~150 KB) go on while leadership moves to a follower (its first apply as leader comes
+ * after what it queued), a follower is killed and started again (it replays through
+ * its queue), and every node snapshots every 64 entries (a snapshot waits for the
+ * queue). Each applier waits 30 ms before every entry, so that the queue is seldom
+ * empty when those come. Every acknowledged accrual counts once, and the replicas end
+ * equal. */
+static void test_followers_apply_large_entries_on_a_thread_through_moves_and_kills(void **state)
+{
+	(void)state;
+	enum { ROUND = 20 };
+	struct cluster c;
+	setenv(NODE_APPLIER_DELAY_ENV, "30", 1); /* the nodes inherit it */
+	cluster_start(&c, 3);
+	int leader = (int)wait_leader(&c);
+	brand_b1_and_member(&c, "dora");
+	struct tally_client *dealer = client(&c, "dealer");
+	int64_t total = 0;
+	unsigned b = 0;
+	while (b < ROUND)
+		total += fill_batch(&c, &dealer, b++);
+	int next = leader == 1 ? 2 : 1;
+	assert_true(metric(&c, next, "tally_entries_applied_off_loop_total") > 0);
+	assert_true(metric(&c, leader, "tally_entries_applied_off_loop_total") == 0);
+	leader_move_to(&c, next);
+	while (b < 2 * ROUND)
+		total += fill_batch(&c, &dealer, b++);
+	int victim = next == 3 ? 1 : 3; /* a follower of the new leader */
+	node_signal(&c, victim, SIGKILL);
+	while (b < 3 * ROUND)
+		total += fill_batch(&c, &dealer, b++);
+	node_start(&c, victim, false, false);
+	while (b < 4 * ROUND)
+		total += fill_batch(&c, &dealer, b++);
+	assert_int_equal(account_of(&c, dealer, "b1", "dora")->available, total);
+	tally_client_close(dealer);
+	assert_replicas_equal(&c);
+	print_message("%lld accruals in %u batches of %d across a leader move and a follower "
+		      "kill; applied off the loop: %.0f, %.0f, %.0f entries\n", (long long)total,
+		      b, FILL_BATCH, metric(&c, 1, "tally_entries_applied_off_loop_total"),
+		      metric(&c, 2, "tally_entries_applied_off_loop_total"),
+		      metric(&c, 3, "tally_entries_applied_off_loop_total"));
+	cluster_stop(&c);
+	unsetenv(NODE_APPLIER_DELAY_ENV);
+}
+
 static void test_metrics_and_health_are_served_over_http(void **state)
 {
 	(void)state;
@@ -2471,6 +2519,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_sigterm_and_restart_of_every_node_loses_nothing, teardown),
 		cmocka_unit_test_teardown(test_a_stopped_node_catches_up_when_continued, teardown),
 		cmocka_unit_test_teardown(test_sighup_reloads_keys_without_restart, teardown),
+		cmocka_unit_test_teardown(test_followers_apply_large_entries_on_a_thread_through_moves_and_kills,
+					  teardown),
 		cmocka_unit_test_teardown(test_metrics_and_health_are_served_over_http, teardown),
 		cmocka_unit_test_teardown(test_a_wiped_node_rejoins_and_catches_up_by_snapshot, teardown),
 		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
