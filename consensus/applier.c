@@ -42,19 +42,25 @@ static void job_append(struct node_apply_job **head, struct node_apply_job **tai
 	*tail = job;
 }
 
+/* Whether a job is queued or running (the lock held). */
+static bool applier_working(const struct node_applier *ap)
+{
+	return ap->queue != NULL || ap->busy;
+}
+
 static void *applier_main(void *arg)
 {
 	struct node_applier *ap = arg;
 	pthread_mutex_lock(&ap->lock);
 	for (;;) {
-		while (ap->todo == NULL && !ap->stop)
+		while (ap->queue == NULL && !ap->stop)
 			pthread_cond_wait(&ap->work, &ap->lock);
-		if (ap->todo == NULL)
+		if (ap->queue == NULL)
 			break; /* stopped, and nothing is left */
-		struct node_apply_job *job = ap->todo;
-		ap->todo = job->next;
-		if (ap->todo == NULL)
-			ap->todo_tail = NULL;
+		struct node_apply_job *job = ap->queue;
+		ap->queue = job->next;
+		if (ap->queue == NULL)
+			ap->queue_tail = NULL;
 		ap->busy = true;
 		bool failed = ap->failed;
 		pthread_mutex_unlock(&ap->lock);
@@ -136,7 +142,7 @@ bool node_applier_push(struct node_applier *ap, uint64_t index, const void *byte
 		pthread_cond_wait(&ap->idle, &ap->lock);
 	ap->queued_jobs++;
 	ap->queued_bytes += len;
-	job_append(&ap->todo, &ap->todo_tail, job);
+	job_append(&ap->queue, &ap->queue_tail, job);
 	pthread_cond_signal(&ap->work);
 	pthread_mutex_unlock(&ap->lock);
 	return true;
@@ -148,7 +154,7 @@ void node_applier_wait(struct node_applier *ap)
 	if (!ap->running)
 		return;
 	pthread_mutex_lock(&ap->lock);
-	while (ap->todo != NULL || ap->busy)
+	while (applier_working(ap))
 		pthread_cond_wait(&ap->idle, &ap->lock);
 	pthread_mutex_unlock(&ap->lock);
 }
@@ -159,7 +165,7 @@ bool node_applier_pending(struct node_applier *ap)
 	if (!ap->running)
 		return false;
 	pthread_mutex_lock(&ap->lock);
-	bool pending = ap->todo != NULL || ap->busy;
+	bool pending = applier_working(ap);
 	pthread_mutex_unlock(&ap->lock);
 	return pending;
 }
@@ -187,7 +193,7 @@ void node_applier_stop(struct node_applier *ap)
 	pthread_mutex_unlock(&ap->lock);
 	pthread_join(ap->thread, NULL);
 	ap->running = false;
-	assert(ap->todo == NULL && !ap->busy);
+	assert(!applier_working(ap));
 	pthread_cond_destroy(&ap->idle);
 	pthread_cond_destroy(&ap->work);
 	pthread_mutex_destroy(&ap->lock);

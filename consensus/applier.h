@@ -48,7 +48,7 @@ struct node_applier {
 	pthread_mutex_t lock;
 	pthread_cond_t work;            /* signalled: a job queued, or stop */
 	pthread_cond_t idle;            /* signalled: the queue ran empty */
-	struct node_apply_job *todo, *todo_tail;  /* queued, in raft order */
+	struct node_apply_job *queue, *queue_tail; /* queued, in raft order */
 	struct node_apply_job *done, *done_tail;  /* applied (or not), to collect */
 	bool busy;                      /* the thread holds a job */
 	bool failed;                    /* a job failed: no later one is applied */

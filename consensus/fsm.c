@@ -70,6 +70,10 @@ static unsigned hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUN
 	return i;
 }
 
+_Static_assert(NODE_APPLIER_REJECTION_CODES ==
+		       sizeof(((struct tally_node_stats *)0)->rejections) / sizeof(uint64_t),
+	       "a job counts rejections by the codes tally_node_stats does");
+
 /* What an applied entry adds to tally_node_stats (the applier's job carries it). */
 static void fsm_count(struct tally_node *n, const struct node_apply_job *j)
 {
@@ -235,8 +239,10 @@ void node_apply_collect(struct tally_node *n)
 	struct node_apply_job *j = node_applier_collect(&n->applier);
 	while (j != NULL) {
 		struct node_apply_job *next = j->next;
-		if (!n->dead && fsm_applied(n, j) == 0 && j->rc == 0)
-			n->stats.applied_off_loop++;
+		if (!n->dead) {
+			n->stats.applied_off_loop += j->rc == 0;
+			fsm_applied(n, j);
+		}
 		free(j);
 		j = next;
 	}
@@ -304,9 +310,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 		Tally__V1__Batch *b;
 		Tally__V1__CommandResult **results;
 		fsm_apply_one(n->ledger, &n->apply_arena, &j, &b, &results);
+		int rc = fsm_applied(n, &j);
 		if (j.rc != 0)
-			return fsm_applied(n, &j); /* the node ends (dead, under the simulator) */
-		fsm_applied(n, &j);
+			return rc; /* the node ends (dead, under the simulator) */
 		struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
 		if (mine != NULL) {
 			fsm_count_round(n, mine);
