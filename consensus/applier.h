@@ -1,5 +1,5 @@
 /*
- * consensus/applier — a node's large applies on a thread of their own (applier.c says
+ * consensus/applier — a follower's applies on a thread of their own (applier.c says
  * why and what waits for it). Not a public header.
  */
 #ifndef TALLY_CONSENSUS_APPLIER_H
@@ -21,15 +21,8 @@
  * apply (under ~1 ms, ~230 accruals) costs less than handing them to the thread, which
  * at 8 single commands in flight took each follower ~15 % more CPU per command. */
 #define NODE_APPLIER_ENTRY_BYTES_MIN (16u << 10)
-/* Arenas kept for the results of the leader's entries between their apply and their
- * delivery (applier.c); one more in use is made and freed. */
-#define NODE_APPLIER_ARENAS_SPARE_MAX 4u
-#define NODE_APPLIER_ARENA_CHUNK_BYTES (256u << 10)
 
 struct tally_node;
-struct node_batch;
-struct tally_arena;
-struct Tally__V1__CommandResult;
 
 /* One committed entry, queued by the loop, applied by the thread, collected by the loop. */
 struct node_apply_job {
@@ -37,9 +30,6 @@ struct node_apply_job {
 	uint64_t index;                 /* its raft index */
 	uint8_t *bytes;                 /* a copy of the entry; freed once applied */
 	size_t len;
-	/* The proposal whose callers wait for this entry's results (the leader's), or
-	 * NULL. The loop's alone: the thread never reads it. */
-	struct node_batch *batch;
 	/* Left by the thread for the loop. */
 	int rc;                         /* 0, or why it was not applied */
 	const char *what;               /* where it failed */
@@ -48,18 +38,9 @@ struct node_apply_job {
 	uint64_t apply_us;
 	int64_t ledger_time_ms;         /* the ledger's time once applied */
 	uint64_t rejections[NODE_APPLIER_REJECTION_CODES];
-	/* A job with a batch: its results, in an arena of the pool (NULL when none could
-	 * be had: its callers learn nothing), and the term the entry carries. */
-	struct tally_arena *arena;
-	struct Tally__V1__CommandResult **results;
-	size_t n_results;
-	uint64_t term;
 };
 
 typedef void (*node_apply_fn)(struct tally_node *n, struct node_apply_job *job);
-/* Called on the thread, the queue's lock held, once a job whose callers wait (or that
- * failed) is done: it must only wake the loop (uv_async_send). */
-typedef void (*node_wake_fn)(struct tally_node *n);
 
 struct node_applier {
 	bool running;
@@ -76,9 +57,6 @@ struct node_applier {
 	unsigned queued_jobs;
 	struct tally_node *node;
 	node_apply_fn apply;            /* run on the thread, one job at a time */
-	node_wake_fn wake;              /* a job to deliver is done */
-	struct tally_arena *spare[NODE_APPLIER_ARENAS_SPARE_MAX]; /* emptied, for reuse */
-	unsigned spares;
 	unsigned delay_ms;              /* fault injection: a wait before each job */
 };
 
@@ -89,25 +67,17 @@ struct node_applier {
 #define NODE_APPLIER_DELAY_MS_MAX 1000u
 
 /* Starts the thread; 0 or an errno. */
-int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply,
-		       node_wake_fn wake);
-/* Queues a copy of the entry, for `batch`'s callers (NULL: none); false when the
- * applier is not running or out of memory (the caller applies on the loop). Waits for
- * room first when the queue is full. */
-bool node_applier_push(struct node_applier *ap, uint64_t index, const void *bytes, size_t len,
-		       struct node_batch *batch);
-/* An empty arena for a job's results (the thread), NULL when out of memory; given back
- * by the loop once they are delivered. */
-struct tally_arena *node_applier_arena_take(struct node_applier *ap);
-void node_applier_arena_give(struct node_applier *ap, struct tally_arena *arena);
+int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply);
+/* Queues a copy of the entry; false when the applier is not running or out of memory
+ * (the caller applies on the loop). Waits for room first when the queue is full. */
+bool node_applier_push(struct node_applier *ap, uint64_t index, const void *bytes, size_t len);
 /* Waits until every queued job was run. */
 void node_applier_wait(struct node_applier *ap);
 /* The jobs run since the last call, in raft order (the caller frees each). */
 struct node_apply_job *node_applier_collect(struct node_applier *ap);
 /* Whether a job is queued or running. */
 bool node_applier_pending(struct node_applier *ap);
-/* Waits for the queue, ends the thread, frees the spare arenas; the jobs left to
- * collect stay. */
+/* Waits for the queue, ends the thread; the jobs left to collect stay. */
 void node_applier_stop(struct node_applier *ap);
 
 #endif

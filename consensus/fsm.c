@@ -7,9 +7,7 @@
  *           index travels in the same transaction and replays are skipped), and, when
  *           this node proposed the entry and raft still tracks the request, hand each
  *           waiting caller its result. Nothing is allocated per apply: followers and
- *           replays produce results in the arena and drop them. An entry of 16 KiB
- *           or more goes to the applier's thread instead (applier.c), the proposal
- *           and its callers with it; they are answered when the loop collects it.
+ *           replays produce results in the arena and drop them.
  * snapshot: main loop, only notes that a snapshot is being taken.
  * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c) maps a sealed
  *           copy of the ledger from a file without a name in raft's directory: page
@@ -214,21 +212,12 @@ static void fsm_apply_one(struct tally_ledger *l, struct tally_arena *arena,
 	}
 }
 
-/* The applier's thread: one queued entry. A job whose callers wait keeps its results
- * in an arena of its own until the loop delivers them. */
+/* The applier's thread: one queued entry. */
 static void fsm_apply_queued(struct tally_node *n, struct node_apply_job *j)
 {
 	Tally__V1__Batch *b;
 	Tally__V1__CommandResult **results;
-	struct tally_arena *arena = &n->applier_arena;
-	if (j->batch != NULL && (j->arena = node_applier_arena_take(&n->applier)) != NULL)
-		arena = j->arena;
-	fsm_apply_one(n->ledger, arena, j, &b, &results);
-	if (j->rc == 0 && j->arena != NULL && !j->skipped) {
-		j->results = results;
-		j->n_results = b->n_commands;
-		j->term = b->raft_term;
-	}
+	fsm_apply_one(n->ledger, &n->applier_arena, j, &b, &results);
 }
 
 /* The loop's part of an applied entry: a failure ends the node (returns 0 only under
@@ -244,21 +233,6 @@ static int fsm_applied(struct tally_node *n, const struct node_apply_job *j)
 	return 0;
 }
 
-/* A leader's job collected: its callers get their results, when the entry is the one
- * they proposed (same term) and applied, or TIMEOUT (outcome unknown). */
-static void fsm_deliver(struct tally_node *n, struct node_apply_job *j)
-{
-	struct node_batch *b = j->batch;
-	assert(b != NULL && b->handed && !b->delivered);
-	bool theirs = j->results != NULL && j->term == b->term;
-	if (theirs)
-		fsm_count_round(n, b);
-	node_batch_deliver(n, b, theirs ? j->results : NULL, j->n_results);
-	free(b);
-	if (j->arena != NULL)
-		node_applier_arena_give(&n->applier, j->arena);
-}
-
 void node_apply_collect(struct tally_node *n)
 {
 	assert(n != NULL);
@@ -267,10 +241,8 @@ void node_apply_collect(struct tally_node *n)
 		struct node_apply_job *next = j->next;
 		if (!n->dead) {
 			n->stats.applied_off_loop += j->rc == 0;
-			fsm_applied(n, j); /* a failure ends the node here */
+			fsm_applied(n, j);
 		}
-		if (j->batch != NULL)
-			fsm_deliver(n, j);
 		free(j);
 		j = next;
 	}
@@ -290,18 +262,12 @@ struct tally_ledger *node_ledger(struct tally_node *n)
 	return n->ledger;
 }
 
-/* The applier's thread, its lock held: a job to deliver is done. */
-static void fsm_wake(struct tally_node *n)
-{
-	uv_async_send(&n->applied);
-}
-
 void node_applier_begin(struct tally_node *n)
 {
 	assert(n != NULL && !n->applier.running);
 	if (n->loop == NULL || n->cfg.apply_on_loop)
 		return; /* the simulator stays on one thread, deterministic */
-	int rc = node_applier_start(&n->applier, n, fsm_apply_queued, fsm_wake);
+	int rc = node_applier_start(&n->applier, n, fsm_apply_queued);
 	if (rc != 0)
 		node_log(n, "applier thread not started (%s): applying on the loop", strerror(rc));
 }
@@ -313,22 +279,16 @@ void node_applier_end(struct tally_node *n)
 	node_apply_collect(n);
 }
 
-/* Whether this entry goes to the applier: when it is large enough to be worth the
- * hand-over, or must queue behind one that was. The leader's proposal of it (found by
- * index: the job checks the term) goes with it, and raft's callback leaves its
- * callers to the job. */
+/* Whether this entry goes to the applier: a follower's, when no proposal of this node
+ * is still tracked (its callers get their results from the loop's apply), and when it
+ * is large enough to be worth the hand-over or must queue behind one that was. */
 static bool fsm_queue(struct tally_node *n, const struct raft_buffer *buf, uint64_t index)
 {
-	if (!n->applier.running)
+	if (!n->applier.running || n->inflight > 0 || raft_state(n->raft) == RAFT_LEADER)
 		return false;
 	if (buf->len < NODE_APPLIER_ENTRY_BYTES_MIN && !node_applier_pending(&n->applier))
 		return false;
-	struct node_batch *mine = node_inflight_find(n, index, 0);
-	if (!node_applier_push(&n->applier, index, buf->base, buf->len, mine))
-		return false;
-	if (mine != NULL)
-		mine->handed = true;
-	return true;
+	return node_applier_push(&n->applier, index, buf->base, buf->len);
 }
 
 /* raft_fsm->apply. */

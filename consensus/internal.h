@@ -6,9 +6,9 @@
  * Threads: everything runs on the node's libuv loop except fsm snapshot_async and the
  * check of a restored ledger, which run on the libuv thread pool and touch only the
  * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc,
- * and large applies, on the applier's thread (applier.c), which touch only the ledger,
- * applier_arena, the applier's arenas and their jobs (never a job's batch). The loop
- * reaches the ledger through node_ledger, which waits for the applier first.
+ * and a follower's applies, on the applier's thread (applier.c), which touch only the
+ * ledger, applier_arena and their jobs. The loop reaches the ledger through node_ledger,
+ * which waits for the applier first.
  */
 #ifndef TALLY_CONSENSUS_INTERNAL_H
 #define TALLY_CONSENSUS_INTERNAL_H
@@ -24,7 +24,6 @@
 #include "consensus/transport.h"
 
 #define NODE_PATH_BYTES_MAX 4096
-#define NODE_LOOP_HANDLES 3                     /* tick, idle, applied: closed together */
 #define NODE_QUEUE_COMMANDS_MAX 65536       /* commands waiting for a batch */
 #define NODE_QUEUE_BYTES_MAX (64u << 20)    /* their serialized bytes */
 #define NODE_QUERIES_MAX 65536              /* linearizable queries waiting */
@@ -61,8 +60,6 @@ struct node_batch {
 	struct node_batch *prev, *next;   /* in n->inflight_*, by raft index */
 	uint64_t term;                    /* the term stamped into the batch */
 	bool delivered;                   /* the FSM handed results to the waiters */
-	bool handed;                      /* an applier job owns it and answers its waiters
-					   * (fsm.c): raft's callback only unlinks it */
 	uint64_t proposed_ns;             /* uv_hrtime at raft_apply (stats.commit_us_hist) */
 	size_t n_waiters;                 /* one per command, in batch order */
 	struct node_waiter waiters[];
@@ -116,11 +113,10 @@ struct tally_node {
 	uv_timer_t tick;                  /* leadership watch, expire timer, close deadline */
 	uint64_t tick_last_ns;            /* when it last fired (stats.loop_stall_max_us) */
 	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
-	uv_async_t applied;               /* the applier's wake: a job to deliver is done */
-	unsigned handles_open;            /* of the NODE_LOOP_HANDLES above */
+	unsigned handles_open;
 
 	struct tally_arena apply_arena;   /* decoded batch and its results, per apply */
-	struct node_applier applier;      /* large applies, on a thread (applier.c) */
+	struct node_applier applier;      /* a follower's applies (applier.c) */
 	struct tally_arena applier_arena; /* the same, on the applier's thread */
 	struct tally_arena query_arena;   /* one query answer at a time */
 	unsigned query_depth;             /* nested query answers (callbacks re-entering) */
@@ -130,8 +126,6 @@ struct tally_node {
 	size_t queue_commands, queue_bytes;
 	struct node_batch *inflight_head, *inflight_tail;
 	unsigned inflight;
-	uint64_t time_term;               /* the term whose first proposal waited for the
-					   * applier (the ledger's time, node_flush) */
 
 	/* Linearizable reads: `queries` wait for the next barrier; the barrier in flight
 	 * serves `barrier_queries`, the ones waiting when it was issued. */
@@ -325,8 +319,7 @@ void node_snapshot_sized(struct tally_node *n, uint64_t bytes);
 void node_batch_deliver(struct tally_node *n, struct node_batch *b,
 			Tally__V1__CommandResult **results, size_t n_results);
 
-/* node.c: the in-flight batch proposed at raft `index` in `term` (term 0: any), or
- * NULL. */
+/* node.c: the in-flight batch proposed at raft `index` in `term`, or NULL. */
 struct node_batch *node_inflight_find(struct tally_node *n, uint64_t index, uint64_t term);
 
 /* node.c: schedules node_service on the next loop turn. */

@@ -90,7 +90,7 @@ void node_kick(struct tally_node *n)
 		n->sim_kicked = true;
 		return;
 	}
-	if (n->handles_open == NODE_LOOP_HANDLES && n->phase < NODE_RAFT_CLOSE &&
+	if (n->handles_open == 2 && n->phase < NODE_RAFT_CLOSE &&
 	    !uv_is_active((uv_handle_t *)&n->idle))
 		(void)uv_idle_start(&n->idle, idle_cb); /* fails only on a closing handle */
 }
@@ -165,7 +165,7 @@ struct node_batch *node_inflight_find(struct tally_node *n, uint64_t index, uint
 	for (struct node_batch *b = n->inflight_head; b != NULL; b = b->next) {
 		assert(++seen <= n->inflight);
 		if (b->req.index == index)
-			return (term == 0 || b->term == term) && !b->delivered ? b : NULL;
+			return b->term == term && !b->delivered ? b : NULL;
 		if (b->req.index > index)
 			break;
 	}
@@ -212,11 +212,6 @@ static void batch_apply_cb(struct raft_apply *req, int status, void *result)
 	assert(b != NULL && result == NULL);
 	struct tally_node *n = b->n;
 	inflight_unlink(n, b);
-	if (b->handed) { /* applied by the applier: its job answers the callers */
-		assert(status == 0 && !b->delivered);
-		node_kick(n);
-		return;
-	}
 	if (!b->delivered) {
 		b->delivered = true;
 		const char *msg = status == 0 ? "outcome unknown: retry"
@@ -398,12 +393,8 @@ static void node_flush(struct tally_node *n)
 {
 	assert(n != NULL);
 	unsigned rounds = 0;
-	/* A new leader's first proposal waits for what it queued before (the ledger's
-	 * time); the times of its own entries are known as they are stamped. */
-	if (n->queue_head != NULL && node_leading(n) && n->time_term != n->raft->current_term) {
-		node_apply_drain(n);
-		n->time_term = n->raft->current_term;
-	}
+	if (n->queue_head != NULL && node_leading(n))
+		node_apply_drain(n); /* what it applied as a follower first: the ledger's time */
 	while (n->queue_head != NULL && n->inflight < n->cfg.inflight_max) {
 		assert(++rounds <= n->cfg.inflight_max + 1);
 		if (!node_leading(n)) {
@@ -733,14 +724,6 @@ static void tick_cb(uv_timer_t *tick)
 	node_tick(n);
 }
 
-/* The applier finished a job whose callers wait (or one that failed). */
-static void applied_cb(uv_async_t *async)
-{
-	struct tally_node *n = async->data;
-	assert(n != NULL);
-	node_apply_collect(n);
-}
-
 int node_handles_init(struct tally_node *n)
 {
 	assert(n != NULL && n->handles_open == 0);
@@ -749,19 +732,15 @@ int node_handles_init(struct tally_node *n)
 		return rc;
 	rc = uv_idle_init(n->loop, &n->idle);
 	assert(rc == 0); /* cannot fail */
-	rc = uv_async_init(n->loop, &n->applied, applied_cb);
-	assert(rc == 0); /* cannot fail on Linux: the loop's eventfd exists */
-	(void)rc;
 	n->tick.data = n;
 	n->idle.data = n;
-	n->applied.data = n;
-	n->handles_open = NODE_LOOP_HANDLES;
+	n->handles_open = 2;
 	return 0;
 }
 
 void node_tick_start(struct tally_node *n)
 {
-	assert(n != NULL && n->handles_open == NODE_LOOP_HANDLES);
+	assert(n != NULL && n->handles_open == 2);
 	int rc = uv_timer_start(&n->tick, tick_cb, n->cfg.heartbeat_ms, n->cfg.heartbeat_ms);
 	assert(rc == 0);
 	(void)rc;
@@ -795,12 +774,10 @@ void node_close_finish(struct tally_node *n)
 
 static void close_handles(struct tally_node *n)
 {
-	assert(n != NULL && n->handles_open == NODE_LOOP_HANDLES);
+	assert(n != NULL && n->handles_open == 2);
 	n->phase = NODE_HANDLES;
-	node_apply_drain(n); /* raft is closed: the applier wakes no one after this */
 	uv_close((uv_handle_t *)&n->tick, handle_closed_cb);
 	uv_close((uv_handle_t *)&n->idle, handle_closed_cb);
-	uv_close((uv_handle_t *)&n->applied, handle_closed_cb);
 }
 
 static void raft_closed_cb(struct raft *r)
@@ -819,7 +796,6 @@ static void close_raft(struct tally_node *n)
 	n->phase = NODE_RAFT_CLOSE;
 	uv_timer_stop(&n->tick);
 	uv_idle_stop(&n->idle);
-	node_apply_drain(n); /* the applier's callers get their results, not raft's TIMEOUT */
 	raft_close(n->raft, raft_closed_cb);
 	assert(n->inflight == 0 && !n->barrier_busy);
 }

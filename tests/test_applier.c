@@ -1,14 +1,12 @@
 /*
- * test_applier — the apply queue (consensus/applier.c) on its own: entries applied in
- * raft order on one thread, nothing applied after a failure, the queue's bound held
- * while the thread is busy, a stop that applies what was queued, and a job whose
- * callers wait: it wakes the loop, comes back with its batch and its own arena, and
- * the arenas are reused up to their bound. The cluster tests run it for real (every
- * tallyd uses it); tests/test_metrics.py checks that every node applies through it.
+ * test_applier — the follower's apply queue (consensus/applier.c) on its own: entries
+ * applied in raft order on one thread, nothing applied after a failure, the queue's
+ * bound held while the thread is busy, and a stop that applies what was queued.
+ * The cluster tests run it for real (every follower of a tallyd uses it);
+ * tests/test_metrics.py checks that followers, and only they, apply through it.
  */
 #include <pthread.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -20,7 +18,6 @@
 #include <cmocka.h>
 
 #include "consensus/applier.h"
-#include "ledger/arena.h"
 
 #define JOBS 300
 
@@ -36,8 +33,6 @@ static struct {
 	bool bad;               /* a job reached the thread not as pushed */
 	unsigned queued_max;    /* the most jobs queued that the thread ever saw */
 	struct node_applier *ap;
-	atomic_uint wakes;      /* fake_wake's calls */
-	atomic_bool woke_unlocked; /* a wake came without the queue's lock held */
 } fake;
 
 static void fake_reset(struct node_applier *ap)
@@ -49,19 +44,6 @@ static void fake_reset(struct node_applier *ap)
 	fake.queued_max = 0;
 	fake.bad = false;
 	fake.ap = ap;
-	atomic_store(&fake.wakes, 0);
-	atomic_store(&fake.woke_unlocked, false);
-}
-
-/* The loop's wake: the queue's lock must be held (applier.h). */
-static void fake_wake(struct tally_node *n)
-{
-	(void)n;
-	if (pthread_mutex_trylock(&fake.ap->lock) == 0) {
-		atomic_store(&fake.woke_unlocked, true);
-		pthread_mutex_unlock(&fake.ap->lock);
-	}
-	atomic_fetch_add(&fake.wakes, 1);
 }
 
 static void fake_apply(struct tally_node *n, struct node_apply_job *job)
@@ -88,13 +70,6 @@ static void fake_apply(struct tally_node *n, struct node_apply_job *job)
 	}
 	pthread_mutex_unlock(&fake.lock);
 	job->commands = job->index;
-	if (job->batch != NULL) { /* as fsm.c: the results outlive the thread's next job */
-		job->arena = node_applier_arena_take(fake.ap);
-		uint64_t *r = job->arena != NULL ? tally_arena_alloc(job->arena, sizeof(*r)) : NULL;
-		if (r != NULL)
-			*r = job->index;
-		job->results = (struct Tally__V1__CommandResult **)r;
-	}
 	if (job->index == fake.fail_at) {
 		job->rc = -5;
 		job->what = "fake";
@@ -104,7 +79,7 @@ static void fake_apply(struct tally_node *n, struct node_apply_job *job)
 static void push(struct node_applier *ap, uint64_t index)
 {
 	uint64_t v = index * 7;
-	assert_true(node_applier_push(ap, index, &v, sizeof(v), NULL));
+	assert_true(node_applier_push(ap, index, &v, sizeof(v)));
 }
 
 /* Collects every job and checks they come in raft order from `first`; returns how many. */
@@ -130,7 +105,7 @@ static void test_jobs_run_in_order_on_one_thread_and_are_collected(void **state)
 	(void)state;
 	struct node_applier ap = {0};
 	fake_reset(&ap);
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, fake_wake), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
 	for (uint64_t i = 1; i <= JOBS; i++)
 		push(&ap, i);
 	node_applier_wait(&ap);
@@ -148,7 +123,7 @@ static void test_jobs_run_in_order_on_one_thread_and_are_collected(void **state)
 	assert_int_equal(collected, JOBS);
 	assert_int_equal(rc, 0);
 	assert_false(again); /* collected once */
-	assert_false(node_applier_push(&ap, JOBS + 1, "x", 1, NULL)); /* stopped: the loop applies */
+	assert_false(node_applier_push(&ap, JOBS + 1, "x", 1)); /* stopped: the loop applies */
 }
 
 static void test_nothing_is_applied_after_a_failed_job(void **state)
@@ -157,7 +132,7 @@ static void test_nothing_is_applied_after_a_failed_job(void **state)
 	struct node_applier ap = {0};
 	fake_reset(&ap);
 	fake.fail_at = 10;
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, fake_wake), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
 	for (uint64_t i = 1; i <= 20; i++)
 		push(&ap, i);
 	node_applier_stop(&ap); /* before any assert: a failed one leaves no thread behind */
@@ -201,7 +176,7 @@ static void test_the_queue_holds_its_bound_while_the_thread_is_busy(void **state
 	struct node_applier ap = {0};
 	fake_reset(&ap);
 	fake.hold_at = 1;
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, fake_wake), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
 	push(&ap, 1);
 	pthread_mutex_lock(&fake.lock);
 	while (!fake.held)
@@ -245,7 +220,7 @@ static void test_a_stop_applies_what_was_queued(void **state)
 	(void)state;
 	struct node_applier ap = {0};
 	fake_reset(&ap);
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, fake_wake), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
 	for (uint64_t i = 1; i <= 50; i++)
 		push(&ap, i);
 	node_applier_stop(&ap);
@@ -253,63 +228,6 @@ static void test_a_stop_applies_what_was_queued(void **state)
 	int rc = 0;
 	assert_int_equal(collect_in_order(&ap, 1, &rc), 50); /* collected after the stop */
 	assert_int_equal(rc, 0);
-}
-
-/* Jobs 1..40, every fourth for a batch (a marker the thread must not touch): those
- * wake the loop, the others do not; each comes back with its batch and a result in an
- * arena of its own, and the arenas given back are reused, at most
- * NODE_APPLIER_ARENAS_SPARE_MAX of them kept (the others freed: ASan and valgrind see
- * any leak). */
-static void test_a_job_with_callers_wakes_the_loop_and_keeps_its_results(void **state)
-{
-	(void)state;
-	enum { N = 40 };
-	static char marks[N + 1];
-	struct node_applier ap = {0};
-	fake_reset(&ap);
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, fake_wake), 0);
-	for (uint64_t i = 1; i <= N; i++) {
-		uint64_t v = i * 7;
-		struct node_batch *b = i % 4 == 0 ? (struct node_batch *)&marks[i] : NULL;
-		assert_true(node_applier_push(&ap, i, &v, sizeof(v), b));
-	}
-	node_applier_wait(&ap);
-	unsigned wakes = atomic_load(&fake.wakes); /* all of them: woken before idle */
-	struct node_apply_job *j = node_applier_collect(&ap);
-	unsigned with = 0, results_ok = 0, given = 0;
-	struct tally_arena *arenas[N];
-	for (uint64_t i = 1; j != NULL; i++) {
-		struct node_apply_job *next = j->next;
-		assert_int_equal(j->index, i);
-		if (i % 4 == 0) {
-			with++;
-			assert_ptr_equal(j->batch, &marks[i]);
-			assert_non_null(j->arena);
-			results_ok += j->results != NULL && *(uint64_t *)j->results == i;
-			arenas[given++] = j->arena;
-		} else {
-			assert_null(j->batch);
-			assert_null(j->arena);
-		}
-		free(j);
-		j = next;
-	}
-	for (unsigned i = 0; i < given; i++)
-		node_applier_arena_give(&ap, arenas[i]);
-	struct tally_arena *again = node_applier_arena_take(&ap);
-	bool reused = false;
-	for (unsigned i = 0; i < given; i++)
-		reused |= again == arenas[i];
-	unsigned spares = ap.spares;
-	node_applier_arena_give(&ap, again);
-	node_applier_stop(&ap); /* frees the spares */
-	assert_int_equal(with, N / 4);
-	assert_int_equal(wakes, N / 4);
-	assert_false(atomic_load(&fake.woke_unlocked));
-	assert_int_equal(results_ok, N / 4);
-	assert_true(reused);
-	assert_int_equal(spares, NODE_APPLIER_ARENAS_SPARE_MAX - 1);
-	assert_int_equal(ap.spares, 0);
 }
 
 int main(void)
@@ -321,7 +239,6 @@ int main(void)
 		cmocka_unit_test(test_nothing_is_applied_after_a_failed_job),
 		cmocka_unit_test(test_the_queue_holds_its_bound_while_the_thread_is_busy),
 		cmocka_unit_test(test_a_stop_applies_what_was_queued),
-		cmocka_unit_test(test_a_job_with_callers_wakes_the_loop_and_keeps_its_results),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
