@@ -19,6 +19,8 @@
  * loop at each tick and each drain. A failed job ends the node when collected, and
  * the thread applies nothing after it. The queue is bounded (applier.h): past the
  * bound, fsm_apply waits for room, which is the loop applying, as without the thread.
+ * The bound in bytes follows the thread's pace, so that a wait for the whole queue
+ * holds the loop no longer than the node allows, however slow the thread has become.
  *
  * The simulator (no loop) and a node that still tracks proposals of its own apply on
  * the loop, as before.
@@ -48,6 +50,25 @@ static bool applier_working(const struct node_applier *ap)
 	return ap->queue != NULL || ap->busy;
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+/* A job of len bytes took ns: the pace's running mean (an eighth per job) and the
+ * bound it sets. The lock held. */
+static void applier_paced(struct node_applier *ap, size_t len, uint64_t ns)
+{
+	uint64_t sample = ns * 1024 / (len > 0 ? len : 1);
+	ap->ns_per_kib = ap->ns_per_kib == 0 ? sample : (ap->ns_per_kib * 7 + sample) / 8;
+	uint64_t fits = ap->ns_per_kib > 0 ? ap->hold_ns / ap->ns_per_kib * 1024 : UINT64_MAX;
+	ap->bound_bytes = fits > NODE_APPLIER_QUEUE_BYTES_MAX   ? NODE_APPLIER_QUEUE_BYTES_MAX
+			  : fits < NODE_APPLIER_QUEUE_BYTES_MIN ? NODE_APPLIER_QUEUE_BYTES_MIN
+								: (size_t)fits;
+}
+
 static void *applier_main(void *arg)
 {
 	struct node_applier *ap = arg;
@@ -65,6 +86,7 @@ static void *applier_main(void *arg)
 		bool failed = ap->failed;
 		pthread_mutex_unlock(&ap->lock);
 
+		uint64_t t0 = now_ns();
 		if (ap->delay_ms > 0)
 			nanosleep(&(struct timespec){ap->delay_ms / 1000, (long)(ap->delay_ms % 1000) * 1000000L},
 				  NULL);
@@ -77,8 +99,12 @@ static void *applier_main(void *arg)
 		free(job->bytes);
 		job->bytes = NULL;
 
+		uint64_t took = now_ns() - t0;
+
 		pthread_mutex_lock(&ap->lock);
 		assert(ap->queued_jobs > 0 && ap->queued_bytes >= job->len);
+		if (!failed)
+			applier_paced(ap, job->len, took);
 		ap->queued_jobs--;
 		ap->queued_bytes -= job->len;
 		ap->busy = false;
@@ -90,12 +116,15 @@ static void *applier_main(void *arg)
 	return NULL;
 }
 
-int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply)
+int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply,
+		       unsigned hold_ms)
 {
-	assert(ap != NULL && n != NULL && apply != NULL && !ap->running);
+	assert(ap != NULL && n != NULL && apply != NULL && !ap->running && hold_ms > 0);
 	memset(ap, 0, sizeof(*ap));
 	ap->node = n;
 	ap->apply = apply;
+	ap->hold_ns = (uint64_t)hold_ms * 1000000u;
+	ap->bound_bytes = NODE_APPLIER_QUEUE_BYTES_MIN; /* until the first job sets a pace */
 	const char *delay = getenv(NODE_APPLIER_DELAY_ENV);
 	if (delay != NULL) {
 		unsigned long ms = strtoul(delay, NULL, 10);
@@ -118,7 +147,7 @@ int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply
 static bool applier_full(const struct node_applier *ap, size_t len)
 {
 	return ap->queued_jobs >= NODE_APPLIER_QUEUE_JOBS_MAX ||
-	       (ap->queued_jobs > 0 && ap->queued_bytes + len > NODE_APPLIER_QUEUE_BYTES_MAX);
+	       (ap->queued_jobs > 0 && ap->queued_bytes + len > ap->bound_bytes);
 }
 
 bool node_applier_push(struct node_applier *ap, uint64_t index, const void *bytes, size_t len)

@@ -13,9 +13,18 @@
 /* The queue's bounds: past either, the next entry waits on the loop for room. Whatever
  * waits on the queue (a snapshot, a restore, a query) holds the loop while it drains,
  * and a loop held past the election timeout makes a follower stand for election: 8 MiB
- * is ~55,000 accruals, a quarter of a second of apply here. */
+ * is ~55,000 accruals, a quarter of a second of apply here. An applier slower than
+ * that (a starved core, a slow disk) gets a smaller bound in bytes: what it applies in
+ * the hold the node allows (node_applier_start's hold_ms), by the rate it measured,
+ * but never under NODE_APPLIER_QUEUE_BYTES_MIN, which is also the bound until the
+ * first job has set a pace (a node replaying its log at start would otherwise queue
+ * the whole bound at an unknown pace). */
 #define NODE_APPLIER_QUEUE_BYTES_MAX (8u << 20)
+#define NODE_APPLIER_QUEUE_BYTES_MIN (256u << 10)
 #define NODE_APPLIER_QUEUE_JOBS_MAX 256u
+/* A node lets a wait for the whole queue hold its loop for this share of its election
+ * timeout (a quarter: 250 ms by default, about what 8 MiB takes at full speed here). */
+#define NODE_APPLIER_HOLD_SHARE 4u
 #define NODE_APPLIER_REJECTION_CODES 32 /* result codes counted per code (tally_node_stats) */
 /* Entries smaller than this are applied on the loop when nothing is queued: their
  * apply (under ~1 ms, ~230 accruals) costs less than handing them to the thread, which
@@ -55,6 +64,9 @@ struct node_applier {
 	bool stop;
 	size_t queued_bytes;
 	unsigned queued_jobs;
+	uint64_t hold_ns;               /* how long a full queue may take to apply */
+	uint64_t ns_per_kib;            /* the thread's pace, a running mean (0: none yet) */
+	size_t bound_bytes;             /* the queue's bound in bytes, from the two above */
 	struct tally_node *node;
 	node_apply_fn apply;            /* run on the thread, one job at a time */
 	unsigned delay_ms;              /* fault injection: a wait before each job */
@@ -66,8 +78,10 @@ struct node_applier {
 #define NODE_APPLIER_DELAY_ENV "TALLY_TEST_APPLIER_DELAY_MS"
 #define NODE_APPLIER_DELAY_MS_MAX 1000u
 
-/* Starts the thread; 0 or an errno. */
-int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply);
+/* Starts the thread, its queue bounded to what it applies in hold_ms (at most
+ * NODE_APPLIER_QUEUE_BYTES_MAX); 0 or an errno. */
+int node_applier_start(struct node_applier *ap, struct tally_node *n, node_apply_fn apply,
+		       unsigned hold_ms);
 /* Queues a copy of the entry; false when the applier is not running or out of memory
  * (the caller applies on the loop). Waits for room first when the queue is full. */
 bool node_applier_push(struct node_applier *ap, uint64_t index, const void *bytes, size_t len);

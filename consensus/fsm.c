@@ -267,7 +267,8 @@ void node_applier_begin(struct tally_node *n)
 	assert(n != NULL && !n->applier.running);
 	if (n->loop == NULL || n->cfg.apply_on_loop)
 		return; /* the simulator stays on one thread, deterministic */
-	int rc = node_applier_start(&n->applier, n, fsm_apply_queued);
+	unsigned hold_ms = n->cfg.election_timeout_ms / NODE_APPLIER_HOLD_SHARE;
+	int rc = node_applier_start(&n->applier, n, fsm_apply_queued, hold_ms > 0 ? hold_ms : 1);
 	if (rc != 0)
 		node_log(n, "applier thread not started (%s): applying on the loop", strerror(rc));
 }

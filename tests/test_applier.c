@@ -1,7 +1,8 @@
 /*
  * test_applier — the follower's apply queue (consensus/applier.c) on its own: entries
  * applied in raft order on one thread, nothing applied after a failure, the queue's
- * bound held while the thread is busy, and a stop that applies what was queued.
+ * bound held while the thread is busy, a stop that applies what was queued, and a
+ * slow thread's queue bounded in bytes by its pace.
  * The cluster tests run it for real (every follower of a tallyd uses it);
  * tests/test_metrics.py checks that followers, and only they, apply through it.
  */
@@ -14,12 +15,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
 #include "consensus/applier.h"
 
 #define JOBS 300
+#define HOLD_MS 50 /* what a whole queue may take to apply (node_applier_start) */
 
 /* What the fake apply saw. */
 static struct {
@@ -105,7 +108,7 @@ static void test_jobs_run_in_order_on_one_thread_and_are_collected(void **state)
 	(void)state;
 	struct node_applier ap = {0};
 	fake_reset(&ap);
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, HOLD_MS), 0);
 	for (uint64_t i = 1; i <= JOBS; i++)
 		push(&ap, i);
 	node_applier_wait(&ap);
@@ -132,7 +135,7 @@ static void test_nothing_is_applied_after_a_failed_job(void **state)
 	struct node_applier ap = {0};
 	fake_reset(&ap);
 	fake.fail_at = 10;
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, HOLD_MS), 0);
 	for (uint64_t i = 1; i <= 20; i++)
 		push(&ap, i);
 	node_applier_stop(&ap); /* before any assert: a failed one leaves no thread behind */
@@ -176,7 +179,7 @@ static void test_the_queue_holds_its_bound_while_the_thread_is_busy(void **state
 	struct node_applier ap = {0};
 	fake_reset(&ap);
 	fake.hold_at = 1;
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, HOLD_MS), 0);
 	push(&ap, 1);
 	pthread_mutex_lock(&fake.lock);
 	while (!fake.held)
@@ -220,13 +223,57 @@ static void test_a_stop_applies_what_was_queued(void **state)
 	(void)state;
 	struct node_applier ap = {0};
 	fake_reset(&ap);
-	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply), 0);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, fake_apply, HOLD_MS), 0);
 	for (uint64_t i = 1; i <= 50; i++)
 		push(&ap, i);
 	node_applier_stop(&ap);
 	assert_int_equal(fake.n_seen, 50);
 	int rc = 0;
 	assert_int_equal(collect_in_order(&ap, 1, &rc), 50); /* collected after the stop */
+	assert_int_equal(rc, 0);
+}
+
+/* Each job takes at least SLOW_MS. */
+#define SLOW_MS 10
+#define SLOW_JOB_BYTES (64u << 10)
+static void slow_apply(struct tally_node *n, struct node_apply_job *job)
+{
+	(void)n;
+	(void)job;
+	nanosleep(&(struct timespec){0, SLOW_MS * 1000000L}, NULL);
+}
+
+/* A thread that takes at least 10 ms per 64 KiB job may hold HOLD_MS = 50 ms of work,
+ * at most 5 such jobs (320 KiB), not NODE_APPLIER_QUEUE_BYTES_MAX: once it has run one
+ * job, jobs pushed as fast as they come are never queued past that. The more slowly
+ * it runs, the smaller the bound, down to NODE_APPLIER_QUEUE_BYTES_MIN. */
+static void test_a_slow_thread_queues_only_what_it_applies_in_the_hold(void **state)
+{
+	(void)state;
+	enum { N = 30 };
+	static uint8_t job[SLOW_JOB_BYTES];
+	struct node_applier ap = {0};
+	fake_reset(&ap);
+	assert_int_equal(node_applier_start(&ap, (struct tally_node *)&fake, slow_apply, HOLD_MS), 0);
+	assert_int_equal(ap.bound_bytes, NODE_APPLIER_QUEUE_BYTES_MIN); /* no pace yet */
+	assert_true(node_applier_push(&ap, 1, job, sizeof(job)));
+	node_applier_wait(&ap);
+	size_t most = 0, bound = 0;
+	for (uint64_t i = 2; i <= N; i++) {
+		assert_true(node_applier_push(&ap, i, job, sizeof(job)));
+		pthread_mutex_lock(&ap.lock);
+		most = ap.queued_bytes > most ? ap.queued_bytes : most;
+		bound = ap.bound_bytes;
+		pthread_mutex_unlock(&ap.lock);
+	}
+	node_applier_stop(&ap);
+	int rc = 0;
+	unsigned collected = collect_in_order(&ap, 1, &rc);
+	size_t fits = (size_t)HOLD_MS / SLOW_MS * SLOW_JOB_BYTES;
+	assert_true(bound >= NODE_APPLIER_QUEUE_BYTES_MIN && bound <= fits);
+	assert_true(most <= fits);
+	assert_true(most >= NODE_APPLIER_QUEUE_BYTES_MIN - SLOW_JOB_BYTES); /* it did fill */
+	assert_int_equal(collected, N);
 	assert_int_equal(rc, 0);
 }
 
@@ -239,6 +286,7 @@ int main(void)
 		cmocka_unit_test(test_nothing_is_applied_after_a_failed_job),
 		cmocka_unit_test(test_the_queue_holds_its_bound_while_the_thread_is_busy),
 		cmocka_unit_test(test_a_stop_applies_what_was_queued),
+		cmocka_unit_test(test_a_slow_thread_queues_only_what_it_applies_in_the_hold),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

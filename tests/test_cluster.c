@@ -1847,10 +1847,14 @@ static void test_followers_apply_large_entries_on_a_thread_through_moves_and_kil
 	assert_replicas_equal(&c);
 	print_message("%lld accruals in %u batches of %d across a leader move (%u of %d "
 		      "pipelined batches answered OK across it) and a follower kill; applied off "
-		      "the loop: %.0f, %.0f, %.0f entries\n", (long long)total, b, FILL_BATCH,
-		      answered_ok, PIPELINED, metric(&c, 1, "tally_entries_applied_off_loop_total"),
+		      "the loop: %.0f, %.0f, %.0f entries; longest loop stalls %.3f, %.3f, %.3f s\n",
+		      (long long)total, b, FILL_BATCH, answered_ok, PIPELINED,
+		      metric(&c, 1, "tally_entries_applied_off_loop_total"),
 		      metric(&c, 2, "tally_entries_applied_off_loop_total"),
-		      metric(&c, 3, "tally_entries_applied_off_loop_total"));
+		      metric(&c, 3, "tally_entries_applied_off_loop_total"),
+		      metric(&c, 1, "tally_loop_stall_max_seconds"),
+		      metric(&c, 2, "tally_loop_stall_max_seconds"),
+		      metric(&c, 3, "tally_loop_stall_max_seconds"));
 	cluster_stop(&c);
 	unsetenv(NODE_APPLIER_DELAY_ENV);
 }
