@@ -117,9 +117,11 @@ class AuditorsKit(unittest.TestCase):
                          "--points", "100"])
         cls.ctl("partner-beta", ["exchange", "--from", "acme", "--to", "beta", "--member", "cy",
                                  "--points", "500"])
-        cls.ctl("partner-beta", ["exchange", "--from", "acme", "--to", "beta", "--member", "ann",
-                                 "--points", "300"])
-        until = int(time.time() * 1000) - 1
+        last = cls.ctl("partner-beta", ["exchange", "--from", "acme", "--to", "beta",
+                                        "--member", "ann", "--points", "300"])
+        # The cut-off is the last exchange's own ledger time, not this process's clock:
+        # ledger time is the cluster's clock, which may run a few ms ahead of it.
+        until = cls.ctl("auditor", ["entry", "--seq", str(last["entry_seq"])])["time_ms"]
         time.sleep(0.01)  # the cut-off lies strictly before the settling batch's time
         cls.settlement = cls.ctl("partner-beta", ["settle", "--brands", "acme,beta", "--until",
                                                   str(until)])["settlement_id"]
