@@ -163,6 +163,7 @@ struct tally_ledger {
 	uint64_t map_bytes;         /* the map's size now */
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
+	uint64_t map_warm_bytes;    /* the file's pages below this are in the page cache */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
 
@@ -292,6 +293,12 @@ int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const
 /* Times one batch is applied again after MDB_MAP_FULL, the map grown each time (the
  * free part doubled): the map's cap, map_size_bytes, ends the growth long before. */
 #define LEDGER_APPLY_GROWS_MAX 40
+/* Pages warmed ahead of the data (map.c's header says why): how far, and how much one batch
+ * warms at most (the first batches after an open catch up in such steps). 32 MiB is
+ * ~65,000 commands of growth here, and more than a batch adds even while a snapshot's
+ * reader keeps LMDB from reusing pages (8 MiB in one batch was seen). */
+#define LEDGER_WARM_AHEAD_BYTES (32ULL << 20)
+#define LEDGER_WARM_STEP_BYTES (8ULL << 20)
 uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size to open with */
 int map_before_open(const char *dir, const struct tally_ledger_options *o);
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);

@@ -15,7 +15,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/statfs.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -23,6 +25,7 @@
 #include <valgrind/valgrind.h>
 
 #include "consensus/internal.h"
+#include "ledger/internal.h"
 #include "tests/ports.h"
 #include "tests/util.h"
 
@@ -484,6 +487,21 @@ static uint64_t data_file_allocated(const char *dir)
 	return (uint64_t)st.st_size;
 }
 
+/* A writemap ledger in dir (cap and room as ledger_open_with) with brand "aurora" and
+ * member "m1" applied as the batch at raft index 1; f's arenas made for batch_apply. */
+static struct tally_ledger *member_ledger_open(const char *dir, uint64_t cap_bytes,
+					       uint64_t room_bytes, struct fx *f)
+{
+	struct tally_ledger *l;
+	ledger_open_with(dir, true, cap_bytes, room_bytes, &l);
+	tally_arena_init(&f->build, 1 << 20, 0);
+	tally_arena_init(&f->results, 1 << 20, 0);
+	Tally__V1__Command *setup[2] = {c_brand(f, admin(f), "aurora", 24),
+					c_member(f, admin(f), "m1")};
+	assert_int_equal(batch_apply(l, f, setup, 2, 1), 0);
+	return l;
+}
+
 /* A writemap ledger's data file is allocated over the whole map (no hole for a store
  * through the map to fault on), starts at its room (64 MiB by default, not the 64 GiB
  * cap), and grows with the data. With 1 MiB of room, a batch of several MiB gets
@@ -547,14 +565,8 @@ static void test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole(void **state
 {
 	(void)state;
 	char *dir = fx_tmpdir();
-	struct tally_ledger *l;
-	ledger_open_with(dir, true, FULL_MAP_BYTES, 0, &l);
 	struct fx f = {0};
-	tally_arena_init(&f.build, 1 << 20, 0);
-	tally_arena_init(&f.results, 1 << 20, 0);
-	Tally__V1__Command *setup[2] = {c_brand(&f, admin(&f), "aurora", 24),
-					c_member(&f, admin(&f), "m1")};
-	assert_int_equal(batch_apply(l, &f, setup, 2, 1), 0);
+	struct tally_ledger *l = member_ledger_open(dir, FULL_MAP_BYTES, 0, &f);
 	Tally__V1__Command **cmds;
 	uint64_t index = 2;
 	int rc;
@@ -574,6 +586,82 @@ static void test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole(void **state
 	assert_int_equal(batch_apply(l, &f, cmds, 64, index), 0);
 	assert_int_equal(tally_ledger_applied_index(l), index);
 	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	tally_arena_free(&f.build);
+	tally_arena_free(&f.results);
+}
+
+/* Pages of data.mdb in [from, to) that are not in the page cache. */
+static size_t pages_not_cached(const char *dir, uint64_t from, uint64_t to)
+{
+	char path[300];
+	snprintf(path, sizeof(path), "%s/data.mdb", dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	uint8_t *map = mmap(NULL, (size_t)to, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(map != MAP_FAILED);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (size_t)(to - from) / page, missing = 0;
+	unsigned char *in = malloc(n);
+	assert_non_null(in);
+	assert_int_equal(mincore(map + from, (size_t)(to - from), in), 0);
+	for (size_t i = 0; i < n; i++)
+		missing += (in[i] & 1) == 0;
+	free(in);
+	munmap(map, (size_t)to);
+	close(fd);
+	return missing;
+}
+
+/* The pages just past a writemap ledger's data are in the page cache before a batch
+ * first stores into them (map.c, "Pages warmed ahead"): a fault there would otherwise
+ * zero a whole readahead window at once. Checked after the first batches of a fresh
+ * ledger (which catch up LEDGER_WARM_STEP_BYTES at a time) and after a reopen. Skipped
+ * on tmpfs, whose pages are not read from anything. */
+static void test_a_writemap_ledger_warms_the_pages_ahead_of_its_data(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct statfs fs;
+	assert_int_equal(statfs(dir, &fs), 0);
+	if (fs.f_type == 0x01021994 /* TMPFS_MAGIC */) {
+		print_message("SKIPPED: %s is on tmpfs, which has no readahead to warm ahead of\n", dir);
+		fx_remove_dir(dir);
+		free(dir);
+		skip();
+	}
+	struct fx f = {0};
+	struct tally_ledger *l = member_ledger_open(dir, 0, 0, &f);
+	uint64_t index = 2, steps = LEDGER_WARM_AHEAD_BYTES / LEDGER_WARM_STEP_BYTES;
+	for (int reopened = 0; reopened < 2; reopened++) {
+		/* One batch per step to catch up, and one more to be applied after the last. */
+		for (uint64_t k = 0; k <= steps; k++, index++)
+			assert_int_equal(batch_apply(l, &f, accruals(&f, 16), 16, index), 0);
+		MDB_envinfo info;
+		MDB_stat st;
+		assert_int_equal(mdb_env_info(l->env, &info), 0);
+		assert_int_equal(mdb_env_stat(l->env, &st), 0);
+		uint64_t used = ((uint64_t)info.me_last_pgno + 1) * st.ms_psize;
+		uint64_t end = used + LEDGER_WARM_AHEAD_BYTES - LEDGER_WARM_STEP_BYTES;
+		assert_true(end <= info.me_mapsize);
+		size_t missing = pages_not_cached(dir, used, end);
+		print_message("data %llu KiB; of the next %llu KiB, %zu pages not cached\n",
+			      (unsigned long long)used >> 10,
+			      (unsigned long long)(end - used) >> 10, missing);
+		assert_int_equal(missing, 0);
+		tally_ledger_close(l);
+		/* Out of the cache, so that the reopened ledger has to warm them again. */
+		char path[300];
+		snprintf(path, sizeof(path), "%s/data.mdb", dir);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		assert_true(fd >= 0);
+		assert_int_equal(fdatasync(fd), 0);
+		assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+		close(fd);
+		assert_true(pages_not_cached(dir, used, end) > 0);
+		ledger_open_with(dir, true, 0, 0, &l);
+	}
 	tally_ledger_close(l);
 	fx_remove_dir(dir);
 	free(dir);
@@ -612,14 +700,8 @@ static void test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_eno
 		small_fs[0] = '\0';
 		skip();
 	}
-	struct tally_ledger *l;
-	ledger_open_with(small_fs, true, 0, 1u << 20, &l);
 	struct fx f = {0};
-	tally_arena_init(&f.build, 1 << 20, 0);
-	tally_arena_init(&f.results, 1 << 20, 0);
-	Tally__V1__Command *setup_cmds[2] = {c_brand(&f, admin(&f), "aurora", 24),
-					     c_member(&f, admin(&f), "m1")};
-	assert_int_equal(batch_apply(l, &f, setup_cmds, 2, 1), 0);
+	struct tally_ledger *l = member_ledger_open(small_fs, 0, 1u << 20, &f);
 	Tally__V1__Command **cmds;
 	uint64_t index = 2;
 	int rc;
@@ -666,6 +748,7 @@ int main(void)
 		cmocka_unit_test(test_each_ledger_error_has_its_exit_status),
 		cmocka_unit_test(test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the_data),
 		cmocka_unit_test(test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole),
+		cmocka_unit_test(test_a_writemap_ledger_warms_the_pages_ahead_of_its_data),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply),
