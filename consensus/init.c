@@ -250,6 +250,7 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 	}
 	n->loop = loop;
 	n->phase = NODE_OPEN;
+	n->writeback.fd = -1;
 	tally_arena_init(&n->apply_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	tally_arena_init(&n->applier_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	tally_arena_init(&n->query_arena, NODE_ARENA_CHUNK_BYTES, 0);

@@ -83,6 +83,21 @@ enum node_phase {
 	NODE_CLOSED       /* close callback called; tally_node_free may run */
 };
 
+/* The ledger's file written back behind its growth (writeback.c says why). */
+#define NODE_WRITEBACK_BEHIND_BYTES (16ULL << 20) /* written back once this far behind the end */
+#define NODE_WRITEBACK_JOB_BYTES (8ULL << 20)     /* at most this much per job */
+
+struct node_writeback {
+	uv_work_t work;
+	bool busy;                        /* a job on the thread pool */
+	int fd;                           /* the job's own descriptor of the file, or -1 */
+	uint64_t job_from, job_to;        /* the job's range */
+	int job_error;                    /* its errno, or 0 */
+	bool error_logged;
+	uint64_t done_to;                 /* handed to a job up to here */
+	const struct tally_ledger *ledger; /* the ledger done_to counts in */
+};
+
 struct tally_node {
 	uv_loop_t *loop;
 	struct tally_node_config cfg;     /* defaults applied; strings point below */
@@ -176,6 +191,7 @@ struct tally_node {
 	uint64_t check_start_ns;
 	char check_msg[256];
 	char check_file[NODE_PATH_BYTES_MAX]; /* raft's file of the restored snapshot, or "" */
+	struct node_writeback writeback;  /* writeback.c */
 
 	/* Admin requests raft has not called back yet. */
 	unsigned admins_pending;
@@ -219,6 +235,10 @@ void node_service(struct tally_node *n);
 /* node.c: what the tick timer does every heartbeat_ms (service, a new ledger's rules,
  * expire timer). */
 void node_tick(struct tally_node *n);
+/* writeback.c: on each tick, a job for the part of the ledger's file far enough behind
+ * its data's end, when none runs; reset where the ledger is opened or replaced. */
+void node_writeback_tick(struct tally_node *n);
+void node_writeback_reset(struct tally_node *n);
 
 /* node.c: whether this node leads and has applied everything of earlier terms (its
  * barrier of this term is applied): the state the cluster's own commands start from. */

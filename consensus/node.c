@@ -713,6 +713,7 @@ void node_tick(struct tally_node *n)
 	if (n->phase == NODE_OPEN && !n->dead) {
 		node_rules_maybe(n);
 		expire_maybe(n);
+		node_writeback_tick(n);
 	}
 }
 
@@ -762,7 +763,7 @@ void node_close_finish(struct tally_node *n)
 	assert(n != NULL && n->handles_open == 0);
 	assert(n->phase == NODE_HANDLES);
 	assert(n->inflight == 0 && !n->barrier_busy && n->queue_head == NULL);
-	if (n->check_busy || n->release_busy)
+	if (n->check_busy || n->release_busy || n->writeback.busy)
 		return; /* work on the thread pool: its end calls this again */
 	node_applier_end(n);
 	tally_ledger_close(n->ledger);

@@ -164,6 +164,7 @@ struct tally_ledger {
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	uint64_t map_warm_bytes;    /* the file's pages below this are in the page cache */
+	_Atomic uint64_t map_data_bytes; /* as of the last batch begun: tally_ledger_data_bytes */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
 

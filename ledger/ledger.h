@@ -242,6 +242,11 @@ int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
  * it), so it may be used on another thread than the one applying batches. */
 int tally_ledger_file_dup(struct tally_ledger *l);
 
+/* Bytes of the data file that hold data (up to the last page in use), as of the last
+ * batch begun or the open; 0 for a ledger not opened with writemap. Any thread: what
+ * lies this far into the file, less what the next batches rewrite, is cold. */
+uint64_t tally_ledger_data_bytes(struct tally_ledger *l);
+
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file at offset
  * 0, read back to seal it), as of one read transaction, followed by a trailer with its
  * length and check (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its

@@ -57,6 +57,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -219,6 +220,7 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 	if (rc != 0)
 		return rc;
 	uint64_t used = map_used_bytes(l);
+	atomic_store_explicit(&l->map_data_bytes, used, memory_order_relaxed);
 	if (l->map_bytes - used >= room_for(l, used) / 2)
 		return 0;
 	rc = map_grow(l, used + room_for(l, used), true);
@@ -254,6 +256,7 @@ int map_room(struct tally_ledger *l, unsigned attempt)
 		return attempt == 0 ? 0 : TALLY_EFULL;
 	uint64_t used = map_used_bytes(l), room = room_for(l, used);
 	uint64_t free_bytes = l->map_bytes > used ? l->map_bytes - used : 0;
+	atomic_store_explicit(&l->map_data_bytes, used, memory_order_relaxed);
 	if (attempt == 0) {
 		int rc = free_bytes >= room / 2 ? 0 : map_grow(l, used + room, false);
 		if (rc == 0)
@@ -262,6 +265,12 @@ int map_room(struct tally_ledger *l, unsigned attempt)
 	}
 	/* The batch did not fit in what was free: twice as much, at least the room. */
 	return map_grow(l, used + 2 * (free_bytes > room ? free_bytes : room), true);
+}
+
+uint64_t tally_ledger_data_bytes(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	return atomic_load_explicit(&l->map_data_bytes, memory_order_relaxed);
 }
 
 void map_pin(struct tally_ledger *l)

@@ -126,6 +126,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Raft log segments written with zeros when made, so that the log's writes never "
 		 "wait for the file system to mark blocks written.",
 		 (double)ns->log_segments_filled},
+		{"tally_ledger_writeback_bytes_total", "counter",
+		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
+		 "that the kernel's periodic write-back does not find them all dirty at once.",
+		 (double)ns->ledger_writeback_bytes},
 		{"tally_commit_notices_total", "counter",
 		 "Commit indexes the leader sent a follower before applying them itself, so "
 		 "that the follower's apply runs beside the leader's.",

@@ -24,6 +24,7 @@
 
 #include <valgrind/valgrind.h>
 
+#include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "ledger/internal.h"
 #include "tests/ports.h"
@@ -229,17 +230,35 @@ static bool solo_closed_p(struct solo *so)
 	return so->closed;
 }
 
+/* The node of dir started in this process on so's own loop, ready (elected, its first
+ * barrier done), with an arena of arena_bytes for building commands. */
+static void solo_up(struct solo *so, const char *dir, size_t arena_bytes)
+{
+	memset(so, 0, sizeof(*so));
+	assert_int_equal(uv_loop_init(&so->loop), 0);
+	assert_int_equal(node_up(&so->loop, dir, 0, &so->node), 0);
+	assert_true(solo_run_until(so, solo_ready));
+	tally_arena_init(&so->f.build, arena_bytes, 0);
+}
+
+/* Closes and frees so's node and its loop. */
+static void solo_down(struct solo *so)
+{
+	tally_node_close(so->node, solo_closed, so);
+	assert_true(solo_run_until(so, solo_closed_p));
+	tally_node_free(so->node);
+	uv_run(&so->loop, UV_RUN_DEFAULT);
+	assert_int_equal(uv_loop_close(&so->loop), 0);
+	tally_arena_free(&so->f.build);
+}
+
 /* Restarts the node of dir in this process (map without a small cap) and returns m1's
  * points in aurora once everything committed is applied (the node is ready: its first
  * barrier, after every committed entry, is done). */
 static int64_t restarted_available(const char *dir)
 {
 	static struct solo p;
-	memset(&p, 0, sizeof(p));
-	assert_int_equal(uv_loop_init(&p.loop), 0);
-	assert_int_equal(node_up(&p.loop, dir, 0, &p.node), 0);
-	assert_true(solo_run_until(&p, solo_ready));
-	tally_arena_init(&p.f.build, 16 << 10, 0);
+	solo_up(&p, dir, 16 << 10);
 	Tally__V1__Query q = TALLY__V1__QUERY__INIT;
 	Tally__V1__GetAccounts g = TALLY__V1__GET_ACCOUNTS__INIT;
 	char *members[1] = {(char *)"m1"};
@@ -250,12 +269,7 @@ static int64_t restarted_available(const char *dir)
 	q.accounts = &g;
 	tally_node_query(p.node, &q, admin(&p.f), solo_query, &p);
 	assert_true(solo_run_until(&p, solo_queried));
-	tally_node_close(p.node, solo_closed, &p);
-	assert_true(solo_run_until(&p, solo_closed_p));
-	tally_node_free(p.node);
-	uv_run(&p.loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&p.loop), 0);
-	tally_arena_free(&p.f.build);
+	solo_down(&p);
 	return p.available;
 }
 
@@ -669,6 +683,121 @@ static void test_a_writemap_ledger_warms_the_pages_ahead_of_its_data(void **stat
 	tally_arena_free(&f.results);
 }
 
+/* ---- the ledger written back behind its growth ---------------------------------------- */
+
+#define WB_ROUND 256 /* commands submitted in one loop turn */
+
+static bool solo_wb_round_answered(struct solo *so)
+{
+	return so->answered == WB_ROUND;
+}
+
+static void solo_result(void *data, const Tally__V1__CommandResult *r)
+{
+	struct solo *so = data;
+	so->answered++;
+	if (r->code != CODE(OK))
+		fail_msg("a command was answered %s: %s", tally_result_name(r->code), r->message);
+}
+
+/* The part of the ledger's file the node should have written back by now: whole steps
+ * up to NODE_WRITEBACK_BEHIND_BYTES behind the data's end. */
+static uint64_t writeback_due(struct solo *so)
+{
+	uint64_t data = tally_ledger_data_bytes(tally_node_ledger(so->node));
+	return (data - NODE_WRITEBACK_BEHIND_BYTES) / NODE_FLUSH_STEP_BYTES * NODE_FLUSH_STEP_BYTES;
+}
+
+static bool solo_writeback_idle(struct solo *so)
+{
+	return !so->node->writeback.busy && so->node->writeback.done_to == writeback_due(so);
+}
+
+/* cachestat(2) (Linux 6.5; not in this distribution's headers): the page cache's
+ * pages of a file's range, and how many of them are dirty. */
+#define SYS_CACHESTAT 451
+struct cachestat_range {
+	uint64_t off, len;
+};
+struct cachestat {
+	uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+
+/* Dirty pages of fd's file in [0, len), or -1 with errno (ENOSYS: an older kernel). */
+static int64_t dirty_pages(int fd, uint64_t len)
+{
+	struct cachestat_range r = {0, len};
+	struct cachestat cs;
+	return syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 ? (int64_t)cs.nr_dirty : -1;
+}
+
+/* A node writes its ledger's file back itself once the data has grown past
+ * NODE_WRITEBACK_BEHIND_BYTES, by whole steps up to that far behind the data's end
+ * (writeback.c): tally_ledger_writeback_bytes_total counts it, and the page cache
+ * (cachestat) then holds few dirty pages there, where without it all of them would
+ * be. Skipped on tmpfs (nothing to write back) and on kernels without cachestat. */
+static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
+{
+	(void)state;
+	char *root = fx_tmpdir(), dir[300];
+	snprintf(dir, sizeof(dir), "%s/node", root);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	struct statfs fs;
+	assert_int_equal(statfs(root, &fs), 0);
+	char probe[300];
+	snprintf(probe, sizeof(probe), "%s/probe", root);
+	int fd = open(probe, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	assert_true(fd >= 0);
+	bool no_cachestat = dirty_pages(fd, 4096) < 0;
+	close(fd);
+	if (fs.f_type == 0x01021994 /* TMPFS_MAGIC */ || no_cachestat) {
+		print_message("SKIPPED: %s\n", no_cachestat ? "this kernel has no cachestat(2) "
+							   "to count dirty pages with"
+							 : "the test directory is on tmpfs");
+		fx_remove_dir(root);
+		free(root);
+		skip();
+	}
+	unlink(probe);
+	static struct solo so;
+	solo_up(&so, dir, 1 << 20);
+	struct tally_ledger *l = tally_node_ledger(so.node);
+	uint64_t goal = NODE_WRITEBACK_BEHIND_BYTES + 3 * NODE_WRITEBACK_JOB_BYTES / 2;
+	for (unsigned round = 0; tally_ledger_data_bytes(l) < goal; round++) {
+		assert_true(round < 4000); /* a ledger that never grows: a hang */
+		so.answered = 0;
+		tally_arena_reset(&so.f.build);
+		Tally__V1__Command **cmds = accruals(&so.f, WB_ROUND);
+		if (round == 0) {
+			cmds[0] = c_brand(&so.f, admin(&so.f), "aurora", 24);
+			cmds[1] = c_member(&so.f, admin(&so.f), "m1");
+		}
+		for (unsigned i = 0; i < WB_ROUND; i++)
+			tally_node_submit(so.node, cmds[i], solo_result, &so);
+		assert_true(solo_run_until(&so, solo_wb_round_answered));
+	}
+	/* More than one job's worth behind the end: the ticks queue one after another. */
+	assert_true(solo_run_until(&so, solo_writeback_idle));
+	uint64_t data = tally_ledger_data_bytes(l), due = writeback_due(&so);
+	uint64_t wb = tally_node_stats(so.node)->ledger_writeback_bytes;
+	fd = tally_ledger_file_dup(l);
+	assert_true(fd >= 0);
+	int64_t dirty = dirty_pages(fd, due), dirty_after = dirty_pages(fd, data) - dirty;
+	close(fd);
+	print_message("data %llu KiB: %llu KiB written back by the node, up to %llu KiB; "
+		      "dirty pages there %lld, and %lld past it\n", (unsigned long long)data >> 10,
+		      (unsigned long long)wb >> 10, (unsigned long long)due >> 10,
+		      (long long)dirty, (long long)dirty_after);
+	/* From where the data ended at the node's first tick (well under a step) to due. */
+	assert_true(wb <= due && wb + NODE_FLUSH_STEP_BYTES > due);
+	/* Written, not only counted: what is still dirty there is what the apply stored
+	 * to since (pages LMDB freed and reused), a small part. */
+	assert_true(dirty >= 0 && (uint64_t)dirty < due / 4096 / 4);
+	solo_down(&so);
+	fx_remove_dir(root);
+	free(root);
+}
+
 /* A tmpfs mounted by a test, unmounted by its teardown even when the test fails. */
 static char small_fs[256];
 
@@ -751,6 +880,7 @@ int main(void)
 		cmocka_unit_test(test_a_writemap_ledger_warms_the_pages_ahead_of_its_data),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
+		cmocka_unit_test(test_a_node_writes_its_ledger_back_behind_the_growth),
 		cmocka_unit_test(test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply),
 		cmocka_unit_test(test_a_committed_entry_that_does_not_decode_ends_the_node_with_65),
 	};
