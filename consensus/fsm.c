@@ -536,7 +536,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 		 (unsigned long long)((uv_hrtime() - t0_ns) / 1000000),
 		 check_pending ? "; full check running off the loop" : "");
 	node_time_observe(n);
-	node_writeback_reset(n); /* the restored ledger was synced whole */
+	node_writeback_reset(n); /* the restored ledger: its check syncs it whole */
 	node_snapshot_stagger(n); /* raft counts from the leader's snapshot now */
 	if (check_pending)
 		check_start(n);
