@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from tally import Client, money, rfc3339, run
+from tally import Client, money, pb, rfc3339, run
 
 
 def main():
@@ -26,10 +26,14 @@ def main():
         x = t.exchange(a.src, a.dst, a.member, a.points, request_id=a.id + "-exchange")
         print("  exchanged %d %s points of %s: %d %s points (entry %d)" % (
             a.points, a.src, a.member, x.points, a.dst, x.entry_seq))
-        # The cut-off: now, after the exchange was applied. It must be in the past
-        # when the ledger settles, so the settlement goes a millisecond later.
-        until_ms = int(time.time() * 1000)
-        while int(time.time() * 1000) <= until_ms:
+        # The cut-off: the exchange's own ledger time. Ledger time is the cluster's
+        # clock, which may run a few ms ahead of this machine's, so "now" here could
+        # fall before the exchange. The cut-off must be in the past when the ledger
+        # settles, so the settlement goes once a couple of ms have passed.
+        (e,), _ = t.entries(from_seq=x.entry_seq, limit=1, brand=a.dst)
+        until_ms = pb.Entry.FromString(e.entry).time_ms
+        waited_from = time.monotonic()
+        while time.monotonic() - waited_from < 0.002:
             time.sleep(0.001)
         s = t.settle(a.src, a.dst, until_ms, request_id=a.id + "-settle")
         (st,) = [x for x in t.settlements(a.src, a.dst) if x.id == s.settlement_id]
