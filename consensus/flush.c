@@ -23,11 +23,16 @@ static bool flush_error_is_the_files(int err)
 
 int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range)
 {
-	assert(range != NULL);
+	return node_flush_steps(fd, 0, size, range);
+}
+
+int node_flush_steps(int fd, uint64_t from, uint64_t to, node_flush_range_fn range)
+{
+	assert(range != NULL && from <= to);
 	const unsigned flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
 			       SYNC_FILE_RANGE_WAIT_AFTER;
-	for (uint64_t at = 0; at < size; at += NODE_FLUSH_STEP_BYTES) {
-		uint64_t len = size - at < NODE_FLUSH_STEP_BYTES ? size - at : NODE_FLUSH_STEP_BYTES;
+	for (uint64_t at = from; at < to; at += NODE_FLUSH_STEP_BYTES) {
+		uint64_t len = to - at < NODE_FLUSH_STEP_BYTES ? to - at : NODE_FLUSH_STEP_BYTES;
 		if (range(fd, (off_t)at, (off_t)len, flags) != 0)
 			return flush_error_is_the_files(errno) ? errno : 0;
 	}

@@ -26,6 +26,8 @@
  *                      step at a time, each waited for. Returns 0, or the errno of a
  *                      write-back error a step reported (where it stopped); a file
  *                      that cannot be stepped (a pipe: EINVAL) stops it with 0.
+ * node_flush_steps:    the same for [from, to) of fd (writeback.c: the ledger behind
+ *                      its growth).
  * node_flush_ledger:   the ledger's file written back step by step, then
  *                      fdatasync: 0 or an errno. Any thread.
  * node_next_symbol:    what the process's libc, or a fault injector preloaded in front
@@ -50,6 +52,7 @@
 
 typedef int (*node_flush_range_fn)(int fd, off_t offset, off_t len, unsigned flags);
 int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range);
+int node_flush_steps(int fd, uint64_t from, uint64_t to, node_flush_range_fn range);
 int node_flush_ledger(struct tally_ledger *l);
 void *node_next_symbol(void *_Atomic *slot, const char *name);
 const char *node_fd_path(int fd, char *path, size_t cap);

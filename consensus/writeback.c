@@ -24,7 +24,6 @@
  * ledger says nothing of its size (not writemap) nothing is written back.
  */
 #include <assert.h>
-#include <errno.h>
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,17 +36,7 @@ static void writeback_work_cb(uv_work_t *work)
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->writeback.busy && n->writeback.fd >= 0);
 	struct node_writeback *w = &n->writeback;
-	const unsigned flags = SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-			       SYNC_FILE_RANGE_WAIT_AFTER;
-	w->job_error = 0;
-	for (uint64_t at = w->job_from; at < w->job_to; at += NODE_FLUSH_STEP_BYTES) {
-		uint64_t len = w->job_to - at < NODE_FLUSH_STEP_BYTES ? w->job_to - at
-								       : NODE_FLUSH_STEP_BYTES;
-		if (sync_file_range(w->fd, (off_t)at, (off_t)len, flags) != 0) {
-			w->job_error = errno;
-			return;
-		}
-	}
+	w->job_error = node_flush_steps(w->fd, w->job_from, w->job_to, sync_file_range);
 }
 
 static void writeback_after_cb(uv_work_t *work, int status)
