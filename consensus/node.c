@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "consensus/aioreap.h"
 #include "consensus/internal.h"
 #include "consensus/logfill.h"
 
@@ -78,6 +79,7 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 	node_apply_drain(n); /* a follower's counts include every entry raft applied */
 	n->stats.install_snapshot_bytes_mapped = n->transport.snapshot_bytes_spooled;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
+	n->stats.aio_contexts_reaped = node_aio_reaped();
 	return &n->stats;
 }
 

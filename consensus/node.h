@@ -216,6 +216,8 @@ struct tally_node_stats {
 	uint64_t log_segments_filled; /* raft log segments written with zeros when made, so
 				       * that the log's writes stay asynchronous
 				       * (consensus/logfill.h) */
+	uint64_t aio_contexts_reaped; /* raft's kernel AIO contexts destroyed off the loop, by
+				       * this process (consensus/aioreap.h) */
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an
 					 * unlinked file, not the heap (consensus/bigbuf.h) */

@@ -126,6 +126,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Raft log segments written with zeros when made, so that the log's writes never "
 		 "wait for the file system to mark blocks written.",
 		 (double)ns->log_segments_filled},
+		{"tally_aio_contexts_reaped_total", "counter",
+		 "raft's kernel AIO contexts (one per closed log segment) destroyed on a thread "
+		 "of their own, not on the loop, where each took an RCU grace period.",
+		 (double)ns->aio_contexts_reaped},
 		{"tally_ledger_writeback_bytes_total", "counter",
 		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
 		 "that the kernel's periodic write-back does not find them all dirty at once.",
