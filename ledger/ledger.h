@@ -247,6 +247,10 @@ int tally_ledger_file_dup(struct tally_ledger *l);
  * lies this far into the file, less what the next batches rewrite, is cold. */
 uint64_t tally_ledger_data_bytes(struct tally_ledger *l);
 
+/* Growths of a writemap ledger's map done in place (mremap, keeping its page tables)
+ * rather than by unmapping and mapping it again, by this process: ledger/remap.c. */
+uint64_t tally_ledger_remaps_in_place(void);
+
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file at offset
  * 0, read back to seal it), as of one read transaction, followed by a trailer with its
  * length and check (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its

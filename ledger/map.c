@@ -31,7 +31,9 @@
  * SIGBUS remains possible there.
  *
  * Growing the map remaps it (mdb_env_set_mapsize), which LMDB allows only while no
- * transaction of this process is open. Batches and queries run on the caller's
+ * transaction of this process is open. LMDB unmaps the map and maps the file again;
+ * remap.c turns that pair into one mremap, which keeps the pages mapped (a remap then
+ * costs neither the teardown of the page tables nor the faults after it). Batches and queries run on the caller's
  * thread, one at a time; the readers on another thread (raft's thread pool) are a
  * snapshot (tally_ledger_snapshot) and the full check of a restored ledger
  * (tally_ledger_check_invariants), and each holds map_lock while it reads (a
@@ -185,7 +187,11 @@ static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 		pthread_mutex_lock(&l->map_lock);
 	else if (pthread_mutex_trylock(&l->map_lock) != 0)
 		return 0;
+	MDB_envinfo info;
+	mdb_env_info(l->env, &info);
+	remap_expect(info.me_mapsize, fd); /* grown in place (remap.c) */
 	rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)target));
+	remap_done();
 	if (rc == 0)
 		l->map_bytes = target;
 	pthread_mutex_unlock(&l->map_lock);

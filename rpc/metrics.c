@@ -130,6 +130,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "raft's kernel AIO contexts (one per closed log segment) destroyed on a thread "
 		 "of their own, not on the loop, where each took an RCU grace period.",
 		 (double)ns->aio_contexts_reaped},
+		{"tally_ledger_remaps_in_place_total", "counter",
+		 "Growths of the ledger's map done in place (mremap), keeping its pages mapped, "
+		 "rather than by unmapping and mapping the file again; for the whole process.",
+		 (double)tally_ledger_remaps_in_place()},
 		{"tally_ledger_writeback_bytes_total", "counter",
 		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
 		 "that the kernel's periodic write-back does not find them all dirty at once.",

@@ -628,6 +628,64 @@ static size_t pages_not_cached(const char *dir, uint64_t from, uint64_t to)
 	return missing;
 }
 
+/* KiB of this process's page tables mapping files named data.mdb under dir: the Rss
+ * of their mappings in /proc/self/smaps. */
+static uint64_t data_file_mapped_kib(const char *dir)
+{
+	char real[4096], want[4200], line[4096], key[64];
+	assert_non_null(realpath(dir, real));
+	snprintf(want, sizeof(want), "%s/data.mdb", real);
+	FILE *fp = fopen("/proc/self/smaps", "r");
+	assert_non_null(fp);
+	uint64_t kib = 0;
+	bool ours = false;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		unsigned long long v;
+		if (sscanf(line, "%63[A-Za-z_]: %llu", key, &v) == 2) /* a field of a mapping */
+			kib += ours && strcmp(key, "Rss") == 0 ? v : 0;
+		else /* a mapping's first line, with its file; or VmFlags, its last */
+			ours = strstr(line, want) != NULL;
+	}
+	fclose(fp);
+	return kib;
+}
+
+/* A writemap ledger's map grows in place (ledger/remap.c): the pages mapped before a
+ * growth are still mapped after it, where unmapping and mapping the file again (LMDB's
+ * own way) would leave only those the batch touched since. The ledger is as correct
+ * as before. */
+static void test_a_writemap_ledgers_map_grows_in_place(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct fx f = {0};
+	struct tally_ledger *l = member_ledger_open(dir, 0, 1u << 20, &f); /* room: 1 MiB */
+	uint64_t index = 2, before_kib = 0, after_kib = 0, remaps = 0;
+	while (before_kib < (4u << 10)) { /* a growth with 4 MiB or more mapped before it */
+		Tally__V1__Command **cmds = accruals(&f, 64);
+		uint64_t kib = data_file_mapped_kib(dir), size = data_file_allocated(dir);
+		remaps = tally_ledger_remaps_in_place();
+		assert_int_equal(batch_apply(l, &f, cmds, 64, index++), 0);
+		if (data_file_allocated(dir) > size && kib >= (4u << 10)) {
+			before_kib = kib;
+			after_kib = data_file_mapped_kib(dir);
+		}
+		if (index > 2000)
+			fail_msg("no growth past 4 MiB mapped in %llu batches", (unsigned long long)index);
+	}
+	print_message("data.mdb mapped: %llu KiB before a growth, %llu KiB after it\n",
+		      (unsigned long long)before_kib, (unsigned long long)after_kib);
+	assert_true(tally_ledger_remaps_in_place() > remaps);
+	assert_true(after_kib >= before_kib);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	tally_arena_free(&f.build);
+	tally_arena_free(&f.results);
+}
+
 /* The pages just past a writemap ledger's data are in the page cache before a batch
  * first stores into them (map.c, "Pages warmed ahead"): a fault there would otherwise
  * zero a whole readahead window at once. Checked after the first batches of a fresh
@@ -878,6 +936,7 @@ int main(void)
 		cmocka_unit_test(test_a_writemap_ledger_maps_only_allocated_blocks_and_grows_with_the_data),
 		cmocka_unit_test(test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole),
 		cmocka_unit_test(test_a_writemap_ledger_warms_the_pages_ahead_of_its_data),
+		cmocka_unit_test(test_a_writemap_ledgers_map_grows_in_place),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_writes_its_ledger_back_behind_the_growth),

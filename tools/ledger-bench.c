@@ -299,6 +299,9 @@ int main(int argc, char **argv)
 	       o.commands, ok, rejected, secs, (unsigned long long)d.tree_size);
 	printf("batch apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 	       lat[n_batches / 2] * 1e3, lat[n_batches * 99 / 100] * 1e3, lat[n_batches - 1] * 1e3);
+	if (o.writemap)
+		printf("map grown in place (mremap) %llu times\n",
+		       (unsigned long long)tally_ledger_remaps_in_place());
 	printf("apply: %.0f commands/s\n", (double)o.commands / secs);
 	free(batches);
 	free(lat);
