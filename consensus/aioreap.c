@@ -13,6 +13,7 @@
 
 #include "consensus/aioreap.h"
 #include "consensus/flush.h"
+#include "ledger/interpose.h"
 
 typedef long (*syscall_fn)(long, ...);
 
@@ -31,7 +32,7 @@ static _Atomic uint64_t reaped;
 static syscall_fn next_syscall(void)
 {
 	static void *_Atomic next;
-	return (syscall_fn)node_next_symbol(&next, "syscall");
+	return (syscall_fn)ledger_next_symbol(&next, "syscall");
 }
 
 static long destroy_now(aio_context_t ctx)

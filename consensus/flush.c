@@ -2,7 +2,6 @@
  * consensus/flush — large writes reach the disk a step at a time (see flush.h).
  */
 #include <assert.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -13,6 +12,7 @@
 #include <unistd.h>
 
 #include "consensus/flush.h"
+#include "ledger/interpose.h"
 
 /* Whether a step's error is a write-back error of the file (EIO, ENOSPC, ...), rather
  * than one saying the file cannot be stepped (the sync after it decides then). */
@@ -54,23 +54,12 @@ int node_flush_ledger(struct tally_ledger *l)
 	return err;
 }
 
-void *node_next_symbol(void *_Atomic *slot, const char *name)
-{
-	assert(slot != NULL && name != NULL);
-	void *f = atomic_load_explicit(slot, memory_order_relaxed);
-	if (f == NULL) {
-		f = dlsym(RTLD_NEXT, name);
-		atomic_store_explicit(slot, f, memory_order_relaxed);
-	}
-	return f;
-}
-
 /* The fsync() this one stands in front of: libc's, or a fault injector's preloaded
  * in front of libc (libfiu, in the tests). */
 static int next_fsync(int fd)
 {
 	static void *_Atomic next;
-	int (*f)(int) = (int (*)(int))node_next_symbol(&next, "fsync");
+	int (*f)(int) = (int (*)(int))ledger_next_symbol(&next, "fsync");
 	return f != NULL ? f(fd) : (int)syscall(SYS_fsync, fd);
 }
 

@@ -30,11 +30,6 @@
  *                      its growth).
  * node_flush_ledger:   the ledger's file written back step by step, then
  *                      fdatasync: 0 or an errno. Any thread.
- * node_next_symbol:    what the process's libc, or a fault injector preloaded in front
- *                      of it, defines under `name` (NULL: nothing), found once and kept
- *                      in *slot: the call each of the node's stand-ins for a libc
- *                      function (fsync here, pwrite64 and unlink in snapstore.c) makes
- *                      when the call is not its business.
  * node_fd_path:        the path of the file behind fd (from /proc/self/fd) in path
  *                      (cap bytes): its last component, or NULL when it has no '/'
  *                      or does not fit. What the stand-ins decide by.
@@ -54,7 +49,6 @@ typedef int (*node_flush_range_fn)(int fd, off_t offset, off_t len, unsigned fla
 int node_flush_stepwise(int fd, uint64_t size, node_flush_range_fn range);
 int node_flush_steps(int fd, uint64_t from, uint64_t to, node_flush_range_fn range);
 int node_flush_ledger(struct tally_ledger *l);
-void *node_next_symbol(void *_Atomic *slot, const char *name);
 const char *node_fd_path(int fd, char *path, size_t cap);
 
 #endif

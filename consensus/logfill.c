@@ -18,6 +18,7 @@
 #include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/logfill.h"
+#include "ledger/interpose.h"
 
 #define RAFT_OPEN_PREFIX "open-" /* raft_uv's name of an open segment: open-N */
 #define LOGFILL_ALIGN 4096 /* what O_DIRECT asks of a write's buffer, offset and length */
@@ -39,7 +40,7 @@ typedef int (*fallocate_fn)(int, off_t, off_t);
 static int plain_posix_fallocate(int fd, off_t offset, off_t len)
 {
 	static void *_Atomic next;
-	fallocate_fn f = (fallocate_fn)node_next_symbol(&next, "posix_fallocate");
+	fallocate_fn f = (fallocate_fn)ledger_next_symbol(&next, "posix_fallocate");
 	if (f != NULL)
 		return f(fd, offset, len);
 	return syscall(SYS_fallocate, fd, 0, offset, len) == 0 ? 0 : errno;

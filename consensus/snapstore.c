@@ -15,6 +15,7 @@
 #include "consensus/flush.h"
 #include "consensus/internal.h"
 #include "consensus/snapstore.h"
+#include "ledger/interpose.h"
 
 #define RAFT_SNAPSHOT_PREFIX "snapshot-" /* raft_uv's: snapshot-TERM-INDEX-TIME */
 #define RAFT_META_SUFFIX ".meta"           /* and its metadata, beside it */
@@ -45,14 +46,14 @@ typedef int (*unlink_fn)(const char *);
 static ssize_t plain_pwrite64(int fd, const void *buf, size_t count, off_t offset)
 {
 	static void *_Atomic next;
-	pwrite64_fn f = (pwrite64_fn)node_next_symbol(&next, "pwrite64");
+	pwrite64_fn f = (pwrite64_fn)ledger_next_symbol(&next, "pwrite64");
 	return f != NULL ? f(fd, buf, count, offset) : syscall(SYS_pwrite64, fd, buf, count, offset);
 }
 
 static int plain_unlink(const char *path)
 {
 	static void *_Atomic next;
-	unlink_fn f = (unlink_fn)node_next_symbol(&next, "unlink");
+	unlink_fn f = (unlink_fn)ledger_next_symbol(&next, "unlink");
 	return f != NULL ? f(path) : (int)syscall(SYS_unlink, path);
 }
 

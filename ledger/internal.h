@@ -305,9 +305,7 @@ uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size t
  * LMDB makes is one mremap (remap.c). */
 void remap_expect(size_t len, int fd);
 void remap_done(void);
-/* What the process's libc (or a library preloaded in front of it) calls name; *slot
- * keeps it. For the functions the ledger and the node define for the whole process. */
-void *ledger_next_symbol(void *_Atomic *slot, const char *name);
+
 int map_before_open(const char *dir, const struct tally_ledger_options *o);
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);
 /* Before attempt 0 of a batch: room ahead of need; before attempt k > 0 (the previous

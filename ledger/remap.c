@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <sys/mman.h>
 
+#include "ledger/interpose.h"
 #include "ledger/internal.h"
 
 typedef void *(*mmap_fn)(void *, size_t, int, int, int, off_t);
