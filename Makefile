@@ -63,7 +63,7 @@ CLIENT_SO  := $(BUILD)/libtally.so
 
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o
+TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o $(BUILD)/tests/raftio.o
 # The deterministic cluster simulator (tests/sim.c, make sim): not a cmocka suite.
 SIM_BIN    := $(BUILD)/tests/sim
 

@@ -9,8 +9,6 @@
  */
 #include <errno.h>
 #include <linux/aio_abi.h>
-#include <raft.h>
-#include <raft/uv.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,9 +16,9 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <uv.h>
 
 #include "consensus/aioreap.h"
+#include "tests/raftio.h"
 #include "tests/util.h"
 
 static aio_context_t context(void)
@@ -119,64 +117,21 @@ static void test_a_forked_child_reaps_its_own(void **state)
 	assert_false(alive(parents));
 }
 
-struct log_io {
-	uv_loop_t loop;
-	struct raft_uv_transport transport;
-	struct raft_io io;
-	int done, status;
-};
-
-static void on_append(struct raft_io_append *req, int status)
-{
-	struct log_io *b = req->data;
-	b->status = status;
-	b->done++;
-}
-
-static void on_closed(struct raft_io *io)
-{
-	struct log_io *b = io->data;
-	b->done++;
-}
-
 /* raft_uv's writer of the open segment destroys its context when it closes: with
  * the reaper held, the close completes, and the context is the reaper's. */
 static void test_raft_uv_destroys_its_contexts_off_its_loop(void **state)
 {
 	(void)state;
 	char *dir = fx_tmpdir();
-	static struct log_io b; /* static: raft_uv's pool work finds its loop after a failure */
-	memset(&b, 0, sizeof(b));
-	assert_int_equal(uv_loop_init(&b.loop), 0);
-	assert_int_equal(raft_uv_tcp_init(&b.transport, &b.loop), 0);
-	assert_int_equal(raft_uv_init(&b.io, &b.loop, dir, &b.transport), 0);
-	assert_int_equal(b.io.init(&b.io, 1, "127.0.0.1:9001"), 0);
-	raft_term term;
-	raft_id voted_for;
-	struct raft_snapshot *snapshot = NULL;
-	raft_index start;
-	struct raft_entry *entries = NULL;
-	size_t n_entries = 0;
-	assert_int_equal(b.io.load(&b.io, &term, &voted_for, &snapshot, &start, &entries, &n_entries), 0);
-	struct raft_entry e = {.term = 1, .type = RAFT_COMMAND,
-			       .buf = {.base = raft_malloc(8), .len = 8}};
-	memcpy(e.buf.base, "entry-1", 8);
-	struct raft_io_append req = {.data = &b};
-	assert_int_equal(b.io.append(&b.io, &req, &e, 1, on_append), 0);
-	while (b.done == 0)
-		uv_run(&b.loop, UV_RUN_ONCE);
-	assert_int_equal(b.status, 0);
-	raft_free(e.buf.base);
+	static struct raftio b; /* static: see raftio.h */
+	raftio_init(&b, dir);
+	raftio_start(&b);
+	assert_null(raftio_load(&b, NULL));
+	raftio_append_one(&b);
 	node_aio_reap_drain();
 	uint64_t before = node_aio_reaped();
 	node_aio_reap_hold(true);
-	b.done = 0;
-	b.io.data = &b;
-	b.io.close(&b.io, on_closed);
-	while (b.done == 0)
-		uv_run(&b.loop, UV_RUN_ONCE);
-	uv_run(&b.loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&b.loop), 0);
+	raftio_close(&b);
 	/* closed while the reaper was held; what it destroyed was queued, not in place */
 	node_aio_reap_hold(false);
 	node_aio_reap_drain();

@@ -516,6 +516,16 @@ static struct tally_ledger *member_ledger_open(const char *dir, uint64_t cap_byt
 	return l;
 }
 
+/* Closes what member_ledger_open opened, and removes dir (and frees it). */
+static void member_ledger_close(struct tally_ledger *l, char *dir, struct fx *f)
+{
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	tally_arena_free(&f->build);
+	tally_arena_free(&f->results);
+}
+
 /* A writemap ledger's data file is allocated over the whole map (no hole for a store
  * through the map to fault on), starts at its room (64 MiB by default, not the 64 GiB
  * cap), and grows with the data. With 1 MiB of room, a batch of several MiB gets
@@ -600,11 +610,7 @@ static void test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole(void **state
 	assert_int_equal(batch_apply(l, &f, cmds, 64, index), 0);
 	assert_int_equal(tally_ledger_applied_index(l), index);
 	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
-	tally_ledger_close(l);
-	fx_remove_dir(dir);
-	free(dir);
-	tally_arena_free(&f.build);
-	tally_arena_free(&f.results);
+	member_ledger_close(l, dir, &f);
 }
 
 /* Pages of data.mdb in [from, to) that are not in the page cache. */
@@ -679,11 +685,7 @@ static void test_a_writemap_ledgers_map_grows_in_place(void **state)
 	assert_true(after_kib >= before_kib);
 	char msg[256];
 	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
-	tally_ledger_close(l);
-	fx_remove_dir(dir);
-	free(dir);
-	tally_arena_free(&f.build);
-	tally_arena_free(&f.results);
+	member_ledger_close(l, dir, &f);
 }
 
 /* The pages just past a writemap ledger's data are in the page cache before a batch
@@ -734,11 +736,7 @@ static void test_a_writemap_ledger_warms_the_pages_ahead_of_its_data(void **stat
 		assert_true(pages_not_cached(dir, used, end) > 0);
 		ledger_open_with(dir, true, 0, 0, &l);
 	}
-	tally_ledger_close(l);
-	fx_remove_dir(dir);
-	free(dir);
-	tally_arena_free(&f.build);
-	tally_arena_free(&f.results);
+	member_ledger_close(l, dir, &f);
 }
 
 /* ---- the ledger written back behind its growth ---------------------------------------- */

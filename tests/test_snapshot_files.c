@@ -33,6 +33,7 @@
 #include "consensus/internal.h"
 #include "consensus/snapshot.h"
 #include "consensus/snapstore.h"
+#include "tests/raftio.h"
 #include "tests/util.h"
 
 /* Just past what one read() returns, and past INT_MAX: raft's int count wraps. */
@@ -41,14 +42,6 @@
 /* Past what raft 0.15's int count holds (4 GiB - 2), loaded as tallyd loads it. */
 #define HUGE_SNAPSHOT_BYTES (((size_t)1 << 32) + (16u << 20))
 
-struct big_io {
-	uv_loop_t loop;
-	struct raft_uv_transport transport;
-	struct raft_io io;
-	int done; /* callbacks fired */
-	int status;
-	struct raft_snapshot *got;
-};
 
 static unsigned long long mem_available(void)
 {
@@ -63,47 +56,19 @@ static unsigned long long mem_available(void)
 	return kb << 10;
 }
 
-static void big_io_open(struct big_io *b, const char *dir)
+/* raft_uv on dir with tallyd's heap (snapshots it loads are mappings), started. */
+static void big_io_open(struct raftio *b, const char *dir)
 {
-	memset(b, 0, sizeof(*b));
-	assert_int_equal(uv_loop_init(&b->loop), 0);
-	assert_int_equal(raft_uv_tcp_init(&b->transport, &b->loop), 0);
-	assert_int_equal(raft_uv_init(&b->io, &b->loop, dir, &b->transport), 0);
+	raftio_init(b, dir);
 	node_snapshot_io_init(&b->io);
-	assert_int_equal(b->io.init(&b->io, 1, "127.0.0.1:9001"), 0);
-}
-
-static void big_io_closed(struct raft_io *io)
-{
-	struct big_io *b = io->data;
-	raft_uv_close(&b->io);
-	raft_uv_tcp_close(&b->transport);
-	b->done++;
-}
-
-static void big_io_close(struct big_io *b)
-{
-	b->done = 0;
-	b->io.data = b;
-	b->io.close(&b->io, big_io_closed);
-	while (b->done == 0)
-		uv_run(&b->loop, UV_RUN_ONCE);
-	uv_run(&b->loop, UV_RUN_DEFAULT);
-	assert_int_equal(uv_loop_close(&b->loop), 0);
+	raftio_start(b);
 }
 
 /* raft's load, as at start: the snapshot it returns (the caller frees it). */
-static struct raft_snapshot *big_io_load(struct big_io *b)
+static struct raft_snapshot *big_io_load(struct raftio *b)
 {
-	raft_term term;
-	raft_id voted_for;
-	struct raft_snapshot *snapshot = NULL;
-	raft_index start;
-	struct raft_entry *entries = NULL;
-	size_t n_entries = 0;
-	int rv = b->io.load(&b->io, &term, &voted_for, &snapshot, &start, &entries, &n_entries);
-	if (rv != 0)
-		fail_msg("raft load: %s", b->io.errmsg);
+	size_t n_entries;
+	struct raft_snapshot *snapshot = raftio_load(b, &n_entries);
 	assert_int_equal(n_entries, 0);
 	return snapshot;
 }
@@ -119,29 +84,23 @@ static void big_snapshot_free(struct raft_snapshot *s)
 
 static void on_put(struct raft_io_snapshot_put *req, int status)
 {
-	struct big_io *b = req->data;
+	struct raftio *b = req->data;
 	b->status = status;
 	b->done++;
 }
 
 static void on_get(struct raft_io_snapshot_get *req, struct raft_snapshot *s, int status)
 {
-	struct big_io *b = req->data;
+	struct raftio *b = req->data;
 	b->status = status;
 	b->got = s;
 	b->done++;
 }
 
-static void run_until_done(struct big_io *b)
-{
-	while (b->done == 0)
-		uv_run(&b->loop, UV_RUN_ONCE);
-}
-
 /* Stores len bytes at want as raft's snapshot (index 10, term 2) in a fresh raft_uv
  * on dir (big_put: on an open one, at `index`), as a follower stores an
  * InstallSnapshot (trailing 0). */
-static void big_put(struct big_io *b, const uint8_t *want, size_t len, raft_index index)
+static void big_put(struct raftio *b, const uint8_t *want, size_t len, raft_index index)
 {
 	struct raft_buffer buf = {.base = (void *)want, .len = len};
 	struct raft_snapshot s = {.index = index, .term = 2, .configuration_index = 1,
@@ -151,18 +110,18 @@ static void big_put(struct big_io *b, const uint8_t *want, size_t len, raft_inde
 	struct raft_io_snapshot_put put = {.data = b};
 	b->done = 0;
 	assert_int_equal(b->io.snapshot_put(&b->io, 0, &put, &s, on_put), 0);
-	run_until_done(b);
+	raftio_wait(b);
 	assert_int_equal(b->status, 0);
 	raft_configuration_close(&s.configuration);
 }
 
 static void big_store(const char *dir, const uint8_t *want, size_t len)
 {
-	struct big_io b;
+	struct raftio b;
 	big_io_open(&b, dir);
 	assert_null(big_io_load(&b));
 	big_put(&b, want, len, 10);
-	big_io_close(&b);
+	raftio_close(&b);
 }
 
 /* The loaded snapshot is the stored one (len bytes), byte for byte. */
@@ -235,7 +194,7 @@ static void big_round_trip(const char *dir, size_t len)
 {
 	uint8_t *want = big_source(dir, len);
 	big_store(dir, want, len);
-	struct big_io b;
+	struct raftio b;
 	big_io_open(&b, dir);
 	struct raft_snapshot *loaded = big_io_load(&b);
 	assert_same_snapshot(loaded, want, len);
@@ -243,12 +202,12 @@ static void big_round_trip(const char *dir, size_t len)
 	struct raft_io_snapshot_get get = {.data = &b};
 	b.done = 0;
 	assert_int_equal(b.io.snapshot_get(&b.io, &get, on_get), 0);
-	run_until_done(&b);
+	raftio_wait(&b);
 	if (b.status != 0)
 		fail_msg("raft snapshot_get: status %d", b.status);
 	assert_same_snapshot(b.got, want, len);
 	big_snapshot_free(b.got);
-	big_io_close(&b);
+	raftio_close(&b);
 	munmap(want, len);
 }
 
@@ -343,7 +302,7 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 	tally_node_snapshot_mappings();
 
 	big_store(dir, want, MAPPED_SNAPSHOT_BYTES);
-	struct big_io b;
+	struct raftio b;
 
 	big_io_open(&b, dir);
 	long anon = rss_anon_kb();
@@ -359,11 +318,11 @@ static void test_a_loaded_snapshot_is_its_file_mapped_not_heap(void **state)
 	b.done = 0;
 	anon = rss_anon_kb();
 	assert_int_equal(b.io.snapshot_get(&b.io, &get, on_get), 0);
-	run_until_done(&b);
+	raftio_wait(&b);
 	assert_int_equal(b.status, 0);
 	assert_mapped_snapshot(b.got, want, anon);
 	big_snapshot_free(b.got);
-	big_io_close(&b);
+	raftio_close(&b);
 
 	raft_heap_set_default();
 	munmap(want, MAPPED_SNAPSHOT_BYTES);
@@ -462,7 +421,7 @@ static void test_a_taken_snapshot_is_stored_as_the_copy_itself(void **state)
 	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 0);
 	assert_true(node_snapshot_free(&buf));
 
-	struct big_io b;
+	struct raftio b;
 	big_io_open(&b, dir);
 	struct raft_snapshot *loaded = big_io_load(&b);
 	assert_non_null(loaded);
@@ -470,7 +429,7 @@ static void test_a_taken_snapshot_is_stored_as_the_copy_itself(void **state)
 	assert_int_equal(loaded->bufs[0].len, len);
 	assert_memory_equal(loaded->bufs[0].base, want, len);
 	big_snapshot_free(loaded);
-	big_io_close(&b);
+	raftio_close(&b);
 	assert_ledger_file_checks(file);
 	free(want);
 	copy_test_end(&f, dir);
@@ -548,7 +507,7 @@ static void test_a_snapshot_raft_removes_is_written_over_by_the_next_copy(void *
 {
 	(void)state;
 	char *dir = fx_tmpdir();
-	struct big_io b;
+	struct raftio b;
 	big_io_open(&b, dir); /* raft's start removes tmp- files: before any copy */
 	assert_null(big_io_load(&b));
 	struct fx f1, f2;
@@ -584,7 +543,7 @@ static void test_a_snapshot_raft_removes_is_written_over_by_the_next_copy(void *
 	assert_int_equal(st.st_ino, ino1);
 	assert_int_equal(st.st_size, (off_t)buf.len);
 	assert_true(node_snapshot_free(&buf));
-	big_io_close(&b);
+	raftio_close(&b);
 	assert_int_equal(names_like(dir, "tmp-", ".adopt"), 0);
 	assert_ledger_file_checks(second);
 	copy_test_end(&f2, dir);
@@ -597,7 +556,7 @@ static void test_a_snapshot_file_held_open_is_removed_not_written_over(void **st
 {
 	(void)state;
 	char *dir = fx_tmpdir();
-	struct big_io b;
+	struct raftio b;
 	big_io_open(&b, dir);
 	assert_null(big_io_load(&b));
 	struct fx f;
@@ -627,7 +586,7 @@ static void test_a_snapshot_file_held_open_is_removed_not_written_over(void **st
 	assert_file_holds(held, was, len);
 	close(held);
 	node_snapshot_free(&buf);
-	big_io_close(&b);
+	raftio_close(&b);
 	free(was);
 	copy_test_end(&f, dir);
 }
