@@ -164,6 +164,7 @@ struct tally_ledger {
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	uint64_t map_warm_bytes;    /* the file's pages below this are in the page cache */
+	uint64_t map_warm_data;     /* the data's end at the last warm */
 	_Atomic uint64_t map_data_bytes; /* as of the last batch begun: tally_ledger_data_bytes */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
@@ -295,11 +296,14 @@ int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const
  * free part doubled): the map's cap, map_size_bytes, ends the growth long before. */
 #define LEDGER_APPLY_GROWS_MAX 40
 /* Pages warmed ahead of the data (map.c's header says why): how far, and how much one batch
- * warms at most (the first batches after an open catch up in such steps). 32 MiB is
- * ~65,000 commands of growth here, and more than a batch adds even while a snapshot's
- * reader keeps LMDB from reusing pages (8 MiB in one batch was seen). */
+ * warms at most beyond what the data grew by since the batch before (the first batches
+ * after an open, and those after a growth of the map that gave way to a snapshot,
+ * catch up in such steps: ~2.5 ms a MiB on the applying thread, under the memory
+ * pressure of snapshots, on this project's VM). 32 MiB is ~65,000 commands of growth
+ * here, and more than a batch adds even while a snapshot's reader keeps LMDB from
+ * reusing pages (8 MiB in one batch was seen). */
 #define LEDGER_WARM_AHEAD_BYTES (32ULL << 20)
-#define LEDGER_WARM_STEP_BYTES (8ULL << 20)
+#define LEDGER_WARM_STEP_BYTES (2ULL << 20)
 uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size to open with */
 /* Around mdb_env_set_mapsize of a map of len bytes of fd, on this thread: the remap
  * LMDB makes is one mremap (remap.c). */

@@ -227,6 +227,7 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 		return rc;
 	uint64_t used = map_used_bytes(l);
 	atomic_store_explicit(&l->map_data_bytes, used, memory_order_relaxed);
+	l->map_warm_data = used; /* the first warms catch up by steps, not all at once */
 	if (l->map_bytes - used >= room_for(l, used) / 2)
 		return 0;
 	rc = map_grow(l, used + room_for(l, used), true);
@@ -235,17 +236,20 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 
 /* Brings the file's pages past the data into the page cache before the stores that
  * will first touch them: up to LEDGER_WARM_AHEAD_BYTES ahead of the data (within the
- * map), at most LEDGER_WARM_STEP_BYTES at a time. See "Pages warmed ahead" above. */
+ * map), at most what the data grew by since the last warm and LEDGER_WARM_STEP_BYTES
+ * more at a time. See "Pages warmed ahead" above. */
 static void map_warm(struct tally_ledger *l, uint64_t used_bytes)
 {
 	assert(l != NULL && l->map_managed);
+	uint64_t grown = used_bytes > l->map_warm_data ? used_bytes - l->map_warm_data : 0;
+	l->map_warm_data = used_bytes;
 	if (l->map_warm_bytes < used_bytes)
 		l->map_warm_bytes = used_bytes; /* behind the data (a reopen, a big batch) */
 	uint64_t want = used_bytes + LEDGER_WARM_AHEAD_BYTES;
 	if (want > l->map_bytes)
 		want = l->map_bytes;
-	if (want > l->map_warm_bytes + LEDGER_WARM_STEP_BYTES)
-		want = l->map_warm_bytes + LEDGER_WARM_STEP_BYTES;
+	if (want > l->map_warm_bytes + grown + LEDGER_WARM_STEP_BYTES)
+		want = l->map_warm_bytes + grown + LEDGER_WARM_STEP_BYTES;
 	int fd = -1;
 	if (want <= l->map_warm_bytes || mdb_env_get_fd(l->env, &fd) != 0)
 		return;
