@@ -164,7 +164,6 @@ struct tally_ledger {
 	uint64_t map_max_bytes;     /* its cap: map_size_bytes */
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	uint64_t map_warm_bytes;    /* the file's pages below this are in the page cache */
-	uint64_t map_warm_data;     /* the data's end at the last warm */
 	_Atomic uint64_t map_data_bytes; /* as of the last batch begun: tally_ledger_data_bytes */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
 };
@@ -309,7 +308,6 @@ uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size t
  * LMDB makes is one mremap (remap.c). */
 void remap_expect(size_t len, int fd);
 void remap_done(void);
-
 int map_before_open(const char *dir, const struct tally_ledger_options *o);
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);
 /* Before attempt 0 of a batch: room ahead of need; before attempt k > 0 (the previous

@@ -33,13 +33,14 @@
  * Growing the map remaps it (mdb_env_set_mapsize), which LMDB allows only while no
  * transaction of this process is open. LMDB unmaps the map and maps the file again;
  * remap.c turns that pair into one mremap, which keeps the pages mapped (a remap then
- * costs neither the teardown of the page tables nor the faults after it). Batches and queries run on the caller's
- * thread, one at a time; the readers on another thread (raft's thread pool) are a
- * snapshot (tally_ledger_snapshot) and the full check of a restored ledger
- * (tally_ledger_check_invariants), and each holds map_lock while it reads (a
- * write-back through the file, tally_ledger_file_dup, needs no map). A growth ahead of
- * a batch gives way when a snapshot holds the lock (the room left serves meanwhile); a
- * growth the batch cannot do without waits for the snapshot to end.
+ * costs neither the teardown of the page tables nor the faults after it). Batches
+ * and queries run on the caller's thread, one at a time; the readers on another
+ * thread (raft's thread pool) are a snapshot (tally_ledger_snapshot) and the full
+ * check of a restored ledger (tally_ledger_check_invariants), and each holds
+ * map_lock while it reads (a write-back through the file, tally_ledger_file_dup,
+ * needs no map). A growth ahead of a batch gives way when a snapshot holds the lock
+ * (the room left serves meanwhile); a growth the batch cannot do without waits for
+ * the snapshot to end.
  *
  * Pages warmed ahead. The file past the data is allocated but never written, so the
  * file system reads it as zeros. The first store to such a page faults, and the
@@ -227,7 +228,6 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 		return rc;
 	uint64_t used = map_used_bytes(l);
 	atomic_store_explicit(&l->map_data_bytes, used, memory_order_relaxed);
-	l->map_warm_data = used; /* the first warms catch up by steps, not all at once */
 	if (l->map_bytes - used >= room_for(l, used) / 2)
 		return 0;
 	rc = map_grow(l, used + room_for(l, used), true);
@@ -238,11 +238,9 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
  * will first touch them: up to LEDGER_WARM_AHEAD_BYTES ahead of the data (within the
  * map), at most what the data grew by since the last warm and LEDGER_WARM_STEP_BYTES
  * more at a time. See "Pages warmed ahead" above. */
-static void map_warm(struct tally_ledger *l, uint64_t used_bytes)
+static void map_warm(struct tally_ledger *l, uint64_t used_bytes, uint64_t grown)
 {
 	assert(l != NULL && l->map_managed);
-	uint64_t grown = used_bytes > l->map_warm_data ? used_bytes - l->map_warm_data : 0;
-	l->map_warm_data = used_bytes;
 	if (l->map_warm_bytes < used_bytes)
 		l->map_warm_bytes = used_bytes; /* behind the data (a reopen, a big batch) */
 	uint64_t want = used_bytes + LEDGER_WARM_AHEAD_BYTES;
@@ -266,11 +264,13 @@ int map_room(struct tally_ledger *l, unsigned attempt)
 		return attempt == 0 ? 0 : TALLY_EFULL;
 	uint64_t used = map_used_bytes(l), room = room_for(l, used);
 	uint64_t free_bytes = l->map_bytes > used ? l->map_bytes - used : 0;
+	/* only this thread stores it: the data's end as of the batch before */
+	uint64_t before = atomic_load_explicit(&l->map_data_bytes, memory_order_relaxed);
 	atomic_store_explicit(&l->map_data_bytes, used, memory_order_relaxed);
 	if (attempt == 0) {
 		int rc = free_bytes >= room / 2 ? 0 : map_grow(l, used + room, false);
-		if (rc == 0)
-			map_warm(l, used); /* after the growth: the warm stays within the map */
+		if (rc == 0) /* after the growth: the warm stays within the map */
+			map_warm(l, used, used > before ? used - before : 0);
 		return rc;
 	}
 	/* The batch did not fit in what was free: twice as much, at least the room. */
