@@ -61,7 +61,7 @@ const uint64_t tally_node_commit_us_bounds[TALLY_NODE_HIST_BOUNDS] = {250, 500, 
 								    5000, 10000, 50000};
 
 /* The bucket of v (tally_node_stats): the first bound at least v, or the last bucket. */
-static unsigned hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUNDS])
+unsigned tally_node_hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUNDS])
 {
 	assert(bounds != NULL);
 	unsigned i = 0;
@@ -81,8 +81,8 @@ static void fsm_count(struct tally_node *n, const struct node_apply_job *j)
 	assert(j != NULL && !j->skipped);
 	s->commits++;
 	s->commands += j->commands;
-	s->batch_size_hist[hist_slot(j->commands, tally_node_batch_bounds)]++;
-	s->apply_us_hist[hist_slot(j->apply_us, tally_node_apply_us_bounds)]++;
+	s->batch_size_hist[tally_node_hist_slot(j->commands, tally_node_batch_bounds)]++;
+	s->apply_us_hist[tally_node_hist_slot(j->apply_us, tally_node_apply_us_bounds)]++;
 	s->apply_us_sum += j->apply_us;
 	for (unsigned code = 0; code < NODE_APPLIER_REJECTION_CODES; code++)
 		s->rejections[code] += j->rejections[code];
@@ -92,7 +92,7 @@ static void fsm_count(struct tally_node *n, const struct node_apply_job *j)
 static void fsm_count_round(struct tally_node *n, const struct node_batch *b)
 {
 	uint64_t us = (uv_hrtime() - b->proposed_ns) / 1000;
-	n->stats.commit_us_hist[hist_slot(us, tally_node_commit_us_bounds)]++;
+	n->stats.commit_us_hist[tally_node_hist_slot(us, tally_node_commit_us_bounds)]++;
 	n->stats.commit_us_sum += us;
 }
 
@@ -120,21 +120,26 @@ static uint64_t fsm_phase(const struct tally_node *n)
 }
 
 /* Entries from index `at` to this node's next snapshot point by count: the multiples
- * of cfg.snapshot_threshold, early by the node's phase (a third of it per phase). */
-static unsigned fsm_entries_to_point(const struct tally_node *n, uint64_t at)
+ * of cfg.snapshot_threshold, early by the node's phase (a third of it per phase),
+ * the first at least `min` entries away. */
+static unsigned fsm_entries_to_point(const struct tally_node *n, uint64_t at, uint64_t min)
 {
 	uint64_t t = n->cfg.snapshot_threshold;
 	uint64_t early = t * fsm_phase(n) / NODE_SNAPSHOT_PHASES;
-	assert(t >= 1 && early < t);
+	assert(t >= 1 && early < t && min <= t);
 	uint64_t next = ((at + early) / t + 1) * t - early;
-	assert(next > at && next - at <= t);
+	if (next - at < min)
+		next += t;
+	assert(next > at && next - at <= t + min && next - at <= UINT_MAX);
 	return (unsigned)(next - at);
 }
 
-/* A snapshot begins: raft's threshold counts to the next point by entries, the next
- * point by bytes is the first past what was applied, and the entries raft keeps after
- * this snapshot are as many as fit in half the byte budget (at their mean size since
- * the last one), at most cfg.snapshot_trailing. */
+/* A snapshot begins. The next points, by entries and by bytes, are the first at least
+ * half a period past what was applied: a snapshot stands for a point of the other
+ * kind that was about to come (the two periods are independent, and each point
+ * used to bring its own snapshot, often two a second apart, each a copy of the whole
+ * ledger). The entries raft keeps after this snapshot are as many as fit in half the
+ * byte budget (at their mean size since the last one), at most cfg.snapshot_trailing. */
 static void fsm_log_snapshotted(struct tally_node *n)
 {
 	uint64_t budget = n->cfg.snapshot_log_bytes;
@@ -145,10 +150,12 @@ static void fsm_log_snapshotted(struct tally_node *n)
 		trailing = fit < 1 ? 1 : fit < trailing ? fit : trailing;
 	}
 	raft_set_snapshot_trailing(n->raft, (unsigned)trailing);
-	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, n->raft->last_applied));
-	if (n->log_bytes_total >= n->log_snapshot_at)
-		n->log_snapshot_at += ((n->log_bytes_total - n->log_snapshot_at) / budget + 1) * budget;
-	assert(n->log_snapshot_at > n->log_bytes_total);
+	uint64_t half = n->cfg.snapshot_threshold / 2;
+	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, n->raft->last_applied, half));
+	uint64_t at_least = n->log_bytes_total + budget / 2;
+	if (at_least >= n->log_snapshot_at)
+		n->log_snapshot_at += ((at_least - n->log_snapshot_at) / budget + 1) * budget;
+	assert(n->log_snapshot_at > at_least);
 	n->log_bytes = 0;
 	n->log_entries = 0;
 }
@@ -158,7 +165,7 @@ void node_snapshot_stagger(struct tally_node *n)
 	assert(n != NULL && n->raft != NULL);
 	assert(n->cfg.snapshot_log_bytes > 0);
 	uint64_t applied = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
-	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, applied));
+	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, applied, 0));
 	n->log_bytes_total = 0;
 	n->log_snapshot_at = n->cfg.snapshot_log_bytes -
 			     n->cfg.snapshot_log_bytes / NODE_SNAPSHOT_PHASES * fsm_phase(n);

@@ -200,6 +200,8 @@ struct tally_ledger *tally_node_ledger(struct tally_node *n);
 extern const uint64_t tally_node_batch_bounds[TALLY_NODE_HIST_BOUNDS];     /* commands */
 extern const uint64_t tally_node_apply_us_bounds[TALLY_NODE_HIST_BOUNDS];  /* µs */
 extern const uint64_t tally_node_commit_us_bounds[TALLY_NODE_HIST_BOUNDS]; /* µs */
+/* The bucket of v in a histogram of these bounds. */
+unsigned tally_node_hist_slot(uint64_t v, const uint64_t bounds[TALLY_NODE_HIST_BOUNDS]);
 struct tally_node_stats {
 	uint64_t commits;            /* raft entries applied */
 	uint64_t commands;           /* commands applied (the sum of batch_size_hist) */
