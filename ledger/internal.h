@@ -145,6 +145,13 @@ struct known {
 #define BRAND_CACHE_MAX 16
 #define SYS_DELTAS_MAX 32
 
+/* Address space held for a writemap ledger's map to grow into (remap.c). */
+struct remap_region {
+	uint8_t *base;   /* the map's address (NULL: none held) */
+	size_t mapped;   /* bytes of the file mapped from base */
+	size_t reserved; /* bytes from base held: the map, then PROT_NONE */
+};
+
 struct tally_ledger {
 	MDB_env *env;
 	MDB_dbi dbi[T_COUNT];
@@ -165,7 +172,8 @@ struct tally_ledger {
 	uint64_t map_room_bytes;    /* free map kept ahead of the data, at least */
 	uint64_t map_warm_bytes;    /* the file's pages below this are in the page cache */
 	_Atomic uint64_t map_data_bytes; /* as of the last batch begun: tally_ledger_data_bytes */
-	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a remap */
+	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a move */
+	struct remap_region map_region; /* where the map is and may grow (remap.c) */
 };
 
 /* ---- member chains (chain.c) -----------------------------------------------------
@@ -304,10 +312,15 @@ int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const
 #define LEDGER_WARM_AHEAD_BYTES (32ULL << 20)
 #define LEDGER_WARM_STEP_BYTES (2ULL << 20)
 uint64_t map_open_bytes(const struct tally_ledger_options *o); /* the map size to open with */
-/* Around mdb_env_set_mapsize of a map of len bytes of fd, on this thread: the remap
- * LMDB makes is one mremap (remap.c). */
-void remap_expect(size_t len, int fd);
+/* Around mdb_env_set_mapsize of a map of len bytes of fd, on this thread: LMDB's
+ * remap becomes a growth where the map is, within its region, or a move (remap.c).
+ * `lock` is map_lock when the caller does not hold it, which it may omit only when
+ * remap_fits says the growth stays where the map is; remap_release after
+ * mdb_env_close. */
+bool remap_fits(const struct remap_region *r, size_t len);
+void remap_expect(struct remap_region *r, size_t len, int fd, pthread_mutex_t *lock);
 void remap_done(void);
+void remap_release(struct remap_region *r);
 int map_before_open(const char *dir, const struct tally_ledger_options *o);
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);
 /* Before attempt 0 of a batch: room ahead of need; before attempt k > 0 (the previous

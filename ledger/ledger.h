@@ -247,16 +247,22 @@ int tally_ledger_file_dup(struct tally_ledger *l);
  * lies this far into the file, less what the next batches rewrite, is cold. */
 uint64_t tally_ledger_data_bytes(struct tally_ledger *l);
 
-/* Growths of a writemap ledger's map done in place (mremap, keeping its page tables)
- * rather than by unmapping and mapping it again, by this process: ledger/remap.c. */
+/* Growths of a writemap ledger's map that kept its pages mapped (where the map is, or
+ * moved with mremap) rather than unmapping and mapping it again, by this process:
+ * ledger/remap.c. */
 uint64_t tally_ledger_remaps_in_place(void);
+
+/* Growths of a writemap ledger's map, by this process, that waited for a reader on
+ * another thread (a snapshot's copy) to let the map move: only a growth past the
+ * address space held for the map moves it (ledger/remap.c). */
+uint64_t tally_ledger_map_waits(void);
 
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file at offset
  * 0, read back to seal it), as of one read transaction, followed by a trailer with its
  * length and check (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its
  * page cache) is cut to that. *applied_index receives the raft index it reflects. May
  * run on another thread than the one applying batches: it holds the map in place while
- * it copies (a batch that needs the map to grow waits for it). */
+ * it copies (the map grows meanwhile only where it is; tally_ledger_map_waits). */
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
 
 /* Replaces the ledger in `dir` with the snapshot in snap[0..len) and opens it. Before

@@ -30,17 +30,18 @@
  * ext4, xfs and tmpfs; on a copy-on-write file system (btrfs, zfs) it does not, and
  * SIGBUS remains possible there.
  *
- * Growing the map remaps it (mdb_env_set_mapsize), which LMDB allows only while no
- * transaction of this process is open. LMDB unmaps the map and maps the file again;
- * remap.c turns that pair into one mremap, which keeps the pages mapped (a remap then
- * costs neither the teardown of the page tables nor the faults after it). Batches
- * and queries run on the caller's thread, one at a time; the readers on another
- * thread (raft's thread pool) are a snapshot (tally_ledger_snapshot) and the full
- * check of a restored ledger (tally_ledger_check_invariants), and each holds
- * map_lock while it reads (a write-back through the file, tally_ledger_file_dup,
- * needs no map). A growth ahead of a batch gives way when a snapshot holds the lock
- * (the room left serves meanwhile); a growth the batch cannot do without waits for
- * the snapshot to end.
+ * Growing the map remaps it (mdb_env_set_mapsize): LMDB unmaps the map and maps the
+ * file again, and the new map may be elsewhere. remap.c turns that pair into a growth
+ * where the map is, into address space held for it, which keeps the pages mapped and
+ * the address the same; only a growth past the held space moves the map. Batches and
+ * queries run on the caller's thread, one at a time; the readers on another thread
+ * (raft's thread pool) are a snapshot (tally_ledger_snapshot) and the full check of a
+ * restored ledger (tally_ledger_check_invariants), and each holds map_lock while it
+ * reads (a write-back through the file, tally_ledger_file_dup, needs no map). A growth
+ * that stays where the map is takes no lock: the readers are not disturbed. One that
+ * moves the map takes it: ahead of a batch it gives way when a reader holds the lock
+ * (the room left serves meanwhile), and one the batch cannot do without waits for the
+ * reader to end (tally_ledger_map_waits counts those).
  *
  * Pages warmed ahead. The file past the data is allocated but never written, so the
  * file system reads it as zeros. The first store to such a page faults, and the
@@ -76,6 +77,9 @@
  * for 1022 readers, which costs nothing), and whatever size it ends with is
  * allocated again after the open. */
 #define LEDGER_LOCK_FILE_BYTES (64u << 10)
+
+/* Growths that had to wait for a reader on another thread (tally_ledger_map_waits). */
+static _Atomic uint64_t map_waits;
 
 static int errno_to_tally(int e)
 {
@@ -184,19 +188,42 @@ static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 		rc = map_allocate(l, fd, &target);
 	if (rc != 0)
 		return must ? rc : 0;
-	if (must)
+	/* Within its region the map grows where it is, and a reader is not disturbed. */
+	bool moves = !remap_fits(&l->map_region, (size_t)target);
+	if (moves && pthread_mutex_trylock(&l->map_lock) != 0) {
+		if (!must)
+			return 0;
+		atomic_fetch_add_explicit(&map_waits, 1, memory_order_relaxed);
 		pthread_mutex_lock(&l->map_lock);
-	else if (pthread_mutex_trylock(&l->map_lock) != 0)
-		return 0;
+	}
 	MDB_envinfo info;
 	mdb_env_info(l->env, &info);
-	remap_expect(info.me_mapsize, fd); /* grown in place (remap.c) */
+	remap_expect(&l->map_region, info.me_mapsize, fd, moves ? NULL : &l->map_lock);
 	rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)target));
 	remap_done();
 	if (rc == 0)
 		l->map_bytes = target;
+	if (moves)
+		pthread_mutex_unlock(&l->map_lock);
+	return rc;
+}
+
+/* The map moved into address space of its own to grow into (remap.c), at open: no
+ * reader can be on it yet. Where that fails the map stays as LMDB made it, and its
+ * first growth moves it. */
+static int map_settle(struct tally_ledger *l, int fd)
+{
+	pthread_mutex_lock(&l->map_lock);
+	remap_expect(&l->map_region, (size_t)l->map_bytes, fd, NULL);
+	int rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)l->map_bytes));
+	remap_done();
 	pthread_mutex_unlock(&l->map_lock);
 	return rc;
+}
+
+uint64_t tally_ledger_map_waits(void)
+{
+	return atomic_load_explicit(&map_waits, memory_order_relaxed);
 }
 
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o)
@@ -224,6 +251,8 @@ int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_l
 	rc = fd_allocate(fd, l->map_bytes);
 	if (rc == 0)
 		rc = lock_file_allocate(dir, 0);
+	if (rc == 0)
+		rc = map_settle(l, fd);
 	if (rc != 0)
 		return rc;
 	uint64_t used = map_used_bytes(l);

@@ -734,6 +734,7 @@ void tally_ledger_close(struct tally_ledger *l)
 		mdb_env_sync(l->env, 1); /* a copy opened read-only: EACCES, nothing to sync */
 		mdb_env_close(l->env);
 	}
+	remap_release(&l->map_region);
 	tally_arena_free(&l->scratch);
 	tally_arena_free(&l->decode);
 	tally_arena_free(&l->batch);

@@ -11,7 +11,10 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -656,6 +659,26 @@ static uint64_t data_file_mapped_kib(const char *dir)
 	return kib;
 }
 
+/* Where this process maps the file data.mdb under dir: the lowest start among its
+ * mappings in /proc/self/maps (0: none). */
+static uintptr_t data_file_map_start(const char *dir)
+{
+	char real[4096], want[4200], line[4400];
+	assert_non_null(realpath(dir, real));
+	snprintf(want, sizeof(want), "%s/data.mdb", real);
+	FILE *fp = fopen("/proc/self/maps", "r");
+	assert_non_null(fp);
+	uintptr_t start = 0;
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		unsigned long long from;
+		if (strstr(line, want) != NULL && sscanf(line, "%llx-", &from) == 1 &&
+		    (start == 0 || from < start))
+			start = (uintptr_t)from;
+	}
+	fclose(fp);
+	return start;
+}
+
 /* A writemap ledger's map grows in place (ledger/remap.c): the pages mapped before a
  * growth are still mapped after it, where unmapping and mapping the file again (LMDB's
  * own way) would leave only those the batch touched since. The ledger is as correct
@@ -683,6 +706,72 @@ static void test_a_writemap_ledgers_map_grows_in_place(void **state)
 		      (unsigned long long)before_kib, (unsigned long long)after_kib);
 	assert_true(tally_ledger_remaps_in_place() > remaps);
 	assert_true(after_kib >= before_kib);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	member_ledger_close(l, dir, &f);
+}
+
+/* A reader on another thread (a snapshot's copy) holds the map where it is. */
+struct pin_holder {
+	struct tally_ledger *l;
+	uint64_t waits_before;  /* tally_ledger_map_waits when it was taken */
+	_Atomic bool pinned;
+	_Atomic bool release;   /* the batches are done */
+};
+
+static void *pin_hold(void *arg)
+{
+	struct pin_holder *p = arg;
+	map_pin(p->l);
+	atomic_store(&p->pinned, true);
+	/* Until the batches are done, or until a growth waits for the pin: that is the
+	 * failure asserted below, not a deadlock. */
+	while (!atomic_load(&p->release) && tally_ledger_map_waits() == p->waits_before)
+		sched_yield();
+	map_unpin(p->l);
+	return NULL;
+}
+
+/* A writemap ledger's map grows where it is, into the address space held for it
+ * (ledger/remap.c), so a growth does not wait for a reader on another thread: batches
+ * that grow the map twice go through while another thread holds the map pinned, as a
+ * snapshot's copy does. The map stays at its address and the ledger is as correct as
+ * before. */
+static void test_a_writemap_ledgers_map_grows_while_a_reader_holds_it(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct fx f = {0};
+	struct tally_ledger *l = member_ledger_open(dir, 0, 1u << 20, &f); /* room: 1 MiB */
+	MDB_envinfo before, after;
+	assert_int_equal(mdb_env_info(l->env, &before), 0);
+	uintptr_t at = data_file_map_start(dir);
+	assert_true(at != 0);
+	struct pin_holder p = {.l = l, .waits_before = tally_ledger_map_waits()};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, pin_hold, &p), 0);
+	while (!atomic_load(&p.pinned))
+		sched_yield();
+	uint64_t index = 2, size = data_file_allocated(dir);
+	unsigned growths = 0;
+	while (growths < 2) {
+		Tally__V1__Command **cmds = accruals(&f, 64);
+		assert_int_equal(batch_apply(l, &f, cmds, 64, index++), 0);
+		growths += data_file_allocated(dir) > size;
+		size = data_file_allocated(dir);
+		if (index > 2000)
+			fail_msg("the map did not grow twice in %llu batches", (unsigned long long)index);
+	}
+	atomic_store(&p.release, true);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(mdb_env_info(l->env, &after), 0);
+	print_message("map grew from %zu to %zu bytes, at %#llx before and %#llx after; "
+		      "%llu growths waited\n", before.me_mapsize, after.me_mapsize,
+		      (unsigned long long)at, (unsigned long long)data_file_map_start(dir),
+		      (unsigned long long)(tally_ledger_map_waits() - p.waits_before));
+	assert_int_equal(tally_ledger_map_waits(), p.waits_before);
+	assert_true(after.me_mapsize > before.me_mapsize);
+	assert_true(data_file_map_start(dir) == at);
 	char msg[256];
 	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
 	member_ledger_close(l, dir, &f);
@@ -935,6 +1024,7 @@ int main(void)
 		cmocka_unit_test(test_a_writemap_ledger_at_its_cap_refuses_a_batch_whole),
 		cmocka_unit_test(test_a_writemap_ledger_warms_the_pages_ahead_of_its_data),
 		cmocka_unit_test(test_a_writemap_ledgers_map_grows_in_place),
+		cmocka_unit_test(test_a_writemap_ledgers_map_grows_while_a_reader_holds_it),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_writes_its_ledger_back_behind_the_growth),
