@@ -131,9 +131,15 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "of their own, not on the loop, where each took an RCU grace period.",
 		 (double)ns->aio_contexts_reaped},
 		{"tally_ledger_remaps_in_place_total", "counter",
-		 "Growths of the ledger's map done in place (mremap), keeping its pages mapped, "
-		 "rather than by unmapping and mapping the file again; for the whole process.",
+		 "Growths of the ledger's map that kept its pages mapped (where the map is, or "
+		 "moved with mremap) rather than unmapping and mapping the file again; for the "
+		 "whole process.",
 		 (double)tally_ledger_remaps_in_place()},
+		{"tally_ledger_map_waits_total", "counter",
+		 "Growths of the ledger's map that waited for a snapshot's reader to let the map "
+		 "move (only a growth past the address space held for it moves it); for the "
+		 "whole process.",
+		 (double)tally_ledger_map_waits()},
 		{"tally_ledger_writeback_bytes_total", "counter",
 		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
 		 "that the kernel's periodic write-back does not find them all dirty at once.",
@@ -258,6 +264,9 @@ static void render_server(struct page *p, const struct tally_server *s)
 			line(p, "tally_results_total{code=\"%s\"} %llu\n",
 			     tally_result_name((Tally__V1__ResultCode)code),
 			     (unsigned long long)ss->results[code]);
+	histogram(p, "tally_request_seconds",
+		  "Command and batch requests: time from their submission to the node to their answer.",
+		  tally_node_commit_us_bounds, ss->request_us_hist, 1e-6, ss->request_us_sum);
 }
 
 size_t tally_metrics_render(struct tally_node *n, const struct tally_server *s, char *buf,

@@ -79,6 +79,7 @@ struct call {
 	Tally__V1__CommandResult **results; /* batch: each points into kept */
 	Tally__V1__CommandResult *kept;     /* batch: the results, kept until all are in */
 	struct batch_item *items;           /* batch: one callback context per command */
+	uint64_t submitted_ns;              /* command, batch: when given to the node */
 };
 
 struct batch_item {
@@ -411,6 +412,15 @@ static bool transport_code(Tally__V1__ResultCode code)
 	return code == CODE(NOT_LEADER) || code == CODE(UNAVAILABLE) || code == CODE(TIMEOUT);
 }
 
+/* A command or batch request is answered: its time in the node. */
+static void request_timed(struct call *k)
+{
+	struct tally_server_stats *st = &k->c->s->stats;
+	uint64_t us = (uv_hrtime() - k->submitted_ns) / 1000;
+	st->request_us_hist[tally_node_hist_slot(us, tally_node_commit_us_bounds)]++;
+	st->request_us_sum += us;
+}
+
 static void on_command_result(void *data, const Tally__V1__CommandResult *r)
 {
 	struct call *k = data;
@@ -430,6 +440,7 @@ static void on_command_result(void *data, const Tally__V1__CommandResult *r)
 		res.result = (Tally__V1__CommandResult *)r;
 	}
 	respond(c, &res, false);
+	request_timed(k);
 	call_free(k);
 }
 
@@ -449,6 +460,7 @@ static void submit_command(struct call *k)
 {
 	Tally__V1__Command *cmd = k->req->command;
 	Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
+	k->submitted_ns = uv_hrtime();
 	if (!prepare_command(k->c, cmd, &r)) {
 		on_command_result(k, &r);
 		return;
@@ -500,6 +512,7 @@ static void batch_finish(struct call *k)
 		res.batch = &br;
 	}
 	respond(k->c, &res, false);
+	request_timed(k);
 	call_free(k);
 }
 
@@ -518,6 +531,7 @@ static void on_batch_item(void *data, const Tally__V1__CommandResult *r)
 static void submit_batch(struct call *k)
 {
 	Tally__V1__CommandList *list = k->req->batch;
+	k->submitted_ns = uv_hrtime();
 	k->n = list->n_commands;
 	if (k->n == 0 || k->n > TALLY_BATCH_COMMANDS_MAX) {
 		respond_code(k->c, k->req->call_id, CODE(INVALID_ARGUMENT),

@@ -58,6 +58,11 @@ struct tally_server_stats {
 	uint64_t bad_frames;
 	uint64_t requests;
 	uint64_t results[32];           /* command results by ResultCode */
+	/* Command and batch requests: from their submission to the node to their answer,
+	 * µs, in buckets of tally_node_commit_us_bounds (time in the node, not in the
+	 * client's queue or the network). */
+	uint64_t request_us_hist[TALLY_NODE_HIST_BOUNDS + 1];
+	uint64_t request_us_sum;
 };
 
 /* Starts listening. `keys` is owned by the server from now on. */

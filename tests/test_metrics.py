@@ -150,6 +150,15 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(value(f, "tally_raft_state", '{state="leader"}'), 1)
         self.assertGreater(value(f, "tally_commit_seconds_count"), 0)
         self.assertGreater(value(f, "tally_commit_seconds_sum"), 0)
+        # each command or batch request the leader answered has its time in the node
+        self.assertGreater(value(f, "tally_request_seconds_count"), 0)
+        self.assertLessEqual(value(f, "tally_request_seconds_count"),
+                             value(f, "tally_requests_total"))
+        self.assertGreater(value(f, "tally_request_seconds_sum"), 0)
+        # the ledgers' maps grew where they are: no growth waited for a snapshot's
+        # reader (ledger/remap.c)
+        for g in map(parse, self.pages):
+            self.assertEqual(value(g, "tally_ledger_map_waits_total"), 0)
         self.assertGreaterEqual(value(f, "tally_requests_total"), LOAD_COMMANDS)
         self.assertGreaterEqual(value(f, "tally_results_total", '{code="OK"}'), 1)
         # the leader told its followers of commits before applying them (notice.c)
