@@ -321,6 +321,9 @@ bool remap_fits(const struct remap_region *r, size_t len);
 void remap_expect(struct remap_region *r, size_t len, int fd, pthread_mutex_t *lock);
 void remap_done(void);
 void remap_release(struct remap_region *r);
+/* Tests only: the least space a moved map is given (0: LEDGER_RESERVE_MIN_BYTES), so
+ * that a test reaches a move without a gigabyte of data. */
+void remap_set_reserve_min(size_t bytes);
 int map_before_open(const char *dir, const struct tally_ledger_options *o);
 int map_after_open(struct tally_ledger *l, const char *dir, const struct tally_ledger_options *o);
 /* Before attempt 0 of a batch: room ahead of need; before attempt k > 0 (the previous

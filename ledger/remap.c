@@ -62,6 +62,13 @@ static _Thread_local struct {
 	bool locked; /* this file took `lock`: held until remap_done, when LMDB has its map */
 } pending;
 static _Atomic uint64_t in_place; /* growths without unmapping, in this process */
+static _Atomic size_t reserve_min = LEDGER_RESERVE_MIN_BYTES; /* remap_set_reserve_min */
+
+void remap_set_reserve_min(size_t bytes)
+{
+	atomic_store_explicit(&reserve_min, bytes > 0 ? bytes : LEDGER_RESERVE_MIN_BYTES,
+			      memory_order_relaxed);
+}
 
 void *ledger_next_symbol(void *_Atomic *slot, const char *name)
 {
@@ -157,6 +164,8 @@ uint64_t tally_ledger_remaps_in_place(void)
 /* The file's part past the map mapped over the reservation, right after it. */
 static void *grow_here(struct remap_region *r, size_t len, int prot, int fd)
 {
+	if (len == r->mapped)
+		return r->base; /* the same size again: nothing to map */
 	uint8_t *tail = r->base + r->mapped;
 	void *p = next_mmap(tail, len - r->mapped, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)r->mapped);
 	if (p == MAP_FAILED) {
@@ -173,7 +182,8 @@ static void *grow_here(struct remap_region *r, size_t len, int prot, int fd)
  * when none can be had, wherever mremap puts it). */
 static void *grow_moved(struct remap_region *r, void *old, size_t old_len, size_t len)
 {
-	size_t want = len > LEDGER_RESERVE_MIN_BYTES / 2 ? 2 * len : LEDGER_RESERVE_MIN_BYTES;
+	size_t least = atomic_load_explicit(&reserve_min, memory_order_relaxed);
+	size_t want = len > least / 2 ? 2 * len : least;
 	void *area = next_mmap(NULL, want, PROT_NONE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	void *p = MAP_FAILED;
@@ -186,8 +196,10 @@ static void *grow_moved(struct remap_region *r, void *old, size_t old_len, size_
 		p = mremap(old, old_len, len, MREMAP_MAYMOVE);
 	if (p == MAP_FAILED)
 		return MAP_FAILED;
-	if (r->base == old)
-		region_forget(r); /* the old reservation's rest */
+	/* The old held space past the map, unless its bookkeeping lost track of the map
+	 * (then only forgotten: what lies past r->mapped may be the map itself). */
+	if (r->base != old || r->mapped == old_len)
+		region_forget(r);
 	r->base = p;
 	r->mapped = len;
 	r->reserved = p == area ? want : len;

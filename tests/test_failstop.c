@@ -777,6 +777,45 @@ static void test_a_writemap_ledgers_map_grows_while_a_reader_holds_it(void **sta
 	member_ledger_close(l, dir, &f);
 }
 
+/* A growth past the address space held for the map moves it (ledger/remap.c), and a
+ * move waits for a reader on another thread: with 4 MiB held at least, batches go on
+ * while another thread holds the map pinned until one growth has to move the map;
+ * that one waits (the pinning thread then lets go), and the map is then elsewhere,
+ * with the ledger as correct as before. */
+static void test_a_growth_past_the_held_space_moves_the_map_after_its_reader(void **state)
+{
+	(void)state;
+	remap_set_reserve_min(4u << 20);
+	char *dir = fx_tmpdir();
+	struct fx f = {0};
+	struct tally_ledger *l = member_ledger_open(dir, 0, 1u << 20, &f); /* room: 1 MiB */
+	uintptr_t at = data_file_map_start(dir);
+	assert_true(at != 0);
+	struct pin_holder p = {.l = l, .waits_before = tally_ledger_map_waits()};
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, pin_hold, &p), 0);
+	while (!atomic_load(&p.pinned))
+		sched_yield();
+	uint64_t index = 2;
+	while (data_file_map_start(dir) == at) {
+		Tally__V1__Command **cmds = accruals(&f, 64);
+		assert_int_equal(batch_apply(l, &f, cmds, 64, index++), 0);
+		if (index > 4000)
+			fail_msg("the map did not move in %llu batches", (unsigned long long)index);
+	}
+	atomic_store(&p.release, true);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	print_message("the map moved from %#llx to %#llx after %llu batches; %llu growths waited\n",
+		      (unsigned long long)at, (unsigned long long)data_file_map_start(dir),
+		      (unsigned long long)(index - 2),
+		      (unsigned long long)(tally_ledger_map_waits() - p.waits_before));
+	assert_int_equal(tally_ledger_map_waits(), p.waits_before + 1);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+	member_ledger_close(l, dir, &f);
+	remap_set_reserve_min(0);
+}
+
 /* The pages just past a writemap ledger's data are in the page cache before a batch
  * first stores into them (map.c, "Pages warmed ahead"): a fault there would otherwise
  * zero a whole readahead window at once. Checked after the first batches of a fresh
@@ -1025,6 +1064,7 @@ int main(void)
 		cmocka_unit_test(test_a_writemap_ledger_warms_the_pages_ahead_of_its_data),
 		cmocka_unit_test(test_a_writemap_ledgers_map_grows_in_place),
 		cmocka_unit_test(test_a_writemap_ledgers_map_grows_while_a_reader_holds_it),
+		cmocka_unit_test(test_a_growth_past_the_held_space_moves_the_map_after_its_reader),
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_writes_its_ledger_back_behind_the_growth),
