@@ -732,6 +732,22 @@ static void *pin_hold(void *arg)
 	return NULL;
 }
 
+/* Starts a thread that holds l's map pinned (pin_hold), once it holds it. */
+static void pin_start(struct pin_holder *p, pthread_t *t, struct tally_ledger *l)
+{
+	*p = (struct pin_holder){.l = l, .waits_before = tally_ledger_map_waits()};
+	assert_int_equal(pthread_create(t, NULL, pin_hold, p), 0);
+	while (!atomic_load(&p->pinned))
+		sched_yield();
+}
+
+/* Lets the pinning thread go and waits for it. */
+static void pin_stop(struct pin_holder *p, pthread_t t)
+{
+	atomic_store(&p->release, true);
+	assert_int_equal(pthread_join(t, NULL), 0);
+}
+
 /* A writemap ledger's map grows where it is, into the address space held for it
  * (ledger/remap.c), so a growth does not wait for a reader on another thread: batches
  * that grow the map twice go through while another thread holds the map pinned, as a
@@ -747,11 +763,9 @@ static void test_a_writemap_ledgers_map_grows_while_a_reader_holds_it(void **sta
 	assert_int_equal(mdb_env_info(l->env, &before), 0);
 	uintptr_t at = data_file_map_start(dir);
 	assert_true(at != 0);
-	struct pin_holder p = {.l = l, .waits_before = tally_ledger_map_waits()};
+	struct pin_holder p;
 	pthread_t t;
-	assert_int_equal(pthread_create(&t, NULL, pin_hold, &p), 0);
-	while (!atomic_load(&p.pinned))
-		sched_yield();
+	pin_start(&p, &t, l);
 	uint64_t index = 2, size = data_file_allocated(dir);
 	unsigned growths = 0;
 	while (growths < 2) {
@@ -762,8 +776,7 @@ static void test_a_writemap_ledgers_map_grows_while_a_reader_holds_it(void **sta
 		if (index > 2000)
 			fail_msg("the map did not grow twice in %llu batches", (unsigned long long)index);
 	}
-	atomic_store(&p.release, true);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	pin_stop(&p, t);
 	assert_int_equal(mdb_env_info(l->env, &after), 0);
 	print_message("map grew from %zu to %zu bytes, at %#llx before and %#llx after; "
 		      "%llu growths waited\n", before.me_mapsize, after.me_mapsize,
@@ -791,11 +804,9 @@ static void test_a_growth_past_the_held_space_moves_the_map_after_its_reader(voi
 	struct tally_ledger *l = member_ledger_open(dir, 0, 1u << 20, &f); /* room: 1 MiB */
 	uintptr_t at = data_file_map_start(dir);
 	assert_true(at != 0);
-	struct pin_holder p = {.l = l, .waits_before = tally_ledger_map_waits()};
+	struct pin_holder p;
 	pthread_t t;
-	assert_int_equal(pthread_create(&t, NULL, pin_hold, &p), 0);
-	while (!atomic_load(&p.pinned))
-		sched_yield();
+	pin_start(&p, &t, l);
 	uint64_t index = 2;
 	while (data_file_map_start(dir) == at) {
 		Tally__V1__Command **cmds = accruals(&f, 64);
@@ -803,8 +814,7 @@ static void test_a_growth_past_the_held_space_moves_the_map_after_its_reader(voi
 		if (index > 4000)
 			fail_msg("the map did not move in %llu batches", (unsigned long long)index);
 	}
-	atomic_store(&p.release, true);
-	assert_int_equal(pthread_join(t, NULL), 0);
+	pin_stop(&p, t);
 	print_message("the map moved from %#llx to %#llx after %llu batches; %llu growths waited\n",
 		      (unsigned long long)at, (unsigned long long)data_file_map_start(dir),
 		      (unsigned long long)(index - 2),
