@@ -34,6 +34,12 @@
  * mdb_env_set_mapsize, unmaps a map still held (LMDB failed before its mmap) and
  * disarms; remap_release, after mdb_env_close, gives back the reservation past the
  * map. It is plumbing, not state: the ledger's bytes do not depend on it.
+ *
+ * What a reader on another thread still sees of a growth: mdb_env_set_mapsize stores
+ * the map's address (the same one) and its new size in LMDB's environment. A
+ * snapshot's compacting copy reads that size once, for the meta pages it writes, and
+ * either value serves: a ledger opened from the copy maps the size it asks for (at
+ * least what the data uses), whatever the meta page says (map_open_bytes).
  */
 #include <assert.h>
 #include <dlfcn.h>
