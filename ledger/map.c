@@ -167,6 +167,17 @@ static int map_allocate(struct tally_ledger *l, int fd, uint64_t *target_bytes)
 	}
 }
 
+/* LMDB's map of fd set to `bytes`, through remap.c (remap_expect says what `lock` is). */
+static int map_resize(struct tally_ledger *l, int fd, uint64_t bytes, pthread_mutex_t *lock)
+{
+	MDB_envinfo info;
+	mdb_env_info(l->env, &info);
+	remap_expect(&l->map_region, info.me_mapsize, fd, lock);
+	int rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)bytes));
+	remap_done();
+	return rc;
+}
+
 /* Grows the map to want_bytes (rounded up to LEDGER_GROW_STEP_MIN_BYTES, at most
  * map_max_bytes, less when the disk is short), its blocks allocated first. When
  * `must` is false this is ahead of need: it gives way (returning 0) to a snapshot
@@ -196,11 +207,7 @@ static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 		atomic_fetch_add_explicit(&map_waits, 1, memory_order_relaxed);
 		pthread_mutex_lock(&l->map_lock);
 	}
-	MDB_envinfo info;
-	mdb_env_info(l->env, &info);
-	remap_expect(&l->map_region, info.me_mapsize, fd, moves ? NULL : &l->map_lock);
-	rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)target));
-	remap_done();
+	rc = map_resize(l, fd, target, moves ? NULL : &l->map_lock);
 	if (rc == 0)
 		l->map_bytes = target;
 	if (moves)
@@ -214,9 +221,7 @@ static int map_grow(struct tally_ledger *l, uint64_t want_bytes, bool must)
 static int map_settle(struct tally_ledger *l, int fd)
 {
 	pthread_mutex_lock(&l->map_lock);
-	remap_expect(&l->map_region, (size_t)l->map_bytes, fd, NULL);
-	int rc = lmdb_error(mdb_env_set_mapsize(l->env, (size_t)l->map_bytes));
-	remap_done();
+	int rc = map_resize(l, fd, l->map_bytes, NULL);
 	pthread_mutex_unlock(&l->map_lock);
 	return rc;
 }

@@ -170,8 +170,6 @@ uint64_t tally_ledger_remaps_in_place(void)
 /* The file's part past the map mapped over the reservation, right after it. */
 static void *grow_here(struct remap_region *r, size_t len, int prot, int fd)
 {
-	if (len == r->mapped)
-		return r->base; /* the same size again: nothing to map */
 	uint8_t *tail = r->base + r->mapped;
 	void *p = next_mmap(tail, len - r->mapped, prot, MAP_SHARED | MAP_FIXED, fd, (off_t)r->mapped);
 	if (p == MAP_FAILED) {
