@@ -22,7 +22,7 @@
 
 /* The election timeout unless configured. A leader's loop is held while it applies an
  * entry; with 1M members under sustained load that took up to 0.3-0.7 s (tools/
- * bench-memory, README "Memory"), and at 400 ms two of three runs had an election
+ * bench-memory, docs/performance.md "Memory"), and at 400 ms two of three runs had an election
  * and failed requests; at 1000 ms none. A lost leader is replaced 1-2 s later. */
 #define NODE_ELECTION_MS_DEFAULT 1000
 

@@ -5,7 +5,7 @@
  * answer that committed them, and a follower learns the new commit index only from
  * the leader's next AppendEntries: after that apply (tens of milliseconds for a large
  * entry), or a heartbeat. So the followers' applies waited for the leader's instead of
- * running beside it (README, "The apply holds the loop").
+ * running beside it (docs/performance.md, "The apply holds the loop").
  *
  * What is done: when the leader is about to apply an entry and its commit index has
  * moved since the last notice, every follower raft is streaming to (pipeline state) is

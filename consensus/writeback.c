@@ -15,8 +15,9 @@
  * does, so a commit waits behind one step at most). Pages that far behind the end
  * are seldom stored to again (LMDB copies a page on write; a page is reused only
  * after it is freed), so the write-back does not make the apply fault on pages it
- * write-protected, which is what writing back the whole file did (README, "Writing
- * the ledger back from the node was tried and not kept").
+ * write-protected, which is what writing back the whole file did
+ * (docs/performance.md, "Writing the ledger back from the node was tried and not
+ * kept").
  *
  * The loop's tick decides (node_writeback_tick); one job runs at a time, with its own
  * descriptor of the file, so a ledger closed or replaced meanwhile is not touched
