@@ -6,7 +6,8 @@
  * segment: once per segment of log (8 MiB by default), every few seconds under load. The
  * kernel's io_destroy does not return until an RCU grace period has passed, so the
  * loop sat in it for 30–38 ms each time on this project's VMs (strace -T), and every
- * request in flight on that node waited (docs/performance.md, "raft closing a log segment").
+ * request in flight on that node waited (docs/performance.md, "raft closing a log
+ * segment").
  *
  * aioreap.c defines syscall() for the process, the way flush.c defines fsync(): raft
  * reaches the kernel's AIO through libc's syscall(), by number. An io_destroy is put

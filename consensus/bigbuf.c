@@ -5,7 +5,8 @@
  * snapshot) and whenever it sends the snapshot to a follower. raft_uv allocates the
  * buffer with raft_malloc(size of the file) and fills it with one read() of the whole
  * file. Filled by reading, every byte of it is anonymous memory: a restarted follower
- * of a 1M-member ledger held 3.5 GB of heap for its 3.64 GB snapshot (docs/performance.md, Memory).
+ * of a 1M-member ledger held 3.5 GB of heap for its 3.64 GB snapshot
+ * (docs/performance.md, Memory).
  *
  * Two pieces change that, for the whole process:
  *   - raft's heap (raft_heap_set, tally_node_snapshot_mappings): an allocation of at least

@@ -21,9 +21,10 @@
 #include "consensus/snapshot.h"
 
 /* The election timeout unless configured. A leader's loop is held while it applies an
- * entry; with 1M members under sustained load that took up to 0.3-0.7 s (tools/
- * bench-memory, docs/performance.md "Memory"), and at 400 ms two of three runs had an election
- * and failed requests; at 1000 ms none. A lost leader is replaced 1-2 s later. */
+ * entry; with 1M members under sustained load that took up to 0.3-0.7 s
+ * (tools/bench-memory, docs/performance.md "Memory"), and at 400 ms two of three runs
+ * had an election and failed requests; at 1000 ms none. A lost leader is replaced 1-2 s
+ * later. */
 #define NODE_ELECTION_MS_DEFAULT 1000
 
 #define ERR(buf, cap, ...) ((buf) != NULL && (cap) > 0 ? (void)snprintf((buf), (cap), __VA_ARGS__) : (void)0)

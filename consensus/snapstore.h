@@ -18,8 +18,8 @@
  *             replacing the one before) when nothing else has it open, and the next
  *             copy is written over it: its pages are in the page cache already, and
  *             fresh page cache costs ~20 µs a page on this project's VMs
- *             (docs/performance.md, "What memory costs here"). A file something still reads (a snapshot
- *             being sent, or checked) is removed as before.
+ *             (docs/performance.md, "What memory costs here"). A file something
+ *             still reads (a snapshot being sent, or checked) is removed as before.
  *
  * Both spare and copy names carry raft's temporary prefix, which raft removes at start.
  *
