@@ -51,6 +51,8 @@ int node_flush_ledger(struct tally_ledger *l)
 	if (err == 0 && fdatasync(fd) != 0)
 		err = errno;
 	close(fd);
+	if (err == 0 && tally_ledger_journal_sync(l) != 0)
+		err = EIO;
 	return err;
 }
 

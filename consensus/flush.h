@@ -29,7 +29,8 @@
  * node_flush_steps:    the same for [from, to) of fd (writeback.c: the ledger behind
  *                      its growth).
  * node_flush_ledger:   the ledger's file written back step by step, then
- *                      fdatasync: 0 or an errno. Any thread.
+ *                      fdatasync, then the journal's segments: 0 or an errno. Any
+ *                      thread.
  * node_fd_path:        the path of the file behind fd (from /proc/self/fd) in path
  *                      (cap bytes): its last component, or NULL when it has no '/'
  *                      or does not fit. What the stand-ins decide by.

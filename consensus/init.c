@@ -215,12 +215,9 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 		 "snapshot and log", n->ledger_dir, why);
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
-	char path[sizeof(n->ledger_dir) + 16];
-	snprintf(path, sizeof(path), "%s/data.mdb", n->ledger_dir);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/lock.mdb", n->ledger_dir);
-	unlink(path);
-	rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
+	rc = tally_ledger_remove(n->ledger_dir);
+	if (rc == 0)
+		rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
 	if (rc != 0)
 		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
 	return rc;

@@ -230,13 +230,15 @@ static int entry_store(struct apply *a, const Tally__V1__Entry *e)
 	const uint8_t *bytes = codec_pack_arena(a->tmp, e, 0, &n);
 	if (bytes == NULL)
 		return TALLY_ENOMEM;
-	uint8_t kb[8];
+	uint8_t *p, index[JOURNAL_INDEX_BYTES], kb[8];
+	rc = journal_reserve(&a->l->journal, e->seq, head + n, &p, index);
+	if (rc != 0)
+		return rc;
 	be64_put(kb, e->seq);
-	MDB_val k = {8, kb}, v = {head + n, NULL};
-	rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND | MDB_RESERVE);
+	MDB_val k = {8, kb}, v = {sizeof(index), index};
+	rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND);
 	if (rc != 0)
 		return lmdb_error(rc);
-	uint8_t *p = v.mv_data;
 	be64_put(p, a->raft_index);
 	be64_put(p + 8, a->raft_term);
 	be64_put(p + 16, (uint64_t)a->now_ms);
@@ -583,6 +585,7 @@ static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
 		return rc;
 	known_reset(l);
 	tally_arena_reset(&l->batch);
+	journal_begin(&l->journal);
 	rc = apply_commands(&a, batch, results);
 	a.m.applied_index = batch->raft_index;
 	a.m.applied_term = batch->raft_term;
@@ -592,10 +595,15 @@ static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
 	st_cursors_close(&a);
 	if (rc == 0)
 		rc = meta_save(&a);
+	if (rc == 0) /* the journal's records first: LMDB's rows then name written bytes */
+		rc = journal_flush(&l->journal);
 	if (rc == 0)
 		rc = lmdb_error(mdb_txn_commit(a.txn));
 	else
 		mdb_txn_abort(a.txn);
+	/* After an abort the batch's records are cut off the segments again; should that
+	 * fail, they lie past every row LMDB holds, and the next open cuts them. */
+	(void)journal_settle(&l->journal, rc == 0);
 	tally_arena_reset(&l->scratch);
 	if (rc == 0)
 		l->meta = a.m;

@@ -197,7 +197,7 @@ static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void
 
 /* ---- journal ---------------------------------------------------------------------- */
 
-struct journal {
+struct journal_walk {
 	struct tally_merkle_frontier tree;
 	uint64_t expect_seq;
 	int64_t last_time;
@@ -209,14 +209,16 @@ static int null_put(void *ctx, unsigned level, uint64_t index, const uint8_t has
 	return 0;
 }
 
-static int check_entry(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+static int check_entry(struct check *c, const MDB_val *k, const MDB_val *row, void *ctx)
 {
-	struct journal *j = ctx;
+	struct journal_walk *j = ctx;
 	tally_arena_reset(&c->arena);
 	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
 	const uint8_t *bytes;
 	size_t n;
-	if (seq != j->expect_seq || entry_payload(v, &bytes, &n) != 0)
+	MDB_val raw = *row, *v = &raw;
+	if (seq != j->expect_seq || entry_resolve(c->txn, seq, v) != 0 ||
+	    entry_payload(v, &bytes, &n) != 0)
 		return fail(c, "journal: expected entry %llu", (unsigned long long)j->expect_seq);
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
 	if (e == NULL || e->seq != seq)
@@ -299,7 +301,7 @@ static int check_all(struct check *c)
 	if (rc == 0 && index_rows != all.indexed)
 		return fail(c, "the expiry index holds %llu rows for %llu accounts with lots",
 			    (unsigned long long)index_rows, (unsigned long long)all.indexed);
-	struct journal j = {.expect_seq = 1};
+	struct journal_walk j = {.expect_seq = 1};
 	tally_merkle_frontier_init(&j.tree);
 	if (rc == 0)
 		rc = each(c, T_ENTRIES, "", 0, check_entry, &j);
@@ -356,6 +358,15 @@ static int hash_row(struct check *c, const MDB_val *k, const MDB_val *v, void *c
 	return 0;
 }
 
+/* A journal row hashed as the entry it names, wherever it is stored. */
+static int hash_entry_row(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	MDB_val raw = *v;
+	int rc = k->mv_size == 8 ? entry_resolve(c->txn, be64_get(k->mv_data), &raw)
+				 : TALLY_ECORRUPT;
+	return rc != 0 ? rc : hash_row(c, k, &raw, ctx);
+}
+
 int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 {
 	assert(l != NULL && out != NULL);
@@ -366,7 +377,7 @@ int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 		const void *parts[2] = {out, table_names[t]};
 		size_t sizes[2] = {32, strlen(table_names[t])};
 		sha256_parts(parts, sizes, 2, out);
-		rc = each(&c, (enum table)t, "", 0, hash_row, out);
+		rc = each(&c, (enum table)t, "", 0, t == T_ENTRIES ? hash_entry_row : hash_row, out);
 	}
 	if (c.txn != NULL)
 		mdb_txn_abort(c.txn);
@@ -463,27 +474,33 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 		rc = TALLY_EINVAL;
 	if (rc == 0)
 		rc = lmdb_error(mdb_env_copyfd2(l->env, fd, MDB_CP_COMPACT));
-	map_unpin(l); /* the seal reads the copy, not the map */
+	map_unpin(l); /* the journal and the seal read the file, not the map */
 	/* LMDB's compacting copy writes its pages in order from the file's offset: where it
-	 * ends is the copy's length, whatever the file held past it before. */
+	 * ends is the copy's length, whatever the file held past it before (a snapshot file
+	 * written over again: its pages are written over too, and it is cut to length
+	 * last, so that none of them is given back to the kernel and taken again). */
 	off_t end = rc == 0 ? lseek(fd, 0, SEEK_CUR) : -1;
-	if (rc == 0 && (end <= 0 || ftruncate(fd, end) != 0))
+	if (rc == 0 && end <= 0)
 		rc = TALLY_EIO;
+	/* Then the journal's segments: at least every record the copy names (the segments
+	 * only grow; a restore cuts them back to the copy). */
+	uint64_t section = 0;
+	if (rc == 0)
+		rc = journal_section_write(&l->journal, fd, (uint64_t)end, &section);
 	if (rc != 0)
 		return rc;
 	/* Sealed from the bytes as they are in the file (in the page cache now). */
-	size_t copy_len = (size_t)end;
-	void *copy = copy_len > 0 ? mmap(NULL, copy_len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
-	if (copy == MAP_FAILED)
+	size_t sealed_len = (size_t)end + (size_t)section;
+	void *sealed = mmap(NULL, sealed_len, PROT_READ, MAP_SHARED, fd, 0);
+	if (sealed == MAP_FAILED)
 		return TALLY_EIO;
 	uint8_t t[SNAPSHOT_TRAILER_BYTES];
-	trailer_make(t, copy, copy_len);
-	if (copy != NULL)
-		munmap(copy, copy_len);
-	ssize_t put = pwrite(fd, t, sizeof(t), (off_t)copy_len);
+	trailer_make(t, sealed, sealed_len);
+	munmap(sealed, sealed_len);
+	ssize_t put = pwrite(fd, t, sizeof(t), (off_t)sealed_len);
 	if (put != (ssize_t)sizeof(t))
 		return put < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
-	return 0;
+	return ftruncate(fd, (off_t)(sealed_len + sizeof(t))) == 0 ? 0 : TALLY_EIO;
 }
 
 /* LMDB reads pages through its map without checking them against the file's size: a
@@ -541,12 +558,17 @@ int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out)
 	if (base == MAP_FAILED)
 		return TALLY_EIO;
 	madvise(base, (size_t)st.st_size, MADV_SEQUENTIAL);
-	size_t copy_len;
-	enum seal kind = trailer_find(base, (size_t)st.st_size, &copy_len);
-	bool sound = kind != SEAL_NONE && trailer_verify(kind, base, copy_len) &&
+	size_t sealed_len;
+	enum seal kind = trailer_find(base, (size_t)st.st_size, &sealed_len);
+	size_t copy_len = kind != SEAL_NONE ? journal_section_find(base, sealed_len) : 0;
+	bool sound = kind != SEAL_NONE && trailer_verify(kind, base, sealed_len) &&
 		     lmdb_copy_whole(base, copy_len);
-	munmap(base, (size_t)st.st_size);
-	return sound ? ledger_open_copy(path, out) : TALLY_ECORRUPT;
+	if (!sound) {
+		munmap(base, (size_t)st.st_size);
+		return TALLY_ECORRUPT;
+	}
+	return ledger_open_copy(path, base, (size_t)st.st_size, copy_len, sealed_len - copy_len,
+				out);
 }
 
 /* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
@@ -576,15 +598,21 @@ static int path_join(char *buf, size_t cap, const char *dir, const char *name)
 	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
 }
 
-/* Writes the copy to stage/data.mdb and opens it there: the format version and the
- * meta must read; `full` runs the invariant check too. */
+/* Writes the copy to stage/data.mdb and the journal section's segments to
+ * stage/journal, and opens the ledger there (which cuts the segments back to the copy):
+ * the format version and the meta must read; `full` runs the invariant check too. */
 static int restore_stage(const char *stage, const char *staged, const uint8_t *copy,
-			 size_t len, const struct tally_ledger_options *opts, bool full)
+			 size_t len, size_t journal_len, const struct tally_ledger_options *opts,
+			 bool full)
 {
 	char msg[256];
 	if (mkdir(stage, 0755) != 0 && errno != EEXIST)
 		return TALLY_EIO;
-	int rc = write_file(staged, copy, len);
+	int rc = journal_remove(stage); /* what an earlier restore left */
+	if (rc == 0)
+		rc = write_file(staged, copy, len);
+	if (rc == 0)
+		rc = journal_section_unpack(copy + len, journal_len, stage);
 	struct tally_ledger *l = NULL;
 	struct tally_digest d;
 	if (rc == 0)
@@ -606,7 +634,12 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 	*out = NULL;
 	*check_pending = false;
 	char stage[4096], staged[4096], final[4096], lock[4096], slock[4096];
+	char sjournal[4096], journal[4096];
 	int rc = path_join(stage, sizeof(stage), dir, ".restore");
+	if (rc == 0)
+		rc = path_join(sjournal, sizeof(sjournal), stage, "journal");
+	if (rc == 0)
+		rc = path_join(journal, sizeof(journal), dir, "journal");
 	if (rc == 0)
 		rc = path_join(staged, sizeof(staged), stage, "data.mdb");
 	if (rc == 0)
@@ -617,15 +650,17 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 		rc = path_join(lock, sizeof(lock), dir, "lock.mdb");
 	if (rc != 0)
 		return rc;
-	size_t copy_len = len;
-	enum seal kind = trailer_find(snap, len, &copy_len);
+	size_t sealed_len = len;
+	enum seal kind = trailer_find(snap, len, &sealed_len);
 	bool sealed = kind != SEAL_NONE;
-	if ((sealed && !trailer_verify(kind, snap, copy_len)) || !lmdb_copy_whole(snap, copy_len))
+	size_t copy_len = journal_section_find(snap, sealed_len);
+	if ((sealed && !trailer_verify(kind, snap, sealed_len)) || !lmdb_copy_whole(snap, copy_len))
 		return TALLY_ECORRUPT;
-	rc = restore_stage(stage, staged, snap, copy_len, opts, !sealed);
+	rc = restore_stage(stage, staged, snap, copy_len, sealed_len - copy_len, opts, !sealed);
 	unlink(slock);
 	if (rc != 0) {
 		unlink(staged);
+		journal_remove(stage);
 		rmdir(stage);
 		return rc;
 	}
@@ -633,7 +668,7 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 	 * of this snapshot are the durable record, and raft restores that copy at every
 	 * start); the caller syncs it with the check, off the loop. */
 	unlink(lock);
-	if (rename(staged, final) != 0)
+	if (journal_remove(dir) != 0 || rename(sjournal, journal) != 0 || rename(staged, final) != 0)
 		return TALLY_EIO;
 	rmdir(stage);
 	rc = tally_ledger_open(dir, opts, out);

@@ -20,8 +20,9 @@
  * are derived from state and excluded. Entries and tree are covered by the root. */
 enum table {
 	T_META,        /* fixed names → meta values */
-	T_ENTRIES,     /* seq(8) → raft_index(8) raft_term(8) time_ms(8) n(1)
-	                  n chain links(24) entry bytes (chain.c) */
+	T_ENTRIES,     /* seq(8) → where its record is (journal.c): segment(8) offset(8);
+	                  the record, or a row of format ≤ 6: raft_index(8) raft_term(8)
+	                  time_ms(8) n(1) n chain links(24) entry bytes (chain.c) */
 	T_TREE,        /* level(1) index(8) → node hash(32) */
 	T_IDEM,        /* key_name \0 request_id → content hash(32) seq(8)       [digest] */
 	T_BRANDS,      /* id → Brand                                              [digest] */
@@ -57,8 +58,10 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
  * expiry (lot_give). The layout is format 4's, read as it is; the number keeps a
  * binary that would apply the old rule away from a ledger under the new one.
  * 6: the rules the ledger applies are recorded (meta "rules", SetRules); a format-5
- * ledger is read as one at TALLY_RULES_BOUNDED_LOTS, an older one at the first rules. */
-#define LEDGER_FORMAT_VERSION 6
+ * ledger is read as one at TALLY_RULES_BOUNDED_LOTS, an older one at the first rules.
+ * 7: new entries are stored in the journal's segment files, T_ENTRIES holding where
+ * (journal.c); rows an older format stored whole are read as they are. */
+#define LEDGER_FORMAT_VERSION 7
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -118,6 +121,84 @@ static inline void le64_put(uint8_t *p, uint64_t v)
 	memcpy(p, &v, sizeof(v));
 }
 
+/* ---- the journal's bytes (journal.c) ----------------------------------------------
+ * Entries live in append-only segment files, journal/<first seq>.seg beside LMDB;
+ * T_ENTRIES maps each seq to where its record is. Limits: */
+#define JOURNAL_SEGMENT_BYTES (64ULL << 20) /* a segment closes before passing this */
+#define JOURNAL_RECORD_MAX (256u << 20)     /* one entry's stored bytes */
+#define JOURNAL_RECORD_HEAD 4               /* a record's length, big-endian */
+#define JOURNAL_INDEX_BYTES 16              /* T_ENTRIES value: segment's first seq, offset */
+#define JOURNAL_CHUNK_BYTES (1u << 20)      /* a batch's records are kept in chunks of this */
+#define JOURNAL_IOV_MAX 512                 /* chunks written by one pwritev */
+
+struct journal_seg {
+	uint64_t first;      /* seq of its first record */
+	uint8_t *base;       /* its mapping (read-only), cap bytes */
+	size_t cap;
+	uint64_t len;        /* bytes written */
+	int fd;              /* open only while it may be written: the last segment */
+};
+
+struct journal_chunk {
+	struct journal_chunk *next;
+	size_t used, cap;
+	uint8_t data[];
+};
+
+struct journal_pending {     /* a record of the batch being applied */
+	uint64_t first, off; /* where it goes */
+	uint8_t *bytes;      /* framed, in a chunk */
+	uint64_t n;          /* framed length */
+};
+
+struct journal {
+	char dir[4096];
+	bool writable;
+	bool maps_own;               /* each segment its own mapping (not a snapshot's) */
+	uint64_t segment_bytes;
+	pthread_mutex_t lock;        /* guards the segment table */
+	struct journal_seg *segs;    /* ascending by first */
+	size_t n_segs, cap_segs;
+	/* The writer's: the last committed record's segment and end (changed under lock:
+	 * a snapshot's journal_section_write reads them), and the batch's tail. */
+	uint64_t commit_seq, commit_first, commit_end;
+	uint64_t tail_first, tail_end;
+	struct journal_pending *pending;
+	size_t n_pending, cap_pending;
+	struct journal_chunk *chunks, *chunk_at;
+};
+
+/* Opens the segments in ledger_dir/journal (made when writable and missing);
+ * segment_bytes 0: JOURNAL_SEGMENT_BYTES. A writable journal then needs
+ * journal_settle_open before its first batch. */
+int journal_open(struct journal *j, const char *ledger_dir, bool writable,
+		 uint64_t segment_bytes);
+/* Cuts the segments back to LMDB's last committed record: entry last_seq (the journal's
+ * size), whose T_ENTRIES value is last_index (NULL: no entry in the segments). */
+int journal_settle_open(struct journal *j, uint64_t last_seq, const uint8_t *last_index);
+void journal_close(struct journal *j);
+/* A batch: journal_begin, journal_reserve per entry (n bytes to fill at *out; index is
+ * its T_ENTRIES value), journal_flush before LMDB commits, journal_settle after. */
+void journal_begin(struct journal *j);
+int journal_reserve(struct journal *j, uint64_t seq, size_t n, uint8_t **out,
+		    uint8_t index[JOURNAL_INDEX_BYTES]);
+int journal_flush(struct journal *j);
+int journal_settle(struct journal *j, bool committed);
+/* The stored entry seq whose T_ENTRIES value is index. */
+int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES],
+		 MDB_val *raw);
+/* A snapshot's journal section: written at offset at of fd (*written bytes), found at
+ * the end of sealed[0..len) (its offset; len when there is none), opened read-only in
+ * place, and unpacked into a ledger directory's journal. */
+int journal_section_write(struct journal *j, int fd, uint64_t at, uint64_t *written);
+size_t journal_section_find(const uint8_t *sealed, size_t len);
+int journal_open_region(struct journal *j, const uint8_t *section, size_t len);
+int journal_section_unpack(const uint8_t *section, size_t len, const char *ledger_dir);
+/* Every segment's bytes and the directory's names on disk. */
+int journal_sync(struct journal *j);
+/* Removes ledger_dir/journal and its segments. */
+int journal_remove(const char *ledger_dir);
+
 /* ---- the ledger handle ---------------------------------------------------------- */
 
 struct meta {
@@ -174,6 +255,9 @@ struct tally_ledger {
 	_Atomic uint64_t map_data_bytes; /* as of the last batch begun: tally_ledger_data_bytes */
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a move */
 	struct remap_region map_region; /* where the map is and may grow (remap.c) */
+	struct journal journal;     /* the entries' bytes (journal.c) */
+	void *copy_map;             /* a snapshot opened read-only: its mapping */
+	size_t copy_map_len;
 };
 
 /* ---- member chains (chain.c) -----------------------------------------------------
@@ -284,11 +368,16 @@ void known_reset(struct tally_ledger *l);
 void known_free(struct tally_ledger *l);
 int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
 /* Opens the LMDB copy at the start of the file `path` read-only, without a lock file
- * (nothing else may write it): tally_ledger_open_snapshot, once the seal matched. */
-int ledger_open_copy(const char *path, struct tally_ledger **out);
+ * (nothing else may write it): tally_ledger_open_snapshot, once the seal matched. The
+ * file is mapped at map (map_len bytes, unmapped when the ledger closes); its journal
+ * section is journal_len bytes at offset section. */
+int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_t section,
+		     size_t journal_len, struct tally_ledger **out);
 int meta_save(struct apply *a);
 struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
+/* raw, a T_ENTRIES value of entry seq, made the stored entry itself (journal.c). */
+int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw);
 /* Calls fn for each record whose key starts with prefix (n bytes; 0 = all), in key
  * order, at most limit; a non-zero return from fn stops the scan and is returned. */
 int txn_scan(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, size_t limit,

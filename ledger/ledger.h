@@ -145,6 +145,9 @@ struct tally_ledger_options {
 	uint64_t map_room_bytes;
 	bool nosync;             /* MDB_NOSYNC: the raft log carries durability */
 	bool writemap;           /* MDB_WRITEMAP: faster, same on-disk format */
+	/* Where a journal segment file closes; 0 = 64 MiB. Every replica of a cluster must
+	 * use the same (their segments are then the same bytes); tests make it small. */
+	uint64_t journal_segment_bytes;
 };
 
 /* The state a replica proves it holds. */
@@ -161,6 +164,14 @@ struct tally_digest {
  * Checks the format version. On success *out owns an LMDB environment. */
 int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		      struct tally_ledger **out);
+
+/* Writes the journal's segment files to disk (fdatasync each, then the directory): 0,
+ * TALLY_EIO or TALLY_ENOSPC. Any thread. LMDB's file is synced apart (its descriptor:
+ * tally_ledger_file_dup). */
+int tally_ledger_journal_sync(struct tally_ledger *l);
+
+/* Removes the ledger in `dir` (closed): LMDB's files and the journal's segments. */
+int tally_ledger_remove(const char *dir);
 
 /* Closes the environment (after an mdb_env_sync) and frees the handle. NULL is fine. */
 void tally_ledger_close(struct tally_ledger *l);
@@ -222,8 +233,9 @@ int tally_ledger_account(struct tally_ledger *l, const char *brand, const char *
 			 bool with_lots, struct tally_arena *arena,
 			 Tally__V1__Account **out);
 
-/* SHA-256 over every key and value of every table in key order: equal for two
- * ledgers exactly when their logical contents are byte-identical. */
+/* SHA-256 over every key and value of every table in key order, a journal row as the
+ * entry it names: equal for two ledgers exactly when their logical contents are
+ * byte-identical. */
 int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32]);
 
 /* Full scan proving the books balance. Checks, per brand: the postings of every entry

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "ledger/internal.h"
 
@@ -621,6 +623,20 @@ int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw)
 	int rc = mdb_get(txn, dbi, &k, raw);
 	if (rc != 0)
 		return lmdb_error(rc);
+	return entry_resolve(txn, seq, raw);
+}
+
+int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw)
+{
+	assert(txn != NULL && raw != NULL);
+	if (raw->mv_size == JOURNAL_INDEX_BYTES) {
+		struct tally_ledger *l = mdb_env_get_userctx(mdb_txn_env(txn));
+		assert(l != NULL);
+		uint8_t index[JOURNAL_INDEX_BYTES];
+		memcpy(index, raw->mv_data, sizeof(index));
+		return journal_read(&l->journal, seq, index, raw);
+	}
+	/* A row of format 6 or older holds the entry itself. */
 	return raw->mv_size <= ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
 }
 
@@ -640,7 +656,9 @@ static int env_open(struct tally_ledger *l, const char *dir, const struct tally_
 		flags |= MDB_NOSYNC;
 	if (o->writemap)
 		flags |= MDB_WRITEMAP;
-	rc = map_before_open(dir, o);
+	rc = lmdb_error(mdb_env_set_userctx(l->env, l));
+	if (rc == 0)
+		rc = map_before_open(dir, o);
 	if (rc == 0)
 		rc = lmdb_error(mdb_env_open(l->env, dir, flags, 0644));
 	if (rc == 0)
@@ -666,6 +684,33 @@ static int ledger_new(const char *where, struct tally_ledger **out)
 	tally_arena_init(&l->batch, 256 << 10, 0);
 	*out = l;
 	return 0;
+}
+
+/* The journal's segments cut back to the last record LMDB committed (journal.c). */
+static int journal_settle_opened(struct tally_ledger *l)
+{
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &txn));
+	if (rc == 0)
+		rc = lmdb_error(mdb_cursor_open(txn, l->dbi[T_ENTRIES], &cur));
+	MDB_val k, v;
+	int mrc = rc == 0 ? mdb_cursor_get(cur, &k, &v, MDB_LAST) : 0;
+	if (rc == 0 && mrc != 0 && mrc != MDB_NOTFOUND)
+		rc = lmdb_error(mrc);
+	uint8_t index[JOURNAL_INDEX_BYTES];
+	bool in_segments = rc == 0 && mrc == 0 && v.mv_size == JOURNAL_INDEX_BYTES;
+	if (rc == 0 && mrc == 0 && (k.mv_size != 8 || be64_get(k.mv_data) != l->meta.tree.size))
+		rc = TALLY_ECORRUPT; /* the last entry is not the tree's last leaf */
+	if (in_segments)
+		memcpy(index, v.mv_data, sizeof(index));
+	if (cur != NULL)
+		mdb_cursor_close(cur);
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	if (rc == 0)
+		rc = journal_settle_open(&l->journal, l->meta.tree.size, in_segments ? index : NULL);
+	return rc;
 }
 
 /* Every table's handle (each created if missing when `create`) and the meta. */
@@ -706,24 +751,61 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		rc = env_open(l, dir, o);
 	if (rc == 0)
 		rc = tables_open(l, true);
+	if (rc == 0)
+		rc = journal_open(&l->journal, dir, true, o->journal_segment_bytes);
+	if (rc == 0)
+		rc = journal_settle_opened(l);
 	return ledger_opened(l, rc, out);
 }
 
-int ledger_open_copy(const char *path, struct tally_ledger **out)
+int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_t section,
+		     size_t journal_len, struct tally_ledger **out)
 {
-	assert(path != NULL && out != NULL);
+	assert(path != NULL && out != NULL && map != NULL);
+	assert(section <= map_len && journal_len <= map_len - section);
 	struct tally_ledger *l;
 	int rc = ledger_new(path, &l);
-	if (rc == 0)
-		rc = lmdb_error(mdb_env_create(&l->env));
+	if (rc != 0) {
+		munmap((void *)map, map_len);
+		return rc;
+	}
+	l->copy_map = (void *)map; /* unmapped by tally_ledger_close */
+	l->copy_map_len = map_len;
+	rc = lmdb_error(mdb_env_create(&l->env));
 	if (rc == 0)
 		rc = lmdb_error(mdb_env_set_maxdbs(l->env, T_COUNT));
+	if (rc == 0)
+		rc = lmdb_error(mdb_env_set_userctx(l->env, l));
 	if (rc == 0)
 		rc = lmdb_error(mdb_env_open(l->env, path, MDB_RDONLY | MDB_NOSUBDIR | MDB_NOLOCK |
 						 MDB_NOTLS, 0));
 	if (rc == 0)
 		rc = tables_open(l, false);
+	if (rc == 0)
+		rc = journal_open_region(&l->journal, map + section, journal_len);
 	return ledger_opened(l, rc, out);
+}
+
+int tally_ledger_journal_sync(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	return journal_sync(&l->journal);
+}
+
+int tally_ledger_remove(const char *dir)
+{
+	assert(dir != NULL);
+	int rc = 0;
+	for (const char *const *f = (const char *const[]){"data.mdb", "lock.mdb", NULL}; *f != NULL; f++) {
+		char path[4096];
+		int n = snprintf(path, sizeof(path), "%s/%s", dir, *f);
+		if (n < 0 || (size_t)n >= sizeof(path))
+			return TALLY_EINVAL;
+		if (unlink(path) != 0 && errno != ENOENT)
+			rc = TALLY_EIO;
+	}
+	int jrc = journal_remove(dir);
+	return rc != 0 ? rc : jrc;
 }
 
 void tally_ledger_close(struct tally_ledger *l)
@@ -735,6 +817,9 @@ void tally_ledger_close(struct tally_ledger *l)
 		mdb_env_close(l->env);
 	}
 	remap_release(&l->map_region);
+	journal_close(&l->journal);
+	if (l->copy_map != NULL)
+		munmap(l->copy_map, l->copy_map_len);
 	tally_arena_free(&l->scratch);
 	tally_arena_free(&l->decode);
 	tally_arena_free(&l->batch);

@@ -572,10 +572,8 @@ static void node_crash(struct sim *s, unsigned i, const char *why)
 static void ledger_wipe(struct sim_node *sn)
 {
 	char path[340];
-	snprintf(path, sizeof(path), "%s/ledger/data.mdb", sn->dir);
-	unlink(path);
-	snprintf(path, sizeof(path), "%s/ledger/lock.mdb", sn->dir);
-	unlink(path);
+	snprintf(path, sizeof(path), "%s/ledger", sn->dir);
+	tally_ledger_remove(path);
 	sn->s->stats.wipes++;
 }
 

@@ -22,8 +22,10 @@ char *fx_tmpdir(void)
 int fx_ledger_open(struct fx *f)
 {
 	assert_null(f->l);
-	/* 1 GiB of map: enough for every test, and valgrind can map it. */
-	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	/* 1 GiB of map: enough for every test, and valgrind can map it. Journal segments
+	 * of 64 KiB, so that every test's journal spans several. */
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES};
 	return tally_ledger_open(f->dir, &o, &f->l);
 }
 

@@ -30,6 +30,9 @@ struct fx {
  * 0.15 writes bytes it never initialised, which valgrind would report (util.c). */
 void fx_raft_heap_zeroed(bool zeroed);
 
+/* The fixture's journal segments close at this size (the ledger's default is 64 MiB). */
+#define FX_JOURNAL_SEGMENT_BYTES (64u << 10)
+
 void fx_open(struct fx *f);
 void fx_open_in(struct fx *f, const char *dir);
 void fx_close(struct fx *f);

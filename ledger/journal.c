@@ -1,0 +1,716 @@
+/*
+ * The journal's bytes, in append-only segment files beside LMDB.
+ *
+ * Every journal entry is one record, a 4-byte big-endian length and the entry as the
+ * ledger stores it (chain.c: header, chain links, the Entry's bytes), appended to the
+ * segment file `journal/<first seq>.seg` of the ledger's directory. A segment takes
+ * records until the next would carry it past segment_bytes; it is never written
+ * again after that, so a closed segment is the same bytes on every replica. LMDB's
+ * T_ENTRIES keeps, in the same transaction as the state, where each entry is: the
+ * first seq of its segment and its offset there (JOURNAL_INDEX_BYTES).
+ *
+ * A batch's records are kept in memory while it applies (the writer reads them back
+ * for member chains) and written to their segments just before LMDB commits; after a
+ * failed commit or an abort the segments are cut back to the last committed record.
+ * LMDB and the segments are written without syncs, as the ledger always was (the raft
+ * log and raft's snapshots are the durable record): at open, a segment longer than
+ * LMDB says is cut back to it, and one shorter means the ledger is damaged.
+ *
+ * Readers on other threads find records through their own LMDB read transaction,
+ * whose rows name only records already written; the table of segments is guarded by
+ * a mutex, and a segment's mapping stays where it is until the ledger closes.
+ *
+ * A read-only journal over a snapshot's journal section (journal_open_region) has
+ * the same table, its segments pointing into the snapshot's mapping.
+ */
+#include <assert.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "ledger/internal.h"
+
+#define SEG_NAME_BYTES 32 /* "%020" PRIu64 ".seg" and its NUL */
+
+static int io_error(void)
+{
+	return errno == ENOSPC ? TALLY_ENOSPC : errno == ENOMEM ? TALLY_ENOMEM : TALLY_EIO;
+}
+
+static int seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap)
+{
+	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg", j->dir, first);
+	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
+}
+
+/* The segment whose first record is `first`, or NULL; j->lock held. */
+static struct journal_seg *seg_find(const struct journal *j, uint64_t first)
+{
+	size_t lo = 0, hi = j->n_segs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (j->segs[mid].first < first)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < j->n_segs && j->segs[lo].first == first ? &j->segs[lo] : NULL;
+}
+
+/* Adds segment `first` (after every other) with its file and mapping; j->lock held. */
+static int seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,
+		   uint64_t len)
+{
+	assert(j->n_segs == 0 || j->segs[j->n_segs - 1].first < first);
+	if (j->n_segs == j->cap_segs) {
+		size_t cap_segs = j->cap_segs > 0 ? 2 * j->cap_segs : 16;
+		struct journal_seg *s = realloc(j->segs, cap_segs * sizeof(*s));
+		if (s == NULL)
+			return TALLY_ENOMEM;
+		j->segs = s;
+		j->cap_segs = cap_segs;
+	}
+	j->segs[j->n_segs++] = (struct journal_seg){first, base, cap, len, fd};
+	return 0;
+}
+
+/* Closes the files of every segment but the last: they are written no more (their
+ * mappings stay), so a long journal holds one descriptor; j->lock held. */
+static void seg_files_close(struct journal *j)
+{
+	for (size_t i = j->n_segs; i-- > 1 && j->segs[i - 1].fd >= 0;) {
+		close(j->segs[i - 1].fd);
+		j->segs[i - 1].fd = -1;
+	}
+}
+
+/* A mapping of cap bytes of fd, read-only (bytes past the file's end are never read:
+ * every read is bounded by the segment's length). */
+static int seg_map(int fd, size_t cap, uint8_t **base)
+{
+	void *p = mmap(NULL, cap, PROT_READ, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		return io_error();
+	*base = p;
+	return 0;
+}
+
+static void seg_release(const struct journal *j, struct journal_seg *s)
+{
+	if (j->maps_own)
+		munmap(s->base, s->cap);
+	if (s->fd >= 0)
+		close(s->fd);
+}
+
+/* The mapping a segment needs: segment_bytes, or its one record when that is larger. */
+static size_t seg_cap(const struct journal *j, uint64_t len)
+{
+	return len > j->segment_bytes ? (size_t)len : (size_t)j->segment_bytes;
+}
+
+static int name_first(const char *name, uint64_t *first)
+{
+	char tail[8];
+	unsigned long long v;
+	if (strlen(name) != 24 || sscanf(name, "%20llu%7s", &v, tail) != 2 ||
+	    strcmp(tail, ".seg") != 0 || v == 0)
+		return TALLY_ENOTFOUND;
+	*first = v;
+	return 0;
+}
+
+static int u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The first seqs of the segments in j->dir, ascending, in a new array. */
+static int seg_list(const struct journal *j, uint64_t **out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	DIR *d = opendir(j->dir);
+	if (d == NULL)
+		return errno == ENOENT ? 0 : TALLY_EIO;
+	size_t cap = 0;
+	int rc = 0;
+	for (struct dirent *e; rc == 0 && (e = readdir(d)) != NULL;) {
+		uint64_t first;
+		if (name_first(e->d_name, &first) != 0)
+			continue;
+		if (*n == cap) {
+			cap = cap > 0 ? 2 * cap : 16;
+			uint64_t *v = realloc(*out, cap * sizeof(*v));
+			if (v == NULL) {
+				rc = TALLY_ENOMEM;
+				break;
+			}
+			*out = v;
+		}
+		(*out)[(*n)++] = first;
+	}
+	closedir(d);
+	if (rc == 0 && *n > 1)
+		qsort(*out, *n, sizeof(**out), u64_cmp);
+	return rc;
+}
+
+static int seg_open(struct journal *j, uint64_t first)
+{
+	char path[sizeof(j->dir) + SEG_NAME_BYTES];
+	int rc = seg_path(j, first, path, sizeof(path));
+	int fd = rc == 0 ? open(path, (j->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) : -1;
+	if (rc == 0 && fd < 0)
+		rc = TALLY_EIO;
+	struct stat st;
+	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
+		rc = TALLY_ECORRUPT;
+	uint8_t *base = NULL;
+	size_t cap = rc == 0 ? seg_cap(j, (uint64_t)st.st_size) : 0;
+	if (rc == 0)
+		rc = seg_map(fd, cap, &base);
+	if (rc == 0)
+		rc = seg_add(j, first, fd, base, cap, (uint64_t)st.st_size);
+	if (rc != 0) {
+		if (base != NULL)
+			munmap(base, cap);
+		if (fd >= 0)
+			close(fd);
+	}
+	return rc;
+}
+
+int journal_open(struct journal *j, const char *ledger_dir, bool writable,
+		 uint64_t segment_bytes)
+{
+	assert(j != NULL && ledger_dir != NULL);
+	memset(j, 0, sizeof(*j));
+	pthread_mutex_init(&j->lock, NULL);
+	j->writable = writable;
+	j->maps_own = true;
+	j->segment_bytes = segment_bytes > 0 ? segment_bytes : JOURNAL_SEGMENT_BYTES;
+	int n = snprintf(j->dir, sizeof(j->dir), "%s/journal", ledger_dir);
+	if (n < 0 || (size_t)n + SEG_NAME_BYTES >= sizeof(j->dir))
+		return TALLY_EINVAL;
+	if (writable && mkdir(j->dir, 0755) != 0 && errno != EEXIST)
+		return TALLY_EIO;
+	uint64_t *firsts;
+	size_t count;
+	int rc = seg_list(j, &firsts, &count);
+	for (size_t i = 0; rc == 0 && i < count; i++)
+		rc = seg_open(j, firsts[i]);
+	free(firsts);
+	return rc;
+}
+
+/* The section of a snapshot (check.c writes it): per segment a header (magic, first
+ * seq, length) and its bytes padded to 8; then the footer: magic, segment count, the
+ * section's length with the footer. */
+#define SECTION_SEG_MAGIC "TJSEG1\0\0"
+#define SECTION_MAGIC "TJOURNL1"
+#define SECTION_HEAD_BYTES 24
+#define SECTION_FOOTER_BYTES 24
+
+static uint64_t pad8(uint64_t n)
+{
+	return (n + 7) & ~(uint64_t)7;
+}
+
+size_t journal_section_find(const uint8_t *sealed, size_t len)
+{
+	if (len < SECTION_FOOTER_BYTES)
+		return len;
+	const uint8_t *f = sealed + len - SECTION_FOOTER_BYTES;
+	uint64_t bytes = be64_get(f + 16);
+	if (memcmp(f, SECTION_MAGIC, 8) != 0 || bytes < SECTION_FOOTER_BYTES || bytes > len)
+		return len;
+	return len - (size_t)bytes;
+}
+
+int journal_open_region(struct journal *j, const uint8_t *section, size_t len)
+{
+	assert(j != NULL && (section != NULL || len == 0));
+	memset(j, 0, sizeof(*j));
+	pthread_mutex_init(&j->lock, NULL);
+	j->segment_bytes = JOURNAL_SEGMENT_BYTES;
+	if (len == 0)
+		return 0; /* a snapshot with every entry inside LMDB */
+	if (len < SECTION_FOOTER_BYTES)
+		return TALLY_ECORRUPT;
+	const uint8_t *f = section + len - SECTION_FOOTER_BYTES;
+	uint64_t count = be64_get(f + 8);
+	size_t at = 0, body = len - SECTION_FOOTER_BYTES;
+	int rc = 0;
+	for (uint64_t i = 0; rc == 0 && i < count; i++) {
+		if (body - at < SECTION_HEAD_BYTES || memcmp(section + at, SECTION_SEG_MAGIC, 8) != 0)
+			return TALLY_ECORRUPT;
+		uint64_t first = be64_get(section + at + 8), n = be64_get(section + at + 16);
+		at += SECTION_HEAD_BYTES;
+		if (n > body - at || pad8(n) > body - at ||
+		    (j->n_segs > 0 && j->segs[j->n_segs - 1].first >= first))
+			return TALLY_ECORRUPT;
+		rc = seg_add(j, first, -1, (uint8_t *)section + at, (size_t)n, n);
+		at += (size_t)pad8(n);
+	}
+	return rc == 0 && at != body ? TALLY_ECORRUPT : rc;
+}
+
+/* Writes all of p[0..n) at offset off of fd. */
+static int write_at(int fd, const void *p, size_t n, uint64_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t m = pwrite(fd, (const uint8_t *)p + done, n - done, (off_t)(off + done));
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m <= 0)
+			return m < 0 ? io_error() : TALLY_EIO;
+		done += (size_t)m;
+	}
+	return 0;
+}
+
+/* Copies segment s's first len bytes to offset off of fd: by copy_file_range, in the
+ * kernel from page cache to page cache, or where the file systems do not allow it
+ * from the segment's mapping. */
+static int seg_copy(const struct journal *j, const struct journal_seg *s, uint64_t len, int fd,
+		    uint64_t off)
+{
+	char path[sizeof(j->dir) + SEG_NAME_BYTES];
+	int in = seg_path(j, s->first, path, sizeof(path)) == 0 ? open(path, O_RDONLY | O_CLOEXEC)
+							       : -1;
+	loff_t from = 0, to = (loff_t)off;
+	while (in >= 0 && (uint64_t)from < len) {
+		ssize_t m = copy_file_range(in, &from, fd, &to, (size_t)(len - (uint64_t)from), 0);
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m == 0) { /* shorter than its committed records: never read past its end */
+			close(in);
+			return TALLY_ECORRUPT;
+		}
+		if (m < 0)
+			break; /* EXDEV, ENOSYS, EINVAL ...: the rest from the mapping */
+	}
+	if (in >= 0)
+		close(in);
+	return write_at(fd, s->base + from, (size_t)(len - (uint64_t)from), (uint64_t)to);
+}
+
+int journal_section_write(struct journal *j, int fd, uint64_t at, uint64_t *written)
+{
+	assert(j != NULL && fd >= 0 && written != NULL);
+	/* The segments up to the last committed record: bytes no batch writes again and no
+	 * failed one cuts (past them, a failed batch's records may be cut, or a segment it
+	 * opened unmapped, while this runs). */
+	pthread_mutex_lock(&j->lock);
+	size_t count = 0;
+	while (count < j->n_segs && j->segs[count].first <= j->commit_first)
+		count++;
+	struct journal_seg *segs = count > 0 ? malloc(count * sizeof(*segs)) : NULL;
+	if (segs != NULL) {
+		memcpy(segs, j->segs, count * sizeof(*segs));
+		segs[count - 1].len = j->commit_end;
+	}
+	pthread_mutex_unlock(&j->lock);
+	if (count > 0 && segs == NULL)
+		return TALLY_ENOMEM;
+	static const uint8_t zeros[8];
+	uint64_t off = at;
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < count; i++) {
+		uint8_t h[SECTION_HEAD_BYTES];
+		memcpy(h, SECTION_SEG_MAGIC, 8);
+		be64_put(h + 8, segs[i].first);
+		be64_put(h + 16, segs[i].len);
+		rc = write_at(fd, h, sizeof(h), off);
+		if (rc == 0)
+			rc = seg_copy(j, &segs[i], segs[i].len, fd, off + sizeof(h));
+		if (rc == 0)
+			rc = write_at(fd, zeros, pad8(segs[i].len) - segs[i].len,
+				      off + sizeof(h) + segs[i].len);
+		off += sizeof(h) + pad8(segs[i].len);
+	}
+	free(segs);
+	uint8_t f[SECTION_FOOTER_BYTES];
+	memcpy(f, SECTION_MAGIC, 8);
+	be64_put(f + 8, count);
+	be64_put(f + 16, off + sizeof(f) - at);
+	if (rc == 0)
+		rc = write_at(fd, f, sizeof(f), off);
+	*written = off + sizeof(f) - at;
+	return rc;
+}
+
+static int file_write(const char *path, const uint8_t *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return io_error();
+	int rc = write_at(fd, p, n, 0);
+	if (close(fd) != 0 && rc == 0)
+		rc = io_error();
+	return rc;
+}
+
+int journal_section_unpack(const uint8_t *section, size_t len, const char *ledger_dir)
+{
+	struct journal r, w;
+	int rc = journal_open_region(&r, section, len);
+	if (rc == 0)
+		rc = journal_open(&w, ledger_dir, true, 0);
+	for (size_t i = 0; rc == 0 && i < r.n_segs; i++) {
+		char path[sizeof(w.dir) + SEG_NAME_BYTES];
+		rc = seg_path(&w, r.segs[i].first, path, sizeof(path));
+		if (rc == 0)
+			rc = file_write(path, r.segs[i].base, (size_t)r.segs[i].len);
+	}
+	journal_close(&w);
+	journal_close(&r);
+	return rc;
+}
+
+int journal_sync(struct journal *j)
+{
+	assert(j != NULL);
+	pthread_mutex_lock(&j->lock);
+	size_t n = j->n_segs;
+	uint64_t *firsts = n > 0 ? malloc(n * sizeof(*firsts)) : NULL;
+	for (size_t i = 0; firsts != NULL && i < n; i++)
+		firsts[i] = j->segs[i].first;
+	pthread_mutex_unlock(&j->lock);
+	if (n > 0 && firsts == NULL)
+		return TALLY_ENOMEM;
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i <= n; i++) {
+		char path[sizeof(j->dir) + SEG_NAME_BYTES];
+		if (i < n)
+			rc = seg_path(j, firsts[i], path, sizeof(path));
+		else
+			snprintf(path, sizeof(path), "%s", j->dir); /* the names, last */
+		int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		if (rc == 0 && (fd < 0 || fdatasync(fd) != 0))
+			rc = io_error();
+		if (fd >= 0)
+			close(fd);
+	}
+	free(firsts);
+	return rc;
+}
+
+int journal_remove(const char *ledger_dir)
+{
+	struct journal j;
+	int rc = journal_open(&j, ledger_dir, false, 0);
+	for (size_t i = 0; rc == 0 && i < j.n_segs; i++) {
+		char path[sizeof(j.dir) + SEG_NAME_BYTES];
+		rc = seg_path(&j, j.segs[i].first, path, sizeof(path));
+		if (rc == 0 && unlink(path) != 0 && errno != ENOENT)
+			rc = TALLY_EIO;
+	}
+	if (rc == 0 && rmdir(j.dir) != 0 && errno != ENOENT)
+		rc = TALLY_EIO;
+	journal_close(&j);
+	return rc;
+}
+
+/* Drops segments from index `from` on, files too; j->lock held. */
+static int seg_drop_from(struct journal *j, size_t from)
+{
+	int rc = 0;
+	while (j->n_segs > from) {
+		struct journal_seg *s = &j->segs[j->n_segs - 1];
+		char path[sizeof(j->dir) + SEG_NAME_BYTES];
+		if (seg_path(j, s->first, path, sizeof(path)) != 0 ||
+		    (unlink(path) != 0 && errno != ENOENT))
+			rc = TALLY_EIO;
+		seg_release(j, s);
+		j->n_segs--;
+	}
+	return rc;
+}
+
+/* Cuts the segments back to end bytes of segment `first` (0, 0: no record at all). */
+static int cut_to(struct journal *j, uint64_t first, uint64_t end)
+{
+	pthread_mutex_lock(&j->lock);
+	size_t keep = 0;
+	while (keep < j->n_segs && j->segs[keep].first <= first && first > 0)
+		keep++;
+	int rc = seg_drop_from(j, keep);
+	struct journal_seg *s = keep > 0 ? &j->segs[keep - 1] : NULL;
+	if (rc == 0 && s != NULL && s->first != first)
+		rc = TALLY_ECORRUPT; /* the segment LMDB names is missing */
+	else if (rc == 0 && s != NULL && s->len < end)
+		rc = TALLY_ECORRUPT; /* shorter than what LMDB committed */
+	else if (rc == 0 && s != NULL && s->len > end) {
+		if (ftruncate(s->fd, (off_t)end) != 0)
+			rc = io_error(); /* the bytes past end are written over next */
+		s->len = end;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return rc;
+}
+
+/* The framed length of the record at off of segment s, or 0 when it is not whole. */
+static uint64_t record_end(const struct journal_seg *s, uint64_t off)
+{
+	if (off > s->len || s->len - off < JOURNAL_RECORD_HEAD)
+		return 0;
+	uint64_t n = be32_get(s->base + off);
+	if (n <= ENTRY_HEADER_BYTES || n > s->len - off - JOURNAL_RECORD_HEAD)
+		return 0;
+	return off + JOURNAL_RECORD_HEAD + n;
+}
+
+int journal_settle_open(struct journal *j, uint64_t last_seq, const uint8_t *last_index)
+{
+	assert(j != NULL && j->writable);
+	uint64_t first = 0, end = 0;
+	if (last_index != NULL) {
+		first = be64_get(last_index);
+		uint64_t off = be64_get(last_index + 8);
+		pthread_mutex_lock(&j->lock);
+		struct journal_seg *s = seg_find(j, first);
+		end = s != NULL ? record_end(s, off) : 0;
+		pthread_mutex_unlock(&j->lock);
+		if (end == 0)
+			return TALLY_ECORRUPT;
+	}
+	int rc = cut_to(j, first, end);
+	if (rc != 0)
+		return rc;
+	pthread_mutex_lock(&j->lock);
+	seg_files_close(j);
+	j->commit_first = j->tail_first = first;
+	j->commit_end = j->tail_end = end;
+	pthread_mutex_unlock(&j->lock);
+	j->commit_seq = last_seq;
+	return 0;
+}
+
+void journal_close(struct journal *j)
+{
+	if (j == NULL)
+		return;
+	for (size_t i = 0; i < j->n_segs; i++)
+		seg_release(j, &j->segs[i]);
+	free(j->segs);
+	for (struct journal_chunk *c = j->chunks, *next; c != NULL; c = next) {
+		next = c->next;
+		free(c);
+	}
+	free(j->pending);
+	pthread_mutex_destroy(&j->lock);
+	memset(j, 0, sizeof(*j));
+}
+
+/* ---- a batch's records ----------------------------------------------------------- */
+
+/* The journal whose batch this thread applies: only its writer reads pending records
+ * (another thread's rows name only records already written). */
+static _Thread_local const struct journal *journal_writing;
+
+void journal_begin(struct journal *j)
+{
+	assert(j != NULL && j->writable && j->n_pending == 0);
+	journal_writing = j;
+}
+
+/* Room for n framed bytes in the batch's chunks (which never move while it lasts). */
+static uint8_t *chunk_room(struct journal *j, size_t n)
+{
+	struct journal_chunk *c = j->chunk_at;
+	while (c != NULL && c->cap - c->used < n)
+		c = c->next;
+	if (c == NULL) {
+		size_t cap = n > JOURNAL_CHUNK_BYTES ? n : JOURNAL_CHUNK_BYTES;
+		c = malloc(sizeof(*c) + cap);
+		if (c == NULL)
+			return NULL;
+		c->cap = cap;
+		c->used = 0;
+		c->next = NULL;
+		struct journal_chunk **at = &j->chunks;
+		while (*at != NULL)
+			at = &(*at)->next;
+		*at = c;
+	}
+	j->chunk_at = c;
+	uint8_t *p = c->data + c->used;
+	c->used += n;
+	return p;
+}
+
+int journal_reserve(struct journal *j, uint64_t seq, size_t n, uint8_t **out,
+		    uint8_t index[JOURNAL_INDEX_BYTES])
+{
+	assert(j != NULL && j->writable && out != NULL && index != NULL);
+	assert(n > ENTRY_HEADER_BYTES);
+	assert(seq == j->commit_seq + j->n_pending + 1);
+	if (n > JOURNAL_RECORD_MAX)
+		return TALLY_ERANGE;
+	if (j->n_pending == j->cap_pending) {
+		size_t cap = j->cap_pending > 0 ? 2 * j->cap_pending : 256;
+		struct journal_pending *p = realloc(j->pending, cap * sizeof(*p));
+		if (p == NULL)
+			return TALLY_ENOMEM;
+		j->pending = p;
+		j->cap_pending = cap;
+	}
+	uint64_t framed = JOURNAL_RECORD_HEAD + (uint64_t)n;
+	uint8_t *p = chunk_room(j, (size_t)framed);
+	if (p == NULL)
+		return TALLY_ENOMEM;
+	/* A new segment for the first record, and for one that would carry the open
+	 * segment past segment_bytes: the rule every replica applies alike. */
+	if (j->tail_first == 0 || (j->tail_end > 0 && j->tail_end + framed > j->segment_bytes)) {
+		j->tail_first = seq;
+		j->tail_end = 0;
+	}
+	be32_put(p, (uint32_t)n);
+	j->pending[j->n_pending++] = (struct journal_pending){j->tail_first, j->tail_end, p, framed};
+	be64_put(index, j->tail_first);
+	be64_put(index + 8, j->tail_end);
+	j->tail_end += framed;
+	*out = p + JOURNAL_RECORD_HEAD;
+	return 0;
+}
+
+/* Segment `first`, made when the batch's first record in it is written; j->lock held. */
+static int seg_for_write(struct journal *j, uint64_t first, uint64_t need,
+			 struct journal_seg **out)
+{
+	struct journal_seg *s = seg_find(j, first);
+	if (s != NULL) {
+		*out = s;
+		return 0;
+	}
+	char path[sizeof(j->dir) + SEG_NAME_BYTES];
+	int rc = seg_path(j, first, path, sizeof(path));
+	int fd = rc == 0 ? open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+	if (rc == 0 && fd < 0)
+		rc = io_error();
+	uint8_t *base = NULL;
+	size_t cap = seg_cap(j, need);
+	if (rc == 0)
+		rc = seg_map(fd, cap, &base);
+	if (rc == 0)
+		rc = seg_add(j, first, fd, base, cap, 0);
+	if (rc != 0) {
+		if (base != NULL)
+			munmap(base, cap);
+		if (fd >= 0)
+			close(fd);
+		return rc;
+	}
+	*out = &j->segs[j->n_segs - 1];
+	return 0;
+}
+
+/* Writes pending records [from, to), all of one segment, with as few calls as the
+ * chunks allow; j->lock held. */
+static int write_run(struct journal *j, size_t from, size_t to)
+{
+	const struct journal_pending *p = &j->pending[from];
+	uint64_t need = p[to - from - 1].off + p[to - from - 1].n;
+	struct journal_seg *s;
+	int rc = seg_for_write(j, p->first, need, &s);
+	if (rc != 0)
+		return rc;
+	assert(s->len == p->off);
+	struct iovec iov[JOURNAL_IOV_MAX];
+	for (size_t i = from; i < to;) {
+		size_t n_iov = 0;
+		uint64_t off = j->pending[i].off, bytes = 0;
+		for (; i < to && n_iov < JOURNAL_IOV_MAX; i++) {
+			const struct journal_pending *r = &j->pending[i];
+			if (n_iov > 0 && (uint8_t *)iov[n_iov - 1].iov_base + iov[n_iov - 1].iov_len == r->bytes)
+				iov[n_iov - 1].iov_len += r->n;
+			else
+				iov[n_iov++] = (struct iovec){r->bytes, r->n};
+			bytes += r->n;
+		}
+		ssize_t m = pwritev(s->fd, iov, (int)n_iov, (off_t)off);
+		if (m != (ssize_t)bytes) /* a short write to a regular file: the disk is full */
+			return m < 0 ? io_error() : TALLY_ENOSPC;
+		s->len = off + bytes;
+	}
+	return 0;
+}
+
+int journal_flush(struct journal *j)
+{
+	assert(j != NULL);
+	pthread_mutex_lock(&j->lock);
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < j->n_pending;) {
+		size_t end = i + 1;
+		while (end < j->n_pending && j->pending[end].first == j->pending[i].first)
+			end++;
+		rc = write_run(j, i, end);
+		i = end;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return rc;
+}
+
+int journal_settle(struct journal *j, bool committed)
+{
+	assert(j != NULL);
+	int rc = 0;
+	if (committed) {
+		j->commit_seq += j->n_pending;
+		pthread_mutex_lock(&j->lock); /* journal_section_write reads where it is */
+		j->commit_first = j->tail_first;
+		j->commit_end = j->tail_end;
+		seg_files_close(j);
+		pthread_mutex_unlock(&j->lock);
+	} else if (j->n_pending > 0) {
+		/* What the batch wrote is past every row LMDB holds: cut it off, so that the
+		 * next batch writes those records again from the same place. */
+		rc = cut_to(j, j->commit_first, j->commit_end);
+		j->tail_first = j->commit_first;
+		j->tail_end = j->commit_end;
+	}
+	j->n_pending = 0;
+	journal_writing = NULL;
+	for (struct journal_chunk *c = j->chunks; c != NULL; c = c->next)
+		c->used = 0;
+	j->chunk_at = j->chunks;
+	return rc;
+}
+
+int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES],
+		 MDB_val *raw)
+{
+	assert(j != NULL && index != NULL && raw != NULL);
+	uint64_t first = be64_get(index), off = be64_get(index + 8);
+	if (journal_writing == j && seq > j->commit_seq && seq - j->commit_seq <= j->n_pending) {
+		/* The writer, reading a record of the batch it applies. */
+		const struct journal_pending *p = &j->pending[seq - j->commit_seq - 1];
+		if (p->first != first || p->off != off)
+			return TALLY_ECORRUPT;
+		raw->mv_data = p->bytes + JOURNAL_RECORD_HEAD;
+		raw->mv_size = (size_t)(p->n - JOURNAL_RECORD_HEAD);
+		return 0;
+	}
+	pthread_mutex_lock(&j->lock);
+	const struct journal_seg *s = seg_find(j, first);
+	uint64_t end = s != NULL ? record_end(s, off) : 0;
+	const uint8_t *base = s != NULL ? s->base : NULL;
+	pthread_mutex_unlock(&j->lock);
+	if (end == 0)
+		return TALLY_ECORRUPT;
+	raw->mv_data = (void *)(base + off + JOURNAL_RECORD_HEAD);
+	raw->mv_size = (size_t)(end - off - JOURNAL_RECORD_HEAD);
+	return 0;
+}

@@ -1,0 +1,489 @@
+/*
+ * The journal's segment files (ledger/journal.c): every replica writes the same bytes,
+ * a journal longer than LMDB is cut back at open and a shorter one refused, a failed
+ * batch leaves no record behind, a snapshot carries the segments, and a ledger whose
+ * entries an older format stored inside LMDB is read as it is and goes on in segments.
+ */
+#include "ledger/internal.h"
+#include "tests/util.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MEMBERS 20
+
+static const char *const member_ids[MEMBERS] = {
+	"m00", "m01", "m02", "m03", "m04", "m05", "m06", "m07", "m08", "m09",
+	"m10", "m11", "m12", "m13", "m14", "m15", "m16", "m17", "m18", "m19"};
+
+/* A brand, members, and `batches` batches of 50 accruals and redemptions. */
+static void fill(struct fx *f, unsigned batches)
+{
+	for (unsigned b = 0; b < batches; b++) {
+		Tally__V1__Command *cmds[50];
+		for (unsigned i = 0; i < 50; i++) {
+			const char *m = member_ids[(b * 50 + i) % MEMBERS];
+			cmds[i] = i % 4 == 3 ? c_redeem(f, admin(f), "aurora", m, 1)
+					     : c_accrue(f, admin(f), "aurora", m, 10 + i);
+		}
+		Tally__V1__CommandResult **rs = apply_n(f, cmds, 50);
+		for (unsigned i = 0; i < 50; i++)
+			assert_int_equal(rs[i]->code, TALLY__V1__RESULT_CODE__OK);
+	}
+}
+
+static void open_filled(struct fx *f, unsigned batches)
+{
+	fx_open(f);
+	setup_brand(f, "aurora", 0);
+	setup_members(f, member_ids, MEMBERS);
+	for (unsigned i = 0; i < MEMBERS; i++)
+		ok(f, c_accrue(f, admin(f), "aurora", member_ids[i], 1000));
+	fill(f, batches);
+}
+
+static void journal_path(const char *ledger_dir, char *buf, size_t cap)
+{
+	snprintf(buf, cap, "%s/journal", ledger_dir);
+}
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The segment files' names in dir/journal, sorted (free each and the array). */
+static char **segment_names(const char *dir, size_t *n)
+{
+	char path[512];
+	journal_path(dir, path, sizeof(path));
+	DIR *d = opendir(path);
+	assert_non_null(d);
+	char **names = NULL;
+	*n = 0;
+	for (struct dirent *e; (e = readdir(d)) != NULL;) {
+		if (e->d_name[0] == '.')
+			continue;
+		names = realloc(names, (*n + 1) * sizeof(*names));
+		assert_non_null(names);
+		names[(*n)++] = strdup(e->d_name);
+	}
+	closedir(d);
+	qsort(names, *n, sizeof(*names), name_cmp);
+	return names;
+}
+
+static void free_names(char **names, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+static uint8_t *file_bytes(const char *dir, const char *name, size_t *len)
+{
+	char path[600];
+	snprintf(path, sizeof(path), "%s/journal/%s", dir, name);
+	int fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	struct stat st;
+	assert_int_equal(fstat(fd, &st), 0);
+	uint8_t *p = malloc((size_t)st.st_size + 1);
+	assert_non_null(p);
+	assert_int_equal(pread(fd, p, (size_t)st.st_size, 0), st.st_size);
+	close(fd);
+	*len = (size_t)st.st_size;
+	return p;
+}
+
+/* Both ledgers' journals hold the same files with the same bytes; returns how many. */
+static size_t assert_same_segments(const char *a, const char *b)
+{
+	size_t na, nb;
+	char **fa = segment_names(a, &na), **fb = segment_names(b, &nb);
+	assert_int_equal(na, nb);
+	for (size_t i = 0; i < na; i++) {
+		assert_string_equal(fa[i], fb[i]);
+		size_t la, lb;
+		uint8_t *pa = file_bytes(a, fa[i], &la), *pb = file_bytes(b, fb[i], &lb);
+		assert_int_equal(la, lb);
+		assert_memory_equal(pa, pb, la);
+		free(pa);
+		free(pb);
+	}
+	free_names(fa, na);
+	free_names(fb, nb);
+	return na;
+}
+
+static void assert_same_content(struct fx *a, struct fx *b)
+{
+	uint8_t ha[32], hb[32];
+	assert_int_equal(tally_ledger_content_hash(a->l, ha), 0);
+	assert_int_equal(tally_ledger_content_hash(b->l, hb), 0);
+	assert_memory_equal(ha, hb, 32);
+}
+
+static void test_replicas_write_the_same_segments_each_closed_at_its_size(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 40);
+	open_filled(&b, 40);
+	size_t n = assert_same_segments(a.dir, b.dir);
+	assert_true(n >= 3);
+	assert_same_content(&a, &b);
+	/* Every segment but the last is closed: within its size, and the next one begins
+	 * where its last entry ended. */
+	char **names = segment_names(a.dir, &n);
+	uint64_t expect_first = 1;
+	for (size_t i = 0; i < n; i++) {
+		size_t len;
+		uint8_t *p = file_bytes(a.dir, names[i], &len);
+		assert_true(len <= FX_JOURNAL_SEGMENT_BYTES);
+		char want[32];
+		snprintf(want, sizeof(want), "%020llu.seg", (unsigned long long)expect_first);
+		assert_string_equal(names[i], want);
+		for (size_t off = 0; off < len; expect_first++)
+			off += JOURNAL_RECORD_HEAD + be32_get(p + off);
+		free(p);
+	}
+	assert_int_equal(expect_first - 1, tally_ledger_journal_size(a.l));
+	free_names(names, n);
+	assert_invariants(&a);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+static void append_junk(const char *dir, const char *name)
+{
+	char path[600];
+	snprintf(path, sizeof(path), "%s/journal/%s", dir, name);
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	assert_true(fd >= 0);
+	static const char junk[] = "\x00\x00\x01\x00 half of a record the crash cut";
+	assert_int_equal(write(fd, junk, sizeof(junk)), (ssize_t)sizeof(junk));
+	close(fd);
+}
+
+static void test_a_journal_longer_than_lmdb_is_cut_back_at_open(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 12);
+	open_filled(&b, 12);
+	fx_ledger_close(&a);
+	size_t n;
+	char **names = segment_names(a.dir, &n);
+	append_junk(a.dir, names[n - 1]);
+	append_junk(a.dir, "00000000000099999999.seg"); /* a segment LMDB never named */
+	free_names(names, n);
+	assert_int_equal(fx_ledger_open(&a), 0);
+	assert_same_segments(a.dir, b.dir);
+	assert_same_content(&a, &b);
+	/* Both go on alike. */
+	fill(&a, 6);
+	fill(&b, 6);
+	assert_same_segments(a.dir, b.dir);
+	assert_same_content(&a, &b);
+	assert_invariants(&a);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+static void test_a_journal_shorter_than_lmdb_is_refused(void **state)
+{
+	(void)state;
+	struct fx a;
+	open_filled(&a, 12);
+	fx_ledger_close(&a);
+	size_t n;
+	char **names = segment_names(a.dir, &n);
+	char path[600];
+	snprintf(path, sizeof(path), "%s/journal/%s", a.dir, names[n - 1]);
+	struct stat st;
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(truncate(path, st.st_size - 1), 0);
+	assert_int_equal(fx_ledger_open(&a), TALLY_ECORRUPT);
+	assert_null(a.l);
+	assert_int_equal(unlink(path), 0);
+	assert_int_equal(fx_ledger_open(&a), TALLY_ECORRUPT);
+	assert_null(a.l);
+
+	free_names(names, n);
+
+	/* A segment lost from the middle: the open does not read it, the check does. */
+	struct fx b;
+	open_filled(&b, 40);
+	fx_ledger_close(&b);
+	names = segment_names(b.dir, &n);
+	assert_true(n >= 3);
+	char lost[600];
+	snprintf(lost, sizeof(lost), "%s/journal/%s", b.dir, names[1]);
+	assert_int_equal(unlink(lost), 0);
+	assert_int_equal(fx_ledger_open(&b), 0);
+	char msg[256];
+	assert_int_not_equal(tally_ledger_check_invariants(b.l, msg, sizeof(msg)), 0);
+	print_message("check: %s\n", msg);
+	free_names(names, n);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+/* A batch too large for the map (1 MiB here) fails whole; its records are gone from
+ * the segments. */
+static void test_a_failed_batch_leaves_no_record_behind(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 2);
+	open_filled(&b, 2);
+	fx_ledger_close(&a);
+	struct tally_ledger_options o = {.map_size_bytes = 1u << 20, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES};
+	assert_int_equal(tally_ledger_open(a.dir, &o, &a.l), 0);
+	size_t big = 8000;
+	unsigned req = a.req; /* the request ids the failed batch used come again */
+	Tally__V1__Command **cmds = malloc(big * sizeof(*cmds));
+	assert_non_null(cmds);
+	for (size_t i = 0; i < big; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "new-member-%06zu", i);
+		cmds[i] = c_member(&a, admin(&a), sdup(&a, id));
+	}
+	Tally__V1__Batch batch = TALLY__V1__BATCH__INIT;
+	batch.raft_index = a.index + 1;
+	batch.raft_term = 1;
+	batch.time_ms = a.now_ms;
+	batch.commands = cmds;
+	batch.n_commands = big;
+	Tally__V1__CommandResult **rs;
+	bool skipped;
+	int rc = tally_ledger_apply_batch(a.l, &batch, &a.results, &rs, &skipped);
+	print_message("a batch of %zu new members in a map of 1 MiB: %s\n", big, tally_strerror(rc));
+	assert_true(rc == TALLY_EFULL || rc == TALLY_ENOSPC);
+	free(cmds);
+	a.req = req;
+	assert_same_segments(a.dir, b.dir);
+	fx_ledger_close(&a);
+	assert_int_equal(fx_ledger_open(&a), 0);
+	fill(&a, 3);
+	fill(&b, 3);
+	assert_same_segments(a.dir, b.dir);
+	assert_same_content(&a, &b);
+	fx_close(&a);
+	fx_close(&b);
+}
+
+/* n records of 1000 bytes, record i filled with byte fill + i, as one batch. */
+static void journal_batch(struct journal *j, uint64_t first_seq, unsigned n, uint8_t fill,
+			  uint8_t index[][JOURNAL_INDEX_BYTES], bool commit)
+{
+	journal_begin(j);
+	for (unsigned i = 0; i < n; i++) {
+		uint8_t *p;
+		assert_int_equal(journal_reserve(j, first_seq + i, 1000, &p, index[i]), 0);
+		memset(p, fill + i, 1000);
+		MDB_val raw; /* the writer reads the batch's records before they are written */
+		assert_int_equal(journal_read(j, first_seq + i, index[i], &raw), 0);
+		assert_ptr_equal(raw.mv_data, p);
+	}
+	assert_int_equal(journal_flush(j), 0);
+	assert_int_equal(journal_settle(j, commit), 0);
+}
+
+static off_t file_size(const char *dir, uint64_t first)
+{
+	char path[600];
+	snprintf(path, sizeof(path), "%s/journal/%020llu.seg", dir, (unsigned long long)first);
+	struct stat st;
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+/* Records written for a batch whose LMDB transaction then failed are cut off, in the
+ * segment they began in and in the ones they opened. */
+static void test_records_written_for_a_batch_that_did_not_commit_are_cut_off(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	struct journal j;
+	uint8_t index[16][JOURNAL_INDEX_BYTES];
+	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
+	assert_int_equal(journal_settle_open(&j, 0, NULL), 0);
+	journal_batch(&j, 1, 6, 0x10, index, true); /* segments 1 (4 records) and 5 (2) */
+	assert_int_equal(file_size(dir, 1), 4 * 1004);
+	assert_int_equal(file_size(dir, 5), 2 * 1004);
+	journal_batch(&j, 7, 5, 0x40, index, false); /* 7, 8 into segment 5; 9-11 into 9 */
+	assert_int_equal(file_size(dir, 5), 2 * 1004);
+	assert_int_equal(file_size(dir, 9), -1);
+	journal_batch(&j, 7, 5, 0x60, index, true); /* the same places, other bytes */
+	assert_int_equal(file_size(dir, 5), 4 * 1004);
+	assert_int_equal(file_size(dir, 9), 3 * 1004);
+	for (unsigned i = 0; i < 5; i++) {
+		MDB_val raw;
+		assert_int_equal(journal_read(&j, 7 + i, index[i], &raw), 0);
+		assert_int_equal(raw.mv_size, 1000);
+		assert_int_equal(((uint8_t *)raw.mv_data)[999], 0x60 + i);
+	}
+	journal_close(&j);
+	/* Open again: LMDB's last row names record 11, at 2008 of segment 9. */
+	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
+	assert_int_equal(journal_settle_open(&j, 11, index[4]), 0);
+	journal_batch(&j, 12, 1, 0x70, index, true);
+	assert_int_equal(file_size(dir, 9), 4 * 1004);
+	journal_close(&j);
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+static uint8_t *snapshot_of(struct fx *f, size_t *len)
+{
+	char *dir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(tally_ledger_snapshot(f->l, fd, NULL), 0);
+	off_t end = lseek(fd, 0, SEEK_END);
+	uint8_t *p = malloc((size_t)end);
+	assert_non_null(p);
+	assert_int_equal(pread(fd, p, (size_t)end, 0), end);
+	close(fd);
+	fx_remove_dir(dir);
+	free(dir);
+	*len = (size_t)end;
+	return p;
+}
+
+static void test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again(void **state)
+{
+	(void)state;
+	struct fx a, c;
+	open_filled(&a, 30);
+	size_t len;
+	uint8_t *snap = snapshot_of(&a, &len);
+	char *dir = fx_tmpdir();
+	struct tally_ledger *l = NULL;
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES};
+	bool pending;
+	/* Restored over a ledger that already holds other segments. */
+	open_filled(&c, 45);
+	fx_ledger_close(&c);
+	assert_int_equal(tally_ledger_restore(c.dir, snap, len, &o, &l, &pending), 0);
+	c.l = l;
+	c.index = tally_ledger_applied_index(l);
+	c.req = a.req; /* the same commands from here on */
+	c.now_ms = a.now_ms;
+	assert_true(assert_same_segments(a.dir, c.dir) >= 3);
+	assert_same_content(&a, &c);
+	assert_invariants(&c);
+	free(snap);
+	fill(&a, 5);
+	fill(&c, 5);
+	assert_same_segments(a.dir, c.dir);
+	assert_same_content(&a, &c);
+	fx_remove_dir(dir);
+	free(dir);
+	fx_close(&a);
+	fx_close(&c);
+}
+
+/* Rewrites every journal row of the closed ledger in dir as a format-6 ledger stored
+ * it (the entry itself, inside LMDB), and removes the segments. */
+static void store_entries_inside_lmdb(struct fx *f)
+{
+	assert_int_equal(fx_ledger_open(f), 0);
+	struct tally_ledger *l = f->l;
+	MDB_txn *txn;
+	assert_int_equal(mdb_txn_begin(l->env, NULL, 0, &txn), 0);
+	uint64_t n = tally_ledger_journal_size(l);
+	for (uint64_t seq = 1; seq <= n; seq++) {
+		MDB_val raw;
+		assert_int_equal(txn_entry_get(txn, l->dbi[T_ENTRIES], seq, &raw), 0);
+		uint8_t *copy = malloc(raw.mv_size);
+		assert_non_null(copy);
+		memcpy(copy, raw.mv_data, raw.mv_size);
+		uint8_t kb[8];
+		be64_put(kb, seq);
+		MDB_val k = {8, kb}, v = {raw.mv_size, copy};
+		assert_int_equal(mdb_put(txn, l->dbi[T_ENTRIES], &k, &v, 0), 0);
+		free(copy);
+	}
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	fx_ledger_close(f);
+	assert_int_equal(journal_remove(f->dir), 0);
+	uint8_t version[8];
+	be64_put(version, 6);
+	meta_poke(f->dir, "version", version, sizeof(version));
+}
+
+static void test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments(
+	void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 10);
+	open_filled(&b, 10);
+	uint64_t n = tally_ledger_journal_size(a.l);
+	fx_ledger_close(&a);
+	store_entries_inside_lmdb(&a);
+	assert_int_equal(fx_ledger_open(&a), 0);
+	size_t segs;
+	char **none = segment_names(a.dir, &segs);
+	assert_int_equal(segs, 0);
+	free_names(none, segs);
+	assert_invariants(&a);
+	Tally__V1__Entry *e = entry_at(&a, n / 2);
+	assert_non_null(e);
+	assert_int_equal(e->seq, n / 2);
+
+	/* New entries go to segments, the first named by the first new entry. */
+	fill(&a, 4);
+	fill(&b, 4);
+	char **names = segment_names(a.dir, &segs);
+	assert_true(segs >= 1);
+	char want[32];
+	snprintf(want, sizeof(want), "%020llu.seg", (unsigned long long)n + 1);
+	assert_string_equal(names[0], want);
+	free_names(names, segs);
+	assert_same_content(&a, &b);
+	assert_invariants(&a);
+
+	/* A snapshot of the mixed ledger restores to the same content. */
+	size_t len;
+	uint8_t *snap = snapshot_of(&a, &len);
+	struct fx c;
+	fx_open(&c);
+	fx_ledger_close(&c);
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES};
+	bool pending;
+	assert_int_equal(tally_ledger_restore(c.dir, snap, len, &o, &c.l, &pending), 0);
+	free(snap);
+	assert_same_content(&a, &c);
+	assert_invariants(&c);
+	fx_close(&a);
+	fx_close(&b);
+	fx_close(&c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_replicas_write_the_same_segments_each_closed_at_its_size),
+		cmocka_unit_test(test_a_journal_longer_than_lmdb_is_cut_back_at_open),
+		cmocka_unit_test(test_a_journal_shorter_than_lmdb_is_refused),
+		cmocka_unit_test(test_a_failed_batch_leaves_no_record_behind),
+		cmocka_unit_test(test_records_written_for_a_batch_that_did_not_commit_are_cut_off),
+		cmocka_unit_test(test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again),
+		cmocka_unit_test(
+			test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
