@@ -51,6 +51,21 @@ static int seg_path(const struct journal *j, uint64_t first, char *buf, size_t c
 	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
 }
 
+/* items (*cap of them, n in use, size bytes each) with room for one more: the same
+ * array, or a larger one (twice the elements, `first` at first), or NULL when there
+ * is no memory (items is then as it was). */
+static void *room_for_one(void *items, size_t *cap, size_t n, size_t size, size_t first)
+{
+	assert(n <= *cap);
+	if (n < *cap)
+		return items;
+	size_t grown = *cap > 0 ? 2 * *cap : first;
+	void *p = realloc(items, grown * size);
+	if (p != NULL)
+		*cap = grown;
+	return p;
+}
+
 /* The segment whose first record is `first`, or NULL; j->lock held. */
 static struct journal_seg *seg_find(const struct journal *j, uint64_t first)
 {
@@ -70,14 +85,10 @@ static int seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, siz
 		   uint64_t len)
 {
 	assert(j->n_segs == 0 || j->segs[j->n_segs - 1].first < first);
-	if (j->n_segs == j->cap_segs) {
-		size_t cap_segs = j->cap_segs > 0 ? 2 * j->cap_segs : 16;
-		struct journal_seg *s = realloc(j->segs, cap_segs * sizeof(*s));
-		if (s == NULL)
-			return TALLY_ENOMEM;
-		j->segs = s;
-		j->cap_segs = cap_segs;
-	}
+	struct journal_seg *s = room_for_one(j->segs, &j->cap_segs, j->n_segs, sizeof(*s), 16);
+	if (s == NULL)
+		return TALLY_ENOMEM;
+	j->segs = s;
 	j->segs[j->n_segs++] = (struct journal_seg){first, base, cap, len, fd};
 	return 0;
 }
@@ -148,20 +159,33 @@ static int seg_list(const struct journal *j, uint64_t **out, size_t *n)
 		uint64_t first;
 		if (name_first(e->d_name, &first) != 0)
 			continue;
-		if (*n == cap) {
-			cap = cap > 0 ? 2 * cap : 16;
-			uint64_t *v = realloc(*out, cap * sizeof(*v));
-			if (v == NULL) {
-				rc = TALLY_ENOMEM;
-				break;
-			}
-			*out = v;
-		}
-		(*out)[(*n)++] = first;
+		uint64_t *v = room_for_one(*out, &cap, *n, sizeof(*v), 16);
+		if (v == NULL)
+			rc = TALLY_ENOMEM;
+		else
+			(*out = v)[(*n)++] = first;
 	}
 	closedir(d);
 	if (rc == 0 && *n > 1)
 		qsort(*out, *n, sizeof(**out), u64_cmp);
+	return rc;
+}
+
+/* Segment `first` on fd, which it owns from here (closed on a failure): mapped for
+ * len bytes written and `need` to come, and added after every other; j->lock held
+ * where others may read the table. */
+static int seg_attach(struct journal *j, uint64_t first, int fd, uint64_t len, uint64_t need)
+{
+	uint8_t *base = NULL;
+	size_t cap = seg_cap(j, len > need ? len : need);
+	int rc = seg_map(fd, cap, &base);
+	if (rc == 0)
+		rc = seg_add(j, first, fd, base, cap, len);
+	if (rc != 0) {
+		if (base != NULL)
+			munmap(base, cap);
+		close(fd);
+	}
 	return rc;
 }
 
@@ -170,24 +194,14 @@ static int seg_open(struct journal *j, uint64_t first)
 	char path[sizeof(j->dir) + SEG_NAME_BYTES];
 	int rc = seg_path(j, first, path, sizeof(path));
 	int fd = rc == 0 ? open(path, (j->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) : -1;
-	if (rc == 0 && fd < 0)
-		rc = TALLY_EIO;
+	if (fd < 0)
+		return rc != 0 ? rc : TALLY_EIO;
 	struct stat st;
-	if (rc == 0 && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)))
-		rc = TALLY_ECORRUPT;
-	uint8_t *base = NULL;
-	size_t cap = rc == 0 ? seg_cap(j, (uint64_t)st.st_size) : 0;
-	if (rc == 0)
-		rc = seg_map(fd, cap, &base);
-	if (rc == 0)
-		rc = seg_add(j, first, fd, base, cap, (uint64_t)st.st_size);
-	if (rc != 0) {
-		if (base != NULL)
-			munmap(base, cap);
-		if (fd >= 0)
-			close(fd);
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return TALLY_ECORRUPT;
 	}
-	return rc;
+	return seg_attach(j, first, fd, (uint64_t)st.st_size, 0);
 }
 
 int journal_open(struct journal *j, const char *ledger_dir, bool writable,
@@ -558,14 +572,11 @@ int journal_reserve(struct journal *j, uint64_t seq, size_t n, uint8_t **out,
 	assert(seq == j->commit_seq + j->n_pending + 1);
 	if (n > JOURNAL_RECORD_MAX)
 		return TALLY_ERANGE;
-	if (j->n_pending == j->cap_pending) {
-		size_t cap = j->cap_pending > 0 ? 2 * j->cap_pending : 256;
-		struct journal_pending *p = realloc(j->pending, cap * sizeof(*p));
-		if (p == NULL)
-			return TALLY_ENOMEM;
-		j->pending = p;
-		j->cap_pending = cap;
-	}
+	struct journal_pending *pending =
+		room_for_one(j->pending, &j->cap_pending, j->n_pending, sizeof(*pending), 256);
+	if (pending == NULL)
+		return TALLY_ENOMEM;
+	j->pending = pending;
 	uint64_t framed = JOURNAL_RECORD_HEAD + (uint64_t)n;
 	uint8_t *p = chunk_room(j, (size_t)framed);
 	if (p == NULL)
@@ -597,21 +608,11 @@ static int seg_for_write(struct journal *j, uint64_t first, uint64_t need,
 	char path[sizeof(j->dir) + SEG_NAME_BYTES];
 	int rc = seg_path(j, first, path, sizeof(path));
 	int fd = rc == 0 ? open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
-	if (rc == 0 && fd < 0)
-		rc = io_error();
-	uint8_t *base = NULL;
-	size_t cap = seg_cap(j, need);
-	if (rc == 0)
-		rc = seg_map(fd, cap, &base);
-	if (rc == 0)
-		rc = seg_add(j, first, fd, base, cap, 0);
-	if (rc != 0) {
-		if (base != NULL)
-			munmap(base, cap);
-		if (fd >= 0)
-			close(fd);
+	if (fd < 0)
+		return rc != 0 ? rc : io_error();
+	rc = seg_attach(j, first, fd, 0, need);
+	if (rc != 0)
 		return rc;
-	}
 	*out = &j->segs[j->n_segs - 1];
 	return 0;
 }
