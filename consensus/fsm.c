@@ -430,8 +430,8 @@ static void check_work_cb(uv_work_t *work)
 {
 	struct tally_node *n = work->data;
 	assert(n != NULL && n->check_busy);
-	n->check_rc = node_snapshot_verify(n->ledger, n->check_file, n->check_msg,
-					   sizeof(n->check_msg));
+	n->check_rc = node_snapshot_verify(n->ledger, n->ledger_opts.snapshot_links_dir,
+					   n->check_file, n->check_msg, sizeof(n->check_msg));
 }
 
 /* Main loop, after the check. A restored ledger that fails it is not the cluster's

@@ -66,12 +66,14 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	int d = snprintf(n->dir, sizeof(n->dir), "%s", cfg->dir);
 	int r = snprintf(n->raft_dir, sizeof(n->raft_dir), "%s/raft", cfg->dir);
 	int l = snprintf(n->ledger_dir, sizeof(n->ledger_dir), "%s/ledger", cfg->dir);
+	int k = snprintf(n->links_dir, sizeof(n->links_dir), "%s/snapshot-segments", cfg->dir);
 	if (a < 0 || (size_t)a >= sizeof(n->address)) {
 		ERR(errmsg, errcap, "node: address longer than %d bytes", TALLY_ADDRESS_BYTES_MAX);
 		return TALLY_EINVAL;
 	}
-	if (d < 0 || r < 0 || l < 0 || (size_t)d >= sizeof(n->dir) ||
-	    (size_t)r >= sizeof(n->raft_dir) || (size_t)l >= sizeof(n->ledger_dir)) {
+	if (d < 0 || r < 0 || l < 0 || k < 0 || (size_t)d >= sizeof(n->dir) ||
+	    (size_t)r >= sizeof(n->raft_dir) || (size_t)l >= sizeof(n->ledger_dir) ||
+	    (size_t)k >= sizeof(n->links_dir)) {
 		ERR(errmsg, errcap, "node: dir path too long");
 		return TALLY_EINVAL;
 	}
@@ -147,6 +149,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	n->transport.log = node_transport_log;
 	n->transport.log_data = n;
 	n->transport.spool_dir = n->ledger_dir; /* a received snapshot, beside the ledger */
+	n->transport.links_dir = n->ledger_opts.snapshot_links_dir;
 	node_logfill_dir(n->raft_dir); /* segments written when made (consensus/logfill.h) */
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
@@ -261,9 +264,15 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 		rc = dir_make(n->raft_dir, errmsg, errcap);
 	if (rc == 0)
 		rc = dir_make(n->ledger_dir, errmsg, errcap);
+	/* Over TLS the node's transport carries the closed segments a snapshot names, so
+	 * its snapshots link them instead of copying them (ledger.h). */
+	if (rc == 0 && cfg->tls != NULL)
+		rc = dir_make(n->links_dir, errmsg, errcap);
 	n->ledger_opts = (struct tally_ledger_options){
 		.map_size_bytes = cfg->map_size_bytes, .map_room_bytes = cfg->map_room_bytes,
-		.nosync = true, .writemap = !cfg->ledger_pwrite};
+		.nosync = true, .writemap = !cfg->ledger_pwrite,
+		.journal_segment_bytes = cfg->journal_segment_bytes,
+		.snapshot_links_dir = cfg->tls != NULL ? n->links_dir : NULL};
 	if (rc == 0)
 		rc = ledger_open_checked(n, errmsg, errcap);
 	tally_clock_init(&n->clock);

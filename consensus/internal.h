@@ -105,6 +105,7 @@ struct tally_node {
 	char dir[NODE_PATH_BYTES_MAX];
 	char raft_dir[NODE_PATH_BYTES_MAX];
 	char ledger_dir[NODE_PATH_BYTES_MAX];
+	char links_dir[NODE_PATH_BYTES_MAX]; /* closed journal segments snapshots name (TLS) */
 	char *bootstrap;                  /* malloc'd copy or NULL */
 	struct tally_ledger_options ledger_opts;
 	struct tally_ledger *ledger;

@@ -65,6 +65,9 @@ struct tally_node_config {
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
 	bool ledger_pwrite;               /* LMDB writes with pwrite, not through its map (MDB_WRITEMAP) */
+	/* Where the journal's segment files close; 0 = 64 MiB (ledger.h). The same on every
+	 * node of a cluster: tests make it small to close segments early. */
+	uint64_t journal_segment_bytes;
 	/* A follower applies committed entries on the loop, as the leader does, instead
 	 * of on a thread of its own (consensus/applier.c). The simulator always does. */
 	bool apply_on_loop;

@@ -97,11 +97,13 @@ void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char
 	closedir(d);
 }
 
-int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t cap)
+int node_snapshot_verify(struct tally_ledger *l, const char *links_dir, char *file, char *msg,
+			 size_t cap)
 {
 	assert(l != NULL && file != NULL && msg != NULL && cap > 0);
 	struct tally_ledger *copy = NULL;
-	int rc = file[0] != '\0' ? tally_ledger_open_snapshot(file, &copy) : TALLY_ENOTFOUND;
+	int rc = file[0] != '\0' ? tally_ledger_open_snapshot(file, links_dir, &copy)
+				 : TALLY_ENOTFOUND;
 	if (rc == 0) {
 		rc = tally_ledger_check_invariants(copy, msg, cap);
 		tally_ledger_close(copy);

@@ -57,7 +57,8 @@ int node_snapshot_take(struct tally_ledger *l, const char *dir, struct raft_buff
 bool node_snapshot_free(struct raft_buffer *buf);
 void node_snapshot_find(const char *raft_dir, const void *snap, size_t len, char *path,
 			size_t cap);
-int node_snapshot_verify(struct tally_ledger *l, char *file, char *msg, size_t cap);
+int node_snapshot_verify(struct tally_ledger *l, const char *links_dir, char *file, char *msg,
+			 size_t cap);
 void node_snapshot_io_init(struct raft_io *io);
 
 #endif

@@ -44,6 +44,7 @@
 #include "consensus/bigbuf.h"
 #include "consensus/raftwire.h"
 #include "consensus/transport.h"
+#include "ledger/ledger.h"
 #include "rpc/stream.h"
 #include "rpc/tls.h"
 
@@ -69,6 +70,7 @@ struct tlsnet_send {
 	unsigned n_pieces, piece;        /* pieces, and the one being sent */
 	size_t offset;                   /* bytes of that piece already sent */
 	struct tally_raftwire_piece *pieces; /* head, then the payload's: inside this allocation */
+	struct tally_snapshot_appendix *appendix; /* after an InstallSnapshot's bytes, or NULL */
 	uint8_t head[];                  /* prefix + header; pieces after it */
 };
 
@@ -178,6 +180,8 @@ static void tlsnet_done_run(uv_idle_t *idle)
 		struct tlsnet_send *next = s->next;
 		struct raft_io_send *req = s->req;
 		int status = s->status;
+		tally_ledger_snapshot_appendix_free(s->appendix);
+		free(s->appendix);
 		free(s);
 		if (req->cb != NULL)
 			req->cb(req, status);
@@ -333,22 +337,61 @@ static int tlsnet_seal(struct tlsnet_conn *c, const void *data, size_t len)
 
 /* ---- sending: each peer's queue into its connection's TLS session ---- */
 
-/* A message as pieces: its head, then its payload's (raftwire.h). */
-static struct tlsnet_send *tlsnet_send_new(const struct raft_message *m, struct raft_io_send *req)
+/* What an InstallSnapshot carries after the snapshot's bytes: the closed segments it
+ * names (ledger.h), or nothing. NULL with *rc 0: nothing to add. */
+static struct tally_snapshot_appendix *tlsnet_appendix(const struct tally_transport *t,
+							 const struct raft_message *m, int *rc)
 {
-	unsigned n_pieces = 1 + tally_raftwire_piece_count(m);
+	*rc = 0;
+	if (m->type != RAFT_IO_INSTALL_SNAPSHOT || t->links_dir == NULL)
+		return NULL;
+	struct tally_snapshot_appendix *a = calloc(1, sizeof(*a));
+	if (a == NULL) {
+		*rc = RAFT_NOMEM;
+		return NULL;
+	}
+	const struct raft_buffer *d = &m->install_snapshot.data;
+	int lrc = tally_ledger_snapshot_appendix(d->base, d->len, t->links_dir, a);
+	if (lrc == 0 && a->bytes > 0)
+		return a;
+	free(a);
+	*rc = lrc == 0 ? 0 : lrc == TALLY_ENOMEM ? RAFT_NOMEM : RAFT_IOERR;
+	return NULL;
+}
+
+/* A message as pieces: its head, then its payload's (raftwire.h), then an appendix. */
+static struct tlsnet_send *tlsnet_send_new(const struct tally_transport *t,
+					   const struct raft_message *m, struct raft_io_send *req,
+					   int *rc)
+{
+	struct tally_snapshot_appendix *a = tlsnet_appendix(t, m, rc);
+	if (*rc != 0)
+		return NULL;
+	struct raft_message sized = *m; /* the payload's length counts the appendix */
+	if (a != NULL)
+		sized.install_snapshot.data.len += (size_t)a->bytes;
+	unsigned n_raft = tally_raftwire_piece_count(m);
+	unsigned n_pieces = 1 + n_raft + (a != NULL ? (unsigned)a->n_pieces : 0);
 	size_t head = tally_raftwire_head_bytes(m);
 	size_t pieces_at = (head + 7) & ~(size_t)7;
 	struct tlsnet_send *s = malloc(sizeof(*s) + pieces_at + n_pieces * sizeof(*s->pieces));
-	if (s == NULL)
+	if (s == NULL) {
+		tally_ledger_snapshot_appendix_free(a);
+		free(a);
+		*rc = RAFT_NOMEM;
 		return NULL;
+	}
 	memset(s, 0, sizeof(*s));
 	s->req = req;
 	s->n_pieces = n_pieces;
+	s->appendix = a;
 	s->pieces = (struct tally_raftwire_piece *)(s->head + pieces_at);
-	tally_raftwire_head_write(m, s->head);
+	tally_raftwire_head_write(&sized, s->head);
 	s->pieces[0] = (struct tally_raftwire_piece){s->head, head};
 	tally_raftwire_pieces(m, s->pieces + 1);
+	for (size_t i = 0; a != NULL && i < a->n_pieces; i++)
+		s->pieces[1 + n_raft + i] = (struct tally_raftwire_piece){a->pieces[i].base,
+									 a->pieces[i].len};
 	return s;
 }
 
@@ -492,9 +535,10 @@ int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const
 	if (strlen(m->server_address) > TALLY_ADDRESS_BYTES_MAX)
 		return RAFT_NAMETOOLONG;
 	struct tlsnet_peer *p = tlsnet_peer_get(t, m->server_id, m->server_address);
-	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(m, req) : NULL;
+	int rc = p != NULL ? 0 : RAFT_NOMEM;
+	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(t, m, req, &rc) : NULL;
 	if (s == NULL)
-		return RAFT_NOMEM;
+		return rc != 0 ? rc : RAFT_NOMEM;
 	req->cb = cb;
 	if (p->tail != NULL)
 		p->tail->next = s;

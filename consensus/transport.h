@@ -65,6 +65,10 @@ struct tally_transport {
 	const char *spool_dir;                   /* a received snapshot's bytes go to an
 						  * unlinked file here (consensus/bigbuf.h);
 						  * NULL: the heap */
+	const char *links_dir;                   /* the closed segments snapshots name: an
+						  * InstallSnapshot carries them after the
+						  * snapshot (ledger.h, the appendix); NULL:
+						  * snapshots carry their own */
 };
 
 /* Prepares the wrapper on `loop`: over TLS with `tls` (kept, not owned), else with an

@@ -461,6 +461,26 @@ static bool trailer_verify(enum seal kind, const uint8_t *snap, size_t copy_len)
 	return memcmp(check, t + SNAPSHOT_MAGIC_BYTES + 8, SNAPSHOT_CHECK_BYTES) == 0;
 }
 
+/* A snapshot's parts: LMDB's copy, the journal's section, the trailer sealing both,
+ * and the appendix a sender may have put after it. */
+struct snap_parts {
+	enum seal kind;     /* SEAL_NONE: no trailer (an older node's snapshot) */
+	size_t sealed_len;  /* the copy and the section */
+	size_t copy_len;
+	struct jsnap_source src;
+};
+
+static void snap_parse(const uint8_t *snap, size_t len, const char *links_dir,
+		       struct snap_parts *p)
+{
+	memset(p, 0, sizeof(*p));
+	size_t body = jsnap_appendix_split(snap, len, &p->src.appendix, &p->src.appendix_len);
+	p->sealed_len = body;
+	p->kind = trailer_find(snap, body, &p->sealed_len);
+	p->copy_len = jsnap_find(snap, p->sealed_len);
+	p->src.links_dir = links_dir;
+}
+
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
 {
 	assert(l != NULL && fd >= 0);
@@ -486,7 +506,8 @@ int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_inde
 	 * only grow; a restore cuts them back to the copy). */
 	uint64_t section = 0;
 	if (rc == 0)
-		rc = journal_section_write(&l->journal, fd, (uint64_t)end, &section);
+		rc = jsnap_write(&l->journal, fd, (uint64_t)end,
+				 l->links_dir[0] != '\0' ? l->links_dir : NULL, &section);
 	if (rc != 0)
 		return rc;
 	/* Sealed from the bytes as they are in the file (in the page cache now). */
@@ -543,7 +564,8 @@ static bool lmdb_copy_whole(const uint8_t *copy, size_t len)
 	return le_at(m + LMDB_META_LAST_PG_AT, 8) < len / psize;
 }
 
-int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out)
+int tally_ledger_open_snapshot(const char *path, const char *links_dir,
+			       struct tally_ledger **out)
 {
 	assert(path != NULL && out != NULL);
 	*out = NULL;
@@ -558,17 +580,32 @@ int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out)
 	if (base == MAP_FAILED)
 		return TALLY_EIO;
 	madvise(base, (size_t)st.st_size, MADV_SEQUENTIAL);
-	size_t sealed_len;
-	enum seal kind = trailer_find(base, (size_t)st.st_size, &sealed_len);
-	size_t copy_len = kind != SEAL_NONE ? journal_section_find(base, sealed_len) : 0;
-	bool sound = kind != SEAL_NONE && trailer_verify(kind, base, sealed_len) &&
-		     lmdb_copy_whole(base, copy_len);
+	struct snap_parts p;
+	snap_parse(base, (size_t)st.st_size, links_dir, &p);
+	bool sound = p.kind != SEAL_NONE && trailer_verify(p.kind, base, p.sealed_len) &&
+		     lmdb_copy_whole(base, p.copy_len);
 	if (!sound) {
 		munmap(base, (size_t)st.st_size);
 		return TALLY_ECORRUPT;
 	}
-	return ledger_open_copy(path, base, (size_t)st.st_size, copy_len, sealed_len - copy_len,
-				out);
+	return ledger_open_copy(path, base, (size_t)st.st_size, p.copy_len,
+				p.sealed_len - p.copy_len, &p.src, out);
+}
+
+int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
+				   struct tally_snapshot_appendix *out)
+{
+	assert(snap != NULL && out != NULL);
+	memset(out, 0, sizeof(*out));
+	struct snap_parts p;
+	snap_parse(snap, len, links_dir, &p);
+	if (p.src.appendix != NULL || p.kind == SEAL_NONE)
+		return 0; /* carries its segments already */
+	int rc = jsnap_appendix((const uint8_t *)snap + p.copy_len, p.sealed_len - p.copy_len,
+				links_dir, out);
+	if (rc != 0)
+		tally_ledger_snapshot_appendix_free(out);
+	return rc;
 }
 
 /* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
@@ -602,8 +639,8 @@ static int path_join(char *buf, size_t cap, const char *dir, const char *name)
  * stage/journal, and opens the ledger there (which cuts the segments back to the copy):
  * the format version and the meta must read; `full` runs the invariant check too. */
 static int restore_stage(const char *stage, const char *staged, const uint8_t *copy,
-			 size_t len, size_t journal_len, const struct tally_ledger_options *opts,
-			 bool full)
+			 size_t len, size_t journal_len, const struct jsnap_source *src,
+			 const struct tally_ledger_options *opts, bool full)
 {
 	char msg[256];
 	if (mkdir(stage, 0755) != 0 && errno != EEXIST)
@@ -612,7 +649,7 @@ static int restore_stage(const char *stage, const char *staged, const uint8_t *c
 	if (rc == 0)
 		rc = write_file(staged, copy, len);
 	if (rc == 0)
-		rc = journal_section_unpack(copy + len, journal_len, stage);
+		rc = jsnap_unpack(copy + len, journal_len, src, stage);
 	struct tally_ledger *l = NULL;
 	struct tally_digest d;
 	if (rc == 0)
@@ -650,13 +687,14 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 		rc = path_join(lock, sizeof(lock), dir, "lock.mdb");
 	if (rc != 0)
 		return rc;
-	size_t sealed_len = len;
-	enum seal kind = trailer_find(snap, len, &sealed_len);
-	bool sealed = kind != SEAL_NONE;
-	size_t copy_len = journal_section_find(snap, sealed_len);
-	if ((sealed && !trailer_verify(kind, snap, sealed_len)) || !lmdb_copy_whole(snap, copy_len))
+	struct snap_parts p;
+	snap_parse(snap, len, opts != NULL ? opts->snapshot_links_dir : NULL, &p);
+	bool sealed = p.kind != SEAL_NONE;
+	if ((sealed && !trailer_verify(p.kind, snap, p.sealed_len)) ||
+	    !lmdb_copy_whole(snap, p.copy_len))
 		return TALLY_ECORRUPT;
-	rc = restore_stage(stage, staged, snap, copy_len, sealed_len - copy_len, opts, !sealed);
+	rc = restore_stage(stage, staged, snap, p.copy_len, p.sealed_len - p.copy_len, &p.src,
+			   opts, !sealed);
 	unlink(slock);
 	if (rc != 0) {
 		unlink(staged);

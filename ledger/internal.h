@@ -137,6 +137,11 @@ struct journal_seg {
 	size_t cap;
 	uint64_t len;        /* bytes written */
 	int fd;              /* open only while it may be written: the last segment */
+	bool own_map;        /* base is its own mapping (not into a snapshot's) */
+	bool linked;         /* its file has another name, a link snapshots name (jsnap.c):
+	                      * never cut or written in place */
+	bool hashed;         /* linked by this process, synced, and sha is its SHA-256 */
+	uint8_t sha[32];
 };
 
 struct journal_chunk {
@@ -154,7 +159,6 @@ struct journal_pending {     /* a record of the batch being applied */
 struct journal {
 	char dir[4096];
 	bool writable;
-	bool maps_own;               /* each segment its own mapping (not a snapshot's) */
 	uint64_t segment_bytes;
 	pthread_mutex_t lock;        /* guards the segment table */
 	struct journal_seg *segs;    /* ascending by first */
@@ -187,13 +191,41 @@ int journal_settle(struct journal *j, bool committed);
 /* The stored entry seq whose T_ENTRIES value is index. */
 int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES],
 		 MDB_val *raw);
-/* A snapshot's journal section: written at offset at of fd (*written bytes), found at
- * the end of sealed[0..len) (its offset; len when there is none), opened read-only in
- * place, and unpacked into a ledger directory's journal. */
-int journal_section_write(struct journal *j, int fd, uint64_t at, uint64_t *written);
-size_t journal_section_find(const uint8_t *sealed, size_t len);
-int journal_open_region(struct journal *j, const uint8_t *section, size_t len);
-int journal_section_unpack(const uint8_t *section, size_t len, const char *ledger_dir);
+/* For jsnap.c: an error of the last system call as a code; the path of segment first;
+ * the segment whose first record is first (lock held); one more segment at the end. */
+int journal_io_error(void);
+int journal_write_at(int fd, const void *p, size_t n, uint64_t off); /* all of it */
+int journal_seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap);
+struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first);
+int journal_seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,
+		    uint64_t len, bool own_map);
+
+/* ---- the journal in a snapshot (jsnap.c) -----------------------------------------
+ * After LMDB's copy, a section naming every segment: its bytes, or a reference (its
+ * hash) to a link in the node's links directory or to an appendix after the seal. */
+struct jsnap_source {
+	const uint8_t *appendix; /* a sender's, after the seal; NULL: none */
+	size_t appendix_len;
+	const char *links_dir;   /* the node's links; NULL: none */
+};
+/* Writes the section at offset at of fd (*written bytes): the closed segments as
+ * references to links made in links_dir (NULL: every segment's bytes). */
+int jsnap_write(struct journal *j, int fd, uint64_t at, const char *links_dir,
+		uint64_t *written);
+/* The section's offset at the end of sealed[0..len) (len when there is none). */
+size_t jsnap_find(const uint8_t *sealed, size_t len);
+/* snap's length without an appendix at its end (*appendix: the appendix or NULL). */
+size_t jsnap_appendix_split(const uint8_t *snap, size_t len, const uint8_t **appendix,
+			    size_t *appendix_len);
+/* A read-only journal over a section, references resolved from src. */
+int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
+	       const struct jsnap_source *src);
+/* The section's segments written to (or linked into) ledger_dir's journal. */
+int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		 const char *ledger_dir);
+/* The appendix that carries the section's referenced segments from links_dir. */
+int jsnap_appendix(const uint8_t *section, size_t len, const char *links_dir,
+		   struct tally_snapshot_appendix *a);
 /* Every segment's bytes and the directory's names on disk. */
 int journal_sync(struct journal *j);
 /* Removes ledger_dir/journal and its segments. */
@@ -256,6 +288,7 @@ struct tally_ledger {
 	pthread_mutex_t map_lock;   /* held by a reader on another thread, and by a move */
 	struct remap_region map_region; /* where the map is and may grow (remap.c) */
 	struct journal journal;     /* the entries' bytes (journal.c) */
+	char links_dir[4096];       /* where snapshots link closed segments ("": inline them) */
 	void *copy_map;             /* a snapshot opened read-only: its mapping */
 	size_t copy_map_len;
 };
@@ -372,7 +405,7 @@ int meta_load(MDB_txn *txn, struct tally_ledger *l, struct meta *m);
  * file is mapped at map (map_len bytes, unmapped when the ledger closes); its journal
  * section is journal_len bytes at offset section. */
 int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_t section,
-		     size_t journal_len, struct tally_ledger **out);
+		     size_t journal_len, const struct jsnap_source *src, struct tally_ledger **out);
 int meta_save(struct apply *a);
 struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);

@@ -20,7 +20,7 @@
  * whose rows name only records already written; the table of segments is guarded by
  * a mutex, and a segment's mapping stays where it is until the ledger closes.
  *
- * A read-only journal over a snapshot's journal section (journal_open_region) has
+ * A read-only journal over a snapshot's journal section (jsnap_open, jsnap.c) has
  * the same table, its segments pointing into the snapshot's mapping.
  */
 #include <assert.h>
@@ -40,12 +40,12 @@
 
 #define SEG_NAME_BYTES 32 /* "%020" PRIu64 ".seg" and its NUL */
 
-static int io_error(void)
+int journal_io_error(void)
 {
 	return errno == ENOSPC ? TALLY_ENOSPC : errno == ENOMEM ? TALLY_ENOMEM : TALLY_EIO;
 }
 
-static int seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap)
+int journal_seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap)
 {
 	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg", j->dir, first);
 	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
@@ -67,7 +67,7 @@ static void *room_for_one(void *items, size_t *cap, size_t n, size_t size, size_
 }
 
 /* The segment whose first record is `first`, or NULL; j->lock held. */
-static struct journal_seg *seg_find(const struct journal *j, uint64_t first)
+struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first)
 {
 	size_t lo = 0, hi = j->n_segs;
 	while (lo < hi) {
@@ -81,15 +81,16 @@ static struct journal_seg *seg_find(const struct journal *j, uint64_t first)
 }
 
 /* Adds segment `first` (after every other) with its file and mapping; j->lock held. */
-static int seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,
-		   uint64_t len)
+int journal_seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,
+		    uint64_t len, bool own_map)
 {
 	assert(j->n_segs == 0 || j->segs[j->n_segs - 1].first < first);
 	struct journal_seg *s = room_for_one(j->segs, &j->cap_segs, j->n_segs, sizeof(*s), 16);
 	if (s == NULL)
 		return TALLY_ENOMEM;
 	j->segs = s;
-	j->segs[j->n_segs++] = (struct journal_seg){first, base, cap, len, fd};
+	j->segs[j->n_segs++] = (struct journal_seg){.first = first, .base = base, .cap = cap,
+						    .len = len, .fd = fd, .own_map = own_map};
 	return 0;
 }
 
@@ -109,14 +110,14 @@ static int seg_map(int fd, size_t cap, uint8_t **base)
 {
 	void *p = mmap(NULL, cap, PROT_READ, MAP_SHARED, fd, 0);
 	if (p == MAP_FAILED)
-		return io_error();
+		return journal_io_error();
 	*base = p;
 	return 0;
 }
 
-static void seg_release(const struct journal *j, struct journal_seg *s)
+static void seg_release(struct journal_seg *s)
 {
-	if (j->maps_own)
+	if (s->own_map)
 		munmap(s->base, s->cap);
 	if (s->fd >= 0)
 		close(s->fd);
@@ -180,7 +181,7 @@ static int seg_attach(struct journal *j, uint64_t first, int fd, uint64_t len, u
 	size_t cap = seg_cap(j, len > need ? len : need);
 	int rc = seg_map(fd, cap, &base);
 	if (rc == 0)
-		rc = seg_add(j, first, fd, base, cap, len);
+		rc = journal_seg_add(j, first, fd, base, cap, len, true);
 	if (rc != 0) {
 		if (base != NULL)
 			munmap(base, cap);
@@ -192,7 +193,7 @@ static int seg_attach(struct journal *j, uint64_t first, int fd, uint64_t len, u
 static int seg_open(struct journal *j, uint64_t first)
 {
 	char path[sizeof(j->dir) + SEG_NAME_BYTES];
-	int rc = seg_path(j, first, path, sizeof(path));
+	int rc = journal_seg_path(j, first, path, sizeof(path));
 	int fd = rc == 0 ? open(path, (j->writable ? O_RDWR : O_RDONLY) | O_CLOEXEC) : -1;
 	if (fd < 0)
 		return rc != 0 ? rc : TALLY_EIO;
@@ -201,7 +202,10 @@ static int seg_open(struct journal *j, uint64_t first)
 		close(fd);
 		return TALLY_ECORRUPT;
 	}
-	return seg_attach(j, first, fd, (uint64_t)st.st_size, 0);
+	rc = seg_attach(j, first, fd, (uint64_t)st.st_size, 0);
+	if (rc == 0) /* a link a snapshot names: never cut or written in place */
+		j->segs[j->n_segs - 1].linked = st.st_nlink > 1;
+	return rc;
 }
 
 int journal_open(struct journal *j, const char *ledger_dir, bool writable,
@@ -211,7 +215,6 @@ int journal_open(struct journal *j, const char *ledger_dir, bool writable,
 	memset(j, 0, sizeof(*j));
 	pthread_mutex_init(&j->lock, NULL);
 	j->writable = writable;
-	j->maps_own = true;
 	j->segment_bytes = segment_bytes > 0 ? segment_bytes : JOURNAL_SEGMENT_BYTES;
 	int n = snprintf(j->dir, sizeof(j->dir), "%s/journal", ledger_dir);
 	if (n < 0 || (size_t)n + SEG_NAME_BYTES >= sizeof(j->dir))
@@ -224,171 +227,6 @@ int journal_open(struct journal *j, const char *ledger_dir, bool writable,
 	for (size_t i = 0; rc == 0 && i < count; i++)
 		rc = seg_open(j, firsts[i]);
 	free(firsts);
-	return rc;
-}
-
-/* The section of a snapshot (check.c writes it): per segment a header (magic, first
- * seq, length) and its bytes padded to 8; then the footer: magic, segment count, the
- * section's length with the footer. */
-#define SECTION_SEG_MAGIC "TJSEG1\0\0"
-#define SECTION_MAGIC "TJOURNL1"
-#define SECTION_HEAD_BYTES 24
-#define SECTION_FOOTER_BYTES 24
-
-static uint64_t pad8(uint64_t n)
-{
-	return (n + 7) & ~(uint64_t)7;
-}
-
-size_t journal_section_find(const uint8_t *sealed, size_t len)
-{
-	if (len < SECTION_FOOTER_BYTES)
-		return len;
-	const uint8_t *f = sealed + len - SECTION_FOOTER_BYTES;
-	uint64_t bytes = be64_get(f + 16);
-	if (memcmp(f, SECTION_MAGIC, 8) != 0 || bytes < SECTION_FOOTER_BYTES || bytes > len)
-		return len;
-	return len - (size_t)bytes;
-}
-
-int journal_open_region(struct journal *j, const uint8_t *section, size_t len)
-{
-	assert(j != NULL && (section != NULL || len == 0));
-	memset(j, 0, sizeof(*j));
-	pthread_mutex_init(&j->lock, NULL);
-	j->segment_bytes = JOURNAL_SEGMENT_BYTES;
-	if (len == 0)
-		return 0; /* a snapshot with every entry inside LMDB */
-	if (len < SECTION_FOOTER_BYTES)
-		return TALLY_ECORRUPT;
-	const uint8_t *f = section + len - SECTION_FOOTER_BYTES;
-	uint64_t count = be64_get(f + 8);
-	size_t at = 0, body = len - SECTION_FOOTER_BYTES;
-	int rc = 0;
-	for (uint64_t i = 0; rc == 0 && i < count; i++) {
-		if (body - at < SECTION_HEAD_BYTES || memcmp(section + at, SECTION_SEG_MAGIC, 8) != 0)
-			return TALLY_ECORRUPT;
-		uint64_t first = be64_get(section + at + 8), n = be64_get(section + at + 16);
-		at += SECTION_HEAD_BYTES;
-		if (n > body - at || pad8(n) > body - at ||
-		    (j->n_segs > 0 && j->segs[j->n_segs - 1].first >= first))
-			return TALLY_ECORRUPT;
-		rc = seg_add(j, first, -1, (uint8_t *)section + at, (size_t)n, n);
-		at += (size_t)pad8(n);
-	}
-	return rc == 0 && at != body ? TALLY_ECORRUPT : rc;
-}
-
-/* Writes all of p[0..n) at offset off of fd. */
-static int write_at(int fd, const void *p, size_t n, uint64_t off)
-{
-	for (size_t done = 0; done < n;) {
-		ssize_t m = pwrite(fd, (const uint8_t *)p + done, n - done, (off_t)(off + done));
-		if (m < 0 && errno == EINTR)
-			continue;
-		if (m <= 0)
-			return m < 0 ? io_error() : TALLY_EIO;
-		done += (size_t)m;
-	}
-	return 0;
-}
-
-/* Copies segment s's first len bytes to offset off of fd: by copy_file_range, in the
- * kernel from page cache to page cache, or where the file systems do not allow it
- * from the segment's mapping. */
-static int seg_copy(const struct journal *j, const struct journal_seg *s, uint64_t len, int fd,
-		    uint64_t off)
-{
-	char path[sizeof(j->dir) + SEG_NAME_BYTES];
-	int in = seg_path(j, s->first, path, sizeof(path)) == 0 ? open(path, O_RDONLY | O_CLOEXEC)
-							       : -1;
-	loff_t from = 0, to = (loff_t)off;
-	while (in >= 0 && (uint64_t)from < len) {
-		ssize_t m = copy_file_range(in, &from, fd, &to, (size_t)(len - (uint64_t)from), 0);
-		if (m < 0 && errno == EINTR)
-			continue;
-		if (m == 0) { /* shorter than its committed records: never read past its end */
-			close(in);
-			return TALLY_ECORRUPT;
-		}
-		if (m < 0)
-			break; /* EXDEV, ENOSYS, EINVAL ...: the rest from the mapping */
-	}
-	if (in >= 0)
-		close(in);
-	return write_at(fd, s->base + from, (size_t)(len - (uint64_t)from), (uint64_t)to);
-}
-
-int journal_section_write(struct journal *j, int fd, uint64_t at, uint64_t *written)
-{
-	assert(j != NULL && fd >= 0 && written != NULL);
-	/* The segments up to the last committed record: bytes no batch writes again and no
-	 * failed one cuts (past them, a failed batch's records may be cut, or a segment it
-	 * opened unmapped, while this runs). */
-	pthread_mutex_lock(&j->lock);
-	size_t count = 0;
-	while (count < j->n_segs && j->segs[count].first <= j->commit_first)
-		count++;
-	struct journal_seg *segs = count > 0 ? malloc(count * sizeof(*segs)) : NULL;
-	if (segs != NULL) {
-		memcpy(segs, j->segs, count * sizeof(*segs));
-		segs[count - 1].len = j->commit_end;
-	}
-	pthread_mutex_unlock(&j->lock);
-	if (count > 0 && segs == NULL)
-		return TALLY_ENOMEM;
-	static const uint8_t zeros[8];
-	uint64_t off = at;
-	int rc = 0;
-	for (size_t i = 0; rc == 0 && i < count; i++) {
-		uint8_t h[SECTION_HEAD_BYTES];
-		memcpy(h, SECTION_SEG_MAGIC, 8);
-		be64_put(h + 8, segs[i].first);
-		be64_put(h + 16, segs[i].len);
-		rc = write_at(fd, h, sizeof(h), off);
-		if (rc == 0)
-			rc = seg_copy(j, &segs[i], segs[i].len, fd, off + sizeof(h));
-		if (rc == 0)
-			rc = write_at(fd, zeros, pad8(segs[i].len) - segs[i].len,
-				      off + sizeof(h) + segs[i].len);
-		off += sizeof(h) + pad8(segs[i].len);
-	}
-	free(segs);
-	uint8_t f[SECTION_FOOTER_BYTES];
-	memcpy(f, SECTION_MAGIC, 8);
-	be64_put(f + 8, count);
-	be64_put(f + 16, off + sizeof(f) - at);
-	if (rc == 0)
-		rc = write_at(fd, f, sizeof(f), off);
-	*written = off + sizeof(f) - at;
-	return rc;
-}
-
-static int file_write(const char *path, const uint8_t *p, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return io_error();
-	int rc = write_at(fd, p, n, 0);
-	if (close(fd) != 0 && rc == 0)
-		rc = io_error();
-	return rc;
-}
-
-int journal_section_unpack(const uint8_t *section, size_t len, const char *ledger_dir)
-{
-	struct journal r, w;
-	int rc = journal_open_region(&r, section, len);
-	if (rc == 0)
-		rc = journal_open(&w, ledger_dir, true, 0);
-	for (size_t i = 0; rc == 0 && i < r.n_segs; i++) {
-		char path[sizeof(w.dir) + SEG_NAME_BYTES];
-		rc = seg_path(&w, r.segs[i].first, path, sizeof(path));
-		if (rc == 0)
-			rc = file_write(path, r.segs[i].base, (size_t)r.segs[i].len);
-	}
-	journal_close(&w);
-	journal_close(&r);
 	return rc;
 }
 
@@ -407,12 +245,12 @@ int journal_sync(struct journal *j)
 	for (size_t i = 0; rc == 0 && i <= n; i++) {
 		char path[sizeof(j->dir) + SEG_NAME_BYTES];
 		if (i < n)
-			rc = seg_path(j, firsts[i], path, sizeof(path));
+			rc = journal_seg_path(j, firsts[i], path, sizeof(path));
 		else
 			snprintf(path, sizeof(path), "%s", j->dir); /* the names, last */
 		int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
 		if (rc == 0 && (fd < 0 || fdatasync(fd) != 0))
-			rc = io_error();
+			rc = journal_io_error();
 		if (fd >= 0)
 			close(fd);
 	}
@@ -426,7 +264,7 @@ int journal_remove(const char *ledger_dir)
 	int rc = journal_open(&j, ledger_dir, false, 0);
 	for (size_t i = 0; rc == 0 && i < j.n_segs; i++) {
 		char path[sizeof(j.dir) + SEG_NAME_BYTES];
-		rc = seg_path(&j, j.segs[i].first, path, sizeof(path));
+		rc = journal_seg_path(&j, j.segs[i].first, path, sizeof(path));
 		if (rc == 0 && unlink(path) != 0 && errno != ENOENT)
 			rc = TALLY_EIO;
 	}
@@ -436,6 +274,55 @@ int journal_remove(const char *ledger_dir)
 	return rc;
 }
 
+int journal_write_at(int fd, const void *p, size_t n, uint64_t off)
+{
+	for (size_t done = 0; done < n;) {
+		ssize_t m = pwrite(fd, (const uint8_t *)p + done, n - done, (off_t)(off + done));
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m <= 0)
+			return m < 0 ? journal_io_error() : TALLY_EIO;
+		done += (size_t)m;
+	}
+	return 0;
+}
+
+/* Segment s, whose file has another name (a link snapshots name: jsnap.c), made a file
+ * of its own before it is cut or written: its first keep bytes copied to a new file
+ * that takes its name, mapped where the old one was (readers see the same bytes
+ * throughout), so that the link keeps the bytes a snapshot's hash names. j->lock
+ * held. */
+static int seg_unshare(struct journal *j, struct journal_seg *s, uint64_t keep)
+{
+	assert(s->own_map && keep <= s->len);
+	char path[sizeof(j->dir) + SEG_NAME_BYTES], tmp[sizeof(path) + 4];
+	int rc = journal_seg_path(j, s->first, path, sizeof(path));
+	if (rc == 0 && snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		rc = TALLY_EINVAL;
+	int fd = rc == 0 ? open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+	if (rc == 0 && fd < 0)
+		rc = journal_io_error();
+	if (rc == 0)
+		rc = journal_write_at(fd, s->base, (size_t)keep, 0);
+	if (rc == 0 && rename(tmp, path) != 0)
+		rc = journal_io_error();
+	if (rc == 0 && mmap(s->base, s->cap, PROT_READ, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED)
+		rc = journal_io_error();
+	if (rc != 0) {
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
+		return rc;
+	}
+	if (s->fd >= 0)
+		close(s->fd);
+	s->fd = fd;
+	s->len = keep;
+	s->linked = false;
+	return 0;
+}
+
 /* Drops segments from index `from` on, files too; j->lock held. */
 static int seg_drop_from(struct journal *j, size_t from)
 {
@@ -443,10 +330,10 @@ static int seg_drop_from(struct journal *j, size_t from)
 	while (j->n_segs > from) {
 		struct journal_seg *s = &j->segs[j->n_segs - 1];
 		char path[sizeof(j->dir) + SEG_NAME_BYTES];
-		if (seg_path(j, s->first, path, sizeof(path)) != 0 ||
+		if (journal_seg_path(j, s->first, path, sizeof(path)) != 0 ||
 		    (unlink(path) != 0 && errno != ENOENT))
 			rc = TALLY_EIO;
-		seg_release(j, s);
+		seg_release(s);
 		j->n_segs--;
 	}
 	return rc;
@@ -465,9 +352,11 @@ static int cut_to(struct journal *j, uint64_t first, uint64_t end)
 		rc = TALLY_ECORRUPT; /* the segment LMDB names is missing */
 	else if (rc == 0 && s != NULL && s->len < end)
 		rc = TALLY_ECORRUPT; /* shorter than what LMDB committed */
+	else if (rc == 0 && s != NULL && s->len > end && s->linked)
+		rc = seg_unshare(j, s, end);
 	else if (rc == 0 && s != NULL && s->len > end) {
 		if (ftruncate(s->fd, (off_t)end) != 0)
-			rc = io_error(); /* the bytes past end are written over next */
+			rc = journal_io_error(); /* the bytes past end are written over next */
 		s->len = end;
 	}
 	pthread_mutex_unlock(&j->lock);
@@ -493,7 +382,7 @@ int journal_settle_open(struct journal *j, uint64_t last_seq, const uint8_t *las
 		first = be64_get(last_index);
 		uint64_t off = be64_get(last_index + 8);
 		pthread_mutex_lock(&j->lock);
-		struct journal_seg *s = seg_find(j, first);
+		struct journal_seg *s = journal_seg_find(j, first);
 		end = s != NULL ? record_end(s, off) : 0;
 		pthread_mutex_unlock(&j->lock);
 		if (end == 0)
@@ -516,7 +405,7 @@ void journal_close(struct journal *j)
 	if (j == NULL)
 		return;
 	for (size_t i = 0; i < j->n_segs; i++)
-		seg_release(j, &j->segs[i]);
+		seg_release(&j->segs[i]);
 	free(j->segs);
 	for (struct journal_chunk *c = j->chunks, *next; c != NULL; c = next) {
 		next = c->next;
@@ -600,16 +489,16 @@ int journal_reserve(struct journal *j, uint64_t seq, size_t n, uint8_t **out,
 static int seg_for_write(struct journal *j, uint64_t first, uint64_t need,
 			 struct journal_seg **out)
 {
-	struct journal_seg *s = seg_find(j, first);
+	struct journal_seg *s = journal_seg_find(j, first);
 	if (s != NULL) {
 		*out = s;
 		return 0;
 	}
 	char path[sizeof(j->dir) + SEG_NAME_BYTES];
-	int rc = seg_path(j, first, path, sizeof(path));
+	int rc = journal_seg_path(j, first, path, sizeof(path));
 	int fd = rc == 0 ? open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
 	if (fd < 0)
-		return rc != 0 ? rc : io_error();
+		return rc != 0 ? rc : journal_io_error();
 	rc = seg_attach(j, first, fd, 0, need);
 	if (rc != 0)
 		return rc;
@@ -625,6 +514,8 @@ static int write_run(struct journal *j, size_t from, size_t to)
 	uint64_t need = p[to - from - 1].off + p[to - from - 1].n;
 	struct journal_seg *s;
 	int rc = seg_for_write(j, p->first, need, &s);
+	if (rc == 0 && s->linked)
+		rc = seg_unshare(j, s, s->len);
 	if (rc != 0)
 		return rc;
 	assert(s->len == p->off);
@@ -642,7 +533,7 @@ static int write_run(struct journal *j, size_t from, size_t to)
 		}
 		ssize_t m = pwritev(s->fd, iov, (int)n_iov, (off_t)off);
 		if (m != (ssize_t)bytes) /* a short write to a regular file: the disk is full */
-			return m < 0 ? io_error() : TALLY_ENOSPC;
+			return m < 0 ? journal_io_error() : TALLY_ENOSPC;
 		s->len = off + bytes;
 	}
 	return 0;
@@ -670,7 +561,7 @@ int journal_settle(struct journal *j, bool committed)
 	int rc = 0;
 	if (committed) {
 		j->commit_seq += j->n_pending;
-		pthread_mutex_lock(&j->lock); /* journal_section_write reads where it is */
+		pthread_mutex_lock(&j->lock); /* jsnap_write reads where it is */
 		j->commit_first = j->tail_first;
 		j->commit_end = j->tail_end;
 		seg_files_close(j);
@@ -705,7 +596,7 @@ int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_IN
 		return 0;
 	}
 	pthread_mutex_lock(&j->lock);
-	const struct journal_seg *s = seg_find(j, first);
+	const struct journal_seg *s = journal_seg_find(j, first);
 	uint64_t end = s != NULL ? record_end(s, off) : 0;
 	const uint8_t *base = s != NULL ? s->base : NULL;
 	pthread_mutex_unlock(&j->lock);

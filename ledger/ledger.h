@@ -145,9 +145,15 @@ struct tally_ledger_options {
 	uint64_t map_room_bytes;
 	bool nosync;             /* MDB_NOSYNC: the raft log carries durability */
 	bool writemap;           /* MDB_WRITEMAP: faster, same on-disk format */
-	/* Where a journal segment file closes; 0 = 64 MiB. Every replica of a cluster must
-	 * use the same (their segments are then the same bytes); tests make it small. */
+	/* Where a journal segment file closes; 0 = 64 MiB, the most. Every replica of a
+	 * cluster must use the same (their segments are then the same bytes); tests make
+	 * it small. */
 	uint64_t journal_segment_bytes;
+	/* A directory on the ledger's file system where snapshots hard-link the closed
+	 * segments they reference instead of copying them, and where a restore finds them
+	 * (NULL: snapshots carry every segment's bytes). A node that sends snapshots
+	 * through a transport that does not add the appendix must leave it NULL. */
+	const char *snapshot_links_dir;
 };
 
 /* The state a replica proves it holds. */
@@ -270,9 +276,11 @@ uint64_t tally_ledger_remaps_in_place(void);
 uint64_t tally_ledger_map_waits(void);
 
 /* Writes a compacted, consistent copy of the ledger to `fd` (a regular file at offset
- * 0, read back to seal it), as of one read transaction, followed by a trailer with its
- * length and check (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its
- * page cache) is cut to that. *applied_index receives the raft index it reflects. May
+ * 0, read back to seal it), as of one read transaction, then the journal's section
+ * (every segment's bytes, or with options.snapshot_links_dir a reference to each
+ * closed segment, linked there), followed by a trailer with their length and check
+ * (TALLY_SNAPSHOT_MAGIC); a longer file (one written over to reuse its page cache) is
+ * cut to that. *applied_index receives the raft index it reflects. May
  * run on another thread than the one applying batches: it holds the map in place while
  * it copies (the map grows meanwhile only where it is; tally_ledger_map_waits). */
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index);
@@ -296,7 +304,30 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
  * other ledger, so a live ledger restored from the same bytes goes on reusing the
  * pages it frees while this one is checked. TALLY_ENOTFOUND: no such file;
  * TALLY_ECORRUPT: no trailer, or one that does not match. */
-int tally_ledger_open_snapshot(const char *path, struct tally_ledger **out);
+int tally_ledger_open_snapshot(const char *path, const char *links_dir,
+			       struct tally_ledger **out);
+
+/* What a node sends after a snapshot whose journal section references segments: each
+ * one's bytes (mapped from links_dir) and a footer, as pieces to send in order after
+ * the snapshot's bytes; bytes is their total (0: nothing to add, the snapshot carries
+ * its segments or is one a sender completed). A restore checks every segment against
+ * the hash the snapshot's seal covers. Free with tally_ledger_snapshot_appendix_free
+ * once sent. */
+struct tally_snapshot_piece {
+	const void *base;
+	size_t len;
+};
+struct tally_snapshot_appendix {
+	struct tally_snapshot_piece *pieces;
+	size_t n_pieces;
+	uint64_t bytes;
+	struct tally_snapshot_piece *maps; /* the mappings to undo */
+	size_t n_maps;
+	uint8_t footer[24];
+};
+int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
+				   struct tally_snapshot_appendix *out);
+void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a);
 
 /* Whether `who` may run command `c` in principle (role only; brand scope is checked
  * in apply where the touched brands are known). Exposed for the RPC layer to reject

@@ -751,6 +751,12 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		rc = env_open(l, dir, o);
 	if (rc == 0)
 		rc = tables_open(l, true);
+	if (rc == 0 && o->journal_segment_bytes > JOURNAL_SEGMENT_BYTES)
+		rc = TALLY_EINVAL; /* (a snapshot's reader bounds a segment by it) */
+	if (rc == 0 && o->snapshot_links_dir != NULL &&
+	    snprintf(l->links_dir, sizeof(l->links_dir), "%s", o->snapshot_links_dir) >=
+		    (int)sizeof(l->links_dir))
+		rc = TALLY_EINVAL;
 	if (rc == 0)
 		rc = journal_open(&l->journal, dir, true, o->journal_segment_bytes);
 	if (rc == 0)
@@ -759,7 +765,7 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 }
 
 int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_t section,
-		     size_t journal_len, struct tally_ledger **out)
+		     size_t journal_len, const struct jsnap_source *src, struct tally_ledger **out)
 {
 	assert(path != NULL && out != NULL && map != NULL);
 	assert(section <= map_len && journal_len <= map_len - section);
@@ -782,7 +788,7 @@ int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_
 	if (rc == 0)
 		rc = tables_open(l, false);
 	if (rc == 0)
-		rc = journal_open_region(&l->journal, map + section, journal_len);
+		rc = jsnap_open(&l->journal, map + section, journal_len, src);
 	return ledger_opened(l, rc, out);
 }
 

@@ -24,7 +24,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <lmdb.h>
+#include <openssl/evp.h>
 
 #include "consensus/applier.h" /* NODE_APPLIER_DELAY_ENV */
 #include "consensus/clock.h"
@@ -89,6 +91,7 @@ struct cluster {
 	bool faketime;                  /* nodes run under libfaketime, DIR/clockI each */
 	const char *election_ms;        /* --election-ms for every node ("300") */
 	int pwrite_node;                /* the node run with --ledger-pwrite, or 0 */
+	const char *journal_segment_kb; /* --journal-segment-kb for every node, or NULL */
 };
 
 /* Debian's libfaketime (package libfaketime): wall-clock offsets per node, read from a
@@ -230,6 +233,10 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		}
 		if (i == c->pwrite_node)
 			args[k++] = "--ledger-pwrite";
+		if (c->journal_segment_kb != NULL) {
+			args[k++] = "--journal-segment-kb";
+			args[k++] = c->journal_segment_kb;
+		}
 		if (bootstrap) {
 			args[k++] = "--bootstrap";
 			args[k++] = boot;
@@ -305,6 +312,7 @@ struct cluster_opts {
 	const char *election_ms;        /* NULL: "300" */
 	bool insecure;                  /* plaintext nodes and clients (raw frame tests) */
 	int pwrite_node;                /* the node run with --ledger-pwrite, or 0 */
+	const char *journal_segment_kb; /* NULL: the node's default */
 };
 
 /* Prepares a cluster of n nodes (ports, directory, keys, clock files) without starting
@@ -321,6 +329,7 @@ static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts 
 	c->election_ms = o->election_ms != NULL ? o->election_ms : "300";
 	c->insecure = o->insecure;
 	c->pwrite_node = o->pwrite_node;
+	c->journal_segment_kb = o->journal_segment_kb;
 	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
 	int offsets[3 * NODES_MAX];
 	for (int i = 0; i < NODES_MAX; i++) {
@@ -1924,14 +1933,51 @@ static off_t ledger_file_bytes(const struct cluster *c, int i)
 	return st.st_size;
 }
 
+/* The files in node i's directory `sub` (names and bytes), hashed in name order;
+ * *n: how many. */
+static void dir_files_hash(const struct cluster *c, int i, const char *sub, uint8_t out[32],
+			   size_t *n)
+{
+	char path[400];
+	snprintf(path, sizeof(path), "%s/node%d/%s", c->dir, i, sub);
+	struct dirent **names;
+	int count = scandir(path, &names, NULL, alphasort);
+	assert_true(count >= 0);
+	EVP_MD_CTX *h = EVP_MD_CTX_new();
+	assert_non_null(h);
+	assert_int_equal(EVP_DigestInit_ex(h, EVP_sha256(), NULL), 1);
+	*n = 0;
+	for (int k = 0; k < count; k++) {
+		if (names[k]->d_name[0] != '.') {
+			char file[700];
+			snprintf(file, sizeof(file), "%s/%s", path, names[k]->d_name);
+			FILE *f = fopen(file, "rb");
+			assert_non_null(f);
+			EVP_DigestUpdate(h, names[k]->d_name, strlen(names[k]->d_name) + 1);
+			uint8_t buf[65536];
+			for (size_t got; (got = fread(buf, 1, sizeof(buf), f)) > 0;)
+				EVP_DigestUpdate(h, buf, got);
+			fclose(f);
+			(*n)++;
+		}
+		free(names[k]);
+	}
+	free(names);
+	assert_int_equal(EVP_DigestFinal_ex(h, out, NULL), 1);
+	EVP_MD_CTX_free(h);
+}
+
 /* Node 3 runs --ledger-pwrite, the others write through the map: the two ways of
  * writing LMDB's pages make the same replica, whether node 3 is the one wiped (and
- * restores the snapshot) or the leader (and takes it). */
+ * restores the snapshot) or the leader (and takes it). Journal segments of 16 KiB: the
+ * leader's snapshot names its closed segments, so the InstallSnapshot must carry them
+ * (the appendix) to a node that has none. */
 static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 {
 	(void)state;
 	struct cluster c;
-	cluster_start_with(&c, 3, &(struct cluster_opts){.pwrite_node = 3});
+	cluster_start_with(&c, 3, &(struct cluster_opts){.pwrite_node = 3,
+							  .journal_segment_kb = "16"});
 	uint64_t leader = wait_leader(&c);
 	int wiped = leader == 3 ? 1 : 3;
 	node_signal(&c, wiped, SIGTERM);
@@ -1948,6 +1994,16 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 	assert_replicas_equal(&c);
 	/* the leader's snapshot came into a mapping of a file, not the heap */
 	assert_true(metric(&c, wiped, "tally_install_snapshot_bytes_mapped_total") > 0);
+	/* It named closed segments the leader linked; the wiped node holds the same. */
+	uint8_t a[32], b[32];
+	size_t links, na, nb;
+	dir_files_hash(&c, (int)leader, "snapshot-segments", a, &links);
+	assert_true(links >= 2);
+	dir_files_hash(&c, (int)leader, "ledger/journal", a, &na);
+	dir_files_hash(&c, wiped, "ledger/journal", b, &nb);
+	print_message("leader: %zu segments, %zu linked for snapshots\n", na, links);
+	assert_int_equal(na, nb);
+	assert_memory_equal(a, b, 32);
 	/* A writable map is as long as its allocated room (64 MiB at least); pwrite grows
 	 * the file only by the pages written. */
 	assert_true(ledger_file_bytes(&c, 3) < (off_t)16 << 20);
@@ -2505,11 +2561,13 @@ static void test_a_change_or_command_in_flight_when_the_leader_is_lost_is_unknow
 
 /* An OS crash under MDB_NOSYNC can leave a damaged ledger file: the node must notice
  * at start and rebuild from the raft snapshot and log. */
+/* With journal segments of 16 KiB, the snapshot the node restores at start names
+ * closed segments: they come from its links, the ledger's own journal gone with it. */
 static void test_a_node_with_a_damaged_ledger_rebuilds_it_at_start(void **state)
 {
 	(void)state;
 	struct cluster c;
-	cluster_start(&c, 3);
+	cluster_start_with(&c, 3, &(struct cluster_opts){.journal_segment_kb = "16"});
 	uint64_t leader = wait_leader(&c);
 	int victim = leader == 1 ? 2 : 1;
 	struct tally_client *admin = client(&c, "admin");
@@ -2557,6 +2615,14 @@ static void test_a_node_with_a_damaged_ledger_rebuilds_it_at_start(void **state)
 	text[fread(text, 1, sizeof(text) - 1, f)] = '\0';
 	fclose(f);
 	assert_non_null(strstr(text, "failed its start check"));
+	uint8_t a[32], b[32];
+	size_t links, na, nb;
+	dir_files_hash(&c, victim, "snapshot-segments", a, &links);
+	assert_true(links >= 1);
+	dir_files_hash(&c, (int)leader, "ledger/journal", a, &na);
+	dir_files_hash(&c, victim, "ledger/journal", b, &nb);
+	assert_int_equal(na, nb);
+	assert_memory_equal(a, b, 32);
 	cluster_stop(&c);
 }
 

@@ -655,12 +655,12 @@ static void test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matc
 	char path[512];
 	snprintf(path, sizeof(path), "%s/snapshot-1-2-3", dir);
 	struct tally_ledger *c = (struct tally_ledger *)1;
-	assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ENOTFOUND);
+	assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), TALLY_ENOTFOUND);
 	assert_null(c);
 
 	/* The same state as the ledger it was taken of; checked in full; never written. */
 	write_whole(path, snap, len);
-	assert_int_equal(tally_ledger_open_snapshot(path, &c), 0);
+	assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), 0);
 	struct tally_digest da, dc;
 	assert_int_equal(tally_ledger_digest(a.l, &da), 0);
 	assert_int_equal(tally_ledger_digest(c, &dc), 0);
@@ -692,12 +692,12 @@ static void test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matc
 	for (size_t i = 0; i < sizeof(spots) / sizeof(spots[0]); i++) {
 		snap[spots[i]] ^= 0x04;
 		write_whole(path, snap, len);
-		assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ECORRUPT);
+		assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), TALLY_ECORRUPT);
 		assert_null(c);
 		snap[spots[i]] ^= 0x04;
 	}
 	write_whole(path, snap, len - TALLY_SNAPSHOT_TRAILER_BYTES);
-	assert_int_equal(tally_ledger_open_snapshot(path, &c), TALLY_ECORRUPT);
+	assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), TALLY_ECORRUPT);
 	free(snap);
 	fx_remove_dir(dir);
 	free(dir);

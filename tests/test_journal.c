@@ -74,7 +74,8 @@ static char **segment_names(const char *dir, size_t *n)
 		names[(*n)++] = strdup(e->d_name);
 	}
 	closedir(d);
-	qsort(names, *n, sizeof(*names), name_cmp);
+	if (*n > 1)
+		qsort(names, *n, sizeof(*names), name_cmp);
 	return names;
 }
 
@@ -341,6 +342,43 @@ static void test_records_written_for_a_batch_that_did_not_commit_are_cut_off(voi
 	free(dir);
 }
 
+/* A segment whose file has another name (a snapshot's link) is copied, not cut or
+ * written in place, when the journal goes back into it (LMDB behind after a crash). */
+static void test_a_linked_segment_is_copied_before_it_is_cut_or_written(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir(), *links = fx_tmpdir();
+	struct journal j;
+	uint8_t index[16][JOURNAL_INDEX_BYTES];
+	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
+	assert_int_equal(journal_settle_open(&j, 0, NULL), 0);
+	journal_batch(&j, 1, 6, 0x10, index, true); /* segments 1 (4 records) and 5 (2) */
+	journal_close(&j);
+	char seg[600], link5[600];
+	snprintf(seg, sizeof(seg), "%s/journal/%020d.seg", dir, 5);
+	snprintf(link5, sizeof(link5), "%s/%020d.seg", links, 5);
+	assert_int_equal(link(seg, link5), 0);
+	/* LMDB says the journal ends with record 5, the first of segment 5. */
+	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
+	assert_int_equal(journal_settle_open(&j, 5, index[4]), 0);
+	assert_int_equal(file_size(dir, 5), 1004);
+	journal_batch(&j, 6, 2, 0x50, index, true);
+	assert_int_equal(file_size(dir, 5), 3 * 1004);
+	journal_close(&j);
+	struct stat st;
+	assert_int_equal(stat(link5, &st), 0);
+	assert_int_equal(st.st_size, 2 * 1004); /* the link's bytes as they were */
+	uint8_t b[2 * 1004];
+	int fd = open(link5, O_RDONLY);
+	assert_int_equal(read(fd, b, sizeof(b)), (ssize_t)sizeof(b));
+	close(fd);
+	assert_int_equal(b[1004 + 4 + 999], 0x10 + 5);
+	fx_remove_dir(dir);
+	fx_remove_dir(links);
+	free(dir);
+	free(links);
+}
+
 static uint8_t *snapshot_of(struct fx *f, size_t *len)
 {
 	char *dir = fx_tmpdir();
@@ -392,6 +430,186 @@ static void test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again
 	free(dir);
 	fx_close(&a);
 	fx_close(&c);
+}
+
+/* A ledger whose snapshots link closed segments into links (a directory made here). */
+static void open_linking(struct fx *f, const char *links, unsigned batches)
+{
+	fx_open(f);
+	fx_ledger_close(f);
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES,
+					 .snapshot_links_dir = links};
+	assert_int_equal(tally_ledger_open(f->dir, &o, &f->l), 0);
+	setup_brand(f, "aurora", 0);
+	setup_members(f, member_ids, MEMBERS);
+	for (unsigned i = 0; i < MEMBERS; i++)
+		ok(f, c_accrue(f, admin(f), "aurora", member_ids[i], 1000));
+	fill(f, batches);
+}
+
+/* Restores snap into a new ledger directory (into *dir) with links as its links. */
+static int restore_new(const uint8_t *snap, size_t len, const char *links, char **dir,
+		       struct tally_ledger **l)
+{
+	*dir = fx_tmpdir();
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES,
+					 .snapshot_links_dir = links};
+	bool pending;
+	*l = NULL;
+	return tally_ledger_restore(*dir, snap, len, &o, l, &pending);
+}
+
+static void assert_content_of(struct tally_ledger *l, struct fx *f)
+{
+	uint8_t ha[32], hb[32];
+	assert_int_equal(tally_ledger_content_hash(l, ha), 0);
+	assert_int_equal(tally_ledger_content_hash(f->l, hb), 0);
+	assert_memory_equal(ha, hb, 32);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
+}
+
+/* The snapshot with its appendix after it, as a sender's transport puts them. */
+static uint8_t *with_appendix(const uint8_t *snap, size_t len, const char *links, size_t *out)
+{
+	struct tally_snapshot_appendix a;
+	assert_int_equal(tally_ledger_snapshot_appendix(snap, len, links, &a), 0);
+	assert_true(a.bytes > 0);
+	uint8_t *p = malloc(len + a.bytes);
+	assert_non_null(p);
+	memcpy(p, snap, len);
+	size_t at = len;
+	for (size_t i = 0; i < a.n_pieces; i++) {
+		memcpy(p + at, a.pieces[i].base, a.pieces[i].len);
+		at += a.pieces[i].len;
+	}
+	assert_int_equal(at, len + a.bytes);
+	tally_ledger_snapshot_appendix_free(&a);
+	*out = at;
+	return p;
+}
+
+static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copying_them(
+	void **state)
+{
+	(void)state;
+	char *links = fx_tmpdir();
+	struct fx a, b;
+	open_linking(&a, links, 40);
+	open_filled(&b, 40); /* the same ledger, snapshots inlining every segment */
+	size_t len, inline_len;
+	uint8_t *snap = snapshot_of(&a, &len), *whole = snapshot_of(&b, &inline_len);
+	size_t n;
+	char **names = segment_names(a.dir, &n);
+	assert_true(n >= 3);
+	uint64_t closed = 0;
+	for (size_t i = 0; i + 1 < n; i++) { /* each closed segment: a second name for it */
+		char seg[600], link[600];
+		snprintf(seg, sizeof(seg), "%s/journal/%s", a.dir, names[i]);
+		snprintf(link, sizeof(link), "%s/%s", links, names[i]);
+		struct stat s1, s2;
+		assert_int_equal(stat(seg, &s1), 0);
+		assert_int_equal(stat(link, &s2), 0);
+		assert_int_equal(s1.st_ino, s2.st_ino);
+		closed += (uint64_t)s1.st_size;
+	}
+	char last[600];
+	snprintf(last, sizeof(last), "%s/%s", links, names[n - 1]);
+	assert_int_not_equal(access(last, F_OK), 0); /* the open one is inlined */
+	print_message("snapshot %zu bytes naming %llu bytes of closed segments; inlined %zu\n",
+		      len, (unsigned long long)closed, inline_len);
+	assert_true(len + closed <= inline_len + 4096);
+
+	/* Restored where the links are: the same ledger, the same segment files. */
+	char *dir;
+	struct tally_ledger *l;
+	assert_int_equal(restore_new(snap, len, links, &dir, &l), 0);
+	assert_content_of(l, &b);
+	assert_same_segments(a.dir, dir);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	/* Where there are none: refused. */
+	assert_int_equal(restore_new(snap, len, NULL, &dir, &l), TALLY_ECORRUPT);
+	assert_null(l);
+	fx_remove_dir(dir);
+	free(dir);
+	/* A link of the wrong length: refused. */
+	char link0[600];
+	snprintf(link0, sizeof(link0), "%s/%s", links, names[0]);
+	struct stat st;
+	assert_int_equal(stat(link0, &st), 0);
+	assert_int_equal(truncate(link0, st.st_size - 1), 0);
+	assert_int_equal(restore_new(snap, len, links, &dir, &l), TALLY_ECORRUPT);
+	fx_remove_dir(dir);
+	free(dir);
+	free_names(names, n);
+	free(snap);
+	free(whole);
+	fx_close(&a);
+	fx_close(&b);
+	fx_remove_dir(links);
+	free(links);
+}
+
+static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(void **state)
+{
+	(void)state;
+	char *links = fx_tmpdir();
+	struct fx a;
+	open_linking(&a, links, 40);
+	size_t len, sent_len;
+	uint8_t *snap = snapshot_of(&a, &len);
+	uint8_t *sent = with_appendix(snap, len, links, &sent_len);
+	struct tally_snapshot_appendix again;
+	assert_int_equal(tally_ledger_snapshot_appendix(sent, sent_len, links, &again), 0);
+	assert_int_equal(again.bytes, 0); /* carries its segments already */
+
+	char *dir;
+	struct tally_ledger *l;
+	assert_int_equal(restore_new(sent, sent_len, NULL, &dir, &l), 0);
+	assert_content_of(l, &a);
+	assert_same_segments(a.dir, dir);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+
+	/* raft's file of it opens read-only and checks, with no link either. */
+	char *fdir = fx_tmpdir();
+	char path[600];
+	snprintf(path, sizeof(path), "%s/snapshot", fdir);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, sent, sent_len), (ssize_t)sent_len);
+	close(fd);
+	struct tally_ledger *c;
+	assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(c, msg, sizeof(msg)), 0);
+	tally_ledger_close(c);
+	fd = open(path, O_WRONLY | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, snap, len), (ssize_t)len);
+	close(fd);
+	assert_int_equal(tally_ledger_open_snapshot(path, NULL, &c), TALLY_ECORRUPT);
+	assert_int_equal(tally_ledger_open_snapshot(path, links, &c), 0);
+	assert_int_equal(tally_ledger_check_invariants(c, msg, sizeof(msg)), 0);
+	tally_ledger_close(c);
+	fx_remove_dir(fdir);
+	free(fdir);
+
+	/* A byte of a carried segment changed on the way: its hash refuses it. */
+	sent[len + 100] ^= 0x01;
+	assert_int_equal(restore_new(sent, sent_len, NULL, &dir, &l), TALLY_ECORRUPT);
+	fx_remove_dir(dir);
+	free(dir);
+	free(sent);
+	free(snap);
+	fx_close(&a);
+	fx_remove_dir(links);
+	free(links);
 }
 
 /* Rewrites every journal row of the closed ledger in dir as a format-6 ledger stored
@@ -481,7 +699,10 @@ int main(void)
 		cmocka_unit_test(test_a_journal_shorter_than_lmdb_is_refused),
 		cmocka_unit_test(test_a_failed_batch_leaves_no_record_behind),
 		cmocka_unit_test(test_records_written_for_a_batch_that_did_not_commit_are_cut_off),
+		cmocka_unit_test(test_a_linked_segment_is_copied_before_it_is_cut_or_written),
 		cmocka_unit_test(test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again),
+		cmocka_unit_test(test_a_snapshot_names_its_closed_segments_by_links_instead_of_copying_them),
+		cmocka_unit_test(test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is),
 		cmocka_unit_test(
 			test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments),
 	};

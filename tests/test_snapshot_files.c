@@ -373,7 +373,7 @@ static void copy_test_end(struct fx *f, char *dir)
 static void assert_ledger_file_checks(const char *file)
 {
 	struct tally_ledger *copy = NULL;
-	assert_int_equal(tally_ledger_open_snapshot(file, &copy), 0);
+	assert_int_equal(tally_ledger_open_snapshot(file, NULL, &copy), 0);
 	char msg[256];
 	assert_int_equal(tally_ledger_check_invariants(copy, msg, sizeof(msg)), 0);
 	tally_ledger_close(copy);

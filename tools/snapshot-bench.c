@@ -3,8 +3,11 @@
  * node, in time and memory, through the node's own code (consensus/snapshot.c) and
  * raft_uv's own storage (snapshot_put, load), configured as tallyd configures them.
  *
- *   snapshot-bench --dir D [--runs N]
+ *   snapshot-bench --dir D [--runs N] [--links]
  *
+ * --links: snapshots link the journal's closed segments into D/links and name them
+ * (as a node whose raft transport is TLS does: ledger.h, snapshot_links_dir) instead
+ * of copying them, and the restore finds them there.
  * D/ledger must hold a ledger (make bench-snapshot builds one of 1,000,000 members
  * with ledger-bench). Each run forks two fresh processes, so that each peak is its
  * own:
@@ -45,6 +48,15 @@
 #include "tools/bench.h"
 
 #define BENCH_SAMPLE_US 2000 /* memory sampling period */
+
+static char links_dir[4096]; /* --links: D/links; "" without */
+
+/* The ledger's options, as tallyd sets them (with --links, as over TLS). */
+static struct tally_ledger_options bench_options(void)
+{
+	return (struct tally_ledger_options){.nosync = true, .writemap = true,
+					     .snapshot_links_dir = links_dir[0] ? links_dir : NULL};
+}
 #define BENCH_RAFT_ID 1
 #define BENCH_RAFT_ADDRESS "127.0.0.1:9" /* never listened on: only stored */
 
@@ -206,7 +218,7 @@ static int take(const char *dir)
 {
 	char path[4096], file[4096];
 	struct tally_ledger *l;
-	struct tally_ledger_options lo = {.nosync = true, .writemap = true};
+	struct tally_ledger_options lo = bench_options();
 	snprintf(path, sizeof(path), "%s/ledger", dir);
 	int rc = tally_ledger_open(path, &lo, &l);
 	if (rc != 0)
@@ -243,7 +255,7 @@ static int restore(const char *dir)
 		die(path, "no snapshot stored");
 	double t1 = bench_now_s();
 	struct tally_ledger *l = NULL;
-	struct tally_ledger_options lo = {.nosync = true, .writemap = true};
+	struct tally_ledger_options lo = bench_options();
 	bool check_pending;
 	int rc = tally_ledger_restore(out_dir, snap->bufs[0].base, snap->bufs[0].len, &lo, &l,
 				      &check_pending);
@@ -255,7 +267,7 @@ static int restore(const char *dir)
 	raft_free(snap->bufs[0].base); /* the FSM owns it once restored */
 	double t2 = bench_now_s();
 	char msg[256] = "";
-	if (check_pending && node_snapshot_verify(l, file, msg, sizeof(msg)) != 0)
+	if (check_pending && node_snapshot_verify(l, lo.snapshot_links_dir, file, msg, sizeof(msg)) != 0)
 		die("full check", msg);
 	double t3 = bench_now_s();
 	raft_free(snap->bufs);
@@ -290,21 +302,31 @@ int main(int argc, char **argv)
 {
 	static const struct option longs[] = {{"dir", required_argument, NULL, 'd'},
 					      {"runs", required_argument, NULL, 'r'},
+					      {"links", no_argument, NULL, 'l'},
 					      {NULL, 0, NULL, 0}};
+	bool links = false;
 	const char *dir = NULL;
 	long runs = 1;
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		if (c == 'd')
 			dir = optarg;
+		else if (c == 'l')
+			links = true;
 		else if (c == 'r')
 			runs = atol(optarg);
 		else
 			dir = NULL, runs = 0;
 	}
 	if (dir == NULL || runs <= 0 || optind != argc) {
-		fprintf(stderr, "usage: snapshot-bench --dir D [--runs N]  (D/ledger: the ledger)\n");
+		fprintf(stderr, "usage: snapshot-bench --dir D [--runs N] [--links]  (D/ledger: "
+				"the ledger)\n");
 		return 2;
+	}
+	if (links) {
+		snprintf(links_dir, sizeof(links_dir), "%s/links", dir);
+		if (mkdir(links_dir, 0755) != 0 && errno != EEXIST)
+			die(links_dir, strerror(errno));
 	}
 	for (long i = 0; i < runs; i++) {
 		char cmd[4200];

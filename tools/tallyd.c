@@ -82,6 +82,7 @@ struct opts {
 	char certs[1024];   /* tally-certs directory: ca.pem, node-ID.pem, node-ID.key */
 	bool insecure;      /* plaintext raft port (no certificates) */
 	bool ledger_pwrite; /* LMDB writes with pwrite, not through its map */
+	unsigned journal_segment_kb; /* 0: the ledger's 64 MiB */
 	bool apply_on_loop; /* a follower applies on its loop, not the applier's thread */
 	bool log_json;      /* --log-format json: one JSON object per log line */
 };
@@ -157,7 +158,8 @@ static void log_node_line(void *data, const char *line)
 	"              [--config FILE] [--log-level error|warn|info|debug] [--log-format text|json]\n" \
 	"              [--election-ms N] [--heartbeat-ms N] [--snapshot-threshold N]\n" \
 	"              [--snapshot-trailing N] [--snapshot-log-mb N] [--install-snapshot-ms N]\n" \
-	"              [--expire-ms N] [--segment-kb N] [--inflight-max N] [--ledger-pwrite]\n" \
+	"              [--expire-ms N] [--segment-kb N] [--journal-segment-kb N]\n" \
+	"              [--inflight-max N] [--ledger-pwrite]\n" \
 	"              [--apply-on-loop]\n"
 
 static void usage(void)
@@ -173,7 +175,9 @@ static void help(void)
 	       "One node of a Tally cluster: a replica of the points ledger, kept by raft.\n\n"
 	       "Identity and storage\n"
 	       "  --id N                this node's id (1 and up), named in its certificate\n"
-	       "  --dir DIR             data directory: raft/ (log, snapshots), ledger/ (LMDB),\n"
+	       "  --dir DIR             data directory: raft/ (log, snapshots), ledger/ (LMDB, and\n"
+	       "                        journal/: the journal's segment files), snapshot-segments/\n"
+	       "                        (with TLS: links to the closed segments snapshots name),\n"
 	       "                        checkpoint.key (signs checkpoints; made at first start)\n"
 	       "  --keys FILE           clients' keys, one `NAME ROLE BRANDS SECRET` per line\n"
 	       "                        (mode 0600); reloaded on SIGHUP\n"
@@ -204,6 +208,8 @@ static void help(void)
 	       "                        again [30000]\n"
 	       "  --expire-ms N         how often the leader submits expiry sweeps [1000]\n"
 	       "  --segment-kb N        raft log segment size, a multiple of 4, at least 32 [8192]\n"
+	       "  --journal-segment-kb N  where the journal's segment files close, 16..65536\n"
+	       "                        [65536]; the same on every node (tests make it small)\n"
 	       "  --inflight-max N      raft entries proposed and not yet applied [64]\n"
 	       "  --ledger-pwrite       LMDB writes the ledger's pages with pwrite instead of\n"
 	       "                        through a writable map: ~20 %% slower while the pages it\n"
@@ -284,6 +290,9 @@ static bool set_opt(struct opts *o, const char *name, const char *v)
 		return (o->expire_ms = (unsigned)strtoul(v, NULL, 10)) > 0;
 	if (strcmp(name, "inflight-max") == 0)
 		return (o->inflight_max = (unsigned)strtoul(v, NULL, 10)) > 0;
+	if (strcmp(name, "journal-segment-kb") == 0)
+		return (o->journal_segment_kb = (unsigned)strtoul(v, NULL, 10)) >= 16 &&
+		       o->journal_segment_kb <= 65536;
 	if (strcmp(name, "segment-kb") == 0)
 		return (o->segment_kb = (unsigned)strtoul(v, NULL, 10)) >= 32 && o->segment_kb % 4 == 0;
 	if (strcmp(name, "log-format") == 0) {
@@ -341,6 +350,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"snapshot-log-mb", required_argument, NULL, 0},
 		{"install-snapshot-ms", required_argument, NULL, 0},
 		{"expire-ms", required_argument, NULL, 0},    {"segment-kb", required_argument, NULL, 0},
+		{"journal-segment-kb", required_argument, NULL, 0},
 		{"inflight-max", required_argument, NULL, 0}, {"ledger-pwrite", no_argument, NULL, 0},
 		{"apply-on-loop", no_argument, NULL, 0},
 		{"certs", required_argument, NULL, 0},        {"insecure", no_argument, NULL, 0},
@@ -488,6 +498,7 @@ static int start(struct daemon *d)
 		.install_snapshot_timeout_ms = d->o.install_snapshot_ms,
 		.segment_bytes = (size_t)d->o.segment_kb * 1024, .tls = d->tls,
 		.inflight_max = d->o.inflight_max, .ledger_pwrite = d->o.ledger_pwrite,
+		.journal_segment_bytes = (uint64_t)d->o.journal_segment_kb << 10,
 		.apply_on_loop = d->o.apply_on_loop,
 		.log_line = d->o.log_json ? log_node_line : NULL,
 	};

@@ -1,0 +1,499 @@
+/*
+ * The journal in a snapshot: the section after LMDB's copy that says where every
+ * segment's bytes are, and the appendix that carries referenced segments to a node
+ * that has none of them.
+ *
+ * The section is, per segment in order, a header of 24 bytes (magic, first seq,
+ * length) followed by either the segment's bytes padded to 8 (SECTION_INLINE) or its
+ * SHA-256 (SECTION_REF: the bytes are elsewhere), then a footer (magic, count, the
+ * section's length with the footer). The seal after it (check.c) covers the copy and
+ * the section, so a reference's hash is as sound as an inlined segment's bytes.
+ *
+ * A reference is resolved from the appendix of the same buffer, when a sender put one
+ * after the seal (each referenced segment's bytes padded to 8, in the section's order,
+ * then a footer: magic, count, the appendix's length with the footer), and otherwise
+ * from the node's links directory: `<first seq>.seg`, hard links to closed segments
+ * that jsnap_write made (the same bytes on every replica). Bytes from an appendix are
+ * checked against their hash; a link is this node's own synced file, checked for its
+ * length, and every entry in it is checked again by the full check after a restore.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ledger/internal.h"
+
+#define SECTION_INLINE "TJSEG1\0\0"
+#define SECTION_REF "TJREF1\0\0"
+#define SECTION_MAGIC "TJOURNL1"
+#define APPENDIX_MAGIC "TJAPPND1"
+#define SECTION_HEAD_BYTES 24
+#define SECTION_FOOTER_BYTES 24
+#define APPENDIX_FOOTER_BYTES 24
+#define SHA_BYTES 32
+
+static uint64_t pad8(uint64_t n)
+{
+	return (n + 7) & ~(uint64_t)7;
+}
+
+static const uint8_t zeros[8];
+
+static int link_path(const char *links_dir, uint64_t first, const char *suffix, char *buf,
+		     size_t cap)
+{
+	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg%s", links_dir, first, suffix);
+	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
+}
+
+/* ---- writing ---------------------------------------------------------------------- */
+
+/* Copies segment s's first len bytes to offset off of fd: by copy_file_range, in the
+ * kernel from page cache to page cache, or where the file systems do not allow it
+ * from the segment's mapping. */
+static int seg_copy(const struct journal *j, const struct journal_seg *s, uint64_t len, int fd,
+		    uint64_t off)
+{
+	char path[sizeof(j->dir) + 32];
+	int in = journal_seg_path(j, s->first, path, sizeof(path)) == 0
+			 ? open(path, O_RDONLY | O_CLOEXEC)
+			 : -1;
+	loff_t from = 0, to = (loff_t)off;
+	while (in >= 0 && (uint64_t)from < len) {
+		ssize_t m = copy_file_range(in, &from, fd, &to, (size_t)(len - (uint64_t)from), 0);
+		if (m < 0 && errno == EINTR)
+			continue;
+		if (m == 0) { /* shorter than its committed records: never read past its end */
+			close(in);
+			return TALLY_ECORRUPT;
+		}
+		if (m < 0)
+			break; /* EXDEV, ENOSYS, EINVAL ...: the rest from the mapping */
+	}
+	if (in >= 0)
+		close(in);
+	return journal_write_at(fd, s->base + from, (size_t)(len - (uint64_t)from), (uint64_t)to);
+}
+
+/* A closed segment made durable and named in links_dir once: synced, hashed, and
+ * hard-linked (a link of another file by that name, left by an earlier history with
+ * the same bytes, is replaced). *s is the caller's copy; the table learns it too. */
+static int seg_link(struct journal *j, struct journal_seg *s, const char *links_dir)
+{
+	char path[sizeof(j->dir) + 32], tmp[4096], name[4096];
+	int rc = journal_seg_path(j, s->first, path, sizeof(path));
+	if (rc == 0)
+		rc = link_path(links_dir, s->first, ".tmp", tmp, sizeof(tmp));
+	if (rc == 0)
+		rc = link_path(links_dir, s->first, "", name, sizeof(name));
+	int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (rc == 0 && (fd < 0 || fdatasync(fd) != 0))
+		rc = journal_io_error();
+	if (fd >= 0)
+		close(fd);
+	if (rc == 0) {
+		unlink(tmp); /* what an earlier attempt left */
+		if (link(path, tmp) != 0 || rename(tmp, name) != 0)
+			rc = errno == EXDEV ? TALLY_ESTATE : journal_io_error();
+	}
+	if (rc != 0)
+		return rc;
+	const void *parts[1] = {s->base};
+	size_t lens[1] = {(size_t)s->len};
+	sha256_parts(parts, lens, 1, s->sha);
+	s->linked = s->hashed = true;
+	pthread_mutex_lock(&j->lock);
+	struct journal_seg *t = journal_seg_find(j, s->first);
+	if (t != NULL) {
+		memcpy(t->sha, s->sha, SHA_BYTES);
+		t->linked = t->hashed = true;
+	}
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+static int dir_sync(const char *dir)
+{
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : journal_io_error();
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
+/* The segments up to the last committed record, in a new array: bytes no batch writes
+ * again and no failed one cuts (past them, a failed batch's records may be cut, or a
+ * segment it opened unmapped, while a snapshot is written). */
+static int committed_segments(struct journal *j, struct journal_seg **out, size_t *count)
+{
+	pthread_mutex_lock(&j->lock);
+	size_t n = 0;
+	while (n < j->n_segs && j->segs[n].first <= j->commit_first)
+		n++;
+	struct journal_seg *segs = n > 0 ? malloc(n * sizeof(*segs)) : NULL;
+	if (segs != NULL) {
+		memcpy(segs, j->segs, n * sizeof(*segs));
+		segs[n - 1].len = j->commit_end;
+	}
+	pthread_mutex_unlock(&j->lock);
+	*out = segs;
+	*count = segs != NULL ? n : 0;
+	return n > 0 && segs == NULL ? TALLY_ENOMEM : 0;
+}
+
+/* One segment's entry of the section at off; *bytes: how many it took. */
+static int section_entry_write(struct journal *j, const struct journal_seg *s, bool ref, int fd,
+			       uint64_t off, uint64_t *bytes)
+{
+	uint8_t h[SECTION_HEAD_BYTES + SHA_BYTES];
+	memcpy(h, ref ? SECTION_REF : SECTION_INLINE, 8);
+	be64_put(h + 8, s->first);
+	be64_put(h + 16, s->len);
+	if (ref) {
+		memcpy(h + SECTION_HEAD_BYTES, s->sha, SHA_BYTES);
+		*bytes = sizeof(h);
+		return journal_write_at(fd, h, sizeof(h), off);
+	}
+	*bytes = SECTION_HEAD_BYTES + pad8(s->len);
+	int rc = journal_write_at(fd, h, SECTION_HEAD_BYTES, off);
+	if (rc == 0)
+		rc = seg_copy(j, s, s->len, fd, off + SECTION_HEAD_BYTES);
+	if (rc == 0)
+		rc = journal_write_at(fd, zeros, pad8(s->len) - s->len, off + SECTION_HEAD_BYTES + s->len);
+	return rc;
+}
+
+int jsnap_write(struct journal *j, int fd, uint64_t at, const char *links_dir,
+		uint64_t *written)
+{
+	assert(j != NULL && fd >= 0 && written != NULL);
+	size_t count;
+	struct journal_seg *segs;
+	int rc = committed_segments(j, &segs, &count);
+	if (rc != 0)
+		return rc;
+	bool linked_now = false;
+	uint64_t off = at;
+	for (size_t i = 0; rc == 0 && i < count; i++) {
+		/* The last committed segment may still grow: always its bytes. */
+		bool ref = links_dir != NULL && i + 1 < count;
+		if (ref && !segs[i].hashed) {
+			rc = seg_link(j, &segs[i], links_dir);
+			linked_now = rc == 0;
+			if (rc == TALLY_ESTATE) { /* no link across file systems: inline it */
+				ref = false;
+				rc = 0;
+			}
+		}
+		uint64_t n = 0;
+		if (rc == 0)
+			rc = section_entry_write(j, &segs[i], ref, fd, off, &n);
+		off += n;
+	}
+	free(segs);
+	if (rc == 0 && linked_now)
+		rc = dir_sync(links_dir); /* the links' names before a snapshot names them */
+	uint8_t f[SECTION_FOOTER_BYTES];
+	memcpy(f, SECTION_MAGIC, 8);
+	be64_put(f + 8, count);
+	be64_put(f + 16, off + sizeof(f) - at);
+	if (rc == 0)
+		rc = journal_write_at(fd, f, sizeof(f), off);
+	*written = off + sizeof(f) - at;
+	return rc;
+}
+
+/* ---- reading ---------------------------------------------------------------------- */
+
+/* The length of the part of buf[0..len) that ends with a 24-byte footer of `magic`
+ * (magic, count, the part's length with the footer), or 0 when it does not end so. */
+static size_t footed_part(const uint8_t *buf, size_t len, const char *magic)
+{
+	if (len < SECTION_FOOTER_BYTES)
+		return 0;
+	const uint8_t *f = buf + len - SECTION_FOOTER_BYTES;
+	uint64_t bytes = be64_get(f + 16);
+	if (memcmp(f, magic, 8) != 0 || bytes < SECTION_FOOTER_BYTES || bytes > len)
+		return 0;
+	return (size_t)bytes;
+}
+
+size_t jsnap_find(const uint8_t *sealed, size_t len)
+{
+	return len - footed_part(sealed, len, SECTION_MAGIC);
+}
+
+size_t jsnap_appendix_split(const uint8_t *snap, size_t len, const uint8_t **appendix,
+			    size_t *appendix_len)
+{
+	_Static_assert(APPENDIX_FOOTER_BYTES == SECTION_FOOTER_BYTES, "one footer layout");
+	*appendix_len = footed_part(snap, len, APPENDIX_MAGIC);
+	*appendix = *appendix_len > 0 ? snap + len - *appendix_len : NULL;
+	return len - *appendix_len;
+}
+
+/* One entry of a section: a segment and where its bytes are. */
+struct section_entry {
+	uint64_t first, len;
+	const uint8_t *bytes; /* inline, or resolved from the appendix; NULL: a link */
+	const uint8_t *sha;   /* a reference's */
+};
+
+struct section_walk {
+	const uint8_t *section;
+	size_t at, body;
+	uint64_t count, done, last_first;
+	const uint8_t *appendix; /* the next referenced segment's bytes in it */
+	size_t appendix_left;
+};
+
+static int walk_start(struct section_walk *w, const uint8_t *section, size_t len,
+		      const struct jsnap_source *src)
+{
+	memset(w, 0, sizeof(*w));
+	if (len == 0)
+		return 0; /* a snapshot with every entry inside LMDB */
+	if (len < SECTION_FOOTER_BYTES)
+		return TALLY_ECORRUPT;
+	w->section = section;
+	w->body = len - SECTION_FOOTER_BYTES;
+	w->count = be64_get(section + w->body + 8);
+	if (src != NULL && src->appendix != NULL) {
+		w->appendix = src->appendix;
+		w->appendix_left = src->appendix_len - APPENDIX_FOOTER_BYTES;
+	}
+	return 0;
+}
+
+/* A reference's bytes from the appendix, checked against its hash. */
+static int walk_appendix(struct section_walk *w, struct section_entry *e)
+{
+	if (pad8(e->len) > w->appendix_left)
+		return TALLY_ECORRUPT;
+	uint8_t sha[SHA_BYTES];
+	const void *parts[1] = {w->appendix};
+	size_t lens[1] = {(size_t)e->len};
+	sha256_parts(parts, lens, 1, sha);
+	if (memcmp(sha, e->sha, SHA_BYTES) != 0)
+		return TALLY_ECORRUPT;
+	e->bytes = w->appendix;
+	w->appendix += pad8(e->len);
+	w->appendix_left -= (size_t)pad8(e->len);
+	return 0;
+}
+
+/* The next entry (1), or the end (0) once the section and appendix were all used. */
+static int walk_next(struct section_walk *w, struct section_entry *e)
+{
+	if (w->done == w->count)
+		return w->at == w->body && (w->appendix == NULL || w->appendix_left == 0)
+			       ? 0
+			       : -TALLY_ECORRUPT;
+	const uint8_t *h = w->section + w->at;
+	if (w->body - w->at < SECTION_HEAD_BYTES)
+		return -TALLY_ECORRUPT;
+	bool ref = memcmp(h, SECTION_REF, 8) == 0;
+	if (!ref && memcmp(h, SECTION_INLINE, 8) != 0)
+		return -TALLY_ECORRUPT;
+	memset(e, 0, sizeof(*e));
+	e->first = be64_get(h + 8);
+	e->len = be64_get(h + 16);
+	if (e->first <= w->last_first)
+		return -TALLY_ECORRUPT;
+	w->at += SECTION_HEAD_BYTES;
+	uint64_t take = ref ? SHA_BYTES : pad8(e->len);
+	if (e->len > JOURNAL_RECORD_MAX + JOURNAL_SEGMENT_BYTES || take > w->body - w->at)
+		return -TALLY_ECORRUPT; /* (pad8 of a length near 2^64 would wrap) */
+	if (ref)
+		e->sha = w->section + w->at;
+	else
+		e->bytes = w->section + w->at;
+	w->at += (size_t)take;
+	w->last_first = e->first;
+	w->done++;
+	int rc = ref && w->appendix != NULL ? walk_appendix(w, e) : 0;
+	return rc != 0 ? -rc : 1;
+}
+
+/* The link of a referenced segment, opened and checked for its length. */
+static int link_open(const char *links_dir, const struct section_entry *e, int *fd)
+{
+	char path[4096];
+	*fd = -1;
+	if (links_dir == NULL || link_path(links_dir, e->first, "", path, sizeof(path)) != 0)
+		return TALLY_ECORRUPT; /* a reference with nowhere to resolve it */
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0)
+		return errno == ENOENT ? TALLY_ECORRUPT : journal_io_error();
+	struct stat st;
+	if (fstat(*fd, &st) != 0 || (uint64_t)st.st_size != e->len) {
+		close(*fd);
+		*fd = -1;
+		return TALLY_ECORRUPT;
+	}
+	return 0;
+}
+
+int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
+	       const struct jsnap_source *src)
+{
+	assert(j != NULL && (section != NULL || len == 0));
+	memset(j, 0, sizeof(*j));
+	pthread_mutex_init(&j->lock, NULL);
+	j->segment_bytes = JOURNAL_SEGMENT_BYTES;
+	struct section_walk w;
+	int rc = walk_start(&w, section, len, src);
+	struct section_entry e;
+	int more;
+	while (rc == 0 && (more = walk_next(&w, &e)) != 0) {
+		if (more < 0)
+			return -more;
+		if (e.bytes != NULL) {
+			rc = journal_seg_add(j, e.first, -1, (uint8_t *)e.bytes, (size_t)e.len, e.len,
+					     false);
+			continue;
+		}
+		int fd;
+		rc = link_open(src != NULL ? src->links_dir : NULL, &e, &fd);
+		void *base = rc == 0 && e.len > 0 ? mmap(NULL, (size_t)e.len, PROT_READ, MAP_SHARED,
+							 fd, 0)
+						  : NULL;
+		if (fd >= 0)
+			close(fd);
+		if (rc == 0 && (base == MAP_FAILED || base == NULL))
+			rc = TALLY_EIO;
+		if (rc == 0)
+			rc = journal_seg_add(j, e.first, -1, base, (size_t)e.len, e.len, true);
+		else if (base != NULL && base != MAP_FAILED)
+			munmap(base, (size_t)e.len);
+	}
+	return rc;
+}
+
+static int file_write(const char *path, const uint8_t *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return journal_io_error();
+	int rc = journal_write_at(fd, p, n, 0);
+	if (close(fd) != 0 && rc == 0)
+		rc = journal_io_error();
+	return rc;
+}
+
+/* A referenced segment into the staged journal: a second link to the node's own. */
+static int unpack_link(const char *links_dir, const struct section_entry *e, const char *path)
+{
+	int fd;
+	int rc = link_open(links_dir, e, &fd);
+	if (fd >= 0)
+		close(fd);
+	char from[4096];
+	if (rc == 0)
+		rc = link_path(links_dir, e->first, "", from, sizeof(from));
+	if (rc == 0 && link(from, path) != 0)
+		rc = journal_io_error();
+	return rc;
+}
+
+int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		 const char *ledger_dir)
+{
+	struct journal w;
+	struct section_walk walk;
+	int rc = walk_start(&walk, section, len, src);
+	if (rc == 0)
+		rc = journal_open(&w, ledger_dir, true, 0);
+	struct section_entry e;
+	int more;
+	while (rc == 0 && (more = walk_next(&walk, &e)) != 0) {
+		if (more < 0) {
+			rc = -more;
+			break;
+		}
+		char path[sizeof(w.dir) + 32];
+		rc = journal_seg_path(&w, e.first, path, sizeof(path));
+		if (rc == 0)
+			rc = e.bytes != NULL ? file_write(path, e.bytes, (size_t)e.len)
+					     : unpack_link(src != NULL ? src->links_dir : NULL, &e, path);
+	}
+	journal_close(&w);
+	return rc;
+}
+
+/* ---- the appendix a sender puts after a snapshot ---------------------------------- */
+
+void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a)
+{
+	if (a == NULL)
+		return;
+	for (size_t i = 0; i < a->n_maps; i++)
+		munmap((void *)a->maps[i].base, a->maps[i].len);
+	free(a->maps);
+	free(a->pieces);
+	memset(a, 0, sizeof(*a));
+}
+
+/* Adds a piece (and, for a mapping, the mapping to undo). */
+static int appendix_add(struct tally_snapshot_appendix *a, const void *base, size_t len,
+			bool mapped)
+{
+	size_t cap = a->n_pieces + 1;
+	struct tally_snapshot_piece *p = realloc(a->pieces, cap * sizeof(*p));
+	if (p == NULL)
+		return TALLY_ENOMEM;
+	a->pieces = p;
+	a->pieces[a->n_pieces++] = (struct tally_snapshot_piece){base, len};
+	a->bytes += len;
+	if (!mapped)
+		return 0;
+	struct tally_snapshot_piece *m = realloc(a->maps, (a->n_maps + 1) * sizeof(*m));
+	if (m == NULL)
+		return TALLY_ENOMEM;
+	a->maps = m;
+	a->maps[a->n_maps++] = (struct tally_snapshot_piece){base, len};
+	return 0;
+}
+
+int jsnap_appendix(const uint8_t *section, size_t len, const char *links_dir,
+		   struct tally_snapshot_appendix *a)
+{
+	struct section_walk w;
+	int rc = walk_start(&w, section, len, NULL);
+	struct section_entry e;
+	int more;
+	uint64_t count = 0;
+	while (rc == 0 && (more = walk_next(&w, &e)) != 0) {
+		if (more < 0)
+			return -more;
+		if (e.bytes != NULL || e.len == 0)
+			continue; /* inline, or nothing to carry */
+		int fd;
+		rc = link_open(links_dir, &e, &fd);
+		void *base = rc == 0 ? mmap(NULL, (size_t)e.len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+		if (fd >= 0)
+			close(fd);
+		if (rc == 0 && base == MAP_FAILED)
+			rc = TALLY_EIO;
+		if (rc == 0)
+			rc = appendix_add(a, base, (size_t)e.len, true);
+		if (rc == 0)
+			rc = appendix_add(a, zeros, (size_t)(pad8(e.len) - e.len), false);
+		count++;
+	}
+	if (rc == 0 && count == 0)
+		return 0; /* nothing referenced: no appendix */
+	memcpy(a->footer, APPENDIX_MAGIC, 8);
+	be64_put(a->footer + 8, count);
+	be64_put(a->footer + 16, a->bytes + APPENDIX_FOOTER_BYTES);
+	if (rc == 0)
+		rc = appendix_add(a, a->footer, APPENDIX_FOOTER_BYTES, false);
+	return rc;
+}
