@@ -203,13 +203,17 @@ bench-ledger: $(BUILD)/tools/ledger-bench $(BUILD)/tools/ledger-floor
 	$(BUILD)/tools/ledger-floor --commands 1000000 --members 100000 --batch 1000
 
 # A 1,000,000-member ledger built by ledger-bench (about a minute), then three runs of
-# snapshot take and restore with their peak memory; the directory is removed after.
+# snapshot take and restore with their peak memory, with every journal segment in the
+# snapshot and then with the closed ones linked and named; the directory is removed after.
 bench-snapshot: $(BUILD)/tools/ledger-bench $(BUILD)/tools/snapshot-bench
 	@set -e; d=$$(mktemp -d /tmp/tally-bench-snapshot-XXXXXX); trap 'rm -rf "$$d"' EXIT; \
 	mkdir "$$d/ledger"; \
 	$(BUILD)/tools/ledger-bench --commands 1000000 --members 1000000 --batch 1000 \
 		--writemap --dir "$$d/ledger" | tail -1; \
-	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3
+	echo "== snapshots carrying every journal segment"; \
+	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3; \
+	echo "== snapshots naming the closed segments, linked (as over TLS)"; \
+	$(BUILD)/tools/snapshot-bench --dir "$$d" --runs 3 --links
 
 # A local 3-node cluster, tally-bench against it, then stop it: over TLS (the default)
 # and then plaintext (--insecure), side by side. BENCH_MODES=tls for one of them.
