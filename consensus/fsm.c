@@ -28,7 +28,8 @@
  *           invariant check of that file on the thread pool (node_snapshot_verify).
  *
  * The size of each snapshot taken or restored sets how long this node, as leader,
- * waits for a follower to answer an InstallSnapshot (node_snapshot_sized).
+ * waits for a follower to answer an InstallSnapshot (node_snapshot_sized: by what the
+ * InstallSnapshot carries, the closed segments the snapshot names included).
  *
  * An entry that cannot be applied, a snapshot that cannot be restored, or a restored
  * ledger that fails its check ends the node (node_fail_stop, with the status of the
@@ -406,7 +407,8 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	assert(*n_bufs <= 1 && n->snapshot_busy && !n->release_busy); /* fsm_snapshot_async */
 	if (*n_bufs == 1) {
 		n->release_copy = (*bufs)[0];
-		node_snapshot_sized(n, n->release_copy.len);
+		node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(n->release_copy.base,
+								       n->release_copy.len));
 		n->stats.snapshots_reused += n->snapshot_reused; /* set by snapshot_async */
 	}
 	raft_free(*bufs);
@@ -531,7 +533,7 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), tally_strerror(rc));
 	if (n->started) /* not the node's own, at start */
 		n->stats.snapshots_installed++;
-	node_snapshot_sized(n, buf->len);
+	node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(buf->base, buf->len));
 	n->check_file[0] = '\0';
 	if (check_pending)
 		node_snapshot_find(n->raft_dir, buf->base, buf->len, n->check_file,

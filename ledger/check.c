@@ -592,6 +592,17 @@ int tally_ledger_open_snapshot(const char *path, const char *links_dir,
 				p.sealed_len - p.copy_len, &p.src, out);
 }
 
+uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len)
+{
+	assert(snap != NULL || len == 0);
+	struct snap_parts p;
+	snap_parse(snap, len, NULL, &p);
+	if (p.src.appendix != NULL || p.kind == SEAL_NONE)
+		return len;
+	return len + jsnap_referenced_bytes((const uint8_t *)snap + p.copy_len,
+					    p.sealed_len - p.copy_len);
+}
+
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
 				   struct tally_snapshot_appendix *out)
 {

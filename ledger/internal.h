@@ -223,6 +223,8 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 /* The section's segments written to (or linked into) ledger_dir's journal. */
 int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *src,
 		 const char *ledger_dir);
+/* The bytes of the appendix that would carry the section's referenced segments. */
+uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len);
 /* The appendix that carries the section's referenced segments from links_dir. */
 int jsnap_appendix(const uint8_t *section, size_t len, const char *links_dir,
 		   struct tally_snapshot_appendix *a);

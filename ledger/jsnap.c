@@ -430,6 +430,18 @@ int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *
 
 /* ---- the appendix a sender puts after a snapshot ---------------------------------- */
 
+uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len)
+{
+	struct section_walk w;
+	struct section_entry e;
+	uint64_t bytes = 0;
+	int more = walk_start(&w, section, len, NULL) == 0 ? 1 : 0;
+	while (more > 0 && (more = walk_next(&w, &e)) > 0)
+		if (e.bytes == NULL)
+			bytes += pad8(e.len);
+	return bytes > 0 ? bytes + APPENDIX_FOOTER_BYTES : 0;
+}
+
 void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a)
 {
 	if (a == NULL)

@@ -328,6 +328,8 @@ struct tally_snapshot_appendix {
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
 				   struct tally_snapshot_appendix *out);
 void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a);
+/* What an InstallSnapshot of snap[0..len) carries: len, and the appendix it would get. */
+uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len);
 
 /* Whether `who` may run command `c` in principle (role only; brand scope is checked
  * in apply where the touched brands are known). Exposed for the RPC layer to reject

@@ -563,6 +563,8 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	size_t len, sent_len;
 	uint8_t *snap = snapshot_of(&a, &len);
 	uint8_t *sent = with_appendix(snap, len, links, &sent_len);
+	assert_int_equal(tally_ledger_snapshot_sent_bytes(snap, len), sent_len);
+	assert_int_equal(tally_ledger_snapshot_sent_bytes(sent, sent_len), sent_len);
 	struct tally_snapshot_appendix again;
 	assert_int_equal(tally_ledger_snapshot_appendix(sent, sent_len, links, &again), 0);
 	assert_int_equal(again.bytes, 0); /* carries its segments already */
