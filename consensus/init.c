@@ -149,7 +149,7 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	n->transport.log = node_transport_log;
 	n->transport.log_data = n;
 	n->transport.spool_dir = n->ledger_dir; /* a received snapshot, beside the ledger */
-	n->transport.links_dir = n->ledger_opts.snapshot_links_dir;
+	n->transport.links_dir = n->cfg.tls != NULL ? n->links_dir : NULL;
 	node_logfill_dir(n->raft_dir); /* segments written when made (consensus/logfill.h) */
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {
@@ -265,14 +265,15 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 	if (rc == 0)
 		rc = dir_make(n->ledger_dir, errmsg, errcap);
 	/* Over TLS the node's transport carries the closed segments a snapshot names, so
-	 * its snapshots link them instead of copying them (ledger.h). */
-	if (rc == 0 && cfg->tls != NULL)
+	 * its snapshots link them instead of copying them (ledger.h); without, they carry
+	 * every segment, and a restore still finds the links of earlier ones. */
+	if (rc == 0)
 		rc = dir_make(n->links_dir, errmsg, errcap);
 	n->ledger_opts = (struct tally_ledger_options){
 		.map_size_bytes = cfg->map_size_bytes, .map_room_bytes = cfg->map_room_bytes,
 		.nosync = true, .writemap = !cfg->ledger_pwrite,
 		.journal_segment_bytes = cfg->journal_segment_bytes,
-		.snapshot_links_dir = cfg->tls != NULL ? n->links_dir : NULL};
+		.snapshot_links_dir = n->links_dir, .snapshot_segments_inline = cfg->tls == NULL};
 	if (rc == 0)
 		rc = ledger_open_checked(n, errmsg, errcap);
 	tally_clock_init(&n->clock);

@@ -151,9 +151,11 @@ struct tally_ledger_options {
 	uint64_t journal_segment_bytes;
 	/* A directory on the ledger's file system where snapshots hard-link the closed
 	 * segments they reference instead of copying them, and where a restore finds them
-	 * (NULL: snapshots carry every segment's bytes). A node that sends snapshots
-	 * through a transport that does not add the appendix must leave it NULL. */
+	 * (NULL: snapshots carry every segment's bytes, and restore only such ones). */
 	const char *snapshot_links_dir;
+	/* Snapshots carry every segment's bytes even with snapshot_links_dir (which a
+	 * restore still reads): for a node whose transport does not add the appendix. */
+	bool snapshot_segments_inline;
 };
 
 /* The state a replica proves it holds. */

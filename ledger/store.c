@@ -753,7 +753,7 @@ int tally_ledger_open(const char *dir, const struct tally_ledger_options *opts,
 		rc = tables_open(l, true);
 	if (rc == 0 && o->journal_segment_bytes > JOURNAL_SEGMENT_BYTES)
 		rc = TALLY_EINVAL; /* (a snapshot's reader bounds a segment by it) */
-	if (rc == 0 && o->snapshot_links_dir != NULL &&
+	if (rc == 0 && o->snapshot_links_dir != NULL && !o->snapshot_segments_inline &&
 	    snprintf(l->links_dir, sizeof(l->links_dir), "%s", o->snapshot_links_dir) >=
 		    (int)sizeof(l->links_dir))
 		rc = TALLY_EINVAL;

@@ -57,11 +57,9 @@ static int name_cmp(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* The segment files' names in dir/journal, sorted (free each and the array). */
-static char **segment_names(const char *dir, size_t *n)
+/* The names of the files in dir, sorted (free each and the array). */
+static char **segment_names_in(const char *path, size_t *n)
 {
-	char path[512];
-	journal_path(dir, path, sizeof(path));
 	DIR *d = opendir(path);
 	assert_non_null(d);
 	char **names = NULL;
@@ -77,6 +75,14 @@ static char **segment_names(const char *dir, size_t *n)
 	if (*n > 1)
 		qsort(names, *n, sizeof(*names), name_cmp);
 	return names;
+}
+
+/* The segment files' names in dir/journal, sorted. */
+static char **segment_names(const char *dir, size_t *n)
+{
+	char path[512];
+	journal_path(dir, path, sizeof(path));
+	return segment_names_in(path, n);
 }
 
 static void free_names(char **names, size_t n)
@@ -432,14 +438,16 @@ static void test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again
 	fx_close(&c);
 }
 
-/* A ledger whose snapshots link closed segments into links (a directory made here). */
-static void open_linking(struct fx *f, const char *links, unsigned batches)
+/* A ledger whose snapshots link closed segments into links (unless `inline`: then
+ * they carry every segment, and only a restore reads the links). */
+static void open_links(struct fx *f, const char *links, bool inline_segments, unsigned batches)
 {
 	fx_open(f);
 	fx_ledger_close(f);
 	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
 					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES,
-					 .snapshot_links_dir = links};
+					 .snapshot_links_dir = links,
+					 .snapshot_segments_inline = inline_segments};
 	assert_int_equal(tally_ledger_open(f->dir, &o, &f->l), 0);
 	setup_brand(f, "aurora", 0);
 	setup_members(f, member_ids, MEMBERS);
@@ -497,8 +505,9 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	(void)state;
 	char *links = fx_tmpdir();
 	struct fx a, b;
-	open_linking(&a, links, 40);
-	open_filled(&b, 40); /* the same ledger, snapshots inlining every segment */
+	open_links(&a, links, false, 40);
+	char *links_b = fx_tmpdir();
+	open_links(&b, links_b, true, 40); /* the same ledger, snapshots inlining every segment */
 	size_t len, inline_len;
 	uint8_t *snap = snapshot_of(&a, &len), *whole = snapshot_of(&b, &inline_len);
 	size_t n;
@@ -521,6 +530,10 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	print_message("snapshot %zu bytes naming %llu bytes of closed segments; inlined %zu\n",
 		      len, (unsigned long long)closed, inline_len);
 	assert_true(len + closed <= inline_len + 4096);
+	size_t made;
+	char **none = segment_names_in(links_b, &made);
+	assert_int_equal(made, 0); /* no link where snapshots inline */
+	free_names(none, made);
 
 	/* Restored where the links are: the same ledger, the same segment files. */
 	char *dir;
@@ -552,6 +565,8 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	fx_close(&b);
 	fx_remove_dir(links);
 	free(links);
+	fx_remove_dir(links_b);
+	free(links_b);
 }
 
 static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(void **state)
@@ -559,7 +574,7 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	(void)state;
 	char *links = fx_tmpdir();
 	struct fx a;
-	open_linking(&a, links, 40);
+	open_links(&a, links, false, 40);
 	size_t len, sent_len;
 	uint8_t *snap = snapshot_of(&a, &len);
 	uint8_t *sent = with_appendix(snap, len, links, &sent_len);
