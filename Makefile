@@ -249,7 +249,7 @@ demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $
 # build/fuzz with ASan and UBSan, one binary per target. `make fuzz FUZZ_S=N` runs each
 # for N seconds from its seed corpus (tests/fuzz/corpus/T, kept in the repository)
 # plus what earlier runs found (build/fuzz/corpus/T), and prints its executions.
-FUZZ_TARGETS := frame request apply batch tls checkpoint statement raftwire
+FUZZ_TARGETS := frame request apply batch tls checkpoint statement raftwire jsnap
 FUZZ_S ?= 10
 FUZZ_OPT := -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer-no-link,address,undefined \
             -fno-sanitize-recover=all

@@ -34,12 +34,7 @@ static char dir[] = "/tmp/tally-fuzz-apply-XXXXXX";
 
 static void fuzz_cleanup(void)
 {
-	char path[sizeof(dir) + 16];
-	static const char *const files[] = {"data.mdb", "lock.mdb"};
-	for (size_t i = 0; i < 2; i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, files[i]);
-		unlink(path);
-	}
+	tally_ledger_remove(dir);
 	rmdir(dir);
 }
 
