@@ -82,32 +82,79 @@ static int seg_copy(const struct journal *j, const struct journal_seg *s, uint64
 	return journal_write_at(fd, s->base + from, (size_t)(len - (uint64_t)from), (uint64_t)to);
 }
 
+/* The hash a link's sidecar (`<name>.sha256`, written once the link was made and
+ * synced) keeps for it, when the link is still a name of the journal's own file at
+ * path: then the segment is durable and linked already, and its hash need not be
+ * computed again after a restart. */
+static bool link_known(const char *path, const char *name, const char *sidecar,
+		       uint8_t sha[SHA_BYTES])
+{
+	struct stat a, b;
+	if (stat(path, &a) != 0 || stat(name, &b) != 0 || a.st_ino != b.st_ino ||
+	    a.st_dev != b.st_dev)
+		return false;
+	int fd = open(sidecar, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	uint8_t buf[SHA_BYTES + 1];
+	ssize_t got = pread(fd, buf, sizeof(buf), 0);
+	close(fd);
+	if (got != SHA_BYTES)
+		return false;
+	memcpy(sha, buf, SHA_BYTES);
+	return true;
+}
+
+/* Links `path` as `name` (through a temporary name, replacing a link of another
+ * file that an earlier history left), after syncing it. */
+static int link_make(const char *path, const char *tmp, const char *name)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int rc = fd >= 0 && fdatasync(fd) == 0 ? 0 : journal_io_error();
+	if (fd >= 0)
+		close(fd);
+	if (rc != 0)
+		return rc;
+	unlink(tmp); /* what an earlier attempt left */
+	if (link(path, tmp) != 0 || rename(tmp, name) != 0)
+		return errno == EXDEV ? TALLY_ESTATE : journal_io_error();
+	return 0;
+}
+
 /* A closed segment made durable and named in links_dir once: synced, hashed, and
- * hard-linked (a link of another file by that name, left by an earlier history with
- * the same bytes, is replaced). *s is the caller's copy; the table learns it too. */
+ * hard-linked, its hash kept beside the link (a later process reads it instead of
+ * hashing the segment again). *s is the caller's copy; the table learns it too. */
 static int seg_link(struct journal *j, struct journal_seg *s, const char *links_dir)
 {
-	char path[sizeof(j->dir) + 32], tmp[4096], name[4096];
+	char path[sizeof(j->dir) + 32], tmp[4096], name[4096], sidecar[4096];
 	int rc = journal_seg_path(j, s->first, path, sizeof(path));
 	if (rc == 0)
 		rc = link_path(links_dir, s->first, ".tmp", tmp, sizeof(tmp));
 	if (rc == 0)
 		rc = link_path(links_dir, s->first, "", name, sizeof(name));
-	int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-	if (rc == 0 && (fd < 0 || fdatasync(fd) != 0))
-		rc = journal_io_error();
-	if (fd >= 0)
-		close(fd);
-	if (rc == 0) {
-		unlink(tmp); /* what an earlier attempt left */
-		if (link(path, tmp) != 0 || rename(tmp, name) != 0)
-			rc = errno == EXDEV ? TALLY_ESTATE : journal_io_error();
-	}
+	if (rc == 0)
+		rc = link_path(links_dir, s->first, ".sha256", sidecar, sizeof(sidecar));
 	if (rc != 0)
 		return rc;
-	const void *parts[1] = {s->base};
-	size_t lens[1] = {(size_t)s->len};
-	sha256_parts(parts, lens, 1, s->sha);
+	if (!link_known(path, name, sidecar, s->sha)) {
+		unlink(sidecar); /* of an earlier file by that name, if any */
+		rc = link_make(path, tmp, name);
+		if (rc != 0)
+			return rc;
+		const void *parts[1] = {s->base};
+		size_t lens[1] = {(size_t)s->len};
+		sha256_parts(parts, lens, 1, s->sha);
+		int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		rc = fd >= 0 ? journal_write_at(fd, s->sha, SHA_BYTES, 0) : journal_io_error();
+		if (rc == 0 && fdatasync(fd) != 0) /* a sidecar is read only whole and synced */
+			rc = journal_io_error();
+		if (fd >= 0 && close(fd) != 0 && rc == 0)
+			rc = journal_io_error();
+		if (rc == 0 && rename(tmp, sidecar) != 0)
+			rc = journal_io_error();
+		if (rc != 0)
+			return rc;
+	}
 	s->linked = s->hashed = true;
 	pthread_mutex_lock(&j->lock);
 	struct journal_seg *t = journal_seg_find(j, s->first);
