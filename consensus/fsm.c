@@ -529,6 +529,14 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	bool check_pending;
 	int rc = tally_ledger_restore(n->ledger_dir, buf->base, buf->len, &n->ledger_opts,
 				      &n->ledger, &check_pending);
+	char missing[NODE_PATH_BYTES_MAX + 64], why[sizeof(missing) + 64];
+	if (rc == TALLY_ECORRUPT &&
+	    tally_ledger_snapshot_unresolved(buf->base, buf->len, n->ledger_opts.snapshot_links_dir,
+					     missing, sizeof(missing))) {
+		snprintf(why, sizeof(why), "the journal segment it names, %s, is missing or of "
+			 "another length", missing);
+		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), why);
+	}
 	if (rc != 0)
 		return fsm_restore_fail(n, buf, "ledger", node_exit_status(rc), tally_strerror(rc));
 	if (n->started) /* not the node's own, at start */

@@ -592,6 +592,16 @@ int tally_ledger_open_snapshot(const char *path, const char *links_dir,
 				p.sealed_len - p.copy_len, &p.src, out);
 }
 
+bool tally_ledger_snapshot_unresolved(const void *snap, size_t len, const char *links_dir,
+				      char *name, size_t cap)
+{
+	assert((snap != NULL || len == 0) && name != NULL && cap > 0);
+	struct snap_parts p;
+	snap_parse(snap, len, links_dir, &p);
+	return jsnap_unresolved((const uint8_t *)snap + p.copy_len, p.sealed_len - p.copy_len,
+				&p.src, name, cap) == 1;
+}
+
 uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len)
 {
 	assert(snap != NULL || len == 0);

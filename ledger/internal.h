@@ -223,6 +223,10 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 /* The section's segments written to (or linked into) ledger_dir's journal. */
 int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *src,
 		 const char *ledger_dir);
+/* 1 with the link's path in name when a reference of the section does not resolve
+ * from src (no link, or one of another length); 0 otherwise. */
+int jsnap_unresolved(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		     char *name, size_t cap);
 /* The bytes of the appendix that would carry the section's referenced segments. */
 uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len);
 /* The appendix that carries the section's referenced segments from links_dir. */

@@ -475,6 +475,27 @@ int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *
 	return rc;
 }
 
+int jsnap_unresolved(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		     char *name, size_t cap)
+{
+	assert(name != NULL && cap > 0);
+	name[0] = '\0';
+	struct section_walk w;
+	struct section_entry e;
+	int more = walk_start(&w, section, len, src) == 0 ? 1 : -1;
+	while (more > 0 && (more = walk_next(&w, &e)) > 0) {
+		int fd = -1;
+		if (e.bytes == NULL && link_open(src->links_dir, &e, &fd) != 0) {
+			snprintf(name, cap, "%s/%020" PRIu64 ".seg (%" PRIu64 " bytes)",
+				 src->links_dir != NULL ? src->links_dir : "(no links)", e.first, e.len);
+			return 1;
+		}
+		if (fd >= 0)
+			close(fd);
+	}
+	return 0;
+}
+
 /* ---- the appendix a sender puts after a snapshot ---------------------------------- */
 
 uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len)

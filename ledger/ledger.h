@@ -330,6 +330,11 @@ struct tally_snapshot_appendix {
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
 				   struct tally_snapshot_appendix *out);
 void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a);
+/* Whether a closed segment snap[0..len) names is neither after it nor linked in
+ * links_dir with its length (what makes a restore of it fail): then name holds the
+ * link's path, for the log. */
+bool tally_ledger_snapshot_unresolved(const void *snap, size_t len, const char *links_dir,
+				      char *name, size_t cap);
 /* What an InstallSnapshot of snap[0..len) carries: len, and the appendix it would get. */
 uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len);
 

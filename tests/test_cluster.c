@@ -2623,6 +2623,33 @@ static void test_a_node_with_a_damaged_ledger_rebuilds_it_at_start(void **state)
 	dir_files_hash(&c, victim, "ledger/journal", b, &nb);
 	assert_int_equal(na, nb);
 	assert_memory_equal(a, b, 32);
+
+	/* Without its links the node cannot restore its snapshot: it ends, naming the
+	 * segment; given them back, it starts. */
+	node_signal(&c, victim, SIGTERM);
+	char links_dir[400], moved[420];
+	snprintf(links_dir, sizeof(links_dir), "%s/node%d/snapshot-segments", c.dir, victim);
+	snprintf(moved, sizeof(moved), "%s.moved", links_dir);
+	assert_int_equal(rename(links_dir, moved), 0);
+	node_start(&c, victim, false, false);
+	int code = 0;
+	for (int64_t deadline = now_ms() + HANG_MS; !node_exited(&c, victim, &code);) {
+		if (now_ms() > deadline)
+			fail_msg("node %d still runs without its snapshot links", victim);
+		struct pollfd none;
+		poll(&none, 0, 50);
+	}
+	assert_int_not_equal(code, 0);
+	f = fopen(log, "r");
+	assert_non_null(f);
+	static char all[1 << 20];
+	all[fread(all, 1, sizeof(all) - 1, f)] = '\0';
+	fclose(f);
+	assert_non_null(strstr(all, ".seg ("));
+	assert_non_null(strstr(all, "is missing or of another length"));
+	assert_int_equal(rename(moved, links_dir), 0);
+	node_start(&c, victim, false, false);
+	assert_replicas_equal(&c);
 	cluster_stop(&c);
 }
 

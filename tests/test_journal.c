@@ -544,8 +544,12 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	tally_ledger_close(l);
 	fx_remove_dir(dir);
 	free(dir);
-	/* Where there are none: refused. */
+	char why[4200];
+	assert_false(tally_ledger_snapshot_unresolved(snap, len, links, why, sizeof(why)));
+	/* Where there are none: refused, and the segment is named. */
 	assert_int_equal(restore_new(snap, len, NULL, &dir, &l), TALLY_ECORRUPT);
+	assert_true(tally_ledger_snapshot_unresolved(snap, len, NULL, why, sizeof(why)));
+	assert_non_null(strstr(why, "00000000000000000001.seg"));
 	assert_null(l);
 	fx_remove_dir(dir);
 	free(dir);
@@ -556,6 +560,8 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	assert_int_equal(stat(link0, &st), 0);
 	assert_int_equal(truncate(link0, st.st_size - 1), 0);
 	assert_int_equal(restore_new(snap, len, links, &dir, &l), TALLY_ECORRUPT);
+	assert_true(tally_ledger_snapshot_unresolved(snap, len, links, why, sizeof(why)));
+	print_message("unresolved: %s\n", why);
 	fx_remove_dir(dir);
 	free(dir);
 	free_names(names, n);
