@@ -629,27 +629,6 @@ int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *lin
 	return rc;
 }
 
-/* Writes len bytes to a new file at path (no sync: see tally_ledger_restore). */
-static int write_file(const char *path, const uint8_t *p, size_t len)
-{
-	int out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (out < 0)
-		return TALLY_EIO;
-	int rc = 0;
-	for (size_t done = 0; rc == 0 && done < len;) {
-		ssize_t m = write(out, p + done, len - done);
-		if (m < 0 && errno == EINTR)
-			continue;
-		if (m <= 0)
-			rc = m < 0 && errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
-		else
-			done += (size_t)m;
-	}
-	if (close(out) != 0 && rc == 0)
-		rc = errno == ENOSPC ? TALLY_ENOSPC : TALLY_EIO;
-	return rc;
-}
-
 static int path_join(char *buf, size_t cap, const char *dir, const char *name)
 {
 	int n = snprintf(buf, cap, "%s/%s", dir, name);
@@ -668,7 +647,7 @@ static int restore_stage(const char *stage, const char *staged, const uint8_t *c
 		return TALLY_EIO;
 	int rc = journal_remove(stage); /* what an earlier restore left */
 	if (rc == 0)
-		rc = write_file(staged, copy, len);
+		rc = journal_file_write(staged, copy, len); /* no sync: see tally_ledger_restore */
 	if (rc == 0)
 		rc = jsnap_unpack(copy + len, journal_len, src, stage);
 	struct tally_ledger *l = NULL;

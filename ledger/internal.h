@@ -195,6 +195,9 @@ int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_IN
  * the segment whose first record is first (lock held); one more segment at the end. */
 int journal_io_error(void);
 int journal_write_at(int fd, const void *p, size_t n, uint64_t off); /* all of it */
+int journal_file_write(const char *path, const void *p, size_t n);   /* a new file, no sync */
+/* dir/<first, 20 digits>.seg<suffix>: a segment's name, in the journal or the links. */
+int journal_seg_name(const char *dir, uint64_t first, const char *suffix, char *buf, size_t cap);
 int journal_seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap);
 struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first);
 int journal_seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,

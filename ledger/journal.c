@@ -45,10 +45,15 @@ int journal_io_error(void)
 	return errno == ENOSPC ? TALLY_ENOSPC : errno == ENOMEM ? TALLY_ENOMEM : TALLY_EIO;
 }
 
+int journal_seg_name(const char *dir, uint64_t first, const char *suffix, char *buf, size_t cap)
+{
+	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg%s", dir, first, suffix);
+	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
+}
+
 int journal_seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap)
 {
-	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg", j->dir, first);
-	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
+	return journal_seg_name(j->dir, first, "", buf, cap);
 }
 
 /* items (*cap of them, n in use, size bytes each) with room for one more: the same
@@ -285,6 +290,17 @@ int journal_write_at(int fd, const void *p, size_t n, uint64_t off)
 		done += (size_t)m;
 	}
 	return 0;
+}
+
+int journal_file_write(const char *path, const void *p, size_t n)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return journal_io_error();
+	int rc = journal_write_at(fd, p, n, 0);
+	if (close(fd) != 0 && rc == 0)
+		rc = journal_io_error();
+	return rc;
 }
 
 /* Segment s, whose file has another name (a link snapshots name: jsnap.c), made a file

@@ -46,13 +46,6 @@ static uint64_t pad8(uint64_t n)
 
 static const uint8_t zeros[8];
 
-static int link_path(const char *links_dir, uint64_t first, const char *suffix, char *buf,
-		     size_t cap)
-{
-	int n = snprintf(buf, cap, "%s/%020" PRIu64 ".seg%s", links_dir, first, suffix);
-	return n < 0 || (size_t)n >= cap ? TALLY_EINVAL : 0;
-}
-
 /* ---- writing ---------------------------------------------------------------------- */
 
 /* Copies segment s's first len bytes to offset off of fd: by copy_file_range, in the
@@ -129,11 +122,11 @@ static int seg_link(struct journal *j, struct journal_seg *s, const char *links_
 	char path[sizeof(j->dir) + 32], tmp[4096], name[4096], sidecar[4096];
 	int rc = journal_seg_path(j, s->first, path, sizeof(path));
 	if (rc == 0)
-		rc = link_path(links_dir, s->first, ".tmp", tmp, sizeof(tmp));
+		rc = journal_seg_name(links_dir, s->first, ".tmp", tmp, sizeof(tmp));
 	if (rc == 0)
-		rc = link_path(links_dir, s->first, "", name, sizeof(name));
+		rc = journal_seg_name(links_dir, s->first, "", name, sizeof(name));
 	if (rc == 0)
-		rc = link_path(links_dir, s->first, ".sha256", sidecar, sizeof(sidecar));
+		rc = journal_seg_name(links_dir, s->first, ".sha256", sidecar, sizeof(sidecar));
 	if (rc != 0)
 		return rc;
 	if (!link_known(path, name, sidecar, s->sha)) {
@@ -374,7 +367,7 @@ static int link_open(const char *links_dir, const struct section_entry *e, int *
 {
 	char path[4096];
 	*fd = -1;
-	if (links_dir == NULL || link_path(links_dir, e->first, "", path, sizeof(path)) != 0)
+	if (links_dir == NULL || journal_seg_name(links_dir, e->first, "", path, sizeof(path)) != 0)
 		return TALLY_ECORRUPT; /* a reference with nowhere to resolve it */
 	*fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (*fd < 0)
@@ -424,17 +417,6 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 	return rc;
 }
 
-static int file_write(const char *path, const uint8_t *p, size_t n)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0)
-		return journal_io_error();
-	int rc = journal_write_at(fd, p, n, 0);
-	if (close(fd) != 0 && rc == 0)
-		rc = journal_io_error();
-	return rc;
-}
-
 /* A referenced segment into the staged journal: a second link to the node's own. */
 static int unpack_link(const char *links_dir, const struct section_entry *e, const char *path)
 {
@@ -444,7 +426,7 @@ static int unpack_link(const char *links_dir, const struct section_entry *e, con
 		close(fd);
 	char from[4096];
 	if (rc == 0)
-		rc = link_path(links_dir, e->first, "", from, sizeof(from));
+		rc = journal_seg_name(links_dir, e->first, "", from, sizeof(from));
 	if (rc == 0 && link(from, path) != 0)
 		rc = journal_io_error();
 	return rc;
@@ -468,7 +450,7 @@ int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *
 		char path[sizeof(w.dir) + 32];
 		rc = journal_seg_path(&w, e.first, path, sizeof(path));
 		if (rc == 0)
-			rc = e.bytes != NULL ? file_write(path, e.bytes, (size_t)e.len)
+			rc = e.bytes != NULL ? journal_file_write(path, e.bytes, (size_t)e.len)
 					     : unpack_link(src != NULL ? src->links_dir : NULL, &e, path);
 	}
 	journal_close(&w);
