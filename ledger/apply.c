@@ -234,11 +234,13 @@ static int entry_store(struct apply *a, const Tally__V1__Entry *e)
 	rc = journal_reserve(&a->l->journal, e->seq, head + n, &p, index);
 	if (rc != 0)
 		return rc;
-	be64_put(kb, e->seq);
-	MDB_val k = {8, kb}, v = {sizeof(index), index};
-	rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND);
-	if (rc != 0)
-		return lmdb_error(rc);
+	if (journal_index_row(e->seq, index)) {
+		be64_put(kb, e->seq);
+		MDB_val k = {8, kb}, v = {sizeof(index), index};
+		rc = mdb_put(a->txn, a->l->dbi[T_ENTRIES], &k, &v, MDB_APPEND);
+		if (rc != 0)
+			return lmdb_error(rc);
+	}
 	be64_put(p, a->raft_index);
 	be64_put(p + 8, a->raft_term);
 	be64_put(p + 16, (uint64_t)a->now_ms);

@@ -199,7 +199,6 @@ static int check_brand(struct check *c, const MDB_val *k, const MDB_val *v, void
 
 struct journal_walk {
 	struct tally_merkle_frontier tree;
-	uint64_t expect_seq;
 	int64_t last_time;
 };
 
@@ -209,20 +208,58 @@ static int null_put(void *ctx, unsigned level, uint64_t index, const uint8_t has
 	return 0;
 }
 
-static int check_entry(struct check *c, const MDB_val *k, const MDB_val *row, void *ctx)
+/* Calls fn for every entry, 1 to the tree's size, with its seq as key (big-endian)
+ * and the stored entry as value. */
+static int each_entry(struct check *c, uint64_t size, row_fn fn, void *ctx)
+{
+	int rc = 0;
+	for (uint64_t seq = 1; rc == 0 && seq <= size; seq++) {
+		uint8_t kb[8];
+		be64_put(kb, seq);
+		MDB_val k = {8, kb}, raw;
+		rc = txn_entry_get(c->txn, c->l->dbi[T_ENTRIES], seq, &raw);
+		if (rc != 0) {
+			fail(c, "journal: entry %llu: %s", (unsigned long long)seq,
+			     tally_strerror(rc));
+			return rc;
+		}
+		rc = fn(c, &k, &raw, ctx);
+	}
+	return rc;
+}
+
+/* A T_ENTRIES row names the record a reader reaches for its seq. */
+static int check_index_row(struct check *c, const MDB_val *k, const MDB_val *row, void *ctx)
+{
+	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
+	MDB_val named = *row, found;
+	if (seq == 0 || seq > *(const uint64_t *)ctx)
+		return fail(c, "journal: a row for entry %llu, past the journal's end",
+			    (unsigned long long)seq);
+	if (entry_resolve(c->txn, seq, &named) != 0 ||
+	    txn_entry_get(c->txn, c->l->dbi[T_ENTRIES], seq, &found) != 0 ||
+	    named.mv_data != found.mv_data || named.mv_size != found.mv_size)
+		return fail(c, "journal: the row of entry %llu names another record",
+			    (unsigned long long)seq);
+	return 0;
+}
+
+static int check_entry(struct check *c, const MDB_val *k, const MDB_val *raw, void *ctx)
 {
 	struct journal_walk *j = ctx;
 	tally_arena_reset(&c->arena);
-	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
+	uint64_t seq = be64_get(k->mv_data);
 	const uint8_t *bytes;
 	size_t n;
-	MDB_val raw = *row, *v = &raw;
-	if (seq != j->expect_seq || entry_resolve(c->txn, seq, v) != 0 ||
-	    entry_payload(v, &bytes, &n) != 0)
-		return fail(c, "journal: expected entry %llu", (unsigned long long)j->expect_seq);
+	const MDB_val *v = raw;
+	if (entry_payload(v, &bytes, &n) != 0)
+		return fail(c, "journal: entry %llu is not whole", (unsigned long long)seq);
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
-	if (e == NULL || e->seq != seq)
+	if (e == NULL)
 		return fail(c, "entry %llu does not decode", (unsigned long long)seq);
+	if (e->seq != seq)
+		return fail(c, "journal: where entry %llu should be, entry %llu is",
+			    (unsigned long long)seq, (unsigned long long)e->seq);
 	const char *brands[ENTRY_CHAINS_MAX], *members[ENTRY_CHAINS_MAX];
 	if (entry_chains(e, brands, members) != ((const uint8_t *)v->mv_data)[ENTRY_HEADER_BYTES])
 		return fail(c, "entry %llu: not linked into its members' chains", (unsigned long long)seq);
@@ -241,7 +278,6 @@ static int check_entry(struct check *c, const MDB_val *k, const MDB_val *row, vo
 	uint8_t leaf[32];
 	tally_merkle_leaf_hash(bytes, n, leaf);
 	struct tally_merkle_store s = {NULL, NULL, null_put};
-	j->expect_seq++;
 	return tally_merkle_append(&j->tree, &s, leaf);
 }
 
@@ -301,15 +337,16 @@ static int check_all(struct check *c)
 	if (rc == 0 && index_rows != all.indexed)
 		return fail(c, "the expiry index holds %llu rows for %llu accounts with lots",
 			    (unsigned long long)index_rows, (unsigned long long)all.indexed);
-	struct journal_walk j = {.expect_seq = 1};
+	struct journal_walk j;
 	tally_merkle_frontier_init(&j.tree);
+	j.last_time = 0;
 	if (rc == 0)
-		rc = each(c, T_ENTRIES, "", 0, check_entry, &j);
+		rc = each(c, T_ENTRIES, "", 0, check_index_row, &c->m.tree.size);
+	if (rc == 0)
+		rc = each_entry(c, c->m.tree.size, check_entry, &j);
 	if (rc != 0)
 		return rc;
-	if (j.tree.size != c->m.tree.size)
-		return fail(c, "journal holds %llu entries, the tree %llu",
-			    (unsigned long long)j.tree.size, (unsigned long long)c->m.tree.size);
+	assert(j.tree.size == c->m.tree.size);
 	uint8_t a[32], b[32];
 	tally_merkle_frontier_root(&j.tree, a);
 	tally_merkle_frontier_root(&c->m.tree, b);
@@ -358,26 +395,22 @@ static int hash_row(struct check *c, const MDB_val *k, const MDB_val *v, void *c
 	return 0;
 }
 
-/* A journal row hashed as the entry it names, wherever it is stored. */
-static int hash_entry_row(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
-{
-	MDB_val raw = *v;
-	int rc = k->mv_size == 8 ? entry_resolve(c->txn, be64_get(k->mv_data), &raw)
-				 : TALLY_ECORRUPT;
-	return rc != 0 ? rc : hash_row(c, k, &raw, ctx);
-}
-
 int tally_ledger_content_hash(struct tally_ledger *l, uint8_t out[32])
 {
 	assert(l != NULL && out != NULL);
 	struct check c = {.l = l};
 	memset(out, 0, 32);
 	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &c.txn));
+	struct meta m;
+	if (rc == 0)
+		rc = meta_load(c.txn, l, &m);
 	for (int t = 0; rc == 0 && t < T_COUNT; t++) {
 		const void *parts[2] = {out, table_names[t]};
 		size_t sizes[2] = {32, strlen(table_names[t])};
 		sha256_parts(parts, sizes, 2, out);
-		rc = each(&c, (enum table)t, "", 0, t == T_ENTRIES ? hash_entry_row : hash_row, out);
+		/* the journal as its entries, one per seq, however the rows index them */
+		rc = t == T_ENTRIES ? each_entry(&c, m.tree.size, hash_row, out)
+				    : each(&c, (enum table)t, "", 0, hash_row, out);
 	}
 	if (c.txn != NULL)
 		mdb_txn_abort(c.txn);

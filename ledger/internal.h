@@ -60,8 +60,10 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
  * 6: the rules the ledger applies are recorded (meta "rules", SetRules); a format-5
  * ledger is read as one at TALLY_RULES_BOUNDED_LOTS, an older one at the first rules.
  * 7: new entries are stored in the journal's segment files, T_ENTRIES holding where
- * (journal.c); rows an older format stored whole are read as they are. */
-#define LEDGER_FORMAT_VERSION 7
+ * (journal.c); rows an older format stored whole are read as they are.
+ * 8: T_ENTRIES holds a row for every JOURNAL_INDEX_STRIDE-th entry and each segment's
+ * first only; format 7's row per entry is read the same way. */
+#define LEDGER_FORMAT_VERSION 8
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -123,11 +125,14 @@ static inline void le64_put(uint8_t *p, uint64_t v)
 
 /* ---- the journal's bytes (journal.c) ----------------------------------------------
  * Entries live in append-only segment files, journal/<first seq>.seg beside LMDB;
- * T_ENTRIES maps each seq to where its record is. Limits: */
+ * T_ENTRIES says where the record of every JOURNAL_INDEX_STRIDE-th seq and of each
+ * segment's first is (format 8; format 7 has a row for every seq). Limits: */
 #define JOURNAL_SEGMENT_BYTES (64ULL << 20) /* a segment closes before passing this */
 #define JOURNAL_RECORD_MAX (256u << 20)     /* one entry's stored bytes */
 #define JOURNAL_RECORD_HEAD 4               /* a record's length, big-endian */
 #define JOURNAL_INDEX_BYTES 16              /* T_ENTRIES value: segment's first seq, offset */
+#define JOURNAL_INDEX_STRIDE 32             /* a row per this many seqs: at most 31 records
+                                             * are stepped over to reach one */
 #define JOURNAL_CHUNK_BYTES (1u << 20)      /* a batch's records are kept in chunks of this */
 #define JOURNAL_IOV_MAX 512                 /* chunks written by one pwritev */
 
@@ -178,19 +183,31 @@ struct journal {
 int journal_open(struct journal *j, const char *ledger_dir, bool writable,
 		 uint64_t segment_bytes);
 /* Cuts the segments back to LMDB's last committed record: entry last_seq (the journal's
- * size), whose T_ENTRIES value is last_index (NULL: no entry in the segments). */
-int journal_settle_open(struct journal *j, uint64_t last_seq, const uint8_t *last_index);
+ * size), found from T_ENTRIES' last row, key last_key and value last_index (NULL: no
+ * entry in the segments). */
+int journal_settle_open(struct journal *j, uint64_t last_seq, uint64_t last_key,
+			const uint8_t *last_index);
 void journal_close(struct journal *j);
 /* A batch: journal_begin, journal_reserve per entry (n bytes to fill at *out; index is
- * its T_ENTRIES value), journal_flush before LMDB commits, journal_settle after. */
+ * where it goes: its T_ENTRIES value when journal_index_row says it has a row),
+ * journal_flush before LMDB commits, journal_settle after. */
 void journal_begin(struct journal *j);
 int journal_reserve(struct journal *j, uint64_t seq, size_t n, uint8_t **out,
 		    uint8_t index[JOURNAL_INDEX_BYTES]);
 int journal_flush(struct journal *j);
 int journal_settle(struct journal *j, bool committed);
-/* The stored entry seq whose T_ENTRIES value is index. */
-int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES],
-		 MDB_val *raw);
+static inline bool journal_index_row(uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES])
+{
+	return seq % JOURNAL_INDEX_STRIDE == 0 || be64_get(index + 8) == 0;
+}
+/* Entry seq when it is a record of the batch this thread applies (not yet written). */
+int journal_pending_read(const struct journal *j, uint64_t seq, MDB_val *raw);
+/* The T_ENTRIES key that leads to entry seq: the last row at or before it, in its
+ * segment; TALLY_ENOTFOUND when seq precedes every segment (an older format's row). */
+int journal_row_key(struct journal *j, uint64_t seq, uint64_t *key);
+/* The stored entry seq, reached from row `key` (value index) of its segment. */
+int journal_read(struct journal *j, uint64_t seq, uint64_t key,
+		 const uint8_t index[JOURNAL_INDEX_BYTES], MDB_val *raw);
 /* For jsnap.c: an error of the last system call as a code; the path of segment first;
  * the segment whose first record is first (lock held); one more segment at the end. */
 int journal_io_error(void);
@@ -417,8 +434,10 @@ int ledger_open_copy(const char *path, const uint8_t *map, size_t map_len, size_
 		     size_t journal_len, const struct jsnap_source *src, struct tally_ledger **out);
 int meta_save(struct apply *a);
 struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
+/* The stored entry seq (header, links, Entry bytes), wherever it is: in the batch this
+ * thread applies, a segment, or (formats 6 and older) T_ENTRIES itself. */
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
-/* raw, a T_ENTRIES value of entry seq, made the stored entry itself (journal.c). */
+/* raw, the T_ENTRIES row of key seq, made the stored entry it names. */
 int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw);
 /* Calls fn for each record whose key starts with prefix (n bytes; 0 = all), in key
  * order, at most limit; a non-zero return from fn stops the scan and is returned. */

@@ -6,8 +6,13 @@
  * segment file `journal/<first seq>.seg` of the ledger's directory. A segment takes
  * records until the next would carry it past segment_bytes; it is never written
  * again after that, so a closed segment is the same bytes on every replica. LMDB's
- * T_ENTRIES keeps, in the same transaction as the state, where each entry is: the
- * first seq of its segment and its offset there (JOURNAL_INDEX_BYTES).
+ * T_ENTRIES keeps, in the same transaction as the state, where every
+ * JOURNAL_INDEX_STRIDE-th entry and each segment's first entry is: the first seq of
+ * its segment and its offset there (JOURNAL_INDEX_BYTES). Any other entry is reached
+ * from the last row before it, stepping over at most STRIDE - 1 records by their
+ * lengths; so the index is 1/32 of a row per entry, and a snapshot's copy of LMDB
+ * barely grows with the history. (Format 7 wrote a row for every entry: those rows
+ * are read the same way.)
  *
  * A batch's records are kept in memory while it applies (the writer reads them back
  * for member chains) and written to their segments just before LMDB commits; after a
@@ -390,19 +395,55 @@ static uint64_t record_end(const struct journal_seg *s, uint64_t off)
 	return off + JOURNAL_RECORD_HEAD + n;
 }
 
-int journal_settle_open(struct journal *j, uint64_t last_seq, const uint8_t *last_index)
+/* The record `steps` records after the one at *off in s: its offset in *off, its end
+ * returned; 0 when a record on the way is not whole. */
+static uint64_t record_step(const struct journal_seg *s, uint64_t *off, uint64_t steps)
+{
+	uint64_t end = record_end(s, *off);
+	for (; end != 0 && steps > 0; steps--) {
+		*off = end;
+		end = record_end(s, *off);
+	}
+	return end;
+}
+
+/* Where a record is: its segment's first seq and mapping (which stays put while the
+ * table may grow), its offset and end. */
+struct record_at {
+	uint64_t first;
+	const uint8_t *base;
+	uint64_t off, end;
+};
+
+/* The record of entry seq, found from the row of key `key` (value index); j->lock
+ * held. */
+static int record_locate(const struct journal *j, uint64_t seq, uint64_t key,
+			 const uint8_t index[JOURNAL_INDEX_BYTES], struct record_at *at)
+{
+	at->first = be64_get(index);
+	at->off = be64_get(index + 8);
+	const struct journal_seg *s = journal_seg_find(j, at->first);
+	if (s == NULL || key < at->first || seq < key || seq - key >= JOURNAL_INDEX_STRIDE)
+		return TALLY_ECORRUPT;
+	at->base = s->base;
+	at->end = record_step(s, &at->off, seq - key);
+	return at->end != 0 ? 0 : TALLY_ECORRUPT;
+}
+
+int journal_settle_open(struct journal *j, uint64_t last_seq, uint64_t last_key,
+			const uint8_t *last_index)
 {
 	assert(j != NULL && j->writable);
 	uint64_t first = 0, end = 0;
 	if (last_index != NULL) {
-		first = be64_get(last_index);
-		uint64_t off = be64_get(last_index + 8);
+		struct record_at at;
 		pthread_mutex_lock(&j->lock);
-		struct journal_seg *s = journal_seg_find(j, first);
-		end = s != NULL ? record_end(s, off) : 0;
+		int rc = record_locate(j, last_seq, last_key, last_index, &at);
 		pthread_mutex_unlock(&j->lock);
-		if (end == 0)
-			return TALLY_ECORRUPT;
+		if (rc != 0)
+			return rc;
+		first = at.first;
+		end = at.end;
 	}
 	int rc = cut_to(j, first, end);
 	if (rc != 0)
@@ -597,28 +638,49 @@ int journal_settle(struct journal *j, bool committed)
 	return rc;
 }
 
-int journal_read(struct journal *j, uint64_t seq, const uint8_t index[JOURNAL_INDEX_BYTES],
-		 MDB_val *raw)
+int journal_pending_read(const struct journal *j, uint64_t seq, MDB_val *raw)
+{
+	assert(j != NULL && raw != NULL);
+	if (journal_writing != j || seq <= j->commit_seq || seq - j->commit_seq > j->n_pending)
+		return TALLY_ENOTFOUND;
+	const struct journal_pending *p = &j->pending[seq - j->commit_seq - 1];
+	raw->mv_data = p->bytes + JOURNAL_RECORD_HEAD;
+	raw->mv_size = (size_t)(p->n - JOURNAL_RECORD_HEAD);
+	return 0;
+}
+
+int journal_row_key(struct journal *j, uint64_t seq, uint64_t *key)
+{
+	assert(j != NULL && key != NULL);
+	pthread_mutex_lock(&j->lock);
+	size_t lo = 0, hi = j->n_segs; /* the first segment starting after seq */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (j->segs[mid].first <= seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	uint64_t first = lo > 0 ? j->segs[lo - 1].first : 0;
+	pthread_mutex_unlock(&j->lock);
+	if (first == 0)
+		return TALLY_ENOTFOUND;
+	uint64_t stride = seq - seq % JOURNAL_INDEX_STRIDE;
+	*key = stride > first ? stride : first;
+	return 0;
+}
+
+int journal_read(struct journal *j, uint64_t seq, uint64_t key,
+		 const uint8_t index[JOURNAL_INDEX_BYTES], MDB_val *raw)
 {
 	assert(j != NULL && index != NULL && raw != NULL);
-	uint64_t first = be64_get(index), off = be64_get(index + 8);
-	if (journal_writing == j && seq > j->commit_seq && seq - j->commit_seq <= j->n_pending) {
-		/* The writer, reading a record of the batch it applies. */
-		const struct journal_pending *p = &j->pending[seq - j->commit_seq - 1];
-		if (p->first != first || p->off != off)
-			return TALLY_ECORRUPT;
-		raw->mv_data = p->bytes + JOURNAL_RECORD_HEAD;
-		raw->mv_size = (size_t)(p->n - JOURNAL_RECORD_HEAD);
-		return 0;
-	}
+	struct record_at at;
 	pthread_mutex_lock(&j->lock);
-	const struct journal_seg *s = journal_seg_find(j, first);
-	uint64_t end = s != NULL ? record_end(s, off) : 0;
-	const uint8_t *base = s != NULL ? s->base : NULL;
+	int rc = record_locate(j, seq, key, index, &at);
 	pthread_mutex_unlock(&j->lock);
-	if (end == 0)
-		return TALLY_ECORRUPT;
-	raw->mv_data = (void *)(base + off + JOURNAL_RECORD_HEAD);
-	raw->mv_size = (size_t)(end - off - JOURNAL_RECORD_HEAD);
+	if (rc != 0)
+		return rc;
+	raw->mv_data = (void *)(at.base + at.off + JOURNAL_RECORD_HEAD);
+	raw->mv_size = (size_t)(at.end - at.off - JOURNAL_RECORD_HEAD);
 	return 0;
 }

@@ -614,30 +614,49 @@ int txn_scan_from(MDB_txn *txn, MDB_dbi dbi, const void *prefix, size_t n, const
 	return rc;
 }
 
+static struct journal *txn_journal(MDB_txn *txn)
+{
+	struct tally_ledger *l = mdb_env_get_userctx(mdb_txn_env(txn));
+	assert(l != NULL);
+	return &l->journal;
+}
+
+/* raw, the T_ENTRIES row of key `key`, made entry seq. */
+static int row_resolve(MDB_txn *txn, uint64_t seq, uint64_t key, MDB_val *raw)
+{
+	if (raw->mv_size == JOURNAL_INDEX_BYTES) {
+		uint8_t index[JOURNAL_INDEX_BYTES];
+		memcpy(index, raw->mv_data, sizeof(index));
+		return journal_read(txn_journal(txn), seq, key, index, raw);
+	}
+	/* A row of format 6 or older holds the entry itself. */
+	return key != seq || raw->mv_size <= ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
+}
+
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw)
 {
 	assert(txn != NULL && raw != NULL);
+	struct journal *j = txn_journal(txn);
+	if (journal_pending_read(j, seq, raw) == 0)
+		return 0;
+	uint64_t key = seq;
+	int rc = journal_row_key(j, seq, &key);
+	bool in_segments = rc == 0;
+	if (rc != 0 && rc != TALLY_ENOTFOUND)
+		return rc;
 	uint8_t kb[8];
-	be64_put(kb, seq);
+	be64_put(kb, key);
 	MDB_val k = {8, kb};
-	int rc = mdb_get(txn, dbi, &k, raw);
-	if (rc != 0)
-		return lmdb_error(rc);
-	return entry_resolve(txn, seq, raw);
+	rc = lmdb_error(mdb_get(txn, dbi, &k, raw));
+	if (rc == TALLY_ENOTFOUND && in_segments)
+		return TALLY_ECORRUPT; /* a row the index must hold */
+	return rc != 0 ? rc : row_resolve(txn, seq, key, raw);
 }
 
 int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw)
 {
 	assert(txn != NULL && raw != NULL);
-	if (raw->mv_size == JOURNAL_INDEX_BYTES) {
-		struct tally_ledger *l = mdb_env_get_userctx(mdb_txn_env(txn));
-		assert(l != NULL);
-		uint8_t index[JOURNAL_INDEX_BYTES];
-		memcpy(index, raw->mv_data, sizeof(index));
-		return journal_read(&l->journal, seq, index, raw);
-	}
-	/* A row of format 6 or older holds the entry itself. */
-	return raw->mv_size <= ENTRY_HEADER_BYTES ? TALLY_ECORRUPT : 0;
+	return row_resolve(txn, seq, seq, raw);
 }
 
 /* ---- open / close ---------------------------------------------------------------- */
@@ -700,8 +719,10 @@ static int journal_settle_opened(struct tally_ledger *l)
 		rc = lmdb_error(mrc);
 	uint8_t index[JOURNAL_INDEX_BYTES];
 	bool in_segments = rc == 0 && mrc == 0 && v.mv_size == JOURNAL_INDEX_BYTES;
-	if (rc == 0 && mrc == 0 && (k.mv_size != 8 || be64_get(k.mv_data) != l->meta.tree.size))
-		rc = TALLY_ECORRUPT; /* the last entry is not the tree's last leaf */
+	uint64_t key = rc == 0 && mrc == 0 && k.mv_size == 8 ? be64_get(k.mv_data) : 0;
+	if (rc == 0 && mrc == 0 && (key == 0 || key > l->meta.tree.size ||
+				    (!in_segments && key != l->meta.tree.size)))
+		rc = TALLY_ECORRUPT; /* the last row is not the tree's last leaf's */
 	if (in_segments)
 		memcpy(index, v.mv_data, sizeof(index));
 	if (cur != NULL)
@@ -709,7 +730,8 @@ static int journal_settle_opened(struct tally_ledger *l)
 	if (txn != NULL)
 		mdb_txn_abort(txn);
 	if (rc == 0)
-		rc = journal_settle_open(&l->journal, l->meta.tree.size, in_segments ? index : NULL);
+		rc = journal_settle_open(&l->journal, l->meta.tree.size, key,
+					 in_segments ? index : NULL);
 	return rc;
 }
 

@@ -297,7 +297,7 @@ static void journal_batch(struct journal *j, uint64_t first_seq, unsigned n, uin
 		assert_int_equal(journal_reserve(j, first_seq + i, 1000, &p, index[i]), 0);
 		memset(p, fill + i, 1000);
 		MDB_val raw; /* the writer reads the batch's records before they are written */
-		assert_int_equal(journal_read(j, first_seq + i, index[i], &raw), 0);
+		assert_int_equal(journal_pending_read(j, first_seq + i, &raw), 0);
 		assert_ptr_equal(raw.mv_data, p);
 	}
 	assert_int_equal(journal_flush(j), 0);
@@ -321,7 +321,7 @@ static void test_records_written_for_a_batch_that_did_not_commit_are_cut_off(voi
 	struct journal j;
 	uint8_t index[16][JOURNAL_INDEX_BYTES];
 	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
-	assert_int_equal(journal_settle_open(&j, 0, NULL), 0);
+	assert_int_equal(journal_settle_open(&j, 0, 0, NULL), 0);
 	journal_batch(&j, 1, 6, 0x10, index, true); /* segments 1 (4 records) and 5 (2) */
 	assert_int_equal(file_size(dir, 1), 4 * 1004);
 	assert_int_equal(file_size(dir, 5), 2 * 1004);
@@ -333,14 +333,24 @@ static void test_records_written_for_a_batch_that_did_not_commit_are_cut_off(voi
 	assert_int_equal(file_size(dir, 9), 3 * 1004);
 	for (unsigned i = 0; i < 5; i++) {
 		MDB_val raw;
-		assert_int_equal(journal_read(&j, 7 + i, index[i], &raw), 0);
+		assert_int_equal(journal_read(&j, 7 + i, 7 + i, index[i], &raw), 0);
 		assert_int_equal(raw.mv_size, 1000);
 		assert_int_equal(((uint8_t *)raw.mv_data)[999], 0x60 + i);
+		/* and reached from the segment's first record, stepping over the others */
+		uint64_t key = 7 + i < 9 ? 7 : 9;
+		MDB_val stepped;
+		assert_int_equal(journal_read(&j, 7 + i, key, index[key - 7], &stepped), 0);
+		assert_ptr_equal(stepped.mv_data, raw.mv_data);
 	}
+	MDB_val raw; /* a row of another segment, or one too far behind, reaches nothing */
+	assert_int_equal(journal_read(&j, 9, 8, index[1], &raw), TALLY_ECORRUPT);
+	assert_int_equal(journal_read(&j, 7 + JOURNAL_INDEX_STRIDE, 7, index[0], &raw),
+			 TALLY_ECORRUPT);
 	journal_close(&j);
-	/* Open again: LMDB's last row names record 11, at 2008 of segment 9. */
+	/* Open again: LMDB's last row is record 9's, the first of segment 9; the journal
+	 * ends two records after it, at 3012. */
 	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
-	assert_int_equal(journal_settle_open(&j, 11, index[4]), 0);
+	assert_int_equal(journal_settle_open(&j, 11, 9, index[2]), 0);
 	journal_batch(&j, 12, 1, 0x70, index, true);
 	assert_int_equal(file_size(dir, 9), 4 * 1004);
 	journal_close(&j);
@@ -357,7 +367,7 @@ static void test_a_linked_segment_is_copied_before_it_is_cut_or_written(void **s
 	struct journal j;
 	uint8_t index[16][JOURNAL_INDEX_BYTES];
 	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
-	assert_int_equal(journal_settle_open(&j, 0, NULL), 0);
+	assert_int_equal(journal_settle_open(&j, 0, 0, NULL), 0);
 	journal_batch(&j, 1, 6, 0x10, index, true); /* segments 1 (4 records) and 5 (2) */
 	journal_close(&j);
 	char seg[600], link5[600];
@@ -366,7 +376,7 @@ static void test_a_linked_segment_is_copied_before_it_is_cut_or_written(void **s
 	assert_int_equal(link(seg, link5), 0);
 	/* LMDB says the journal ends with record 5, the first of segment 5. */
 	assert_int_equal(journal_open(&j, dir, true, 4096), 0);
-	assert_int_equal(journal_settle_open(&j, 5, index[4]), 0);
+	assert_int_equal(journal_settle_open(&j, 5, 5, index[4]), 0);
 	assert_int_equal(file_size(dir, 5), 1004);
 	journal_batch(&j, 6, 2, 0x50, index, true);
 	assert_int_equal(file_size(dir, 5), 3 * 1004);
@@ -660,33 +670,145 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	free(links);
 }
 
-/* Rewrites every journal row of the closed ledger in dir as a format-6 ledger stored
- * it (the entry itself, inside LMDB), and removes the segments. */
-static void store_entries_inside_lmdb(struct fx *f)
+/* The T_ENTRIES value format 7 wrote for the stored entry at raw: its segment's first
+ * seq and its record's offset there. */
+static void index_of(const struct journal *j, const MDB_val *raw, uint8_t index[JOURNAL_INDEX_BYTES])
 {
+	const uint8_t *p = (const uint8_t *)raw->mv_data - JOURNAL_RECORD_HEAD;
+	for (size_t i = 0; i < j->n_segs; i++) {
+		const struct journal_seg *s = &j->segs[i];
+		if (p >= s->base && p < s->base + s->len) {
+			be64_put(index, s->first);
+			be64_put(index + 8, (uint64_t)(p - s->base));
+			return;
+		}
+	}
+	fail_msg("entry at %p is in no segment", raw->mv_data);
+}
+
+/* Rewrites the journal's rows of the closed ledger in f->dir as an older format did:
+ * format 6 the entry itself in a row per seq (the segments removed), format 7 a row
+ * per seq naming its record. */
+static void rows_as_format(struct fx *f, unsigned format)
+{
+	assert_true(format == 6 || format == 7);
 	assert_int_equal(fx_ledger_open(f), 0);
 	struct tally_ledger *l = f->l;
 	MDB_txn *txn;
 	assert_int_equal(mdb_txn_begin(l->env, NULL, 0, &txn), 0);
 	uint64_t n = tally_ledger_journal_size(l);
-	for (uint64_t seq = 1; seq <= n; seq++) {
+	MDB_val *rows = calloc(n + 1, sizeof(*rows));
+	assert_non_null(rows);
+	for (uint64_t seq = 1; seq <= n; seq++) { /* all read before any is rewritten */
 		MDB_val raw;
 		assert_int_equal(txn_entry_get(txn, l->dbi[T_ENTRIES], seq, &raw), 0);
-		uint8_t *copy = malloc(raw.mv_size);
-		assert_non_null(copy);
-		memcpy(copy, raw.mv_data, raw.mv_size);
+		rows[seq].mv_size = format == 6 ? raw.mv_size : JOURNAL_INDEX_BYTES;
+		rows[seq].mv_data = malloc(rows[seq].mv_size);
+		assert_non_null(rows[seq].mv_data);
+		if (format == 6)
+			memcpy(rows[seq].mv_data, raw.mv_data, raw.mv_size);
+		else
+			index_of(&l->journal, &raw, rows[seq].mv_data);
+	}
+	for (uint64_t seq = 1; seq <= n; seq++) {
 		uint8_t kb[8];
 		be64_put(kb, seq);
-		MDB_val k = {8, kb}, v = {raw.mv_size, copy};
-		assert_int_equal(mdb_put(txn, l->dbi[T_ENTRIES], &k, &v, 0), 0);
-		free(copy);
+		MDB_val k = {8, kb};
+		assert_int_equal(mdb_put(txn, l->dbi[T_ENTRIES], &k, &rows[seq], 0), 0);
+		free(rows[seq].mv_data);
 	}
+	free(rows);
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	fx_ledger_close(f);
-	assert_int_equal(journal_remove(f->dir), 0);
+	if (format == 6)
+		assert_int_equal(journal_remove(f->dir), 0);
 	uint8_t version[8];
-	be64_put(version, 6);
+	be64_put(version, format);
 	meta_poke(f->dir, "version", version, sizeof(version));
+}
+
+static uint64_t index_rows(struct tally_ledger *l)
+{
+	MDB_txn *txn;
+	MDB_stat st;
+	assert_int_equal(mdb_txn_begin(l->env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_stat(txn, l->dbi[T_ENTRIES], &st), 0);
+	mdb_txn_abort(txn);
+	return st.ms_entries;
+}
+
+/* Sets the T_ENTRIES row of seq to the row of seq `from` (0: deletes it). */
+static void row_poke(struct tally_ledger *l, uint64_t seq, uint64_t from)
+{
+	MDB_txn *txn;
+	assert_int_equal(mdb_txn_begin(l->env, NULL, 0, &txn), 0);
+	uint8_t kb[8], copy[JOURNAL_INDEX_BYTES];
+	be64_put(kb, from);
+	MDB_val k = {8, kb}, v;
+	if (from != 0) {
+		assert_int_equal(mdb_get(txn, l->dbi[T_ENTRIES], &k, &v), 0);
+		assert_int_equal(v.mv_size, sizeof(copy));
+		memcpy(copy, v.mv_data, sizeof(copy));
+		v = (MDB_val){sizeof(copy), copy};
+	}
+	be64_put(kb, seq);
+	assert_int_equal(from != 0 ? mdb_put(txn, l->dbi[T_ENTRIES], &k, &v, 0)
+				   : mdb_del(txn, l->dbi[T_ENTRIES], &k, NULL), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+}
+
+static void assert_invariants_fail(struct fx *f, const char *want)
+{
+	char msg[256];
+	assert_int_not_equal(tally_ledger_check_invariants(f->l, msg, sizeof(msg)), 0);
+	print_message("%s\n", msg);
+	assert_non_null(strstr(msg, want));
+}
+
+/* Format 8 keeps a row for every 32nd entry and each segment's first; a format-7
+ * ledger's row per entry reads the same, and its new entries get format 8's rows. */
+static void test_the_index_holds_a_row_per_stride_and_format_7_rows_still_read(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 10);
+	open_filled(&b, 10);
+	uint64_t n = tally_ledger_journal_size(a.l);
+	size_t segs;
+	char **names = segment_names(a.dir, &segs);
+	free_names(names, segs);
+	uint64_t rows = index_rows(a.l);
+	print_message("%llu entries in %zu segments: %llu index rows\n", (unsigned long long)n,
+		      segs, (unsigned long long)rows);
+	assert_true(segs > 1 && rows >= n / JOURNAL_INDEX_STRIDE && rows <= n / JOURNAL_INDEX_STRIDE + segs);
+	for (uint64_t seq = 1; seq <= n; seq++) {
+		Tally__V1__Entry *e = entry_at(&a, seq);
+		assert_non_null(e);
+		assert_int_equal(e->seq, seq);
+	}
+	fx_ledger_close(&a);
+	rows_as_format(&a, 7);
+	assert_int_equal(fx_ledger_open(&a), 0);
+	assert_int_equal(index_rows(a.l), n);
+	assert_invariants(&a);
+	fill(&a, 4);
+	fill(&b, 4);
+	uint64_t grown = tally_ledger_journal_size(a.l);
+	assert_true(index_rows(a.l) < n + (grown - n) / 2);
+	assert_same_content(&a, &b); /* the content hash reads entries, not rows */
+	assert_invariants(&a);
+	fx_ledger_close(&a); /* and it opens again, its end found from the last row */
+	assert_int_equal(fx_ledger_open(&a), 0);
+	assert_same_content(&a, &b);
+
+	/* The invariant check reads every row and every entry through the rows. */
+	uint64_t stride = JOURNAL_INDEX_STRIDE;
+	row_poke(b.l, stride, 2 * stride);
+	assert_invariants_fail(&b, "where entry 32 should be, entry 64 is");
+	row_poke(b.l, stride, 0);
+	assert_invariants_fail(&b, "journal: entry");
+	fx_close(&a);
+	fx_close(&b);
 }
 
 static void test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments(
@@ -698,7 +820,7 @@ static void test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_one
 	open_filled(&b, 10);
 	uint64_t n = tally_ledger_journal_size(a.l);
 	fx_ledger_close(&a);
-	store_entries_inside_lmdb(&a);
+	rows_as_format(&a, 6);
 	assert_int_equal(fx_ledger_open(&a), 0);
 	size_t segs;
 	char **none = segment_names(a.dir, &segs);
@@ -753,6 +875,7 @@ int main(void)
 		cmocka_unit_test(test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is),
 		cmocka_unit_test(
 			test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments),
+		cmocka_unit_test(test_the_index_holds_a_row_per_stride_and_format_7_rows_still_read),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
