@@ -226,6 +226,8 @@ struct tally_node_stats {
 	uint64_t install_snapshots_received; /* InstallSnapshot messages (copies) received */
 	uint64_t install_snapshot_bytes_mapped; /* their bytes received into a mapping of an
 					 * unlinked file, not the heap (consensus/bigbuf.h) */
+	uint64_t snapshot_appendix_bytes; /* leader: closed journal segments' bytes sent
+					   * after InstallSnapshots (ledger.h, the appendix) */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread

@@ -539,6 +539,7 @@ int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const
 	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(t, m, req, &rc) : NULL;
 	if (s == NULL)
 		return rc != 0 ? rc : RAFT_NOMEM;
+	t->snapshot_appendix_bytes += s->appendix != NULL ? s->appendix->bytes : 0;
 	req->cb = cb;
 	if (p->tail != NULL)
 		p->tail->next = s;

@@ -62,6 +62,8 @@ struct tally_transport {
 	struct raft_io *recv_io;                 /* messages received go to recv(recv_io, m) */
 	raft_io_recv_cb recv;
 	uint64_t snapshot_bytes_spooled;         /* received snapshots kept as mappings */
+	uint64_t snapshot_appendix_bytes;        /* closed segments' bytes sent after
+						  * InstallSnapshots (the appendix) */
 	const char *spool_dir;                   /* a received snapshot's bytes go to an
 						  * unlinked file here (consensus/bigbuf.h);
 						  * NULL: the heap */

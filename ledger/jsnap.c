@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,15 @@ static int link_make(const char *path, const char *tmp, const char *name)
 	return 0;
 }
 
+static _Atomic uint64_t linked_count, linked_bytes; /* by this process */
+
+uint64_t tally_ledger_segments_linked(uint64_t *bytes)
+{
+	if (bytes != NULL)
+		*bytes = atomic_load_explicit(&linked_bytes, memory_order_relaxed);
+	return atomic_load_explicit(&linked_count, memory_order_relaxed);
+}
+
 /* A closed segment made durable and named in links_dir once: synced, hashed, and
  * hard-linked, its hash kept beside the link (a later process reads it instead of
  * hashing the segment again). *s is the caller's copy; the table learns it too. */
@@ -147,6 +157,8 @@ static int seg_link(struct journal *j, struct journal_seg *s, const char *links_
 			rc = journal_io_error();
 		if (rc != 0)
 			return rc;
+		atomic_fetch_add_explicit(&linked_count, 1, memory_order_relaxed);
+		atomic_fetch_add_explicit(&linked_bytes, s->len, memory_order_relaxed);
 	}
 	s->linked = s->hashed = true;
 	pthread_mutex_lock(&j->lock);

@@ -272,6 +272,10 @@ uint64_t tally_ledger_data_bytes(struct tally_ledger *l);
  * ledger/remap.c. */
 uint64_t tally_ledger_remaps_in_place(void);
 
+/* Closed journal segments this process linked for snapshots to name (synced, hashed,
+ * hard-linked: ledger/jsnap.c), and their bytes in *bytes (may be NULL). */
+uint64_t tally_ledger_segments_linked(uint64_t *bytes);
+
 /* Growths of a writemap ledger's map, by this process, that waited for a reader on
  * another thread (a snapshot's copy) to let the map move: only a growth past the
  * address space held for the map moves it (ledger/remap.c). */

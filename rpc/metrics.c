@@ -105,6 +105,7 @@ static void render_node(struct page *p, struct tally_node *n)
 	tally_arena_init(&a, 4096, 0);
 	Tally__V1__Status st = TALLY__V1__STATUS__INIT;
 	tally_node_status(n, &a, &st);
+	uint64_t linked_bytes, linked = tally_ledger_segments_linked(&linked_bytes);
 	const struct scalar m[] = {
 		{"tally_raft_commits_total", "counter", "Raft entries this node applied.",
 		 (double)ns->commits},
@@ -162,6 +163,18 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Bytes of InstallSnapshot messages received into a mapping of an unlinked file "
 		 "beside the ledger rather than into the heap.",
 		 (double)ns->install_snapshot_bytes_mapped},
+		{"tally_snapshot_appendix_bytes_total", "counter",
+		 "As leader: bytes of closed journal segments sent after InstallSnapshot "
+		 "messages, for the segments the snapshot names and the follower may lack.",
+		 (double)ns->snapshot_appendix_bytes},
+		{"tally_journal_segments_linked_total", "counter",
+		 "Closed journal segments synced, hashed and hard-linked for snapshots to name "
+		 "(each once); for the whole process.",
+		 (double)linked},
+		{"tally_journal_segment_bytes_linked_total", "counter",
+		 "Bytes of the journal segments linked for snapshots to name; for the whole "
+		 "process.",
+		 (double)linked_bytes},
 		{"tally_install_waits_ended_total", "counter",
 		 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
 		 "ignored (the follower had lost its data), ended without waiting for the timeout.",

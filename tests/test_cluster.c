@@ -2004,6 +2004,14 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 	print_message("leader: %zu segments, %zu linked for snapshots\n", na, links);
 	assert_int_equal(na, nb);
 	assert_memory_equal(a, b, 32);
+	/* and says so: segments linked, and their bytes sent after the InstallSnapshot */
+	assert_true(metric(&c, (int)leader, "tally_journal_segments_linked_total") >= 1);
+	assert_true(metric(&c, (int)leader, "tally_journal_segment_bytes_linked_total") >= 16384 / 2);
+	double sent = 0;
+	for (int i = 1; i <= 3; i++)
+		if (i != wiped)
+			sent += metric(&c, i, "tally_snapshot_appendix_bytes_total");
+	assert_true(sent >= 16384 / 2);
 	/* A writable map is as long as its allocated room (64 MiB at least); pwrite grows
 	 * the file only by the pages written. */
 	assert_true(ledger_file_bytes(&c, 3) < (off_t)16 << 20);
@@ -2125,8 +2133,9 @@ static void test_membership_add_promote_and_remove(void **state)
 /* A metric's value from node i's /metrics (fails when it is missing). */
 static double metric(struct cluster *c, int i, const char *name)
 {
-	static char body[16384];
+	static char body[65536];
 	assert_int_equal(http_get(c, i, "/metrics", body, sizeof(body)), 200);
+	assert_true(strlen(body) + 1 < sizeof(body)); /* the whole page */
 	char pattern[128];
 	snprintf(pattern, sizeof(pattern), "\n%s ", name);
 	const char *at = strstr(body, pattern);
