@@ -208,16 +208,33 @@ static int null_put(void *ctx, unsigned level, uint64_t index, const uint8_t has
 	return 0;
 }
 
+/* Entry seq, found by the walk at *walked, is also what a reader finding it through
+ * the index reaches: checked at every row a reader may start from (each stride's; a
+ * segment's first is found through its row by the walk itself). */
+static int index_reaches(struct check *c, uint64_t seq, const MDB_val *walked)
+{
+	if (seq % JOURNAL_INDEX_STRIDE != 0)
+		return 0;
+	MDB_val direct;
+	int rc = txn_entry_get(c->txn, c->l->dbi[T_ENTRIES], seq, &direct);
+	if (rc == 0 && direct.mv_data != walked->mv_data)
+		rc = TALLY_ECORRUPT;
+	return rc;
+}
+
 /* Calls fn for every entry, 1 to the tree's size, with its seq as key (big-endian)
  * and the stored entry as value. */
 static int each_entry(struct check *c, uint64_t size, row_fn fn, void *ctx)
 {
 	int rc = 0;
-	for (uint64_t seq = 1; rc == 0 && seq <= size; seq++) {
+	MDB_val raw, prev;
+	for (uint64_t seq = 1; rc == 0 && seq <= size; seq++, prev = raw) {
 		uint8_t kb[8];
 		be64_put(kb, seq);
-		MDB_val k = {8, kb}, raw;
-		rc = txn_entry_get(c->txn, c->l->dbi[T_ENTRIES], seq, &raw);
+		MDB_val k = {8, kb};
+		rc = txn_entry_next(c->txn, c->l->dbi[T_ENTRIES], seq, seq > 1 ? &prev : NULL, &raw);
+		if (rc == 0)
+			rc = index_reaches(c, seq, &raw);
 		if (rc != 0) {
 			fail(c, "journal: entry %llu: %s", (unsigned long long)seq,
 			     tally_strerror(rc));
@@ -228,17 +245,21 @@ static int each_entry(struct check *c, uint64_t size, row_fn fn, void *ctx)
 	return rc;
 }
 
-/* A T_ENTRIES row names the record a reader reaches for its seq. */
+/* A T_ENTRIES row names the record of the entry of its key. */
 static int check_index_row(struct check *c, const MDB_val *k, const MDB_val *row, void *ctx)
 {
+	tally_arena_reset(&c->arena);
 	uint64_t seq = k->mv_size == 8 ? be64_get(k->mv_data) : 0;
-	MDB_val named = *row, found;
+	MDB_val named = *row;
+	const uint8_t *bytes;
+	size_t n;
 	if (seq == 0 || seq > *(const uint64_t *)ctx)
 		return fail(c, "journal: a row for entry %llu, past the journal's end",
 			    (unsigned long long)seq);
-	if (entry_resolve(c->txn, seq, &named) != 0 ||
-	    txn_entry_get(c->txn, c->l->dbi[T_ENTRIES], seq, &found) != 0 ||
-	    named.mv_data != found.mv_data || named.mv_size != found.mv_size)
+	Tally__V1__Entry *e = NULL;
+	if (entry_resolve(c->txn, seq, &named) == 0 && entry_payload(&named, &bytes, &n) == 0)
+		e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
+	if (e == NULL || e->seq != seq)
 		return fail(c, "journal: the row of entry %llu names another record",
 			    (unsigned long long)seq);
 	return 0;

@@ -205,6 +205,9 @@ int journal_pending_read(const struct journal *j, uint64_t seq, MDB_val *raw);
 /* The T_ENTRIES key that leads to entry seq: the last row at or before it, in its
  * segment; TALLY_ENOTFOUND when seq precedes every segment (an older format's row). */
 int journal_row_key(struct journal *j, uint64_t seq, uint64_t *key);
+/* The stored entry seq when it follows prev, the stored entry seq - 1, in the same
+ * segment; TALLY_ENOTFOUND when it does not (a new segment, an older format's row). */
+int journal_read_after(struct journal *j, uint64_t seq, const MDB_val *prev, MDB_val *raw);
 /* The stored entry seq, reached from row `key` (value index) of its segment. */
 int journal_read(struct journal *j, uint64_t seq, uint64_t key,
 		 const uint8_t index[JOURNAL_INDEX_BYTES], MDB_val *raw);
@@ -437,6 +440,9 @@ struct tally_merkle_store tree_store(MDB_txn *txn, const MDB_dbi *dbi);
 /* The stored entry seq (header, links, Entry bytes), wherever it is: in the batch this
  * thread applies, a segment, or (formats 6 and older) T_ENTRIES itself. */
 int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw);
+/* The same for a walk in order: prev is the stored entry seq - 1 (NULL: none), whose
+ * record the entry follows unless a segment begins with it. */
+int txn_entry_next(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, const MDB_val *prev, MDB_val *raw);
 /* raw, the T_ENTRIES row of key seq, made the stored entry it names. */
 int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw);
 /* Calls fn for each record whose key starts with prefix (n bytes; 0 = all), in key

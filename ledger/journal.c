@@ -670,6 +670,32 @@ int journal_row_key(struct journal *j, uint64_t seq, uint64_t *key)
 	return 0;
 }
 
+int journal_read_after(struct journal *j, uint64_t seq, const MDB_val *prev, MDB_val *raw)
+{
+	assert(j != NULL && prev != NULL && raw != NULL);
+	const uint8_t *p = (const uint8_t *)prev->mv_data + prev->mv_size;
+	pthread_mutex_lock(&j->lock);
+	size_t lo = 0, hi = j->n_segs; /* the segment holding seq - 1's record */
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (j->segs[mid].first < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	const struct journal_seg *s = lo > 0 ? &j->segs[lo - 1] : NULL;
+	bool same = s != NULL && (lo == j->n_segs || j->segs[lo].first != seq) &&
+		    p > s->base && p <= s->base + s->len;
+	uint64_t off = same ? (uint64_t)(p - s->base) : 0;
+	uint64_t end = same ? record_end(s, off) : 0;
+	pthread_mutex_unlock(&j->lock);
+	if (end == 0)
+		return TALLY_ENOTFOUND;
+	raw->mv_data = (void *)(p + JOURNAL_RECORD_HEAD);
+	raw->mv_size = (size_t)(end - off - JOURNAL_RECORD_HEAD);
+	return 0;
+}
+
 int journal_read(struct journal *j, uint64_t seq, uint64_t key,
 		 const uint8_t index[JOURNAL_INDEX_BYTES], MDB_val *raw)
 {

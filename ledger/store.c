@@ -653,6 +653,14 @@ int txn_entry_get(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, MDB_val *raw)
 	return rc != 0 ? rc : row_resolve(txn, seq, key, raw);
 }
 
+int txn_entry_next(MDB_txn *txn, MDB_dbi dbi, uint64_t seq, const MDB_val *prev, MDB_val *raw)
+{
+	assert(txn != NULL && raw != NULL);
+	if (prev != NULL && journal_read_after(txn_journal(txn), seq, prev, raw) == 0)
+		return 0;
+	return txn_entry_get(txn, dbi, seq, raw);
+}
+
 int entry_resolve(MDB_txn *txn, uint64_t seq, MDB_val *raw)
 {
 	assert(txn != NULL && raw != NULL);
