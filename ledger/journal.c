@@ -76,18 +76,26 @@ static void *room_for_one(void *items, size_t *cap, size_t n, size_t size, size_
 	return p;
 }
 
-/* The segment whose first record is `first`, or NULL; j->lock held. */
-struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first)
+/* The index of the first segment whose first seq is `seq` or after (n_segs: none);
+ * j->lock held. */
+static size_t seg_lower_bound(const struct journal *j, uint64_t seq)
 {
 	size_t lo = 0, hi = j->n_segs;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (j->segs[mid].first < first)
+		if (j->segs[mid].first < seq)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
-	return lo < j->n_segs && j->segs[lo].first == first ? &j->segs[lo] : NULL;
+	return lo;
+}
+
+/* The segment whose first record is `first`, or NULL; j->lock held. */
+struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first)
+{
+	size_t i = seg_lower_bound(j, first);
+	return i < j->n_segs && j->segs[i].first == first ? &j->segs[i] : NULL;
 }
 
 /* Adds segment `first` (after every other) with its file and mapping; j->lock held. */
@@ -653,15 +661,8 @@ int journal_row_key(struct journal *j, uint64_t seq, uint64_t *key)
 {
 	assert(j != NULL && key != NULL);
 	pthread_mutex_lock(&j->lock);
-	size_t lo = 0, hi = j->n_segs; /* the first segment starting after seq */
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (j->segs[mid].first <= seq)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	uint64_t first = lo > 0 ? j->segs[lo - 1].first : 0;
+	size_t after = seg_lower_bound(j, seq + 1); /* the first segment starting after seq */
+	uint64_t first = after > 0 ? j->segs[after - 1].first : 0;
 	pthread_mutex_unlock(&j->lock);
 	if (first == 0)
 		return TALLY_ENOTFOUND;
@@ -675,14 +676,7 @@ int journal_read_after(struct journal *j, uint64_t seq, const MDB_val *prev, MDB
 	assert(j != NULL && prev != NULL && raw != NULL);
 	const uint8_t *p = (const uint8_t *)prev->mv_data + prev->mv_size;
 	pthread_mutex_lock(&j->lock);
-	size_t lo = 0, hi = j->n_segs; /* the segment holding seq - 1's record */
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (j->segs[mid].first < seq)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	size_t lo = seg_lower_bound(j, seq); /* after the segment holding seq - 1's record */
 	const struct journal_seg *s = lo > 0 ? &j->segs[lo - 1] : NULL;
 	bool same = s != NULL && (lo == j->n_segs || j->segs[lo].first != seq) &&
 		    p > s->base && p <= s->base + s->len;
