@@ -83,8 +83,10 @@ enum node_phase {
 	NODE_CLOSED       /* close callback called; tally_node_free may run */
 };
 
-/* The ledger's file written back behind its growth (writeback.c says why). */
-#define NODE_WRITEBACK_BEHIND_BYTES (16ULL << 20) /* written back once this far behind the end */
+/* The ledger's file and its journal's segments written back behind their growth
+ * (writeback.c says why). */
+#define NODE_WRITEBACK_BEHIND_BYTES (16ULL << 20) /* the ledger's file: written back once
+                                                   * this far behind the end */
 #define NODE_WRITEBACK_JOB_BYTES (8ULL << 20)     /* at most this much per job */
 
 struct node_writeback {
@@ -92,10 +94,12 @@ struct node_writeback {
 	bool busy;                        /* a job on the thread pool */
 	int fd;                           /* the job's own descriptor of the file, or -1 */
 	uint64_t job_from, job_to;        /* the job's range */
+	bool job_journal;                 /* of a journal segment (else the ledger's file) */
 	int job_error;                    /* its errno, or 0 */
 	bool error_logged;
-	uint64_t done_to;                 /* handed to a job up to here */
-	const struct tally_ledger *ledger; /* the ledger done_to counts in */
+	uint64_t done_to;                 /* the ledger's file: handed to a job up to here */
+	uint64_t seg_first, seg_done;     /* the journal's: segment, handed to a job up to */
+	const struct tally_ledger *ledger; /* the ledger these count in */
 };
 
 struct tally_node {

@@ -216,6 +216,8 @@ struct tally_node_stats {
 				      * (consensus/snapstore.h) */
 	uint64_t snapshots_reused;   /* of them, copied over a snapshot file raft had removed */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
+	uint64_t journal_writeback_bytes; /* of the journal's segments, written back behind
+					   * its growth by the node (writeback.c) */
 	uint64_t ledger_writeback_bytes; /* of the ledger's file, written back behind its
 					  * growth by the node (writeback.c) */
 	uint64_t log_segments_filled; /* raft log segments written with zeros when made, so

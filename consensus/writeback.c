@@ -1,32 +1,42 @@
 /*
- * consensus/writeback — the ledger's file written back behind its growth.
+ * consensus/writeback — the ledger's file and its journal's segments written back
+ * behind their growth.
  *
- * The ledger runs unsynced (MDB_NOSYNC: raft's log and snapshots are what is
- * durable), so the kernel writes its dirty pages back on its own: once the file has
- * been dirty for vm.dirty_expire_centisecs (30 s), each sweep writes all of its dirty
- * pages at once. Most of them are the data's growth (journal entries, idempotency
- * records: ~500 bytes a command), so ~30 s of growth reached the disk in one burst
- * (300 MB per node at 20,000 commands/s), and the raft log's small O_DSYNC commits,
- * on the same disk, waited behind it for hundreds of ms.
+ * The ledger runs unsynced (MDB_NOSYNC, and the journal's segments never synced as
+ * they are written: raft's log and snapshots are what is durable), so the kernel
+ * writes their dirty pages back on its own: once a file has been dirty for
+ * vm.dirty_expire_centisecs (30 s), each sweep writes all of its dirty pages at once.
+ * Most of them are the data's growth (journal entries, idempotency records: ~500
+ * bytes a command), so ~30 s of growth reached the disk in one burst (300 MB per node
+ * at 20,000 commands/s), and the raft log's small O_DSYNC commits, on the same disk,
+ * waited behind it for hundreds of ms.
  *
- * The node now writes back the part of the file that lies more than
- * NODE_WRITEBACK_BEHIND_BYTES behind the data's end, as the data grows, on libuv's
- * thread pool, NODE_FLUSH_STEP_BYTES at a time (each step waited for, as flush.c
- * does, so a commit waits behind one step at most). Pages that far behind the end
- * are seldom stored to again (LMDB copies a page on write; a page is reused only
- * after it is freed), so the write-back does not make the apply fault on pages it
- * write-protected, which is what writing back the whole file did
- * (docs/performance.md, "Writing the ledger back from the node was tried and not
- * kept").
+ * The node writes back, on libuv's thread pool, NODE_FLUSH_STEP_BYTES at a time (each
+ * step waited for, as flush.c does, so a commit waits behind one step at most):
  *
- * The loop's tick decides (node_writeback_tick); one job runs at a time, with its own
- * descriptor of the file, so a ledger closed or replaced meanwhile is not touched
- * through a stale one. A job covers at most NODE_WRITEBACK_JOB_BYTES. Where the
- * ledger says nothing of its size (not writemap) nothing is written back.
+ *   - the part of the ledger's file that lies more than NODE_WRITEBACK_BEHIND_BYTES
+ *     behind the data's end, as the data grows. Pages that far behind the end are
+ *     seldom stored to again (LMDB copies a page on write; a page is reused only after
+ *     it is freed), so the write-back does not make the apply fault on pages it
+ *     write-protected, which is what writing back the whole file did
+ *     (docs/performance.md, "Writing the ledger back from the node was tried and not
+ *     kept");
+ *   - the journal's last segment up to its last whole step of committed records, and a
+ *     segment that closed, to its end. Segments are written by pwritev, never through a
+ *     writable map, and never again once written, so nothing need stay behind. (The
+ *     first snapshot after a segment closes syncs it before linking it: ledger/jsnap.c.
+ *     Written back already, that sync has little left to write.)
+ *
+ * The loop's tick decides (node_writeback_tick), the journal first; one job runs at a
+ * time, with its own descriptor of the file, so a ledger closed or replaced
+ * meanwhile is not touched through a stale one. A job covers at most
+ * NODE_WRITEBACK_JOB_BYTES. Where the ledger says nothing of its size (not writemap)
+ * the ledger's file is not written back; the journal's segments are.
  */
 #include <assert.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "consensus/flush.h"
@@ -48,7 +58,9 @@ static void writeback_after_cb(uv_work_t *work, int status)
 	close(w->fd);
 	w->fd = -1;
 	w->busy = false;
-	if (status == 0 && w->job_error == 0)
+	if (status == 0 && w->job_error == 0 && w->job_journal)
+		n->stats.journal_writeback_bytes += w->job_to - w->job_from;
+	else if (status == 0 && w->job_error == 0)
 		n->stats.ledger_writeback_bytes += w->job_to - w->job_from;
 	else if (status == 0 && !w->error_logged) {
 		/* The kernel's own write-back still runs; the error is a disk's, and raft's
@@ -64,8 +76,79 @@ static void writeback_after_cb(uv_work_t *work, int status)
 void node_writeback_reset(struct tally_node *n)
 {
 	assert(n != NULL);
-	n->writeback.ledger = n->ledger;
-	n->writeback.done_to = n->ledger != NULL ? tally_ledger_data_bytes(n->ledger) : 0;
+	struct node_writeback *w = &n->writeback;
+	w->ledger = n->ledger;
+	w->done_to = n->ledger != NULL ? tally_ledger_data_bytes(n->ledger) : 0;
+	w->seg_first = w->seg_done = 0;
+	if (n->ledger != NULL)
+		tally_ledger_journal_tail(n->ledger, &w->seg_first, &w->seg_done);
+}
+
+/* Queues a job writing [from, to) of fd back (fd is the job's from here on). */
+static void job_queue(struct tally_node *n, int fd, uint64_t from, uint64_t to, bool journal)
+{
+	struct node_writeback *w = &n->writeback;
+	assert(!w->busy && fd >= 0 && from < to);
+	w->fd = fd;
+	w->job_from = from;
+	w->job_to = to;
+	w->job_journal = journal;
+	w->busy = true; /* before the queue: the work may run at once */
+	w->work.data = n;
+	if (uv_queue_work(n->loop, &w->work, writeback_work_cb, writeback_after_cb) != 0) {
+		close(w->fd);
+		w->fd = -1;
+		w->busy = false;
+	}
+}
+
+/* [from, to) rounded down to whole steps and cut to one job; whether it is worth one. */
+static bool job_range(uint64_t from, uint64_t *to)
+{
+	*to = *to / NODE_FLUSH_STEP_BYTES * NODE_FLUSH_STEP_BYTES;
+	if (*to < from + NODE_FLUSH_STEP_BYTES)
+		return false;
+	if (*to - from > NODE_WRITEBACK_JOB_BYTES)
+		*to = from + NODE_WRITEBACK_JOB_BYTES;
+	return true;
+}
+
+/* A job for the journal: the rest of a segment that closed, or the last one's whole
+ * steps. Whether one was queued. */
+static bool journal_tick(struct tally_node *n)
+{
+	struct node_writeback *w = &n->writeback;
+	uint64_t first, len;
+	tally_ledger_journal_tail(n->ledger, &first, &len);
+	if (first == 0)
+		return false;
+	uint64_t from = w->seg_done, to = len;
+	int fd = -1;
+	if (w->seg_first != first) {
+		/* The segment written back so far closed: the rest of it, to its end (a
+		 * failed job is not tried again: the kernel's sweep has it). */
+		fd = w->seg_first != 0 ? tally_ledger_journal_segment_open(n->ledger, w->seg_first)
+				       : -1;
+		struct stat st;
+		to = fd >= 0 && fstat(fd, &st) == 0 ? (uint64_t)st.st_size : 0;
+		w->seg_first = first;
+		w->seg_done = 0;
+		if (to > from) {
+			job_queue(n, fd, from, to, true);
+			return true;
+		}
+		if (fd >= 0)
+			close(fd);
+		return false;
+	}
+	if (!job_range(from, &to))
+		return false;
+	fd = tally_ledger_journal_segment_open(n->ledger, first);
+	if (fd < 0)
+		return false;
+	w->seg_done = to;
+	job_queue(n, fd, from, to, true);
+	return true;
 }
 
 void node_writeback_tick(struct tally_node *n)
@@ -76,26 +159,18 @@ void node_writeback_tick(struct tally_node *n)
 		return;
 	if (w->ledger != n->ledger)
 		node_writeback_reset(n);
+	if (journal_tick(n))
+		return;
 	uint64_t data = tally_ledger_data_bytes(n->ledger);
 	if (data < NODE_WRITEBACK_BEHIND_BYTES)
 		return;
-	uint64_t to = (data - NODE_WRITEBACK_BEHIND_BYTES) / NODE_FLUSH_STEP_BYTES *
-		      NODE_FLUSH_STEP_BYTES;
-	if (to < w->done_to + NODE_FLUSH_STEP_BYTES)
+	uint64_t to = data - NODE_WRITEBACK_BEHIND_BYTES;
+	if (!job_range(w->done_to, &to))
 		return;
-	if (to - w->done_to > NODE_WRITEBACK_JOB_BYTES)
-		to = w->done_to + NODE_WRITEBACK_JOB_BYTES;
-	w->fd = tally_ledger_file_dup(n->ledger);
-	if (w->fd < 0)
+	int fd = tally_ledger_file_dup(n->ledger);
+	if (fd < 0)
 		return;
-	w->job_from = w->done_to;
-	w->job_to = to;
+	uint64_t from = w->done_to;
 	w->done_to = to; /* a failed job is not tried again: the kernel's sweep has it */
-	w->busy = true;  /* before the queue: the work may run at once */
-	w->work.data = n;
-	if (uv_queue_work(n->loop, &w->work, writeback_work_cb, writeback_after_cb) != 0) {
-		close(w->fd);
-		w->fd = -1;
-		w->busy = false;
-	}
+	job_queue(n, fd, from, to, false);
 }

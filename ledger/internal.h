@@ -211,6 +211,10 @@ int journal_read_after(struct journal *j, uint64_t seq, const MDB_val *prev, MDB
 /* The stored entry seq, reached from row `key` (value index) of its segment. */
 int journal_read(struct journal *j, uint64_t seq, uint64_t key,
 		 const uint8_t index[JOURNAL_INDEX_BYTES], MDB_val *raw);
+/* The last committed record's segment and end (tally_ledger_journal_tail); a new
+ * read-only descriptor of segment first, or -1 with errno set. */
+void journal_tail(struct journal *j, uint64_t *first, uint64_t *end);
+int journal_seg_open_read(const struct journal *j, uint64_t first);
 /* For jsnap.c: an error of the last system call as a code; the path of segment first;
  * the segment whose first record is first (lock held); one more segment at the end. */
 int journal_io_error(void);

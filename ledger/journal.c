@@ -646,6 +646,26 @@ int journal_settle(struct journal *j, bool committed)
 	return rc;
 }
 
+void journal_tail(struct journal *j, uint64_t *first, uint64_t *end)
+{
+	assert(j != NULL && first != NULL && end != NULL);
+	pthread_mutex_lock(&j->lock);
+	*first = j->commit_first;
+	*end = j->commit_end;
+	pthread_mutex_unlock(&j->lock);
+}
+
+int journal_seg_open_read(const struct journal *j, uint64_t first)
+{
+	assert(j != NULL);
+	char path[sizeof(j->dir) + SEG_NAME_BYTES];
+	if (journal_seg_path(j, first, path, sizeof(path)) != 0) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	return open(path, O_RDONLY | O_CLOEXEC);
+}
+
 int journal_pending_read(const struct journal *j, uint64_t seq, MDB_val *raw)
 {
 	assert(j != NULL && raw != NULL);

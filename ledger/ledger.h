@@ -262,6 +262,15 @@ int tally_ledger_check_invariants(struct tally_ledger *l, char *msg, size_t cap)
  * it), so it may be used on another thread than the one applying batches. */
 int tally_ledger_file_dup(struct tally_ledger *l);
 
+/* Where the journal's committed records end: the first seq of the last segment that
+ * holds one and the bytes committed to it (0 and 0: none). Any thread. With
+ * tally_ledger_journal_segment_open, what a node writes back behind the journal's
+ * growth (closed segments are never written again). */
+void tally_ledger_journal_tail(struct tally_ledger *l, uint64_t *first, uint64_t *len);
+/* A new read-only descriptor (close-on-exec) of journal segment `first`, or -1 with
+ * errno set. */
+int tally_ledger_journal_segment_open(struct tally_ledger *l, uint64_t first);
+
 /* Bytes of the data file that hold data (up to the last page in use), as of the last
  * batch begun or the open; 0 for a ledger not opened with writemap. Any thread: what
  * lies this far into the file, less what the next batches rewrite, is cold. */

@@ -875,6 +875,18 @@ int tally_ledger_file_dup(struct tally_ledger *l)
 	return fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
+void tally_ledger_journal_tail(struct tally_ledger *l, uint64_t *first, uint64_t *len)
+{
+	assert(l != NULL && first != NULL && len != NULL);
+	journal_tail(&l->journal, first, len);
+}
+
+int tally_ledger_journal_segment_open(struct tally_ledger *l, uint64_t first)
+{
+	assert(l != NULL);
+	return journal_seg_open_read(&l->journal, first);
+}
+
 uint64_t tally_ledger_applied_index(struct tally_ledger *l)
 {
 	assert(l != NULL);

@@ -141,6 +141,10 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "move (only a growth past the address space held for it moves it); for the "
 		 "whole process.",
 		 (double)tally_ledger_map_waits()},
+		{"tally_journal_writeback_bytes_total", "counter",
+		 "Bytes of the journal's segment files the node wrote back as they grew, so "
+		 "that the kernel's periodic write-back does not find them all dirty at once.",
+		 (double)ns->journal_writeback_bytes},
 		{"tally_ledger_writeback_bytes_total", "counter",
 		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
 		 "that the kernel's periodic write-back does not find them all dirty at once.",

@@ -1687,6 +1687,7 @@ static void test_a_stopped_node_catches_up_when_continued(void **state)
 /* ---- operations ---------------------------------------------------------------------- */
 
 static double metric(struct cluster *c, int i, const char *name);
+static void wait_metric_at_least(struct cluster *c, int i, const char *name, double min);
 static void node_log_read(const struct cluster *c, int i, char *buf, size_t cap);
 
 static void test_sighup_reloads_keys_without_restart(void **state)
@@ -2012,6 +2013,9 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 		if (i != wiped)
 			sent += metric(&c, i, "tally_snapshot_appendix_bytes_total");
 	assert_true(sent >= 16384 / 2);
+	/* The leader writes a closed segment back to its end once its tick sees the next
+	 * one (writeback.c): at least the first segment's 16 KiB. */
+	wait_metric_at_least(&c, (int)leader, "tally_journal_writeback_bytes_total", 16384 / 2);
 	/* A writable map is as long as its allocated room (64 MiB at least); pwrite grows
 	 * the file only by the pages written. */
 	assert_true(ledger_file_bytes(&c, 3) < (off_t)16 << 20);
@@ -2146,6 +2150,18 @@ static double metric(struct cluster *c, int i, const char *name)
 
 /* Waits until node i reports its wall clock at least min_s seconds off the cluster's,
  * with the clocks synchronized: the node has seen its step and been outvoted. */
+/* Waits until node i's metric `name` reaches min (what the node's tick does next). */
+static void wait_metric_at_least(struct cluster *c, int i, const char *name, double min)
+{
+	int64_t deadline = now_ms() + HANG_MS;
+	while (metric(c, i, name) < min) {
+		if (now_ms() > deadline)
+			fail_msg("node %d: %s never reached %.0f", i, name, min);
+		struct pollfd none;
+		poll(&none, 0, 50); /* pace the polling of the condition */
+	}
+}
+
 static void wait_clock_off(struct cluster *c, int i, double min_s)
 {
 	int64_t deadline = now_ms() + HANG_MS;
