@@ -267,7 +267,10 @@ int journal_sync(struct journal *j)
 		else
 			snprintf(path, sizeof(path), "%s", j->dir); /* the names, last */
 		int fd = rc == 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-		if (rc == 0 && (fd < 0 || fdatasync(fd) != 0))
+		/* fsync, not fdatasync: in tallyd, consensus/flush.c's fsync() writes a large
+		 * file back a step at a time first, so that the raft log's commits on the
+		 * same disk never wait behind a whole segment */
+		if (rc == 0 && (fd < 0 || fsync(fd) != 0))
 			rc = journal_io_error();
 		if (fd >= 0)
 			close(fd);

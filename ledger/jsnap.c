@@ -104,7 +104,7 @@ static bool link_known(const char *path, const char *name, const char *sidecar,
 static int link_make(const char *path, const char *tmp, const char *name)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int rc = fd >= 0 && fdatasync(fd) == 0 ? 0 : journal_io_error();
+	int rc = fd >= 0 && fsync(fd) == 0 ? 0 : journal_io_error(); /* stepped: journal_sync */
 	if (fd >= 0)
 		close(fd);
 	if (rc != 0)
