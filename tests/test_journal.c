@@ -479,6 +479,25 @@ static int restore_new(const uint8_t *snap, size_t len, const char *links, char 
 	return tally_ledger_restore(*dir, snap, len, &o, l, &pending);
 }
 
+/* How many of the journal's segments in ledger dir are files of links_dir too. */
+static size_t segments_shared(const char *dir, const char *links_dir)
+{
+	char jdir[600];
+	snprintf(jdir, sizeof(jdir), "%s/journal", dir);
+	size_t n, shared = 0;
+	char **names = segment_names_in(jdir, &n);
+	for (size_t i = 0; i < n; i++) {
+		char a[900], b[900];
+		struct stat sa, sb;
+		snprintf(a, sizeof(a), "%s/%s", jdir, names[i]);
+		snprintf(b, sizeof(b), "%s/%s", links_dir, names[i]);
+		if (stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_ino == sb.st_ino)
+			shared++;
+	}
+	free_names(names, n);
+	return shared;
+}
+
 static void assert_content_of(struct tally_ledger *l, struct fx *f)
 {
 	uint8_t ha[32], hb[32];
@@ -638,6 +657,33 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	assert_int_equal(restore_new(sent, sent_len, NULL, &dir, &l), TALLY_ECORRUPT);
 	fx_remove_dir(dir);
 	free(dir);
+
+	/* Where the receiver's own links hold the segments (their sidecars name the hashes
+	 * the snapshot names: a follower that fell behind), the appendix's copies are
+	 * passed over unread and the links used: the changed byte goes unread, and the
+	 * journal's segments are the links' files, not new ones. */
+	assert_int_equal(restore_new(sent, sent_len, links, &dir, &l), 0);
+	assert_content_of(l, &a);
+	size_t shared = segments_shared(dir, links);
+	print_message("%zu segments restored as links of the receiver's own\n", shared);
+	assert_true(shared >= 2);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+	/* A sidecar naming another hash vouches for nothing: the appendix is read. */
+	char sidecar[600];
+	uint8_t kept[32], other[32];
+	snprintf(sidecar, sizeof(sidecar), "%s/%020d.seg.sha256", links, 1);
+	fd = open(sidecar, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, kept, 32, 0), 32);
+	memset(other, 0x5a, sizeof(other));
+	assert_int_equal(pwrite(fd, other, 32, 0), 32);
+	assert_int_equal(restore_new(sent, sent_len, links, &dir, &l), TALLY_ECORRUPT);
+	fx_remove_dir(dir);
+	free(dir);
+	assert_int_equal(pwrite(fd, kept, 32, 0), 32);
+	close(fd);
 
 	/* Opened again (a restart), the ledger's next snapshot names the same segments by
 	 * the hashes kept beside the links, and a receiver checks them as before. */
