@@ -822,11 +822,24 @@ static void test_the_index_holds_a_row_per_stride_and_format_7_rows_still_read(v
 	uint64_t n = tally_ledger_journal_size(a.l);
 	size_t segs;
 	char **names = segment_names(a.dir, &segs);
-	free_names(names, segs);
 	uint64_t rows = index_rows(a.l);
 	print_message("%llu entries in %zu segments: %llu index rows\n", (unsigned long long)n,
 		      segs, (unsigned long long)rows);
 	assert_true(segs > 1 && rows >= n / JOURNAL_INDEX_STRIDE && rows <= n / JOURNAL_INDEX_STRIDE + segs);
+	/* Where the committed records end, as a node's write-back asks: the last segment,
+	 * as long as its file. */
+	uint64_t tail_first, tail_len;
+	tally_ledger_journal_tail(a.l, &tail_first, &tail_len);
+	char last[32];
+	snprintf(last, sizeof(last), "%020llu.seg", (unsigned long long)tail_first);
+	assert_string_equal(names[segs - 1], last);
+	int fd = tally_ledger_journal_segment_open(a.l, tail_first);
+	struct stat st;
+	assert_true(fd >= 0 && fstat(fd, &st) == 0);
+	assert_int_equal((uint64_t)st.st_size, tail_len);
+	close(fd);
+	assert_int_equal(tally_ledger_journal_segment_open(a.l, tail_first + 1), -1);
+	free_names(names, segs);
 	for (uint64_t seq = 1; seq <= n; seq++) {
 		Tally__V1__Entry *e = entry_at(&a, seq);
 		assert_non_null(e);
