@@ -181,7 +181,7 @@ check: $(TEST_BIN) $(TOOLS) $(AUDIT_BIN) $(CDC_BIN) $(PY_PB) $(SIM_BIN) $(CLIENT
 # node's status, leaving memory behind), but an error of theirs still makes their exit
 # status 99, which the test checks.
 VALGRIND := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
-	--child-silent-after-fork=yes
+	--child-silent-after-fork=yes --suppressions=tests/valgrind.supp
 valgrind: $(TEST_BIN) $(SIM_BIN)
 	@set -e; for t in $(filter-out %/test_cluster,$(TEST_BIN)); do \
 		echo "== valgrind $$t"; \
