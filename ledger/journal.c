@@ -698,12 +698,14 @@ int journal_read_after(struct journal *j, uint64_t seq, const MDB_val *prev, MDB
 {
 	assert(j != NULL && prev != NULL && raw != NULL);
 	const uint8_t *p = (const uint8_t *)prev->mv_data + prev->mv_size;
+	uintptr_t at = (uintptr_t)p; /* prev may lie in no segment: compared as addresses */
 	pthread_mutex_lock(&j->lock);
 	size_t lo = seg_lower_bound(j, seq); /* after the segment holding seq - 1's record */
 	const struct journal_seg *s = lo > 0 ? &j->segs[lo - 1] : NULL;
-	bool same = s != NULL && (lo == j->n_segs || j->segs[lo].first != seq) &&
-		    p > s->base && p <= s->base + s->len;
-	uint64_t off = same ? (uint64_t)(p - s->base) : 0;
+	uintptr_t base = s != NULL ? (uintptr_t)s->base : 0;
+	bool same = s != NULL && (lo == j->n_segs || j->segs[lo].first != seq) && at > base &&
+		    at - base <= s->len;
+	uint64_t off = same ? (uint64_t)(at - base) : 0;
 	uint64_t end = same ? record_end(s, off) : 0;
 	pthread_mutex_unlock(&j->lock);
 	if (end == 0)
