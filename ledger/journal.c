@@ -441,6 +441,16 @@ static int record_locate(const struct journal *j, uint64_t seq, uint64_t key,
 	return at->end != 0 ? 0 : TALLY_ECORRUPT;
 }
 
+/* record_locate under j->lock. */
+static int record_find(struct journal *j, uint64_t seq, uint64_t key,
+		       const uint8_t index[JOURNAL_INDEX_BYTES], struct record_at *at)
+{
+	pthread_mutex_lock(&j->lock);
+	int rc = record_locate(j, seq, key, index, at);
+	pthread_mutex_unlock(&j->lock);
+	return rc;
+}
+
 int journal_settle_open(struct journal *j, uint64_t last_seq, uint64_t last_key,
 			const uint8_t *last_index)
 {
@@ -448,9 +458,7 @@ int journal_settle_open(struct journal *j, uint64_t last_seq, uint64_t last_key,
 	uint64_t first = 0, end = 0;
 	if (last_index != NULL) {
 		struct record_at at;
-		pthread_mutex_lock(&j->lock);
-		int rc = record_locate(j, last_seq, last_key, last_index, &at);
-		pthread_mutex_unlock(&j->lock);
+		int rc = record_find(j, last_seq, last_key, last_index, &at);
 		if (rc != 0)
 			return rc;
 		first = at.first;
@@ -720,9 +728,7 @@ int journal_read(struct journal *j, uint64_t seq, uint64_t key,
 {
 	assert(j != NULL && index != NULL && raw != NULL);
 	struct record_at at;
-	pthread_mutex_lock(&j->lock);
-	int rc = record_locate(j, seq, key, index, &at);
-	pthread_mutex_unlock(&j->lock);
+	int rc = record_find(j, seq, key, index, &at);
 	if (rc != 0)
 		return rc;
 	raw->mv_data = (void *)(at.base + at.off + JOURNAL_RECORD_HEAD);
