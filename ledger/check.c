@@ -272,8 +272,7 @@ static int check_entry(struct check *c, const MDB_val *k, const MDB_val *raw, vo
 	uint64_t seq = be64_get(k->mv_data);
 	const uint8_t *bytes;
 	size_t n;
-	const MDB_val *v = raw;
-	if (entry_payload(v, &bytes, &n) != 0)
+	if (entry_payload(raw, &bytes, &n) != 0)
 		return fail(c, "journal: entry %llu is not whole", (unsigned long long)seq);
 	Tally__V1__Entry *e = tally__v1__entry__unpack(tally_arena_protobuf(&c->arena), n, bytes);
 	if (e == NULL)
@@ -282,7 +281,7 @@ static int check_entry(struct check *c, const MDB_val *k, const MDB_val *raw, vo
 		return fail(c, "journal: where entry %llu should be, entry %llu is",
 			    (unsigned long long)seq, (unsigned long long)e->seq);
 	const char *brands[ENTRY_CHAINS_MAX], *members[ENTRY_CHAINS_MAX];
-	if (entry_chains(e, brands, members) != ((const uint8_t *)v->mv_data)[ENTRY_HEADER_BYTES])
+	if (entry_chains(e, brands, members) != ((const uint8_t *)raw->mv_data)[ENTRY_HEADER_BYTES])
 		return fail(c, "entry %llu: not linked into its members' chains", (unsigned long long)seq);
 	if (e->time_ms < j->last_time)
 		return fail(c, "entry %llu goes back in time", (unsigned long long)seq);
@@ -358,9 +357,8 @@ static int check_all(struct check *c)
 	if (rc == 0 && index_rows != all.indexed)
 		return fail(c, "the expiry index holds %llu rows for %llu accounts with lots",
 			    (unsigned long long)index_rows, (unsigned long long)all.indexed);
-	struct journal_walk j;
+	struct journal_walk j = {.last_time = 0};
 	tally_merkle_frontier_init(&j.tree);
-	j.last_time = 0;
 	if (rc == 0)
 		rc = each(c, T_ENTRIES, "", 0, check_index_row, &c->m.tree.size);
 	if (rc == 0)
