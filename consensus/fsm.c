@@ -410,6 +410,11 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 		node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(n->release_copy.base,
 								       n->release_copy.len));
 		n->stats.snapshots_reused += n->snapshot_reused; /* set by snapshot_async */
+		uint64_t linked = tally_ledger_segments_linked(NULL);
+		if (linked != n->links_told) { /* the nodes this one sends to learn of them */
+			n->links_told = linked;
+			tally_tlsnet_held_changed(&n->transport);
+		}
 	}
 	raft_free(*bufs);
 	*bufs = NULL;

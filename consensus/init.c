@@ -150,6 +150,8 @@ static int node_raft_init(struct tally_node *n, char *errmsg, size_t errcap)
 	n->transport.log_data = n;
 	n->transport.spool_dir = n->ledger_dir; /* a received snapshot, beside the ledger */
 	n->transport.links_dir = n->cfg.tls != NULL ? n->links_dir : NULL;
+	n->transport.declined = node_snapshot_declined;
+	n->transport.declined_data = n;
 	node_logfill_dir(n->raft_dir); /* segments written when made (consensus/logfill.h) */
 	rv = raft_uv_init(n->io, n->loop, n->raft_dir, &n->transport.outer);
 	if (rv != 0) {

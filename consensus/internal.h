@@ -185,6 +185,8 @@ struct tally_node {
 	bool release_busy;
 	bool release_adopted; /* the copy released was raft's stored snapshot */
 	bool snapshot_reused; /* the copy taken was written over a file raft had removed */
+	uint64_t links_told;  /* tally_ledger_segments_linked when the transport last read
+			       * which links this node holds (tally_tlsnet_held_changed) */
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */
@@ -270,6 +272,10 @@ void node_queues_fail(struct tally_node *n);
  * AppendEntries from below this node's snapshot) or, on a leader, ends the wait for a
  * snapshot a follower installed but whose answer raft ignores. */
 void node_recv_fix(struct tally_node *n, struct raft_message *m);
+
+/* raft015.c, the transport's declined callback (data: the node): follower `id`
+ * declined the InstallSnapshot this leader sent it; raft sends one again at once. */
+void node_snapshot_declined(void *data, raft_id id);
 
 /* notice.c: on the leader, about to apply an entry of entry_bytes: each follower raft
  * streams to is sent the new commit index at once (a heartbeat), rather than after this

@@ -79,6 +79,9 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 	node_apply_drain(n); /* a follower's counts include every entry raft applied */
 	n->stats.install_snapshot_bytes_mapped = n->transport.snapshot_bytes_spooled;
 	n->stats.snapshot_appendix_bytes = n->transport.snapshot_appendix_bytes;
+	n->stats.snapshot_segments_held = n->transport.snapshot_segments_held;
+	n->stats.snapshot_segment_bytes_held = n->transport.snapshot_segment_bytes_held;
+	n->stats.snapshots_declined = n->transport.snapshots_declined;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
 	n->stats.aio_contexts_reaped = node_aio_reaped();
 	return &n->stats;

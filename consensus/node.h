@@ -230,6 +230,13 @@ struct tally_node_stats {
 					 * unlinked file, not the heap (consensus/bigbuf.h) */
 	uint64_t snapshot_appendix_bytes; /* leader: closed journal segments' bytes sent
 					   * after InstallSnapshots (ledger.h, the appendix) */
+	uint64_t snapshot_segments_held;  /* leader: closed segments left out of them, the
+					   * follower holding them (its Have, tlsnet.c) */
+	uint64_t snapshot_segment_bytes_held;
+	uint64_t snapshots_declined;      /* follower: InstallSnapshots declined, as they
+					   * left out a segment it no longer holds */
+	uint64_t install_declines_resent; /* leader: InstallSnapshots sent again at once on
+					   * a follower's decline (consensus/raft015.c) */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread

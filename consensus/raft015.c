@@ -30,6 +30,11 @@
  * answer that shows the snapshot installed ends that wait at once, as raft's own
  * timeout would: the leader probes the follower from where it stands and goes on.
  *
+ * The third is not raft's bug but this transport's: a follower that declines an
+ * InstallSnapshot (tlsnet.c: it left out a segment the follower no longer holds)
+ * never answers it, and the leader would wait out the timeout as well; the follower's
+ * word that it declined ends the wait the same way (node_snapshot_declined).
+ *
  * Any other message passes untouched.
  */
 #include <assert.h>
@@ -63,29 +68,56 @@ static void append_entries_fix(struct tally_node *n, struct raft_message *m)
 	a->prev_log_term = r->log.snapshot.last_term;
 }
 
+/* Ends the leader's wait on the InstallSnapshot it sent the follower in progress slot
+ * i, as raft's own timeout would: raft probes the follower from where it stands at the
+ * next heartbeat, and sends a snapshot again if it needs one. raft asks whether
+ * now - snapshot_last_send >= the timeout, in unsigned arithmetic: this makes the
+ * difference the timeout exactly, even when the clock (the loop's, from boot) has not
+ * yet reached the timeout itself. */
+static void snapshot_wait_end(struct raft *r, unsigned i)
+{
+	struct raft_progress *p = &r->leader_state.progress[i];
+	raft_time now = r->io->time(r->io);
+	p->snapshot_last_send = now - (raft_time)r->install_snapshot_timeout;
+}
+
+/* The progress slot of server id while this node leads, or -1. */
+static int progress_of(const struct raft *r, raft_id id)
+{
+	if (raft_state((struct raft *)r) != RAFT_LEADER)
+		return -1;
+	for (unsigned i = 0; i < r->configuration.n; i++)
+		if (r->configuration.servers[i].id == id)
+			return (int)i;
+	return -1;
+}
+
 /* The leader's view of a follower's answer: a snapshot installed that raft would not
  * see, because the answer moves no index (the follower lost its data). */
 static void snapshot_installed_fix(struct tally_node *n, const struct raft_message *m)
 {
 	struct raft *r = n->raft;
 	const struct raft_append_entries_result *res = &m->append_entries_result;
-	if (raft_state(r) != RAFT_LEADER || res->rejected != 0 || res->term != r->current_term)
+	int i = progress_of(r, m->server_id);
+	if (i < 0 || res->rejected != 0 || res->term != r->current_term)
 		return;
-	for (unsigned i = 0; i < r->configuration.n; i++) {
-		if (r->configuration.servers[i].id != m->server_id)
-			continue;
-		struct raft_progress *p = &r->leader_state.progress[i];
-		if (p->state != RAFT015_PROGRESS_SNAPSHOT || p->snapshot_index == 0 ||
-		    res->last_log_index < p->snapshot_index || p->match_index < res->last_log_index)
-			return; /* not installed yet, or raft sees it: its index moves */
-		/* raft asks whether now - snapshot_last_send >= the timeout, in unsigned
-		 * arithmetic: this makes the difference the timeout exactly, even when the
-		 * clock (the loop's, from boot) has not yet reached the timeout itself. */
-		raft_time now = r->io->time(r->io);
-		p->snapshot_last_send = now - (raft_time)r->install_snapshot_timeout;
-		n->stats.install_waits_ended++;
-		return;
-	}
+	const struct raft_progress *p = &r->leader_state.progress[i];
+	if (p->state != RAFT015_PROGRESS_SNAPSHOT || p->snapshot_index == 0 ||
+	    res->last_log_index < p->snapshot_index || p->match_index < res->last_log_index)
+		return; /* not installed yet, or raft sees it: its index moves */
+	snapshot_wait_end(r, (unsigned)i);
+	n->stats.install_waits_ended++;
+}
+
+void node_snapshot_declined(void *data, raft_id id)
+{
+	struct tally_node *n = data;
+	assert(n != NULL && n->raft != NULL);
+	int i = progress_of(n->raft, id);
+	if (i < 0 || n->raft->leader_state.progress[i].state != RAFT015_PROGRESS_SNAPSHOT)
+		return; /* no longer waiting on it: raft goes on as it would */
+	snapshot_wait_end(n->raft, (unsigned)i);
+	n->stats.install_declines_resent++;
 }
 
 void node_recv_fix(struct tally_node *n, struct raft_message *m)

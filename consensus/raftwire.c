@@ -3,6 +3,7 @@
  */
 #include <assert.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "consensus/raftwire.h"
@@ -49,6 +50,8 @@ static size_t fixed_header(unsigned type)
 		return 3 * 8;
 	case RAFT_IO_REQUEST_VOTE:
 		return 5 * 8;
+	case TALLY_RAFTWIRE_HAVE:
+		return 2 * 8;
 	default:
 		return 0;
 	}
@@ -201,6 +204,13 @@ const char *tally_raftwire_prefix(const uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYT
 	out->type = get32(prefix);
 	out->header_bytes = get32(prefix + 4);
 	out->payload_bytes = get64(&p);
+	if (out->type == TALLY_RAFTWIRE_HAVE)
+		return out->header_bytes != fixed_header(out->type) ||
+				       out->payload_bytes % TALLY_RAFTWIRE_HAVE_SEGMENT != 0 ||
+				       out->payload_bytes / TALLY_RAFTWIRE_HAVE_SEGMENT >
+					       TALLY_LEDGER_HELD_MAX
+			       ? "Have of the wrong size or too long"
+			       : NULL;
 	if (out->type < RAFT_IO_APPEND_ENTRIES || out->type > RAFT_IO_TIMEOUT_NOW)
 		return "unknown raft message type";
 	if (out->header_bytes > TALLY_RAFTWIRE_HEADER_MAX || out->header_bytes % 8 != 0)
@@ -372,6 +382,60 @@ const char *tally_raftwire_decode(const struct tally_raftwire_sizes *s, const ui
 	default:
 		return "unknown raft message type";
 	}
+}
+
+size_t tally_raftwire_have_bytes(size_t n)
+{
+	return TALLY_RAFTWIRE_PREFIX_BYTES + fixed_header(TALLY_RAFTWIRE_HAVE) +
+	       n * TALLY_RAFTWIRE_HAVE_SEGMENT;
+}
+
+void tally_raftwire_have_write(uint64_t flags, const struct tally_segment_held *held, size_t n,
+			       uint8_t *out)
+{
+	assert((held != NULL || n == 0) && n <= TALLY_LEDGER_HELD_MAX && out != NULL);
+	put32(out, TALLY_RAFTWIRE_HAVE);
+	put32(out + 4, (uint32_t)fixed_header(TALLY_RAFTWIRE_HAVE));
+	uint8_t *p = out + 8;
+	put64(&p, n * TALLY_RAFTWIRE_HAVE_SEGMENT);
+	put64(&p, flags), put64(&p, n);
+	for (size_t i = 0; i < n; i++) {
+		put64(&p, held[i].first), put64(&p, held[i].len);
+		memcpy(p, held[i].sha, sizeof(held[i].sha));
+		p += sizeof(held[i].sha);
+	}
+	assert((size_t)(p - out) == tally_raftwire_have_bytes(n));
+}
+
+const char *tally_raftwire_have_decode(const struct tally_raftwire_sizes *s, const uint8_t *header,
+				       const uint8_t *payload, uint64_t *flags,
+				       struct tally_segment_held **held, size_t *n)
+{
+	assert(s != NULL && s->type == TALLY_RAFTWIRE_HAVE && header != NULL);
+	*held = NULL;
+	*n = 0;
+	*flags = get64(&header);
+	uint64_t count = get64(&header);
+	if (count != s->payload_bytes / TALLY_RAFTWIRE_HAVE_SEGMENT)
+		return "Have: segment count does not match its payload";
+	if ((*flags & ~(uint64_t)TALLY_RAFTWIRE_HAVE_DECLINED) != 0)
+		return "Have: unknown flags";
+	struct tally_segment_held *h = count > 0 ? malloc((size_t)count * sizeof(*h)) : NULL;
+	if (count > 0 && h == NULL)
+		return "Have: out of memory";
+	const uint8_t *p = payload;
+	for (uint64_t i = 0; i < count; i++) {
+		h[i].first = get64(&p), h[i].len = get64(&p);
+		memcpy(h[i].sha, p, sizeof(h[i].sha));
+		p += sizeof(h[i].sha);
+		if (h[i].first == 0 || (i > 0 && h[i].first <= h[i - 1].first)) {
+			free(h);
+			return "Have: first seqs not increasing";
+		}
+	}
+	*held = h;
+	*n = (size_t)count;
+	return NULL;
 }
 
 void tally_raftwire_release(struct raft_message *m)

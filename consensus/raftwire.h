@@ -21,6 +21,17 @@
  *            entries raft gets are 8-aligned); InstallSnapshot: the snapshot's data;
  *            nothing for the others.
  *
+ * One message of this transport's own shares the format, on connections whose TLS
+ * handshake agreed on it (rpc/tls.h, TALLY_TLS_ALPN_RAFT), sent only by the side that
+ * connected (the follower, to the node it answers):
+ *
+ *     Have (TALLY_RAFTWIRE_HAVE)   header: flags (TALLY_RAFTWIRE_HAVE_DECLINED),
+ *                                  count; payload: per segment its first seq, length
+ *                                  and SHA-256 (48 bytes), first seqs increasing
+ *
+ * the closed journal segments the sender holds as links (ledger.h,
+ * tally_segment_held), so that an InstallSnapshot to it need not carry them.
+ *
  * Padding must be zeros, so a message decodes only from the bytes its encoding writes.
  *
  * A decoded message is owned as raft_uv would hand it over: an AppendEntries' entries
@@ -34,6 +45,7 @@
  *   TALLY_RAFTWIRE_SNAPSHOT_MAX   payload bytes of an InstallSnapshot: as large as a
  *                                 node takes one (NODE_SNAPSHOT_BYTES_MAX); it goes
  *                                 to a file as it arrives, not to memory
+ *   TALLY_LEDGER_HELD_MAX         segments in one Have (3 MiB)
  */
 #ifndef TALLY_CONSENSUS_RAFTWIRE_H
 #define TALLY_CONSENSUS_RAFTWIRE_H
@@ -41,6 +53,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <raft.h>
+
+#include "ledger/ledger.h"
 
 #define TALLY_RAFTWIRE_PREFIX_BYTES 16
 #define TALLY_RAFTWIRE_ENTRIES_MAX (1u << 20)
@@ -50,6 +64,11 @@
 #define TALLY_RAFTWIRE_SNAPSHOT_MAX ((uint64_t)1 << 36)
 #define TALLY_RAFTWIRE_HEADER_MAX                                                                 \
 	(40u + 24u * TALLY_RAFTWIRE_ENTRIES_MAX) /* the largest: an AppendEntries' */
+
+#define TALLY_RAFTWIRE_HAVE 100u         /* the type of a Have: no RAFT_IO_* */
+#define TALLY_RAFTWIRE_HAVE_DECLINED 1u  /* the sender declined an InstallSnapshot that
+					  * left out a segment it no longer holds */
+#define TALLY_RAFTWIRE_HAVE_SEGMENT 48u  /* payload bytes per segment */
 
 /* What a prefix announces. */
 struct tally_raftwire_sizes {
@@ -98,6 +117,20 @@ const char *tally_raftwire_prefix(const uint8_t prefix[TALLY_RAFTWIRE_PREFIX_BYT
  * refused; then nothing is allocated and the payload is still the caller's. */
 const char *tally_raftwire_decode(const struct tally_raftwire_sizes *s, const uint8_t *header,
 				  void *payload, struct raft_message *m);
+
+/* Bytes of a whole Have naming n segments. */
+size_t tally_raftwire_have_bytes(size_t n);
+
+/* Writes a whole Have: tally_raftwire_have_bytes(n) bytes. */
+void tally_raftwire_have_write(uint64_t flags, const struct tally_segment_held *held, size_t n,
+			       uint8_t *out);
+
+/* Decodes a Have whose prefix gave `s` into *flags and a new array *held of *n segments
+ * (free it; NULL when n is 0). Returns NULL, or why it is refused (a count that does
+ * not match the payload, first seqs not increasing, unknown flags). */
+const char *tally_raftwire_have_decode(const struct tally_raftwire_sizes *s, const uint8_t *header,
+				       const uint8_t *payload, uint64_t *flags,
+				       struct tally_segment_held **held, size_t *n);
 
 /* Frees what a decoded message owns (for a message raft never got). */
 void tally_raftwire_release(struct raft_message *m);

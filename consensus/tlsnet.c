@@ -28,6 +28,17 @@
  * A message is encrypted as the socket drains (at most TLSNET_QUEUE_MAX bytes of
  * ciphertext queued per connection), so a snapshot is never copied whole; raft's send
  * callback runs once all of it went into the TLS session, from the next loop turn.
+ *
+ * Have-lists. A node whose handshake agreed on TALLY_TLS_ALPN_RAFT with the node it
+ * connects to sends it, before any other message, a Have (raftwire.h): the closed
+ * journal segments this node holds as links, and again whenever a snapshot linked
+ * more. The receiving node keeps it on that connection, and only while it is open;
+ * an InstallSnapshot it sends to that node then leaves out the segments the list
+ * names by first seq, length and hash (ledger.h, the appendix). A node that receives
+ * an InstallSnapshot leaving out a segment it no longer holds (its link gone or
+ * replaced since it said so) declines it before raft sees it: it sends a fresh Have
+ * marked declined, on which the sender's raft is made to send the snapshot again at
+ * once (raft015.c), and the snapshot then carries what is missing.
  */
 #include <arpa/inet.h>
 #include <assert.h>
@@ -85,6 +96,8 @@ struct tlsnet_peer {
 	bool retry_armed;
 	struct tlsnet_send *head, *tail; /* waiting or being sent, oldest first */
 	unsigned queued;
+	bool have_due;                   /* a Have goes before the next message */
+	bool declined;                   /* and says an InstallSnapshot was declined */
 };
 
 struct tlsnet_conn {
@@ -97,6 +110,7 @@ struct tlsnet_conn {
 	struct tally_tls *tls;
 	enum tlsnet_state state;
 	bool outgoing, closing, tcp_reading;
+	bool have_ok;                    /* the handshake agreed on TALLY_TLS_ALPN_RAFT */
 	unsigned handles;                /* libuv handles still open */
 	raft_id id;                      /* outgoing: the id asked for; incoming: the peer's */
 	size_t tcp_queued;               /* ciphertext bytes in uv_write requests */
@@ -111,6 +125,9 @@ struct tlsnet_conn {
 	size_t preamble_len;
 	char peer[64];                   /* "ip:port" for log lines */
 	char address[TALLY_ADDRESS_BYTES_MAX + 1]; /* incoming: the peer's full address */
+	struct tally_segment_held *have; /* incoming: the peer's last Have; NULL: none */
+	size_t n_have;
+	bool have_known;                 /* a Have arrived (it may name none) */
 };
 
 struct tlsnet_write {
@@ -183,7 +200,7 @@ static void tlsnet_done_run(uv_idle_t *idle)
 		tally_ledger_snapshot_appendix_free(s->appendix);
 		free(s->appendix);
 		free(s);
-		if (req->cb != NULL)
+		if (req != NULL && req->cb != NULL)
 			req->cb(req, status);
 		s = next;
 	}
@@ -230,6 +247,7 @@ static void tlsnet_handle_closed(uv_handle_t *h)
 		close(c->spool_fd);
 	free(c->header);
 	raft_free(c->payload);
+	free(c->have);
 	free(c);
 	tlsnet_maybe_closed(t);
 }
@@ -337,8 +355,18 @@ static int tlsnet_seal(struct tlsnet_conn *c, const void *data, size_t len)
 
 /* ---- sending: each peer's queue into its connection's TLS session ---- */
 
+/* The last Have node `id` sent on a connection still open, or NULL. */
+static const struct tlsnet_conn *tlsnet_have_of(const struct tally_transport *t, raft_id id)
+{
+	for (const struct tlsnet_conn *c = t->conns; c != NULL; c = c->next) /* newest first */
+		if (!c->outgoing && !c->closing && c->id == id && c->have_known)
+			return c;
+	return NULL;
+}
+
 /* What an InstallSnapshot carries after the snapshot's bytes: the closed segments it
- * names (ledger.h), or nothing. NULL with *rc 0: nothing to add. */
+ * names (ledger.h) but those the receiver said it holds, or nothing. NULL with *rc 0:
+ * nothing to add. */
 static struct tally_snapshot_appendix *tlsnet_appendix(const struct tally_transport *t,
 							 const struct raft_message *m, int *rc)
 {
@@ -351,7 +379,10 @@ static struct tally_snapshot_appendix *tlsnet_appendix(const struct tally_transp
 		return NULL;
 	}
 	const struct raft_buffer *d = &m->install_snapshot.data;
-	int lrc = tally_ledger_snapshot_appendix(d->base, d->len, t->links_dir, a);
+	const struct tlsnet_conn *have = tlsnet_have_of(t, m->server_id);
+	int lrc = tally_ledger_snapshot_appendix(d->base, d->len, t->links_dir,
+						 have != NULL ? have->have : NULL,
+						 have != NULL ? have->n_have : 0, a);
 	if (lrc == 0 && a->bytes > 0)
 		return a;
 	free(a);
@@ -368,8 +399,8 @@ static struct tlsnet_send *tlsnet_send_new(const struct tally_transport *t,
 	if (*rc != 0)
 		return NULL;
 	struct raft_message sized = *m; /* the payload's length counts the appendix */
-	if (a != NULL)
-		sized.install_snapshot.data.len += (size_t)a->bytes;
+	if (a != NULL) /* (in place of the one a received snapshot came with) */
+		sized.install_snapshot.data.len = a->snap_len + (size_t)a->bytes;
 	unsigned n_raft = tally_raftwire_piece_count(m);
 	unsigned n_pieces = 1 + n_raft + (a != NULL ? (unsigned)a->n_pieces : 0);
 	size_t head = tally_raftwire_head_bytes(m);
@@ -389,6 +420,8 @@ static struct tlsnet_send *tlsnet_send_new(const struct tally_transport *t,
 	tally_raftwire_head_write(&sized, s->head);
 	s->pieces[0] = (struct tally_raftwire_piece){s->head, head};
 	tally_raftwire_pieces(m, s->pieces + 1);
+	if (a != NULL)
+		s->pieces[1].len = a->snap_len;
 	for (size_t i = 0; a != NULL && i < a->n_pieces; i++)
 		s->pieces[1 + n_raft + i] = (struct tally_raftwire_piece){a->pieces[i].base,
 									 a->pieces[i].len};
@@ -427,8 +460,31 @@ static struct tlsnet_send *tlsnet_peer_pop(struct tlsnet_peer *p)
 	return s;
 }
 
+/* Sends this node's Have on p's connection (one that agreed on it). */
+static int tlsnet_have_seal(struct tlsnet_peer *p, struct tlsnet_conn *c)
+{
+	struct tally_transport *t = p->t;
+	assert(c->have_ok && t->held_read);
+	size_t len = tally_raftwire_have_bytes(t->n_held);
+	uint8_t *msg = malloc(len);
+	if (msg == NULL)
+		return -1;
+	tally_raftwire_have_write(p->declined ? TALLY_RAFTWIRE_HAVE_DECLINED : 0, t->held, t->n_held,
+				  msg);
+	int rc = tlsnet_seal(c, msg, len);
+	free(msg);
+	p->have_due = p->declined = false;
+	return rc;
+}
+
+/* Whether a Have may go now: no message is half sent. */
+static bool tlsnet_have_now(const struct tlsnet_peer *p)
+{
+	return p->have_due && (p->head == NULL || (p->head->piece == 0 && p->head->offset == 0));
+}
+
 /* Encrypts queued messages into the connection while its socket keeps up; several
- * small messages share one TLS record. */
+ * small messages share one TLS record. A Have that is due goes between two messages. */
 static void tlsnet_peer_pump(struct tlsnet_peer *p)
 {
 	struct tlsnet_conn *c = p->conn;
@@ -436,7 +492,17 @@ static void tlsnet_peer_pump(struct tlsnet_peer *p)
 		return;
 	uint8_t buf[TLSNET_READ_BYTES];
 	size_t fill = 0;
-	while (p->head != NULL && c->tcp_queued < TLSNET_QUEUE_MAX) {
+	while ((p->head != NULL || p->have_due) && c->tcp_queued < TLSNET_QUEUE_MAX) {
+		if (tlsnet_have_now(p)) {
+			if ((fill > 0 && tlsnet_seal(c, buf, fill) != 0) || tlsnet_have_seal(p, c) != 0) {
+				tlsnet_close(c);
+				return;
+			}
+			fill = 0;
+			continue;
+		}
+		if (p->head == NULL)
+			break;
 		fill += tlsnet_send_take(p->head, buf + fill, sizeof(buf) - fill);
 		if (p->head->piece == p->head->n_pieces)
 			tlsnet_done(p->t, tlsnet_peer_pop(p), 0);
@@ -464,7 +530,7 @@ static void tlsnet_peer_retry(uv_timer_t *timer)
 {
 	struct tlsnet_peer *p = timer->data;
 	p->retry_armed = false;
-	if (p->head != NULL && p->conn == NULL)
+	if ((p->head != NULL || p->declined) && p->conn == NULL)
 		tlsnet_peer_connect(p);
 }
 
@@ -475,10 +541,11 @@ static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up)
 	struct tally_transport *t = p->t;
 	if (p->head != NULL && (p->head->piece > 0 || p->head->offset > 0))
 		tlsnet_done(t, tlsnet_peer_pop(p), RAFT_NOCONNECTION);
+	p->have_due = false; /* the next connection sends one first */
 	if (t->close_cb != NULL)
 		return;
 	if (was_up) {
-		if (p->head != NULL)
+		if (p->head != NULL || p->declined)
 			tlsnet_peer_connect(p);
 		return;
 	}
@@ -528,6 +595,49 @@ static struct tlsnet_peer *tlsnet_peer_get(struct tally_transport *t, raft_id id
 	return p;
 }
 
+/* ---- this node's Have ---- */
+
+/* Reads which links this node holds; returns whether that changed. */
+static bool tlsnet_held_read(struct tally_transport *t)
+{
+	struct tally_segment_held *h;
+	size_t n;
+	int rc = tally_ledger_segments_held(t->links_dir, &h, &n);
+	if (rc != 0) {
+		tlsnet_log(t, "reading the links in %s: %s; the last list stands", t->links_dir,
+			   tally_strerror(rc));
+		return false;
+	}
+	bool same = t->held_read && n == t->n_held &&
+		    (n == 0 || memcmp(h, t->held, n * sizeof(*h)) == 0);
+	free(t->held);
+	t->held = h;
+	t->n_held = n;
+	t->held_read = true;
+	return !same;
+}
+
+/* p's connection sends a Have before its next message, where it agreed on them. */
+static void tlsnet_have_due(struct tlsnet_peer *p)
+{
+	struct tlsnet_conn *c = p->conn;
+	if (c != NULL && c->state == TLSNET_PUMPING && c->have_ok) {
+		p->have_due = true;
+		tlsnet_peer_pump(p);
+	} else if (c == NULL && p->declined && !p->retry_armed) {
+		tlsnet_peer_connect(p); /* its Have goes first (tlsnet_up) */
+	}
+}
+
+void tally_tlsnet_held_changed(struct tally_transport *t)
+{
+	assert(t != NULL);
+	if (t->tls == NULL || t->links_dir == NULL || t->close_cb != NULL || !tlsnet_held_read(t))
+		return;
+	for (struct tlsnet_peer *p = t->peers; p != NULL; p = p->next)
+		tlsnet_have_due(p);
+}
+
 int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const struct raft_message *m,
 		      raft_io_send_cb cb)
 {
@@ -539,7 +649,11 @@ int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const
 	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(t, m, req, &rc) : NULL;
 	if (s == NULL)
 		return rc != 0 ? rc : RAFT_NOMEM;
-	t->snapshot_appendix_bytes += s->appendix != NULL ? s->appendix->bytes : 0;
+	if (s->appendix != NULL) {
+		t->snapshot_appendix_bytes += s->appendix->bytes;
+		t->snapshot_segments_held += s->appendix->held;
+		t->snapshot_segment_bytes_held += s->appendix->held_bytes;
+	}
 	req->cb = cb;
 	if (p->tail != NULL)
 		p->tail->next = s;
@@ -563,10 +677,74 @@ void tally_tlsnet_receive_to(struct tally_transport *t, struct raft_io *io, raft
 
 /* ---- receiving: an incoming connection's messages, to raft ---- */
 
+/* A Have from the node that connected: kept on this connection. */
+static int tlsnet_have_received(struct tlsnet_conn *c)
+{
+	struct tally_transport *t = c->t;
+	uint64_t flags;
+	struct tally_segment_held *held;
+	size_t n;
+	const char *why = tally_raftwire_have_decode(&c->sizes, c->header, c->payload, &flags,
+						     &held, &n);
+	free(c->header);
+	c->header = NULL;
+	raft_free(c->payload);
+	c->payload = NULL;
+	if (why != NULL) {
+		tlsnet_refuse(c, why);
+		return -1;
+	}
+	c->reading = TLSNET_READ_PREFIX;
+	c->got = 0;
+	free(c->have);
+	c->have = held;
+	c->n_have = n;
+	c->have_known = true;
+	if ((flags & TALLY_RAFTWIRE_HAVE_DECLINED) != 0) {
+		tlsnet_log(t, "node %" PRIu64 " declined an InstallSnapshot (it no longer holds a "
+			      "segment it said it held); sending it again with what it holds now (%zu segments)",
+			   (uint64_t)c->id, n);
+		if (t->declined != NULL)
+			t->declined(t->declined_data, c->id);
+	}
+	return 0;
+}
+
+/* Whether this node declines InstallSnapshot m from c's node: it leaves out a segment
+ * as one this node holds, which it no longer does. Then that node is told (a Have
+ * marked declined) and sends it again; raft never sees this one. */
+static bool tlsnet_decline(struct tlsnet_conn *c, const struct raft_message *m)
+{
+	struct tally_transport *t = c->t;
+	const struct raft_buffer *d = &m->install_snapshot.data;
+	char name[TALLY_ADDRESS_BYTES_MAX + 4096];
+	if (t->links_dir == NULL ||
+	    tally_ledger_snapshot_unresolved(d->base, d->len, t->links_dir, name, sizeof(name)) !=
+		    TALLY_SNAPSHOT_HELD_MISSING)
+		return false;
+	t->snapshots_declined++;
+	tlsnet_log(t, "declined an InstallSnapshot from node %" PRIu64 ": it leaves out %s, which "
+		      "this node no longer holds; telling it what this node holds",
+		   (uint64_t)c->id, name);
+	(void)tlsnet_held_read(t);
+	struct tlsnet_peer *p = t->peers;
+	while (p != NULL && p->id != c->id)
+		p = p->next;
+	if (p == NULL)
+		p = tlsnet_peer_get(t, c->id, c->address);
+	if (p != NULL) {
+		p->declined = true;
+		tlsnet_have_due(p);
+	}
+	return true;
+}
+
 /* A whole message has been read: decoded and handed to raft. */
 static int tlsnet_deliver(struct tlsnet_conn *c)
 {
 	struct tally_transport *t = c->t;
+	if (c->sizes.type == TALLY_RAFTWIRE_HAVE)
+		return tlsnet_have_received(c);
 	struct raft_message m;
 	const char *why = tally_raftwire_decode(&c->sizes, c->header, c->payload, &m);
 	free(c->header);
@@ -580,9 +758,10 @@ static int tlsnet_deliver(struct tlsnet_conn *c)
 	c->got = 0;
 	m.server_id = c->id;
 	m.server_address = c->address;
-	if (t->recv == NULL || t->close_cb != NULL) {
+	if (t->recv == NULL || t->close_cb != NULL ||
+	    (m.type == RAFT_IO_INSTALL_SNAPSHOT && tlsnet_decline(c, &m))) {
 		tally_raftwire_release(&m);
-		return 0;
+		return c->closing ? -1 : 0;
 	}
 	t->recv(t->recv_io, &m);
 	return c->closing ? -1 : 0;
@@ -610,7 +789,12 @@ static int tlsnet_prefix_read(struct tlsnet_conn *c)
 static int tlsnet_header_read(struct tlsnet_conn *c)
 {
 	unsigned type = c->sizes.type;
-	if (type != RAFT_IO_APPEND_ENTRIES && type != RAFT_IO_INSTALL_SNAPSHOT)
+	if (type == TALLY_RAFTWIRE_HAVE && !c->have_ok) {
+		tlsnet_refuse(c, "a Have on a connection that did not agree on them");
+		return -1;
+	}
+	if (type != RAFT_IO_APPEND_ENTRIES && type != RAFT_IO_INSTALL_SNAPSHOT &&
+	    type != TALLY_RAFTWIRE_HAVE)
 		return tlsnet_deliver(c);
 	if (type == RAFT_IO_INSTALL_SNAPSHOT && c->sizes.payload_bytes > 0 && node_bigbuf_on() &&
 	    c->t->spool_dir != NULL)
@@ -698,12 +882,20 @@ static int tlsnet_message_bytes(struct tlsnet_conn *c, const uint8_t *in, size_t
 /* The connection carries raft's messages from now on. */
 static void tlsnet_up(struct tlsnet_conn *c)
 {
+	struct tally_transport *t = c->t;
 	uv_timer_stop(&c->timer);
 	c->state = TLSNET_PUMPING;
 	c->reading = TLSNET_READ_PREFIX;
 	c->got = 0;
-	if (c->owner != NULL)
-		tlsnet_peer_pump(c->owner);
+	c->have_ok = tally_tls_alpn_raft(c->tls);
+	if (c->owner == NULL)
+		return;
+	if (c->have_ok && t->links_dir != NULL) { /* our Have first */
+		if (!t->held_read)
+			(void)tlsnet_held_read(t);
+		c->owner->have_due = true;
+	}
+	tlsnet_peer_pump(c->owner);
 }
 
 /* Outgoing, after the handshake: the right node answered; introduce ourselves. */

@@ -243,4 +243,7 @@ void tally_transport_free(struct tally_transport *t)
 	if (t->inner.impl != NULL)
 		raft_uv_tcp_close(&t->inner);
 	t->inner.impl = NULL;
+	free(t->held);
+	t->held = NULL;
+	t->n_held = 0;
 }

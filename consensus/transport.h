@@ -71,6 +71,19 @@ struct tally_transport {
 						  * InstallSnapshot carries them after the
 						  * snapshot (ledger.h, the appendix); NULL:
 						  * snapshots carry their own */
+	/* Have-lists (tlsnet.c): the links this node holds, told to every node it
+	 * connects to; what a connecting node holds is on its connection. */
+	struct tally_segment_held *held;         /* this node's, by first seq */
+	size_t n_held;
+	bool held_read;
+	uint64_t snapshot_segments_held;         /* segments left out of InstallSnapshots
+						  * sent: the receiver holds them */
+	uint64_t snapshot_segment_bytes_held;
+	uint64_t snapshots_declined;             /* InstallSnapshots received that left out
+						  * a segment this node no longer holds */
+	void (*declined)(void *data, raft_id id); /* node `id` declined one of ours: raft
+						  * should send it again, now */
+	void *declined_data;
 };
 
 /* Prepares the wrapper on `loop`: over TLS with `tls` (kept, not owned), else with an
@@ -86,6 +99,10 @@ void tally_tlsnet_setup(struct tally_transport *t);
  * turn) or RAFT_NOMEM / RAFT_NAMETOOLONG. */
 int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const struct raft_message *m,
 		      raft_io_send_cb cb);
+
+/* Reads again which links this node holds (after a snapshot linked segments) and,
+ * where that changed, tells every node it is connected to. */
+void tally_tlsnet_held_changed(struct tally_transport *t);
 
 /* Where messages received over TLS go: recv(io, m), as raft_uv would call raft's
  * receive callback. Set before raft_io->start listens. */

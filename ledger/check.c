@@ -644,14 +644,15 @@ int tally_ledger_open_snapshot(const char *path, const char *links_dir,
 				p.sealed_len - p.copy_len, &p.src, out);
 }
 
-bool tally_ledger_snapshot_unresolved(const void *snap, size_t len, const char *links_dir,
-				      char *name, size_t cap)
+enum tally_snapshot_resolved tally_ledger_snapshot_unresolved(const void *snap, size_t len,
+							      const char *links_dir, char *name,
+							      size_t cap)
 {
 	assert((snap != NULL || len == 0) && name != NULL && cap > 0);
 	struct snap_parts p;
 	snap_parse(snap, len, links_dir, &p);
-	return jsnap_unresolved((const uint8_t *)snap + p.copy_len, p.sealed_len - p.copy_len,
-				&p.src, name, cap) == 1;
+	return (enum tally_snapshot_resolved)jsnap_unresolved(
+		(const uint8_t *)snap + p.copy_len, p.sealed_len - p.copy_len, &p.src, name, cap);
 }
 
 uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len)
@@ -666,18 +667,22 @@ uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len)
 }
 
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
+				   const struct tally_segment_held *held, size_t n_held,
 				   struct tally_snapshot_appendix *out)
 {
 	assert(snap != NULL && out != NULL);
 	memset(out, 0, sizeof(*out));
+	out->snap_len = len;
 	struct snap_parts p;
 	snap_parse(snap, len, links_dir, &p);
-	if (p.src.appendix != NULL || p.kind == SEAL_NONE)
-		return 0; /* carries its segments already */
+	if (p.kind == SEAL_NONE)
+		return 0;
 	int rc = jsnap_appendix((const uint8_t *)snap + p.copy_len, p.sealed_len - p.copy_len,
-				links_dir, out);
+				&p.src, held, n_held, out);
 	if (rc != 0)
 		tally_ledger_snapshot_appendix_free(out);
+	else if (out->bytes > 0)
+		out->snap_len = len - p.src.appendix_len; /* a received one's: carried anew */
 	return rc;
 }
 

@@ -251,13 +251,16 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *src,
 		 const char *ledger_dir);
 /* 1 with the link's path in name when a reference of the section does not resolve
- * from src (no link, or one of another length); 0 otherwise. */
+ * from src (no link, or one of another length), 2 when one the appendix leaves out as
+ * held has no link whose sidecar names its hash; 0 otherwise (no bytes hashed). */
 int jsnap_unresolved(const uint8_t *section, size_t len, const struct jsnap_source *src,
 		     char *name, size_t cap);
 /* The bytes of the appendix that would carry the section's referenced segments. */
 uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len);
-/* The appendix that carries the section's referenced segments from links_dir. */
-int jsnap_appendix(const uint8_t *section, size_t len, const char *links_dir,
+/* The appendix that carries the section's referenced segments but those held names,
+ * each from src's appendix or else src's links (tally_ledger_snapshot_appendix). */
+int jsnap_appendix(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		   const struct tally_segment_held *held, size_t n_held,
 		   struct tally_snapshot_appendix *a);
 /* Every segment's bytes and the directory's names on disk. */
 int journal_sync(struct journal *j);

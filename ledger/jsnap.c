@@ -10,14 +10,22 @@
  * the section, so a reference's hash is as sound as an inlined segment's bytes.
  *
  * A reference is resolved from the appendix of the same buffer, when a sender put one
- * after the seal (each referenced segment's bytes padded to 8, in the section's order,
- * then a footer: magic, count, the appendix's length with the footer), and otherwise
- * from the node's links directory: `<first seq>.seg`, hard links to closed segments
- * that jsnap_write made (the same bytes on every replica). Bytes from an appendix are
- * checked against their hash; a link is this node's own synced file, checked for its
- * length, and every entry in it is checked again by the full check after a restore.
+ * after the seal, and otherwise from the node's links directory: `<first seq>.seg`,
+ * hard links to closed segments that jsnap_write made (the same bytes on every
+ * replica). An appendix is the carried segments' bytes, each padded to 8, in the
+ * section's order, then
+ *   - APPENDIX_MAGIC: a footer (magic, count, the appendix's length with the footer):
+ *     it carries every reference;
+ *   - APPENDIX_SOME_MAGIC: the first seq (be64) of each carried reference, then the
+ *     same footer: the others are segments the receiver said it holds (its have-list,
+ *     tally_ledger_segments_held), and resolve only from a link whose sidecar names
+ *     the reference's hash.
+ * Bytes from an appendix are checked against their hash; a link is this node's own
+ * synced file, checked for its length, and every entry in it is checked again by the
+ * full check after a restore.
  */
 #include <assert.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -34,7 +42,8 @@
 #define SECTION_INLINE "TJSEG1\0\0"
 #define SECTION_REF "TJREF1\0\0"
 #define SECTION_MAGIC "TJOURNL1"
-#define APPENDIX_MAGIC "TJAPPND1"
+#define APPENDIX_MAGIC "TJAPPND1"      /* carries every reference */
+#define APPENDIX_SOME_MAGIC "TJAPPND2" /* carries the references it lists */
 #define SECTION_HEAD_BYTES 24
 #define SECTION_FOOTER_BYTES 24
 #define APPENDIX_FOOTER_BYTES 24
@@ -177,6 +186,74 @@ static int seg_link(struct journal *j, struct journal_seg *s, const char *links_
 	return 0;
 }
 
+/* ---- what a node holds: its have-list ------------------------------------------ */
+
+static int held_order(const void *a, const void *b)
+{
+	uint64_t x = ((const struct tally_segment_held *)a)->first;
+	uint64_t y = ((const struct tally_segment_held *)b)->first;
+	return x < y ? -1 : x > y;
+}
+
+/* The first seq a link's name says (`<20 digits>.seg`), or 0 for any other name. */
+static uint64_t link_name_first(const char *name)
+{
+	uint64_t first = 0;
+	for (int i = 0; i < 20; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		first = first * 10 + (uint64_t)(name[i] - '0');
+	}
+	return strcmp(name + 20, ".seg") == 0 ? first : 0;
+}
+
+int tally_ledger_segments_held(const char *links_dir, struct tally_segment_held **out,
+			       size_t *n)
+{
+	assert(links_dir != NULL && out != NULL && n != NULL);
+	*out = NULL;
+	*n = 0;
+	DIR *d = opendir(links_dir);
+	if (d == NULL)
+		return errno == ENOENT ? 0 : journal_io_error();
+	size_t cap = 0;
+	int rc = 0;
+	struct dirent *de;
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		uint64_t first = link_name_first(de->d_name);
+		char name[4096], sidecar[4096];
+		struct stat st;
+		struct tally_segment_held h = {.first = first};
+		if (first == 0 || journal_seg_name(links_dir, first, "", name, sizeof(name)) != 0 ||
+		    journal_seg_name(links_dir, first, ".sha256", sidecar, sizeof(sidecar)) != 0 ||
+		    !sidecar_read(sidecar, h.sha) || stat(name, &st) != 0)
+			continue; /* not a link, or one not yet vouched for by its sidecar */
+		h.len = (uint64_t)st.st_size;
+		if (*n == cap) {
+			cap = cap > 0 ? 2 * cap : 16;
+			struct tally_segment_held *m = realloc(*out, cap * sizeof(*m));
+			if (m == NULL) {
+				rc = TALLY_ENOMEM;
+				break;
+			}
+			*out = m;
+		}
+		(*out)[(*n)++] = h;
+	}
+	closedir(d);
+	if (rc != 0) {
+		free(*out);
+		*out = NULL;
+		*n = 0;
+		return rc;
+	}
+	if (*n > 0)
+		qsort(*out, *n, sizeof(**out), held_order);
+	if (*n > TALLY_LEDGER_HELD_MAX)
+		*n = TALLY_LEDGER_HELD_MAX; /* the oldest: a follower that fell behind holds those */
+	return 0;
+}
+
 static int dir_sync(const char *dir)
 {
 	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -293,6 +370,8 @@ size_t jsnap_appendix_split(const uint8_t *snap, size_t len, const uint8_t **app
 {
 	_Static_assert(APPENDIX_FOOTER_BYTES == SECTION_FOOTER_BYTES, "one footer layout");
 	*appendix_len = footed_part(snap, len, APPENDIX_MAGIC);
+	if (*appendix_len == 0)
+		*appendix_len = footed_part(snap, len, APPENDIX_SOME_MAGIC);
 	*appendix = *appendix_len > 0 ? snap + len - *appendix_len : NULL;
 	return len - *appendix_len;
 }
@@ -302,21 +381,53 @@ struct section_entry {
 	uint64_t first, len;
 	const uint8_t *bytes; /* inline, or resolved from the appendix; NULL: a link */
 	const uint8_t *sha;   /* a reference's */
+	bool unvouched;       /* WALK_CHECK: not carried, and no link of this node vouches */
+};
+
+/* What a walk is for. */
+enum walk_mode {
+	WALK_RESTORE, /* carried bytes checked against their hashes (or the node's own link
+		       * taken); a reference not carried must resolve from a vouching link */
+	WALK_CHECK,   /* whether the references resolve: nothing hashed */
+	WALK_SEND     /* a sender's: carried bytes taken as they are, the rest its links */
 };
 
 struct section_walk {
+	enum walk_mode mode;
 	const uint8_t *section;
 	size_t at, body;
 	uint64_t count, done, last_first;
 	const uint8_t *appendix; /* the next referenced segment's bytes in it */
 	size_t appendix_left;
+	const uint8_t *carried;  /* APPENDIX_SOME_MAGIC: the next carried first seq; NULL:
+				  * the appendix carries every reference */
+	uint64_t carried_left;
 	const char *links_dir;   /* the node's links, or NULL */
 };
 
+/* The appendix's parts: bytes, then (APPENDIX_SOME_MAGIC) the carried first seqs. */
+static int walk_appendix_start(struct section_walk *w, const struct jsnap_source *src)
+{
+	size_t body = src->appendix_len - APPENDIX_FOOTER_BYTES;
+	const uint8_t *f = src->appendix + body;
+	if (memcmp(f, APPENDIX_SOME_MAGIC, 8) == 0) {
+		uint64_t carried = be64_get(f + 8);
+		if (carried > body / 8)
+			return TALLY_ECORRUPT;
+		body -= (size_t)carried * 8;
+		w->carried = src->appendix + body;
+		w->carried_left = carried;
+	}
+	w->appendix = src->appendix;
+	w->appendix_left = body;
+	return 0;
+}
+
 static int walk_start(struct section_walk *w, const uint8_t *section, size_t len,
-		      const struct jsnap_source *src)
+		      const struct jsnap_source *src, enum walk_mode mode)
 {
 	memset(w, 0, sizeof(*w));
+	w->mode = mode;
 	if (len == 0)
 		return 0; /* a snapshot with every entry inside LMDB */
 	if (len < SECTION_FOOTER_BYTES)
@@ -325,11 +436,7 @@ static int walk_start(struct section_walk *w, const uint8_t *section, size_t len
 	w->body = len - SECTION_FOOTER_BYTES;
 	w->count = be64_get(section + w->body + 8);
 	w->links_dir = src != NULL ? src->links_dir : NULL;
-	if (src != NULL && src->appendix != NULL) {
-		w->appendix = src->appendix;
-		w->appendix_left = src->appendix_len - APPENDIX_FOOTER_BYTES;
-	}
-	return 0;
+	return src != NULL && src->appendix != NULL ? walk_appendix_start(w, src) : 0;
 }
 
 /* Whether the node's own link of segment e holds the bytes e's hash names: its
@@ -348,35 +455,61 @@ static bool link_vouches(const char *links_dir, const struct section_entry *e)
 	       stat(name, &st) == 0 && (uint64_t)st.st_size == e->len;
 }
 
-/* A reference's bytes from the appendix, checked against its hash; or, where the
- * node's own link holds those bytes already (a follower that fell behind has every
- * segment it had), the link, the appendix's copy passed over unread. */
+/* Whether the appendix carries reference e (then its next bytes are e's). */
+static bool walk_carries(struct section_walk *w, const struct section_entry *e)
+{
+	if (w->carried == NULL)
+		return true;
+	if (w->carried_left == 0 || be64_get(w->carried) != e->first)
+		return false;
+	w->carried += 8;
+	w->carried_left--;
+	return true;
+}
+
+/* A reference's bytes from the appendix, checked against its hash when restoring; or,
+ * where the node's own link holds those bytes already (a follower that fell behind
+ * has every segment it had), the link, the appendix's copy passed over unread. */
 static int walk_appendix(struct section_walk *w, struct section_entry *e)
 {
 	if (pad8(e->len) > w->appendix_left)
 		return TALLY_ECORRUPT;
-	if (link_vouches(w->links_dir, e)) {
-		w->appendix += pad8(e->len);
-		w->appendix_left -= (size_t)pad8(e->len);
+	const uint8_t *bytes = w->appendix;
+	w->appendix += pad8(e->len);
+	w->appendix_left -= (size_t)pad8(e->len);
+	if (w->mode != WALK_RESTORE) {
+		e->bytes = bytes;
 		return 0;
 	}
+	if (link_vouches(w->links_dir, e))
+		return 0;
 	uint8_t sha[SHA_BYTES];
-	const void *parts[1] = {w->appendix};
+	const void *parts[1] = {bytes};
 	size_t lens[1] = {(size_t)e->len};
 	sha256_parts(parts, lens, 1, sha);
 	if (memcmp(sha, e->sha, SHA_BYTES) != 0)
 		return TALLY_ECORRUPT;
-	e->bytes = w->appendix;
-	w->appendix += pad8(e->len);
-	w->appendix_left -= (size_t)pad8(e->len);
+	e->bytes = bytes;
 	return 0;
+}
+
+/* A reference the appendix leaves out: one the receiver said it holds, so only its
+ * own link whose sidecar names the reference's hash resolves it (a sender's walk
+ * leaves it to the sender's links). */
+static int walk_held(struct section_walk *w, struct section_entry *e)
+{
+	if (w->mode == WALK_SEND || link_vouches(w->links_dir, e))
+		return 0;
+	e->unvouched = true;
+	return w->mode == WALK_CHECK ? 0 : TALLY_ECORRUPT;
 }
 
 /* The next entry (1), or the end (0) once the section and appendix were all used. */
 static int walk_next(struct section_walk *w, struct section_entry *e)
 {
 	if (w->done == w->count)
-		return w->at == w->body && (w->appendix == NULL || w->appendix_left == 0)
+		return w->at == w->body && (w->appendix == NULL || w->appendix_left == 0) &&
+			       w->carried_left == 0
 			       ? 0
 			       : -TALLY_ECORRUPT;
 	const uint8_t *h = w->section + w->at;
@@ -401,7 +534,9 @@ static int walk_next(struct section_walk *w, struct section_entry *e)
 	w->at += (size_t)take;
 	w->last_first = e->first;
 	w->done++;
-	int rc = ref && w->appendix != NULL ? walk_appendix(w, e) : 0;
+	int rc = !ref || w->appendix == NULL ? 0
+		 : walk_carries(w, e)	     ? walk_appendix(w, e)
+					     : walk_held(w, e);
 	return rc != 0 ? -rc : 1;
 }
 
@@ -432,7 +567,7 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 	pthread_mutex_init(&j->lock, NULL);
 	j->segment_bytes = JOURNAL_SEGMENT_BYTES;
 	struct section_walk w;
-	int rc = walk_start(&w, section, len, src);
+	int rc = walk_start(&w, section, len, src, WALK_RESTORE);
 	struct section_entry e;
 	int more;
 	while (rc == 0 && (more = walk_next(&w, &e)) != 0) {
@@ -480,7 +615,7 @@ int jsnap_unpack(const uint8_t *section, size_t len, const struct jsnap_source *
 {
 	struct journal w;
 	struct section_walk walk;
-	int rc = walk_start(&walk, section, len, src);
+	int rc = walk_start(&walk, section, len, src, WALK_RESTORE);
 	if (rc == 0)
 		rc = journal_open(&w, ledger_dir, true, 0);
 	struct section_entry e;
@@ -507,13 +642,14 @@ int jsnap_unresolved(const uint8_t *section, size_t len, const struct jsnap_sour
 	name[0] = '\0';
 	struct section_walk w;
 	struct section_entry e;
-	int more = walk_start(&w, section, len, src) == 0 ? 1 : -1;
+	int more = walk_start(&w, section, len, src, WALK_CHECK) == 0 ? 1 : -1;
 	while (more > 0 && (more = walk_next(&w, &e)) > 0) {
 		int fd = -1;
-		if (e.bytes == NULL && link_open(src->links_dir, &e, &fd) != 0) {
-			snprintf(name, cap, "%s/%020" PRIu64 ".seg (%" PRIu64 " bytes)",
-				 src->links_dir != NULL ? src->links_dir : "(no links)", e.first, e.len);
-			return 1;
+		if (e.bytes == NULL && (e.unvouched || link_open(src->links_dir, &e, &fd) != 0)) {
+			snprintf(name, cap, "%s/%020" PRIu64 ".seg (%" PRIu64 " bytes%s)",
+				 src->links_dir != NULL ? src->links_dir : "(no links)", e.first, e.len,
+				 e.unvouched ? ", said to be held" : "");
+			return e.unvouched ? 2 : 1;
 		}
 		if (fd >= 0)
 			close(fd);
@@ -528,7 +664,7 @@ uint64_t jsnap_referenced_bytes(const uint8_t *section, size_t len)
 	struct section_walk w;
 	struct section_entry e;
 	uint64_t bytes = 0;
-	int more = walk_start(&w, section, len, NULL) == 0 ? 1 : 0;
+	int more = walk_start(&w, section, len, NULL, WALK_SEND) == 0 ? 1 : 0;
 	while (more > 0 && (more = walk_next(&w, &e)) > 0)
 		if (e.bytes == NULL)
 			bytes += pad8(e.len);
@@ -543,6 +679,7 @@ void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a)
 		munmap((void *)a->maps[i].base, a->maps[i].len);
 	free(a->maps);
 	free(a->pieces);
+	free(a->carried);
 	memset(a, 0, sizeof(*a));
 }
 
@@ -567,36 +704,92 @@ static int appendix_add(struct tally_snapshot_appendix *a, const void *base, siz
 	return 0;
 }
 
-int jsnap_appendix(const uint8_t *section, size_t len, const char *links_dir,
-		   struct tally_snapshot_appendix *a)
+/* Whether held (sorted by first seq) names segment e: its first seq, length and hash. */
+static bool held_names(const struct tally_segment_held *held, size_t n,
+		       const struct section_entry *e)
 {
-	struct section_walk w;
-	int rc = walk_start(&w, section, len, NULL);
-	struct section_entry e;
-	int more;
-	uint64_t count = 0;
-	while (rc == 0 && (more = walk_next(&w, &e)) != 0) {
-		if (more < 0)
-			return -more;
-		if (e.bytes != NULL || e.len == 0)
-			continue; /* inline, or nothing to carry */
+	size_t lo = 0, hi = n;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (held[mid].first < e->first)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < n && held[lo].first == e->first && held[lo].len == e->len &&
+	       memcmp(held[lo].sha, e->sha, SHA_BYTES) == 0;
+}
+
+/* Reference e's bytes as pieces: from the snapshot's own appendix, or mapped from the
+ * sender's link; then its padding. */
+static int appendix_carry(struct tally_snapshot_appendix *a, const struct section_entry *e,
+			  const char *links_dir)
+{
+	int rc = 0;
+	if (e->bytes != NULL) {
+		rc = appendix_add(a, e->bytes, (size_t)e->len, false);
+	} else if (e->len > 0) {
 		int fd;
-		rc = link_open(links_dir, &e, &fd);
-		void *base = rc == 0 ? mmap(NULL, (size_t)e.len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
+		rc = link_open(links_dir, e, &fd);
+		void *base = rc == 0 ? mmap(NULL, (size_t)e->len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
 		if (fd >= 0)
 			close(fd);
 		if (rc == 0 && base == MAP_FAILED)
 			rc = TALLY_EIO;
 		if (rc == 0)
-			rc = appendix_add(a, base, (size_t)e.len, true);
-		if (rc == 0)
-			rc = appendix_add(a, zeros, (size_t)(pad8(e.len) - e.len), false);
-		count++;
+			rc = appendix_add(a, base, (size_t)e->len, true);
 	}
-	if (rc == 0 && count == 0)
-		return 0; /* nothing referenced: no appendix */
-	memcpy(a->footer, APPENDIX_MAGIC, 8);
-	be64_put(a->footer + 8, count);
+	if (rc == 0)
+		rc = appendix_add(a, zeros, (size_t)(pad8(e->len) - e->len), false);
+	return rc;
+}
+
+/* Notes a carried reference's first seq for the list an APPENDIX_SOME_MAGIC appendix
+ * ends with. */
+static int appendix_list(struct tally_snapshot_appendix *a, uint64_t carried, uint64_t first)
+{
+	if ((carried & (carried - 1)) == 0) { /* 0, 1, 2, 4, ...: room for twice as many */
+		uint8_t *l = realloc(a->carried, (size_t)(carried > 0 ? 2 * carried : 1) * 8);
+		if (l == NULL)
+			return TALLY_ENOMEM;
+		a->carried = l;
+	}
+	be64_put(a->carried + carried * 8, first);
+	return 0;
+}
+
+int jsnap_appendix(const uint8_t *section, size_t len, const struct jsnap_source *src,
+		   const struct tally_segment_held *held, size_t n_held,
+		   struct tally_snapshot_appendix *a)
+{
+	assert(src != NULL && a != NULL && (held != NULL || n_held == 0));
+	struct section_walk w;
+	int rc = walk_start(&w, section, len, src, WALK_SEND);
+	struct section_entry e;
+	int more;
+	uint64_t refs = 0, carried = 0;
+	while (rc == 0 && (more = walk_next(&w, &e)) != 0) {
+		if (more < 0)
+			return -more;
+		if (e.sha == NULL)
+			continue; /* inline */
+		refs++;
+		if (held_names(held, n_held, &e)) { /* the receiver has it: not sent */
+			a->held++;
+			a->held_bytes += e.len;
+			continue;
+		}
+		rc = appendix_carry(a, &e, src->links_dir);
+		if (rc == 0)
+			rc = appendix_list(a, carried, e.first);
+		carried++;
+	}
+	if (rc != 0 || refs == 0)
+		return rc; /* nothing referenced: no appendix */
+	if (a->held > 0)
+		rc = appendix_add(a, a->carried, (size_t)carried * 8, false);
+	memcpy(a->footer, a->held > 0 ? APPENDIX_SOME_MAGIC : APPENDIX_MAGIC, 8);
+	be64_put(a->footer + 8, carried);
 	be64_put(a->footer + 16, a->bytes + APPENDIX_FOOTER_BYTES);
 	if (rc == 0)
 		rc = appendix_add(a, a->footer, APPENDIX_FOOTER_BYTES, false);

@@ -322,32 +322,60 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 int tally_ledger_open_snapshot(const char *path, const char *links_dir,
 			       struct tally_ledger **out);
 
+/* A closed journal segment a node holds as a link of its links directory, its hash in
+ * the link's sidecar: what its have-list tells a leader, so that an InstallSnapshot
+ * need not carry it. */
+struct tally_segment_held {
+	uint64_t first, len;
+	uint8_t sha[32];
+};
+/* Links a have-list names at most (the oldest first): 48 bytes each on the wire. */
+#define TALLY_LEDGER_HELD_MAX 65536u
+/* The links in links_dir that their sidecars vouch for, sorted by first seq (none when
+ * the directory does not exist). Free *out. */
+int tally_ledger_segments_held(const char *links_dir, struct tally_segment_held **out,
+			       size_t *n);
+
 /* What a node sends after a snapshot whose journal section references segments: each
- * one's bytes (mapped from links_dir) and a footer, as pieces to send in order after
- * the snapshot's bytes; bytes is their total (0: nothing to add, the snapshot carries
- * its segments or is one a sender completed). A restore checks every segment against
- * the hash the snapshot's seal covers. Free with tally_ledger_snapshot_appendix_free
- * once sent. */
+ * one's bytes (mapped from links_dir, or taken from the appendix the snapshot came
+ * with, which is not sent again) and a footer, as pieces to send in order after the
+ * first snap_len bytes of the snapshot; bytes is their total (0: nothing referenced,
+ * send the snapshot as it is). A segment held[] names (first seq, length and hash;
+ * sorted by first seq) is left out, and the appendix then lists the ones it carries;
+ * only a receiver that sent held[] reads such an appendix. A restore checks every
+ * segment against the hash the snapshot's seal covers. Free with
+ * tally_ledger_snapshot_appendix_free once sent. */
 struct tally_snapshot_piece {
 	const void *base;
 	size_t len;
 };
 struct tally_snapshot_appendix {
+	size_t snap_len; /* of the snapshot, sent before the pieces */
 	struct tally_snapshot_piece *pieces;
 	size_t n_pieces;
 	uint64_t bytes;
+	uint64_t held, held_bytes; /* segments left out: the receiver holds them */
 	struct tally_snapshot_piece *maps; /* the mappings to undo */
 	size_t n_maps;
+	uint8_t *carried; /* the carried segments' first seqs, when some are left out */
 	uint8_t footer[24];
 };
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,
+				   const struct tally_segment_held *held, size_t n_held,
 				   struct tally_snapshot_appendix *out);
 void tally_ledger_snapshot_appendix_free(struct tally_snapshot_appendix *a);
 /* Whether a closed segment snap[0..len) names is neither after it nor linked in
- * links_dir with its length (what makes a restore of it fail): then name holds the
- * link's path, for the log. */
-bool tally_ledger_snapshot_unresolved(const void *snap, size_t len, const char *links_dir,
-				      char *name, size_t cap);
+ * links_dir with its length, or, where its appendix leaves it out as one the node said
+ * it holds, not linked with its sidecar naming its hash (what makes a restore of it
+ * fail): then name holds the link's path, for the log. Reads no segment's bytes. */
+enum tally_snapshot_resolved {
+	TALLY_SNAPSHOT_RESOLVES = 0,
+	TALLY_SNAPSHOT_LINK_MISSING = 1, /* no link, or one of another length */
+	TALLY_SNAPSHOT_HELD_MISSING = 2  /* left out as held, and not held */
+};
+enum tally_snapshot_resolved tally_ledger_snapshot_unresolved(const void *snap, size_t len,
+							      const char *links_dir, char *name,
+							      size_t cap);
 /* What an InstallSnapshot of snap[0..len) carries: len, and the appendix it would get. */
 uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len);
 

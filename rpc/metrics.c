@@ -171,6 +171,21 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "As leader: bytes of closed journal segments sent after InstallSnapshot "
 		 "messages, for the segments the snapshot names and the follower may lack.",
 		 (double)ns->snapshot_appendix_bytes},
+		{"tally_snapshot_segments_held_total", "counter",
+		 "As leader: closed journal segments left out of InstallSnapshot messages "
+		 "because the follower said it holds them.",
+		 (double)ns->snapshot_segments_held},
+		{"tally_snapshot_segment_bytes_held_total", "counter",
+		 "As leader: bytes of the closed journal segments left out of InstallSnapshot "
+		 "messages because the follower holds them.",
+		 (double)ns->snapshot_segment_bytes_held},
+		{"tally_snapshots_declined_total", "counter",
+		 "InstallSnapshot messages this node declined: they left out a segment it had "
+		 "said it holds and no longer did; the leader then sends it again.",
+		 (double)ns->snapshots_declined},
+		{"tally_install_declines_resent_total", "counter",
+		 "As leader: InstallSnapshot messages a follower declined, sent again at once.",
+		 (double)ns->install_declines_resent},
 		{"tally_journal_segments_linked_total", "counter",
 		 "Closed journal segments synced, hashed and hard-linked for snapshots to name "
 		 "(each once); for the whole process.",

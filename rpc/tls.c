@@ -128,6 +128,21 @@ static int tls_ctx_check_own(struct tally_tls_ctx *c, const char *cert_file, uin
 	return 0;
 }
 
+/* The ALPN protocol a node's raft port agrees on when a connecting node offers it. */
+static const unsigned char tls_alpn_raft[] = "\x0c" TALLY_TLS_ALPN_RAFT;
+
+static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+			   const unsigned char *in, unsigned int inlen, void *arg)
+{
+	(void)ssl, (void)arg;
+	unsigned char *chosen = NULL;
+	if (SSL_select_next_proto(&chosen, outlen, tls_alpn_raft, sizeof(tls_alpn_raft) - 1, in,
+				  inlen) != OPENSSL_NPN_NEGOTIATED)
+		return SSL_TLSEXT_ERR_NOACK; /* a client, or a node of an earlier version */
+	*out = chosen;
+	return SSL_TLSEXT_ERR_OK;
+}
+
 int tally_tls_ctx_node(struct tally_tls_ctx **out, const char *ca_file, const char *cert_file,
 		       const char *key_file, uint64_t id, char *err, size_t errcap)
 {
@@ -153,6 +168,7 @@ int tally_tls_ctx_node(struct tally_tls_ctx **out, const char *ca_file, const ch
 		tally_tls_ctx_free(c);
 		return -1;
 	}
+	SSL_CTX_set_alpn_select_cb(c->ssl, tls_alpn_select, NULL);
 	*out = c;
 	return 0;
 fail:
@@ -204,6 +220,12 @@ struct tally_tls *tally_tls_new(struct tally_tls_ctx *ctx, enum tally_tls_mode m
 			     ? SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT
 			     : SSL_VERIFY_PEER;
 	SSL_set_verify(t->ssl, verify, NULL);
+	if (mode == TALLY_TLS_PEER_CONNECT &&
+	    SSL_set_alpn_protos(t->ssl, tls_alpn_raft, sizeof(tls_alpn_raft) - 1) != 0) {
+		tally_tls_free(t);
+		ERR_clear_error();
+		return NULL;
+	}
 	if (accept)
 		SSL_set_accept_state(t->ssl);
 	else
@@ -340,6 +362,16 @@ int tally_tls_write(struct tally_tls *t, const void *buf, size_t len)
 		return -1;
 	}
 	return 0;
+}
+
+bool tally_tls_alpn_raft(const struct tally_tls *t)
+{
+	assert(t != NULL);
+	const unsigned char *p = NULL;
+	unsigned len = 0;
+	SSL_get0_alpn_selected(t->ssl, &p, &len);
+	return t->done && len == sizeof(tls_alpn_raft) - 2 &&
+	       memcmp(p, tls_alpn_raft + 1, len) == 0;
 }
 
 uint64_t tally_tls_peer_id(const struct tally_tls *t)

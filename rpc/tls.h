@@ -23,6 +23,10 @@
 #include <sys/types.h>
 
 #define TALLY_TLS_CN_PREFIX "tally-node-" /* a node certificate's CN: prefix + id */
+#define TALLY_TLS_ALPN_RAFT "tally-raft/3" /* offered by a connecting node (12 bytes): the
+					    * raft port takes this transport's own messages
+					    * (consensus/raftwire.h); a node that does not
+					    * agree on it is of an earlier version */
 #define TALLY_TLS_EXPORTER_BYTES 32       /* tally_tls_exporter's output */
 #define TALLY_TLS_ERROR_BYTES 160         /* a session's or context's error text */
 
@@ -89,6 +93,10 @@ int tally_tls_write(struct tally_tls *t, const void *buf, size_t len);
 /* The node id of the peer's certificate after a PEER_* or CLIENT_CONNECT handshake;
  * 0 when there is none. */
 uint64_t tally_tls_peer_id(const struct tally_tls *t);
+
+/* Whether a PEER_* handshake agreed on TALLY_TLS_ALPN_RAFT (both nodes take the
+ * transport's own messages). */
+bool tally_tls_alpn_raft(const struct tally_tls *t);
 
 /* A value both ends of this session compute alike and a relay cannot (RFC 8446
  * exporter, label "EXPORTER-tally-key-proof"). Returns 0 or -1. */

@@ -198,7 +198,7 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 1);
 		dup2(fd, 2);
-		const char *args[32];
+		const char *args[40];
 		int k = 0;
 		char fifo[320];
 		if (c->fiu) { /* fiu-run execs tallyd: the pid stays the node's */
@@ -2023,6 +2023,57 @@ static void test_a_wiped_node_rejoins_and_catches_up_by_snapshot(void **state)
 	cluster_stop(&c);
 }
 
+/* A follower whose raft log and ledger are lost while the others go on, but whose
+ * links of closed journal segments are kept, is sent an InstallSnapshot without the
+ * segments it holds: it told the leader which (its Have, consensus/tlsnet.c). (A
+ * follower merely stopped for a moment is sent the entries queued for it instead.) */
+static void test_a_node_that_kept_its_links_is_not_sent_the_segments_it_holds(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start_with(&c, 3, &(struct cluster_opts){.journal_segment_kb = "16"});
+	uint64_t leader = wait_leader(&c);
+	int back = leader == 3 ? 1 : 3;
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "hal"), CODE(OK));
+	for (int i = 0; i < 300; i++)
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "hal", 1), CODE(OK));
+	/* the follower's own snapshots linked closed segments */
+	wait_metric_at_least(&c, back, "tally_journal_segments_linked_total", 2);
+	node_signal(&c, back, SIGTERM);
+	char dir[400];
+	snprintf(dir, sizeof(dir), "%s/node%d/raft", c.dir, back);
+	fx_remove_dir(dir);
+	snprintf(dir, sizeof(dir), "%s/node%d/ledger", c.dir, back);
+	fx_remove_dir(dir);
+	for (int i = 0; i < 300; i++)
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "hal", 1), CODE(OK));
+	tally_client_close(admin);
+	node_start(&c, back, false, true); /* no log, no ledger: it joins */
+	assert_replicas_equal(&c);
+	assert_true(metric(&c, back, "tally_install_snapshots_received_total") >= 1);
+	double held = 0, held_bytes = 0, sent = 0;
+	for (int i = 1; i <= 3; i++)
+		if (i != back) {
+			held += metric(&c, i, "tally_snapshot_segments_held_total");
+			held_bytes += metric(&c, i, "tally_snapshot_segment_bytes_held_total");
+			sent += metric(&c, i, "tally_snapshot_appendix_bytes_total");
+		}
+	print_message("node %d was sent %.0f bytes of segments; %.0f segments (%.0f bytes) it "
+		      "held were left out\n", back, sent, held, held_bytes);
+	assert_true(held >= 2);
+	assert_true(held_bytes >= 16384);
+	assert_int_equal(metric(&c, back, "tally_snapshots_declined_total"), 0);
+	uint8_t a[32], b[32];
+	size_t na, nb;
+	dir_files_hash(&c, (int)leader, "ledger/journal", a, &na);
+	dir_files_hash(&c, back, "ledger/journal", b, &nb);
+	assert_int_equal(na, nb);
+	assert_memory_equal(a, b, 32);
+	cluster_stop(&c);
+}
+
 /* One membership operation: the transport outcome must be OK (the node answered the
  * operation), and the answer's code `want`. */
 static void admin_expect(struct cluster *c, struct tally_client *cl, Tally__V1__Admin__Op op,
@@ -2718,6 +2769,8 @@ int main(void)
 					  teardown),
 		cmocka_unit_test_teardown(test_metrics_and_health_are_served_over_http, teardown),
 		cmocka_unit_test_teardown(test_a_wiped_node_rejoins_and_catches_up_by_snapshot, teardown),
+		cmocka_unit_test_teardown(test_a_node_that_kept_its_links_is_not_sent_the_segments_it_holds,
+					  teardown),
 		cmocka_unit_test_teardown(test_membership_add_promote_and_remove, teardown),
 		cmocka_unit_test_teardown(test_a_leader_an_hour_ahead_by_step_or_at_election_releases_no_hold, teardown),
 		cmocka_unit_test_teardown(test_tallyctl_json_shapes_and_exit_codes, teardown),

@@ -508,24 +508,51 @@ static void assert_content_of(struct tally_ledger *l, struct fx *f)
 	assert_int_equal(tally_ledger_check_invariants(l, msg, sizeof(msg)), 0);
 }
 
-/* The snapshot with its appendix after it, as a sender's transport puts them. */
-static uint8_t *with_appendix(const uint8_t *snap, size_t len, const char *links, size_t *out)
+/* Restores snap where links are into a new directory: the content of `like`, and
+ * (unless NULL) the segment files of segments_of; the directory is removed after. */
+static void assert_restores_as(const uint8_t *snap, size_t len, const char *links,
+			       struct fx *like, const char *segments_of)
+{
+	char *dir;
+	struct tally_ledger *l;
+	assert_int_equal(restore_new(snap, len, links, &dir, &l), 0);
+	assert_content_of(l, like);
+	if (segments_of != NULL)
+		assert_same_segments(segments_of, dir);
+	tally_ledger_close(l);
+	fx_remove_dir(dir);
+	free(dir);
+}
+
+/* The snapshot with the appendix a sender's transport puts after it, for a receiver
+ * that holds held[] (*left_out: how many segments it leaves out). */
+static uint8_t *with_appendix_for(const uint8_t *snap, size_t len, const char *links,
+				  const struct tally_segment_held *held, size_t n_held, size_t *out,
+				  uint64_t *left_out)
 {
 	struct tally_snapshot_appendix a;
-	assert_int_equal(tally_ledger_snapshot_appendix(snap, len, links, &a), 0);
-	assert_true(a.bytes > 0);
-	uint8_t *p = malloc(len + a.bytes);
+	assert_int_equal(tally_ledger_snapshot_appendix(snap, len, links, held, n_held, &a), 0);
+	assert_true(a.bytes > 0 && a.snap_len <= len);
+	uint8_t *p = malloc(a.snap_len + a.bytes);
 	assert_non_null(p);
-	memcpy(p, snap, len);
-	size_t at = len;
+	memcpy(p, snap, a.snap_len);
+	size_t at = a.snap_len;
 	for (size_t i = 0; i < a.n_pieces; i++) {
 		memcpy(p + at, a.pieces[i].base, a.pieces[i].len);
 		at += a.pieces[i].len;
 	}
-	assert_int_equal(at, len + a.bytes);
+	assert_int_equal(at, a.snap_len + a.bytes);
+	if (left_out != NULL)
+		*left_out = a.held;
 	tally_ledger_snapshot_appendix_free(&a);
 	*out = at;
 	return p;
+}
+
+/* The snapshot with its appendix after it, as a sender's transport puts them. */
+static uint8_t *with_appendix(const uint8_t *snap, size_t len, const char *links, size_t *out)
+{
+	return with_appendix_for(snap, len, links, NULL, 0, out, NULL);
 }
 
 static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copying_them(
@@ -565,14 +592,9 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	free_names(none, made);
 
 	/* Restored where the links are: the same ledger, the same segment files. */
+	assert_restores_as(snap, len, links, &b, a.dir);
 	char *dir;
 	struct tally_ledger *l;
-	assert_int_equal(restore_new(snap, len, links, &dir, &l), 0);
-	assert_content_of(l, &b);
-	assert_same_segments(a.dir, dir);
-	tally_ledger_close(l);
-	fx_remove_dir(dir);
-	free(dir);
 	char why[4200];
 	assert_false(tally_ledger_snapshot_unresolved(snap, len, links, why, sizeof(why)));
 	/* Where there are none: refused, and the segment is named. */
@@ -604,6 +626,151 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	free(links_b);
 }
 
+/* A copy of links_dir's links and sidecars in a new directory, but the link of the
+ * segment at first seq `drop` (0: none). */
+static char *links_copy(const char *links_dir, uint64_t drop)
+{
+	char *to = fx_tmpdir();
+	size_t n;
+	char **names = segment_names_in(links_dir, &n);
+	char dropped[64];
+	snprintf(dropped, sizeof(dropped), "%020llu.seg", (unsigned long long)drop);
+	for (size_t i = 0; i < n; i++) {
+		if (drop != 0 && strcmp(names[i], dropped) == 0)
+			continue;
+		char a[900], b[900];
+		snprintf(a, sizeof(a), "%s/%s", links_dir, names[i]);
+		snprintf(b, sizeof(b), "%s/%s", to, names[i]);
+		assert_int_equal(link(a, b), 0);
+	}
+	free_names(names, n);
+	return to;
+}
+
+static void test_an_install_leaves_out_what_the_receiver_holds_and_no_more(void **state)
+{
+	(void)state;
+	char *links = fx_tmpdir();
+	struct fx a;
+	open_links(&a, links, false, 40);
+	size_t len;
+	uint8_t *snap = snapshot_of(&a, &len);
+	/* What a node holds: every link with its sidecar, by first seq, as the sidecar and
+	 * the file say; a link without its sidecar is not vouched for. */
+	struct tally_segment_held *held;
+	size_t n_held;
+	assert_int_equal(tally_ledger_segments_held(links, &held, &n_held), 0);
+	size_t n_names;
+	char **names = segment_names_in(links, &n_names);
+	assert_true(n_held >= 3 && 2 * n_held == n_names);
+	free_names(names, n_names);
+	assert_int_equal(held[0].first, 1);
+	for (size_t i = 0; i < n_held; i++) {
+		char link_path[600], sidecar[620];
+		snprintf(link_path, sizeof(link_path), "%s/%020llu.seg", links,
+			 (unsigned long long)held[i].first);
+		snprintf(sidecar, sizeof(sidecar), "%s.sha256", link_path);
+		struct stat st;
+		assert_int_equal(stat(link_path, &st), 0);
+		assert_int_equal(held[i].len, (uint64_t)st.st_size);
+		uint8_t sha[32];
+		int fd = open(sidecar, O_RDONLY);
+		assert_int_equal(pread(fd, sha, 32, 0), 32);
+		close(fd);
+		assert_memory_equal(held[i].sha, sha, 32);
+		assert_true(i == 0 || held[i].first > held[i - 1].first);
+	}
+	size_t whole_len;
+	uint8_t *whole = with_appendix(snap, len, links, &whole_len);
+
+	/* A receiver that holds all but the first: only the first is carried. */
+	uint64_t left_out;
+	size_t sent_len;
+	uint8_t *sent = with_appendix_for(snap, len, links, held + 1, n_held - 1, &sent_len,
+					  &left_out);
+	assert_int_equal(left_out, n_held - 1);
+	uint64_t carried_len = held[0].len;
+	for (size_t i = 1; i < n_held; i++)
+		assert_true(sent_len + held[i].len <= whole_len);
+	print_message("appendix for a receiver holding %zu of %zu segments: %zu bytes against "
+		      "%zu\n", n_held - 1, n_held, sent_len - len, whole_len - len);
+	assert_true(sent_len - len < carried_len + 8 * n_held + 64);
+	char *mine = links_copy(links, 0); /* the receiver's own links */
+	char why[4200];
+	assert_int_equal(tally_ledger_snapshot_unresolved(sent, sent_len, mine, why, sizeof(why)),
+			 TALLY_SNAPSHOT_RESOLVES);
+	assert_restores_as(sent, sent_len, mine, &a, a.dir);
+
+	/* Sent on by that receiver (the snapshot it stored): what its appendix carried
+	 * and what its links hold, to a node with nothing. */
+	size_t on_len;
+	uint8_t *on = with_appendix_for(sent, sent_len, mine, NULL, 0, &on_len, &left_out);
+	assert_int_equal(left_out, 0);
+	assert_int_equal(on_len, whole_len);
+	assert_memory_equal(on, whole, whole_len); /* the same bytes as the first sender's */
+	assert_restores_as(on, on_len, NULL, &a, NULL);
+	free(on);
+
+	/* The receiver lost a segment it said it held: it can tell before restoring, and a
+	 * restore refuses (the transport declines such a snapshot instead). */
+	char *lost = links_copy(links, held[2].first);
+	assert_int_equal(tally_ledger_snapshot_unresolved(sent, sent_len, lost, why, sizeof(why)),
+			 TALLY_SNAPSHOT_HELD_MISSING);
+	print_message("declined: %s\n", why);
+	char want[64];
+	snprintf(want, sizeof(want), "%020llu.seg", (unsigned long long)held[2].first);
+	assert_non_null(strstr(why, want));
+	char *dir;
+	struct tally_ledger *l;
+	assert_int_equal(restore_new(sent, sent_len, lost, &dir, &l), TALLY_ECORRUPT);
+	fx_remove_dir(dir);
+	free(dir);
+	assert_int_equal(tally_ledger_snapshot_unresolved(sent, sent_len, NULL, why, sizeof(why)),
+			 TALLY_SNAPSHOT_HELD_MISSING);
+	/* A link whose sidecar names another hash is not the segment left out. */
+	char sidecar[600];
+	snprintf(sidecar, sizeof(sidecar), "%s/%020llu.seg.sha256", mine,
+		 (unsigned long long)held[1].first);
+	assert_int_equal(unlink(sidecar), 0);
+	int fd = open(sidecar, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	uint8_t other[32];
+	memset(other, 0x5a, sizeof(other));
+	assert_int_equal(write(fd, other, 32), 32);
+	close(fd);
+	assert_int_equal(tally_ledger_snapshot_unresolved(sent, sent_len, mine, why, sizeof(why)),
+			 TALLY_SNAPSHOT_HELD_MISSING);
+	assert_int_equal(restore_new(sent, sent_len, mine, &dir, &l), TALLY_ECORRUPT);
+	fx_remove_dir(dir);
+	free(dir);
+
+	/* A sender leaves out only what the list names by first seq, length and hash. */
+	held[1].sha[0] ^= 1;
+	held[2].len--;
+	free(sent);
+	sent = with_appendix_for(snap, len, links, held, n_held, &sent_len, &left_out);
+	assert_int_equal(left_out, n_held - 2);
+	/* And a changed list of carried segments is refused. */
+	uint8_t *footer = sent + sent_len - 24;
+	assert_memory_equal(footer, "TJAPPND2", 8);
+	uint8_t *last = footer - 8; /* the last carried first seq */
+	last[7] ^= 1;
+	assert_int_not_equal(restore_new(sent, sent_len, links, &dir, &l), 0);
+	fx_remove_dir(dir);
+	free(dir);
+
+	fx_remove_dir(lost);
+	free(lost);
+	fx_remove_dir(mine);
+	free(mine);
+	free(sent);
+	free(whole);
+	free(held);
+	free(snap);
+	fx_close(&a);
+	fx_remove_dir(links);
+	free(links);
+}
+
 static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(void **state)
 {
 	(void)state;
@@ -615,9 +782,14 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	uint8_t *sent = with_appendix(snap, len, links, &sent_len);
 	assert_int_equal(tally_ledger_snapshot_sent_bytes(snap, len), sent_len);
 	assert_int_equal(tally_ledger_snapshot_sent_bytes(sent, sent_len), sent_len);
+	/* Sent on again (a node sending the snapshot it received): its segments come from
+	 * its own appendix, which is not sent twice. */
 	struct tally_snapshot_appendix again;
-	assert_int_equal(tally_ledger_snapshot_appendix(sent, sent_len, links, &again), 0);
-	assert_int_equal(again.bytes, 0); /* carries its segments already */
+	assert_int_equal(tally_ledger_snapshot_appendix(sent, sent_len, NULL, NULL, 0, &again), 0);
+	assert_int_equal(again.snap_len, len);
+	assert_int_equal(again.snap_len + again.bytes, sent_len);
+	assert_int_equal(again.n_maps, 0);
+	tally_ledger_snapshot_appendix_free(&again);
 
 	char *dir;
 	struct tally_ledger *l;
@@ -932,6 +1104,7 @@ int main(void)
 		cmocka_unit_test(test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again),
 		cmocka_unit_test(test_a_snapshot_names_its_closed_segments_by_links_instead_of_copying_them),
 		cmocka_unit_test(test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is),
+		cmocka_unit_test(test_an_install_leaves_out_what_the_receiver_holds_and_no_more),
 		cmocka_unit_test(
 			test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_ones_go_to_segments),
 		cmocka_unit_test(test_the_index_holds_a_row_per_stride_and_format_7_rows_still_read),

@@ -309,6 +309,64 @@ static void test_malformed_prefixes_are_refused(void **state)
 	assert_true(s.payload_bytes > TALLY_RAFTWIRE_PAYLOAD_MAX);
 }
 
+/* A Have: the segments a node holds, read back as written; malformed ones refused. */
+static void test_a_have_reads_back_and_a_malformed_one_is_refused(void **state)
+{
+	(void)state;
+	struct tally_segment_held held[3];
+	for (int i = 0; i < 3; i++) {
+		held[i].first = 1 + 100 * (uint64_t)i;
+		held[i].len = 65536 + (uint64_t)i;
+		memset(held[i].sha, 0x11 * (i + 1), sizeof(held[i].sha));
+	}
+	size_t len = tally_raftwire_have_bytes(3);
+	assert_int_equal(len, 16 + 16 + 3 * 48);
+	uint8_t *msg = malloc(len);
+	assert_non_null(msg);
+	tally_raftwire_have_write(TALLY_RAFTWIRE_HAVE_DECLINED, held, 3, msg);
+	struct tally_raftwire_sizes s;
+	assert_null(tally_raftwire_prefix(msg, &s));
+	assert_int_equal(s.type, TALLY_RAFTWIRE_HAVE);
+	const uint8_t *header = msg + TALLY_RAFTWIRE_PREFIX_BYTES;
+	uint64_t flags;
+	struct tally_segment_held *got;
+	size_t n;
+	assert_null(tally_raftwire_have_decode(&s, header, header + s.header_bytes, &flags, &got, &n));
+	assert_int_equal(flags, TALLY_RAFTWIRE_HAVE_DECLINED);
+	assert_int_equal(n, 3);
+	assert_memory_equal(got, held, sizeof(held));
+	free(got);
+	/* not a raft message: raft's decoder refuses it */
+	struct raft_message m;
+	assert_non_null(tally_raftwire_decode(&s, header, NULL, &m));
+	/* first seqs that do not increase, unknown flags, a count not the payload's */
+	uint8_t *entries = msg + TALLY_RAFTWIRE_PREFIX_BYTES + 16;
+	memcpy(entries + 48, entries, 8); /* the second's first seq = the first's */
+	assert_non_null(strstr(tally_raftwire_have_decode(&s, header, entries, &flags, &got, &n),
+			       "increasing"));
+	assert_null(got);
+	tally_raftwire_have_write(4, held, 3, msg);
+	assert_non_null(strstr(tally_raftwire_have_decode(&s, header, entries, &flags, &got, &n),
+			       "flags"));
+	tally_raftwire_have_write(0, held, 3, msg);
+	msg[TALLY_RAFTWIRE_PREFIX_BYTES + 8] = 2; /* count 2, payload of 3 */
+	assert_non_null(strstr(tally_raftwire_have_decode(&s, header, entries, &flags, &got, &n),
+			       "count"));
+	/* prefixes: a header not of two fields, a payload not whole segments, too many */
+	uint8_t p[TALLY_RAFTWIRE_PREFIX_BYTES];
+	put_prefix(p, TALLY_RAFTWIRE_HAVE, 24, 48);
+	assert_non_null(tally_raftwire_prefix(p, &s));
+	put_prefix(p, TALLY_RAFTWIRE_HAVE, 16, 47);
+	assert_non_null(tally_raftwire_prefix(p, &s));
+	put_prefix(p, TALLY_RAFTWIRE_HAVE, 16, 48ull * (TALLY_LEDGER_HELD_MAX + 1));
+	assert_non_null(tally_raftwire_prefix(p, &s));
+	put_prefix(p, TALLY_RAFTWIRE_HAVE, 16, 48ull * TALLY_LEDGER_HELD_MAX);
+	assert_null(tally_raftwire_prefix(p, &s));
+	put_prefix(p, TALLY_RAFTWIRE_HAVE, 16, 0); /* a node that holds none */
+	assert_null(tally_raftwire_prefix(p, &s));
+	free(msg);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -317,6 +375,7 @@ int main(void)
 		cmocka_unit_test(test_install_snapshot_reads_back_with_its_configuration),
 		cmocka_unit_test(test_malformed_headers_are_refused_with_nothing_allocated),
 		cmocka_unit_test(test_malformed_prefixes_are_refused),
+		cmocka_unit_test(test_a_have_reads_back_and_a_malformed_one_is_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,7 @@
  * (consensus/raftwire.c). The input is a run of messages, each a prefix, a header and
  * a payload as the prefix says (a message the input cannot hold ends the run). Every
  * message is refused or decodes; one that decodes encodes back to exactly its input
- * bytes, and frees as raft would free it.
+ * bytes, and frees as raft would free it. A Have (the transport's own) likewise.
  */
 #include <assert.h>
 #include <stddef.h>
@@ -50,6 +50,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (s.header_bytes > rest || s.payload_bytes > rest - s.header_bytes)
 			break;
 		const uint8_t *header = data + at + TALLY_RAFTWIRE_PREFIX_BYTES;
+		size_t len = TALLY_RAFTWIRE_PREFIX_BYTES + s.header_bytes + (size_t)s.payload_bytes;
+		if (s.type == TALLY_RAFTWIRE_HAVE) {
+			uint64_t flags;
+			struct tally_segment_held *held;
+			size_t n;
+			if (tally_raftwire_have_decode(&s, header, header + s.header_bytes, &flags, &held,
+						       &n) != NULL)
+				break;
+			assert(tally_raftwire_have_bytes(n) == len);
+			uint8_t *out = malloc(len);
+			assert(out != NULL);
+			tally_raftwire_have_write(flags, held, n, out);
+			assert(memcmp(out, data + at, len) == 0);
+			free(out);
+			free(held);
+			at += len;
+			continue;
+		}
 		void *payload = NULL;
 		if (s.type == RAFT_IO_APPEND_ENTRIES || s.type == RAFT_IO_INSTALL_SNAPSHOT) {
 			payload = raft_malloc(s.payload_bytes > 8 ? (size_t)s.payload_bytes : 8);
@@ -57,7 +75,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			memcpy(payload, header + s.header_bytes, (size_t)s.payload_bytes);
 		}
 		struct raft_message m;
-		size_t len = TALLY_RAFTWIRE_PREFIX_BYTES + s.header_bytes + (size_t)s.payload_bytes;
 		if (tally_raftwire_decode(&s, header, payload, &m) != NULL) {
 			raft_free(payload);
 			break;
