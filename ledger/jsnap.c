@@ -786,7 +786,7 @@ int jsnap_appendix(const uint8_t *section, size_t len, const struct jsnap_source
 	}
 	if (rc != 0 || refs == 0)
 		return rc; /* nothing referenced: no appendix */
-	if (a->held > 0)
+	if (a->held > 0 && carried > 0)
 		rc = appendix_add(a, a->carried, (size_t)carried * 8, false);
 	memcpy(a->footer, a->held > 0 ? APPENDIX_SOME_MAGIC : APPENDIX_MAGIC, 8);
 	be64_put(a->footer + 8, carried);
