@@ -397,6 +397,17 @@ static void release_after_cb(uv_work_t *work, int status)
 		node_close_finish(n);
 }
 
+/* Main loop: where this process linked more segments (a snapshot, a restore's), the
+ * nodes this one sends to are told what it holds now. */
+static void fsm_links_tell(struct tally_node *n)
+{
+	uint64_t linked = tally_ledger_segments_linked(NULL);
+	if (linked != n->links_told) {
+		n->links_told = linked;
+		tally_tlsnet_held_changed(&n->transport);
+	}
+}
+
 /* raft_fsm->snapshot_finalize (main loop), after the snapshot was stored or failed. */
 static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[],
 				 unsigned *n_bufs)
@@ -410,11 +421,7 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 		node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(n->release_copy.base,
 								       n->release_copy.len));
 		n->stats.snapshots_reused += n->snapshot_reused; /* set by snapshot_async */
-		uint64_t linked = tally_ledger_segments_linked(NULL);
-		if (linked != n->links_told) { /* the nodes this one sends to learn of them */
-			n->links_told = linked;
-			tally_tlsnet_held_changed(&n->transport);
-		}
+		fsm_links_tell(n);
 	}
 	raft_free(*bufs);
 	*bufs = NULL;
@@ -439,6 +446,11 @@ static void check_work_cb(uv_work_t *work)
 	assert(n != NULL && n->check_busy);
 	n->check_rc = node_snapshot_verify(n->ledger, n->ledger_opts.snapshot_links_dir,
 					   n->check_file, n->check_msg, sizeof(n->check_msg));
+	/* The segments a leader's snapshot carried, linked now rather than at this node's
+	 * next snapshot, so that it can tell the nodes it sends to that it holds them. */
+	n->link_rc = n->check_rc == 0 && n->transport.links_dir != NULL
+			     ? tally_ledger_link_segments(n->ledger)
+			     : 0;
 }
 
 /* Main loop, after the check. A restored ledger that fails it is not the cluster's
@@ -461,6 +473,11 @@ static void check_after_cb(uv_work_t *work, int status)
 		node_log(n, "restored ledger (applied index %llu) passed the full check in "
 			 "%llu ms, of %s", (unsigned long long)n->check_index, (unsigned long long)ms,
 			 n->check_file[0] != '\0' ? n->check_file : "the live ledger");
+	if (status == 0 && n->check_rc == 0 && n->link_rc != 0)
+		node_log(n, "linking the restored journal's closed segments: %s (the next "
+			 "snapshot links them)", tally_strerror(n->link_rc));
+	else if (status == 0 && n->check_rc == 0)
+		fsm_links_tell(n);
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
 		node_close_finish(n);
 }

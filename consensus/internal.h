@@ -185,6 +185,7 @@ struct tally_node {
 	bool release_busy;
 	bool release_adopted; /* the copy released was raft's stored snapshot */
 	bool snapshot_reused; /* the copy taken was written over a file raft had removed */
+	int link_rc;          /* the restore's links of its closed segments (fsm.c) */
 	uint64_t links_told;  /* tally_ledger_segments_linked when the transport last read
 			       * which links this node holds (tally_tlsnet_held_changed) */
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */

@@ -533,6 +533,12 @@ static void snap_parse(const uint8_t *snap, size_t len, const char *links_dir,
 	p->src.links_dir = links_dir;
 }
 
+int tally_ledger_link_segments(struct tally_ledger *l)
+{
+	assert(l != NULL);
+	return l->links_dir[0] != '\0' ? jsnap_link_closed(&l->journal, l->links_dir) : 0;
+}
+
 int tally_ledger_snapshot(struct tally_ledger *l, int fd, uint64_t *applied_index)
 {
 	assert(l != NULL && fd >= 0);
@@ -660,10 +666,11 @@ uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len)
 	assert(snap != NULL || len == 0);
 	struct snap_parts p;
 	snap_parse(snap, len, NULL, &p);
-	if (p.src.appendix != NULL || p.kind == SEAL_NONE)
+	if (p.kind == SEAL_NONE)
 		return len;
-	return len + jsnap_referenced_bytes((const uint8_t *)snap + p.copy_len,
-					    p.sealed_len - p.copy_len);
+	/* a received one's appendix, which may leave segments out, is sent anew */
+	return len - p.src.appendix_len + jsnap_referenced_bytes((const uint8_t *)snap + p.copy_len,
+								 p.sealed_len - p.copy_len);
 }
 
 int tally_ledger_snapshot_appendix(const void *snap, size_t len, const char *links_dir,

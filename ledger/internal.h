@@ -239,6 +239,9 @@ struct jsnap_source {
  * references to links made in links_dir (NULL: every segment's bytes). */
 int jsnap_write(struct journal *j, int fd, uint64_t at, const char *links_dir,
 		uint64_t *written);
+/* Links the closed committed segments not linked yet into links_dir, as jsnap_write
+ * does before it names them (tally_ledger_link_segments). */
+int jsnap_link_closed(struct journal *j, const char *links_dir);
 /* The section's offset at the end of sealed[0..len) (len when there is none). */
 size_t jsnap_find(const uint8_t *sealed, size_t len);
 /* snap's length without an appendix at its end (*appendix: the appendix or NULL). */

@@ -305,6 +305,39 @@ static int section_entry_write(struct journal *j, const struct journal_seg *s, b
 	return rc;
 }
 
+/* Closed segment s linked unless it is already (seg_link); *ref false where links
+ * cannot be made (another file system: the segment is then inlined), *linked_now set
+ * when a link was made. */
+static int seg_link_once(struct journal *j, struct journal_seg *s, const char *links_dir,
+			 bool *ref, bool *linked_now)
+{
+	if (s->hashed)
+		return 0;
+	int rc = seg_link(j, s, links_dir);
+	if (rc == 0)
+		*linked_now = true;
+	if (rc == TALLY_ESTATE) { /* no link across file systems */
+		*ref = false;
+		rc = 0;
+	}
+	return rc;
+}
+
+int jsnap_link_closed(struct journal *j, const char *links_dir)
+{
+	assert(j != NULL && links_dir != NULL);
+	size_t count;
+	struct journal_seg *segs;
+	int rc = committed_segments(j, &segs, &count);
+	bool linked_now = false, ref = true;
+	for (size_t i = 0; rc == 0 && i + 1 < count; i++) /* not the last: it may grow */
+		rc = seg_link_once(j, &segs[i], links_dir, &ref, &linked_now);
+	free(segs);
+	if (rc == 0 && linked_now)
+		rc = dir_sync(links_dir);
+	return rc;
+}
+
 int jsnap_write(struct journal *j, int fd, uint64_t at, const char *links_dir,
 		uint64_t *written)
 {
@@ -319,14 +352,8 @@ int jsnap_write(struct journal *j, int fd, uint64_t at, const char *links_dir,
 	for (size_t i = 0; rc == 0 && i < count; i++) {
 		/* The last committed segment may still grow: always its bytes. */
 		bool ref = links_dir != NULL && i + 1 < count;
-		if (ref && !segs[i].hashed) {
-			rc = seg_link(j, &segs[i], links_dir);
-			linked_now = rc == 0;
-			if (rc == TALLY_ESTATE) { /* no link across file systems: inline it */
-				ref = false;
-				rc = 0;
-			}
-		}
+		if (ref)
+			rc = seg_link_once(j, &segs[i], links_dir, &ref, &linked_now);
 		uint64_t n = 0;
 		if (rc == 0)
 			rc = section_entry_write(j, &segs[i], ref, fd, off, &n);

@@ -322,6 +322,13 @@ int tally_ledger_restore(const char *dir, const void *snap, size_t len,
 int tally_ledger_open_snapshot(const char *path, const char *links_dir,
 			       struct tally_ledger **out);
 
+/* Links the ledger's closed journal segments that are not linked yet into its
+ * options.snapshot_links_dir (each synced and hashed, its hash in a sidecar), as its
+ * next snapshot would: after a restore, so that the node holds at once, and can say
+ * so, the segments it received. May run beside batches on another thread, as
+ * tally_ledger_snapshot does. 0 when the ledger has no links directory. */
+int tally_ledger_link_segments(struct tally_ledger *l);
+
 /* A closed journal segment a node holds as a link of its links directory, its hash in
  * the link's sidecar: what its have-list tells a leader, so that an InstallSnapshot
  * need not carry it. */
@@ -376,7 +383,8 @@ enum tally_snapshot_resolved {
 enum tally_snapshot_resolved tally_ledger_snapshot_unresolved(const void *snap, size_t len,
 							      const char *links_dir, char *name,
 							      size_t cap);
-/* What an InstallSnapshot of snap[0..len) carries: len, and the appendix it would get. */
+/* What an InstallSnapshot of snap[0..len) carries at most: the snapshot (without an
+ * appendix it came with) and an appendix carrying every segment it references. */
 uint64_t tally_ledger_snapshot_sent_bytes(const void *snap, size_t len);
 
 /* Whether `who` may run command `c` in principle (role only; brand scope is checked

@@ -689,6 +689,8 @@ static void test_an_install_leaves_out_what_the_receiver_holds_and_no_more(void 
 	uint8_t *sent = with_appendix_for(snap, len, links, held + 1, n_held - 1, &sent_len,
 					  &left_out);
 	assert_int_equal(left_out, n_held - 1);
+	/* at most, sent on: all of them (what an install timeout is sized by) */
+	assert_int_equal(tally_ledger_snapshot_sent_bytes(sent, sent_len), whole_len);
 	uint64_t carried_len = held[0].len;
 	for (size_t i = 1; i < n_held; i++)
 		assert_true(sent_len + held[i].len <= whole_len);
