@@ -439,6 +439,8 @@ static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[
 	return 0;
 }
 
+static void check_start(struct tally_node *n);
+
 /* Thread pool: the full check tally_ledger_restore left pending. */
 static void check_work_cb(uv_work_t *work)
 {
@@ -451,6 +453,20 @@ static void check_work_cb(uv_work_t *work)
 	n->link_rc = n->check_rc == 0 && n->transport.links_dir != NULL
 			     ? tally_ledger_link_segments(n->ledger)
 			     : 0;
+	pthread_mutex_lock(&n->check_lock); /* done with the ledger: a restore may go on */
+	n->check_ran = true;
+	pthread_cond_signal(&n->check_cond);
+	pthread_mutex_unlock(&n->check_lock);
+}
+
+/* Main loop: waits until the running check is done with the ledger (its result is
+ * concluded later, in check_after_cb, on the loop). */
+static void check_wait(struct tally_node *n)
+{
+	pthread_mutex_lock(&n->check_lock);
+	while (!n->check_ran)
+		pthread_cond_wait(&n->check_cond, &n->check_lock);
+	pthread_mutex_unlock(&n->check_lock);
 }
 
 /* Main loop, after the check. A restored ledger that fails it is not the cluster's
@@ -478,6 +494,11 @@ static void check_after_cb(uv_work_t *work, int status)
 			 "snapshot links them)", tally_strerror(n->link_rc));
 	else if (status == 0 && n->check_rc == 0)
 		fsm_links_tell(n);
+	if (n->check_queued && !n->dead) { /* a restore came while this one ran */
+		n->check_queued = false;
+		check_start(n);
+		return;
+	}
 	if (n->phase == NODE_HANDLES && n->handles_open == 0)
 		node_close_finish(n);
 }
@@ -486,6 +507,7 @@ static void check_start(struct tally_node *n)
 {
 	assert(n != NULL && !n->check_busy);
 	n->check_busy = true;
+	n->check_ran = false; /* no check thread runs: no lock needed */
 	n->check_rc = 0;
 	n->check_msg[0] = '\0';
 	n->check_index = tally_ledger_applied_index(n->ledger);
@@ -541,9 +563,16 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	node_apply_drain(n); /* nothing queued may land on the restored ledger */
 	if (n->dead)
 		return fsm_dead_restore(buf);
+	/* The last restore's check may still be running. Refusing this one would leave
+	 * raft 0.15 with its log already replaced by this snapshot (it does that before
+	 * the restore) and the ledger not: so it waits for the check to be done with the
+	 * ledger, and this restore's own check starts once that one is concluded. */
 	if (n->check_busy) {
-		node_log(n, "snapshot restore refused: the previous one is still being checked");
-		return RAFT_BUSY; /* the leader sends it again */
+		uint64_t w0_ns = uv_hrtime();
+		check_wait(n);
+		n->check_queued = true;
+		node_log(n, "snapshot restore waited %llu ms for the last restore's check",
+			 (unsigned long long)((uv_hrtime() - w0_ns) / 1000000));
 	}
 	uint64_t t0_ns = uv_hrtime();
 	tally_ledger_close(n->ledger);
@@ -577,8 +606,10 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	node_time_observe(n);
 	node_writeback_reset(n); /* the restored ledger: its check syncs it whole */
 	node_snapshot_stagger(n); /* raft counts from the leader's snapshot now */
-	if (check_pending)
+	if (check_pending && !n->check_busy)
 		check_start(n);
+	else if (!check_pending)
+		n->check_queued = false; /* nothing of this one to check */
 	return 0;
 }
 

@@ -238,6 +238,8 @@ void node_free_parts(struct tally_node *n)
 	tally_arena_free(&n->applier_arena);
 	tally_arena_free(&n->query_arena);
 	free(n->bootstrap);
+	pthread_mutex_destroy(&n->check_lock);
+	pthread_cond_destroy(&n->check_cond);
 	free(n);
 }
 
@@ -254,6 +256,8 @@ int node_create(struct tally_node **out, uv_loop_t *loop, const struct tally_nod
 	n->loop = loop;
 	n->phase = NODE_OPEN;
 	n->writeback.fd = -1;
+	pthread_mutex_init(&n->check_lock, NULL);
+	pthread_cond_init(&n->check_cond, NULL);
 	tally_arena_init(&n->apply_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	tally_arena_init(&n->applier_arena, NODE_ARENA_CHUNK_BYTES, 0);
 	tally_arena_init(&n->query_arena, NODE_ARENA_CHUNK_BYTES, 0);

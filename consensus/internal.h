@@ -194,6 +194,10 @@ struct tally_node {
 	/* The full check of a restored ledger, off the loop (fsm.c). */
 	uv_work_t check_work;
 	bool check_busy;
+	bool check_queued;                /* a restore's check, to start once the last ends */
+	pthread_mutex_t check_lock;       /* check_ran: set by the check's thread */
+	pthread_cond_t check_cond;
+	bool check_ran;
 	int check_rc;
 	uint64_t check_index;             /* the restored ledger's applied index */
 	uint64_t check_start_ns;

@@ -871,5 +871,7 @@ void tally_node_free(struct tally_node *n)
 	tally_arena_free(&n->applier_arena);
 	tally_arena_free(&n->query_arena);
 	free(n->bootstrap);
+	pthread_mutex_destroy(&n->check_lock);
+	pthread_cond_destroy(&n->check_cond);
 	free(n);
 }

@@ -311,9 +311,14 @@ static int section_entry_write(struct journal *j, const struct journal_seg *s, b
 static int seg_link_once(struct journal *j, struct journal_seg *s, const char *links_dir,
 			 bool *ref, bool *linked_now)
 {
+	/* A snapshot's thread and a restore's check may link at once, and a link is made
+	 * through temporary names: one at a time (the second finds it made). */
+	static pthread_mutex_t one_at_a_time = PTHREAD_MUTEX_INITIALIZER;
 	if (s->hashed)
 		return 0;
+	pthread_mutex_lock(&one_at_a_time);
 	int rc = seg_link(j, s, links_dir);
+	pthread_mutex_unlock(&one_at_a_time);
 	if (rc == 0)
 		*linked_now = true;
 	if (rc == TALLY_ESTATE) { /* no link across file systems */
