@@ -390,17 +390,7 @@ static uint8_t *small_snapshot(struct fx *a, size_t *len)
 	setup_brand(a, "aurora", 0);
 	static const char *const ids[] = {"m1", "m2"};
 	setup_members(a, ids, 2);
-	char *dir = fx_tmpdir();
-	char path[512];
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(tally_ledger_snapshot(a->l, fd, NULL), 0);
-	uint8_t *buf = read_snapshot(fd, len);
-	close(fd);
-	fx_remove_dir(dir);
-	free(dir);
-	return buf;
+	return fx_snapshot(a, len);
 }
 
 /* Restores snap into a fresh directory; returns the code, *pending as restore set it. */

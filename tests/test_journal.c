@@ -395,24 +395,6 @@ static void test_a_linked_segment_is_copied_before_it_is_cut_or_written(void **s
 	free(links);
 }
 
-static uint8_t *snapshot_of(struct fx *f, size_t *len)
-{
-	char *dir = fx_tmpdir();
-	char path[512];
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(tally_ledger_snapshot(f->l, fd, NULL), 0);
-	off_t end = lseek(fd, 0, SEEK_END);
-	uint8_t *p = malloc((size_t)end);
-	assert_non_null(p);
-	assert_int_equal(pread(fd, p, (size_t)end, 0), end);
-	close(fd);
-	fx_remove_dir(dir);
-	free(dir);
-	*len = (size_t)end;
-	return p;
-}
 
 static void test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again(void **state)
 {
@@ -420,7 +402,7 @@ static void test_a_snapshot_carries_the_segments_and_a_restore_writes_them_again
 	struct fx a, c;
 	open_filled(&a, 30);
 	size_t len;
-	uint8_t *snap = snapshot_of(&a, &len);
+	uint8_t *snap = fx_snapshot(&a, &len);
 	char *dir = fx_tmpdir();
 	struct tally_ledger *l = NULL;
 	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true,
@@ -565,7 +547,7 @@ static void test_a_snapshot_names_its_closed_segments_by_links_instead_of_copyin
 	char *links_b = fx_tmpdir();
 	open_links(&b, links_b, true, 40); /* the same ledger, snapshots inlining every segment */
 	size_t len, inline_len;
-	uint8_t *snap = snapshot_of(&a, &len), *whole = snapshot_of(&b, &inline_len);
+	uint8_t *snap = fx_snapshot(&a, &len), *whole = fx_snapshot(&b, &inline_len);
 	size_t n;
 	char **names = segment_names(a.dir, &n);
 	assert_true(n >= 3);
@@ -654,7 +636,7 @@ static void test_an_install_leaves_out_what_the_receiver_holds_and_no_more(void 
 	struct fx a;
 	open_links(&a, links, false, 40);
 	size_t len;
-	uint8_t *snap = snapshot_of(&a, &len);
+	uint8_t *snap = fx_snapshot(&a, &len);
 	/* What a node holds: every link with its sidecar, by first seq, as the sidecar and
 	 * the file say; a link without its sidecar is not vouched for. */
 	struct tally_segment_held *held;
@@ -780,7 +762,7 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 	struct fx a;
 	open_links(&a, links, false, 40);
 	size_t len, sent_len;
-	uint8_t *snap = snapshot_of(&a, &len);
+	uint8_t *snap = fx_snapshot(&a, &len);
 	uint8_t *sent = with_appendix(snap, len, links, &sent_len);
 	assert_int_equal(tally_ledger_snapshot_sent_bytes(snap, len), sent_len);
 	assert_int_equal(tally_ledger_snapshot_sent_bytes(sent, sent_len), sent_len);
@@ -874,7 +856,7 @@ static void test_a_snapshot_sent_with_its_appendix_restores_where_no_link_is(voi
 					 .snapshot_links_dir = links};
 	assert_int_equal(tally_ledger_open(a.dir, &o, &a.l), 0);
 	size_t len2, sent2_len;
-	uint8_t *snap2 = snapshot_of(&a, &len2);
+	uint8_t *snap2 = fx_snapshot(&a, &len2);
 	uint8_t *sent2 = with_appendix(snap2, len2, links, &sent2_len);
 	assert_int_equal(restore_new(sent2, sent2_len, NULL, &dir, &l), 0);
 	assert_content_of(l, &a);
@@ -1078,7 +1060,7 @@ static void test_entries_an_older_format_stored_inside_lmdb_are_read_and_new_one
 
 	/* A snapshot of the mixed ledger restores to the same content. */
 	size_t len;
-	uint8_t *snap = snapshot_of(&a, &len);
+	uint8_t *snap = fx_snapshot(&a, &len);
 	struct fx c;
 	fx_open(&c);
 	fx_ledger_close(&c);

@@ -188,24 +188,6 @@ static void ledger_filled(struct fx *f, const char *links)
 	}
 }
 
-static uint8_t *snapshot_of(struct fx *f, size_t *len)
-{
-	char *dir = fx_tmpdir();
-	char path[512];
-	snprintf(path, sizeof(path), "%s/snap", dir);
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
-	assert_true(fd >= 0);
-	assert_int_equal(tally_ledger_snapshot(f->l, fd, NULL), 0);
-	off_t end = lseek(fd, 0, SEEK_END);
-	uint8_t *p = malloc((size_t)end);
-	assert_non_null(p);
-	assert_int_equal(pread(fd, p, (size_t)end, 0), end);
-	close(fd);
-	fx_remove_dir(dir);
-	free(dir);
-	*len = (size_t)end;
-	return p;
-}
 
 /* The receiver's copy of the sender's links: hard links of every link and sidecar. */
 static char *links_copy(const char *from)
@@ -250,7 +232,7 @@ static void test_an_install_leaves_out_what_the_receiver_holds_or_is_declined(vo
 	struct fx f;
 	ledger_filled(&f, a->links);
 	size_t len;
-	uint8_t *snap = snapshot_of(&f, &len); /* links the closed segments */
+	uint8_t *snap = fx_snapshot(&f, &len); /* links the closed segments */
 	struct tally_segment_held *held;
 	size_t n_held;
 	assert_int_equal(tally_ledger_segments_held(a->links, &held, &n_held), 0);

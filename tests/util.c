@@ -1,5 +1,6 @@
 #include "tests/util.h"
 
+#include <fcntl.h>
 #include <lmdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +9,25 @@
 #include <unistd.h>
 
 #include <raft.h>
+
+uint8_t *fx_snapshot(struct fx *f, size_t *len)
+{
+	char *dir = fx_tmpdir();
+	char path[512];
+	snprintf(path, sizeof(path), "%s/snap", dir);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+	assert_true(fd >= 0);
+	assert_int_equal(tally_ledger_snapshot(f->l, fd, NULL), 0);
+	off_t end = lseek(fd, 0, SEEK_END);
+	uint8_t *p = malloc((size_t)end);
+	assert_non_null(p);
+	assert_int_equal(pread(fd, p, (size_t)end, 0), end);
+	close(fd);
+	fx_remove_dir(dir);
+	free(dir);
+	*len = (size_t)end;
+	return p;
+}
 
 char *fx_tmpdir(void)
 {

@@ -43,6 +43,9 @@ int fx_ledger_open(struct fx *f);
 void fx_ledger_close(struct fx *f);
 void fx_remove_dir(const char *dir);
 char *fx_tmpdir(void);
+/* A snapshot of the fixture's ledger (tally_ledger_snapshot into a file of a fresh
+ * directory, read back), in a new buffer of *len bytes. */
+uint8_t *fx_snapshot(struct fx *f, size_t *len);
 
 Tally__V1__Principal *who(struct fx *f, Tally__V1__Role role, const char *key, const char *brands);
 Tally__V1__Principal *admin(struct fx *f);
