@@ -496,6 +496,7 @@ static void check_after_cb(uv_work_t *work, int status)
 		fsm_links_tell(n);
 	if (n->check_queued && !n->dead) { /* a restore came while this one ran */
 		n->check_queued = false;
+		memcpy(n->check_file, n->check_file_next, sizeof(n->check_file));
 		check_start(n);
 		return;
 	}
@@ -593,10 +594,11 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	if (n->started) /* not the node's own, at start */
 		n->stats.snapshots_installed++;
 	node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(buf->base, buf->len));
-	n->check_file[0] = '\0';
+	/* (the last restore's check, still to be concluded, keeps its file's name) */
+	char *file = n->check_busy ? n->check_file_next : n->check_file;
+	file[0] = '\0';
 	if (check_pending)
-		node_snapshot_find(n->raft_dir, buf->base, buf->len, n->check_file,
-				   sizeof(n->check_file));
+		node_snapshot_find(n->raft_dir, buf->base, buf->len, file, NODE_PATH_BYTES_MAX);
 	raft_free(buf->base);
 	buf->base = NULL;
 	node_log(n, "ledger restored from a raft snapshot: applied index %llu, %llu ms on the "

@@ -203,6 +203,7 @@ struct tally_node {
 	uint64_t check_start_ns;
 	char check_msg[256];
 	char check_file[NODE_PATH_BYTES_MAX]; /* raft's file of the restored snapshot, or "" */
+	char check_file_next[NODE_PATH_BYTES_MAX]; /* the queued check's (check_queued) */
 	struct node_writeback writeback;  /* writeback.c */
 
 	/* Admin requests raft has not called back yet. */

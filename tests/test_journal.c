@@ -727,6 +727,17 @@ static void test_an_install_leaves_out_what_the_receiver_holds_and_no_more(void 
 	fx_remove_dir(dir);
 	free(dir);
 
+	/* A link whose sidecar is gone is not said to be held. */
+	snprintf(sidecar, sizeof(sidecar), "%s/%020llu.seg.sha256", lost,
+		 (unsigned long long)held[0].first);
+	assert_int_equal(unlink(sidecar), 0);
+	struct tally_segment_held *now;
+	size_t n_now;
+	assert_int_equal(tally_ledger_segments_held(lost, &now, &n_now), 0);
+	assert_int_equal(n_now, n_held - 2); /* neither the lost one nor this */
+	assert_true(now[0].first > held[0].first);
+	free(now);
+
 	/* A sender leaves out only what the list names by first seq, length and hash. */
 	held[1].sha[0] ^= 1;
 	held[2].len--;
