@@ -568,13 +568,21 @@ static void tlsnet_peer_closed(uv_handle_t *h)
 	tlsnet_maybe_closed(t);
 }
 
-/* The peer of `id`, created on its first message; a new address drops the old
- * connection and what was queued for it, as raft_uv does. */
-static struct tlsnet_peer *tlsnet_peer_get(struct tally_transport *t, raft_id id, const char *address)
+/* The peer of `id`, or NULL. */
+static struct tlsnet_peer *tlsnet_peer_find(struct tally_transport *t, raft_id id)
 {
 	struct tlsnet_peer *p = t->peers;
 	while (p != NULL && p->id != id)
 		p = p->next;
+	return p;
+}
+
+/* The peer of `id`, created on its first message; a new address drops the old
+ * connection and what was queued for it, as raft_uv does. */
+
+static struct tlsnet_peer *tlsnet_peer_get(struct tally_transport *t, raft_id id, const char *address)
+{
+	struct tlsnet_peer *p = tlsnet_peer_find(t, id);
 	if (p == NULL) {
 		p = calloc(1, sizeof(*p));
 		if (p == NULL)
@@ -727,9 +735,7 @@ static bool tlsnet_decline(struct tlsnet_conn *c, const struct raft_message *m)
 		      "this node no longer holds; telling it what this node holds",
 		   (uint64_t)c->id, name);
 	(void)tlsnet_held_read(t);
-	struct tlsnet_peer *p = t->peers;
-	while (p != NULL && p->id != c->id)
-		p = p->next;
+	struct tlsnet_peer *p = tlsnet_peer_find(t, c->id); /* at the address raft gave it */
 	if (p == NULL)
 		p = tlsnet_peer_get(t, c->id, c->address);
 	if (p != NULL) {

@@ -223,6 +223,9 @@ int journal_file_write(const char *path, const void *p, size_t n);   /* a new fi
 /* dir/<first, 20 digits>.seg<suffix>: a segment's name, in the journal or the links. */
 int journal_seg_name(const char *dir, uint64_t first, const char *suffix, char *buf, size_t cap);
 int journal_seg_path(const struct journal *j, uint64_t first, char *buf, size_t cap);
+/* The first seqs of the `<first seq>.seg` files in dir (none when it does not exist),
+ * ascending, in a new array. */
+int journal_seg_list(const char *dir, uint64_t **out, size_t *n);
 struct journal_seg *journal_seg_find(const struct journal *j, uint64_t first);
 int journal_seg_add(struct journal *j, uint64_t first, int fd, uint8_t *base, size_t cap,
 		    uint64_t len, bool own_map);

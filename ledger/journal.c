@@ -164,12 +164,11 @@ static int u64_cmp(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* The first seqs of the segments in j->dir, ascending, in a new array. */
-static int seg_list(const struct journal *j, uint64_t **out, size_t *n)
+int journal_seg_list(const char *dir, uint64_t **out, size_t *n)
 {
 	*out = NULL;
 	*n = 0;
-	DIR *d = opendir(j->dir);
+	DIR *d = opendir(dir);
 	if (d == NULL)
 		return errno == ENOENT ? 0 : TALLY_EIO;
 	size_t cap = 0;
@@ -241,7 +240,7 @@ int journal_open(struct journal *j, const char *ledger_dir, bool writable,
 		return TALLY_EIO;
 	uint64_t *firsts;
 	size_t count;
-	int rc = seg_list(j, &firsts, &count);
+	int rc = journal_seg_list(j->dir, &firsts, &count);
 	for (size_t i = 0; rc == 0 && i < count; i++)
 		rc = seg_open(j, firsts[i]);
 	free(firsts);

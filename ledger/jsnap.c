@@ -25,7 +25,6 @@
  * full check after a restore.
  */
 #include <assert.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -97,6 +96,22 @@ static bool sidecar_read(const char *sidecar, uint8_t sha[SHA_BYTES])
 	if (got != SHA_BYTES)
 		return false;
 	memcpy(sha, buf, SHA_BYTES);
+	return true;
+}
+
+/* What the node's link of segment `first` holds by its sidecar's word: the hash the
+ * sidecar names and the link's length; false where there is no link or no whole
+ * sidecar. */
+static bool link_read(const char *links_dir, uint64_t first, uint8_t sha[SHA_BYTES],
+		      uint64_t *len)
+{
+	char name[4096], sidecar[4096];
+	struct stat st;
+	if (links_dir == NULL || journal_seg_name(links_dir, first, "", name, sizeof(name)) != 0 ||
+	    journal_seg_name(links_dir, first, ".sha256", sidecar, sizeof(sidecar)) != 0 ||
+	    !sidecar_read(sidecar, sha) || stat(name, &st) != 0)
+		return false;
+	*len = (uint64_t)st.st_size;
 	return true;
 }
 
@@ -188,69 +203,28 @@ static int seg_link(struct journal *j, struct journal_seg *s, const char *links_
 
 /* ---- what a node holds: its have-list ------------------------------------------ */
 
-static int held_order(const void *a, const void *b)
-{
-	uint64_t x = ((const struct tally_segment_held *)a)->first;
-	uint64_t y = ((const struct tally_segment_held *)b)->first;
-	return x < y ? -1 : x > y;
-}
-
-/* The first seq a link's name says (`<20 digits>.seg`), or 0 for any other name. */
-static uint64_t link_name_first(const char *name)
-{
-	uint64_t first = 0;
-	for (int i = 0; i < 20; i++) {
-		if (name[i] < '0' || name[i] > '9')
-			return 0;
-		first = first * 10 + (uint64_t)(name[i] - '0');
-	}
-	return strcmp(name + 20, ".seg") == 0 ? first : 0;
-}
-
 int tally_ledger_segments_held(const char *links_dir, struct tally_segment_held **out,
 			       size_t *n)
 {
 	assert(links_dir != NULL && out != NULL && n != NULL);
 	*out = NULL;
 	*n = 0;
-	DIR *d = opendir(links_dir);
-	if (d == NULL)
-		return errno == ENOENT ? 0 : journal_io_error();
-	size_t cap = 0;
-	int rc = 0;
-	struct dirent *de;
-	while (rc == 0 && (de = readdir(d)) != NULL) {
-		uint64_t first = link_name_first(de->d_name);
-		char name[4096], sidecar[4096];
-		struct stat st;
-		struct tally_segment_held h = {.first = first};
-		if (first == 0 || journal_seg_name(links_dir, first, "", name, sizeof(name)) != 0 ||
-		    journal_seg_name(links_dir, first, ".sha256", sidecar, sizeof(sidecar)) != 0 ||
-		    !sidecar_read(sidecar, h.sha) || stat(name, &st) != 0)
-			continue; /* not a link, or one not yet vouched for by its sidecar */
-		h.len = (uint64_t)st.st_size;
-		if (*n == cap) {
-			cap = cap > 0 ? 2 * cap : 16;
-			struct tally_segment_held *m = realloc(*out, cap * sizeof(*m));
-			if (m == NULL) {
-				rc = TALLY_ENOMEM;
-				break;
-			}
-			*out = m;
-		}
-		(*out)[(*n)++] = h;
-	}
-	closedir(d);
-	if (rc != 0) {
-		free(*out);
-		*out = NULL;
-		*n = 0;
+	uint64_t *firsts;
+	size_t count;
+	int rc = journal_seg_list(links_dir, &firsts, &count);
+	struct tally_segment_held *h = rc == 0 && count > 0 ? malloc(count * sizeof(*h)) : NULL;
+	if (rc == 0 && count > 0 && h == NULL)
+		rc = TALLY_ENOMEM;
+	size_t held = 0;
+	for (size_t i = 0; rc == 0 && i < count; i++) /* a link its sidecar vouches for */
+		if (link_read(links_dir, firsts[i], h[held].sha, &h[held].len))
+			h[held++].first = firsts[i];
+	free(firsts);
+	if (rc != 0)
 		return rc;
-	}
-	if (*n > 0)
-		qsort(*out, *n, sizeof(**out), held_order);
-	if (*n > TALLY_LEDGER_HELD_MAX)
-		*n = TALLY_LEDGER_HELD_MAX; /* the oldest: a follower that fell behind holds those */
+	*out = h;
+	/* at most the oldest: a follower that fell behind holds those */
+	*n = held < TALLY_LEDGER_HELD_MAX ? held : TALLY_LEDGER_HELD_MAX;
 	return 0;
 }
 
@@ -476,15 +450,10 @@ static int walk_start(struct section_walk *w, const uint8_t *section, size_t len
  * never written again), says that hash, and its length is e's. */
 static bool link_vouches(const char *links_dir, const struct section_entry *e)
 {
-	char name[4096], sidecar[4096];
-	if (links_dir == NULL ||
-	    journal_seg_name(links_dir, e->first, "", name, sizeof(name)) != 0 ||
-	    journal_seg_name(links_dir, e->first, ".sha256", sidecar, sizeof(sidecar)) != 0)
-		return false;
-	struct stat st;
 	uint8_t sha[SHA_BYTES];
-	return sidecar_read(sidecar, sha) && memcmp(sha, e->sha, SHA_BYTES) == 0 &&
-	       stat(name, &st) == 0 && (uint64_t)st.st_size == e->len;
+	uint64_t len;
+	return link_read(links_dir, e->first, sha, &len) && memcmp(sha, e->sha, SHA_BYTES) == 0 &&
+	       len == e->len;
 }
 
 /* Whether the appendix carries reference e (then its next bytes are e's). */
@@ -591,6 +560,22 @@ static int link_open(const char *links_dir, const struct section_entry *e, int *
 	return 0;
 }
 
+/* The link of a referenced segment, checked for its length and mapped read-only. */
+static int link_map(const char *links_dir, const struct section_entry *e, void **base)
+{
+	int fd;
+	*base = NULL;
+	int rc = link_open(links_dir, e, &fd);
+	if (rc != 0)
+		return rc;
+	void *p = mmap(NULL, (size_t)e->len, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED)
+		return TALLY_EIO; /* (as for a segment of no bytes) */
+	*base = p;
+	return 0;
+}
+
 int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 	       const struct jsnap_source *src)
 {
@@ -610,19 +595,10 @@ int jsnap_open(struct journal *j, const uint8_t *section, size_t len,
 					     false);
 			continue;
 		}
-		int fd;
-		rc = link_open(src != NULL ? src->links_dir : NULL, &e, &fd);
-		void *base = rc == 0 && e.len > 0 ? mmap(NULL, (size_t)e.len, PROT_READ, MAP_SHARED,
-							 fd, 0)
-						  : NULL;
-		if (fd >= 0)
-			close(fd);
-		if (rc == 0 && (base == MAP_FAILED || base == NULL))
-			rc = TALLY_EIO;
+		void *base;
+		rc = link_map(src != NULL ? src->links_dir : NULL, &e, &base);
 		if (rc == 0)
 			rc = journal_seg_add(j, e.first, -1, base, (size_t)e.len, e.len, true);
-		else if (base != NULL && base != MAP_FAILED)
-			munmap(base, (size_t)e.len);
 	}
 	return rc;
 }
@@ -761,13 +737,8 @@ static int appendix_carry(struct tally_snapshot_appendix *a, const struct sectio
 	if (e->bytes != NULL) {
 		rc = appendix_add(a, e->bytes, (size_t)e->len, false);
 	} else if (e->len > 0) {
-		int fd;
-		rc = link_open(links_dir, e, &fd);
-		void *base = rc == 0 ? mmap(NULL, (size_t)e->len, PROT_READ, MAP_SHARED, fd, 0) : NULL;
-		if (fd >= 0)
-			close(fd);
-		if (rc == 0 && base == MAP_FAILED)
-			rc = TALLY_EIO;
+		void *base;
+		rc = link_map(links_dir, e, &base);
 		if (rc == 0)
 			rc = appendix_add(a, base, (size_t)e->len, true);
 	}
