@@ -237,6 +237,8 @@ struct tally_node_stats {
 					   * left out a segment it no longer holds */
 	uint64_t install_declines_resent; /* leader: InstallSnapshots sent again at once on
 					   * a follower's decline (consensus/raft015.c) */
+	uint64_t send_turns_yielded; /* sending to a node stopped for a loop turn, its share
+				      * of the turn spent (consensus/tlsnet.c) */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread

@@ -26,8 +26,12 @@
  * drops all but the TLSNET_PENDING_MAX newest (raft is told RAFT_NOCONNECTION) and
  * tries again after TLSNET_RETRY_MS; a connection that breaks is made again at once.
  * A message is encrypted as the socket drains (at most TLSNET_QUEUE_MAX bytes of
- * ciphertext queued per connection), so a snapshot is never copied whole; raft's send
- * callback runs once all of it went into the TLS session, from the next loop turn.
+ * ciphertext queued per connection), so a snapshot is never copied whole, and at most
+ * TLSNET_TURN_BYTES of a peer's messages go into its session per loop turn: raft 0.15
+ * sends a follower that fell behind all it lacks in one message, and encrypting that
+ * whole held the loop (every client's request behind it) for over 100 ms. raft's send
+ * callback runs once all of a message went into the TLS session, from the next loop
+ * turn.
  *
  * Have-lists. A node whose handshake agreed on TALLY_TLS_ALPN_RAFT with the node it
  * connects to sends it, before any other message, a Have (raftwire.h): the closed
@@ -65,6 +69,8 @@
 #define TLSNET_HANDSHAKE_MS 5000         /* TCP connect + TLS + preamble, each connection */
 #define TLSNET_QUEUE_MAX (4u << 20)      /* ciphertext queued on a socket before encrypting stops */
 #define TLSNET_READ_BYTES (64u << 10)    /* one read, one decrypt, one encrypt */
+#define TLSNET_TURN_BYTES (256u << 10)   /* plaintext one peer's messages put into its
+					  * TLS session in one loop turn */
 #define TLSNET_BACKLOG 64
 #define TLSNET_PENDING_MAX 3u            /* messages kept for a peer after a failed attempt */
 #define TLSNET_RETRY_MS 1000             /* between attempts to connect to a peer */
@@ -98,6 +104,7 @@ struct tlsnet_peer {
 	unsigned queued;
 	bool have_due;                   /* a Have goes before the next message */
 	bool declined;                   /* and says an InstallSnapshot was declined */
+	bool turn_spent;                 /* sent TLSNET_TURN_BYTES this loop turn */
 };
 
 struct tlsnet_conn {
@@ -173,7 +180,7 @@ static void tlsnet_closer_closed(uv_handle_t *h)
 static void tlsnet_maybe_closed(struct tally_transport *t)
 {
 	if (t->close_cb == NULL || t->conns != NULL || t->listener_open || t->peers != NULL ||
-	    t->done_idle_open)
+	    t->turn_idle_open)
 		return;
 	if (t->closer_open) {
 		if (!uv_is_closing((uv_handle_t *)&t->closer))
@@ -185,9 +192,13 @@ static void tlsnet_maybe_closed(struct tally_transport *t)
 	cb(&t->outer);
 }
 
-/* ---- raft's send callbacks, from the loop turn after a message is done ---- */
+/* ---- the next loop turn: raft's send callbacks, and sending that gave way ---- */
 
-static void tlsnet_done_run(uv_idle_t *idle)
+static void tlsnet_peer_pump(struct tlsnet_peer *p);
+
+/* Runs raft's callbacks for the messages done, then goes on with each peer whose
+ * sending gave way to the loop's other work last turn (tlsnet_peer_pump). */
+static void tlsnet_turn_run(uv_idle_t *idle)
 {
 	struct tally_transport *t = idle->data;
 	uv_idle_stop(idle);
@@ -204,11 +215,29 @@ static void tlsnet_done_run(uv_idle_t *idle)
 			req->cb(req, status);
 		s = next;
 	}
+	if (t->close_cb != NULL)
+		return;
+	for (struct tlsnet_peer *p = t->peers; p != NULL; p = p->next)
+		if (p->turn_spent) {
+			p->turn_spent = false;
+			tlsnet_peer_pump(p);
+		}
+}
+
+/* Has tlsnet_turn_run run on the next loop turn. */
+static void tlsnet_turn_next(struct tally_transport *t)
+{
+	assert(!t->turn_idle_closing);
+	if (!t->turn_idle_open) {
+		uv_idle_init(t->loop, &t->turn_idle);
+		t->turn_idle.data = t;
+		t->turn_idle_open = true;
+	}
+	uv_idle_start(&t->turn_idle, tlsnet_turn_run);
 }
 
 static void tlsnet_done(struct tally_transport *t, struct tlsnet_send *s, int status)
 {
-	assert(!t->done_idle_closing);
 	s->status = status;
 	s->next = NULL;
 	if (t->done_tail != NULL)
@@ -216,18 +245,12 @@ static void tlsnet_done(struct tally_transport *t, struct tlsnet_send *s, int st
 	else
 		t->done_head = s;
 	t->done_tail = s;
-	if (!t->done_idle_open) {
-		uv_idle_init(t->loop, &t->done_idle);
-		t->done_idle.data = t;
-		t->done_idle_open = true;
-	}
-	uv_idle_start(&t->done_idle, tlsnet_done_run);
+	tlsnet_turn_next(t);
 }
 
 /* ---- connections ---- */
 
 static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up);
-static void tlsnet_peer_pump(struct tlsnet_peer *p);
 
 static void tlsnet_handle_closed(uv_handle_t *h)
 {
@@ -484,20 +507,30 @@ static bool tlsnet_have_now(const struct tlsnet_peer *p)
 }
 
 /* Encrypts queued messages into the connection while its socket keeps up; several
- * small messages share one TLS record. A Have that is due goes between two messages. */
+ * small messages share one TLS record. A Have that is due goes between two messages.
+ * At most TLSNET_TURN_BYTES go in per loop turn: the rest waits for the next turn,
+ * so that a catch-up's many megabytes do not hold the loop (and the requests, the
+ * other peers and the timers behind it) for the whole of their encryption. */
 static void tlsnet_peer_pump(struct tlsnet_peer *p)
 {
 	struct tlsnet_conn *c = p->conn;
-	if (c == NULL || c->closing || c->state != TLSNET_PUMPING)
+	if (c == NULL || c->closing || c->state != TLSNET_PUMPING || p->turn_spent)
 		return;
 	uint8_t buf[TLSNET_READ_BYTES];
-	size_t fill = 0;
+	size_t fill = 0, sealed = 0;
 	while ((p->head != NULL || p->have_due) && c->tcp_queued < TLSNET_QUEUE_MAX) {
+		if (sealed >= TLSNET_TURN_BYTES) {
+			p->turn_spent = true;
+			p->t->send_turns_yielded++;
+			tlsnet_turn_next(p->t);
+			break;
+		}
 		if (tlsnet_have_now(p)) {
 			if ((fill > 0 && tlsnet_seal(c, buf, fill) != 0) || tlsnet_have_seal(p, c) != 0) {
 				tlsnet_close(c);
 				return;
 			}
+			sealed += fill + tally_raftwire_have_bytes(p->t->n_held);
 			fill = 0;
 			continue;
 		}
@@ -511,6 +544,7 @@ static void tlsnet_peer_pump(struct tlsnet_peer *p)
 				tlsnet_close(c);
 				return;
 			}
+			sealed += fill;
 			fill = 0;
 		}
 	}
@@ -1210,10 +1244,10 @@ static void tlsnet_listener_closed(uv_handle_t *h)
 	tlsnet_maybe_closed(t);
 }
 
-static void tlsnet_done_closed(uv_handle_t *h)
+static void tlsnet_turn_closed(uv_handle_t *h)
 {
 	struct tally_transport *t = h->data;
-	t->done_idle_open = false;
+	t->turn_idle_open = false;
 	tlsnet_maybe_closed(t);
 }
 
@@ -1230,10 +1264,10 @@ static void tlsnet_transport_close(struct raft_uv_transport *outer, raft_uv_tran
 		tlsnet_peer_drop(p, 0, RAFT_CANCELED);
 		uv_close((uv_handle_t *)&p->retry, tlsnet_peer_closed);
 	}
-	if (t->done_idle_open) {
-		tlsnet_done_run(&t->done_idle);
-		t->done_idle_closing = true;
-		uv_close((uv_handle_t *)&t->done_idle, tlsnet_done_closed);
+	if (t->turn_idle_open) {
+		tlsnet_turn_run(&t->turn_idle);
+		t->turn_idle_closing = true;
+		uv_close((uv_handle_t *)&t->turn_idle, tlsnet_turn_closed);
 	}
 	if (t->listener_open)
 		uv_close((uv_handle_t *)&t->listener, tlsnet_listener_closed);

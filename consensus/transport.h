@@ -55,8 +55,9 @@ struct tally_transport {
 	/* Over TLS raft's messages bypass raft_uv's streams (tlsnet.c). */
 	struct tlsnet_peer *peers;               /* where messages go, one per server */
 	struct tlsnet_send *done_head, *done_tail; /* raft's send callbacks due */
-	uv_idle_t done_idle;                     /* runs them on the next loop turn */
-	bool done_idle_open, done_idle_closing;
+	uv_idle_t turn_idle;                     /* runs them on the next loop turn, and
+						  * goes on with sending that gave way */
+	bool turn_idle_open, turn_idle_closing;
 	uv_timer_t closer;                       /* closed last: see tlsnet_maybe_closed */
 	bool closer_open;
 	struct raft_io *recv_io;                 /* messages received go to recv(recv_io, m) */
@@ -79,6 +80,8 @@ struct tally_transport {
 	uint64_t snapshot_segments_held;         /* segments left out of InstallSnapshots
 						  * sent: the receiver holds them */
 	uint64_t snapshot_segment_bytes_held;
+	uint64_t send_turns_yielded;             /* a peer's sending stopped for the loop
+						  * turn at TLSNET_TURN_BYTES */
 	uint64_t snapshots_declined;             /* InstallSnapshots received that left out
 						  * a segment this node no longer holds */
 	void (*declined)(void *data, raft_id id); /* node `id` declined one of ours: raft

@@ -179,6 +179,11 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "As leader: bytes of the closed journal segments left out of InstallSnapshot "
 		 "messages because the follower holds them.",
 		 (double)ns->snapshot_segment_bytes_held},
+		{"tally_raft_send_turns_yielded_total", "counter",
+		 "Times sending raft messages to one node stopped for a loop turn, having "
+		 "encrypted its share of the turn (256 KiB), so that a large message does not "
+		 "hold the node's loop.",
+		 (double)ns->send_turns_yielded},
 		{"tally_snapshots_declined_total", "counter",
 		 "InstallSnapshot messages this node declined: they left out a segment it had "
 		 "said it holds and no longer did; the leader then sends it again.",

@@ -4,8 +4,11 @@
  * ledger whose closed journal segments are linked. A node's Have goes first on its
  * connection; an InstallSnapshot to it leaves out the segments it holds; one that
  * leaves out a segment it no longer holds is declined before raft sees it, the sender
- * told, and the next one carries that segment.
+ * told, and the next one carries that segment. And a message of megabytes (a
+ * follower's catch-up) goes out over several loop turns, the loop free for its other
+ * work between them.
  */
+#include "consensus/raftwire.h"
 #include "consensus/transport.h"
 #include "ledger/ledger.h"
 #include "rpc/tls.h"
@@ -36,6 +39,8 @@ struct side {
 	char address[64];
 	char *links;
 	unsigned results;            /* AppendEntriesResults received */
+	unsigned appends;            /* AppendEntries received */
+	uint64_t append_bytes, append_sum; /* the last one's entries: bytes, checksum */
 	unsigned installs;           /* InstallSnapshots received */
 	struct raft_buffer snapshot; /* the last one's data (raft's heap) */
 	unsigned declined;           /* its declined callback */
@@ -52,6 +57,18 @@ static void on_recv(struct raft_io *io, struct raft_message *m)
 	struct side *s = io->data;
 	if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT)
 		s->results++;
+	if (m->type == RAFT_IO_APPEND_ENTRIES) {
+		s->appends++;
+		s->append_bytes = s->append_sum = 0;
+		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
+			const struct raft_buffer *b = &m->append_entries.entries[i].buf;
+			s->append_bytes += b->len;
+			for (size_t j = 0; j < b->len; j++)
+				s->append_sum = s->append_sum * 31 + ((const uint8_t *)b->base)[j];
+		}
+		tally_raftwire_release(m);
+		return;
+	}
 	if (m->type != RAFT_IO_INSTALL_SNAPSHOT)
 		return;
 	s->installs++;
@@ -299,12 +316,106 @@ static void test_an_install_leaves_out_what_the_receiver_holds_or_is_declined(vo
 	fx_close(&f);
 	fx_remove_dir(dir);
 	free(dir);
+	memset(sides, 0, sizeof(sides));
+}
+
+/* What the loop had done when a timer due at once, started right after a large send,
+ * ran: the sender's yields so far and whether the receiver had the message. */
+struct turn_probe {
+	const struct side *from, *to;
+	uint64_t yields;
+	unsigned appends;
+	bool ran;
+};
+
+static void on_turn_probe(uv_timer_t *timer)
+{
+	struct turn_probe *p = timer->data;
+	p->yields = p->from->t.send_turns_yielded;
+	p->appends = p->to->appends;
+	p->ran = true;
+	uv_close((uv_handle_t *)timer, NULL);
+}
+
+#define BIG_ENTRIES 64
+#define BIG_ENTRY_BYTES (64u << 10) /* 4 MiB in all: sixteen turns' share */
+
+static void test_a_large_message_gives_the_loop_way_between_turns(void **state)
+{
+	(void)state;
+	char *dir = fx_tmpdir();
+	certs_make(dir);
+	int offsets[] = {1, 2};
+	ports_acquire(&ports, offsets, 2);
+	struct side *a = &sides[0], *b = &sides[1];
+	assert_int_equal(uv_loop_init(&loop), 0);
+	side_start(a, 1, dir, NULL);
+	side_start(b, 2, dir, NULL);
+	/* a small message first, so that the connection is up when the large one goes */
+	struct raft_message hello = {.type = RAFT_IO_APPEND_ENTRIES};
+	hello.append_entries.term = 2;
+	side_send(a, b, &hello);
+	run_until(&b->appends, 1);
+
+	struct raft_entry entries[BIG_ENTRIES];
+	uint64_t sum = 0, seed = 1;
+	for (unsigned i = 0; i < BIG_ENTRIES; i++) {
+		uint8_t *d = raft_malloc(BIG_ENTRY_BYTES);
+		assert_non_null(d);
+		for (size_t j = 0; j < BIG_ENTRY_BYTES; j++) {
+			seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+			d[j] = (uint8_t)(seed >> 56);
+			sum = sum * 31 + d[j];
+		}
+		entries[i] = (struct raft_entry){.term = 2, .type = RAFT_COMMAND,
+						 .buf = {d, BIG_ENTRY_BYTES}};
+	}
+	struct raft_message m = {.type = RAFT_IO_APPEND_ENTRIES};
+	m.append_entries = (struct raft_append_entries){.term = 2, .prev_log_index = 1,
+							.prev_log_term = 2, .entries = entries,
+							.n_entries = BIG_ENTRIES};
+	unsigned done = a->sends_done;
+	side_send(a, b, &m);
+	/* the send returned having encrypted one turn's share, not 4 MiB: a timer due
+	 * now runs on the next turn, before the message is all out */
+	struct turn_probe probe = {a, b, 0, 0, false};
+	uv_timer_t now;
+	uv_timer_init(&loop, &now);
+	now.data = &probe;
+	uv_timer_start(&now, on_turn_probe, 0, 0);
+	run_until(&b->appends, 2);
+	run_until(&a->sends_done, done + 1);
+	assert_true(probe.ran);
+	assert_int_equal(probe.appends, 1);
+	assert_int_equal(probe.yields, 1); /* only the first turn's share had gone */
+	print_message("4 MiB sent over %llu yields\n",
+		      (unsigned long long)a->t.send_turns_yielded);
+	assert_true(a->t.send_turns_yielded >= (uint64_t)BIG_ENTRIES * BIG_ENTRY_BYTES / (256u << 10) - 1);
+	assert_int_equal(b->append_bytes, (uint64_t)BIG_ENTRIES * BIG_ENTRY_BYTES);
+	assert_int_equal(b->append_sum, sum);
+	for (unsigned i = 0; i < BIG_ENTRIES; i++)
+		raft_free(entries[i].buf.base);
+
+	for (int i = 0; i < 2; i++)
+		sides[i].t.outer.close(&sides[i].t.outer, on_closed);
+	while (!a->closed || !b->closed)
+		uv_run(&loop, UV_RUN_ONCE);
+	for (int i = 0; i < 2; i++) {
+		tally_transport_free(&sides[i].t);
+		tally_tls_ctx_free(sides[i].tls);
+	}
+	assert_int_equal(uv_loop_close(&loop), 0);
+	ports_release(&ports);
+	fx_remove_dir(dir);
+	free(dir);
+	memset(sides, 0, sizeof(sides));
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_an_install_leaves_out_what_the_receiver_holds_or_is_declined),
+		cmocka_unit_test(test_a_large_message_gives_the_loop_way_between_turns),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
