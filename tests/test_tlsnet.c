@@ -237,13 +237,42 @@ static void assert_received_restores(const struct side *s, struct fx *like)
 	free(dir);
 }
 
-static void test_an_install_leaves_out_what_the_receiver_holds_or_is_declined(void **state)
+/* Certificates for nodes 1 and 2 in a new directory (returned) and their ports. */
+static char *pair_prepare(void)
 {
-	(void)state;
 	char *dir = fx_tmpdir();
 	certs_make(dir);
 	int offsets[] = {1, 2};
 	ports_acquire(&ports, offsets, 2);
+	return dir;
+}
+
+/* Closes both sides' transports and frees what pair_prepare and the sides hold. */
+static void pair_finish(char *dir)
+{
+	for (int i = 0; i < 2; i++)
+		sides[i].t.outer.close(&sides[i].t.outer, on_closed);
+	while (!sides[0].closed || !sides[1].closed)
+		uv_run(&loop, UV_RUN_ONCE);
+	for (int i = 0; i < 2; i++) {
+		tally_transport_free(&sides[i].t);
+		tally_tls_ctx_free(sides[i].tls);
+		raft_free(sides[i].snapshot.base);
+		if (sides[i].links != NULL)
+			fx_remove_dir(sides[i].links);
+		free(sides[i].links);
+	}
+	assert_int_equal(uv_loop_close(&loop), 0);
+	ports_release(&ports);
+	fx_remove_dir(dir);
+	free(dir);
+	memset(sides, 0, sizeof(sides));
+}
+
+static void test_an_install_leaves_out_what_the_receiver_holds_or_is_declined(void **state)
+{
+	(void)state;
+	char *dir = pair_prepare();
 	struct side *a = &sides[0], *b = &sides[1];
 	a->links = fx_tmpdir();
 	struct fx f;
@@ -298,25 +327,10 @@ static void test_an_install_leaves_out_what_the_receiver_holds_or_is_declined(vo
 	assert_int_equal(a->declined, 1);
 	assert_received_restores(b, &f);
 
-	for (int i = 0; i < 2; i++)
-		sides[i].t.outer.close(&sides[i].t.outer, on_closed);
-	while (!a->closed || !b->closed)
-		uv_run(&loop, UV_RUN_ONCE);
-	for (int i = 0; i < 2; i++) {
-		tally_transport_free(&sides[i].t);
-		tally_tls_ctx_free(sides[i].tls);
-		raft_free(sides[i].snapshot.base);
-		fx_remove_dir(sides[i].links);
-		free(sides[i].links);
-	}
-	assert_int_equal(uv_loop_close(&loop), 0);
-	ports_release(&ports);
+	pair_finish(dir);
 	free(held);
 	free(snap);
 	fx_close(&f);
-	fx_remove_dir(dir);
-	free(dir);
-	memset(sides, 0, sizeof(sides));
 }
 
 /* What the loop had done when a timer due at once, started right after a large send,
@@ -343,10 +357,7 @@ static void on_turn_probe(uv_timer_t *timer)
 static void test_a_large_message_gives_the_loop_way_between_turns(void **state)
 {
 	(void)state;
-	char *dir = fx_tmpdir();
-	certs_make(dir);
-	int offsets[] = {1, 2};
-	ports_acquire(&ports, offsets, 2);
+	char *dir = pair_prepare();
 	struct side *a = &sides[0], *b = &sides[1];
 	assert_int_equal(uv_loop_init(&loop), 0);
 	side_start(a, 1, dir, NULL);
@@ -396,19 +407,7 @@ static void test_a_large_message_gives_the_loop_way_between_turns(void **state)
 	for (unsigned i = 0; i < BIG_ENTRIES; i++)
 		raft_free(entries[i].buf.base);
 
-	for (int i = 0; i < 2; i++)
-		sides[i].t.outer.close(&sides[i].t.outer, on_closed);
-	while (!a->closed || !b->closed)
-		uv_run(&loop, UV_RUN_ONCE);
-	for (int i = 0; i < 2; i++) {
-		tally_transport_free(&sides[i].t);
-		tally_tls_ctx_free(sides[i].tls);
-	}
-	assert_int_equal(uv_loop_close(&loop), 0);
-	ports_release(&ports);
-	fx_remove_dir(dir);
-	free(dir);
-	memset(sides, 0, sizeof(sides));
+	pair_finish(dir);
 }
 
 int main(void)
