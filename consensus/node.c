@@ -83,6 +83,8 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 	n->stats.snapshot_segment_bytes_held = n->transport.snapshot_segment_bytes_held;
 	n->stats.snapshots_declined = n->transport.snapshots_declined;
 	n->stats.send_turns_yielded = n->transport.send_turns_yielded;
+	n->stats.resends_skipped = n->transport.resends_skipped;
+	n->stats.resend_bytes_skipped = n->transport.resend_bytes_skipped;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
 	n->stats.aio_contexts_reaped = node_aio_reaped();
 	return &n->stats;

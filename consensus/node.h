@@ -239,6 +239,9 @@ struct tally_node_stats {
 					   * a follower's decline (consensus/raft015.c) */
 	uint64_t send_turns_yielded; /* sending to a node stopped for a loop turn, its share
 				      * of the turn spent (consensus/tlsnet.c) */
+	uint64_t resends_skipped;    /* leader: large AppendEntries raft sent again before the
+				      * follower answered the first, not sent (tlsnet.c) */
+	uint64_t resend_bytes_skipped; /* their entries' bytes */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread

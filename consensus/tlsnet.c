@@ -29,9 +29,10 @@
  * ciphertext queued per connection), so a snapshot is never copied whole, and at most
  * TLSNET_TURN_BYTES of a peer's messages go into its session per loop turn: raft 0.15
  * sends a follower that fell behind all it lacks in one message, and encrypting that
- * whole held the loop (every client's request behind it) for over 100 ms. raft's send
- * callback runs once all of a message went into the TLS session, from the next loop
- * turn.
+ * whole held the loop (every client's request behind it) for over 100 ms; and it sends
+ * that message again at every heartbeat until the follower answers, which copies are
+ * not sent (tlsnet_resend). raft's send callback runs once all of a message went into
+ * the TLS session, from the next loop turn.
  *
  * Have-lists. A node whose handshake agreed on TALLY_TLS_ALPN_RAFT with the node it
  * connects to sends it, before any other message, a Have (raftwire.h): the closed
@@ -71,6 +72,9 @@
 #define TLSNET_READ_BYTES (64u << 10)    /* one read, one decrypt, one encrypt */
 #define TLSNET_TURN_BYTES (256u << 10)   /* plaintext one peer's messages put into its
 					  * TLS session in one loop turn */
+#define TLSNET_RESEND_MIN_BYTES (1u << 20) /* an AppendEntries this large is not sent again */
+#define TLSNET_RESEND_HOLD_MS 1000       /* ... until the peer answers, or this long
+					  * (t->resend_hold_ms) */
 #define TLSNET_BACKLOG 64
 #define TLSNET_PENDING_MAX 3u            /* messages kept for a peer after a failed attempt */
 #define TLSNET_RETRY_MS 1000             /* between attempts to connect to a peer */
@@ -105,6 +109,12 @@ struct tlsnet_peer {
 	bool have_due;                   /* a Have goes before the next message */
 	bool declined;                   /* and says an InstallSnapshot was declined */
 	bool turn_spent;                 /* sent TLSNET_TURN_BYTES this loop turn */
+	struct {                         /* the last large AppendEntries queued (tlsnet_resend) */
+		bool on;
+		raft_term term, prev_term;
+		raft_index prev_index;
+		uint64_t at_ms;
+	} big;
 };
 
 struct tlsnet_conn {
@@ -576,6 +586,7 @@ static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up)
 	if (p->head != NULL && (p->head->piece > 0 || p->head->offset > 0))
 		tlsnet_done(t, tlsnet_peer_pop(p), RAFT_NOCONNECTION);
 	p->have_due = false; /* the next connection sends one first */
+	p->big.on = false;   /* what was sent may be lost: raft's next copy goes */
 	if (t->close_cb != NULL)
 		return;
 	if (was_up) {
@@ -680,6 +691,51 @@ void tally_tlsnet_held_changed(struct tally_transport *t)
 		tlsnet_have_due(p);
 }
 
+/* Whether m is raft sending p again, whole, a large AppendEntries p has not answered
+ * yet. raft 0.15 sends a follower in probe state every entry it lacks in one message,
+ * and sends it again at every heartbeat until the follower answers; after a restart
+ * that is tens of megabytes every 50 ms, each copy encrypted on this loop and decoded
+ * on the follower's while it is still storing the first. So the copy is not sent
+ * (raft is told it was: a message lost on the way is one it is ready for). It goes
+ * again once p answers, its connection ends or t->resend_hold_ms passed. */
+static bool tlsnet_resend(struct tlsnet_peer *p, const struct raft_message *m)
+{
+	if (m->type != RAFT_IO_APPEND_ENTRIES)
+		return false;
+	const struct raft_append_entries *ae = &m->append_entries;
+	uint64_t now = uv_now(p->t->loop), bytes = 0;
+	for (unsigned i = 0; i < ae->n_entries; i++)
+		bytes += ae->entries[i].buf.len;
+	if (p->big.on && (p->conn == NULL || now - p->big.at_ms >= p->t->resend_hold_ms))
+		p->big.on = false;
+	if (p->big.on && ae->n_entries > 0 && ae->term == p->big.term &&
+	    ae->prev_log_index == p->big.prev_index && ae->prev_log_term == p->big.prev_term) {
+		p->t->resends_skipped++;
+		p->t->resend_bytes_skipped += bytes;
+		return true;
+	}
+	if (bytes >= TLSNET_RESEND_MIN_BYTES) {
+		p->big.on = true;
+		p->big.term = ae->term;
+		p->big.prev_index = ae->prev_log_index;
+		p->big.prev_term = ae->prev_log_term;
+		p->big.at_ms = now;
+	}
+	return false;
+}
+
+/* Answers raft's req for a message not sent, from the next loop turn. */
+static int tlsnet_skip(struct tally_transport *t, struct raft_io_send *req, raft_io_send_cb cb)
+{
+	struct tlsnet_send *s = calloc(1, sizeof(*s));
+	if (s == NULL)
+		return RAFT_NOMEM;
+	s->req = req;
+	req->cb = cb;
+	tlsnet_done(t, s, 0);
+	return 0;
+}
+
 int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const struct raft_message *m,
 		      raft_io_send_cb cb)
 {
@@ -687,6 +743,8 @@ int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const
 	if (strlen(m->server_address) > TALLY_ADDRESS_BYTES_MAX)
 		return RAFT_NAMETOOLONG;
 	struct tlsnet_peer *p = tlsnet_peer_get(t, m->server_id, m->server_address);
+	if (p != NULL && tlsnet_resend(p, m))
+		return tlsnet_skip(t, req, cb);
 	int rc = p != NULL ? 0 : RAFT_NOMEM;
 	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(t, m, req, &rc) : NULL;
 	if (s == NULL)
@@ -798,6 +856,11 @@ static int tlsnet_deliver(struct tlsnet_conn *c)
 	c->got = 0;
 	m.server_id = c->id;
 	m.server_address = c->address;
+	if (m.type == RAFT_IO_APPEND_ENTRIES_RESULT) {
+		struct tlsnet_peer *p = tlsnet_peer_find(t, c->id);
+		if (p != NULL)
+			p->big.on = false; /* it answered: raft's next message goes */
+	}
 	if (t->recv == NULL || t->close_cb != NULL ||
 	    (m.type == RAFT_IO_INSTALL_SNAPSHOT && tlsnet_decline(c, &m))) {
 		tally_raftwire_release(&m);
@@ -1283,4 +1346,5 @@ void tally_tlsnet_setup(struct tally_transport *t)
 	t->outer.listen = tlsnet_listen;
 	t->outer.connect = tlsnet_connect;
 	t->outer.close = tlsnet_transport_close;
+	t->resend_hold_ms = TLSNET_RESEND_HOLD_MS;
 }

@@ -82,6 +82,11 @@ struct tally_transport {
 	uint64_t snapshot_segment_bytes_held;
 	uint64_t send_turns_yielded;             /* a peer's sending stopped for the loop
 						  * turn at TLSNET_TURN_BYTES */
+	uint64_t resends_skipped;                /* large AppendEntries raft sent again before
+						  * the peer answered, not sent (tlsnet.c) */
+	uint64_t resend_bytes_skipped;           /* their entries' bytes */
+	uint64_t resend_hold_ms;                 /* how long at most (tally_tlsnet_setup
+						  * sets TLSNET_RESEND_HOLD_MS) */
 	uint64_t snapshots_declined;             /* InstallSnapshots received that left out
 						  * a segment this node no longer holds */
 	void (*declined)(void *data, raft_id id); /* node `id` declined one of ours: raft

@@ -184,6 +184,14 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "encrypted its share of the turn (256 KiB), so that a large message does not "
 		 "hold the node's loop.",
 		 (double)ns->send_turns_yielded},
+		{"tally_raft_resends_skipped_total", "counter",
+		 "As leader: AppendEntries of 1 MiB or more that raft sent a follower again, "
+		 "whole, before the follower answered the first (a catch-up), not sent.",
+		 (double)ns->resends_skipped},
+		{"tally_raft_resend_bytes_skipped_total", "counter",
+		 "As leader: the entries' bytes of the AppendEntries counted by "
+		 "tally_raft_resends_skipped_total.",
+		 (double)ns->resend_bytes_skipped},
 		{"tally_snapshots_declined_total", "counter",
 		 "InstallSnapshot messages this node declined: they left out a segment it had "
 		 "said it holds and no longer did; the leader then sends it again.",
