@@ -692,7 +692,7 @@ void tally_tlsnet_held_changed(struct tally_transport *t)
 }
 
 /* Whether m is raft sending p again, whole, a large AppendEntries p has not answered
- * yet. raft 0.15 sends a follower in probe state every entry it lacks in one message,
+ * yet; a large one that is not becomes the one p's next copies are held against. raft 0.15 sends a follower in probe state every entry it lacks in one message,
  * and sends it again at every heartbeat until the follower answers; after a restart
  * that is tens of megabytes every 50 ms, each copy encrypted on this loop and decoded
  * on the follower's while it is still storing the first. So the copy is not sent

@@ -72,6 +72,10 @@ struct tally_transport {
 						  * InstallSnapshot carries them after the
 						  * snapshot (ledger.h, the appendix); NULL:
 						  * snapshots carry their own */
+	uint64_t resend_hold_ms;                 /* a large AppendEntries is not sent again
+						  * for this long unless answered (tlsnet.c;
+						  * tally_tlsnet_setup sets
+						  * TLSNET_RESEND_HOLD_MS) */
 	/* Have-lists (tlsnet.c): the links this node holds, told to every node it
 	 * connects to; what a connecting node holds is on its connection. */
 	struct tally_segment_held *held;         /* this node's, by first seq */
@@ -85,8 +89,6 @@ struct tally_transport {
 	uint64_t resends_skipped;                /* large AppendEntries raft sent again before
 						  * the peer answered, not sent (tlsnet.c) */
 	uint64_t resend_bytes_skipped;           /* their entries' bytes */
-	uint64_t resend_hold_ms;                 /* how long at most (tally_tlsnet_setup
-						  * sets TLSNET_RESEND_HOLD_MS) */
 	uint64_t snapshots_declined;             /* InstallSnapshots received that left out
 						  * a segment this node no longer holds */
 	void (*declined)(void *data, raft_id id); /* node `id` declined one of ours: raft
