@@ -85,6 +85,9 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 	n->stats.send_turns_yielded = n->transport.send_turns_yielded;
 	n->stats.resends_skipped = n->transport.resends_skipped;
 	n->stats.resend_bytes_skipped = n->transport.resend_bytes_skipped;
+	n->stats.raft_bytes_sent = n->transport.bytes_sealed;
+	n->stats.appends_superseded = n->transport.appends_superseded;
+	n->stats.append_bytes_superseded = n->transport.append_bytes_superseded;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);
 	n->stats.aio_contexts_reaped = node_aio_reaped();
 	return &n->stats;

@@ -242,6 +242,12 @@ struct tally_node_stats {
 	uint64_t resends_skipped;    /* leader: large AppendEntries raft sent again before the
 				      * follower answered the first, not sent (tlsnet.c) */
 	uint64_t resend_bytes_skipped; /* their entries' bytes */
+	uint64_t raft_bytes_sent;    /* raft's messages (and the transport's own) put into
+				      * TLS sessions to other nodes (tlsnet.c) */
+	uint64_t appends_superseded; /* leader: AppendEntries queued for a follower it could
+				      * not reach, dropped unsent as a later one carried
+				      * them (tlsnet.c) */
+	uint64_t append_bytes_superseded; /* their entries' bytes */
 	uint64_t commit_notices;     /* leader: commit indexes sent to a follower before this
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread

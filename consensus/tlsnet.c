@@ -22,7 +22,8 @@
  * still calls listen and close on this transport, never connect.
  *
  * Sending, as raft_uv does it: one outgoing connection per peer, made on the first
- * message. Messages wait in the peer's queue while it connects; a failed attempt
+ * message. Messages wait in the peer's queue while it connects (an AppendEntries
+ * replaces one queued that it carries all of: tlsnet_supersede); a failed attempt
  * drops all but the TLSNET_PENDING_MAX newest (raft is told RAFT_NOCONNECTION) and
  * tries again after TLSNET_RETRY_MS; a connection that breaks is made again at once.
  * A message is encrypted as the socket drains (at most TLSNET_QUEUE_MAX bytes of
@@ -82,12 +83,23 @@
 enum tlsnet_state { TLSNET_CONNECTING, TLSNET_HANDSHAKE, TLSNET_PREAMBLE, TLSNET_PUMPING };
 enum tlsnet_reading { TLSNET_READ_PREFIX, TLSNET_READ_HEADER, TLSNET_READ_PAYLOAD };
 
+/* What tells two AppendEntries of one leader apart: the same term and previous entry
+ * mean the same entries, as far as the shorter one goes (raft's log matching). */
+struct tlsnet_append {
+	raft_term term, prev_term;
+	raft_index prev_index;
+	unsigned n_entries;
+	uint64_t bytes;                  /* the entries' */
+};
+
 /* One message on its way: its prefix and header (ours), then its payload pieces
  * (raft's, alive until raft's send callback). */
 struct tlsnet_send {
 	struct tlsnet_send *next;
 	struct raft_io_send *req;
 	int status;                      /* for raft's callback, once done */
+	bool is_append;                  /* an AppendEntries, as `append` says */
+	struct tlsnet_append append;
 	unsigned n_pieces, piece;        /* pieces, and the one being sent */
 	size_t offset;                   /* bytes of that piece already sent */
 	struct tally_raftwire_piece *pieces; /* head, then the payload's: inside this allocation */
@@ -111,8 +123,7 @@ struct tlsnet_peer {
 	bool turn_spent;                 /* sent TLSNET_TURN_BYTES this loop turn */
 	struct {                         /* the last large AppendEntries queued (tlsnet_resend) */
 		bool on;
-		raft_term term, prev_term;
-		raft_index prev_index;
+		struct tlsnet_append append;
 		uint64_t at_ms;
 	} big;
 };
@@ -383,7 +394,10 @@ static int tlsnet_flush(struct tlsnet_conn *c)
 /* Encrypts and sends len bytes of plaintext. */
 static int tlsnet_seal(struct tlsnet_conn *c, const void *data, size_t len)
 {
-	return tally_tls_write(c->tls, data, len) == 0 ? tlsnet_flush(c) : -1;
+	if (tally_tls_write(c->tls, data, len) != 0)
+		return -1;
+	c->t->bytes_sealed += len;
+	return tlsnet_flush(c);
 }
 
 /* ---- sending: each peer's queue into its connection's TLS session ---- */
@@ -691,37 +705,77 @@ void tally_tlsnet_held_changed(struct tally_transport *t)
 		tlsnet_have_due(p);
 }
 
-/* Whether m is raft sending p again, whole, a large AppendEntries p has not answered
- * yet; a large one that is not becomes the one p's next copies are held against. raft 0.15 sends a follower in probe state every entry it lacks in one message,
- * and sends it again at every heartbeat until the follower answers; after a restart
- * that is tens of megabytes every 50 ms, each copy encrypted on this loop and decoded
- * on the follower's while it is still storing the first. So the copy is not sent
- * (raft is told it was: a message lost on the way is one it is ready for). It goes
- * again once p answers, its connection ends or t->resend_hold_ms passed. */
-static bool tlsnet_resend(struct tlsnet_peer *p, const struct raft_message *m)
+/* Whether m is an AppendEntries; if so, what tells it apart, in *a. */
+static bool tlsnet_append_of(const struct raft_message *m, struct tlsnet_append *a)
 {
 	if (m->type != RAFT_IO_APPEND_ENTRIES)
 		return false;
 	const struct raft_append_entries *ae = &m->append_entries;
-	uint64_t now = uv_now(p->t->loop), bytes = 0;
+	*a = (struct tlsnet_append){.term = ae->term, .prev_term = ae->prev_log_term,
+				    .prev_index = ae->prev_log_index, .n_entries = ae->n_entries};
 	for (unsigned i = 0; i < ae->n_entries; i++)
-		bytes += ae->entries[i].buf.len;
+		a->bytes += ae->entries[i].buf.len;
+	return true;
+}
+
+static bool tlsnet_same_prev(const struct tlsnet_append *x, const struct tlsnet_append *y)
+{
+	return x->term == y->term && x->prev_index == y->prev_index && x->prev_term == y->prev_term;
+}
+
+/* Whether `a` is raft sending p again, whole, a large AppendEntries p has not
+ * answered yet; a large one that is not becomes the one p's next copies are held
+ * against. raft 0.15 sends a follower in probe state every entry it lacks in one
+ * message, and sends it again at every heartbeat until the follower answers; after a
+ * restart that is tens of megabytes every 50 ms, each copy encrypted on this loop and
+ * decoded on the follower's while it is still storing the first. So the copy is not
+ * sent (raft is told it was: a message lost on the way is one it is ready for). It
+ * goes again once p answers, its connection ends or t->resend_hold_ms passed. */
+static bool tlsnet_resend(struct tlsnet_peer *p, const struct tlsnet_append *a)
+{
+	uint64_t now = uv_now(p->t->loop);
 	if (p->big.on && (p->conn == NULL || now - p->big.at_ms >= p->t->resend_hold_ms))
 		p->big.on = false;
-	if (p->big.on && ae->n_entries > 0 && ae->term == p->big.term &&
-	    ae->prev_log_index == p->big.prev_index && ae->prev_log_term == p->big.prev_term) {
+	if (p->big.on && a->n_entries > 0 && tlsnet_same_prev(a, &p->big.append)) {
 		p->t->resends_skipped++;
-		p->t->resend_bytes_skipped += bytes;
+		p->t->resend_bytes_skipped += a->bytes;
 		return true;
 	}
-	if (bytes >= TLSNET_RESEND_MIN_BYTES) {
+	if (a->bytes >= TLSNET_RESEND_MIN_BYTES) {
 		p->big.on = true;
-		p->big.term = ae->term;
-		p->big.prev_index = ae->prev_log_index;
-		p->big.prev_term = ae->prev_log_term;
+		p->big.append = *a;
 		p->big.at_ms = now;
 	}
 	return false;
+}
+
+/* Drops from p's queue each AppendEntries not yet begun that `a`, queued after it,
+ * carries all of: the same term and previous entry, no more entries (so the same
+ * ones; and a's commit index is no earlier: raft's only grows). While p cannot be reached,
+ * raft 0.15 in probe state queues a copy of one catch-up at every heartbeat, each a
+ * little longer; sent on reconnection one after another, they were tens of megabytes
+ * for a follower back after ten seconds. raft's callback of a dropped one runs with
+ * status 0: to raft it is a message lost on the way. */
+static void tlsnet_supersede(struct tlsnet_peer *p, const struct tlsnet_append *a)
+{
+	struct tlsnet_send **at = &p->head, *before = NULL;
+	while (*at != NULL) {
+		struct tlsnet_send *q = *at;
+		bool begun = q->piece > 0 || q->offset > 0;
+		if (begun || !q->is_append || !tlsnet_same_prev(&q->append, a) ||
+		    q->append.n_entries > a->n_entries) {
+			before = q;
+			at = &q->next;
+			continue;
+		}
+		*at = q->next;
+		if (p->tail == q)
+			p->tail = before;
+		p->queued--;
+		p->t->appends_superseded++;
+		p->t->append_bytes_superseded += q->append.bytes;
+		tlsnet_done(p->t, q, 0);
+	}
 }
 
 /* Answers raft's req for a message not sent, from the next loop turn. */
@@ -743,12 +797,19 @@ int tally_tlsnet_send(struct tally_transport *t, struct raft_io_send *req, const
 	if (strlen(m->server_address) > TALLY_ADDRESS_BYTES_MAX)
 		return RAFT_NAMETOOLONG;
 	struct tlsnet_peer *p = tlsnet_peer_get(t, m->server_id, m->server_address);
-	if (p != NULL && tlsnet_resend(p, m))
+	struct tlsnet_append a;
+	bool is_append = tlsnet_append_of(m, &a);
+	if (p != NULL && is_append && tlsnet_resend(p, &a))
 		return tlsnet_skip(t, req, cb);
 	int rc = p != NULL ? 0 : RAFT_NOMEM;
 	struct tlsnet_send *s = p != NULL ? tlsnet_send_new(t, m, req, &rc) : NULL;
 	if (s == NULL)
 		return rc != 0 ? rc : RAFT_NOMEM;
+	if (is_append) {
+		tlsnet_supersede(p, &a);
+		s->is_append = true;
+		s->append = a;
+	}
 	if (s->appendix != NULL) {
 		t->snapshot_appendix_bytes += s->appendix->bytes;
 		t->snapshot_segments_held += s->appendix->held;

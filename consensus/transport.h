@@ -89,6 +89,11 @@ struct tally_transport {
 	uint64_t resends_skipped;                /* large AppendEntries raft sent again before
 						  * the peer answered, not sent (tlsnet.c) */
 	uint64_t resend_bytes_skipped;           /* their entries' bytes */
+	uint64_t bytes_sealed;                   /* plaintext put into TLS sessions: messages,
+						  * Haves, preambles */
+	uint64_t appends_superseded;             /* queued AppendEntries dropped unsent: a
+						  * later one carries them (tlsnet.c) */
+	uint64_t append_bytes_superseded;        /* their entries' bytes */
 	uint64_t snapshots_declined;             /* InstallSnapshots received that left out
 						  * a segment this node no longer holds */
 	void (*declined)(void *data, raft_id id); /* node `id` declined one of ours: raft

@@ -192,6 +192,20 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "As leader: the entries' bytes of the AppendEntries counted by "
 		 "tally_raft_resends_skipped_total.",
 		 (double)ns->resend_bytes_skipped},
+		{"tally_raft_bytes_sent_total", "counter",
+		 "Bytes of raft's messages this node sent other nodes over TLS, before "
+		 "encryption (with the transport's own preambles and segment lists; 0 without "
+		 "TLS).",
+		 (double)ns->raft_bytes_sent},
+		{"tally_raft_appends_superseded_total", "counter",
+		 "As leader: AppendEntries queued for a follower and dropped before any of it "
+		 "was sent, because a later one queued for it carries the same entries and "
+		 "more (copies of a catch-up queued while the follower was unreachable).",
+		 (double)ns->appends_superseded},
+		{"tally_raft_append_bytes_superseded_total", "counter",
+		 "As leader: the entries' bytes of the AppendEntries counted by "
+		 "tally_raft_appends_superseded_total.",
+		 (double)ns->append_bytes_superseded},
 		{"tally_snapshots_declined_total", "counter",
 		 "InstallSnapshot messages this node declined: they left out a segment it had "
 		 "said it holds and no longer did; the leader then sends it again.",

@@ -6,7 +6,8 @@
  * leaves out a segment it no longer holds is declined before raft sees it, the sender
  * told, and the next one carries that segment. And a message of megabytes (a
  * follower's catch-up) goes out over several loop turns, the loop free for its other
- * work between them, and is not sent again until the receiver answered.
+ * work between them, and is not sent again until the receiver answered; and copies of
+ * one queued while the connection is made go as one.
  */
 #include "consensus/raftwire.h"
 #include "consensus/transport.h"
@@ -41,6 +42,8 @@ struct side {
 	unsigned results;            /* AppendEntriesResults received */
 	unsigned appends;            /* AppendEntries received */
 	uint64_t append_bytes, append_sum; /* the last one's entries: bytes, checksum */
+	uint64_t append_prevs[8];    /* the first ones' previous entries, in order */
+	unsigned append_counts[8];   /* and how many entries each carried */
 	unsigned installs;           /* InstallSnapshots received */
 	struct raft_buffer snapshot; /* the last one's data (raft's heap) */
 	unsigned declined;           /* its declined callback */
@@ -58,6 +61,10 @@ static void on_recv(struct raft_io *io, struct raft_message *m)
 	if (m->type == RAFT_IO_APPEND_ENTRIES_RESULT)
 		s->results++;
 	if (m->type == RAFT_IO_APPEND_ENTRIES) {
+		if (s->appends < sizeof(s->append_prevs) / sizeof(s->append_prevs[0])) {
+			s->append_prevs[s->appends] = m->append_entries.prev_log_index;
+			s->append_counts[s->appends] = m->append_entries.n_entries;
+		}
 		s->appends++;
 		s->append_bytes = s->append_sum = 0;
 		for (unsigned i = 0; i < m->append_entries.n_entries; i++) {
@@ -442,11 +449,61 @@ static void test_a_large_message_gives_the_loop_way_between_turns(void **state)
 	pair_finish(dir);
 }
 
+/* AppendEntries queued for b, none of them begun (its connection is still being
+ * made), each as raft 0.15 makes them: `prev` its previous entry (term 2), `n` of
+ * `entries` after it. */
+static void queue_append(struct side *a, const struct side *b, struct raft_entry *entries,
+			 uint64_t prev, unsigned n)
+{
+	struct raft_message m = {.type = RAFT_IO_APPEND_ENTRIES};
+	m.append_entries = (struct raft_append_entries){.term = 2, .prev_log_index = prev,
+							.prev_log_term = 2, .entries = entries,
+							.n_entries = n, .leader_commit = prev};
+	side_send(a, b, &m);
+}
+
+/* While a follower cannot be reached, raft 0.15 queues the same catch-up at every
+ * heartbeat, each copy a little longer: only the last goes. One with another previous
+ * entry, or with fewer entries, is not dropped, and order is kept. */
+static void test_copies_of_a_catch_up_queued_for_a_follower_go_once(void **state)
+{
+	(void)state;
+	char *dir = pair_prepare();
+	struct side *a = &sides[0], *b = &sides[1];
+	assert_int_equal(uv_loop_init(&loop), 0);
+	side_start(a, 1, dir, NULL);
+	side_start(b, 2, dir, NULL);
+	uint8_t bytes[4][100];
+	struct raft_entry entries[4];
+	for (unsigned i = 0; i < 4; i++) {
+		memset(bytes[i], 'a' + (int)i, sizeof(bytes[i]));
+		entries[i] = (struct raft_entry){.term = 2, .type = RAFT_COMMAND,
+						 .buf = {bytes[i], sizeof(bytes[i])}};
+	}
+	queue_append(a, b, entries, 10, 1);
+	queue_append(a, b, entries, 10, 2);
+	queue_append(a, b, entries, 10, 3);  /* carries the two before it */
+	queue_append(a, b, entries, 13, 1);  /* the next one, as in raft's pipeline */
+	queue_append(a, b, entries, 10, 2);  /* fewer than the one queued: not dropped */
+	run_until(&a->sends_done, 5);
+	run_until(&b->appends, 3);
+	assert_int_equal(a->t.appends_superseded, 2);
+	assert_int_equal(a->t.append_bytes_superseded, 3 * sizeof(bytes[0]));
+	assert_int_equal(b->append_prevs[0], 10);
+	assert_int_equal(b->append_counts[0], 3);
+	assert_int_equal(b->append_prevs[1], 13);
+	assert_int_equal(b->append_counts[1], 1);
+	assert_int_equal(b->append_prevs[2], 10);
+	assert_int_equal(b->append_counts[2], 2);
+	pair_finish(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_an_install_leaves_out_what_the_receiver_holds_or_is_declined),
 		cmocka_unit_test(test_a_large_message_gives_the_loop_way_between_turns),
+		cmocka_unit_test(test_copies_of_a_catch_up_queued_for_a_follower_go_once),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
