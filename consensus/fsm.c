@@ -135,22 +135,60 @@ static unsigned fsm_entries_to_point(const struct tally_node *n, uint64_t at, ui
 	return (unsigned)(next - at);
 }
 
+/* As leader: the lowest index another server is known to hold (its match index), or
+ * 0 if there is none (not leader; or no answer from it in this term). */
+static uint64_t fsm_lowest_match(const struct tally_node *n)
+{
+	const struct raft *r = n->raft;
+	if (raft_state((struct raft *)r) != RAFT_LEADER)
+		return 0;
+	uint64_t low = 0;
+	for (unsigned i = 0; i < r->configuration.n; i++) {
+		uint64_t match = r->leader_state.progress[i].match_index;
+		if (r->configuration.servers[i].id != r->id && match > 0 && (low == 0 || match < low))
+			low = match;
+	}
+	return low;
+}
+
+/* The entries raft keeps behind this snapshot: as many as fit in half the byte budget
+ * (at their mean size since the last one), at most cfg.snapshot_trailing; and as
+ * leader, enough for a follower that fell behind to catch up from the log rather than
+ * by an InstallSnapshot (every one of its entries sent again, and often a second one
+ * when the first took longer than a snapshot period), so long as that fits in the
+ * same half of the budget and NODE_SNAPSHOT_CATCHUP_ENTRIES_MAX. */
+static unsigned fsm_trailing(const struct tally_node *n, bool *for_follower)
+{
+	uint64_t budget = n->cfg.snapshot_log_bytes;
+	uint64_t trailing = n->cfg.snapshot_trailing, fit = trailing;
+	if (n->log_entries > 0) {
+		uint64_t mean = n->log_bytes / n->log_entries;
+		fit = budget / 2 / (mean > 0 ? mean : 1);
+		trailing = fit < 1 ? 1 : fit < trailing ? fit : trailing;
+	}
+	uint64_t applied = n->raft->last_applied, low = fsm_lowest_match(n);
+	uint64_t catchup = low > 0 && low < applied ? applied - low + 1 : 0; /* match..applied */
+	*for_follower = catchup > trailing && catchup <= fit &&
+			catchup <= NODE_SNAPSHOT_CATCHUP_ENTRIES_MAX;
+	if (*for_follower)
+		trailing = catchup;
+	assert(trailing >= 1 && trailing <= UINT_MAX);
+	return (unsigned)trailing;
+}
+
 /* A snapshot begins. The next points, by entries and by bytes, are the first at least
  * half a period past what was applied: a snapshot stands for a point of the other
  * kind that was about to come (the two periods are independent, and each point
  * used to bring its own snapshot, often two a second apart, each a copy of the whole
- * ledger). The entries raft keeps after this snapshot are as many as fit in half the
- * byte budget (at their mean size since the last one), at most cfg.snapshot_trailing. */
+ * ledger). raft keeps fsm_trailing() entries behind it. */
 static void fsm_log_snapshotted(struct tally_node *n)
 {
 	uint64_t budget = n->cfg.snapshot_log_bytes;
-	uint64_t trailing = n->cfg.snapshot_trailing;
-	if (n->log_entries > 0) {
-		uint64_t mean = n->log_bytes / n->log_entries;
-		uint64_t fit = budget / 2 / (mean > 0 ? mean : 1);
-		trailing = fit < 1 ? 1 : fit < trailing ? fit : trailing;
-	}
-	raft_set_snapshot_trailing(n->raft, (unsigned)trailing);
+	bool for_follower;
+	unsigned trailing = fsm_trailing(n, &for_follower);
+	n->stats.snapshot_trailing = trailing;
+	n->stats.snapshots_kept_log += for_follower;
+	raft_set_snapshot_trailing(n->raft, trailing);
 	uint64_t half = n->cfg.snapshot_threshold / 2;
 	raft_set_snapshot_threshold(n->raft, fsm_entries_to_point(n, n->raft->last_applied, half));
 	uint64_t at_least = n->log_bytes_total + budget / 2;

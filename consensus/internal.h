@@ -38,6 +38,9 @@
 #define NODE_BATCH_BYTES_MAX (64u << 20)    /* one raft entry (raft: 32-bit lengths) */
 #define NODE_INFLIGHT_MAX 4096              /* raft entries in flight */
 #define NODE_SNAPSHOT_PHASES 3              /* nodes snapshot a third of a budget apart */
+#define NODE_SNAPSHOT_CATCHUP_ENTRIES_MAX 65536u /* a leader keeps at most this many
+					  * entries behind a snapshot for a follower
+					  * catching up (fsm.c: fsm_trailing) */
 
 /* A command waiting for the next batch: its serialized bytes (the deep copy). */
 struct node_command {

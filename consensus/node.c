@@ -86,6 +86,7 @@ const struct tally_node_stats *tally_node_stats(struct tally_node *n)
 	n->stats.resends_skipped = n->transport.resends_skipped;
 	n->stats.resend_bytes_skipped = n->transport.resend_bytes_skipped;
 	n->stats.raft_bytes_sent = n->transport.bytes_sealed;
+	n->stats.raft_connect_failures = n->transport.connect_failures;
 	n->stats.appends_superseded = n->transport.appends_superseded;
 	n->stats.append_bytes_superseded = n->transport.append_bytes_superseded;
 	n->stats.log_segments_filled = node_logfill_count(n->raft_dir);

@@ -216,6 +216,9 @@ struct tally_node_stats {
 				      * (consensus/snapstore.h) */
 	uint64_t snapshots_reused;   /* of them, copied over a snapshot file raft had removed */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
+	uint64_t snapshot_trailing;  /* raft log entries kept behind the latest snapshot */
+	uint64_t snapshots_kept_log; /* leader: snapshots behind which it kept more of the log
+				      * for a follower catching up (fsm.c) */
 	uint64_t journal_writeback_bytes; /* of the journal's segments, written back behind
 					   * its growth by the node (writeback.c) */
 	uint64_t ledger_writeback_bytes; /* of the ledger's file, written back behind its
@@ -242,6 +245,8 @@ struct tally_node_stats {
 	uint64_t resends_skipped;    /* leader: large AppendEntries raft sent again before the
 				      * follower answered the first, not sent (tlsnet.c) */
 	uint64_t resend_bytes_skipped; /* their entries' bytes */
+	uint64_t raft_connect_failures; /* attempts to connect to another node that failed
+					 * (tlsnet.c) */
 	uint64_t raft_bytes_sent;    /* raft's messages (and the transport's own) put into
 				      * TLS sessions to other nodes (tlsnet.c) */
 	uint64_t appends_superseded; /* leader: AppendEntries queued for a follower it could

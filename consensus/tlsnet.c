@@ -608,6 +608,7 @@ static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up)
 			tlsnet_peer_connect(p);
 		return;
 	}
+	t->connect_failures++;
 	tlsnet_peer_drop(p, TLSNET_PENDING_MAX, RAFT_NOCONNECTION);
 	if (!p->retry_armed) {
 		p->retry_armed = true;

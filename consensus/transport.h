@@ -89,6 +89,7 @@ struct tally_transport {
 	uint64_t resends_skipped;                /* large AppendEntries raft sent again before
 						  * the peer answered, not sent (tlsnet.c) */
 	uint64_t resend_bytes_skipped;           /* their entries' bytes */
+	uint64_t connect_failures;               /* attempts to connect to a peer that failed */
 	uint64_t bytes_sealed;                   /* plaintext put into TLS sessions: messages,
 						  * Haves, preambles */
 	uint64_t appends_superseded;             /* queued AppendEntries dropped unsent: a

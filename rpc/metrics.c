@@ -160,6 +160,16 @@ static void render_node(struct page *p, struct tally_node *n)
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},
+		{"tally_snapshot_trailing_entries", "gauge",
+		 "Raft log entries this node kept behind its latest snapshot: the default "
+		 "(--snapshot-trailing, fewer if large), or as leader, up to 65536, enough for "
+		 "a follower that fell behind to catch up from the log.",
+		 (double)ns->snapshot_trailing},
+		{"tally_snapshots_kept_log_total", "counter",
+		 "As leader: snapshots behind which this node kept more raft log than "
+		 "--snapshot-trailing, so that a follower that fell behind catches up from "
+		 "the log instead of by InstallSnapshot.",
+		 (double)ns->snapshots_kept_log},
 		{"tally_install_snapshots_received_total", "counter",
 		 "InstallSnapshot messages this node received: copies of a leader's snapshot.",
 		 (double)ns->install_snapshots_received},
@@ -192,6 +202,12 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "As leader: the entries' bytes of the AppendEntries counted by "
 		 "tally_raft_resends_skipped_total.",
 		 (double)ns->resend_bytes_skipped},
+		{"tally_raft_connect_failures_total", "counter",
+		 "Attempts to connect to another node's raft address that failed (refused, "
+		 "unreachable, or no TLS handshake within 5 s); each drops all but the 3 "
+		 "newest messages queued for that node and is tried again 1 s later (0 "
+		 "without TLS).",
+		 (double)ns->raft_connect_failures},
 		{"tally_raft_bytes_sent_total", "counter",
 		 "Bytes of raft's messages this node sent other nodes over TLS, before "
 		 "encryption (with the transport's own preambles and segment lists; 0 without "

@@ -92,6 +92,7 @@ struct cluster {
 	const char *election_ms;        /* --election-ms for every node ("300") */
 	int pwrite_node;                /* the node run with --ledger-pwrite, or 0 */
 	const char *journal_segment_kb; /* --journal-segment-kb for every node, or NULL */
+	const char *snapshot_trailing;  /* --snapshot-trailing for every node, or NULL */
 };
 
 /* Debian's libfaketime (package libfaketime): wall-clock offsets per node, read from a
@@ -237,12 +238,17 @@ static void node_start(struct cluster *c, int i, bool bootstrap, bool join)
 			args[k++] = "--journal-segment-kb";
 			args[k++] = c->journal_segment_kb;
 		}
+		if (c->snapshot_trailing != NULL) {
+			args[k++] = "--snapshot-trailing";
+			args[k++] = c->snapshot_trailing;
+		}
 		if (bootstrap) {
 			args[k++] = "--bootstrap";
 			args[k++] = boot;
 		} else if (join) {
 			args[k++] = "--join";
 		}
+		assert(k < (int)(sizeof(args) / sizeof(args[0])));
 		args[k] = NULL;
 		execvp(args[0], (char *const *)args);
 		_exit(127);
@@ -313,6 +319,7 @@ struct cluster_opts {
 	bool insecure;                  /* plaintext nodes and clients (raw frame tests) */
 	int pwrite_node;                /* the node run with --ledger-pwrite, or 0 */
 	const char *journal_segment_kb; /* NULL: the node's default */
+	const char *snapshot_trailing;  /* NULL: the node's default */
 };
 
 /* Prepares a cluster of n nodes (ports, directory, keys, clock files) without starting
@@ -330,6 +337,7 @@ static void cluster_prepare(struct cluster *c, int n, const struct cluster_opts 
 	c->insecure = o->insecure;
 	c->pwrite_node = o->pwrite_node;
 	c->journal_segment_kb = o->journal_segment_kb;
+	c->snapshot_trailing = o->snapshot_trailing;
 	/* Node i listens on base+i (raft), base+100+i (clients) and base+200+i (HTTP). */
 	int offsets[3 * NODES_MAX];
 	for (int i = 0; i < NODES_MAX; i++) {
@@ -1968,6 +1976,50 @@ static void dir_files_hash(const struct cluster *c, int i, const char *sub, uint
 	EVP_MD_CTX_free(h);
 }
 
+/* A follower down while the leader snapshots (every 64 entries, 16 kept behind each by
+ * default) is not sent a snapshot when it comes back: the leader kept the log from
+ * where the follower stood, and it catches up from there. */
+static void test_a_follower_back_from_an_outage_catches_up_from_the_log(void **state)
+{
+	(void)state;
+	struct cluster c;
+	cluster_start_with(&c, 3, &(struct cluster_opts){.snapshot_trailing = "16"});
+	uint64_t leader = wait_leader(&c);
+	int back = leader == 3 ? 1 : 3;
+	struct tally_client *admin = client(&c, "admin");
+	send_cmd(&c, admin, brand_cmd(&c, "b1"), CODE(OK));
+	send_cmd(&c, admin, member_cmd(&c, "ivy"), CODE(OK));
+	assert_replicas_equal(&c); /* the leader has heard from it: it knows where it stands */
+	double failed = metric(&c, (int)leader, "tally_raft_connect_failures_total");
+	node_signal(&c, back, SIGKILL);
+	/* Several snapshots on the two nodes up. Past a failed attempt to reach it the
+	 * leader no longer holds every message for it (only the 3 newest): the entries
+	 * after that must come from the log. (The first attempt fails at once, before
+	 * anything was queued; the second 1 s later.) */
+	for (int i = 0; i < 300; i++) {
+		send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "ivy", 1), CODE(OK));
+		if (i == 50)
+			wait_metric_at_least(&c, (int)leader, "tally_raft_connect_failures_total",
+					     failed + 2);
+	}
+	assert_true(metric(&c, (int)leader, "tally_snapshots_kept_log_total") >= 1);
+	assert_true(metric(&c, (int)leader, "tally_snapshot_trailing_entries") > 64);
+	node_start(&c, back, false, false);
+	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "ivy", 1), CODE(OK));
+	assert_replicas_equal(&c);
+	assert_int_equal(metric(&c, back, "tally_install_snapshots_received_total"), 0);
+	/* all caught up, a later snapshot of the leader's keeps the default again */
+	for (int64_t deadline = now_ms() + HANG_MS;
+	     metric(&c, (int)leader, "tally_snapshot_trailing_entries") != 16;) {
+		if (now_ms() > deadline)
+			fail_msg("the leader's snapshots still keep more than 16 entries");
+		for (int i = 0; i < 8; i++)
+			send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "ivy", 1), CODE(OK));
+	}
+	tally_client_close(admin);
+	cluster_stop(&c);
+}
+
 /* Node 3 runs --ledger-pwrite, the others write through the map: the two ways of
  * writing LMDB's pages make the same replica, whether node 3 is the one wiped (and
  * restores the snapshot) or the leader (and takes it). Journal segments of 16 KiB: the
@@ -2771,6 +2823,8 @@ int main(void)
 		cmocka_unit_test_teardown(test_followers_apply_large_entries_on_a_thread_through_moves_and_kills,
 					  teardown),
 		cmocka_unit_test_teardown(test_metrics_and_health_are_served_over_http, teardown),
+		cmocka_unit_test_teardown(test_a_follower_back_from_an_outage_catches_up_from_the_log,
+					  teardown),
 		cmocka_unit_test_teardown(test_a_wiped_node_rejoins_and_catches_up_by_snapshot, teardown),
 		cmocka_unit_test_teardown(test_a_node_that_kept_its_links_is_not_sent_the_segments_it_holds,
 					  teardown),
