@@ -254,6 +254,16 @@ static char *pair_prepare(void)
 	return dir;
 }
 
+/* pair_prepare, then both sides started on a new loop, without links. */
+static char *pair_start(void)
+{
+	char *dir = pair_prepare();
+	assert_int_equal(uv_loop_init(&loop), 0);
+	side_start(&sides[0], 1, dir, NULL);
+	side_start(&sides[1], 2, dir, NULL);
+	return dir;
+}
+
 /* Closes both sides' transports and frees what pair_prepare and the sides hold. */
 static void pair_finish(char *dir)
 {
@@ -366,11 +376,8 @@ static void on_turn_probe(uv_timer_t *timer)
 static void test_a_large_message_gives_the_loop_way_between_turns(void **state)
 {
 	(void)state;
-	char *dir = pair_prepare();
+	char *dir = pair_start();
 	struct side *a = &sides[0], *b = &sides[1];
-	assert_int_equal(uv_loop_init(&loop), 0);
-	side_start(a, 1, dir, NULL);
-	side_start(b, 2, dir, NULL);
 	/* a small message first, so that the connection is up when the large one goes */
 	struct raft_message hello = {.type = RAFT_IO_APPEND_ENTRIES};
 	hello.append_entries.term = 2;
@@ -468,11 +475,8 @@ static void queue_append(struct side *a, const struct side *b, struct raft_entry
 static void test_copies_of_a_catch_up_queued_for_a_follower_go_once(void **state)
 {
 	(void)state;
-	char *dir = pair_prepare();
+	char *dir = pair_start();
 	struct side *a = &sides[0], *b = &sides[1];
-	assert_int_equal(uv_loop_init(&loop), 0);
-	side_start(a, 1, dir, NULL);
-	side_start(b, 2, dir, NULL);
 	uint8_t bytes[4][100];
 	struct raft_entry entries[4];
 	for (unsigned i = 0; i < 4; i++) {
