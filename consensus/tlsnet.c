@@ -752,11 +752,11 @@ static bool tlsnet_resend(struct tlsnet_peer *p, const struct tlsnet_append *a)
 
 /* Drops from p's queue each AppendEntries not yet begun that `a`, queued after it,
  * carries all of: the same term and previous entry, no more entries (so the same
- * ones; and a's commit index is no earlier: raft's only grows). While p cannot be reached,
- * raft 0.15 in probe state queues a copy of one catch-up at every heartbeat, each a
- * little longer; sent on reconnection one after another, they were tens of megabytes
- * for a follower back after ten seconds. raft's callback of a dropped one runs with
- * status 0: to raft it is a message lost on the way. */
+ * ones; and a's commit index is no earlier: raft's only grows). While p cannot be
+ * reached, raft 0.15 in probe state queues a copy of one catch-up at every heartbeat,
+ * each a little longer; sent on reconnection one after another, they were tens of
+ * megabytes for a follower back after ten seconds. raft's callback of a dropped one
+ * runs with status 0: to raft it is a message lost on the way. */
 static void tlsnet_supersede(struct tlsnet_peer *p, const struct tlsnet_append *a)
 {
 	struct tlsnet_send **at = &p->head, *before = NULL;
