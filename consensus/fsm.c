@@ -12,9 +12,9 @@
  * snapshot_async: thread pool; node_snapshot_take (consensus/snapshot.c) maps a sealed
  *           copy of the ledger from a file without a name in raft's directory: page
  *           cache, not heap. raft stores it as its snapshot file (the copy itself,
- *           adopted, not written again) and syncs it; that file, restored at every
- *           start, is what makes the entries up to the snapshot index durable, so the
- *           ledger's own file is not synced. The copy may already contain entries
+ *           adopted, not written again) and syncs it; that file, restored at start
+ *           after a reboot, is what makes the entries up to the snapshot index
+ *           durable, so the ledger's own file is not synced. The copy may already contain entries
  *           past raft's snapshot index; they are skipped when raft replays them.
  * snapshot_finalize: main loop, hands the copy (raft hands back only what we made) to
  *           the thread pool to unmap: a copy raft did not adopt has no name, so the
@@ -26,6 +26,8 @@
  *           and that it opens (tally_ledger_restore), finds raft's file of the
  *           snapshot (node_snapshot_find), frees raft's buffer, then runs the full
  *           invariant check of that file on the thread pool (node_snapshot_verify).
+ *           At start, a ledger that holds all of the snapshot and was written only
+ *           in this boot is kept instead (fsm_restore_kept, consensus/bootmark.c).
  *
  * The size of each snapshot taken or restored sets how long this node, as leader,
  * waits for a follower to answer an InstallSnapshot (node_snapshot_sized: by what the
@@ -532,6 +534,8 @@ static void check_after_cb(uv_work_t *work, int status)
 			 "snapshot links them)", tally_strerror(n->link_rc));
 	else if (status == 0 && n->check_rc == 0)
 		fsm_links_tell(n);
+	if (status == 0 && n->check_rc == 0 && !n->check_queued && !n->dead)
+		node_bootmark_write(n); /* the ledger is sound, as of this boot */
 	if (n->check_queued && !n->dead) { /* a restore came while this one ran */
 		n->check_queued = false;
 		memcpy(n->check_file, n->check_file_next, sizeof(n->check_file));
@@ -589,6 +593,29 @@ static int fsm_restore_fail(struct tally_node *n, struct raft_buffer *buf, const
 	return fsm_dead_restore(buf);
 }
 
+/* raft_start's restore of this node's latest snapshot, when the ledger on disk already
+ * holds all of it (its applied index is at least the snapshot's) and was written only
+ * in this boot (bootmark.c): the ledger stays, not written again and checked again;
+ * raft's buffer is freed, and raft's replay of the entries after the snapshot skips
+ * those the ledger holds. Returns whether it did. */
+static bool fsm_restore_kept(struct tally_node *n, struct raft_buffer *buf)
+{
+	uint64_t at = n->ledger != NULL ? tally_ledger_applied_index(n->ledger) : 0;
+	if (n->started || !n->boot_same || n->load_snapshot_index == 0 ||
+	    at < n->load_snapshot_index)
+		return false;
+	node_snapshot_sized(n, tally_ledger_snapshot_sent_bytes(buf->base, buf->len));
+	raft_free(buf->base);
+	buf->base = NULL;
+	n->stats.ledger_kept_at_start = true;
+	node_log(n, "ledger kept (applied index %llu) over raft's snapshot at %llu: written "
+		 "only in this boot", (unsigned long long)at,
+		 (unsigned long long)n->load_snapshot_index);
+	node_time_observe(n);
+	node_snapshot_stagger(n);
+	return true;
+}
+
 /* raft_fsm->restore (main loop): on success the FSM owns buf->base. What holds the
  * loop is one pass to check the seal and one to write the staging file; the full
  * check runs on the thread pool afterwards. Any failure ends the node: the ledger is
@@ -602,6 +629,11 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 	node_apply_drain(n); /* nothing queued may land on the restored ledger */
 	if (n->dead)
 		return fsm_dead_restore(buf);
+	if (fsm_restore_kept(n, buf))
+		return 0;
+	int err = node_bootmark_clear(n); /* a process ended before the check: no mark */
+	if (err != 0)
+		return fsm_restore_fail(n, buf, "ledger", TALLY_NODE_EXIT_IO, strerror(err));
 	/* The last restore's check may still be running. Refusing this one would leave
 	 * raft 0.15 with its log already replaced by this snapshot (it does that before
 	 * the restore) and the ledger not: so it waits for the check to be done with the

@@ -197,7 +197,9 @@ void node_raft_settings(struct tally_node *n)
  * MDB_NOSYNC (the raft log is the durable record), so after an OS crash it may be
  * behind or damaged. Raft restores its latest snapshot on start and replays the log
  * after it, which rebuilds an empty ledger exactly. A full disk or a lack of memory
- * says nothing about the ledger: the start fails and the ledger stays. */
+ * says nothing about the ledger: the start fails and the ledger stays. A ledger
+ * written only in this boot (n->boot_same) is as sound as the last process left it:
+ * opened, not scanned. */
 static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap)
 {
 	int rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
@@ -207,10 +209,13 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 		ERR(errmsg, errcap, "ledger %s: %s", n->ledger_dir, tally_strerror(rc));
 		return rc;
 	}
+	n->boot_same = rc == 0 && node_bootmark_same(n);
 	if (rc != 0)
 		snprintf(why, sizeof(why), "open: %s", tally_strerror(rc));
 	else if (tally_ledger_digest(n->ledger, &d) != 0)
 		snprintf(why, sizeof(why), "meta does not read");
+	else if (n->boot_same)
+		return 0;
 	else if (d.tree_size <= LEDGER_CHECK_ENTRIES_MAX &&
 		 tally_ledger_check_invariants(n->ledger, why, sizeof(why)) == 0)
 		return 0;
@@ -220,6 +225,7 @@ static int ledger_open_checked(struct tally_node *n, char *errmsg, size_t errcap
 		 "snapshot and log", n->ledger_dir, why);
 	tally_ledger_close(n->ledger);
 	n->ledger = NULL;
+	n->boot_same = false;
 	rc = tally_ledger_remove(n->ledger_dir);
 	if (rc == 0)
 		rc = tally_ledger_open(n->ledger_dir, &n->ledger_opts, &n->ledger);
@@ -384,6 +390,8 @@ int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
 		return raft_to_tally(rv);
 	}
 	n->started = true;
+	if (!n->check_busy) /* else once the restored ledger passed its check (fsm.c) */
+		node_bootmark_write(n);
 	node_applier_begin(n);
 	node_tick_start(n);
 	return 0;

@@ -194,6 +194,10 @@ struct tally_node {
 	uint64_t log_bytes, log_entries;  /* applied since the last snapshot began (fsm.c) */
 	uint64_t log_bytes_total;         /* applied since start or restore (fsm.c) */
 	uint64_t log_snapshot_at;         /* the next snapshot point in log_bytes_total */
+	uint64_t load_snapshot_index;     /* of the snapshot raft loaded at start, or 0
+					   * (ioguard.c) */
+	bool boot_same;                   /* the ledger opened at start was written only in
+					   * this boot (bootmark.c) */
 	/* The full check of a restored ledger, off the loop (fsm.c). */
 	uv_work_t check_work;
 	bool check_busy;
@@ -301,6 +305,18 @@ raft_term node_log_term(const struct raft *r, raft_index i);
  * logged, counted and turned into one raft rejects untouched (its term set to 0):
  * false then, true for any other message. */
 bool node_recv_guard(struct tally_node *n, struct raft_message *m);
+
+/* bootmark.c: whether the ledger's mark names this boot: the ledger was written only
+ * in it, and is as sound as the last process left it. */
+bool node_bootmark_same(const struct tally_node *n);
+
+/* bootmark.c: marks the ledger sound in this boot (logged when it cannot: the next
+ * start then restores raft's snapshot, as it would without the mark). */
+void node_bootmark_write(struct tally_node *n);
+
+/* bootmark.c: removes the mark, before a restore replaces the ledger. Returns 0 or an
+ * errno. */
+int node_bootmark_clear(const struct tally_node *n);
 
 /* ioguard.c: wraps the raft_io methods that write so that a failure ends the
  * process (node_fail_stop). Call after raft_uv_init. */

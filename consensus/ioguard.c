@@ -20,9 +20,11 @@
  *     write can neither be applied here nor acknowledged to a client. That includes
  *     the guard's own allocation of a request: returning RAFT_NOMEM to raft would be
  *     the very failure raft mishandles.
- *   init, load, bootstrap, recover, start — not wrapped: they run inside raft_init,
- *     raft_bootstrap and raft_start, whose failure tally_node_init/start report (tallyd
- *     exits 1 without having served anything).
+ *   init, load, bootstrap, recover, start — not wrapped against failure: they run
+ *     inside raft_init, raft_bootstrap and raft_start, whose failure
+ *     tally_node_init/start report (tallyd exits 1 without having served anything).
+ *     load is wrapped only to note the index of the snapshot raft restores at start
+ *     (n->load_snapshot_index: fsm.c keeps a ledger that already holds it).
  *   send — not wrapped: a message that cannot be sent is lost, which raft expects of
  *     a network and repairs by sending again.
  *   snapshot_get — not wrapped: a read; a failure aborts that one InstallSnapshot and
@@ -198,6 +200,16 @@ static int guard_snapshot_put(struct raft_io *io, unsigned trailing,
 	return rv;
 }
 
+static int guard_load(struct raft_io *io, raft_term *term, raft_id *voted_for,
+		      struct raft_snapshot **snapshot, raft_index *start_index,
+		      struct raft_entry **entries, size_t *n_entries)
+{
+	struct tally_node *n = node_of_io(io);
+	int rv = n->io_next.load(io, term, voted_for, snapshot, start_index, entries, n_entries);
+	n->load_snapshot_index = rv == 0 && *snapshot != NULL ? (*snapshot)->index : 0;
+	return rv;
+}
+
 static int guard_truncate(struct raft_io *io, raft_index index)
 {
 	struct tally_node *n = node_of_io(io);
@@ -230,6 +242,7 @@ void node_ioguard_remove(struct tally_node *n)
 	n->io->set_term = n->io_next.set_term;
 	n->io->set_vote = n->io_next.set_vote;
 	n->io->close = n->io_next.close;
+	n->io->load = n->io_next.load;
 	n->io->start = n->io_next.start; /* health.c's wrapper */
 }
 
@@ -242,4 +255,5 @@ void node_ioguard_install(struct tally_node *n)
 	n->io->set_term = guard_set_term;
 	n->io->set_vote = guard_set_vote;
 	n->io->close = guard_close;
+	n->io->load = guard_load;
 }

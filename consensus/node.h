@@ -216,6 +216,8 @@ struct tally_node_stats {
 				      * (consensus/snapstore.h) */
 	uint64_t snapshots_reused;   /* of them, copied over a snapshot file raft had removed */
 	uint64_t snapshots_installed; /* leader's snapshots this node restored */
+	bool ledger_kept_at_start;   /* its ledger kept over raft's snapshot at start, as
+				      * written in this boot (consensus/bootmark.c) */
 	uint64_t snapshot_trailing;  /* raft log entries kept behind the latest snapshot */
 	uint64_t snapshots_kept_log; /* leader: snapshots behind which it kept more of the log
 				      * for a follower catching up (fsm.c) */

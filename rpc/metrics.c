@@ -160,6 +160,11 @@ static void render_node(struct page *p, struct tally_node *n)
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},
+		{"tally_ledger_kept_at_start", "gauge",
+		 "1 when this node kept its ledger at start instead of restoring raft's latest "
+		 "snapshot over it: the ledger already held all of it and was written only in "
+		 "this boot.",
+		 (double)ns->ledger_kept_at_start},
 		{"tally_snapshot_trailing_entries", "gauge",
 		 "Raft log entries this node kept behind its latest snapshot: the default "
 		 "(--snapshot-trailing, fewer if large), or as leader, up to 65536, enough for "
