@@ -14,9 +14,9 @@
  *
  * The mark is a file beside the ledger (NODE_BOOTMARK_FILE) holding the boot id the
  * kernel gives each boot (NODE_BOOT_ID_PATH) and the identity of the ledger's file
- * (device and inode: a file put in its place is not the one marked). It is written once the ledger is known
- * sound in this boot (after a start that restored nothing, or a restored ledger's full
- * check), and removed before a restore replaces the ledger, so that a process that
+ * (device and inode: a file put in its place is not the one marked). It is written
+ * once the ledger is known sound in this boot (after a start that restored nothing,
+ * or a restored ledger's full check), and removed before a restore replaces the ledger, so that a process that
  * ends between the two leaves no mark and the next start restores and checks again.
  * It is never synced: after an OS crash the boot id differs from whatever the file
  * holds, or the file is gone.
@@ -99,6 +99,13 @@ void node_bootmark_write(struct tally_node *n)
 			 strerror(errno));
 		unlink(tmp);
 	}
+}
+
+void node_bootmark_started(struct tally_node *n)
+{
+	assert(n != NULL && n->started);
+	if (!n->check_busy) /* else once the restored ledger passed its check (fsm.c) */
+		node_bootmark_write(n);
 }
 
 int node_bootmark_clear(const struct tally_node *n)

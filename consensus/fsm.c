@@ -14,8 +14,9 @@
  *           cache, not heap. raft stores it as its snapshot file (the copy itself,
  *           adopted, not written again) and syncs it; that file, restored at start
  *           after a reboot, is what makes the entries up to the snapshot index
- *           durable, so the ledger's own file is not synced. The copy may already contain entries
- *           past raft's snapshot index; they are skipped when raft replays them.
+ *           durable, so the ledger's own file is not synced. The copy may already
+ *           contain entries past raft's snapshot index; they are skipped when raft
+ *           replays them.
  * snapshot_finalize: main loop, hands the copy (raft hands back only what we made) to
  *           the thread pool to unmap: a copy raft did not adopt has no name, so the
  *           unmap frees its blocks, which on a file system mounted with `discard` waits

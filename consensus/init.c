@@ -390,8 +390,7 @@ int tally_node_start(struct tally_node *n, char *errmsg, size_t errcap)
 		return raft_to_tally(rv);
 	}
 	n->started = true;
-	if (!n->check_busy) /* else once the restored ledger passed its check (fsm.c) */
-		node_bootmark_write(n);
+	node_bootmark_started(n);
 	node_applier_begin(n);
 	node_tick_start(n);
 	return 0;

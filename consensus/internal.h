@@ -314,6 +314,10 @@ bool node_bootmark_same(const struct tally_node *n);
  * start then restores raft's snapshot, as it would without the mark). */
 void node_bootmark_write(struct tally_node *n);
 
+/* bootmark.c: after raft_start, marks the ledger unless a restore's check is still to
+ * pass (fsm.c marks it then). */
+void node_bootmark_started(struct tally_node *n);
+
 /* bootmark.c: removes the mark, before a restore replaces the ledger. Returns 0 or an
  * errno. */
 int node_bootmark_clear(const struct tally_node *n);

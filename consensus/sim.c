@@ -36,8 +36,7 @@ void node_sim_started(struct tally_node *n)
 {
 	assert(n != NULL && n->raft_inited && !n->started);
 	n->started = true;
-	if (!n->check_busy) /* as tally_node_start does */
-		node_bootmark_write(n);
+	node_bootmark_started(n); /* as tally_node_start does */
 }
 
 bool node_sim_kicked(const struct tally_node *n)

@@ -496,6 +496,12 @@ static size_t tlsnet_send_take(struct tlsnet_send *s, uint8_t *buf, size_t cap)
 	return took;
 }
 
+/* Whether some of s went into the TLS session already. */
+static bool tlsnet_send_begun(const struct tlsnet_send *s)
+{
+	return s->piece > 0 || s->offset > 0;
+}
+
 static struct tlsnet_send *tlsnet_peer_pop(struct tlsnet_peer *p)
 {
 	struct tlsnet_send *s = p->head;
@@ -527,7 +533,7 @@ static int tlsnet_have_seal(struct tlsnet_peer *p, struct tlsnet_conn *c)
 /* Whether a Have may go now: no message is half sent. */
 static bool tlsnet_have_now(const struct tlsnet_peer *p)
 {
-	return p->have_due && (p->head == NULL || (p->head->piece == 0 && p->head->offset == 0));
+	return p->have_due && (p->head == NULL || !tlsnet_send_begun(p->head));
 }
 
 /* Encrypts queued messages into the connection while its socket keeps up; several
@@ -597,7 +603,7 @@ static void tlsnet_peer_retry(uv_timer_t *timer)
 static void tlsnet_peer_lost(struct tlsnet_peer *p, bool was_up)
 {
 	struct tally_transport *t = p->t;
-	if (p->head != NULL && (p->head->piece > 0 || p->head->offset > 0))
+	if (p->head != NULL && tlsnet_send_begun(p->head))
 		tlsnet_done(t, tlsnet_peer_pop(p), RAFT_NOCONNECTION);
 	p->have_due = false; /* the next connection sends one first */
 	p->big.on = false;   /* what was sent may be lost: raft's next copy goes */
@@ -762,8 +768,7 @@ static void tlsnet_supersede(struct tlsnet_peer *p, const struct tlsnet_append *
 	struct tlsnet_send **at = &p->head, *before = NULL;
 	while (*at != NULL) {
 		struct tlsnet_send *q = *at;
-		bool begun = q->piece > 0 || q->offset > 0;
-		if (begun || !q->is_append || !tlsnet_same_prev(&q->append, a) ||
+		if (tlsnet_send_begun(q) || !q->is_append || !tlsnet_same_prev(&q->append, a) ||
 		    q->append.n_entries > a->n_entries) {
 			before = q;
 			at = &q->next;
