@@ -1,6 +1,7 @@
 /*
- * Applying a batch: one LMDB write transaction per batch, one result per command,
- * one journal entry per applied command.
+ * Applying a batch: one result per command, one journal entry per applied command, in
+ * one LMDB write transaction of its own or shared with the batches around it (a group,
+ * tally_ledger_apply_group): a batch writes the same records either way.
  *
  * Order inside a batch (every replica follows it):
  *   1. skip the batch if its raft index is not above the applied one;
@@ -9,7 +10,9 @@
  *      oldest first, at most TALLY_HOLD_RELEASES_PER_BATCH_MAX (the rest wait for the
  *      next batches; capture and void release a timed-out hold they name);
  *   4. each command in order: envelope → role → idempotency → handler;
- *   5. store the applied index, the tree frontier and the digest; commit.
+ *   5. write the system accounts' movements of the batch.
+ * Then, once per transaction: store the applied index (of its last batch), the tree
+ * frontier and the digest; commit.
  */
 #include <assert.h>
 #include <string.h>
@@ -568,32 +571,51 @@ static int apply_commands(struct apply *a, const Tally__V1__Batch *b,
 	return rc;
 }
 
-/* One attempt at a batch in one write transaction: committed whole, or aborted whole
- * (l->meta changes only on commit). */
-static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
-		      struct tally_arena *arena, Tally__V1__CommandResult **results)
+/* One batch of a group, inside the group's transaction: what a transaction of its own
+ * would do but the commit. Everything a batch keeps for itself (its raft index and
+ * time, the brands it read, its system-account movements, its hold sweep) starts and
+ * ends with it, so that a batch writes the same records whether or not it shares a
+ * transaction. */
+static int apply_in_group(struct apply *a, const Tally__V1__Batch *batch,
+			  Tally__V1__CommandResult **results)
 {
-	assert(l != NULL && batch != NULL);
-	assert(arena != NULL && results != NULL);
+	assert(a->txn != NULL && a->n_sys == 0);
+	assert(batch->raft_index > a->m.applied_index);
+	a->raft_index = batch->raft_index;
+	a->raft_term = batch->raft_term;
+	a->now_ms = batch->time_ms > a->m.time_ms ? batch->time_ms : a->m.time_ms;
+	if (a->now_ms < 0)
+		a->now_ms = 0;
+	a->today = day_of(a->now_ms);
+	a->n_brands = 0;
+	int rc = apply_commands(a, batch, results);
+	a->m.applied_index = batch->raft_index;
+	a->m.applied_term = batch->raft_term;
+	a->m.time_ms = a->now_ms;
+	if (rc == 0)
+		rc = sys_flush(a);
+	assert(rc != 0 || a->n_sys == 0);
+	return rc;
+}
+
+/* One attempt at a group of batches in one write transaction: committed whole, or
+ * aborted whole (l->meta changes only on commit). A batch at or below the applied
+ * index is skipped. */
+static int apply_once(struct tally_ledger *l, const struct tally_ledger_group *g,
+		      struct tally_arena *arena)
+{
+	assert(l != NULL && g != NULL && arena != NULL);
+	assert(g->n > 0 && g->n <= TALLY_LEDGER_GROUP_BATCHES_MAX);
 	struct apply a = {.l = l, .m = l->meta, .out = arena, .tmp = &l->scratch};
-	a.raft_index = batch->raft_index;
-	a.raft_term = batch->raft_term;
-	a.now_ms = batch->time_ms > a.m.time_ms ? batch->time_ms : a.m.time_ms;
-	if (a.now_ms < 0)
-		a.now_ms = 0;
-	a.today = day_of(a.now_ms);
 	int rc = lmdb_error(mdb_txn_begin(l->env, NULL, 0, &a.txn));
 	if (rc != 0)
 		return rc;
 	known_reset(l);
 	tally_arena_reset(&l->batch);
 	journal_begin(&l->journal);
-	rc = apply_commands(&a, batch, results);
-	a.m.applied_index = batch->raft_index;
-	a.m.applied_term = batch->raft_term;
-	a.m.time_ms = a.now_ms;
-	if (rc == 0)
-		rc = sys_flush(&a);
+	for (size_t i = 0; rc == 0 && i < g->n; i++)
+		if (!g->skipped[i])
+			rc = apply_in_group(&a, g->batches[i], g->results[i]);
 	st_cursors_close(&a);
 	if (rc == 0)
 		rc = meta_save(&a);
@@ -603,7 +625,7 @@ static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
 		rc = lmdb_error(mdb_txn_commit(a.txn));
 	else
 		mdb_txn_abort(a.txn);
-	/* After an abort the batch's records are cut off the segments again; should that
+	/* After an abort the group's records are cut off the segments again; should that
 	 * fail, they lie past every row LMDB holds, and the next open cuts them. */
 	(void)journal_settle(&l->journal, rc == 0);
 	tally_arena_reset(&l->scratch);
@@ -612,33 +634,51 @@ static int apply_once(struct tally_ledger *l, const Tally__V1__Batch *batch,
 	return rc;
 }
 
+static int group_results(struct tally_arena *arena, const struct tally_ledger_group *g)
+{
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < g->n; i++)
+		rc = results_new(arena, g->batches[i]->n_commands, &g->results[i]);
+	return rc;
+}
+
+int tally_ledger_apply_group(struct tally_ledger *l, const struct tally_ledger_group *g,
+			     struct tally_arena *arena)
+{
+	assert(l != NULL && g != NULL && arena != NULL);
+	assert(g->n > 0 && g->n <= TALLY_LEDGER_GROUP_BATCHES_MAX);
+	size_t skipped = 0;
+	for (size_t i = 0; i < g->n; i++) {
+		assert(g->batches[i] != NULL);
+		assert(i == 0 || g->batches[i]->raft_index > g->batches[i - 1]->raft_index);
+		g->skipped[i] = g->batches[i]->raft_index <= l->meta.applied_index;
+		skipped += g->skipped[i];
+	}
+	if (skipped == g->n) /* a replay after a restart: results untouched, nothing written */
+		return group_results(arena, g);
+	/* A group that does not fit in the map (MDB_MAP_FULL, TALLY_EFULL) is applied again
+	 * once the map grew (map.c); fresh results each time. */
+	for (unsigned attempt = 0;; attempt++) {
+		int rc = group_results(arena, g);
+		if (rc == 0)
+			rc = map_room(l, attempt);
+		if (rc != 0)
+			return rc;
+		rc = apply_once(l, g, arena);
+		if (rc != TALLY_EFULL || attempt == LEDGER_APPLY_GROWS_MAX)
+			return rc;
+	}
+}
+
 int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *batch,
 			     struct tally_arena *arena,
 			     Tally__V1__CommandResult ***results, bool *skipped)
 {
 	assert(l != NULL && batch != NULL);
 	assert(arena != NULL && results != NULL && skipped != NULL);
-	*skipped = false;
-	int rc = results_new(arena, batch->n_commands, results);
-	if (rc != 0)
-		return rc;
-	if (batch->raft_index <= l->meta.applied_index) {
-		*skipped = true;
-		return 0;
-	}
-	/* A batch that does not fit in the map (MDB_MAP_FULL, TALLY_EFULL) is applied again
-	 * once the map grew (map.c); fresh results each time. */
-	for (unsigned attempt = 0;; attempt++) {
-		if (attempt > 0)
-			rc = results_new(arena, batch->n_commands, results);
-		if (rc == 0)
-			rc = map_room(l, attempt);
-		if (rc != 0)
-			return rc;
-		rc = apply_once(l, batch, arena, *results);
-		if (rc != TALLY_EFULL || attempt == LEDGER_APPLY_GROWS_MAX)
-			return rc;
-	}
+	const Tally__V1__Batch *one[1] = {batch};
+	struct tally_ledger_group g = {.batches = one, .n = 1, .results = results, .skipped = skipped};
+	return tally_ledger_apply_group(l, &g, arena);
 }
 
 int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len,

@@ -199,6 +199,26 @@ int tally_ledger_apply_batch(struct tally_ledger *l, const Tally__V1__Batch *bat
 			     struct tally_arena *arena,
 			     Tally__V1__CommandResult ***results, bool *skipped);
 
+/* Batches applied in one write transaction (tally_ledger_apply_group). */
+#define TALLY_LEDGER_GROUP_BATCHES_MAX 1024u
+struct tally_ledger_group {
+	const Tally__V1__Batch *const *batches; /* n, in raft order (raft_index ascending) */
+	size_t n;                                /* 1..TALLY_LEDGER_GROUP_BATCHES_MAX */
+	Tally__V1__CommandResult ***results;     /* out: n result arrays, as apply_batch's */
+	bool *skipped;                           /* out: n flags, as apply_batch's */
+};
+
+/* Applies n batches, in order, in ONE write transaction: each batch writes exactly the
+ * records tally_ledger_apply_batch would (its own time, hold sweep and system-account
+ * writes), and the transaction records the last one's raft index and term as applied.
+ * What a commit costs (copied B-tree branches, the meta record, the journal's write,
+ * LMDB's free list) is paid once for the group. Results and skips as for
+ * tally_ledger_apply_batch, per batch; on an error nothing of the group is applied.
+ * The ledger reached is the same, record for record and byte for byte in its journal,
+ * as with one transaction per batch. */
+int tally_ledger_apply_group(struct tally_ledger *l, const struct tally_ledger_group *g,
+			     struct tally_arena *arena);
+
 /* A serialized Batch (what raft carries), decoded into the arena; NULL when the bytes
  * are not a Batch or the arena is out of memory. It reads what protobuf-c's decoder
  * reads, faster for batches of accruals and redemptions (ledger/codec.c). */

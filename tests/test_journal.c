@@ -167,6 +167,100 @@ static void test_replicas_write_the_same_segments_each_closed_at_its_size(void *
 	fx_close(&b);
 }
 
+/* fill's batches, `per` at a time in one transaction (tally_ledger_apply_group). */
+static void fill_grouped(struct fx *f, unsigned batches, unsigned per)
+{
+	enum { PER_MAX = 16 };
+	assert_true(per <= PER_MAX);
+	Tally__V1__Command *cmds[PER_MAX][50];
+	Tally__V1__Batch store[PER_MAX];
+	const Tally__V1__Batch *bs[PER_MAX];
+	Tally__V1__CommandResult **rs[PER_MAX];
+	bool skipped[PER_MAX];
+	for (unsigned b = 0; b < batches;) {
+		unsigned n = batches - b < per ? batches - b : per;
+		for (unsigned k = 0; k < n; k++, b++) {
+			for (unsigned i = 0; i < 50; i++) {
+				const char *m = member_ids[(b * 50 + i) % MEMBERS];
+				cmds[k][i] = i % 4 == 3 ? c_redeem(f, admin(f), "aurora", m, 1)
+						       : c_accrue(f, admin(f), "aurora", m, 10 + i);
+			}
+			store[k] = (Tally__V1__Batch)TALLY__V1__BATCH__INIT;
+			store[k].raft_index = ++f->index;
+			store[k].raft_term = 1;
+			store[k].time_ms = f->now_ms;
+			store[k].commands = cmds[k];
+			store[k].n_commands = 50;
+			bs[k] = &store[k];
+		}
+		struct tally_ledger_group g = {.batches = bs, .n = n, .results = rs, .skipped = skipped};
+		tally_arena_reset(&f->results);
+		assert_int_equal(tally_ledger_apply_group(f->l, &g, &f->results), 0);
+		for (unsigned k = 0; k < n; k++)
+			for (unsigned i = 0; i < 50; i++)
+				assert_int_equal(rs[k][i]->code, TALLY__V1__RESULT_CODE__OK);
+	}
+}
+
+/* A follower applies a raft pass's entries in one transaction: its segments are still
+ * the leader's, byte for byte, and a group that fails leaves none of its records. */
+static void test_batches_applied_in_groups_write_the_same_segments(void **state)
+{
+	(void)state;
+	struct fx a, b;
+	open_filled(&a, 40);
+	open_filled(&b, 0);
+	fill_grouped(&b, 40, 7);
+	assert_true(assert_same_segments(a.dir, b.dir) >= 3);
+	assert_same_content(&a, &b);
+	/* A group whose last batch cannot fit in a map of 1 MiB: nothing of it stays. */
+	fx_ledger_close(&b);
+	struct tally_ledger_options o = {.map_size_bytes = 1u << 20, .nosync = true,
+					 .journal_segment_bytes = FX_JOURNAL_SEGMENT_BYTES};
+	assert_int_equal(tally_ledger_open(b.dir, &o, &b.l), 0);
+	unsigned req = b.req;
+	uint64_t index = b.index;
+	Tally__V1__Command *small[50];
+	for (unsigned i = 0; i < 50; i++)
+		small[i] = c_accrue(&b, admin(&b), "aurora", member_ids[i % MEMBERS], 5);
+	size_t big = 8000;
+	Tally__V1__Command **many = malloc(big * sizeof(*many));
+	assert_non_null(many);
+	for (size_t i = 0; i < big; i++) {
+		char id[32];
+		snprintf(id, sizeof(id), "new-member-%06zu", i);
+		many[i] = c_member(&b, admin(&b), sdup(&b, id));
+	}
+	Tally__V1__Batch one = TALLY__V1__BATCH__INIT, two = TALLY__V1__BATCH__INIT;
+	one.raft_index = index + 1;
+	two.raft_index = index + 2;
+	one.raft_term = two.raft_term = 1;
+	one.time_ms = two.time_ms = b.now_ms;
+	one.commands = small;
+	one.n_commands = 50;
+	two.commands = many;
+	two.n_commands = big;
+	const Tally__V1__Batch *bs[2] = {&one, &two};
+	Tally__V1__CommandResult **rs[2];
+	bool skipped[2];
+	struct tally_ledger_group g = {.batches = bs, .n = 2, .results = rs, .skipped = skipped};
+	int rc = tally_ledger_apply_group(b.l, &g, &b.results);
+	assert_true(rc == TALLY_EFULL || rc == TALLY_ENOSPC);
+	free(many);
+	assert_int_equal(tally_ledger_applied_index(b.l), index);
+	assert_same_segments(a.dir, b.dir);
+	assert_same_content(&a, &b);
+	b.req = req;
+	fx_ledger_close(&b);
+	assert_int_equal(fx_ledger_open(&b), 0);
+	fill(&a, 3);
+	fill_grouped(&b, 3, 2);
+	assert_same_segments(a.dir, b.dir);
+	assert_same_content(&a, &b);
+	fx_close(&a);
+	fx_close(&b);
+}
+
 static void append_junk(const char *dir, const char *name)
 {
 	char path[600];
@@ -1091,6 +1185,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_replicas_write_the_same_segments_each_closed_at_its_size),
+		cmocka_unit_test(test_batches_applied_in_groups_write_the_same_segments),
 		cmocka_unit_test(test_a_journal_longer_than_lmdb_is_cut_back_at_open),
 		cmocka_unit_test(test_a_journal_shorter_than_lmdb_is_refused),
 		cmocka_unit_test(test_a_failed_batch_leaves_no_record_behind),

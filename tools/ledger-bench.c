@@ -29,6 +29,7 @@ struct opts {
 	bool keep;
 	long map_mb;
 	long rules;
+	long group;
 };
 
 struct blob {
@@ -46,7 +47,7 @@ static uint64_t rnd(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: ledger-bench [--commands N] [--members M] [--batch B] "
-			"[--dir D] [--writemap] [--keep] [--map-mb N] [--rules N]\n");
+			"[--dir D] [--writemap] [--keep] [--map-mb N] [--rules N] [--group G]\n");
 	exit(2);
 }
 
@@ -57,8 +58,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
 		{"writemap", no_argument, NULL, 'w'},        {"keep", no_argument, NULL, 'k'},
 		{"map-mb", required_argument, NULL, 'M'},    {"rules", required_argument, NULL, 'r'},
-		{NULL, 0, NULL, 0}};
-	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT};
+		{"group", required_argument, NULL, 'g'},    {NULL, 0, NULL, 0}};
+	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT, 1};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		switch (c) {
@@ -70,11 +71,13 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'k': o->keep = true; break;
 		case 'M': o->map_mb = atol(optarg); break;
 		case 'r': o->rules = atol(optarg); break;
+		case 'g': o->group = atol(optarg); break;
 		default: usage();
 		}
 	}
 	if (o->commands <= 0 || o->members <= 0 || o->batch <= 0 || o->batch > TALLY_BATCH_COMMANDS_MAX ||
-	    o->rules < TALLY_RULES_FIRST || o->rules > TALLY_RULES_CURRENT)
+	    o->rules < TALLY_RULES_FIRST || o->rules > TALLY_RULES_CURRENT || o->group <= 0 ||
+	    o->group > (long)TALLY_LEDGER_GROUP_BATCHES_MAX)
 		usage();
 }
 
@@ -210,6 +213,36 @@ static int cmp_double(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+/* Applies n serialized batches, decode included: one at a time as raft's entries
+ * (tally_ledger_apply_bytes) when n is 1, else as one group in one transaction. */
+static int apply_timed(struct tally_ledger *l, const struct blob *batches, long n,
+		       struct tally_arena *dec, struct tally_arena *out, long *ok, long *rejected)
+{
+	const Tally__V1__Batch *bs[TALLY_LEDGER_GROUP_BATCHES_MAX];
+	Tally__V1__CommandResult **rs[TALLY_LEDGER_GROUP_BATCHES_MAX];
+	bool skipped[TALLY_LEDGER_GROUP_BATCHES_MAX];
+	size_t counts[TALLY_LEDGER_GROUP_BATCHES_MAX];
+	int rc;
+	if (n == 1) {
+		rc = tally_ledger_apply_bytes(l, batches[0].data, batches[0].len, out, &rs[0], &counts[0],
+					      &skipped[0]);
+	} else {
+		tally_arena_reset(dec);
+		for (long i = 0; i < n; i++) {
+			bs[i] = tally_ledger_batch_decode(dec, batches[i].data, batches[i].len);
+			if (bs[i] == NULL)
+				return TALLY_ECORRUPT;
+			counts[i] = bs[i]->n_commands;
+		}
+		struct tally_ledger_group g = {bs, (size_t)n, rs, skipped};
+		rc = tally_ledger_apply_group(l, &g, out);
+	}
+	for (long i = 0; rc == 0 && i < n; i++)
+		for (size_t c = 0; c < counts[i]; c++)
+			rs[i][c]->code == TALLY__V1__RESULT_CODE__OK ? (*ok)++ : (*rejected)++;
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -269,36 +302,48 @@ int main(int argc, char **argv)
 		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * 10, b * o.batch, k,
 					  fill_op, &o.members);
 	}
-	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s\n",
+	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s",
 		o.commands, n_batches, o.batch, o.members, o.rules, dir, o.writemap ? ", writemap" : "");
+	fprintf(stderr, o.group > 1 ? ", %ld batches a transaction\n" : "\n", o.group);
 	long ok = 0, rejected = 0;
+	struct tally_arena dec;
+	tally_arena_init(&dec, 1 << 20, 0);
 	double start = bench_now_s(), last = start;
-	for (long b = 0; b < n_batches; b++) {
+	for (long b = 0; b < n_batches; b += o.group) {
+		long k = n_batches - b < o.group ? n_batches - b : o.group;
 		double t0 = bench_now_s();
-		rc = tally_ledger_apply_bytes(l, batches[b].data, batches[b].len, &out, &rs, &n, &skipped);
-		lat[b] = bench_now_s() - t0;
+		rc = apply_timed(l, batches + b, k, &dec, &out, &ok, &rejected);
+		lat[b / o.group] = bench_now_s() - t0;
 		if (rc != 0) {
 			fprintf(stderr, "apply: %s\n", tally_strerror(rc));
 			return 1;
 		}
-		for (size_t i = 0; i < n; i++)
-			rs[i]->code == TALLY__V1__RESULT_CODE__OK ? ok++ : rejected++;
 		tally_arena_reset(&out);
-		free(batches[b].data);
+		for (long i = b; i < b + k; i++)
+			free(batches[i].data);
 		if (bench_now_s() - last >= 1.0) {
 			last = bench_now_s();
-			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + 1) * o.batch,
-				(double)((b + 1) * o.batch) / (last - start));
+			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + k) * o.batch,
+				(double)((b + k) * o.batch) / (last - start));
 		}
 	}
+	long n_lat = (n_batches + o.group - 1) / o.group;
+	tally_arena_free(&dec);
 	double secs = bench_now_s() - start;
-	qsort(lat, (size_t)n_batches, sizeof(*lat), cmp_double);
+	qsort(lat, (size_t)n_lat, sizeof(*lat), cmp_double);
 	struct tally_digest d;
 	tally_ledger_digest(l, &d);
 	printf("applied %ld commands (%ld ok, %ld rejected) in %.3f s; journal %llu entries\n",
 	       o.commands, ok, rejected, secs, (unsigned long long)d.tree_size);
-	printf("batch apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
-	       lat[n_batches / 2] * 1e3, lat[n_batches * 99 / 100] * 1e3, lat[n_batches - 1] * 1e3);
+	printf("%s apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", o.group > 1 ? "group" : "batch",
+	       lat[n_lat / 2] * 1e3, lat[n_lat * 99 / 100] * 1e3, lat[n_lat - 1] * 1e3);
+	printf("root ");
+	for (int i = 0; i < 32; i++)
+		printf("%02x", d.root[i]);
+	printf(", state digest ");
+	for (int i = 0; i < 32; i++)
+		printf("%02x", d.state_digest[i]);
+	printf(", applied index %llu\n", (unsigned long long)d.applied_index);
 	if (o.writemap)
 		printf("map grown in place (mremap) %llu times\n",
 		       (unsigned long long)tally_ledger_remaps_in_place());
