@@ -223,50 +223,69 @@ void node_snapshot_sized(struct tally_node *n, uint64_t bytes)
 	n->stats.install_snapshot_timeout_ms = ms;
 }
 
-/* Decodes and applies one entry into `arena`, leaving in j what the loop needs
- * (fsm_applied); *b and *results are the batch and its results when j->rc is 0. Runs
- * on the loop or on the applier's thread: it touches only the ledger, the arena and j. */
-static void fsm_apply_one(struct tally_ledger *l, struct tally_arena *arena,
-			  struct node_apply_job *j, Tally__V1__Batch **b,
-			  Tally__V1__CommandResult ***results)
+/* An entry's bytes decoded into `arena` as the batch of raft index j->index; NULL when
+ * they do not decode, with j->rc and j->what saying so. */
+static Tally__V1__Batch *fsm_decode(struct tally_arena *arena, const void *bytes, size_t len,
+				    struct node_apply_job *j)
 {
-	assert(l != NULL && arena != NULL && j != NULL);
-	uint64_t t0_ns = uv_hrtime();
-	tally_arena_reset(arena);
-	*results = NULL;
-	*b = tally_ledger_batch_decode(arena, j->bytes, j->len);
-	if (*b == NULL) {
+	Tally__V1__Batch *b = tally_ledger_batch_decode(arena, bytes, len);
+	if (b == NULL) {
 		j->rc = TALLY_ECORRUPT;
 		j->what = "batch does not decode";
-		return;
+		return NULL;
 	}
-	if ((*b)->raft_index != 0) {
+	if (b->raft_index != 0) {
 		j->rc = TALLY_ECORRUPT;
 		j->what = "batch carries a raft index";
-		return;
+		return NULL;
 	}
-	(*b)->raft_index = j->index;
-	j->rc = tally_ledger_apply_batch(l, *b, arena, results, &j->skipped);
-	if (j->rc != 0) {
-		j->what = "ledger";
-		return;
-	}
-	j->ledger_time_ms = tally_ledger_time_ms(l);
-	j->commands = (*b)->n_commands;
-	j->apply_us = (uv_hrtime() - t0_ns) / 1000;
-	for (size_t i = 0; !j->skipped && i < (*b)->n_commands; i++) {
-		unsigned code = (*results)[i] != NULL ? (unsigned)(*results)[i]->code : 0;
-		if (code != TALLY__V1__RESULT_CODE__OK && code < NODE_APPLIER_REJECTION_CODES)
-			j->rejections[code]++;
+	b->raft_index = j->index;
+	return b;
+}
+
+/* Applies n decoded entries in one transaction into `arena`, leaving in each job what
+ * the loop needs (fsm_applied) and in results[i] each one's results when its rc is 0.
+ * A group's time is shared among its entries by their commands. Runs on the loop or on
+ * the applier's thread: it touches only the ledger, the arena and the jobs. */
+static void fsm_apply_decoded(struct tally_ledger *l, struct tally_arena *arena, size_t n,
+			      struct node_apply_job *jobs, const Tally__V1__Batch *const *b,
+			      Tally__V1__CommandResult ***results)
+{
+	assert(l != NULL && arena != NULL && n > 0 && n <= NODE_APPLY_GROUP_ENTRIES_MAX);
+	bool skipped[NODE_APPLY_GROUP_ENTRIES_MAX];
+	uint64_t t0_ns = uv_hrtime(), commands = 0;
+	struct tally_ledger_group g = {.batches = b, .n = n, .results = results, .skipped = skipped};
+	int rc = tally_ledger_apply_group(l, &g, arena);
+	uint64_t us = (uv_hrtime() - t0_ns) / 1000;
+	int64_t time_ms = tally_ledger_time_ms(l);
+	for (size_t i = 0; i < n; i++)
+		commands += b[i]->n_commands;
+	for (size_t i = 0; i < n; i++) {
+		struct node_apply_job *j = &jobs[i];
+		j->rc = rc;
+		j->what = rc != 0 ? "ledger" : NULL;
+		if (rc != 0)
+			continue;
+		j->skipped = skipped[i];
+		j->ledger_time_ms = time_ms;
+		j->commands = b[i]->n_commands;
+		j->apply_us = commands > 0 ? us * j->commands / commands : us / n;
+		for (size_t c = 0; !j->skipped && c < b[i]->n_commands; c++) {
+			unsigned code = results[i][c] != NULL ? (unsigned)results[i][c]->code : 0;
+			if (code != TALLY__V1__RESULT_CODE__OK && code < NODE_APPLIER_REJECTION_CODES)
+				j->rejections[code]++;
+		}
 	}
 }
 
 /* The applier's thread: one queued entry. */
 static void fsm_apply_queued(struct tally_node *n, struct node_apply_job *j)
 {
-	Tally__V1__Batch *b;
+	tally_arena_reset(&n->applier_arena);
+	const Tally__V1__Batch *b = fsm_decode(&n->applier_arena, j->bytes, j->len, j);
 	Tally__V1__CommandResult **results;
-	fsm_apply_one(n->ledger, &n->applier_arena, j, &b, &results);
+	if (b != NULL)
+		fsm_apply_decoded(n->ledger, &n->applier_arena, 1, j, &b, &results);
 }
 
 /* The loop's part of an applied entry: a failure ends the node (returns 0 only under
@@ -302,6 +321,7 @@ void node_apply_drain(struct tally_node *n)
 	assert(n != NULL);
 	node_applier_wait(&n->applier);
 	node_apply_collect(n);
+	(void)node_apply_group_flush(n); /* a failure ends the node (dead, under the simulator) */
 }
 
 struct tally_ledger *node_ledger(struct tally_node *n)
@@ -327,18 +347,107 @@ void node_applier_end(struct tally_node *n)
 	assert(n != NULL);
 	node_applier_stop(&n->applier);
 	node_apply_collect(n);
+	(void)node_apply_group_flush(n);
 }
 
 /* Whether this entry goes to the applier: a follower's, when no proposal of this node
  * is still tracked (its callers get their results from the loop's apply), and when it
- * is large enough to be worth the hand-over or must queue behind one that was. */
+ * is large enough to be worth the hand-over or must queue behind one that was. The
+ * loop's group goes first: it holds entries before this one. */
 static bool fsm_queue(struct tally_node *n, const struct raft_buffer *buf, uint64_t index)
 {
 	if (!n->applier.running || n->inflight > 0 || raft_state(n->raft) == RAFT_LEADER)
 		return false;
 	if (buf->len < NODE_APPLIER_ENTRY_BYTES_MIN && !node_applier_pending(&n->applier))
 		return false;
+	if (node_apply_group_flush(n) != 0 || n->dead)
+		return false; /* the loop's apply then sees the node dead */
 	return node_applier_push(&n->applier, index, buf->base, buf->len);
+}
+
+/* ---- a pass of committed entries in one transaction -----------------------------
+ * raft applies the entries a commit covers one after another, each in its own call
+ * of fsm_apply (replicationApply). In a transaction of its own, an entry of a few
+ * commands paid more for the commit (LMDB's copied branch pages, the meta record, the
+ * journal's write, its free list) than for its commands. So an entry applied on the
+ * loop joins the group of its pass, and the group is applied in one transaction
+ * (tally_ledger_apply_group) by the entry at raft's commit index, the last of the
+ * pass; once it holds NODE_APPLY_GROUP_ENTRIES_MAX entries or
+ * NODE_APPLY_GROUP_COMMANDS_MAX commands; before an entry goes to the applier; and
+ * before anything reads or replaces the ledger (node_apply_drain) and at each tick. raft
+ * takes the grouped entries as applied as soon as fsm_apply returns, as it does the
+ * applier's. A batch writes the same records in a group as alone, so replicas agree
+ * however their passes fell. An entry this node proposed ends its group at once: raft
+ * answers the proposal as soon as fsm_apply returns, and its results must be out by
+ * then. So a leader groups only what it did not propose (a log replayed at start). */
+
+/* The group's entry j has been applied (or failed): the loop's part, then its
+ * proposer's results. Returns what fsm_applied does. */
+static int fsm_group_settle(struct tally_node *n, const struct node_apply_job *j,
+			    const Tally__V1__Batch *b, Tally__V1__CommandResult **results)
+{
+	int rc = fsm_applied(n, j);
+	if (j->rc != 0)
+		return rc; /* the node ends (dead, under the simulator) */
+	struct node_batch *mine = node_inflight_find(n, j->index, b->raft_term);
+	if (mine != NULL) {
+		fsm_count_round(n, mine);
+		node_batch_deliver(n, mine, j->skipped ? NULL : results, b->n_commands);
+	}
+	return 0;
+}
+
+int node_apply_group_flush(struct tally_node *n)
+{
+	assert(n != NULL);
+	struct node_apply_group *g = &n->group;
+	size_t count = g->n;
+	if (count == 0)
+		return 0;
+	assert(!node_applier_pending(&n->applier)); /* it was drained before the first entry */
+	g->n = 0;
+	g->commands = 0;
+	g->flushing = true; /* no entry joins while results go out */
+	Tally__V1__CommandResult **results[NODE_APPLY_GROUP_ENTRIES_MAX];
+	fsm_apply_decoded(n->ledger, &n->apply_arena, count, g->jobs, g->batches, results);
+	n->stats.apply_groups++;
+	n->stats.apply_group_entries += count;
+	int rc = 0;
+	for (size_t i = 0; rc == 0 && i < count && !n->dead; i++)
+		rc = fsm_group_settle(n, &g->jobs[i], g->batches[i], results[i]);
+	g->flushing = false;
+	return rc;
+}
+
+/* The loop's apply of the entry at index: into the group, applied with the entries
+ * after it in this pass or now. */
+static int fsm_apply_loop(struct tally_node *n, const struct raft_buffer *buf, uint64_t index)
+{
+	struct node_apply_group *g = &n->group;
+	assert(!g->flushing && g->n < NODE_APPLY_GROUP_ENTRIES_MAX);
+	if (g->n == 0) {
+		node_apply_drain(n); /* what a follower queued goes first */
+		if (n->dead)
+			return 0;
+		tally_arena_reset(&n->apply_arena);
+	}
+	struct node_apply_job *j = &g->jobs[g->n];
+	*j = (struct node_apply_job){.index = index, .len = buf->len};
+	const Tally__V1__Batch *b = fsm_decode(&n->apply_arena, buf->base, buf->len, j);
+	if (b == NULL) {
+		struct node_apply_job failed = *j;
+		int rc = node_apply_group_flush(n); /* the entries before it first */
+		return rc != 0 || n->dead ? rc : fsm_applied(n, &failed);
+	}
+	g->batches[g->n++] = b;
+	g->commands += b->n_commands;
+	/* raft answers this node's own proposal right after fsm_apply returns: its results
+	 * must be out by then. */
+	bool mine = node_inflight_find(n, index, b->raft_term) != NULL;
+	if (!mine && index < n->raft->commit_index && g->n < NODE_APPLY_GROUP_ENTRIES_MAX &&
+	    g->commands < NODE_APPLY_GROUP_COMMANDS_MAX)
+		return 0; /* raft applies more now: they join */
+	return node_apply_group_flush(n);
 }
 
 /* raft_fsm->apply. */
@@ -353,21 +462,9 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 	uint64_t index = raft_last_applied(n->raft) + 1;
 	node_commit_notice(n, buf->len);
 	if (!fsm_queue(n, buf, index)) {
-		node_apply_drain(n); /* what a follower queued goes first */
-		if (n->dead)
-			return 0;
-		struct node_apply_job j = {.index = index, .bytes = buf->base, .len = buf->len};
-		Tally__V1__Batch *b;
-		Tally__V1__CommandResult **results;
-		fsm_apply_one(n->ledger, &n->apply_arena, &j, &b, &results);
-		int rc = fsm_applied(n, &j);
-		if (j.rc != 0)
-			return rc; /* the node ends (dead, under the simulator) */
-		struct node_batch *mine = node_inflight_find(n, index, b->raft_term);
-		if (mine != NULL) {
-			fsm_count_round(n, mine);
-			node_batch_deliver(n, mine, j.skipped ? NULL : results, b->n_commands);
-		}
+		int rc = fsm_apply_loop(n, buf, index);
+		if (rc != 0 || n->dead)
+			return rc;
 	}
 	fsm_log_grew(n, buf->len);
 	return 0;

@@ -8,7 +8,7 @@
  * ledger handle (LMDB read transactions, MDB_NOTLS), their own buffers and raft_malloc,
  * and a follower's applies, on the applier's thread (applier.c), which touch only the
  * ledger, applier_arena and their jobs. The loop reaches the ledger through node_ledger,
- * which waits for the applier first.
+ * which waits for the applier and applies the loop's group first.
  */
 #ifndef TALLY_CONSENSUS_INTERNAL_H
 #define TALLY_CONSENSUS_INTERNAL_H
@@ -105,6 +105,20 @@ struct node_writeback {
 	const struct tally_ledger *ledger; /* the ledger these count in */
 };
 
+/* The loop's group: entries raft applied in one pass, not yet in the ledger (fsm.c). A
+ * group holds the loop no longer than the largest batch would. */
+#define NODE_APPLY_GROUP_ENTRIES_MAX 256u
+#define NODE_APPLY_GROUP_COMMANDS_MAX TALLY_BATCH_COMMANDS_MAX
+_Static_assert(NODE_APPLY_GROUP_ENTRIES_MAX <= TALLY_LEDGER_GROUP_BATCHES_MAX,
+	       "a loop's group fits in one ledger group");
+struct node_apply_group {
+	struct node_apply_job jobs[NODE_APPLY_GROUP_ENTRIES_MAX];
+	const Tally__V1__Batch *batches[NODE_APPLY_GROUP_ENTRIES_MAX]; /* in apply_arena */
+	size_t n;
+	uint64_t commands;
+	bool flushing; /* its results going out: no entry joins */
+};
+
 struct tally_node {
 	uv_loop_t *loop;
 	struct tally_node_config cfg;     /* defaults applied; strings point below */
@@ -138,7 +152,8 @@ struct tally_node {
 	uv_idle_t idle;                   /* deferred service: flush, barrier, close steps */
 	unsigned handles_open;
 
-	struct tally_arena apply_arena;   /* decoded batch and its results, per apply */
+	struct tally_arena apply_arena;   /* the group's decoded batches and their results */
+	struct node_apply_group group;    /* entries of raft's pass, applied together (fsm.c) */
 	struct node_applier applier;      /* a follower's applies (applier.c) */
 	struct tally_arena applier_arena; /* the same, on the applier's thread */
 	struct tally_arena query_arena;   /* one query answer at a time */
@@ -359,6 +374,10 @@ void node_applier_end(struct tally_node *n);
  * node_apply_drain first waits for everything queued. */
 void node_apply_collect(struct tally_node *n);
 void node_apply_drain(struct tally_node *n);
+/* fsm.c: the loop's group of entries (fsm.c, "a pass of committed entries") applied in
+ * one transaction and settled, if it holds any; 0, or what a failed entry's fsm_fail
+ * returned (the node ends). node_apply_drain and the tick call it. */
+int node_apply_group_flush(struct tally_node *n);
 /* fsm.c: the ledger, for the loop: the applier has applied all it was given. */
 struct tally_ledger *node_ledger(struct tally_node *n);
 /* fsm.c: after start or a restore, sets this node's snapshot points: by entries, the

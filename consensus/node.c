@@ -722,6 +722,7 @@ void node_tick(struct tally_node *n)
 {
 	assert(n != NULL);
 	node_apply_collect(n);
+	(void)node_apply_group_flush(n); /* raft's pass ended on an entry not of the FSM */
 	node_service(n);
 	if (n->phase == NODE_OPEN && !n->dead) {
 		node_rules_maybe(n);

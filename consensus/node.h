@@ -259,6 +259,8 @@ struct tally_node_stats {
 				      * node's apply (consensus/notice.c) */
 	uint64_t applied_off_loop;   /* follower: entries applied on the applier's thread
 				      * (consensus/applier.c) */
+	uint64_t apply_groups;       /* transactions of entries applied on the loop (fsm.c) */
+	uint64_t apply_group_entries; /* the entries in them */
 	uint64_t install_waits_ended; /* leader: snapshots a follower installed that raft 0.15
 				       * would have waited out (consensus/raft015.c) */
 	uint64_t install_snapshot_timeout_ms; /* what a leader would wait now for an

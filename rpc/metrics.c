@@ -157,6 +157,14 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Entries this node applied as a follower on a thread of their own, while its loop "
 		 "went on storing and acknowledging the next ones.",
 		 (double)ns->applied_off_loop},
+		{"tally_apply_groups_total", "counter",
+		 "Transactions in which this node applied, on its loop, the entries raft applied "
+		 "in one pass.",
+		 (double)ns->apply_groups},
+		{"tally_apply_group_entries_total", "counter",
+		 "Entries applied in those transactions: divided by tally_apply_groups_total, the "
+		 "mean entries a transaction.",
+		 (double)ns->apply_group_entries},
 		{"tally_snapshots_installed_total", "counter",
 		 "Leader's snapshots this node installed in place of its log.",
 		 (double)ns->snapshots_installed},

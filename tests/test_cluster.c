@@ -2035,6 +2035,12 @@ static void test_a_follower_back_from_an_outage_catches_up_from_the_log(void **s
 	send_cmd(&c, admin, accrue_cmd(&c, NULL, "b1", "ivy", 1), CODE(OK));
 	assert_replicas_equal(&c);
 	assert_int_equal(metric(&c, back, "tally_install_snapshots_received_total"), 0);
+	/* raft applied the entries it caught up on in a few passes, each pass in one
+	 * transaction (consensus/fsm.c): many entries a transaction */
+	double groups = metric(&c, back, "tally_apply_groups_total");
+	double grouped = metric(&c, back, "tally_apply_group_entries_total");
+	print_message("the follower back applied %.0f entries in %.0f transactions\n", grouped, groups);
+	assert_true(groups >= 1 && grouped >= 300 && grouped >= 4 * groups);
 	/* all caught up, a later snapshot of the leader's keeps the default again */
 	for (int64_t deadline = now_ms() + HANG_MS;
 	     metric(&c, (int)leader, "tally_snapshot_trailing_entries") != 16;) {
