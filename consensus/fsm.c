@@ -404,6 +404,11 @@ int node_apply_group_flush(struct tally_node *n)
 	size_t count = g->n;
 	if (count == 0)
 		return 0;
+	if (n->dead) { /* the simulator's crashed node applies nothing more */
+		g->n = 0;
+		g->commands = 0;
+		return 0;
+	}
 	assert(!node_applier_pending(&n->applier)); /* it was drained before the first entry */
 	g->n = 0;
 	g->commands = 0;
