@@ -374,9 +374,7 @@ static bool fsm_queue(struct tally_node *n, const struct raft_buffer *buf, uint6
  * (tally_ledger_apply_group) by the entry at raft's commit index, the last of the
  * pass; once it holds NODE_APPLY_GROUP_ENTRIES_MAX entries or
  * NODE_APPLY_GROUP_COMMANDS_MAX commands; before an entry goes to the applier; and
- * before anything reads or replaces the ledger (node_apply_drain); a pass that ends on
- * an entry not of the FSM (a barrier, a change) leaves it to the service turn the group
- * asked for (node_kick), before the loop waits again. raft
+ * before anything reads or replaces the ledger (node_apply_drain) and at each tick. raft
  * takes the grouped entries as applied as soon as fsm_apply returns, as it does the
  * applier's. A batch writes the same records in a group as alone, so replicas agree
  * however their passes fell. An entry this node proposed ends its group at once: raft
@@ -411,7 +409,6 @@ int node_apply_group_flush(struct tally_node *n)
 		g->commands = 0;
 		return 0;
 	}
-	assert(n->ledger != NULL); /* a restore and a close drain the group first */
 	assert(!node_applier_pending(&n->applier)); /* it was drained before the first entry */
 	g->n = 0;
 	g->commands = 0;
@@ -453,10 +450,8 @@ static int fsm_apply_loop(struct tally_node *n, const struct raft_buffer *buf, u
 	 * must be out by then. */
 	bool mine = node_inflight_find(n, index, b->raft_term) != NULL;
 	if (!mine && index < n->raft->commit_index && g->n < NODE_APPLY_GROUP_ENTRIES_MAX &&
-	    g->commands < NODE_APPLY_GROUP_COMMANDS_MAX) {
-		node_kick(n); /* should the pass end on a barrier or a change: its service turn */
-		return 0;     /* raft applies more now: they join */
-	}
+	    g->commands < NODE_APPLY_GROUP_COMMANDS_MAX)
+		return 0; /* raft applies more now: they join */
 	return node_apply_group_flush(n);
 }
 

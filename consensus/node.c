@@ -688,9 +688,6 @@ void node_service(struct tally_node *n)
 	n->sim_kicked = false;
 	if (n->dead)
 		return;
-	(void)node_apply_group_flush(n); /* raft's pass ended on an entry not of the FSM */
-	if (n->dead)
-		return;
 	if (n->phase != NODE_OPEN) {
 		close_step(n);
 		return;
@@ -725,6 +722,7 @@ void node_tick(struct tally_node *n)
 {
 	assert(n != NULL);
 	node_apply_collect(n);
+	(void)node_apply_group_flush(n); /* raft's pass ended on an entry not of the FSM */
 	node_service(n);
 	if (n->phase == NODE_OPEN && !n->dead) {
 		node_rules_maybe(n);
