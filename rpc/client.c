@@ -98,6 +98,7 @@ struct tally_client {
 	unsigned attempts;
 	size_t frame_bytes_max;
 	int fd;                                /* -1 when not connected */
+	bool readable;                         /* a wait saw fd readable since the last recv */
 	struct tally_tls_ctx *tls_ctx;         /* the cluster's CA; NULL = plaintext */
 	struct tally_tls *tls;                 /* this connection's session */
 	uint64_t call_id_next;
@@ -278,6 +279,7 @@ static void clientDisconnect(struct tally_client *c)
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
+	c->readable = false;
 	tally_tls_free(c->tls);
 	c->tls = NULL;
 	if (c->pending > 0) /* every request due on this connection is lost */
@@ -451,7 +453,9 @@ static enum client_io clientReceive(struct tally_client *c, int64_t deadline_ms)
 				return IO_LOST;
 			}
 		}
-		int ready = clientWait(c->fd, POLLIN, deadline_ms);
+		/* A wait that saw the socket readable spares the poll: recv goes first. */
+		int ready = c->readable ? 1 : clientWait(c->fd, POLLIN, deadline_ms);
+		c->readable = false;
 		if (ready <= 0) {
 			clientErr(c, "%s: no answer within %u ms", c->address, c->timeout_ms);
 			return IO_LOST;
@@ -1219,7 +1223,8 @@ int tally_client_wait(struct tally_client *c, int64_t timeout_us)
 	if (c->pending == 0 || clientReadyNow(c))
 		return 1;
 	struct pollfd p = {.fd = c->fd, .events = POLLIN, .revents = 0};
-	return clientPoll(&p, 1, timeout_us) != 0;
+	c->readable = clientPoll(&p, 1, timeout_us) > 0;
+	return c->readable;
 }
 
 size_t tally_client_wait_any(struct tally_client *const *clients, size_t n, int64_t timeout_us,
@@ -1244,6 +1249,7 @@ size_t tally_client_wait_any(struct tally_client *const *clients, size_t n, int6
 		return found;
 	for (size_t j = 0; j < k; j++) {
 		ready[at[j]] = p[j].revents != 0;
+		clients[at[j]]->readable = ready[at[j]];
 		found += ready[at[j]];
 	}
 	return found;
