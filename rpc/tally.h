@@ -164,7 +164,8 @@ Tally__V1__ResultCode tally_client_follow(struct tally_client *c, const char *ad
  * then waits at most for the rest of it), the connection ended, an outcome is already
  * decided, or nothing is outstanding; 0 when the time passed first (or a signal
  * interrupted the wait). For a caller that sends on a schedule of its own while
- * answers are due, such as a load generator offering a fixed rate. */
+ * answers are due, such as a load generator offering a fixed rate. A recv after a
+ * wait that saw the socket readable reads it at once, without polling it again. */
 int tally_client_wait(struct tally_client *c, int64_t timeout_us);
 
 /* tally_client_wait over several clients, for one thread driving many connections
