@@ -93,6 +93,8 @@ static int config_fill(struct tally_node *n, const struct tally_node_config *cfg
 	c->batch_commands_max = c->batch_commands_max ? c->batch_commands_max : 8192;
 	c->batch_bytes_max = c->batch_bytes_max ? c->batch_bytes_max : (1u << 20);
 	c->inflight_max = c->inflight_max ? c->inflight_max : 64;
+	if (c->writeback_age_ms == 0)
+		c->writeback_age_ms = NODE_WRITEBACK_AGE_MS;
 	if (c->notice_entry_bytes_min == 0)
 		c->notice_entry_bytes_min = NODE_NOTICE_ENTRY_BYTES_MIN;
 	if (c->batch_commands_max > TALLY_BATCH_COMMANDS_MAX)

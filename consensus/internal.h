@@ -90,6 +90,10 @@ enum node_phase {
  * (writeback.c says why). */
 #define NODE_WRITEBACK_BEHIND_BYTES (16ULL << 20) /* the ledger's file: written back once
                                                    * this far behind the end */
+#define NODE_WRITEBACK_AGE_MS 15000u              /* and once the data grew past it this
+                                                   * long ago (default of the config's
+                                                   * writeback_age_ms) */
+#define NODE_WRITEBACK_MARKS 8u                   /* the data's end noted every age / 8 */
 #define NODE_WRITEBACK_JOB_BYTES (8ULL << 20)     /* at most this much per job */
 
 struct node_writeback {
@@ -101,6 +105,10 @@ struct node_writeback {
 	int job_error;                    /* its errno, or 0 */
 	bool error_logged;
 	uint64_t done_to;                 /* the ledger's file: handed to a job up to here */
+	struct {                          /* the data's end as the ticks found it, oldest first */
+		uint64_t at_ms, data_bytes;
+	} marks[NODE_WRITEBACK_MARKS + 1];
+	unsigned marks_n;
 	uint64_t seg_first, seg_done;     /* the journal's: segment, handed to a job up to */
 	const struct tally_ledger *ledger; /* the ledger these count in */
 };

@@ -64,6 +64,9 @@ struct tally_node_config {
 	uint64_t map_size_bytes;          /* LMDB map; 0 = ledger default */
 	size_t segment_bytes;             /* raft log segment size, a multiple of 4096; 0 = raft's 8 MiB */
 	uint64_t map_room_bytes;          /* LMDB map kept free ahead of the data; 0 = ledger default */
+	/* The node writes the ledger's file back once the data grew past a page this many
+	 * ms ago (consensus/writeback.c); 0 = NODE_WRITEBACK_AGE_MS, 15 s. */
+	unsigned writeback_age_ms;
 	bool ledger_pwrite;               /* LMDB writes with pwrite, not through its map (MDB_WRITEMAP) */
 	/* Where the journal's segment files close; 0 = 64 MiB (ledger.h). The same on every
 	 * node of a cluster: tests make it small to close segments early. */

@@ -15,12 +15,17 @@
  * step waited for, as flush.c does, so a commit waits behind one step at most):
  *
  *   - the part of the ledger's file that lies more than NODE_WRITEBACK_BEHIND_BYTES
- *     behind the data's end, as the data grows. Pages that far behind the end are
- *     seldom stored to again (LMDB copies a page on write; a page is reused only after
- *     it is freed), so the write-back does not make the apply fault on pages it
- *     write-protected, which is what writing back the whole file did
- *     (docs/performance.md, "Writing the ledger back from the node was tried and not
- *     kept");
+ *     behind the data's end and that the data grew past writeback_age_ms (15 s) ago or
+ *     longer, as the data grows. A page written back is write-protected, and the next
+ *     store to it faults and flushes the TLB of every core the process runs on. LMDB
+ *     copies a page to change it and reuses the pages it freed, so the newest pages of
+ *     the file are the likeliest to be stored to again soon: writing back the whole
+ *     file cost more in those faults than it saved (docs/performance.md, "Writing the
+ *     ledger back from the node was tried and not kept"), and so did a lag of 16 MiB
+ *     alone once the data grew by ~10 MB/s (batches of 100: it was 1.6 s of growth).
+ *     The age keeps the pages written back older than that, and still younger than
+ *     the kernel's own sweep (vm.dirty_expire_centisecs, 30 s), whose burst this is
+ *     for; the ticks note the data's end every writeback_age_ms / 8 to know it;
  *   - the journal's last segment up to its last whole step of committed records, and a
  *     segment that closed, to its end. Segments are written by pwritev, never through a
  *     writable map, and never again once written, so nothing need stay behind. (The
@@ -79,6 +84,7 @@ void node_writeback_reset(struct tally_node *n)
 	struct node_writeback *w = &n->writeback;
 	w->ledger = n->ledger;
 	w->done_to = n->ledger != NULL ? tally_ledger_data_bytes(n->ledger) : 0;
+	w->marks_n = 0;
 	w->seg_first = w->seg_done = 0;
 	if (n->ledger != NULL)
 		tally_ledger_journal_tail(n->ledger, &w->seg_first, &w->seg_done);
@@ -151,6 +157,29 @@ static bool journal_tick(struct tally_node *n)
 	return true;
 }
 
+/* Notes the data's end at most every writeback_age_ms / NODE_WRITEBACK_MARKS, and
+ * returns where it was writeback_age_ms ago or longer (0: no note is that old yet). */
+static uint64_t aged_end(struct tally_node *n, uint64_t data)
+{
+	struct node_writeback *w = &n->writeback;
+	uint64_t now = (uint64_t)tally_node_mono_ms(n), age = n->cfg.writeback_age_ms;
+	unsigned cap = NODE_WRITEBACK_MARKS + 1;
+	assert(w->marks_n <= cap);
+	if (w->marks_n == 0 || now - w->marks[w->marks_n - 1].at_ms >= age / NODE_WRITEBACK_MARKS) {
+		if (w->marks_n == cap) {
+			memmove(&w->marks[0], &w->marks[1], (cap - 1) * sizeof(w->marks[0]));
+			w->marks_n--;
+		}
+		w->marks[w->marks_n].at_ms = now;
+		w->marks[w->marks_n].data_bytes = data;
+		w->marks_n++;
+	}
+	uint64_t end = 0;
+	for (unsigned i = 0; i < w->marks_n && now - w->marks[i].at_ms >= age; i++)
+		end = w->marks[i].data_bytes;
+	return end;
+}
+
 void node_writeback_tick(struct tally_node *n)
 {
 	assert(n != NULL);
@@ -161,10 +190,12 @@ void node_writeback_tick(struct tally_node *n)
 		node_writeback_reset(n);
 	if (journal_tick(n))
 		return;
-	uint64_t data = tally_ledger_data_bytes(n->ledger);
+	uint64_t data = tally_ledger_data_bytes(n->ledger), aged = aged_end(n, data);
 	if (data < NODE_WRITEBACK_BEHIND_BYTES)
 		return;
 	uint64_t to = data - NODE_WRITEBACK_BEHIND_BYTES;
+	if (to > aged)
+		to = aged;
 	if (!job_range(w->done_to, &to))
 		return;
 	int fd = tally_ledger_file_dup(n->ledger);

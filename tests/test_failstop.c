@@ -98,7 +98,7 @@ static void address_of(char *out, size_t cap)
 
 /* A single-node cluster in dir, started (ready once elected and its barrier done). */
 static int node_up(uv_loop_t *loop, const char *dir, uint64_t map_cap_bytes,
-		   struct tally_node **out)
+		   unsigned writeback_age_ms, struct tally_node **out)
 {
 	char address[96], bootstrap[128], err[256];
 	address_of(address, sizeof(address));
@@ -107,7 +107,7 @@ static int node_up(uv_loop_t *loop, const char *dir, uint64_t map_cap_bytes,
 		.id = 1, .address = address, .dir = dir, .bootstrap = bootstrap,
 		.heartbeat_ms = 50, .election_timeout_ms = RUNNING_ON_VALGRIND ? 2000 : 400,
 		.expire_interval_ms = 3600 * 1000, /* no expire commands among the test's */
-		.map_size_bytes = map_cap_bytes,
+		.map_size_bytes = map_cap_bytes, .writeback_age_ms = writeback_age_ms,
 	};
 	int rc = tally_node_init(out, loop, &cfg, err, sizeof(err));
 	if (rc == 0)
@@ -124,7 +124,7 @@ static void child_fill(const char *dir, uint64_t map_cap_bytes, int report_fd)
 	static struct solo ch;
 	ch.report_fd = report_fd;
 	if (uv_loop_init(&ch.loop) != 0 ||
-	    node_up(&ch.loop, dir, map_cap_bytes, &ch.node) != 0 ||
+	    node_up(&ch.loop, dir, map_cap_bytes, 0, &ch.node) != 0 ||
 	    !solo_run_until(&ch, solo_ready))
 		_exit(CHILD_SETUP_FAILED);
 	tally_arena_init(&ch.f.build, 64 << 10, 0);
@@ -235,13 +235,20 @@ static bool solo_closed_p(struct solo *so)
 
 /* The node of dir started in this process on so's own loop, ready (elected, its first
  * barrier done), with an arena of arena_bytes for building commands. */
-static void solo_up(struct solo *so, const char *dir, size_t arena_bytes)
+static void solo_up_aged(struct solo *so, const char *dir, size_t arena_bytes,
+			 unsigned writeback_age_ms)
 {
 	memset(so, 0, sizeof(*so));
 	assert_int_equal(uv_loop_init(&so->loop), 0);
-	assert_int_equal(node_up(&so->loop, dir, 0, &so->node), 0);
+	assert_int_equal(node_up(&so->loop, dir, 0, writeback_age_ms, &so->node), 0);
 	assert_true(solo_run_until(so, solo_ready));
 	tally_arena_init(&so->f.build, arena_bytes, 0);
+}
+
+/* solo_up_aged with the default write-back age. */
+static void solo_up(struct solo *so, const char *dir, size_t arena_bytes)
+{
+	solo_up_aged(so, dir, arena_bytes, 0);
 }
 
 /* Closes and frees so's node and its loop. */
@@ -331,7 +338,7 @@ static void child_garbage(const char *dir, uint64_t unused, int report_fd)
 	(void)unused;
 	static struct solo ch;
 	ch.report_fd = report_fd;
-	if (uv_loop_init(&ch.loop) != 0 || node_up(&ch.loop, dir, 0, &ch.node) != 0 ||
+	if (uv_loop_init(&ch.loop) != 0 || node_up(&ch.loop, dir, 0, 0, &ch.node) != 0 ||
 	    !solo_run_until(&ch, solo_ready))
 		_exit(CHILD_SETUP_FAILED);
 	static struct raft_apply req;
@@ -927,17 +934,10 @@ static int64_t dirty_pages(int fd, uint64_t len)
 	return syscall(SYS_CACHESTAT, fd, &r, &cs, 0) == 0 ? (int64_t)cs.nr_dirty : -1;
 }
 
-/* A node writes its ledger's file back itself once the data has grown past
- * NODE_WRITEBACK_BEHIND_BYTES, by whole steps up to that far behind the data's end
- * (writeback.c): tally_ledger_writeback_bytes_total counts it, and the page cache
- * (cachestat) then holds few dirty pages there, where without it all of them would
- * be. Skipped on tmpfs (nothing to write back) and on kernels without cachestat. */
-static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
+/* Whether the write-back can be watched here: not on tmpfs (nothing to write back),
+ * nor on kernels without cachestat. Prints why it cannot. */
+static bool writeback_observable(const char *root)
 {
-	(void)state;
-	char *root = fx_tmpdir(), dir[300];
-	snprintf(dir, sizeof(dir), "%s/node", root);
-	assert_int_equal(mkdir(dir, 0755), 0);
 	struct statfs fs;
 	assert_int_equal(statfs(root, &fs), 0);
 	char probe[300];
@@ -946,37 +946,81 @@ static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
 	assert_true(fd >= 0);
 	bool no_cachestat = dirty_pages(fd, 4096) < 0;
 	close(fd);
+	unlink(probe);
 	if (fs.f_type == 0x01021994 /* TMPFS_MAGIC */ || no_cachestat) {
 		print_message("SKIPPED: %s\n", no_cachestat ? "this kernel has no cachestat(2) "
 							   "to count dirty pages with"
 							 : "the test directory is on tmpfs");
-		fx_remove_dir(root);
-		free(root);
-		skip();
+		return false;
 	}
-	unlink(probe);
-	static struct solo so;
-	solo_up(&so, dir, 1 << 20);
-	struct tally_ledger *l = tally_node_ledger(so.node);
+	return true;
+}
+
+/* A new root with an empty node directory in it (dir) for a write-back test, or NULL
+ * when the write-back cannot be watched there (the test is then skipped). */
+static char *writeback_root(char *dir, size_t cap)
+{
+	char *root = fx_tmpdir();
+	snprintf(dir, cap, "%s/node", root);
+	assert_int_equal(mkdir(dir, 0755), 0);
+	if (writeback_observable(root))
+		return root;
+	fx_remove_dir(root);
+	free(root);
+	return NULL;
+}
+
+/* Rounds of WB_ROUND accruals (one raft entry each) until so's ledger holds
+ * NODE_WRITEBACK_BEHIND_BYTES and one and a half jobs more. */
+static void grow_past_the_writeback_lag(struct solo *so)
+{
+	struct tally_ledger *l = tally_node_ledger(so->node);
 	uint64_t goal = NODE_WRITEBACK_BEHIND_BYTES + 3 * NODE_WRITEBACK_JOB_BYTES / 2;
 	for (unsigned round = 0; tally_ledger_data_bytes(l) < goal; round++) {
 		assert_true(round < 4000); /* a ledger that never grows: a hang */
-		so.answered = 0;
-		tally_arena_reset(&so.f.build);
-		Tally__V1__Command **cmds = accruals(&so.f, WB_ROUND);
+		so->answered = 0;
+		tally_arena_reset(&so->f.build);
+		Tally__V1__Command **cmds = accruals(&so->f, WB_ROUND);
 		if (round == 0) {
-			cmds[0] = c_brand(&so.f, admin(&so.f), "aurora", 24);
-			cmds[1] = c_member(&so.f, admin(&so.f), "m1");
+			cmds[0] = c_brand(&so->f, admin(&so->f), "aurora", 24);
+			cmds[1] = c_member(&so->f, admin(&so->f), "m1");
 		}
 		for (unsigned i = 0; i < WB_ROUND; i++)
-			tally_node_submit(so.node, cmds[i], solo_result, &so);
-		assert_true(solo_run_until(&so, solo_wb_round_answered));
+			tally_node_submit(so->node, cmds[i], solo_result, so);
+		assert_true(solo_run_until(so, solo_wb_round_answered));
 	}
+}
+
+/* The journal's segments written back up to their last whole step: the node's ticks
+ * have looked at the ledger's file since the growth ended. */
+static bool solo_journal_written_back(struct solo *so)
+{
+	uint64_t first, len;
+	tally_ledger_journal_tail(tally_node_ledger(so->node), &first, &len);
+	return !so->node->writeback.busy && so->node->writeback.seg_first == first &&
+	       so->node->writeback.seg_done == len / NODE_FLUSH_STEP_BYTES * NODE_FLUSH_STEP_BYTES;
+}
+
+/* A node writes its ledger's file back itself once the data has grown past
+ * NODE_WRITEBACK_BEHIND_BYTES and the write-back age has passed, by whole steps up to
+ * that far behind the data's end (writeback.c): tally_ledger_writeback_bytes_total
+ * counts it, and the page cache (cachestat) then holds few dirty pages there, where
+ * without it all of them would be. With an age of 1 ms every tick may write back. */
+static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
+{
+	(void)state;
+	char dir[300], *root = writeback_root(dir, sizeof(dir));
+	if (root == NULL)
+		skip();
+	static struct solo so;
+	solo_up_aged(&so, dir, 1 << 20, 1);
+	struct tally_ledger *l = tally_node_ledger(so.node);
+	grow_past_the_writeback_lag(&so);
 	/* More than one job's worth behind the end: the ticks queue one after another. */
 	assert_true(solo_run_until(&so, solo_writeback_idle));
 	uint64_t data = tally_ledger_data_bytes(l), due = writeback_due(&so);
 	uint64_t wb = tally_node_stats(so.node)->ledger_writeback_bytes;
-	fd = tally_ledger_file_dup(l);
+	int fd = tally_ledger_file_dup(l);
 	assert_true(fd >= 0);
 	int64_t dirty = dirty_pages(fd, due), dirty_after = dirty_pages(fd, data) - dirty;
 	close(fd);
@@ -989,6 +1033,39 @@ static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
 	/* Written, not only counted: what is still dirty there is what the apply stored
 	 * to since (pages LMDB freed and reused), a small part. */
 	assert_true(dirty >= 0 && (uint64_t)dirty < due / 4096 / 4);
+	solo_down(&so);
+	fx_remove_dir(root);
+	free(root);
+}
+
+/* With an age of an hour (the default is NODE_WRITEBACK_AGE_MS, 15 s), the same
+ * growth is left to the kernel: the ticks that wrote the journal's segments back after
+ * it wrote none of the ledger's file, whose pages that far behind the end are still
+ * dirty. */
+static void test_a_node_leaves_the_ledgers_newest_growth_dirty(void **state)
+{
+	(void)state;
+	char dir[300], *root = writeback_root(dir, sizeof(dir));
+	if (root == NULL)
+		skip();
+	static struct solo so;
+	solo_up_aged(&so, dir, 1 << 20, 3600 * 1000);
+	struct tally_ledger *l = tally_node_ledger(so.node);
+	uint64_t t0 = (uint64_t)tally_node_mono_ms(so.node);
+	grow_past_the_writeback_lag(&so);
+	assert_true(solo_run_until(&so, solo_journal_written_back));
+	uint64_t elapsed = (uint64_t)tally_node_mono_ms(so.node) - t0;
+	uint64_t due = writeback_due(&so);
+	assert_int_equal(tally_node_stats(so.node)->ledger_writeback_bytes, 0);
+	assert_true(tally_node_stats(so.node)->journal_writeback_bytes > 0);
+	int fd = tally_ledger_file_dup(l);
+	assert_true(fd >= 0);
+	int64_t dirty = dirty_pages(fd, due);
+	close(fd);
+	print_message("grown in %llu ms: none of the ledger written back, %lld dirty pages in "
+		      "the %llu KiB the age holds back\n", (unsigned long long)elapsed,
+		      (long long)dirty, (unsigned long long)due >> 10);
+	assert_true(dirty > 0 && (uint64_t)dirty > due / 4096 / 2);
 	solo_down(&so);
 	fx_remove_dir(root);
 	free(root);
@@ -1080,6 +1157,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_a_writemap_ledger_on_a_full_disk_refuses_a_batch_whole_with_enospc,
 					  small_fs_teardown),
 		cmocka_unit_test(test_a_node_writes_its_ledger_back_behind_the_growth),
+		cmocka_unit_test(test_a_node_leaves_the_ledgers_newest_growth_dirty),
 		cmocka_unit_test(test_a_node_whose_ledger_is_full_exits_74_without_answering_what_it_did_not_apply),
 		cmocka_unit_test(test_a_committed_entry_that_does_not_decode_ends_the_node_with_65),
 	};
