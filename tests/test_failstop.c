@@ -1038,6 +1038,9 @@ static void test_a_node_writes_its_ledger_back_behind_the_growth(void **state)
 	free(root);
 }
 
+/* Well within the kernel's 30 s before it writes back a page dirty that long. */
+#define KERNEL_SWEEP_WITHIN_MS 20000u
+
 /* With an age of an hour (the default is NODE_WRITEBACK_AGE_MS, 15 s), the same
  * growth is left to the kernel: the ticks that wrote the journal's segments back after
  * it wrote none of the ledger's file, whose pages that far behind the end are still
@@ -1065,7 +1068,13 @@ static void test_a_node_leaves_the_ledgers_newest_growth_dirty(void **state)
 	print_message("grown in %llu ms: none of the ledger written back, %lld dirty pages in "
 		      "the %llu KiB the age holds back\n", (unsigned long long)elapsed,
 		      (long long)dirty, (unsigned long long)due >> 10);
-	assert_true(dirty > 0 && (uint64_t)dirty > due / 4096 / 2);
+	/* The kernel's own sweep cleans what has been dirty for vm.dirty_expire_centisecs
+	 * (30 s by default): a growth well within that still has most of it dirty. */
+	if (elapsed < KERNEL_SWEEP_WITHIN_MS)
+		assert_true(dirty > 0 && (uint64_t)dirty > due / 4096 / 2);
+	else
+		print_message("the growth took %llu ms: the kernel's sweep may have cleaned its "
+			      "pages, so they are not counted\n", (unsigned long long)elapsed);
 	solo_down(&so);
 	fx_remove_dir(root);
 	free(root);
