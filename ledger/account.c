@@ -429,11 +429,12 @@ static int account_write(struct apply *a, const struct open_account *o)
 	struct key k;
 	account_key(&k, o->acct->brand, o->acct->member);
 	size_t n;
-	uint8_t *buf = codec_pack_arena(a->tmp, o->acct, CHAIN_HEAD_BYTES, &n);
+	size_t head = chain_head_bytes(&o->head);
+	uint8_t *buf = codec_pack_arena(a->tmp, o->acct, head, &n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &o->head);
-	return st_put(a, T_ACCOUNTS, &k, buf, CHAIN_HEAD_BYTES + n);
+	return st_put(a, T_ACCOUNTS, &k, buf, head + n);
 }
 
 int accounts_flush(struct apply *a)
@@ -513,9 +514,9 @@ static int account_read(struct apply *a, const Tally__V1__Brand *b, const char *
 	int rc = st_get(a, T_ACCOUNTS, &k, &v);
 	*fresh = rc == TALLY_ENOTFOUND;
 	if (rc == 0) {
-		rc = chain_head_decode(&v, head);
-		*out = rc != 0 ? NULL : account_unpack(a->tmp, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES,
-						       v.mv_size - CHAIN_HEAD_BYTES);
+		MDB_val body;
+		rc = chain_head_decode(&v, head, &body);
+		*out = rc != 0 ? NULL : account_unpack(a->tmp, body.mv_data, body.mv_size);
 		return rc != 0 || *out == NULL ? TALLY_ECORRUPT : 0;
 	}
 	if (rc != TALLY_ENOTFOUND)

@@ -6,32 +6,60 @@
  * n & (n - 1) (skip: n with its lowest set bit cleared). From the head, any ordinal or
  * the first seq at or after a bound is reached by taking skip while it does not pass
  * the target and prev otherwise: O(log^2 n) entry reads. Appending needs the seq of
- * ordinal n & (n - 1): the head's skip path from n - 1 reaches it, in tz(n) - 1 reads
- * (0.25 on average), since n - 1 is that ordinal followed by tz(n) one bits.
+ * ordinal n & (n - 1), which is on the head's skip path from n - 1 (n - 1 is that
+ * ordinal followed by tz(n) one bits): the head carries that whole path (format 9),
+ * one seq per set bit of its ordinal, so that appending reads no entry. Reading them
+ * instead (tz(n) - 1 entries, 0.25 on average, each an old entry of the journal
+ * likely out of every cache) cost a sixth of apply once the journal grew past memory's
+ * caches (docs/performance.md).
  */
 #include <assert.h>
 #include <string.h>
 
 #include "ledger/internal.h"
 
-void chain_head_encode(uint8_t p[CHAIN_HEAD_BYTES], const struct chain_head *h)
+size_t chain_head_bytes(const struct chain_head *h)
 {
-	be64_put(p, h->seq);
-	be64_put(p + 8, h->ord);
-	be64_put(p + 16, h->prev);
-	be64_put(p + 24, h->skip);
+	assert(h->ord < CHAIN_HEAD_PATH_FLAG);
+	return CHAIN_HEAD_BYTES + (h->path_unknown ? 0 : 8 * (size_t)chain_rest_count(h->ord));
 }
 
-int chain_head_decode(const MDB_val *v, struct chain_head *h)
+size_t chain_head_encode(uint8_t *p, const struct chain_head *h)
 {
-	if (v->mv_size < CHAIN_HEAD_BYTES)
+	assert((h->seq == 0) == (h->ord == 0) && h->ord < CHAIN_HEAD_PATH_FLAG);
+	be64_put(p, h->seq);
+	be64_put(p + 8, h->ord | (h->path_unknown ? 0 : CHAIN_HEAD_PATH_FLAG));
+	be64_put(p + 16, h->prev);
+	be64_put(p + 24, h->skip);
+	size_t n = CHAIN_HEAD_BYTES;
+	for (unsigned i = 0; !h->path_unknown && i < chain_rest_count(h->ord); i++, n += 8)
+		be64_put(p + n, h->rest[i]);
+	assert(n == chain_head_bytes(h));
+	return n;
+}
+
+int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body)
+{
+	size_t n = chain_head_size(v);
+	if (n == 0)
 		return TALLY_ECORRUPT;
 	const uint8_t *p = v->mv_data;
-	h->seq = be64_get(p);
-	h->ord = be64_get(p + 8);
-	h->prev = be64_get(p + 16);
-	h->skip = be64_get(p + 24);
-	return (h->seq == 0) == (h->ord == 0) ? 0 : TALLY_ECORRUPT;
+	uint64_t ord = be64_get(p + 8);
+	*h = (struct chain_head){
+		.seq = be64_get(p),
+		.ord = ord & ~CHAIN_HEAD_PATH_FLAG,
+		.prev = be64_get(p + 16),
+		.skip = be64_get(p + 24),
+		.path_unknown = !(ord & CHAIN_HEAD_PATH_FLAG),
+	};
+	for (unsigned i = 0; !h->path_unknown && i < chain_rest_count(h->ord); i++)
+		h->rest[i] = be64_get(p + CHAIN_HEAD_BYTES + 8 * i);
+	body->mv_data = (uint8_t *)v->mv_data + n;
+	body->mv_size = v->mv_size - n;
+	bool skips = h->ord & (h->ord - 1);
+	if ((h->seq == 0) != (h->ord == 0) || (h->skip != 0) != skips)
+		return TALLY_ECORRUPT;
+	return 0;
 }
 
 static size_t entry_header_bytes(const MDB_val *raw)
@@ -98,42 +126,87 @@ int chain_node_at(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena, uint
 			continue;
 		const uint8_t *p = (const uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES + 1 +
 				   i * CHAIN_LINK_BYTES;
-		out->seq = seq;
-		out->prev = be64_get(p);
-		out->skip = be64_get(p + 8);
-		out->ord = be64_get(p + 16);
-		return out->ord == 0 ? TALLY_ECORRUPT : 0;
+		*out = (struct chain_head){
+			.seq = seq,
+			.prev = be64_get(p),
+			.skip = be64_get(p + 8),
+			.ord = be64_get(p + 16),
+			.path_unknown = true, /* a node inside the chain: only its links */
+		};
+		return out->ord == 0 || out->ord >= CHAIN_HEAD_PATH_FLAG ? TALLY_ECORRUPT : 0;
 	}
 	return TALLY_ECORRUPT; /* a link named an entry outside the chain */
+}
+
+/* Fills in the path of a head read without one: each node on it, from the skip on,
+ * read from the journal for its own skip (chain_rest_count(ord) reads, once per head
+ * of a ledger older than format 9). */
+static int chain_path_read(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+			   struct chain_head *h, const char *brand, const char *member)
+{
+	assert(h->path_unknown);
+	uint64_t ord = h->ord & (h->ord - 1), at = h->skip;
+	for (unsigned i = 0; i < chain_rest_count(h->ord); i++) {
+		struct chain_head node;
+		int rc = chain_node_at(txn, entries, arena, at, brand, member, &node);
+		if (rc != 0)
+			return rc;
+		if (node.ord != ord || node.skip == 0)
+			return TALLY_ECORRUPT; /* the skip links do not clear a bit at a time */
+		ord &= ord - 1;
+		at = h->rest[i] = node.skip;
+	}
+	h->path_unknown = false;
+	return 0;
+}
+
+int chain_head_verify(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+		      const struct chain_head *h, const char *brand, const char *member)
+{
+	if (h->seq == 0)
+		return h->ord == 0 && h->prev == 0 && h->skip == 0 ? 0 : TALLY_ECORRUPT;
+	struct chain_head node;
+	int rc = chain_node_at(txn, entries, arena, h->seq, brand, member, &node);
+	if (rc != 0)
+		return rc;
+	if (node.ord != h->ord || node.prev != h->prev || node.skip != h->skip)
+		return TALLY_ECORRUPT;
+	if (h->path_unknown)
+		return 0;
+	rc = chain_path_read(txn, entries, arena, &node, brand, member);
+	if (rc != 0)
+		return rc;
+	size_t n = 8 * (size_t)chain_rest_count(h->ord);
+	return memcmp(node.rest, h->rest, n) == 0 ? 0 : TALLY_ECORRUPT;
 }
 
 int chain_append(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
 		 struct chain_head *h, const char *brand, const char *member, uint64_t seq,
 		 uint8_t link[CHAIN_LINK_BYTES])
 {
-	assert(seq > h->seq);
-	uint64_t n = h->ord + 1, m = n & (n - 1), skip = 0;
-	if (m != 0 && m == h->ord) {
-		skip = h->seq;
-	} else if (m != 0) {
-		/* Clear the lowest bits of n - 1 one at a time until m: seqs along the way. */
-		struct chain_head cur = *h;
-		for (;;) {
-			uint64_t next = cur.ord & (cur.ord - 1);
-			assert(next >= m && cur.skip != 0);
-			if (next == m) {
-				skip = cur.skip;
-				break;
-			}
-			int rc = chain_node_at(txn, entries, arena, cur.skip, brand, member, &cur);
-			if (rc != 0)
-				return rc;
-		}
+	assert(seq > h->seq && h->ord + 1 < CHAIN_HEAD_PATH_FLAG);
+	if (h->path_unknown) {
+		int rc = chain_path_read(txn, entries, arena, h, brand, member);
+		if (rc != 0)
+			return rc;
 	}
+	/* The path from the head by skips: ordinals ord, ord & (ord - 1), ... The new
+	 * ordinal n skips to n & (n - 1), which is ord with its t = tz(n) lowest bits
+	 * cleared, t steps along that path; from there on the two paths are the same. */
+	uint64_t path[CHAIN_REST_MAX + 2] = {h->seq, h->skip};
+	unsigned len = (unsigned)__builtin_popcountll(h->ord);
+	memcpy(path + 2, h->rest, 8 * (size_t)chain_rest_count(h->ord));
+	uint64_t n = h->ord + 1;
+	unsigned t = (unsigned)__builtin_ctzll(n);
+	assert(t <= len && (t < len) == ((n & (n - 1)) != 0));
+	struct chain_head next = {.seq = seq, .ord = n, .prev = h->seq};
+	next.skip = t < len ? path[t] : 0;
+	for (unsigned i = 0; i < chain_rest_count(n); i++)
+		next.rest[i] = path[t + 1 + i];
 	be64_put(link, h->seq);
-	be64_put(link + 8, skip);
+	be64_put(link + 8, next.skip);
 	be64_put(link + 16, n);
-	*h = (struct chain_head){seq, n, h->seq, skip};
+	*h = next;
 	return 0;
 }
 

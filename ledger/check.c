@@ -126,9 +126,10 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 	struct brand_sum *s = ctx;
 	tally_arena_reset(&c->arena);
 	struct chain_head head;
-	Tally__V1__Account *a = chain_head_decode(v, &head) != 0 ? NULL
-		: tally__v1__account__unpack(tally_arena_protobuf(&c->arena),
-			v->mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v->mv_data + CHAIN_HEAD_BYTES);
+	MDB_val body;
+	Tally__V1__Account *a = chain_head_decode(v, &head, &body) != 0 ? NULL
+		: tally__v1__account__unpack(tally_arena_protobuf(&c->arena), body.mv_size,
+					     body.mv_data);
 	if (a == NULL)
 		return fail(c, "an account record does not decode");
 	if (a->available < 0 || a->held < 0)
@@ -139,8 +140,14 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 	key_str(&prefix, a->member);
 	if (k->mv_size + 1 != prefix.n || memcmp(k->mv_data, prefix.b, k->mv_size) != 0)
 		return fail(c, "account %s/%s stored under another key", a->brand, a->member);
+	int rc = chain_head_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, a->brand,
+				   a->member);
+	if (rc == TALLY_ECORRUPT)
+		return fail(c, "account %s/%s: its chain head is not that of its entries", a->brand,
+			    a->member);
 	int64_t lots = 0, held = 0;
-	int rc = check_lots(c, a, &lots);
+	if (rc == 0)
+		rc = check_lots(c, a, &lots);
 	if (rc == 0)
 		rc = each(c, T_HOLD_ACCT, prefix.b, prefix.n, sum_holds, &held);
 	if (rc != 0)
@@ -335,6 +342,26 @@ static int check_digest(struct check *c)
 	return 0;
 }
 
+/* A member record's own chain (its open and updates) is that of its entries. */
+static int check_member(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
+{
+	(void)ctx;
+	tally_arena_reset(&c->arena);
+	struct chain_head head;
+	MDB_val body;
+	Tally__V1__Member *m = chain_head_decode(v, &head, &body) != 0 ? NULL
+		: tally__v1__member__unpack(tally_arena_protobuf(&c->arena), body.mv_size,
+					    body.mv_data);
+	if (m == NULL)
+		return fail(c, "a member record does not decode");
+	if (k->mv_size != strlen(m->id) || memcmp(k->mv_data, m->id, k->mv_size) != 0)
+		return fail(c, "member %s stored under another key", m->id);
+	int rc = chain_head_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, "", m->id);
+	if (rc == TALLY_ECORRUPT)
+		return fail(c, "member %s: its chain head is not that of its entries", m->id);
+	return rc;
+}
+
 static int count_row(struct check *c, const MDB_val *k, const MDB_val *v, void *ctx)
 {
 	(void)c, (void)k, (void)v;
@@ -347,6 +374,8 @@ static int check_all(struct check *c)
 	struct brand_sum all = {0, 0, 0, 0};
 	uint64_t rows = 0, index_rows = 0;
 	int rc = each(c, T_BRANDS, "", 0, check_brand, &all);
+	if (rc == 0)
+		rc = each(c, T_MEMBERS, "", 0, check_member, NULL);
 	if (rc == 0)
 		rc = each(c, T_ACCOUNTS, "", 0, count_row, &rows);
 	if (rc == 0 && rows != all.accounts)

@@ -345,15 +345,16 @@ static int member_store(struct apply *a, Tally__V1__CommandResult *r, const char
 	if (rc != 0)
 		return rc;
 	size_t n = tally__v1__member__get_packed_size(&m);
-	uint8_t *buf = tally_arena_alloc(a->tmp, CHAIN_HEAD_BYTES + n);
+	size_t at = chain_head_bytes(&a->member_chain.head);
+	uint8_t *buf = tally_arena_alloc(a->tmp, at + n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &a->member_chain.head);
-	tally__v1__member__pack(&m, buf + CHAIN_HEAD_BYTES);
+	tally__v1__member__pack(&m, buf + at);
 	struct key k;
 	key_reset(&k);
 	key_raw(&k, id);
-	return st_put(a, T_MEMBERS, &k, buf, CHAIN_HEAD_BYTES + n);
+	return st_put(a, T_MEMBERS, &k, buf, at + n);
 }
 
 static int check_member(struct apply *a, Tally__V1__CommandResult *r, const char *id,
@@ -397,18 +398,18 @@ int do_update_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 		return rc;
 	struct key k;
 	struct chain_head head;
-	MDB_val v;
+	MDB_val v, body;
 	key_reset(&k);
 	key_raw(&k, m->id);
 	rc = st_get(a, T_MEMBERS, &k, &v);
 	if (rc == TALLY_ENOTFOUND)
 		return reject(a, r, CODE(UNKNOWN_MEMBER), "id: member %s is not open", m->id);
 	if (rc == 0)
-		rc = chain_head_decode(&v, &head);
+		rc = chain_head_decode(&v, &head, &body);
 	if (rc != 0)
 		return rc;
 	Tally__V1__Member *old = tally__v1__member__unpack(tally_arena_protobuf(a->tmp),
-		v.mv_size - CHAIN_HEAD_BYTES, (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
+							   body.mv_size, body.mv_data);
 	if (old == NULL)
 		return TALLY_ECORRUPT;
 	return member_store(a, r, m->id, m->segment, old->joined_ms, &head);

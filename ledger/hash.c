@@ -53,15 +53,30 @@ void digest_sub(uint8_t acc[32], const uint8_t h[32])
 }
 
 /* H(table ‖ key length ‖ key ‖ value): the table and the length make the encoding
- * unambiguous, so no two different records share a preimage. */
+ * unambiguous, so no two different records share a preimage. The value of a record
+ * with a chain head in front (accounts, members) is hashed as format 8 stored it:
+ * the head's path flag clear and its path left out, so that the digest is the same
+ * with or without the path (internal.h, struct chain_head). */
 void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32])
 {
 	assert(t < T_COUNT && table_digested[t]);
 	assert(k->mv_size <= KEY_BYTES_MAX);
 	uint8_t head[3] = {(uint8_t)t, (uint8_t)(k->mv_size >> 8), (uint8_t)k->mv_size};
-	const void *parts[3] = {head, k->mv_data, v->mv_data};
-	size_t lens[3] = {sizeof(head), k->mv_size, v->mv_size};
-	sha256_parts(parts, lens, 3, out);
+	uint8_t chain[CHAIN_HEAD_BYTES];
+	size_t chained = t == T_ACCOUNTS || t == T_MEMBERS ? chain_head_size(v) : 0;
+	const void *parts[4] = {head, k->mv_data, v->mv_data};
+	size_t lens[4] = {sizeof(head), k->mv_size, v->mv_size};
+	size_t n = 3;
+	if (chained > 0 && (be64_get((const uint8_t *)v->mv_data + 8) & CHAIN_HEAD_PATH_FLAG)) {
+		memcpy(chain, v->mv_data, sizeof(chain));
+		be64_put(chain + 8, be64_get(chain + 8) & ~CHAIN_HEAD_PATH_FLAG);
+		parts[2] = chain;
+		lens[2] = sizeof(chain);
+		parts[3] = (const uint8_t *)v->mv_data + chained;
+		lens[3] = v->mv_size - chained;
+		n = 4;
+	}
+	sha256_parts(parts, lens, n, out);
 }
 
 /* ---- the snapshot seal's checksum ---------------------------------------------------

@@ -62,8 +62,11 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
  * 7: new entries are stored in the journal's segment files, T_ENTRIES holding where
  * (journal.c); rows an older format stored whole are read as they are.
  * 8: T_ENTRIES holds a row for every JOURNAL_INDEX_STRIDE-th entry and each segment's
- * first only; format 7's row per entry is read the same way. */
-#define LEDGER_FORMAT_VERSION 8
+ * first only; format 7's row per entry is read the same way.
+ * 9: a chain head in front of an account or member record may carry its path (chain.c:
+ * CHAIN_HEAD_PATH_FLAG), which the digest leaves out; a head without one is read as
+ * it is and gets its path the first time an entry joins its chain. */
+#define LEDGER_FORMAT_VERSION 9
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -342,19 +345,60 @@ struct tally_ledger {
  * in front of the account or member record, which the entry's command writes anyway;
  * each entry keeps, per chain, its predecessor, a skip link and its ordinal, so that
  * the member-history query finds any seq in O(log^2 n) reads without an index row. */
+#define CHAIN_REST_MAX 62 /* set bits of a 64-bit ordinal past the head's seq and skip */
+/* Stored: seq(8) ord(8) prev(8) skip(8), with CHAIN_HEAD_PATH_FLAG set in ord when
+ * rest follows, chain_rest_count(ord) seqs of 8 bytes. The digest hashes the record
+ * as format 8 stored it, the flag clear and rest left out (record_hash): the path
+ * is derived from the entries, like an index, and ledger_check verifies it. */
+#define CHAIN_HEAD_BYTES 32
+#define CHAIN_HEAD_PATH_FLAG (1ull << 63)
+#define CHAIN_HEAD_BYTES_MAX (CHAIN_HEAD_BYTES + 8 * CHAIN_REST_MAX)
+
+/* Seqs of a head's path past seq and skip: one per set bit of ord past the first two. */
+static inline unsigned chain_rest_count(uint64_t ord)
+{
+	unsigned bits = (unsigned)__builtin_popcountll(ord);
+	return bits > 2 ? bits - 2 : 0;
+}
+
+/* The bytes of the chain head in front of a record v (its path included), or 0 when v
+ * is too short to hold it. */
+static inline size_t chain_head_size(const MDB_val *v)
+{
+	if (v->mv_size < CHAIN_HEAD_BYTES)
+		return 0;
+	uint64_t ord = be64_get((const uint8_t *)v->mv_data + 8);
+	size_t n = CHAIN_HEAD_BYTES;
+	if (ord & CHAIN_HEAD_PATH_FLAG)
+		n += 8 * (size_t)chain_rest_count(ord & ~CHAIN_HEAD_PATH_FLAG);
+	return n <= v->mv_size ? n : 0;
+}
+
 struct chain_head {
 	uint64_t seq;   /* last entry of the chain; 0: empty chain */
 	uint64_t ord;   /* its ordinal in the chain, 1-based */
 	uint64_t prev;  /* the entry before it (0: none) */
 	uint64_t skip;  /* the entry of ordinal ord & (ord - 1) (0: none) */
+	/* The rest of the path from the head by skips: rest[i] is the entry of ordinal
+	 * o(i + 2), where o(0) = ord and o(k + 1) = o(k) & (o(k) - 1), one per set bit of
+	 * ord past the first two (chain_rest_count). The ordinal a new entry skips to is
+	 * always on this path, so appending reads nothing. A head read from a record
+	 * without its path (format 8 or older) has path_unknown; chain_append reads the
+	 * path from the journal once and the record is written with it. */
+	bool path_unknown;
+	uint64_t rest[CHAIN_REST_MAX];
 };
-#define CHAIN_HEAD_BYTES 32
 #define CHAIN_LINK_BYTES 24     /* prev(8) skip(8) ord(8), per chain of an entry */
 #define ENTRY_CHAINS_MAX (POSTINGS_MAX + 1)
 #define OPEN_ACCOUNTS_MAX 4     /* accounts one command opens (transfer, exchange: 2) */
 
-void chain_head_encode(uint8_t p[CHAIN_HEAD_BYTES], const struct chain_head *h);
-int chain_head_decode(const MDB_val *v, struct chain_head *h); /* record prefix */
+/* The head's stored bytes (chain_head_size of the record it begins). */
+size_t chain_head_bytes(const struct chain_head *h);
+/* Writes the head into p (room for chain_head_bytes(h), at most CHAIN_HEAD_BYTES_MAX)
+ * and returns how many bytes it wrote. */
+size_t chain_head_encode(uint8_t *p, const struct chain_head *h);
+/* The head in front of record v, and the record's body after it. */
+int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body);
 /* The entry bytes inside a stored T_ENTRIES value, after the header and links. */
 int entry_payload(const MDB_val *raw, const uint8_t **bytes, size_t *n);
 /* The chains an entry belongs to, in link order: (brand, member) pairs, each once. */
@@ -364,6 +408,10 @@ size_t entry_chains(const Tally__V1__Entry *e, const char *brands[ENTRY_CHAINS_M
  * the decoded entry. */
 int chain_node_at(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena, uint64_t seq,
 		  const char *brand, const char *member, struct chain_head *out);
+/* Whether head h is that of its chain in the journal: its last entry's links, and its
+ * path (if it has one) the skips from there; TALLY_ECORRUPT when not. */
+int chain_head_verify(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+		      const struct chain_head *h, const char *brand, const char *member);
 /* Appends entry seq to the chain whose head is *h: writes its link and moves *h. */
 int chain_append(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
 		 struct chain_head *h, const char *brand, const char *member, uint64_t seq,

@@ -56,15 +56,14 @@ static int qrec(struct query *q, enum table t, const struct key *k,
 static int qrec_chained(struct query *q, enum table t, const struct key *k,
 			const ProtobufCMessageDescriptor *d, void **out, struct chain_head *head)
 {
-	MDB_val v;
+	MDB_val v, body;
 	int rc = qget(q, t, k, &v);
 	if (rc == 0)
-		rc = chain_head_decode(&v, head);
+		rc = chain_head_decode(&v, head, &body);
 	if (rc != 0)
 		return rc;
-	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena),
-					 v.mv_size - CHAIN_HEAD_BYTES,
-					 (uint8_t *)v.mv_data + CHAIN_HEAD_BYTES);
+	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena), body.mv_size,
+					 body.mv_data);
 	return *out == NULL ? TALLY_ECORRUPT : 0;
 }
 
@@ -327,7 +326,8 @@ static int chain_push(struct member_chains *m, const char *brand, const MDB_val 
 	if (c == NULL)
 		return TALLY_ENOMEM;
 	c->brand = brand;
-	int rc = chain_head_decode(v, &c->head);
+	MDB_val body;
+	int rc = chain_head_decode(v, &c->head, &body);
 	if (rc != 0)
 		return rc;
 	return push(m->q, (void ***)&m->v, &m->n, c);

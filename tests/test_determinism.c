@@ -845,6 +845,158 @@ static void test_batches_that_meet_thousands_of_records_keep_the_digest(void **s
 	fx_close(&narrow);
 }
 
+/* ---- chain heads with and without their path (format 9, ledger/chain.c) ------------ */
+
+#define PATH_MEMBERS 10
+
+/* Opens the closed ledger in dir for raw writes (the tables are LMDB's named ones). */
+static MDB_env *raw_open(const char *dir, MDB_txn **txn)
+{
+	MDB_env *env;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 64), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 1ULL << 30), 0);
+	assert_int_equal(mdb_env_open(env, dir, 0, 0644), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, txn), 0);
+	return env;
+}
+
+/* Rewrites every head of table `name` in dir as format 8 stored it (no path, the flag
+ * clear); returns how many carried a path of one seq or more. */
+static size_t strip_paths_of(MDB_txn *txn, const char *name)
+{
+	MDB_dbi dbi;
+	MDB_cursor *cur;
+	assert_int_equal(mdb_dbi_open(txn, name, 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	MDB_val k, v;
+	size_t with_rest = 0;
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		size_t head = chain_head_size(&v);
+		assert_true(head >= CHAIN_HEAD_BYTES);
+		uint8_t *old = v.mv_data, buf[4096];
+		assert_true(v.mv_size - head + CHAIN_HEAD_BYTES <= sizeof(buf));
+		with_rest += head > CHAIN_HEAD_BYTES;
+		memcpy(buf, old, CHAIN_HEAD_BYTES);
+		be64_put(buf + 8, be64_get(buf + 8) & ~CHAIN_HEAD_PATH_FLAG);
+		memcpy(buf + CHAIN_HEAD_BYTES, old + head, v.mv_size - head);
+		MDB_val nv = {v.mv_size - head + CHAIN_HEAD_BYTES, buf};
+		uint8_t key[KEY_BYTES_MAX]; /* k points into the page the put rewrites */
+		assert_true(k.mv_size <= sizeof(key));
+		memcpy(key, k.mv_data, k.mv_size);
+		k.mv_data = key;
+		assert_int_equal(mdb_cursor_put(cur, &k, &nv, MDB_CURRENT), 0);
+	}
+	mdb_cursor_close(cur);
+	return with_rest;
+}
+
+/* Makes the closed ledger in dir one that format 8 wrote: no head has its path. */
+static size_t strip_paths(const char *dir)
+{
+	MDB_txn *txn;
+	MDB_env *env = raw_open(dir, &txn);
+	size_t n = strip_paths_of(txn, "accounts") + strip_paths_of(txn, "members");
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	uint8_t version[8];
+	be64_put(version, 8);
+	meta_poke(dir, "version", version, sizeof(version));
+	return n;
+}
+
+/* Accruals into PATH_MEMBERS accounts, `rounds` each: chains long enough that most
+ * heads' paths hold seqs past the skip. */
+static void path_run(struct fx *f, unsigned rounds, bool open)
+{
+	char id[16];
+	if (open)
+		ok(f, c_brand(f, admin(f), "aurora", 12));
+	for (unsigned m = 0; open && m < PATH_MEMBERS; m++) {
+		snprintf(id, sizeof(id), "p%u", m);
+		ok(f, c_member(f, admin(f), id));
+	}
+	for (unsigned i = 0; i < rounds * PATH_MEMBERS; i++) {
+		snprintf(id, sizeof(id), "p%u", i % PATH_MEMBERS);
+		ok(f, c_accrue(f, admin(f), "aurora", id, 1 + i % 7));
+	}
+}
+
+/* A ledger that format 8 wrote (heads without their path) has the same digest, passes
+ * its checks, and reaches the same ledger as one that always had the paths: each
+ * head gets its path back, read from the journal, when the next entry joins its
+ * chain, and the entries' links are the same. */
+static void test_heads_without_their_path_give_the_same_digest_and_the_same_ledger(void **state)
+{
+	(void)state;
+	struct fx old, cur;
+	fx_open(&old);
+	fx_open(&cur);
+	path_run(&old, 29, true);
+	path_run(&cur, 29, true);
+	fx_ledger_close(&old);
+	assert_int_equal(strip_paths(old.dir), PATH_MEMBERS); /* ordinal 29: 4 bits set */
+	assert_int_equal(fx_ledger_open(&old), 0);
+	assert_same_digest(&old, &cur);
+	assert_invariants(&old);
+	path_run(&old, 13, false);
+	path_run(&cur, 13, false);
+	assert_same_digest(&old, &cur);
+	assert_invariants(&old);
+	assert_invariants(&cur);
+	/* Every account got its path back (ordinal 42: 3 bits set); both strip to the
+	 * same bytes, links in the journal included. */
+	fx_ledger_close(&old);
+	fx_ledger_close(&cur);
+	assert_int_equal(strip_paths(old.dir), PATH_MEMBERS);
+	assert_int_equal(strip_paths(cur.dir), PATH_MEMBERS);
+	assert_int_equal(fx_ledger_open(&old), 0);
+	assert_int_equal(fx_ledger_open(&cur), 0);
+	uint8_t ho[32], hc[32];
+	assert_int_equal(tally_ledger_content_hash(old.l, ho), 0);
+	assert_int_equal(tally_ledger_content_hash(cur.l, hc), 0);
+	assert_memory_equal(ho, hc, 32);
+	fx_close(&old);
+	fx_close(&cur);
+}
+
+/* The digest leaves a head's path out, so the ledger's check is what finds a wrong one:
+ * it reads the path again from the journal. */
+static void test_a_head_whose_path_is_wrong_fails_the_check(void **state)
+{
+	(void)state;
+	struct fx f;
+	fx_open(&f);
+	path_run(&f, 29, true);
+	assert_invariants(&f);
+	fx_ledger_close(&f);
+	MDB_txn *txn;
+	MDB_env *env = raw_open(f.dir, &txn);
+	MDB_dbi dbi;
+	assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
+	struct key k;
+	key_reset(&k);
+	key_str(&k, "aurora");
+	key_raw(&k, "p3");
+	MDB_val key = {k.n, k.b}, v;
+	assert_int_equal(mdb_get(txn, dbi, &key, &v), 0);
+	assert_true(chain_head_size(&v) == CHAIN_HEAD_BYTES + 16);
+	uint8_t buf[4096];
+	assert_true(v.mv_size <= sizeof(buf));
+	memcpy(buf, v.mv_data, v.mv_size);
+	be64_put(buf + CHAIN_HEAD_BYTES, be64_get(buf + CHAIN_HEAD_BYTES) + 1);
+	MDB_val nv = {v.mv_size, buf};
+	assert_int_equal(mdb_put(txn, dbi, &key, &nv, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	assert_int_equal(fx_ledger_open(&f), 0);
+	char msg[256];
+	assert_int_equal(tally_ledger_check_invariants(f.l, msg, sizeof(msg)), TALLY_ECORRUPT);
+	assert_non_null(strstr(msg, "aurora/p3: its chain head is not that of its entries"));
+	fx_close(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -860,6 +1012,8 @@ int main(void)
 		cmocka_unit_test(test_a_sealed_snapshot_file_opens_read_only_only_while_its_seal_matches),
 		cmocka_unit_test(test_invariants_hold_after_every_batch_of_a_long_random_run),
 		cmocka_unit_test(test_batches_that_meet_thousands_of_records_keep_the_digest),
+		cmocka_unit_test(test_heads_without_their_path_give_the_same_digest_and_the_same_ledger),
+		cmocka_unit_test(test_a_head_whose_path_is_wrong_fails_the_check),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

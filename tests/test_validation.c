@@ -388,8 +388,8 @@ static void seed_balance(struct fx *f, const char *brand, const char *member, in
 	uint8_t buf[512], v[8];
 	assert_true(CHAIN_HEAD_BYTES + tally__v1__account__get_packed_size(&acct) <= sizeof(buf));
 	static const struct chain_head no_entries; /* the chain of its entries: none */
-	chain_head_encode(buf, &no_entries);
-	size_t n = CHAIN_HEAD_BYTES + tally__v1__account__pack(&acct, buf + CHAIN_HEAD_BYTES);
+	size_t head = chain_head_encode(buf, &no_entries);
+	size_t n = head + tally__v1__account__pack(&acct, buf + head);
 	struct key k;
 	key_reset(&k);
 	key_str(&k, brand);
