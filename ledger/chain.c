@@ -62,6 +62,16 @@ int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body)
 	return 0;
 }
 
+void *chain_record_unpack(const MDB_val *v, const ProtobufCMessageDescriptor *d,
+			  struct tally_arena *arena, struct chain_head *h)
+{
+	MDB_val body;
+	if (chain_head_decode(v, h, &body) != 0)
+		return NULL;
+	return protobuf_c_message_unpack(d, tally_arena_protobuf(arena), body.mv_size,
+					 body.mv_data);
+}
+
 static size_t entry_header_bytes(const MDB_val *raw)
 {
 	if (raw->mv_size <= ENTRY_HEADER_BYTES)

@@ -126,10 +126,8 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 	struct brand_sum *s = ctx;
 	tally_arena_reset(&c->arena);
 	struct chain_head head;
-	MDB_val body;
-	Tally__V1__Account *a = chain_head_decode(v, &head, &body) != 0 ? NULL
-		: tally__v1__account__unpack(tally_arena_protobuf(&c->arena), body.mv_size,
-					     body.mv_data);
+	Tally__V1__Account *a = chain_record_unpack(v, &tally__v1__account__descriptor,
+						    &c->arena, &head);
 	if (a == NULL)
 		return fail(c, "an account record does not decode");
 	if (a->available < 0 || a->held < 0)
@@ -348,10 +346,8 @@ static int check_member(struct check *c, const MDB_val *k, const MDB_val *v, voi
 	(void)ctx;
 	tally_arena_reset(&c->arena);
 	struct chain_head head;
-	MDB_val body;
-	Tally__V1__Member *m = chain_head_decode(v, &head, &body) != 0 ? NULL
-		: tally__v1__member__unpack(tally_arena_protobuf(&c->arena), body.mv_size,
-					    body.mv_data);
+	Tally__V1__Member *m = chain_record_unpack(v, &tally__v1__member__descriptor,
+						   &c->arena, &head);
 	if (m == NULL)
 		return fail(c, "a member record does not decode");
 	if (k->mv_size != strlen(m->id) || memcmp(k->mv_data, m->id, k->mv_size) != 0)

@@ -398,18 +398,16 @@ int do_update_member(struct apply *a, const Tally__V1__Command *c, Tally__V1__Co
 		return rc;
 	struct key k;
 	struct chain_head head;
-	MDB_val v, body;
+	MDB_val v;
 	key_reset(&k);
 	key_raw(&k, m->id);
 	rc = st_get(a, T_MEMBERS, &k, &v);
 	if (rc == TALLY_ENOTFOUND)
 		return reject(a, r, CODE(UNKNOWN_MEMBER), "id: member %s is not open", m->id);
-	if (rc == 0)
-		rc = chain_head_decode(&v, &head, &body);
 	if (rc != 0)
 		return rc;
-	Tally__V1__Member *old = tally__v1__member__unpack(tally_arena_protobuf(a->tmp),
-							   body.mv_size, body.mv_data);
+	Tally__V1__Member *old = chain_record_unpack(&v, &tally__v1__member__descriptor, a->tmp,
+						     &head);
 	if (old == NULL)
 		return TALLY_ECORRUPT;
 	return member_store(a, r, m->id, m->segment, old->joined_ms, &head);

@@ -399,6 +399,10 @@ size_t chain_head_bytes(const struct chain_head *h);
 size_t chain_head_encode(uint8_t *p, const struct chain_head *h);
 /* The head in front of record v, and the record's body after it. */
 int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body);
+/* The record v (a member's or an account's) decoded as message d into arena, and its
+ * head into h; NULL when either does not decode. */
+void *chain_record_unpack(const MDB_val *v, const ProtobufCMessageDescriptor *d,
+			  struct tally_arena *arena, struct chain_head *h);
 /* The entry bytes inside a stored T_ENTRIES value, after the header and links. */
 int entry_payload(const MDB_val *raw, const uint8_t **bytes, size_t *n);
 /* The chains an entry belongs to, in link order: (brand, member) pairs, each once. */

@@ -56,14 +56,11 @@ static int qrec(struct query *q, enum table t, const struct key *k,
 static int qrec_chained(struct query *q, enum table t, const struct key *k,
 			const ProtobufCMessageDescriptor *d, void **out, struct chain_head *head)
 {
-	MDB_val v, body;
+	MDB_val v;
 	int rc = qget(q, t, k, &v);
-	if (rc == 0)
-		rc = chain_head_decode(&v, head, &body);
 	if (rc != 0)
 		return rc;
-	*out = protobuf_c_message_unpack(d, tally_arena_protobuf(q->arena), body.mv_size,
-					 body.mv_data);
+	*out = chain_record_unpack(&v, d, q->arena, head);
 	return *out == NULL ? TALLY_ECORRUPT : 0;
 }
 
