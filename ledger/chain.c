@@ -200,23 +200,32 @@ int chain_append(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
 		if (rc != 0)
 			return rc;
 	}
-	/* The path from the head by skips: ordinals ord, ord & (ord - 1), ... The new
-	 * ordinal n skips to n & (n - 1), which is ord with its t = tz(n) lowest bits
-	 * cleared, t steps along that path; from there on the two paths are the same. */
-	uint64_t path[CHAIN_REST_MAX + 2] = {h->seq, h->skip};
-	unsigned len = (unsigned)__builtin_popcountll(h->ord);
-	memcpy(path + 2, h->rest, 8 * (size_t)chain_rest_count(h->ord));
+	/* The path from the head by skips, p(0) = seq, p(1) = skip, p(i + 2) = rest[i],
+	 * has the ordinals ord, ord & (ord - 1), ... The new ordinal n skips to
+	 * n & (n - 1), which is ord with its t = tz(n) lowest bits cleared: p(t). From
+	 * there on the two paths are the same, so the new rest is p(t + 1), p(t + 2), ...
+	 * in place: rest shifted up by one with skip in front (t = 0), kept (t = 1), or
+	 * shifted down by t - 1. */
 	uint64_t n = h->ord + 1;
-	unsigned t = (unsigned)__builtin_ctzll(n);
+	unsigned t = (unsigned)__builtin_ctzll(n), len = chain_path_length(h->ord);
+	unsigned rest = chain_rest_count(n);
 	assert(t <= len && (t < len) == ((n & (n - 1)) != 0));
-	struct chain_head next = {.seq = seq, .ord = n, .prev = h->seq};
-	next.skip = t < len ? path[t] : 0;
-	for (unsigned i = 0; i < chain_rest_count(n); i++)
-		next.rest[i] = path[t + 1 + i];
+	uint64_t skip = t == len ? 0 : t == 0 ? h->seq : t == 1 ? h->skip : h->rest[t - 2];
+	assert(rest == 0 || (t == 0 ? rest == chain_rest_count(h->ord) + 1
+				   : t - 1 + rest == chain_rest_count(h->ord)));
+	if (t == 0 && rest > 0) {
+		memmove(h->rest + 1, h->rest, 8 * (size_t)(rest - 1));
+		h->rest[0] = h->skip;
+	} else if (t > 1) {
+		memmove(h->rest, h->rest + t - 1, 8 * (size_t)rest);
+	}
 	be64_put(link, h->seq);
-	be64_put(link + 8, next.skip);
+	be64_put(link + 8, skip);
 	be64_put(link + 16, n);
-	*h = next;
+	h->prev = h->seq;
+	h->seq = seq;
+	h->ord = n;
+	h->skip = skip;
 	return 0;
 }
 

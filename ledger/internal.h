@@ -354,10 +354,20 @@ struct tally_ledger {
 #define CHAIN_HEAD_PATH_FLAG (1ull << 63)
 #define CHAIN_HEAD_BYTES_MAX (CHAIN_HEAD_BYTES + 8 * CHAIN_REST_MAX)
 
+/* The set bits of an ordinal: the length of its skip path (a loop, not the builtin,
+ * which is a library call on a generic x86-64 build; ordinals have few bits). */
+static inline unsigned chain_path_length(uint64_t ord)
+{
+	unsigned bits = 0;
+	for (; ord != 0; ord &= ord - 1)
+		bits++;
+	return bits;
+}
+
 /* Seqs of a head's path past seq and skip: one per set bit of ord past the first two. */
 static inline unsigned chain_rest_count(uint64_t ord)
 {
-	unsigned bits = (unsigned)__builtin_popcountll(ord);
+	unsigned bits = chain_path_length(ord);
 	return bits > 2 ? bits - 2 : 0;
 }
 
