@@ -138,11 +138,11 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 	key_str(&prefix, a->member);
 	if (k->mv_size + 1 != prefix.n || memcmp(k->mv_data, prefix.b, k->mv_size) != 0)
 		return fail(c, "account %s/%s stored under another key", a->brand, a->member);
-	int rc = chain_head_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, a->brand,
+	int rc = chain_path_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, a->brand,
 				   a->member);
 	if (rc == TALLY_ECORRUPT)
-		return fail(c, "account %s/%s: its chain head is not that of its entries", a->brand,
-			    a->member);
+		return fail(c, "account %s/%s: its chain head's path is not that of its entries",
+			    a->brand, a->member);
 	int64_t lots = 0, held = 0;
 	if (rc == 0)
 		rc = check_lots(c, a, &lots);
@@ -352,9 +352,9 @@ static int check_member(struct check *c, const MDB_val *k, const MDB_val *v, voi
 		return fail(c, "a member record does not decode");
 	if (k->mv_size != strlen(m->id) || memcmp(k->mv_data, m->id, k->mv_size) != 0)
 		return fail(c, "member %s stored under another key", m->id);
-	int rc = chain_head_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, "", m->id);
+	int rc = chain_path_verify(c->txn, c->l->dbi[T_ENTRIES], &c->arena, &head, "", m->id);
 	if (rc == TALLY_ECORRUPT)
-		return fail(c, "member %s: its chain head is not that of its entries", m->id);
+		return fail(c, "member %s: its chain head's path is not that of its entries", m->id);
 	return rc;
 }
 

@@ -422,9 +422,10 @@ size_t entry_chains(const Tally__V1__Entry *e, const char *brands[ENTRY_CHAINS_M
  * the decoded entry. */
 int chain_node_at(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena, uint64_t seq,
 		  const char *brand, const char *member, struct chain_head *out);
-/* Whether head h is that of its chain in the journal: its last entry's links, and its
- * path (if it has one) the skips from there; TALLY_ECORRUPT when not. */
-int chain_head_verify(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
+/* Whether the path head h carries is the one its chain's skip links give in the
+ * journal (chain_rest_count(ord) reads); TALLY_ECORRUPT when not. The head's own
+ * fields are in the state digest; its path is not, so this is what vouches for it. */
+int chain_path_verify(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,
 		      const struct chain_head *h, const char *brand, const char *member);
 /* Appends entry seq to the chain whose head is *h: writes its link and moves *h. */
 int chain_append(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena,

@@ -993,7 +993,7 @@ static void test_a_head_whose_path_is_wrong_fails_the_check(void **state)
 	assert_int_equal(fx_ledger_open(&f), 0);
 	char msg[256];
 	assert_int_equal(tally_ledger_check_invariants(f.l, msg, sizeof(msg)), TALLY_ECORRUPT);
-	assert_non_null(strstr(msg, "aurora/p3: its chain head is not that of its entries"));
+	assert_non_null(strstr(msg, "aurora/p3: its chain head's path is not that of its entries"));
 	fx_close(&f);
 }
 
