@@ -52,13 +52,20 @@ int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body)
 		.skip = be64_get(p + 24),
 		.path_unknown = !(ord & CHAIN_HEAD_PATH_FLAG),
 	};
-	for (unsigned i = 0; !h->path_unknown && i < chain_rest_count(h->ord); i++)
-		h->rest[i] = be64_get(p + CHAIN_HEAD_BYTES + 8 * i);
 	body->mv_data = (uint8_t *)v->mv_data + n;
 	body->mv_size = v->mv_size - n;
 	bool skips = h->ord & (h->ord - 1);
-	if ((h->seq == 0) != (h->ord == 0) || (h->skip != 0) != skips)
+	if ((h->seq == 0) != (h->ord == 0) || (h->skip != 0) != skips ||
+	    (skips && h->skip >= h->seq))
 		return TALLY_ECORRUPT;
+	/* Entries join a chain in seq order, so the path's seqs fall from the skip on. */
+	uint64_t above = h->skip;
+	for (unsigned i = 0; !h->path_unknown && i < chain_rest_count(h->ord); i++) {
+		h->rest[i] = be64_get(p + CHAIN_HEAD_BYTES + 8 * i);
+		if (h->rest[i] == 0 || h->rest[i] >= above)
+			return TALLY_ECORRUPT;
+		above = h->rest[i];
+	}
 	return 0;
 }
 
@@ -136,13 +143,11 @@ int chain_node_at(MDB_txn *txn, MDB_dbi entries, struct tally_arena *arena, uint
 			continue;
 		const uint8_t *p = (const uint8_t *)raw.mv_data + ENTRY_HEADER_BYTES + 1 +
 				   i * CHAIN_LINK_BYTES;
-		*out = (struct chain_head){
-			.seq = seq,
-			.prev = be64_get(p),
-			.skip = be64_get(p + 8),
-			.ord = be64_get(p + 16),
-			.path_unknown = true, /* a node inside the chain: only its links */
-		};
+		out->seq = seq;
+		out->prev = be64_get(p);
+		out->skip = be64_get(p + 8);
+		out->ord = be64_get(p + 16);
+		out->path_unknown = true; /* a node inside the chain: its links, not a path */
 		return out->ord == 0 || out->ord >= CHAIN_HEAD_PATH_FLAG ? TALLY_ECORRUPT : 0;
 	}
 	return TALLY_ECORRUPT; /* a link named an entry outside the chain */
