@@ -7,7 +7,8 @@
  * tally_ledger_apply_bytes (decode included) into an LMDB opened with MDB_NOSYNC, as
  * a cluster node runs it, under the rules a new cluster's ledger runs (--rules N: the
  * version set_rules switches it to first; TALLY_RULES_CURRENT unless told, 1 leaves
- * it at the first). The last line is "apply: N commands/s".
+ * it at the first). The line before last gives the rate over each quarter of the
+ * commands, as the ledger grows; the last is "apply: N commands/s".
  */
 #include <errno.h>
 #include <getopt.h>
@@ -243,6 +244,31 @@ static int apply_timed(struct tally_ledger *l, const struct blob *batches, long 
 	return rc;
 }
 
+/* When each quarter of the commands was applied: the apply's rate as the ledger grows
+ * (reading an account, its path and its lots costs more the more it holds). */
+#define QUARTERS 4
+struct quarters {
+	double start, at[QUARTERS];
+	long total, passed;
+};
+
+static void quarters_note(struct quarters *q, long done, double now)
+{
+	while (q->passed < QUARTERS && done >= q->total * (q->passed + 1) / QUARTERS)
+		q->at[q->passed++] = now;
+}
+
+static void quarters_print(const struct quarters *q)
+{
+	printf("apply by quarter of the commands:");
+	for (long i = 0; i < q->passed; i++) {
+		double from = i == 0 ? q->start : q->at[i - 1];
+		long n = q->total * (i + 1) / QUARTERS - q->total * i / QUARTERS;
+		printf(" %.0f", (double)n / (q->at[i] - from));
+	}
+	printf(" commands/s\n");
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -309,6 +335,7 @@ int main(int argc, char **argv)
 	struct tally_arena dec;
 	tally_arena_init(&dec, 1 << 20, 0);
 	double start = bench_now_s(), last = start;
+	struct quarters q = {.start = start, .total = o.commands};
 	for (long b = 0; b < n_batches; b += o.group) {
 		long k = n_batches - b < o.group ? n_batches - b : o.group;
 		double t0 = bench_now_s();
@@ -321,6 +348,8 @@ int main(int argc, char **argv)
 		tally_arena_reset(&out);
 		for (long i = b; i < b + k; i++)
 			free(batches[i].data);
+		long done = (b + k) * o.batch < o.commands ? (b + k) * o.batch : o.commands;
+		quarters_note(&q, done, bench_now_s());
 		if (bench_now_s() - last >= 1.0) {
 			last = bench_now_s();
 			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + k) * o.batch,
@@ -347,6 +376,7 @@ int main(int argc, char **argv)
 	if (o.writemap)
 		printf("map grown in place (mremap) %llu times\n",
 		       (unsigned long long)tally_ledger_remaps_in_place());
+	quarters_print(&q);
 	printf("apply: %.0f commands/s\n", (double)o.commands / secs);
 	free(batches);
 	free(lat);
