@@ -383,14 +383,28 @@ size_t codec_pack(const void *msg, uint8_t *out, size_t cap)
 	return n;
 }
 
+/* A lot at its longest: its tag and length, and two fields of a tag and ten bytes. */
+#define LOT_BYTES_MAX (2 + 2 * (1 + VARINT_BYTES_MAX))
+
+/* The room to write msg into at the first try: an account with many lots (a busy
+ * member's, up to 1,458 under the bounded lots) would not fit CODEC_GUESS_BYTES, and a
+ * second try writes it all again. */
+static size_t pack_guess(const ProtobufCMessage *msg)
+{
+	if (msg->descriptor != &tally__v1__account__descriptor)
+		return CODEC_GUESS_BYTES;
+	return CODEC_GUESS_BYTES + ((const Tally__V1__Account *)msg)->n_lots * LOT_BYTES_MAX;
+}
+
 uint8_t *codec_pack_arena(struct tally_arena *arena, const void *msg, size_t head, size_t *n)
 {
 	assert(arena != NULL && msg != NULL && n != NULL);
-	uint8_t *buf = tally_arena_alloc(arena, head + CODEC_GUESS_BYTES);
+	size_t guess = pack_guess(msg);
+	uint8_t *buf = tally_arena_alloc(arena, head + guess);
 	if (buf == NULL)
 		return NULL;
-	*n = codec_pack(msg, buf + head, CODEC_GUESS_BYTES);
-	if (*n <= CODEC_GUESS_BYTES)
+	*n = codec_pack(msg, buf + head, guess);
+	if (*n <= guess)
 		return buf;
 	buf = tally_arena_alloc(arena, head + *n);
 	if (buf == NULL)
@@ -406,16 +420,53 @@ struct reader {
 	const uint8_t *p, *end;
 };
 
-static bool varint_get(struct reader *r, uint64_t *v)
+/* A varint, byte by byte, each checked against the end. */
+static bool varint_slow(struct reader *r, uint64_t *v)
 {
-	*v = 0;
-	for (unsigned shift = 0; shift < 7 * VARINT_BYTES_MAX && r->p < r->end; shift += 7) {
-		uint8_t b = *r->p++;
-		*v |= (uint64_t)(b & 0x7f) << shift;
-		if (b < 0x80)
+	const uint8_t *p = r->p;
+	uint64_t x = 0;
+	for (unsigned shift = 0; shift < 7 * VARINT_BYTES_MAX && p < r->end; shift += 7) {
+		uint8_t b = *p++;
+		x |= (uint64_t)(b & 0x7f) << shift;
+		if (b < 0x80) {
+			r->p = p;
+			*v = x;
 			return shift < 63 || b <= 1; /* the tenth byte holds one bit */
+		}
 	}
 	return false;
+}
+
+/* A varint. One byte (tags, lengths, small numbers) is taken at once. One of at most 8
+ * bytes with 8 bytes left to read (a record's every varint but negative numbers and its
+ * last few bytes) is taken from one 64-bit load: its length
+ * from the first byte without the continuation bit, its seven-bit groups put together
+ * with shifts and masks, and no branch per byte. The record's hot loop: an account of a
+ * busy member has hundreds of lots, four varints each. */
+static inline bool varint_get(struct reader *r, uint64_t *v)
+{
+	if (r->p < r->end && *r->p < 0x80) { /* a tag, a length, a small number */
+		*v = *r->p++;
+		return true;
+	}
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	if (r->end - r->p >= 8) {
+		uint64_t w;
+		memcpy(&w, r->p, sizeof(w));
+		uint64_t stop = ~w & UINT64_C(0x8080808080808080);
+		if (stop != 0) {
+			unsigned bits = (unsigned)__builtin_ctzll(stop) + 1; /* through the last byte */
+			uint64_t x = bits == 64 ? w : w & ((UINT64_C(1) << bits) - 1);
+			uint64_t g = UINT64_C(0x7f);
+			*v = (x & g) | (x >> 1 & g << 7) | (x >> 2 & g << 14) | (x >> 3 & g << 21) |
+			     (x >> 4 & g << 28) | (x >> 5 & g << 35) | (x >> 6 & g << 42) |
+			     (x >> 7 & g << 49);
+			r->p += bits / 8;
+			return true;
+		}
+	}
+#endif
+	return varint_slow(r, v);
 }
 
 /* A length-delimited field's bytes, after its tag. */
@@ -473,12 +524,17 @@ static char **str_field(Tally__V1__Account *acct, uint64_t tag)
 	}
 }
 
-/* Reads the fields into acct and the first `cap` lots into lots[], counting them all. */
-static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot *lots,
-		       size_t cap, size_t *n_lots, struct tally_arena *arena)
+/* Reads the fields other than lots into acct, and finds the lots: *n_lots of them, in
+ * the span *lots. Encoders write an account's lots as one run with no other field in
+ * between; fields_get answers false for any other layout (and for a field it does not
+ * write), which goes to protobuf-c's decoder. */
+static bool fields_get(struct reader r, Tally__V1__Account *acct, size_t *n_lots,
+		       struct reader *lots, struct tally_arena *arena)
 {
 	*n_lots = 0;
+	lots->p = lots->end = r.p;
 	while (r.p < r.end) {
+		const uint8_t *at = r.p;
 		uint64_t tag, v;
 		struct reader body;
 		if (!varint_get(&r, &tag))
@@ -489,18 +545,22 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot
 			if (!varint_get(&r, &v))
 				return false;
 			*num = (int64_t)v;
-		} else if (str != NULL || tag == TAG_LOT) {
+		} else if (str != NULL) {
 			if (!bytes_get(&r, &body))
 				return false;
-			if (str != NULL) {
-				*str = tally_arena_strndup(arena, (const char *)body.p,
-							   (size_t)(body.end - body.p));
-				if (*str == NULL)
-					return false;
-			}
-			if (tag == TAG_LOT && *n_lots < cap && !lot_get(&body, &lots[*n_lots]))
+			*str = tally_arena_strndup(arena, (const char *)body.p,
+						   (size_t)(body.end - body.p));
+			if (*str == NULL)
 				return false;
-			*n_lots += tag == TAG_LOT;
+		} else if (tag == TAG_LOT) {
+			if (*n_lots == 0)
+				lots->p = at;
+			else if (lots->end != at)
+				return false; /* lots split by another field */
+			if (!bytes_get(&r, &body))
+				return false;
+			lots->end = r.p;
+			++*n_lots;
 		} else {
 			return false; /* another field: protobuf-c's decoder judges it */
 		}
@@ -508,38 +568,41 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, Tally__V1__Lot
 	return true;
 }
 
-/* The lots an account's one pass reads onto the stack, before the record's room in the
- * arena is known. An account with more (up to TALLY_ACCOUNT_LOTS_EXACT_MAX lots at
- * exact expiries, and month-end ones past those) is read a second time, into it. */
-#define ACCOUNT_LOTS_FIRST_PASS 32
+/* The n lots of the run fields_get found, each a TAG_LOT and its body. */
+static bool lots_get(struct reader run, Tally__V1__Lot *lots, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		uint64_t tag;
+		struct reader body;
+		if (!varint_get(&run, &tag) || tag != TAG_LOT || !bytes_get(&run, &body) ||
+		    !lot_get(&body, &lots[i]))
+			return false;
+	}
+	return run.p == run.end;
+}
 
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n)
 {
 	assert(arena != NULL && (data != NULL || n == 0));
-	struct reader r = {data, data + n};
+	struct reader r = {data, data + n}, run;
 	Tally__V1__Account first = TALLY__V1__ACCOUNT__INIT;
-	Tally__V1__Lot first_lots[ACCOUNT_LOTS_FIRST_PASS];
 	size_t n_lots;
-	if (fields_get(r, &first, first_lots, ACCOUNT_LOTS_FIRST_PASS, &n_lots, arena)) {
-		Tally__V1__Account *acct = tally_arena_alloc(
-			arena, sizeof(*acct) + n_lots * (sizeof(Tally__V1__Lot *) + sizeof(Tally__V1__Lot)));
-		if (acct == NULL)
-			return NULL;
-		*acct = first;
-		Tally__V1__Lot **ptrs = (Tally__V1__Lot **)(acct + 1);
-		Tally__V1__Lot *lots = (Tally__V1__Lot *)(ptrs + n_lots);
-		size_t got;
-		if (n_lots <= ACCOUNT_LOTS_FIRST_PASS)
-			memcpy(lots, first_lots, n_lots * sizeof(*lots));
-		else if (!fields_get(r, acct, lots, n_lots, &got, arena) || got != n_lots)
-			return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
-		for (size_t i = 0; i < n_lots; i++)
-			ptrs[i] = &lots[i];
-		acct->lots = n_lots > 0 ? ptrs : NULL;
-		acct->n_lots = n_lots;
-		return acct;
-	}
-	return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
+	if (!fields_get(r, &first, &n_lots, &run, arena))
+		return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
+	Tally__V1__Account *acct = tally_arena_alloc(
+		arena, sizeof(*acct) + n_lots * (sizeof(Tally__V1__Lot *) + sizeof(Tally__V1__Lot)));
+	if (acct == NULL)
+		return NULL;
+	*acct = first;
+	Tally__V1__Lot **ptrs = (Tally__V1__Lot **)(acct + 1);
+	Tally__V1__Lot *lots = (Tally__V1__Lot *)(ptrs + n_lots);
+	if (!lots_get(run, lots, n_lots))
+		return tally__v1__account__unpack(tally_arena_protobuf(arena), n, data);
+	for (size_t i = 0; i < n_lots; i++)
+		ptrs[i] = &lots[i];
+	acct->lots = n_lots > 0 ? ptrs : NULL;
+	acct->n_lots = n_lots;
+	return acct;
 }
 
 /* ---- batches ------------------------------------------------------------------------

@@ -608,7 +608,8 @@ int emit_entry(struct apply *a, Tally__V1__EntryKind kind, Tally__V1__CommandRes
  * may be NULL with cap 0, for the size alone). */
 size_t codec_pack(const void *msg, uint8_t *out, size_t cap);
 /* msg's bytes in the arena, after `head` bytes left for the caller; *n: their count.
- * NULL when the arena is out of memory. One pass when they fit in CODEC_GUESS_BYTES. */
+ * NULL when the arena is out of memory. One pass when they fit in CODEC_GUESS_BYTES
+ * (an account: that and room for each of its lots at their longest). */
 #define CODEC_GUESS_BYTES 1024
 uint8_t *codec_pack_arena(struct tally_arena *arena, const void *msg, size_t head, size_t *n);
 /* NULL when the bytes are not an Account or the arena is out of memory. */

@@ -1,13 +1,17 @@
 /*
- * codec-bench — what writing the apply path's two records costs: an accrual's journal
- * entry and an account with lots, each sized and written as the ledger does for every
- * command: by ledger/codec.c in one pass into a buffer (codec_pack), and by protobuf-c's
- * generic writer (its size, then its bytes), which must give the same bytes.
+ * codec-bench — what the apply path's two records cost to write, and the account to
+ * read: an accrual's journal entry and an account with lots, each sized and written as
+ * the ledger does for every command, by ledger/codec.c in one pass into a buffer
+ * (codec_pack) and by protobuf-c's generic writer (its size, then its bytes), which must
+ * give the same bytes; and the account read back by each (account_unpack, and
+ * protobuf-c's unpack), as the ledger reads it for every command.
  *
- *   codec-bench [--rounds R] [--count N]
+ *   codec-bench [--rounds R] [--count N] [--lots L]
  *
- * Prints, per record and writer, the nanoseconds per size and write of each of R rounds
- * (default 5) of N writes (default 2,000,000). One core, nothing else measured.
+ * Prints, per record and codec, the nanoseconds per size and write (or per read) of each
+ * of R rounds (default 5) of N (default 2,000,000). The account has L lots (default 5,
+ * about what make bench-ledger leaves; a busy member's account holds 256 and more). One
+ * core, nothing else measured.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,8 +20,9 @@
 
 #include "ledger/internal.h"
 
-#define LOTS 5               /* an account's lots: about what make bench-ledger leaves */
-#define RECORD_BYTES_MAX 4096 /* both records are far below */
+#define LOTS_DEFAULT 5          /* an account's lots: about what make bench-ledger leaves */
+#define LOTS_MAX 1458           /* the most the bounded lots leave an account (README) */
+#define RECORD_BYTES_MAX 65536  /* LOTS_MAX lots at their longest fit */
 
 static double now_s(void)
 {
@@ -55,17 +60,63 @@ static void run(const char *what, const void *m, pack_fn pack, int rounds, long 
 	printf(" ns (%zu bytes)%s\n", n, sink == 0 ? " " : "");
 }
 
+/* m's bytes; nonzero when they were read back. */
+typedef size_t (*read_fn)(struct tally_arena *arena, const uint8_t *b, size_t n);
+
+static size_t codec_read(struct tally_arena *arena, const uint8_t *b, size_t n)
+{
+	Tally__V1__Account *acct = account_unpack(arena, b, n);
+	return acct != NULL ? acct->n_lots + 1 : 0;
+}
+
+static size_t pc_read(struct tally_arena *arena, const uint8_t *b, size_t n)
+{
+	Tally__V1__Account *acct = tally__v1__account__unpack(tally_arena_protobuf(arena), n, b);
+	return acct != NULL ? acct->n_lots + 1 : 0;
+}
+
+/* ns per read of m's bytes, for each round; each read into an arena emptied first. */
+static void run_read(const char *what, const void *m, read_fn read, int rounds, long count)
+{
+	static uint8_t b[RECORD_BYTES_MAX];
+	size_t n = protobuf_c_message_pack(m, b);
+	struct tally_arena arena;
+	tally_arena_init(&arena, 1 << 16, 0);
+	printf("%-32s", what);
+	size_t sink = 0;
+	for (int r = 0; r < rounds; r++) {
+		double t0 = now_s();
+		for (long i = 0; i < count; i++) {
+			tally_arena_reset(&arena);
+			size_t got = read(&arena, b, n);
+			if (got == 0) {
+				fprintf(stderr, "codec-bench: %s: not read\n", what);
+				exit(1);
+			}
+			sink += got;
+		}
+		printf(" %6.1f", (now_s() - t0) / (double)count * 1e9);
+	}
+	printf(" ns (%zu bytes)%s\n", n, sink == 0 ? " " : "");
+	tally_arena_free(&arena);
+}
+
 int main(int argc, char **argv)
 {
 	int rounds = 5;
 	long count = 2000000;
+	long n_lots = LOTS_DEFAULT;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
 			rounds = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
 			count = atol(argv[++i]);
+		else if (strcmp(argv[i], "--lots") == 0 && i + 1 < argc &&
+			 (n_lots = atol(argv[i + 1])) >= 0 && n_lots <= LOTS_MAX)
+			i++;
 		else {
-			fprintf(stderr, "usage: codec-bench [--rounds R] [--count N]\n");
+			fprintf(stderr, "usage: codec-bench [--rounds R] [--count N] [--lots 0..%d]\n",
+				LOTS_MAX);
 			return 2;
 		}
 	}
@@ -114,8 +165,8 @@ int main(int argc, char **argv)
 	e.brand = (char *)"aurora";
 	e.member = (char *)"m0012345";
 
-	Tally__V1__Lot lots[LOTS], *lot_ptrs[LOTS];
-	for (int i = 0; i < LOTS; i++) {
+	static Tally__V1__Lot lots[LOTS_MAX], *lot_ptrs[LOTS_MAX];
+	for (int i = 0; i < n_lots; i++) {
 		tally__v1__lot__init(&lots[i]);
 		lots[i].expiry_ms = 1790000000000 + i * 86400000LL;
 		lots[i].points = 100 + i;
@@ -130,12 +181,19 @@ int main(int argc, char **argv)
 	a.tier = (char *)"gold";
 	a.updated_ms = 1764000000000;
 	a.lots = lot_ptrs;
-	a.n_lots = LOTS;
+	a.n_lots = (size_t)n_lots;
 	a.lot_index_ms = 1790000000000;
 
 	run("entry, ledger/codec.c", &e, codec_pack, rounds, count);
 	run("entry, protobuf-c", &e, pc_pack, rounds, count);
-	run("account (5 lots), ledger/codec.c", &a, codec_pack, rounds, count);
-	run("account (5 lots), protobuf-c", &a, pc_pack, rounds, count);
+	char what[4][64];
+	snprintf(what[0], sizeof(what[0]), "account (%ld lots), ledger/codec.c", n_lots);
+	snprintf(what[1], sizeof(what[1]), "account (%ld lots), protobuf-c", n_lots);
+	snprintf(what[2], sizeof(what[2]), "account read, ledger/codec.c");
+	snprintf(what[3], sizeof(what[3]), "account read, protobuf-c");
+	run(what[0], &a, codec_pack, rounds, count);
+	run(what[1], &a, pc_pack, rounds, count);
+	run_read(what[2], &a, codec_read, rounds, count);
+	run_read(what[3], &a, pc_read, rounds, count);
 	return 0;
 }
