@@ -14,7 +14,9 @@
 
 #define ROUNDS 20000
 #define LOTS_MAX 40
+#define BUSY_LOTS_MAX 400 /* a busy member's account: 256 exact lots and month ends */
 #define CODEC_BYTES_MAX 4096
+#define ACCOUNT_BYTES_MAX (BUSY_LOTS_MAX * 24 + 1024)
 
 static uint64_t rng = 0x9e3779b97f4a7c15ULL;
 
@@ -26,10 +28,12 @@ static uint64_t rnd(void)
 	return rng;
 }
 
-/* Numbers as they come: often 0 (left out), small, large, negative, the extremes. */
+/* Numbers as they come: often 0 (left out), small, large, negative, the extremes, and
+ * of any bit length (varints of every length). */
 static int64_t any_i64(void)
 {
-	switch (rnd() % 6) {
+	switch (rnd() % 7) {
+	case 6: return (int64_t)(rnd() >> (rnd() % 64));
 	case 0: return 0;
 	case 1: return (int64_t)(rnd() % 200);
 	case 2: return (int64_t)(rnd() % 2000000000000000LL);
@@ -61,7 +65,7 @@ static Tally__V1__Account *any_account(struct tally_arena *a)
 			   &acct->qualifying_day, &acct->lot_index_ms};
 	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++)
 		*nums[i] = any_i64();
-	acct->n_lots = rnd() % 3 == 0 ? 0 : rnd() % LOTS_MAX;
+	acct->n_lots = rnd() % 3 == 0 ? 0 : rnd() % (rnd() % 20 == 0 ? BUSY_LOTS_MAX : LOTS_MAX);
 	acct->lots = tally_arena_alloc(a, (acct->n_lots + 1) * sizeof(*acct->lots));
 	for (size_t i = 0; i < acct->n_lots; i++) {
 		Tally__V1__Lot *lot = tally_arena_alloc(a, sizeof(*lot));
@@ -215,13 +219,13 @@ static void test_random_accounts_encode_to_protobuf_c_bytes_and_back(void **stat
 	(void)state;
 	struct tally_arena a;
 	tally_arena_init(&a, 1 << 16, 0);
-	static uint8_t ours[CODEC_BYTES_MAX], theirs[CODEC_BYTES_MAX];
+	static uint8_t ours[ACCOUNT_BYTES_MAX], theirs[ACCOUNT_BYTES_MAX];
 	for (int round = 0; round < ROUNDS; round++) {
 		tally_arena_reset(&a);
 		Tally__V1__Account *acct = any_account(&a);
 		size_t n = codec_pack(acct, NULL, 0);
 		assert_int_equal(n, tally__v1__account__get_packed_size(acct));
-		assert_true(n <= CODEC_BYTES_MAX);
+		assert_true(n <= ACCOUNT_BYTES_MAX);
 		assert_int_equal(codec_pack(acct, ours, sizeof(ours)), n);
 		assert_int_equal(tally__v1__account__pack(acct, theirs), n);
 		assert_memory_equal(ours, theirs, n);
@@ -337,6 +341,12 @@ static void test_other_encodings_are_read_as_protobuf_c_reads_them(void **state)
 		{"a hold", 6, {0x18, 0x05, 0x6a, 0x02, 0x08, 0x01}},
 		{"a zero written out", 4, {0x18, 0x00, 0x20, 0x03}},
 		{"a lot with an unknown field", 6, {0x62, 0x04, 0x08, 0x01, 0x18, 0x02}},
+		{"lots split by another field", 10,
+		 {0x62, 0x02, 0x08, 0x01, 0x18, 0x05, 0x62, 0x02, 0x08, 0x02}},
+		{"a lot's fields in the other order", 6, {0x62, 0x04, 0x10, 0x07, 0x08, 0x01}},
+		{"a nine-byte varint then eight more bytes", 18,
+		 {0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0x20, 0x01, 0x28,
+		  0x02, 0x30, 0x03, 0x38, 0x04}},
 		{"a varint cut short", 2, {0x18, 0x85}},
 		{"a string past the end", 3, {0x0a, 0x05, 'b'}},
 		{"a lot past the end", 3, {0x62, 0x09, 0x08}},
