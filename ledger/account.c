@@ -424,17 +424,120 @@ int account_save(struct apply *a, Tally__V1__Account *acct)
 	return lot_index_update(a, acct);
 }
 
-static int account_write(struct apply *a, const struct open_account *o)
+/* ---- an account's part of the state digest ------------------------------------------
+ * account.c keeps it itself (st_get_own, st_put_own): a record hashed apart (rules 4,
+ * record_hash) has its lots hashed one by one, and a command takes out and puts in
+ * only the lots it changed, where a whole record's hash covers all of them. */
+
+/* The hash of the account's part without lots, head the record's stored head. */
+static int account_part(struct apply *a, const MDB_val *key, const uint8_t *head,
+			const Tally__V1__Account *acct, uint8_t out[32])
+{
+	Tally__V1__Account bare = *acct;
+	bare.n_lots = 0;
+	bare.lots = NULL;
+	size_t n;
+	const uint8_t *body = codec_pack_arena(a->tmp, &bare, 0, &n);
+	if (body == NULL)
+		return TALLY_ENOMEM;
+	account_part_hash(key, head, body, n, out);
+	return 0;
+}
+
+/* What the record v just read adds to the digest (struct account_was). */
+static int account_was_take(struct apply *a, const MDB_val *key, const MDB_val *v,
+			    const struct chain_head *head, const Tally__V1__Account *acct,
+			    struct account_was *was)
+{
+	*was = (struct account_was){.found = true, .apart = head->lots_apart};
+	if (!was->apart) {
+		record_hash(T_ACCOUNTS, key, v, was->hash);
+		return 0;
+	}
+	/* Only account_write sets the flag, and only on these. */
+	if (acct->n_lots <= TALLY_ACCOUNT_LOTS_APART_MIN || !codec_account_plain(acct))
+		return TALLY_ECORRUPT;
+	was->lots = tally_arena_alloc(a->tmp, acct->n_lots * sizeof(*was->lots));
+	if (was->lots == NULL)
+		return TALLY_ENOMEM;
+	for (size_t i = 0; i < acct->n_lots; i++)
+		was->lots[i] = (struct lot_pair){acct->lots[i]->expiry_ms, acct->lots[i]->points};
+	was->n_lots = acct->n_lots;
+	return account_part(a, key, v->mv_data, acct, was->hash);
+}
+
+/* Takes the lots that were and are not out of the digest and puts those that are and
+ * were not in: a merge of the two lists, both in lot order. */
+static void lots_digest(uint8_t digest[32], const MDB_val *key, const struct lot_pair *was,
+			size_t n_was, Tally__V1__Lot *const *now, size_t n_now)
+{
+	uint8_t h[32];
+	size_t i = 0, j = 0;
+	while (i < n_was || j < n_now) {
+		uint64_t before = i < n_was ? lot_order(was[i].expiry_ms) : 0;
+		uint64_t after = j < n_now ? lot_order(now[j]->expiry_ms) : 0;
+		bool same = i < n_was && j < n_now && before == after;
+		if (same && was[i].points == now[j]->points) {
+			i++, j++;
+			continue;
+		}
+		if (i < n_was && (j == n_now || before <= after)) {
+			account_lot_hash(key, was[i].expiry_ms, was[i].points, h);
+			digest_sub(digest, h);
+			i++;
+		}
+		if (j < n_now && (i == n_was || same || after < before)) {
+			account_lot_hash(key, now[j]->expiry_ms, now[j]->points, h);
+			digest_add(digest, h);
+			j++;
+		}
+	}
+}
+
+/* The digest without what the record added when read, and with what v adds. */
+static int account_digest(struct apply *a, const struct open_account *o, const MDB_val *key,
+			  const MDB_val *v)
+{
+	const struct account_was *was = &o->was;
+	assert(was->apart || was->n_lots == 0);
+	if (was->found)
+		digest_sub(a->m.digest, was->hash);
+	uint8_t h[32];
+	if (o->head.lots_apart) {
+		int rc = account_part(a, key, v->mv_data, o->acct, h);
+		if (rc != 0)
+			return rc;
+		lots_digest(a->m.digest, key, was->lots, was->n_lots, o->acct->lots, o->acct->n_lots);
+	} else {
+		record_hash(T_ACCOUNTS, key, v, h);
+		lots_digest(a->m.digest, key, was->lots, was->n_lots, NULL, 0);
+	}
+	digest_add(a->m.digest, h);
+	return 0;
+}
+
+/* Under TALLY_RULES_LOTS_APART, a record with more than TALLY_ACCOUNT_LOTS_APART_MIN lots
+ * is hashed in parts; one the codec does not write itself (unknown fields) never is. */
+static bool account_apart(const struct apply *a, const Tally__V1__Account *acct)
+{
+	return a->m.rules >= TALLY_RULES_LOTS_APART &&
+	       acct->n_lots > TALLY_ACCOUNT_LOTS_APART_MIN && codec_account_plain(acct);
+}
+
+static int account_write(struct apply *a, struct open_account *o)
 {
 	struct key k;
 	account_key(&k, o->acct->brand, o->acct->member);
+	o->head.lots_apart = account_apart(a, o->acct);
 	size_t n;
 	size_t head = chain_head_bytes(&o->head);
 	uint8_t *buf = codec_pack_arena(a->tmp, o->acct, head, &n);
 	if (buf == NULL)
 		return TALLY_ENOMEM;
 	chain_head_encode(buf, &o->head);
-	return st_put(a, T_ACCOUNTS, &k, buf, head + n);
+	MDB_val key = {k.n, k.b}, v = {head + n, buf};
+	int rc = account_digest(a, o, &key, &v);
+	return rc != 0 ? rc : st_put_own(a, T_ACCOUNTS, &k, buf, head + n);
 }
 
 int accounts_flush(struct apply *a)
@@ -503,21 +606,24 @@ static int account_refresh(struct apply *a, const Tally__V1__Brand *b, Tally__V1
 	return rc;
 }
 
-/* Reads the account's record, or makes a fresh one (*fresh). */
+/* Reads the account's record into o, or makes a fresh one (*fresh). */
 static int account_read(struct apply *a, const Tally__V1__Brand *b, const char *member,
-			Tally__V1__Account **out, struct chain_head *head, bool *fresh)
+			struct open_account *o, bool *fresh)
 {
 	struct key k;
 	MDB_val v;
 	account_key(&k, b->id, member);
-	memset(head, 0, sizeof(*head));
-	int rc = st_get(a, T_ACCOUNTS, &k, &v);
+	memset(&o->head, 0, sizeof(o->head));
+	o->was = (struct account_was){.found = false};
+	int rc = st_get_own(a, T_ACCOUNTS, &k, &v);
 	*fresh = rc == TALLY_ENOTFOUND;
 	if (rc == 0) {
-		MDB_val body;
-		rc = chain_head_decode(&v, head, &body);
-		*out = rc != 0 ? NULL : account_unpack(a->tmp, body.mv_data, body.mv_size);
-		return rc != 0 || *out == NULL ? TALLY_ECORRUPT : 0;
+		MDB_val body, key = {k.n, k.b};
+		rc = chain_head_decode(&v, &o->head, &body);
+		o->acct = rc != 0 ? NULL : account_unpack(a->tmp, body.mv_data, body.mv_size);
+		if (rc != 0 || o->acct == NULL)
+			return TALLY_ECORRUPT;
+		return account_was_take(a, &key, &v, &o->head, o->acct, &o->was);
 	}
 	if (rc != TALLY_ENOTFOUND)
 		return rc;
@@ -529,7 +635,7 @@ static int account_read(struct apply *a, const Tally__V1__Brand *b, const char *
 	acct->member = tally_arena_strdup(a->tmp, member);
 	if (acct->brand == NULL || acct->member == NULL)
 		return TALLY_ENOMEM;
-	*out = acct;
+	o->acct = acct;
 	return 0;
 }
 
@@ -550,7 +656,7 @@ static int account_load(struct apply *a, const Tally__V1__Brand *b, const char *
 	if (a->n_open == OPEN_ACCOUNTS_MAX)
 		return TALLY_ECORRUPT; /* no command opens more: a bug, refused alike everywhere */
 	o = &a->open[a->n_open];
-	int rc = account_read(a, b, member, &o->acct, &o->head, &is_fresh);
+	int rc = account_read(a, b, member, o, &is_fresh);
 	if (rc != 0)
 		return rc;
 	o->save = false;

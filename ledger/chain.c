@@ -20,15 +20,16 @@
 
 size_t chain_head_bytes(const struct chain_head *h)
 {
-	assert(h->ord < CHAIN_HEAD_PATH_FLAG);
+	assert(h->ord < CHAIN_HEAD_LOTS_FLAG);
 	return CHAIN_HEAD_BYTES + (h->path_unknown ? 0 : 8 * (size_t)chain_rest_count(h->ord));
 }
 
 size_t chain_head_encode(uint8_t *p, const struct chain_head *h)
 {
-	assert((h->seq == 0) == (h->ord == 0) && h->ord < CHAIN_HEAD_PATH_FLAG);
+	assert((h->seq == 0) == (h->ord == 0) && h->ord < CHAIN_HEAD_LOTS_FLAG);
 	be64_put(p, h->seq);
-	be64_put(p + 8, h->ord | (h->path_unknown ? 0 : CHAIN_HEAD_PATH_FLAG));
+	be64_put(p + 8, h->ord | (h->path_unknown ? 0 : CHAIN_HEAD_PATH_FLAG) |
+				(h->lots_apart ? CHAIN_HEAD_LOTS_FLAG : 0));
 	be64_put(p + 16, h->prev);
 	be64_put(p + 24, h->skip);
 	size_t n = CHAIN_HEAD_BYTES;
@@ -47,10 +48,11 @@ int chain_head_decode(const MDB_val *v, struct chain_head *h, MDB_val *body)
 	uint64_t ord = be64_get(p + 8);
 	*h = (struct chain_head){
 		.seq = be64_get(p),
-		.ord = ord & ~CHAIN_HEAD_PATH_FLAG,
+		.ord = ord & ~CHAIN_HEAD_FLAGS,
 		.prev = be64_get(p + 16),
 		.skip = be64_get(p + 24),
 		.path_unknown = !(ord & CHAIN_HEAD_PATH_FLAG),
+		.lots_apart = (ord & CHAIN_HEAD_LOTS_FLAG) != 0,
 	};
 	body->mv_data = (uint8_t *)v->mv_data + n;
 	body->mv_size = v->mv_size - n;

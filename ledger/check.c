@@ -130,6 +130,12 @@ static int check_account(struct check *c, const MDB_val *k, const MDB_val *v, vo
 						    &c->arena, &head);
 	if (a == NULL)
 		return fail(c, "an account record does not decode");
+	/* Only account_write hashes a record in parts, and only these (account_apart). */
+	if (head.lots_apart &&
+	    (c->m.rules < TALLY_RULES_LOTS_APART ||
+	     a->n_lots <= TALLY_ACCOUNT_LOTS_APART_MIN || !codec_account_plain(a)))
+		return fail(c, "account %s/%s is hashed in parts, which its rules or its %zu lots "
+			    "do not allow", a->brand, a->member, a->n_lots);
 	if (a->available < 0 || a->held < 0)
 		return fail(c, "account %s/%s is negative", a->brand, a->member);
 	struct key prefix;

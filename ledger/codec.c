@@ -203,6 +203,24 @@ static struct out enc_account(struct out o, const void *m)
 /* Whether the account holds only what this codec writes: protobuf-c keeps the unknown
  * fields of what it decoded and writes them back, which is left to protobuf-c (and
  * holds, which are never stored, to it too). */
+static bool account_plain(const void *m);
+
+bool codec_account_plain(const Tally__V1__Account *acct)
+{
+	return account_plain(acct);
+}
+
+size_t codec_lot_field(uint8_t out[CODEC_LOT_FIELD_BYTES_MAX], int64_t expiry_ms, int64_t points)
+{
+	Tally__V1__Lot lot = TALLY__V1__LOT__INIT;
+	lot.expiry_ms = expiry_ms;
+	lot.points = points;
+	uintptr_t at = (uintptr_t)out;
+	struct out o = o_msg((struct out){at, at + CODEC_LOT_FIELD_BYTES_MAX}, TAG_LOT, enc_lot, &lot);
+	assert(o.end != 0);
+	return o.p - at;
+}
+
 static bool account_plain(const void *m)
 {
 	const Tally__V1__Account *acct = m;
@@ -383,8 +401,7 @@ size_t codec_pack(const void *msg, uint8_t *out, size_t cap)
 	return n;
 }
 
-/* A lot at its longest: its tag and length, and two fields of a tag and ten bytes. */
-#define LOT_BYTES_MAX (2 + 2 * (1 + VARINT_BYTES_MAX))
+#define LOT_BYTES_MAX CODEC_LOT_FIELD_BYTES_MAX
 
 /* The room to write msg into at the first try: an account with many lots (a busy
  * member's, up to 1,458 under the bounded lots) would not fit CODEC_GUESS_BYTES, and a
@@ -478,6 +495,39 @@ static bool bytes_get(struct reader *r, struct reader *out)
 	out->p = r->p;
 	out->end = r->p + n;
 	r->p += n;
+	return true;
+}
+
+bool codec_fields(const uint8_t *p, size_t n, codec_field_fn each, void *ctx)
+{
+	assert(p != NULL || n == 0);
+	struct reader r = {p, p + n};
+	while (r.p < r.end) {
+		const uint8_t *at = r.p;
+		uint64_t tag, v;
+		struct reader body;
+		if (!varint_get(&r, &tag))
+			return false;
+		switch (tag & 7) {
+		case 0:
+			if (!varint_get(&r, &v))
+				return false;
+			break;
+		case 1:
+		case 5:
+			if ((size_t)(r.end - r.p) < ((tag & 7) == 1 ? 8u : 4u))
+				return false;
+			r.p += (tag & 7) == 1 ? 8 : 4;
+			break;
+		case 2:
+			if (!bytes_get(&r, &body))
+				return false;
+			break;
+		default:
+			return false; /* groups: never in this schema */
+		}
+		each(ctx, tag == TAG_LOT, at, (size_t)(r.p - at));
+	}
 	return true;
 }
 

@@ -52,26 +52,121 @@ void digest_sub(uint8_t acc[32], const uint8_t h[32])
 	}
 }
 
-/* H(table ‖ key length ‖ key ‖ value): the table and the length make the encoding
+/* ---- record hashes --------------------------------------------------------------
+ * H(table ‖ key length ‖ key ‖ value): the table and the length make the encoding
  * unambiguous, so no two different records share a preimage. The value of a record
  * with a chain head in front (accounts, members) is hashed as format 8 stored it:
  * the head's path flag clear and its path left out, so that the digest is the same
- * with or without the path (internal.h, struct chain_head). */
+ * with or without the path (internal.h, struct chain_head).
+ *
+ * An account record whose head has CHAIN_HEAD_LOTS_FLAG (rules 4, a record with more
+ * than TALLY_ACCOUNT_LOTS_APART_MIN lots) adds to the digest in parts: the hash above
+ * of the record without its lot fields (the flag, set in the head, keeps it apart from
+ * any whole record's), plus for each lot field H(LOT_PART ‖ key length ‖ key ‖ the
+ * field's bytes: tag, length, Lot). A command then hashes the lots it changed, and
+ * the record's other fields, instead of every lot the account holds. */
+#define LOT_PART 0x80 /* above every table's number: no record's preimage starts so */
+_Static_assert(T_COUNT < LOT_PART, "a lot's hash must not share a table's first byte");
+
+static void head_view(const uint8_t *head, uint8_t view[CHAIN_HEAD_BYTES])
+{
+	memcpy(view, head, CHAIN_HEAD_BYTES);
+	be64_put(view + 8, be64_get(view + 8) & ~CHAIN_HEAD_PATH_FLAG);
+}
+
+static void key_prefix(uint8_t tag, const MDB_val *k, uint8_t prefix[3])
+{
+	assert(k->mv_size <= KEY_BYTES_MAX);
+	prefix[0] = tag;
+	prefix[1] = (uint8_t)(k->mv_size >> 8);
+	prefix[2] = (uint8_t)k->mv_size;
+}
+
+void account_part_hash(const MDB_val *k, const uint8_t head[CHAIN_HEAD_BYTES],
+		       const uint8_t *body, size_t n, uint8_t out[32])
+{
+	uint8_t prefix[3], view[CHAIN_HEAD_BYTES];
+	key_prefix(T_ACCOUNTS, k, prefix);
+	head_view(head, view);
+	const void *parts[4] = {prefix, k->mv_data, view, body};
+	size_t lens[4] = {sizeof(prefix), k->mv_size, CHAIN_HEAD_BYTES, n};
+	sha256_parts(parts, lens, 4, out);
+}
+
+static void lot_field_hash(const MDB_val *k, const uint8_t *field, size_t n, uint8_t out[32])
+{
+	uint8_t prefix[3];
+	key_prefix(LOT_PART, k, prefix);
+	const void *parts[3] = {prefix, k->mv_data, field};
+	size_t lens[3] = {sizeof(prefix), k->mv_size, n};
+	sha256_parts(parts, lens, 3, out);
+}
+
+void account_lot_hash(const MDB_val *k, int64_t expiry_ms, int64_t points, uint8_t out[32])
+{
+	uint8_t field[CODEC_LOT_FIELD_BYTES_MAX];
+	lot_field_hash(k, field, codec_lot_field(field, expiry_ms, points), out);
+}
+
+struct apart {
+	const MDB_val *k;
+	SHA256_CTX rest; /* the record without its lots */
+	uint8_t sum[32]; /* its lots' hashes */
+};
+
+static void apart_field(void *ctx, bool lot, const uint8_t *at, size_t n)
+{
+	struct apart *p = ctx;
+	if (!lot) {
+		SHA256_Update(&p->rest, at, n);
+		return;
+	}
+	uint8_t h[32];
+	lot_field_hash(p->k, at, n, h);
+	digest_add(p->sum, h);
+}
+
+/* The parts' sum for an account record hashed apart; false when its body is not
+ * well-formed fields (it is then hashed whole, and the check finds the digest wrong). */
+static bool account_apart_hash(const MDB_val *k, const MDB_val *v, size_t chained,
+			       uint8_t out[32])
+{
+	struct apart p = {.k = k};
+	uint8_t prefix[3], view[CHAIN_HEAD_BYTES];
+	key_prefix(T_ACCOUNTS, k, prefix);
+	head_view(v->mv_data, view);
+	SHA256_Init(&p.rest);
+	SHA256_Update(&p.rest, prefix, sizeof(prefix));
+	SHA256_Update(&p.rest, k->mv_data, k->mv_size);
+	SHA256_Update(&p.rest, view, sizeof(view));
+	if (!codec_fields((const uint8_t *)v->mv_data + chained, v->mv_size - chained, apart_field,
+			  &p))
+		return false;
+	uint8_t h[32];
+	SHA256_Final(h, &p.rest);
+	digest_add(p.sum, h);
+	memcpy(out, p.sum, 32);
+	return true;
+}
+
 void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32])
 {
 	assert(t < T_COUNT && table_digested[t]);
-	assert(k->mv_size <= KEY_BYTES_MAX);
-	uint8_t head[3] = {(uint8_t)t, (uint8_t)(k->mv_size >> 8), (uint8_t)k->mv_size};
-	uint8_t chain[CHAIN_HEAD_BYTES];
+	uint8_t prefix[3];
+	key_prefix((uint8_t)t, k, prefix);
+	uint8_t view[CHAIN_HEAD_BYTES];
 	size_t chained = t == T_ACCOUNTS || t == T_MEMBERS ? chain_head_size(v) : 0;
-	const void *parts[4] = {head, k->mv_data, v->mv_data};
-	size_t lens[4] = {sizeof(head), k->mv_size, v->mv_size};
+	const void *parts[4] = {prefix, k->mv_data, v->mv_data};
+	size_t lens[4] = {sizeof(prefix), k->mv_size, v->mv_size};
 	size_t n = 3;
 	if (chained > 0) { /* a head without its path hashes the same either way */
-		memcpy(chain, v->mv_data, sizeof(chain));
-		be64_put(chain + 8, be64_get(chain + 8) & ~CHAIN_HEAD_PATH_FLAG);
-		parts[2] = chain;
-		lens[2] = sizeof(chain);
+		if (t == T_ACCOUNTS &&
+		    (be64_get((const uint8_t *)v->mv_data + 8) & CHAIN_HEAD_LOTS_FLAG) &&
+		    account_apart_hash(k, v, chained, out))
+			return;
+		head_view(v->mv_data, view);
+		parts[2] = view;
+		lens[2] = sizeof(view);
 		parts[3] = (const uint8_t *)v->mv_data + chained;
 		lens[3] = v->mv_size - chained;
 		n = 4;

@@ -65,8 +65,10 @@ enum daily_kind { DAILY_COMMUNITY = 1, DAILY_TRANSFER = 2, DAILY_EXCHANGE = 3 };
  * first only; format 7's row per entry is read the same way.
  * 9: a chain head in front of an account or member record may carry its path (chain.c:
  * CHAIN_HEAD_PATH_FLAG), which the digest leaves out; a head without one is read as
- * it is and gets its path the first time an entry joins its chain. */
-#define LEDGER_FORMAT_VERSION 9
+ * it is and gets its path the first time an entry joins its chain.
+ * 10: an account record may be hashed into the digest in parts (CHAIN_HEAD_LOTS_FLAG,
+ * rules 4: TALLY_RULES_LOTS_APART); a format-9 ledger has none and is read as it is. */
+#define LEDGER_FORMAT_VERSION 10
 #define LEDGER_FORMAT_READABLE_MIN 3
 #define MS_PER_DAY 86400000LL
 #define ENTRY_HEADER_BYTES 24 /* the fixed part: raft index, term, time */
@@ -352,6 +354,10 @@ struct tally_ledger {
  * is derived from the entries, like an index, and ledger_check verifies it. */
 #define CHAIN_HEAD_BYTES 32
 #define CHAIN_HEAD_PATH_FLAG (1ull << 63)
+/* Set in ord in front of an account record hashed in parts (record_hash): written under
+ * TALLY_RULES_LOTS_APART with more than TALLY_ACCOUNT_LOTS_APART_MIN lots. */
+#define CHAIN_HEAD_LOTS_FLAG (1ull << 62)
+#define CHAIN_HEAD_FLAGS (CHAIN_HEAD_PATH_FLAG | CHAIN_HEAD_LOTS_FLAG)
 #define CHAIN_HEAD_BYTES_MAX (CHAIN_HEAD_BYTES + 8 * CHAIN_REST_MAX)
 
 /* The set bits of an ordinal: the length of its skip path (a loop, not the builtin,
@@ -380,7 +386,7 @@ static inline size_t chain_head_size(const MDB_val *v)
 	uint64_t ord = be64_get((const uint8_t *)v->mv_data + 8);
 	size_t n = CHAIN_HEAD_BYTES;
 	if (ord & CHAIN_HEAD_PATH_FLAG)
-		n += 8 * (size_t)chain_rest_count(ord & ~CHAIN_HEAD_PATH_FLAG);
+		n += 8 * (size_t)chain_rest_count(ord & ~CHAIN_HEAD_FLAGS);
 	return n <= v->mv_size ? n : 0;
 }
 
@@ -396,7 +402,22 @@ struct chain_head {
 	 * without its path (format 8 or older) has path_unknown; chain_append reads the
 	 * path from the journal once and the record is written with it. */
 	bool path_unknown;
+	bool lots_apart; /* the record after it is hashed in parts (CHAIN_HEAD_LOTS_FLAG) */
 	uint64_t rest[CHAIN_REST_MAX];
+};
+/* What an account's record added to the state digest when the command read it, for
+ * account_write to take out: the record's hash, or, hashed apart, the hash of its part
+ * without lots and the lots themselves (their hashes are taken out only where the
+ * record written differs). */
+struct lot_pair {
+	int64_t expiry_ms, points;
+};
+struct account_was {
+	bool found;              /* false: a fresh account, nothing to take out */
+	bool apart;              /* hashed in parts (CHAIN_HEAD_LOTS_FLAG) */
+	uint8_t hash[32];        /* whole: its record_hash; apart: account_part_hash */
+	struct lot_pair *lots;   /* apart: its lots as read, in order; else none */
+	size_t n_lots;
 };
 #define CHAIN_LINK_BYTES 24     /* prev(8) skip(8) ord(8), per chain of an entry */
 #define ENTRY_CHAINS_MAX (POSTINGS_MAX + 1)
@@ -466,6 +487,7 @@ struct apply {
 		Tally__V1__Account *acct;
 		struct chain_head head;
 		bool save;                /* written by accounts_flush */
+		struct account_was was;   /* what its record added to the digest when read */
 	} open[OPEN_ACCOUNTS_MAX];
 	size_t n_open;
 	struct {                          /* the member record being written (member_store) */
@@ -481,6 +503,12 @@ void sha256_parts(const void *const parts[], const size_t lens[], size_t n, uint
 void digest_add(uint8_t acc[32], const uint8_t h[32]);
 void digest_sub(uint8_t acc[32], const uint8_t h[32]);
 void record_hash(enum table t, const MDB_val *k, const MDB_val *v, uint8_t out[32]);
+/* An account record hashed apart (CHAIN_HEAD_LOTS_FLAG; record_hash says how): the hash
+ * of its head (its first CHAIN_HEAD_BYTES as stored, the path flag cleared here) and
+ * its body without lots, and the hash of one of its lots. Their sum is record_hash's. */
+void account_part_hash(const MDB_val *k, const uint8_t head[CHAIN_HEAD_BYTES],
+		       const uint8_t *body, size_t n, uint8_t out[32]);
+void account_lot_hash(const MDB_val *k, int64_t expiry_ms, int64_t points, uint8_t out[32]);
 
 /* The snapshot seal's checksum (hash.c): CRC32C in SEAL_LANES interleaved lanes of
  * SEAL_BLOCK_BYTES blocks. crc32c_lanes uses the processor's CRC32 instruction where
@@ -495,6 +523,10 @@ int st_cursor(struct apply *a, enum table t, MDB_cursor **out);
 void st_cursors_close(struct apply *a);
 int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v);
 int st_put(struct apply *a, enum table t, const struct key *k, const void *v, size_t n);
+/* st_get and st_put for a record whose part of the digest the caller keeps (an account,
+ * which account.c hashes in parts): no hash and nothing the batch knows of it. */
+int st_get_own(struct apply *a, enum table t, const struct key *k, MDB_val *v);
+int st_put_own(struct apply *a, enum table t, const struct key *k, const void *v, size_t n);
 int st_del(struct apply *a, enum table t, const struct key *k);
 int st_get_i64(struct apply *a, enum table t, const struct key *k, int64_t *v);
 int st_put_i64(struct apply *a, enum table t, const struct key *k, int64_t v);
@@ -614,6 +646,16 @@ size_t codec_pack(const void *msg, uint8_t *out, size_t cap);
 uint8_t *codec_pack_arena(struct tally_arena *arena, const void *msg, size_t head, size_t *n);
 /* NULL when the bytes are not an Account or the arena is out of memory. */
 Tally__V1__Account *account_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);
+/* Whether codec_pack writes the account itself (no unknown fields, no holds): its
+ * bytes are then canonical, a lot's the same as codec_lot_field's. */
+bool codec_account_plain(const Tally__V1__Account *acct);
+/* An account's lot field as the codec writes it: tag, length and the Lot's bytes. */
+#define CODEC_LOT_FIELD_BYTES_MAX (2 + 2 * (1 + 10))
+size_t codec_lot_field(uint8_t out[CODEC_LOT_FIELD_BYTES_MAX], int64_t expiry_ms, int64_t points);
+/* Calls each for the message's top-level fields in order, each with its tag and value
+ * bytes; lot: an Account's lot field. false when the bytes are not well-formed fields. */
+typedef void (*codec_field_fn)(void *ctx, bool lot, const uint8_t *at, size_t n);
+bool codec_fields(const uint8_t *p, size_t n, codec_field_fn each, void *ctx);
 /* A Batch of accruals and redemptions; NULL for any other bytes (then protobuf-c's
  * decoder judges them: tally_ledger_batch_decode) or when the arena is out of memory. */
 Tally__V1__Batch *batch_unpack(struct tally_arena *arena, const uint8_t *data, size_t n);

@@ -116,11 +116,19 @@
  *      TALLY_EXPIRY_MONTHS_MAX months ahead;
  *   3  an idempotency record holds the seq of the command's entry alone, not the
  *      SHA-256 of the command's content too: a retry's content is compared with the
- *      original's as its journal entry holds it (2026-12-02). */
+ *      original's as its journal entry holds it (2026-12-02);
+ *   4  an account record holding more than TALLY_ACCOUNT_LOTS_APART_MIN lots is hashed
+ *      into the state digest in parts, the record without its lots and each lot
+ *      apart, so that a command hashes the lots it changed and not all of them
+ *      (2026-12-05). */
 #define TALLY_RULES_FIRST 1
 #define TALLY_RULES_BOUNDED_LOTS 2
 #define TALLY_RULES_IDEM_SEQ 3
-#define TALLY_RULES_CURRENT 3
+#define TALLY_RULES_LOTS_APART 4
+#define TALLY_RULES_CURRENT 4
+/* Lots past which an account written under TALLY_RULES_LOTS_APART is hashed in parts:
+ * below, one hash of the whole record costs less than the parts' several. */
+#define TALLY_ACCOUNT_LOTS_APART_MIN 32
 #define TALLY_ACCOUNT_LOTS_RULES_1_MAX 10000
 #define TALLY_RATE_MAX 1000000000LL
 /* A snapshot's trailer, after the copy: magic (16 bytes, zero-padded), the copy's

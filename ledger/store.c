@@ -240,20 +240,24 @@ static bool st_at(MDB_cursor *cur, const MDB_val *key)
 	       memcmp(k.mv_data, key->mv_data, k.mv_size) == 0;
 }
 
-int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
+int st_get_own(struct apply *a, enum table t, const struct key *k, MDB_val *v)
 {
 	assert(a != NULL && a->txn != NULL);
 	assert(t < T_COUNT);
 	MDB_val key = {k->n, (void *)k->b};
-	MDB_cursor *cur;
+	MDB_cursor *cur = NULL;
 	int rc = st_cursor(a, t, &cur);
 	if (rc != 0)
 		return rc;
-	rc = mdb_cursor_get(cur, &key, v, MDB_SET_KEY);
-	key.mv_size = k->n; /* SET_KEY pointed it into the page: hash our own copy */
-	key.mv_data = (void *)k->b;
-	if (rc != 0 && rc != MDB_NOTFOUND)
-		return lmdb_error(rc);
+	return lmdb_error(mdb_cursor_get(cur, &key, v, MDB_SET_KEY));
+}
+
+int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
+{
+	int rc = st_get_own(a, t, k, v);
+	MDB_val key = {k->n, (void *)k->b};
+	if (rc != 0 && rc != TALLY_ENOTFOUND)
+		return rc;
 	if (table_digested[t]) {
 		uint64_t tag;
 		struct known *s = known_find(a->l, t, &key, &tag);
@@ -265,7 +269,7 @@ int st_get(struct apply *a, enum table t, const struct key *k, MDB_val *v)
 				return krc;
 		}
 	}
-	return lmdb_error(rc);
+	return rc;
 }
 
 /* The record under `key` becomes v (NULL: none) in the digest: the hash of the one it
@@ -313,6 +317,15 @@ int st_put(struct apply *a, enum table t, const struct key *k, const void *v, si
 		if (rc != 0)
 			return rc;
 	}
+	return st_put_own(a, t, k, v, n);
+}
+
+int st_put_own(struct apply *a, enum table t, const struct key *k, const void *v, size_t n)
+{
+	assert(a != NULL && a->txn != NULL);
+	assert(t < T_COUNT);
+	MDB_val key = {k->n, (void *)k->b};
+	MDB_val val = {n, (void *)v};
 	MDB_cursor *cur;
 	int rc = st_cursor(a, t, &cur);
 	if (rc != 0)

@@ -20,6 +20,7 @@
 
 #define MEMBERS 400
 #define EPOCH_COMMANDS 1000
+#define BUSY_BATCH_MAX 12
 #define BRANDS 3
 
 static const char *const brand_ids[BRANDS] = {"aurora", "borealis", "cygnus"};
@@ -54,6 +55,13 @@ struct workload {
 	uint64_t entries[256];          /* recent accrual/redemption entries */
 	size_t n_entries;
 	unsigned members_open;
+	/* A busy run: under these rules (0: the first), this many members (0: MEMBERS / 2),
+	 * half the commands accruals, batches of 1 to BUSY_BATCH_MAX commands and every
+	 * batch at its own minute of the epoch, so that accounts gather a lot per batch
+	 * instead of one per epoch. */
+	uint32_t rules;
+	unsigned members;
+	size_t most_lots;               /* a busy run: the most lots an account held */
 	size_t *batch_ends;             /* where each generated batch ended */
 	size_t n_batches;
 };
@@ -77,8 +85,8 @@ static const char *member_name(struct workload *w, unsigned i)
 
 static const char *any_member(struct workload *w)
 {
-	/* A few ids past the open ones exercise UNKNOWN_MEMBER. */
-	return member_name(w, (unsigned)below(&w->rng, w->members_open + 3));
+	/* A few ids past the open ones exercise UNKNOWN_MEMBER (one in a busy run). */
+	return member_name(w, (unsigned)below(&w->rng, w->members_open + (w->members > 0 ? 1 : 3)));
 }
 
 static const char *any_brand(struct workload *w)
@@ -109,6 +117,8 @@ static Tally__V1__Command *tiered_brand(struct fx *f, const char *id, uint32_t m
 static void setup_commands(struct workload *w)
 {
 	struct fx *f = w->f;
+	if (w->rules > TALLY_RULES_FIRST)
+		push_cmd(w, c_set_rules(f, w->rules));
 	push_cmd(w, tiered_brand(f, "aurora", 1));
 	push_cmd(w, c_brand(f, admin(f), "borealis", 0));
 	push_cmd(w, tiered_brand(f, "cygnus", 12));
@@ -118,9 +128,9 @@ static void setup_commands(struct workload *w)
 		c->set_agreement->daily_cap_points = 20000;
 		push_cmd(w, c);
 	}
-	for (unsigned i = 0; i < MEMBERS / 2; i++)
+	w->members_open = w->members > 0 ? w->members : MEMBERS / 2;
+	for (unsigned i = 0; i < w->members_open; i++)
 		push_cmd(w, c_member(f, admin(f), member_name(w, i)));
-	w->members_open = MEMBERS / 2;
 }
 
 static void remember(uint64_t *ring, size_t *n, uint64_t v)
@@ -168,7 +178,7 @@ static Tally__V1__Command *random_points_command(struct workload *w, unsigned di
 				below(&w->rng, 2) ? pts : -pts, "goodwill");
 	if (dice < 95)
 		return c_expire(f, w->roles[0]);
-	if (dice < 97 && w->members_open < MEMBERS)
+	if (dice < 97 && w->members == 0 && w->members_open < MEMBERS)
 		return c_member(f, w->roles[0], member_name(w, w->members_open++));
 	unsigned i = (unsigned)below(&w->rng, BRANDS);
 	return c_settle(f, w->roles[3], brand_ids[i], brand_ids[(i + 1) % BRANDS],
@@ -243,11 +253,15 @@ static void generate(struct workload *w, size_t total, uint64_t seed, bool check
 	size_t done = 0;
 	while (w->n < total) {
 		size_t epoch = w->n / EPOCH_COMMANDS;
-		size_t batch = 1 + below(&split, 150);
+		size_t batch = 1 + below(&split, w->members > 0 ? BUSY_BATCH_MAX : 150);
 		size_t end = (epoch + 1) * EPOCH_COMMANDS;
 		w->f->now_ms = epoch_time(epoch);
+		if (w->members > 0) /* a minute per command into the epoch: under 17 hours */
+			w->f->now_ms += (int64_t)(w->n % EPOCH_COMMANDS) * 60000;
 		while (w->n < total && w->n < done + batch && w->n < end) {
 			unsigned dice = (unsigned)below(&w->rng, 100);
+			if (w->members > 0 && dice % 2 == 0)
+				dice = 2; /* an accrual (0 and 1 are retries) */
 			push_cmd(w, dice < 2 ? random_retry(w) : random_points_command(w, dice));
 		}
 		Tally__V1__CommandResult **rs = apply_n(w->f, w->cmds + done, w->n - done);
@@ -258,6 +272,11 @@ static void generate(struct workload *w, size_t total, uint64_t seed, bool check
 			learn(w, w->cmds[i], rs[i - done]);
 		if (check_each)
 			assert_invariants(w->f);
+		for (unsigned m = 0; w->members > 0 && m < w->members; m++)
+			for (int b = 0; b < BRANDS; b++) {
+				size_t n = account(w->f, brand_ids[b], member_name(w, m))->n_lots;
+				w->most_lots = n > w->most_lots ? n : w->most_lots;
+			}
 		done = w->n;
 	}
 }
@@ -278,6 +297,22 @@ static void assert_same_digest(struct fx *a, struct fx *b)
 	assert_int_equal(da.time_ms, db.time_ms);
 }
 
+/* The account of (brand, member) reads the same in both, lots and holds included. */
+static void assert_same_accounts_of(struct fx *a, struct fx *b, const char *brand,
+				    const char *member)
+{
+	Tally__V1__Account *x = account(a, brand, member);
+	Tally__V1__Account *y = account(b, brand, member);
+	size_t nx = tally__v1__account__get_packed_size(x);
+	size_t ny = tally__v1__account__get_packed_size(y);
+	assert_int_equal(nx, ny);
+	uint8_t *px = tally_arena_alloc(&a->build, nx + 1);
+	uint8_t *py = tally_arena_alloc(&b->build, ny + 1);
+	tally__v1__account__pack(x, px);
+	tally__v1__account__pack(y, py);
+	assert_memory_equal(px, py, nx);
+}
+
 /* Every account of every member reads the same, lots and holds included. */
 static void assert_same_accounts(struct fx *a, struct fx *b)
 {
@@ -285,16 +320,7 @@ static void assert_same_accounts(struct fx *a, struct fx *b)
 		for (unsigned m = 0; m < MEMBERS + 3; m++) {
 			char id[32];
 			snprintf(id, sizeof(id), "member-%04u", m);
-			Tally__V1__Account *x = account(a, brand_ids[i], id);
-			Tally__V1__Account *y = account(b, brand_ids[i], id);
-			size_t nx = tally__v1__account__get_packed_size(x);
-			size_t ny = tally__v1__account__get_packed_size(y);
-			assert_int_equal(nx, ny);
-			uint8_t *px = tally_arena_alloc(&a->build, nx + 1);
-			uint8_t *py = tally_arena_alloc(&b->build, ny + 1);
-			tally__v1__account__pack(x, px);
-			tally__v1__account__pack(y, py);
-			assert_memory_equal(px, py, nx);
+			assert_same_accounts_of(a, b, brand_ids[i], id);
 		}
 		tally_arena_reset(&a->build);
 		tally_arena_reset(&b->build);
@@ -1010,6 +1036,181 @@ static void test_a_head_whose_path_is_wrong_fails_the_check(void **state)
 	fx_close(&f);
 }
 
+/* ---- accounts hashed in parts (rules 4) ---------------------------------------------
+ * Under TALLY_RULES_LOTS_APART an account record with more than
+ * TALLY_ACCOUNT_LOTS_APART_MIN lots adds to the state digest in parts, and each command
+ * takes out and puts in only the lots it changed (ledger/account.c). The check
+ * recomputes the digest from every record as it is stored (record_hash), so the two
+ * must agree after any command. */
+
+/* Account records of the closed ledger in dir: how many are hashed in parts, and how
+ * many lots the largest of those holds. */
+static size_t records_in_parts(const char *dir, size_t *most_lots)
+{
+	MDB_txn *txn;
+	MDB_env *env = raw_open(dir, &txn);
+	MDB_dbi dbi;
+	MDB_cursor *cur;
+	assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	struct tally_arena arena;
+	tally_arena_init(&arena, 1 << 16, 0);
+	MDB_val k, v;
+	size_t n = 0;
+	*most_lots = 0;
+	for (int rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		struct chain_head head;
+		tally_arena_reset(&arena);
+		Tally__V1__Account *a =
+			chain_record_unpack(&v, &tally__v1__account__descriptor, &arena, &head);
+		assert_non_null(a);
+		if (!head.lots_apart)
+			continue;
+		n++;
+		if (a->n_lots > *most_lots)
+			*most_lots = a->n_lots;
+	}
+	tally_arena_free(&arena);
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return n;
+}
+
+/* Six members over three brands take the random workload's every kind of command
+ * (holds, captures, voids, reversals, transfers, exchanges, adjustments, expiries):
+ * their accounts gather hundreds of lots, and the digest the commands keep equals the
+ * one recomputed from the records after every batch. */
+static void test_accounts_hashed_in_parts_keep_the_digest_through_a_busy_random_run(void **state)
+{
+	(void)state;
+	struct fx a;
+	struct workload w;
+	memset(&w, 0, sizeof(w));
+	fx_open(&a);
+	w.f = &a;
+	memset(outcome, 0, sizeof(outcome));
+	w.rules = TALLY_RULES_LOTS_APART;
+	w.members = 2;
+	generate(&w, 3000, 4242, true); /* not shortened in quick mode: lots need batches */
+	fx_ledger_close(&a);
+	size_t most = 0, apart = records_in_parts(a.dir, &most);
+	assert_int_equal(fx_ledger_open(&a), 0);
+	print_message("an account held up to %zu lots; at the end %zu records in parts, the "
+		      "largest with %zu lots\n", w.most_lots, apart, most);
+	/* Written with more than the least, a record is written in parts. */
+	assert_true(w.most_lots > 2 * TALLY_ACCOUNT_LOTS_APART_MIN);
+	assert_true(apart > 0 && most > TALLY_ACCOUNT_LOTS_APART_MIN);
+	free(w.cmds);
+	free(w.batch_ends);
+	fx_close(&a);
+}
+
+/* Accruals to one member at minutes apart, each its own lot. */
+static void busy_accruals(struct fx *f, const char *member, int n)
+{
+	for (int i = 0; i < n; i++) {
+		f->now_ms += 60000;
+		ok(f, c_accrue(f, admin(f), "aurora", member, 10 + i % 7));
+	}
+}
+
+/* The record of aurora/member, its head's lots flag set or cleared, the ledger closed and
+ * opened again around it. */
+static void lots_flag_poke(struct fx *f, const char *member, bool set)
+{
+	fx_ledger_close(f);
+	MDB_txn *txn;
+	MDB_env *env = raw_open(f->dir, &txn);
+	MDB_dbi dbi;
+	assert_int_equal(mdb_dbi_open(txn, "accounts", 0, &dbi), 0);
+	struct key k;
+	key_reset(&k);
+	key_str(&k, "aurora");
+	key_raw(&k, member);
+	MDB_val key = {k.n, k.b}, v;
+	assert_int_equal(mdb_get(txn, dbi, &key, &v), 0);
+	static uint8_t buf[1 << 16];
+	assert_true(v.mv_size <= sizeof(buf));
+	memcpy(buf, v.mv_data, v.mv_size);
+	uint64_t ord = be64_get(buf + 8);
+	be64_put(buf + 8, set ? ord | CHAIN_HEAD_LOTS_FLAG : ord & ~CHAIN_HEAD_LOTS_FLAG);
+	MDB_val nv = {v.mv_size, buf};
+	assert_int_equal(mdb_put(txn, dbi, &key, &nv, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	assert_int_equal(fx_ledger_open(f), 0);
+}
+
+/* An account crosses TALLY_ACCOUNT_LOTS_APART_MIN both ways, and its record is hashed
+ * in parts exactly while above it; the same commands under rules 3 leave the same
+ * accounts (only the digest differs). The flag is in what the digest covers: cleared
+ * or set by hand, the check finds the record wrong. */
+static void test_an_account_is_hashed_in_parts_while_it_holds_many_lots(void **state)
+{
+	(void)state;
+	enum { MIN = TALLY_ACCOUNT_LOTS_APART_MIN };
+	struct fx parts, whole;
+	struct fx *both[2] = {&parts, &whole};
+	for (int i = 0; i < 2; i++) {
+		struct fx *f = both[i];
+		fx_open(f);
+		f->now_ms = T0_MS;
+		ok(f, c_set_rules(f, i == 0 ? TALLY_RULES_LOTS_APART : TALLY_RULES_IDEM_SEQ));
+		ok(f, c_brand(f, admin(f), "aurora", 12));
+		ok(f, c_member(f, admin(f), "busy"));
+		ok(f, c_member(f, admin(f), "calm"));
+		busy_accruals(f, "busy", MIN);
+		busy_accruals(f, "calm", 3);
+	}
+	size_t most;
+	for (int step = 0; step < 6; step++) {
+		for (int i = 0; i < 2; i++) {
+			struct fx *f = both[i];
+			f->now_ms += 60000;
+			Tally__V1__CommandResult *r;
+			switch (step) {
+			case 0: busy_accruals(f, "busy", 1); break;                      /* MIN + 1 */
+			case 1: ok(f, c_redeem(f, admin(f), "aurora", "busy", 25)); break; /* a lot gone, one cut */
+			case 2: busy_accruals(f, "busy", 9); break;
+			case 3:
+				r = ok(f, c_hold(f, admin(f), "aurora", "busy", 40, 600));
+				ok(f, c_void(f, admin(f), r->hold_id)); /* the lots come back */
+				ok(f, c_transfer(f, admin(f), "aurora", "busy", "calm", 30));
+				break;
+			case 4: ok(f, c_redeem(f, admin(f), "aurora", "busy", 200)); break; /* below MIN */
+			default: busy_accruals(f, "busy", 12); break;
+			}
+			assert_invariants(f);
+		}
+		fx_ledger_close(&parts);
+		size_t apart = records_in_parts(parts.dir, &most);
+		assert_int_equal(fx_ledger_open(&parts), 0);
+		Tally__V1__Account *a = account(&parts, "aurora", "busy");
+		assert_int_equal(apart, a->n_lots > MIN ? 1 : 0);
+		assert_true(step != 4 || a->n_lots <= MIN);
+		assert_true(step != 5 || a->n_lots > MIN);
+		assert_same_accounts_of(&parts, &whole, "aurora", "busy");
+		assert_same_accounts_of(&parts, &whole, "aurora", "calm");
+	}
+	fx_ledger_close(&whole);
+	assert_int_equal(records_in_parts(whole.dir, &most), 0);
+	assert_int_equal(fx_ledger_open(&whole), 0);
+
+	char msg[256];
+	lots_flag_poke(&parts, "busy", false);
+	assert_int_equal(tally_ledger_check_invariants(parts.l, msg, sizeof(msg)), TALLY_ECORRUPT);
+	assert_non_null(strstr(msg, "state digest"));
+	lots_flag_poke(&parts, "busy", true);
+	assert_invariants(&parts);
+	lots_flag_poke(&parts, "calm", true);
+	assert_int_equal(tally_ledger_check_invariants(parts.l, msg, sizeof(msg)), TALLY_ECORRUPT);
+	assert_non_null(strstr(msg, "aurora/calm is hashed in parts"));
+	fx_close(&parts);
+	fx_close(&whole);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1027,6 +1228,8 @@ int main(void)
 		cmocka_unit_test(test_batches_that_meet_thousands_of_records_keep_the_digest),
 		cmocka_unit_test(test_heads_without_their_path_give_the_same_digest_and_the_same_ledger),
 		cmocka_unit_test(test_a_head_whose_path_is_wrong_fails_the_check),
+		cmocka_unit_test(test_accounts_hashed_in_parts_keep_the_digest_through_a_busy_random_run),
+		cmocka_unit_test(test_an_account_is_hashed_in_parts_while_it_holds_many_lots),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
