@@ -180,6 +180,35 @@ static struct out enc_lot(struct out o, const void *m)
 	return o;
 }
 
+/* An account's lots, each a field of tag, length and Lot. With room for every lot at its
+ * longest they go straight in, a length in one byte (a Lot is under 128 bytes); a busy
+ * member's account holds hundreds, written for every command on it. */
+static struct out enc_lots(struct out o, Tally__V1__Lot *const *lots, size_t n)
+{
+	if (o.end == 0 || (o.end - o.p) / CODEC_LOT_FIELD_BYTES_MAX < n) {
+		for (size_t i = 0; i < n; i++)
+			o = o_msg(o, TAG_LOT, enc_lot, lots[i]);
+		return o;
+	}
+	uint8_t *p = (uint8_t *)o.p;
+	for (size_t i = 0; i < n; i++) {
+		uint8_t *len = p + 1;
+		p[0] = TAG_LOT;
+		p += 2;
+		if (lots[i]->expiry_ms != 0) {
+			*p++ = TAG_LOT_EXPIRY;
+			p = varint_put(p, (uint64_t)lots[i]->expiry_ms);
+		}
+		if (lots[i]->points != 0) {
+			*p++ = TAG_LOT_POINTS;
+			p = varint_put(p, (uint64_t)lots[i]->points);
+		}
+		*len = (uint8_t)(p - len - 1);
+	}
+	o.p = (uintptr_t)p;
+	return o;
+}
+
 static struct out enc_account(struct out o, const void *m)
 {
 	const Tally__V1__Account *acct = m;
@@ -194,8 +223,7 @@ static struct out enc_account(struct out o, const void *m)
 	o = o_str(o, TAG_TIER, acct->tier);
 	o = o_int(o, TAG_UPDATED, acct->updated_ms);
 	o = o_int(o, TAG_QUALIFYING_DAY, acct->qualifying_day);
-	for (size_t i = 0; i < acct->n_lots; i++)
-		o = o_msg(o, TAG_LOT, enc_lot, acct->lots[i]);
+	o = enc_lots(o, acct->lots, acct->n_lots);
 	o = o_int(o, TAG_LOT_INDEX, acct->lot_index_ms);
 	return o;
 }
