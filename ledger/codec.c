@@ -526,6 +526,27 @@ static bool bytes_get(struct reader *r, struct reader *out)
 	return true;
 }
 
+/* One field: its tag, then its value (a varint) or its bytes (length-delimited); the
+ * fixed-width kinds are stepped over. false when it is cut short or a group. */
+static inline bool field_get(struct reader *r, uint64_t *tag, uint64_t *v, struct reader *body)
+{
+	if (!varint_get(r, tag))
+		return false;
+	switch (*tag & 7) {
+	case VARINT: return varint_get(r, v);
+	case LEN: return bytes_get(r, body);
+	case 1:
+	case 5: {
+		size_t n = (*tag & 7) == 1 ? 8 : 4;
+		if ((size_t)(r->end - r->p) < n)
+			return false;
+		r->p += n;
+		return true;
+	}
+	default: return false; /* groups: never in this schema */
+	}
+}
+
 bool codec_fields(const uint8_t *p, size_t n, codec_field_fn each, void *ctx)
 {
 	assert(p != NULL || n == 0);
@@ -534,26 +555,8 @@ bool codec_fields(const uint8_t *p, size_t n, codec_field_fn each, void *ctx)
 		const uint8_t *at = r.p;
 		uint64_t tag, v;
 		struct reader body;
-		if (!varint_get(&r, &tag))
+		if (!field_get(&r, &tag, &v, &body))
 			return false;
-		switch (tag & 7) {
-		case 0:
-			if (!varint_get(&r, &v))
-				return false;
-			break;
-		case 1:
-		case 5:
-			if ((size_t)(r.end - r.p) < ((tag & 7) == 1 ? 8u : 4u))
-				return false;
-			r.p += (tag & 7) == 1 ? 8 : 4;
-			break;
-		case 2:
-			if (!bytes_get(&r, &body))
-				return false;
-			break;
-		default:
-			return false; /* groups: never in this schema */
-		}
 		each(ctx, tag == TAG_LOT, at, (size_t)(r.p - at));
 	}
 	return true;
@@ -613,19 +616,15 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, size_t *n_lots
 	lots->p = lots->end = r.p;
 	while (r.p < r.end) {
 		const uint8_t *at = r.p;
-		uint64_t tag, v;
-		struct reader body;
-		if (!varint_get(&r, &tag))
+		uint64_t tag, v = 0;
+		struct reader body = {NULL, NULL};
+		if (!field_get(&r, &tag, &v, &body))
 			return false;
-		int64_t *num = int_field(acct, tag);
+		int64_t *num = int_field(acct, tag); /* the tags name the wire type too */
 		char **str = str_field(acct, tag);
 		if (num != NULL) {
-			if (!varint_get(&r, &v))
-				return false;
 			*num = (int64_t)v;
 		} else if (str != NULL) {
-			if (!bytes_get(&r, &body))
-				return false;
 			*str = tally_arena_strndup(arena, (const char *)body.p,
 						   (size_t)(body.end - body.p));
 			if (*str == NULL)
@@ -635,8 +634,6 @@ static bool fields_get(struct reader r, Tally__V1__Account *acct, size_t *n_lots
 				lots->p = at;
 			else if (lots->end != at)
 				return false; /* lots split by another field */
-			if (!bytes_get(&r, &body))
-				return false;
 			lots->end = r.p;
 			++*n_lots;
 		} else {
