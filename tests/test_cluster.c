@@ -8,6 +8,7 @@
 #include "tests/util.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -2410,6 +2411,39 @@ static void expect_in(const char *out, const char *what, const char *where)
 		fail_msg("%s lacks %s: %s", where, what, out);
 }
 
+/* The request id tallyctl made for a command sent without one: 32 hex digits in
+ * UUIDv7's layout (version 7, the RFC's variant), the time in milliseconds first. */
+static uint64_t fresh_request_id_ms(const char *out)
+{
+	const char *at = strstr(out, "\"request_id\":\"");
+	if (at == NULL)
+		fail_msg("no request id: %s", out);
+	at += strlen("\"request_id\":\"");
+	for (int i = 0; i < 32; i++)
+		if (!isxdigit((unsigned char)at[i]) || isupper((unsigned char)at[i]))
+			fail_msg("request id not 32 lower-case hex digits: %s", out);
+	if (at[32] != '"' || at[12] != '7' || strchr("89ab", at[16]) == NULL)
+		fail_msg("request id not in UUIDv7's layout: %s", out);
+	char ms[13];
+	memcpy(ms, at, 12);
+	ms[12] = '\0';
+	return strtoull(ms, NULL, 16);
+}
+
+/* Commands sent without a request id get ids that rise with time (README, Idempotency):
+ * the ledger's claims of them land together. */
+static void assert_tallyctl_request_ids_rise_with_time(struct cluster *c)
+{
+	char out[4096];
+	int64_t before = wall_now_ms();
+	assert_int_equal(tallyctl(c, c->clients, "member open --id rid-1", out, sizeof(out)), 0);
+	uint64_t first = fresh_request_id_ms(out);
+	assert_int_equal(tallyctl(c, c->clients, "member open --id rid-2", out, sizeof(out)), 0);
+	uint64_t second = fresh_request_id_ms(out);
+	assert_true(first >= (uint64_t)before && second >= first);
+	assert_true(second <= (uint64_t)wall_now_ms());
+}
+
 /* People's units: a settlement cut off at an RFC 3339 time, amounts with their
  * currency and times in RFC 3339, raw numbers kept beside them in JSON. b1 (CNY,
  * 0.01 a point) and ivy with 50 points exist. */
@@ -2570,6 +2604,7 @@ static void test_tallyctl_json_shapes_and_exit_codes(void **state)
 	assert_int_equal(tallyctl(&c, c.clients, "--key auditor status", out, sizeof(out)), 0);
 	assert_non_null(strstr(out, "\"leader\":{\"id\":"));
 	assert_tallyctl_speaks_peoples_units(&c);
+	assert_tallyctl_request_ids_rise_with_time(&c);
 	/* Cluster changes refused by the node are definite rejections, with the reason. */
 	assert_int_equal(tallyctl(&c, c.clients, "cluster remove --id 9", out, sizeof(out)), 1);
 	assert_non_null(strstr(out, "\"error\":\"NOT_FOUND\""));

@@ -14,7 +14,9 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import unittest
+import uuid
 
 from localcluster import BUILD, ROOT, TALLYCTL, start, stop
 
@@ -185,6 +187,21 @@ class PythonClientTest(unittest.TestCase):
         st = self.admin.status()
         self.assertEqual(len(st.nodes), 3)
         self.assertTrue(st.leader.id)
+
+    def test_fresh_request_ids_are_uuid7s_rising_with_time(self):
+        """A command sent without a request id gets one that rises with time, so the
+        ledger's claims of them land together (README, Idempotency)."""
+        ids = [tally.new_request_id(now_ms=1764900000000 + i // 3) for i in range(300)]
+        self.assertEqual(len(set(ids)), 300)  # three a millisecond, told apart at random
+        for i, rid in enumerate(ids):
+            self.assertRegex(rid, "^[0-9a-f]{32}$")
+            u = uuid.UUID(hex=rid)
+            self.assertEqual((u.version, u.variant), (7, uuid.RFC_4122))
+            self.assertEqual(int(rid[:12], 16), 1764900000000 + i // 3)
+        self.assertEqual([r[:12] for r in sorted(ids)], [r[:12] for r in ids])
+        t0 = int(time.time() * 1000)
+        now = int(tally.new_request_id()[:12], 16)
+        self.assertTrue(t0 <= now <= int(time.time() * 1000))
 
     def test_a_key_file_others_can_read_is_refused(self):
         path = os.path.join(self.dir, "loose.key")

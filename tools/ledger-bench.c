@@ -9,6 +9,13 @@
  * version set_rules switches it to first; TALLY_RULES_CURRENT unless told, 1 leaves
  * it at the first). The line before last gives the rate over each quarter of the
  * commands, as the ledger grows; the last is "apply: N commands/s".
+ *
+ * A command's request id (--request-ids) is "op-N", N its number (counter, the
+ * default): each idempotency claim lands next to the one before; or 32 hex digits of a
+ * mix of N (random), as a client's random ids (UUIDv4) would be, each claim landing
+ * anywhere in the table; or the batch's time in milliseconds (12 hex digits) and 20 of
+ * the mix (time), UUIDv7's layout, which Tally's own clients send: claims land at the
+ * table's end, among those of the same millisecond.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -21,6 +28,9 @@
 #include "ledger/ledger.h"
 #include "tools/bench.h"
 
+#define T0_MS 1767225600000LL /* the first batch's time: 2026-01-01T00:00:00Z */
+#define BATCH_STEP_MS 10      /* each batch of the workload 10 ms after the one before */
+
 struct opts {
 	long commands;
 	long members;
@@ -31,6 +41,7 @@ struct opts {
 	long map_mb;
 	long rules;
 	long group;
+	enum request_ids { IDS_COUNTER, IDS_RANDOM, IDS_TIME } ids;
 };
 
 struct blob {
@@ -48,7 +59,8 @@ static uint64_t rnd(void)
 static void usage(void)
 {
 	fprintf(stderr, "usage: ledger-bench [--commands N] [--members M] [--batch B] "
-			"[--dir D] [--writemap] [--keep] [--map-mb N] [--rules N] [--group G]\n");
+			"[--dir D] [--writemap] [--keep] [--map-mb N] [--rules N] [--group G] "
+			"[--request-ids counter|random|time]\n");
 	exit(2);
 }
 
@@ -59,8 +71,10 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"batch", required_argument, NULL, 'b'},    {"dir", required_argument, NULL, 'd'},
 		{"writemap", no_argument, NULL, 'w'},        {"keep", no_argument, NULL, 'k'},
 		{"map-mb", required_argument, NULL, 'M'},    {"rules", required_argument, NULL, 'r'},
-		{"group", required_argument, NULL, 'g'},    {NULL, 0, NULL, 0}};
-	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT, 1};
+		{"group", required_argument, NULL, 'g'},    {"request-ids", required_argument, NULL, 'i'},
+		{NULL, 0, NULL, 0}};
+	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT, 1,
+			   IDS_COUNTER};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		switch (c) {
@@ -73,6 +87,12 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'M': o->map_mb = atol(optarg); break;
 		case 'r': o->rules = atol(optarg); break;
 		case 'g': o->group = atol(optarg); break;
+		case 'i':
+			o->ids = strcmp(optarg, "counter") == 0	 ? IDS_COUNTER
+				 : strcmp(optarg, "random") == 0 ? IDS_RANDOM
+				 : strcmp(optarg, "time") == 0	 ? IDS_TIME
+								 : (usage(), IDS_COUNTER);
+			break;
 		default: usage();
 		}
 	}
@@ -180,12 +200,36 @@ static void fill_rules(struct tally_arena *a, Tally__V1__Command *c, long i, voi
 	c->set_rules = m;
 }
 
+/* splitmix64's finalizer: a number's bits spread over all 64. */
+static uint64_t mix(uint64_t x)
+{
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+	return x ^ (x >> 31);
+}
+
+static char *request_id(struct tally_arena *a, long i, enum request_ids ids, int64_t t_ms)
+{
+	if (ids == IDS_COUNTER)
+		return fmt(a, "op-%ld", i);
+	char buf[33];
+	uint64_t hi = mix((uint64_t)i), lo = mix(hi ^ (uint64_t)i);
+	if (ids == IDS_RANDOM)
+		snprintf(buf, sizeof(buf), "%016llx%016llx", (unsigned long long)hi,
+			 (unsigned long long)lo);
+	else
+		snprintf(buf, sizeof(buf), "%012llx%04llx%016llx",
+			 (unsigned long long)t_ms & 0xffffffffffffULL,
+			 (unsigned long long)hi & 0xffff, (unsigned long long)lo);
+	return tally_arena_strdup(a, buf);
+}
+
 static void fill_op(struct tally_arena *a, Tally__V1__Command *c, long i, void *ctx)
 {
-	long members = *(long *)ctx;
-	char *member = fmt(a, "m%07ld", (long)(rnd() % (uint64_t)members));
+	const struct opts *o = ctx;
+	char *member = fmt(a, "m%07ld", (long)(rnd() % (uint64_t)o->members));
 	int64_t points = 1 + (int64_t)(rnd() % 1000);
-	c->request_id = fmt(a, "op-%ld", i);
+	c->request_id = request_id(a, i, o->ids, T0_MS + i / o->batch * BATCH_STEP_MS);
 	if (rnd() % 10 < 7) {
 		Tally__V1__Accrue *m = tally_arena_alloc(a, sizeof(*m));
 		tally__v1__accrue__init(m);
@@ -292,7 +336,7 @@ int main(int argc, char **argv)
 	tally_arena_init(&a, 1 << 20, 0);
 	tally_arena_init(&out, 1 << 20, 0);
 	uint64_t index = tally_ledger_applied_index(l);
-	int64_t t_ms = 1767225600000LL;
+	int64_t t_ms = T0_MS;
 	Tally__V1__CommandResult **rs;
 	size_t n;
 	bool skipped;
@@ -325,8 +369,8 @@ int main(int argc, char **argv)
 	double *lat = calloc((size_t)n_batches, sizeof(*lat));
 	for (long b = 0; b < n_batches; b++) {
 		long k = o.commands - b * o.batch < o.batch ? o.commands - b * o.batch : o.batch;
-		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * 10, b * o.batch, k,
-					  fill_op, &o.members);
+		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * BATCH_STEP_MS,
+					  b * o.batch, k, fill_op, &o);
 	}
 	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s",
 		o.commands, n_batches, o.batch, o.members, o.rules, dir, o.writemap ? ", writemap" : "");

@@ -30,7 +30,7 @@ install puts it in PREFIX/lib).
 
 import ctypes
 import os
-import uuid
+import time
 
 import tally_pb2 as pb
 
@@ -129,8 +129,16 @@ def read_key_file(path):
     return lines[0][0], lines[0][3]
 
 
-def new_request_id():
-    return uuid.uuid4().hex
+def new_request_id(now_ms=None):
+    """A fresh request id: UUIDv7's layout (RFC 9562) in 32 hex digits, the time in
+    milliseconds first and 74 random bits after. The ledger files each (key, request
+    id) it applies in a B-tree; ids that rise with time land together at its end, where
+    random ones (UUIDv4) would each land on a page of their own: 1.4x the apply's cost
+    at a million commands (README, Idempotency)."""
+    ms = (time.time_ns() // 1000000 if now_ms is None else now_ms) & ((1 << 48) - 1)
+    r = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (r >> 62) & 0xFFF, r & ((1 << 62) - 1)
+    return "%032x" % (ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b)
 
 
 def money(micros, currency):
