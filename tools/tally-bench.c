@@ -69,6 +69,11 @@ struct opts {
 	bool no_setup;               /* --no-setup: brand and members exist (an earlier run's) */
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 	int pid;                     /* this run's, in its request ids (read once: a system call) */
+	enum request_ids {           /* --request-ids (op) */
+		IDS_COUNTER,         /* bench-PID-WORKER-N: each worker's rise */
+		IDS_RANDOM,          /* 32 random hex digits, as the peers of bench-compare send */
+		IDS_TIME,            /* the time in ms, then random: what tallyctl and Python send */
+	} ids;
 };
 
 /* One connection and the requests it has in flight. */
@@ -138,7 +143,7 @@ static void usage(void)
 			"                   [--members M]\n"
 			"                   [--duration-s S] [--commands N] [--rate R] [--preload POINTS]\n"
 			"                   [--no-setup] [--json]\n"
-			"                   [--latency-csv FILE]\n");
+			"                   [--latency-csv FILE] [--request-ids counter|random|time]\n");
 	exit(2);
 }
 
@@ -171,6 +176,11 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
 		else if (strcmp(a, "--preload") == 0) o->preload = (unsigned)n;
 		else if (strcmp(a, "--latency-csv") == 0) o->latency_csv = v;
+		else if (strcmp(a, "--request-ids") == 0)
+			o->ids = strcmp(v, "counter") == 0  ? IDS_COUNTER
+				 : strcmp(v, "random") == 0 ? IDS_RANDOM
+				 : strcmp(v, "time") == 0   ? IDS_TIME
+							    : (usage(), IDS_COUNTER);
 		else usage();
 	}
 	if (o->duration_s == 0)
@@ -213,13 +223,31 @@ static struct tally_client *open_client(const struct opts *o)
 	return c;
 }
 
+/* The command's request id (--request-ids). */
+static void request_id(char *id, size_t cap, uint64_t *rng, const struct opts *o,
+		       unsigned worker, uint64_t n)
+{
+	if (o->ids == IDS_COUNTER) {
+		snprintf(id, cap, "bench-%d-%u-%" PRIu64, o->pid, worker, n);
+		return;
+	}
+	uint64_t hi = rnd(rng), lo = rnd(rng);
+	if (o->ids == IDS_TIME) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+		hi = ms << 16 | (hi & 0xffff);
+	}
+	snprintf(id, cap, "%016" PRIx64 "%016" PRIx64, hi, lo);
+}
+
 /* Fills one command of the mix. */
 static void op(struct tally_arena *a, uint64_t *rng, const struct opts *o, unsigned worker,
 	       uint64_t n, Tally__V1__Command *c)
 {
 	char id[48], member[24];
 	unsigned members = o->members;
-	snprintf(id, sizeof(id), "bench-%d-%u-%" PRIu64, o->pid, worker, n);
+	request_id(id, sizeof(id), rng, o, worker, n);
 	snprintf(member, sizeof(member), "m%07u", (unsigned)(rnd(rng) % members));
 	tally__v1__command__init(c);
 	c->request_id = tally_arena_strdup(a, id);
