@@ -180,9 +180,33 @@ static struct out enc_lot(struct out o, const void *m)
 	return o;
 }
 
-/* An account's lots, each a field of tag, length and Lot. With room for every lot at its
- * longest they go straight in, a length in one byte (a Lot is under 128 bytes); a busy
- * member's account holds hundreds, written for every command on it. */
+/* A lot field (tag, length, Lot) written at p, which has CODEC_LOT_FIELD_BYTES_MAX
+ * bytes of room: its length takes one byte, a Lot being under 128. Returns its end. */
+static inline uint8_t *lot_field_put(uint8_t *p, int64_t expiry_ms, int64_t points)
+{
+	uint8_t *len = p + 1;
+	p[0] = TAG_LOT;
+	p += 2;
+	if (expiry_ms != 0) {
+		*p++ = TAG_LOT_EXPIRY;
+		p = varint_put(p, (uint64_t)expiry_ms);
+	}
+	if (points != 0) {
+		*p++ = TAG_LOT_POINTS;
+		p = varint_put(p, (uint64_t)points);
+	}
+	*len = (uint8_t)(p - len - 1);
+	return p;
+}
+
+size_t codec_lot_field(uint8_t out[CODEC_LOT_FIELD_BYTES_MAX], int64_t expiry_ms, int64_t points)
+{
+	return (size_t)(lot_field_put(out, expiry_ms, points) - out);
+}
+
+/* An account's lots. With room for every lot at its longest they go straight in
+ * (lot_field_put); a busy member's account holds hundreds, written for every command
+ * on it. */
 static struct out enc_lots(struct out o, Tally__V1__Lot *const *lots, size_t n)
 {
 	if (o.end == 0 || (o.end - o.p) / CODEC_LOT_FIELD_BYTES_MAX < n) {
@@ -191,20 +215,8 @@ static struct out enc_lots(struct out o, Tally__V1__Lot *const *lots, size_t n)
 		return o;
 	}
 	uint8_t *p = (uint8_t *)o.p;
-	for (size_t i = 0; i < n; i++) {
-		uint8_t *len = p + 1;
-		p[0] = TAG_LOT;
-		p += 2;
-		if (lots[i]->expiry_ms != 0) {
-			*p++ = TAG_LOT_EXPIRY;
-			p = varint_put(p, (uint64_t)lots[i]->expiry_ms);
-		}
-		if (lots[i]->points != 0) {
-			*p++ = TAG_LOT_POINTS;
-			p = varint_put(p, (uint64_t)lots[i]->points);
-		}
-		*len = (uint8_t)(p - len - 1);
-	}
+	for (size_t i = 0; i < n; i++)
+		p = lot_field_put(p, lots[i]->expiry_ms, lots[i]->points);
 	o.p = (uintptr_t)p;
 	return o;
 }
@@ -231,24 +243,6 @@ static struct out enc_account(struct out o, const void *m)
 /* Whether the account holds only what this codec writes: protobuf-c keeps the unknown
  * fields of what it decoded and writes them back, which is left to protobuf-c (and
  * holds, which are never stored, to it too). */
-static bool account_plain(const void *m);
-
-bool codec_account_plain(const Tally__V1__Account *acct)
-{
-	return account_plain(acct);
-}
-
-size_t codec_lot_field(uint8_t out[CODEC_LOT_FIELD_BYTES_MAX], int64_t expiry_ms, int64_t points)
-{
-	Tally__V1__Lot lot = TALLY__V1__LOT__INIT;
-	lot.expiry_ms = expiry_ms;
-	lot.points = points;
-	uintptr_t at = (uintptr_t)out;
-	struct out o = o_msg((struct out){at, at + CODEC_LOT_FIELD_BYTES_MAX}, TAG_LOT, enc_lot, &lot);
-	assert(o.end != 0);
-	return o.p - at;
-}
-
 static bool account_plain(const void *m)
 {
 	const Tally__V1__Account *acct = m;
@@ -258,6 +252,11 @@ static bool account_plain(const void *m)
 		if (!plain(acct->lots[i]))
 			return false;
 	return true;
+}
+
+bool codec_account_plain(const Tally__V1__Account *acct)
+{
+	return account_plain(acct);
 }
 
 /* ---- journal entries ----------------------------------------------------------------
@@ -429,8 +428,6 @@ size_t codec_pack(const void *msg, uint8_t *out, size_t cap)
 	return n;
 }
 
-#define LOT_BYTES_MAX CODEC_LOT_FIELD_BYTES_MAX
-
 /* The room to write msg into at the first try: an account with many lots (a busy
  * member's, up to 1,458 under the bounded lots) would not fit CODEC_GUESS_BYTES, and a
  * second try writes it all again. */
@@ -438,7 +435,8 @@ static size_t pack_guess(const ProtobufCMessage *msg)
 {
 	if (msg->descriptor != &tally__v1__account__descriptor)
 		return CODEC_GUESS_BYTES;
-	return CODEC_GUESS_BYTES + ((const Tally__V1__Account *)msg)->n_lots * LOT_BYTES_MAX;
+	return CODEC_GUESS_BYTES +
+	       ((const Tally__V1__Account *)msg)->n_lots * CODEC_LOT_FIELD_BYTES_MAX;
 }
 
 uint8_t *codec_pack_arena(struct tally_arena *arena, const void *msg, size_t head, size_t *n)
@@ -484,10 +482,10 @@ static bool varint_slow(struct reader *r, uint64_t *v)
 
 /* A varint. One byte (tags, lengths, small numbers) is taken at once. One of at most 8
  * bytes with 8 bytes left to read (a record's every varint but negative numbers and its
- * last few bytes) is taken from one 64-bit load: its length
- * from the first byte without the continuation bit, its seven-bit groups put together
- * with shifts and masks, and no branch per byte. The record's hot loop: an account of a
- * busy member has hundreds of lots, four varints each. */
+ * last few bytes) is taken from one 64-bit load: its length from the first byte without
+ * the continuation bit, its seven-bit groups put together with shifts and masks, and no
+ * branch per byte. The record's hot loop: an account of a busy member has hundreds of
+ * lots, four varints each. */
 static inline bool varint_get(struct reader *r, uint64_t *v)
 {
 	if (r->p < r->end && *r->p < 0x80) { /* a tag, a length, a small number */

@@ -82,15 +82,26 @@ static void key_prefix(uint8_t tag, const MDB_val *k, uint8_t prefix[3])
 	prefix[2] = (uint8_t)k->mv_size;
 }
 
-void account_part_hash(const MDB_val *k, const uint8_t head[CHAIN_HEAD_BYTES],
-		       const uint8_t *body, size_t n, uint8_t out[32])
+/* The hash of an account's part without lots, begun: the table, key and head view that
+ * record_hash puts in front of a record's body. */
+static void part_begin(SHA256_CTX *c, const MDB_val *k, const uint8_t *head)
 {
 	uint8_t prefix[3], view[CHAIN_HEAD_BYTES];
 	key_prefix(T_ACCOUNTS, k, prefix);
 	head_view(head, view);
-	const void *parts[4] = {prefix, k->mv_data, view, body};
-	size_t lens[4] = {sizeof(prefix), k->mv_size, CHAIN_HEAD_BYTES, n};
-	sha256_parts(parts, lens, 4, out);
+	SHA256_Init(c);
+	SHA256_Update(c, prefix, sizeof(prefix));
+	SHA256_Update(c, k->mv_data, k->mv_size);
+	SHA256_Update(c, view, sizeof(view));
+}
+
+void account_part_hash(const MDB_val *k, const uint8_t head[CHAIN_HEAD_BYTES],
+		       const uint8_t *body, size_t n, uint8_t out[32])
+{
+	SHA256_CTX c;
+	part_begin(&c, k, head);
+	SHA256_Update(&c, body, n);
+	SHA256_Final(out, &c);
 }
 
 static void lot_field_hash(const MDB_val *k, const uint8_t *field, size_t n, uint8_t out[32])
@@ -132,13 +143,7 @@ static bool account_apart_hash(const MDB_val *k, const MDB_val *v, size_t chaine
 			       uint8_t out[32])
 {
 	struct apart p = {.k = k};
-	uint8_t prefix[3], view[CHAIN_HEAD_BYTES];
-	key_prefix(T_ACCOUNTS, k, prefix);
-	head_view(v->mv_data, view);
-	SHA256_Init(&p.rest);
-	SHA256_Update(&p.rest, prefix, sizeof(prefix));
-	SHA256_Update(&p.rest, k->mv_data, k->mv_size);
-	SHA256_Update(&p.rest, view, sizeof(view));
+	part_begin(&p.rest, k, v->mv_data);
 	if (!codec_fields((const uint8_t *)v->mv_data + chained, v->mv_size - chained, apart_field,
 			  &p))
 		return false;

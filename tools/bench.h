@@ -1,12 +1,14 @@
 /*
  * What the ledger benchmarks share: the workload's random numbers, so that
- * ledger-floor draws exactly the members and kinds ledger-bench draws, and the
- * monotonic clock they time with.
+ * ledger-floor draws exactly the members and kinds ledger-bench draws, the monotonic
+ * clock they time with, and the kinds of request ids they send (--request-ids).
  */
 #ifndef TALLY_TOOLS_BENCH_H
 #define TALLY_TOOLS_BENCH_H
 
 #include <stdint.h>
+#include <stdio.h>
+#include <string.h>
 #include <time.h>
 
 /* Marsaglia's xorshift64 from a fixed seed: the same sequence in every run. */
@@ -25,6 +27,31 @@ static inline double bench_now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Request ids (--request-ids): a counter, which each tool writes its own way; 32 hex
+ * digits at random (as the peers of bench-compare draw theirs); or the time in
+ * milliseconds in 12 hex digits, then 20 at random (UUIDv7's layout, what tallyctl and
+ * the Python client send). */
+enum bench_ids { BENCH_IDS_COUNTER, BENCH_IDS_RANDOM, BENCH_IDS_TIME };
+
+/* The kind named s ("counter", "random", "time"); -1 for any other. */
+static inline int bench_ids_parse(const char *s)
+{
+	static const char *const names[] = {"counter", "random", "time"};
+	for (int i = 0; i < 3; i++)
+		if (strcmp(s, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/* A random or time-first id into out (33 bytes): hi and lo its random bits, ms the time. */
+static inline void bench_id_format(char out[33], enum bench_ids ids, uint64_t hi, uint64_t lo,
+				   uint64_t ms)
+{
+	if (ids == BENCH_IDS_TIME)
+		hi = (ms & 0xffffffffffffULL) << 16 | (hi & 0xffff);
+	snprintf(out, 33, "%016llx%016llx", (unsigned long long)hi, (unsigned long long)lo);
 }
 
 #endif /* TALLY_TOOLS_BENCH_H */

@@ -41,7 +41,7 @@ struct opts {
 	long map_mb;
 	long rules;
 	long group;
-	enum request_ids { IDS_COUNTER, IDS_RANDOM, IDS_TIME } ids;
+	enum bench_ids ids;
 };
 
 struct blob {
@@ -74,7 +74,7 @@ static void parse(int argc, char **argv, struct opts *o)
 		{"group", required_argument, NULL, 'g'},    {"request-ids", required_argument, NULL, 'i'},
 		{NULL, 0, NULL, 0}};
 	*o = (struct opts){1000000, 100000, 1000, NULL, false, false, 0, TALLY_RULES_CURRENT, 1,
-			   IDS_COUNTER};
+			   BENCH_IDS_COUNTER};
 	int c;
 	while ((c = getopt_long(argc, argv, "", longs, NULL)) != -1) {
 		switch (c) {
@@ -87,12 +87,13 @@ static void parse(int argc, char **argv, struct opts *o)
 		case 'M': o->map_mb = atol(optarg); break;
 		case 'r': o->rules = atol(optarg); break;
 		case 'g': o->group = atol(optarg); break;
-		case 'i':
-			o->ids = strcmp(optarg, "counter") == 0	 ? IDS_COUNTER
-				 : strcmp(optarg, "random") == 0 ? IDS_RANDOM
-				 : strcmp(optarg, "time") == 0	 ? IDS_TIME
-								 : (usage(), IDS_COUNTER);
+		case 'i': {
+			int ids = bench_ids_parse(optarg);
+			if (ids < 0)
+				usage();
+			o->ids = (enum bench_ids)ids;
 			break;
+		}
 		default: usage();
 		}
 	}
@@ -208,19 +209,14 @@ static uint64_t mix(uint64_t x)
 	return x ^ (x >> 31);
 }
 
-static char *request_id(struct tally_arena *a, long i, enum request_ids ids, int64_t t_ms)
+/* The id of command i, its batch at t_ms; the random bits a mix of i, the same every run. */
+static char *request_id(struct tally_arena *a, long i, enum bench_ids ids, int64_t t_ms)
 {
-	if (ids == IDS_COUNTER)
+	if (ids == BENCH_IDS_COUNTER)
 		return fmt(a, "op-%ld", i);
 	char buf[33];
-	uint64_t hi = mix((uint64_t)i), lo = mix(hi ^ (uint64_t)i);
-	if (ids == IDS_RANDOM)
-		snprintf(buf, sizeof(buf), "%016llx%016llx", (unsigned long long)hi,
-			 (unsigned long long)lo);
-	else
-		snprintf(buf, sizeof(buf), "%012llx%04llx%016llx",
-			 (unsigned long long)t_ms & 0xffffffffffffULL,
-			 (unsigned long long)hi & 0xffff, (unsigned long long)lo);
+	uint64_t hi = mix((uint64_t)i);
+	bench_id_format(buf, ids, hi, mix(hi ^ (uint64_t)i), (uint64_t)t_ms);
 	return tally_arena_strdup(a, buf);
 }
 

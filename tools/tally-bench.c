@@ -44,6 +44,7 @@
 #include "rpc/connect.h"
 #include "rpc/keys.h"
 #include "rpc/tally.h"
+#include "tools/bench.h"
 
 #define CODE(name) TALLY__V1__RESULT_CODE__##name
 #define INFLIGHT_MAX 1024
@@ -69,11 +70,7 @@ struct opts {
 	bool no_setup;               /* --no-setup: brand and members exist (an earlier run's) */
 	const char *latency_csv;     /* --latency-csv FILE: the whole distribution */
 	int pid;                     /* this run's, in its request ids (read once: a system call) */
-	enum request_ids {           /* --request-ids (op) */
-		IDS_COUNTER,         /* bench-PID-WORKER-N: each worker's rise */
-		IDS_RANDOM,          /* 32 random hex digits, as the peers of bench-compare send */
-		IDS_TIME,            /* the time in ms, then random: what tallyctl and Python send */
-	} ids;
+	enum bench_ids ids;          /* --request-ids; the counter: bench-PID-WORKER-N */
 };
 
 /* One connection and the requests it has in flight. */
@@ -176,11 +173,8 @@ static void parse(int argc, char **argv, struct opts *o)
 		else if (strcmp(a, "--rate") == 0) o->rate = (unsigned)n;
 		else if (strcmp(a, "--preload") == 0) o->preload = (unsigned)n;
 		else if (strcmp(a, "--latency-csv") == 0) o->latency_csv = v;
-		else if (strcmp(a, "--request-ids") == 0)
-			o->ids = strcmp(v, "counter") == 0  ? IDS_COUNTER
-				 : strcmp(v, "random") == 0 ? IDS_RANDOM
-				 : strcmp(v, "time") == 0   ? IDS_TIME
-							    : (usage(), IDS_COUNTER);
+		else if (strcmp(a, "--request-ids") == 0 && bench_ids_parse(v) >= 0)
+			o->ids = (enum bench_ids)bench_ids_parse(v);
 		else usage();
 	}
 	if (o->duration_s == 0)
@@ -227,18 +221,19 @@ static struct tally_client *open_client(const struct opts *o)
 static void request_id(char *id, size_t cap, uint64_t *rng, const struct opts *o,
 		       unsigned worker, uint64_t n)
 {
-	if (o->ids == IDS_COUNTER) {
+	if (o->ids == BENCH_IDS_COUNTER) {
 		snprintf(id, cap, "bench-%d-%u-%" PRIu64, o->pid, worker, n);
 		return;
 	}
-	uint64_t hi = rnd(rng), lo = rnd(rng);
-	if (o->ids == IDS_TIME) {
+	assert(cap >= 33);
+	uint64_t ms = 0;
+	if (o->ids == BENCH_IDS_TIME) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
-		uint64_t ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-		hi = ms << 16 | (hi & 0xffff);
+		ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	}
-	snprintf(id, cap, "%016" PRIx64 "%016" PRIx64, hi, lo);
+	uint64_t hi = rnd(rng);
+	bench_id_format(id, o->ids, hi, rnd(rng), ms);
 }
 
 /* Fills one command of the mix. */
