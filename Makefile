@@ -80,7 +80,7 @@ PY_PB      := $(BUILD)/python/tally_pb2.py
 # it is preloaded into release tallyd processes only).
 LOSTWRITES := build/rel/jepsen/liblostwrites.so
 
-.PHONY: all check valgrind sim bench-ledger bench-snapshot bench bench-compare bench-cdc demo demo-ledger deps clean install \
+.PHONY: all check valgrind sim bench-ledger bench-snapshot bench bench-compare bench-goals bench-cdc demo demo-ledger deps clean install \
         jepsen jepsen-smoke fuzz fuzz-build
 .SECONDARY:
 
@@ -240,6 +240,13 @@ BENCH_COMPARE_ARGS ?=
 BENCH_COMPARE_OUT := $(if $(filter 1,$(BENCH_COMPARE_PUBLISH)),--out docs/bench --raw bench-compare-out/raw,--out bench-compare-out)
 bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
 	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-compare/run $(BENCH_COMPARE_OUT) $(BENCH_COMPARE_ARGS)
+
+# Every performance goal of issue 11 measured on this machine, one after another, in one
+# table (tools/bench-goals says how; about 12 minutes, 7 without the memory run).
+# BENCH_GOALS_ARGS="--skip memory,stall --seconds 10" and so on.
+BENCH_GOALS_ARGS ?=
+bench-goals: $(TOOLS)
+	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-goals $(BENCH_GOALS_ARGS)
 
 demo: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-certs $(AUDIT_BIN) \
       $(CLIENT_SO) $(PY_PB) $(CDC_BIN)
