@@ -38,6 +38,7 @@
 struct spinner {
 	int cpu;
 	atomic_bool stop;
+	int err; /* why it could not spin as asked, or 0 */
 };
 
 /* Runs on `cpu` at SCHED_IDLE until told to stop: the CPU never halts, and any other
@@ -49,8 +50,10 @@ static void *spin_run(void *arg)
 	CPU_ZERO(&set);
 	CPU_SET(s->cpu, &set);
 	struct sched_param none = {0};
-	if (pthread_setaffinity_np(pthread_self(), sizeof(set), &set) != 0 ||
-	    pthread_setschedparam(pthread_self(), SCHED_IDLE, &none) != 0)
+	s->err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	if (s->err == 0)
+		s->err = pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+	if (s->err != 0)
 		return NULL;
 	while (!atomic_load_explicit(&s->stop, memory_order_relaxed))
 		;
@@ -74,7 +77,9 @@ static int probe_open(const char *path, void *block)
 	for (int i = 0; fd >= 0 && i < PROBE_BLOCKS; i++)
 		if (pwrite(fd, block, PROBE_BLOCK_BYTES, (off_t)i * PROBE_BLOCK_BYTES) !=
 		    PROBE_BLOCK_BYTES) {
+			int err = errno ? errno : EIO;
 			close(fd);
+			errno = err;
 			fd = -1;
 		}
 	return fd;
@@ -156,6 +161,8 @@ static int run_one(const char *path, int cpu, bool awake, double secs, void *blo
 	if (spinning) {
 		atomic_store(&s.stop, true);
 		pthread_join(th, NULL);
+		if (err == 0)
+			err = s.err; /* not kept awake after all: no figure */
 	}
 	if (fd >= 0) {
 		close(fd);
