@@ -240,6 +240,14 @@ static void apply_split(struct fx *f, Tally__V1__Command **cmds, size_t from, si
 	}
 }
 
+/* A workload of commands for the ledger of f, opened. */
+static void workload_open(struct workload *w, struct fx *f)
+{
+	memset(w, 0, sizeof(*w));
+	fx_open(f);
+	w->f = f;
+}
+
 /* Generates `total` commands while applying them to f, batch by batch. */
 static void generate(struct workload *w, size_t total, uint64_t seed, bool check_each)
 {
@@ -332,10 +340,8 @@ static void test_two_batch_splits_of_100k_commands_reach_identical_state(void **
 	(void)state;
 	struct fx a, b;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
+	workload_open(&w, &a);
 	fx_open(&b);
-	w.f = &a;
 	size_t total = workload_size(100000);
 	generate(&w, total, 20261122, false);
 	assert_int_equal(w.n, total);
@@ -375,10 +381,8 @@ static void test_replicas_fed_the_same_batches_are_byte_identical(void **state)
 	(void)state;
 	struct fx a, b;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
+	workload_open(&w, &a);
 	fx_open(&b);
-	w.f = &a;
 	generate(&w, workload_size(20000), 4242, false);
 	/* Replay exactly the generator's batches: same raft indexes, times and commands. */
 	size_t done = 0;
@@ -440,10 +444,8 @@ static void test_batches_applied_in_groups_reach_the_same_ledger(void **state)
 	(void)state;
 	struct fx a, b;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
+	workload_open(&w, &a);
 	fx_open(&b);
-	w.f = &a;
 	generate(&w, workload_size(30000), 1205, false);
 	struct rng r = {31337};
 	size_t groups = replay_grouped(&b, &w, &r, 40);
@@ -520,9 +522,7 @@ static void test_snapshot_restores_to_same_digest_and_stays_equal(void **state)
 	(void)state;
 	struct fx a, b;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
-	w.f = &a;
+	workload_open(&w, &a);
 	size_t total = workload_size(30000);
 	generate(&w, total * 2 / 3, 99, false);
 	size_t cut = w.n;
@@ -802,9 +802,7 @@ static void test_invariants_hold_after_every_batch_of_a_long_random_run(void **s
 	(void)state;
 	struct fx a;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
-	w.f = &a;
+	workload_open(&w, &a);
 	generate(&w, workload_size(15000), 31337, true);
 	free(w.cmds);
 	free(w.batch_ends);
@@ -1101,9 +1099,7 @@ static void test_accounts_hashed_in_parts_keep_the_digest_through_a_busy_random_
 	(void)state;
 	struct fx a;
 	struct workload w;
-	memset(&w, 0, sizeof(w));
-	fx_open(&a);
-	w.f = &a;
+	workload_open(&w, &a);
 	memset(outcome, 0, sizeof(outcome));
 	w.rules = TALLY_RULES_LOTS_APART;
 	w.members = 2;

@@ -41,16 +41,22 @@ struct spinner {
 	int err; /* why it could not spin as asked, or 0 */
 };
 
+/* Pins the calling thread to `cpu`: 0 or an errno. */
+static int pin(int cpu)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : errno;
+}
+
 /* Runs on `cpu` at SCHED_IDLE until told to stop: the CPU never halts, and any other
  * thread that wants it preempts this one. */
 static void *spin_run(void *arg)
 {
 	struct spinner *s = arg;
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(s->cpu, &set);
 	struct sched_param none = {0};
-	s->err = pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	s->err = pin(s->cpu);
 	if (s->err == 0)
 		s->err = pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
 	if (s->err != 0)
@@ -58,14 +64,6 @@ static void *spin_run(void *arg)
 	while (!atomic_load_explicit(&s->stop, memory_order_relaxed))
 		;
 	return NULL;
-}
-
-static int pin(int cpu)
-{
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	return sched_setaffinity(0, sizeof(set), &set) == 0 ? 0 : errno;
 }
 
 /* The file, written once whole so that no write of the probe allocates blocks. */
