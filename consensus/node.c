@@ -437,7 +437,7 @@ void tally_node_submit(struct tally_node *n, const Tally__V1__Command *cmd,
 		answer(n, cb, data, code, msg);
 		return;
 	}
-	size_t len = tally__v1__command__get_packed_size(cmd);
+	size_t len = tally_ledger_command_pack(cmd, NULL, 0);
 	if (len + BATCH_OVERHEAD_BYTES_MAX > n->cfg.batch_bytes_max) {
 		answer(n, cb, data, CODE(INVALID_ARGUMENT), "command is larger than a batch may be");
 		return;
@@ -455,7 +455,7 @@ void tally_node_submit(struct tally_node *n, const Tally__V1__Command *cmd,
 	c->next = NULL;
 	c->cb = cb;
 	c->data = data;
-	c->len = tally__v1__command__pack(cmd, c->bytes);
+	c->len = tally_ledger_command_pack(cmd, c->bytes, len);
 	assert(c->len == len);
 	if (n->queue_tail != NULL)
 		n->queue_tail->next = c;

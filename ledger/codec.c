@@ -911,6 +911,12 @@ Tally__V1__Batch *batch_unpack(struct tally_arena *arena, const uint8_t *data, s
 	return batch_get((struct reader){data, data + n}, arena);
 }
 
+size_t tally_ledger_command_pack(const Tally__V1__Command *cmd, uint8_t *out, size_t cap)
+{
+	assert(cmd != NULL && cmd->base.descriptor == &tally__v1__command__descriptor);
+	return codec_pack(cmd, out, cap);
+}
+
 Tally__V1__Batch *tally_ledger_batch_decode(struct tally_arena *arena, const void *buf,
 					    size_t len)
 {

@@ -233,6 +233,11 @@ int tally_ledger_apply_group(struct tally_ledger *l, const struct tally_ledger_g
 Tally__V1__Batch *tally_ledger_batch_decode(struct tally_arena *arena, const void *buf,
 					    size_t len);
 
+/* A command's encoding, the bytes protobuf-c writes, by the apply path's own writer
+ * for accruals and redemptions (ledger/codec.c; protobuf-c's for any other): its size
+ * in bytes, written into out when it is at most cap (out NULL and cap 0 only measure). */
+size_t tally_ledger_command_pack(const Tally__V1__Command *cmd, uint8_t *out, size_t cap);
+
 /* As tally_ledger_apply_batch, for a serialized Batch (what raft carries). Returns
  * TALLY_ECORRUPT when the bytes do not decode; *n_results receives n_commands. */
 int tally_ledger_apply_bytes(struct tally_ledger *l, const void *buf, size_t len,

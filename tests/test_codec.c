@@ -253,6 +253,12 @@ static void test_random_entries_and_commands_encode_to_protobuf_c_bytes(void **s
 		assert_memory_equal(ours, theirs, n);
 		if (e->command == NULL)
 			continue;
+		/* A command as a leader queues it for raft (tally_ledger_command_pack). */
+		n = tally_ledger_command_pack(e->command, NULL, 0);
+		assert_int_equal(n, tally__v1__command__get_packed_size(e->command));
+		assert_int_equal(tally_ledger_command_pack(e->command, ours, n), n);
+		assert_int_equal(tally__v1__command__pack(e->command, theirs), n);
+		assert_memory_equal(ours, theirs, n);
 		/* The idempotency hash packs the command without request id and principal. */
 		Tally__V1__Command body = *e->command;
 		body.request_id = (char *)"";
