@@ -68,6 +68,10 @@ TEST_UTIL  := $(BUILD)/tests/util.o $(BUILD)/tests/ports.o $(BUILD)/tests/raftio
 SIM_BIN    := $(BUILD)/tests/sim
 
 TOOLS      := $(patsubst tools/%.c,$(BUILD)/tools/%,$(wildcard tools/*.c))
+# The disk's durable-write rate (tools/bench-compare/flushrate.c), which bench-compare
+# and bench-goals report beside their figures; it links nothing of Tally's.
+FLUSHRATE  := $(BUILD)/tools/flushrate
+TOOLS      += $(FLUSHRATE)
 # tally-audit is several files (tools/audit/).
 AUDIT_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/audit/*.c))
 AUDIT_BIN  := $(BUILD)/tools/tally-audit
@@ -143,6 +147,9 @@ $(BUILD)/tools/tallyctl: $(BUILD)/tools/tallyctl.o $(CTL_OBJ) $(LEDGER_LIB)
 
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
+
+$(FLUSHRATE): $(BUILD)/tools/bench-compare/flushrate.o
+	$(CC) $(SANLD) -o $@ $^ -lpthread
 
 $(AUDIT_BIN): $(AUDIT_OBJ) $(LEDGER_LIB)
 	$(CC) $(SANLD) -o $@ $^ $(LDLIBS)
@@ -238,7 +245,7 @@ bench: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench 
 # Debian packages. BENCH_COMPARE_ARGS="--secs 5 --systems tally,pg" and so on.
 BENCH_COMPARE_ARGS ?=
 BENCH_COMPARE_OUT := $(if $(filter 1,$(BENCH_COMPARE_PUBLISH)),--out docs/bench --raw bench-compare-out/raw,--out bench-compare-out)
-bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs
+bench-compare: $(BUILD)/tools/tallyd $(BUILD)/tools/tallyctl $(BUILD)/tools/tally-bench $(BUILD)/tools/tally-certs $(FLUSHRATE)
 	TALLY_BUILD=$(abspath $(BUILD)) tools/bench-compare/run $(BENCH_COMPARE_OUT) $(BENCH_COMPARE_ARGS)
 
 # Every performance goal of issue 11 measured on this machine, one after another, in one
