@@ -309,6 +309,140 @@ static void quarters_print(const struct quarters *q)
 	printf(" commands/s\n");
 }
 
+/* Applies one setup batch, outside the timed part. A refused command is left as it is
+ * (a ledger kept from an earlier run has its brand and members, and may have newer
+ * rules); refused_what, when given, says so for the first command. */
+static int setup_apply(struct tally_ledger *l, struct tally_arena *out, struct blob bl,
+		       const char *what, const char *refused_what)
+{
+	Tally__V1__CommandResult **rs;
+	size_t n;
+	bool skipped;
+	int rc = tally_ledger_apply_bytes(l, bl.data, bl.len, out, &rs, &n, &skipped);
+	free(bl.data);
+	if (rc != 0)
+		fprintf(stderr, "%s: %s\n", what, tally_strerror(rc));
+	else if (refused_what != NULL && n > 0 && rs[0]->code != TALLY__V1__RESULT_CODE__OK)
+		fprintf(stderr, "ledger-bench: %s: %s (the ledger keeps its own)\n", refused_what,
+			rs[0]->message);
+	tally_arena_reset(out);
+	return rc;
+}
+
+/* The rules asked for, then the brand and every member; *index: the last raft index. */
+static int setup(struct tally_ledger *l, struct tally_arena *a, struct tally_arena *out,
+		 const struct opts *o, uint64_t *index)
+{
+	*index = tally_ledger_applied_index(l);
+	int rc = 0;
+	if (o->rules > TALLY_RULES_FIRST) {
+		char what[32];
+		snprintf(what, sizeof(what), "rules %ld", o->rules);
+		rc = setup_apply(l, out, encode_batch(a, ++*index, T0_MS, 0, 1, fill_rules,
+						      (void *)&o->rules), "rules", what);
+	}
+	for (long i = 0; rc == 0 && i < o->members + 1; i += 1000) {
+		long k = o->members + 1 - i < 1000 ? o->members + 1 - i : 1000;
+		rc = setup_apply(l, out, encode_batch(a, ++*index, T0_MS, i, k, fill_setup, NULL),
+				 "setup", NULL);
+	}
+	return rc;
+}
+
+/* The timed commands, serialized up front as raft carries them, after raft index. */
+static struct blob *workload(struct tally_arena *a, const struct opts *o, uint64_t index,
+			     long *n_batches)
+{
+	*n_batches = (o->commands + o->batch - 1) / o->batch;
+	struct blob *batches = calloc((size_t)*n_batches, sizeof(*batches));
+	if (batches == NULL)
+		return NULL;
+	for (long b = 0; b < *n_batches; b++) {
+		long k = o->commands - b * o->batch < o->batch ? o->commands - b * o->batch : o->batch;
+		batches[b] = encode_batch(a, index + 1 + (uint64_t)b, T0_MS + b * BATCH_STEP_MS,
+					  b * o->batch, k, fill_op, (void *)o);
+	}
+	return batches;
+}
+
+struct run {
+	long ok, rejected;
+	double secs;
+	double *lat; /* each transaction's apply, sorted */
+	long n_lat;
+	struct quarters q;
+};
+
+/* Applies the batches, o->group a transaction, each freed once applied. */
+static int run_timed(struct tally_ledger *l, struct blob *batches, long n_batches,
+		     const struct opts *o, struct tally_arena *out, struct run *r)
+{
+	r->n_lat = (n_batches + o->group - 1) / o->group;
+	r->lat = calloc((size_t)r->n_lat, sizeof(*r->lat));
+	if (r->lat == NULL)
+		return TALLY_ENOMEM;
+	struct tally_arena dec;
+	tally_arena_init(&dec, 1 << 20, 0);
+	double start = bench_now_s(), last = start;
+	r->q = (struct quarters){.start = start, .total = o->commands};
+	int rc = 0;
+	for (long b = 0; rc == 0 && b < n_batches; b += o->group) {
+		long k = n_batches - b < o->group ? n_batches - b : o->group;
+		double t0 = bench_now_s();
+		rc = apply_timed(l, batches + b, k, &dec, out, &r->ok, &r->rejected);
+		r->lat[b / o->group] = bench_now_s() - t0;
+		tally_arena_reset(out);
+		for (long i = b; i < b + k; i++)
+			free(batches[i].data);
+		long done = (b + k) * o->batch < o->commands ? (b + k) * o->batch : o->commands;
+		quarters_note(&r->q, done, bench_now_s());
+		if (bench_now_s() - last >= 1.0) {
+			last = bench_now_s();
+			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", done,
+				(double)done / (last - start));
+		}
+	}
+	r->secs = bench_now_s() - start;
+	tally_arena_free(&dec);
+	qsort(r->lat, (size_t)r->n_lat, sizeof(*r->lat), cmp_double);
+	return rc;
+}
+
+static void hex_print(const uint8_t h[32])
+{
+	for (int i = 0; i < 32; i++)
+		printf("%02x", h[i]);
+}
+
+static void report(struct tally_ledger *l, const struct opts *o, const struct run *r)
+{
+	struct tally_digest d;
+	tally_ledger_digest(l, &d);
+	printf("applied %ld commands (%ld ok, %ld rejected) in %.3f s; journal %llu entries\n",
+	       o->commands, r->ok, r->rejected, r->secs, (unsigned long long)d.tree_size);
+	printf("%s apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+	       o->group > 1 ? "group" : "batch", r->lat[r->n_lat / 2] * 1e3,
+	       r->lat[r->n_lat * 99 / 100] * 1e3, r->lat[r->n_lat - 1] * 1e3);
+	printf("root ");
+	hex_print(d.root);
+	printf(", state digest ");
+	hex_print(d.state_digest);
+	printf(", applied index %llu\n", (unsigned long long)d.applied_index);
+	if (o->writemap)
+		printf("map grown in place (mremap) %llu times\n",
+		       (unsigned long long)tally_ledger_remaps_in_place());
+	quarters_print(&r->q);
+	printf("apply: %.0f commands/s\n", (double)o->commands / r->secs);
+}
+
+static void remove_dir(const char *dir)
+{
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", dir);
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -331,103 +465,31 @@ int main(int argc, char **argv)
 	struct tally_arena a, out;
 	tally_arena_init(&a, 1 << 20, 0);
 	tally_arena_init(&out, 1 << 20, 0);
-	uint64_t index = tally_ledger_applied_index(l);
-	int64_t t_ms = T0_MS;
-	Tally__V1__CommandResult **rs;
-	size_t n;
-	bool skipped;
-	if (o.rules > TALLY_RULES_FIRST) {
-		struct blob bl = encode_batch(&a, ++index, t_ms, 0, 1, fill_rules, &o.rules);
-		rc = tally_ledger_apply_bytes(l, bl.data, bl.len, &out, &rs, &n, &skipped);
-		free(bl.data);
-		if (rc == 0 && (n != 1 || rs[0]->code != TALLY__V1__RESULT_CODE__OK))
-			fprintf(stderr, "ledger-bench: rules %ld: %s (the ledger keeps its own)\n",
-				o.rules, rs[0]->message);
-		tally_arena_reset(&out);
-		if (rc != 0) {
-			fprintf(stderr, "rules: %s\n", tally_strerror(rc));
-			return 1;
-		}
+	uint64_t index;
+	long n_batches = 0;
+	struct blob *batches = NULL;
+	struct run r = {0};
+	rc = setup(l, &a, &out, &o, &index);
+	if (rc == 0) {
+		batches = workload(&a, &o, index, &n_batches);
+		rc = batches == NULL ? TALLY_ENOMEM : 0;
 	}
-	for (long i = 0; i < o.members + 1; i += 1000) {
-		long k = o.members + 1 - i < 1000 ? o.members + 1 - i : 1000;
-		struct blob bl = encode_batch(&a, ++index, t_ms, i, k, fill_setup, NULL);
-		rc = tally_ledger_apply_bytes(l, bl.data, bl.len, &out, &rs, &n, &skipped);
-		free(bl.data);
-		tally_arena_reset(&out);
-		if (rc != 0) {
-			fprintf(stderr, "setup: %s\n", tally_strerror(rc));
-			return 1;
-		}
-	}
-	long n_batches = (o.commands + o.batch - 1) / o.batch;
-	struct blob *batches = calloc((size_t)n_batches, sizeof(*batches));
-	double *lat = calloc((size_t)n_batches, sizeof(*lat));
-	for (long b = 0; b < n_batches; b++) {
-		long k = o.commands - b * o.batch < o.batch ? o.commands - b * o.batch : o.batch;
-		batches[b] = encode_batch(&a, index + 1 + (uint64_t)b, t_ms + b * BATCH_STEP_MS,
-					  b * o.batch, k, fill_op, &o);
-	}
-	fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s",
-		o.commands, n_batches, o.batch, o.members, o.rules, dir, o.writemap ? ", writemap" : "");
-	fprintf(stderr, o.group > 1 ? ", %ld batches a transaction\n" : "\n", o.group);
-	long ok = 0, rejected = 0;
-	struct tally_arena dec;
-	tally_arena_init(&dec, 1 << 20, 0);
-	double start = bench_now_s(), last = start;
-	struct quarters q = {.start = start, .total = o.commands};
-	for (long b = 0; b < n_batches; b += o.group) {
-		long k = n_batches - b < o.group ? n_batches - b : o.group;
-		double t0 = bench_now_s();
-		rc = apply_timed(l, batches + b, k, &dec, &out, &ok, &rejected);
-		lat[b / o.group] = bench_now_s() - t0;
-		if (rc != 0) {
+	if (rc == 0) {
+		fprintf(stderr, "ledger-bench: %ld commands in %ld batches of %ld, %ld members, rules %ld, dir %s%s",
+			o.commands, n_batches, o.batch, o.members, o.rules, dir, o.writemap ? ", writemap" : "");
+		fprintf(stderr, o.group > 1 ? ", %ld batches a transaction\n" : "\n", o.group);
+		rc = run_timed(l, batches, n_batches, &o, &out, &r);
+		if (rc != 0)
 			fprintf(stderr, "apply: %s\n", tally_strerror(rc));
-			return 1;
-		}
-		tally_arena_reset(&out);
-		for (long i = b; i < b + k; i++)
-			free(batches[i].data);
-		long done = (b + k) * o.batch < o.commands ? (b + k) * o.batch : o.commands;
-		quarters_note(&q, done, bench_now_s());
-		if (bench_now_s() - last >= 1.0) {
-			last = bench_now_s();
-			fprintf(stderr, "  %ld commands, %.0f commands/s so far\n", (b + k) * o.batch,
-				(double)((b + k) * o.batch) / (last - start));
-		}
 	}
-	long n_lat = (n_batches + o.group - 1) / o.group;
-	tally_arena_free(&dec);
-	double secs = bench_now_s() - start;
-	qsort(lat, (size_t)n_lat, sizeof(*lat), cmp_double);
-	struct tally_digest d;
-	tally_ledger_digest(l, &d);
-	printf("applied %ld commands (%ld ok, %ld rejected) in %.3f s; journal %llu entries\n",
-	       o.commands, ok, rejected, secs, (unsigned long long)d.tree_size);
-	printf("%s apply latency: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n", o.group > 1 ? "group" : "batch",
-	       lat[n_lat / 2] * 1e3, lat[n_lat * 99 / 100] * 1e3, lat[n_lat - 1] * 1e3);
-	printf("root ");
-	for (int i = 0; i < 32; i++)
-		printf("%02x", d.root[i]);
-	printf(", state digest ");
-	for (int i = 0; i < 32; i++)
-		printf("%02x", d.state_digest[i]);
-	printf(", applied index %llu\n", (unsigned long long)d.applied_index);
-	if (o.writemap)
-		printf("map grown in place (mremap) %llu times\n",
-		       (unsigned long long)tally_ledger_remaps_in_place());
-	quarters_print(&q);
-	printf("apply: %.0f commands/s\n", (double)o.commands / secs);
+	if (rc == 0)
+		report(l, &o, &r);
 	free(batches);
-	free(lat);
+	free(r.lat);
 	tally_arena_free(&a);
 	tally_arena_free(&out);
 	tally_ledger_close(l);
-	if (o.dir == NULL && !o.keep) {
-		char cmd[512];
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-		if (system(cmd) != 0)
-			fprintf(stderr, "could not remove %s\n", dir);
-	}
-	return 0;
+	if (o.dir == NULL && !o.keep)
+		remove_dir(dir);
+	return rc == 0 ? 0 : 1;
 }
