@@ -239,29 +239,17 @@ static void audit(const Tally__V1__Principal *auditor)
 	       (unsigned long long)ge.seq, res->proof->n_path, rc == 0 ? "verified" : "FAILED");
 }
 
-int main(int argc, char **argv)
-{
-	char tmpl[] = "/tmp/tally-demo-XXXXXX";
-	const char *dir = argc > 1 ? argv[1] : mkdtemp(tmpl);
-	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
-	if (dir == NULL || tally_ledger_open(dir, &o, &ledger) != 0) {
-		fprintf(stderr, "cannot open a ledger in %s\n", dir ? dir : "(mkdtemp failed)");
-		return 1;
-	}
-	tally_arena_init(&arena, 64 << 10, 0);
-	tally_arena_init(&out, 64 << 10, 0);
-	Tally__V1__Principal *admin = principal("ops-admin", TALLY__V1__ROLE__ADMIN, "*");
-	Tally__V1__Principal *dealer = principal("dealer-17", TALLY__V1__ROLE__DEALER, "aurora");
-	Tally__V1__Principal *community = principal("community", TALLY__V1__ROLE__COMMUNITY, "aurora");
-	Tally__V1__Principal *mall = principal("mall", TALLY__V1__ROLE__MALL, "aurora");
-	Tally__V1__Principal *partner = principal("partner-borealis", TALLY__V1__ROLE__PARTNER, "borealis");
-	Tally__V1__Principal *auditor = principal("auditor", TALLY__V1__ROLE__AUDITOR, "*");
+/* Who signs the story's commands. */
+struct cast {
+	Tally__V1__Principal *admin, *dealer, *community, *mall, *partner, *auditor;
+};
 
-	printf("Tally ledger demo (the state machine as a library, one replica; data in %s)\n\n", dir);
+static void day_one(const struct cast *k)
+{
 	printf("Day 1: programs and members\n");
-	brand(admin, "aurora", "Aurora Motors", 24);
-	brand(admin, "borealis", "Borealis Energy", 12);
-	Tally__V1__Command *c = command(admin);
+	brand(k->admin, "aurora", "Aurora Motors", 24);
+	brand(k->admin, "borealis", "Borealis Energy", 12);
+	Tally__V1__Command *c = command(k->admin);
 	{
 		BODY(c, set_agreement, Tally__V1__SetAgreement, SET_AGREEMENT);
 		tally__v1__set_agreement__init(m);
@@ -275,22 +263,28 @@ int main(int argc, char **argv)
 		m->active = true;
 	}
 	run(c, "agreement aurora -> borealis at 1/2, min 100, daily cap 5000, 0.004 EUR/point");
-	member(admin, "alice", TALLY__V1__SEGMENT__OWNER_PASSENGER);
-	member(admin, "bob", TALLY__V1__SEGMENT__FAN);
-	member(admin, "carol", TALLY__V1__SEGMENT__OWNER_PASSENGER);
+	member(k->admin, "alice", TALLY__V1__SEGMENT__OWNER_PASSENGER);
+	member(k->admin, "bob", TALLY__V1__SEGMENT__FAN);
+	member(k->admin, "carol", TALLY__V1__SEGMENT__OWNER_PASSENGER);
+}
 
+static void week_one(const struct cast *k)
+{
 	printf("\nWeek 1: earning\n");
-	accrue(dealer, "aurora", "alice", 18000, "vehicle purchase");
+	accrue(k->dealer, "aurora", "alice", 18000, "vehicle purchase");
 	now_ms += 2 * DAY_MS;
-	accrue(dealer, "aurora", "alice", 2500, "first service");
-	accrue(community, "aurora", "bob", 300, "event check-in");
-	accrue(community, "aurora", "bob", 250, "referral (over the daily cap of 500)");
+	accrue(k->dealer, "aurora", "alice", 2500, "first service");
+	accrue(k->community, "aurora", "bob", 300, "event check-in");
+	accrue(k->community, "aurora", "bob", 250, "referral (over the daily cap of 500)");
 	accrue(principal("dealer-2", TALLY__V1__ROLE__DEALER, "aurora"), "borealis", "bob", 100,
 	       "scope test (must be refused)");
+}
 
+static void week_two(const struct cast *k)
+{
 	printf("\nWeek 2: the mall\n");
 	now_ms += 5 * DAY_MS;
-	c = command(mall);
+	Tally__V1__Command *c = command(k->mall);
 	{
 		BODY(c, hold, Tally__V1__Hold, HOLD);
 		tally__v1__hold__init(m);
@@ -302,7 +296,7 @@ int main(int argc, char **argv)
 	}
 	uint64_t hold = run(c, "mall holds 1500 points of alice for order-8812")->hold_id;
 	now_ms += DAY_MS;
-	c = command(mall);
+	c = command(k->mall);
 	{
 		BODY(c, capture, Tally__V1__Capture, CAPTURE);
 		tally__v1__capture__init(m);
@@ -311,7 +305,7 @@ int main(int argc, char **argv)
 	}
 	uint64_t capture = run(c, "mall captures 1200 at shipment (300 return)")->entry_seq;
 	now_ms += 3 * DAY_MS;
-	c = command(mall);
+	c = command(k->mall);
 	{
 		BODY(c, reverse, Tally__V1__Reverse, REVERSE);
 		tally__v1__reverse__init(m);
@@ -320,9 +314,12 @@ int main(int argc, char **argv)
 		m->reason = (char *)"item returned";
 	}
 	run(c, "mall refunds 400 of the capture (a returned item)");
+}
 
+static void week_three(const struct cast *k)
+{
 	printf("\nWeek 3: family and partners\n");
-	c = command(mall);
+	Tally__V1__Command *c = command(k->mall);
 	{
 		BODY(c, transfer, Tally__V1__Transfer, TRANSFER);
 		tally__v1__transfer__init(m);
@@ -333,7 +330,7 @@ int main(int argc, char **argv)
 		m->reason = (char *)"family pooling";
 	}
 	run(c, "alice gives 1000 aurora points to carol");
-	c = command(partner);
+	c = command(k->partner);
 	{
 		BODY(c, exchange, Tally__V1__Exchange, EXCHANGE);
 		tally__v1__exchange__init(m);
@@ -345,7 +342,7 @@ int main(int argc, char **argv)
 	run(c, "alice exchanges 3001 aurora points into borealis points (floor 1/2 = 1500)");
 	int64_t cutoff = now_ms;
 	now_ms += DAY_MS;
-	c = command(partner);
+	c = command(k->partner);
 	{
 		BODY(c, settle, Tally__V1__Settle, SETTLE);
 		tally__v1__settle__init(m);
@@ -354,36 +351,66 @@ int main(int argc, char **argv)
 		m->until_ms = cutoff;
 	}
 	uint64_t settlement = run(c, "partner settles aurora/borealis up to yesterday")->settlement_id;
-	c = command(partner);
+	c = command(k->partner);
 	{
 		BODY(c, confirm_settlement, Tally__V1__ConfirmSettlement, CONFIRM_SETTLEMENT);
 		tally__v1__confirm_settlement__init(m);
 		m->settlement_id = settlement;
 	}
 	run(c, "borealis (the payee) confirms settlement %llu", (unsigned long long)settlement);
-	print_settlements(auditor);
+	print_settlements(k->auditor);
+}
 
-	printf("\nBalances after three weeks\n");
+static void balances_now(void)
+{
 	print_account("aurora", "alice");
 	print_account("aurora", "bob");
 	print_account("aurora", "carol");
 	print_account("borealis", "alice");
+}
 
+static void two_years_later(void)
+{
 	printf("\nTwo years and a month later: the leader's timer runs expire\n");
 	now_ms += (365 + 366 + 31) * DAY_MS;
-	c = command(principal("tally-system", TALLY__V1__ROLE__SYSTEM, "*"));
+	Tally__V1__Command *c = command(principal("tally-system", TALLY__V1__ROLE__SYSTEM, "*"));
 	{
 		BODY(c, expire, Tally__V1__Expire, EXPIRE);
 		tally__v1__expire__init(m);
 	}
 	Tally__V1__CommandResult *r = run(c, "expire");
 	printf("  (%lld lots and windows handled)\n", (long long)r->count);
-	print_account("aurora", "alice");
-	print_account("aurora", "bob");
-	print_account("aurora", "carol");
-	print_account("borealis", "alice");
+	balances_now();
+}
 
-	audit(auditor);
+int main(int argc, char **argv)
+{
+	char tmpl[] = "/tmp/tally-demo-XXXXXX";
+	const char *dir = argc > 1 ? argv[1] : mkdtemp(tmpl);
+	struct tally_ledger_options o = {.map_size_bytes = 1ULL << 30, .nosync = true};
+	if (dir == NULL || tally_ledger_open(dir, &o, &ledger) != 0) {
+		fprintf(stderr, "cannot open a ledger in %s\n", dir ? dir : "(mkdtemp failed)");
+		return 1;
+	}
+	tally_arena_init(&arena, 64 << 10, 0);
+	tally_arena_init(&out, 64 << 10, 0);
+	struct cast k = {
+		.admin = principal("ops-admin", TALLY__V1__ROLE__ADMIN, "*"),
+		.dealer = principal("dealer-17", TALLY__V1__ROLE__DEALER, "aurora"),
+		.community = principal("community", TALLY__V1__ROLE__COMMUNITY, "aurora"),
+		.mall = principal("mall", TALLY__V1__ROLE__MALL, "aurora"),
+		.partner = principal("partner-borealis", TALLY__V1__ROLE__PARTNER, "borealis"),
+		.auditor = principal("auditor", TALLY__V1__ROLE__AUDITOR, "*"),
+	};
+	printf("Tally ledger demo (the state machine as a library, one replica; data in %s)\n\n", dir);
+	day_one(&k);
+	week_one(&k);
+	week_two(&k);
+	week_three(&k);
+	printf("\nBalances after three weeks\n");
+	balances_now();
+	two_years_later();
+	audit(k.auditor);
 	tally_ledger_close(ledger);
 	tally_arena_free(&arena);
 	tally_arena_free(&out);
