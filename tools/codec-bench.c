@@ -101,70 +101,89 @@ static void run_read(const char *what, const void *m, read_fn read, int rounds, 
 	tally_arena_free(&arena);
 }
 
-int main(int argc, char **argv)
+static void parse(int argc, char **argv, int *rounds, long *count, long *n_lots)
 {
-	int rounds = 5;
-	long count = 2000000;
-	long n_lots = LOTS_DEFAULT;
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc)
-			rounds = atoi(argv[++i]);
+			*rounds = atoi(argv[++i]);
 		else if (strcmp(argv[i], "--count") == 0 && i + 1 < argc)
-			count = atol(argv[++i]);
+			*count = atol(argv[++i]);
 		else if (strcmp(argv[i], "--lots") == 0 && i + 1 < argc &&
-			 (n_lots = atol(argv[i + 1])) >= 0 && n_lots <= LOTS_MAX)
+			 (*n_lots = atol(argv[i + 1])) >= 0 && *n_lots <= LOTS_MAX)
 			i++;
 		else {
 			fprintf(stderr, "usage: codec-bench [--rounds R] [--count N] [--lots 0..%d]\n",
 				LOTS_MAX);
-			return 2;
+			exit(2);
 		}
 	}
-	char *brands[1] = {(char *)"*"};
-	Tally__V1__Principal p = TALLY__V1__PRINCIPAL__INIT;
-	p.key_name = (char *)"mall";
-	p.role = TALLY__V1__ROLE__MALL;
-	p.brands = brands;
-	p.n_brands = 1;
-	Tally__V1__Accrue ac = TALLY__V1__ACCRUE__INIT;
-	ac.brand = (char *)"aurora";
-	ac.member = (char *)"m0012345";
-	ac.points = 517;
-	ac.reason = (char *)"purchase";
-	Tally__V1__Command c = TALLY__V1__COMMAND__INIT;
-	c.request_id = (char *)"op-123456";
-	c.principal = &p;
-	c.body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
-	c.accrue = &ac;
-	Tally__V1__CommandResult r = TALLY__V1__COMMAND_RESULT__INIT;
-	r.entry_seq = 1234567;
-	r.points = 517;
-	r.available = 12345;
-	Tally__V1__Posting p1 = TALLY__V1__POSTING__INIT, p2 = TALLY__V1__POSTING__INIT;
-	p1.brand = p2.brand = (char *)"aurora";
-	p1.member = (char *)"m0012345";
-	p1.bucket = TALLY__V1__BUCKET__AVAILABLE;
-	p1.points = 517;
-	p2.account = TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE;
-	p2.points = -517;
-	Tally__V1__Posting *postings[2] = {&p1, &p2};
-	Tally__V1__LotMove lm = TALLY__V1__LOT_MOVE__INIT;
-	lm.expiry_ms = 1790000000000;
-	lm.points = 517;
-	Tally__V1__LotMove *moves[1] = {&lm};
-	Tally__V1__Entry e = TALLY__V1__ENTRY__INIT;
-	e.seq = 1234567;
-	e.time_ms = 1764000000000;
-	e.kind = TALLY__V1__ENTRY_KIND__COMMAND;
-	e.command = &c;
-	e.result = &r;
-	e.postings = postings;
-	e.n_postings = 2;
-	e.lots = moves;
-	e.n_lots = 1;
-	e.brand = (char *)"aurora";
-	e.member = (char *)"m0012345";
+}
 
+/* An accrual's journal entry as the ledger writes it, and everything it points to. */
+struct sample_entry {
+	char *brands[1];
+	Tally__V1__Principal p;
+	Tally__V1__Accrue ac;
+	Tally__V1__Command c;
+	Tally__V1__CommandResult r;
+	Tally__V1__Posting p1, p2, *postings[2];
+	Tally__V1__LotMove lm, *moves[1];
+	Tally__V1__Entry e;
+};
+
+static void sample_entry(struct sample_entry *s)
+{
+	s->brands[0] = (char *)"*";
+	s->p = (Tally__V1__Principal)TALLY__V1__PRINCIPAL__INIT;
+	s->p.key_name = (char *)"mall";
+	s->p.role = TALLY__V1__ROLE__MALL;
+	s->p.brands = s->brands;
+	s->p.n_brands = 1;
+	s->ac = (Tally__V1__Accrue)TALLY__V1__ACCRUE__INIT;
+	s->ac.brand = (char *)"aurora";
+	s->ac.member = (char *)"m0012345";
+	s->ac.points = 517;
+	s->ac.reason = (char *)"purchase";
+	s->c = (Tally__V1__Command)TALLY__V1__COMMAND__INIT;
+	s->c.request_id = (char *)"op-123456";
+	s->c.principal = &s->p;
+	s->c.body_case = TALLY__V1__COMMAND__BODY_ACCRUE;
+	s->c.accrue = &s->ac;
+	s->r = (Tally__V1__CommandResult)TALLY__V1__COMMAND_RESULT__INIT;
+	s->r.entry_seq = 1234567;
+	s->r.points = 517;
+	s->r.available = 12345;
+	s->p1 = (Tally__V1__Posting)TALLY__V1__POSTING__INIT;
+	s->p2 = (Tally__V1__Posting)TALLY__V1__POSTING__INIT;
+	s->p1.brand = s->p2.brand = (char *)"aurora";
+	s->p1.member = (char *)"m0012345";
+	s->p1.bucket = TALLY__V1__BUCKET__AVAILABLE;
+	s->p1.points = 517;
+	s->p2.account = TALLY__V1__SYSTEM_ACCOUNT__ISSUANCE;
+	s->p2.points = -517;
+	s->postings[0] = &s->p1;
+	s->postings[1] = &s->p2;
+	s->lm = (Tally__V1__LotMove)TALLY__V1__LOT_MOVE__INIT;
+	s->lm.expiry_ms = 1790000000000;
+	s->lm.points = 517;
+	s->moves[0] = &s->lm;
+	s->e = (Tally__V1__Entry)TALLY__V1__ENTRY__INIT;
+	s->e.seq = 1234567;
+	s->e.time_ms = 1764000000000;
+	s->e.kind = TALLY__V1__ENTRY_KIND__COMMAND;
+	s->e.command = &s->c;
+	s->e.result = &s->r;
+	s->e.postings = s->postings;
+	s->e.n_postings = 2;
+	s->e.lots = s->moves;
+	s->e.n_lots = 1;
+	s->e.brand = (char *)"aurora";
+	s->e.member = (char *)"m0012345";
+}
+
+/* A member's account with n_lots lots, a day apart. */
+static void sample_account(Tally__V1__Account *a, long n_lots)
+{
 	static Tally__V1__Lot lots[LOTS_MAX], *lot_ptrs[LOTS_MAX];
 	for (int i = 0; i < n_lots; i++) {
 		tally__v1__lot__init(&lots[i]);
@@ -172,20 +191,31 @@ int main(int argc, char **argv)
 		lots[i].points = 100 + i;
 		lot_ptrs[i] = &lots[i];
 	}
-	Tally__V1__Account a = TALLY__V1__ACCOUNT__INIT;
-	a.brand = (char *)"aurora";
-	a.member = (char *)"m0012345";
-	a.available = 12345;
-	a.earned = 20000;
-	a.redeemed = 7655;
-	a.tier = (char *)"gold";
-	a.updated_ms = 1764000000000;
-	a.lots = lot_ptrs;
-	a.n_lots = (size_t)n_lots;
-	a.lot_index_ms = 1790000000000;
+	*a = (Tally__V1__Account)TALLY__V1__ACCOUNT__INIT;
+	a->brand = (char *)"aurora";
+	a->member = (char *)"m0012345";
+	a->available = 12345;
+	a->earned = 20000;
+	a->redeemed = 7655;
+	a->tier = (char *)"gold";
+	a->updated_ms = 1764000000000;
+	a->lots = lot_ptrs;
+	a->n_lots = (size_t)n_lots;
+	a->lot_index_ms = 1790000000000;
+}
 
-	run("entry, ledger/codec.c", &e, codec_pack, rounds, count);
-	run("entry, protobuf-c", &e, pc_pack, rounds, count);
+int main(int argc, char **argv)
+{
+	int rounds = 5;
+	long count = 2000000;
+	long n_lots = LOTS_DEFAULT;
+	parse(argc, argv, &rounds, &count, &n_lots);
+	static struct sample_entry e;
+	sample_entry(&e);
+	Tally__V1__Account a;
+	sample_account(&a, n_lots);
+	run("entry, ledger/codec.c", &e.e, codec_pack, rounds, count);
+	run("entry, protobuf-c", &e.e, pc_pack, rounds, count);
 	char what[4][64];
 	snprintf(what[0], sizeof(what[0]), "account (%ld lots), ledger/codec.c", n_lots);
 	snprintf(what[1], sizeof(what[1]), "account (%ld lots), protobuf-c", n_lots);
