@@ -5,8 +5,10 @@
 
 #include <assert.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "ledger/arena.h"
 #include "ledger/error.h"
@@ -96,6 +98,156 @@ static void histogram(struct page *p, const char *name, const char *help,
 }
 
 /* Raft and the ledger as this node applies them. */
+/* The node's counters and gauges that are a uint64_t of tally_node_stats as they are. */
+struct node_stat {
+	const char *name;
+	const char *type; /* "counter" or "gauge" */
+	const char *help;
+	size_t at;        /* offsetof in struct tally_node_stats */
+};
+
+/* Where field f is in tally_node_stats; it does not compile unless f is a uint64_t. */
+#define NODE_STAT(f)                                                                     \
+	(offsetof(struct tally_node_stats, f) +                                          \
+	 0 * sizeof(char[_Generic(((struct tally_node_stats *)0)->f, uint64_t: 1, default: -1)]))
+
+static const struct node_stat node_stats[] = {
+	{"tally_raft_commits_total", "counter", "Raft entries this node applied.",
+	 NODE_STAT(commits)},
+	{"tally_raft_messages_refused_total", "counter",
+	 "Raft messages from peers refused because they contradict a committed entry.",
+	 NODE_STAT(raft_messages_refused)},
+	{"tally_commands_total", "counter", "Commands this node applied.",
+	 NODE_STAT(commands)},
+	{"tally_snapshots_total", "counter", "Snapshots this node began.",
+	 NODE_STAT(snapshots)},
+	{"tally_snapshots_adopted_total", "counter",
+	 "Snapshots raft stored as this node's copy itself, without writing them again.",
+	 NODE_STAT(snapshots_adopted)},
+	{"tally_snapshots_reused_total", "counter",
+	 "Snapshots copied over the file of one raft had removed (its pages already in "
+	 "memory) rather than into a new file.",
+	 NODE_STAT(snapshots_reused)},
+	{"tally_log_segments_filled_total", "counter",
+	 "Raft log segments written with zeros when made, so that the log's writes never "
+	 "wait for the file system to mark blocks written.",
+	 NODE_STAT(log_segments_filled)},
+	{"tally_aio_contexts_reaped_total", "counter",
+	 "raft's kernel AIO contexts (one per closed log segment) destroyed on a thread "
+	 "of their own, not on the loop, where each took an RCU grace period.",
+	 NODE_STAT(aio_contexts_reaped)},
+	{"tally_journal_writeback_bytes_total", "counter",
+	 "Bytes of the journal's segment files the node wrote back as they grew, so "
+	 "that the kernel's periodic write-back does not find them all dirty at once.",
+	 NODE_STAT(journal_writeback_bytes)},
+	{"tally_ledger_writeback_bytes_total", "counter",
+	 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
+	 "that the kernel's periodic write-back does not find them all dirty at once.",
+	 NODE_STAT(ledger_writeback_bytes)},
+	{"tally_commit_notices_total", "counter",
+	 "Commit indexes the leader sent a follower before applying them itself, so "
+	 "that the follower's apply runs beside the leader's.",
+	 NODE_STAT(commit_notices)},
+	{"tally_entries_applied_off_loop_total", "counter",
+	 "Entries this node applied as a follower on a thread of their own, while its loop "
+	 "went on storing and acknowledging the next ones.",
+	 NODE_STAT(applied_off_loop)},
+	{"tally_apply_groups_total", "counter",
+	 "Transactions in which this node applied, on its loop, the entries raft applied "
+	 "in one pass.",
+	 NODE_STAT(apply_groups)},
+	{"tally_apply_group_entries_total", "counter",
+	 "Entries applied in those transactions: divided by tally_apply_groups_total, the "
+	 "mean entries a transaction.",
+	 NODE_STAT(apply_group_entries)},
+	{"tally_snapshots_installed_total", "counter",
+	 "Leader's snapshots this node installed in place of its log.",
+	 NODE_STAT(snapshots_installed)},
+	{"tally_snapshot_trailing_entries", "gauge",
+	 "Raft log entries this node kept behind its latest snapshot: the default "
+	 "(--snapshot-trailing, fewer if large), or as leader, up to 65536, enough for "
+	 "a follower that fell behind to catch up from the log.",
+	 NODE_STAT(snapshot_trailing)},
+	{"tally_snapshots_kept_log_total", "counter",
+	 "As leader: snapshots behind which this node kept more raft log than "
+	 "--snapshot-trailing, so that a follower that fell behind catches up from "
+	 "the log instead of by InstallSnapshot.",
+	 NODE_STAT(snapshots_kept_log)},
+	{"tally_install_snapshots_received_total", "counter",
+	 "InstallSnapshot messages this node received: copies of a leader's snapshot.",
+	 NODE_STAT(install_snapshots_received)},
+	{"tally_install_snapshot_bytes_mapped_total", "counter",
+	 "Bytes of InstallSnapshot messages received into a mapping of an unlinked file "
+	 "beside the ledger rather than into the heap.",
+	 NODE_STAT(install_snapshot_bytes_mapped)},
+	{"tally_snapshot_appendix_bytes_total", "counter",
+	 "As leader: bytes of closed journal segments sent after InstallSnapshot "
+	 "messages, for the segments the snapshot names and the follower may lack.",
+	 NODE_STAT(snapshot_appendix_bytes)},
+	{"tally_snapshot_segments_held_total", "counter",
+	 "As leader: closed journal segments left out of InstallSnapshot messages "
+	 "because the follower said it holds them.",
+	 NODE_STAT(snapshot_segments_held)},
+	{"tally_snapshot_segment_bytes_held_total", "counter",
+	 "As leader: bytes of the closed journal segments left out of InstallSnapshot "
+	 "messages because the follower holds them.",
+	 NODE_STAT(snapshot_segment_bytes_held)},
+	{"tally_raft_send_turns_yielded_total", "counter",
+	 "Times sending raft messages to one node stopped for a loop turn, having "
+	 "encrypted its share of the turn (256 KiB), so that a large message does not "
+	 "hold the node's loop.",
+	 NODE_STAT(send_turns_yielded)},
+	{"tally_raft_resends_skipped_total", "counter",
+	 "As leader: AppendEntries of 1 MiB or more that raft sent a follower again, "
+	 "whole, before the follower answered the first (a catch-up), not sent.",
+	 NODE_STAT(resends_skipped)},
+	{"tally_raft_resend_bytes_skipped_total", "counter",
+	 "As leader: the entries' bytes of the AppendEntries counted by "
+	 "tally_raft_resends_skipped_total.",
+	 NODE_STAT(resend_bytes_skipped)},
+	{"tally_raft_connect_failures_total", "counter",
+	 "Attempts to connect to another node's raft address that failed (refused, "
+	 "unreachable, or no TLS handshake within 5 s); each drops all but the 3 "
+	 "newest messages queued for that node and is tried again 1 s later (0 "
+	 "without TLS).",
+	 NODE_STAT(raft_connect_failures)},
+	{"tally_raft_bytes_sent_total", "counter",
+	 "Bytes of raft's messages this node sent other nodes over TLS, before "
+	 "encryption (with the transport's own preambles and segment lists; 0 without "
+	 "TLS).",
+	 NODE_STAT(raft_bytes_sent)},
+	{"tally_raft_appends_superseded_total", "counter",
+	 "As leader: AppendEntries queued for a follower and dropped before any of it "
+	 "was sent, because a later one queued for it carries the same entries and "
+	 "more (copies of a catch-up queued while the follower was unreachable).",
+	 NODE_STAT(appends_superseded)},
+	{"tally_raft_append_bytes_superseded_total", "counter",
+	 "As leader: the entries' bytes of the AppendEntries counted by "
+	 "tally_raft_appends_superseded_total.",
+	 NODE_STAT(append_bytes_superseded)},
+	{"tally_snapshots_declined_total", "counter",
+	 "InstallSnapshot messages this node declined: they left out a segment it had "
+	 "said it holds and no longer did; the leader then sends it again.",
+	 NODE_STAT(snapshots_declined)},
+	{"tally_install_declines_resent_total", "counter",
+	 "As leader: InstallSnapshot messages a follower declined, sent again at once.",
+	 NODE_STAT(install_declines_resent)},
+	{"tally_install_waits_ended_total", "counter",
+	 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
+	 "ignored (the follower had lost its data), ended without waiting for the timeout.",
+	 NODE_STAT(install_waits_ended)},
+};
+
+static void render_node_stats(struct page *p, const struct tally_node_stats *ns)
+{
+	for (size_t i = 0; i < sizeof(node_stats) / sizeof(node_stats[0]); i++) {
+		uint64_t v;
+		memcpy(&v, (const char *)ns + node_stats[i].at, sizeof(v));
+		family(p, node_stats[i].name, node_stats[i].type, node_stats[i].help);
+		sample(p, node_stats[i].name, (double)v);
+	}
+}
+
 static void render_node(struct page *p, struct tally_node *n)
 {
 	const struct tally_node_stats *ns = tally_node_stats(n);
@@ -107,30 +259,6 @@ static void render_node(struct page *p, struct tally_node *n)
 	tally_node_status(n, &a, &st);
 	uint64_t linked_bytes, linked = tally_ledger_segments_linked(&linked_bytes);
 	const struct scalar m[] = {
-		{"tally_raft_commits_total", "counter", "Raft entries this node applied.",
-		 (double)ns->commits},
-		{"tally_raft_messages_refused_total", "counter",
-		 "Raft messages from peers refused because they contradict a committed entry.",
-		 (double)ns->raft_messages_refused},
-		{"tally_commands_total", "counter", "Commands this node applied.",
-		 (double)ns->commands},
-		{"tally_snapshots_total", "counter", "Snapshots this node began.",
-		 (double)ns->snapshots},
-		{"tally_snapshots_adopted_total", "counter",
-		 "Snapshots raft stored as this node's copy itself, without writing them again.",
-		 (double)ns->snapshots_adopted},
-		{"tally_snapshots_reused_total", "counter",
-		 "Snapshots copied over the file of one raft had removed (its pages already in "
-		 "memory) rather than into a new file.",
-		 (double)ns->snapshots_reused},
-		{"tally_log_segments_filled_total", "counter",
-		 "Raft log segments written with zeros when made, so that the log's writes never "
-		 "wait for the file system to mark blocks written.",
-		 (double)ns->log_segments_filled},
-		{"tally_aio_contexts_reaped_total", "counter",
-		 "raft's kernel AIO contexts (one per closed log segment) destroyed on a thread "
-		 "of their own, not on the loop, where each took an RCU grace period.",
-		 (double)ns->aio_contexts_reaped},
 		{"tally_ledger_remaps_in_place_total", "counter",
 		 "Growths of the ledger's map that kept its pages mapped (where the map is, or "
 		 "moved with mremap) rather than unmapping and mapping the file again; for the "
@@ -141,107 +269,11 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "move (only a growth past the address space held for it moves it); for the "
 		 "whole process.",
 		 (double)tally_ledger_map_waits()},
-		{"tally_journal_writeback_bytes_total", "counter",
-		 "Bytes of the journal's segment files the node wrote back as they grew, so "
-		 "that the kernel's periodic write-back does not find them all dirty at once.",
-		 (double)ns->journal_writeback_bytes},
-		{"tally_ledger_writeback_bytes_total", "counter",
-		 "Bytes of the ledger's file the node wrote back behind the data's growth, so "
-		 "that the kernel's periodic write-back does not find them all dirty at once.",
-		 (double)ns->ledger_writeback_bytes},
-		{"tally_commit_notices_total", "counter",
-		 "Commit indexes the leader sent a follower before applying them itself, so "
-		 "that the follower's apply runs beside the leader's.",
-		 (double)ns->commit_notices},
-		{"tally_entries_applied_off_loop_total", "counter",
-		 "Entries this node applied as a follower on a thread of their own, while its loop "
-		 "went on storing and acknowledging the next ones.",
-		 (double)ns->applied_off_loop},
-		{"tally_apply_groups_total", "counter",
-		 "Transactions in which this node applied, on its loop, the entries raft applied "
-		 "in one pass.",
-		 (double)ns->apply_groups},
-		{"tally_apply_group_entries_total", "counter",
-		 "Entries applied in those transactions: divided by tally_apply_groups_total, the "
-		 "mean entries a transaction.",
-		 (double)ns->apply_group_entries},
-		{"tally_snapshots_installed_total", "counter",
-		 "Leader's snapshots this node installed in place of its log.",
-		 (double)ns->snapshots_installed},
 		{"tally_ledger_kept_at_start", "gauge",
 		 "1 when this node kept its ledger at start instead of restoring raft's latest "
 		 "snapshot over it: the ledger already held all of it and was written only in "
 		 "this boot.",
 		 (double)ns->ledger_kept_at_start},
-		{"tally_snapshot_trailing_entries", "gauge",
-		 "Raft log entries this node kept behind its latest snapshot: the default "
-		 "(--snapshot-trailing, fewer if large), or as leader, up to 65536, enough for "
-		 "a follower that fell behind to catch up from the log.",
-		 (double)ns->snapshot_trailing},
-		{"tally_snapshots_kept_log_total", "counter",
-		 "As leader: snapshots behind which this node kept more raft log than "
-		 "--snapshot-trailing, so that a follower that fell behind catches up from "
-		 "the log instead of by InstallSnapshot.",
-		 (double)ns->snapshots_kept_log},
-		{"tally_install_snapshots_received_total", "counter",
-		 "InstallSnapshot messages this node received: copies of a leader's snapshot.",
-		 (double)ns->install_snapshots_received},
-		{"tally_install_snapshot_bytes_mapped_total", "counter",
-		 "Bytes of InstallSnapshot messages received into a mapping of an unlinked file "
-		 "beside the ledger rather than into the heap.",
-		 (double)ns->install_snapshot_bytes_mapped},
-		{"tally_snapshot_appendix_bytes_total", "counter",
-		 "As leader: bytes of closed journal segments sent after InstallSnapshot "
-		 "messages, for the segments the snapshot names and the follower may lack.",
-		 (double)ns->snapshot_appendix_bytes},
-		{"tally_snapshot_segments_held_total", "counter",
-		 "As leader: closed journal segments left out of InstallSnapshot messages "
-		 "because the follower said it holds them.",
-		 (double)ns->snapshot_segments_held},
-		{"tally_snapshot_segment_bytes_held_total", "counter",
-		 "As leader: bytes of the closed journal segments left out of InstallSnapshot "
-		 "messages because the follower holds them.",
-		 (double)ns->snapshot_segment_bytes_held},
-		{"tally_raft_send_turns_yielded_total", "counter",
-		 "Times sending raft messages to one node stopped for a loop turn, having "
-		 "encrypted its share of the turn (256 KiB), so that a large message does not "
-		 "hold the node's loop.",
-		 (double)ns->send_turns_yielded},
-		{"tally_raft_resends_skipped_total", "counter",
-		 "As leader: AppendEntries of 1 MiB or more that raft sent a follower again, "
-		 "whole, before the follower answered the first (a catch-up), not sent.",
-		 (double)ns->resends_skipped},
-		{"tally_raft_resend_bytes_skipped_total", "counter",
-		 "As leader: the entries' bytes of the AppendEntries counted by "
-		 "tally_raft_resends_skipped_total.",
-		 (double)ns->resend_bytes_skipped},
-		{"tally_raft_connect_failures_total", "counter",
-		 "Attempts to connect to another node's raft address that failed (refused, "
-		 "unreachable, or no TLS handshake within 5 s); each drops all but the 3 "
-		 "newest messages queued for that node and is tried again 1 s later (0 "
-		 "without TLS).",
-		 (double)ns->raft_connect_failures},
-		{"tally_raft_bytes_sent_total", "counter",
-		 "Bytes of raft's messages this node sent other nodes over TLS, before "
-		 "encryption (with the transport's own preambles and segment lists; 0 without "
-		 "TLS).",
-		 (double)ns->raft_bytes_sent},
-		{"tally_raft_appends_superseded_total", "counter",
-		 "As leader: AppendEntries queued for a follower and dropped before any of it "
-		 "was sent, because a later one queued for it carries the same entries and "
-		 "more (copies of a catch-up queued while the follower was unreachable).",
-		 (double)ns->appends_superseded},
-		{"tally_raft_append_bytes_superseded_total", "counter",
-		 "As leader: the entries' bytes of the AppendEntries counted by "
-		 "tally_raft_appends_superseded_total.",
-		 (double)ns->append_bytes_superseded},
-		{"tally_snapshots_declined_total", "counter",
-		 "InstallSnapshot messages this node declined: they left out a segment it had "
-		 "said it holds and no longer did; the leader then sends it again.",
-		 (double)ns->snapshots_declined},
-		{"tally_install_declines_resent_total", "counter",
-		 "As leader: InstallSnapshot messages a follower declined, sent again at once.",
-		 (double)ns->install_declines_resent},
 		{"tally_journal_segments_linked_total", "counter",
 		 "Closed journal segments synced, hashed and hard-linked for snapshots to name "
 		 "(each once); for the whole process.",
@@ -250,10 +282,6 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "Bytes of the journal segments linked for snapshots to name; for the whole "
 		 "process.",
 		 (double)linked_bytes},
-		{"tally_install_waits_ended_total", "counter",
-		 "As leader: snapshots a follower installed whose answer raft 0.15 would have "
-		 "ignored (the follower had lost its data), ended without waiting for the timeout.",
-		 (double)ns->install_waits_ended},
 		{"tally_install_snapshot_timeout_seconds", "gauge",
 		 "As leader: how long this node waits for a follower to install its latest "
 		 "snapshot before sending it again.",
@@ -276,6 +304,7 @@ static void render_node(struct page *p, struct tally_node *n)
 		 "operator switches the ledger to it.",
 		 (double)st.rules_max},
 	};
+	render_node_stats(p, ns);
 	scalars(p, m, sizeof(m) / sizeof(m[0]));
 	family(p, "tally_raft_state", "gauge", "This node's raft state: 1 for the one it is in.");
 	line(p, "tally_raft_state{state=\"%s\"} 1\n", st.state != NULL ? st.state : "unknown");
