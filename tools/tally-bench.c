@@ -597,6 +597,62 @@ static int cmp_u32(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+/* Once a second until the run ends: the commands of that second, on stderr. */
+static void report_seconds(const struct opts *o)
+{
+	uint64_t last = 0;
+	for (unsigned s = 1; s <= o->duration_s && !atomic_load(&stop); s++) {
+		for (int tick = 0; tick < 20 && !atomic_load(&stop); tick++) {
+			struct timespec step = {0, 50000000}; /* a --commands run ends within 50 ms */
+			nanosleep(&step, NULL);
+		}
+		uint64_t d = atomic_load(&done_commands);
+		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64
+			" errors; longest request %.1f ms)\n", s, d - last, d, (uint64_t)atomic_load(&errors),
+			(double)atomic_exchange(&second_max_us, 0) / 1e3);
+		last = d;
+	}
+}
+
+/* Every connection's request latencies in one sorted array (*total of them); each
+ * connection's own is freed. */
+static uint32_t *latencies_merged(struct worker *ws, unsigned n, size_t *total)
+{
+	*total = 0;
+	for (unsigned i = 0; i < n; i++)
+		*total += ws[i].n_lat;
+	uint32_t *all = malloc((*total + 1) * sizeof(*all));
+	size_t k = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (all != NULL)
+			memcpy(all + k, ws[i].lat_us, ws[i].n_lat * sizeof(*all));
+		k += ws[i].n_lat;
+		free(ws[i].lat_us);
+	}
+	if (all != NULL)
+		qsort(all, *total, sizeof(*all), cmp_u32);
+	return all;
+}
+
+static void report(const struct opts *o, double secs, const uint32_t *all, size_t total)
+{
+	double p50 = total ? all[total / 2] / 1e3 : 0, p99 = total ? all[total * 99 / 100] / 1e3 : 0;
+	double p999 = total ? all[total * 999 / 1000] / 1e3 : 0, max = total ? all[total - 1] / 1e3 : 0;
+	uint64_t cmds = atomic_load(&done_commands);
+	if (o->json)
+		printf("{\"connections\":%u,\"pipeline\":%u,\"batch\":%u,\"seconds\":%.2f,\"commands\":%" PRIu64
+		       ",\"commands_per_s\":%.0f,\"rejected\":%" PRIu64 ",\"errors\":%" PRIu64
+		       ",\"lat_ms\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f}}\n",
+		       o->connections, o->pipeline, o->batch, secs, cmds, (double)cmds / secs,
+		       (uint64_t)atomic_load(&rejected_commands), (uint64_t)atomic_load(&errors),
+		       p50, p99, p999, max);
+	else
+		printf("%" PRIu64 " commands in %.2f s: %.0f commands/s (%" PRIu64 " rejected, %" PRIu64
+		       " errors); request latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
+		       cmds, secs, (double)cmds / secs, (uint64_t)atomic_load(&rejected_commands),
+		       (uint64_t)atomic_load(&errors), p50, p99, p999, max);
+}
+
 int main(int argc, char **argv)
 {
 	struct opts o;
@@ -620,48 +676,19 @@ int main(int argc, char **argv)
 		from += n;
 		pthread_create(&ths[t].id, NULL, run_thread, &ths[t]);
 	}
-	uint64_t start = now_ns(), last = 0;
-	for (unsigned s = 1; s <= o.duration_s && !atomic_load(&stop); s++) {
-		for (int tick = 0; tick < 20 && !atomic_load(&stop); tick++) {
-			struct timespec step = {0, 50000000}; /* a --commands run ends within 50 ms */
-			nanosleep(&step, NULL);
-		}
-		uint64_t d = atomic_load(&done_commands);
-		fprintf(stderr, "  %3us  %8" PRIu64 " commands/s  (%" PRIu64 " total, %" PRIu64
-			" errors; longest request %.1f ms)\n", s, d - last, d, (uint64_t)atomic_load(&errors),
-			(double)atomic_exchange(&second_max_us, 0) / 1e3);
-		last = d;
-	}
+	uint64_t start = now_ns();
+	report_seconds(&o);
 	atomic_store(&stop, true);
-	size_t total = 0;
 	for (unsigned t = 0; t < o.threads; t++)
 		pthread_join(ths[t].id, NULL);
-	for (unsigned i = 0; i < o.connections; i++)
-		total += ws[i].n_lat;
 	double secs = (double)(now_ns() - start) / 1e9;
-	uint32_t *all = malloc((total + 1) * sizeof(*all));
-	size_t k = 0;
-	for (unsigned i = 0; i < o.connections; i++) {
-		memcpy(all + k, ws[i].lat_us, ws[i].n_lat * sizeof(*all));
-		k += ws[i].n_lat;
-		free(ws[i].lat_us);
+	size_t total;
+	uint32_t *all = latencies_merged(ws, o.connections, &total);
+	if (all == NULL) {
+		fprintf(stderr, "tally-bench: out of memory\n");
+		return 1;
 	}
-	qsort(all, total, sizeof(*all), cmp_u32);
-	double p50 = total ? all[total / 2] / 1e3 : 0, p99 = total ? all[total * 99 / 100] / 1e3 : 0;
-	double p999 = total ? all[total * 999 / 1000] / 1e3 : 0, max = total ? all[total - 1] / 1e3 : 0;
-	uint64_t cmds = atomic_load(&done_commands);
-	if (o.json)
-		printf("{\"connections\":%u,\"pipeline\":%u,\"batch\":%u,\"seconds\":%.2f,\"commands\":%" PRIu64
-		       ",\"commands_per_s\":%.0f,\"rejected\":%" PRIu64 ",\"errors\":%" PRIu64
-		       ",\"lat_ms\":{\"p50\":%.2f,\"p99\":%.2f,\"p999\":%.2f,\"max\":%.2f}}\n",
-		       o.connections, o.pipeline, o.batch, secs, cmds, (double)cmds / secs,
-		       (uint64_t)atomic_load(&rejected_commands), (uint64_t)atomic_load(&errors),
-		       p50, p99, p999, max);
-	else
-		printf("%" PRIu64 " commands in %.2f s: %.0f commands/s (%" PRIu64 " rejected, %" PRIu64
-		       " errors); request latency p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms\n",
-		       cmds, secs, (double)cmds / secs, (uint64_t)atomic_load(&rejected_commands),
-		       (uint64_t)atomic_load(&errors), p50, p99, p999, max);
+	report(&o, secs, all, total);
 	int rc = 0;
 	if (o.latency_csv != NULL && write_latency_csv(o.latency_csv, all, total) != 0) {
 		fprintf(stderr, "tally-bench: %s: cannot write\n", o.latency_csv);
