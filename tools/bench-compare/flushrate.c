@@ -138,6 +138,76 @@ static int cmp_u32(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+/* 0 when dir is on a disk; tmpfs and ramfs are refused. */
+static int check_dir(const char *dir)
+{
+	struct statfs fs;
+	if (statfs(dir, &fs) != 0) {
+		fprintf(stderr, "flushrate: %s: %s\n", dir, strerror(errno));
+		return 1;
+	}
+	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC) {
+		fprintf(stderr, "flushrate: %s is in RAM (tmpfs/ramfs): fdatasync costs nothing there\n", dir);
+		return 1;
+	}
+	return 0;
+}
+
+/* Starts the loops together and waits for them all; 0 when every one ran. */
+static int run_loops(struct loop *l, int loops, const char *dir, double secs, bool direct)
+{
+	for (int i = 0; i < loops; i++) {
+		l[i] = (struct loop){.dir = dir, .index = (unsigned)i, .secs = secs, .direct = direct};
+		l[i].round_us = malloc(SAMPLES_MAX * sizeof(uint32_t));
+		if (l[i].round_us == NULL || pthread_create(&l[i].thread, NULL, run_loop, &l[i]) != 0) {
+			fprintf(stderr, "flushrate: cannot start loop %d\n", i);
+			exit(1); /* the loops started wait for go: the exit ends them */
+		}
+	}
+	while (atomic_load(&started) < loops)
+		sched_yield();
+	atomic_store(&go, true);
+	int rc = 0;
+	for (int i = 0; i < loops; i++) {
+		pthread_join(l[i].thread, NULL);
+		if (l[i].err != 0) {
+			fprintf(stderr, "flushrate: loop %d in %s: %s\n", i, dir, strerror(l[i].err));
+			rc = 1;
+		}
+	}
+	return rc;
+}
+
+/* The JSON line: the rates, and the median and tail of one round over all loops. */
+static int report(const struct loop *l, int loops, const char *mode, double secs)
+{
+	uint64_t total = 0;
+	size_t n = 0;
+	for (int i = 0; i < loops; i++) {
+		total += l[i].rounds;
+		n += l[i].n_samples;
+	}
+	uint32_t *all = malloc((n + 1) * sizeof(*all));
+	if (all == NULL) {
+		fprintf(stderr, "flushrate: out of memory\n");
+		return 1;
+	}
+	size_t k = 0;
+	for (int i = 0; i < loops; i++) {
+		memcpy(all + k, l[i].round_us, l[i].n_samples * sizeof(*all));
+		k += l[i].n_samples;
+	}
+	qsort(all, n, sizeof(*all), cmp_u32);
+	printf("{\"mode\":\"%s\",\"loops\":%d,\"secs\":%.1f,\"rounds_per_s\":%.1f,\"per_loop\":[",
+	       mode, loops, secs, (double)total / loops / secs);
+	for (int i = 0; i < loops; i++)
+		printf("%s%.1f", i ? "," : "", (double)l[i].rounds / secs);
+	printf("],\"all_loops_per_s\":%.1f,\"round_ms\":{\"p50\":%.3f,\"p99\":%.3f}}\n",
+	       (double)total / secs, n ? all[n / 2] / 1e3 : 0.0, n ? all[n * 99 / 100] / 1e3 : 0.0);
+	free(all);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || argc > 5) {
@@ -156,58 +226,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "flushrate: SECS must be > 0 and LOOPS 1..%d\n", LOOPS_MAX);
 		return 2;
 	}
-	struct statfs fs;
-	if (statfs(dir, &fs) != 0) {
-		fprintf(stderr, "flushrate: %s: %s\n", dir, strerror(errno));
+	if (check_dir(dir) != 0)
 		return 1;
-	}
-	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC) {
-		fprintf(stderr, "flushrate: %s is in RAM (tmpfs/ramfs): fdatasync costs nothing there\n", dir);
-		return 1;
-	}
-
-	struct loop l[LOOPS_MAX] = {0};
-	for (int i = 0; i < loops; i++) {
-		l[i] = (struct loop){.dir = dir, .index = (unsigned)i, .secs = secs,
-				     .direct = strcmp(mode, "direct-dsync") == 0};
-		l[i].round_us = malloc(SAMPLES_MAX * sizeof(uint32_t));
-		if (l[i].round_us == NULL || pthread_create(&l[i].thread, NULL, run_loop, &l[i]) != 0) {
-			fprintf(stderr, "flushrate: cannot start loop %d\n", i);
-			return 1;
-		}
-	}
-	while (atomic_load(&started) < loops)
-		sched_yield();
-	atomic_store(&go, true);
-
-	uint64_t total = 0;
-	size_t n = 0;
-	for (int i = 0; i < loops; i++) {
-		pthread_join(l[i].thread, NULL);
-		if (l[i].err != 0) {
-			fprintf(stderr, "flushrate: loop %d in %s: %s\n", i, dir, strerror(l[i].err));
-			return 1;
-		}
-		total += l[i].rounds;
-		n += l[i].n_samples;
-	}
-	/* All rounds' durations together, for the median and tail of one flush. */
-	uint32_t *all = malloc((n + 1) * sizeof(*all));
-	size_t k = 0;
-	for (int i = 0; i < loops; i++) {
-		memcpy(all + k, l[i].round_us, l[i].n_samples * sizeof(*all));
-		k += l[i].n_samples;
-	}
-	qsort(all, n, sizeof(*all), cmp_u32);
-
-	printf("{\"mode\":\"%s\",\"loops\":%d,\"secs\":%.1f,\"rounds_per_s\":%.1f,\"per_loop\":[",
-	       mode, loops, secs, (double)total / loops / secs);
-	for (int i = 0; i < loops; i++)
-		printf("%s%.1f", i ? "," : "", (double)l[i].rounds / secs);
-	printf("],\"all_loops_per_s\":%.1f,\"round_ms\":{\"p50\":%.3f,\"p99\":%.3f}}\n",
-	       (double)total / secs, n ? all[n / 2] / 1e3 : 0.0, n ? all[n * 99 / 100] / 1e3 : 0.0);
-	free(all);
+	static struct loop l[LOOPS_MAX];
+	int rc = run_loops(l, loops, dir, secs, strcmp(mode, "direct-dsync") == 0);
+	if (rc == 0)
+		rc = report(l, loops, mode, secs);
 	for (int i = 0; i < loops; i++)
 		free(l[i].round_us);
-	return 0;
+	return rc;
 }
