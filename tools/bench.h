@@ -1,7 +1,8 @@
 /*
  * What the ledger benchmarks share: the workload's random numbers, so that
  * ledger-floor draws exactly the members and kinds ledger-bench draws, the monotonic
- * clock they time with, and the kinds of request ids they send (--request-ids).
+ * clock they time with, the order they sort latencies in, and the kinds of request
+ * ids they send (--request-ids).
  */
 #ifndef TALLY_TOOLS_BENCH_H
 #define TALLY_TOOLS_BENCH_H
@@ -27,6 +28,19 @@ static inline double bench_now_s(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* qsort's comparators for the tools' latency samples, ascending. */
+static inline int bench_cmp_double(const void *x, const void *y)
+{
+	double a = *(const double *)x, b = *(const double *)y;
+	return a < b ? -1 : a > b;
+}
+
+static inline int bench_cmp_u32(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	return a < b ? -1 : a > b;
 }
 
 /* Request ids (--request-ids): a counter, which each tool writes its own way; 32 hex

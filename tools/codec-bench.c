@@ -19,17 +19,11 @@
 #include <time.h>
 
 #include "ledger/internal.h"
+#include "tools/bench.h"
 
 #define LOTS_DEFAULT 5          /* an account's lots: about what make bench-ledger leaves */
 #define LOTS_MAX 1458           /* the most the bounded lots leave an account (README) */
 #define RECORD_BYTES_MAX 65536  /* LOTS_MAX lots at their longest fit */
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
 
 /* m's size, and its bytes in out when they fit in cap. */
 typedef size_t (*pack_fn)(const void *m, uint8_t *out, size_t cap);
@@ -52,10 +46,10 @@ static void run(const char *what, const void *m, pack_fn pack, int rounds, long 
 	printf("%-32s", what);
 	size_t sink = 0;
 	for (int r = 0; r < rounds; r++) {
-		double t0 = now_s();
+		double t0 = bench_now_s();
 		for (long i = 0; i < count; i++)
 			sink += pack(m, got, RECORD_BYTES_MAX);
-		printf(" %6.1f", (now_s() - t0) / (double)count * 1e9);
+		printf(" %6.1f", (bench_now_s() - t0) / (double)count * 1e9);
 	}
 	printf(" ns (%zu bytes)%s\n", n, sink == 0 ? " " : "");
 }
@@ -85,7 +79,7 @@ static void run_read(const char *what, const void *m, read_fn read, int rounds, 
 	printf("%-32s", what);
 	size_t sink = 0;
 	for (int r = 0; r < rounds; r++) {
-		double t0 = now_s();
+		double t0 = bench_now_s();
 		for (long i = 0; i < count; i++) {
 			tally_arena_reset(&arena);
 			size_t got = read(&arena, b, n);
@@ -95,7 +89,7 @@ static void run_read(const char *what, const void *m, read_fn read, int rounds, 
 			}
 			sink += got;
 		}
-		printf(" %6.1f", (now_s() - t0) / (double)count * 1e9);
+		printf(" %6.1f", (bench_now_s() - t0) / (double)count * 1e9);
 	}
 	printf(" ns (%zu bytes)%s\n", n, sink == 0 ? " " : "");
 	tally_arena_free(&arena);

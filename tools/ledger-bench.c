@@ -248,12 +248,6 @@ static void fill_op(struct tally_arena *a, Tally__V1__Command *c, long i, void *
 	}
 }
 
-static int cmp_double(const void *x, const void *y)
-{
-	double a = *(const double *)x, b = *(const double *)y;
-	return a < b ? -1 : a > b;
-}
-
 /* Applies n serialized batches, decode included: one at a time as raft's entries
  * (tally_ledger_apply_bytes) when n is 1, else as one group in one transaction. */
 static int apply_timed(struct tally_ledger *l, const struct blob *batches, long n,
@@ -404,7 +398,7 @@ static int run_timed(struct tally_ledger *l, struct blob *batches, long n_batche
 	}
 	r->secs = bench_now_s() - start;
 	tally_arena_free(&dec);
-	qsort(r->lat, (size_t)r->n_lat, sizeof(*r->lat), cmp_double);
+	qsort(r->lat, (size_t)r->n_lat, sizeof(*r->lat), bench_cmp_double);
 	return rc;
 }
 

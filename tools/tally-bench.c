@@ -591,12 +591,6 @@ static void setup(const struct opts *o)
 	tally_client_close(c);
 }
 
-static int cmp_u32(const void *x, const void *y)
-{
-	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-	return a < b ? -1 : a > b;
-}
-
 /* Once a second until the run ends: the commands of that second, on stderr. */
 static void report_seconds(const struct opts *o)
 {
@@ -630,7 +624,7 @@ static uint32_t *latencies_merged(struct worker *ws, unsigned n, size_t *total)
 		free(ws[i].lat_us);
 	}
 	if (all != NULL)
-		qsort(all, *total, sizeof(*all), cmp_u32);
+		qsort(all, *total, sizeof(*all), bench_cmp_u32);
 	return all;
 }
 

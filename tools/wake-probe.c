@@ -83,12 +83,6 @@ static int probe_open(const char *path, void *block)
 	return fd;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 struct run {
 	double *ms; /* each write's time */
 	double *slow_at_s; /* when each slow write started */
@@ -125,10 +119,10 @@ static void run_print(struct run *r, int cpu, bool awake, double secs)
 	if (r->n_slow >= 2) { /* the median spacing of the slow writes */
 		for (size_t i = 0; i + 1 < r->n_slow; i++)
 			r->slow_at_s[i] = r->slow_at_s[i + 1] - r->slow_at_s[i];
-		qsort(r->slow_at_s, r->n_slow - 1, sizeof(double), cmp_double);
+		qsort(r->slow_at_s, r->n_slow - 1, sizeof(double), bench_cmp_double);
 		gap = r->slow_at_s[(r->n_slow - 1) / 2] * 1e3;
 	}
-	qsort(r->ms, r->n, sizeof(double), cmp_double);
+	qsort(r->ms, r->n, sizeof(double), bench_cmp_double);
 	printf("| %d | %s | %.0f | %.3f | %.3f | %.3f | %.3f | %zu |", cpu,
 	       awake ? "kept awake" : "alone", (double)r->n / secs, r->ms[r->n / 2],
 	       r->ms[r->n * 99 / 100], r->ms[r->n * 999 / 1000], r->ms[r->n - 1], r->n_slow);

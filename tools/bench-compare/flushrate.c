@@ -36,6 +36,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tools/bench.h"
+
 #define BLOCK 4096
 #define FILE_BYTES (4u << 20)
 #define LOOPS_MAX 16
@@ -55,13 +57,6 @@ struct loop {
 
 static atomic_int started;
 static atomic_bool go;
-
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* A file of FILE_BYTES zeros, flushed, so that the timed writes overwrite allocated
  * blocks (as a WAL segment is written) and fdatasync has no size change to record. */
@@ -111,14 +106,14 @@ static void *run_loop(void *arg)
 	atomic_fetch_add(&started, 1);
 	while (!atomic_load(&go))
 		sched_yield();
-	double t0 = now_s(), end = t0 + l->secs, t = t0;
+	double t0 = bench_now_s(), end = t0 + l->secs, t = t0;
 	unsigned off = 0;
 	while (t < end) {
 		if (pwrite(fd, buf, BLOCK, off) != BLOCK || (!l->direct && fdatasync(fd) != 0)) {
 			l->err = errno ? errno : EIO;
 			break;
 		}
-		double t1 = now_s();
+		double t1 = bench_now_s();
 		if (l->n_samples < SAMPLES_MAX)
 			l->round_us[l->n_samples++] = (uint32_t)((t1 - t) * 1e6);
 		t = t1;
@@ -130,12 +125,6 @@ static void *run_loop(void *arg)
 	if (buf != block)
 		free(buf);
 	return NULL;
-}
-
-static int cmp_u32(const void *x, const void *y)
-{
-	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
-	return a < b ? -1 : a > b;
 }
 
 /* 0 when dir is on a disk; tmpfs and ramfs are refused. */
@@ -197,7 +186,7 @@ static int report(const struct loop *l, int loops, const char *mode, double secs
 		memcpy(all + k, l[i].round_us, l[i].n_samples * sizeof(*all));
 		k += l[i].n_samples;
 	}
-	qsort(all, n, sizeof(*all), cmp_u32);
+	qsort(all, n, sizeof(*all), bench_cmp_u32);
 	printf("{\"mode\":\"%s\",\"loops\":%d,\"secs\":%.1f,\"rounds_per_s\":%.1f,\"per_loop\":[",
 	       mode, loops, secs, (double)total / loops / secs);
 	for (int i = 0; i < loops; i++)
